@@ -1,0 +1,237 @@
+"""The embedded Apache Kafka broker: one KRaft node (broker + controller) on loopback.
+
+Its jars are resolved from Maven Central by Maven (``pom.xml`` beside this file) into a
+cache folder once; after that a start is a ``java`` process and a few seconds.
+
+    broker = EmbeddedBroker(home=Path(".protege/broker"))
+    broker.start()          # formats the storage on first use, waits until it answers
+    broker.bootstrap        # "127.0.0.1:PORT"
+    broker.stop()           # controlled shutdown, then SIGKILL if it hangs
+
+The data folder survives ``stop``; a later ``start`` on the same home keeps every topic
+(and the same port, so clients reconnect by themselves).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protege.errors import BrokerError
+
+POM = Path(__file__).with_name("pom.xml")
+LOG4J = Path(__file__).with_name("log4j2.properties")
+KAFKA_VERSION = "4.1.1"
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("PROTEGE_CACHE", Path.home() / ".cache" / "protege"))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def resolve_jars(cache: Path | None = None) -> Path:
+    """Return a folder holding the broker's classpath, resolving it with Maven if needed."""
+    target = (cache or default_cache()) / f"kafka-{KAFKA_VERSION}" / "lib"
+    marker = target / ".complete"
+    if marker.exists():
+        return target
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError("Maven (mvn) is not on PATH; it resolves the Kafka jars from Maven Central")
+    tmp = target.with_name("lib.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cmd = [
+        mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
+        "-DincludeScope=runtime", f"-DoutputDirectory={tmp}",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BrokerError(f"Maven could not resolve the Kafka jars:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    if not any(tmp.glob("kafka_2.13-*.jar")):
+        raise BrokerError(f"Maven finished but {tmp} holds no kafka_2.13 jar")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    marker.write_text(KAFKA_VERSION)
+    return target
+
+
+@dataclass
+class EmbeddedBroker:
+    """A single-node KRaft broker whose state lives under ``home``."""
+
+    home: Path
+    port: int | None = None
+    heap_mb: int = 512
+    cache: Path | None = None
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def state_file(self) -> Path:
+        return self.home / "broker.json"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self._ports()[0]}"
+
+    def _ports(self) -> tuple[int, int]:
+        if self.state_file.exists():
+            state = json.loads(self.state_file.read_text())
+            return int(state["port"]), int(state["controller_port"])
+        port = self.port or free_port()
+        controller = free_port()
+        while controller == port:
+            controller = free_port()
+        self.home.mkdir(parents=True, exist_ok=True)
+        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        self.state_file.write_text(json.dumps({"port": port, "controller_port": controller, "cluster_id": cluster}))
+        return port, controller
+
+    def _write_config(self) -> Path:
+        port, controller = self._ports()
+        data = self.home / "data"
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{controller}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(data),
+            "num.partitions": "2",
+            "auto.create.topics.enable": "false",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "num.network.threads": "2",
+            "num.io.threads": "2",
+            "background.threads": "2",
+            "log.retention.hours": "168",
+            "log.segment.bytes": str(64 * 1024 * 1024),
+        }
+        path = self.home / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        return path
+
+    def _java(self, lib: Path, main: str, *args: str, heap_mb: int) -> list[str]:
+        java = shutil.which("java")
+        if java is None:
+            raise BrokerError("java is not on PATH; the embedded broker needs Java 17 or newer")
+        logs = self.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        return [
+            java, f"-Xmx{heap_mb}m", f"-Xms{min(heap_mb, 256)}m", "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true", f"-Dkafka.logs.dir={logs}",
+            f"-Dlog4j2.configurationFile={LOG4J}",
+            "-cp", f"{lib}/*", main, *args,
+        ]
+
+    def _format(self, lib: Path, config: Path) -> None:
+        if (self.home / "data" / "meta.properties").exists():
+            return
+        cluster = json.loads(self.state_file.read_text())["cluster_id"]
+        cmd = self._java(lib, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(config), heap_mb=128)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BrokerError(f"formatting the KRaft storage failed: {done.stdout}{done.stderr}")
+
+    def pid(self) -> int | None:
+        pidfile = self.home / "broker.pid"
+        if not pidfile.exists():
+            return None
+        pid = int(pidfile.read_text())
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    def running(self) -> bool:
+        return self.pid() is not None and _answers(*self.bootstrap.split(":"))
+
+    def start(self, timeout: float = 90.0) -> str:
+        """Start the broker (if it is not already up) and return its bootstrap address."""
+        if self.running():
+            return self.bootstrap
+        lib = resolve_jars(self.cache)
+        config = self._write_config()
+        self._format(lib, config)
+        out = open(self.home / "logs" / "stdout.log", "ab")  # noqa: SIM115 - owned by the child
+        self._proc = subprocess.Popen(
+            self._java(lib, "kafka.Kafka", str(config), heap_mb=self.heap_mb),
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in the terminal reaches us, and we stop it in order
+        )
+        out.close()
+        (self.home / "broker.pid").write_text(str(self._proc.pid))
+        host, port = self.bootstrap.split(":")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                tail = (self.home / "logs" / "stdout.log").read_text()[-3000:]
+                raise BrokerError(f"the broker exited with {self._proc.returncode}:\n{tail}")
+            if _answers(host, port) and _log_says_started(self.home / "logs" / "server.log"):
+                return self.bootstrap
+            time.sleep(0.2)
+        self.stop()
+        raise BrokerError(f"the broker did not start within {timeout:.0f}s (logs in {self.home / 'logs'})")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        pid = self.pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                break
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        if self._proc is not None:
+            self._proc.wait(timeout=5)
+        (self.home / "broker.pid").unlink(missing_ok=True)
+
+
+def _answers(host: str, port: str | int) -> bool:
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _log_says_started(log: Path) -> bool:
+    if not log.exists():
+        return False
+    with open(log, "rb") as f:
+        f.seek(max(0, log.stat().st_size - 200_000))
+        tail = f.read().decode(errors="replace")
+    # Only the last start counts: the data folder (and its log) survive restarts.
+    last = tail.rfind("Kafka version")
+    return last >= 0 and "started (kafka.server.KafkaRaftServer)" in tail[last:]

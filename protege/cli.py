@@ -1,0 +1,329 @@
+"""The ``protege`` command line.
+
+    protege demo                     # the whole pipeline on generated tickets, then a summary
+    protege up                       # embedded broker + the six services, supervised
+    protege run scorer               # one service (what docker-compose and k8s run)
+    protege broker start|stop|status # the embedded Apache Kafka broker
+    protege bench stream --train T.jsonl --test S.jsonl --report-json R.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import runpy
+import shutil
+import signal
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from protege.broker.embedded import KAFKA_VERSION, EmbeddedBroker
+from protege.settings import REPO, Settings
+from protege.supervisor import SERVICES
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="protege: keep the teacher's quality, serve from the student.")
+broker_app = typer.Typer(no_args_is_help=True, help="The embedded Apache Kafka broker (KRaft, one node).")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks.")
+schemas_app = typer.Typer(no_args_is_help=True, help="The event schemas in schemas/.")
+app.add_typer(broker_app, name="broker")
+app.add_typer(bench_app, name="bench")
+app.add_typer(schemas_app, name="schemas")
+console = Console(stderr=True)
+
+STANDIN_NOTE = "teacher: OFFLINE STAND-IN answering from labelled data (no ANTHROPIC_API_KEY); costs are estimates"
+
+
+def _home() -> Path:
+    return Settings().home
+
+
+# -- broker -------------------------------------------------------------------------
+
+
+@broker_app.command("start")
+def broker_start(home: Annotated[Path, typer.Option(help="Broker state folder.")] = Path(".protege/broker"),
+                 port: Annotated[int, typer.Option(help="Port (0: a free one).")] = 0) -> None:
+    """Start the embedded broker in the background and print its bootstrap address."""
+    b = EmbeddedBroker(home, port=port or None)
+    typer.echo(b.start())
+
+
+@broker_app.command("stop")
+def broker_stop(home: Path = Path(".protege/broker")) -> None:
+    EmbeddedBroker(home).stop()
+    typer.echo("stopped")
+
+
+@broker_app.command("status")
+def broker_status(home: Path = Path(".protege/broker")) -> None:
+    b = EmbeddedBroker(home)
+    typer.echo(f"running at {b.bootstrap}" if b.running() else "not running")
+
+
+# -- services -----------------------------------------------------------------------
+
+
+@app.command("run")
+def run(service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICES)}.")]) -> None:
+    """Run one service in the foreground (settings from PROTEGE_* environment variables)."""
+    if service not in SERVICES:
+        raise typer.BadParameter(f"unknown service {service!r}; choose from {SERVICES}")
+    sys.argv = [f"services.{service}"]
+    runpy.run_module(f"services.{service}", run_name="__main__")
+
+
+@app.command("topics")
+def topics() -> None:
+    """Create every protege topic on PROTEGE_BOOTSTRAP_SERVERS (idempotent)."""
+    from protege.kafka import ensure_topics
+
+    settings = Settings()
+    asyncio.run(ensure_topics(settings))
+    typer.echo("\n".join(settings.topics.all()))
+
+
+@app.command("up")
+def up(standin_labels: Annotated[Path | None, typer.Option(help="Labelled JSON Lines for the offline teacher.")] = None,
+       bootstrap: Annotated[str | None, typer.Option(help="Use this broker instead of the embedded one.")] = None) -> None:
+    """Start the embedded broker and the six services; restart crashed ones; Ctrl-C stops all."""
+    from protege.pipeline import LocalPipeline
+
+    env = {"PROTEGE_STANDIN_LABELS": str(standin_labels.resolve())} if standin_labels else {}
+    stop = _stop_on_signals()
+    with LocalPipeline(_home(), env=env, bootstrap=bootstrap, broker_home=Path(".protege/broker")) as p:
+        console.print(f"[bold]up[/]: broker {p.bootstrap}, services {', '.join(SERVICES)}; logs in {_home() / 'logs'}")
+        while not stop():
+            assert p.supervisor is not None
+            for name in p.supervisor.poll():
+                console.print(f"restarted {name}")
+            time.sleep(0.5)
+    console.print("stopped")
+
+
+def _stop_on_signals() -> Any:
+    flag = {"stop": False}
+
+    def handler(signum: int, frame: object) -> None:
+        flag["stop"] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return lambda: flag["stop"]
+
+
+# -- demo ---------------------------------------------------------------------------
+
+
+BAD_INPUTS = [
+    b"this is not json",
+    b'["a", "list"]',
+    b'{"tenant": "acme", "task": "ticket-triage"}',
+    b'{"tenant": "acme", "task": "no-such-task", "text": "hello"}',
+    json.dumps({"tenant": "acme", "task": "ticket-triage", "text": "x" * 5000}).encode(),
+    b'{"tenant": "acme", "task": "ticket-triage", "text": 42}',
+]
+
+
+@app.command("demo")
+def demo(tickets: Annotated[int, typer.Option(help="Generated tickets to stream.")] = 600,
+         rate: Annotated[float, typer.Option(help="Requests per second.")] = 25.0,
+         seed: int = 7,
+         home: Annotated[Path, typer.Option(help="Run folder (wiped at start).")] = Path(".protege/demo"),
+         report_json: Annotated[Path | None, typer.Option(help="Also write the summary as JSON.")] = None) -> None:
+    """Stream generated support tickets through the whole pipeline and print a summary."""
+    from protege.generator import generate, triage_task, write_jsonl
+    from protege.task import write_task
+
+    shutil.rmtree(home, ignore_errors=True)
+    rows = generate(tickets, seed=seed)
+    write_jsonl(rows, home / "tickets.jsonl")
+    write_task(triage_task(), home / "tasks" / "ticket-triage.yaml")
+    env = {
+        "PROTEGE_TASKS_DIR": str((home / "tasks").resolve()),
+        "PROTEGE_STANDIN_LABELS": str((home / "tickets.jsonl").resolve()),
+        "PROTEGE_MIN_CASES": "60", "PROTEGE_RETRAIN_EVERY": "80",
+    }
+    summary = _stream_run(home, env, {"traffic": rows}, tenant="acme", task="ticket-triage", rate=rate,
+                          extra=BAD_INPUTS)
+    _print_summary(summary, ["traffic"])
+    if report_json:
+        report_json.write_text(json.dumps(summary, indent=2))
+
+
+def _stream_run(home: Path, env: dict[str, str], phases: dict[str, list[dict[str, Any]]], *, tenant: str, task: str,
+                rate: float, extra: list[bytes] | None = None, between: Any = None) -> dict[str, Any]:
+    from protege.kafka import read_all
+    from protege.pipeline import LocalPipeline, drive, summarize, wait_quiet
+
+    keyed = bool(os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("PROTEGE_ANTHROPIC_API_KEY"))
+    if not keyed:
+        console.print(f"[yellow]{STANDIN_NOTE}[/]")
+    summary: dict[str, Any] = {"teacher": "anthropic" if keyed else STANDIN_NOTE}
+    started = time.perf_counter()
+    console.print("starting the embedded Apache Kafka broker and six services ...")
+    with LocalPipeline(home.resolve(), env=env) as p:
+        console.print(f"broker at {p.bootstrap}; service logs in {home / 'logs'}")
+        settings = p.settings
+        for i, (name, rows) in enumerate(phases.items()):
+            t0 = time.perf_counter()
+
+            def progress(sent: int, answered: int, counts: dict[str, int], name: str = name, n: int = len(rows),
+                         t0: float = t0) -> None:
+                assert p.supervisor is not None
+                p.supervisor.poll()
+                console.print(f"[{time.perf_counter() - t0:5.0f}s] {name}: sent {sent}/{n}  answered {answered} "
+                              f"(student {counts['student']}, teacher {counts['teacher']})", highlight=False)
+
+            result = asyncio.run(drive(settings, rows, tenant=tenant, task=task, rate=rate, progress=progress,
+                                       extra=extra if i == 0 else None))
+            summary[name] = summarize(result)
+            if i + 1 < len(phases):
+                console.print("waiting for the harvester and trainer to catch up ...")
+                t = settings.topics
+                asyncio.run(wait_quiet(settings, {"harvester": [t.decisions, t.teacher_results],
+                                                  "trainer": [t.harvest]}))
+                time.sleep(5)  # the scorer loads the last announced version
+        models = asyncio.run(read_all(settings, settings.topics.models))
+        dlq = asyncio.run(read_all(settings, settings.topics.requests_dlq))
+        summary["models_trained"] = len(models)
+        summary["final_model"] = json.loads(models[-1].value) if models else None
+        summary["dead_letters"] = {"count": len(dlq), "reasons": sorted({json.loads(r.value)["reason"] for r in dlq})}
+    summary["wall_seconds"] = time.perf_counter() - started
+    summary["versions"] = versions()
+    return summary
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "kafka": KAFKA_VERSION}
+    for pkg in ("protege", "aiokafka", "onnxruntime", "onnxruntime-gpu", "tokenizers", "anthropic", "numpy",
+                "scikit-learn", "torch", "transformers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _fmt(v: Any, pct: bool = False, money: bool = False) -> str:
+    if v is None:
+        return "-"
+    if pct:
+        return f"{100 * v:.1f}%"
+    if money:
+        return f"${v:.4f}"
+    return f"{v:.0f}" if isinstance(v, float) else str(v)
+
+
+def _print_summary(summary: dict[str, Any], phases: list[str]) -> None:
+    table = Table(title="protege run summary" + (" (teacher: OFFLINE STAND-IN)" if "STAND-IN" in summary["teacher"] else ""))
+    table.add_column("metric")
+    for name in phases:
+        table.add_column(name, justify="right")
+    rows: list[tuple[str, str, dict[str, Any]]] = [
+        ("requests", "requests", {}), ("answered", "answered", {}), ("duplicate responses", "duplicates", {}),
+        ("answered by student", "student_share", {"pct": True}), ("answered by teacher", "teacher_share", {"pct": True}),
+        ("accuracy vs labels", "accuracy", {"pct": True}), ("  student route", "student_accuracy", {"pct": True}),
+        ("  teacher route", "teacher_accuracy", {"pct": True}), ("teacher calls", "teacher_calls", {}),
+        ("teacher cost", "cost_usd", {"money": True}),
+    ]
+    for label, key, fmt in rows:
+        table.add_row(label, *[_fmt(summary[p][key], **fmt) for p in phases])
+    for route in ("student", "teacher"):
+        for q in ("p50", "p95"):
+            table.add_row(f"latency {route} {q} (ms)", *[_fmt(summary[p]["latency_ms"][route][q]) for p in phases])
+    Console().print(table)
+    console.print(f"models trained: {summary['models_trained']}; dead letters: {summary['dead_letters']['count']} "
+                  f"{summary['dead_letters']['reasons']}; wall time {summary['wall_seconds']:.0f}s")
+    if "all_teacher" in summary:
+        console.print(f"all-teacher baseline on the same test traffic: ${summary['all_teacher']['cost_usd']:.4f}")
+
+
+# -- bench --------------------------------------------------------------------------
+
+
+@bench_app.command("stream")
+def bench_stream(
+    train: Annotated[Path, typer.Option(help="Labelled JSON Lines {id,text,label} streamed first (live traffic).")],
+    test: Annotated[Path, typer.Option(help="Labelled JSON Lines streamed after; the report's test numbers.")],
+    report_json: Annotated[Path, typer.Option(help="Where to write the JSON report.")],
+    teacher_noise: Annotated[float, typer.Option(help="Share of stand-in answers replaced by a wrong label.")] = 0.0,
+    rate: Annotated[float, typer.Option(help="Requests per second.")] = 80.0,
+    min_cases: int = 300,
+    retrain_every: int = 1000,
+    limit: Annotated[int, typer.Option(help="Use only the first N rows of each file (0: all).")] = 0,
+    home: Path = Path(".protege/bench"),
+    task_name: str = "bench",
+) -> None:
+    """Cold student, train traffic, then test traffic; report accuracy, student share, cost, latency."""
+    from protege.generator import read_jsonl, task_from_labels, write_jsonl
+    from protege.task import write_task
+    from protege.teacher import StandinTeacher
+
+    train_rows, test_rows = read_jsonl(train), read_jsonl(test)
+    if limit:
+        train_rows, test_rows = train_rows[:limit], test_rows[:limit]
+    shutil.rmtree(home, ignore_errors=True)
+    labels = sorted({r["label"] for r in train_rows + test_rows})
+    task = task_from_labels(task_name, labels, f"bench on {train.name}")
+    write_task(task, home / "tasks" / f"{task_name}.yaml")
+    write_jsonl(train_rows + test_rows, home / "labelled.jsonl")
+    for r in test_rows:
+        r["id"] = f"test-{r['id']}"
+    env = {
+        "PROTEGE_TASKS_DIR": str((home / "tasks").resolve()),
+        "PROTEGE_STANDIN_LABELS": str((home / "labelled.jsonl").resolve()),
+        "PROTEGE_STANDIN_NOISE": str(teacher_noise),
+        "PROTEGE_MIN_CASES": str(min_cases), "PROTEGE_RETRAIN_EVERY": str(retrain_every),
+    }
+    summary = _stream_run(home, env, {"train": train_rows, "test": test_rows}, tenant="bench", task=task_name,
+                          rate=rate)
+    standin = StandinTeacher({}, priced_as=task.teacher.model)
+    if "STAND-IN" in summary["teacher"]:
+        from protege.costs import cost_usd, price_for
+
+        price = price_for(task.teacher.model)
+        all_cost = sum(cost_usd(standin.usage_for(task, r["text"]), price) for r in test_rows)
+        method = "stand-in token estimates for every test request, priced as " + task.teacher.model
+    else:
+        per_call = summary["test"]["cost_usd"] / max(1, summary["test"]["teacher_calls"])
+        all_cost, method = per_call * len(test_rows), "mean measured cost per teacher call x test requests"
+    summary["all_teacher"] = {"cost_usd": all_cost, "requests": len(test_rows), "method": method}
+    summary["config"] = {"train": str(train), "test": str(test), "rate": rate, "teacher_noise": teacher_noise,
+                         "min_cases": min_cases, "retrain_every": retrain_every, "limit": limit}
+    report_json.parent.mkdir(parents=True, exist_ok=True)
+    report_json.write_text(json.dumps(summary, indent=2))
+    _print_summary(summary, ["train", "test"])
+    console.print(f"report: {report_json}")
+
+
+# -- schemas ------------------------------------------------------------------------
+
+
+@schemas_app.command("export")
+def schemas_export(out: Path = REPO / "schemas") -> None:
+    """Write schemas/<event>.v1.schema.json from the event models."""
+    from protege.events import EVENTS, schema_of
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in EVENTS:
+        (out / f"{name}.v1.schema.json").write_text(json.dumps(schema_of(name), indent=2) + "\n")
+    typer.echo(f"wrote {len(EVENTS)} schemas to {out}")
+
+
+@app.command("generate")
+def generate_cmd(n: int = 600, seed: int = 7, out: Path = Path("tickets.jsonl")) -> None:
+    """Write generated, labelled support tickets as JSON Lines."""
+    from protege.generator import generate, write_jsonl
+
+    write_jsonl(generate(n, seed), out)
+    typer.echo(f"wrote {n} tickets to {out}")
+

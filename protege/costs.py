@@ -1,0 +1,60 @@
+"""Teacher cost accounting from a response's ``usage``, priced per model.
+
+Prices are USD per million tokens and are configuration, not measurements: the table
+below holds list prices as defaults and ``PROTEGE_PRICES`` (a JSON file) overrides them.
+Cache writes and reads are priced as multiples of the input price.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from protege.events import Usage
+
+
+@dataclass(frozen=True)
+class Price:
+    input_per_mtok: float
+    output_per_mtok: float
+    cache_write_multiplier: float = 1.25
+    cache_read_multiplier: float = 0.10
+
+
+DEFAULT_PRICES: dict[str, Price] = {
+    "claude-opus-4-1": Price(15.0, 75.0),
+    "claude-sonnet-4-5": Price(3.0, 15.0),
+    "claude-haiku-4-5": Price(1.0, 5.0),
+}
+
+
+def price_table() -> dict[str, Price]:
+    table = dict(DEFAULT_PRICES)
+    override = os.environ.get("PROTEGE_PRICES")
+    if override:
+        for model, p in json.loads(Path(override).read_text()).items():
+            table[model] = Price(**p)
+    return table
+
+
+def price_for(model: str, table: dict[str, Price] | None = None) -> Price:
+    table = table or price_table()
+    if model in table:
+        return table[model]
+    # Dated snapshots ("claude-sonnet-4-5-20250929") price as their family.
+    for name in sorted(table, key=len, reverse=True):
+        if model.startswith(name):
+            return table[name]
+    raise KeyError(f"no price for teacher model {model!r}; add it to PROTEGE_PRICES")
+
+
+def cost_usd(usage: Usage, price: Price) -> float:
+    per = price.input_per_mtok / 1e6
+    return (
+        usage.input_tokens * per
+        + usage.cache_creation_input_tokens * per * price.cache_write_multiplier
+        + usage.cache_read_input_tokens * per * price.cache_read_multiplier
+        + usage.output_tokens * price.output_per_mtok / 1e6
+    )

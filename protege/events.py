@@ -1,0 +1,259 @@
+"""The events on protege's topics, as frozen pydantic models.
+
+``schemas/<name>.v1.schema.json`` is the published contract for each of them (what a
+backend or another team codes against). Those files are generated from these models by
+``protege schemas export`` and a test fails when the two drift apart, so neither is
+maintained by hand twice. Every event is JSON, UTF-8, keyed by its request id (or by
+``tenant/task`` for model announcements).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Verdict = Literal["accept", "escalate", "shadow"]
+Route = Literal["student", "teacher"]
+
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$")]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def dumps(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class Request(Event):
+    """What a backend publishes on ``protege.requests``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.request")
+
+    v: Literal[1] = Field(1, description="Schema version.")
+    request_id: Id | None = Field(None, description="The caller's id; stamped by ingestion when absent.")
+    tenant: Id = Field(description="Whose traffic this is; data and models never cross tenants.")
+    task: Id = Field(description="The task (workflow) name, e.g. ticket-triage.")
+    text: str = Field(min_length=1, max_length=100_000, description="The input to classify.")
+    metadata: dict[str, str] | None = Field(None, description="Free-form string fields carried through.")
+    sent_at_ms: int | None = Field(None, ge=0, description="Caller's send time, epoch ms.")
+
+
+class Ingested(Event):
+    """A valid request, normalised and stamped, on ``protege.ingested``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.ingested")
+
+    v: Literal[1] = 1
+    request_id: Id = Field(description="Unique request id (the caller's or a stamped one).")
+    tenant: Id
+    task: Id
+    text: str = Field(min_length=1, description="Normalised text (NFC, control characters removed, whitespace collapsed).")
+    metadata: dict[str, str] = Field(default_factory=dict)
+    sent_at_ms: int | None = None
+    received_at_ms: int = Field(description="When ingestion accepted it, epoch ms.")
+
+
+class StudentOutput(Event):
+    """The student's answer and the raw signals the verifier judges by."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.student_output")
+
+    model_version: str = Field(description="Registry version that produced this output.")
+    label: str
+    confidence: float = Field(ge=0, le=1, description="Calibrated probability of the label.")
+    margin: float = Field(ge=0, le=1, description="Top-1 minus top-2 calibrated probability.")
+    ood: float = Field(description="Out-of-distribution score on the embedding; larger is stranger.")
+    top: list[tuple[str, float]] = Field(description="The three most likely labels and probabilities.")
+
+
+class Scored(Event):
+    """An ingested request with the student's output (absent before any student exists)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.scored")
+
+    v: Literal[1] = 1
+    request: Ingested
+    student: StudentOutput | None = Field(None, description="None on cold start or when no model serves the task.")
+    student_error: str | None = Field(None, description="Why the student could not answer, when it could not.")
+    scored_at_ms: int
+    batch_size: int = Field(ge=1, description="Micro-batch this request was scored in.")
+
+
+class Decision(Event):
+    """The verifier's verdict on one request, with everything needed to recompute it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.decision")
+
+    v: Literal[1] = 1
+    request_id: Id
+    tenant: Id
+    task: Id
+    verdict: Verdict
+    route: Route = Field(description="Who answers: the student (accept) or the teacher.")
+    policy: str = Field(description="Routing policy name, e.g. cascade.")
+    policy_version: str = Field(description="Content hash of the task's policy section.")
+    model_version: str | None
+    student_label: str | None
+    signals: dict[str, float] = Field(description="confidence, margin, ood as seen by the verifier.")
+    thresholds: dict[str, float] = Field(description="The thresholds the signals were held to.")
+    rules: list[str] = Field(default_factory=list, description="Rule checks that fired.")
+    reasons: list[str] = Field(description="Why this verdict; empty reasons only on accept.")
+    decided_at_ms: int
+
+
+class TeacherRequest(Event):
+    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.teacher_request")
+
+    v: Literal[1] = 1
+    request: Ingested
+    reasons: list[str]
+    student_label: str | None = None
+    model_version: str | None = None
+    requested_at_ms: int
+
+
+class Usage(Event):
+    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.usage")
+
+    input_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+    cache_creation_input_tokens: int = Field(0, ge=0)
+    cache_read_input_tokens: int = Field(0, ge=0)
+    estimated: bool = Field(False, description="True when counted by the offline stand-in, not by the API.")
+
+
+class TeacherResult(Event):
+    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.teacher_result")
+
+    v: Literal[1] = 1
+    request_id: Id
+    tenant: Id
+    task: Id
+    text: str = Field(description="The request text, for harvesting.")
+    label: str
+    rationale: str = ""
+    teacher: str = Field(description="Teacher model id, or 'standin:<name>' for the offline stand-in.")
+    standin: bool = Field(description="True when the offline stand-in answered from labelled data.")
+    usage: Usage
+    cost_usd: float = Field(ge=0)
+    latency_ms: float = Field(ge=0)
+    attempts: int = Field(ge=1)
+    student_label: str | None = None
+    model_version: str | None = None
+    answered_at_ms: int
+
+
+class Response(Event):
+    """The one answer to a request, on ``protege.responses``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.response")
+
+    v: Literal[1] = 1
+    request_id: Id
+    tenant: Id
+    task: Id
+    label: str
+    route: Route
+    answered_by: str = Field(description="Student model version or teacher model id.")
+    standin: bool = Field(False, description="True when the offline teacher stand-in answered.")
+    confidence: float | None = None
+    sent_at_ms: int | None = None
+    received_at_ms: int
+    answered_at_ms: int
+
+
+class Feedback(Event):
+    """A correction from downstream (an agent fixed the label)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.feedback")
+
+    v: Literal[1] = 1
+    request_id: Id
+    tenant: Id
+    task: Id
+    text: str = Field(min_length=1)
+    label: str
+    source: str = Field("agent", description="Who corrected it.")
+
+
+class HarvestCase(Event):
+    """A case the student missed, doubted or got wrong, labelled by the teacher or a person."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.harvest_case")
+
+    v: Literal[1] = 1
+    request_id: Id
+    tenant: Id
+    task: Id
+    text: str
+    label: str = Field(description="The label to learn (teacher's or a person's).")
+    label_source: Literal["teacher", "standin", "feedback"]
+    student_label: str | None = None
+    model_version: str | None = None
+    reason: Literal["escalated", "disagreement", "feedback"]
+    harvested_at_ms: int
+
+
+class ModelAnnouncement(Event):
+    """A student version ready to serve a tenant's task, on ``protege.models``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.model_announcement")
+
+    v: Literal[1] = 1
+    tenant: Id
+    task: Id
+    version: str
+    path: str = Field(description="Registry folder holding model.onnx, tokenizer and manifest.")
+    labels: list[str]
+    metrics: dict[str, float]
+    trained_on: int = Field(ge=1, description="Number of harvested cases it was trained on.")
+    announced_at_ms: int
+
+
+class DeadLetter(Event):
+    """Bytes a service could not accept, with the reason; nothing is dropped silently."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.dead_letter")
+
+    v: Literal[1] = 1
+    reason: str = Field(description="Stable machine-readable code, e.g. invalid_json, schema_violation.")
+    detail: str = Field(description="Human-readable explanation.")
+    service: str
+    topic: str
+    partition: int
+    offset: int
+    key_b64: str | None = None
+    value_b64: str = Field(description="The original bytes, base64.")
+    request_id: str | None = None
+    tenant: str | None = None
+    at_ms: int
+
+
+EVENTS: dict[str, type[Event]] = {
+    "request": Request,
+    "ingested": Ingested,
+    "scored": Scored,
+    "decision": Decision,
+    "teacher_request": TeacherRequest,
+    "teacher_result": TeacherResult,
+    "response": Response,
+    "feedback": Feedback,
+    "harvest_case": HarvestCase,
+    "model_announcement": ModelAnnouncement,
+    "dead_letter": DeadLetter,
+}
+
+
+def schema_of(name: str) -> dict[str, Any]:
+    model = EVENTS[name]
+    schema = model.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"https://protege.dev/schemas/{name}.v1.schema.json"
+    return schema

@@ -1,0 +1,195 @@
+"""Kafka wiring shared by every service: topic creation, the dead-letter helper, and the
+exactly-once processing loop.
+
+Error policy of the loop, stage by stage:
+
+- decode: a record that is not a valid event becomes a ``DeadLetter`` (original bytes,
+  reason code, detail) on the service's dead-letter topic; its offset commits with it.
+- handle: the handler returns the records to produce. An unexpected exception aborts
+  the transaction and ends the process; the supervisor (``protege up``, Kubernetes)
+  restarts it and the records are read again from the last committed offset.
+- produce: outputs and the input offsets commit in one Kafka transaction, so a restart
+  at any point neither loses nor duplicates an output. Readers use ``read_committed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from protege.events import DeadLetter, Event, now_ms
+from protege.settings import Settings
+
+
+@dataclass(frozen=True)
+class Out:
+    """One record to produce."""
+
+    topic: str
+    value: bytes
+    key: bytes | None = None
+
+    @classmethod
+    def of(cls, topic: str, event: Event, key: str | None) -> Out:
+        return cls(topic, event.dumps(), key.encode() if key is not None else None)
+
+
+Record = ConsumerRecord[bytes, bytes]
+BatchHandler = Callable[[Sequence[Record]], Awaitable[list[Out]]]
+
+
+def dead_letter(record: Record, reason: str, detail: str, service: str, topic: str, **ids: str | None) -> Out:
+    letter = DeadLetter(
+        reason=reason,
+        detail=detail,
+        service=service,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key_b64=base64.b64encode(record.key).decode() if record.key is not None else None,
+        value_b64=base64.b64encode(record.value or b"").decode(),
+        at_ms=now_ms(),
+        **ids,  # type: ignore[arg-type]
+    )
+    key = ids.get("request_id") or (record.key.decode(errors="replace") if record.key else None)
+    return Out.of(topic, letter, key)
+
+
+async def ensure_topics(settings: Settings, names: Sequence[str] | None = None) -> None:
+    """Create protege's topics if they do not exist (idempotent)."""
+    topics = settings.topics
+    wanted = list(names or topics.all())
+    admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(t, topics.partitions(t, settings.partitions), settings.replication_factor)
+            for t in wanted
+            if t not in existing
+        ]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+        # A new topic takes a moment to elect leaders; producing before that fails.
+        for _ in range(100):
+            described = await admin.describe_topics(wanted)
+            if all(t["error_code"] == 0 and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])
+                   for t in described):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+def producer(settings: Settings, transactional_id: str | None = None, **kw: Any) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        **settings.kafka_kwargs(),
+        enable_idempotence=True,
+        transactional_id=transactional_id,
+        linger_ms=kw.pop("linger_ms", 0),
+        **kw,
+    )
+
+
+def consumer(settings: Settings, *topics: str, group: str | None, **kw: Any) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        *topics,
+        **settings.kafka_kwargs(),
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        **kw,
+    )
+
+
+class Processor:
+    """Consume ``inputs``, hand each batch to ``handle``, produce its outputs exactly once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        service: str,
+        inputs: Sequence[str],
+        handle: BatchHandler,
+        *,
+        max_records: int = 500,
+        max_wait_ms: int = 100,
+        transaction_timeout_ms: int = 60_000,
+        max_poll_interval_ms: int = 300_000,
+    ) -> None:
+        self.settings = settings
+        self.service = service
+        self.inputs = list(inputs)
+        self.handle = handle
+        self.max_records = max_records
+        self.max_wait_ms = max_wait_ms
+        self.group = f"{settings.topic_prefix}protege-{service}"
+        self.transactional_id = f"{self.group}-{settings.instance}"
+        self.transaction_timeout_ms = transaction_timeout_ms
+        self.max_poll_interval_ms = max_poll_interval_ms
+        self.log = structlog.get_logger().bind(service=service)
+        self.processed = 0
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cons = consumer(self.settings, *self.inputs, group=self.group, max_poll_interval_ms=self.max_poll_interval_ms)
+        prod = producer(self.settings, self.transactional_id, transaction_timeout_ms=self.transaction_timeout_ms)
+        await prod.start()
+        await cons.start()
+        self.ready.set()
+        self.log.info("processing", inputs=self.inputs, group=self.group, transactional_id=self.transactional_id)
+        try:
+            while not stop.is_set():
+                batches = await cons.getmany(timeout_ms=self.max_wait_ms, max_records=self.max_records)
+                records = [r for rs in batches.values() for r in rs]
+                if not records:
+                    continue
+                async with prod.transaction():
+                    outs = await self.handle(records)
+                    for out in outs:
+                        await prod.send(out.topic, out.value, key=out.key)
+                    offsets = {tp: rs[-1].offset + 1 for tp, rs in batches.items()}
+                    await prod.send_offsets_to_transaction(offsets, self.group)
+                self.processed += len(records)
+        finally:
+            await cons.stop()
+            await prod.stop()
+            self.log.info("stopped", processed=self.processed)
+
+
+async def read_all(settings: Settings, topic: str, *, idle_ms: int = 500) -> list[Record]:
+    """Every committed record now on ``topic``, from the beginning (no consumer group)."""
+    cons = consumer(settings, group=None)
+    await cons.start()
+    try:
+        parts = cons.partitions_for_topic(topic) or set()
+        if not parts:
+            await cons._client.force_metadata_update()  # noqa: SLF001 - no public API for this
+            parts = cons.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        cons.assign(tps)
+        await cons.seek_to_beginning(*tps)
+        end = await cons.end_offsets(tps)
+        out: list[Record] = []
+        async def behind() -> bool:
+            return any([await cons.position(tp) < end[tp] for tp in tps])
+
+        while await behind():
+            batch = await cons.getmany(timeout_ms=idle_ms)
+            for rs in batch.values():
+                out.extend(rs)
+        return out
+    finally:
+        await cons.stop()

@@ -1,0 +1,267 @@
+"""A whole local pipeline (embedded broker + six supervised services) and a traffic driver.
+
+Used by ``protege up``, ``protege demo``, ``protege bench stream`` and the end-to-end
+tests:
+
+    with LocalPipeline(home, env=...) as p:           # broker, topics, services
+        results = asyncio.run(drive(p.settings, requests, rate=50))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from protege.broker.embedded import EmbeddedBroker
+from protege.events import Response, TeacherResult
+from protege.kafka import consumer, ensure_topics, producer
+from protege.settings import Settings, env_for_children
+from protege.supervisor import Supervisor
+
+
+@dataclass
+class LocalPipeline:
+    home: Path
+    env: dict[str, str] = field(default_factory=dict)
+    bootstrap: str | None = None  # an already running broker; else the embedded one
+    broker_home: Path | None = None
+    services: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.broker: EmbeddedBroker | None = None
+        self.supervisor: Supervisor | None = None
+        self.started_broker = False
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(bootstrap_servers=self.bootstrap or "", home=self.home)
+
+    def __enter__(self) -> LocalPipeline:
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            if self.bootstrap is None:
+                self.broker = EmbeddedBroker(self.broker_home or self.home / "broker")
+                self.started_broker = not self.broker.running()
+                self.bootstrap = self.broker.start()
+            settings = self.settings
+            asyncio.run(ensure_topics(settings))
+            env = env_for_children(settings)
+            env.update(self.env)
+            env.setdefault("PROTEGE_LOG_FORMAT", "json")
+            self.supervisor = Supervisor(env, self.home / "logs")
+            if self.services is not None:
+                self.supervisor.services = self.services
+            self.supervisor.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor = None
+        if self.broker is not None and self.started_broker:
+            self.broker.stop()
+
+
+@dataclass
+class Outcome:
+    request_id: str
+    label: str | None
+    sent_at: float
+    response: Response | None = None
+    answered_at: float | None = None
+    duplicates: int = 0
+
+    @property
+    def latency_ms(self) -> float | None:
+        return None if self.answered_at is None else (self.answered_at - self.sent_at) * 1000
+
+
+@dataclass
+class Drive:
+    outcomes: dict[str, Outcome]
+    teacher_results: list[TeacherResult]
+    seconds: float
+
+
+async def drive(
+    settings: Settings,
+    rows: list[dict[str, Any]],
+    *,
+    tenant: str,
+    task: str,
+    rate: float | None = None,
+    timeout: float = 300.0,
+    progress: Callable[[int, int, dict[str, int]], None] | None = None,
+    extra: list[bytes] | None = None,
+) -> Drive:
+    """Publish ``rows`` ({id, text, label}) as requests and collect their responses.
+
+    Responses and teacher results are read from the offsets that were the end before the
+    first send, so earlier traffic is not counted. ``extra`` are raw payloads (bad input)
+    published alongside, not awaited.
+    """
+    topics = settings.topics
+    reader = consumer(settings, group=None)
+    await reader.start()
+    tps = [TopicPartition(t, p) for t in (topics.responses, topics.teacher_results)
+           for p in sorted(reader.partitions_for_topic(t) or await _partitions(reader, t))]
+    reader.assign(tps)
+    for tp, end in (await reader.end_offsets(tps)).items():
+        reader.seek(tp, end)
+    outcomes: dict[str, Outcome] = {}
+    results: list[TeacherResult] = []
+    counts = {"student": 0, "teacher": 0}
+    started = time.perf_counter()
+
+    async def collect(until: float) -> None:
+        while time.perf_counter() < until:
+            if len(outcomes) == len(rows) and all(o.response for o in outcomes.values()):
+                return
+            batch = await reader.getmany(timeout_ms=100)
+            at = time.time()
+            for tp, records in batch.items():
+                for r in records:
+                    if tp.topic == topics.teacher_results:
+                        res = TeacherResult.model_validate_json(r.value)
+                        if res.request_id in outcomes:
+                            results.append(res)
+                        continue
+                    resp = Response.model_validate_json(r.value)
+                    out = outcomes.get(resp.request_id)
+                    if out is None:
+                        continue
+                    if out.response is not None:
+                        out.duplicates += 1
+                        continue
+                    out.response, out.answered_at = resp, at
+                    counts[resp.route] += 1
+
+    prod = producer(settings)
+    await prod.start()
+    collector = asyncio.create_task(collect(time.perf_counter() + timeout))
+    try:
+        for raw in extra or []:
+            await prod.send(topics.requests, raw)
+        last_report = 0.0
+        for i, row in enumerate(rows):
+            request_id = f"{tenant}-{row['id']}"
+            sent = time.time()
+            outcomes[request_id] = Outcome(request_id, row.get("label"), sent)
+            body = {"request_id": request_id, "tenant": tenant, "task": task, "text": row["text"],
+                    "sent_at_ms": int(sent * 1000)}
+            await prod.send(topics.requests, json.dumps(body).encode(), key=request_id.encode())
+            if rate:
+                delay = started + (i + 1) / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if progress and time.perf_counter() - last_report > 1:
+                last_report = time.perf_counter()
+                progress(i + 1, sum(counts.values()), counts)
+        await prod.flush()
+        while not collector.done():
+            await asyncio.sleep(1 if progress else 0.1)
+            if progress:
+                progress(len(rows), sum(counts.values()), counts)
+        await collector
+    finally:
+        collector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await collector
+        await prod.stop()
+        await reader.stop()
+    return Drive(outcomes, results, time.perf_counter() - started)
+
+
+async def _partitions(reader: Any, topic: str) -> set[int]:
+    await reader._client.force_metadata_update()  # noqa: SLF001 - no public API for this
+    return reader.partitions_for_topic(topic) or set()
+
+
+async def group_lag(settings: Settings, group: str, topics: list[str]) -> int:
+    """Records on ``topics`` not yet committed by consumer group ``group``."""
+    admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
+    await admin.start()
+    reader = consumer(settings, group=None)
+    await reader.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        tps = [TopicPartition(t, p) for t in topics for p in (reader.partitions_for_topic(t) or await _partitions(reader, t))]
+        ends = await reader.end_offsets(tps)
+        return sum(max(0, end - (committed[tp].offset if tp in committed else 0)) for tp, end in ends.items())
+    finally:
+        await reader.stop()
+        await admin.close()
+
+
+async def wait_quiet(settings: Settings, groups: dict[str, list[str]], timeout: float = 300.0) -> bool:
+    """Wait until every group has consumed everything on its topics."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lags = [await group_lag(settings, f"{settings.topic_prefix}protege-{g}", t) for g, t in groups.items()]
+        if not any(lags):
+            return True
+        await asyncio.sleep(0.5)
+    return False
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    k = (len(s) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def summarize(d: Drive) -> dict[str, Any]:
+    outs = list(d.outcomes.values())
+    answered = [o for o in outs if o.response]
+    by_route: dict[str, list[Outcome]] = {"student": [], "teacher": []}
+    for o in answered:
+        assert o.response is not None
+        by_route[o.response.route].append(o)
+
+    def acc(items: list[Outcome]) -> float | None:
+        labelled = [o for o in items if o.label is not None and o.response is not None]
+        if not labelled:
+            return None
+        return sum(o.response.label == o.label for o in labelled if o.response) / len(labelled)
+
+    def lat(items: list[Outcome]) -> dict[str, float | None]:
+        values = [o.latency_ms for o in items if o.latency_ms is not None]
+        return {"p50": percentile(values, 0.5), "p95": percentile(values, 0.95), "p99": percentile(values, 0.99)}
+
+    n = len(outs) or 1
+    standin = any(r.standin for r in d.teacher_results)
+    return {
+        "requests": len(outs),
+        "answered": len(answered),
+        "duplicates": sum(o.duplicates for o in outs),
+        "accuracy": acc(answered),
+        "student_share": len(by_route["student"]) / n,
+        "teacher_share": len(by_route["teacher"]) / n,
+        "student_accuracy": acc(by_route["student"]),
+        "teacher_accuracy": acc(by_route["teacher"]),
+        "teacher_calls": len(d.teacher_results),
+        "cost_usd": sum(r.cost_usd for r in d.teacher_results),
+        "teacher_standin": standin,
+        "latency_ms": {"student": lat(by_route["student"]), "teacher": lat(by_route["teacher"]), "all": lat(answered)},
+        "seconds": d.seconds,
+        "throughput_rps": len(answered) / d.seconds if d.seconds else None,
+    }
+

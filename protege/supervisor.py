@@ -1,0 +1,86 @@
+"""Supervising the six services as child processes (``protege up``, the demo, the bench).
+
+Each service is ``python -m services.<name>`` in its own process group with its log in
+``<logs>/<name>.log``. A child that exits unexpectedly is restarted with backoff; ``stop``
+sends SIGTERM to all, waits, then SIGKILLs what is left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICES = ["ingestion", "scorer", "verifier", "teacher", "harvester", "trainer"]
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    started: float
+    restarts: int = 0
+
+
+@dataclass
+class Supervisor:
+    env: dict[str, str]
+    logs: Path
+    services: list[str] = field(default_factory=lambda: list(SERVICES))
+    children: dict[str, Child] = field(default_factory=dict)
+    max_restarts: int = 20
+
+    def _spawn(self, name: str) -> subprocess.Popen[bytes]:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.logs / f"{name}.log", "ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+
+    def start(self) -> None:
+        for name in self.services:
+            self.children[name] = Child(name, self._spawn(name), time.monotonic())
+
+    def poll(self) -> list[str]:
+        """Restart children that died; return the names restarted."""
+        restarted = []
+        for child in self.children.values():
+            code = child.proc.poll()
+            if code is None:
+                continue
+            if child.restarts >= self.max_restarts:
+                raise RuntimeError(f"{child.name} keeps crashing (exit {code}); see {self.logs / child.name}.log")
+            if time.monotonic() - child.started < min(2.0 * 2**child.restarts, 30):
+                continue  # back off before the next try
+            child.proc = self._spawn(child.name)
+            child.started = time.monotonic()
+            child.restarts += 1
+            restarted.append(child.name)
+        return restarted
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        child = self.children[name]
+        os.killpg(child.proc.pid, sig)
+        child.proc.wait()
+        child.started = 0.0  # restart on the next poll, no backoff
+
+    def stop(self, timeout: float = 20.0) -> None:
+        for child in self.children.values():
+            if child.proc.poll() is None:
+                try:
+                    os.killpg(child.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout
+        for child in self.children.values():
+            try:
+                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(child.proc.pid, signal.SIGKILL)
+                child.proc.wait()
+        self.children.clear()

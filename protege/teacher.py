@@ -1,0 +1,162 @@
+"""Teachers: Claude through the real ``anthropic`` SDK, or the offline stand-in.
+
+Both answer ``await teacher.label(task, text, request_id)`` with a ``TeacherAnswer``.
+
+- ``AnthropicTeacher`` asks the Messages API to call a ``classify`` tool whose ``label``
+  is an enum of the task's answers, so the answer is checked by schema, not parsed from
+  prose. The task's instructions sit in a cached system block (prompt caching), and the
+  cost comes from the response's ``usage``. The SDK retries 429/5xx/529 and timeouts
+  with backoff, honouring ``retry-after``.
+- ``StandinTeacher`` answers from labelled data (text -> label), with optional noise and
+  latency, and never pretends otherwise: its model id is ``standin:...``, ``standin`` is
+  true on every event it produces, and its token counts are estimates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from protege.costs import Price, cost_usd, price_for
+from protege.errors import TeacherError
+from protege.events import Usage
+from protege.task import OOS, Task
+from protege.text import normalize
+
+
+@dataclass(frozen=True)
+class TeacherAnswer:
+    label: str
+    rationale: str
+    model: str
+    standin: bool
+    usage: Usage
+    cost_usd: float
+    latency_ms: float
+    attempts: int
+
+
+class Teacher(Protocol):
+    async def label(self, task: Task, text: str, request_id: str) -> TeacherAnswer: ...
+
+
+def system_prompt(task: Task) -> str:
+    lines = [task.instructions.strip(), "", "Labels:"]
+    lines += [f"- {name}: {desc}" for name, desc in task.labels.items()]
+    lines += [f"- {OOS}: the message is outside every label above."]
+    lines += ["", "Call the classify tool exactly once with the single best label."]
+    return "\n".join(lines)
+
+
+def classify_tool(task: Task) -> dict[str, Any]:
+    return {
+        "name": "classify",
+        "description": "Record the label for the customer message.",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "label": {"type": "string", "enum": task.answers, "description": "The best label."},
+                "rationale": {"type": "string", "description": "One short sentence."},
+            },
+            "required": ["label", "rationale"],
+        },
+    }
+
+
+class AnthropicTeacher:
+    def __init__(self, client: Any, model: str | None = None, prices: dict[str, Price] | None = None) -> None:
+        self.client = client  # anthropic.AsyncAnthropic
+        self.model = model
+        self.prices = prices
+
+    async def label(self, task: Task, text: str, request_id: str) -> TeacherAnswer:
+        model = self.model or task.teacher.model
+        messages: list[dict[str, Any]] = [{"role": "user", "content": text}]
+        started = time.perf_counter()
+        totals = [0, 0, 0, 0]
+        for attempt in (1, 2):  # the second attempt repairs an answer outside the label set
+            msg = await self.client.messages.create(
+                model=model,
+                max_tokens=task.teacher.max_tokens,
+                system=[{"type": "text", "text": system_prompt(task), "cache_control": {"type": "ephemeral"}}],
+                tools=[classify_tool(task)],
+                tool_choice={"type": "tool", "name": "classify"},
+                messages=messages,
+                metadata={"user_id": hashlib.sha256(request_id.encode()).hexdigest()[:32]},
+            )
+            u = msg.usage
+            totals[0] += u.input_tokens
+            totals[1] += u.output_tokens
+            totals[2] += u.cache_creation_input_tokens or 0
+            totals[3] += u.cache_read_input_tokens or 0
+            call = next((b for b in msg.content if b.type == "tool_use" and b.name == "classify"), None)
+            label = str(call.input.get("label", "")) if call is not None else ""
+            if label in task.answers:
+                usage = Usage(input_tokens=totals[0], output_tokens=totals[1],
+                              cache_creation_input_tokens=totals[2], cache_read_input_tokens=totals[3])
+                return TeacherAnswer(
+                    label=label, rationale=str(call.input.get("rationale", ""))[:500] if call else "",
+                    model=msg.model, standin=False, usage=usage,
+                    cost_usd=cost_usd(usage, price_for(model, self.prices)),
+                    latency_ms=(time.perf_counter() - started) * 1000, attempts=attempt,
+                )
+            messages = [
+                *messages,
+                {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in msg.content]},
+                {"role": "user", "content": [
+                    *([{"type": "tool_result", "tool_use_id": call.id, "is_error": True,
+                        "content": f"{label!r} is not a valid label."}] if call is not None else []),
+                    {"type": "text", "text": f"Answer with exactly one of: {', '.join(task.answers)}."},
+                ]},
+            ]
+        raise TeacherError(f"invalid_label: the teacher answered {label!r} twice, outside {task.answers}")
+
+
+class StandinTeacher:
+    """The offline stand-in: answers from labelled data. Named as such everywhere."""
+
+    def __init__(self, labelled: dict[str, str], *, noise: float = 0.0, latency_ms: float = 0.0,
+                 priced_as: str = "claude-sonnet-4-5", seed: int = 0) -> None:
+        self.labelled = labelled
+        self.noise = noise
+        self.latency_ms = latency_ms
+        self.priced_as = priced_as
+        self.seed = seed
+        self.model = f"standin:{priced_as}"
+
+    @classmethod
+    def from_jsonl(cls, path: Path, **kw: Any) -> StandinTeacher:
+        labelled = {}
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    row = json.loads(line)
+                    labelled[normalize(row["text"])] = str(row["label"])
+        return cls(labelled, **kw)
+
+    def usage_for(self, task: Task, text: str) -> Usage:
+        # Estimated at ~4 characters a token: the prompt is the system block plus the text.
+        return Usage(input_tokens=(len(system_prompt(task)) + len(text)) // 4 + 20, output_tokens=40, estimated=True)
+
+    async def label(self, task: Task, text: str, request_id: str) -> TeacherAnswer:
+        started = time.perf_counter()
+        if self.latency_ms:
+            await asyncio.sleep(self.latency_ms / 1000)
+        label = self.labelled.get(normalize(text), OOS)
+        if label not in task.answers:
+            label = OOS
+        rng = random.Random(f"{self.seed}:{request_id}")
+        if self.noise and rng.random() < self.noise:
+            label = rng.choice([a for a in task.answers if a != label])
+        usage = self.usage_for(task, text)
+        return TeacherAnswer(
+            label=label, rationale="offline stand-in: answered from labelled data", model=self.model,
+            standin=True, usage=usage, cost_usd=cost_usd(usage, price_for(self.priced_as)),
+            latency_ms=(time.perf_counter() - started) * 1000, attempts=1,
+        )

@@ -1,0 +1,78 @@
+"""Every Kafka topic protege uses, in one place.
+
+A deployment may prefix them all (``PROTEGE_TOPIC_PREFIX``) to run several pipelines on
+one cluster; tests use that to give each test its own topics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str = ""
+
+    def _t(self, name: str) -> str:
+        return f"{self.prefix}protege.{name}"
+
+    @property
+    def requests(self) -> str:
+        return self._t("requests")
+
+    @property
+    def requests_dlq(self) -> str:
+        return self._t("requests.dlq")
+
+    @property
+    def ingested(self) -> str:
+        return self._t("ingested")
+
+    @property
+    def scored(self) -> str:
+        return self._t("scored")
+
+    @property
+    def decisions(self) -> str:
+        return self._t("decisions")
+
+    @property
+    def responses(self) -> str:
+        return self._t("responses")
+
+    @property
+    def teacher_requests(self) -> str:
+        return self._t("teacher.requests")
+
+    @property
+    def teacher_results(self) -> str:
+        return self._t("teacher.results")
+
+    @property
+    def feedback(self) -> str:
+        return self._t("feedback")
+
+    @property
+    def harvest(self) -> str:
+        return self._t("harvest")
+
+    @property
+    def models(self) -> str:
+        return self._t("models")
+
+    @property
+    def dlq(self) -> str:
+        """Internal events a service could not handle (never a request's only answer)."""
+        return self._t("dlq")
+
+    def all(self) -> list[str]:
+        names = [
+            "requests", "requests_dlq", "ingested", "scored", "decisions", "responses",
+            "teacher_requests", "teacher_results", "feedback", "harvest", "models", "dlq",
+        ]
+        return [getattr(self, n) for n in names]
+
+    def partitions(self, topic: str, default: int) -> int:
+        """Model announcements are read in order from the beginning by every scorer: one
+        partition. Everything else is keyed by request id and spreads over ``default``."""
+        return 1 if topic == self.models else default

@@ -1,0 +1,86 @@
+"""Ingestion: validate, normalise and stamp requests; reject bad input with a reason.
+
+Reason codes on ``protege.requests.dlq``: invalid_utf8, invalid_json, not_an_object,
+schema_violation, unknown_task, empty_text, text_too_long, duplicate_request_id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+
+from protege.errors import InvalidEvent
+from protege.events import Ingested, Request, now_ms
+from protege.kafka import Out, Record, dead_letter
+from protege.serde import decode
+from protege.task import Task
+from protege.text import normalize
+from protege.topics import Topics
+
+STAMP_NAMESPACE = uuid.UUID("6f1c3b52-8d0e-4c61-9a3e-5b7f0e2d9c41")
+
+
+class SeenIds:
+    """The most recent ``size`` request ids, to reject duplicates."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, request_id: str) -> bool:
+        """Remember ``request_id``; False if it was already there."""
+        if request_id in self._ids:
+            return False
+        self._ids[request_id] = None
+        if len(self._ids) > self.size:
+            self._ids.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def extend(self, ids: Iterable[str]) -> None:
+        for i in ids:
+            self.add(i)
+
+
+class Ingestion:
+    def __init__(self, tasks: dict[str, Task], topics: Topics, *, max_text_chars: int, seen: SeenIds) -> None:
+        self.tasks = tasks
+        self.topics = topics
+        self.max_text_chars = max_text_chars
+        self.seen = seen
+
+    def stamp(self, record: Record) -> str:
+        # Deterministic in the record's coordinates: a re-read after a crash stamps the same id.
+        return "req-" + str(uuid.uuid5(STAMP_NAMESPACE, f"{record.topic}:{record.partition}:{record.offset}"))
+
+    def ingest(self, record: Record) -> Out:
+        def reject(reason: str, detail: str, request_id: str | None = None, tenant: str | None = None) -> Out:
+            return dead_letter(record, reason, detail, "ingestion", self.topics.requests_dlq,
+                               request_id=request_id, tenant=tenant)
+
+        try:
+            req = decode(Request, record.value, schema="request")
+        except InvalidEvent as e:
+            return reject(e.reason, e.detail)
+        ids = {"request_id": req.request_id, "tenant": req.tenant}
+        if req.task not in self.tasks:
+            return reject("unknown_task", f"no task named {req.task!r}; known: {sorted(self.tasks)}", **ids)
+        text = normalize(req.text)
+        if not text:
+            return reject("empty_text", "the text is empty after normalisation", **ids)
+        if len(text) > self.max_text_chars:
+            return reject("text_too_long", f"{len(text)} characters > limit {self.max_text_chars}", **ids)
+        request_id = req.request_id or self.stamp(record)
+        if not self.seen.add(request_id):
+            return reject("duplicate_request_id", f"request id {request_id!r} was already accepted", **ids)
+        event = Ingested(
+            request_id=request_id, tenant=req.tenant, task=req.task, text=text,
+            metadata=req.metadata or {}, sent_at_ms=req.sent_at_ms, received_at_ms=now_ms(),
+        )
+        return Out.of(self.topics.ingested, event, request_id)
+
+    async def handle(self, records: Sequence[Record]) -> list[Out]:
+        return [self.ingest(r) for r in records]

@@ -1,0 +1,81 @@
+"""Scorer: micro-batches of ingested requests through the ONNX student of their tenant's task.
+
+Which student serves a (tenant, task) comes from ``protege.models``; a request for a
+(tenant, task) with no student yet is passed on without one (cold start: the verifier
+sends it to the teacher). A student that fails on a batch is reported on each event as
+``student_error`` and the requests escalate; the scorer keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import structlog
+
+from protege.errors import InvalidEvent
+from protege.events import Ingested, ModelAnnouncement, Scored, StudentOutput, now_ms
+from protege.kafka import Out, Record, dead_letter
+from protege.serde import decode
+from protege.student.runtime import Student
+from protege.topics import Topics
+
+Loader = Callable[[Path], Student]
+
+
+class Scorer:
+    def __init__(self, topics: Topics, load: Loader) -> None:
+        self.topics = topics
+        self.load = load
+        self.students: dict[tuple[str, str], Student] = {}
+        self.log = structlog.get_logger().bind(service="scorer")
+
+    def serving(self) -> dict[str, str]:
+        return {f"{t}/{k}": s.version for (t, k), s in self.students.items()}
+
+    async def announce(self, record: Record) -> None:
+        """Load an announced version and swap it in; requests in flight finish on the old one."""
+        try:
+            ann = decode(ModelAnnouncement, record.value)
+        except InvalidEvent as e:
+            self.log.error("bad_announcement", reason=e.reason, detail=e.detail, offset=record.offset)
+            return
+        current = self.students.get((ann.tenant, ann.task))
+        if current is not None and current.version == ann.version:
+            return
+        try:
+            student = await asyncio.to_thread(self.load, Path(ann.path))
+        except Exception as e:  # a broken version must not take the scorer down
+            self.log.error("load_failed", version=ann.version, path=ann.path, error=str(e))
+            return
+        self.students[(ann.tenant, ann.task)] = student
+        self.log.info("serving", tenant=ann.tenant, task=ann.task, version=ann.version, providers=student.providers)
+
+    async def handle(self, records: Sequence[Record]) -> list[Out]:
+        outs: list[Out] = []
+        groups: dict[tuple[str, str], list[Ingested]] = defaultdict(list)
+        for r in records:
+            try:
+                req = decode(Ingested, r.value)
+            except InvalidEvent as e:
+                outs.append(dead_letter(r, e.reason, e.detail, "scorer", self.topics.dlq))
+                continue
+            groups[(req.tenant, req.task)].append(req)
+        for key, reqs in groups.items():
+            student = self.students.get(key)
+            answers: list[StudentOutput | None] = [None] * len(reqs)
+            error = None
+            if student is not None:
+                try:
+                    answers = list(await asyncio.to_thread(student.predict, [q.text for q in reqs]))
+                except Exception as e:  # fail safe: escalate, say why
+                    error = f"{type(e).__name__}: {e}"[:300]
+                    self.log.error("student_failed", version=student.version, error=error, batch=len(reqs))
+            at = now_ms()
+            for req, answer in zip(reqs, answers, strict=True):
+                scored = Scored(request=req, student=answer, student_error=error, scored_at_ms=at,
+                                batch_size=len(reqs))
+                outs.append(Out.of(self.topics.scored, scored, req.request_id))
+        return outs

@@ -1,0 +1,116 @@
+"""Offline trainer: accumulate harvested cases per tenant and task, retrain, gate, announce.
+
+The case store is one JSON Lines file per (tenant, task) under ``home/harvest``; a case
+is kept once per request id (a re-read after a crash adds nothing). The first student is
+trained at ``min_cases`` cases, then again every ``retrain_every`` new ones. A version
+that passes the gates is announced on ``protege.models``; one that does not is kept in
+the registry, not announced, and the log says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import structlog
+
+from protege.errors import InvalidEvent
+from protege.events import HarvestCase, ModelAnnouncement, now_ms
+from protege.kafka import Out, Record, dead_letter
+from protege.serde import decode
+from protege.student.train import Case, TrainResult
+from protege.task import Task
+from protege.topics import Topics
+
+Train = Callable[[list[Case], str, Task], TrainResult]
+
+
+class CaseStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.cases: dict[tuple[str, str], dict[str, Case]] = {}
+
+    def _path(self, tenant: str, task: str) -> Path:
+        return self.root / tenant / f"{task}.jsonl"
+
+    def load(self, tenant: str, task: str) -> dict[str, Case]:
+        key = (tenant, task)
+        if key not in self.cases:
+            cases: dict[str, Case] = {}
+            path = self._path(tenant, task)
+            if path.exists():
+                for line in path.read_text().splitlines():
+                    row = json.loads(line)
+                    cases[row["request_id"]] = Case(row["request_id"], row["text"], row["label"])
+            self.cases[key] = cases
+        return self.cases[key]
+
+    def add(self, case: HarvestCase) -> bool:
+        cases = self.load(case.tenant, case.task)
+        if case.request_id in cases and case.reason != "feedback":
+            return False
+        cases[case.request_id] = Case(case.request_id, case.text, case.label)
+        path = self._path(case.tenant, case.task)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps({"request_id": case.request_id, "text": case.text, "label": case.label,
+                                "source": case.label_source, "reason": case.reason}) + "\n")
+        return True
+
+
+class Trainer:
+    def __init__(self, tasks: dict[str, Task], topics: Topics, store: CaseStore, train: Train, *,
+                 min_cases: int, retrain_every: int) -> None:
+        self.tasks = tasks
+        self.topics = topics
+        self.store = store
+        self.train = train
+        self.min_cases = min_cases
+        self.retrain_every = retrain_every
+        self.trained_at: dict[tuple[str, str], int] = {}
+        self.log = structlog.get_logger().bind(service="trainer")
+
+    def due(self, tenant: str, task: str) -> bool:
+        n = len(self.store.load(tenant, task))
+        last = self.trained_at.get((tenant, task))
+        labels = {c.label for c in self.store.load(tenant, task).values()}
+        if len(labels) < 2:
+            return False
+        return n >= self.min_cases if last is None else n - last >= self.retrain_every
+
+    async def handle(self, records: Sequence[Record]) -> list[Out]:
+        outs: list[Out] = []
+        touched: set[tuple[str, str]] = set()
+        for r in records:
+            try:
+                case = decode(HarvestCase, r.value)
+            except InvalidEvent as e:
+                outs.append(dead_letter(r, e.reason, e.detail, "trainer", self.topics.dlq))
+                continue
+            if case.task not in self.tasks:
+                outs.append(dead_letter(r, "unknown_task", f"trainer has no task {case.task!r}", "trainer",
+                                        self.topics.dlq, request_id=case.request_id, tenant=case.tenant))
+                continue
+            if self.store.add(case):
+                touched.add((case.tenant, case.task))
+        for tenant, task in sorted(touched):
+            if self.due(tenant, task):
+                outs.extend(await self.retrain(tenant, task))
+        return outs
+
+    async def retrain(self, tenant: str, task_name: str) -> list[Out]:
+        cases = list(self.store.load(tenant, task_name).values())
+        self.trained_at[(tenant, task_name)] = len(cases)
+        self.log.info("training", tenant=tenant, task=task_name, cases=len(cases))
+        result = await asyncio.to_thread(self.train, cases, tenant, self.tasks[task_name])
+        self.log.info("trained", tenant=tenant, task=task_name, version=result.version, promoted=result.promoted,
+                      reason=result.reason, **result.metrics)
+        if not result.promoted:
+            return []
+        ann = ModelAnnouncement(
+            tenant=tenant, task=task_name, version=result.version, path=str(result.folder.resolve()),
+            labels=result.labels, metrics=result.metrics, trained_on=len(cases), announced_at_ms=now_ms(),
+        )
+        return [Out.of(self.topics.models, ann, f"{tenant}/{task_name}")]
