@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import platform
 import runpy
@@ -38,6 +39,7 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(bench_app, name="bench")
 app.add_typer(schemas_app, name="schemas")
 console = Console(stderr=True)
+logging.getLogger("aiokafka").setLevel(logging.ERROR)  # transient leader elections right after topic creation
 
 STANDIN_NOTE = "teacher: OFFLINE STAND-IN answering from labelled data (no ANTHROPIC_API_KEY); costs are estimates"
 
@@ -151,6 +153,9 @@ def demo(tickets: Annotated[int, typer.Option(help="Generated tickets to stream.
         "PROTEGE_TASKS_DIR": str((home / "tasks").resolve()),
         "PROTEGE_STANDIN_LABELS": str((home / "tickets.jsonl").resolve()),
         "PROTEGE_MIN_CASES": "60", "PROTEGE_RETRAIN_EVERY": "80",
+        # Two cores: one ONNX Runtime thread each for the scorer and the trainer, so a
+        # retrain does not starve the student path.
+        "PROTEGE_THREADS": "1", "OMP_NUM_THREADS": "1",
     }
     summary = _stream_run(home, env, {"traffic": rows}, tenant="acme", task="ticket-triage", rate=rate,
                           extra=BAD_INPUTS)

@@ -246,6 +246,15 @@ def summarize(d: Drive) -> dict[str, Any]:
         values = [o.latency_ms for o in items if o.latency_ms is not None]
         return {"p50": percentile(values, 0.5), "p95": percentile(values, 0.95), "p99": percentile(values, 0.99)}
 
+    def hops(items: list[Outcome]) -> dict[str, float | None]:
+        """Median time spent before ingestion, inside the pipeline, and delivering the answer."""
+        r = [(o, o.response) for o in items if o.response is not None and o.answered_at is not None]
+        return {
+            "to_ingestion": percentile([resp.received_at_ms - o.sent_at * 1000 for o, resp in r], 0.5),
+            "in_pipeline": percentile([float(resp.answered_at_ms - resp.received_at_ms) for o, resp in r], 0.5),
+            "to_reader": percentile([(o.answered_at or 0) * 1000 - resp.answered_at_ms for o, resp in r], 0.5),
+        }
+
     n = len(outs) or 1
     standin = any(r.standin for r in d.teacher_results)
     return {
@@ -261,6 +270,7 @@ def summarize(d: Drive) -> dict[str, Any]:
         "cost_usd": sum(r.cost_usd for r in d.teacher_results),
         "teacher_standin": standin,
         "latency_ms": {"student": lat(by_route["student"]), "teacher": lat(by_route["teacher"]), "all": lat(answered)},
+        "hops_p50_ms": {"student": hops(by_route["student"]), "teacher": hops(by_route["teacher"])},
         "seconds": d.seconds,
         "throughput_rps": len(answered) / d.seconds if d.seconds else None,
     }
