@@ -7,6 +7,7 @@ model error) goes to the teacher: the fail-safe is the teacher.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -14,18 +15,21 @@ from protege.events import Decision, Scored
 from protege.task import Task
 
 
-def rule_checks(scored: Scored, task: Task) -> list[str]:
+class Rules:
     """Declarative rules from the task file that force the teacher, whatever the signals."""
-    policy, req = task.policy, scored.request
-    fired = []
-    if req.tenant in policy.vip_tenants:
-        fired.append("vip_tenant")
-    for pattern in policy.patterns:
-        if pattern.search(req.text):
-            fired.append(f"pattern:{pattern.pattern}")
-    if scored.student is not None and scored.student.label in policy.always_escalate_labels:
-        fired.append(f"sensitive_label:{scored.student.label}")
-    return fired
+
+    def __init__(self, task: Task) -> None:
+        self.policy = task.policy
+        self.patterns = [re.compile(p, re.IGNORECASE) for p in task.policy.escalate_patterns]
+
+    def __call__(self, scored: Scored) -> list[str]:
+        req, fired = scored.request, []
+        if req.tenant in self.policy.vip_tenants:
+            fired.append("vip_tenant")
+        fired += [f"pattern:{p.pattern}" for p in self.patterns if p.search(req.text)]
+        if scored.student is not None and scored.student.label in self.policy.always_escalate_labels:
+            fired.append(f"sensitive_label:{scored.student.label}")
+        return fired
 
 
 def signal_checks(signals: dict[str, float], thresholds: dict[str, float]) -> list[str]:
@@ -41,10 +45,18 @@ def signal_checks(signals: dict[str, float], thresholds: dict[str, float]) -> li
 
 
 class Router(ABC):
+    """Bound to one task's policy; ``decide`` is pure in its arguments."""
+
     name: ClassVar[str]
 
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.thresholds = task.policy.thresholds.model_dump()
+        self.policy_version = task.policy.version
+        self.rules = Rules(task)
+
     @abstractmethod
-    def decide(self, scored: Scored, task: Task, now_ms: int) -> Decision: ...
+    def decide(self, scored: Scored, now_ms: int) -> Decision: ...
 
 
 class Cascade(Router):
@@ -52,10 +64,10 @@ class Cascade(Router):
 
     name = "cascade"
 
-    def decide(self, scored: Scored, task: Task, now_ms: int) -> Decision:
+    def decide(self, scored: Scored, now_ms: int) -> Decision:
         req, student = scored.request, scored.student
-        thresholds = task.policy.thresholds.model_dump()
-        rules = rule_checks(scored, task)
+        thresholds = self.thresholds
+        rules = self.rules(scored)
         if student is None:
             signals: dict[str, float] = {}
             reasons = ["student_error" if scored.student_error else "no_student"]
@@ -67,7 +79,7 @@ class Cascade(Router):
         return Decision(
             request_id=req.request_id, tenant=req.tenant, task=req.task,
             verdict="accept" if accept else "escalate", route="student" if accept else "teacher",
-            policy=self.name, policy_version=task.policy.version,
+            policy=self.name, policy_version=self.policy_version,
             model_version=student.model_version if student else None,
             student_label=student.label if student else None,
             signals=signals, thresholds=thresholds, rules=rules, reasons=reasons, decided_at_ms=now_ms,
@@ -78,7 +90,7 @@ ROUTERS: dict[str, type[Router]] = {Cascade.name: Cascade}
 
 
 def router_for(task: Task) -> Router:
-    return ROUTERS[task.policy.name]()
+    return ROUTERS[task.policy.name](task)
 
 
 def recompute_verdict(decision: Decision) -> str:

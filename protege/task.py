@@ -4,7 +4,7 @@
     labels: {billing: "charges, refunds, invoices", ...}   # the teacher may also answer `oos`
     instructions: "You triage customer support tickets ..."
     policy: {name: cascade, thresholds: {...}, always_escalate_labels: [...], ...}
-    teacher: {model: claude-sonnet-4-5, max_tokens: 256}
+    teacher: {model: claude-sonnet-4-6, max_tokens: 256}
     student: {max_length: 128}
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,20 +51,17 @@ class Policy(BaseModel):
                 raise ValueError(f"escalate pattern {p!r} does not compile: {e}") from e
         return patterns
 
-    @cached_property
+    @property
     def version(self) -> str:
+        """Content hash: any change to the policy section is a new policy version."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
-
-    @cached_property
-    def patterns(self) -> list[re.Pattern[str]]:
-        return [re.compile(p, re.IGNORECASE) for p in self.escalate_patterns]
 
 
 class TeacherConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-4-6"
     max_tokens: int = Field(256, ge=16)
 
 

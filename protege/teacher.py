@@ -122,7 +122,7 @@ class StandinTeacher:
     """The offline stand-in: answers from labelled data. Named as such everywhere."""
 
     def __init__(self, labelled: dict[str, str], *, noise: float = 0.0, latency_ms: float = 0.0,
-                 priced_as: str = "claude-sonnet-4-5", seed: int = 0) -> None:
+                 priced_as: str = "claude-sonnet-4-6", seed: int = 0) -> None:
         self.labelled = labelled
         self.noise = noise
         self.latency_ms = latency_ms

@@ -38,7 +38,7 @@ def build_teacher(settings: TeacherSettings) -> Teacher:
                 noise=settings.standin_noise)
     return StandinTeacher.from_jsonl(settings.standin_labels, noise=settings.standin_noise,
                                      latency_ms=settings.standin_latency_ms,
-                                     priced_as=settings.teacher_model or "claude-sonnet-4-5")
+                                     priced_as=settings.teacher_model or "claude-sonnet-4-6")
 
 
 async def serve(settings: TeacherSettings, stop: asyncio.Event) -> None:

@@ -29,12 +29,11 @@ class Verifier:
         except InvalidEvent as e:
             return [dead_letter(record, e.reason, e.detail, "verifier", self.topics.dlq)]
         req = scored.request
-        task = self.tasks.get(req.task)
-        if task is None:
+        if req.task not in self.routers:
             return [dead_letter(record, "unknown_task", f"verifier has no task {req.task!r}", "verifier",
                                 self.topics.dlq, request_id=req.request_id, tenant=req.tenant)]
         at = now_ms()
-        decision: Decision = self.routers[req.task].decide(scored, task, at)
+        decision: Decision = self.routers[req.task].decide(scored, at)
         outs = [Out.of(self.topics.decisions, decision, req.request_id)]
         if decision.verdict == "accept" and scored.student is not None:
             response = Response(

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+from aiokafka import ConsumerRecord
+
+from protege.events import DeadLetter, Ingested
+from protege.generator import triage_task
+from protege.topics import Topics
+from services.ingestion.handler import Ingestion, SeenIds
+
+T = Topics("x.")
+
+
+def record(value: bytes, offset: int = 0) -> ConsumerRecord:
+    return ConsumerRecord(T.requests, 0, offset, 0, 0, None, value, None, len(value), -1, [])
+
+
+def ingest(value: bytes | dict, handler: Ingestion | None = None, offset: int = 0):
+    h = handler or Ingestion({"ticket-triage": triage_task()}, T, max_text_chars=100, seen=SeenIds(10))
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    [out] = asyncio.run(h.handle([record(raw, offset)]))
+    return out
+
+
+def reason(out) -> str:
+    assert out.topic == T.requests_dlq
+    letter = DeadLetter.model_validate_json(out.value)
+    return letter.reason
+
+
+GOOD = {"tenant": "acme", "task": "ticket-triage", "text": "  where\tis my\u200b order  "}
+
+
+def test_valid_request_is_normalised_and_stamped() -> None:
+    out = ingest(GOOD, offset=5)
+    assert out.topic == T.ingested
+    ev = Ingested.model_validate_json(out.value)
+    assert ev.text == "where is my order"
+    assert ev.request_id.startswith("req-") and out.key == ev.request_id.encode()
+    assert ingest(GOOD, offset=5).key == out.key  # deterministic in the record's coordinates
+    assert ingest(GOOD, offset=6).key != out.key
+
+
+def test_bad_inputs_get_reasons_and_keep_the_bytes() -> None:
+    out = ingest(b"\xff\xfe")
+    assert reason(out) == "invalid_utf8"
+    assert base64.b64decode(DeadLetter.model_validate_json(out.value).value_b64) == b"\xff\xfe"
+    assert reason(ingest(b"not json")) == "invalid_json"
+    assert reason(ingest(b"[1, 2]")) == "not_an_object"
+    assert reason(ingest({"tenant": "acme", "task": "ticket-triage"})) == "schema_violation"
+    assert reason(ingest({**GOOD, "text": 5})) == "schema_violation"
+    assert reason(ingest({**GOOD, "tenant": "bad tenant!"})) == "schema_violation"
+    assert reason(ingest({**GOOD, "task": "nope"})) == "unknown_task"
+    assert reason(ingest({**GOOD, "text": "\u200b \x00 "})) == "empty_text"
+    assert reason(ingest({**GOOD, "text": "x" * 101})) == "text_too_long"
+
+
+def test_duplicate_request_id_is_rejected() -> None:
+    h = Ingestion({"ticket-triage": triage_task()}, T, max_text_chars=100, seen=SeenIds(10))
+    assert ingest({**GOOD, "request_id": "dup-1"}, h).topic == T.ingested
+    out = ingest({**GOOD, "request_id": "dup-1"}, h)
+    assert reason(out) == "duplicate_request_id"
+    assert DeadLetter.model_validate_json(out.value).request_id == "dup-1"
+
+
+def test_seen_ids_forget_the_oldest() -> None:
+    seen = SeenIds(2)
+    assert seen.add("a") and seen.add("b") and seen.add("c")
+    assert seen.add("a") and not seen.add("c")

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protege.events import Ingested, Scored, StudentOutput
+from protege.generator import triage_task
+from protege.policy import recompute_verdict, router_for
+
+TASK = triage_task()
+
+
+def scored(text: str = "where is my order", label: str = "shipping", confidence: float = 0.95,
+           margin: float = 0.9, ood: float = 0.1, tenant: str = "acme", student: bool = True) -> Scored:
+    req = Ingested(request_id="r1", tenant=tenant, task=TASK.name, text=text, received_at_ms=1)
+    out = StudentOutput(model_version="v1", label=label, confidence=confidence, margin=margin, ood=ood,
+                        top=[(label, confidence)]) if student else None
+    return Scored(request=req, student=out, scored_at_ms=2, batch_size=1)
+
+
+def decide(s: Scored):
+    return router_for(TASK).decide(s, 3)
+
+
+def test_confident_student_is_accepted() -> None:
+    d = decide(scored())
+    assert (d.verdict, d.route, d.reasons) == ("accept", "student", [])
+    assert d.policy == "cascade" and d.policy_version == TASK.policy.version
+    assert d.signals == {"confidence": 0.95, "margin": 0.9, "ood": 0.1}
+
+
+def test_cold_start_escalates() -> None:
+    d = decide(scored(student=False))
+    assert (d.verdict, d.route, d.reasons, d.model_version) == ("escalate", "teacher", ["no_student"], None)
+
+
+def test_each_signal_can_escalate() -> None:
+    assert decide(scored(confidence=0.3)).reasons == ["low_confidence"]
+    assert decide(scored(margin=0.05)).reasons == ["low_margin"]
+    assert decide(scored(ood=0.9)).reasons == ["out_of_distribution"]
+
+
+def test_rules_escalate_whatever_the_signals() -> None:
+    d = decide(scored(text="I will take you to court over this"))
+    assert d.verdict == "escalate" and d.rules == [r"pattern:\b(lawyer|lawsuit|sue|court)\b"]
+    vip = TASK.model_copy(update={"policy": TASK.policy.model_copy(update={"vip_tenants": ["bigco"]})})
+    assert router_for(vip).decide(scored(tenant="bigco"), 3).rules == ["vip_tenant"]
+    sens = TASK.model_copy(update={"policy": TASK.policy.model_copy(update={"always_escalate_labels": ["refund"]})})
+    assert router_for(sens).decide(scored(label="refund"), 3).rules == ["sensitive_label:refund"]
+
+
+def test_policy_version_changes_with_the_policy() -> None:
+    other = TASK.policy.model_copy(update={"thresholds": TASK.policy.thresholds.model_copy(update={"min_margin": 0.5})})
+    assert other.version != TASK.policy.version
+    assert triage_task().policy.version == TASK.policy.version
+
+
+@given(st.floats(0, 1), st.floats(0, 1), st.floats(-1, 2), st.booleans())
+def test_recorded_decision_recomputes_its_verdict(conf: float, margin: float, ood: float, angry: bool) -> None:
+    text = "see you in court" if angry else "where is my order"
+    d = decide(scored(text=text, confidence=conf, margin=margin, ood=ood))
+    assert recompute_verdict(d) == d.verdict

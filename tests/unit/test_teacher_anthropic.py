@@ -1,0 +1,71 @@
+"""The real anthropic SDK against our local Messages API server: tool-use answers,
+prompt-cache accounting, retries on 429/529/500, and one repair of an invalid label."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import anthropic
+import pytest
+
+from protege.costs import cost_usd, price_for
+from protege.errors import TeacherError
+from protege.generator import triage_task
+from protege.teacher import AnthropicTeacher
+from tests.messages_api import MessagesAPI, serve
+
+TASK = triage_task()
+
+
+@pytest.fixture
+def api() -> Iterator[MessagesAPI]:
+    with serve(MessagesAPI({"where is my order": "shipping", "refund please": "refund"})) as a:
+        yield a
+
+
+def teacher(api: MessagesAPI, retries: int = 3) -> AnthropicTeacher:
+    client = anthropic.AsyncAnthropic(api_key="test-key", base_url=api.url, max_retries=retries, timeout=10)
+    return AnthropicTeacher(client)
+
+
+def ask(t: AnthropicTeacher, text: str):
+    return asyncio.run(t.label(TASK, text, "req-1"))
+
+
+def test_answer_comes_from_the_tool_call_with_cached_instructions(api: MessagesAPI) -> None:
+    t = teacher(api)
+    first, second = ask(t, "where is my order"), ask(t, "refund please")
+    assert (first.label, second.label) == ("shipping", "refund")
+    assert not first.standin and first.model == TASK.teacher.model and first.attempts == 1
+    body = api.requests[0]
+    assert body["tool_choice"] == {"type": "tool", "name": "classify"}
+    assert body["tools"][0]["input_schema"]["properties"]["label"]["enum"] == TASK.answers
+    assert body["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert first.usage.cache_creation_input_tokens > 0 and second.usage.cache_read_input_tokens > 0
+    assert first.cost_usd == pytest.approx(cost_usd(first.usage, price_for(TASK.teacher.model)))
+    assert second.cost_usd < first.cost_usd
+
+
+@pytest.mark.parametrize("status", [429, 500, 529])
+def test_transient_errors_are_retried(api: MessagesAPI, status: int) -> None:
+    api.faults.extend([status, status])
+    assert ask(teacher(api), "where is my order").label == "shipping"
+    assert len(api.requests) == 3
+
+
+def test_retries_exhausted_raise(api: MessagesAPI) -> None:
+    api.faults.extend([529] * 5)
+    with pytest.raises(anthropic.InternalServerError):
+        ask(teacher(api, retries=1), "where is my order")
+
+
+def test_invalid_label_is_repaired_once_then_fails(api: MessagesAPI) -> None:
+    api.faults.append("invalid_label")
+    a = ask(teacher(api), "where is my order")
+    assert a.label == "shipping" and a.attempts == 2
+    repair = api.requests[-1]["messages"]
+    assert repair[1]["role"] == "assistant" and repair[2]["content"][0]["type"] == "tool_result"
+    api.faults.extend(["invalid_label", "invalid_label"])
+    with pytest.raises(TeacherError, match="invalid_label"):
+        ask(teacher(api), "where is my order")
