@@ -99,8 +99,8 @@ class Decision(Event):
     route: Route = Field(description="Who answers: the student (accept) or the teacher.")
     policy: str = Field(description="Routing policy name, e.g. cascade.")
     policy_version: str = Field(description="Content hash of the task's policy section.")
-    model_version: str | None
-    student_label: str | None
+    model_version: str | None = None
+    student_label: str | None = None
     signals: dict[str, float] = Field(description="confidence, margin, ood as seen by the verifier.")
     thresholds: dict[str, float] = Field(description="The thresholds the signals were held to.")
     rules: list[str] = Field(default_factory=list, description="Rule checks that fired.")

@@ -35,6 +35,7 @@ class LocalPipeline:
     bootstrap: str | None = None  # an already running broker; else the embedded one
     broker_home: Path | None = None
     services: list[str] | None = None
+    topic_prefix: str = ""
 
     def __post_init__(self) -> None:
         self.broker: EmbeddedBroker | None = None
@@ -43,7 +44,7 @@ class LocalPipeline:
 
     @property
     def settings(self) -> Settings:
-        return Settings(bootstrap_servers=self.bootstrap or "", home=self.home)
+        return Settings(bootstrap_servers=self.bootstrap or "", home=self.home, topic_prefix=self.topic_prefix)
 
     def __enter__(self) -> LocalPipeline:
         try:
@@ -108,12 +109,14 @@ async def drive(
     timeout: float = 300.0,
     progress: Callable[[int, int, dict[str, int]], None] | None = None,
     extra: list[bytes] | None = None,
+    linger: float = 0.0,
 ) -> Drive:
     """Publish ``rows`` ({id, text, label}) as requests and collect their responses.
 
     Responses and teacher results are read from the offsets that were the end before the
     first send, so earlier traffic is not counted. ``extra`` are raw payloads (bad input)
-    published alongside, not awaited.
+    published alongside, not awaited. ``linger`` keeps reading that long after the last
+    answer, so late duplicates are counted.
     """
     topics = settings.topics
     reader = consumer(settings, group=None)
@@ -130,8 +133,10 @@ async def drive(
 
     async def collect(until: float) -> None:
         while time.perf_counter() < until:
-            if len(outcomes) == len(rows) and all(o.response for o in outcomes.values()):
-                return
+            if len(outcomes) == len(rows) and sum(counts.values()) == len(rows):
+                if linger <= 0:
+                    return
+                until = min(until, time.perf_counter() + linger)
             batch = await reader.getmany(timeout_ms=100)
             at = time.time()
             for tp, records in batch.items():
