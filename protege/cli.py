@@ -155,7 +155,7 @@ def demo(tickets: Annotated[int, typer.Option(help="Generated tickets to stream.
         "PROTEGE_MIN_CASES": "60", "PROTEGE_RETRAIN_EVERY": "80",
         # Two cores: one ONNX Runtime thread each for the scorer and the trainer, so a
         # retrain does not starve the student path.
-        "PROTEGE_THREADS": "1", "OMP_NUM_THREADS": "1",
+        "PROTEGE_THREADS": "1", "PROTEGE_TRAINER_THREADS": "1", "OMP_NUM_THREADS": "1",
     }
     summary = _stream_run(home, env, {"traffic": rows}, tenant="acme", task="ticket-triage", rate=rate,
                           extra=BAD_INPUTS)
@@ -261,7 +261,7 @@ def bench_stream(
     test: Annotated[Path, typer.Option(help="Labelled JSON Lines streamed after; the report's test numbers.")],
     report_json: Annotated[Path, typer.Option(help="Where to write the JSON report.")],
     teacher_noise: Annotated[float, typer.Option(help="Share of stand-in answers replaced by a wrong label.")] = 0.0,
-    rate: Annotated[float, typer.Option(help="Requests per second.")] = 80.0,
+    rate: Annotated[float, typer.Option(help="Requests per second.")] = 50.0,
     min_cases: int = 300,
     retrain_every: int = 1000,
     limit: Annotated[int, typer.Option(help="Use only the first N rows of each file (0: all).")] = 0,
@@ -288,6 +288,7 @@ def bench_stream(
         "PROTEGE_STANDIN_LABELS": str((home / "labelled.jsonl").resolve()),
         "PROTEGE_STANDIN_NOISE": str(teacher_noise),
         "PROTEGE_MIN_CASES": str(min_cases), "PROTEGE_RETRAIN_EVERY": str(retrain_every),
+        "PROTEGE_TRAINER_THREADS": "1",  # retrains must not starve the scorer on a small machine
     }
     summary = _stream_run(home, env, {"train": train_rows, "test": test_rows}, tenant="bench", task=task_name,
                           rate=rate)

@@ -160,7 +160,9 @@ class Processor:
                     outs = await self.handle(records)
                     for out in outs:
                         await prod.send(out.topic, out.value, key=out.key)
-                    offsets = {tp: rs[-1].offset + 1 for tp, rs in batches.items()}
+                    # The position, not last offset + 1: it has moved past transaction
+                    # markers, so a caught-up group shows zero lag.
+                    offsets = {tp: max(rs[-1].offset + 1, await cons.position(tp)) for tp, rs in batches.items()}
                     await prod.send_offsets_to_transaction(offsets, self.group)
                 self.processed += len(records)
         finally:

@@ -25,7 +25,7 @@ from services.trainer.handler import CaseStore, Trainer
 async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
     backbone = settings.backbone or await asyncio.to_thread(export_backbone, default_cache() / "backbones" / BACKBONE_NAME)
     embed = EmbeddingCache(Encoder(Path(backbone) / "model.onnx", Path(backbone) / "tokenizer.json",
-                                   threads=settings.threads))
+                                   threads=settings.trainer_threads))
     registry = settings.home / "registry"
 
     def train(cases: list[Case], tenant: str, task: Task) -> TrainResult:

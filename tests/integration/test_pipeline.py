@@ -36,7 +36,7 @@ def pipeline(kafka: EmbeddedBroker, backbone: Path, tmp_path_factory: pytest.Tem
     env = {
         "PROTEGE_TASKS_DIR": str(REPO / "tasks"), "PROTEGE_STANDIN_LABELS": str(home / "labels.jsonl"),
         "PROTEGE_MIN_CASES": "60", "PROTEGE_RETRAIN_EVERY": "1000", "PROTEGE_BACKBONE": str(backbone),
-        "PROTEGE_THREADS": "1", "OMP_NUM_THREADS": "1", "PROTEGE_LOG_FORMAT": "json",
+        "PROTEGE_THREADS": "1", "PROTEGE_TRAINER_THREADS": "1", "OMP_NUM_THREADS": "1", "PROTEGE_LOG_FORMAT": "json",
     }
     with LocalPipeline(home, env=env, bootstrap=kafka.bootstrap, topic_prefix=f"it{int(time.time())}.") as p:
         p.rows = rows  # type: ignore[attr-defined]
