@@ -83,6 +83,19 @@ def run(service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICE
     runpy.run_module(f"services.{service}", run_name="__main__")
 
 
+@app.command("health")
+def health(service: str, max_age: Annotated[float, typer.Option(help="Seconds since the last heartbeat.")] = 60.0) -> None:
+    """Exit 0 if SERVICE's processing loop turned within MAX_AGE seconds (the liveness probe)."""
+    beat = Settings().home / "health" / service
+    try:
+        age = time.time() - float(beat.read_text())
+    except (OSError, ValueError):
+        typer.echo(f"{service}: no heartbeat at {beat}")
+        raise typer.Exit(1) from None
+    typer.echo(f"{service}: last heartbeat {age:.1f}s ago")
+    raise typer.Exit(0 if age <= max_age else 1)
+
+
 @app.command("topics")
 def topics() -> None:
     """Create every protege topic on PROTEGE_BOOTSTRAP_SERVERS (idempotent)."""

@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -114,6 +116,22 @@ def consumer(settings: Settings, *topics: str, group: str | None, **kw: Any) -> 
     )
 
 
+class Heartbeat:
+    """A file touched while the loop turns; the liveness probe is ``protege health <service>``."""
+
+    def __init__(self, path: Path, every: float = 5.0) -> None:
+        self.path = path
+        self.every = every
+        self.last = 0.0
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def beat(self) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.path.write_text(str(time.time()))
+            self.last = now
+
+
 class Processor:
     """Consume ``inputs``, hand each batch to ``handle``, produce its outputs exactly once."""
 
@@ -150,8 +168,10 @@ class Processor:
         await cons.start()
         self.ready.set()
         self.log.info("processing", inputs=self.inputs, group=self.group, transactional_id=self.transactional_id)
+        heartbeat = Heartbeat(self.settings.home / "health" / self.service)
         try:
             while not stop.is_set():
+                heartbeat.beat()
                 batches = await cons.getmany(timeout_ms=self.max_wait_ms, max_records=self.max_records)
                 records = [r for rs in batches.values() for r in rs]
                 if not records:
