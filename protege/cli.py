@@ -149,8 +149,8 @@ BAD_INPUTS = [
 
 
 @app.command("demo")
-def demo(tickets: Annotated[int, typer.Option(help="Generated tickets to stream.")] = 600,
-         rate: Annotated[float, typer.Option(help="Requests per second.")] = 25.0,
+def demo(tickets: Annotated[int, typer.Option(help="Generated tickets to stream.")] = 1200,
+         rate: Annotated[float, typer.Option(help="Requests per second.")] = 30.0,
          seed: int = 7,
          home: Annotated[Path, typer.Option(help="Run folder (wiped at start).")] = Path(".protege/demo"),
          report_json: Annotated[Path | None, typer.Option(help="Also write the summary as JSON.")] = None) -> None:
@@ -172,7 +172,7 @@ def demo(tickets: Annotated[int, typer.Option(help="Generated tickets to stream.
     }
     summary = _stream_run(home, env, {"traffic": rows}, tenant="acme", task="ticket-triage", rate=rate,
                           extra=BAD_INPUTS)
-    _print_summary(summary, ["traffic"])
+    _print_summary(summary, ["traffic", "traffic, last 25%"])
     if report_json:
         report_json.write_text(json.dumps(summary, indent=2))
 
@@ -180,7 +180,7 @@ def demo(tickets: Annotated[int, typer.Option(help="Generated tickets to stream.
 def _stream_run(home: Path, env: dict[str, str], phases: dict[str, list[dict[str, Any]]], *, tenant: str, task: str,
                 rate: float, extra: list[bytes] | None = None, between: Any = None) -> dict[str, Any]:
     from protege.kafka import read_all
-    from protege.pipeline import LocalPipeline, drive, summarize, wait_quiet
+    from protege.pipeline import Drive, LocalPipeline, drive, summarize, wait_quiet
 
     keyed = bool(os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("PROTEGE_ANTHROPIC_API_KEY"))
     if not keyed:
@@ -204,6 +204,12 @@ def _stream_run(home: Path, env: dict[str, str], phases: dict[str, list[dict[str
             result = asyncio.run(drive(settings, rows, tenant=tenant, task=task, rate=rate, progress=progress,
                                        extra=extra if i == 0 else None))
             summary[name] = summarize(result)
+            # The steady state: the last quarter of the phase, after the student has caught up.
+            tail = list(result.outcomes.items())[-max(1, len(rows) // 4):]
+            tail_ids = {rid for rid, _ in tail}
+            summary[f"{name}, last 25%"] = summarize(Drive(
+                dict(tail), [r for r in result.teacher_results if r.request_id in tail_ids],
+                result.seconds / 4))
             if i + 1 < len(phases):
                 console.print("waiting for the harvester and trainer to catch up ...")
                 t = settings.topics
@@ -242,7 +248,8 @@ def _fmt(v: Any, pct: bool = False, money: bool = False) -> str:
 
 
 def _print_summary(summary: dict[str, Any], phases: list[str]) -> None:
-    table = Table(title="protege run summary" + (" (teacher: OFFLINE STAND-IN)" if "STAND-IN" in summary["teacher"] else ""))
+    standin = "STAND-IN" in summary["teacher"]
+    table = Table(title="protege summary", caption="teacher: OFFLINE STAND-IN (labelled data)" if standin else None)
     table.add_column("metric")
     for name in phases:
         table.add_column(name, justify="right")
@@ -278,6 +285,9 @@ def bench_stream(
     min_cases: int = 300,
     retrain_every: int = 1000,
     limit: Annotated[int, typer.Option(help="Use only the first N rows of each file (0: all).")] = 0,
+    shuffle: Annotated[bool, typer.Option(help="Stream in a seeded random order (BANKING77's files are sorted by "
+                                               "label, which no live traffic is).")] = True,
+    seed: int = 0,
     home: Path = Path(".protege/bench"),
     task_name: str = "bench",
 ) -> None:
@@ -287,6 +297,11 @@ def bench_stream(
     from protege.teacher import StandinTeacher
 
     train_rows, test_rows = read_jsonl(train), read_jsonl(test)
+    if shuffle:
+        import random
+
+        random.Random(seed).shuffle(train_rows)
+        random.Random(seed + 1).shuffle(test_rows)
     if limit:
         train_rows, test_rows = train_rows[:limit], test_rows[:limit]
     shutil.rmtree(home, ignore_errors=True)
@@ -317,7 +332,8 @@ def bench_stream(
         all_cost, method = per_call * len(test_rows), "mean measured cost per teacher call x test requests"
     summary["all_teacher"] = {"cost_usd": all_cost, "requests": len(test_rows), "method": method}
     summary["config"] = {"train": str(train), "test": str(test), "rate": rate, "teacher_noise": teacher_noise,
-                         "min_cases": min_cases, "retrain_every": retrain_every, "limit": limit}
+                         "min_cases": min_cases, "retrain_every": retrain_every, "limit": limit,
+                         "shuffle": shuffle, "seed": seed}
     report_json.parent.mkdir(parents=True, exist_ok=True)
     report_json.write_text(json.dumps(summary, indent=2))
     _print_summary(summary, ["train", "test"])
@@ -346,3 +362,7 @@ def generate_cmd(n: int = 600, seed: int = 7, out: Path = Path("tickets.jsonl"))
     write_jsonl(generate(n, seed), out)
     typer.echo(f"wrote {n} tickets to {out}")
 
+
+
+if __name__ == "__main__":
+    app()

@@ -7,6 +7,7 @@ sends SIGTERM to all, waits, then SIGKILLs what is left.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -42,9 +43,15 @@ class Supervisor:
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
 
+    def _record_pids(self) -> None:
+        """``pids.json`` beside the logs: what is (or was) running, for operators and tests."""
+        pids = {c.name: c.proc.pid for c in self.children.values()}
+        (self.logs / "pids.json").write_text(json.dumps(pids))
+
     def start(self) -> None:
         for name in self.services:
             self.children[name] = Child(name, self._spawn(name), time.monotonic())
+        self._record_pids()
 
     def poll(self) -> list[str]:
         """Restart children that died; return the names restarted."""
@@ -61,6 +68,8 @@ class Supervisor:
             child.started = time.monotonic()
             child.restarts += 1
             restarted.append(child.name)
+        if restarted:
+            self._record_pids()
         return restarted
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
