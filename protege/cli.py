@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -178,16 +179,28 @@ def demo(tickets: Annotated[int, typer.Option(help="Generated tickets to stream.
 
 
 def _stream_run(home: Path, env: dict[str, str], phases: dict[str, list[dict[str, Any]]], *, tenant: str, task: str,
-                rate: float, extra: list[bytes] | None = None, between: Any = None) -> dict[str, Any]:
-    from protege.kafka import read_all
-    from protege.pipeline import Drive, LocalPipeline, drive, summarize, wait_quiet
-
+                rate: float, extra: list[bytes] | None = None) -> dict[str, Any]:
     keyed = bool(os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("PROTEGE_ANTHROPIC_API_KEY"))
     if not keyed:
         console.print(f"[yellow]{STANDIN_NOTE}[/]")
     summary: dict[str, Any] = {"teacher": "anthropic" if keyed else STANDIN_NOTE}
     started = time.perf_counter()
     console.print("starting the embedded Apache Kafka broker and six services ...")
+    try:
+        _run_phases(home, env, phases, summary, tenant=tenant, task=task, rate=rate, extra=extra)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: the services and the broker were stopped[/]")
+        raise typer.Exit(130) from None
+    summary["wall_seconds"] = time.perf_counter() - started
+    summary["versions"] = versions()
+    return summary
+
+
+def _run_phases(home: Path, env: dict[str, str], phases: dict[str, list[dict[str, Any]]], summary: dict[str, Any], *,
+                tenant: str, task: str, rate: float, extra: list[bytes] | None) -> None:
+    from protege.kafka import read_all
+    from protege.pipeline import Drive, LocalPipeline, drive, summarize, wait_quiet
+
     with LocalPipeline(home.resolve(), env=env) as p:
         console.print(f"broker at {p.bootstrap}; service logs in {home / 'logs'}")
         settings = p.settings
@@ -221,19 +234,14 @@ def _stream_run(home: Path, env: dict[str, str], phases: dict[str, list[dict[str
         summary["models_trained"] = len(models)
         summary["final_model"] = json.loads(models[-1].value) if models else None
         summary["dead_letters"] = {"count": len(dlq), "reasons": sorted({json.loads(r.value)["reason"] for r in dlq})}
-    summary["wall_seconds"] = time.perf_counter() - started
-    summary["versions"] = versions()
-    return summary
 
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "kafka": KAFKA_VERSION}
     for pkg in ("protege", "aiokafka", "onnxruntime", "onnxruntime-gpu", "tokenizers", "anthropic", "numpy",
                 "scikit-learn", "torch", "transformers"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
     return out
 
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -45,7 +45,7 @@ class Out:
         return cls(topic, event.dumps(), key.encode() if key is not None else None)
 
 
-Record = ConsumerRecord[bytes, bytes]
+Record: TypeAlias = ConsumerRecord  # [bytes, bytes]: keys and values are raw bytes
 BatchHandler = Callable[[Sequence[Record]], Awaitable[list[Out]]]
 
 
@@ -60,7 +60,7 @@ def dead_letter(record: Record, reason: str, detail: str, service: str, topic: s
         key_b64=base64.b64encode(record.key).decode() if record.key is not None else None,
         value_b64=base64.b64encode(record.value or b"").decode(),
         at_ms=now_ms(),
-        **ids,  # type: ignore[arg-type]
+        **ids,
     )
     key = ids.get("request_id") or (record.key.decode(errors="replace") if record.key else None)
     return Out.of(topic, letter, key)
@@ -198,7 +198,7 @@ async def read_all(settings: Settings, topic: str, *, idle_ms: int = 500) -> lis
     try:
         parts = cons.partitions_for_topic(topic) or set()
         if not parts:
-            await cons._client.force_metadata_update()  # noqa: SLF001 - no public API for this
+            await cons._client.force_metadata_update()
             parts = cons.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         cons.assign(tps)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,11 +73,19 @@ class LocalPipeline:
         self.close()
 
     def close(self) -> None:
-        if self.supervisor is not None:
-            self.supervisor.stop()
-            self.supervisor = None
-        if self.broker is not None and self.started_broker:
-            self.broker.stop()
+        # A second Ctrl-C must not leave half of it running: finish stopping first.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            if self.supervisor is not None:
+                self.supervisor.stop()
+                self.supervisor = None
+            if self.broker is not None and self.started_broker:
+                self.broker.stop()
+                self.broker = None
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
 
 
 @dataclass
@@ -193,7 +203,7 @@ async def drive(
 
 
 async def _partitions(reader: Any, topic: str) -> set[int]:
-    await reader._client.force_metadata_update()  # noqa: SLF001 - no public API for this
+    await reader._client.force_metadata_update()
     return reader.partitions_for_topic(topic) or set()
 
 

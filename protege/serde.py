@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +24,7 @@ E = TypeVar("E", bound=Event)
 SCHEMAS = Path(os.environ.get("PROTEGE_SCHEMAS_DIR", Path(__file__).resolve().parents[1] / "schemas"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def validator(name: str) -> Draft202012Validator:
     path = SCHEMAS / f"{name}.v1.schema.json"
     schema = json.loads(path.read_text())

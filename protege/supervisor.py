@@ -7,6 +7,7 @@ sends SIGTERM to all, waits, then SIGKILLs what is left.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -81,10 +82,8 @@ class Supervisor:
     def stop(self, timeout: float = 20.0) -> None:
         for child in self.children.values():
             if child.proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(child.proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         deadline = time.monotonic() + timeout
         for child in self.children.values():
             try:

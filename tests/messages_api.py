@@ -87,7 +87,7 @@ class MessagesAPI:
 @contextmanager
 def serve(api: MessagesAPI) -> Iterator[MessagesAPI]:
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             length = int(self.headers.get("content-length", 0))
             try:
                 body = json.loads(self.rfile.read(length))

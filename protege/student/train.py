@@ -10,6 +10,7 @@ data it was trained on, and a checksum of every file).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 import time
@@ -89,7 +90,7 @@ def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
     correct = probs.argmax(axis=1) == y
     edges = np.linspace(0, 1, bins + 1)
     total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         sel = (conf > lo) & (conf <= hi)
         if sel.any():
             total += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
@@ -121,7 +122,7 @@ def build_onnx(backbone: Path, w: np.ndarray, b: np.ndarray, dest: Path) -> None
 
 def _split(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     idx = np.random.default_rng(seed).permutation(n)
-    k = max(1, int(round(n * holdout)))
+    k = max(1, round(n * holdout))
     return idx[k:], idx[:k]
 
 

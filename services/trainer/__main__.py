@@ -9,7 +9,6 @@ under PROTEGE_CACHE; retrains after that use ONNX Runtime and scikit-learn only.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from protege.broker.embedded import default_cache
 from protege.kafka import Processor
@@ -23,13 +22,15 @@ from services.trainer.handler import CaseStore, Trainer
 
 
 async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
-    backbone = settings.backbone or await asyncio.to_thread(export_backbone, default_cache() / "backbones" / BACKBONE_NAME)
-    embed = EmbeddingCache(Encoder(Path(backbone) / "model.onnx", Path(backbone) / "tokenizer.json",
+    backbone = settings.backbone
+    if backbone is None:
+        backbone = await asyncio.to_thread(export_backbone, default_cache() / "backbones" / BACKBONE_NAME)
+    embed = EmbeddingCache(Encoder(backbone / "model.onnx", backbone / "tokenizer.json",
                                    threads=settings.trainer_threads))
     registry = settings.home / "registry"
 
     def train(cases: list[Case], tenant: str, task: Task) -> TrainResult:
-        return train_version(cases, embed=embed, backbone=Path(backbone), registry=registry, tenant=tenant,
+        return train_version(cases, embed=embed, backbone=backbone, registry=registry, tenant=tenant,
                              task=task.name, max_length=task.student.max_length, holdout=settings.holdout,
                              min_holdout_accuracy=settings.min_holdout_accuracy)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from protege.broker.embedded import EmbeddedBroker
-from protege.events import Decision, DeadLetter, Ingested, Scored
+from protege.events import DeadLetter, Decision, Ingested, Scored
 from protege.generator import generate, write_jsonl
 from protege.kafka import read_all
 from protege.pipeline import LocalPipeline, drive, summarize
