@@ -125,6 +125,10 @@ def up(standin_labels: Annotated[Path | None, typer.Option(help="Labelled JSON L
     console.print("stopped")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _stop_on_signals() -> Any:
     flag = {"stop": False}
 
@@ -186,6 +190,7 @@ def _stream_run(home: Path, env: dict[str, str], phases: dict[str, list[dict[str
     summary: dict[str, Any] = {"teacher": "anthropic" if keyed else STANDIN_NOTE}
     started = time.perf_counter()
     console.print("starting the embedded Apache Kafka broker and six services ...")
+    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM stops everything as Ctrl-C does
     try:
         _run_phases(home, env, phases, summary, tenant=tenant, task=task, rate=rate, extra=extra)
     except KeyboardInterrupt:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,22 @@ def test_demo_on_generated_tickets(tmp_path: Path) -> None:
     for pid in pids.values():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_demo_interrupted_stops_everything(tmp_path: Path, sig: signal.Signals) -> None:
+    home = tmp_path / "demo"
+    log = tmp_path / "demo.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "protege.cli", "demo", "--home", str(home)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while "answered" not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert "answered" in log.read_text(), log.read_text()[-2000:]
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == 130
+    assert "interrupted: the services and the broker were stopped" in log.read_text()
+    pids = json.loads((home / "logs" / "pids.json").read_text())
+    assert [name for name, pid in pids.items() if Path(f"/proc/{pid}").exists()] == []
+    assert subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True).stdout.strip() == ""
