@@ -189,6 +189,7 @@ def _stream_run(home: Path, env: dict[str, str], phases: dict[str, list[dict[str
         console.print(f"[yellow]{STANDIN_NOTE}[/]")
     summary: dict[str, Any] = {"teacher": "anthropic" if keyed else STANDIN_NOTE}
     started = time.perf_counter()
+    _prepare_backbone()
     console.print("starting the embedded Apache Kafka broker and six services ...")
     signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM stops everything as Ctrl-C does
     try:
@@ -199,6 +200,17 @@ def _stream_run(home: Path, env: dict[str, str], phases: dict[str, list[dict[str
     summary["wall_seconds"] = time.perf_counter() - started
     summary["versions"] = versions()
     return summary
+
+
+def _prepare_backbone() -> None:
+    """Export the student backbone before traffic starts (first run only; cached after)."""
+    from protege.broker.embedded import default_cache
+    from protege.student.backbone import BACKBONE_NAME, export_backbone
+
+    dest = default_cache() / "backbones" / BACKBONE_NAME
+    if not (dest / "backbone.json").exists():
+        console.print("exporting the student backbone (all-MiniLM-L6-v2) to ONNX, first run only ...")
+        export_backbone(dest)
 
 
 def _run_phases(home: Path, env: dict[str, str], phases: dict[str, list[dict[str, Any]]], summary: dict[str, Any], *,

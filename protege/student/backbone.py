@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 from protege.errors import StudentError
@@ -59,7 +60,10 @@ def export_backbone(dest: Path, src: Path | None = None, opset: int = 17, optimi
     tmp.mkdir(parents=True)
     ids = torch.ones((2, 8), dtype=torch.long)
     raw = tmp / "raw.onnx"
-    with torch.no_grad():
+    # The legacy TorchScript exporter (dynamo=False) warns that it is deprecated and traces
+    # with TracerWarnings about Python control flow; neither changes the graph we check.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             Embed(), (ids, torch.ones_like(ids)), str(raw),
             input_names=["input_ids", "attention_mask"], output_names=["embedding"],
