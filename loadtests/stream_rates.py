@@ -33,6 +33,7 @@ from protege.settings import REPO, Settings
 async def raw_broker(settings: Settings, n: int, rate: float) -> dict[str, Any]:
     """Produce ``n`` records at ``rate`` and time each to its arrival at a consumer."""
     topic = f"{settings.topic_prefix}loadtest.raw.{uuid.uuid4().hex[:8]}"
+    print(f"raw broker: {n} records at {rate:.0f}/s on {topic}", flush=True)
     await ensure_topics(settings, [topic])
     reader = consumer(settings, group=None)
     await reader.start()
@@ -71,7 +72,7 @@ def main() -> None:
     ap.add_argument("--home", type=Path, default=Path(".protege/loadtest"))
     args = ap.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
-    console = Console()
+    console = Console(width=170)
     shutil.rmtree(args.home, ignore_errors=True)
     total = args.warmup + int(sum(r * args.seconds for r in rates))
     rows = generate(total, seed=101)
@@ -97,7 +98,7 @@ def main() -> None:
             console.print(f"{rate:.0f} req/s for {args.seconds:.0f}s ({n} requests) ...")
             s = summarize(asyncio.run(drive(settings, chunk, tenant="load", task="ticket-triage", rate=rate,
                                             timeout=args.seconds * 10)))
-            raw = asyncio.run(raw_broker(settings, n, rate))
+            raw = asyncio.run(asyncio.wait_for(raw_broker(settings, n, rate), timeout=args.seconds * 5))
             report["rates"].append({"rate": rate, "pipeline": s, "raw_broker_ms": raw})
     table = Table(title="pipeline vs raw broker, same rate, same run (latency ms)",
                   caption="teacher: OFFLINE STAND-IN")

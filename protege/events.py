@@ -105,6 +105,7 @@ class Decision(Event):
     thresholds: dict[str, float] = Field(description="The thresholds the signals were held to.")
     rules: list[str] = Field(default_factory=list, description="Rule checks that fired.")
     reasons: list[str] = Field(description="Why this verdict; empty reasons only on accept.")
+    teacher_check: bool = Field(False, description="ensemble: the teacher checks the student's answer behind it.")
     decided_at_ms: int
 
 
@@ -114,8 +115,15 @@ class TeacherRequest(Event):
     v: Literal[1] = 1
     request: Ingested
     reasons: list[str]
+    mode: Literal["answer", "check"] = Field(
+        "answer", description="answer: the teacher's label is the response; check: the student already answered "
+                              "(ensemble) and a disagreement becomes a correction.")
     student_label: str | None = None
+    student_confidence: float | None = None
     model_version: str | None = None
+    attempt: int = Field(0, ge=0, description="Times the teacher was unavailable for it so far.")
+    not_before_ms: int | None = Field(None, description="Held in the retry topic until then.")
+    held_because: str | None = Field(None, description="Why it was held: teacher_unavailable or over_budget.")
     requested_at_ms: int
 
 
@@ -145,7 +153,9 @@ class TeacherResult(Event):
     cost_usd: float = Field(ge=0)
     latency_ms: float = Field(ge=0)
     attempts: int = Field(ge=1)
+    mode: Literal["answer", "check"] = "answer"
     student_label: str | None = None
+    agrees: bool | None = Field(None, description="Whether the student had given the same label.")
     model_version: str | None = None
     answered_at_ms: int
 
@@ -159,14 +169,53 @@ class Response(Event):
     request_id: Id
     tenant: Id
     task: Id
-    label: str
+    label: str | None = Field(None, description="The answer; None only when status is failed.")
     route: Route
+    status: Literal["answered", "degraded", "failed"] = Field(
+        "answered", description="degraded: the student answered because the teacher was unavailable or over "
+                                "budget; failed: no valid answer could be given (see error and the dead-letter topic).")
+    provisional: bool = Field(False, description="ensemble: the teacher may still send a correction.")
+    error: str | None = None
     answered_by: str = Field(description="Student model version or teacher model id.")
     standin: bool = Field(False, description="True when the offline teacher stand-in answered.")
     confidence: float | None = None
     sent_at_ms: int | None = None
     received_at_ms: int
     answered_at_ms: int
+
+
+class Correction(Event):
+    """ensemble: the teacher disagreed with the student's provisional answer."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.correction")
+
+    v: Literal[1] = 1
+    request_id: Id
+    tenant: Id
+    task: Id
+    label: str = Field(description="The teacher's label, which replaces the provisional one.")
+    replaces: str = Field(description="The student's provisional label.")
+    answered_by: str
+    standin: bool = False
+    corrected_at_ms: int
+
+
+class Alert(Event):
+    """An operational alarm, e.g. the escalation rate left its band (drift)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.alert")
+
+    v: Literal[1] = 1
+    kind: Literal["drift"]
+    state: Literal["firing", "resolved"]
+    task: Id
+    policy_version: str
+    rate: float = Field(description="Escalation rate over the window.")
+    baseline: float
+    band: float
+    window: int
+    reasons: dict[str, float] = Field(description="Escalation rate per reason over the window.")
+    at_ms: int
 
 
 class Feedback(Event):
@@ -245,6 +294,8 @@ EVENTS: dict[str, type[Event]] = {
     "teacher_result": TeacherResult,
     "response": Response,
     "feedback": Feedback,
+    "correction": Correction,
+    "alert": Alert,
     "harvest_case": HarvestCase,
     "model_announcement": ModelAnnouncement,
     "dead_letter": DeadLetter,

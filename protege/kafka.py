@@ -191,8 +191,9 @@ class Processor:
             self.log.info("stopped", processed=self.processed)
 
 
-async def read_all(settings: Settings, topic: str, *, idle_ms: int = 500) -> list[Record]:
-    """Every committed record now on ``topic``, from the beginning (no consumer group)."""
+async def read_all(settings: Settings, topic: str, *, since_ms: int | None = None, idle_ms: int = 500) -> list[Record]:
+    """Every committed record now on ``topic``, from the beginning or from the first one
+    appended at or after ``since_ms`` (no consumer group)."""
     cons = consumer(settings, group=None)
     await cons.start()
     try:
@@ -202,9 +203,15 @@ async def read_all(settings: Settings, topic: str, *, idle_ms: int = 500) -> lis
             parts = cons.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         cons.assign(tps)
-        await cons.seek_to_beginning(*tps)
         end = await cons.end_offsets(tps)
+        if since_ms is None:
+            await cons.seek_to_beginning(*tps)
+        else:
+            found = await cons.offsets_for_times({tp: since_ms for tp in tps})
+            for tp in tps:
+                cons.seek(tp, found[tp].offset if found[tp] is not None else end[tp])
         out: list[Record] = []
+
         async def behind() -> bool:
             return any([await cons.position(tp) < end[tp] for tp in tps])
 

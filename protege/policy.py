@@ -1,17 +1,23 @@
-"""Routing policies: given a scored request and its task, one ``Decision``.
+"""Routing policies: given a scored request, one ``Decision``.
 
-A router is a small class with one method, chosen from ``ROUTERS`` by the name in the
-task file. Whatever the policy, a request the student could not answer (cold start, a
-model error) goes to the teacher: the fail-safe is the teacher.
+A router is a small class bound to one task, with one method, chosen from ``ROUTERS`` by
+the policy name in the task file. Whatever the policy, a request the student could not
+answer (cold start, a model error) goes to the teacher: the fail-safe is the teacher.
+
+- ``cascade``: accept the student when its signals pass their thresholds and no rule fires.
+- ``distill_verify``: accept the student when the task's checks pass on its answer and no
+  rule fires (signals are recorded, not judged).
+- ``ensemble``: the student answers at once; the teacher checks behind it and a
+  disagreement goes out as a correction (rules still send a request to the teacher first).
+- ``shadow``: the teacher answers; the student's answer is recorded beside it.
 """
 
 from __future__ import annotations
 
 import re
-from abc import ABC, abstractmethod
 from typing import ClassVar
 
-from protege.events import Decision, Scored
+from protege.events import Decision, Scored, Verdict
 from protege.task import Task
 
 
@@ -32,6 +38,20 @@ class Rules:
         return fired
 
 
+class Checks:
+    """distill_verify's cheap checks on the student's answer: a label's required pattern."""
+
+    def __init__(self, task: Task) -> None:
+        self.checks = [(c.label, re.compile(c.require_pattern, re.IGNORECASE), c.reason) for c in task.policy.checks]
+
+    def __call__(self, scored: Scored) -> list[str]:
+        if scored.student is None:
+            return []
+        label, text = scored.student.label, scored.request.text
+        return [f"check:{reason}" for want, pattern, reason in self.checks
+                if want in ("*", label) and not pattern.search(text)]
+
+
 def signal_checks(signals: dict[str, float], thresholds: dict[str, float]) -> list[str]:
     """Which signals fail their thresholds (pure; replay recomputes verdicts with it)."""
     failed = []
@@ -44,58 +64,76 @@ def signal_checks(signals: dict[str, float], thresholds: dict[str, float]) -> li
     return failed
 
 
-class Router(ABC):
+class Router:
     """Bound to one task's policy; ``decide`` is pure in its arguments."""
 
     name: ClassVar[str]
+    judges_signals: ClassVar[bool] = False
 
     def __init__(self, task: Task) -> None:
         self.task = task
         self.thresholds = task.policy.thresholds.model_dump()
         self.policy_version = task.policy.version
         self.rules = Rules(task)
+        self.checks = Checks(task)
 
-    @abstractmethod
-    def decide(self, scored: Scored, now_ms: int) -> Decision: ...
+    def decide(self, scored: Scored, now_ms: int) -> Decision:
+        student = scored.student
+        rules = self.rules(scored) + self.checks(scored)
+        signals = {} if student is None else {"confidence": student.confidence, "margin": student.margin,
+                                              "ood": student.ood}
+        if student is None:
+            failed = ["student_error" if scored.student_error else "no_student"]
+        else:
+            failed = signal_checks(signals, self.thresholds) if self.judges_signals else []
+        verdict = self.verdict(student is not None, failed + rules)
+        req = scored.request
+        return Decision(
+            request_id=req.request_id, tenant=req.tenant, task=req.task, verdict=verdict,
+            route="student" if verdict == "accept" else "teacher", policy=self.name,
+            policy_version=self.policy_version, model_version=student.model_version if student else None,
+            student_label=student.label if student else None, signals=signals, thresholds=self.thresholds,
+            rules=rules, reasons=failed + rules, teacher_check=self.name == "ensemble" and verdict == "accept",
+            decided_at_ms=now_ms,
+        )
+
+    @classmethod
+    def verdict(cls, has_student: bool, reasons: list[str]) -> Verdict:
+        """The student answers when there is one and nothing speaks against it."""
+        return "accept" if has_student and not reasons else "escalate"
 
 
 class Cascade(Router):
-    """Student first; accept when every signal passes and no rule fires, else the teacher."""
-
     name = "cascade"
-
-    def decide(self, scored: Scored, now_ms: int) -> Decision:
-        req, student = scored.request, scored.student
-        thresholds = self.thresholds
-        rules = self.rules(scored)
-        if student is None:
-            signals: dict[str, float] = {}
-            reasons = ["student_error" if scored.student_error else "no_student"]
-        else:
-            signals = {"confidence": student.confidence, "margin": student.margin, "ood": student.ood}
-            reasons = signal_checks(signals, thresholds)
-        reasons += rules
-        accept = not reasons
-        return Decision(
-            request_id=req.request_id, tenant=req.tenant, task=req.task,
-            verdict="accept" if accept else "escalate", route="student" if accept else "teacher",
-            policy=self.name, policy_version=self.policy_version,
-            model_version=student.model_version if student else None,
-            student_label=student.label if student else None,
-            signals=signals, thresholds=thresholds, rules=rules, reasons=reasons, decided_at_ms=now_ms,
-        )
+    judges_signals = True
 
 
-ROUTERS: dict[str, type[Router]] = {Cascade.name: Cascade}
+class DistillVerify(Router):
+    name = "distill_verify"
+
+
+class Ensemble(Router):
+    name = "ensemble"
+
+
+class Shadow(Router):
+    name = "shadow"
+
+    @classmethod
+    def verdict(cls, has_student: bool, reasons: list[str]) -> Verdict:
+        return "shadow"
+
+
+ROUTERS: dict[str, type[Router]] = {r.name: r for r in (Cascade, DistillVerify, Ensemble, Shadow)}
 
 
 def router_for(task: Task) -> Router:
     return ROUTERS[task.policy.name](task)
 
 
-def recompute_verdict(decision: Decision) -> str:
-    """The verdict a decision's own recorded signals, thresholds and rules imply."""
-    if decision.model_version is None or not decision.signals:
-        return "escalate"
-    failed = signal_checks(decision.signals, decision.thresholds)
-    return "escalate" if failed or decision.rules else "accept"
+def recompute_verdict(decision: Decision) -> Verdict:
+    """The verdict a decision's own recorded signals, thresholds, rules and policy imply."""
+    router = ROUTERS[decision.policy]
+    has_student = decision.model_version is not None and bool(decision.signals)
+    failed = signal_checks(decision.signals, decision.thresholds) if router.judges_signals and has_student else []
+    return router.verdict(has_student, failed + decision.rules)

@@ -87,6 +87,8 @@ class TeacherSettings(Settings):
     standin_noise: float = Field(0.0, ge=0, le=1, description="Share of stand-in answers replaced by a wrong label.")
     standin_latency_ms: float = Field(0.0, ge=0, description="Simulated stand-in latency.")
     concurrency: int = Field(8, ge=1, description="Teacher calls in flight at once.")
+    breaker_threshold: int = Field(5, ge=1, description="Consecutive failures that open the circuit.")
+    breaker_cooldown_s: float = Field(30.0, gt=0, description="Open circuit's wait before one trial call.")
     max_retries: int = Field(4, ge=0)
     timeout_s: float = Field(60.0, gt=0)
 

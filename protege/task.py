@@ -32,24 +32,52 @@ class Thresholds(BaseModel):
     max_ood: float = Field(0.6, description="Largest OOD score still accepted.")
 
 
+class Check(BaseModel):
+    """A cheap check the student's answer must pass under ``distill_verify``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    label: str = Field(description="The label it applies to; '*' for every label.")
+    require_pattern: str = Field(description="A regex the text must match for the student's answer to stand.")
+    reason: str = Field("check_failed", pattern=r"^[a-z0-9_]+$", description="Reason code when it fails.")
+
+    @field_validator("require_pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        return _compiled(pattern)
+
+
+class Drift(BaseModel):
+    """The escalation rate is the leading indicator of drift: alarm when it leaves the band."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    window: int = Field(500, ge=20, description="Decisions per measurement window.")
+    band: float = Field(0.15, gt=0, le=1, description="Allowed distance from the baseline rate.")
+    baseline: float | None = Field(None, ge=0, le=1, description="Expected rate; None: the first full window's.")
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: Literal["cascade"] = "cascade"
+    name: Literal["cascade", "distill_verify", "ensemble", "shadow"] = Field(
+        "cascade", description="cascade: student if its signals pass; distill_verify: student if its checks pass; "
+                               "ensemble: student at once, teacher checks behind; shadow: teacher answers, student "
+                               "recorded beside it.")
     thresholds: Thresholds = Thresholds()
+    checks: list[Check] = Field(default_factory=list, description="distill_verify's checks.")
     always_escalate_labels: list[str] = Field(default_factory=list, description="Policy-sensitive labels.")
     escalate_patterns: list[str] = Field(default_factory=list, description="Regexes that always escalate.")
     vip_tenants: list[str] = Field(default_factory=list, description="Tenants that always get the teacher.")
+    on_teacher_unavailable: Literal["hold", "degrade"] = Field(
+        "hold", description="hold: keep the request in the retry topic until the teacher can answer; degrade: answer "
+                            "with the student's label flagged degraded (held when there is none).")
+    drift: Drift = Drift()
 
     @field_validator("escalate_patterns")
     @classmethod
     def _compiles(cls, patterns: list[str]) -> list[str]:
-        for p in patterns:
-            try:
-                re.compile(p)
-            except re.error as e:
-                raise ValueError(f"escalate pattern {p!r} does not compile: {e}") from e
-        return patterns
+        return [_compiled(p) for p in patterns]
 
     @property
     def version(self) -> str:
@@ -58,11 +86,21 @@ class Policy(BaseModel):
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def _compiled(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"pattern {pattern!r} does not compile: {e}") from e
+    return pattern
+
+
 class TeacherConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = "claude-sonnet-4-6"
     max_tokens: int = Field(256, ge=16)
+    spend_cap_usd_per_hour: float | None = Field(None, gt=0, description="Per tenant; over it, the policy's "
+                                                                         "on_teacher_unavailable applies.")
 
 
 class StudentConfig(BaseModel):

@@ -49,6 +49,19 @@ class Topics:
         return self._t("teacher.results")
 
     @property
+    def teacher_retry(self) -> str:
+        """Escalations held while the teacher is unavailable or over budget."""
+        return self._t("teacher.retry")
+
+    @property
+    def corrections(self) -> str:
+        return self._t("corrections")
+
+    @property
+    def alerts(self) -> str:
+        return self._t("alerts")
+
+    @property
     def feedback(self) -> str:
         return self._t("feedback")
 
@@ -68,7 +81,8 @@ class Topics:
     def all(self) -> list[str]:
         names = [
             "requests", "requests_dlq", "ingested", "scored", "decisions", "responses",
-            "teacher_requests", "teacher_results", "feedback", "harvest", "models", "dlq",
+            "teacher_requests", "teacher_retry", "teacher_results", "corrections", "feedback", "harvest", "models",
+            "alerts", "dlq",
         ]
         return [getattr(self, n) for n in names]
 

@@ -1,28 +1,34 @@
-"""Teacher worker: protege.teacher.requests -> protege.teacher.results + protege.responses.
+"""Teacher worker: protege.teacher.requests (+ protege.teacher.retry) ->
+protege.teacher.results + protege.responses | protege.corrections | protege.teacher.retry.
 
     python -m services.teacher            (or: protege run teacher)
 
 With ANTHROPIC_API_KEY (or PROTEGE_ANTHROPIC_API_KEY_FILE) set it calls Claude through the
 anthropic SDK; without one it runs the offline stand-in on PROTEGE_STANDIN_LABELS and says
-so on every event and log line.
+so on every event and log line. Held requests are consumed by a second processor (its own
+consumer group) from protege.teacher.retry; both share one circuit breaker and one spend
+tracker, which is rebuilt at start from the last hour of protege.teacher.results.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import structlog
 
 from protege.errors import ConfigError
-from protege.kafka import Processor
+from protege.events import TeacherResult
+from protege.kafka import Processor, read_all
 from protege.service import run_service
 from protege.settings import TeacherSettings
 from protege.task import load_tasks
 from protege.teacher import AnthropicTeacher, StandinTeacher, Teacher
-from services.teacher.handler import TeacherWorker
+from services.teacher.handler import CircuitBreaker, SpendTracker, TeacherWorker
 
 
-def build_teacher(settings: TeacherSettings) -> Teacher:
+def build_teacher(settings: TeacherSettings) -> tuple[Teacher, tuple[type[BaseException], ...]]:
+    """The teacher, and the exceptions of its client that mean "unavailable, try later"."""
     log = structlog.get_logger()
     key = settings.api_key()
     if key:
@@ -30,22 +36,36 @@ def build_teacher(settings: TeacherSettings) -> Teacher:
 
         client = anthropic.AsyncAnthropic(api_key=key, base_url=settings.anthropic_base_url,
                                           max_retries=settings.max_retries, timeout=settings.timeout_s)
-        log.info("teacher", kind="anthropic", model=settings.teacher_model or "per task")
-        return AnthropicTeacher(client, settings.teacher_model)
+        log.info("teacher", kind="anthropic", model=settings.teacher_model or "per task",
+                 base_url=settings.anthropic_base_url or "default")
+        return AnthropicTeacher(client, settings.teacher_model), (anthropic.APIError,)
     if settings.standin_labels is None:
         raise ConfigError("no ANTHROPIC_API_KEY and no PROTEGE_STANDIN_LABELS: the teacher has nothing to answer from")
     log.warning("teacher", kind="STAND-IN (offline, answers from labelled data)", labels=str(settings.standin_labels),
                 noise=settings.standin_noise)
-    return StandinTeacher.from_jsonl(settings.standin_labels, noise=settings.standin_noise,
-                                     latency_ms=settings.standin_latency_ms,
-                                     priced_as=settings.teacher_model or "claude-sonnet-4-6")
+    standin = StandinTeacher.from_jsonl(settings.standin_labels, noise=settings.standin_noise,
+                                        latency_ms=settings.standin_latency_ms,
+                                        priced_as=settings.teacher_model or "claude-sonnet-4-6")
+    return standin, ()
 
 
 async def serve(settings: TeacherSettings, stop: asyncio.Event) -> None:
-    worker = TeacherWorker(load_tasks(settings.tasks_dir), settings.topics, build_teacher(settings),
-                           settings.concurrency)
-    await Processor(settings, "teacher", [settings.topics.teacher_requests], worker.handle,
-                    max_records=settings.concurrency * 4, transaction_timeout_ms=300_000).run(stop)
+    teacher, unavailable = build_teacher(settings)
+    spend = SpendTracker()
+    hour_ago = int((time.time() - spend.window_s) * 1000)
+    for r in await read_all(settings, settings.topics.teacher_results, since_ms=hour_ago):
+        result = TeacherResult.model_validate_json(r.value)
+        spend.add(result.tenant, result.cost_usd, at=result.answered_at_ms / 1000)
+    worker = TeacherWorker(load_tasks(settings.tasks_dir), settings.topics, teacher, settings.concurrency,
+                           breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s),
+                           spend=spend, unavailable=unavailable)
+    t = settings.topics
+    await asyncio.gather(
+        Processor(settings, "teacher", [t.teacher_requests], worker.handle, max_records=settings.concurrency * 4,
+                  transaction_timeout_ms=300_000).run(stop),
+        Processor(settings, "teacher-retry", [t.teacher_retry], worker.handle, max_records=settings.concurrency * 4,
+                  transaction_timeout_ms=300_000).run(stop),
+    )
 
 
 if __name__ == "__main__":

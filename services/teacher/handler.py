@@ -1,33 +1,123 @@
-"""Teacher worker: ask the teacher for each escalated request; answer it and record the result.
+"""Teacher worker: ask the teacher for each escalated request, within a budget, and never
+lose one.
 
-teacher.requests -> teacher.results + responses, or protege.dlq when the teacher's answer
-stays outside the label set after one repair. Calls run concurrently up to a limit.
-Transient API failures are retried by the SDK; when retries are exhausted the worker
-crashes without committing, and the request is asked again after the restart.
+teacher.requests (and teacher.retry) ->
+- the teacher answered: teacher.results + responses (mode ``answer``), or teacher.results
+  and, if it disagrees with the student's provisional answer, corrections (mode ``check``);
+- the teacher is unavailable (retries exhausted, circuit open) or the tenant is over its
+  hourly spend cap: the task's ``on_teacher_unavailable`` decides: ``hold`` puts the
+  request on teacher.retry with a later ``not_before_ms`` (exponential backoff with
+  jitter), ``degrade`` answers with the student's label flagged ``degraded`` (held when
+  there is no student label);
+- the teacher's label stays outside the label set after one repair: protege.dlq with the
+  reason, and the request is answered ``degraded`` from the student or ``failed``.
+
+Transient API errors (429 with retry-after, 5xx, 529, timeouts) are first retried by the
+SDK with backoff; only what survives those retries reaches the circuit breaker.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import random
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import structlog
 
 from protege.errors import InvalidEvent, TeacherError
-from protege.events import Response, TeacherRequest, TeacherResult, now_ms
+from protege.events import Correction, Response, TeacherRequest, TeacherResult, now_ms
 from protege.kafka import Out, Record, dead_letter
 from protege.serde import decode
 from protege.task import Task
-from protege.teacher import Teacher
+from protege.teacher import Teacher, TeacherAnswer
 from protege.topics import Topics
 
 
+@dataclass
+class CircuitBreaker:
+    """Opens after ``threshold`` consecutive failures; lets one trial call through after
+    ``cooldown_s``; closes on a success."""
+
+    threshold: int = 5
+    cooldown_s: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+    failures: int = 0
+    opened_at: float | None = None
+    trial: bool = False
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half_open" if self.clock() - self.opened_at >= self.cooldown_s else "open"
+
+    def allow(self) -> bool:
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half_open" and not self.trial:
+            self.trial = True
+            return True
+        return False
+
+    def success(self) -> None:
+        self.failures, self.opened_at, self.trial = 0, None, False
+
+    def failure(self) -> None:
+        self.failures += 1
+        self.trial = False
+        if self.failures >= self.threshold or self.opened_at is not None:
+            self.opened_at = self.clock()
+
+
+@dataclass
+class SpendTracker:
+    """Teacher spend per tenant over a sliding window (an hour)."""
+
+    window_s: float = 3600.0
+    clock: Callable[[], float] = time.time
+    spends: dict[str, deque[tuple[float, float]]] = field(default_factory=lambda: defaultdict(deque))
+    in_flight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    last_cost: dict[str, float] = field(default_factory=dict)
+
+    def add(self, tenant: str, cost: float, at: float | None = None) -> None:
+        self.spends[tenant].append((self.clock() if at is None else at, cost))
+        self.last_cost[tenant] = cost
+
+    def spent(self, tenant: str) -> float:
+        q, horizon = self.spends[tenant], self.clock() - self.window_s
+        while q and q[0][0] < horizon:
+            q.popleft()
+        return sum(c for _, c in q)
+
+    def over(self, tenant: str, cap: float | None) -> bool:
+        """Would one more call (counting those in flight) pass the cap?"""
+        if cap is None:
+            return False
+        committed = self.spent(tenant) + self.in_flight[tenant] * self.last_cost.get(tenant, 0.0)
+        return committed + self.last_cost.get(tenant, 0.0) > cap
+
+
+def backoff_ms(attempt: int, base_s: float = 2.0, cap_s: float = 60.0, rng: random.Random | None = None) -> int:
+    delay = min(cap_s, base_s * 2**attempt)
+    return int(delay * (0.8 + 0.4 * (rng or random).random()) * 1000)
+
+
 class TeacherWorker:
-    def __init__(self, tasks: dict[str, Task], topics: Topics, teacher: Teacher, concurrency: int) -> None:
+    def __init__(self, tasks: dict[str, Task], topics: Topics, teacher: Teacher, concurrency: int, *,
+                 breaker: CircuitBreaker | None = None, spend: SpendTracker | None = None,
+                 unavailable: tuple[type[BaseException], ...] = (), max_hold_sleep_s: float = 30.0) -> None:
         self.tasks = tasks
         self.topics = topics
         self.teacher = teacher
         self.limit = asyncio.Semaphore(concurrency)
+        self.breaker = breaker or CircuitBreaker()
+        self.spend = spend or SpendTracker()
+        self.unavailable = unavailable  # the client's errors that mean "try later", e.g. anthropic.APIError
+        self.max_hold_sleep_s = max_hold_sleep_s
         self.log = structlog.get_logger().bind(service="teacher")
 
     async def answer(self, record: Record) -> list[Out]:
@@ -41,28 +131,85 @@ class TeacherWorker:
         if task is None:
             return [dead_letter(record, "unknown_task", f"teacher has no task {req.task!r}", "teacher",
                                 self.topics.dlq, **ids)]
+        if ask.not_before_ms is not None:  # held: wait its turn (bounded; a later pass waits the rest)
+            wait_s = (ask.not_before_ms - now_ms()) / 1000
+            if wait_s > self.max_hold_sleep_s:
+                return [Out.of(self.topics.teacher_retry, ask, req.request_id)]
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+        if self.spend.over(req.tenant, task.teacher.spend_cap_usd_per_hour):
+            return self.unavailable_outs(ask, task, "over_budget")
         async with self.limit:
+            if not self.breaker.allow():
+                return self.unavailable_outs(ask, task, "teacher_unavailable")
+            self.spend.in_flight[req.tenant] += 1
             try:
                 answer = await self.teacher.label(task, req.text, req.request_id)
             except TeacherError as e:
+                self.breaker.success()  # the API answered; the answer was bad
                 self.log.warning("teacher_invalid", request_id=req.request_id, error=str(e))
-                return [dead_letter(record, "teacher_invalid_answer", str(e), "teacher", self.topics.dlq, **ids)]
-        at = now_ms()
+                return [dead_letter(record, "teacher_invalid_answer", str(e), "teacher", self.topics.dlq, **ids),
+                        *self.fallback_response(ask, str(e))]
+            except self.unavailable as e:
+                self.breaker.failure()
+                self.log.warning("teacher_unavailable", request_id=req.request_id, error=f"{type(e).__name__}: {e}",
+                                 breaker=self.breaker.state, attempt=ask.attempt)
+                return self.unavailable_outs(ask, task, "teacher_unavailable")
+            finally:
+                self.spend.in_flight[req.tenant] -= 1
+        self.breaker.success()
+        self.spend.add(req.tenant, answer.cost_usd)
+        return self.result_outs(ask, answer)
+
+    def result_outs(self, ask: TeacherRequest, answer: TeacherAnswer) -> list[Out]:
+        req, at = ask.request, now_ms()
+        agrees = None if ask.student_label is None else ask.student_label == answer.label
         result = TeacherResult(
             request_id=req.request_id, tenant=req.tenant, task=req.task, text=req.text, label=answer.label,
             rationale=answer.rationale, teacher=answer.model, standin=answer.standin, usage=answer.usage,
-            cost_usd=answer.cost_usd, latency_ms=answer.latency_ms, attempts=answer.attempts,
-            student_label=ask.student_label, model_version=ask.model_version, answered_at_ms=at,
+            cost_usd=answer.cost_usd, latency_ms=answer.latency_ms, attempts=answer.attempts, mode=ask.mode,
+            student_label=ask.student_label, agrees=agrees, model_version=ask.model_version, answered_at_ms=at,
         )
-        response = Response(
-            request_id=req.request_id, tenant=req.tenant, task=req.task, label=answer.label, route="teacher",
-            answered_by=answer.model, standin=answer.standin, sent_at_ms=req.sent_at_ms,
-            received_at_ms=req.received_at_ms, answered_at_ms=at,
-        )
-        self.log.info("answered", request_id=req.request_id, teacher=answer.model, cost_usd=round(answer.cost_usd, 6),
-                      standin=answer.standin)
-        return [Out.of(self.topics.teacher_results, result, req.request_id),
-                Out.of(self.topics.responses, response, req.request_id)]
+        outs = [Out.of(self.topics.teacher_results, result, req.request_id)]
+        if ask.mode == "answer":
+            outs.append(Out.of(self.topics.responses, Response(
+                request_id=req.request_id, tenant=req.tenant, task=req.task, label=answer.label, route="teacher",
+                answered_by=answer.model, standin=answer.standin, sent_at_ms=req.sent_at_ms,
+                received_at_ms=req.received_at_ms, answered_at_ms=at,
+            ), req.request_id))
+        elif agrees is False and ask.student_label is not None:
+            outs.append(Out.of(self.topics.corrections, Correction(
+                request_id=req.request_id, tenant=req.tenant, task=req.task, label=answer.label,
+                replaces=ask.student_label, answered_by=answer.model, standin=answer.standin, corrected_at_ms=at,
+            ), req.request_id))
+        self.log.info("answered", request_id=req.request_id, teacher=answer.model, mode=ask.mode,
+                      cost_usd=round(answer.cost_usd, 6), standin=answer.standin, agrees=agrees)
+        return outs
+
+    def fallback_response(self, ask: TeacherRequest, error: str) -> list[Out]:
+        """Answer from the student (degraded) or, with no student label, as failed. Check mode
+        needs none: the student's provisional answer already went out."""
+        if ask.mode == "check":
+            return []
+        req = ask.request
+        degraded = ask.student_label is not None
+        return [Out.of(self.topics.responses, Response(
+            request_id=req.request_id, tenant=req.tenant, task=req.task, label=ask.student_label,
+            route="student" if degraded else "teacher", status="degraded" if degraded else "failed",
+            error=error, answered_by=ask.model_version or "none", confidence=ask.student_confidence,
+            sent_at_ms=req.sent_at_ms, received_at_ms=req.received_at_ms, answered_at_ms=now_ms(),
+        ), req.request_id)]
+
+    def unavailable_outs(self, ask: TeacherRequest, task: Task, why: str) -> list[Out]:
+        req = ask.request
+        if task.policy.on_teacher_unavailable == "degrade" and ask.mode == "answer" and ask.student_label is not None:
+            self.log.info("degraded", request_id=req.request_id, why=why)
+            return self.fallback_response(ask, why)
+        delay = 60_000 if why == "over_budget" else backoff_ms(ask.attempt)
+        held = ask.model_copy(update={"attempt": ask.attempt + 1, "not_before_ms": now_ms() + delay,
+                                      "held_because": why})
+        self.log.info("held", request_id=req.request_id, why=why, attempt=held.attempt, delay_ms=delay)
+        return [Out.of(self.topics.teacher_retry, held, req.request_id)]
 
     async def handle(self, records: Sequence[Record]) -> list[Out]:
         answered = await asyncio.gather(*(self.answer(r) for r in records))

@@ -1,20 +1,73 @@
 """Verifier: one decision per scored request, and where the request goes next.
 
-accept   -> protege.decisions + protege.responses (the student's answer)
-escalate -> protege.decisions + protege.teacher.requests
+accept   -> decisions + responses (the student's answer; provisional under ensemble, whose
+            teacher check also goes to teacher.requests)
+escalate -> decisions + teacher.requests
+shadow   -> decisions + teacher.requests (the teacher answers; the student is recorded)
+
+It also watches the escalation rate per task (``DriftMonitor``) and publishes an alert on
+``protege.alerts`` when it leaves the task's band, and again when it comes back.
 """
 
 from __future__ import annotations
 
+from collections import Counter, deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
 
 from protege.errors import InvalidEvent
-from protege.events import Decision, Response, Scored, TeacherRequest, now_ms
+from protege.events import Alert, Decision, Response, Scored, TeacherRequest, now_ms
 from protege.kafka import Out, Record, dead_letter
 from protege.policy import router_for
 from protege.serde import decode
-from protege.task import Task
+from protege.task import Drift, Task
 from protege.topics import Topics
+
+
+@dataclass
+class DriftMonitor:
+    """Escalation rate over the last ``window`` decisions of a task, against a baseline.
+
+    The baseline is the task's configured one, or the rate of the first full window. An
+    alert fires when the rate leaves ``baseline ± band`` and resolves when it is back
+    within half the band.
+    """
+
+    task: str
+    policy_version: str
+    config: Drift
+    recent: deque[tuple[bool, tuple[str, ...]]] = field(default_factory=deque)
+    baseline: float | None = None
+    firing: bool = False
+
+    def __post_init__(self) -> None:
+        self.baseline = self.config.baseline
+        self.recent = deque(maxlen=self.config.window)
+
+    def observe(self, decision: Decision) -> Alert | None:
+        if decision.verdict == "shadow":
+            return None
+        self.recent.append((decision.verdict == "escalate", tuple(decision.reasons)))
+        if len(self.recent) < self.config.window:
+            return None
+        rate = sum(e for e, _ in self.recent) / len(self.recent)
+        if self.baseline is None:
+            self.baseline = rate
+            return None
+        distance = abs(rate - self.baseline)
+        # Hysteresis: fire beyond the band, resolve only back inside half of it, so a rate
+        # hovering at the edge does not flap.
+        outside = distance > self.config.band if not self.firing else distance > self.config.band / 2
+        if outside == self.firing:
+            return None
+        self.firing = outside
+        per_reason = Counter(r.split(":")[0] for e, reasons in self.recent if e for r in reasons)
+        return Alert(kind="drift", state="firing" if outside else "resolved", task=self.task,
+                     policy_version=self.policy_version, rate=round(rate, 4), baseline=round(self.baseline, 4),
+                     band=self.config.band, window=len(self.recent),
+                     reasons={r: round(n / len(self.recent), 4) for r, n in per_reason.items()}, at_ms=decision.decided_at_ms)
 
 
 class Verifier:
@@ -22,6 +75,8 @@ class Verifier:
         self.tasks = tasks
         self.topics = topics
         self.routers = {name: router_for(task) for name, task in tasks.items()}
+        self.monitors = {name: DriftMonitor(name, task.policy.version, task.policy.drift) for name, task in tasks.items()}
+        self.log = structlog.get_logger().bind(service="verifier")
 
     def verify(self, record: Record) -> list[Out]:
         try:
@@ -35,17 +90,26 @@ class Verifier:
         at = now_ms()
         decision: Decision = self.routers[req.task].decide(scored, at)
         outs = [Out.of(self.topics.decisions, decision, req.request_id)]
-        if decision.verdict == "accept" and scored.student is not None:
+        student = scored.student
+        if decision.verdict == "accept" and student is not None:
             response = Response(
-                request_id=req.request_id, tenant=req.tenant, task=req.task, label=scored.student.label,
-                route="student", answered_by=scored.student.model_version, confidence=scored.student.confidence,
-                sent_at_ms=req.sent_at_ms, received_at_ms=req.received_at_ms, answered_at_ms=at,
+                request_id=req.request_id, tenant=req.tenant, task=req.task, label=student.label,
+                route="student", provisional=decision.teacher_check, answered_by=student.model_version,
+                confidence=student.confidence, sent_at_ms=req.sent_at_ms, received_at_ms=req.received_at_ms,
+                answered_at_ms=at,
             )
             outs.append(Out.of(self.topics.responses, response, req.request_id))
-        else:
-            ask = TeacherRequest(request=req, reasons=decision.reasons, requested_at_ms=at,
-                                 student_label=decision.student_label, model_version=decision.model_version)
+        if decision.verdict != "accept" or decision.teacher_check:
+            ask = TeacherRequest(
+                request=req, reasons=decision.reasons, mode="check" if decision.teacher_check else "answer",
+                student_label=decision.student_label, student_confidence=student.confidence if student else None,
+                model_version=decision.model_version, requested_at_ms=at,
+            )
             outs.append(Out.of(self.topics.teacher_requests, ask, req.request_id))
+        alert = self.monitors[req.task].observe(decision)
+        if alert is not None:
+            self.log.warning("drift_alarm", **alert.model_dump())
+            outs.append(Out.of(self.topics.alerts, alert, req.task))
         return outs
 
     async def handle(self, records: Sequence[Record]) -> list[Out]:

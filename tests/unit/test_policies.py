@@ -1,0 +1,87 @@
+"""The four routing policies, rule checks, replayable verdicts, and the drift monitor."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protege.events import Decision, Ingested, Scored, StudentOutput
+from protege.generator import triage_task
+from protege.policy import ROUTERS, recompute_verdict, router_for
+from protege.task import Check, Drift, Task
+from services.verifier.handler import DriftMonitor
+
+BASE = triage_task()
+
+
+def task(name: str, **policy) -> Task:
+    return BASE.model_copy(update={"policy": BASE.policy.model_copy(update={"name": name, **policy})})
+
+
+def scored(text="where is my order #4821", label="shipping", confidence=0.95, margin=0.9, ood=0.1,
+           student=True) -> Scored:
+    req = Ingested(request_id="r1", tenant="acme", task=BASE.name, text=text, received_at_ms=1)
+    out = StudentOutput(model_version="v1", label=label, confidence=confidence, margin=margin, ood=ood,
+                        top=[(label, confidence)]) if student else None
+    return Scored(request=req, student=out, scored_at_ms=2, batch_size=1)
+
+
+def test_registry_has_the_four_policies() -> None:
+    assert set(ROUTERS) == {"cascade", "distill_verify", "ensemble", "shadow"}
+
+
+def test_distill_verify_judges_checks_not_signals() -> None:
+    t = task("distill_verify", checks=[Check(label="refund", require_pattern=r"(#|ORD-)\d+", reason="no_order_id")])
+    r = router_for(t)
+    unsure = r.decide(scored(confidence=0.2, margin=0.01), 3)
+    assert unsure.verdict == "accept" and unsure.signals["confidence"] == 0.2
+    bad = r.decide(scored(text="I want a refund", label="refund"), 3)
+    assert (bad.verdict, bad.reasons) == ("escalate", ["check:no_order_id"])
+    assert r.decide(scored(text="refund ORD-5521 please", label="refund"), 3).verdict == "accept"
+    assert r.decide(scored(student=False), 3).reasons == ["no_student"]
+
+
+def test_ensemble_accepts_with_a_teacher_check_and_rules_still_escalate() -> None:
+    r = router_for(task("ensemble"))
+    d = r.decide(scored(confidence=0.3), 3)
+    assert (d.verdict, d.route, d.teacher_check) == ("accept", "student", True)
+    legal = r.decide(scored(text="my lawyer will call you"), 3)
+    assert (legal.verdict, legal.teacher_check) == ("escalate", False)
+    assert r.decide(scored(student=False), 3).verdict == "escalate"
+
+
+def test_shadow_always_goes_to_the_teacher_and_records_the_student() -> None:
+    d = router_for(task("shadow")).decide(scored(), 3)
+    assert (d.verdict, d.route, d.student_label, d.model_version) == ("shadow", "teacher", "shipping", "v1")
+
+
+@given(st.sampled_from(sorted(ROUTERS)), st.floats(0, 1), st.floats(0, 1), st.floats(-1, 2),
+       st.sampled_from(["where is my order #1", "see you in court", "refund now"]), st.booleans())
+def test_every_policy_s_decision_recomputes_its_verdict(name: str, conf: float, margin: float, ood: float,
+                                                        text: str, has_student: bool) -> None:
+    t = task(name, checks=[Check(label="*", require_pattern=r"\d")])
+    d = router_for(t).decide(scored(text=text, confidence=conf, margin=margin, ood=ood, student=has_student), 3)
+    assert recompute_verdict(d) == d.verdict
+
+
+def decision(escalate: bool, reason: str = "low_confidence") -> Decision:
+    return Decision(request_id="r", tenant="a", task="t", verdict="escalate" if escalate else "accept",
+                    route="teacher" if escalate else "student", policy="cascade", policy_version="p",
+                    signals={}, thresholds={}, reasons=[reason] if escalate else [], decided_at_ms=9)
+
+
+def test_drift_alarm_fires_when_the_escalation_rate_leaves_its_band_and_resolves() -> None:
+    m = DriftMonitor("t", "p", Drift(window=100, band=0.1))
+    alerts = [m.observe(decision(i % 5 == 0)) for i in range(100)]  # baseline window: 20%
+    assert alerts == [None] * 100 and m.baseline == 0.2
+    fired = [a for a in (m.observe(decision(i % 2 == 0, "out_of_distribution")) for i in range(100)) if a]
+    assert len(fired) == 1 and fired[0].state == "firing" and fired[0].rate > 0.3
+    assert "out_of_distribution" in fired[0].reasons
+    back = [a for a in (m.observe(decision(i % 5 == 0)) for i in range(200)) if a]
+    assert [a.state for a in back] == ["resolved"]
+
+
+def test_configured_baseline_is_used_from_the_first_window() -> None:
+    m = DriftMonitor("t", "p", Drift(window=20, band=0.1, baseline=0.0))
+    fired = [a for a in (m.observe(decision(True)) for _ in range(20)) if a]
+    assert fired and fired[0].rate == 1.0
