@@ -45,6 +45,16 @@ class TeacherAnswer:
 class Teacher(Protocol):
     async def label(self, task: Task, text: str, request_id: str) -> TeacherAnswer: ...
 
+    def estimate_usd(self, task: Task, text: str) -> float:
+        """An upper estimate of one call's cost, reserved against a spend cap before calling."""
+        ...
+
+
+def _upper_estimate(task: Task, text: str, price: Price) -> float:
+    # ~4 characters a token for the prompt, every allowed output token, no cache discount.
+    usage = Usage(input_tokens=(len(system_prompt(task)) + len(text)) // 4 + 50, output_tokens=task.teacher.max_tokens)
+    return cost_usd(usage, price)
+
 
 def system_prompt(task: Task) -> str:
     lines = [task.instructions.strip(), "", "Labels:"]
@@ -74,6 +84,9 @@ class AnthropicTeacher:
         self.client = client  # anthropic.AsyncAnthropic
         self.model = model
         self.prices = prices
+
+    def estimate_usd(self, task: Task, text: str) -> float:
+        return _upper_estimate(task, text, price_for(self.model or task.teacher.model, self.prices))
 
     async def label(self, task: Task, text: str, request_id: str) -> TeacherAnswer:
         model = self.model or task.teacher.model
@@ -139,6 +152,9 @@ class StandinTeacher:
                     row = json.loads(line)
                     labelled[normalize(row["text"])] = str(row["label"])
         return cls(labelled, **kw)
+
+    def estimate_usd(self, task: Task, text: str) -> float:
+        return cost_usd(self.usage_for(task, text), price_for(self.priced_as))
 
     def usage_for(self, task: Task, text: str) -> Usage:
         # Estimated at ~4 characters a token: the prompt is the system block plus the text.

@@ -17,7 +17,7 @@ import json
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +33,7 @@ class MessagesAPI:
         self.faults: deque[int | str] = deque()
         self.requests: list[dict[str, Any]] = []
         self.cached: set[str] = set()
+        self.answered: Counter[str] = Counter()  # successful calls per metadata.user_id
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
 
@@ -78,6 +79,8 @@ class MessagesAPI:
         label = "definitely-not-a-label" if fault == "invalid_label" else self.labels.get(text, "oos")
         content = [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": tool.get("name", "classify"),
                     "input": {"label": label, "rationale": "local Messages API test server"}}]
+        with self.lock:
+            self.answered[(body.get("metadata") or {}).get("user_id", "")] += 1
         message = {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
                    "model": body["model"], "content": content, "stop_reason": "tool_use", "stop_sequence": None,
                    "usage": usage}

@@ -55,7 +55,7 @@ async def serve(settings: TeacherSettings, stop: asyncio.Event) -> None:
     hour_ago = int((time.time() - spend.window_s) * 1000)
     for r in await read_all(settings, settings.topics.teacher_results, since_ms=hour_ago):
         result = TeacherResult.model_validate_json(r.value)
-        spend.add(result.tenant, result.cost_usd, at=result.answered_at_ms / 1000)
+        spend.add(f"{result.tenant}/{result.task}", result.cost_usd, at=result.answered_at_ms / 1000)
     worker = TeacherWorker(load_tasks(settings.tasks_dir), settings.topics, teacher, settings.concurrency,
                            breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s),
                            spend=spend, unavailable=unavailable)

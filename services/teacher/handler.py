@@ -75,30 +75,37 @@ class CircuitBreaker:
 
 @dataclass
 class SpendTracker:
-    """Teacher spend per tenant over a sliding window (an hour)."""
+    """Teacher spend per budget key (``tenant/task``) over a sliding window (an hour).
+
+    A call reserves its upper cost estimate before it starts and settles to the real
+    cost after, so concurrent calls cannot overshoot a cap together.
+    """
 
     window_s: float = 3600.0
     clock: Callable[[], float] = time.time
     spends: dict[str, deque[tuple[float, float]]] = field(default_factory=lambda: defaultdict(deque))
-    in_flight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    last_cost: dict[str, float] = field(default_factory=dict)
+    reserved: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
-    def add(self, tenant: str, cost: float, at: float | None = None) -> None:
-        self.spends[tenant].append((self.clock() if at is None else at, cost))
-        self.last_cost[tenant] = cost
+    def add(self, key: str, cost: float, at: float | None = None) -> None:
+        self.spends[key].append((self.clock() if at is None else at, cost))
 
-    def spent(self, tenant: str) -> float:
-        q, horizon = self.spends[tenant], self.clock() - self.window_s
+    def spent(self, key: str) -> float:
+        q, horizon = self.spends[key], self.clock() - self.window_s
         while q and q[0][0] < horizon:
             q.popleft()
         return sum(c for _, c in q)
 
-    def over(self, tenant: str, cap: float | None) -> bool:
-        """Would one more call (counting those in flight) pass the cap?"""
-        if cap is None:
+    def reserve(self, key: str, estimate: float, cap: float | None) -> bool:
+        """Reserve ``estimate`` unless that would pass ``cap``; no await between check and reserve."""
+        if cap is not None and self.spent(key) + self.reserved[key] + estimate > cap:
             return False
-        committed = self.spent(tenant) + self.in_flight[tenant] * self.last_cost.get(tenant, 0.0)
-        return committed + self.last_cost.get(tenant, 0.0) > cap
+        self.reserved[key] += estimate
+        return True
+
+    def settle(self, key: str, estimate: float, cost: float | None) -> None:
+        self.reserved[key] -= estimate
+        if cost is not None:
+            self.add(key, cost)
 
 
 def backoff_ms(attempt: int, base_s: float = 2.0, cap_s: float = 60.0, rng: random.Random | None = None) -> int:
@@ -137,28 +144,31 @@ class TeacherWorker:
                 return [Out.of(self.topics.teacher_retry, ask, req.request_id)]
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
-        if self.spend.over(req.tenant, task.teacher.spend_cap_usd_per_hour):
+        budget = f"{req.tenant}/{req.task}"  # the cap is the task's, counted per tenant
+        estimate = self.teacher.estimate_usd(task, req.text)
+        if not self.spend.reserve(budget, estimate, task.teacher.spend_cap_usd_per_hour):
             return self.unavailable_outs(ask, task, "over_budget")
-        async with self.limit:
-            if not self.breaker.allow():
-                return self.unavailable_outs(ask, task, "teacher_unavailable")
-            self.spend.in_flight[req.tenant] += 1
-            try:
-                answer = await self.teacher.label(task, req.text, req.request_id)
-            except TeacherError as e:
-                self.breaker.success()  # the API answered; the answer was bad
-                self.log.warning("teacher_invalid", request_id=req.request_id, error=str(e))
-                return [dead_letter(record, "teacher_invalid_answer", str(e), "teacher", self.topics.dlq, **ids),
-                        *self.fallback_response(ask, str(e))]
-            except self.unavailable as e:
-                self.breaker.failure()
-                self.log.warning("teacher_unavailable", request_id=req.request_id, error=f"{type(e).__name__}: {e}",
-                                 breaker=self.breaker.state, attempt=ask.attempt)
-                return self.unavailable_outs(ask, task, "teacher_unavailable")
-            finally:
-                self.spend.in_flight[req.tenant] -= 1
-        self.breaker.success()
-        self.spend.add(req.tenant, answer.cost_usd)
+        cost = None
+        try:
+            async with self.limit:
+                if not self.breaker.allow():
+                    return self.unavailable_outs(ask, task, "teacher_unavailable")
+                try:
+                    answer = await self.teacher.label(task, req.text, req.request_id)
+                except TeacherError as e:
+                    self.breaker.success()  # the API answered; the answer was bad
+                    self.log.warning("teacher_invalid", request_id=req.request_id, error=str(e))
+                    return [dead_letter(record, "teacher_invalid_answer", str(e), "teacher", self.topics.dlq, **ids),
+                            *self.fallback_response(ask, str(e))]
+                except self.unavailable as e:
+                    self.breaker.failure()
+                    self.log.warning("teacher_unavailable", request_id=req.request_id,
+                                     error=f"{type(e).__name__}: {e}", breaker=self.breaker.state, attempt=ask.attempt)
+                    return self.unavailable_outs(ask, task, "teacher_unavailable")
+            self.breaker.success()
+            cost = answer.cost_usd
+        finally:
+            self.spend.settle(budget, estimate, cost)
         return self.result_outs(ask, answer)
 
     def result_outs(self, ask: TeacherRequest, answer: TeacherAnswer) -> list[Out]:

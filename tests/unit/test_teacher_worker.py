@@ -29,6 +29,9 @@ class ScriptedTeacher:
     def __init__(self, label: str = "shipping", cost: float = 0.01, failures: list[Exception] | None = None):
         self.label_, self.cost, self.failures, self.calls = label, cost, list(failures or []), 0
 
+    def estimate_usd(self, task: Task, text: str) -> float:
+        return self.cost * 1.2  # an upper estimate
+
     async def label(self, task: Task, text: str, request_id: str) -> TeacherAnswer:
         self.calls += 1
         if self.failures:
@@ -116,11 +119,19 @@ def test_spend_cap_per_tenant_per_hour() -> None:
     w = worker(teacher, task(spend_cap_usd_per_hour=1.0), spend=spend)
     topics = [run(w, ask(rid=f"r{i}"))[0].topic for i in range(4)]
     assert topics == [T.teacher_results, T.teacher_results, T.teacher_retry, T.teacher_retry]
-    assert teacher.calls == 2 and spend.spent("acme") == pytest.approx(0.8)
+    assert teacher.calls == 2 and spend.spent("acme/ticket-triage") == pytest.approx(0.8)
+    assert spend.reserved["acme/ticket-triage"] == pytest.approx(0)
     held = TeacherRequest.model_validate_json(run(w, ask(rid="r9"))[0].value)
     assert held.held_because == "over_budget"
     now[0] += 3601  # the hour slides on
     assert run(w, ask(rid="r10"))[0].topic == T.teacher_results
+
+
+def test_concurrent_calls_cannot_overshoot_the_cap_together() -> None:
+    teacher = ScriptedTeacher(cost=0.4)
+    w = worker(teacher, task(spend_cap_usd_per_hour=1.0))
+    outs = run(w, *[ask(rid=f"c{i}") for i in range(10)])  # one batch, answered concurrently
+    assert teacher.calls == 2 and sum(o.topic == T.teacher_retry for o in outs) == 8
 
 
 def test_invalid_answer_is_dead_lettered_and_the_request_still_answered() -> None:

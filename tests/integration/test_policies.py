@@ -1,0 +1,153 @@
+"""Each routing policy on the real broker, with the teacher worker calling the real
+anthropic SDK against our local Messages API server: one response per request, the
+policy's own behaviour, a teacher returning 529 for a while (nothing lost, no duplicate,
+no request paid twice), a tenant over its spend cap, and an answer outside the label set."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from protege.broker.embedded import EmbeddedBroker
+from protege.events import Correction, DeadLetter, Decision, TeacherRequest, TeacherResult
+from protege.generator import generate, triage_task
+from protege.kafka import read_all
+from protege.pipeline import LocalPipeline, drive, summarize
+from protege.task import Check, Task, write_task
+from protege.text import normalize
+from tests.messages_api import MessagesAPI, serve
+
+pytestmark = pytest.mark.kafka
+BASE = triage_task()
+
+
+def variant(name: str, policy: dict, teacher: dict | None = None) -> Task:
+    return BASE.model_copy(update={"name": name, "policy": BASE.policy.model_copy(update=policy),
+                                   "teacher": BASE.teacher.model_copy(update=teacher or {})})
+
+
+TASKS = [
+    variant("t-cascade", {"name": "cascade"}),
+    variant("t-distill", {"name": "distill_verify", "checks": [
+        Check(label="refund", require_pattern=r"(#|ORD-|A-)\d+", reason="refund_without_order")]}),
+    variant("t-ensemble", {"name": "ensemble"}),
+    variant("t-shadow", {"name": "shadow"}),
+    variant("t-capped", {"name": "cascade"}, {"spend_cap_usd_per_hour": 0.012}),
+]
+
+
+@pytest.fixture(scope="module")
+def env(kafka: EmbeddedBroker, backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    home = tmp_path_factory.mktemp("policies")
+    for t in TASKS:
+        write_task(t, home / "tasks" / f"{t.name}.yaml")
+    rows = generate(3000, seed=33)
+    with serve(MessagesAPI({normalize(r["text"]): r["label"] for r in rows})) as api:
+        environment = {
+            "PROTEGE_TASKS_DIR": str(home / "tasks"), "ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": api.url,
+            "PROTEGE_MAX_RETRIES": "1", "PROTEGE_TIMEOUT_S": "5", "PROTEGE_BREAKER_THRESHOLD": "3",
+            "PROTEGE_BREAKER_COOLDOWN_S": "1", "PROTEGE_MIN_CASES": "100", "PROTEGE_RETRAIN_EVERY": "60",
+            "PROTEGE_BACKBONE": str(backbone), "PROTEGE_THREADS": "1", "PROTEGE_TRAINER_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+        }
+        with LocalPipeline(home, env=environment, bootstrap=kafka.bootstrap,
+                           topic_prefix=f"pol{int(time.time())}.") as p:
+            yield {"pipeline": p, "api": api, "rows": rows}
+
+
+def stream(env: dict, task: str, rows: list[dict], **kw) -> dict:
+    d = asyncio.run(drive(env["pipeline"].settings, rows, tenant="acme", task=task, timeout=240, linger=2.0, **kw))
+    return summarize(d)
+
+
+def records(env: dict, topic: str, model):
+    s = env["pipeline"].settings
+    return [model.model_validate_json(r.value) for r in asyncio.run(read_all(s, getattr(s.topics, topic)))]
+
+
+def warm(env: dict, task: str, rows: list[dict]) -> None:
+    """Cold start: the teacher answers until the trainer announces this task's first student."""
+    s = stream(env, task, rows)
+    assert (s["answered"], s["duplicates"]) == (len(rows), 0)
+    settings = env["pipeline"].settings
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if any(json.loads(r.value)["task"] == task for r in asyncio.run(read_all(settings, settings.topics.models))):
+            time.sleep(3)
+            return
+        time.sleep(1)
+    raise AssertionError(f"no student for {task}")
+
+
+def test_each_policy_answers_every_request_once(env: dict) -> None:
+    rows = env["rows"]
+    for i, name in enumerate(["t-cascade", "t-distill", "t-ensemble", "t-shadow"]):
+        warm(env, name, rows[i * 400 : i * 400 + 160])
+    results = {}
+    for i, name in enumerate(["t-cascade", "t-distill", "t-ensemble", "t-shadow"]):
+        chunk = rows[i * 400 + 160 : i * 400 + 400]
+        results[name] = stream(env, name, chunk, rate=60)
+        assert (results[name]["answered"], results[name]["duplicates"]) == (len(chunk), 0), name
+    decisions = records(env, "decisions", Decision)
+    by_task = {n: [d for d in decisions if d.task == n] for n in results}
+    assert all(d.policy == "cascade" for d in by_task["t-cascade"])
+    # cascade and distill+verify: the student answers some, the teacher the rest
+    assert 0 < results["t-cascade"]["student_share"] < 1
+    assert results["t-distill"]["student_share"] > results["t-cascade"]["student_share"]  # checks, not signals
+    assert any("check:refund_without_order" in d.reasons for d in by_task["t-distill"])
+    # ensemble: the student answers at once; the teacher checks every accepted answer, corrections follow
+    ens = [d for d in by_task["t-ensemble"] if d.verdict == "accept"]
+    assert ens and all(d.teacher_check for d in ens)
+    assert results["t-ensemble"]["student_share"] > 0.9
+    checks = [r for r in records(env, "teacher_results", TeacherResult) if r.task == "t-ensemble" and r.mode == "check"]
+    corrections = [c for c in records(env, "corrections", Correction) if c.task == "t-ensemble"]
+    assert {c.request_id for c in corrections} == {r.request_id for r in checks if r.agrees is False}
+    # shadow: the teacher answers everything, the student is recorded beside it
+    assert results["t-shadow"]["teacher_share"] == 1.0
+    shadow = [r for r in records(env, "teacher_results", TeacherResult) if r.task == "t-shadow" and r.agrees is not None]
+    assert len(shadow) > 150 and sum(r.agrees for r in shadow) / len(shadow) > 0.7  # measured agreement
+
+
+def test_teacher_529_for_a_while_loses_nothing_and_pays_once(env: dict) -> None:
+    api: MessagesAPI = env["api"]
+    rows = env["rows"][1600:1700]
+    api.faults.extend([529] * 12)  # with one SDK retry each, several requests find the teacher down
+    s = stream(env, "t-shadow", rows, rate=40)
+    assert (s["answered"], s["duplicates"]) == (100, 0)
+    held = [r for r in records(env, "teacher_retry", TeacherRequest) if r.request.task == "t-shadow"]
+    assert held and all(h.held_because == "teacher_unavailable" for h in held)
+    for row in rows:  # no request was paid for twice
+        uid = hashlib.sha256(f"acme-{row['id']}".encode()).hexdigest()[:32]
+        assert api.answered[uid] == 1, row["id"]
+
+
+def test_over_budget_tenant_is_held_not_lost(env: dict) -> None:
+    rows = env["rows"][1700:1730]
+    settings = env["pipeline"].settings
+    asyncio.run(drive(settings, rows, tenant="acme", task="t-capped", timeout=15))
+    results = [r for r in records(env, "teacher_results", TeacherResult) if r.task == "t-capped"]
+    assert 1 <= len(results) < len(rows) and sum(r.cost_usd for r in results) <= 0.012  # the cap holds
+    held = {h.request.request_id: h for h in records(env, "teacher_retry", TeacherRequest)
+            if h.request.task == "t-capped"}
+    answered = {r.request_id for r in results}
+    assert {f"acme-{r['id']}" for r in rows} == answered | set(held)  # every request answered or held
+    assert all(h.held_because == "over_budget" for h in held.values())
+
+
+def test_answer_outside_the_label_set_is_dead_lettered_and_answered(env: dict) -> None:
+    api: MessagesAPI = env["api"]
+    row = env["rows"][1800]
+    api.faults.extend(["invalid_label", "invalid_label"])
+    s = stream(env, "t-shadow", [row])
+    assert (s["answered"], s["duplicates"]) == (1, 0)
+    letters = [d for d in records(env, "dlq", DeadLetter) if d.request_id == f"acme-{row['id']}"]
+    assert [d.reason for d in letters] == ["teacher_invalid_answer"]
+    counts = Counter(d.reason for d in records(env, "dlq", DeadLetter))
+    assert counts["teacher_invalid_answer"] == 1
