@@ -313,12 +313,13 @@ def bench_stream(
     shuffle: Annotated[bool, typer.Option(help="Stream in a seeded random order (BANKING77's files are sorted by "
                                                "label, which no live traffic is).")] = True,
     seed: int = 0,
+    policy: Annotated[str, typer.Option(help="Routing policy: cascade, distill_verify, ensemble or shadow.")] = "cascade",
     home: Path = Path(".protege/bench"),
     task_name: str = "bench",
 ) -> None:
     """Cold student, train traffic, then test traffic; report accuracy, student share, cost, latency."""
     from protege.generator import read_jsonl, task_from_labels, write_jsonl
-    from protege.task import write_task
+    from protege.task import Policy, write_task
     from protege.teacher import StandinTeacher
 
     train_rows, test_rows = read_jsonl(train), read_jsonl(test)
@@ -332,6 +333,7 @@ def bench_stream(
     shutil.rmtree(home, ignore_errors=True)
     labels = sorted({r["label"] for r in train_rows + test_rows})
     task = task_from_labels(task_name, labels, f"bench on {train.name}")
+    task = task.model_copy(update={"policy": Policy.model_validate({**task.policy.model_dump(), "name": policy})})
     write_task(task, home / "tasks" / f"{task_name}.yaml")
     write_jsonl(train_rows + test_rows, home / "labelled.jsonl")
     for r in test_rows:
@@ -358,7 +360,7 @@ def bench_stream(
     summary["all_teacher"] = {"cost_usd": all_cost, "requests": len(test_rows), "method": method}
     summary["config"] = {"train": str(train), "test": str(test), "rate": rate, "teacher_noise": teacher_noise,
                          "min_cases": min_cases, "retrain_every": retrain_every, "limit": limit,
-                         "shuffle": shuffle, "seed": seed}
+                         "shuffle": shuffle, "seed": seed, "policy": policy, "policy_version": task.policy.version}
     report_json.parent.mkdir(parents=True, exist_ok=True)
     report_json.write_text(json.dumps(summary, indent=2))
     _print_summary(summary, ["train", "test"])

@@ -24,7 +24,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from protege.broker.embedded import EmbeddedBroker
-from protege.events import Response, TeacherResult
+from protege.events import Correction, Response, TeacherResult
 from protege.kafka import consumer, ensure_topics, producer
 from protege.settings import Settings, env_for_children
 from protege.supervisor import Supervisor
@@ -96,6 +96,11 @@ class Outcome:
     response: Response | None = None
     answered_at: float | None = None
     duplicates: int = 0
+    corrected_to: str | None = None  # ensemble: the teacher's correction of a provisional answer
+
+    @property
+    def final_label(self) -> str | None:
+        return self.corrected_to or (self.response.label if self.response else None)
 
     @property
     def latency_ms(self) -> float | None:
@@ -131,7 +136,7 @@ async def drive(
     topics = settings.topics
     reader = consumer(settings, group=None)
     await reader.start()
-    tps = [TopicPartition(t, p) for t in (topics.responses, topics.teacher_results)
+    tps = [TopicPartition(t, p) for t in (topics.responses, topics.teacher_results, topics.corrections)
            for p in sorted(reader.partitions_for_topic(t) or await _partitions(reader, t))]
     reader.assign(tps)
     for tp, end in (await reader.end_offsets(tps)).items():
@@ -151,6 +156,11 @@ async def drive(
             at = time.time()
             for tp, records in batch.items():
                 for r in records:
+                    if tp.topic == topics.corrections:
+                        fix = Correction.model_validate_json(r.value)
+                        if fix.request_id in outcomes:
+                            outcomes[fix.request_id].corrected_to = fix.label
+                        continue
                     if tp.topic == topics.teacher_results:
                         res = TeacherResult.model_validate_json(r.value)
                         if res.request_id in outcomes:
@@ -234,6 +244,12 @@ async def wait_quiet(settings: Settings, groups: dict[str, list[str]], timeout: 
     return False
 
 
+def _agreement(results: list[TeacherResult]) -> float | None:
+    """Share of teacher answers the student had given too (shadow, ensemble and escalations)."""
+    judged = [r.agrees for r in results if r.agrees is not None]
+    return sum(judged) / len(judged) if judged else None
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -281,6 +297,12 @@ def summarize(d: Drive) -> dict[str, Any]:
         "teacher_share": len(by_route["teacher"]) / n,
         "student_accuracy": acc(by_route["student"]),
         "teacher_accuracy": acc(by_route["teacher"]),
+        "accuracy_after_corrections": (
+            sum(o.final_label == o.label for o in answered) / len(answered) if answered else None),
+        "corrections": sum(o.corrected_to is not None for o in outs),
+        "degraded": sum(o.response is not None and o.response.status == "degraded" for o in outs),
+        "failed": sum(o.response is not None and o.response.status == "failed" for o in outs),
+        "student_agreement": _agreement(d.teacher_results),
         "teacher_calls": len(d.teacher_results),
         "cost_usd": sum(r.cost_usd for r in d.teacher_results),
         "teacher_standin": standin,
