@@ -367,6 +367,42 @@ def bench_stream(
     console.print(f"report: {report_json}")
 
 
+# -- offline labelling ----------------------------------------------------------------
+
+
+@app.command("label")
+def label_cmd(
+    task_name: Annotated[str, typer.Option("--task", help="Task name (a file in PROTEGE_TASKS_DIR).")],
+    input: Annotated[Path, typer.Option(help="JSON Lines with id and text.")],
+    output: Annotated[Path, typer.Option(help="Labelled JSON Lines (id, text, label, rationale, teacher).")],
+    poll: Annotated[float, typer.Option(help="Seconds between progress polls.")] = 30.0,
+    model: Annotated[str | None, typer.Option(help="Teacher model (default: the task's).")] = None,
+) -> None:
+    """Label a golden or bootstrap set with the teacher through the Message Batches API (half price)."""
+    import anthropic
+
+    from protege.generator import read_jsonl, write_jsonl
+    from protege.labelling import label_with_batches
+    from protege.settings import TeacherSettings
+    from protege.task import load_tasks
+
+    settings = TeacherSettings()
+    key = settings.api_key()
+    if not key:
+        raise typer.BadParameter("labelling calls the Message Batches API: set ANTHROPIC_API_KEY (no stand-in here)")
+    task = load_tasks(settings.tasks_dir)[task_name]
+    rows = read_jsonl(input)
+    client = anthropic.AsyncAnthropic(api_key=key, base_url=settings.anthropic_base_url,
+                                      max_retries=settings.max_retries, timeout=settings.timeout_s)
+    report = asyncio.run(label_with_batches(client, task, rows, model=model, poll_s=poll,
+                                            progress=lambda line: console.print(line, highlight=False)))
+    write_jsonl(report.labelled, output)
+    errors = output.with_suffix(".errors.jsonl")
+    write_jsonl(report.failed, errors)
+    console.print(f"labelled {len(report.labelled)}/{len(rows)} into {output}; {len(report.failed)} failed "
+                  f"({errors}); cost ${report.cost_usd:.4f} at the batch price; batches {report.batch_ids}")
+
+
 # -- schemas ------------------------------------------------------------------------
 
 

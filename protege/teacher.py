@@ -79,6 +79,33 @@ def classify_tool(task: Task) -> dict[str, Any]:
     }
 
 
+def message_params(task: Task, messages: list[dict[str, Any]], model: str, request_id: str) -> dict[str, Any]:
+    """Messages API parameters for one classification (also a Message Batches request's params)."""
+    return {
+        "model": model,
+        "max_tokens": task.teacher.max_tokens,
+        "system": [{"type": "text", "text": system_prompt(task), "cache_control": {"type": "ephemeral"}}],
+        "tools": [classify_tool(task)],
+        "tool_choice": {"type": "tool", "name": "classify"},
+        "messages": messages,
+        "metadata": {"user_id": hashlib.sha256(request_id.encode()).hexdigest()[:32]},
+    }
+
+
+def read_classification(task: Task, content: list[Any]) -> tuple[str | None, str, Any]:
+    """(label if valid else None, rationale, the tool call block) from a message's content."""
+    call = next((b for b in content if b.type == "tool_use" and b.name == "classify"), None)
+    label = str(call.input.get("label", "")) if call is not None else ""
+    rationale = str(call.input.get("rationale", ""))[:500] if call is not None else ""
+    return (label if label in task.answers else None), rationale, call
+
+
+def usage_of(u: Any) -> Usage:
+    return Usage(input_tokens=u.input_tokens, output_tokens=u.output_tokens,
+                 cache_creation_input_tokens=u.cache_creation_input_tokens or 0,
+                 cache_read_input_tokens=u.cache_read_input_tokens or 0)
+
+
 class AnthropicTeacher:
     def __init__(self, client: Any, model: str | None = None, prices: dict[str, Price] | None = None) -> None:
         self.client = client  # anthropic.AsyncAnthropic
@@ -92,43 +119,32 @@ class AnthropicTeacher:
         model = self.model or task.teacher.model
         messages: list[dict[str, Any]] = [{"role": "user", "content": text}]
         started = time.perf_counter()
-        totals = [0, 0, 0, 0]
+        totals = Usage(input_tokens=0, output_tokens=0)
         for attempt in (1, 2):  # the second attempt repairs an answer outside the label set
-            msg = await self.client.messages.create(
-                model=model,
-                max_tokens=task.teacher.max_tokens,
-                system=[{"type": "text", "text": system_prompt(task), "cache_control": {"type": "ephemeral"}}],
-                tools=[classify_tool(task)],
-                tool_choice={"type": "tool", "name": "classify"},
-                messages=messages,
-                metadata={"user_id": hashlib.sha256(request_id.encode()).hexdigest()[:32]},
-            )
-            u = msg.usage
-            totals[0] += u.input_tokens
-            totals[1] += u.output_tokens
-            totals[2] += u.cache_creation_input_tokens or 0
-            totals[3] += u.cache_read_input_tokens or 0
-            call = next((b for b in msg.content if b.type == "tool_use" and b.name == "classify"), None)
-            label = str(call.input.get("label", "")) if call is not None else ""
-            if label in task.answers:
-                usage = Usage(input_tokens=totals[0], output_tokens=totals[1],
-                              cache_creation_input_tokens=totals[2], cache_read_input_tokens=totals[3])
+            msg = await self.client.messages.create(**message_params(task, messages, model, request_id))
+            u = usage_of(msg.usage)
+            totals = Usage(input_tokens=totals.input_tokens + u.input_tokens,
+                           output_tokens=totals.output_tokens + u.output_tokens,
+                           cache_creation_input_tokens=totals.cache_creation_input_tokens + u.cache_creation_input_tokens,
+                           cache_read_input_tokens=totals.cache_read_input_tokens + u.cache_read_input_tokens)
+            label, rationale, call = read_classification(task, msg.content)
+            if label is not None:
                 return TeacherAnswer(
-                    label=label, rationale=str(call.input.get("rationale", ""))[:500] if call else "",
-                    model=msg.model, standin=False, usage=usage,
-                    cost_usd=cost_usd(usage, price_for(model, self.prices)),
+                    label=label, rationale=rationale, model=msg.model, standin=False, usage=totals,
+                    cost_usd=cost_usd(totals, price_for(model, self.prices)),
                     latency_ms=(time.perf_counter() - started) * 1000, attempts=attempt,
                 )
+            wrong = str(call.input.get("label", "")) if call is not None else "(no tool call)"
             messages = [
                 *messages,
                 {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in msg.content]},
                 {"role": "user", "content": [
                     *([{"type": "tool_result", "tool_use_id": call.id, "is_error": True,
-                        "content": f"{label!r} is not a valid label."}] if call is not None else []),
+                        "content": f"{wrong!r} is not a valid label."}] if call is not None else []),
                     {"type": "text", "text": f"Answer with exactly one of: {', '.join(task.answers)}."},
                 ]},
             ]
-        raise TeacherError(f"invalid_label: the teacher answered {label!r} twice, outside {task.answers}")
+        raise TeacherError(f"invalid_label: the teacher answered {wrong!r} twice, outside {task.answers}")
 
 
 class StandinTeacher:

@@ -6,6 +6,11 @@ whose content is a ``tool_use`` block calling the requested tool, ``stop_reason`
 given cached system block writes the cache, later ones read it). Labels come from a
 text -> label table; unknown texts get ``oos``.
 
+It also speaks the Message Batches API: ``POST /v1/messages/batches`` creates a batch;
+each ``GET /v1/messages/batches/{id}`` processes up to half of what is left (so a poller
+sees progress) and returns the batch with its ``request_counts``; once it has ended,
+``results_url`` points at ``GET .../results``, a JSON Lines stream of individual results.
+
 Faults are injected in order from ``faults``: an HTTP status (429 with ``retry-after``,
 500, 529 ``overloaded_error``), ``"invalid_label"`` (a label outside the enum), or
 ``"slow:<seconds>"``. Every request is recorded in ``requests``.
@@ -36,6 +41,7 @@ class MessagesAPI:
         self.answered: Counter[str] = Counter()  # successful calls per metadata.user_id
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
+        self.batches: dict[str, dict[str, Any]] = {}
 
     @property
     def url(self) -> str:
@@ -87,33 +93,95 @@ class MessagesAPI:
         return 200, {"request-id": f"req_{uuid.uuid4().hex[:24]}"}, message
 
 
+    def create_batch(self, body: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
+        requests = body.get("requests")
+        if not isinstance(requests, list) or not requests:
+            return 400, {}, {"type": "error", "error": {"type": "invalid_request_error",
+                                                       "message": "requests: must be a non-empty list"}}
+        batch_id = f"msgbatch_{uuid.uuid4().hex[:24]}"
+        with self.lock:
+            self.batches[batch_id] = {"requests": requests, "results": [], "created_at": _iso(time.time())}
+        return 200, {}, self.batch_object(batch_id)
+
+    def batch_object(self, batch_id: str) -> dict[str, Any]:
+        b = self.batches[batch_id]
+        results = b["results"]
+        ok = sum(r["result"]["type"] == "succeeded" for r in results)
+        ended = len(results) == len(b["requests"])
+        return {
+            "id": batch_id, "type": "message_batch", "processing_status": "ended" if ended else "in_progress",
+            "request_counts": {"processing": len(b["requests"]) - len(results), "succeeded": ok,
+                               "errored": len(results) - ok, "canceled": 0, "expired": 0},
+            "created_at": b["created_at"], "expires_at": _iso(time.time() + 86400),
+            "ended_at": _iso(time.time()) if ended else None, "cancel_initiated_at": None, "archived_at": None,
+            "results_url": f"{self.url}/v1/messages/batches/{batch_id}/results" if ended else None,
+        }
+
+    def advance_batch(self, batch_id: str) -> tuple[int, dict[str, str], dict[str, Any]]:
+        if batch_id not in self.batches:
+            return 404, {}, {"type": "error", "error": {"type": "not_found_error", "message": batch_id}}
+        b = self.batches[batch_id]
+        todo = b["requests"][len(b["results"]):]
+        for req in todo[: max(1, len(todo) // 2)]:
+            status, _, payload = self.respond(req["params"])
+            result = ({"type": "succeeded", "message": payload} if status == 200
+                      else {"type": "errored", "error": payload})
+            b["results"].append({"custom_id": req["custom_id"], "result": result})
+        return 200, {}, self.batch_object(batch_id)
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
 @contextmanager
 def serve(api: MessagesAPI) -> Iterator[MessagesAPI]:
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("content-length", 0))
-            try:
-                body = json.loads(self.rfile.read(length))
-            except json.JSONDecodeError:
-                status, headers, payload = 400, {}, {"type": "error", "error": {
-                    "type": "invalid_request_error", "message": "invalid JSON"}}
-            else:
-                if self.path.rstrip("/") != "/v1/messages":
-                    status, headers, payload = 404, {}, {"type": "error", "error": {
-                        "type": "not_found_error", "message": self.path}}
-                elif not (self.headers.get("x-api-key") or self.headers.get("authorization", "").startswith("Bearer ")):
-                    status, headers, payload = 401, {}, {"type": "error", "error": {
-                        "type": "authentication_error", "message": "an x-api-key or bearer authorization is required"}}
-                else:
-                    status, headers, payload = api.respond(body)
-            raw = json.dumps(payload).encode()
+        def authorised(self) -> bool:
+            return bool(self.headers.get("x-api-key") or self.headers.get("authorization", "").startswith("Bearer "))
+
+        def reply(self, status: int, headers: dict[str, str], payload: dict[str, Any] | bytes) -> None:
+            raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             self.send_response(status)
-            self.send_header("content-type", "application/json")
+            self.send_header("content-type", "application/json" if isinstance(payload, dict) else "application/binary")
             self.send_header("content-length", str(len(raw)))
             for k, v in headers.items():
                 self.send_header(k, v)
             self.end_headers()
             self.wfile.write(raw)
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("content-length", 0))
+            path = self.path.split("?")[0].rstrip("/")
+            try:
+                body = json.loads(self.rfile.read(length))
+            except json.JSONDecodeError:
+                return self.reply(400, {}, {"type": "error", "error": {"type": "invalid_request_error",
+                                                                      "message": "invalid JSON"}})
+            if not self.authorised():
+                return self.reply(401, {}, {"type": "error", "error": {
+                    "type": "authentication_error", "message": "an x-api-key or bearer authorization is required"}})
+            if path == "/v1/messages":
+                return self.reply(*api.respond(body))
+            if path == "/v1/messages/batches":
+                return self.reply(*api.create_batch(body))
+            return self.reply(404, {}, {"type": "error", "error": {"type": "not_found_error", "message": path}})
+
+        def do_GET(self) -> None:
+            parts = self.path.split("?")[0].strip("/").split("/")
+            if not self.authorised():
+                return self.reply(401, {}, {"type": "error", "error": {
+                    "type": "authentication_error", "message": "an x-api-key or bearer authorization is required"}})
+            if parts[:3] == ["v1", "messages", "batches"] and len(parts) == 4:
+                return self.reply(*api.advance_batch(parts[3]))
+            if parts[:3] == ["v1", "messages", "batches"] and len(parts) == 5 and parts[4] == "results":
+                b = api.batches.get(parts[3])
+                if b is None or len(b["results"]) < len(b["requests"]):
+                    return self.reply(404, {}, {"type": "error", "error": {"type": "not_found_error",
+                                                                          "message": "no results yet"}})
+                lines = "".join(json.dumps(r) + "\n" for r in reversed(b["results"]))  # any order
+                return self.reply(200, {}, lines.encode())
+            return self.reply(404, {}, {"type": "error", "error": {"type": "not_found_error", "message": self.path}})
 
         def log_message(self, *args: object) -> None:
             pass

@@ -69,3 +69,47 @@ def test_invalid_label_is_repaired_once_then_fails(api: MessagesAPI) -> None:
     api.faults.extend(["invalid_label", "invalid_label"])
     with pytest.raises(TeacherError, match="invalid_label"):
         ask(teacher(api), "where is my order")
+
+
+def test_message_batches_label_a_set_at_half_price(api: MessagesAPI) -> None:
+    from protege.labelling import label_with_batches
+
+    rows = [{"id": "g1", "text": "where is my order"}, {"id": "g2", "text": "refund please"},
+            {"id": "g3", "text": "something else"}, {"id": "g4", "text": "where is my order"}]
+    api.faults.extend([529, "invalid_label"])  # the first request errors, the second answers off the label set
+    client = anthropic.AsyncAnthropic(api_key="test-key", base_url=api.url, max_retries=0)
+    seen: list[str] = []
+    report = asyncio.run(label_with_batches(client, TASK, rows, poll_s=0.01, progress=seen.append))
+    assert len(report.batch_ids) == 1 and any("processing" in line for line in seen)
+    assert {r["id"]: r["error"] for r in report.failed} == {"g1": "errored", "g2": "invalid_label"}
+    assert {r["id"]: r["label"] for r in report.labelled} == {"g3": "oos", "g4": "shipping"}
+    live = cost_usd(report.usage, price_for(TASK.teacher.model))
+    assert report.cost_usd == pytest.approx(live / 2)
+    params = api.batches[report.batch_ids[0]]["requests"][0]["params"]
+    assert params["tool_choice"] == {"type": "tool", "name": "classify"} and params["system"][0]["cache_control"]
+
+
+def test_batch_ids_must_be_valid_custom_ids(api: MessagesAPI) -> None:
+    from protege.labelling import label_with_batches
+
+    client = anthropic.AsyncAnthropic(api_key="test-key", base_url=api.url)
+    with pytest.raises(ValueError, match="custom_ids"):
+        asyncio.run(label_with_batches(client, TASK, [{"id": "has space", "text": "x"}]))
+
+
+def test_label_command_writes_labels_and_errors(api: MessagesAPI, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from protege.generator import write_jsonl
+
+    write_jsonl([{"id": "a", "text": "where is my order"}, {"id": "b", "text": "refund please"}], tmp_path / "in.jsonl")
+    env = {"ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": api.url, "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "protege.cli", "label", "--task", "ticket-triage", "--input",
+                           str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl"), "--poll", "0.01"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert {r["id"]: r["label"] for r in out} == {"a": "shipping", "b": "refund"}
+    assert "labelled 2/2" in done.stderr
