@@ -14,6 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from protege import metrics
 from protege.kafka import ensure_topics
 from protege.logs import configure
 from protege.settings import Settings
@@ -31,6 +32,7 @@ def run_service(name: str, settings_cls: type[S], serve: Callable[[S, asyncio.Ev
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await ensure_topics(settings)
+        metrics.serve(settings.metrics_port)
         log.info("starting", bootstrap=settings.bootstrap_servers, prefix=settings.topic_prefix)
         await serve(settings, stop)
 

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: str = Field("auto", description="json, console, or auto (console on a terminal).")
     fetch_max_wait_ms: int = Field(10, ge=0, description="How long the broker may hold a fetch; low for latency.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Serve Prometheus /metrics on this port (0: off).")
     # Security for real clusters; the embedded broker is PLAINTEXT on loopback.
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None

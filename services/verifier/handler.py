@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from protege import metrics
 from protege.errors import InvalidEvent
 from protege.events import Alert, Decision, Response, Scored, TeacherRequest, now_ms
 from protege.kafka import Out, Record, dead_letter
@@ -106,7 +107,14 @@ class Verifier:
                 model_version=decision.model_version, requested_at_ms=at,
             )
             outs.append(Out.of(self.topics.teacher_requests, ask, req.request_id))
-        alert = self.monitors[req.task].observe(decision)
+        metrics.DECISIONS.labels(req.task, decision.policy, decision.verdict).inc()
+        for reason in decision.reasons:
+            metrics.ESCALATIONS.labels(req.task, reason.split(":")[0]).inc()
+        monitor = self.monitors[req.task]
+        alert = monitor.observe(decision)
+        if monitor.recent:
+            metrics.ESCALATION_RATE.labels(req.task).set(sum(e for e, _ in monitor.recent) / len(monitor.recent))
+        metrics.DRIFT_ALARM.labels(req.task).set(int(monitor.firing))
         if alert is not None:
             self.log.warning("drift_alarm", **alert.model_dump())
             outs.append(Out.of(self.topics.alerts, alert, req.task))

@@ -85,3 +85,26 @@ def test_configured_baseline_is_used_from_the_first_window() -> None:
     m = DriftMonitor("t", "p", Drift(window=20, band=0.1, baseline=0.0))
     fired = [a for a in (m.observe(decision(True)) for _ in range(20)) if a]
     assert fired and fired[0].rate == 1.0
+
+
+def test_verifier_counts_escalations_per_reason_as_metrics() -> None:
+    import asyncio
+
+    from aiokafka import ConsumerRecord
+
+    from protege import metrics
+    from protege.topics import Topics
+    from services.verifier.handler import Verifier
+
+    t = Topics("m.")
+    v = Verifier({BASE.name: BASE}, t)
+    before = metrics.REGISTRY.get_sample_value("protege_escalations_total",
+                                               {"task": BASE.name, "reason": "low_confidence"}) or 0
+    value = scored(confidence=0.1).dumps()
+    rec = ConsumerRecord(t.scored, 0, 0, 0, 0, b"r1", value, None, 0, len(value), [])
+    outs = asyncio.run(v.handle([rec]))
+    assert [o.topic for o in outs] == [t.decisions, t.teacher_requests]
+    after = metrics.REGISTRY.get_sample_value("protege_escalations_total",
+                                              {"task": BASE.name, "reason": "low_confidence"})
+    assert after == before + 1
+    assert metrics.REGISTRY.get_sample_value("protege_escalation_rate", {"task": BASE.name}) == 1.0
