@@ -154,6 +154,7 @@ class TeacherResult(Event):
     latency_ms: float = Field(ge=0)
     attempts: int = Field(ge=1)
     mode: Literal["answer", "check"] = "answer"
+    fields: dict[str, str] = Field(default_factory=dict, description="Fields the teacher extracted.")
     student_label: str | None = None
     agrees: bool | None = Field(None, description="Whether the student had given the same label.")
     model_version: str | None = None
@@ -175,6 +176,7 @@ class Response(Event):
         "answered", description="degraded: the student answered because the teacher was unavailable or over "
                                 "budget; failed: no valid answer could be given (see error and the dead-letter topic).")
     provisional: bool = Field(False, description="ensemble: the teacher may still send a correction.")
+    fields: dict[str, str] = Field(default_factory=dict, description="Extracted fields (teacher answers only).")
     error: str | None = None
     answered_by: str = Field(description="Student model version or teacher model id.")
     standin: bool = Field(False, description="True when the offline teacher stand-in answered.")

@@ -35,6 +35,8 @@ class Rules:
         fired += [f"pattern:{p.pattern}" for p in self.patterns if p.search(req.text)]
         if scored.student is not None and scored.student.label in self.policy.always_escalate_labels:
             fired.append(f"sensitive_label:{scored.student.label}")
+        if scored.student is not None and scored.student.label in self.policy.fields_required_for:
+            fired.append(f"fields_required:{scored.student.label}")
         return fired
 
 

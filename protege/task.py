@@ -69,6 +69,9 @@ class Policy(BaseModel):
     always_escalate_labels: list[str] = Field(default_factory=list, description="Policy-sensitive labels.")
     escalate_patterns: list[str] = Field(default_factory=list, description="Regexes that always escalate.")
     vip_tenants: list[str] = Field(default_factory=list, description="Tenants that always get the teacher.")
+    fields_required_for: list[str] = Field(
+        default_factory=list, description="Labels whose answer needs the task's extracted fields; the student only "
+                                          "classifies, so these always escalate to the teacher.")
     on_teacher_unavailable: Literal["hold", "degrade"] = Field(
         "hold", description="hold: keep the request in the retry topic until the teacher can answer; degrade: answer "
                             "with the student's label flagged degraded (held when there is none).")
@@ -116,6 +119,7 @@ class Task(BaseModel):
     description: str = ""
     labels: dict[str, str] = Field(min_length=2, description="Label -> what it covers.")
     instructions: str = Field(min_length=1)
+    fields: dict[str, str] = Field(default_factory=dict, description="Fields the teacher extracts: name -> what it is.")
     policy: Policy = Policy()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()

@@ -20,6 +20,7 @@ import json
 import random
 import time
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,6 +41,7 @@ class TeacherAnswer:
     cost_usd: float
     latency_ms: float
     attempts: int
+    fields: dict[str, str] = dataclass_field(default_factory=dict)
 
 
 class Teacher(Protocol):
@@ -65,17 +67,21 @@ def system_prompt(task: Task) -> str:
 
 
 def classify_tool(task: Task) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "label": {"type": "string", "enum": task.answers, "description": "The best label."},
+        "rationale": {"type": "string", "description": "One short sentence."},
+    }
+    if task.fields:
+        properties["fields"] = {
+            "type": "object",
+            "description": "Values found in the message; leave out what is not there.",
+            "properties": {name: {"type": "string", "description": desc} for name, desc in task.fields.items()},
+            "additionalProperties": False,
+        }
     return {
         "name": "classify",
-        "description": "Record the label for the customer message.",
-        "input_schema": {
-            "type": "object",
-            "properties": {
-                "label": {"type": "string", "enum": task.answers, "description": "The best label."},
-                "rationale": {"type": "string", "description": "One short sentence."},
-            },
-            "required": ["label", "rationale"],
-        },
+        "description": "Record the label (and any fields) for the customer message.",
+        "input_schema": {"type": "object", "properties": properties, "required": ["label", "rationale"]},
     }
 
 
@@ -98,6 +104,14 @@ def read_classification(task: Task, content: list[Any]) -> tuple[str | None, str
     label = str(call.input.get("label", "")) if call is not None else ""
     rationale = str(call.input.get("rationale", ""))[:500] if call is not None else ""
     return (label if label in task.answers else None), rationale, call
+
+
+def read_fields(task: Task, call: Any) -> dict[str, str]:
+    """The declared fields the teacher filled in (others are ignored)."""
+    raw = call.input.get("fields") if call is not None else None
+    if not isinstance(raw, dict):
+        return {}
+    return {k: str(v)[:200] for k, v in raw.items() if k in task.fields and v not in (None, "")}
 
 
 def usage_of(u: Any) -> Usage:
@@ -133,6 +147,7 @@ class AnthropicTeacher:
                     label=label, rationale=rationale, model=msg.model, standin=False, usage=totals,
                     cost_usd=cost_usd(totals, price_for(model, self.prices)),
                     latency_ms=(time.perf_counter() - started) * 1000, attempts=attempt,
+                    fields=read_fields(task, call),
                 )
             wrong = str(call.input.get("label", "")) if call is not None else "(no tool call)"
             messages = [

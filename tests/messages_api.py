@@ -19,6 +19,7 @@ Faults are injected in order from ``faults``: an HTTP status (429 with ``retry-a
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -83,8 +84,13 @@ class MessagesAPI:
         }
         tool = (body.get("tools") or [{}])[0]
         label = "definitely-not-a-label" if fault == "invalid_label" else self.labels.get(text, "oos")
+        answer: dict[str, Any] = {"label": label, "rationale": "local Messages API test server"}
+        declared = tool.get("input_schema", {}).get("properties", {}).get("fields", {}).get("properties", {})
+        if declared:  # "extract" each declared field: the first token with a digit, when there is one
+            found = re.search(r"[#A-Z]*-?\d[\w-]*", text)
+            answer["fields"] = {name: found.group(0) for name in declared} if found else {}
         content = [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": tool.get("name", "classify"),
-                    "input": {"label": label, "rationale": "local Messages API test server"}}]
+                    "input": answer}]
         with self.lock:
             self.answered[(body.get("metadata") or {}).get("user_id", "")] += 1
         message = {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",

@@ -178,13 +178,14 @@ class TeacherWorker:
             request_id=req.request_id, tenant=req.tenant, task=req.task, text=req.text, label=answer.label,
             rationale=answer.rationale, teacher=answer.model, standin=answer.standin, usage=answer.usage,
             cost_usd=answer.cost_usd, latency_ms=answer.latency_ms, attempts=answer.attempts, mode=ask.mode,
+            fields=answer.fields,
             student_label=ask.student_label, agrees=agrees, model_version=ask.model_version, answered_at_ms=at,
         )
         outs = [Out.of(self.topics.teacher_results, result, req.request_id)]
         if ask.mode == "answer":
             outs.append(Out.of(self.topics.responses, Response(
                 request_id=req.request_id, tenant=req.tenant, task=req.task, label=answer.label, route="teacher",
-                answered_by=answer.model, standin=answer.standin, sent_at_ms=req.sent_at_ms,
+                fields=answer.fields, answered_by=answer.model, standin=answer.standin, sent_at_ms=req.sent_at_ms,
                 received_at_ms=req.received_at_ms, answered_at_ms=at,
             ), req.request_id))
         elif agrees is False and ask.student_label is not None:

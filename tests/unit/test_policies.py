@@ -108,3 +108,10 @@ def test_verifier_counts_escalations_per_reason_as_metrics() -> None:
                                               {"task": BASE.name, "reason": "low_confidence"})
     assert after == before + 1
     assert metrics.REGISTRY.get_sample_value("protege_escalation_rate", {"task": BASE.name}) == 1.0
+
+
+def test_labels_that_need_extracted_fields_go_to_the_teacher() -> None:
+    t = task("cascade", fields_required_for=["refund"])
+    d = router_for(t).decide(scored(text="refund #4821", label="refund"), 3)
+    assert (d.verdict, d.rules) == ("escalate", ["fields_required:refund"])
+    assert router_for(t).decide(scored(), 3).verdict == "accept"

@@ -113,3 +113,13 @@ def test_label_command_writes_labels_and_errors(api: MessagesAPI, tmp_path, monk
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert {r["id"]: r["label"] for r in out} == {"a": "shipping", "b": "refund"}
     assert "labelled 2/2" in done.stderr
+
+
+def test_declared_fields_are_extracted_by_the_tool_call(api: MessagesAPI) -> None:
+    task = TASK.model_copy(update={"fields": {"order_id": "the order number, e.g. #48213"}})
+    api.labels["refund for order #48213"] = "refund"
+    a = asyncio.run(teacher(api).label(task, "refund for order #48213", "req-f"))
+    assert (a.label, a.fields) == ("refund", {"order_id": "#48213"})
+    schema = api.requests[-1]["tools"][0]["input_schema"]["properties"]["fields"]
+    assert schema["properties"]["order_id"]["type"] == "string" and schema["additionalProperties"] is False
+    assert asyncio.run(teacher(api).label(TASK, "refund please", "req-g")).fields == {}  # none declared
