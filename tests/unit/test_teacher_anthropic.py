@@ -123,3 +123,10 @@ def test_declared_fields_are_extracted_by_the_tool_call(api: MessagesAPI) -> Non
     schema = api.requests[-1]["tools"][0]["input_schema"]["properties"]["fields"]
     assert schema["properties"]["order_id"]["type"] == "string" and schema["additionalProperties"] is False
     assert asyncio.run(teacher(api).label(TASK, "refund please", "req-g")).fields == {}  # none declared
+
+
+def test_timeouts_are_retried(api: MessagesAPI) -> None:
+    api.faults.append("slow:1.5")
+    client = anthropic.AsyncAnthropic(api_key="test-key", base_url=api.url, max_retries=2, timeout=0.5)
+    a = asyncio.run(AnthropicTeacher(client).label(TASK, "where is my order", "req-t"))
+    assert a.label == "shipping" and len(api.requests) == 2
