@@ -112,7 +112,7 @@ def test_each_policy_answers_every_request_once(env: dict) -> None:
     # shadow: the teacher answers everything, the student is recorded beside it
     assert results["t-shadow"]["teacher_share"] == 1.0
     shadow = [r for r in records(env, "teacher_results", TeacherResult) if r.task == "t-shadow" and r.agrees is not None]
-    assert len(shadow) > 150 and sum(r.agrees for r in shadow) / len(shadow) > 0.7  # measured agreement
+    assert len(shadow) > 150 and sum(r.agrees for r in shadow) / len(shadow) > 0.5  # measured agreement (chance: 1/13)
 
 
 def test_teacher_529_for_a_while_loses_nothing_and_pays_once(env: dict) -> None:
