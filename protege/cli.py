@@ -183,7 +183,7 @@ def demo(tickets: Annotated[int, typer.Option(help="Generated tickets to stream.
 
 
 def _stream_run(home: Path, env: dict[str, str], phases: dict[str, list[dict[str, Any]]], *, tenant: str, task: str,
-                rate: float, extra: list[bytes] | None = None) -> dict[str, Any]:
+                rate: float, extra: list[bytes] | None = None, linger: float = 0.0) -> dict[str, Any]:
     keyed = bool(os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("PROTEGE_ANTHROPIC_API_KEY"))
     if not keyed:
         console.print(f"[yellow]{STANDIN_NOTE}[/]")
@@ -193,7 +193,7 @@ def _stream_run(home: Path, env: dict[str, str], phases: dict[str, list[dict[str
     console.print("starting the embedded Apache Kafka broker and six services ...")
     signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM stops everything as Ctrl-C does
     try:
-        _run_phases(home, env, phases, summary, tenant=tenant, task=task, rate=rate, extra=extra)
+        _run_phases(home, env, phases, summary, tenant=tenant, task=task, rate=rate, extra=extra, linger=linger)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: the services and the broker were stopped[/]")
         raise typer.Exit(130) from None
@@ -214,7 +214,7 @@ def _prepare_backbone() -> None:
 
 
 def _run_phases(home: Path, env: dict[str, str], phases: dict[str, list[dict[str, Any]]], summary: dict[str, Any], *,
-                tenant: str, task: str, rate: float, extra: list[bytes] | None) -> None:
+                tenant: str, task: str, rate: float, extra: list[bytes] | None, linger: float) -> None:
     from protege.kafka import read_all
     from protege.pipeline import Drive, LocalPipeline, drive, summarize, wait_quiet
 
@@ -232,7 +232,7 @@ def _run_phases(home: Path, env: dict[str, str], phases: dict[str, list[dict[str
                               f"(student {counts['student']}, teacher {counts['teacher']})", highlight=False)
 
             result = asyncio.run(drive(settings, rows, tenant=tenant, task=task, rate=rate, progress=progress,
-                                       extra=extra if i == 0 else None))
+                                       extra=extra if i == 0 else None, linger=linger))
             summary[name] = summarize(result)
             # The steady state: the last quarter of the phase, after the student has caught up.
             tail = list(result.outcomes.items())[-max(1, len(rows) // 4):]
@@ -345,8 +345,9 @@ def bench_stream(
         "PROTEGE_MIN_CASES": str(min_cases), "PROTEGE_RETRAIN_EVERY": str(retrain_every),
         "PROTEGE_TRAINER_THREADS": "1",  # retrains must not starve the scorer on a small machine
     }
+    # Linger after the last response so trailing teacher checks (ensemble) and corrections are counted.
     summary = _stream_run(home, env, {"train": train_rows, "test": test_rows}, tenant="bench", task=task_name,
-                          rate=rate)
+                          rate=rate, linger=10.0)
     standin = StandinTeacher({}, priced_as=task.teacher.model)
     if "STAND-IN" in summary["teacher"]:
         from protege.costs import cost_usd, price_for
