@@ -368,6 +368,109 @@ def bench_stream(
     console.print(f"report: {report_json}")
 
 
+# -- models -------------------------------------------------------------------------
+
+models_app = typer.Typer(no_args_is_help=True, help="Student versions: list, show, promote, pin, unpin, roll back.")
+app.add_typer(models_app, name="models")
+Tenant = Annotated[str, typer.Option(help="Tenant.")]
+TaskName = Annotated[str, typer.Option("--task", help="Task name.")]
+
+
+def _history(settings: Settings, tenant: str, task: str) -> tuple[list[str], bool]:
+    from protege.events import ModelAnnouncement
+    from protege.kafka import read_all
+    from protege.registry import serving_history
+
+    records = asyncio.run(read_all(settings, settings.topics.models))
+    return serving_history([ModelAnnouncement.model_validate_json(r.value) for r in records], tenant, task)
+
+
+def _announce(settings: Settings, ann: Any) -> None:
+    from protege.kafka import Out, producer
+
+    async def send() -> None:
+        prod = producer(settings)
+        await prod.start()
+        try:
+            out = Out.of(settings.topics.models, ann, f"{ann.tenant}/{ann.task}")
+            await prod.send_and_wait(out.topic, out.value, key=out.key)
+        finally:
+            await prod.stop()
+
+    asyncio.run(send())
+
+
+@models_app.command("list")
+def models_list(tenant: Tenant, task_name: TaskName) -> None:
+    """Every version in the registry, with its metrics and which one serves."""
+    from protege.registry import versions
+
+    settings = Settings()
+    history, pinned = _history(settings, tenant, task_name)
+    table = Table(title=f"{tenant}/{task_name}")
+    for col in ("version", "created", "cases", "holdout acc", "macro-F1", "ECE", "serving"):
+        table.add_column(col)
+    for v in versions(settings.home / "registry", tenant, task_name):
+        m = v.manifest["metrics"]
+        mark = ("pinned" if pinned else "yes") if history and history[-1] == v.name else ""
+        table.add_row(v.name, v.manifest["created_at"], str(v.manifest["data"]["cases"]),
+                      f"{m['holdout_accuracy']:.3f}", f"{m['holdout_macro_f1']:.3f}", f"{m['ece_after']:.3f}", mark)
+    Console(width=140).print(table)
+
+
+@models_app.command("show")
+def models_show(version_name: Annotated[str, typer.Argument(help="Version, e.g. v0003.")], tenant: Tenant,
+                task_name: TaskName) -> None:
+    """A version's manifest."""
+    from protege.registry import version
+
+    typer.echo(json.dumps(version(Settings().home / "registry", tenant, task_name, version_name).manifest, indent=2))
+
+
+def _serve(version_name: str, tenant: str, task_name: str, pin: bool) -> None:
+    from protege.registry import version
+
+    settings = Settings()
+    v = version(settings.home / "registry", tenant, task_name, version_name)
+    _announce(settings, v.announcement(pin=pin))
+    console.print(f"{tenant}/{task_name}: {v.name} announced{' and pinned' if pin else ''}; running scorers swap to "
+                  f"it without a restart")
+
+
+@models_app.command("promote")
+def models_promote(version_name: str, tenant: Tenant, task_name: TaskName) -> None:
+    """Serve VERSION now; the trainer's next version replaces it as usual."""
+    _serve(version_name, tenant, task_name, pin=False)
+
+
+@models_app.command("pin")
+def models_pin(version_name: str, tenant: Tenant, task_name: TaskName) -> None:
+    """Serve VERSION and ignore the trainer's new versions until `protege models unpin`."""
+    _serve(version_name, tenant, task_name, pin=True)
+
+
+@models_app.command("rollback")
+def models_rollback(tenant: Tenant, task_name: TaskName) -> None:
+    """Serve the version that served before the current one, pinned."""
+    history, _ = _history(Settings(), tenant, task_name)
+    if len(history) < 2:
+        raise typer.BadParameter(f"{tenant}/{task_name} has no earlier served version (history: {history})")
+    _serve(history[-2], tenant, task_name, pin=True)
+
+
+@models_app.command("unpin")
+def models_unpin(tenant: Tenant, task_name: TaskName) -> None:
+    """Let the trainer's next version serve again."""
+    from protege.events import ModelAnnouncement, now_ms
+
+    history, _ = _history(Settings(), tenant, task_name)
+    current = history[-1] if history else "none"
+    _announce(Settings(), ModelAnnouncement(tenant=tenant, task=task_name, version=current, path="-", labels=[],
+                                            metrics={}, trained_on=1, source="operator", action="unpin",
+                                            announced_at_ms=now_ms()))
+    console.print(f"{tenant}/{task_name}: unpinned; the trainer's next version will serve")
+
+
 # -- offline labelling ----------------------------------------------------------------
 
 

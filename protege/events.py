@@ -265,6 +265,9 @@ class ModelAnnouncement(Event):
     labels: list[str]
     metrics: dict[str, float]
     trained_on: int = Field(ge=1, description="Number of harvested cases it was trained on.")
+    source: Literal["trainer", "operator"] = Field("trainer", description="Who announced it.")
+    pin: bool = Field(False, description="operator: keep serving this version; the trainer's are ignored until unpin.")
+    action: Literal["serve", "unpin"] = Field("serve", description="unpin: resume serving the trainer's versions.")
     announced_at_ms: int
 
 

@@ -18,6 +18,7 @@ import structlog
 from protege.errors import InvalidEvent
 from protege.events import Ingested, ModelAnnouncement, Scored, StudentOutput, now_ms
 from protege.kafka import Out, Record, dead_letter
+from protege.registry import Serving
 from protege.serde import decode
 from protege.student.runtime import Student
 from protege.topics import Topics
@@ -30,6 +31,7 @@ class Scorer:
         self.topics = topics
         self.load = load
         self.students: dict[tuple[str, str], Student] = {}
+        self.pins = Serving()
         self.log = structlog.get_logger().bind(service="scorer")
 
     def serving(self) -> dict[str, str]:
@@ -41,6 +43,10 @@ class Scorer:
             ann = decode(ModelAnnouncement, record.value)
         except InvalidEvent as e:
             self.log.error("bad_announcement", reason=e.reason, detail=e.detail, offset=record.offset)
+            return
+        if not self.pins.applies(ann):
+            self.log.info("not_applied", tenant=ann.tenant, task=ann.task, version=ann.version, action=ann.action,
+                          pinned=(ann.tenant, ann.task) in self.pins.pinned)
             return
         current = self.students.get((ann.tenant, ann.task))
         if current is not None and current.version == ann.version:

@@ -1,0 +1,55 @@
+"""`protege models` against the real broker: list, pin, rollback, unpin are announcements
+on protege.models that a scorer replays."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from protege.cli import app
+from protege.events import ModelAnnouncement
+from protege.kafka import read_all
+from protege.registry import serving_history
+from protege.settings import Settings
+
+pytestmark = pytest.mark.kafka
+
+
+def fake_version(registry: Path, name: str, acc: float) -> None:
+    folder = registry / "acme" / "triage" / name
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({
+        "version": name, "tenant": "acme", "task": "triage", "labels": ["a", "b"], "created_at": "2026-11-23T10:00:00Z",
+        "metrics": {"holdout_accuracy": acc, "holdout_macro_f1": acc, "ece_after": 0.02},
+        "data": {"cases": 100}}))
+
+
+def test_pin_rollback_unpin(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, acc in (("v0001-aaaa", 0.81), ("v0002-bbbb", 0.86), ("v0003-cccc", 0.9)):
+        fake_version(settings.home / "registry", name, acc)
+    for key, value in {"PROTEGE_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+                       "PROTEGE_TOPIC_PREFIX": settings.topic_prefix, "PROTEGE_HOME": str(settings.home)}.items():
+        monkeypatch.setenv(key, value)
+    run = CliRunner().invoke
+    args = ["--tenant", "acme", "--task", "triage"]
+    for name in ("v0001", "v0002", "v0003"):
+        assert run(app, ["models", "promote", name, *args]).exit_code == 0
+    rolled = run(app, ["models", "rollback", *args])
+    assert rolled.exit_code == 0, rolled.output
+
+    def history() -> tuple[list[str], bool]:
+        records = asyncio.run(read_all(settings, settings.topics.models))
+        return serving_history([ModelAnnouncement.model_validate_json(r.value) for r in records], "acme", "triage")
+
+    assert history() == (["v0001-aaaa", "v0002-bbbb", "v0003-cccc", "v0002-bbbb"], True)
+    listed = run(app, ["models", "list", *args])
+    assert listed.exit_code == 0 and "pinned" in listed.output and "v0003-cccc" in listed.output
+    assert run(app, ["models", "unpin", *args]).exit_code == 0
+    assert history()[1] is False
+    shown = run(app, ["models", "show", "v0002", *args])
+    assert json.loads(shown.output)["version"] == "v0002-bbbb"
+    assert run(app, ["models", "show", "v0009", *args]).exit_code != 0
