@@ -159,14 +159,12 @@ class Processor:
         self.max_poll_interval_ms = max_poll_interval_ms
         self.log = structlog.get_logger().bind(service=service)
         self.processed = 0
-        self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         cons = consumer(self.settings, *self.inputs, group=self.group, max_poll_interval_ms=self.max_poll_interval_ms)
         prod = producer(self.settings, self.transactional_id, transaction_timeout_ms=self.transaction_timeout_ms)
         await prod.start()
         await cons.start()
-        self.ready.set()
         self.log.info("processing", inputs=self.inputs, group=self.group, transactional_id=self.transactional_id)
         heartbeat = Heartbeat(self.settings.home / "health" / self.service)
         try:

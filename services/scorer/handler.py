@@ -34,9 +34,6 @@ class Scorer:
         self.pins = Serving()
         self.log = structlog.get_logger().bind(service="scorer")
 
-    def serving(self) -> dict[str, str]:
-        return {f"{t}/{k}": s.version for (t, k), s in self.students.items()}
-
     async def announce(self, record: Record) -> None:
         """Load an announced version and swap it in; requests in flight finish on the old one."""
         try:
