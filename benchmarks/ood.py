@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from protege.broker.embedded import default_cache
 from protege.generator import read_jsonl
-from protege.student.backbone import BACKBONE_NAME, export_backbone
+from protege.student.backbone import cached_backbone
 from protege.student.runtime import Encoder, softmax
 from protege.student.train import fit_head
 
@@ -60,7 +59,7 @@ def main() -> None:
         print(f"skipped: BANKING77 not found at {args.data}", file=sys.stderr)
         return
     train, test = read_jsonl(args.data / "banking77_train.jsonl"), read_jsonl(args.data / "banking77_test.jsonl")
-    backbone = export_backbone(default_cache() / "backbones" / BACKBONE_NAME)
+    backbone = cached_backbone()
     encoder = Encoder(backbone / "model.onnx", backbone / "tokenizer.json")
     started = time.perf_counter()
     x_train = encoder.embed([r["text"] for r in train])

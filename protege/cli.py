@@ -205,12 +205,11 @@ def _stream_run(home: Path, env: dict[str, str], phases: dict[str, list[dict[str
 def _prepare_backbone() -> None:
     """Export the student backbone before traffic starts (first run only; cached after)."""
     from protege.broker.embedded import default_cache
-    from protege.student.backbone import BACKBONE_NAME, export_backbone
+    from protege.student.backbone import BACKBONE_NAME, cached_backbone
 
-    dest = default_cache() / "backbones" / BACKBONE_NAME
-    if not (dest / "backbone.json").exists():
+    if not (default_cache() / "backbones" / BACKBONE_NAME / "backbone.json").exists():
         console.print("exporting the student backbone (all-MiniLM-L6-v2) to ONNX, first run only ...")
-        export_backbone(dest)
+    cached_backbone()
 
 
 def _run_phases(home: Path, env: dict[str, str], phases: dict[str, list[dict[str, Any]]], summary: dict[str, Any], *,

@@ -189,17 +189,22 @@ class Processor:
             self.log.info("stopped", processed=self.processed)
 
 
+async def partitions_of(cons: AIOKafkaConsumer, topic: str) -> set[int]:
+    """A topic's partitions, refreshing the consumer's metadata once if it has not seen the topic."""
+    parts = cons.partitions_for_topic(topic)
+    if not parts:
+        await cons._client.force_metadata_update()  # no public API for this
+        parts = cons.partitions_for_topic(topic)
+    return set(parts or ())
+
+
 async def read_all(settings: Settings, topic: str, *, since_ms: int | None = None, idle_ms: int = 500) -> list[Record]:
     """Every committed record now on ``topic``, from the beginning or from the first one
     appended at or after ``since_ms`` (no consumer group)."""
     cons = consumer(settings, group=None)
     await cons.start()
     try:
-        parts = cons.partitions_for_topic(topic) or set()
-        if not parts:
-            await cons._client.force_metadata_update()
-            parts = cons.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(cons, topic))]
         cons.assign(tps)
         end = await cons.end_offsets(tps)
         if since_ms is None:

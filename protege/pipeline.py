@@ -25,7 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from protege.broker.embedded import EmbeddedBroker
 from protege.events import Correction, Response, TeacherResult
-from protege.kafka import consumer, ensure_topics, producer
+from protege.kafka import consumer, ensure_topics, partitions_of, producer
 from protege.settings import Settings, env_for_children
 from protege.supervisor import Supervisor
 
@@ -137,7 +137,7 @@ async def drive(
     reader = consumer(settings, group=None)
     await reader.start()
     tps = [TopicPartition(t, p) for t in (topics.responses, topics.teacher_results, topics.corrections)
-           for p in sorted(reader.partitions_for_topic(t) or await _partitions(reader, t))]
+           for p in sorted(await partitions_of(reader, t))]
     reader.assign(tps)
     for tp, end in (await reader.end_offsets(tps)).items():
         reader.seek(tp, end)
@@ -212,11 +212,6 @@ async def drive(
     return Drive(outcomes, results, time.perf_counter() - started)
 
 
-async def _partitions(reader: Any, topic: str) -> set[int]:
-    await reader._client.force_metadata_update()
-    return reader.partitions_for_topic(topic) or set()
-
-
 async def group_lag(settings: Settings, group: str, topics: list[str]) -> int:
     """Records on ``topics`` not yet committed by consumer group ``group``."""
     admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
@@ -225,7 +220,7 @@ async def group_lag(settings: Settings, group: str, topics: list[str]) -> int:
     await reader.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
-        tps = [TopicPartition(t, p) for t in topics for p in (reader.partitions_for_topic(t) or await _partitions(reader, t))]
+        tps = [TopicPartition(t, p) for t in topics for p in await partitions_of(reader, t)]
         ends = await reader.end_offsets(tps)
         return sum(max(0, end - (committed[tp].offset if tp in committed else 0)) for tp, end in ends.items())
     finally:
@@ -242,6 +237,14 @@ async def wait_quiet(settings: Settings, groups: dict[str, list[str]], timeout: 
             return True
         await asyncio.sleep(0.5)
     return False
+
+
+async def supervised(supervisor: Supervisor, stream: asyncio.Task[Drive], every: float = 0.5) -> Drive:
+    """Wait for a running ``drive`` while restarting services that die (faults, chaos tests)."""
+    while not stream.done():
+        supervisor.poll()
+        await asyncio.sleep(every)
+    return await stream
 
 
 def _agreement(results: list[TeacherResult]) -> float | None:

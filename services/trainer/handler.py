@@ -73,10 +73,9 @@ class Trainer:
         self.log = structlog.get_logger().bind(service="trainer")
 
     def due(self, tenant: str, task: str) -> bool:
-        n = len(self.store.load(tenant, task))
-        last = self.trained_at.get((tenant, task))
-        labels = {c.label for c in self.store.load(tenant, task).values()}
-        if len(labels) < 2:
+        cases = self.store.load(tenant, task)
+        n, last = len(cases), self.trained_at.get((tenant, task))
+        if len({c.label for c in cases.values()}) < 2:
             return False
         return n >= self.min_cases if last is None else n - last >= self.retrain_every
 

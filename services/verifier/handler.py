@@ -40,6 +40,7 @@ class DriftMonitor:
     policy_version: str
     config: Drift
     recent: deque[tuple[bool, tuple[str, ...]]] = field(default_factory=deque)
+    escalated: int = 0  # escalations in ``recent``, kept as it slides (no sum per decision)
     baseline: float | None = None
     firing: bool = False
 
@@ -47,13 +48,21 @@ class DriftMonitor:
         self.baseline = self.config.baseline
         self.recent = deque(maxlen=self.config.window)
 
+    @property
+    def rate(self) -> float | None:
+        return self.escalated / len(self.recent) if self.recent else None
+
     def observe(self, decision: Decision) -> Alert | None:
         if decision.verdict == "shadow":
             return None
-        self.recent.append((decision.verdict == "escalate", tuple(decision.reasons)))
+        if len(self.recent) == self.recent.maxlen:
+            self.escalated -= self.recent[0][0]
+        escalate = decision.verdict == "escalate"
+        self.recent.append((escalate, tuple(decision.reasons)))
+        self.escalated += escalate
         if len(self.recent) < self.config.window:
             return None
-        rate = sum(e for e, _ in self.recent) / len(self.recent)
+        rate = self.escalated / len(self.recent)
         if self.baseline is None:
             self.baseline = rate
             return None
@@ -112,8 +121,8 @@ class Verifier:
             metrics.ESCALATIONS.labels(req.task, reason.split(":")[0]).inc()
         monitor = self.monitors[req.task]
         alert = monitor.observe(decision)
-        if monitor.recent:
-            metrics.ESCALATION_RATE.labels(req.task).set(sum(e for e, _ in monitor.recent) / len(monitor.recent))
+        if monitor.rate is not None:
+            metrics.ESCALATION_RATE.labels(req.task).set(monitor.rate)
         metrics.DRIFT_ALARM.labels(req.task).set(int(monitor.firing))
         if alert is not None:
             self.log.warning("drift_alarm", **alert.model_dump())

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from protege.generator import generate, write_jsonl
-from protege.pipeline import LocalPipeline, drive, summarize
+from protege.pipeline import LocalPipeline, drive, summarize, supervised
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -34,10 +34,7 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path: Path, backbone: Path)
             await asyncio.to_thread(broker.stop)
             await asyncio.sleep(4)
             assert await asyncio.to_thread(broker.start) == bootstrap  # same port: clients reconnect
-            while not stream.done():
-                supervisor.poll()
-                await asyncio.sleep(0.5)
-            return summarize(await stream)
+            return summarize(await supervised(supervisor, stream))
 
         s = asyncio.run(restart_mid_stream())
     assert (s["requests"], s["answered"], s["duplicates"]) == (500, 500, 0)

@@ -18,7 +18,7 @@ from protege.broker.embedded import EmbeddedBroker
 from protege.events import DeadLetter, Decision, Ingested, Scored
 from protege.generator import generate, write_jsonl
 from protege.kafka import read_all
-from protege.pipeline import LocalPipeline, drive, summarize
+from protege.pipeline import LocalPipeline, drive, summarize, supervised
 from protege.policy import recompute_verdict, router_for
 from protege.student.runtime import Student
 from protege.task import load_task
@@ -127,10 +127,7 @@ def test_kill_9_mid_stream_still_answers_each_request_once(pipeline: LocalPipeli
             await asyncio.sleep(1.2)
             sup.kill(name)
             sup.poll()
-        while not task.done():
-            sup.poll()
-            await asyncio.sleep(0.2)
-        return summarize(await task)
+        return summarize(await supervised(sup, task, every=0.2))
 
     s = asyncio.run(chaos())
     assert (s["requests"], s["answered"], s["duplicates"]) == (600, 600, 0)
