@@ -407,13 +407,16 @@ def models_list(tenant: Tenant, task_name: TaskName) -> None:
     settings = Settings()
     history, pinned = _history(settings, tenant, task_name)
     table = Table(title=f"{tenant}/{task_name}")
-    for col in ("version", "created", "cases", "holdout acc", "macro-F1", "ECE", "serving"):
+    for col in ("version", "created", "recipe", "cases", "golden acc", "macro-F1", "ECE", "coverage", "gates",
+                "serving"):
         table.add_column(col)
     for v in versions(settings.home / "registry", tenant, task_name):
-        m = v.manifest["metrics"]
+        m, man = v.manifest["metrics"], v.manifest
         mark = ("pinned" if pinned else "yes") if history and history[-1] == v.name else ""
-        table.add_row(v.name, v.manifest["created_at"], str(v.manifest["data"]["cases"]),
-                      f"{m['holdout_accuracy']:.3f}", f"{m['holdout_macro_f1']:.3f}", f"{m['ece_after']:.3f}", mark)
+        gates = "passed" if man.get("gates", {}).get("passed") else "held back"
+        table.add_row(v.name, man["created_at"], f"{man['recipe'].get('kind', '-')}/{man.get('precision', 'fp32')}",
+                      str(man["data"]["cases"]), f"{m['golden_accuracy']:.3f}", f"{m['golden_macro_f1']:.3f}",
+                      f"{m['golden_ece']:.3f}", f"{m['golden_coverage']:.3f}", gates, mark)
     Console(width=140).print(table)
 
 
@@ -426,26 +429,32 @@ def models_show(version_name: Annotated[str, typer.Argument(help="Version, e.g. 
     typer.echo(json.dumps(version(Settings().home / "registry", tenant, task_name, version_name).manifest, indent=2))
 
 
-def _serve(version_name: str, tenant: str, task_name: str, pin: bool) -> None:
+def _serve(version_name: str, tenant: str, task_name: str, pin: bool, force: bool = False) -> None:
     from protege.registry import version
 
     settings = Settings()
     v = version(settings.home / "registry", tenant, task_name, version_name)
+    failed = v.manifest.get("gates", {}).get("failed", [])
+    if failed and not force:
+        raise typer.BadParameter(f"{v.name} failed its release gates: {'; '.join(failed)} (--force serves it anyway)")
     _announce(settings, v.announcement(pin=pin))
     console.print(f"{tenant}/{task_name}: {v.name} announced{' and pinned' if pin else ''}; running scorers swap to "
                   f"it without a restart")
 
 
+Force = Annotated[bool, typer.Option(help="Serve a version that failed its release gates.")]
+
+
 @models_app.command("promote")
-def models_promote(version_name: str, tenant: Tenant, task_name: TaskName) -> None:
+def models_promote(version_name: str, tenant: Tenant, task_name: TaskName, force: Force = False) -> None:
     """Serve VERSION now; the trainer's next version replaces it as usual."""
-    _serve(version_name, tenant, task_name, pin=False)
+    _serve(version_name, tenant, task_name, pin=False, force=force)
 
 
 @models_app.command("pin")
-def models_pin(version_name: str, tenant: Tenant, task_name: TaskName) -> None:
+def models_pin(version_name: str, tenant: Tenant, task_name: TaskName, force: Force = False) -> None:
     """Serve VERSION and ignore the trainer's new versions until `protege models unpin`."""
-    _serve(version_name, tenant, task_name, pin=True)
+    _serve(version_name, tenant, task_name, pin=True, force=force)
 
 
 @models_app.command("rollback")
@@ -454,7 +463,7 @@ def models_rollback(tenant: Tenant, task_name: TaskName) -> None:
     history, _ = _history(Settings(), tenant, task_name)
     if len(history) < 2:
         raise typer.BadParameter(f"{tenant}/{task_name} has no earlier served version (history: {history})")
-    _serve(history[-2], tenant, task_name, pin=True)
+    _serve(history[-2], tenant, task_name, pin=True, force=True)  # it served before: its gates were passed then
 
 
 @models_app.command("unpin")
@@ -468,6 +477,69 @@ def models_unpin(tenant: Tenant, task_name: TaskName) -> None:
                                             metrics={}, trained_on=1, source="operator", action="unpin",
                                             announced_at_ms=now_ms()))
     console.print(f"{tenant}/{task_name}: unpinned; the trainer's next version will serve")
+
+
+# -- training -----------------------------------------------------------------------
+
+
+@app.command("train")
+def train_cmd(
+    task_name: Annotated[str, typer.Option("--task", help="Task name (a file in PROTEGE_TASKS_DIR).")],
+    tenant: Tenant,
+    input: Annotated[Path | None, typer.Option(help="Cases as JSON Lines (request_id or id, text, label); "
+                                                    "default: the trainer's harvest for this tenant and task.")] = None,
+    recipe: Annotated[str, typer.Option(help="fast (frozen encoder + logreg, seconds) or finetune (LP-FT, "
+                                             "minutes).")] = "fast",
+    epochs: Annotated[int, typer.Option(help="finetune: epochs.")] = 4,
+    lr: Annotated[float, typer.Option(help="finetune: encoder learning rate.")] = 1e-4,
+    golden: Annotated[Path | None, typer.Option(help="A fixed golden set (JSON Lines) for the gates.")] = None,
+    announce: Annotated[bool, typer.Option(help="Gate against the serving version and announce on protege.models "
+                                                "if the gates pass (needs the broker).")] = False,
+) -> None:
+    """Train one student version (the scheduled full fine-tune, or a fast retrain by hand)."""
+    from protege.generator import read_jsonl
+    from protege.student.backbone import cached_backbone, source_dir
+    from protege.student.finetune import FinetuneConfig
+    from protege.student.runtime import Encoder
+    from protege.student.train import Case, EmbeddingCache, FastRecipe, FinetuneRecipe, Recipe, train_version
+    from protege.task import load_tasks
+
+    settings = Settings()
+    task = load_tasks(settings.tasks_dir)[task_name]
+    path = input or settings.home / "harvest" / tenant / f"{task_name}.jsonl"
+    if not path.exists():
+        raise typer.BadParameter(f"no cases at {path}")
+
+    def cases_of(p: Path) -> list[Case]:
+        return [Case(str(r.get("request_id", r.get("id"))), r["text"], str(r["label"])) for r in read_jsonl(p)]
+
+    backbone = cached_backbone()
+    embed = EmbeddingCache(Encoder(backbone / "model.onnx", backbone / "tokenizer.json"))
+    chosen: Recipe
+    if recipe == "fast":
+        chosen = FastRecipe(embed, backbone)
+    elif recipe == "finetune":
+        chosen = FinetuneRecipe(embed, backbone, source_dir(), FinetuneConfig(epochs=epochs, lr=lr))
+    else:
+        raise typer.BadParameter(f"recipe must be fast or finetune, not {recipe!r}")
+    serving = None
+    if announce:
+        from protege.registry import version
+
+        history, _ = _history(settings, tenant, task_name)
+        serving = version(settings.home / "registry", tenant, task_name, history[-1]).folder if history else None
+    result = train_version(cases_of(path), recipe=chosen, registry=settings.home / "registry", tenant=tenant,
+                           task=task, serving=serving, golden=cases_of(golden) if golden else None)
+    typer.echo(json.dumps({"version": result.version, "folder": str(result.folder), "promoted": result.promoted,
+                           "reason": result.reason, "metrics": result.metrics}, indent=2))
+    if announce and result.promoted:
+        from protege.registry import version
+
+        v = version(settings.home / "registry", tenant, task_name, result.version)
+        _announce(settings, v.announcement(pin=False).model_copy(update={"source": "trainer"}))
+        console.print(f"{tenant}/{task_name}: {result.version} announced")
+    elif not result.promoted:
+        raise typer.Exit(3)
 
 
 # -- offline labelling ----------------------------------------------------------------

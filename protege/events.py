@@ -60,6 +60,20 @@ class Ingested(Event):
     received_at_ms: int = Field(description="When ingestion accepted it, epoch ms.")
 
 
+class AcceptRule(Event):
+    """A version's certified acceptance rule: answers with ``confidence >= min_confidence``
+    and ``ood <= max_ood`` were at least ``target_accuracy`` accurate on held-out data, with
+    ``confidence_level`` confidence (Clopper-Pearson, fixed-sequence testing)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.accept_rule")
+
+    target_accuracy: float = Field(gt=0, lt=1)
+    confidence_level: float = Field(gt=0, lt=1)
+    min_confidence: float = Field(ge=0, le=1)
+    max_ood: float
+    coverage: float = Field(ge=0, le=1, description="Share of held-out cases the rule accepts.")
+
+
 class StudentOutput(Event):
     """The student's answer and the raw signals the verifier judges by."""
 
@@ -71,6 +85,8 @@ class StudentOutput(Event):
     margin: float = Field(ge=0, le=1, description="Top-1 minus top-2 calibrated probability.")
     ood: float = Field(description="Out-of-distribution score on the embedding; larger is stranger.")
     top: list[tuple[str, float]] = Field(description="The three most likely labels and probabilities.")
+    rule: AcceptRule | None = Field(None, description="The version's certified rule for the task's target accuracy; "
+                                                      "None when held-out data could not certify one.")
 
 
 class Scored(Event):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
-from protege.events import Decision, Scored, Verdict
+from protege.events import Decision, Scored, StudentOutput, Verdict
 from protege.task import Task
 
 
@@ -79,22 +79,43 @@ class Router:
         self.rules = Rules(task)
         self.checks = Checks(task)
 
+    def thresholds_for(self, student: StudentOutput) -> dict[str, float] | None:
+        """The task's thresholds, or with a target accuracy the version's certified rule
+        for that target (None: the version has no rule for it)."""
+        target = self.task.policy.target_accuracy
+        if target is None:
+            return self.thresholds
+        rule = student.rule
+        if rule is None or abs(rule.target_accuracy - target) > 1e-9 \
+                or rule.confidence_level < self.task.policy.target_confidence - 1e-9:
+            return None
+        return {"min_confidence": rule.min_confidence, "min_margin": 0.0, "max_ood": rule.max_ood}
+
     def decide(self, scored: Scored, now_ms: int) -> Decision:
         student = scored.student
         rules = self.rules(scored) + self.checks(scored)
         signals = {} if student is None else {"confidence": student.confidence, "margin": student.margin,
                                               "ood": student.ood}
+        thresholds = self.thresholds
         if student is None:
             failed = ["student_error" if scored.student_error else "no_student"]
+        elif not self.judges_signals:
+            failed = []
         else:
-            failed = signal_checks(signals, self.thresholds) if self.judges_signals else []
+            found = self.thresholds_for(student)
+            failed = []
+            if found is None:  # recorded as a rule, so a replay of the decision reaches the same verdict
+                rules = [*rules, "no_certified_rule"]
+            else:
+                thresholds = found
+                failed = signal_checks(signals, thresholds)
         verdict = self.verdict(student is not None, failed + rules)
         req = scored.request
         return Decision(
             request_id=req.request_id, tenant=req.tenant, task=req.task, verdict=verdict,
             route="student" if verdict == "accept" else "teacher", policy=self.name,
             policy_version=self.policy_version, model_version=student.model_version if student else None,
-            student_label=student.label if student else None, signals=signals, thresholds=self.thresholds,
+            student_label=student.label if student else None, signals=signals, thresholds=thresholds,
             rules=rules, reasons=failed + rules, teacher_check=self.name == "ensemble" and verdict == "accept",
             decided_at_ms=now_ms,
         )

@@ -1,6 +1,6 @@
 """The model registry on disk and the serving history on ``protege.models``.
 
-    $PROTEGE_HOME/registry/<tenant>/<task>/<version>/   model.onnx, tokenizer.json, centroids.npy, manifest.json
+    $PROTEGE_HOME/registry/<tenant>/<task>/<version>/   model.onnx, tokenizer.json, knn.npy, manifest.json
 
 Versions are immutable folders written by the trainer. Which one serves is decided by
 the announcements on ``protege.models`` (``Serving`` replays them the same way a

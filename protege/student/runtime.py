@@ -2,7 +2,8 @@
 
 ``Encoder`` turns texts into normalised embeddings (the backbone alone, used by the
 trainer); ``Student`` is a registered version: backbone + classification head in one
-ONNX graph, plus its calibration and OOD statistics, and answers with signals.
+ONNX graph, plus its calibration, its kNN bank for the OOD score and its acceptance rule,
+and answers with signals.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import structlog
 from tokenizers import Tokenizer
 
 from protege.errors import StudentError
-from protege.events import StudentOutput
+from protege.events import AcceptRule, StudentOutput
 
 log = structlog.get_logger()
 
@@ -58,28 +59,49 @@ class Encoder:
         if wanted[0] not in self.providers:
             log.warning("provider_fallback", wanted=wanted, got=self.providers)
         self.outputs = [o.name for o in self.session.get_outputs()]
+        self.wants_types = any(i.name == "token_type_ids" for i in self.session.get_inputs())
 
-    def run(self, texts: list[str]) -> dict[str, np.ndarray]:
+    def feed(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Tokenised, padded to the longest text in the batch (dynamic padding)."""
         enc = self.tokenizer.encode_batch(texts)
         ids = np.asarray([e.ids for e in enc], dtype=np.int64)
-        mask = np.asarray([e.attention_mask for e in enc], dtype=np.int64)
-        values = self.session.run(self.outputs, {"input_ids": ids, "attention_mask": mask})
+        feed = {"input_ids": ids, "attention_mask": np.asarray([e.attention_mask for e in enc], dtype=np.int64)}
+        if self.wants_types:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        return feed
+
+    def run(self, texts: list[str]) -> dict[str, np.ndarray]:
+        values = self.session.run(self.outputs, self.feed(texts))
         return dict(zip(self.outputs, values, strict=True))
 
-    def embed(self, texts: list[str], batch: int = 64) -> np.ndarray:
-        # Sorting by length keeps padding (and wasted work) small in each batch.
+    def run_all(self, texts: list[str], batch: int = 64) -> dict[str, np.ndarray]:
+        """Every output for many texts, in input order; batches sorted by length pad little."""
         order = np.argsort([len(t) for t in texts], kind="stable")
-        out = np.zeros((len(texts), 0), dtype=np.float32)
-        chunks = []
+        out: dict[str, np.ndarray] = {}
         for i in range(0, len(texts), batch):
             idx = order[i : i + batch]
-            chunks.append((idx, self.run([texts[j] for j in idx])["embedding"]))
-        if not chunks:
-            return out
-        out = np.zeros((len(texts), chunks[0][1].shape[1]), dtype=np.float32)
-        for idx, emb in chunks:
-            out[idx] = emb
+            for name, value in self.run([texts[j] for j in idx]).items():
+                if name not in out:
+                    out[name] = np.zeros((len(texts), *value.shape[1:]), dtype=value.dtype)
+                out[name][idx] = value
         return out
+
+    def embed(self, texts: list[str], batch: int = 64) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return self.run_all(texts, batch)["embedding"]
+
+
+def knn_ood(emb: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
+    """1 - mean cosine similarity to the k nearest training embeddings (rows are unit vectors).
+
+    Chosen by measurement (benchmarks/ood.py, BANKING77 with held-out intents): AUROC 0.896
+    against 0.879 for 1 - max softmax, 0.858 energy, 0.844 nearest centroid, 0.821 Mahalanobis.
+    """
+    sims = emb @ bank.T
+    k = min(k, bank.shape[0])
+    top = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:]
+    return 1.0 - top.mean(axis=1)
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -95,12 +117,15 @@ class Student:
         self.folder = folder
         try:
             self.manifest: dict[str, Any] = json.loads((folder / "manifest.json").read_text())
-            self.centroids = np.load(folder / "centroids.npy")
+            self.bank = np.load(folder / "knn.npy").astype(np.float32)
         except (OSError, ValueError) as e:
             raise StudentError(f"cannot load student at {folder}: {e}") from e
         self.version: str = self.manifest["version"]
         self.labels: list[str] = self.manifest["labels"]
         self.temperature = float(self.manifest["calibration"]["temperature"])
+        self.knn_k = int(self.manifest["ood"]["k"])
+        rule = self.manifest.get("acceptance")
+        self.rule = AcceptRule.model_validate(rule) if rule else None
         self.encoder = Encoder(folder / "model.onnx", folder / "tokenizer.json",
                                max_length=int(self.manifest["max_length"]), providers=providers, threads=threads)
 
@@ -111,7 +136,7 @@ class Student:
     def predict(self, texts: list[str]) -> list[StudentOutput]:
         out = self.encoder.run(texts)
         probs = softmax(out["logits"] / self.temperature)
-        ood = 1.0 - (out["embedding"] @ self.centroids.T).max(axis=1)
+        ood = knn_ood(out["embedding"], self.bank, self.knn_k)
         order = np.argsort(-probs, axis=1)[:, :3]
         results = []
         for i in range(len(texts)):
@@ -120,5 +145,6 @@ class Student:
             results.append(StudentOutput(
                 model_version=self.version, label=top[0][0], confidence=top[0][1],
                 margin=round(max(0.0, top[0][1] - second), 6), ood=round(float(ood[i]), 6), top=top,
+                rule=self.rule,
             ))
         return results

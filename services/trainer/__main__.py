@@ -2,20 +2,24 @@
 
     python -m services.trainer            (or: protege run trainer)
 
-Needs the ``train`` extra: the backbone is exported to ONNX with torch once and cached
+Needs the ``train`` extra: the backbone is exported to ONNX with Optimum once and cached
 under PROTEGE_CACHE; retrains after that use ONNX Runtime and scikit-learn only.
 """
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
-from protege.kafka import Processor
+from protege.errors import ConfigError
+from protege.events import ModelAnnouncement
+from protege.kafka import Processor, read_all
+from protege.registry import serving_history, version
 from protege.service import run_service
 from protege.settings import TrainerSettings
 from protege.student.backbone import cached_backbone
 from protege.student.runtime import Encoder
-from protege.student.train import Case, EmbeddingCache, TrainResult, train_version
+from protege.student.train import Case, EmbeddingCache, FastRecipe, TrainResult, train_version
 from protege.task import Task, load_tasks
 from services.trainer.handler import CaseStore, Trainer
 
@@ -28,13 +32,23 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
                                    threads=settings.trainer_threads))
     registry = settings.home / "registry"
 
-    def train(cases: list[Case], tenant: str, task: Task) -> TrainResult:
-        return train_version(cases, embed=embed, backbone=backbone, registry=registry, tenant=tenant,
-                             task=task.name, max_length=task.student.max_length, holdout=settings.holdout,
-                             min_holdout_accuracy=settings.min_holdout_accuracy)
+    recipe = FastRecipe(embed, backbone)
+
+    def train(cases: list[Case], tenant: str, task: Task, serving: Path | None) -> TrainResult:
+        return train_version(cases, recipe=recipe, registry=registry, tenant=tenant, task=task, serving=serving,
+                             threads=settings.trainer_threads)
+
+    async def serving(tenant: str, task: str) -> Path | None:
+        """The version serving now (replayed from protege.models), to gate a candidate against."""
+        records = await read_all(settings, settings.topics.models)
+        history, _ = serving_history([ModelAnnouncement.model_validate_json(r.value) for r in records], tenant, task)
+        try:
+            return version(registry, tenant, task, history[-1]).folder if history else None
+        except ConfigError:
+            return None
 
     trainer = Trainer(load_tasks(settings.tasks_dir), settings.topics, CaseStore(settings.home / "harvest"), train,
-                      min_cases=settings.min_cases, retrain_every=settings.retrain_every)
+                      min_cases=settings.min_cases, retrain_every=settings.retrain_every, serving=serving)
     await Processor(settings, "trainer", [settings.topics.harvest], trainer.handle,
                     max_poll_interval_ms=900_000, transaction_timeout_ms=900_000).run(stop)
 

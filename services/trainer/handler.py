@@ -2,16 +2,18 @@
 
 The case store is one JSON Lines file per (tenant, task) under ``home/harvest``; a case
 is kept once per request id (a re-read after a crash adds nothing). The first student is
-trained at ``min_cases`` cases, then again every ``retrain_every`` new ones. A version
-that passes the gates is announced on ``protege.models``; one that does not is kept in
-the registry, not announced, and the log says why.
+trained at ``min_cases`` cases, then again every ``retrain_every`` new ones, with the fast
+recipe (the full fine-tune runs on a schedule: ``protege train --recipe finetune``). A
+version that passes the release gates — against the version serving now, on the same
+golden cases — is announced on ``protege.models``; one that does not is kept in the
+registry, not announced, and the log says why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -24,7 +26,12 @@ from protege.student.train import Case, TrainResult
 from protege.task import Task
 from protege.topics import Topics
 
-Train = Callable[[list[Case], str, Task], TrainResult]
+Train = Callable[[list[Case], str, Task, Path | None], TrainResult]
+ServingFolder = Callable[[str, str], Awaitable[Path | None]]
+
+
+async def no_serving(tenant: str, task: str) -> Path | None:
+    return None
 
 
 class CaseStore:
@@ -62,8 +69,9 @@ class CaseStore:
 
 class Trainer:
     def __init__(self, tasks: dict[str, Task], topics: Topics, store: CaseStore, train: Train, *,
-                 min_cases: int, retrain_every: int) -> None:
+                 min_cases: int, retrain_every: int, serving: ServingFolder = no_serving) -> None:
         self.tasks = tasks
+        self.serving = serving
         self.topics = topics
         self.store = store
         self.train = train
@@ -103,9 +111,10 @@ class Trainer:
         cases = list(self.store.load(tenant, task_name).values())
         self.trained_at[(tenant, task_name)] = len(cases)
         self.log.info("training", tenant=tenant, task=task_name, cases=len(cases))
-        result = await asyncio.to_thread(self.train, cases, tenant, self.tasks[task_name])
+        serving = await self.serving(tenant, task_name)
+        result = await asyncio.to_thread(self.train, cases, tenant, self.tasks[task_name], serving)
         self.log.info("trained", tenant=tenant, task=task_name, version=result.version, promoted=result.promoted,
-                      reason=result.reason, **result.metrics)
+                      reason=result.reason, against=serving.name if serving else None, **result.metrics)
         if not result.promoted:
             return []
         ann = ModelAnnouncement(

@@ -19,18 +19,20 @@ from protege.settings import Settings
 pytestmark = pytest.mark.kafka
 
 
-def fake_version(registry: Path, name: str, acc: float) -> None:
+def fake_version(registry: Path, name: str, acc: float, failed: tuple[str, ...] = ()) -> None:
     folder = registry / "acme" / "triage" / name
     folder.mkdir(parents=True)
     (folder / "manifest.json").write_text(json.dumps({
         "version": name, "tenant": "acme", "task": "triage", "labels": ["a", "b"], "created_at": "2026-11-23T10:00:00Z",
-        "metrics": {"holdout_accuracy": acc, "holdout_macro_f1": acc, "ece_after": 0.02},
-        "data": {"cases": 100}}))
+        "recipe": {"kind": "fast"}, "precision": "fp32",
+        "metrics": {"golden_accuracy": acc, "golden_macro_f1": acc, "golden_ece": 0.02, "golden_coverage": 0.5},
+        "gates": {"passed": not failed, "failed": list(failed)}, "data": {"cases": 100}}))
 
 
 def test_pin_rollback_unpin(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, acc in (("v0001-aaaa", 0.81), ("v0002-bbbb", 0.86), ("v0003-cccc", 0.9)):
         fake_version(settings.home / "registry", name, acc)
+    fake_version(settings.home / "registry", "v0004-dddd", 0.4, failed=("golden accuracy 0.400 < floor 0.500",))
     for key, value in {"PROTEGE_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
                        "PROTEGE_TOPIC_PREFIX": settings.topic_prefix, "PROTEGE_HOME": str(settings.home)}.items():
         monkeypatch.setenv(key, value)
@@ -38,6 +40,8 @@ def test_pin_rollback_unpin(settings: Settings, monkeypatch: pytest.MonkeyPatch)
     args = ["--tenant", "acme", "--task", "triage"]
     for name in ("v0001", "v0002", "v0003"):
         assert run(app, ["models", "promote", name, *args]).exit_code == 0
+    refused = run(app, ["models", "promote", "v0004", *args])  # failed its gates: not without --force
+    assert refused.exit_code != 0 and "golden accuracy 0.400 < floor 0.500" in refused.output
     rolled = run(app, ["models", "rollback", *args])
     assert rolled.exit_code == 0, rolled.output
 
@@ -48,6 +52,7 @@ def test_pin_rollback_unpin(settings: Settings, monkeypatch: pytest.MonkeyPatch)
     assert history() == (["v0001-aaaa", "v0002-bbbb", "v0003-cccc", "v0002-bbbb"], True)
     listed = run(app, ["models", "list", *args])
     assert listed.exit_code == 0 and "pinned" in listed.output and "v0003-cccc" in listed.output
+    assert "held back" in listed.output
     assert run(app, ["models", "unpin", *args]).exit_code == 0
     assert history()[1] is False
     shown = run(app, ["models", "show", "v0002", *args])

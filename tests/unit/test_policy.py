@@ -60,3 +60,26 @@ def test_recorded_decision_recomputes_its_verdict(conf: float, margin: float, oo
     text = "see you in court" if angry else "where is my order"
     d = decide(scored(text=text, confidence=conf, margin=margin, ood=ood))
     assert recompute_verdict(d) == d.verdict
+
+
+def test_target_accuracy_uses_the_versions_certified_rule() -> None:
+    from protege.events import AcceptRule
+
+    target = TASK.model_copy(update={"policy": TASK.policy.model_copy(update={"target_accuracy": 0.97})})
+    rule = AcceptRule(target_accuracy=0.97, confidence_level=0.95, min_confidence=0.9, max_ood=0.3, coverage=0.6)
+
+    def with_rule(r: AcceptRule | None, **kw: float) -> Scored:
+        s = scored(**kw)
+        assert s.student is not None
+        return s.model_copy(update={"student": s.student.model_copy(update={"rule": r})})
+
+    router = router_for(target)
+    ok = router.decide(with_rule(rule, confidence=0.92, margin=0.01), 3)  # margin is not part of the rule
+    assert ok.verdict == "accept" and ok.thresholds == {"min_confidence": 0.9, "min_margin": 0.0, "max_ood": 0.3}
+    assert router.decide(with_rule(rule, confidence=0.85), 3).reasons == ["low_confidence"]
+    assert router.decide(with_rule(rule, ood=0.4), 3).reasons == ["out_of_distribution"]
+    # no rule, or a rule for another target: nothing certifies the student, the teacher answers
+    for r in (None, rule.model_copy(update={"target_accuracy": 0.9})):
+        d = router.decide(with_rule(r), 3)
+        assert d.verdict == "escalate" and d.reasons == ["no_certified_rule"] and recompute_verdict(d) == "escalate"
+    assert recompute_verdict(ok) == "accept"

@@ -1,9 +1,11 @@
-"""The trainer's fast path on the real backbone (exported once per machine), and the
-ONNX student it writes, run by ONNX Runtime."""
+"""Training students on the real backbone (exported once per machine with Optimum), the
+versions they become, and the ONNX graphs ONNX Runtime serves."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,22 @@ import pytest
 
 from protege.generator import generate
 from protege.student.runtime import Encoder, Student, softmax
-from protege.student.train import Case, EmbeddingCache, ece, fit_temperature, macro_f1, train_version
+from protege.student.train import (
+    Case,
+    EmbeddingCache,
+    FastRecipe,
+    accuracy_lower_bound,
+    choose_rule,
+    ece,
+    fit_temperature,
+    gate_failures,
+    macro_f1,
+    split_cases,
+    train_version,
+)
+from protege.task import Gates, Task, load_task
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_temperature_scaling_fixes_overconfidence() -> None:
@@ -30,26 +47,99 @@ def test_macro_f1() -> None:
     assert macro_f1(np.array([0, 0, 0]), np.array([0, 1, 1])) == pytest.approx((0.5 + 0) / 2)
 
 
+def test_clopper_pearson_lower_bound() -> None:
+    # all n correct: the bound is (1 - confidence) ** (1 / n)
+    assert accuracy_lower_bound(100, 100, 0.95) == pytest.approx(0.05 ** (1 / 100))
+    assert accuracy_lower_bound(0, 10, 0.95) == 0.0
+    assert accuracy_lower_bound(90, 100, 0.95) < 0.9 < accuracy_lower_bound(90, 100, 0.5) + 0.01
+
+
+def _calibrated_sample(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Confidence that means what it says: a case is right with probability = its confidence."""
+    rng = np.random.default_rng(seed)
+    conf = rng.beta(5, 1, n)
+    return conf, rng.uniform(0, 1, n), rng.uniform(0, 1, n) < conf
+
+
+def test_rule_meets_its_target_on_fresh_data() -> None:
+    conf, ood, correct = _calibrated_sample(4000, 1)
+    rule = choose_rule(conf, ood, correct, target=0.95, confidence=0.95)
+    assert rule is not None and 0 < rule.coverage < 1 and rule.max_ood == pytest.approx(np.quantile(ood, 0.95), 1e-5)
+    held = 0
+    for seed in range(2, 22):  # the guarantee is on fresh data from the same distribution
+        c, o, ok = _calibrated_sample(4000, seed)
+        accepted = (c >= rule.min_confidence) & (o <= rule.max_ood)
+        held += ok[accepted].mean() >= 0.95
+    assert held >= 19
+    # a stricter target buys less coverage; an impossible one gets no rule
+    strict = choose_rule(conf, ood, correct, target=0.975, confidence=0.95)
+    assert strict is not None and strict.coverage < rule.coverage
+    assert choose_rule(conf[:20], ood[:20], correct[:20], target=0.97, confidence=0.95) is None
+
+
+def test_split_is_stable_and_disjoint() -> None:
+    cases = [Case(f"r{i}", f"text {i}", "a") for i in range(2000)]
+    fit, calib, golden = split_cases(cases)
+    assert len(fit) + len(calib) + len(golden) == 2000
+    assert 0.05 < len(golden) / 2000 < 0.15 and 0.1 < len(calib) / 2000 < 0.2
+    # adding cases never moves an old case to another side
+    fit2, calib2, golden2 = split_cases([*cases, *(Case(f"n{i}", "x", "a") for i in range(500))])
+    assert {c.request_id for c in golden} <= {c.request_id for c in golden2}
+    assert {c.request_id for c in fit} <= {c.request_id for c in fit2}
+    assert {c.request_id for c in calib} <= {c.request_id for c in calib2}
+
+
+def test_gates_say_why() -> None:
+    good = {"cases": 500, "accuracy": 0.95, "macro_f1": 0.94, "ece": 0.03, "coverage": 0.7,
+            "class_recall": {"a": 0.9, "b": 0.95}}
+    gates = Gates(min_accuracy=0.8, min_class_recall=0.5, max_ece=0.1, max_latency_ms=100)
+    assert gate_failures(good, None, 20, gates) == []
+    assert gate_failures(good, good, 20, gates) == []
+    worse = good | {"accuracy": 0.90, "class_recall": {"a": 0.2, "b": 0.95}, "ece": 0.2}
+    reasons = gate_failures(worse, good, 150, gates)
+    assert any("worse than the serving version" in r and "accuracy" in r for r in reasons)
+    assert any("recall below 0.50 for 1 class(es): a 0.20" in r for r in reasons)
+    assert any("calibration error" in r for r in reasons) and any("latency" in r for r in reasons)
+    # too few golden cases for the statistical gates: only the floors apply
+    assert gate_failures(worse | {"cases": 50, "class_recall": {}}, good, 20, gates) == []
+
+
 @pytest.fixture(scope="module")
-def version(backbone: Path, tmp_path_factory: pytest.TempPathFactory):
-    rows = generate(700, seed=5)
-    cases = [Case(r["id"], r["text"], r["label"]) for r in rows[:500]]
-    embed = EmbeddingCache(Encoder(backbone / "model.onnx", backbone / "tokenizer.json"))
-    result = train_version(cases, embed=embed, backbone=backbone, registry=tmp_path_factory.mktemp("reg"),
-                           tenant="acme", task="ticket-triage", max_length=128)
-    return result, rows[500:]
+def task() -> Task:
+    return load_task(REPO / "tasks" / "ticket-triage.yaml")
+
+
+@pytest.fixture(scope="module")
+def embed(backbone: Path) -> EmbeddingCache:
+    return EmbeddingCache(Encoder(backbone / "model.onnx", backbone / "tokenizer.json"))
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("reg")
+
+
+@pytest.fixture(scope="module")
+def version(backbone: Path, embed: EmbeddingCache, registry: Path, task: Task):
+    rows = generate(900, seed=5)
+    cases = [Case(r["id"], r["text"], r["label"]) for r in rows[:700]]
+    result = train_version(cases, recipe=FastRecipe(embed, backbone), registry=registry, tenant="acme", task=task)
+    return result, rows[700:]
 
 
 def test_trained_version_is_complete_and_checksummed(version) -> None:
     result, _ = version
     manifest = json.loads((result.folder / "manifest.json").read_text())
     assert manifest["version"] == result.version and result.version.startswith("v0001-")
-    import hashlib
-
+    assert set(manifest["files"]) == {"model.onnx", "tokenizer.json", "knn.npy"}
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((result.folder / name).read_bytes()).hexdigest() == digest
-    assert manifest["data"]["cases"] == 500 and manifest["calibration"]["temperature"] > 0
-    assert result.promoted and result.metrics["holdout_accuracy"] > 0.8
+    split = manifest["data"]["split"]
+    assert manifest["data"]["cases"] == 700 == split["fit"] + split["calib"] + split["golden"]
+    assert manifest["calibration"]["temperature"] > 0 and manifest["ood"]["method"] == "knn"
+    assert manifest["gates"]["passed"] and result.promoted and result.failed_gates == []
+    assert result.metrics["golden_accuracy"] > 0.8 and result.metrics["latency_p95_ms"] > 0
+    assert manifest["recipe"]["kind"] == "fast" and manifest["precision"] == "fp32"
 
 
 def test_onnx_student_predicts_with_signals(version) -> None:
@@ -60,11 +150,69 @@ def test_onnx_student_predicts_with_signals(version) -> None:
     accuracy = np.mean([o.label == r["label"] for o, r in zip(outs, held, strict=True)])
     assert accuracy > 0.85
     for o in outs:
-        assert o.model_version == result.version
+        assert o.model_version == result.version and o.rule == student.rule
         assert 0 <= o.confidence <= 1 and 0 <= o.margin <= o.confidence and len(o.top) == 3
     # batching and padding do not change a text's answer
     alone = student.predict([held[0]["text"]])[0]
     assert alone.label == outs[0].label and alone.confidence == pytest.approx(outs[0].confidence, abs=1e-4)
-    # strange input is further from every label centroid than typical input
+    # strange input is further from its nearest training cases than typical input
     weird = student.predict(["zxq vlorp 8812 ###", "the mitochondria is the powerhouse of the cell"])
-    assert min(o.ood for o in weird) > np.median([o.ood for o in outs])
+    assert min(o.ood for o in weird) > np.quantile([o.ood for o in outs], 0.9)
+
+
+def test_candidate_worse_than_serving_is_held_back(version, backbone: Path, embed: EmbeddingCache,
+                                                   registry: Path, task: Task) -> None:
+    result, _ = version
+    rows = generate(900, seed=5)[:700]
+    rng = np.random.default_rng(3)
+    labels = [r["label"] for r in rows]
+    noisy = [Case(r["id"], r["text"], labels[rng.integers(len(labels))] if rng.random() < 0.6 else r["label"])
+             for r in rows]
+    lenient = task.model_copy(update={"student": task.student.model_copy(
+        update={"gates": Gates(min_accuracy=0.2, min_golden=20)})})
+    cand = train_version(noisy, recipe=FastRecipe(embed, backbone), registry=registry, tenant="acme",
+                         task=lenient, serving=result.folder)
+    assert not cand.promoted
+    assert any("worse than the serving version" in r for r in cand.failed_gates), cand.failed_gates
+    manifest = json.loads((cand.folder / "manifest.json").read_text())
+    assert manifest["gates"]["serving"]["version"] == result.version and not manifest["gates"]["passed"]
+
+
+def test_int8_version_keeps_its_answers(version, backbone: Path, embed: EmbeddingCache, registry: Path,
+                                        task: Task) -> None:
+    result, held = version
+    rows = generate(900, seed=5)[:700]
+    int8 = task.model_copy(update={"student": task.student.model_copy(update={"int8": True})})
+    q = train_version([Case(r["id"], r["text"], r["label"]) for r in rows], recipe=FastRecipe(embed, backbone),
+                      registry=registry, tenant="acme-int8", task=int8)
+    assert json.loads((q.folder / "manifest.json").read_text())["precision"] == "int8"
+    assert (q.folder / "model.onnx").stat().st_size < (result.folder / "model.onnx").stat().st_size / 2
+    texts = [r["text"] for r in held]
+    fp32 = [o.label for o in Student(result.folder, providers="cpu").predict(texts)]
+    q8 = [o.label for o in Student(q.folder, providers="cpu").predict(texts)]
+    assert np.mean(np.asarray(fp32) == np.asarray(q8)) >= 0.97
+
+
+def test_finetuned_onnx_matches_pytorch(backbone: Path, embed: EmbeddingCache, tmp_path: Path) -> None:
+    """Parity: the Optimum-exported, fused graph + head gives PyTorch's logits."""
+    from protege.student.backbone import source_dir
+    from protege.student.export import append_head, export_encoder
+    from protege.student.finetune import Classifier, FinetuneConfig, finetune
+    from protege.student.train import fit_head
+
+    rows = generate(160, seed=9)
+    texts, names = [r["text"] for r in rows], np.asarray([r["label"] for r in rows])
+    w, b, labels = fit_head(embed(texts), names)
+    model = Classifier(source_dir(), w, b, max_length=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        log = finetune(model, texts, np.asarray([labels.index(v) for v in names]), FinetuneConfig(epochs=1))
+        torch_logits, torch_emb = model.predict(texts)
+        enc = export_encoder(model.save_encoder(tmp_path / "hf"), tmp_path / "enc")
+    assert log["epochs"][0]["loss"] > 0
+    fw, fb = model.head_arrays()
+    append_head(enc / "model.onnx", fw, fb, tmp_path / "model.onnx")
+    out = Encoder(tmp_path / "model.onnx", enc / "tokenizer.json", max_length=32).run_all(texts)
+    assert np.abs(out["logits"] - torch_logits).max() < 1e-3
+    assert np.abs(out["embedding"] - torch_emb).max() < 1e-4
+    assert not np.allclose(fw, w)  # the head moved: it was trained, not just copied

@@ -1,0 +1,186 @@
+"""The scorer's model, three ways on the same inputs in one run: PyTorch eager, ONNX
+Runtime fp32 (Optimum export + transformer fusions) and ONNX Runtime int8 (dynamic
+quantisation of the same graph).
+
+    python benchmarks/scorer.py --json reports/benchmark-scorer.json
+    python benchmarks/scorer.py --provider cuda --seq-len 64 --batches 1,8,32,64,256   # on a GPU machine
+
+The student is the fast recipe trained on BANKING77's train split (frozen
+all-MiniLM-L6-v2 + logistic regression, one graph); PyTorch eager runs the same weights
+(transformers ``AutoModel`` + mean pooling + the same head). Each backend runs in its own
+process, so its peak resident memory is its own; all use the same thread count. For each
+batch size: sequences per second and p50/p99 batch latency over the test texts (dynamic
+padding to the longest in the batch; ``--seq-len N`` pads every input to N tokens
+instead), and accuracy on all of BANKING77's test set. With ``--provider cuda`` the ONNX
+Runtime backends bind inputs and outputs with I/O binding. Needs the ``train`` extra and
+../shared/data/banking77.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "banking77"
+BACKENDS = ("pytorch-eager", "ort-fp32", "ort-int8")
+
+
+class OrtRunner:
+    def __init__(self, model: Path, tokenizer: Path, provider: str, threads: int, seq_len: int) -> None:
+        from protege.student.runtime import Encoder
+
+        self.encoder = Encoder(model, tokenizer, max_length=64, providers=provider, threads=threads)
+        if seq_len:
+            self.encoder.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", length=seq_len)
+            self.encoder.tokenizer.enable_truncation(max_length=seq_len)
+        self.cuda = self.encoder.providers[0] == "CUDAExecutionProvider"
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        if not self.cuda:
+            return self.encoder.session.run(["logits"], self.encoder.feed(texts))[0]
+        session = self.encoder.session
+        io = session.io_binding()
+        for name, value in self.encoder.feed(texts).items():
+            io.bind_cpu_input(name, value)
+        io.bind_output("logits", "cuda")
+        session.run_with_iobinding(io)
+        return io.copy_outputs_to_cpu()[0]
+
+
+class TorchRunner:
+    def __init__(self, w: np.ndarray, b: np.ndarray, threads: int, seq_len: int, device: str) -> None:
+        import torch
+
+        from protege.student.backbone import source_dir
+        from protege.student.finetune import Classifier
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model = Classifier(source_dir(), w, b, max_length=seq_len or 64)
+        self.model.train(False)
+        self.device = device
+        self.model.encoder.to(device)
+        self.model.head.to(device)
+        self.seq_len = seq_len
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        enc = self.model.tokenizer(texts, padding="max_length" if self.seq_len else True, truncation=True,
+                                   max_length=self.seq_len or 64, return_tensors="pt").to(self.device)
+        with self.torch.inference_mode():
+            logits, _ = self.model.forward(enc)
+        return logits.cpu().numpy()
+
+
+def worker(backend: str, paths: dict[str, str], texts: list[str], y: list[int], args: dict[str, Any],
+           out: Any) -> None:
+    try:
+        if backend == "pytorch-eager":
+            head = np.load(paths["head"])
+            run: Any = TorchRunner(head["w"], head["b"], args["threads"], args["seq_len"],
+                                   "cuda" if args["provider"] == "cuda" else "cpu")
+        else:
+            model = paths["fp32"] if backend == "ort-fp32" else paths["int8"]
+            run = OrtRunner(Path(model), Path(paths["tokenizer"]), args["provider"], args["threads"], args["seq_len"])
+        preds = []
+        for i in range(0, len(texts), 64):
+            preds.append(run(texts[i : i + 64]).argmax(1))
+        accuracy = float(np.mean(np.concatenate(preds) == np.asarray(y)))
+        rows = {}
+        for bs in args["batches"]:
+            n = max(args["min_sequences"], bs * args["min_batches"])
+            pool = (texts * (1 + n // len(texts)))[:n]
+            run(pool[:bs])  # warm-up
+            took = []
+            started = time.perf_counter()
+            for i in range(0, n, bs):
+                t0 = time.perf_counter()
+                run(pool[i : i + bs])
+                took.append((time.perf_counter() - t0) * 1000)
+            wall = time.perf_counter() - started
+            rows[str(bs)] = {"sequences_per_s": n / wall, "p50_ms": float(np.percentile(took, 50)),
+                             "p99_ms": float(np.percentile(took, 99)), "sequences": n}
+        out.put({"backend": backend, "accuracy": accuracy, "batches": rows,
+                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                 "providers": getattr(getattr(run, "encoder", None), "providers", [run.__class__.__name__])})
+    except Exception as e:  # reported, not swallowed: the parent prints it
+        out.put({"backend": backend, "error": f"{type(e).__name__}: {e}"})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--batches", default="1,8,32,64")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--seq-len", type=int, default=0, help="Pad every input to this many tokens (0: dynamic).")
+    ap.add_argument("--min-sequences", type=int, default=512, help="Sequences timed per batch size at least.")
+    ap.add_argument("--min-batches", type=int, default=20, help="Batches timed per batch size at least.")
+    ap.add_argument("--json", type=Path, default=Path("reports/benchmark-scorer.json"))
+    args = ap.parse_args()
+    if not (args.data / "banking77_train.jsonl").exists():
+        print(f"skipped: BANKING77 not found at {args.data}", file=sys.stderr)
+        return
+    from protege.generator import read_jsonl
+    from protege.student.backbone import cached_backbone
+    from protege.student.export import append_head, quantize_int8
+    from protege.student.runtime import Encoder
+    from protege.student.train import fit_head
+
+    train = read_jsonl(args.data / "banking77_train.jsonl")
+    test = read_jsonl(args.data / "banking77_test.jsonl")
+    backbone = cached_backbone()
+    started = time.perf_counter()
+    frozen = Encoder(backbone / "model.onnx", backbone / "tokenizer.json", max_length=64, threads=args.threads)
+    w, b, labels = fit_head(frozen.embed([r["text"] for r in train]), np.asarray([r["label"] for r in train]))
+    print(f"student trained in {time.perf_counter() - started:.0f}s (fast recipe, {len(train)} texts)", flush=True)
+    texts = [r["text"] for r in test]
+    y = [labels.index(r["label"]) for r in test]
+    settings = {"batches": [int(v) for v in args.batches.split(",")], "threads": args.threads,
+                "provider": args.provider, "seq_len": args.seq_len, "min_sequences": args.min_sequences,
+                "min_batches": args.min_batches}
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {"fp32": f"{tmp}/fp32.onnx", "int8": f"{tmp}/int8.onnx", "head": f"{tmp}/head.npz",
+                 "tokenizer": str(backbone / "tokenizer.json")}
+        append_head(backbone / "model.onnx", w, b, Path(paths["fp32"]))
+        quantize_int8(Path(paths["fp32"]), Path(paths["int8"]))
+        np.savez(paths["head"], w=w, b=b)
+        sizes = {k: Path(paths[k]).stat().st_size / 1e6 for k in ("fp32", "int8")}
+        ctx = mp.get_context("spawn")
+        for backend in BACKENDS:
+            q = ctx.Queue()
+            p = ctx.Process(target=worker, args=(backend, paths, texts, y, settings, q))
+            p.start()
+            result = q.get()
+            p.join()
+            if "error" in result:
+                raise SystemExit(f"{backend} failed: {result['error']}")
+            print(f"{backend}: accuracy {result['accuracy']:.4f}, peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+            results.append(result)
+    base = {bs: results[0]["batches"][bs]["sequences_per_s"] for bs in results[0]["batches"]}
+    print(f"\n{'backend':14s} {'batch':>5s} {'seq/s':>9s} {'x eager':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'acc':>7s} "
+          f"{'peak RSS MB':>11s}")
+    for r in results:
+        for bs, row in r["batches"].items():
+            row["speedup_vs_eager"] = row["sequences_per_s"] / base[bs]
+            print(f"{r['backend']:14s} {bs:>5s} {row['sequences_per_s']:9.1f} {row['speedup_vs_eager']:8.2f} "
+                  f"{row['p50_ms']:8.2f} {row['p99_ms']:8.2f} {r['accuracy']:7.4f} {r['peak_rss_mb']:11.0f}")
+    report = {"settings": settings, "model_mb": sizes, "test_texts": len(texts), "results": results,
+              "machine": {"cpus": os.cpu_count(), "provider": args.provider}}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The scorer alone through Kafka, beside the raw model, in one run: what the plumbing costs.
+
+    python loadtests/scorer_throughput.py --requests 4000 --json reports/loadtest-scorer.json
+
+An embedded broker and one scorer process (``python -m services.scorer``). A student
+(fast recipe, generated tickets) is trained and announced; ``--requests`` ingested events
+are published as a backlog; the scorer is started and drains it: consume, micro-batch,
+ONNX Runtime, produce ``protege.scored``, commit — all in Kafka transactions. Throughput =
+scored events / (last scored_at - first scored_at). The raw figure is the same student's
+``predict`` on the same texts at the scorer's batch size, same thread count, in this
+process, before the scorer starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from protege.events import Ingested, ModelAnnouncement, Scored, now_ms
+from protege.generator import generate
+from protege.kafka import Out, producer, read_all
+from protege.pipeline import LocalPipeline
+from protege.settings import REPO
+from protege.student.backbone import cached_backbone
+from protege.student.runtime import Encoder, Student
+from protege.student.train import Case, EmbeddingCache, FastRecipe, train_version
+from protege.task import load_tasks
+
+
+async def publish(settings: Any, outs: list[Out]) -> None:
+    prod = producer(settings)
+    await prod.start()
+    try:
+        for out in outs:
+            await prod.send(out.topic, out.value, key=out.key)
+        await prod.flush()
+    finally:
+        await prod.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=4000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--home", type=Path, default=Path(".protege/loadtest-scorer"))
+    ap.add_argument("--json", type=Path, default=REPO / "reports" / "loadtest-scorer.json")
+    args = ap.parse_args()
+    shutil.rmtree(args.home, ignore_errors=True)
+    home = args.home.resolve()
+    task = load_tasks(REPO / "tasks")["ticket-triage"]
+    rows = generate(800 + args.requests, seed=31)
+    backbone = cached_backbone()
+    embed = EmbeddingCache(Encoder(backbone / "model.onnx", backbone / "tokenizer.json", threads=args.threads))
+    result = train_version([Case(r["id"], r["text"], r["label"]) for r in rows[:800]],
+                           recipe=FastRecipe(embed, backbone), registry=home / "registry", tenant="load", task=task)
+    texts = [r["text"] for r in rows[800:]]
+
+    student = Student(result.folder, providers="cpu", threads=args.threads)
+    student.predict(texts[: args.max_batch])  # warm-up
+    started = time.perf_counter()
+    for i in range(0, len(texts), args.max_batch):
+        student.predict(texts[i : i + args.max_batch])
+    raw_per_s = len(texts) / (time.perf_counter() - started)
+    print(f"raw model: {raw_per_s:.0f} requests/s (Student.predict, batch {args.max_batch}, {args.threads} threads)",
+          flush=True)
+
+    env = {"PROTEGE_TASKS_DIR": str(REPO / "tasks"), "PROTEGE_THREADS": str(args.threads),
+           "PROTEGE_MAX_BATCH": str(args.max_batch)}
+    with LocalPipeline(home, env=env, services=[]) as p:
+        settings = p.settings
+        t = settings.topics
+        ann = ModelAnnouncement(tenant="load", task=task.name, version=result.version, path=str(result.folder),
+                                labels=result.labels, metrics=result.metrics, trained_on=800, announced_at_ms=now_ms())
+        at = now_ms()
+        backlog = [Out.of(t.ingested, Ingested(request_id=f"s{i}", tenant="load", task=task.name, text=text,
+                                               received_at_ms=at), f"s{i}") for i, text in enumerate(texts)]
+        asyncio.run(publish(settings, [Out.of(t.models, ann, f"load/{task.name}"), *backlog]))
+        print(f"backlog: {len(backlog)} requests on {t.ingested}; starting the scorer", flush=True)
+        assert p.supervisor is not None
+        p.supervisor.services = ["scorer"]
+        p.supervisor.start()
+        deadline = time.time() + 600
+        scored: list[Scored] = []
+        while time.time() < deadline:
+            time.sleep(2)
+            scored = [Scored.model_validate_json(r.value) for r in asyncio.run(read_all(settings, t.scored))]
+            if len(scored) >= len(texts):
+                break
+    if len(scored) < len(texts):
+        raise SystemExit(f"the scorer scored {len(scored)} of {len(texts)} in 10 minutes")
+    first, last = min(s.scored_at_ms for s in scored), max(s.scored_at_ms for s in scored)
+    kafka_per_s = len(scored) / max(1e-3, (last - first) / 1000)
+    batches = [s.batch_size for s in scored]
+    with_student = sum(1 for s in scored if s.student is not None)
+    report = {"requests": len(texts), "scored": len(scored), "with_student": with_student, "threads": args.threads,
+              "max_batch": args.max_batch, "raw_model_per_s": raw_per_s, "through_kafka_per_s": kafka_per_s,
+              "kafka_over_raw": kafka_per_s / raw_per_s, "mean_batch": sum(batches) / len(batches),
+              "distinct_request_ids": len({s.request.request_id for s in scored})}
+    print(f"\n{'path':34s} {'requests/s':>11s}\n{'raw model (Student.predict)':34s} {raw_per_s:11.0f}\n"
+          f"{'scorer through Kafka (transactions)':34s} {kafka_per_s:11.0f}\n"
+          f"ratio {report['kafka_over_raw']:.2f}; mean micro-batch {report['mean_batch']:.1f}; "
+          f"{with_student}/{len(texts)} scored by the student; {report['distinct_request_ids']} distinct ids")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
