@@ -11,7 +11,9 @@ all-MiniLM-L6-v2 + logistic regression, one graph); PyTorch eager runs the same 
 process, so its peak resident memory is its own; all use the same thread count. For each
 batch size: sequences per second and p50/p99 batch latency over the test texts (dynamic
 padding to the longest in the batch; ``--seq-len N`` pads every input to N tokens
-instead), and accuracy on all of BANKING77's test set. With ``--provider cuda`` the ONNX
+instead), and accuracy on all of BANKING77's test set. Every backend runs twice: each call
+as one batch padded to its longest text, and as length-sorted sub-batches of 8 (what the
+scorer does, ``PROTEGE_SUB_BATCH``); speed-ups compare backends in the same mode. With ``--provider cuda`` the ONNX
 Runtime backends bind inputs and outputs with I/O binding. Needs the ``train`` extra and
 ../shared/data/banking77.
 """
@@ -81,16 +83,42 @@ class TorchRunner:
         return logits.cpu().numpy()
 
 
-def worker(backend: str, paths: dict[str, str], texts: list[str], y: list[int], args: dict[str, Any],
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss
+    across fork and exec, so a spawned child would report its parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
+
+
+def bucketed(run: Any, texts: list[str], sub: int) -> np.ndarray:
+    """One call's texts as length-sorted sub-batches of ``sub`` (0: one padded batch)."""
+    if not sub or len(texts) <= sub:
+        return run(texts)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    parts = [(idx, run([texts[j] for j in idx])) for idx in (order[i : i + sub] for i in range(0, len(texts), sub))]
+    merged = np.zeros((len(texts), parts[0][1].shape[1]), dtype=parts[0][1].dtype)
+    for idx, logits in parts:
+        merged[idx] = logits
+    return merged
+
+
+def worker(backend: str, sub: int, paths: dict[str, str], texts: list[str], y: list[int], args: dict[str, Any],
            out: Any) -> None:
     try:
         if backend == "pytorch-eager":
             head = np.load(paths["head"])
-            run: Any = TorchRunner(head["w"], head["b"], args["threads"], args["seq_len"],
+            model: Any = TorchRunner(head["w"], head["b"], args["threads"], args["seq_len"],
                                    "cuda" if args["provider"] == "cuda" else "cpu")
         else:
-            model = paths["fp32"] if backend == "ort-fp32" else paths["int8"]
-            run = OrtRunner(Path(model), Path(paths["tokenizer"]), args["provider"], args["threads"], args["seq_len"])
+            model = OrtRunner(Path(paths[backend.removeprefix("ort-")]), Path(paths["tokenizer"]), args["provider"],
+                              args["threads"], args["seq_len"])
+
+        def run(batch: list[str]) -> np.ndarray:
+            return bucketed(model, batch, sub)
+
         preds = []
         for i in range(0, len(texts), 64):
             preds.append(run(texts[i : i + 64]).argmax(1))
@@ -109,9 +137,9 @@ def worker(backend: str, paths: dict[str, str], texts: list[str], y: list[int], 
             wall = time.perf_counter() - started
             rows[str(bs)] = {"sequences_per_s": n / wall, "p50_ms": float(np.percentile(took, 50)),
                              "p99_ms": float(np.percentile(took, 99)), "sequences": n}
-        out.put({"backend": backend, "accuracy": accuracy, "batches": rows,
-                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                 "providers": getattr(getattr(run, "encoder", None), "providers", [run.__class__.__name__])})
+        out.put({"backend": backend, "sub_batch": sub, "accuracy": accuracy, "batches": rows,
+                 "peak_rss_mb": peak_rss_mb(),
+                 "providers": getattr(getattr(model, "encoder", None), "providers", ["torch"])})
     except Exception as e:  # reported, not swallowed: the parent prints it
         out.put({"backend": backend, "error": f"{type(e).__name__}: {e}"})
 
@@ -123,7 +151,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--seq-len", type=int, default=0, help="Pad every input to this many tokens (0: dynamic).")
-    ap.add_argument("--min-sequences", type=int, default=512, help="Sequences timed per batch size at least.")
+    ap.add_argument("--sub-batches", default="0,8", help="Modes: 0 = one batch padded to its longest text; N = "
+                                                           "length-sorted sub-batches of N (what the scorer does).")
+    ap.add_argument("--min-sequences", type=int, default=384, help="Sequences timed per batch size at least.")
     ap.add_argument("--min-batches", type=int, default=20, help="Batches timed per batch size at least.")
     ap.add_argument("--json", type=Path, default=Path("reports/benchmark-scorer.json"))
     args = ap.parse_args()
@@ -157,24 +187,27 @@ def main() -> None:
         np.savez(paths["head"], w=w, b=b)
         sizes = {k: Path(paths[k]).stat().st_size / 1e6 for k in ("fp32", "int8")}
         ctx = mp.get_context("spawn")
-        for backend in BACKENDS:
-            q = ctx.Queue()
-            p = ctx.Process(target=worker, args=(backend, paths, texts, y, settings, q))
-            p.start()
-            result = q.get()
-            p.join()
-            if "error" in result:
-                raise SystemExit(f"{backend} failed: {result['error']}")
-            print(f"{backend}: accuracy {result['accuracy']:.4f}, peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
-            results.append(result)
-    base = {bs: results[0]["batches"][bs]["sequences_per_s"] for bs in results[0]["batches"]}
-    print(f"\n{'backend':14s} {'batch':>5s} {'seq/s':>9s} {'x eager':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'acc':>7s} "
-          f"{'peak RSS MB':>11s}")
+        for sub in (int(v) for v in args.sub_batches.split(",")):
+            for backend in BACKENDS:
+                q = ctx.Queue()
+                p = ctx.Process(target=worker, args=(backend, sub, paths, texts, y, settings, q))
+                p.start()
+                result = q.get()
+                p.join()
+                if "error" in result:
+                    raise SystemExit(f"{backend} failed: {result['error']}")
+                print(f"{backend} (sub-batch {sub}): accuracy {result['accuracy']:.4f}, "
+                      f"peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+                results.append(result)
+    print(f"\n{'backend':14s} {'sub':>4s} {'batch':>5s} {'seq/s':>9s} {'x eager':>8s} {'p50 ms':>8s} {'p99 ms':>8s} "
+          f"{'acc':>7s} {'peak RSS MB':>11s}")
     for r in results:
+        eager = next(e for e in results if e["backend"] == "pytorch-eager" and e["sub_batch"] == r["sub_batch"])
         for bs, row in r["batches"].items():
-            row["speedup_vs_eager"] = row["sequences_per_s"] / base[bs]
-            print(f"{r['backend']:14s} {bs:>5s} {row['sequences_per_s']:9.1f} {row['speedup_vs_eager']:8.2f} "
-                  f"{row['p50_ms']:8.2f} {row['p99_ms']:8.2f} {r['accuracy']:7.4f} {r['peak_rss_mb']:11.0f}")
+            row["speedup_vs_eager"] = row["sequences_per_s"] / eager["batches"][bs]["sequences_per_s"]
+            print(f"{r['backend']:14s} {r['sub_batch']:4d} {bs:>5s} {row['sequences_per_s']:9.1f} "
+                  f"{row['speedup_vs_eager']:8.2f} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f} {r['accuracy']:7.4f} "
+                  f"{r['peak_rss_mb']:11.0f}")
     report = {"settings": settings, "model_mb": sizes, "test_texts": len(texts), "results": results,
               "machine": {"cpus": os.cpu_count(), "provider": args.provider}}
     args.json.parent.mkdir(parents=True, exist_ok=True)

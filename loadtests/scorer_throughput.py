@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=4000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--sub-batch", type=int, default=8)
     ap.add_argument("--home", type=Path, default=Path(".protege/loadtest-scorer"))
     ap.add_argument("--json", type=Path, default=REPO / "reports" / "loadtest-scorer.json")
     args = ap.parse_args()
@@ -61,17 +62,17 @@ def main() -> None:
                            recipe=FastRecipe(embed, backbone), registry=home / "registry", tenant="load", task=task)
     texts = [r["text"] for r in rows[800:]]
 
-    student = Student(result.folder, providers="cpu", threads=args.threads)
+    student = Student(result.folder, providers="cpu", threads=args.threads, sub_batch=args.sub_batch)
     student.predict(texts[: args.max_batch])  # warm-up
     started = time.perf_counter()
     for i in range(0, len(texts), args.max_batch):
         student.predict(texts[i : i + args.max_batch])
     raw_per_s = len(texts) / (time.perf_counter() - started)
-    print(f"raw model: {raw_per_s:.0f} requests/s (Student.predict, batch {args.max_batch}, {args.threads} threads)",
-          flush=True)
+    print(f"raw model: {raw_per_s:.0f} requests/s (Student.predict, batch {args.max_batch}, sub-batch {args.sub_batch}, "
+          f"{args.threads} threads)", flush=True)
 
     env = {"PROTEGE_TASKS_DIR": str(REPO / "tasks"), "PROTEGE_THREADS": str(args.threads),
-           "PROTEGE_MAX_BATCH": str(args.max_batch)}
+           "PROTEGE_MAX_BATCH": str(args.max_batch), "PROTEGE_SUB_BATCH": str(args.sub_batch)}
     with LocalPipeline(home, env=env, services=[]) as p:
         settings = p.settings
         t = settings.topics
@@ -99,7 +100,7 @@ def main() -> None:
     batches = [s.batch_size for s in scored]
     with_student = sum(1 for s in scored if s.student is not None)
     report = {"requests": len(texts), "scored": len(scored), "with_student": with_student, "threads": args.threads,
-              "max_batch": args.max_batch, "raw_model_per_s": raw_per_s, "through_kafka_per_s": kafka_per_s,
+              "max_batch": args.max_batch, "sub_batch": args.sub_batch, "precision": "fp32", "raw_model_per_s": raw_per_s, "through_kafka_per_s": kafka_per_s,
               "kafka_over_raw": kafka_per_s / raw_per_s, "mean_batch": sum(batches) / len(batches),
               "distinct_request_ids": len({s.request.request_id for s in scored})}
     print(f"\n{'path':34s} {'requests/s':>11s}\n{'raw model (Student.predict)':34s} {raw_per_s:11.0f}\n"

@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from protege import metrics
 from protege.events import DeadLetter, Event, now_ms
 from protege.settings import Settings
 
@@ -63,6 +64,7 @@ def dead_letter(record: Record, reason: str, detail: str, service: str, topic: s
         **ids,
     )
     key = ids.get("request_id") or (record.key.decode(errors="replace") if record.key else None)
+    metrics.DEAD_LETTERS.labels(service, reason).inc()
     return Out.of(topic, letter, key)
 
 
@@ -174,6 +176,7 @@ class Processor:
                 records = [r for rs in batches.values() for r in rs]
                 if not records:
                     continue
+                started = time.perf_counter()
                 async with prod.transaction():
                     outs = await self.handle(records)
                     for out in outs:
@@ -183,10 +186,25 @@ class Processor:
                     offsets = {tp: max(rs[-1].offset + 1, await cons.position(tp)) for tp, rs in batches.items()}
                     await prod.send_offsets_to_transaction(offsets, self.group)
                 self.processed += len(records)
+                self.observe(cons, batches, outs, time.perf_counter() - started)
         finally:
             await cons.stop()
             await prod.stop()
             self.log.info("stopped", processed=self.processed)
+
+
+    def observe(self, cons: AIOKafkaConsumer, batches: dict[TopicPartition, list[Record]], outs: list[Out],
+                seconds: float) -> None:
+        """The loop's metrics, after the transaction committed."""
+        metrics.BATCH_SIZE.labels(self.service).observe(sum(len(rs) for rs in batches.values()))
+        metrics.HANDLE_SECONDS.labels(self.service).observe(seconds)
+        for tp, rs in batches.items():
+            metrics.RECORDS_IN.labels(self.service, tp.topic).inc(len(rs))
+            end = cons.highwater(tp)
+            if end is not None:
+                metrics.CONSUMER_LAG.labels(self.service, tp.topic, str(tp.partition)).set(max(0, end - rs[-1].offset - 1))
+        for out in outs:
+            metrics.RECORDS_OUT.labels(self.service, out.topic).inc()
 
 
 async def partitions_of(cons: AIOKafkaConsumer, topic: str) -> set[int]:

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     log_format: str = Field("auto", description="json, console, or auto (console on a terminal).")
     fetch_max_wait_ms: int = Field(10, ge=0, description="How long the broker may hold a fetch; low for latency.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Serve Prometheus /metrics on this port (0: off).")
+    redact_pii: bool = Field(True, description="Replace e-mails, phones, cards and IBANs before harvest and scoring.")
     # Security for real clusters; the embedded broker is PLAINTEXT on loopback.
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
@@ -69,6 +70,8 @@ class ScorerSettings(Settings):
     max_wait_ms: int = Field(5, ge=0, description="How long to wait to fill a micro-batch.")
     providers: str = Field("auto", description="auto, cpu or cuda.")
     threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: its default).")
+    sub_batch: int = Field(8, ge=0, description="Run a micro-batch as length-sorted sub-batches of this size, each "
+                                                "padded to its own longest text (0: one padded batch).")
 
 
 class VerifierSettings(Settings):

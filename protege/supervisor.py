@@ -47,6 +47,7 @@ class Supervisor:
     def _record_pids(self) -> None:
         """``pids.json`` beside the logs: what is (or was) running, for operators and tests."""
         pids = {c.name: c.proc.pid for c in self.children.values()}
+        self.logs.mkdir(parents=True, exist_ok=True)
         (self.logs / "pids.json").write_text(json.dumps(pids))
 
     def start(self) -> None:

@@ -44,10 +44,11 @@ class Encoder:
     """An ONNX graph fed with tokenised text, one session, batched."""
 
     def __init__(self, model: Path, tokenizer: Path, *, max_length: int = 128, providers: str = "auto",
-                 threads: int = 0) -> None:
+                 threads: int = 0, sub_batch: int = 0) -> None:
         if not model.exists():
             raise StudentError(f"no ONNX model at {model}")
         self.tokenizer = load_tokenizer(tokenizer, max_length)
+        self.sub_batch = sub_batch
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -71,8 +72,23 @@ class Encoder:
         return feed
 
     def run(self, texts: list[str]) -> dict[str, np.ndarray]:
-        values = self.session.run(self.outputs, self.feed(texts))
-        return dict(zip(self.outputs, values, strict=True))
+        """Every output for one batch. With ``sub_batch``, the batch runs as length-sorted
+        sub-batches of that size: each pads only to its own longest text (on BANKING77,
+        int8, 2 cores: 1.65x the throughput of one padded batch of 32)."""
+        if not self.sub_batch or len(texts) <= self.sub_batch:
+            values = self.session.run(self.outputs, self.feed(texts))
+            return dict(zip(self.outputs, values, strict=True))
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        parts = [(idx, self.session.run(self.outputs, self.feed([texts[j] for j in idx])))
+                 for idx in (order[i : i + self.sub_batch] for i in range(0, len(texts), self.sub_batch))]
+        out = {}
+        for k, name in enumerate(self.outputs):
+            first = parts[0][1][k]
+            merged = np.zeros((len(texts), *first.shape[1:]), dtype=first.dtype)
+            for idx, values in parts:
+                merged[idx] = values[k]
+            out[name] = merged
+        return out
 
     def run_all(self, texts: list[str], batch: int = 64) -> dict[str, np.ndarray]:
         """Every output for many texts, in input order; batches sorted by length pad little."""
@@ -113,7 +129,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
 class Student:
     """One registered student version, loaded from its registry folder."""
 
-    def __init__(self, folder: Path, *, providers: str = "auto", threads: int = 0) -> None:
+    def __init__(self, folder: Path, *, providers: str = "auto", threads: int = 0, sub_batch: int = 0) -> None:
         self.folder = folder
         try:
             self.manifest: dict[str, Any] = json.loads((folder / "manifest.json").read_text())
@@ -127,7 +143,8 @@ class Student:
         rule = self.manifest.get("acceptance")
         self.rule = AcceptRule.model_validate(rule) if rule else None
         self.encoder = Encoder(folder / "model.onnx", folder / "tokenizer.json",
-                               max_length=int(self.manifest["max_length"]), providers=providers, threads=threads)
+                               max_length=int(self.manifest["max_length"]), providers=providers, threads=threads,
+                               sub_batch=sub_batch)
 
     @property
     def providers(self) -> list[str]:

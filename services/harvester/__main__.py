@@ -15,7 +15,7 @@ from services.harvester.handler import Harvester
 
 async def serve(settings: HarvesterSettings, stop: asyncio.Event) -> None:
     t = settings.topics
-    harvester = Harvester(t)
+    harvester = Harvester(t, redact_pii=settings.redact_pii)
     await Processor(settings, "harvester", [t.decisions, t.teacher_results, t.feedback], harvester.handle).run(stop)
 
 

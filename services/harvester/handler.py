@@ -5,6 +5,8 @@
 - feedback: a person's correction (reason ``feedback``).
 - decisions: counted per tenant, task and verdict (the harvest rate's denominator).
 
+Texts are redacted (protege.redact: e-mails, phones, cards, IBANs) before they are kept.
+
 Cases are keyed ``tenant/task`` so one tenant's cases stay in one partition, in order.
 """
 
@@ -16,13 +18,15 @@ from collections.abc import Sequence
 from protege.errors import InvalidEvent
 from protege.events import Decision, Feedback, HarvestCase, TeacherResult, now_ms
 from protege.kafka import Out, Record, dead_letter
+from protege.redact import redact
 from protege.serde import decode
 from protege.topics import Topics
 
 
 class Harvester:
-    def __init__(self, topics: Topics) -> None:
+    def __init__(self, topics: Topics, *, redact_pii: bool = True) -> None:
         self.topics = topics
+        self.clean = redact if redact_pii else str
         self.verdicts: Counter[tuple[str, str, str]] = Counter()
 
     def harvest(self, record: Record) -> list[Out]:
@@ -31,7 +35,7 @@ class Harvester:
                 res = decode(TeacherResult, record.value)
                 disagree = res.student_label is not None and res.student_label != res.label
                 case = HarvestCase(
-                    request_id=res.request_id, tenant=res.tenant, task=res.task, text=res.text, label=res.label,
+                    request_id=res.request_id, tenant=res.tenant, task=res.task, text=self.clean(res.text), label=res.label,
                     label_source="standin" if res.standin else "teacher", student_label=res.student_label,
                     model_version=res.model_version, reason="disagreement" if disagree else "escalated",
                     harvested_at_ms=now_ms(),
@@ -39,7 +43,7 @@ class Harvester:
             elif record.topic == self.topics.feedback:
                 fb = decode(Feedback, record.value)
                 case = HarvestCase(
-                    request_id=fb.request_id, tenant=fb.tenant, task=fb.task, text=fb.text, label=fb.label,
+                    request_id=fb.request_id, tenant=fb.tenant, task=fb.task, text=self.clean(fb.text), label=fb.label,
                     label_source="feedback", reason="feedback", harvested_at_ms=now_ms(),
                 )
             else:

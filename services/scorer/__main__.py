@@ -40,7 +40,9 @@ async def watch_models(settings: ScorerSettings, scorer: Scorer, caught_up: asyn
 
 
 async def serve(settings: ScorerSettings, stop: asyncio.Event) -> None:
-    scorer = Scorer(settings.topics, partial(Student, providers=settings.providers, threads=settings.threads))
+    scorer = Scorer(settings.topics, partial(Student, providers=settings.providers, threads=settings.threads,
+                                      sub_batch=settings.sub_batch),
+                    redact_pii=settings.redact_pii)
     caught_up = asyncio.Event()
     watcher = asyncio.create_task(watch_models(settings, scorer, caught_up, stop))
     await asyncio.wait([watcher, asyncio.create_task(caught_up.wait())], return_when=asyncio.FIRST_COMPLETED)

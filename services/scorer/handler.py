@@ -9,15 +9,18 @@ sends it to the teacher). A student that fails on a batch is reported on each ev
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
 
+from protege import metrics
 from protege.errors import InvalidEvent
 from protege.events import Ingested, ModelAnnouncement, Scored, StudentOutput, now_ms
 from protege.kafka import Out, Record, dead_letter
+from protege.redact import redact
 from protege.registry import Serving
 from protege.serde import decode
 from protege.student.runtime import Student
@@ -27,8 +30,9 @@ Loader = Callable[[Path], Student]
 
 
 class Scorer:
-    def __init__(self, topics: Topics, load: Loader) -> None:
+    def __init__(self, topics: Topics, load: Loader, *, redact_pii: bool = True) -> None:
         self.topics = topics
+        self.clean = redact if redact_pii else str  # the student sees text as the harvest kept it
         self.load = load
         self.students: dict[tuple[str, str], Student] = {}
         self.pins = Serving()
@@ -54,6 +58,9 @@ class Scorer:
             self.log.error("load_failed", version=ann.version, path=ann.path, error=str(e))
             return
         self.students[(ann.tenant, ann.task)] = student
+        if current is not None:
+            metrics.SERVING.labels(ann.tenant, ann.task, current.version).set(0)
+        metrics.SERVING.labels(ann.tenant, ann.task, student.version).set(1)
         self.log.info("serving", tenant=ann.tenant, task=ann.task, version=ann.version, providers=student.providers)
 
     async def handle(self, records: Sequence[Record]) -> list[Out]:
@@ -72,7 +79,10 @@ class Scorer:
             error = None
             if student is not None:
                 try:
-                    answers = list(await asyncio.to_thread(student.predict, [q.text for q in reqs]))
+                    started = time.perf_counter()
+                    answers = list(await asyncio.to_thread(student.predict, [self.clean(q.text) for q in reqs]))
+                    metrics.INFERENCE_SECONDS.labels(key[1]).observe(time.perf_counter() - started)
+                    metrics.INFERENCE_BATCH.labels(key[1]).observe(len(reqs))
                 except Exception as e:  # fail safe: escalate, say why
                     error = f"{type(e).__name__}: {e}"[:300]
                     self.log.error("student_failed", version=student.version, error=error, batch=len(reqs))

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from protege import metrics
 from protege.errors import InvalidEvent, TeacherError
 from protege.events import Correction, Response, TeacherRequest, TeacherResult, now_ms
 from protege.kafka import Out, Record, dead_letter
@@ -162,10 +163,12 @@ class TeacherWorker:
                             *self.fallback_response(ask, str(e))]
                 except self.unavailable as e:
                     self.breaker.failure()
+                    metrics.BREAKER_OPEN.set(int(self.breaker.state == "open"))
                     self.log.warning("teacher_unavailable", request_id=req.request_id,
                                      error=f"{type(e).__name__}: {e}", breaker=self.breaker.state, attempt=ask.attempt)
                     return self.unavailable_outs(ask, task, "teacher_unavailable")
             self.breaker.success()
+            metrics.BREAKER_OPEN.set(0)
             cost = answer.cost_usd
         finally:
             self.spend.settle(budget, estimate, cost)
@@ -182,6 +185,7 @@ class TeacherWorker:
             student_label=ask.student_label, agrees=agrees, model_version=ask.model_version, answered_at_ms=at,
         )
         outs = [Out.of(self.topics.teacher_results, result, req.request_id)]
+        self.observe(ask, answer, at)
         if ask.mode == "answer":
             outs.append(Out.of(self.topics.responses, Response(
                 request_id=req.request_id, tenant=req.tenant, task=req.task, label=answer.label, route="teacher",
@@ -197,6 +201,19 @@ class TeacherWorker:
                       cost_usd=round(answer.cost_usd, 6), standin=answer.standin, agrees=agrees)
         return outs
 
+    def observe(self, ask: TeacherRequest, answer: TeacherAnswer, at: int) -> None:
+        req, u = ask.request, answer.usage
+        metrics.TEACHER_CALLS.labels(req.task, answer.model, ask.mode).inc()
+        for kind, n in (("input", u.input_tokens), ("output", u.output_tokens),
+                        ("cache_write", u.cache_creation_input_tokens), ("cache_read", u.cache_read_input_tokens)):
+            if n:
+                metrics.TEACHER_TOKENS.labels(req.task, answer.model, kind).inc(n)
+        metrics.TEACHER_COST.labels(req.tenant, req.task).inc(answer.cost_usd)
+        metrics.TEACHER_SECONDS.labels(req.task).observe(answer.latency_ms / 1000)
+        metrics.observe_hop("decided_to_teacher_answer", ask.requested_at_ms, at)
+        if ask.mode == "answer":
+            metrics.observe_answer(req.task, "teacher", "ok", req.received_at_ms, at)
+
     def fallback_response(self, ask: TeacherRequest, error: str) -> list[Out]:
         """Answer from the student (degraded) or, with no student label, as failed. Check mode
         needs none: the student's provisional answer already went out."""
@@ -204,11 +221,14 @@ class TeacherWorker:
             return []
         req = ask.request
         degraded = ask.student_label is not None
+        at = now_ms()
+        metrics.observe_answer(req.task, "student" if degraded else "teacher", "degraded" if degraded else "failed",
+                               req.received_at_ms, at)
         return [Out.of(self.topics.responses, Response(
             request_id=req.request_id, tenant=req.tenant, task=req.task, label=ask.student_label,
             route="student" if degraded else "teacher", status="degraded" if degraded else "failed",
             error=error, answered_by=ask.model_version or "none", confidence=ask.student_confidence,
-            sent_at_ms=req.sent_at_ms, received_at_ms=req.received_at_ms, answered_at_ms=now_ms(),
+            sent_at_ms=req.sent_at_ms, received_at_ms=req.received_at_ms, answered_at_ms=at,
         ), req.request_id)]
 
     def unavailable_outs(self, ask: TeacherRequest, task: Task, why: str) -> list[Out]:
@@ -220,6 +240,8 @@ class TeacherWorker:
         held = ask.model_copy(update={"attempt": ask.attempt + 1, "not_before_ms": now_ms() + delay,
                                       "held_because": why})
         self.log.info("held", request_id=req.request_id, why=why, attempt=held.attempt, delay_ms=delay)
+        metrics.TEACHER_HELD.labels(req.task, why).inc()
+        metrics.BREAKER_OPEN.set(int(self.breaker.state == "open"))
         return [Out.of(self.topics.teacher_retry, held, req.request_id)]
 
     async def handle(self, records: Sequence[Record]) -> list[Out]:

@@ -99,6 +99,8 @@ class Verifier:
                                 self.topics.dlq, request_id=req.request_id, tenant=req.tenant)]
         at = now_ms()
         decision: Decision = self.routers[req.task].decide(scored, at)
+        metrics.observe_hop("ingested_to_scored", req.received_at_ms, scored.scored_at_ms)
+        metrics.observe_hop("scored_to_decided", scored.scored_at_ms, at)
         outs = [Out.of(self.topics.decisions, decision, req.request_id)]
         student = scored.student
         if decision.verdict == "accept" and student is not None:
@@ -109,6 +111,7 @@ class Verifier:
                 answered_at_ms=at,
             )
             outs.append(Out.of(self.topics.responses, response, req.request_id))
+            metrics.observe_answer(req.task, "student", response.status, req.received_at_ms, at)
         if decision.verdict != "accept" or decision.teacher_check:
             ask = TeacherRequest(
                 request=req, reasons=decision.reasons, mode="check" if decision.teacher_check else "answer",

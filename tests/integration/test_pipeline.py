@@ -13,6 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from protege.broker.embedded import EmbeddedBroker
 from protege.events import DeadLetter, Decision, Ingested, Scored
@@ -22,6 +25,7 @@ from protege.pipeline import LocalPipeline, drive, summarize, supervised
 from protege.policy import recompute_verdict, router_for
 from protege.student.runtime import Student
 from protege.task import load_task
+from tests.unit.test_ingestion_fuzz import raw as fuzz_raw
 
 pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parents[2]
@@ -132,3 +136,48 @@ def test_kill_9_mid_stream_still_answers_each_request_once(pipeline: LocalPipeli
     s = asyncio.run(chaos())
     assert (s["requests"], s["answered"], s["duplicates"]) == (600, 600, 0)
     assert all(c.restarts >= 1 for n, c in sup.children.items() if n != "trainer")
+
+
+@hyp_settings(max_examples=2, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                     HealthCheck.function_scoped_fixture])
+@given(st.lists(fuzz_raw, min_size=30, max_size=60))
+def test_fuzzed_payloads_on_the_live_pipeline(pipeline: LocalPipeline, payloads: list[bytes]) -> None:
+    """Whatever bytes arrive, on the running services: each record is dead-lettered with a
+    reason or ingested, each ingested request is answered exactly once, no service dies."""
+    from protege.kafka import producer
+    from protege.pipeline import wait_quiet
+
+    settings, t = pipeline.settings, pipeline.settings.topics
+    assert pipeline.supervisor is not None
+    restarts = {n: c.restarts for n, c in pipeline.supervisor.children.items()}
+    since = int(time.time() * 1000)
+
+    async def publish() -> set[tuple[int, int]]:
+        prod = producer(settings)
+        await prod.start()
+        try:
+            sent = [await prod.send_and_wait(t.requests, p) for p in payloads]
+        finally:
+            await prod.stop()
+        return {(m.partition, m.offset) for m in sent}
+
+    offsets = asyncio.run(publish())
+    assert asyncio.run(wait_quiet(settings, {"ingestion": [t.requests]}, timeout=60))
+    letters = [DeadLetter.model_validate_json(r.value) for r in asyncio.run(read_all(settings, t.requests_dlq))]
+    dead = [x for x in letters if x.topic == t.requests and (x.partition, x.offset) in offsets]
+    ingested = [Ingested.model_validate_json(r.value).request_id
+                for r in asyncio.run(read_all(settings, t.ingested, since_ms=since))]
+    assert len(dead) + len(ingested) == len(payloads)  # nothing lost, nothing doubled
+    assert all(x.reason and x.detail for x in dead)
+    deadline = time.monotonic() + 90
+    answers: Counter[str] = Counter()
+    while time.monotonic() < deadline:
+        answers = Counter(json.loads(r.value)["request_id"]
+                          for r in asyncio.run(read_all(settings, t.responses, since_ms=since)))
+        if all(answers[i] for i in ingested):
+            break
+        time.sleep(1)
+    assert all(answers[i] == 1 for i in ingested), {i: answers[i] for i in ingested if answers[i] != 1}
+    assert {n: c.restarts for n, c in pipeline.supervisor.children.items()} == restarts
+    assert all(c.proc.poll() is None for c in pipeline.supervisor.children.values())
