@@ -41,7 +41,7 @@ from protege.student.runtime import Encoder, knn_ood, softmax
 from protege.task import Gates, Task
 
 HEAD_C = 30.0  # chosen on a split carved from BANKING77's train: C 1/3/10/30/100 -> val 0.913/0.924/0.924/0.927/0.927 (benchmarks/recipe.py)
-KNN_K = 10
+KNN_K = 10  # at most; never more than the smallest label's cases in the bank (see knn_k)
 OOD_QUANTILE = 0.95  # the OOD gate of the acceptance rule passes this share of held-out cases
 MAX_BANK = 20_000
 DEFAULT_TARGET = 0.97  # the target reported (coverage) when the task sets none
@@ -323,6 +323,16 @@ class FinetuneRecipe:
 # ---------------------------------------------------------------- one version
 
 
+def knn_k(labels: Sequence[str], most: int = KNN_K) -> int:
+    """k for the kNN OOD score: at most ``most``, and no more than the rarest label's cases in
+    the bank, so a typical known case can find all k neighbours in its own label (with 4
+    cases a label, k=10 would measure distance to other labels and flag known traffic)."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return max(1, min(most, min(counts.values(), default=1)))
+
+
 def scores_of(encoder: Encoder, texts: Sequence[str], y_names: Sequence[str], labels: Sequence[str],
               temperature: float, bank: np.ndarray, k: int = KNN_K) -> tuple[Scores, np.ndarray]:
     """(calibrated scores, raw logits) of a served graph on a labelled set."""
@@ -408,14 +418,15 @@ def train_version(
     same_graph = fitted.embed is not None and not task.student.int8
     bank = fitted.embed(bank_texts) if same_graph and fitted.embed else served.embed(bank_texts)
     np.save(tmp / "knn.npy", bank.astype(np.float16))
+    k = knn_k([c.label for c in bank_cases])
 
-    cal, cal_logits = scores_of(served, [c.text for c in calib], [c.label for c in calib], labels, 1.0, bank)
+    cal, cal_logits = scores_of(served, [c.text for c in calib], [c.label for c in calib], labels, 1.0, bank, k)
     known = cal.y >= 0
     temperature = fit_temperature(cal_logits[known], cal.y[known]) if known.sum() >= 10 else 1.0
     cal = Scores(softmax(cal_logits / temperature), cal.ood, cal.y)
     rule = choose_rule(cal.probs.max(axis=1), cal.ood, cal.correct, target=target,
                        confidence=task.policy.target_confidence)
-    gold, _ = scores_of(served, [c.text for c in golden], [c.label for c in golden], labels, temperature, bank)
+    gold, _ = scores_of(served, [c.text for c in golden], [c.label for c in golden], labels, temperature, bank, k)
     gold_metrics = evaluate(gold, labels, rule, gates)
     p50, p95 = latency_ms(served, [c.text for c in (golden or calib or fit)])
     serving_m = serving_metrics(serving, golden, gates, threads) if serving is not None and golden else None
@@ -444,7 +455,7 @@ def train_version(
         "max_length": task.student.max_length, "precision": "int8" if task.student.int8 else "fp32",
         "recipe": fitted.info | {"kind": recipe.name},
         "calibration": {"method": "temperature", "temperature": temperature},
-        "ood": {"method": "knn", "k": KNN_K, "bank": len(bank_cases),
+        "ood": {"method": "knn", "k": k, "bank": len(bank_cases),
                 "score": "1 - mean cosine similarity to the k nearest fit-split embeddings"},
         "acceptance": rule.model_dump() if rule else None,
         "acceptance_target": {"target_accuracy": target, "confidence_level": task.policy.target_confidence},

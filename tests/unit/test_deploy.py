@@ -136,3 +136,19 @@ def test_k8s_metrics_services_pdbs_and_lag_autoscaling() -> None:
         assert h["spec"]["scaleTargetRef"]["name"] in deployments
         metric = h["spec"]["metrics"][0]["external"]["metric"]
         assert metric["name"] == "protege_consumer_lag" and metric["selector"]["matchLabels"]["topic"] in topics
+
+
+def test_scheduled_finetune_is_a_gated_train_run() -> None:
+    from typer.main import get_command
+
+    from protege.cli import app
+
+    jobs = [d for _, d in k8s_docs() if d["kind"] == "CronJob"]
+    assert jobs
+    for job in jobs:
+        c = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+        assert c["image"] == "protege:train" and c["args"][:3] == ["train", "--recipe", "finetune"]
+        assert "--announce" in c["args"]
+        train = get_command(app).commands["train"]  # type: ignore[attr-defined]
+        options = {o for p in train.params for o in p.opts}
+        assert {a for a in c["args"] if a.startswith("--")} <= options

@@ -216,3 +216,11 @@ def test_finetuned_onnx_matches_pytorch(backbone: Path, embed: EmbeddingCache, t
     assert np.abs(out["logits"] - torch_logits).max() < 1e-3
     assert np.abs(out["embedding"] - torch_emb).max() < 1e-4
     assert not np.allclose(fw, w)  # the head moved: it was trained, not just copied
+
+
+def test_knn_k_fits_the_rarest_label() -> None:
+    from protege.student.train import knn_k
+
+    assert knn_k(["a"] * 50 + ["b"] * 40) == 10
+    assert knn_k(["a"] * 50 + ["b"] * 3) == 3
+    assert knn_k([]) == 1
