@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from banking77 import DATA, load
 
-from protege.generator import read_jsonl
 from protege.student.backbone import cached_backbone
 from protege.student.runtime import Encoder, softmax
 from protege.student.train import fit_head
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "banking77"
 
 
 def auroc(unknown: np.ndarray, known: np.ndarray) -> float:
@@ -55,10 +52,10 @@ def main() -> None:
     ap.add_argument("--knn", type=int, default=10)
     ap.add_argument("--json", type=Path, default=Path("reports/benchmark-ood.json"))
     args = ap.parse_args()
-    if not (args.data / "banking77_train.jsonl").exists():
-        print(f"skipped: BANKING77 not found at {args.data}", file=sys.stderr)
+    loaded = load(args.data)
+    if loaded is None:
         return
-    train, test = read_jsonl(args.data / "banking77_train.jsonl"), read_jsonl(args.data / "banking77_test.jsonl")
+    train, test = loaded
     backbone = cached_backbone()
     encoder = Encoder(backbone / "model.onnx", backbone / "tokenizer.json")
     started = time.perf_counter()

@@ -19,15 +19,14 @@ import argparse
 import asyncio
 import copy
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from banking77 import DATA, load
 
-from protege.generator import read_jsonl
 from protege.student.backbone import cached_backbone, source_dir
 from protege.student.export import append_head, export_encoder, quantize_int8
 from protege.student.finetune import Classifier, FinetuneConfig, finetune
@@ -36,7 +35,6 @@ from protege.student.train import KNN_K, Case, choose_rule, ece, fit_head, fit_t
 from protege.task import Task
 from protege.teacher import StandinTeacher
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "banking77"
 TARGETS = (0.95, 0.97, 0.99)
 
 
@@ -94,11 +92,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", type=Path, default=Path("reports/benchmark-recipe.json"))
     args = ap.parse_args()
-    if not (args.data / "banking77_train.jsonl").exists():
-        print(f"skipped: BANKING77 not found at {args.data}", file=sys.stderr)
+    loaded = load(args.data)
+    if loaded is None:
         return
-    train = read_jsonl(args.data / "banking77_train.jsonl")
-    test = read_jsonl(args.data / "banking77_test.jsonl")
+    train, test = loaded
     if args.limit:
         train = [train[i] for i in np.random.default_rng(0).permutation(len(train))[: args.limit]]
     names = sorted({r["label"] for r in train + test})

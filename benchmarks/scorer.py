@@ -25,15 +25,14 @@ import json
 import multiprocessing as mp
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from banking77 import DATA, load
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "banking77"
 BACKENDS = ("pytorch-eager", "ort-fp32", "ort-int8")
 
 
@@ -157,17 +156,15 @@ def main() -> None:
     ap.add_argument("--min-batches", type=int, default=20, help="Batches timed per batch size at least.")
     ap.add_argument("--json", type=Path, default=Path("reports/benchmark-scorer.json"))
     args = ap.parse_args()
-    if not (args.data / "banking77_train.jsonl").exists():
-        print(f"skipped: BANKING77 not found at {args.data}", file=sys.stderr)
+    loaded = load(args.data)
+    if loaded is None:
         return
-    from protege.generator import read_jsonl
-    from protege.student.backbone import cached_backbone
+        from protege.student.backbone import cached_backbone
     from protege.student.export import append_head, quantize_int8
     from protege.student.runtime import Encoder
     from protege.student.train import fit_head
 
-    train = read_jsonl(args.data / "banking77_train.jsonl")
-    test = read_jsonl(args.data / "banking77_test.jsonl")
+    train, test = loaded
     backbone = cached_backbone()
     started = time.perf_counter()
     frozen = Encoder(backbone / "model.onnx", backbone / "tokenizer.json", max_length=64, threads=args.threads)

@@ -116,8 +116,9 @@ class Gates(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    min_accuracy: float = Field(0.5, ge=0, le=1, description="Golden-set accuracy floor.")
-    min_macro_f1: float = Field(0.0, ge=0, le=1, description="Golden-set macro-F1 floor.")
+    min_accuracy: float = Field(0.5, ge=0, le=1, description="Golden-set accuracy floor (below min_golden cases: "
+                                                            "fails only when significantly below it).")
+    min_macro_f1: float = Field(0.0, ge=0, le=1, description="Golden-set macro-F1 floor (from min_golden cases).")
     min_class_recall: float = Field(0.0, ge=0, le=1, description="Recall floor for every class with enough support.")
     min_class_support: int = Field(5, ge=1, description="Golden cases a class needs before its recall is judged.")
     max_ece: float = Field(0.2, gt=0, le=1, description="Calibration error ceiling (after temperature scaling).")

@@ -219,22 +219,28 @@ def gate_failures(cand: dict[str, Any], serving: dict[str, Any] | None, latency_
                   gates: Gates) -> list[str]:
     """Why a candidate may not serve (empty: it may)."""
     failed = []
-    if cand["accuracy"] < gates.min_accuracy:
-        failed.append(f"golden accuracy {cand['accuracy']:.3f} < floor {gates.min_accuracy:.3f}")
-    if cand["macro_f1"] < gates.min_macro_f1:
+    n = int(cand["cases"])
+    big = n >= gates.min_golden
+    # On a small golden set the accuracy floor fails only when the accuracy is below it with
+    # 95% confidence (one-sided Clopper-Pearson upper bound); on a large one, the estimate itself.
+    best_case = cand["accuracy"] if big else 1 - accuracy_lower_bound(n - round(cand["accuracy"] * n), n, 0.95)
+    if best_case < gates.min_accuracy:
+        failed.append(f"golden accuracy {cand['accuracy']:.3f} < floor {gates.min_accuracy:.3f}"
+                      + ("" if big else f" (upper bound {best_case:.3f} on {n} cases)"))
+    if big and cand["macro_f1"] < gates.min_macro_f1:
         failed.append(f"golden macro-F1 {cand['macro_f1']:.3f} < floor {gates.min_macro_f1:.3f}")
     low = {k: v for k, v in cand["class_recall"].items() if v < gates.min_class_recall}
     if low:
         worst = sorted(low.items(), key=lambda kv: kv[1])[:3]
         failed.append(f"recall below {gates.min_class_recall:.2f} for {len(low)} class(es): "
                       + ", ".join(f"{k} {v:.2f}" for k, v in worst))
-    if cand["cases"] >= gates.min_golden and cand["ece"] > gates.max_ece:
+    if big and cand["ece"] > gates.max_ece:
         failed.append(f"calibration error {cand['ece']:.3f} > ceiling {gates.max_ece:.3f}")
     if cand["coverage"] < gates.min_coverage:
         failed.append(f"coverage at target {cand['coverage']:.3f} < floor {gates.min_coverage:.3f}")
     if latency_p95_ms > gates.max_latency_ms:
         failed.append(f"latency p95 {latency_p95_ms:.0f} ms > ceiling {gates.max_latency_ms:.0f} ms")
-    if serving is not None and cand["cases"] >= gates.min_golden:
+    if serving is not None and big:
         for key, name in (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("coverage", "coverage at target")):
             if cand[key] < serving[key] - gates.tolerance:
                 failed.append(f"golden {name} {cand[key]:.3f} is worse than the serving version's "

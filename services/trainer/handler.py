@@ -78,6 +78,7 @@ class Trainer:
         self.min_cases = min_cases
         self.retrain_every = retrain_every
         self.trained_at: dict[tuple[str, str], int] = {}
+        self.held_back: set[tuple[str, str]] = set()  # the last candidate failed its gates
         self.log = structlog.get_logger().bind(service="trainer")
 
     def due(self, tenant: str, task: str) -> bool:
@@ -85,7 +86,11 @@ class Trainer:
         n, last = len(cases), self.trained_at.get((tenant, task))
         if len({c.label for c in cases.values()}) < 2:
             return False
-        return n >= self.min_cases if last is None else n - last >= self.retrain_every
+        if last is None:
+            return n >= self.min_cases
+        # after a held-back candidate, try again sooner: more cases are the usual cure
+        every = min(self.retrain_every, self.min_cases) if (tenant, task) in self.held_back else self.retrain_every
+        return n - last >= every
 
     async def handle(self, records: Sequence[Record]) -> list[Out]:
         outs: list[Out] = []
@@ -116,7 +121,9 @@ class Trainer:
         self.log.info("trained", tenant=tenant, task=task_name, version=result.version, promoted=result.promoted,
                       reason=result.reason, against=serving.name if serving else None, **result.metrics)
         if not result.promoted:
+            self.held_back.add((tenant, task_name))
             return []
+        self.held_back.discard((tenant, task_name))
         ann = ModelAnnouncement(
             tenant=tenant, task=task_name, version=result.version, path=str(result.folder.resolve()),
             labels=result.labels, metrics=result.metrics, trained_on=len(cases), announced_at_ms=now_ms(),

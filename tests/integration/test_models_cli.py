@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,8 @@ def test_pin_rollback_unpin(settings: Settings, monkeypatch: pytest.MonkeyPatch)
     for name in ("v0001", "v0002", "v0003"):
         assert run(app, ["models", "promote", name, *args]).exit_code == 0
     refused = run(app, ["models", "promote", "v0004", *args])  # failed its gates: not without --force
-    assert refused.exit_code != 0 and "golden accuracy 0.400 < floor 0.500" in refused.output
+    said = " ".join(re.sub(r"[│╭╮╰╯─]", " ", refused.output).split())
+    assert refused.exit_code == 2 and "failed its release gates: golden accuracy 0.400 < floor 0.500" in said
     rolled = run(app, ["models", "rollback", *args])
     assert rolled.exit_code == 0, rolled.output
 

@@ -100,8 +100,12 @@ def test_gates_say_why() -> None:
     assert any("worse than the serving version" in r and "accuracy" in r for r in reasons)
     assert any("recall below 0.50 for 1 class(es): a 0.20" in r for r in reasons)
     assert any("calibration error" in r for r in reasons) and any("latency" in r for r in reasons)
-    # too few golden cases for the statistical gates: only the floors apply
+    # too few golden cases for the statistical gates: only the floors apply, and the accuracy floor
+    # only when the accuracy is significantly below it
     assert gate_failures(worse | {"cases": 50, "class_recall": {}}, good, 20, gates) == []
+    assert gate_failures(good | {"cases": 12, "accuracy": 5 / 12}, None, 20, Gates(min_accuracy=0.5)) == []
+    low = gate_failures(good | {"cases": 12, "accuracy": 1 / 12}, None, 20, Gates(min_accuracy=0.5))
+    assert len(low) == 1 and "upper bound" in low[0]
 
 
 @pytest.fixture(scope="module")
