@@ -41,6 +41,7 @@ class MessagesAPI:
         self.cached: set[str] = set()
         self.answered: Counter[str] = Counter()  # successful calls per metadata.user_id
         self.lock = threading.Lock()
+        self.keys_seen: set[str] = set()  # the API keys callers sent (to check a key arrives, and only here)
         self.server: ThreadingHTTPServer | None = None
         self.batches: dict[str, dict[str, Any]] = {}
 
@@ -144,6 +145,9 @@ def _iso(ts: float) -> str:
 def serve(api: MessagesAPI) -> Iterator[MessagesAPI]:
     class Handler(BaseHTTPRequestHandler):
         def authorised(self) -> bool:
+            key = self.headers.get("x-api-key") or self.headers.get("authorization", "").removeprefix("Bearer ")
+            if key:
+                api.keys_seen.add(key)
             return bool(self.headers.get("x-api-key") or self.headers.get("authorization", "").startswith("Bearer "))
 
         def reply(self, status: int, headers: dict[str, str], payload: dict[str, Any] | bytes) -> None:

@@ -43,6 +43,9 @@ TASKS = [
 ]
 
 
+API_KEY = "sk-ant-test-never-log-me-7f3a9c"
+
+
 @pytest.fixture(scope="module")
 def env(kafka: EmbeddedBroker, backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     home = tmp_path_factory.mktemp("policies")
@@ -51,7 +54,7 @@ def env(kafka: EmbeddedBroker, backbone: Path, tmp_path_factory: pytest.TempPath
     rows = generate(3000, seed=33)
     with serve(MessagesAPI({normalize(r["text"]): r["label"] for r in rows})) as api:
         environment = {
-            "PROTEGE_TASKS_DIR": str(home / "tasks"), "ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": api.url,
+            "PROTEGE_TASKS_DIR": str(home / "tasks"), "ANTHROPIC_API_KEY": API_KEY, "ANTHROPIC_BASE_URL": api.url,
             "PROTEGE_MAX_RETRIES": "1", "PROTEGE_TIMEOUT_S": "5", "PROTEGE_BREAKER_THRESHOLD": "3",
             "PROTEGE_BREAKER_COOLDOWN_S": "1", "PROTEGE_MIN_CASES": "100", "PROTEGE_RETRAIN_EVERY": "60",
             "PROTEGE_BACKBONE": str(backbone), "PROTEGE_THREADS": "1", "PROTEGE_TRAINER_THREADS": "1",
@@ -151,3 +154,12 @@ def test_answer_outside_the_label_set_is_dead_lettered_and_answered(env: dict) -
     assert [d.reason for d in letters] == ["teacher_invalid_answer"]
     counts = Counter(d.reason for d in records(env, "dlq", DeadLetter))
     assert counts["teacher_invalid_answer"] == 1
+
+
+def test_the_api_key_reaches_the_api_and_no_log(env: dict) -> None:
+    assert API_KEY in env["api"].keys_seen  # the teacher really used it
+    p: LocalPipeline = env["pipeline"]
+    logs = list((p.home / "logs").glob("*.log"))
+    assert logs
+    for log in logs:
+        assert API_KEY.encode() not in log.read_bytes(), log
