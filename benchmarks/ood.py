@@ -88,7 +88,7 @@ def main() -> None:
         scores = {  # larger = stranger
             "max softmax probability (1 - MSP)": 1 - probs.max(1),
             "energy (-logsumexp logits)": -np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) - logits.max(1),
-            "nearest-centroid cosine (serving today)": 1 - (x_test @ centroids.T).max(1),
+            "nearest-centroid cosine": 1 - (x_test @ centroids.T).max(1),
             "Mahalanobis (shared covariance)": mahal,
             f"kNN cosine (k={args.knn})": knn,
         }

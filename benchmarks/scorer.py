@@ -48,7 +48,7 @@ class OrtRunner:
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         if not self.cuda:
-            return self.encoder.session.run(["logits"], self.encoder.feed(texts))[0]
+            return self.encoder.run_once(texts)["logits"]
         session = self.encoder.session
         io = session.io_binding()
         for name, value in self.encoder.feed(texts).items():
@@ -92,20 +92,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
 
 
-def bucketed(run: Any, texts: list[str], sub: int) -> np.ndarray:
-    """One call's texts as length-sorted sub-batches of ``sub`` (0: one padded batch)."""
-    if not sub or len(texts) <= sub:
-        return run(texts)
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    parts = [(idx, run([texts[j] for j in idx])) for idx in (order[i : i + sub] for i in range(0, len(texts), sub))]
-    merged = np.zeros((len(texts), parts[0][1].shape[1]), dtype=parts[0][1].dtype)
-    for idx, logits in parts:
-        merged[idx] = logits
-    return merged
-
-
 def worker(backend: str, sub: int, paths: dict[str, str], texts: list[str], y: list[int], args: dict[str, Any],
            out: Any) -> None:
+    """One backend in its own process; ``sub``: length-sorted sub-batches (the scorer's
+    ``by_length``), applied the same way to every backend."""
+    from protege.student.runtime import by_length
+
     try:
         if backend == "pytorch-eager":
             head = np.load(paths["head"])
@@ -116,7 +108,9 @@ def worker(backend: str, sub: int, paths: dict[str, str], texts: list[str], y: l
                               args["threads"], args["seq_len"])
 
         def run(batch: list[str]) -> np.ndarray:
-            return bucketed(model, batch, sub)
+            if not sub:
+                return model(batch)
+            return by_length(lambda b: {"logits": model(b)}, batch, sub)["logits"]
 
         preds = []
         for i in range(0, len(texts), 64):
@@ -159,7 +153,7 @@ def main() -> None:
     loaded = load(args.data)
     if loaded is None:
         return
-        from protege.student.backbone import cached_backbone
+    from protege.student.backbone import cached_backbone
     from protege.student.export import append_head, quantize_int8
     from protege.student.runtime import Encoder
     from protege.student.train import fit_head

@@ -204,10 +204,9 @@ def _stream_run(home: Path, env: dict[str, str], phases: dict[str, list[dict[str
 
 def _prepare_backbone() -> None:
     """Export the student backbone before traffic starts (first run only; cached after)."""
-    from protege.broker.embedded import default_cache
-    from protege.student.backbone import BACKBONE_NAME, cached_backbone
+    from protege.student.backbone import cache_dir, cached_backbone
 
-    if not (default_cache() / "backbones" / BACKBONE_NAME / "backbone.json").exists():
+    if not (cache_dir() / "backbone.json").exists():
         console.print("exporting the student backbone (all-MiniLM-L6-v2) to ONNX, first run only ...")
     cached_backbone()
 
@@ -376,12 +375,9 @@ TaskName = Annotated[str, typer.Option("--task", help="Task name.")]
 
 
 def _history(settings: Settings, tenant: str, task: str) -> tuple[list[str], bool]:
-    from protege.events import ModelAnnouncement
-    from protege.kafka import read_all
-    from protege.registry import serving_history
+    from protege.registry import read_history
 
-    records = asyncio.run(read_all(settings, settings.topics.models))
-    return serving_history([ModelAnnouncement.model_validate_json(r.value) for r in records], tenant, task)
+    return asyncio.run(read_history(settings, tenant, task))
 
 
 def _announce(settings: Settings, ann: Any) -> None:
@@ -524,10 +520,9 @@ def train_cmd(
         raise typer.BadParameter(f"recipe must be fast or finetune, not {recipe!r}")
     serving = None
     if announce:
-        from protege.registry import version
+        from protege.registry import serving_folder
 
-        history, _ = _history(settings, tenant, task_name)
-        serving = version(settings.home / "registry", tenant, task_name, history[-1]).folder if history else None
+        serving = asyncio.run(serving_folder(settings, tenant, task_name))
     result = train_version(cases_of(path), recipe=chosen, registry=settings.home / "registry", tenant=tenant,
                            task=task, serving=serving, golden=cases_of(golden) if golden else None)
     typer.echo(json.dumps({"version": result.version, "folder": str(result.folder), "promoted": result.promoted,

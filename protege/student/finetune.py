@@ -86,17 +86,18 @@ class Classifier:
 
     def predict(self, texts: Sequence[str], batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
         """(logits, embeddings) in input order; batches sorted by length to pad little."""
+        from protege.student.runtime import by_length
+
         torch = _torch()
         self.train(False)
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        logits = np.zeros((len(texts), self.head.out_features), np.float32)
-        embs = np.zeros((len(texts), self.head.in_features), np.float32)
+
+        def run(batch: list[str]) -> dict[str, np.ndarray]:
+            logits, emb = self.forward(self.batch(batch))
+            return {"logits": logits.numpy(), "embedding": emb.numpy()}
+
         with torch.inference_mode():
-            for i in range(0, len(texts), batch_size):
-                idx = order[i : i + batch_size]
-                lg, em = self.forward(self.batch([texts[j] for j in idx]))
-                logits[idx], embs[idx] = lg.numpy(), em.numpy()
-        return logits, embs
+            out = by_length(run, texts, batch_size)
+        return out["logits"], out["embedding"]
 
     def head_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         w = self.head.weight.detach().numpy().T.astype(np.float32)

@@ -421,8 +421,9 @@ def train_version(
     rng = np.random.default_rng(seed)
     bank_cases = list(fit) if len(fit) <= MAX_BANK else [fit[i] for i in rng.choice(len(fit), MAX_BANK, False)]
     bank_texts = [c.text for c in bank_cases]
-    same_graph = fitted.embed is not None and not task.student.int8
-    bank = fitted.embed(bank_texts) if same_graph and fitted.embed else served.embed(bank_texts)
+    # the recipe's cached embeddings are the served graph's, unless that graph was quantised
+    embed = fitted.embed if fitted.embed is not None and not task.student.int8 else served.embed
+    bank = embed(bank_texts)
     np.save(tmp / "knn.npy", bank.astype(np.float16))
     k = knn_k([c.label for c in bank_cases])
 

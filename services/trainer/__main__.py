@@ -9,12 +9,11 @@ under PROTEGE_CACHE; retrains after that use ONNX Runtime and scikit-learn only.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from pathlib import Path
 
-from protege.errors import ConfigError
-from protege.events import ModelAnnouncement
-from protege.kafka import Processor, read_all
-from protege.registry import serving_history, version
+from protege.kafka import Processor
+from protege.registry import serving_folder
 from protege.service import run_service
 from protege.settings import TrainerSettings
 from protege.student.backbone import cached_backbone
@@ -38,17 +37,9 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
         return train_version(cases, recipe=recipe, registry=registry, tenant=tenant, task=task, serving=serving,
                              threads=settings.trainer_threads)
 
-    async def serving(tenant: str, task: str) -> Path | None:
-        """The version serving now (replayed from protege.models), to gate a candidate against."""
-        records = await read_all(settings, settings.topics.models)
-        history, _ = serving_history([ModelAnnouncement.model_validate_json(r.value) for r in records], tenant, task)
-        try:
-            return version(registry, tenant, task, history[-1]).folder if history else None
-        except ConfigError:
-            return None
-
     trainer = Trainer(load_tasks(settings.tasks_dir), settings.topics, CaseStore(settings.home / "harvest"), train,
-                      min_cases=settings.min_cases, retrain_every=settings.retrain_every, serving=serving)
+                      min_cases=settings.min_cases, retrain_every=settings.retrain_every,
+                      serving=partial(serving_folder, settings))
     await Processor(settings, "trainer", [settings.topics.harvest], trainer.handle,
                     max_poll_interval_ms=900_000, transaction_timeout_ms=900_000).run(stop)
 

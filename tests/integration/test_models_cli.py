@@ -12,9 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from protege.cli import app
-from protege.events import ModelAnnouncement
-from protege.kafka import read_all
-from protege.registry import serving_history
+from protege.registry import read_history
 from protege.settings import Settings
 
 pytestmark = pytest.mark.kafka
@@ -48,8 +46,7 @@ def test_pin_rollback_unpin(settings: Settings, monkeypatch: pytest.MonkeyPatch)
     assert rolled.exit_code == 0, rolled.output
 
     def history() -> tuple[list[str], bool]:
-        records = asyncio.run(read_all(settings, settings.topics.models))
-        return serving_history([ModelAnnouncement.model_validate_json(r.value) for r in records], "acme", "triage")
+        return asyncio.run(read_history(settings, "acme", "triage"))
 
     assert history() == (["v0001-aaaa", "v0002-bbbb", "v0003-cccc", "v0002-bbbb"], True)
     listed = run(app, ["models", "list", *args])
