@@ -5,6 +5,7 @@
     protege run scorer               # one service (what docker-compose and k8s run)
     protege broker start|stop|status # the embedded Apache Kafka broker
     protege bench stream --train T.jsonl --test S.jsonl --report-json R.json
+    protege trace REQUEST_ID         # one request's events across the services, in order
 """
 
 from __future__ import annotations
@@ -105,6 +106,36 @@ def topics() -> None:
     settings = Settings()
     asyncio.run(ensure_topics(settings))
     typer.echo("\n".join(settings.topics.all()))
+
+
+@app.command("trace")
+def trace_request(
+    request_id: Annotated[str, typer.Argument(help="The request's id.")],
+    minutes: Annotated[float, typer.Option(help="How far back to look.")] = 60.0,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's events (ids may repeat across tenants).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the events as JSON Lines.")] = False,
+) -> None:
+    """Follow one request across the services: every event that carries its id, in order."""
+    from protege.trace import trace
+
+    settings = Settings()
+    since = int((time.time() - minutes * 60) * 1000)
+    steps = asyncio.run(trace(settings, request_id, since_ms=since, tenant=tenant))
+    if not steps:
+        console.print(f"no event carries {request_id!r} in the last {minutes:g} minutes")
+        raise typer.Exit(1)
+    if as_json:
+        for step in steps:
+            typer.echo(json.dumps({"at_ms": step.at_ms, "topic": step.topic, "writer": step.writer, "event": step.event}))
+        return
+    table = Table(title=f"request {request_id}")
+    for col in ("time (UTC)", "+ms", "topic", "written by", "what"):
+        table.add_column(col)
+    first = steps[0].at_ms
+    for step in steps:
+        when = time.strftime("%H:%M:%S", time.gmtime(step.at_ms / 1000)) + f".{step.at_ms % 1000:03d}"
+        table.add_row(when, str(step.at_ms - first), step.topic, step.writer, step.what)
+    Console(width=160).print(table)
 
 
 @app.command("up")

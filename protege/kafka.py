@@ -26,9 +26,10 @@ from typing import Any, TypeAlias
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from protege import metrics
+from protege.errors import BrokerError
 from protege.events import DeadLetter, Event, now_ms
 from protege.settings import Settings
 
@@ -48,6 +49,7 @@ class Out:
 
 Record: TypeAlias = ConsumerRecord  # [bytes, bytes]: keys and values are raw bytes
 BatchHandler = Callable[[Sequence[Record]], Awaitable[list[Out]]]
+CommitHook = Callable[[Sequence[Record]], Awaitable[None]]
 
 
 def dead_letter(record: Record, reason: str, detail: str, service: str, topic: str, **ids: str | None) -> Out:
@@ -73,11 +75,19 @@ async def ensure_topics(settings: Settings, names: Sequence[str] | None = None) 
     topics = settings.topics
     wanted = list(names or topics.all())
     admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
-    await admin.start()
+    try:
+        await admin.start()
+    except KafkaConnectionError as e:
+        await admin.close()
+        how = settings.security_protocol + (f", SASL {settings.sasl_mechanism} as {settings.sasl_username!r}"
+                                            if settings.sasl_mechanism else "")
+        raise BrokerError(f"cannot reach Kafka at {settings.bootstrap_servers} over {how}: {e} (the client's log "
+                          "line before this one says why: refused credentials, an untrusted certificate, ...)") from e
     try:
         existing = set(await admin.list_topics())
         new = [
-            NewTopic(t, topics.partitions(t, settings.partitions), settings.replication_factor)
+            NewTopic(t, topics.partitions(t, settings.partitions), settings.replication_factor,
+                     topic_configs=topics.configs(t))
             for t in wanted
             if t not in existing
         ]
@@ -101,6 +111,7 @@ def producer(settings: Settings, transactional_id: str | None = None, **kw: Any)
         enable_idempotence=True,
         transactional_id=transactional_id,
         linger_ms=kw.pop("linger_ms", 0),
+        retry_backoff_ms=kw.pop("retry_backoff_ms", settings.retry_backoff_ms),
         **kw,
     )
 
@@ -148,6 +159,7 @@ class Processor:
         max_wait_ms: int = 100,
         transaction_timeout_ms: int = 60_000,
         max_poll_interval_ms: int = 300_000,
+        on_commit: CommitHook | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -159,6 +171,7 @@ class Processor:
         self.transactional_id = f"{self.group}-{settings.instance}"
         self.transaction_timeout_ms = transaction_timeout_ms
         self.max_poll_interval_ms = max_poll_interval_ms
+        self.on_commit = on_commit  # after a batch's transaction committed (the teacher settles its journal)
         self.log = structlog.get_logger().bind(service=service)
         self.processed = 0
 
@@ -186,6 +199,8 @@ class Processor:
                     offsets = {tp: max(rs[-1].offset + 1, await cons.position(tp)) for tp, rs in batches.items()}
                     await prod.send_offsets_to_transaction(offsets, self.group)
                 self.processed += len(records)
+                if self.on_commit is not None:
+                    await self.on_commit(records)
                 self.observe(cons, batches, outs, time.perf_counter() - started)
         finally:
             await cons.stop()

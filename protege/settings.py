@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: str = Field("auto", description="json, console, or auto (console on a terminal).")
     fetch_max_wait_ms: int = Field(10, ge=0, description="How long the broker may hold a fetch; low for latency.")
+    retry_backoff_ms: int = Field(10, ge=1, description=(
+        "Producer retry backoff. Right after a transaction commits, the coordinator answers the next one's "
+        "first requests with CONCURRENT_TRANSACTIONS until its markers are written; aiokafka's default 100 ms "
+        "wait on that was the student path's p95 (loadtests/transaction_hops.py)."))
     metrics_port: int = Field(0, ge=0, le=65535, description="Serve Prometheus /metrics on this port (0: off).")
     redact_pii: bool = Field(True, description="Replace e-mails, phones, cards and IBANs before harvest and scoring.")
     # Security for real clusters; the embedded broker is PLAINTEXT on loopback.

@@ -54,6 +54,11 @@ class Topics:
         return self._t("teacher.retry")
 
     @property
+    def teacher_journal(self) -> str:
+        """Teacher answers paid for and not yet committed (compacted; see services/teacher/journal.py)."""
+        return self._t("teacher.journal")
+
+    @property
     def corrections(self) -> str:
         return self._t("corrections")
 
@@ -81,7 +86,7 @@ class Topics:
     def all(self) -> list[str]:
         names = [
             "requests", "requests_dlq", "ingested", "scored", "decisions", "responses",
-            "teacher_requests", "teacher_retry", "teacher_results", "corrections", "feedback", "harvest", "models",
+            "teacher_requests", "teacher_retry", "teacher_results", "teacher_journal", "corrections", "feedback", "harvest", "models",
             "alerts", "dlq",
         ]
         return [getattr(self, n) for n in names]
@@ -90,3 +95,8 @@ class Topics:
         """Model announcements are read in order from the beginning by every scorer: one
         partition. Everything else is keyed by request id and spreads over ``default``."""
         return 1 if topic == self.models else default
+
+    def configs(self, topic: str) -> dict[str, str]:
+        """Topic settings protege needs at creation: the journal keeps only each key's latest
+        record (its tombstones go after a day)."""
+        return {"cleanup.policy": "compact"} if topic == self.teacher_journal else {}

@@ -13,7 +13,9 @@ sees progress) and returns the batch with its ``request_counts``; once it has en
 
 Faults are injected in order from ``faults``: an HTTP status (429 with ``retry-after``,
 500, 529 ``overloaded_error``), ``"invalid_label"`` (a label outside the enum), or
-``"slow:<seconds>"``. Every request is recorded in ``requests``.
+``"slow:<seconds>"``, or ``"ok"`` (no fault: spaces the others out). Every request is
+recorded in ``requests``; ``in_flight`` holds the calls being answered right now (by
+``metadata.user_id``), so a test that kills a caller knows which calls it cut off.
 """
 
 from __future__ import annotations
@@ -44,6 +46,13 @@ class MessagesAPI:
         self.keys_seen: set[str] = set()  # the API keys callers sent (to check a key arrives, and only here)
         self.server: ThreadingHTTPServer | None = None
         self.batches: dict[str, dict[str, Any]] = {}
+        self.in_flight: dict[int, tuple[str, float]] = {}  # call -> (user_id, started)
+
+    def calls_in_flight(self, older_than_s: float = 0.0) -> list[str]:
+        """user_ids of the calls in progress that started at least ``older_than_s`` ago."""
+        now = time.monotonic()
+        with self.lock:
+            return [uid for uid, t in self.in_flight.values() if now - t >= older_than_s]
 
     @property
     def url(self) -> str:
@@ -52,6 +61,16 @@ class MessagesAPI:
         return f"http://{host}:{port}"
 
     def respond(self, body: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
+        call = id(body)
+        with self.lock:
+            self.in_flight[call] = ((body.get("metadata") or {}).get("user_id", ""), time.monotonic())
+        try:
+            return self._respond(body)
+        finally:
+            with self.lock:
+                self.in_flight.pop(call, None)
+
+    def _respond(self, body: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
         with self.lock:
             self.requests.append(body)
             fault = self.faults.popleft() if self.faults else None

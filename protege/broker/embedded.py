@@ -77,6 +77,13 @@ class EmbeddedBroker:
     port: int | None = None
     heap_mb: int = 512
     cache: Path | None = None
+    # More client listeners beside PLAINTEXT, by name -> security protocol (e.g. {"SASL_SSL":
+    # "SASL_SSL"}), each on its own free port, with the server properties they need in
+    # ``properties`` (which override the defaults) and ``format_args`` for the storage
+    # format (``--add-scram ...``): how the tests stand up a secured broker.
+    listeners: dict[str, str] = field(default_factory=dict)
+    properties: dict[str, str] = field(default_factory=dict)
+    format_args: tuple[str, ...] = ()
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -87,31 +94,50 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self._ports()[0]}"
 
+    def address(self, listener: str) -> str:
+        """host:port of one of the extra ``listeners``."""
+        return f"127.0.0.1:{self._state().get('listeners', {})[listener]}"
+
     def _ports(self) -> tuple[int, int]:
+        state = self._state()
+        return int(state["port"]), int(state["controller_port"])
+
+    def _state(self) -> dict:
         if self.state_file.exists():
-            state = json.loads(self.state_file.read_text())
-            return int(state["port"]), int(state["controller_port"])
-        port = self.port or free_port()
-        controller = free_port()
-        while controller == port:
-            controller = free_port()
+            return dict(json.loads(self.state_file.read_text()))
+        taken: set[int] = set()
+
+        def fresh() -> int:
+            port = free_port()
+            while port in taken:
+                port = free_port()
+            taken.add(port)
+            return port
+
+        port = self.port or fresh()
+        taken.add(port)
+        state = {"port": port, "controller_port": fresh(), "listeners": {name: fresh() for name in self.listeners},
+                 "cluster_id": base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")}
         self.home.mkdir(parents=True, exist_ok=True)
-        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        self.state_file.write_text(json.dumps({"port": port, "controller_port": controller, "cluster_id": cluster}))
-        return port, controller
+        self.state_file.write_text(json.dumps(state))
+        return state
 
     def _write_config(self) -> Path:
         port, controller = self._ports()
+        extra = {name: self.address(name) for name in self.listeners}
         data = self.home / "data"
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{controller}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+            "listeners": ",".join([f"PLAINTEXT://127.0.0.1:{port}", f"CONTROLLER://127.0.0.1:{controller}",
+                                   *(f"{name}://{addr}" for name, addr in extra.items())]),
+            "advertised.listeners": ",".join([f"PLAINTEXT://127.0.0.1:{port}",
+                                              *(f"{name}://{addr}" for name, addr in extra.items())]),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT",
+                                                        *(f"{n}:{proto}" for n, proto in self.listeners.items())]),
             "log.dirs": str(data),
             "num.partitions": "2",
             "auto.create.topics.enable": "false",
@@ -128,6 +154,7 @@ class EmbeddedBroker:
             "background.threads": "2",
             "log.retention.hours": "168",
             "log.segment.bytes": str(64 * 1024 * 1024),
+            **self.properties,
         }
         path = self.home / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
@@ -151,7 +178,8 @@ class EmbeddedBroker:
         if (self.home / "data" / "meta.properties").exists():
             return
         cluster = json.loads(self.state_file.read_text())["cluster_id"]
-        cmd = self._java(lib, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster}", "-c", str(config), heap_mb=128)
+        cmd = self._java(lib, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster}", "-c", str(config),
+                         *self.format_args, heap_mb=128)
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise BrokerError(f"formatting the KRaft storage failed: {done.stdout}{done.stderr}")

@@ -10,6 +10,8 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
+import structlog
+
 from protege.errors import InvalidEvent
 from protege.events import Ingested, Request, now_ms
 from protege.kafka import Out, Record, dead_letter
@@ -51,6 +53,7 @@ class Ingestion:
         self.topics = topics
         self.max_text_chars = max_text_chars
         self.seen = seen
+        self.log = structlog.get_logger().bind(service="ingestion")
 
     def stamp(self, record: Record) -> str:
         # Deterministic in the record's coordinates: a re-read after a crash stamps the same id.
@@ -80,6 +83,7 @@ class Ingestion:
             request_id=request_id, tenant=req.tenant, task=req.task, text=text,
             metadata=req.metadata or {}, sent_at_ms=req.sent_at_ms, received_at_ms=now_ms(),
         )
+        self.log.debug("ingested", request_id=request_id, tenant=req.tenant, task=req.task)
         return Out.of(self.topics.ingested, event, request_id)
 
     async def handle(self, records: Sequence[Record]) -> list[Out]:

@@ -91,4 +91,6 @@ class Scorer:
                 scored = Scored(request=req, student=answer, student_error=error, scored_at_ms=at,
                                 batch_size=len(reqs))
                 outs.append(Out.of(self.topics.scored, scored, req.request_id))
+                self.log.debug("scored", request_id=req.request_id, tenant=req.tenant, task=req.task,
+                               version=student.version if student else None, batch=len(reqs))
         return outs

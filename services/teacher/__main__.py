@@ -7,7 +7,9 @@ With ANTHROPIC_API_KEY (or PROTEGE_ANTHROPIC_API_KEY_FILE) set it calls Claude t
 anthropic SDK; without one it runs the offline stand-in on PROTEGE_STANDIN_LABELS and says
 so on every event and log line. Held requests are consumed by a second processor (its own
 consumer group) from protege.teacher.retry; both share one circuit breaker and one spend
-tracker, which is rebuilt at start from the last hour of protege.teacher.results.
+tracker, which is rebuilt at start from the last hour of protege.teacher.results. Paid
+answers go to protege.teacher.journal until their batch commits, so a restarted worker
+does not pay for them again (services/teacher/journal.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from protege.settings import TeacherSettings
 from protege.task import load_tasks
 from protege.teacher import AnthropicTeacher, StandinTeacher, Teacher
 from services.teacher.handler import CircuitBreaker, SpendTracker, TeacherWorker
+from services.teacher.journal import AnswerJournal
 
 
 def build_teacher(settings: TeacherSettings) -> tuple[Teacher, tuple[type[BaseException], ...]]:
@@ -56,15 +59,23 @@ async def serve(settings: TeacherSettings, stop: asyncio.Event) -> None:
     for r in await read_all(settings, settings.topics.teacher_results, since_ms=hour_ago):
         result = TeacherResult.model_validate_json(r.value)
         spend.add(f"{result.tenant}/{result.task}", result.cost_usd, at=result.answered_at_ms / 1000)
+    journal = AnswerJournal(settings)
+    reading = asyncio.create_task(journal.run(stop))
+    await asyncio.wait([reading, asyncio.create_task(journal.caught_up.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if reading.done():
+        reading.result()  # raise what stopped it
+    for paid in journal.answers.values():  # paid for before a crash: counts against the cap too
+        spend.add(f"{paid.tenant}/{paid.task}", paid.cost_usd, at=paid.answered_at_ms / 1000)
     worker = TeacherWorker(load_tasks(settings.tasks_dir), settings.topics, teacher, settings.concurrency,
                            breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s),
-                           spend=spend, unavailable=unavailable)
+                           spend=spend, unavailable=unavailable, journal=journal)
     t = settings.topics
     await asyncio.gather(
         Processor(settings, "teacher", [t.teacher_requests], worker.handle, max_records=settings.concurrency * 4,
-                  transaction_timeout_ms=300_000).run(stop),
+                  transaction_timeout_ms=300_000, on_commit=worker.committed).run(stop),
         Processor(settings, "teacher-retry", [t.teacher_retry], worker.handle, max_records=settings.concurrency * 4,
-                  transaction_timeout_ms=300_000).run(stop),
+                  transaction_timeout_ms=300_000, on_commit=worker.committed).run(stop),
+        reading,
     )
 
 

@@ -35,6 +35,7 @@ from protege.serde import decode
 from protege.task import Task
 from protege.teacher import Teacher, TeacherAnswer
 from protege.topics import Topics
+from services.teacher.journal import AnswerJournal, key_of
 
 
 @dataclass
@@ -117,7 +118,8 @@ def backoff_ms(attempt: int, base_s: float = 2.0, cap_s: float = 60.0, rng: rand
 class TeacherWorker:
     def __init__(self, tasks: dict[str, Task], topics: Topics, teacher: Teacher, concurrency: int, *,
                  breaker: CircuitBreaker | None = None, spend: SpendTracker | None = None,
-                 unavailable: tuple[type[BaseException], ...] = (), max_hold_sleep_s: float = 30.0) -> None:
+                 unavailable: tuple[type[BaseException], ...] = (), max_hold_sleep_s: float = 30.0,
+                 journal: AnswerJournal | None = None) -> None:
         self.tasks = tasks
         self.topics = topics
         self.teacher = teacher
@@ -126,6 +128,8 @@ class TeacherWorker:
         self.spend = spend or SpendTracker()
         self.unavailable = unavailable  # the client's errors that mean "try later", e.g. anthropic.APIError
         self.max_hold_sleep_s = max_hold_sleep_s
+        self.journal = journal
+        self.journaled: dict[tuple[str, int, int], str] = {}  # record -> journal key, until its batch commits
         self.log = structlog.get_logger().bind(service="teacher")
 
     async def answer(self, record: Record) -> list[Out]:
@@ -145,6 +149,14 @@ class TeacherWorker:
                 return [Out.of(self.topics.teacher_retry, ask, req.request_id)]
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
+        key = key_of(req.tenant, req.request_id)
+        paid = self.journal.get(key) if self.journal is not None else None
+        if paid is not None:  # answered before a crash, not yet committed: do not pay again
+            self.journaled[(record.topic, record.partition, record.offset)] = key
+            self.log.info("answer_from_journal", request_id=req.request_id, teacher=paid.teacher)
+            return self.result_outs(ask, TeacherAnswer(
+                label=paid.label, rationale=paid.rationale, model=paid.teacher, standin=paid.standin, usage=paid.usage,
+                cost_usd=paid.cost_usd, latency_ms=paid.latency_ms, attempts=paid.attempts, fields=paid.fields))
         budget = f"{req.tenant}/{req.task}"  # the cap is the task's, counted per tenant
         estimate = self.teacher.estimate_usd(task, req.text)
         if not self.spend.reserve(budget, estimate, task.teacher.spend_cap_usd_per_hour):
@@ -172,18 +184,33 @@ class TeacherWorker:
             cost = answer.cost_usd
         finally:
             self.spend.settle(budget, estimate, cost)
+        if self.journal is not None:
+            await self.journal.put(key, self.result_of(ask, answer, now_ms()))
+            self.journaled[(record.topic, record.partition, record.offset)] = key
         return self.result_outs(ask, answer)
 
-    def result_outs(self, ask: TeacherRequest, answer: TeacherAnswer) -> list[Out]:
-        req, at = ask.request, now_ms()
+    async def committed(self, records: Sequence[Record]) -> None:
+        """A batch's transaction committed: its journal entries are settled."""
+        keys = [k for r in records if (k := self.journaled.pop((r.topic, r.partition, r.offset), None))]
+        if keys and self.journal is not None:
+            await self.journal.settle(keys)
+
+    @staticmethod
+    def result_of(ask: TeacherRequest, answer: TeacherAnswer, at: int) -> TeacherResult:
+        req = ask.request
         agrees = None if ask.student_label is None else ask.student_label == answer.label
-        result = TeacherResult(
+        return TeacherResult(
             request_id=req.request_id, tenant=req.tenant, task=req.task, text=req.text, label=answer.label,
             rationale=answer.rationale, teacher=answer.model, standin=answer.standin, usage=answer.usage,
             cost_usd=answer.cost_usd, latency_ms=answer.latency_ms, attempts=answer.attempts, mode=ask.mode,
             fields=answer.fields,
             student_label=ask.student_label, agrees=agrees, model_version=ask.model_version, answered_at_ms=at,
         )
+
+    def result_outs(self, ask: TeacherRequest, answer: TeacherAnswer) -> list[Out]:
+        req, at = ask.request, now_ms()
+        result = self.result_of(ask, answer, at)
+        agrees = result.agrees
         outs = [Out.of(self.topics.teacher_results, result, req.request_id)]
         self.observe(ask, answer, at)
         if ask.mode == "answer":

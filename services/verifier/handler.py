@@ -120,6 +120,9 @@ class Verifier:
             )
             outs.append(Out.of(self.topics.teacher_requests, ask, req.request_id))
         metrics.DECISIONS.labels(req.task, decision.policy, decision.verdict).inc()
+        self.log.debug("decided", request_id=req.request_id, tenant=req.tenant, task=req.task,
+                       verdict=decision.verdict, route=decision.route, reasons=decision.reasons,
+                       model_version=decision.model_version)
         for reason in decision.reasons:
             metrics.ESCALATIONS.labels(req.task, reason.split(":")[0]).inc()
         monitor = self.monitors[req.task]

@@ -1,6 +1,8 @@
 """The six services as processes on the real broker: exactly one response per request,
 bad input in the dead-letter topic with reasons, one decision per request, replayable
-decisions, and exactly-once answers across kill -9 restarts."""
+decisions, one request followed across the services (``protege trace``), and
+hypothesis-fuzzed payloads on the running services. (Kill -9 of each service,
+with teacher calls counted, is in test_policies.)"""
 
 from __future__ import annotations
 
@@ -16,15 +18,18 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from protege.broker.embedded import EmbeddedBroker
+from protege.cli import app
 from protege.events import DeadLetter, Decision, Ingested, Scored
 from protege.generator import generate, write_jsonl
 from protege.kafka import read_all
-from protege.pipeline import LocalPipeline, drive, summarize, supervised
+from protege.pipeline import LocalPipeline, drive, summarize
 from protege.policy import recompute_verdict, router_for
 from protege.student.runtime import Student
 from protege.task import load_task
+from protege.trace import trace
 from tests.unit.test_ingestion_fuzz import raw as fuzz_raw
 
 pytestmark = pytest.mark.kafka
@@ -119,23 +124,30 @@ def test_one_decision_per_request_and_replay_recomputes_verdicts(pipeline: Local
         assert again.student_label == d.student_label
 
 
-def test_kill_9_mid_stream_still_answers_each_request_once(pipeline: LocalPipeline) -> None:
-    rows = pipeline.rows[700:1300]  # type: ignore[attr-defined]
-    sup = pipeline.supervisor
-    assert sup is not None
-
-    async def chaos() -> dict:
-        task = asyncio.create_task(drive(pipeline.settings, rows, tenant="chaos", task=TASK, rate=60, timeout=240,
-                                         linger=5.0))
-        for name in ("scorer", "verifier", "teacher", "ingestion", "harvester"):
-            await asyncio.sleep(1.2)
-            sup.kill(name)
-            sup.poll()
-        return summarize(await supervised(sup, task, every=0.2))
-
-    s = asyncio.run(chaos())
-    assert (s["requests"], s["answered"], s["duplicates"]) == (600, 600, 0)
-    assert all(c.restarts >= 1 for n, c in sup.children.items() if n != "trainer")
+def test_trace_follows_a_request_across_services(pipeline: LocalPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = pipeline.rows[700:730]  # type: ignore[attr-defined]
+    s = run(pipeline, rows, "trace", rate=30)["summary"]
+    assert (s["answered"], s["duplicates"]) == (30, 0)
+    settings = pipeline.settings
+    since = int((time.time() - 600) * 1000)
+    routes = Counter()
+    for row in rows[:12]:
+        steps = asyncio.run(trace(settings, f"trace-{row['id']}", since_ms=since, tenant="trace"))
+        topics = [step.topic for step in steps]
+        assert topics[:4] == ["requests", "ingested", "scored", "decisions"], topics
+        assert topics.count("responses") == 1 and topics.count("decisions") == 1
+        assert [step.at_ms for step in steps] == sorted(step.at_ms for step in steps)
+        if "teacher.requests" in topics:  # escalated: asked, answered, then the response
+            assert topics.index("teacher.requests") < topics.index("teacher.results") < topics.index("responses")
+        routes[steps[topics.index("responses")].event["route"]] += 1  # type: ignore[index]
+    assert routes["teacher"] > 0  # a cold tenant: the teacher answered at least some
+    monkeypatch.setenv("PROTEGE_BOOTSTRAP_SERVERS", settings.bootstrap_servers)
+    monkeypatch.setenv("PROTEGE_TOPIC_PREFIX", settings.topic_prefix)
+    out = CliRunner().invoke(app, ["trace", f"trace-{rows[0]['id']}", "--minutes", "10", "--json"])
+    assert out.exit_code == 0, out.output
+    assert [json.loads(line)["topic"] for line in out.stdout.splitlines()][:4] == [
+        "requests", "ingested", "scored", "decisions"]
+    assert CliRunner().invoke(app, ["trace", "no-such-request", "--minutes", "10"]).exit_code == 1
 
 
 @hyp_settings(max_examples=2, deadline=None, database=None,

@@ -1,7 +1,8 @@
 """Each routing policy on the real broker, with the teacher worker calling the real
 anthropic SDK against our local Messages API server: one response per request, the
 policy's own behaviour, a teacher returning 529 for a while (nothing lost, no duplicate,
-no request paid twice), a tenant over its spend cap, and an answer outside the label set."""
+no request paid twice), a tenant over its spend cap, an answer outside the label set, and
+kill -9 of each service in turn (teacher calls counted against distinct escalations)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from protege.broker.embedded import EmbeddedBroker
 from protege.events import Correction, DeadLetter, Decision, TeacherRequest, TeacherResult
 from protege.generator import generate, triage_task
 from protege.kafka import read_all
-from protege.pipeline import LocalPipeline, drive, summarize
+from protege.pipeline import Drive, LocalPipeline, drive, summarize, supervised
 from protege.task import Check, Task, write_task
 from protege.text import normalize
 from tests.messages_api import MessagesAPI, serve
@@ -127,8 +128,7 @@ def test_teacher_529_for_a_while_loses_nothing_and_pays_once(env: dict) -> None:
     held = [r for r in records(env, "teacher_retry", TeacherRequest) if r.request.task == "t-shadow"]
     assert held and all(h.held_because == "teacher_unavailable" for h in held)
     for row in rows:  # no request was paid for twice
-        uid = hashlib.sha256(f"acme-{row['id']}".encode()).hexdigest()[:32]
-        assert api.answered[uid] == 1, row["id"]
+        assert api.answered[uid(f"acme-{row['id']}")] == 1, row["id"]
 
 
 def test_over_budget_tenant_is_held_not_lost(env: dict) -> None:
@@ -163,3 +163,61 @@ def test_the_api_key_reaches_the_api_and_no_log(env: dict) -> None:
     assert logs
     for log in logs:
         assert API_KEY.encode() not in log.read_bytes(), log
+
+
+def uid(request_id: str) -> str:
+    """The ``metadata.user_id`` the teacher sends for a request (tests/messages_api.py counts calls by it)."""
+    return hashlib.sha256(request_id.encode()).hexdigest()[:32]
+
+
+def test_kill_9_each_service_in_turn_answers_once_and_pays_once(env: dict) -> None:
+    """Kill -9 every service mid-stream (the teacher twice, each time while a batch waits on a
+    slow call, so the rest of the batch is paid for and not yet committed): every request is
+    answered once, every decision made once, and no answered teacher call is paid for twice.
+    Only a call the kill cut off mid-flight may be asked again: the API has no idempotency key."""
+    api: MessagesAPI = env["api"]
+    p: LocalPipeline = env["pipeline"]
+    sup = p.supervisor
+    assert sup is not None
+    rows = env["rows"][1900:2500]
+    api.faults.extend((["ok"] * 5 + ["slow:1.5"]) * 200)
+    cut_off: Counter[str] = Counter()
+    paid_before_kill: list[int] = []
+
+    async def chaos() -> Drive:
+        stream = asyncio.create_task(drive(p.settings, rows, tenant="chaos", task="t-cascade", rate=40, timeout=300,
+                                           linger=5.0))
+        for name in ("teacher", "scorer", "verifier", "ingestion", "harvester", "trainer", "teacher"):
+            await asyncio.sleep(1.5)
+            if name == "teacher":
+                deadline = time.monotonic() + 15
+                while not api.calls_in_flight(older_than_s=0.5) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                before = api.calls_in_flight()
+                paid_before_kill.append(sum(api.answered.values()))
+                sup.kill(name)
+                cut_off.update(set(before) | set(api.calls_in_flight()))
+            else:
+                sup.kill(name)
+            sup.poll()
+        return await supervised(sup, stream, every=0.2)
+
+    try:
+        d = asyncio.run(chaos())
+    finally:
+        api.faults.clear()
+    s = summarize(d)
+    assert (s["requests"], s["answered"], s["duplicates"]) == (600, 600, 0)
+    assert all(c.restarts >= 1 for c in sup.children.values())
+    decisions = Counter(x.request_id for x in records(env, "decisions", Decision) if x.tenant == "chaos")
+    assert len(decisions) == 600 and set(decisions.values()) == {1}  # no decision lost or made twice
+    escalated = {x.request.request_id for x in records(env, "teacher_requests", TeacherRequest)
+                 if x.request.tenant == "chaos"}
+    assert len(escalated) >= 100  # cold start: the teacher answered until the first student
+    calls = {rid: api.answered[uid(rid)] for rid in escalated}
+    assert all(n >= 1 for n in calls.values())
+    twice = {rid: n for rid, n in calls.items() if n > 1 + cut_off[uid(rid)]}
+    assert not twice, f"paid twice after a kill: {twice}"
+    assert sum(calls.values()) - len(escalated) <= sum(cut_off.values())
+    print(f"\nkill -9 x7: {len(rows)} requests, {len(escalated)} escalated, {sum(calls.values())} paid calls, "
+          f"{sum(cut_off.values())} cut off mid-call, paid before each teacher kill: {paid_before_kill}")

@@ -4,6 +4,7 @@ import asyncio
 import base64
 import json
 
+import structlog
 from aiokafka import ConsumerRecord
 
 from protege.events import DeadLetter, Ingested
@@ -70,3 +71,15 @@ def test_seen_ids_forget_the_oldest() -> None:
     seen = SeenIds(2)
     assert seen.add("a") and seen.add("b") and seen.add("c")
     assert seen.add("a") and not seen.add("c")
+
+
+def test_an_accepted_request_is_logged_at_debug_by_id_never_by_text() -> None:
+    """With PROTEGE_LOG_LEVEL=debug each service logs one line per request, keyed by its id,
+    so a request can be followed with grep (``protege trace`` follows it on the topics)."""
+    with structlog.testing.capture_logs() as logs:
+        out = ingest({**GOOD, "request_id": "acme-77"})
+    assert out.topic == T.ingested
+    [line] = [e for e in logs if e["event"] == "ingested"]
+    assert (line["log_level"], line["request_id"], line["service"], line["tenant"]) == ("debug", "acme-77", "ingestion",
+                                                                                        "acme")
+    assert "order" not in json.dumps(logs)  # no text

@@ -1,0 +1,94 @@
+"""The teacher's journal of paid answers: protege.teacher.journal, compacted, keyed by request.
+
+A teacher call is paid for when the API answers, but its result only commits with the
+batch's transaction. A worker killed between the two would read the same requests again
+after its restart and pay for each of them twice. So every answer goes to the journal
+(acks=all, outside the transaction) as soon as the API returns it; the worker looks a
+request up there before it calls; and once a batch's transaction has committed, its
+entries are deleted (tombstones: the topic is compacted, so it stays small). Every
+replica tails the whole journal, so a partition that moves to another replica keeps its
+paid answers.
+
+What it cannot save: a call the API received but whose answer never reached the worker
+(killed mid-call). The Messages API has no idempotency key to ask "did you answer this?".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import structlog
+from aiokafka import AIOKafkaProducer, TopicPartition
+from pydantic import ValidationError
+
+from protege.events import TeacherResult
+from protege.kafka import Record, consumer, partitions_of, producer
+from protege.settings import Settings
+
+
+def key_of(tenant: str, request_id: str) -> str:
+    return f"{tenant}/{request_id}"
+
+
+class AnswerJournal:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = settings.topics.teacher_journal
+        self.answers: dict[str, TeacherResult] = {}
+        self.caught_up = asyncio.Event()
+        self.producer: AIOKafkaProducer | None = None
+        self.log = structlog.get_logger().bind(service="teacher")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tail the journal from the beginning; ``caught_up`` is set once it has read to the end."""
+        self.producer = producer(self.settings, acks="all")
+        await self.producer.start()
+        cons = consumer(self.settings, group=None)
+        await cons.start()
+        try:
+            tps = [TopicPartition(self.topic, p) for p in sorted(await partitions_of(cons, self.topic))]
+            cons.assign(tps)
+            await cons.seek_to_beginning(*tps)
+            end = await cons.end_offsets(tps)
+            while not stop.is_set():
+                for records in (await cons.getmany(timeout_ms=200)).values():
+                    for record in records:
+                        self.apply(record)
+                if not self.caught_up.is_set() and all([await cons.position(tp) >= end[tp] for tp in tps]):
+                    self.caught_up.set()
+                    self.log.info("journal_read", unsettled=len(self.answers))
+        finally:
+            await cons.stop()
+            await self.producer.stop()
+
+    def apply(self, record: Record) -> None:
+        if record.key is None:
+            return
+        key = record.key.decode()
+        if record.value is None:
+            self.answers.pop(key, None)
+            return
+        try:
+            self.answers[key] = TeacherResult.model_validate_json(record.value)
+        except ValidationError as e:
+            self.log.error("bad_journal_entry", key=key, offset=record.offset, error=str(e)[:300])
+
+    def get(self, key: str) -> TeacherResult | None:
+        return self.answers.get(key)
+
+    async def put(self, key: str, result: TeacherResult) -> None:
+        """Record a paid answer; returns once the broker has it (acks=all)."""
+        assert self.producer is not None, "run() starts the journal"
+        self.answers[key] = result
+        await self.producer.send_and_wait(self.topic, result.dumps(), key=key.encode())
+
+    async def settle(self, keys: Iterable[str]) -> None:
+        """The answers for ``keys`` are committed: delete them from the journal."""
+        assert self.producer is not None, "run() starts the journal"
+        sent = []
+        for key in keys:
+            self.answers.pop(key, None)
+            sent.append(await self.producer.send(self.topic, None, key=key.encode()))
+        if sent:
+            await asyncio.gather(*sent)

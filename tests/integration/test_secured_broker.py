@@ -1,0 +1,172 @@
+"""protege's Kafka security settings against a secured broker: a second embedded Kafka with
+an SSL listener and a SASL_SSL listener (server certificate from a CA made here; SASL/PLAIN
+and SASL/SCRAM-SHA-256 users). With only ``PROTEGE_*`` settings, protege's own clients
+(admin, a transactional processor with its consumer group, a read_committed reader) work
+over each; a wrong password and an unknown CA are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from protege.broker.embedded import EmbeddedBroker
+from protege.errors import BrokerError
+from protege.kafka import Out, Processor, Record, ensure_topics, producer, read_all
+from protege.settings import Settings
+
+pytestmark = pytest.mark.kafka
+
+PLAIN_USER, PLAIN_PASSWORD = "protege", "plain-secret-4b1d"
+SCRAM_USER, SCRAM_PASSWORD = "protege-scram", "scram-secret-9e2c"
+
+
+def certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None,
+                issuer_key: ec.EllipticCurvePrivateKey | None, *, ca: bool) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = dt.datetime.now(dt.UTC)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer or name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+               .not_valid_after(now + dt.timedelta(days=2))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    return builder.sign(issuer_key or key, hashes.SHA256())
+
+
+def make_ca_and_keystore(folder: Path) -> tuple[Path, Path]:
+    """A CA certificate (PEM) and the broker's keystore: its key (PKCS#8) + certificate chain (PEM)."""
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = certificate("protege test CA", ca_key, None, None, ca=True)
+    server = certificate("localhost", server_key, ca.subject, ca_key, ca=False)
+    pem = serialization.Encoding.PEM
+    ca_file, keystore = folder / "ca.pem", folder / "broker-keystore.pem"
+    ca_file.write_bytes(ca.public_bytes(pem))
+    keystore.write_bytes(
+        server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        + server.public_bytes(pem) + ca.public_bytes(pem))
+    return ca_file, keystore
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedBroker, Path]]:
+    home = tmp_path_factory.mktemp("secured")
+    ca, keystore = make_ca_and_keystore(home)
+    broker = EmbeddedBroker(
+        home / "broker", heap_mb=384,
+        listeners={"SSL": "SSL", "SASL_SSL": "SASL_SSL"},
+        properties={
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(keystore),
+            "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256",
+            "listener.name.sasl_ssl.plain.sasl.jaas.config":
+                f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{PLAIN_USER}="{PLAIN_PASSWORD}";',
+            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config":
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        },
+        format_args=("--add-scram", f"SCRAM-SHA-256=[name={SCRAM_USER},password={SCRAM_PASSWORD}]"),
+    )
+    broker.start()
+    try:
+        yield broker, ca
+    finally:
+        broker.stop()
+
+
+def settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str]) -> Settings:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PROTEGE_TOPIC_PREFIX", f"sec{time.time_ns()}.")
+    monkeypatch.setenv("PROTEGE_HOME", str(tmp_path / "home"))
+    return Settings()
+
+
+async def round_trip(settings: Settings, n: int = 20) -> list[Record]:
+    """Create topics, publish ``n`` records, forward them exactly once with a transactional
+    Processor (consumer group), read the output read_committed."""
+    source, target = f"{settings.topic_prefix}in", f"{settings.topic_prefix}out"
+    await ensure_topics(settings, [source, target])
+    prod = producer(settings)
+    await prod.start()
+    try:
+        for i in range(n):
+            await prod.send(source, f"m{i}".encode(), key=f"k{i}".encode())
+        await prod.flush()
+    finally:
+        await prod.stop()
+
+    async def forward(records: list[Record]) -> list[Out]:
+        return [Out(target, r.value, r.key) for r in records]
+
+    stop = asyncio.Event()
+    processor = Processor(settings, "secured-forward", [source], forward)
+    running = asyncio.create_task(processor.run(stop))
+    deadline = time.monotonic() + 60
+    while processor.processed < n and time.monotonic() < deadline and not running.done():
+        await asyncio.sleep(0.2)
+    stop.set()
+    await asyncio.wait_for(running, timeout=30)
+    return await read_all(settings, target)
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
+def test_sasl_ssl_with_protege_settings(secured: tuple[EmbeddedBroker, Path], mechanism: str,
+                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    broker, ca = secured
+    user, password = (PLAIN_USER, PLAIN_PASSWORD) if mechanism == "PLAIN" else (SCRAM_USER, SCRAM_PASSWORD)
+    settings = settings_from_env(monkeypatch, tmp_path, {
+        "PROTEGE_BOOTSTRAP_SERVERS": broker.address("SASL_SSL"), "PROTEGE_SECURITY_PROTOCOL": "SASL_SSL",
+        "PROTEGE_SASL_MECHANISM": mechanism, "PROTEGE_SASL_USERNAME": user, "PROTEGE_SASL_PASSWORD": password,
+        "PROTEGE_SSL_CAFILE": str(ca),
+    })
+    out = asyncio.run(round_trip(settings))
+    assert sorted(r.value for r in out) == sorted(f"m{i}".encode() for i in range(20))
+    assert password not in repr(settings)  # a SecretStr: never printed with the settings
+
+
+def test_ssl_with_protege_settings(secured: tuple[EmbeddedBroker, Path], monkeypatch: pytest.MonkeyPatch,
+                                   tmp_path: Path) -> None:
+    broker, ca = secured
+    settings = settings_from_env(monkeypatch, tmp_path, {
+        "PROTEGE_BOOTSTRAP_SERVERS": broker.address("SSL"), "PROTEGE_SECURITY_PROTOCOL": "SSL",
+        "PROTEGE_SSL_CAFILE": str(ca),
+    })
+    out = asyncio.run(round_trip(settings, n=5))
+    assert len(out) == 5
+
+
+def test_wrong_password_is_refused(secured: tuple[EmbeddedBroker, Path], monkeypatch: pytest.MonkeyPatch,
+                                   tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    broker, ca = secured
+    settings = settings_from_env(monkeypatch, tmp_path, {
+        "PROTEGE_BOOTSTRAP_SERVERS": broker.address("SASL_SSL"), "PROTEGE_SECURITY_PROTOCOL": "SASL_SSL",
+        "PROTEGE_SASL_MECHANISM": "PLAIN", "PROTEGE_SASL_USERNAME": PLAIN_USER,
+        "PROTEGE_SASL_PASSWORD": "not-the-password", "PROTEGE_SSL_CAFILE": str(ca),
+    })
+    with pytest.raises(BrokerError, match=r"over SASL_SSL, SASL PLAIN as 'protege'"):
+        asyncio.run(asyncio.wait_for(ensure_topics(settings, [f"{settings.topic_prefix}x"]), timeout=60))
+    assert "SaslAuthenticationFailed" in caplog.text  # the reason, in the service's log
+    assert "not-the-password" not in caplog.text
+
+
+def test_unknown_ca_is_refused(secured: tuple[EmbeddedBroker, Path], monkeypatch: pytest.MonkeyPatch,
+                               tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    broker, _ = secured
+    other_ca, _ = make_ca_and_keystore(tmp_path)  # a CA that did not sign the broker's certificate
+    settings = settings_from_env(monkeypatch, tmp_path, {
+        "PROTEGE_BOOTSTRAP_SERVERS": broker.address("SSL"), "PROTEGE_SECURITY_PROTOCOL": "SSL",
+        "PROTEGE_SSL_CAFILE": str(other_ca),
+    })
+    with pytest.raises(BrokerError, match="over SSL"):
+        asyncio.run(asyncio.wait_for(ensure_topics(settings, [f"{settings.topic_prefix}x"]), timeout=60))
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
