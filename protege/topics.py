@@ -98,5 +98,8 @@ class Topics:
 
     def configs(self, topic: str) -> dict[str, str]:
         """Topic settings protege needs at creation: the journal keeps only each key's latest
-        record (its tombstones go after a day)."""
-        return {"cleanup.policy": "compact"} if topic == self.teacher_journal else {}
+        record (settled ones are tombstoned) and nothing older than a week, in case a settle
+        was lost."""
+        if topic == self.teacher_journal:
+            return {"cleanup.policy": "compact,delete", "retention.ms": str(7 * 24 * 3600 * 1000)}
+        return {}

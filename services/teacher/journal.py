@@ -20,6 +20,7 @@ from collections.abc import Iterable
 
 import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from protege.events import TeacherResult
@@ -84,11 +85,14 @@ class AnswerJournal:
         await self.producer.send_and_wait(self.topic, result.dumps(), key=key.encode())
 
     async def settle(self, keys: Iterable[str]) -> None:
-        """The answers for ``keys`` are committed: delete them from the journal."""
+        """The answers for ``keys`` are committed: delete them from the journal. Best effort:
+        an entry whose tombstone is lost only costs memory until the topic's retention."""
         assert self.producer is not None, "run() starts the journal"
-        sent = []
+        keys = list(keys)
         for key in keys:
             self.answers.pop(key, None)
-            sent.append(await self.producer.send(self.topic, None, key=key.encode()))
-        if sent:
+        try:
+            sent = [await self.producer.send(self.topic, None, key=key.encode()) for key in keys]
             await asyncio.gather(*sent)
+        except KafkaError as e:
+            self.log.warning("journal_settle_failed", entries=len(keys), error=f"{type(e).__name__}: {e}")

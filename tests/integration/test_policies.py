@@ -119,16 +119,22 @@ def test_each_policy_answers_every_request_once(env: dict) -> None:
     assert len(shadow) > 150 and sum(r.agrees for r in shadow) / len(shadow) > 0.5  # measured agreement (chance: 1/13)
 
 
-def test_teacher_529_for_a_while_loses_nothing_and_pays_once(env: dict) -> None:
+def test_teacher_faults_lose_nothing_and_pay_once(env: dict) -> None:
+    """429, 500 and 529 bursts and one call that outlives the client's timeout: nothing lost,
+    no duplicate answer, every request paid for once, except the timed-out call, which the
+    server finished after the client gave up (a real API may bill it: counted, at most one more)."""
     api: MessagesAPI = env["api"]
     rows = env["rows"][1600:1700]
-    api.faults.extend([529] * 12)  # with one SDK retry each, several requests find the teacher down
+    # with one SDK retry each, several requests find the teacher down and are held, then retried
+    api.faults.extend([429] * 4 + [500] * 4 + [529] * 12 + ["slow:6"])  # PROTEGE_TIMEOUT_S is 5
     s = stream(env, "t-shadow", rows, rate=40)
     assert (s["answered"], s["duplicates"]) == (100, 0)
     held = [r for r in records(env, "teacher_retry", TeacherRequest) if r.request.task == "t-shadow"]
     assert held and all(h.held_because == "teacher_unavailable" for h in held)
-    for row in rows:  # no request was paid for twice
-        assert api.answered[uid(f"acme-{row['id']}")] == 1, row["id"]
+    time.sleep(1.5)  # the slow call ends on the server
+    paid = [api.answered[uid(f"acme-{row['id']}")] for row in rows]
+    assert all(n >= 1 for n in paid)
+    assert sum(paid) <= len(rows) + 1, Counter(paid)  # only the timed-out call may be paid twice
 
 
 def test_over_budget_tenant_is_held_not_lost(env: dict) -> None:

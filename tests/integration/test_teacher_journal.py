@@ -69,14 +69,14 @@ def test_a_paid_answer_is_not_paid_again_after_a_crash(settings: Settings) -> No
 
 
 def test_journal_topic_is_compacted(settings: Settings) -> None:
-    async def policy() -> str:
+    async def policy() -> tuple[str, str]:
         admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
         await admin.start()
         try:
             [resp] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topics.teacher_journal)])
             entries = {e[0]: e[1] for e in resp.resources[0][4]}
-            return entries["cleanup.policy"]
+            return entries["cleanup.policy"], entries["retention.ms"]
         finally:
             await admin.close()
 
-    assert asyncio.run(policy()) == "compact"
+    assert asyncio.run(policy()) == ("compact,delete", str(7 * 24 * 3600 * 1000))
