@@ -29,14 +29,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from aiokafka import TopicPartition
 from rich.console import Console
 from rich.table import Table
 
 from protege.events import Scored
 from protege.generator import generate, write_jsonl
-from protege.kafka import consumer, ensure_topics, producer, read_all
-from protege.pipeline import Drive, LocalPipeline, drive, percentile, summarize, wait_quiet
+from protege.kafka import ensure_topics, read_all
+from protege.pipeline import Drive, LocalPipeline, drive, percentile, summarize, time_records, wait_quiet
 from protege.settings import REPO, Settings
 from protege.task import load_task, write_task
 
@@ -47,32 +46,7 @@ async def raw_broker(settings: Settings, n: int, rate: float | None) -> dict[str
     topic = f"{settings.topic_prefix}loadtest.raw.{uuid.uuid4().hex[:8]}"
     print(f"raw broker: {n} records at {f'{rate:.0f}/s' if rate else 'full speed'} on {topic}", flush=True)
     await ensure_topics(settings, [topic])
-    reader = consumer(settings, group=None)
-    await reader.start()
-    tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
-    reader.assign(tps)
-    await reader.seek_to_end(*tps)
-    prod = producer(settings)
-    await prod.start()
-    latencies: list[float] = []
-
-    async def read() -> None:
-        while len(latencies) < n:
-            for records in (await reader.getmany(timeout_ms=100)).values():
-                now = time.time()
-                latencies.extend((now - float(r.value)) * 1000 for r in records)
-
-    task = asyncio.create_task(read())
-    started = time.perf_counter()
-    for i in range(n):
-        await prod.send(topic, str(time.time()).encode(), key=str(i).encode())
-        delay = started + (i + 1) / rate - time.perf_counter() if rate else 0
-        if delay > 0:
-            await asyncio.sleep(delay)
-    await asyncio.wait_for(task, timeout=60)
-    seconds = time.perf_counter() - started
-    await prod.stop()
-    await reader.stop()
+    latencies, seconds = await time_records(settings, topic, topic, n, rate)
     return {"p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95), "p99": percentile(latencies, 0.99),
             "throughput_rps": n / seconds}
 

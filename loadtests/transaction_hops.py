@@ -25,14 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aiokafka import TopicPartition
 from rich.console import Console
 from rich.table import Table
 
 from protege.broker.embedded import EmbeddedBroker
-from protege.kafka import BatchHandler, Out, Processor, Record, consumer, ensure_topics, producer
+from protege.kafka import BatchHandler, Out, Processor, Record, ensure_topics
 from protege.logs import configure
-from protege.pipeline import percentile
+from protege.pipeline import percentile, time_records
 from protege.settings import REPO, Settings
 
 
@@ -50,35 +49,11 @@ async def chain(bootstrap: str, home: Path, hops: int, rate: float, n: int, back
         return handle
 
     running = [asyncio.create_task(Processor(s, f"hop{i}", [topics[i]], forward(i)).run(stop)) for i in range(hops)]
-    reader = consumer(s, group=None)
-    await reader.start()
-    tps = [TopicPartition(topics[-1], p) for p in range(s.partitions)]
-    reader.assign(tps)
-    await reader.seek_to_end(*tps)
-    prod = producer(s)
-    await prod.start()
-    latencies: list[float] = []
-
-    async def read() -> None:
-        while len(latencies) < n:
-            for records in (await reader.getmany(timeout_ms=100)).values():
-                now = time.time()
-                latencies.extend((now - float(r.value)) * 1000 for r in records)
-
     try:
         await asyncio.sleep(2)  # every processor has joined its group
-        collector = asyncio.create_task(read())
-        started = time.perf_counter()
-        for i in range(n):
-            await prod.send(topics[0], str(time.time()).encode(), key=str(i).encode())
-            delay = started + (i + 1) / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        await asyncio.wait_for(collector, timeout=60)
+        latencies, _ = await time_records(s, topics[0], topics[-1], n, rate)
     finally:
         stop.set()
-        await prod.stop()
-        await reader.stop()
         for task in running:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, timeout=10)

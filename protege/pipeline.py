@@ -253,6 +253,40 @@ def _agreement(results: list[TeacherResult]) -> float | None:
     return sum(judged) / len(judged) if judged else None
 
 
+async def time_records(settings: Settings, into: str, out_of: str, n: int, rate: float | None) -> tuple[list[float], float]:
+    """Publish ``n`` timestamped records to ``into`` at ``rate`` (None: as fast as possible)
+    and time each one's arrival on ``out_of`` (the same topic: the raw broker; another: what
+    sits between). Returns the latencies in ms and the seconds it took."""
+    reader = consumer(settings, group=None)
+    await reader.start()
+    tps = [TopicPartition(out_of, p) for p in sorted(await partitions_of(reader, out_of))]
+    reader.assign(tps)
+    await reader.seek_to_end(*tps)
+    prod = producer(settings)
+    await prod.start()
+    latencies: list[float] = []
+
+    async def read() -> None:
+        while len(latencies) < n:
+            for records in (await reader.getmany(timeout_ms=100)).values():
+                now = time.time()
+                latencies.extend((now - float(r.value)) * 1000 for r in records)
+
+    try:
+        collector = asyncio.create_task(read())
+        started = time.perf_counter()
+        for i in range(n):
+            await prod.send(into, str(time.time()).encode(), key=str(i).encode())
+            delay = started + (i + 1) / rate - time.perf_counter() if rate else 0
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await asyncio.wait_for(collector, timeout=60)
+        return latencies, time.perf_counter() - started
+    finally:
+        await prod.stop()
+        await reader.stop()
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None

@@ -1,13 +1,18 @@
-"""The embedded broker itself: restart keeps port and data; any cluster id formats."""
+"""The embedded broker itself: restart keeps port and data; any cluster id formats; the
+load tests' latency probe."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
 
 from protege.broker.embedded import EmbeddedBroker, free_port
+from protege.kafka import ensure_topics
+from protege.pipeline import time_records
+from protege.settings import Settings
 
 pytestmark = pytest.mark.kafka
 
@@ -25,3 +30,14 @@ def test_cluster_id_starting_with_a_dash_formats(tmp_path: Path) -> None:
         assert broker.start() == bootstrap  # same port and data after a restart
     finally:
         broker.stop()
+
+
+def test_time_records_counts_every_record_once(settings: Settings) -> None:
+    """The load tests' probe: every published record is timed once on arrival, at a rate or flat out."""
+    topic = f"{settings.topic_prefix}probe"
+    asyncio.run(ensure_topics(settings, [topic]))
+    flat_out, _ = asyncio.run(time_records(settings, topic, topic, 40, None))
+    paced, seconds = asyncio.run(time_records(settings, topic, topic, 20, 50.0))
+    assert len(flat_out) == 40 and len(paced) == 20
+    assert all(ms >= 0 for ms in flat_out + paced)
+    assert seconds >= 19 / 50  # paced: the last record is sent no earlier than its slot
