@@ -372,7 +372,10 @@ def bench_stream(
         "PROTEGE_STANDIN_LABELS": str((home / "labelled.jsonl").resolve()),
         "PROTEGE_STANDIN_NOISE": str(teacher_noise),
         "PROTEGE_MIN_CASES": str(min_cases), "PROTEGE_RETRAIN_EVERY": str(retrain_every),
-        "PROTEGE_TRAINER_THREADS": "1",  # retrains must not starve the scorer on a small machine
+        # Retrains must not starve the scorer on a small machine, and a scorer with ONNX Runtime's
+        # default threads (all cores, spinning) slowed the whole test phase on 2 cores: p50/p95
+        # 83/138 ms against 50/107 with one thread (two runs of make bench-banking77).
+        "PROTEGE_TRAINER_THREADS": "1", "PROTEGE_THREADS": "1",
     }
     # Linger after the last response so trailing teacher checks (ensemble) and corrections are counted.
     summary = _stream_run(home, env, {"train": train_rows, "test": test_rows}, tenant="bench", task=task_name,
