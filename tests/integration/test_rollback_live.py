@@ -50,6 +50,12 @@ def test_rollback_mid_stream(kafka: EmbeddedBroker, backbone: Path, tmp_path: Pa
             assert cli.invoke(app, ["models", "promote", v.version, *args]).exit_code == 0
         assert p.supervisor is not None
         scorer_pid = p.supervisor.children["scorer"].proc.pid
+        # The scorer has read both promotions and is scoring (its loop's heartbeat) before the
+        # stream starts: on a loaded machine its start alone took longer than the 10 s below.
+        deadline = time.monotonic() + 120
+        while not (home / "health" / "scorer").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (home / "health" / "scorer").exists(), "the scorer never started its loop"
 
         async def scenario() -> tuple[object, float]:
             stream = asyncio.create_task(drive(settings, rows[600:], tenant="roll", task=task.name, rate=40,
