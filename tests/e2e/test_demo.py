@@ -20,7 +20,7 @@ def test_demo_on_generated_tickets(tmp_path: Path, backbone: Path) -> None:
     report = tmp_path / "demo.json"
     home = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, "-m", "protege.cli", "demo", "--tickets", "600", "--rate", "30", "--home", str(home),
+        [sys.executable, "-m", "protege.cli", "demo", "--tickets", "1200", "--rate", "30", "--home", str(home),
          "--report-json", str(report)],
         capture_output=True, text=True, timeout=600,
     )
@@ -28,7 +28,7 @@ def test_demo_on_generated_tickets(tmp_path: Path, backbone: Path) -> None:
     assert "OFFLINE STAND-IN" in done.stderr + done.stdout  # the stand-in is named in the output
     s = json.loads(report.read_text())
     t = s["traffic"]
-    assert (t["requests"], t["answered"], t["duplicates"]) == (600, 600, 0)
+    assert (t["requests"], t["answered"], t["duplicates"]) == (1200, 1200, 0)
     assert t["accuracy"] > 0.9 and t["teacher_standin"]
     assert t["student_share"] > 0.1, "the trainer should have produced a serving student mid-run"
     assert s["models_trained"] >= 1
