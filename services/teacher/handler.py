@@ -35,7 +35,7 @@ from protege.serde import decode
 from protege.task import Task
 from protege.teacher import Teacher, TeacherAnswer
 from protege.topics import Topics
-from services.teacher.journal import AnswerJournal, key_of
+from services.teacher.journal import AnswerJournal, answer_of, key_of
 
 
 @dataclass
@@ -154,9 +154,7 @@ class TeacherWorker:
         if paid is not None:  # answered before a crash, not yet committed: do not pay again
             self.journaled[(record.topic, record.partition, record.offset)] = key
             self.log.info("answer_from_journal", request_id=req.request_id, teacher=paid.teacher)
-            return self.result_outs(ask, TeacherAnswer(
-                label=paid.label, rationale=paid.rationale, model=paid.teacher, standin=paid.standin, usage=paid.usage,
-                cost_usd=paid.cost_usd, latency_ms=paid.latency_ms, attempts=paid.attempts, fields=paid.fields))
+            return self.result_outs(ask, answer_of(paid))
         budget = f"{req.tenant}/{req.task}"  # the cap is the task's, counted per tenant
         estimate = self.teacher.estimate_usd(task, req.text)
         if not self.spend.reserve(budget, estimate, task.teacher.spend_cap_usd_per_hour):

@@ -26,10 +26,18 @@ from pydantic import ValidationError
 from protege.events import TeacherResult
 from protege.kafka import Record, consumer, partitions_of, producer
 from protege.settings import Settings
+from protege.teacher import TeacherAnswer
 
 
 def key_of(tenant: str, request_id: str) -> str:
     return f"{tenant}/{request_id}"
+
+
+def answer_of(paid: TeacherResult) -> TeacherAnswer:
+    """The teacher's answer as it was paid for, from its journal entry."""
+    return TeacherAnswer(label=paid.label, rationale=paid.rationale, model=paid.teacher, standin=paid.standin,
+                         usage=paid.usage, cost_usd=paid.cost_usd, latency_ms=paid.latency_ms,
+                         attempts=paid.attempts, fields=paid.fields)
 
 
 class AnswerJournal:
