@@ -18,9 +18,9 @@ import os
 import platform
 import runpy
 import shutil
-import signal
 import sys
 import time
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,6 +29,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from protege import signals
 from protege.broker.embedded import KAFKA_VERSION, EmbeddedBroker
 from protege.settings import REPO, Settings
 from protege.supervisor import SERVICES
@@ -41,7 +42,6 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(bench_app, name="bench")
 app.add_typer(schemas_app, name="schemas")
 console = Console(stderr=True)
-logging.getLogger("aiokafka").setLevel(logging.ERROR)  # transient leader elections right after topic creation
 
 STANDIN_NOTE = "teacher: OFFLINE STAND-IN answering from labelled data (no ANTHROPIC_API_KEY); costs are estimates"
 
@@ -145,30 +145,40 @@ def up(standin_labels: Annotated[Path | None, typer.Option(help="Labelled JSON L
     from protege.pipeline import LocalPipeline
 
     env = {"PROTEGE_STANDIN_LABELS": str(standin_labels.resolve())} if standin_labels else {}
-    stop = _stop_on_signals()
-    with LocalPipeline(_home(), env=env, bootstrap=bootstrap, broker_home=Path(".protege/broker")) as p:
+    _library_logs_to(_home() / "logs")
+    with _stops_on_signals("the services and the broker were stopped"), \
+            LocalPipeline(_home(), env=env, bootstrap=bootstrap, broker_home=Path(".protege/broker")) as p:
         console.print(f"[bold]up[/]: broker {p.bootstrap}, services {', '.join(SERVICES)}; logs in {_home() / 'logs'}")
-        while not stop():
+        while True:
             assert p.supervisor is not None
             for name in p.supervisor.poll():
                 console.print(f"restarted {name}")
             time.sleep(0.5)
-    console.print("stopped")
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+@contextlib.contextmanager
+def _stops_on_signals(what: str) -> Iterator[None]:
+    """Ctrl-C or SIGTERM, in any phase: unwind (stopping what was started), say so, exit 130."""
+    try:
+        with signals.interruptible():
+            yield
+    except KeyboardInterrupt:
+        signals.forget_interrupt()
+        console.print(f"[yellow]interrupted: {what}[/]")
+        raise typer.Exit(signals.INTERRUPTED) from None
 
 
-def _stop_on_signals() -> Any:
-    flag = {"stop": False}
-
-    def handler(signum: int, frame: object) -> None:
-        flag["stop"] = True
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return lambda: flag["stop"]
+def _library_logs_to(folder: Path) -> None:
+    """Libraries' log lines (aiokafka retrying while a new topic elects its leader, ...) go to
+    ``folder/cli.log``, beside the services' logs, not to the user's terminal."""
+    folder.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.FileHandler(folder / "cli.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
 
 
 # -- demo ---------------------------------------------------------------------------
@@ -181,6 +191,7 @@ BAD_INPUTS = [
     b'{"tenant": "acme", "task": "no-such-task", "text": "hello"}',
     json.dumps({"tenant": "acme", "task": "ticket-triage", "text": "x" * 5000}).encode(),
     b'{"tenant": "acme", "task": "ticket-triage", "text": 42}',
+    b'{"tenant": "acme", "task": "ticket-triage", "text": "hi", "metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}",
 ]
 
 
@@ -220,14 +231,11 @@ def _stream_run(home: Path, env: dict[str, str], phases: dict[str, list[dict[str
         console.print(f"[yellow]{STANDIN_NOTE}[/]")
     summary: dict[str, Any] = {"teacher": "anthropic" if keyed else STANDIN_NOTE}
     started = time.perf_counter()
-    _prepare_backbone()
-    console.print("starting the embedded Apache Kafka broker and six services ...")
-    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM stops everything as Ctrl-C does
-    try:
+    _library_logs_to(home / "logs")
+    with _stops_on_signals("the services and the broker were stopped"):
+        _prepare_backbone()
+        console.print("starting the embedded Apache Kafka broker and six services ...")
         _run_phases(home, env, phases, summary, tenant=tenant, task=task, rate=rate, extra=extra, linger=linger)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted: the services and the broker were stopped[/]")
-        raise typer.Exit(130) from None
     summary["wall_seconds"] = time.perf_counter() - started
     summary["versions"] = versions()
     return summary

@@ -17,7 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field
 Verdict = Literal["accept", "escalate", "shadow"]
 Route = Literal["student", "teacher"]
 
-Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$")]
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$"
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=ID_PATTERN)]
+MetaKey = Annotated[str, Field(min_length=1, max_length=64)]
+MetaValue = Annotated[str, Field(max_length=1024)]
+MAX_SAFE_INT = 2**53 - 1  # the largest integer every JSON reader (JavaScript's included) holds exactly
 
 
 def now_ms() -> int:
@@ -32,17 +36,20 @@ class Event(BaseModel):
 
 
 class Request(Event):
-    """What a backend publishes on ``protege.requests``."""
+    """What a backend publishes on ``protege.requests``: UTF-8 JSON, at most 1 MiB, nested at
+    most 8 deep, no key twice in one object. Without ``request_id``, the record's key is the
+    request id (so key each request by its own id); with neither, ingestion stamps one."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", title="protege.request")
 
     v: Literal[1] = Field(1, description="Schema version.")
-    request_id: Id | None = Field(None, description="The caller's id; stamped by ingestion when absent.")
+    request_id: Id | None = Field(None, description="The caller's id; else the record key; else stamped by ingestion.")
     tenant: Id = Field(description="Whose traffic this is; data and models never cross tenants.")
     task: Id = Field(description="The task (workflow) name, e.g. ticket-triage.")
     text: str = Field(min_length=1, max_length=100_000, description="The input to classify.")
-    metadata: dict[str, str] | None = Field(None, description="Free-form string fields carried through.")
-    sent_at_ms: int | None = Field(None, ge=0, description="Caller's send time, epoch ms.")
+    metadata: dict[MetaKey, MetaValue] | None = Field(
+        None, max_length=32, description="Free-form string fields carried through (at most 32).")
+    sent_at_ms: int | None = Field(None, ge=0, le=MAX_SAFE_INT, description="Caller's send time, epoch ms.")
 
 
 class Ingested(Event):

@@ -5,9 +5,16 @@ Error policy of the loop, stage by stage:
 
 - decode: a record that is not a valid event becomes a ``DeadLetter`` (original bytes,
   reason code, detail) on the service's dead-letter topic; its offset commits with it.
-- handle: the handler returns the records to produce. An unexpected exception aborts
-  the transaction and ends the process; the supervisor (``protege up``, Kubernetes)
-  restarts it and the records are read again from the last committed offset.
+- handle: the handler returns the records to produce. If it raises, the transaction is
+  aborted and the batch is handled again one record at a time, each in its own
+  transaction. A record that still fails after ``max_attempts`` tries (with backoff) is
+  *quarantined*: a ``DeadLetter`` with reason ``quarantined`` (the service, the exception,
+  the original bytes) goes to the dead-letter topic, with the service's ``fallback``
+  outputs (e.g. a ``failed`` answer, so the request is still answered once), and the
+  partition moves on. One bad record never stops a service. Errors of the broker itself
+  (``KafkaError``, connection and timeout errors) are not the record's fault: they end the
+  process and the supervisor (``protege up``, Kubernetes) restarts it, reading again from
+  the last committed offset.
 - produce: outputs and the input offsets commit in one Kafka transaction, so a restart
   at any point neither loses nor duplicates an output. Readers use ``read_committed``.
 """
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -26,7 +34,7 @@ from typing import Any, TypeAlias
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from protege import metrics
 from protege.errors import BrokerError
@@ -50,6 +58,16 @@ class Out:
 Record: TypeAlias = ConsumerRecord  # [bytes, bytes]: keys and values are raw bytes
 BatchHandler = Callable[[Sequence[Record]], Awaitable[list[Out]]]
 CommitHook = Callable[[Sequence[Record]], Awaitable[None]]
+Fallback = Callable[[Record, str], list[Out]]  # what to produce for a quarantined record, besides the letter
+INFRASTRUCTURE = (KafkaError, ConnectionError, TimeoutError)  # not a record's fault: restart, do not quarantine
+
+
+class HandlerFailed(Exception):
+    """The handler raised on a batch (internal to the loop: ``error`` is what it raised)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error = error
 
 
 def dead_letter(record: Record, reason: str, detail: str, service: str, topic: str, **ids: str | None) -> Out:
@@ -103,6 +121,28 @@ async def ensure_topics(settings: Settings, names: Sequence[str] | None = None) 
             await asyncio.sleep(0.1)
     finally:
         await admin.close()
+    await _wait_until_led(settings, wanted)
+
+
+async def _wait_until_led(settings: Settings, topics: Sequence[str]) -> None:
+    """Ask every partition's leader for its end offset until all answer.
+
+    A leader in the metadata is not yet a leader that serves: on a new topic, the first
+    produce requests got NotLeaderForPartition and NotEnoughReplicas for up to a second
+    (measured on the embedded broker), which every client logs as a warning. Its own
+    retries are expected here, so aiokafka's warnings are held back while it waits.
+    """
+    log = logging.getLogger("aiokafka")
+    level = log.level
+    log.setLevel(max(level, logging.ERROR))
+    cons = consumer(settings, group=None)
+    try:
+        await cons.start()
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(await partitions_of(cons, t))]
+        await cons.end_offsets(tps)
+    finally:
+        await cons.stop()
+        log.setLevel(level)
 
 
 def producer(settings: Settings, transactional_id: str | None = None, **kw: Any) -> AIOKafkaProducer:
@@ -160,6 +200,10 @@ class Processor:
         transaction_timeout_ms: int = 60_000,
         max_poll_interval_ms: int = 300_000,
         on_commit: CommitHook | None = None,
+        dead_letters: str | None = None,
+        fallback: Fallback | None = None,
+        max_attempts: int = 3,
+        retry_backoff_s: float = 0.2,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -172,6 +216,11 @@ class Processor:
         self.transaction_timeout_ms = transaction_timeout_ms
         self.max_poll_interval_ms = max_poll_interval_ms
         self.on_commit = on_commit  # after a batch's transaction committed (the teacher settles its journal)
+        self.dead_letters = dead_letters or settings.topics.dlq
+        self.fallback = fallback
+        self.max_attempts = max_attempts
+        self.retry_backoff_s = retry_backoff_s
+        self.quarantined = 0
         self.log = structlog.get_logger().bind(service=service)
         self.processed = 0
 
@@ -190,23 +239,86 @@ class Processor:
                 if not records:
                     continue
                 started = time.perf_counter()
-                async with prod.transaction():
-                    outs = await self.handle(records)
-                    for out in outs:
-                        await prod.send(out.topic, out.value, key=out.key)
-                    # The position, not last offset + 1: it has moved past transaction
-                    # markers, so a caught-up group shows zero lag.
-                    offsets = {tp: max(rs[-1].offset + 1, await cons.position(tp)) for tp, rs in batches.items()}
-                    await prod.send_offsets_to_transaction(offsets, self.group)
-                self.processed += len(records)
-                if self.on_commit is not None:
-                    await self.on_commit(records)
+                # The position, not last offset + 1: it has moved past transaction markers,
+                # so a caught-up group shows zero lag.
+                ends = {tp: max(rs[-1].offset + 1, await cons.position(tp)) for tp, rs in batches.items()}
+                try:
+                    outs = await self.commit(prod, records, ends)
+                except HandlerFailed as failed:
+                    self.log.warning("batch_failed", records=len(records), error=str(failed))
+                    outs = await self.one_by_one(prod, batches, ends)
                 self.observe(cons, batches, outs, time.perf_counter() - started)
         finally:
             await cons.stop()
             await prod.stop()
-            self.log.info("stopped", processed=self.processed)
+            self.log.info("stopped", processed=self.processed, quarantined=self.quarantined)
 
+    async def handled(self, records: Sequence[Record]) -> list[Out]:
+        try:
+            return await self.handle(records)
+        except INFRASTRUCTURE:
+            raise
+        except Exception as e:
+            raise HandlerFailed(e) from e
+
+    async def commit(self, prod: AIOKafkaProducer, records: Sequence[Record],
+                     offsets: dict[TopicPartition, int]) -> list[Out]:
+        """Handle ``records`` and commit their outputs with ``offsets`` in one transaction."""
+        async with prod.transaction():
+            outs = await self.handled(records)
+            for out in outs:
+                await prod.send(out.topic, out.value, key=out.key)
+            await prod.send_offsets_to_transaction(offsets, self.group)
+        self.processed += len(records)
+        if self.on_commit is not None:
+            await self.on_commit(records)
+        return outs
+
+    async def one_by_one(self, prod: AIOKafkaProducer, batches: dict[TopicPartition, list[Record]],
+                         ends: dict[TopicPartition, int]) -> list[Out]:
+        """A batch failed: handle its records one at a time, in order, quarantining what keeps failing."""
+        outs: list[Out] = []
+        for tp, rs in batches.items():
+            for i, record in enumerate(rs):
+                offsets = {tp: ends[tp] if i == len(rs) - 1 else record.offset + 1}
+                outs.extend(await self.isolate(prod, record, offsets))
+        return outs
+
+    async def isolate(self, prod: AIOKafkaProducer, record: Record, offsets: dict[TopicPartition, int]) -> list[Out]:
+        error: Exception | None = None
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return await self.commit(prod, [record], offsets)
+            except HandlerFailed as failed:
+                error = failed.error
+                self.log.warning("record_failed", topic=record.topic, partition=record.partition,
+                                 offset=record.offset, attempt=attempt, error=str(failed))
+                if attempt < self.max_attempts:
+                    await asyncio.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
+        assert error is not None
+        return await self.quarantine(prod, record, offsets, error)
+
+    async def quarantine(self, prod: AIOKafkaProducer, record: Record, offsets: dict[TopicPartition, int],
+                         error: Exception) -> list[Out]:
+        detail = (f"{self.service} raised {type(error).__name__}: {error} on each of {self.max_attempts} "
+                  "attempts")[:1000]
+        outs = [dead_letter(record, "quarantined", detail, self.service, self.dead_letters)]
+        if self.fallback is not None:
+            try:
+                outs.extend(self.fallback(record, detail))
+            except Exception as e:  # the letter alone still goes out
+                self.log.error("fallback_failed", offset=record.offset, error=f"{type(e).__name__}: {e}")
+        async with prod.transaction():
+            for out in outs:
+                await prod.send(out.topic, out.value, key=out.key)
+            await prod.send_offsets_to_transaction(offsets, self.group)
+        self.processed += 1
+        self.quarantined += 1
+        metrics.QUARANTINED.labels(self.service).inc()
+        self.log.error("quarantined", topic=record.topic, partition=record.partition, offset=record.offset,
+                       dead_letters=self.dead_letters, error=f"{type(error).__name__}: {error}"[:300],
+                       exc_info=error)
+        return outs
 
     def observe(self, cons: AIOKafkaConsumer, batches: dict[TopicPartition, list[Record]], outs: list[Out],
                 seconds: float) -> None:

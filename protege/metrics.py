@@ -26,6 +26,10 @@ HANDLE_SECONDS = Histogram("protege_batch_seconds", "Time to handle and commit o
                            buckets=LATENCY_BUCKETS, registry=REGISTRY)
 CONSUMER_LAG = Gauge("protege_consumer_lag", "Records behind the end of the partition.",
                      ["service", "topic", "partition"], registry=REGISTRY)
+PRODUCE_RETRIES = Counter("protege_kafka_produce_retries", "Produce requests the broker asked to retry (see "
+                          "protege.logs.ExpectedRetries).", ["error"], registry=REGISTRY)
+QUARANTINED = Counter("protege_quarantined", "Records whose handling kept failing, dead-lettered and skipped.",
+                      ["service"], registry=REGISTRY)
 DEAD_LETTERS = Counter("protege_dead_letters", "Inputs sent to the dead-letter topic.", ["service", "reason"],
                        registry=REGISTRY)
 

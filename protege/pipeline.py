@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from protege import signals
 from protege.broker.embedded import EmbeddedBroker
 from protege.events import Correction, Response, TeacherResult
 from protege.kafka import consumer, ensure_topics, partitions_of, producer
@@ -73,19 +72,14 @@ class LocalPipeline:
         self.close()
 
     def close(self) -> None:
-        # A second Ctrl-C must not leave half of it running: finish stopping first.
-        main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
-        try:
+        # A Ctrl-C now must not leave half of it running: finish stopping first.
+        with signals.deferred():
             if self.supervisor is not None:
                 self.supervisor.stop()
                 self.supervisor = None
             if self.broker is not None and self.started_broker:
                 self.broker.stop()
                 self.broker = None
-        finally:
-            if main:
-                signal.signal(signal.SIGINT, previous)
 
 
 @dataclass

@@ -9,7 +9,6 @@ exits 0. An unexpected exception exits non-zero so the supervisor restarts it.
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -18,6 +17,7 @@ from protege import metrics
 from protege.kafka import ensure_topics
 from protege.logs import configure
 from protege.settings import Settings
+from protege.signals import stop_on_signals
 
 S = TypeVar("S", bound=Settings)
 
@@ -28,9 +28,7 @@ def run_service(name: str, settings_cls: type[S], serve: Callable[[S, asyncio.Ev
 
     async def main() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop_on_signals(asyncio.get_running_loop(), stop)
         await ensure_topics(settings)
         metrics.serve(settings.metrics_port)
         log.info("starting", bootstrap=settings.bootstrap_servers, prefix=settings.topic_prefix)

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protege import signals
+
 SERVICES = ["ingestion", "scorer", "verifier", "teacher", "harvester", "trainer"]
 
 
@@ -51,9 +53,10 @@ class Supervisor:
         (self.logs / "pids.json").write_text(json.dumps(pids))
 
     def start(self) -> None:
-        for name in self.services:
-            self.children[name] = Child(name, self._spawn(name), time.monotonic())
-        self._record_pids()
+        with signals.deferred():  # a Ctrl-C here must not leave a child unrecorded
+            for name in self.services:
+                self.children[name] = Child(name, self._spawn(name), time.monotonic())
+            self._record_pids()
 
     def poll(self) -> list[str]:
         """Restart children that died; return the names restarted."""
@@ -66,7 +69,8 @@ class Supervisor:
                 raise RuntimeError(f"{child.name} keeps crashing (exit {code}); see {self.logs / child.name}.log")
             if time.monotonic() - child.started < min(2.0 * 2**child.restarts, 30):
                 continue  # back off before the next try
-            child.proc = self._spawn(child.name)
+            with signals.deferred():
+                child.proc = self._spawn(child.name)
             child.started = time.monotonic()
             child.restarts += 1
             restarted.append(child.name)

@@ -26,6 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protege import signals
 from protege.errors import BrokerError
 
 POM = Path(__file__).with_name("pom.xml")
@@ -205,14 +206,14 @@ class EmbeddedBroker:
         lib = resolve_jars(self.cache)
         config = self._write_config()
         self._format(lib, config)
-        out = open(self.home / "logs" / "stdout.log", "ab")  # noqa: SIM115 - owned by the child
-        self._proc = subprocess.Popen(
-            self._java(lib, "kafka.Kafka", str(config), heap_mb=self.heap_mb),
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C in the terminal reaches us, and we stop it in order
-        )
-        out.close()
-        (self.home / "broker.pid").write_text(str(self._proc.pid))
+        with signals.deferred(), open(self.home / "logs" / "stdout.log", "ab") as out:
+            # A Ctrl-C between the start and the pid file would leave a broker nobody stops.
+            self._proc = subprocess.Popen(
+                self._java(lib, "kafka.Kafka", str(config), heap_mb=self.heap_mb),
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in the terminal reaches us, and we stop it in order
+            )
+            (self.home / "broker.pid").write_text(str(self._proc.pid))
         host, port = self.bootstrap.split(":")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

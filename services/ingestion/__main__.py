@@ -23,7 +23,8 @@ async def serve(settings: IngestionSettings, stop: asyncio.Event) -> None:
     structlog.get_logger().info("dedupe_rebuilt", ids=len(seen))
     handler = Ingestion(load_tasks(settings.tasks_dir), settings.topics,
                         max_text_chars=settings.max_text_chars, seen=seen)
-    await Processor(settings, "ingestion", [settings.topics.requests], handler.handle).run(stop)
+    await Processor(settings, "ingestion", [settings.topics.requests], handler.handle, on_commit=handler.committed,
+                    dead_letters=settings.topics.requests_dlq).run(stop)
 
 
 if __name__ == "__main__":

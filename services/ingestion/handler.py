@@ -1,11 +1,20 @@
 """Ingestion: validate, normalise and stamp requests; reject bad input with a reason.
 
-Reason codes on ``protege.requests.dlq``: invalid_utf8, invalid_json, not_an_object,
-schema_violation, unknown_task, empty_text, text_too_long, duplicate_request_id.
+Reason codes on ``protege.requests.dlq``: the decoder's (empty, too_large, invalid_utf8,
+invalid_json, too_deep, duplicate_key, not_an_object, schema_violation; see
+``protege.serde``), then invalid_key, unknown_task, empty_text, text_too_long,
+duplicate_request_id, and the loop's quarantined.
+
+The request id is the body's ``request_id``; else the record's key (what a backend that
+keys each request by its id expects to match the answer by); else one stamped from the
+record's coordinates. Accepted ids join the duplicate filter only once their batch has
+committed, so a batch that is handled again (after a failure) is not refused as its own
+duplicate.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -13,7 +22,7 @@ from collections.abc import Iterable, Sequence
 import structlog
 
 from protege.errors import InvalidEvent
-from protege.events import Ingested, Request, now_ms
+from protege.events import ID_PATTERN, Ingested, Request, now_ms
 from protege.kafka import Out, Record, dead_letter
 from protege.serde import decode
 from protege.task import Task
@@ -21,6 +30,7 @@ from protege.text import normalize
 from protege.topics import Topics
 
 STAMP_NAMESPACE = uuid.UUID("6f1c3b52-8d0e-4c61-9a3e-5b7f0e2d9c41")
+_ID = re.compile(ID_PATTERN)
 
 
 class SeenIds:
@@ -42,6 +52,9 @@ class SeenIds:
     def __len__(self) -> int:
         return len(self._ids)
 
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._ids
+
     def extend(self, ids: Iterable[str]) -> None:
         for i in ids:
             self.add(i)
@@ -53,13 +66,23 @@ class Ingestion:
         self.topics = topics
         self.max_text_chars = max_text_chars
         self.seen = seen
+        self.pending: set[str] = set()  # accepted in the batch being handled, until it commits
         self.log = structlog.get_logger().bind(service="ingestion")
 
     def stamp(self, record: Record) -> str:
         # Deterministic in the record's coordinates: a re-read after a crash stamps the same id.
         return "req-" + str(uuid.uuid5(STAMP_NAMESPACE, f"{record.topic}:{record.partition}:{record.offset}"))
 
-    def ingest(self, record: Record) -> Out:
+    @staticmethod
+    def key_id(key: bytes) -> str | None:
+        """The record key as a request id, or None when it cannot be one."""
+        try:
+            text = key.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        return text if len(text) <= 128 and _ID.fullmatch(text) else None
+
+    def ingest(self, record: Record, batch: set[str]) -> Out:
         def reject(reason: str, detail: str, request_id: str | None = None, tenant: str | None = None) -> Out:
             return dead_letter(record, reason, detail, "ingestion", self.topics.requests_dlq,
                                request_id=request_id, tenant=tenant)
@@ -68,7 +91,14 @@ class Ingestion:
             req = decode(Request, record.value, schema="request")
         except InvalidEvent as e:
             return reject(e.reason, e.detail)
-        ids = {"request_id": req.request_id, "tenant": req.tenant}
+        request_id, source = req.request_id, "request_id"
+        if request_id is None and record.key is not None:
+            request_id, source = self.key_id(record.key), "record key"
+            if request_id is None:
+                return reject("invalid_key", "no request_id, and the record key cannot be one (UTF-8, 1-128 "
+                                             f"characters matching {ID_PATTERN}): set request_id in the body",
+                              tenant=req.tenant)
+        ids = {"request_id": request_id, "tenant": req.tenant}
         if req.task not in self.tasks:
             return reject("unknown_task", f"no task named {req.task!r}; known: {sorted(self.tasks)}", **ids)
         text = normalize(req.text)
@@ -76,15 +106,26 @@ class Ingestion:
             return reject("empty_text", "the text is empty after normalisation", **ids)
         if len(text) > self.max_text_chars:
             return reject("text_too_long", f"{len(text)} characters > limit {self.max_text_chars}", **ids)
-        request_id = req.request_id or self.stamp(record)
-        if not self.seen.add(request_id):
-            return reject("duplicate_request_id", f"request id {request_id!r} was already accepted", **ids)
+        if request_id is None:
+            request_id, source = self.stamp(record), "stamped"
+        if request_id in self.seen or request_id in batch:
+            return reject("duplicate_request_id", f"request id {request_id!r} (from the {source}) was already "
+                                                  "accepted", **ids)
+        batch.add(request_id)
         event = Ingested(
             request_id=request_id, tenant=req.tenant, task=req.task, text=text,
             metadata=req.metadata or {}, sent_at_ms=req.sent_at_ms, received_at_ms=now_ms(),
         )
-        self.log.debug("ingested", request_id=request_id, tenant=req.tenant, task=req.task)
+        self.log.debug("ingested", request_id=request_id, tenant=req.tenant, task=req.task, id_from=source)
         return Out.of(self.topics.ingested, event, request_id)
 
     async def handle(self, records: Sequence[Record]) -> list[Out]:
-        return [self.ingest(r) for r in records]
+        batch: set[str] = set()
+        outs = [self.ingest(r, batch) for r in records]
+        self.pending = batch
+        return outs
+
+    async def committed(self, records: Sequence[Record]) -> None:
+        """The batch committed: its accepted ids are now duplicates for later requests."""
+        self.seen.extend(self.pending)
+        self.pending = set()

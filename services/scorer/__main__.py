@@ -49,7 +49,8 @@ async def serve(settings: ScorerSettings, stop: asyncio.Event) -> None:
     if watcher.done():
         watcher.result()  # raise what stopped it
     processor = Processor(settings, "scorer", [settings.topics.ingested], scorer.handle,
-                          max_records=settings.max_batch, max_wait_ms=settings.max_wait_ms)
+                          max_records=settings.max_batch, max_wait_ms=settings.max_wait_ms,
+                          fallback=scorer.quarantined)
     await asyncio.gather(processor.run(stop), watcher)
 
 

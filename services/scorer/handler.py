@@ -3,7 +3,9 @@
 Which student serves a (tenant, task) comes from ``protege.models``; a request for a
 (tenant, task) with no student yet is passed on without one (cold start: the verifier
 sends it to the teacher). A student that fails on a batch is reported on each event as
-``student_error`` and the requests escalate; the scorer keeps running.
+``student_error`` and the requests escalate; the scorer keeps running. A request the
+scorer cannot handle at all is quarantined by the loop and goes on unscored
+(``quarantined``), so the teacher still answers it.
 """
 
 from __future__ import annotations
@@ -62,6 +64,12 @@ class Scorer:
             metrics.SERVING.labels(ann.tenant, ann.task, current.version).set(0)
         metrics.SERVING.labels(ann.tenant, ann.task, student.version).set(1)
         self.log.info("serving", tenant=ann.tenant, task=ann.task, version=ann.version, providers=student.providers)
+
+    def quarantined(self, record: Record, why: str) -> list[Out]:
+        """The loop gave up on this request: pass it on without a student answer."""
+        req = decode(Ingested, record.value)
+        scored = Scored(request=req, student=None, student_error=why[:300], scored_at_ms=now_ms(), batch_size=1)
+        return [Out.of(self.topics.scored, scored, req.request_id)]
 
     async def handle(self, records: Sequence[Record]) -> list[Out]:
         outs: list[Out] = []

@@ -72,9 +72,9 @@ async def serve(settings: TeacherSettings, stop: asyncio.Event) -> None:
     t = settings.topics
     await asyncio.gather(
         Processor(settings, "teacher", [t.teacher_requests], worker.handle, max_records=settings.concurrency * 4,
-                  transaction_timeout_ms=300_000, on_commit=worker.committed).run(stop),
+                  transaction_timeout_ms=300_000, on_commit=worker.committed, fallback=worker.quarantined).run(stop),
         Processor(settings, "teacher-retry", [t.teacher_retry], worker.handle, max_records=settings.concurrency * 4,
-                  transaction_timeout_ms=300_000, on_commit=worker.committed).run(stop),
+                  transaction_timeout_ms=300_000, on_commit=worker.committed, fallback=worker.quarantined).run(stop),
         reading,
     )
 

@@ -12,6 +12,9 @@ teacher.requests (and teacher.retry) ->
 - the teacher's label stays outside the label set after one repair: protege.dlq with the
   reason, and the request is answered ``degraded`` from the student or ``failed``.
 
+A request the worker cannot handle at all is quarantined by the loop and answered like an
+invalid teacher answer: ``degraded`` from the student, or ``failed``.
+
 Transient API errors (429 with retry-after, 5xx, 529, timeouts) are first retried by the
 SDK with backoff; only what survives those retries reaches the circuit breaker.
 """
@@ -269,6 +272,15 @@ class TeacherWorker:
         metrics.BREAKER_OPEN.set(int(self.breaker.state == "open"))
         return [Out.of(self.topics.teacher_retry, held, req.request_id)]
 
+    def quarantined(self, record: Record, why: str) -> list[Out]:
+        """The loop gave up on this request: answer it from the student (degraded) or as failed."""
+        return self.fallback_response(decode(TeacherRequest, record.value), why)
+
     async def handle(self, records: Sequence[Record]) -> list[Out]:
-        answered = await asyncio.gather(*(self.answer(r) for r in records))
-        return [out for outs in answered for out in outs]
+        # Every call finishes (and is journaled) before a failure is raised, so the loop's
+        # retry of the batch's records finds the paid answers instead of paying again.
+        answered = await asyncio.gather(*(self.answer(r) for r in records), return_exceptions=True)
+        for result in answered:
+            if isinstance(result, BaseException):
+                raise result
+        return [out for outs in answered if not isinstance(outs, BaseException) for out in outs]

@@ -16,7 +16,8 @@ from services.verifier.handler import Verifier
 
 async def serve(settings: VerifierSettings, stop: asyncio.Event) -> None:
     verifier = Verifier(load_tasks(settings.tasks_dir), settings.topics)
-    await Processor(settings, "verifier", [settings.topics.scored], verifier.handle).run(stop)
+    await Processor(settings, "verifier", [settings.topics.scored], verifier.handle,
+                    fallback=verifier.quarantined).run(stop)
 
 
 if __name__ == "__main__":

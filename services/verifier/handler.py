@@ -5,6 +5,10 @@ accept   -> decisions + responses (the student's answer; provisional under ensem
 escalate -> decisions + teacher.requests
 shadow   -> decisions + teacher.requests (the teacher answers; the student is recorded)
 
+A scored request the verifier cannot handle at all is quarantined by the loop and sent to
+the teacher (reason ``quarantined``): the fail-safe is the teacher, and the request is
+still answered once.
+
 It also watches the escalation rate per task (``DriftMonitor``) and publishes an alert on
 ``protege.alerts`` when it leaves the task's band, and again when it comes back.
 """
@@ -134,6 +138,15 @@ class Verifier:
             self.log.warning("drift_alarm", **alert.model_dump())
             outs.append(Out.of(self.topics.alerts, alert, req.task))
         return outs
+
+    def quarantined(self, record: Record, why: str) -> list[Out]:
+        """The loop gave up on this scored request: the teacher answers it."""
+        scored = decode(Scored, record.value)
+        req, student = scored.request, scored.student
+        ask = TeacherRequest(request=req, reasons=["quarantined"], student_label=student.label if student else None,
+                             student_confidence=student.confidence if student else None,
+                             model_version=student.model_version if student else None, requested_at_ms=now_ms())
+        return [Out.of(self.topics.teacher_requests, ask, req.request_id)]
 
     async def handle(self, records: Sequence[Record]) -> list[Out]:
         return [out for r in records for out in self.verify(r)]

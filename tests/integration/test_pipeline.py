@@ -63,6 +63,13 @@ BAD = {
     b'{"tenant": "acme", "task": "ticket-triage"}': "schema_violation",
     b'{"tenant": "acme", "task": "nope", "text": "hello"}': "unknown_task",
     json.dumps({"tenant": "acme", "task": TASK, "text": "y" * 5000}).encode(): "text_too_long",
+    # The request that once stopped the pipeline: ~10 KB of nested arrays made the JSON parser
+    # raise RecursionError, ingestion crashed on it again and again, and nothing behind it was
+    # answered.
+    b'{"tenant": "acme", "task": "ticket-triage", "text": "hi", "metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}":
+        "too_deep",
+    b'{"tenant": "acme", "task": "ticket-triage", "text": "hi", "sent_at_ms": ' + b"9" * 5000 + b"}": "invalid_json",
+    b'{"tenant": "acme", "task": "ticket-triage", "text": "hi", "text": "other"}': "duplicate_key",
 }
 
 

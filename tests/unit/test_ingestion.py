@@ -4,6 +4,7 @@ import asyncio
 import base64
 import json
 
+import pytest
 import structlog
 from aiokafka import ConsumerRecord
 
@@ -15,14 +16,21 @@ from services.ingestion.handler import Ingestion, SeenIds
 T = Topics("x.")
 
 
-def record(value: bytes, offset: int = 0) -> ConsumerRecord:
-    return ConsumerRecord(T.requests, 0, offset, 0, 0, None, value, None, len(value), -1, [])
+def record(value: bytes, offset: int = 0, key: bytes | None = None) -> ConsumerRecord:
+    return ConsumerRecord(T.requests, 0, offset, 0, 0, key, value, None, len(key or b""), len(value), [])
 
 
-def ingest(value: bytes | dict, handler: Ingestion | None = None, offset: int = 0):
-    h = handler or Ingestion({"ticket-triage": triage_task()}, T, max_text_chars=100, seen=SeenIds(10))
+def handler() -> Ingestion:
+    return Ingestion({"ticket-triage": triage_task()}, T, max_text_chars=100, seen=SeenIds(10))
+
+
+def ingest(value: bytes | dict, h: Ingestion | None = None, offset: int = 0, key: bytes | None = None):
+    """One record through the handler, committed as the processing loop commits it."""
+    h = h or handler()
     raw = value if isinstance(value, bytes) else json.dumps(value).encode()
-    [out] = asyncio.run(h.handle([record(raw, offset)]))
+    records = [record(raw, offset, key)]
+    [out] = asyncio.run(h.handle(records))
+    asyncio.run(h.committed(records))
     return out
 
 
@@ -60,11 +68,41 @@ def test_bad_inputs_get_reasons_and_keep_the_bytes() -> None:
 
 
 def test_duplicate_request_id_is_rejected() -> None:
-    h = Ingestion({"ticket-triage": triage_task()}, T, max_text_chars=100, seen=SeenIds(10))
+    h = handler()
     assert ingest({**GOOD, "request_id": "dup-1"}, h).topic == T.ingested
     out = ingest({**GOOD, "request_id": "dup-1"}, h)
     assert reason(out) == "duplicate_request_id"
     assert DeadLetter.model_validate_json(out.value).request_id == "dup-1"
+
+
+def test_the_record_key_is_the_request_id_when_the_body_has_none() -> None:
+    out = ingest(GOOD, key=b"backend-42")
+    assert Ingested.model_validate_json(out.value).request_id == "backend-42" and out.key == b"backend-42"
+    body_wins = ingest({**GOOD, "request_id": "body-1"}, key=b"backend-43")
+    assert Ingested.model_validate_json(body_wins.value).request_id == "body-1"
+    h = handler()
+    assert ingest(GOOD, h, key=b"k-1").topic == T.ingested
+    dup = ingest(GOOD, h, offset=1, key=b"k-1")
+    assert reason(dup) == "duplicate_request_id" and "record key" in DeadLetter.model_validate_json(dup.value).detail
+
+
+@pytest.mark.parametrize("key", [b"not an id!", b"\xff\xfe", b"k" * 129, b""])
+def test_a_key_that_cannot_be_an_id_is_refused_when_the_body_has_no_id(key: bytes) -> None:
+    out = ingest(GOOD, key=key)
+    assert reason(out) == "invalid_key"
+    assert "request_id" in DeadLetter.model_validate_json(out.value).detail
+    assert ingest({**GOOD, "request_id": "ok-1"}, key=key).topic == T.ingested  # the body's id needs no key
+
+
+def test_duplicates_within_a_batch_and_only_committed_ids_are_remembered() -> None:
+    h = handler()
+    body = json.dumps({**GOOD, "request_id": "same"}).encode()
+    outs = asyncio.run(h.handle([record(body, 0), record(body, 1)]))
+    assert [o.topic for o in outs] == [T.ingested, T.requests_dlq]
+    # The batch was not committed (the loop aborted it): handled again, it is not its own duplicate.
+    assert [o.topic for o in asyncio.run(h.handle([record(body, 0)]))] == [T.ingested]
+    asyncio.run(h.committed([record(body, 0)]))
+    assert reason(asyncio.run(h.handle([record(body, 2)]))[0]) == "duplicate_request_id"
 
 
 def test_seen_ids_forget_the_oldest() -> None:

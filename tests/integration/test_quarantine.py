@@ -1,0 +1,192 @@
+"""A record that a service's handler cannot survive is quarantined, not retried forever.
+
+Each service runs its real handler in the real processing loop on the real broker, with
+the dead-letter topic and fallback its ``__main__`` gives it. The handler is wrapped so
+that one record (marked ``POISON``) raises ``RecursionError`` every time, as the 10 KB
+nested request once did in ingestion (that input itself is now refused by the decoder;
+see test_serde): the poison is dead-lettered with the service, the exception and its
+original bytes, the fallback still answers it where the service answers requests, the
+records around it are handled exactly once, and the partition moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from protege.events import (
+    DeadLetter,
+    Event,
+    HarvestCase,
+    Ingested,
+    Request,
+    Response,
+    Scored,
+    TeacherRequest,
+    TeacherResult,
+    Usage,
+    now_ms,
+)
+from protege.generator import triage_task
+from protege.kafka import Out, Processor, Record, producer, read_all
+from protege.pipeline import group_lag
+from protege.settings import Settings
+from protege.teacher import StandinTeacher
+from protege.topics import Topics
+from services.harvester.handler import Harvester
+from services.ingestion.handler import Ingestion, SeenIds
+from services.scorer.handler import Scorer
+from services.teacher.handler import TeacherWorker
+from services.trainer.handler import CaseStore, Trainer
+from services.verifier.handler import Verifier
+
+pytestmark = pytest.mark.kafka
+TASK = triage_task()
+TASKS = {TASK.name: TASK}
+LABEL = next(iter(TASK.labels))
+TEXTS = ["where is my parcel", "POISON please", "refund my order"]
+
+
+def ingested(i: int) -> Ingested:
+    return Ingested(request_id=f"r-{i}", tenant="acme", task=TASK.name, text=TEXTS[i], received_at_ms=now_ms())
+
+
+def request(i: int) -> Request:
+    return Request(request_id=f"r-{i}", tenant="acme", task=TASK.name, text=TEXTS[i])
+
+
+def scored(i: int) -> Scored:
+    return Scored(request=ingested(i), scored_at_ms=now_ms(), batch_size=1)
+
+
+def ask(i: int) -> TeacherRequest:
+    return TeacherRequest(request=ingested(i), reasons=["no_student"], requested_at_ms=now_ms())
+
+
+def result(i: int) -> TeacherResult:
+    return TeacherResult(request_id=f"r-{i}", tenant="acme", task=TASK.name, text=TEXTS[i], label=LABEL,
+                         rationale="", teacher="standin:x", standin=True, usage=Usage(input_tokens=1, output_tokens=1),
+                         cost_usd=0.0, latency_ms=1.0, attempts=1, mode="answer", answered_at_ms=now_ms())
+
+
+def case(i: int) -> HarvestCase:
+    return HarvestCase(request_id=f"r-{i}", tenant="acme", task=TASK.name, text=TEXTS[i], label=LABEL,
+                       label_source="standin", reason="escalated", harvested_at_ms=now_ms())
+
+
+@dataclass
+class Wiring:
+    """One service as its __main__ wires it: input topic, handler, the loop's options."""
+
+    input: Callable[[Topics], str]
+    event: Callable[[int], Event]
+    build: Callable[[Settings], tuple[Callable[[Sequence[Record]], Awaitable[list[Out]]], dict]]
+    output: Callable[[Topics], str]  # where a good record's result goes
+    answers: Callable[[Topics], str | None]  # where the fallback answers the poison (None: no fallback)
+    kw: dict = field(default_factory=dict)
+
+
+def ingestion(s: Settings) -> tuple:
+    h = Ingestion(TASKS, s.topics, max_text_chars=4000, seen=SeenIds(100))
+    return h.handle, {"on_commit": h.committed, "dead_letters": s.topics.requests_dlq}
+
+
+def scorer(s: Settings) -> tuple:
+    h = Scorer(s.topics, load=lambda p: pytest.fail("no model is announced here"))
+    return h.handle, {"fallback": h.quarantined}
+
+
+def verifier(s: Settings) -> tuple:
+    h = Verifier(TASKS, s.topics)
+    return h.handle, {"fallback": h.quarantined}
+
+
+def teacher(s: Settings) -> tuple:
+    h = TeacherWorker(TASKS, s.topics, StandinTeacher({t: LABEL for t in TEXTS}), 4)
+    return h.handle, {"on_commit": h.committed, "fallback": h.quarantined}
+
+
+def harvester(s: Settings) -> tuple:
+    return Harvester(s.topics).handle, {}
+
+
+def trainer(s: Settings) -> tuple:
+    h = Trainer(TASKS, s.topics, CaseStore(s.home / "harvest"), lambda *a: pytest.fail("not due"),
+                min_cases=1000, retrain_every=1000)
+    return h.handle, {}
+
+
+SERVICES = {
+    "ingestion": Wiring(lambda t: t.requests, request, ingestion, lambda t: t.ingested, lambda t: None),
+    "scorer": Wiring(lambda t: t.ingested, ingested, scorer, lambda t: t.scored, lambda t: t.scored),
+    "verifier": Wiring(lambda t: t.scored, scored, verifier, lambda t: t.teacher_requests,
+                       lambda t: t.teacher_requests),
+    "teacher": Wiring(lambda t: t.teacher_requests, ask, teacher, lambda t: t.responses, lambda t: t.responses),
+    "harvester": Wiring(lambda t: t.teacher_results, result, harvester, lambda t: t.harvest, lambda t: None),
+    "trainer": Wiring(lambda t: t.harvest, case, trainer, lambda t: t.models, lambda t: None),
+}
+
+
+def poisoned(handle: Callable[[Sequence[Record]], Awaitable[list[Out]]], calls: list[int]):
+    async def h(records: Sequence[Record]) -> list[Out]:
+        calls.append(len(records))
+        if any(b"POISON" in (r.value or b"") for r in records):
+            raise RecursionError("maximum recursion depth exceeded while decoding a JSON array")
+        return await handle(records)
+    return h
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_a_record_the_handler_cannot_survive_is_quarantined(settings: Settings, tmp_path: Path, name: str) -> None:
+    w, t = SERVICES[name], settings.topics
+    handle, kw = w.build(settings)
+    calls: list[int] = []
+    loop = Processor(settings, name, [w.input(t)], poisoned(handle, calls), retry_backoff_s=0.05, **kw)
+    values = [w.event(i).dumps() for i in range(3)]
+
+    async def go() -> None:
+        prod = producer(settings)
+        await prod.start()
+        try:
+            for v in values:  # one key: one partition, in this order
+                await prod.send_and_wait(w.input(t), v, key=b"same-partition")
+        finally:
+            await prod.stop()
+        stop = asyncio.Event()
+        running = asyncio.create_task(loop.run(stop))
+        for _ in range(300):
+            if loop.processed == 3 or running.done():
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await running
+
+    asyncio.run(go())
+    assert loop.processed == 3 and loop.quarantined == 1
+    assert calls[-3:] == [1, 1, 1], "the poison was tried alone, max_attempts times"
+    dlq = kw.get("dead_letters", t.dlq)
+    [letter] = [DeadLetter.model_validate_json(r.value) for r in asyncio.run(read_all(settings, dlq))]
+    assert (letter.reason, letter.service, letter.topic) == ("quarantined", name, w.input(t))
+    assert "RecursionError" in letter.detail and "3 attempts" in letter.detail
+    assert base64.b64decode(letter.value_b64) == values[1]
+    outs = [r for r in asyncio.run(read_all(settings, w.output(t)))]
+    good = [r for r in outs if b"POISON" not in r.value and r.key != b"r-1"]
+    expected = 0 if name == "trainer" else 2  # the trainer only writes its case store until a retrain is due
+    assert len(good) == expected, [r.value[:200] for r in outs]
+    answered = w.answers(t)
+    if answered is not None:
+        [fallback] = [r for r in asyncio.run(read_all(settings, answered)) if b"r-1" in (r.key or b"")]
+        if name == "teacher":
+            assert Response.model_validate_json(fallback.value).status == "failed"
+        elif name == "scorer":
+            passed_on = Scored.model_validate_json(fallback.value)
+            assert passed_on.student is None
+            assert "RecursionError" in (passed_on.student_error or "")
+        else:
+            assert TeacherRequest.model_validate_json(fallback.value).reasons == ["quarantined"]
+    assert asyncio.run(group_lag(settings, loop.group, [w.input(t)])) == 0, "the partition moved on"
