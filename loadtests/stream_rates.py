@@ -115,7 +115,7 @@ def main() -> None:
         console.print(f"warm-up: {args.warmup} tickets to train one student ...")
         asyncio.run(drive(settings, rows[: args.warmup], tenant="load", task="ticket-triage", rate=40))
         t = settings.topics
-        asyncio.run(wait_quiet(settings, {"harvester": [t.decisions, t.teacher_results], "trainer": [t.harvest]}))
+        asyncio.run(wait_quiet(settings, {"harvester": [t.teacher_results], "trainer": [t.harvest]}))
         time.sleep(5)
         at = args.warmup
         for rate, n in zip(rates, sizes, strict=True):

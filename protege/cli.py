@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import platform
 import runpy
 import shutil
@@ -31,7 +30,7 @@ from rich.table import Table
 
 from protege import signals
 from protege.broker.embedded import KAFKA_VERSION, EmbeddedBroker
-from protege.settings import REPO, Settings
+from protege.settings import REPO, Settings, apply_to_process
 from protege.supervisor import SERVICES
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="protege: keep the teacher's quality, serve from the student.")
@@ -48,6 +47,12 @@ STANDIN_NOTE = "teacher: OFFLINE STAND-IN answering from labelled data (no ANTHR
 
 def _home() -> Path:
     return Settings().home
+
+
+@app.callback()
+def _process() -> None:
+    """protege: keep the teacher's quality, serve from the student."""
+    apply_to_process(Settings())
 
 
 # -- broker -------------------------------------------------------------------------
@@ -226,7 +231,9 @@ def demo(tickets: Annotated[int, typer.Option(help="Generated tickets to stream.
 
 def _stream_run(home: Path, env: dict[str, str], phases: dict[str, list[dict[str, Any]]], *, tenant: str, task: str,
                 rate: float, extra: list[bytes] | None = None, linger: float = 0.0) -> dict[str, Any]:
-    keyed = bool(os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("PROTEGE_ANTHROPIC_API_KEY"))
+    from protege.settings import TeacherSettings
+
+    keyed = TeacherSettings().api_key() is not None  # the key, or the key file, as the teacher worker reads it
     if not keyed:
         console.print(f"[yellow]{STANDIN_NOTE}[/]")
     summary: dict[str, Any] = {"teacher": "anthropic" if keyed else STANDIN_NOTE}
@@ -280,7 +287,7 @@ def _run_phases(home: Path, env: dict[str, str], phases: dict[str, list[dict[str
             if i + 1 < len(phases):
                 console.print("waiting for the harvester and trainer to catch up ...")
                 t = settings.topics
-                asyncio.run(wait_quiet(settings, {"harvester": [t.decisions, t.teacher_results],
+                asyncio.run(wait_quiet(settings, {"harvester": [t.teacher_results],
                                                   "trainer": [t.harvest]}))
                 time.sleep(5)  # the scorer loads the last announced version
         models = asyncio.run(read_all(settings, settings.topics.models))
@@ -388,12 +395,11 @@ def bench_stream(
     # Linger after the last response so trailing teacher checks (ensemble) and corrections are counted.
     summary = _stream_run(home, env, {"train": train_rows, "test": test_rows}, tenant="bench", task=task_name,
                           rate=rate, linger=10.0)
-    standin = StandinTeacher({}, priced_as=task.teacher.model)
-    if "STAND-IN" in summary["teacher"]:
-        from protege.costs import cost_usd, price_for
+    from protege.costs import cost_usd, price_table
 
-        price = price_for(task.teacher.model)
-        all_cost = sum(cost_usd(standin.usage_for(task, r["text"]), price) for r in test_rows)
+    standin = StandinTeacher({}, priced_as=task.teacher.model, prices=price_table(Settings().prices))
+    if "STAND-IN" in summary["teacher"]:
+        all_cost = sum(cost_usd(standin.usage_for(task, r["text"]), standin.price) for r in test_rows)
         method = "stand-in token estimates for every test request, priced as " + task.teacher.model
     else:
         per_call = summary["test"]["cost_usd"] / max(1, summary["test"]["teacher_calls"])
@@ -593,6 +599,7 @@ def label_cmd(
     """Label a golden or bootstrap set with the teacher through the Message Batches API (half price)."""
     import anthropic
 
+    from protege.costs import price_table
     from protege.generator import read_jsonl, write_jsonl
     from protege.labelling import label_with_batches
     from protege.settings import TeacherSettings
@@ -607,6 +614,7 @@ def label_cmd(
     client = anthropic.AsyncAnthropic(api_key=key, base_url=settings.anthropic_base_url,
                                       max_retries=settings.max_retries, timeout=settings.timeout_s)
     report = asyncio.run(label_with_batches(client, task, rows, model=model, poll_s=poll,
+                                            prices=price_table(settings.prices),
                                             progress=lambda line: console.print(line, highlight=False)))
     write_jsonl(report.labelled, output)
     errors = output.with_suffix(".errors.jsonl")

@@ -1,14 +1,14 @@
 """Teacher cost accounting from a response's ``usage``, priced per model.
 
 Prices are USD per million tokens and are configuration, not measurements: the table
-below holds list prices as defaults and ``PROTEGE_PRICES`` (a JSON file) overrides them.
+below holds list prices as defaults and the ``prices`` setting (``PROTEGE_PRICES``, a JSON
+file) overrides them. A process loads its table once (``price_table``) and passes it in.
 Cache writes and reads are priced as multiples of the input price.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,17 +31,17 @@ DEFAULT_PRICES: dict[str, Price] = {
 }
 
 
-def price_table() -> dict[str, Price]:
+def price_table(override: Path | None = None) -> dict[str, Price]:
+    """The default prices, with those in ``override`` (JSON: model -> Price fields) over them."""
     table = dict(DEFAULT_PRICES)
-    override = os.environ.get("PROTEGE_PRICES")
-    if override:
-        for model, p in json.loads(Path(override).read_text()).items():
+    if override is not None:
+        for model, p in json.loads(override.read_text()).items():
             table[model] = Price(**p)
     return table
 
 
 def price_for(model: str, table: dict[str, Price] | None = None) -> Price:
-    table = table or price_table()
+    table = table or DEFAULT_PRICES
     if model in table:
         return table[model]
     # Dated snapshots ("claude-sonnet-4-5-20250929") price as their family.

@@ -6,7 +6,6 @@
     ├── InvalidEvent         bytes on a topic are not a valid event (carries a reason code)
     ├── StudentError         a student version cannot be loaded or run
     └── TeacherError         the teacher could not give a valid answer
-        └── TeacherUnavailable   retries exhausted; the request is held, never dropped
 """
 
 from __future__ import annotations
@@ -40,6 +39,3 @@ class StudentError(ProtegeError):
 class TeacherError(ProtegeError):
     pass
 
-
-class TeacherUnavailable(TeacherError):
-    pass

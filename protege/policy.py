@@ -71,6 +71,7 @@ class Router:
 
     name: ClassVar[str]
     judges_signals: ClassVar[bool] = False
+    checks_behind: ClassVar[bool] = False  # the teacher also checks accepted answers (ensemble)
 
     def __init__(self, task: Task) -> None:
         self.task = task
@@ -116,7 +117,7 @@ class Router:
             route="student" if verdict == "accept" else "teacher", policy=self.name,
             policy_version=self.policy_version, model_version=student.model_version if student else None,
             student_label=student.label if student else None, signals=signals, thresholds=thresholds,
-            rules=rules, reasons=failed + rules, teacher_check=self.name == "ensemble" and verdict == "accept",
+            rules=rules, reasons=failed + rules, teacher_check=self.checks_behind and verdict == "accept",
             decided_at_ms=now_ms,
         )
 
@@ -137,6 +138,7 @@ class DistillVerify(Router):
 
 class Ensemble(Router):
     name = "ensemble"
+    checks_behind = True  # the teacher checks every accepted answer behind the response
 
 
 class Shadow(Router):

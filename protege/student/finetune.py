@@ -12,7 +12,6 @@ calibrates and scores OOD exactly like a fast one. Needs the ``train`` extra (to
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -43,7 +42,6 @@ class FinetuneConfig:
 
 
 def _torch() -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
     return torch

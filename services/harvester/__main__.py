@@ -1,4 +1,4 @@
-"""Failure harvester: protege.decisions + protege.teacher.results + protege.feedback -> protege.harvest.
+"""Failure harvester: protege.teacher.results + protege.feedback -> protege.harvest.
 
     python -m services.harvester          (or: protege run harvester)
 """
@@ -16,7 +16,7 @@ from services.harvester.handler import Harvester
 async def serve(settings: HarvesterSettings, stop: asyncio.Event) -> None:
     t = settings.topics
     harvester = Harvester(t, redact_pii=settings.redact_pii)
-    await Processor(settings, "harvester", [t.decisions, t.teacher_results, t.feedback], harvester.handle).run(stop)
+    await Processor(settings, "harvester", [t.teacher_results, t.feedback], harvester.handle).run(stop)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 - teacher.results: every escalated request, labelled by the teacher (reason
   ``disagreement`` when the student had answered differently, else ``escalated``).
 - feedback: a person's correction (reason ``feedback``).
-- decisions: counted per tenant, task and verdict (the harvest rate's denominator).
+
+It does not read ``protege.decisions`` (the busiest topic after the requests): every case
+it keeps arrives labelled on the two topics above.
 
 Texts are redacted (protege.redact: e-mails, phones, cards, IBANs) before they are kept.
 
@@ -12,11 +14,10 @@ Cases are keyed ``tenant/task`` so one tenant's cases stay in one partition, in 
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 
 from protege.errors import InvalidEvent
-from protege.events import Decision, Feedback, HarvestCase, TeacherResult, now_ms
+from protege.events import Feedback, HarvestCase, TeacherResult, now_ms
 from protege.kafka import Out, Record, dead_letter
 from protege.redact import redact
 from protege.serde import decode
@@ -27,7 +28,6 @@ class Harvester:
     def __init__(self, topics: Topics, *, redact_pii: bool = True) -> None:
         self.topics = topics
         self.clean = redact if redact_pii else str
-        self.verdicts: Counter[tuple[str, str, str]] = Counter()
 
     def harvest(self, record: Record) -> list[Out]:
         try:
@@ -40,16 +40,12 @@ class Harvester:
                     model_version=res.model_version, reason="disagreement" if disagree else "escalated",
                     harvested_at_ms=now_ms(),
                 )
-            elif record.topic == self.topics.feedback:
+            else:
                 fb = decode(Feedback, record.value)
                 case = HarvestCase(
                     request_id=fb.request_id, tenant=fb.tenant, task=fb.task, text=self.clean(fb.text), label=fb.label,
                     label_source="feedback", reason="feedback", harvested_at_ms=now_ms(),
                 )
-            else:
-                d = decode(Decision, record.value)
-                self.verdicts[(d.tenant, d.task, d.verdict)] += 1
-                return []
         except InvalidEvent as e:
             return [dead_letter(record, e.reason, e.detail, "harvester", self.topics.dlq)]
         return [Out.of(self.topics.harvest, case, f"{case.tenant}/{case.task}")]

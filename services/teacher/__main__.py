@@ -19,6 +19,7 @@ import time
 
 import structlog
 
+from protege.costs import price_table
 from protege.errors import ConfigError
 from protege.events import TeacherResult
 from protege.kafka import Processor, read_all
@@ -33,6 +34,7 @@ from services.teacher.journal import AnswerJournal
 def build_teacher(settings: TeacherSettings) -> tuple[Teacher, tuple[type[BaseException], ...]]:
     """The teacher, and the exceptions of its client that mean "unavailable, try later"."""
     log = structlog.get_logger()
+    prices = price_table(settings.prices)  # loaded once for the process
     key = settings.api_key()
     if key:
         import anthropic
@@ -41,14 +43,14 @@ def build_teacher(settings: TeacherSettings) -> tuple[Teacher, tuple[type[BaseEx
                                           max_retries=settings.max_retries, timeout=settings.timeout_s)
         log.info("teacher", kind="anthropic", model=settings.teacher_model or "per task",
                  base_url=settings.anthropic_base_url or "default")
-        return AnthropicTeacher(client, settings.teacher_model), (anthropic.APIError,)
+        return AnthropicTeacher(client, settings.teacher_model, prices), (anthropic.APIError,)
     if settings.standin_labels is None:
         raise ConfigError("no ANTHROPIC_API_KEY and no PROTEGE_STANDIN_LABELS: the teacher has nothing to answer from")
     log.warning("teacher", kind="STAND-IN (offline, answers from labelled data)", labels=str(settings.standin_labels),
                 noise=settings.standin_noise)
     standin = StandinTeacher.from_jsonl(settings.standin_labels, noise=settings.standin_noise,
                                         latency_ms=settings.standin_latency_ms,
-                                        priced_as=settings.teacher_model or "claude-sonnet-4-6")
+                                        priced_as=settings.teacher_model or "claude-sonnet-4-6", prices=prices)
     return standin, ()
 
 

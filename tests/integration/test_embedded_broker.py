@@ -1,4 +1,4 @@
-"""The embedded broker itself: restart keeps port and data; any cluster id formats; the
+"""The embedded broker itself: a restart keeps port and data; any cluster id formats; the
 load tests' latency probe."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from protege.broker.embedded import EmbeddedBroker, free_port
-from protege.kafka import ensure_topics
+from protege.kafka import ensure_topics, producer, read_all
 from protege.pipeline import time_records
 from protege.settings import Settings
 
 pytestmark = pytest.mark.kafka
 
 
-def test_cluster_id_starting_with_a_dash_formats(tmp_path: Path) -> None:
+def test_restart_keeps_port_and_data_and_a_dash_cluster_id_formats(tmp_path: Path) -> None:
     # Cluster ids are url-safe base64, so about 1 in 64 starts with "-": it must not parse as an option.
     (tmp_path / "broker.json").write_text(json.dumps(
         {"port": free_port(), "controller_port": free_port(), "cluster_id": "-abcDEFghiJKLmnoPQRstu"}))
@@ -25,9 +25,24 @@ def test_cluster_id_starting_with_a_dash_formats(tmp_path: Path) -> None:
     try:
         bootstrap = broker.start()
         assert broker.running()
+        settings = Settings(bootstrap_servers=bootstrap, topic_prefix="restart.")
+        asyncio.run(ensure_topics(settings, [settings.topics.requests]))
+
+        async def write() -> None:
+            prod = producer(settings, acks="all")
+            await prod.start()
+            try:
+                for i in range(5):
+                    await prod.send_and_wait(settings.topics.requests, f"kept-{i}".encode(), key=b"k")
+            finally:
+                await prod.stop()
+
+        asyncio.run(write())
         broker.stop()
         assert not broker.running()
-        assert broker.start() == bootstrap  # same port and data after a restart
+        assert broker.start() == bootstrap  # the same port ...
+        kept = asyncio.run(read_all(settings, settings.topics.requests))
+        assert [r.value for r in kept] == [f"kept-{i}".encode() for i in range(5)]  # ... and the same data
     finally:
         broker.stop()
 

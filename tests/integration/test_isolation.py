@@ -48,7 +48,7 @@ def test_tenants_are_isolated_and_personal_data_is_redacted(kafka: EmbeddedBroke
                                                for tenant, rows in streams.items())))
 
         drives = asyncio.run(both())
-        assert asyncio.run(wait_quiet(settings, {"harvester": [t.decisions, t.teacher_results],
+        assert asyncio.run(wait_quiet(settings, {"harvester": [t.teacher_results],
                                                  "trainer": [t.harvest]}))
         deadline = time.time() + 120
         while time.time() < deadline and not all((home / "registry" / tenant / TASK).glob("v*")

@@ -7,6 +7,7 @@ import pytest
 
 from protege.costs import Price, cost_usd, price_for, price_table
 from protege.events import Usage
+from protege.settings import Settings
 
 
 def test_cost_counts_every_token_kind() -> None:
@@ -33,4 +34,6 @@ def test_prices_override_from_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     f = tmp_path / "prices.json"
     f.write_text(json.dumps({"my-model": {"input_per_mtok": 2, "output_per_mtok": 4}}))
     monkeypatch.setenv("PROTEGE_PRICES", str(f))
-    assert price_table()["my-model"] == Price(2, 4)
+    table = price_table(Settings().prices)  # the setting names the file; the table is loaded once
+    assert table["my-model"] == Price(2, 4) and table["claude-haiku-4-5"] == Price(1.0, 5.0)
+    assert price_for("my-model", table) == Price(2, 4)
