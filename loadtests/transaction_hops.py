@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,9 @@ from rich.console import Console
 from rich.table import Table
 
 from protege.broker.embedded import EmbeddedBroker
-from protege.kafka import BatchHandler, Out, Processor, Record, ensure_topics
+from protege.kafka import BatchHandler, Out, Processor, Received, ensure_topics
 from protege.logs import configure
-from protege.pipeline import percentile, time_records
+from protege.pipeline import Probe, percentile, time_records
 from protege.settings import REPO, Settings
 
 
@@ -44,11 +45,12 @@ async def chain(bootstrap: str, home: Path, hops: int, rate: float, n: int, back
     stop = asyncio.Event()
 
     def forward(i: int) -> BatchHandler:
-        async def handle(records: list[Record]) -> list[Out]:
-            return [Out(topics[i + 1], r.value, r.key) for r in records]
+        async def handle(received: Sequence[Received[Probe]]) -> list[Out]:
+            return [Out(topics[i + 1], r.value, r.key) for r in received]
         return handle
 
-    running = [asyncio.create_task(Processor(s, f"hop{i}", [topics[i]], forward(i)).run(stop)) for i in range(hops)]
+    running = [asyncio.create_task(Processor(s, f"hop{i}", {topics[i]: Probe}, forward(i)).run(stop))
+               for i in range(hops)]
     try:
         await asyncio.sleep(2)  # every processor has joined its group
         latencies, _ = await time_records(s, topics[0], topics[-1], n, rate)

@@ -435,7 +435,7 @@ def _announce(settings: Settings, ann: Any) -> None:
         prod = producer(settings)
         await prod.start()
         try:
-            out = Out.of(settings.topics.models, ann, f"{ann.tenant}/{ann.task}")
+            out = Out.of(settings.topics.models, ann)
             await prod.send_and_wait(out.topic, out.value, key=out.key)
         finally:
             await prod.stop()

@@ -10,7 +10,7 @@ maintained by hand twice. Every event is JSON, UTF-8, keyed by its request id (o
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,18 +29,31 @@ def now_ms() -> int:
 
 
 class Event(BaseModel):
+    """Every event: frozen, no unknown fields, JSON on the wire. A subclass names its schema
+    title in its class line (``class Decision(Event, title="protege.decision")``)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
+    schema_name: ClassVar[str | None] = None  # validated against this published schema first (from outside)
 
     def dumps(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()
 
+    @property
+    def key(self) -> str | None:
+        """The Kafka key it is published under: its request id, when it is about one request."""
+        return getattr(self, "request_id", None)
 
-class Request(Event):
+    def ids(self) -> dict[str, str | None]:
+        """The request id and tenant it is about, for a dead letter (None where it has none)."""
+        return {"request_id": getattr(self, "request_id", None), "tenant": getattr(self, "tenant", None)}
+
+
+class Request(Event, title="protege.request"):
     """What a backend publishes on ``protege.requests``: UTF-8 JSON, at most 1 MiB, nested at
     most 8 deep, no key twice in one object. Without ``request_id``, the record's key is the
     request id (so key each request by its own id); with neither, ingestion stamps one."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.request")
+    schema_name: ClassVar[str | None] = "request"
 
     v: Literal[1] = Field(1, description="Schema version.")
     request_id: Id | None = Field(None, description="The caller's id; else the record key; else stamped by ingestion.")
@@ -52,10 +65,8 @@ class Request(Event):
     sent_at_ms: int | None = Field(None, ge=0, le=MAX_SAFE_INT, description="Caller's send time, epoch ms.")
 
 
-class Ingested(Event):
+class Ingested(Event, title="protege.ingested"):
     """A valid request, normalised and stamped, on ``protege.ingested``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.ingested")
 
     v: Literal[1] = 1
     request_id: Id = Field(description="Unique request id (the caller's or a stamped one).")
@@ -67,12 +78,10 @@ class Ingested(Event):
     received_at_ms: int = Field(description="When ingestion accepted it, epoch ms.")
 
 
-class AcceptRule(Event):
+class AcceptRule(Event, title="protege.accept_rule"):
     """A version's certified acceptance rule: answers with ``confidence >= min_confidence``
     and ``ood <= max_ood`` were at least ``target_accuracy`` accurate on held-out data, with
     ``confidence_level`` confidence (Clopper-Pearson, fixed-sequence testing)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.accept_rule")
 
     target_accuracy: float = Field(gt=0, lt=1)
     confidence_level: float = Field(gt=0, lt=1)
@@ -81,10 +90,8 @@ class AcceptRule(Event):
     coverage: float = Field(ge=0, le=1, description="Share of held-out cases the rule accepts.")
 
 
-class StudentOutput(Event):
+class StudentOutput(Event, title="protege.student_output"):
     """The student's answer and the raw signals the verifier judges by."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.student_output")
 
     model_version: str = Field(description="Registry version that produced this output.")
     label: str
@@ -96,10 +103,8 @@ class StudentOutput(Event):
                                                       "None when held-out data could not certify one.")
 
 
-class Scored(Event):
+class Scored(Event, title="protege.scored"):
     """An ingested request with the student's output (absent before any student exists)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.scored")
 
     v: Literal[1] = 1
     request: Ingested
@@ -108,11 +113,21 @@ class Scored(Event):
     scored_at_ms: int
     batch_size: int = Field(ge=1, description="Micro-batch this request was scored in.")
 
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
 
-class Decision(Event):
+    @property
+    def tenant(self) -> str:
+        return self.request.tenant
+
+    @property
+    def task(self) -> str:
+        return self.request.task
+
+
+class Decision(Event, title="protege.decision"):
     """The verifier's verdict on one request, with everything needed to recompute it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.decision")
 
     v: Literal[1] = 1
     request_id: Id
@@ -132,9 +147,7 @@ class Decision(Event):
     decided_at_ms: int
 
 
-class TeacherRequest(Event):
-    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.teacher_request")
-
+class TeacherRequest(Event, title="protege.teacher_request"):
     v: Literal[1] = 1
     request: Ingested
     reasons: list[str]
@@ -149,10 +162,20 @@ class TeacherRequest(Event):
     held_because: str | None = Field(None, description="Why it was held: teacher_unavailable or over_budget.")
     requested_at_ms: int
 
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
 
-class Usage(Event):
-    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.usage")
+    @property
+    def tenant(self) -> str:
+        return self.request.tenant
 
+    @property
+    def task(self) -> str:
+        return self.request.task
+
+
+class Usage(Event, title="protege.usage"):
     input_tokens: int = Field(ge=0)
     output_tokens: int = Field(ge=0)
     cache_creation_input_tokens: int = Field(0, ge=0)
@@ -160,9 +183,7 @@ class Usage(Event):
     estimated: bool = Field(False, description="True when counted by the offline stand-in, not by the API.")
 
 
-class TeacherResult(Event):
-    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.teacher_result")
-
+class TeacherResult(Event, title="protege.teacher_result"):
     v: Literal[1] = 1
     request_id: Id
     tenant: Id
@@ -184,10 +205,8 @@ class TeacherResult(Event):
     answered_at_ms: int
 
 
-class Response(Event):
+class Response(Event, title="protege.response"):
     """The one answer to a request, on ``protege.responses``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.response")
 
     v: Literal[1] = 1
     request_id: Id
@@ -209,10 +228,8 @@ class Response(Event):
     answered_at_ms: int
 
 
-class Correction(Event):
+class Correction(Event, title="protege.correction"):
     """ensemble: the teacher disagreed with the student's provisional answer."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.correction")
 
     v: Literal[1] = 1
     request_id: Id
@@ -225,10 +242,8 @@ class Correction(Event):
     corrected_at_ms: int
 
 
-class Alert(Event):
+class Alert(Event, title="protege.alert"):
     """An operational alarm, e.g. the escalation rate left its band (drift)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.alert")
 
     v: Literal[1] = 1
     kind: Literal["drift"]
@@ -242,11 +257,13 @@ class Alert(Event):
     reasons: dict[str, float] = Field(description="Escalation rate per reason over the window.")
     at_ms: int
 
+    @property
+    def key(self) -> str:
+        return self.task
 
-class Feedback(Event):
+
+class Feedback(Event, title="protege.feedback"):
     """A correction from downstream (an agent fixed the label)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.feedback")
 
     v: Literal[1] = 1
     request_id: Id
@@ -257,10 +274,8 @@ class Feedback(Event):
     source: str = Field("agent", description="Who corrected it.")
 
 
-class HarvestCase(Event):
+class HarvestCase(Event, title="protege.harvest_case"):
     """A case the student missed, doubted or got wrong, labelled by the teacher or a person."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.harvest_case")
 
     v: Literal[1] = 1
     request_id: Id
@@ -274,11 +289,14 @@ class HarvestCase(Event):
     reason: Literal["escalated", "disagreement", "feedback"]
     harvested_at_ms: int
 
+    @property
+    def key(self) -> str:
+        """One tenant's task in one partition, in order."""
+        return f"{self.tenant}/{self.task}"
 
-class ModelAnnouncement(Event):
+
+class ModelAnnouncement(Event, title="protege.model_announcement"):
     """A student version ready to serve a tenant's task, on ``protege.models``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.model_announcement")
 
     v: Literal[1] = 1
     tenant: Id
@@ -293,11 +311,14 @@ class ModelAnnouncement(Event):
     action: Literal["serve", "unpin"] = Field("serve", description="unpin: resume serving the trainer's versions.")
     announced_at_ms: int
 
+    @property
+    def key(self) -> str:
+        """One tenant's task in one partition, in order."""
+        return f"{self.tenant}/{self.task}"
 
-class DeadLetter(Event):
+
+class DeadLetter(Event, title="protege.dead_letter"):
     """Bytes a service could not accept, with the reason; nothing is dropped silently."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", title="protege.dead_letter")
 
     v: Literal[1] = 1
     reason: str = Field(description="Stable machine-readable code, e.g. invalid_json, schema_violation.")

@@ -3,9 +3,13 @@ exactly-once processing loop.
 
 Error policy of the loop, stage by stage:
 
-- decode: a record that is not a valid event becomes a ``DeadLetter`` (original bytes,
-  reason code, detail) on the service's dead-letter topic; its offset commits with it.
-- handle: the handler returns the records to produce. If it raises, the transaction is
+- decode: the loop is given the event type of each input topic and decodes every record
+  itself (``protege.serde``: any bytes give an event or a reason). A record that is not a
+  valid event, or names a task the service does not have, becomes a ``DeadLetter``
+  (original bytes, reason code, detail) on the service's dead-letter topic, in the same
+  transaction as the batch's outputs and offsets. Handlers never see bytes.
+- handle: the handler gets the batch's typed events (``Received``: the event and where it
+  came from) and returns the records to produce. If it raises, the transaction is
   aborted and the batch is handled again one record at a time, each in its own
   transaction. A record that still fails after ``max_attempts`` tries (with backoff) is
   *quarantined*: a ``DeadLetter`` with reason ``quarantined`` (the service, the exception,
@@ -26,10 +30,10 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -37,8 +41,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from protege import metrics
-from protege.errors import BrokerError
+from protege.errors import BrokerError, InvalidEvent
 from protege.events import DeadLetter, Event, now_ms
+from protege.serde import decode
 from protege.settings import Settings
 
 
@@ -51,15 +56,88 @@ class Out:
     key: bytes | None = None
 
     @classmethod
-    def of(cls, topic: str, event: Event, key: str | None) -> Out:
+    def of(cls, topic: str, event: Event, key: str | None = None) -> Out:
+        """``event`` on ``topic``, under ``key`` or else the event's own key (``Event.key``)."""
+        key = key if key is not None else event.key
         return cls(topic, event.dumps(), key.encode() if key is not None else None)
 
 
+E = TypeVar("E", bound=Event)
 Record: TypeAlias = ConsumerRecord  # [bytes, bytes]: keys and values are raw bytes
-BatchHandler = Callable[[Sequence[Record]], Awaitable[list[Out]]]
-CommitHook = Callable[[Sequence[Record]], Awaitable[None]]
-Fallback = Callable[[Record, str], list[Out]]  # what to produce for a quarantined record, besides the letter
+
+
+class Source(Protocol):
+    """Where bytes came from: a consumed record, or a received event."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+@dataclass(frozen=True)
+class Received(Generic[E]):
+    """One decoded input: the typed event, and the record it came from."""
+
+    event: E
+    topic: str = ""
+    partition: int = 0
+    offset: int = 0
+    key: bytes | None = None
+    value: bytes = b""  # the original bytes, for a dead letter
+
+    @property
+    def coordinates(self) -> tuple[str, int, int]:
+        return self.topic, self.partition, self.offset
+
+
+BatchHandler = Callable[[Sequence[Received[Any]]], Awaitable[list[Out]]]
+CommitHook = Callable[[Sequence[Received[Any]]], Awaitable[None]]
+Fallback = Callable[[Received[Any], str], list[Out]]  # what to produce for a quarantined record, besides the letter
 INFRASTRUCTURE = (KafkaError, ConnectionError, TimeoutError)  # not a record's fault: restart, do not quarantine
+
+
+def each(handle: Callable[[Received[E]], list[Out]]) -> Callable[[Sequence[Received[E]]], Awaitable[list[Out]]]:
+    """A batch handler from a handler of one event at a time."""
+
+    async def batch(received: Sequence[Received[E]]) -> list[Out]:
+        return [out for r in received for out in handle(r)]
+
+    return batch
+
+
+def record(topic: str, value: bytes | None, key: bytes | None = None, *, partition: int = 0, offset: int = 0) -> Record:
+    """A consumed record as aiokafka gives it (what the loop decodes; tests and probes build them)."""
+    return ConsumerRecord(topic, partition, offset, 0, 0, key, value, None, len(key or b""), len(value or b""), ())
+
+
+def receive(records: Sequence[Source], inputs: Mapping[str, type[Event]], *, service: str, dead_letters: str,
+            tasks: Collection[str] | None = None) -> tuple[list[Received[Any]], list[Out]]:
+    """Decode records into typed events, and dead letters for those that are not one (never raises).
+
+    With ``tasks``, an event about another task is a dead letter (``unknown_task``) too.
+    """
+    received: list[Received[Any]] = []
+    letters: list[Out] = []
+    for r in records:
+        try:
+            event = decode(inputs[r.topic], r.value)
+        except InvalidEvent as e:
+            letters.append(dead_letter(r, e.reason, e.detail, service, dead_letters))
+            continue
+        task = getattr(event, "task", None)
+        if tasks is not None and task is not None and task not in tasks:
+            letters.append(dead_letter(r, "unknown_task", f"{service} has no task {task!r}; known: {sorted(tasks)}",
+                                       service, dead_letters, **event.ids()))
+            continue
+        received.append(Received(event, r.topic, r.partition, r.offset, r.key, r.value or b""))
+    return received, letters
 
 
 class HandlerFailed(Exception):
@@ -70,20 +148,20 @@ class HandlerFailed(Exception):
         self.error = error
 
 
-def dead_letter(record: Record, reason: str, detail: str, service: str, topic: str, **ids: str | None) -> Out:
+def dead_letter(source: Source, reason: str, detail: str, service: str, topic: str, **ids: str | None) -> Out:
     letter = DeadLetter(
         reason=reason,
         detail=detail,
         service=service,
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key_b64=base64.b64encode(record.key).decode() if record.key is not None else None,
-        value_b64=base64.b64encode(record.value or b"").decode(),
+        topic=source.topic,
+        partition=source.partition,
+        offset=source.offset,
+        key_b64=base64.b64encode(source.key).decode() if source.key is not None else None,
+        value_b64=base64.b64encode(source.value or b"").decode(),
         at_ms=now_ms(),
         **ids,
     )
-    key = ids.get("request_id") or (record.key.decode(errors="replace") if record.key else None)
+    key = ids.get("request_id") or (source.key.decode(errors="replace") if source.key else None)
     metrics.DEAD_LETTERS.labels(service, reason).inc()
     return Out.of(topic, letter, key)
 
@@ -186,15 +264,21 @@ class Heartbeat:
 
 
 class Processor:
-    """Consume ``inputs``, hand each batch to ``handle``, produce its outputs exactly once."""
+    """Consume ``inputs`` (topic -> the event type on it), decode each batch, hand its typed
+    events to ``handle``, produce its outputs exactly once.
+
+    With ``tasks``, an event about a task the service does not have is dead-lettered
+    (``unknown_task``) before the handler sees it.
+    """
 
     def __init__(
         self,
         settings: Settings,
         service: str,
-        inputs: Sequence[str],
+        inputs: Mapping[str, type[Event]],
         handle: BatchHandler,
         *,
+        tasks: Collection[str] | None = None,
         max_records: int = 500,
         max_wait_ms: int = 100,
         transaction_timeout_ms: int = 60_000,
@@ -207,8 +291,9 @@ class Processor:
     ) -> None:
         self.settings = settings
         self.service = service
-        self.inputs = list(inputs)
+        self.inputs = dict(inputs)
         self.handle = handle
+        self.tasks = tasks
         self.max_records = max_records
         self.max_wait_ms = max_wait_ms
         self.group = f"{settings.topic_prefix}protege-{service}"
@@ -229,7 +314,7 @@ class Processor:
         prod = producer(self.settings, self.transactional_id, transaction_timeout_ms=self.transaction_timeout_ms)
         await prod.start()
         await cons.start()
-        self.log.info("processing", inputs=self.inputs, group=self.group, transactional_id=self.transactional_id)
+        self.log.info("processing", inputs=list(self.inputs), group=self.group, transactional_id=self.transactional_id)
         heartbeat = Heartbeat(self.settings.home / "health" / self.service)
         try:
             while not stop.is_set():
@@ -253,9 +338,14 @@ class Processor:
             await prod.stop()
             self.log.info("stopped", processed=self.processed, quarantined=self.quarantined)
 
-    async def handled(self, records: Sequence[Record]) -> list[Out]:
+    def decode(self, records: Sequence[Record]) -> tuple[list[Received[Any]], list[Out]]:
+        return receive(records, self.inputs, service=self.service, dead_letters=self.dead_letters, tasks=self.tasks)
+
+    async def handled(self, received: Sequence[Received[Any]]) -> list[Out]:
+        if not received:
+            return []
         try:
-            return await self.handle(records)
+            return await self.handle(received)
         except INFRASTRUCTURE:
             raise
         except Exception as e:
@@ -263,15 +353,16 @@ class Processor:
 
     async def commit(self, prod: AIOKafkaProducer, records: Sequence[Record],
                      offsets: dict[TopicPartition, int]) -> list[Out]:
-        """Handle ``records`` and commit their outputs with ``offsets`` in one transaction."""
+        """Decode and handle ``records``; commit the outputs with ``offsets`` in one transaction."""
         async with prod.transaction():
-            outs = await self.handled(records)
+            received, outs = self.decode(records)
+            outs += await self.handled(received)
             for out in outs:
                 await prod.send(out.topic, out.value, key=out.key)
             await prod.send_offsets_to_transaction(offsets, self.group)
         self.processed += len(records)
-        if self.on_commit is not None:
-            await self.on_commit(records)
+        if self.on_commit is not None and received:
+            await self.on_commit(received)
         return outs
 
     async def one_by_one(self, prod: AIOKafkaProducer, batches: dict[TopicPartition, list[Record]],
@@ -302,10 +393,12 @@ class Processor:
                          error: Exception) -> list[Out]:
         detail = (f"{self.service} raised {type(error).__name__}: {error} on each of {self.max_attempts} "
                   "attempts")[:1000]
-        outs = [dead_letter(record, "quarantined", detail, self.service, self.dead_letters)]
-        if self.fallback is not None:
+        received, _ = self.decode([record])
+        outs = [dead_letter(record, "quarantined", detail, self.service, self.dead_letters,
+                            **(received[0].event.ids() if received else {}))]
+        if self.fallback is not None and received:
             try:
-                outs.extend(self.fallback(record, detail))
+                outs.extend(self.fallback(received[0], detail))
             except Exception as e:  # the letter alone still goes out
                 self.log.error("fallback_failed", offset=record.offset, error=f"{type(e).__name__}: {e}")
         async with prod.transaction():

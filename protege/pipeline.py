@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from protege import signals
 from protege.broker.embedded import EmbeddedBroker
-from protege.events import Correction, Response, TeacherResult
+from protege.events import Correction, Event, Response, TeacherResult
 from protege.kafka import consumer, ensure_topics, partitions_of, producer
 from protege.settings import Settings, env_for_children
 from protege.supervisor import Supervisor
@@ -247,6 +247,13 @@ def _agreement(results: list[TeacherResult]) -> float | None:
     return sum(judged) / len(judged) if judged else None
 
 
+class Probe(Event, title="protege.probe"):
+    """A load probe's record: its number and when it was sent (epoch seconds)."""
+
+    n: int
+    sent_s: float
+
+
 async def time_records(settings: Settings, into: str, out_of: str, n: int, rate: float | None) -> tuple[list[float], float]:
     """Publish ``n`` timestamped records to ``into`` at ``rate`` (None: as fast as possible)
     and time each one's arrival on ``out_of`` (the same topic: the raw broker; another: what
@@ -264,13 +271,13 @@ async def time_records(settings: Settings, into: str, out_of: str, n: int, rate:
         while len(latencies) < n:
             for records in (await reader.getmany(timeout_ms=100)).values():
                 now = time.time()
-                latencies.extend((now - float(r.value)) * 1000 for r in records)
+                latencies.extend((now - Probe.model_validate_json(r.value).sent_s) * 1000 for r in records)
 
     try:
         collector = asyncio.create_task(read())
         started = time.perf_counter()
         for i in range(n):
-            await prod.send(into, str(time.time()).encode(), key=str(i).encode())
+            await prod.send(into, Probe(n=i, sent_s=time.time()).dumps(), key=str(i).encode())
             delay = started + (i + 1) / rate - time.perf_counter() if rate else 0
             if delay > 0:
                 await asyncio.sleep(delay)

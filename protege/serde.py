@@ -115,8 +115,10 @@ def parse_json(raw: bytes | None, *, max_bytes: int = MAX_BYTES, max_depth: int 
 
 
 def decode(model: type[E], raw: bytes | None, schema: str | None = None) -> E:
-    """Decode ``raw`` into ``model``; with ``schema``, validate against that schema file first."""
+    """Decode ``raw`` into ``model``; with ``schema`` (by default the model's ``schema_name``),
+    validate against that published schema first."""
     data = parse_json(raw)
+    schema = schema or model.schema_name
     if schema is not None:
         errors = sorted(validator(schema).iter_errors(data), key=lambda e: list(e.absolute_path))
         if errors:

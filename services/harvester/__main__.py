@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import asyncio
 
+from protege.events import Feedback, TeacherResult
 from protege.kafka import Processor
 from protege.service import run_service
 from protege.settings import HarvesterSettings
 from services.harvester.handler import Harvester
 
 
-async def serve(settings: HarvesterSettings, stop: asyncio.Event) -> None:
+def processor(settings: HarvesterSettings, harvester: Harvester) -> Processor:
     t = settings.topics
-    harvester = Harvester(t, redact_pii=settings.redact_pii)
-    await Processor(settings, "harvester", [t.teacher_results, t.feedback], harvester.handle).run(stop)
+    return Processor(settings, "harvester", {t.teacher_results: TeacherResult, t.feedback: Feedback},
+                     harvester.handle)
+
+
+async def serve(settings: HarvesterSettings, stop: asyncio.Event) -> None:
+    await processor(settings, Harvester(settings.topics, redact_pii=settings.redact_pii)).run(stop)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from protege.errors import InvalidEvent
 from protege.events import Feedback, HarvestCase, TeacherResult, now_ms
-from protege.kafka import Out, Record, dead_letter
+from protege.kafka import Out, Received
 from protege.redact import redact
-from protege.serde import decode
 from protege.topics import Topics
 
 
@@ -29,26 +27,22 @@ class Harvester:
         self.topics = topics
         self.clean = redact if redact_pii else str
 
-    def harvest(self, record: Record) -> list[Out]:
-        try:
-            if record.topic == self.topics.teacher_results:
-                res = decode(TeacherResult, record.value)
-                disagree = res.student_label is not None and res.student_label != res.label
-                case = HarvestCase(
-                    request_id=res.request_id, tenant=res.tenant, task=res.task, text=self.clean(res.text), label=res.label,
-                    label_source="standin" if res.standin else "teacher", student_label=res.student_label,
-                    model_version=res.model_version, reason="disagreement" if disagree else "escalated",
-                    harvested_at_ms=now_ms(),
-                )
-            else:
-                fb = decode(Feedback, record.value)
-                case = HarvestCase(
-                    request_id=fb.request_id, tenant=fb.tenant, task=fb.task, text=self.clean(fb.text), label=fb.label,
-                    label_source="feedback", reason="feedback", harvested_at_ms=now_ms(),
-                )
-        except InvalidEvent as e:
-            return [dead_letter(record, e.reason, e.detail, "harvester", self.topics.dlq)]
-        return [Out.of(self.topics.harvest, case, f"{case.tenant}/{case.task}")]
+    def harvest(self, r: Received[TeacherResult | Feedback]) -> list[Out]:
+        event = r.event
+        if isinstance(event, TeacherResult):
+            disagree = event.student_label is not None and event.student_label != event.label
+            case = HarvestCase(
+                request_id=event.request_id, tenant=event.tenant, task=event.task, text=self.clean(event.text),
+                label=event.label, label_source="standin" if event.standin else "teacher",
+                student_label=event.student_label, model_version=event.model_version,
+                reason="disagreement" if disagree else "escalated", harvested_at_ms=now_ms(),
+            )
+        else:
+            case = HarvestCase(
+                request_id=event.request_id, tenant=event.tenant, task=event.task, text=self.clean(event.text),
+                label=event.label, label_source="feedback", reason="feedback", harvested_at_ms=now_ms(),
+            )
+        return [Out.of(self.topics.harvest, case)]
 
-    async def handle(self, records: Sequence[Record]) -> list[Out]:
-        return [out for r in records for out in self.harvest(r)]
+    async def handle(self, received: Sequence[Received[TeacherResult | Feedback]]) -> list[Out]:
+        return [out for r in received for out in self.harvest(r)]

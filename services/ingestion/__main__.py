@@ -6,14 +6,22 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 
 import structlog
 
+from protege.events import Request
 from protege.kafka import Processor, read_all
 from protege.service import run_service
 from protege.settings import IngestionSettings
 from protege.task import load_tasks
-from services.ingestion.handler import Ingestion, SeenIds
+from services.ingestion.handler import SERVICE, Ingestion, SeenIds
+
+
+def processor(settings: IngestionSettings, tasks: Collection[str], handler: Ingestion) -> Processor:
+    """The loop as the service runs it: requests in, bad ones to protege.requests.dlq."""
+    return Processor(settings, SERVICE, {settings.topics.requests: Request}, handler.handle, tasks=tasks,
+                     on_commit=handler.committed, dead_letters=settings.topics.requests_dlq)
 
 
 async def serve(settings: IngestionSettings, stop: asyncio.Event) -> None:
@@ -21,11 +29,9 @@ async def serve(settings: IngestionSettings, stop: asyncio.Event) -> None:
     # Rebuild the duplicate filter from what was already accepted (committed records only).
     seen.extend(r.key.decode() for r in await read_all(settings, settings.topics.ingested) if r.key)
     structlog.get_logger().info("dedupe_rebuilt", ids=len(seen))
-    handler = Ingestion(load_tasks(settings.tasks_dir), settings.topics,
-                        max_text_chars=settings.max_text_chars, seen=seen)
-    await Processor(settings, "ingestion", [settings.topics.requests], handler.handle, on_commit=handler.committed,
-                    dead_letters=settings.topics.requests_dlq).run(stop)
+    handler = Ingestion(settings.topics, max_text_chars=settings.max_text_chars, seen=seen)
+    await processor(settings, load_tasks(settings.tasks_dir), handler).run(stop)
 
 
 if __name__ == "__main__":
-    run_service("ingestion", IngestionSettings, serve)
+    run_service(SERVICE, IngestionSettings, serve)

@@ -1,9 +1,9 @@
 """Ingestion: validate, normalise and stamp requests; reject bad input with a reason.
 
-Reason codes on ``protege.requests.dlq``: the decoder's (empty, too_large, invalid_utf8,
-invalid_json, too_deep, duplicate_key, not_an_object, schema_violation; see
-``protege.serde``), then invalid_key, unknown_task, empty_text, text_too_long,
-duplicate_request_id, and the loop's quarantined.
+Reason codes on ``protege.requests.dlq``: the loop's decoder's (empty, too_large,
+invalid_utf8, invalid_json, too_deep, duplicate_key, not_an_object, schema_violation; see
+``protege.serde``) and unknown_task; then this handler's invalid_key, empty_text,
+text_too_long, duplicate_request_id; and the loop's quarantined.
 
 The request id is the body's ``request_id``; else the record's key (what a backend that
 keys each request by its id expects to match the answer by); else one stamped from the
@@ -21,14 +21,12 @@ from collections.abc import Iterable, Sequence
 
 import structlog
 
-from protege.errors import InvalidEvent
 from protege.events import ID_PATTERN, Ingested, Request, now_ms
-from protege.kafka import Out, Record, dead_letter
-from protege.serde import decode
-from protege.task import Task
+from protege.kafka import Out, Received, dead_letter
 from protege.text import normalize
 from protege.topics import Topics
 
+SERVICE = "ingestion"
 STAMP_NAMESPACE = uuid.UUID("6f1c3b52-8d0e-4c61-9a3e-5b7f0e2d9c41")
 _ID = re.compile(ID_PATTERN)
 
@@ -61,17 +59,19 @@ class SeenIds:
 
 
 class Ingestion:
-    def __init__(self, tasks: dict[str, Task], topics: Topics, *, max_text_chars: int, seen: SeenIds) -> None:
-        self.tasks = tasks
+    """Requests the loop has decoded (and checked for a known task) become ingested events."""
+
+    def __init__(self, topics: Topics, *, max_text_chars: int, seen: SeenIds) -> None:
         self.topics = topics
         self.max_text_chars = max_text_chars
         self.seen = seen
         self.pending: set[str] = set()  # accepted in the batch being handled, until it commits
-        self.log = structlog.get_logger().bind(service="ingestion")
+        self.log = structlog.get_logger().bind(service=SERVICE)
 
-    def stamp(self, record: Record) -> str:
+    @staticmethod
+    def stamp(r: Received[Request]) -> str:
         # Deterministic in the record's coordinates: a re-read after a crash stamps the same id.
-        return "req-" + str(uuid.uuid5(STAMP_NAMESPACE, f"{record.topic}:{record.partition}:{record.offset}"))
+        return "req-" + str(uuid.uuid5(STAMP_NAMESPACE, "{}:{}:{}".format(*r.coordinates)))
 
     @staticmethod
     def key_id(key: bytes) -> str | None:
@@ -82,50 +82,45 @@ class Ingestion:
             return None
         return text if len(text) <= 128 and _ID.fullmatch(text) else None
 
-    def ingest(self, record: Record, batch: set[str]) -> Out:
-        def reject(reason: str, detail: str, request_id: str | None = None, tenant: str | None = None) -> Out:
-            return dead_letter(record, reason, detail, "ingestion", self.topics.requests_dlq,
-                               request_id=request_id, tenant=tenant)
+    def ingest(self, r: Received[Request], batch: set[str]) -> Out:
+        req = r.event
 
-        try:
-            req = decode(Request, record.value, schema="request")
-        except InvalidEvent as e:
-            return reject(e.reason, e.detail)
+        def reject(reason: str, detail: str, request_id: str | None = None) -> Out:
+            return dead_letter(r, reason, detail, SERVICE, self.topics.requests_dlq, request_id=request_id,
+                               tenant=req.tenant)
+
         request_id, source = req.request_id, "request_id"
-        if request_id is None and record.key is not None:
-            request_id, source = self.key_id(record.key), "record key"
+        if request_id is None and r.key is not None:
+            request_id, source = self.key_id(r.key), "record key"
             if request_id is None:
                 return reject("invalid_key", "no request_id, and the record key cannot be one (UTF-8, 1-128 "
-                                             f"characters matching {ID_PATTERN}): set request_id in the body",
-                              tenant=req.tenant)
-        ids = {"request_id": request_id, "tenant": req.tenant}
-        if req.task not in self.tasks:
-            return reject("unknown_task", f"no task named {req.task!r}; known: {sorted(self.tasks)}", **ids)
+                                             f"characters matching {ID_PATTERN}): set request_id in the body")
         text = normalize(req.text)
         if not text:
-            return reject("empty_text", "the text is empty after normalisation", **ids)
+            return reject("empty_text", "the text is empty after normalisation", request_id)
         if len(text) > self.max_text_chars:
-            return reject("text_too_long", f"{len(text)} characters > limit {self.max_text_chars}", **ids)
+            return reject("text_too_long", f"{len(text)} characters > limit {self.max_text_chars}", request_id)
         if request_id is None:
-            request_id, source = self.stamp(record), "stamped"
+            request_id, source = self.stamp(r), "stamped"
         if request_id in self.seen or request_id in batch:
             return reject("duplicate_request_id", f"request id {request_id!r} (from the {source}) was already "
-                                                  "accepted", **ids)
+                                                  "accepted", request_id)
         batch.add(request_id)
         event = Ingested(
             request_id=request_id, tenant=req.tenant, task=req.task, text=text,
             metadata=req.metadata or {}, sent_at_ms=req.sent_at_ms, received_at_ms=now_ms(),
         )
         self.log.debug("ingested", request_id=request_id, tenant=req.tenant, task=req.task, id_from=source)
-        return Out.of(self.topics.ingested, event, request_id)
+        return Out.of(self.topics.ingested, event)
 
-    async def handle(self, records: Sequence[Record]) -> list[Out]:
+    async def handle(self, received: Sequence[Received[Request]]) -> list[Out]:
         batch: set[str] = set()
-        outs = [self.ingest(r, batch) for r in records]
+        outs = [self.ingest(r, batch) for r in received]
         self.pending = batch
         return outs
 
-    async def committed(self, records: Sequence[Record]) -> None:
+    async def committed(self, received: Sequence[Received[Request]]) -> None:
         """The batch committed: its accepted ids are now duplicates for later requests."""
         self.seen.extend(self.pending)
         self.pending = set()
+

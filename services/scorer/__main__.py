@@ -14,6 +14,7 @@ from functools import partial
 
 from aiokafka import TopicPartition
 
+from protege.events import Ingested
 from protege.kafka import Processor, consumer
 from protege.service import run_service
 from protege.settings import ScorerSettings
@@ -48,10 +49,13 @@ async def serve(settings: ScorerSettings, stop: asyncio.Event) -> None:
     await asyncio.wait([watcher, asyncio.create_task(caught_up.wait())], return_when=asyncio.FIRST_COMPLETED)
     if watcher.done():
         watcher.result()  # raise what stopped it
-    processor = Processor(settings, "scorer", [settings.topics.ingested], scorer.handle,
-                          max_records=settings.max_batch, max_wait_ms=settings.max_wait_ms,
-                          fallback=scorer.quarantined)
-    await asyncio.gather(processor.run(stop), watcher)
+    await asyncio.gather(processor(settings, scorer).run(stop), watcher)
+
+
+def processor(settings: ScorerSettings, scorer: Scorer) -> Processor:
+    """Micro-batches from the fetch; a request it cannot survive goes on unscored."""
+    return Processor(settings, "scorer", {settings.topics.ingested: Ingested}, scorer.handle,
+                     max_records=settings.max_batch, max_wait_ms=settings.max_wait_ms, fallback=scorer.quarantined)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import structlog
 from protege import metrics
 from protege.errors import InvalidEvent
 from protege.events import Ingested, ModelAnnouncement, Scored, StudentOutput, now_ms
-from protege.kafka import Out, Record, dead_letter
+from protege.kafka import Out, Received, Record
 from protege.redact import redact
 from protege.registry import Serving
 from protege.serde import decode
@@ -65,22 +65,16 @@ class Scorer:
         metrics.SERVING.labels(ann.tenant, ann.task, student.version).set(1)
         self.log.info("serving", tenant=ann.tenant, task=ann.task, version=ann.version, providers=student.providers)
 
-    def quarantined(self, record: Record, why: str) -> list[Out]:
+    def quarantined(self, r: Received[Ingested], why: str) -> list[Out]:
         """The loop gave up on this request: pass it on without a student answer."""
-        req = decode(Ingested, record.value)
-        scored = Scored(request=req, student=None, student_error=why[:300], scored_at_ms=now_ms(), batch_size=1)
-        return [Out.of(self.topics.scored, scored, req.request_id)]
+        scored = Scored(request=r.event, student=None, student_error=why[:300], scored_at_ms=now_ms(), batch_size=1)
+        return [Out.of(self.topics.scored, scored)]
 
-    async def handle(self, records: Sequence[Record]) -> list[Out]:
+    async def handle(self, received: Sequence[Received[Ingested]]) -> list[Out]:
         outs: list[Out] = []
         groups: dict[tuple[str, str], list[Ingested]] = defaultdict(list)
-        for r in records:
-            try:
-                req = decode(Ingested, r.value)
-            except InvalidEvent as e:
-                outs.append(dead_letter(r, e.reason, e.detail, "scorer", self.topics.dlq))
-                continue
-            groups[(req.tenant, req.task)].append(req)
+        for r in received:
+            groups[(r.event.tenant, r.event.task)].append(r.event)
         for key, reqs in groups.items():
             student = self.students.get(key)
             answers: list[StudentOutput | None] = [None] * len(reqs)
@@ -98,7 +92,7 @@ class Scorer:
             for req, answer in zip(reqs, answers, strict=True):
                 scored = Scored(request=req, student=answer, student_error=error, scored_at_ms=at,
                                 batch_size=len(reqs))
-                outs.append(Out.of(self.topics.scored, scored, req.request_id))
+                outs.append(Out.of(self.topics.scored, scored))
                 self.log.debug("scored", request_id=req.request_id, tenant=req.tenant, task=req.task,
                                version=student.version if student else None, batch=len(reqs))
         return outs

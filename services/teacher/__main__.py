@@ -21,7 +21,7 @@ import structlog
 
 from protege.costs import price_table
 from protege.errors import ConfigError
-from protege.events import TeacherResult
+from protege.events import TeacherRequest, TeacherResult
 from protege.kafka import Processor, read_all
 from protege.service import run_service
 from protege.settings import TeacherSettings
@@ -68,17 +68,22 @@ async def serve(settings: TeacherSettings, stop: asyncio.Event) -> None:
         reading.result()  # raise what stopped it
     for paid in journal.answers.values():  # paid for before a crash: counts against the cap too
         spend.add(f"{paid.tenant}/{paid.task}", paid.cost_usd, at=paid.answered_at_ms / 1000)
-    worker = TeacherWorker(load_tasks(settings.tasks_dir), settings.topics, teacher, settings.concurrency,
+    tasks = load_tasks(settings.tasks_dir)
+    worker = TeacherWorker(tasks, settings.topics, teacher, settings.concurrency,
                            breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s),
                            spend=spend, unavailable=unavailable, journal=journal)
+    await asyncio.gather(*(p.run(stop) for p in processors(settings, worker)), reading)
+
+
+def processors(settings: TeacherSettings, worker: TeacherWorker) -> list[Processor]:
+    """Requests, and (a second consumer group) those held for later; long calls, long transactions."""
     t = settings.topics
-    await asyncio.gather(
-        Processor(settings, "teacher", [t.teacher_requests], worker.handle, max_records=settings.concurrency * 4,
-                  transaction_timeout_ms=300_000, on_commit=worker.committed, fallback=worker.quarantined).run(stop),
-        Processor(settings, "teacher-retry", [t.teacher_retry], worker.handle, max_records=settings.concurrency * 4,
-                  transaction_timeout_ms=300_000, on_commit=worker.committed, fallback=worker.quarantined).run(stop),
-        reading,
-    )
+    return [
+        Processor(settings, name, {topic: TeacherRequest}, worker.handle, tasks=worker.tasks,
+                  max_records=settings.concurrency * 4, transaction_timeout_ms=300_000, on_commit=worker.committed,
+                  fallback=worker.quarantined)
+        for name, topic in (("teacher", t.teacher_requests), ("teacher-retry", t.teacher_retry))
+    ]
 
 
 if __name__ == "__main__":

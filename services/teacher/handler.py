@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 import structlog
 
 from protege import metrics
-from protege.errors import InvalidEvent, TeacherError
+from protege.errors import TeacherError
 from protege.events import Correction, Response, TeacherRequest, TeacherResult, now_ms
-from protege.kafka import Out, Record, dead_letter
-from protege.serde import decode
+from protege.kafka import Out, Received, dead_letter
 from protege.task import Task
 from protege.teacher import Teacher, TeacherAnswer
 from protege.topics import Topics
@@ -135,27 +134,21 @@ class TeacherWorker:
         self.journaled: dict[tuple[str, int, int], str] = {}  # record -> journal key, until its batch commits
         self.log = structlog.get_logger().bind(service="teacher")
 
-    async def answer(self, record: Record) -> list[Out]:
-        try:
-            ask = decode(TeacherRequest, record.value)
-        except InvalidEvent as e:
-            return [dead_letter(record, e.reason, e.detail, "teacher", self.topics.dlq)]
+    async def answer(self, r: Received[TeacherRequest]) -> list[Out]:
+        ask = r.event
         req = ask.request
         ids = {"request_id": req.request_id, "tenant": req.tenant}
-        task = self.tasks.get(req.task)
-        if task is None:
-            return [dead_letter(record, "unknown_task", f"teacher has no task {req.task!r}", "teacher",
-                                self.topics.dlq, **ids)]
+        task = self.tasks[req.task]  # the loop dead-letters other tasks
         if ask.not_before_ms is not None:  # held: wait its turn (bounded; a later pass waits the rest)
             wait_s = (ask.not_before_ms - now_ms()) / 1000
             if wait_s > self.max_hold_sleep_s:
-                return [Out.of(self.topics.teacher_retry, ask, req.request_id)]
+                return [Out.of(self.topics.teacher_retry, ask)]
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
         key = key_of(req.tenant, req.request_id)
         paid = self.journal.get(key) if self.journal is not None else None
         if paid is not None:  # answered before a crash, not yet committed: do not pay again
-            self.journaled[(record.topic, record.partition, record.offset)] = key
+            self.journaled[r.coordinates] = key
             self.log.info("answer_from_journal", request_id=req.request_id, teacher=paid.teacher)
             return self.result_outs(ask, answer_of(paid))
         budget = f"{req.tenant}/{req.task}"  # the cap is the task's, counted per tenant
@@ -172,7 +165,7 @@ class TeacherWorker:
                 except TeacherError as e:
                     self.breaker.success()  # the API answered; the answer was bad
                     self.log.warning("teacher_invalid", request_id=req.request_id, error=str(e))
-                    return [dead_letter(record, "teacher_invalid_answer", str(e), "teacher", self.topics.dlq, **ids),
+                    return [dead_letter(r, "teacher_invalid_answer", str(e), "teacher", self.topics.dlq, **ids),
                             *self.fallback_response(ask, str(e))]
                 except self.unavailable as e:
                     self.breaker.failure()
@@ -187,12 +180,12 @@ class TeacherWorker:
             self.spend.settle(budget, estimate, cost)
         if self.journal is not None:
             await self.journal.put(key, self.result_of(ask, answer, now_ms()))
-            self.journaled[(record.topic, record.partition, record.offset)] = key
+            self.journaled[r.coordinates] = key
         return self.result_outs(ask, answer)
 
-    async def committed(self, records: Sequence[Record]) -> None:
+    async def committed(self, received: Sequence[Received[TeacherRequest]]) -> None:
         """A batch's transaction committed: its journal entries are settled."""
-        keys = [k for r in records if (k := self.journaled.pop((r.topic, r.partition, r.offset), None))]
+        keys = [k for r in received if (k := self.journaled.pop(r.coordinates, None))]
         if keys and self.journal is not None:
             await self.journal.settle(keys)
 
@@ -212,19 +205,19 @@ class TeacherWorker:
         req, at = ask.request, now_ms()
         result = self.result_of(ask, answer, at)
         agrees = result.agrees
-        outs = [Out.of(self.topics.teacher_results, result, req.request_id)]
+        outs = [Out.of(self.topics.teacher_results, result)]
         self.observe(ask, answer, at)
         if ask.mode == "answer":
             outs.append(Out.of(self.topics.responses, Response(
                 request_id=req.request_id, tenant=req.tenant, task=req.task, label=answer.label, route="teacher",
                 fields=answer.fields, answered_by=answer.model, standin=answer.standin, sent_at_ms=req.sent_at_ms,
                 received_at_ms=req.received_at_ms, answered_at_ms=at,
-            ), req.request_id))
+            )))
         elif agrees is False and ask.student_label is not None:
             outs.append(Out.of(self.topics.corrections, Correction(
                 request_id=req.request_id, tenant=req.tenant, task=req.task, label=answer.label,
                 replaces=ask.student_label, answered_by=answer.model, standin=answer.standin, corrected_at_ms=at,
-            ), req.request_id))
+            )))
         self.log.info("answered", request_id=req.request_id, teacher=answer.model, mode=ask.mode,
                       cost_usd=round(answer.cost_usd, 6), standin=answer.standin, agrees=agrees)
         return outs
@@ -257,7 +250,7 @@ class TeacherWorker:
             route="student" if degraded else "teacher", status="degraded" if degraded else "failed",
             error=error, answered_by=ask.model_version or "none", confidence=ask.student_confidence,
             sent_at_ms=req.sent_at_ms, received_at_ms=req.received_at_ms, answered_at_ms=at,
-        ), req.request_id)]
+        ))]
 
     def unavailable_outs(self, ask: TeacherRequest, task: Task, why: str) -> list[Out]:
         req = ask.request
@@ -270,16 +263,16 @@ class TeacherWorker:
         self.log.info("held", request_id=req.request_id, why=why, attempt=held.attempt, delay_ms=delay)
         metrics.TEACHER_HELD.labels(req.task, why).inc()
         metrics.BREAKER_OPEN.set(int(self.breaker.state == "open"))
-        return [Out.of(self.topics.teacher_retry, held, req.request_id)]
+        return [Out.of(self.topics.teacher_retry, held)]
 
-    def quarantined(self, record: Record, why: str) -> list[Out]:
+    def quarantined(self, r: Received[TeacherRequest], why: str) -> list[Out]:
         """The loop gave up on this request: answer it from the student (degraded) or as failed."""
-        return self.fallback_response(decode(TeacherRequest, record.value), why)
+        return self.fallback_response(r.event, why)
 
-    async def handle(self, records: Sequence[Record]) -> list[Out]:
+    async def handle(self, received: Sequence[Received[TeacherRequest]]) -> list[Out]:
         # Every call finishes (and is journaled) before a failure is raised, so the loop's
         # retry of the batch's records finds the paid answers instead of paying again.
-        answered = await asyncio.gather(*(self.answer(r) for r in records), return_exceptions=True)
+        answered = await asyncio.gather(*(self.answer(r) for r in received), return_exceptions=True)
         for result in answered:
             if isinstance(result, BaseException):
                 raise result

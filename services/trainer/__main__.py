@@ -12,6 +12,7 @@ import asyncio
 from functools import partial
 from pathlib import Path
 
+from protege.events import HarvestCase
 from protege.kafka import Processor
 from protege.registry import serving_folder
 from protege.service import run_service
@@ -37,11 +38,17 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
         return train_version(cases, recipe=recipe, registry=registry, tenant=tenant, task=task, serving=serving,
                              threads=settings.trainer_threads)
 
-    trainer = Trainer(load_tasks(settings.tasks_dir), settings.topics, CaseStore(settings.home / "harvest"), train,
+    tasks = load_tasks(settings.tasks_dir)
+    trainer = Trainer(tasks, settings.topics, CaseStore(settings.home / "harvest"), train,
                       min_cases=settings.min_cases, retrain_every=settings.retrain_every,
                       serving=partial(serving_folder, settings))
-    await Processor(settings, "trainer", [settings.topics.harvest], trainer.handle,
-                    max_poll_interval_ms=900_000, transaction_timeout_ms=900_000).run(stop)
+    await processor(settings, trainer).run(stop)
+
+
+def processor(settings: TrainerSettings, trainer: Trainer) -> Processor:
+    """A retrain takes minutes on a small machine: the loop's poll and transaction limits allow it."""
+    return Processor(settings, "trainer", {settings.topics.harvest: HarvestCase}, trainer.handle,
+                     tasks=trainer.tasks, max_poll_interval_ms=900_000, transaction_timeout_ms=900_000)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,8 @@ from pathlib import Path
 
 import structlog
 
-from protege.errors import InvalidEvent
 from protege.events import HarvestCase, ModelAnnouncement, now_ms
-from protege.kafka import Out, Record, dead_letter
-from protege.serde import decode
+from protege.kafka import Out, Received
 from protege.student.train import Case, TrainResult
 from protege.task import Task
 from protege.topics import Topics
@@ -92,19 +90,11 @@ class Trainer:
         every = min(self.retrain_every, self.min_cases) if (tenant, task) in self.held_back else self.retrain_every
         return n - last >= every
 
-    async def handle(self, records: Sequence[Record]) -> list[Out]:
+    async def handle(self, received: Sequence[Received[HarvestCase]]) -> list[Out]:
         outs: list[Out] = []
         touched: set[tuple[str, str]] = set()
-        for r in records:
-            try:
-                case = decode(HarvestCase, r.value)
-            except InvalidEvent as e:
-                outs.append(dead_letter(r, e.reason, e.detail, "trainer", self.topics.dlq))
-                continue
-            if case.task not in self.tasks:
-                outs.append(dead_letter(r, "unknown_task", f"trainer has no task {case.task!r}", "trainer",
-                                        self.topics.dlq, request_id=case.request_id, tenant=case.tenant))
-                continue
+        for r in received:
+            case = r.event
             if self.store.add(case):
                 touched.add((case.tenant, case.task))
         for tenant, task in sorted(touched):
@@ -128,4 +118,4 @@ class Trainer:
             tenant=tenant, task=task_name, version=result.version, path=str(result.folder.resolve()),
             labels=result.labels, metrics=result.metrics, trained_on=len(cases), announced_at_ms=now_ms(),
         )
-        return [Out.of(self.topics.models, ann, f"{tenant}/{task_name}")]
+        return [Out.of(self.topics.models, ann)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+from protege.events import Scored
 from protege.kafka import Processor
 from protege.service import run_service
 from protege.settings import VerifierSettings
@@ -14,10 +15,14 @@ from protege.task import load_tasks
 from services.verifier.handler import Verifier
 
 
+def processor(settings: VerifierSettings, verifier: Verifier) -> Processor:
+    """The loop as the service runs it: a scored request it cannot survive goes to the teacher."""
+    return Processor(settings, "verifier", {settings.topics.scored: Scored}, verifier.handle, tasks=verifier.tasks,
+                     fallback=verifier.quarantined)
+
+
 async def serve(settings: VerifierSettings, stop: asyncio.Event) -> None:
-    verifier = Verifier(load_tasks(settings.tasks_dir), settings.topics)
-    await Processor(settings, "verifier", [settings.topics.scored], verifier.handle,
-                    fallback=verifier.quarantined).run(stop)
+    await processor(settings, Verifier(load_tasks(settings.tasks_dir), settings.topics)).run(stop)
 
 
 if __name__ == "__main__":

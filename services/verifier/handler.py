@@ -22,11 +22,9 @@ from dataclasses import dataclass, field
 import structlog
 
 from protege import metrics
-from protege.errors import InvalidEvent
 from protege.events import Alert, Decision, Response, Scored, TeacherRequest, now_ms
-from protege.kafka import Out, Record, dead_letter
+from protege.kafka import Out, Received
 from protege.policy import router_for
-from protege.serde import decode
 from protege.task import Drift, Task
 from protege.topics import Topics
 
@@ -92,20 +90,14 @@ class Verifier:
         self.monitors = {name: DriftMonitor(name, task.policy.version, task.policy.drift) for name, task in tasks.items()}
         self.log = structlog.get_logger().bind(service="verifier")
 
-    def verify(self, record: Record) -> list[Out]:
-        try:
-            scored = decode(Scored, record.value)
-        except InvalidEvent as e:
-            return [dead_letter(record, e.reason, e.detail, "verifier", self.topics.dlq)]
+    def verify(self, r: Received[Scored]) -> list[Out]:
+        scored = r.event
         req = scored.request
-        if req.task not in self.routers:
-            return [dead_letter(record, "unknown_task", f"verifier has no task {req.task!r}", "verifier",
-                                self.topics.dlq, request_id=req.request_id, tenant=req.tenant)]
         at = now_ms()
         decision: Decision = self.routers[req.task].decide(scored, at)
         metrics.observe_hop("ingested_to_scored", req.received_at_ms, scored.scored_at_ms)
         metrics.observe_hop("scored_to_decided", scored.scored_at_ms, at)
-        outs = [Out.of(self.topics.decisions, decision, req.request_id)]
+        outs = [Out.of(self.topics.decisions, decision)]
         student = scored.student
         if decision.verdict == "accept" and student is not None:
             response = Response(
@@ -114,7 +106,7 @@ class Verifier:
                 confidence=student.confidence, sent_at_ms=req.sent_at_ms, received_at_ms=req.received_at_ms,
                 answered_at_ms=at,
             )
-            outs.append(Out.of(self.topics.responses, response, req.request_id))
+            outs.append(Out.of(self.topics.responses, response))
             metrics.observe_answer(req.task, "student", response.status, req.received_at_ms, at)
         if decision.verdict != "accept" or decision.teacher_check:
             ask = TeacherRequest(
@@ -122,7 +114,7 @@ class Verifier:
                 student_label=decision.student_label, student_confidence=student.confidence if student else None,
                 model_version=decision.model_version, requested_at_ms=at,
             )
-            outs.append(Out.of(self.topics.teacher_requests, ask, req.request_id))
+            outs.append(Out.of(self.topics.teacher_requests, ask))
         metrics.DECISIONS.labels(req.task, decision.policy, decision.verdict).inc()
         self.log.debug("decided", request_id=req.request_id, tenant=req.tenant, task=req.task,
                        verdict=decision.verdict, route=decision.route, reasons=decision.reasons,
@@ -136,17 +128,16 @@ class Verifier:
         metrics.DRIFT_ALARM.labels(req.task).set(int(monitor.firing))
         if alert is not None:
             self.log.warning("drift_alarm", **alert.model_dump())
-            outs.append(Out.of(self.topics.alerts, alert, req.task))
+            outs.append(Out.of(self.topics.alerts, alert))
         return outs
 
-    def quarantined(self, record: Record, why: str) -> list[Out]:
+    def quarantined(self, r: Received[Scored], why: str) -> list[Out]:
         """The loop gave up on this scored request: the teacher answers it."""
-        scored = decode(Scored, record.value)
-        req, student = scored.request, scored.student
+        req, student = r.event.request, r.event.student
         ask = TeacherRequest(request=req, reasons=["quarantined"], student_label=student.label if student else None,
                              student_confidence=student.confidence if student else None,
                              model_version=student.model_version if student else None, requested_at_ms=now_ms())
-        return [Out.of(self.topics.teacher_requests, ask, req.request_id)]
+        return [Out.of(self.topics.teacher_requests, ask)]
 
-    async def handle(self, records: Sequence[Record]) -> list[Out]:
-        return [out for r in records for out in self.verify(r)]
+    async def handle(self, received: Sequence[Received[Scored]]) -> list[Out]:
+        return [out for r in received for out in self.verify(r)]

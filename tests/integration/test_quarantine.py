@@ -1,8 +1,8 @@
 """A record that a service's handler cannot survive is quarantined, not retried forever.
 
-Each service runs its real handler in the real processing loop on the real broker, with
-the dead-letter topic and fallback its ``__main__`` gives it. The handler is wrapped so
-that one record (marked ``POISON``) raises ``RecursionError`` every time, as the 10 KB
+Each service runs its real handler in the processing loop its ``__main__`` builds (its
+inputs, dead-letter topic, fallback, task check) on the real broker. The handler is
+wrapped so that one record (marked ``POISON``) raises ``RecursionError`` every time, as the 10 KB
 nested request once did in ingestion (that input itself is now refused by the decoder;
 see test_serde): the poison is dead-lettered with the service, the exception and its
 original bytes, the fallback still answers it where the service answers requests, the
@@ -13,12 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import services.harvester.__main__
+import services.ingestion.__main__
+import services.scorer.__main__
+import services.teacher.__main__
+import services.trainer.__main__
+import services.verifier.__main__
 from protege.events import (
     DeadLetter,
     Event,
@@ -33,9 +40,19 @@ from protege.events import (
     now_ms,
 )
 from protege.generator import triage_task
-from protege.kafka import Out, Processor, Record, producer, read_all
+from protege.kafka import Out, Processor, Received, producer, read_all
 from protege.pipeline import group_lag
-from protege.settings import Settings
+from protege.settings import (
+    HarvesterSettings,
+    IngestionSettings,
+    ScorerSettings,
+    Settings,
+    TeacherSettings,
+    TrainerSettings,
+    VerifierSettings,
+)
+from protege.student.runtime import Student
+from protege.student.train import TrainResult
 from protege.teacher import StandinTeacher
 from protege.topics import Topics
 from services.harvester.handler import Harvester
@@ -81,44 +98,49 @@ def case(i: int) -> HarvestCase:
 
 @dataclass
 class Wiring:
-    """One service as its __main__ wires it: input topic, handler, the loop's options."""
+    """One service: its input topic, an event for it, its loop as __main__ builds it, where
+    a good record's result goes, where the fallback answers the poison (None: no fallback)."""
 
     input: Callable[[Topics], str]
     event: Callable[[int], Event]
-    build: Callable[[Settings], tuple[Callable[[Sequence[Record]], Awaitable[list[Out]]], dict]]
-    output: Callable[[Topics], str]  # where a good record's result goes
-    answers: Callable[[Topics], str | None]  # where the fallback answers the poison (None: no fallback)
-    kw: dict = field(default_factory=dict)
+    build: Callable[[Settings], Processor]
+    output: Callable[[Topics], str]
+    answers: Callable[[Topics], str | None]
 
 
-def ingestion(s: Settings) -> tuple:
-    h = Ingestion(TASKS, s.topics, max_text_chars=4000, seen=SeenIds(100))
-    return h.handle, {"on_commit": h.committed, "dead_letters": s.topics.requests_dlq}
+def ingestion(s: Settings) -> Processor:
+    return services.ingestion.__main__.processor(IngestionSettings(**dict(s)), TASKS,
+                                                 Ingestion(s.topics, max_text_chars=4000, seen=SeenIds(100)))
 
 
-def scorer(s: Settings) -> tuple:
-    h = Scorer(s.topics, load=lambda p: pytest.fail("no model is announced here"))
-    return h.handle, {"fallback": h.quarantined}
+def scorer(s: Settings) -> Processor:
+    return services.scorer.__main__.processor(ScorerSettings(**dict(s)), Scorer(s.topics, load=no_model))
 
 
-def verifier(s: Settings) -> tuple:
-    h = Verifier(TASKS, s.topics)
-    return h.handle, {"fallback": h.quarantined}
+def verifier(s: Settings) -> Processor:
+    return services.verifier.__main__.processor(VerifierSettings(**dict(s)), Verifier(TASKS, s.topics))
 
 
-def teacher(s: Settings) -> tuple:
-    h = TeacherWorker(TASKS, s.topics, StandinTeacher({t: LABEL for t in TEXTS}), 4)
-    return h.handle, {"on_commit": h.committed, "fallback": h.quarantined}
+def teacher(s: Settings) -> Processor:
+    worker = TeacherWorker(TASKS, s.topics, StandinTeacher({t: LABEL for t in TEXTS}), 4)
+    return services.teacher.__main__.processors(TeacherSettings(**dict(s)), worker)[0]
 
 
-def harvester(s: Settings) -> tuple:
-    return Harvester(s.topics).handle, {}
+def harvester(s: Settings) -> Processor:
+    return services.harvester.__main__.processor(HarvesterSettings(**dict(s)), Harvester(s.topics))
 
 
-def trainer(s: Settings) -> tuple:
-    h = Trainer(TASKS, s.topics, CaseStore(s.home / "harvest"), lambda *a: pytest.fail("not due"),
-                min_cases=1000, retrain_every=1000)
-    return h.handle, {}
+def trainer(s: Settings) -> Processor:
+    t = Trainer(TASKS, s.topics, CaseStore(s.home / "harvest"), not_due, min_cases=1000, retrain_every=1000)
+    return services.trainer.__main__.processor(TrainerSettings(**dict(s)), t)
+
+
+def no_model(path: Path) -> Student:
+    raise AssertionError("no model is announced here")
+
+
+def not_due(*args: object) -> TrainResult:
+    raise AssertionError("no retrain is due here")
 
 
 SERVICES = {
@@ -132,21 +154,26 @@ SERVICES = {
 }
 
 
-def poisoned(handle: Callable[[Sequence[Record]], Awaitable[list[Out]]], calls: list[int]):
-    async def h(records: Sequence[Record]) -> list[Out]:
-        calls.append(len(records))
-        if any(b"POISON" in (r.value or b"") for r in records):
+def poisoned(loop: Processor, calls: list[int]) -> Processor:
+    """The same loop, with a handler that cannot survive the record marked POISON."""
+    handle = loop.handle
+
+    async def h(received: Sequence[Received[Any]]) -> list[Out]:
+        calls.append(len(received))
+        if any(b"POISON" in r.value for r in received):
             raise RecursionError("maximum recursion depth exceeded while decoding a JSON array")
-        return await handle(records)
-    return h
+        return await handle(received)
+
+    loop.handle = h
+    loop.retry_backoff_s = 0.05
+    return loop
 
 
 @pytest.mark.parametrize("name", list(SERVICES))
 def test_a_record_the_handler_cannot_survive_is_quarantined(settings: Settings, tmp_path: Path, name: str) -> None:
     w, t = SERVICES[name], settings.topics
-    handle, kw = w.build(settings)
     calls: list[int] = []
-    loop = Processor(settings, name, [w.input(t)], poisoned(handle, calls), retry_backoff_s=0.05, **kw)
+    loop = poisoned(w.build(settings), calls)
     values = [w.event(i).dumps() for i in range(3)]
 
     async def go() -> None:
@@ -169,8 +196,8 @@ def test_a_record_the_handler_cannot_survive_is_quarantined(settings: Settings, 
     asyncio.run(go())
     assert loop.processed == 3 and loop.quarantined == 1
     assert calls[-3:] == [1, 1, 1], "the poison was tried alone, max_attempts times"
-    dlq = kw.get("dead_letters", t.dlq)
-    [letter] = [DeadLetter.model_validate_json(r.value) for r in asyncio.run(read_all(settings, dlq))]
+    [letter] = [DeadLetter.model_validate_json(r.value) for r in asyncio.run(read_all(settings, loop.dead_letters))]
+    assert loop.dead_letters == (t.requests_dlq if name == "ingestion" else t.dlq)
     assert (letter.reason, letter.service, letter.topic) == ("quarantined", name, w.input(t))
     assert "RecursionError" in letter.detail and "3 attempts" in letter.detail
     assert base64.b64decode(letter.value_b64) == values[1]

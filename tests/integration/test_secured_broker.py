@@ -11,7 +11,7 @@ import datetime as dt
 import gc
 import ipaddress
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,8 @@ from cryptography.x509.oid import NameOID
 
 from protege.broker.embedded import EmbeddedBroker
 from protege.errors import BrokerError
-from protege.kafka import Out, Processor, Record, ensure_topics, producer, read_all
+from protege.kafka import Out, Processor, Received, Record, ensure_topics, producer, read_all
+from protege.pipeline import Probe
 from protege.settings import Settings
 
 pytestmark = pytest.mark.kafka
@@ -101,16 +102,16 @@ async def round_trip(settings: Settings, n: int = 20) -> list[Record]:
     await prod.start()
     try:
         for i in range(n):
-            await prod.send(source, f"m{i}".encode(), key=f"k{i}".encode())
+            await prod.send(source, Probe(n=i, sent_s=0.0).dumps(), key=f"k{i}".encode())
         await prod.flush()
     finally:
         await prod.stop()
 
-    async def forward(records: list[Record]) -> list[Out]:
-        return [Out(target, r.value, r.key) for r in records]
+    async def forward(received: Sequence[Received[Probe]]) -> list[Out]:
+        return [Out(target, r.value, r.key) for r in received]
 
     stop = asyncio.Event()
-    processor = Processor(settings, "secured-forward", [source], forward)
+    processor = Processor(settings, "secured-forward", {source: Probe}, forward)
     running = asyncio.create_task(processor.run(stop))
     deadline = time.monotonic() + 60
     while processor.processed < n and time.monotonic() < deadline and not running.done():
@@ -147,7 +148,7 @@ def test_sasl_ssl_with_protege_settings(secured: tuple[EmbeddedBroker, Path], me
     })
     out = asyncio.run(round_trip(settings))
     gc.collect()  # every client closed: nothing warns
-    assert sorted(r.value for r in out) == sorted(f"m{i}".encode() for i in range(20))
+    assert sorted(Probe.model_validate_json(r.value).n for r in out) == list(range(20))
     assert password not in repr(settings)  # a SecretStr: never printed with the settings
 
 

@@ -6,31 +6,33 @@ import json
 
 import pytest
 import structlog
-from aiokafka import ConsumerRecord
 
 from protege.events import DeadLetter, Ingested
-from protege.generator import triage_task
-from protege.topics import Topics
+from protege.kafka import Out, Record, record
+from protege.settings import IngestionSettings
+from services.ingestion.__main__ import processor
 from services.ingestion.handler import Ingestion, SeenIds
 
-T = Topics("x.")
-
-
-def record(value: bytes, offset: int = 0, key: bytes | None = None) -> ConsumerRecord:
-    return ConsumerRecord(T.requests, 0, offset, 0, 0, key, value, None, len(key or b""), len(value), [])
+SETTINGS = IngestionSettings(topic_prefix="x.")
+T = SETTINGS.topics
 
 
 def handler() -> Ingestion:
-    return Ingestion({"ticket-triage": triage_task()}, T, max_text_chars=100, seen=SeenIds(10))
+    return Ingestion(T, max_text_chars=100, seen=SeenIds(10))
 
 
-def ingest(value: bytes | dict, h: Ingestion | None = None, offset: int = 0, key: bytes | None = None):
-    """One record through the handler, committed as the processing loop commits it."""
-    h = h or handler()
+def through(h: Ingestion, records: list[Record], commit: bool = True) -> list[Out]:
+    """A batch as the service's loop takes it, without Kafka: decode (dead letters), handle, commit."""
+    received, letters = processor(SETTINGS, {"ticket-triage"}, h).decode(records)
+    outs = letters + asyncio.run(h.handle(received))
+    if commit:
+        asyncio.run(h.committed(received))
+    return outs
+
+
+def ingest(value: bytes | dict, h: Ingestion | None = None, offset: int = 0, key: bytes | None = None) -> Out:
     raw = value if isinstance(value, bytes) else json.dumps(value).encode()
-    records = [record(raw, offset, key)]
-    [out] = asyncio.run(h.handle(records))
-    asyncio.run(h.committed(records))
+    [out] = through(h or handler(), [record(T.requests, raw, key, offset=offset)])
     return out
 
 
@@ -97,12 +99,11 @@ def test_a_key_that_cannot_be_an_id_is_refused_when_the_body_has_no_id(key: byte
 def test_duplicates_within_a_batch_and_only_committed_ids_are_remembered() -> None:
     h = handler()
     body = json.dumps({**GOOD, "request_id": "same"}).encode()
-    outs = asyncio.run(h.handle([record(body, 0), record(body, 1)]))
+    outs = through(h, [record(T.requests, body, offset=0), record(T.requests, body, offset=1)], commit=False)
     assert [o.topic for o in outs] == [T.ingested, T.requests_dlq]
     # The batch was not committed (the loop aborted it): handled again, it is not its own duplicate.
-    assert [o.topic for o in asyncio.run(h.handle([record(body, 0)]))] == [T.ingested]
-    asyncio.run(h.committed([record(body, 0)]))
-    assert reason(asyncio.run(h.handle([record(body, 2)]))[0]) == "duplicate_request_id"
+    assert [o.topic for o in through(h, [record(T.requests, body)])] == [T.ingested]
+    assert reason(through(h, [record(T.requests, body, offset=2)])[0]) == "duplicate_request_id"
 
 
 def test_seen_ids_forget_the_oldest() -> None:

@@ -14,16 +14,17 @@ from __future__ import annotations
 import asyncio
 import json
 
-from aiokafka import ConsumerRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protege.events import DeadLetter, Ingested
-from protege.generator import triage_task
-from protege.topics import Topics
+from protege.kafka import record
+from protege.settings import IngestionSettings
+from services.ingestion.__main__ import processor
 from services.ingestion.handler import Ingestion, SeenIds
 
-T = Topics("f.")
+SETTINGS = IngestionSettings(topic_prefix="f.")
+T = SETTINGS.topics
 REASONS = {"empty", "too_large", "invalid_utf8", "invalid_json", "too_deep", "duplicate_key", "not_an_object",
            "schema_violation", "invalid_key", "unknown_task", "empty_text", "text_too_long", "duplicate_request_id"}
 HEAD = b'{"tenant":"acme","task":"ticket-triage",'
@@ -69,10 +70,11 @@ record_keys = st.one_of(st.none(), st.binary(max_size=200), st.sampled_from([b"d
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(st.tuples(raw, record_keys), min_size=1, max_size=20))
 def test_any_bytes_are_accepted_or_dead_lettered_with_a_reason(values: list[tuple[bytes, bytes | None]]) -> None:
-    handler = Ingestion({"ticket-triage": triage_task()}, T, max_text_chars=4000, seen=SeenIds(1000))
-    records = [ConsumerRecord(T.requests, 0, i, 0, 0, k, v, None, len(k or b""), len(v), [])
-               for i, (v, k) in enumerate(values)]
-    outs = asyncio.run(handler.handle(records))
+    handler = Ingestion(T, max_text_chars=4000, seen=SeenIds(1000))
+    records = [record(T.requests, v, k, offset=i) for i, (v, k) in enumerate(values)]
+    # What the service's loop does with a batch: decode (dead letters), then the handler.
+    received, letters = processor(SETTINGS, {"ticket-triage"}, handler).decode(records)
+    outs = letters + asyncio.run(handler.handle(received))
     assert len(outs) == len(values)  # one outcome per record: nothing lost
     accepted = []
     for out in outs:

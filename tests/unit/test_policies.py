@@ -90,9 +90,8 @@ def test_configured_baseline_is_used_from_the_first_window() -> None:
 def test_verifier_counts_escalations_per_reason_as_metrics() -> None:
     import asyncio
 
-    from aiokafka import ConsumerRecord
-
     from protege import metrics
+    from protege.kafka import Received
     from protege.topics import Topics
     from services.verifier.handler import Verifier
 
@@ -100,9 +99,7 @@ def test_verifier_counts_escalations_per_reason_as_metrics() -> None:
     v = Verifier({BASE.name: BASE}, t)
     before = metrics.REGISTRY.get_sample_value("protege_escalations_total",
                                                {"task": BASE.name, "reason": "low_confidence"}) or 0
-    value = scored(confidence=0.1).dumps()
-    rec = ConsumerRecord(t.scored, 0, 0, 0, 0, b"r1", value, None, 0, len(value), [])
-    outs = asyncio.run(v.handle([rec]))
+    outs = asyncio.run(v.handle([Received(scored(confidence=0.1), t.scored)]))
     assert [o.topic for o in outs] == [t.decisions, t.teacher_requests]
     after = metrics.REGISTRY.get_sample_value("protege_escalations_total",
                                               {"task": BASE.name, "reason": "low_confidence"})

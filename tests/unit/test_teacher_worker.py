@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiokafka import ConsumerRecord
 
 from protege.errors import TeacherError
 from protege.events import Correction, DeadLetter, Ingested, Response, TeacherRequest, TeacherResult, Usage, now_ms
 from protege.generator import triage_task
+from protege.kafka import Received
 from protege.task import Task
 from protege.teacher import TeacherAnswer
 from protege.topics import Topics
@@ -48,15 +48,15 @@ def task(**teacher_or_policy) -> Task:
                                    "teacher": base.teacher.model_copy(update=teacher)})
 
 
-def ask(mode="answer", student_label: str | None = "refund", rid="r1", **kw) -> ConsumerRecord:
+def ask(mode="answer", student_label: str | None = "refund", rid="r1", **kw) -> Received[TeacherRequest]:
     req = Ingested(request_id=rid, tenant="acme", task="ticket-triage", text="where is my order", received_at_ms=1)
-    value = TeacherRequest(request=req, reasons=["low_confidence"], mode=mode, student_label=student_label,
+    event = TeacherRequest(request=req, reasons=["low_confidence"], mode=mode, student_label=student_label,
                            student_confidence=0.4 if student_label else None,
-                           model_version="v1" if student_label else None, requested_at_ms=2, **kw).dumps()
-    return ConsumerRecord(T.teacher_requests, 0, 0, 0, 0, rid.encode(), value, None, 0, len(value), [])
+                           model_version="v1" if student_label else None, requested_at_ms=2, **kw)
+    return Received(event, T.teacher_requests, key=rid.encode())
 
 
-def run(worker: TeacherWorker, *records: ConsumerRecord):
+def run(worker: TeacherWorker, *records: Received[TeacherRequest]):
     return asyncio.run(worker.handle(list(records)))
 
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from aiokafka import ConsumerRecord
-
 from protege.events import HarvestCase
 from protege.generator import triage_task
+from protege.kafka import Received
 from protege.student.train import Case, TrainResult
 from protege.task import Task
 from protege.topics import Topics
@@ -18,14 +17,13 @@ from services.trainer.handler import CaseStore, Trainer
 T = Topics("u.")
 
 
-def records(start: int, n: int) -> list[ConsumerRecord]:
+def records(start: int, n: int) -> list[Received[HarvestCase]]:
     out = []
     for i in range(start, start + n):
         case = HarvestCase(request_id=f"r{i}", tenant="acme", task="ticket-triage", text=f"text {i}",
                            label="billing" if i % 2 else "refund", label_source="teacher", reason="escalated",
                            harvested_at_ms=1)
-        value = case.dumps()
-        out.append(ConsumerRecord(T.harvest, 0, i, 0, 0, None, value, None, 0, len(value), []))
+        out.append(Received(case, T.harvest, offset=i))
     return out
 
 
