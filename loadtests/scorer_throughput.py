@@ -23,9 +23,10 @@ from typing import Any
 
 from protege.events import Ingested, ModelAnnouncement, Scored, now_ms
 from protege.generator import generate
-from protege.kafka import Out, producer, read_all
+from protege.kafka import Out, producer
 from protege.pipeline import LocalPipeline
 from protege.settings import REPO
+from protege.state import read_all
 from protege.student.backbone import cached_backbone
 from protege.student.runtime import Encoder, Student
 from protege.student.train import Case, EmbeddingCache, FastRecipe, train_version

@@ -259,8 +259,8 @@ def _prepare_backbone() -> None:
 
 def _run_phases(home: Path, env: dict[str, str], phases: dict[str, list[dict[str, Any]]], summary: dict[str, Any], *,
                 tenant: str, task: str, rate: float, extra: list[bytes] | None, linger: float) -> None:
-    from protege.kafka import read_all
     from protege.pipeline import Drive, LocalPipeline, drive, summarize, wait_quiet
+    from protege.state import read_all
 
     with LocalPipeline(home.resolve(), env=env) as p:
         console.print(f"broker at {p.bootstrap}; service logs in {home / 'logs'}")

@@ -434,32 +434,3 @@ async def partitions_of(cons: AIOKafkaConsumer, topic: str) -> set[int]:
         await cons._client.force_metadata_update()  # no public API for this
         parts = cons.partitions_for_topic(topic)
     return set(parts or ())
-
-
-async def read_all(settings: Settings, topic: str, *, since_ms: int | None = None, idle_ms: int = 500) -> list[Record]:
-    """Every committed record now on ``topic``, from the beginning or from the first one
-    appended at or after ``since_ms`` (no consumer group)."""
-    cons = consumer(settings, group=None)
-    await cons.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(cons, topic))]
-        cons.assign(tps)
-        end = await cons.end_offsets(tps)
-        if since_ms is None:
-            await cons.seek_to_beginning(*tps)
-        else:
-            found = await cons.offsets_for_times({tp: since_ms for tp in tps})
-            for tp in tps:
-                cons.seek(tp, found[tp].offset if found[tp] is not None else end[tp])
-        out: list[Record] = []
-
-        async def behind() -> bool:
-            return any([await cons.position(tp) < end[tp] for tp in tps])
-
-        while await behind():
-            batch = await cons.getmany(timeout_ms=idle_ms)
-            for rs in batch.values():
-                out.extend(rs)
-        return out
-    finally:
-        await cons.stop()

@@ -86,7 +86,7 @@ def serving_history(announcements: list[ModelAnnouncement], tenant: str, task: s
 
 async def read_history(settings: Settings, tenant: str, task: str) -> tuple[list[str], bool]:
     """``serving_history`` of what is on ``protege.models`` now."""
-    from protege.kafka import read_all
+    from protege.state import read_all
 
     records = await read_all(settings, settings.topics.models)
     return serving_history([ModelAnnouncement.model_validate_json(r.value) for r in records], tenant, task)

@@ -16,8 +16,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from protege.kafka import read_all
 from protege.settings import Settings
+from protege.state import read_all
 
 # topic attribute -> the service that writes it (requests: the caller)
 WRITERS = {

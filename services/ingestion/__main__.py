@@ -11,9 +11,10 @@ from collections.abc import Collection
 import structlog
 
 from protege.events import Request
-from protege.kafka import Processor, read_all
+from protege.kafka import Processor
 from protege.service import run_service
 from protege.settings import IngestionSettings
+from protege.state import read_all
 from protege.task import load_tasks
 from services.ingestion.handler import SERVICE, Ingestion, SeenIds
 

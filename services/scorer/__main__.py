@@ -12,43 +12,23 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 
-from aiokafka import TopicPartition
-
 from protege.events import Ingested
-from protege.kafka import Processor, consumer
+from protege.kafka import Processor
 from protege.service import run_service
 from protege.settings import ScorerSettings
+from protege.state import TopicView
 from protege.student.runtime import Student
 from services.scorer.handler import Scorer
-
-
-async def watch_models(settings: ScorerSettings, scorer: Scorer, caught_up: asyncio.Event, stop: asyncio.Event) -> None:
-    cons = consumer(settings, group=None)
-    await cons.start()
-    try:
-        tp = TopicPartition(settings.topics.models, 0)
-        cons.assign([tp])
-        await cons.seek_to_beginning(tp)
-        end = (await cons.end_offsets([tp]))[tp]
-        while not stop.is_set():
-            batch = await cons.getmany(tp, timeout_ms=200)
-            for record in batch.get(tp, []):
-                await scorer.announce(record)
-            if not caught_up.is_set() and await cons.position(tp) >= end:
-                caught_up.set()
-    finally:
-        await cons.stop()
 
 
 async def serve(settings: ScorerSettings, stop: asyncio.Event) -> None:
     scorer = Scorer(settings.topics, partial(Student, providers=settings.providers, threads=settings.threads,
                                       sub_batch=settings.sub_batch),
                     redact_pii=settings.redact_pii)
-    caught_up = asyncio.Event()
-    watcher = asyncio.create_task(watch_models(settings, scorer, caught_up, stop))
-    await asyncio.wait([watcher, asyncio.create_task(caught_up.wait())], return_when=asyncio.FIRST_COMPLETED)
-    if watcher.done():
-        watcher.result()  # raise what stopped it
+    # The announcements, from the beginning, applied in order: it serves nothing before it has read them.
+    models = TopicView(settings, settings.topics.models, scorer.announce)
+    watcher = asyncio.create_task(models.run(stop))
+    await models.ready(watcher)
     await asyncio.gather(processor(settings, scorer).run(stop), watcher)
 
 

@@ -22,9 +22,10 @@ import structlog
 from protege.costs import price_table
 from protege.errors import ConfigError
 from protege.events import TeacherRequest, TeacherResult
-from protege.kafka import Processor, read_all
+from protege.kafka import Processor
 from protege.service import run_service
 from protege.settings import TeacherSettings
+from protege.state import read_all
 from protege.task import load_tasks
 from protege.teacher import AnthropicTeacher, StandinTeacher, Teacher
 from services.teacher.handler import CircuitBreaker, SpendTracker, TeacherWorker
@@ -63,9 +64,7 @@ async def serve(settings: TeacherSettings, stop: asyncio.Event) -> None:
         spend.add(f"{result.tenant}/{result.task}", result.cost_usd, at=result.answered_at_ms / 1000)
     journal = AnswerJournal(settings)
     reading = asyncio.create_task(journal.run(stop))
-    await asyncio.wait([reading, asyncio.create_task(journal.caught_up.wait())], return_when=asyncio.FIRST_COMPLETED)
-    if reading.done():
-        reading.result()  # raise what stopped it
+    await journal.view.ready(reading)
     for paid in journal.answers.values():  # paid for before a crash: counts against the cap too
         spend.add(f"{paid.tenant}/{paid.task}", paid.cost_usd, at=paid.answered_at_ms / 1000)
     tasks = load_tasks(settings.tasks_dir)

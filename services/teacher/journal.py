@@ -19,13 +19,14 @@ import asyncio
 from collections.abc import Iterable
 
 import structlog
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from protege.events import TeacherResult
-from protege.kafka import Record, consumer, partitions_of, producer
+from protege.kafka import Record, producer
 from protege.settings import Settings
+from protege.state import TopicView
 from protege.teacher import TeacherAnswer
 
 
@@ -45,7 +46,7 @@ class AnswerJournal:
         self.settings = settings
         self.topic = settings.topics.teacher_journal
         self.answers: dict[str, TeacherResult] = {}
-        self.caught_up = asyncio.Event()
+        self.view = TopicView(settings, self.topic, self.apply)
         self.producer: AIOKafkaProducer | None = None
         self.log = structlog.get_logger().bind(service="teacher")
 
@@ -53,23 +54,17 @@ class AnswerJournal:
         """Tail the journal from the beginning; ``caught_up`` is set once it has read to the end."""
         self.producer = producer(self.settings, acks="all")
         await self.producer.start()
-        cons = consumer(self.settings, group=None)
-        await cons.start()
         try:
-            tps = [TopicPartition(self.topic, p) for p in sorted(await partitions_of(cons, self.topic))]
-            cons.assign(tps)
-            await cons.seek_to_beginning(*tps)
-            end = await cons.end_offsets(tps)
-            while not stop.is_set():
-                for records in (await cons.getmany(timeout_ms=200)).values():
-                    for record in records:
-                        self.apply(record)
-                if not self.caught_up.is_set() and all([await cons.position(tp) >= end[tp] for tp in tps]):
-                    self.caught_up.set()
-                    self.log.info("journal_read", unsettled=len(self.answers))
+            reading = asyncio.create_task(self.view.run(stop))
+            await self.view.ready(reading)
+            self.log.info("journal_read", unsettled=len(self.answers))
+            await reading
         finally:
-            await cons.stop()
             await self.producer.stop()
+
+    @property
+    def caught_up(self) -> asyncio.Event:
+        return self.view.caught_up
 
     def apply(self, record: Record) -> None:
         if record.key is None:

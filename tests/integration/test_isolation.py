@@ -15,8 +15,8 @@ import pytest
 from protege.broker.embedded import EmbeddedBroker
 from protege.events import HarvestCase, ModelAnnouncement
 from protege.generator import generate, write_jsonl
-from protege.kafka import read_all
 from protege.pipeline import LocalPipeline, drive, wait_quiet
+from protege.state import read_all
 
 pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parents[2]

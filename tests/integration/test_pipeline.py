@@ -24,9 +24,9 @@ from protege.broker.embedded import EmbeddedBroker
 from protege.cli import app
 from protege.events import DeadLetter, Decision, Ingested, Scored
 from protege.generator import generate, write_jsonl
-from protege.kafka import read_all
 from protege.pipeline import LocalPipeline, drive, summarize
 from protege.policy import recompute_verdict, router_for
+from protege.state import read_all
 from protege.student.runtime import Student
 from protege.task import load_task
 from protege.trace import trace

@@ -40,7 +40,7 @@ from protege.events import (
     now_ms,
 )
 from protege.generator import triage_task
-from protege.kafka import Out, Processor, Received, producer, read_all
+from protege.kafka import Out, Processor, Received, producer
 from protege.pipeline import group_lag
 from protege.settings import (
     HarvesterSettings,
@@ -51,6 +51,7 @@ from protege.settings import (
     TrainerSettings,
     VerifierSettings,
 )
+from protege.state import read_all
 from protege.student.runtime import Student
 from protege.student.train import TrainResult
 from protege.teacher import StandinTeacher

@@ -22,9 +22,10 @@ from cryptography.x509.oid import NameOID
 
 from protege.broker.embedded import EmbeddedBroker
 from protege.errors import BrokerError
-from protege.kafka import Out, Processor, Received, Record, ensure_topics, producer, read_all
+from protege.kafka import Out, Processor, Received, Record, ensure_topics, producer
 from protege.pipeline import Probe
 from protege.settings import Settings
+from protege.state import read_all
 
 pytestmark = pytest.mark.kafka
 
