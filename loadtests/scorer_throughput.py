@@ -2,7 +2,7 @@
 
     python loadtests/scorer_throughput.py --requests 4000 --json reports/loadtest-scorer.json
 
-An embedded broker and one scorer process (``python -m services.scorer``). A student
+An embedded broker and one scorer process (``python -m protege_services.scorer``). A student
 (fast recipe, generated tickets) is trained and announced; ``--requests`` ingested events
 are published as a backlog; the scorer is started and drains it: consume, micro-batch,
 ONNX Runtime, produce ``protege.scored``, commit — all in Kafka transactions. Throughput =

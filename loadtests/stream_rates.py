@@ -34,8 +34,9 @@ from rich.table import Table
 
 from protege.events import Scored
 from protege.generator import generate, write_jsonl
+from protege.harness import Drive, drive, percentile, summarize, time_records, wait_quiet
 from protege.kafka import ensure_topics
-from protege.pipeline import Drive, LocalPipeline, drive, percentile, summarize, time_records, wait_quiet
+from protege.pipeline import LocalPipeline
 from protege.settings import REPO, Settings
 from protege.state import read_all
 from protege.task import load_task, write_task

@@ -30,9 +30,9 @@ from rich.console import Console
 from rich.table import Table
 
 from protege.broker.embedded import EmbeddedBroker
+from protege.harness import Probe, percentile, time_records
 from protege.kafka import BatchHandler, Out, Processor, Received, ensure_topics
 from protege.logs import configure
-from protege.pipeline import Probe, percentile, time_records
 from protege.settings import REPO, Settings
 
 

@@ -1,6 +1,6 @@
 """Running one service process: settings, logging, signals, topics, then its coroutines.
 
-    python -m services.ingestion        # each service's __main__ calls ``run_service``
+    python -m protege_services.ingestion        # each service's __main__ calls ``run_service``
 
 SIGTERM and SIGINT set the stop event; the service finishes its current transaction and
 exits 0. An unexpected exception exits non-zero so the supervisor restarts it.

@@ -1,6 +1,6 @@
 """Supervising the six services as child processes (``protege up``, the demo, the bench).
 
-Each service is ``python -m services.<name>`` in its own process group with its log in
+Each service is ``python -m protege_services.<name>`` in its own process group with its log in
 ``<logs>/<name>.log``. A child that exits unexpectedly is restarted with backoff; ``stop``
 sends SIGTERM to all, waits, then SIGKILLs what is left.
 """
@@ -42,7 +42,7 @@ class Supervisor:
         self.logs.mkdir(parents=True, exist_ok=True)
         with open(self.logs / f"{name}.log", "ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", f"protege_services.{name}"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
 

@@ -8,10 +8,8 @@ and answers with signals.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -19,7 +17,8 @@ import structlog
 from tokenizers import Tokenizer
 
 from protege.errors import StudentError
-from protege.events import AcceptRule, StudentOutput
+from protege.events import StudentOutput
+from protege.student.manifest import Manifest
 
 log = structlog.get_logger()
 
@@ -131,19 +130,17 @@ class Student:
     def __init__(self, folder: Path, *, providers: str = "auto", threads: int = 0, sub_batch: int = 0) -> None:
         self.folder = folder
         try:
-            self.manifest: dict[str, Any] = json.loads((folder / "manifest.json").read_text())
+            self.manifest = Manifest.load(folder)
             self.bank = np.load(folder / "knn.npy").astype(np.float32)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError) as e:  # pydantic's ValidationError is a ValueError
             raise StudentError(f"cannot load student at {folder}: {e}") from e
-        self.version: str = self.manifest["version"]
-        self.labels: list[str] = self.manifest["labels"]
-        self.temperature = float(self.manifest["calibration"]["temperature"])
-        self.knn_k = int(self.manifest["ood"]["k"])
-        rule = self.manifest.get("acceptance")
-        self.rule = AcceptRule.model_validate(rule) if rule else None
-        self.encoder = Encoder(folder / "model.onnx", folder / "tokenizer.json",
-                               max_length=int(self.manifest["max_length"]), providers=providers, threads=threads,
-                               sub_batch=sub_batch)
+        self.version = self.manifest.version
+        self.labels = self.manifest.labels
+        self.temperature = self.manifest.calibration.temperature
+        self.knn_k = self.manifest.ood.k
+        self.rule = self.manifest.acceptance
+        self.encoder = Encoder(folder / "model.onnx", folder / "tokenizer.json", max_length=self.manifest.max_length,
+                               providers=providers, threads=threads, sub_batch=sub_batch)
 
     @property
     def providers(self) -> list[str]:

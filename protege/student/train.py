@@ -36,7 +36,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from protege.events import AcceptRule
+from protege.registry import Registry
 from protege.student.export import append_head, quantize_int8
+from protege.student.manifest import Calibration, Data, GateReport, Manifest, Ood, Target
 from protege.student.runtime import Encoder, knn_ood, softmax
 from protege.task import Gates, Task
 
@@ -399,7 +401,7 @@ def train_version(
     gates = task.student.gates
     target = task.policy.target_accuracy or DEFAULT_TARGET
     data_hash = hashlib.sha256("\n".join(sorted(c.request_id for c in cases)).encode()).hexdigest()
-    home = registry / tenant / task.name
+    home = Registry(registry).folder(tenant, task.name)
     home.mkdir(parents=True, exist_ok=True)
     number = 1 + sum(1 for p in home.iterdir() if p.is_dir() and p.name.startswith("v"))
     version = f"v{number:04d}-{data_hash[:8]}"
@@ -457,27 +459,23 @@ def train_version(
     }
     if gold_metrics["accepted_accuracy"] is not None:
         metrics["golden_accepted_accuracy"] = round(gold_metrics["accepted_accuracy"], 4)
-    manifest: dict[str, Any] = {
-        "version": version, "tenant": tenant, "task": task.name, "labels": labels,
-        "max_length": task.student.max_length, "precision": "int8" if task.student.int8 else "fp32",
-        "recipe": fitted.info | {"kind": recipe.name},
-        "calibration": {"method": "temperature", "temperature": temperature},
-        "ood": {"method": "knn", "k": k, "bank": len(bank_cases),
-                "score": "1 - mean cosine similarity to the k nearest fit-split embeddings"},
-        "acceptance": rule.model_dump() if rule else None,
-        "acceptance_target": {"target_accuracy": target, "confidence_level": task.policy.target_confidence},
-        "metrics": metrics,
-        "golden": {k: v for k, v in gold_metrics.items() if k != "class_recall"}
+    manifest = Manifest(
+        version=version, tenant=tenant, task=task.name, labels=labels, max_length=task.student.max_length,
+        precision="int8" if task.student.int8 else "fp32", recipe=fitted.info | {"kind": recipe.name},
+        calibration=Calibration(temperature=temperature), ood=Ood(k=k, bank=len(bank_cases)), acceptance=rule,
+        acceptance_target=Target(target_accuracy=target, confidence_level=task.policy.target_confidence),
+        metrics=metrics,
+        golden={k: v for k, v in gold_metrics.items() if k != "class_recall"}
         | {"class_recall_min": min(gold_metrics["class_recall"].values(), default=None)},
-        "gates": {"config": gates.model_dump(), "failed": failed, "passed": not failed,
-                  "serving": serving_m and {k: v for k, v in serving_m.items() if k != "class_recall"}},
-        "data": {"cases": len(cases), "request_ids_sha256": data_hash,
-                 "split": {"fit": len(fit), "calib": len(calib), "golden": len(golden)},
-                 "label_counts": {v: sum(1 for c in cases if c.label == v) for v in sorted({c.label for c in cases})}},
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "files": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp.iterdir())},
-    }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        gates=GateReport(config=gates.model_dump(), failed=failed, passed=not failed,
+                         serving=serving_m and {k: v for k, v in serving_m.items() if k != "class_recall"}),
+        data=Data(cases=len(cases), request_ids_sha256=data_hash,
+                  split={"fit": len(fit), "calib": len(calib), "golden": len(golden)},
+                  label_counts={v: sum(1 for c in cases if c.label == v) for v in sorted({c.label for c in cases})}),
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        files={p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp.iterdir())},
+    )
+    manifest.save(tmp)
     folder = home / version
     tmp.rename(folder)
     reason = "passed gates" if not failed else "; ".join(failed)

@@ -1,17 +1,18 @@
 """Failure harvester: protege.teacher.results + protege.feedback -> protege.harvest.
 
-    python -m services.harvester          (or: protege run harvester)
+    python -m protege_services.harvester          (or: protege run harvester)
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from protege_services.harvester.handler import Harvester
+
 from protege.events import Feedback, TeacherResult
 from protege.kafka import Processor
 from protege.service import run_service
 from protege.settings import HarvesterSettings
-from services.harvester.handler import Harvester
 
 
 def processor(settings: HarvesterSettings, harvester: Harvester) -> Processor:

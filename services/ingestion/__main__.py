@@ -1,6 +1,6 @@
 """Ingestion service: protege.requests -> protege.ingested | protege.requests.dlq.
 
-    python -m services.ingestion          (or: protege run ingestion)
+    python -m protege_services.ingestion          (or: protege run ingestion)
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Collection
 
 import structlog
+from protege_services.ingestion.handler import SERVICE, Ingestion, SeenIds
 
 from protege.events import Request
 from protege.kafka import Processor
@@ -16,7 +17,6 @@ from protege.service import run_service
 from protege.settings import IngestionSettings
 from protege.state import read_all
 from protege.task import load_tasks
-from services.ingestion.handler import SERVICE, Ingestion, SeenIds
 
 
 def processor(settings: IngestionSettings, tasks: Collection[str], handler: Ingestion) -> Processor:

@@ -1,6 +1,6 @@
 """Scorer service: protege.ingested (+ protege.models) -> protege.scored.
 
-    python -m services.scorer             (or: protege run scorer)
+    python -m protege_services.scorer             (or: protege run scorer)
 
 Every replica reads ``protege.models`` from the beginning without a consumer group, so
 each one serves the newest announced version of each tenant's task; it catches up on
@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 
+from protege_services.scorer.handler import Scorer
+
 from protege.events import Ingested
 from protege.kafka import Processor
 from protege.service import run_service
+from protege.serving import view
 from protege.settings import ScorerSettings
-from protege.state import TopicView
 from protege.student.runtime import Student
-from services.scorer.handler import Scorer
 
 
 async def serve(settings: ScorerSettings, stop: asyncio.Event) -> None:
@@ -26,7 +27,7 @@ async def serve(settings: ScorerSettings, stop: asyncio.Event) -> None:
                                       sub_batch=settings.sub_batch),
                     redact_pii=settings.redact_pii)
     # The announcements, from the beginning, applied in order: it serves nothing before it has read them.
-    models = TopicView(settings, settings.topics.models, scorer.announce)
+    models = view(settings, scorer.serving, scorer.serve)
     watcher = asyncio.create_task(models.run(stop))
     await models.ready(watcher)
     await asyncio.gather(processor(settings, scorer).run(stop), watcher)

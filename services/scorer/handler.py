@@ -19,12 +19,10 @@ from pathlib import Path
 import structlog
 
 from protege import metrics
-from protege.errors import InvalidEvent
 from protege.events import Ingested, ModelAnnouncement, Scored, StudentOutput, now_ms
-from protege.kafka import Out, Received, Record
+from protege.kafka import Out, Received
 from protege.redact import redact
-from protege.registry import Serving
-from protege.serde import decode
+from protege.serving import Serving
 from protege.student.runtime import Student
 from protege.topics import Topics
 
@@ -37,20 +35,11 @@ class Scorer:
         self.clean = redact if redact_pii else str  # the student sees text as the harvest kept it
         self.load = load
         self.students: dict[tuple[str, str], Student] = {}
-        self.pins = Serving()
+        self.serving = Serving()  # kept live from protege.models by the service (protege.serving.view)
         self.log = structlog.get_logger().bind(service="scorer")
 
-    async def announce(self, record: Record) -> None:
-        """Load an announced version and swap it in; requests in flight finish on the old one."""
-        try:
-            ann = decode(ModelAnnouncement, record.value)
-        except InvalidEvent as e:
-            self.log.error("bad_announcement", reason=e.reason, detail=e.detail, offset=record.offset)
-            return
-        if not self.pins.applies(ann):
-            self.log.info("not_applied", tenant=ann.tenant, task=ann.task, version=ann.version, action=ann.action,
-                          pinned=(ann.tenant, ann.task) in self.pins.pinned)
-            return
+    async def serve(self, ann: ModelAnnouncement) -> None:
+        """Load the version that now serves and swap it in; requests in flight finish on the old one."""
         current = self.students.get((ann.tenant, ann.task))
         if current is not None and current.version == ann.version:
             return

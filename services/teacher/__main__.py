@@ -1,7 +1,7 @@
 """Teacher worker: protege.teacher.requests (+ protege.teacher.retry) ->
 protege.teacher.results + protege.responses | protege.corrections | protege.teacher.retry.
 
-    python -m services.teacher            (or: protege run teacher)
+    python -m protege_services.teacher            (or: protege run teacher)
 
 With ANTHROPIC_API_KEY (or PROTEGE_ANTHROPIC_API_KEY_FILE) set it calls Claude through the
 anthropic SDK; without one it runs the offline stand-in on PROTEGE_STANDIN_LABELS and says
@@ -18,6 +18,8 @@ import asyncio
 import time
 
 import structlog
+from protege_services.teacher.handler import CircuitBreaker, SpendTracker, TeacherWorker
+from protege_services.teacher.journal import AnswerJournal
 
 from protege.costs import price_table
 from protege.errors import ConfigError
@@ -28,8 +30,6 @@ from protege.settings import TeacherSettings
 from protege.state import read_all
 from protege.task import load_tasks
 from protege.teacher import AnthropicTeacher, StandinTeacher, Teacher
-from services.teacher.handler import CircuitBreaker, SpendTracker, TeacherWorker
-from services.teacher.journal import AnswerJournal
 
 
 def build_teacher(settings: TeacherSettings) -> tuple[Teacher, tuple[type[BaseException], ...]]:

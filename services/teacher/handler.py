@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
+from protege_services.teacher.journal import AnswerJournal, answer_of, key_of
 
 from protege import metrics
 from protege.errors import TeacherError
@@ -37,7 +38,6 @@ from protege.kafka import Out, Received, dead_letter
 from protege.task import Task
 from protege.teacher import Teacher, TeacherAnswer
 from protege.topics import Topics
-from services.teacher.journal import AnswerJournal, answer_of, key_of
 
 
 @dataclass

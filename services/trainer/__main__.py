@@ -1,6 +1,6 @@
 """Offline trainer: protege.harvest -> model registry -> protege.models.
 
-    python -m services.trainer            (or: protege run trainer)
+    python -m protege_services.trainer            (or: protege run trainer)
 
 Needs the ``train`` extra: the backbone is exported to ONNX with Optimum once and cached
 under PROTEGE_CACHE; retrains after that use ONNX Runtime and scikit-learn only.
@@ -9,19 +9,20 @@ under PROTEGE_CACHE; retrains after that use ONNX Runtime and scikit-learn only.
 from __future__ import annotations
 
 import asyncio
-from functools import partial
 from pathlib import Path
+
+from protege_services.trainer.handler import CaseStore, Trainer
 
 from protege.events import HarvestCase
 from protege.kafka import Processor
-from protege.registry import serving_folder
+from protege.registry import Registry
 from protege.service import run_service
+from protege.serving import Serving, view
 from protege.settings import TrainerSettings
 from protege.student.backbone import cached_backbone
 from protege.student.runtime import Encoder
 from protege.student.train import Case, EmbeddingCache, FastRecipe, TrainResult, train_version
 from protege.task import Task, load_tasks
-from services.trainer.handler import CaseStore, Trainer
 
 
 async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
@@ -30,19 +31,28 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
         backbone = await asyncio.to_thread(cached_backbone)
     embed = EmbeddingCache(Encoder(backbone / "model.onnx", backbone / "tokenizer.json",
                                    threads=settings.trainer_threads))
-    registry = settings.home / "registry"
-
+    registry = Registry.of(settings)
     recipe = FastRecipe(embed, backbone)
 
     def train(cases: list[Case], tenant: str, task: Task, serving: Path | None) -> TrainResult:
-        return train_version(cases, recipe=recipe, registry=registry, tenant=tenant, task=task, serving=serving,
+        return train_version(cases, recipe=recipe, registry=registry.root, tenant=tenant, task=task, serving=serving,
                              threads=settings.trainer_threads)
+
+    # What serves now, kept live: a candidate is gated against it (no re-read of the topic per retrain).
+    serving = Serving()
+    models = view(settings, serving)
+    watching = asyncio.create_task(models.run(stop))
+    await models.ready(watching)
+
+    async def serving_folder(tenant: str, task: str) -> Path | None:
+        ann = serving.serving(tenant, task)
+        found = registry.find(tenant, task, ann.version) if ann is not None else None
+        return found.folder if found is not None else None
 
     tasks = load_tasks(settings.tasks_dir)
     trainer = Trainer(tasks, settings.topics, CaseStore(settings.home / "harvest"), train,
-                      min_cases=settings.min_cases, retrain_every=settings.retrain_every,
-                      serving=partial(serving_folder, settings))
-    await processor(settings, trainer).run(stop)
+                      min_cases=settings.min_cases, retrain_every=settings.retrain_every, serving=serving_folder)
+    await asyncio.gather(processor(settings, trainer).run(stop), watching)
 
 
 def processor(settings: TrainerSettings, trainer: Trainer) -> Processor:

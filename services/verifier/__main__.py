@@ -1,18 +1,19 @@
 """Verifier service: protege.scored -> protege.decisions + (protege.responses | protege.teacher.requests).
 
-    python -m services.verifier           (or: protege run verifier)
+    python -m protege_services.verifier           (or: protege run verifier)
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from protege_services.verifier.handler import Verifier
+
 from protege.events import Scored
 from protege.kafka import Processor
 from protege.service import run_service
 from protege.settings import VerifierSettings
 from protege.task import load_tasks
-from services.verifier.handler import Verifier
 
 
 def processor(settings: VerifierSettings, verifier: Verifier) -> Processor:

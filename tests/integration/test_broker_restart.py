@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from protege.generator import generate, write_jsonl
-from protege.pipeline import LocalPipeline, drive, summarize, supervised
+from protege.harness import drive, summarize, supervised
+from protege.pipeline import LocalPipeline
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]

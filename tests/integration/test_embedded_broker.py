@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from protege.broker.embedded import EmbeddedBroker, free_port
+from protege.harness import time_records
 from protege.kafka import ensure_topics, producer
-from protege.pipeline import time_records
 from protege.settings import Settings
 from protege.state import read_all
 

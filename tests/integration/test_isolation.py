@@ -15,7 +15,8 @@ import pytest
 from protege.broker.embedded import EmbeddedBroker
 from protege.events import HarvestCase, ModelAnnouncement
 from protege.generator import generate, write_jsonl
-from protege.pipeline import LocalPipeline, drive, wait_quiet
+from protege.harness import drive, wait_quiet
+from protege.pipeline import LocalPipeline
 from protege.state import read_all
 
 pytestmark = pytest.mark.kafka

@@ -12,20 +12,28 @@ import pytest
 from typer.testing import CliRunner
 
 from protege.cli import app
-from protege.registry import read_history
+from protege.registry import Registry
+from protege.serving import read_serving
 from protege.settings import Settings
+from protege.student.manifest import Calibration, Data, GateReport, Manifest, Ood, Target
 
 pytestmark = pytest.mark.kafka
 
 
 def fake_version(registry: Path, name: str, acc: float, failed: tuple[str, ...] = ()) -> None:
-    folder = registry / "acme" / "triage" / name
+    """A registry folder with a complete manifest (no model: these commands only announce)."""
+    folder = Registry(registry).folder("acme", "triage") / name
     folder.mkdir(parents=True)
-    (folder / "manifest.json").write_text(json.dumps({
-        "version": name, "tenant": "acme", "task": "triage", "labels": ["a", "b"], "created_at": "2026-11-23T10:00:00Z",
-        "recipe": {"kind": "fast"}, "precision": "fp32",
-        "metrics": {"golden_accuracy": acc, "golden_macro_f1": acc, "golden_ece": 0.02, "golden_coverage": 0.5},
-        "gates": {"passed": not failed, "failed": list(failed)}, "data": {"cases": 100}}))
+    Manifest(
+        version=name, tenant="acme", task="triage", labels=["a", "b"], max_length=128, precision="fp32",
+        recipe={"kind": "fast"}, calibration=Calibration(temperature=1.2), ood=Ood(k=5, bank=80), acceptance=None,
+        acceptance_target=Target(target_accuracy=0.97, confidence_level=0.95),
+        metrics={"golden_accuracy": acc, "golden_macro_f1": acc, "golden_ece": 0.02, "golden_coverage": 0.5},
+        golden={"accuracy": acc}, gates=GateReport(config={}, failed=list(failed), passed=not failed),
+        data=Data(cases=100, request_ids_sha256="0" * 64, split={"fit": 75, "calib": 15, "golden": 10},
+                  label_counts={"a": 50, "b": 50}),
+        created_at="2026-11-23T10:00:00Z", files={},
+    ).save(folder)
 
 
 def test_pin_rollback_unpin(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,7 +54,8 @@ def test_pin_rollback_unpin(settings: Settings, monkeypatch: pytest.MonkeyPatch)
     assert rolled.exit_code == 0, rolled.output
 
     def history() -> tuple[list[str], bool]:
-        return asyncio.run(read_history(settings, "acme", "triage"))
+        serving = asyncio.run(read_serving(settings))
+        return serving.history("acme", "triage"), serving.is_pinned("acme", "triage")
 
     assert history() == (["v0001-aaaa", "v0002-bbbb", "v0003-cccc", "v0002-bbbb"], True)
     listed = run(app, ["models", "list", *args])

@@ -24,7 +24,8 @@ from protege.broker.embedded import EmbeddedBroker
 from protege.cli import app
 from protege.events import DeadLetter, Decision, Ingested, Scored
 from protege.generator import generate, write_jsonl
-from protege.pipeline import LocalPipeline, drive, summarize
+from protege.harness import drive, summarize
+from protege.pipeline import LocalPipeline
 from protege.policy import recompute_verdict, router_for
 from protege.state import read_all
 from protege.student.runtime import Student
@@ -164,8 +165,8 @@ def test_trace_follows_a_request_across_services(pipeline: LocalPipeline, monkey
 def test_fuzzed_payloads_on_the_live_pipeline(pipeline: LocalPipeline, payloads: list[bytes]) -> None:
     """Whatever bytes arrive, on the running services: each record is dead-lettered with a
     reason or ingested, each ingested request is answered exactly once, no service dies."""
+    from protege.harness import wait_quiet
     from protege.kafka import producer
-    from protege.pipeline import wait_quiet
 
     settings, t = pipeline.settings, pipeline.settings.topics
     assert pipeline.supervisor is not None

@@ -19,7 +19,8 @@ import pytest
 from protege.broker.embedded import EmbeddedBroker
 from protege.events import Correction, DeadLetter, Decision, TeacherRequest, TeacherResult
 from protege.generator import generate, triage_task
-from protege.pipeline import Drive, LocalPipeline, drive, summarize, supervised
+from protege.harness import Drive, drive, summarize, supervised
+from protege.pipeline import LocalPipeline
 from protege.state import read_all
 from protege.task import Check, Task, write_task
 from protege.text import normalize

@@ -18,14 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import protege_services.harvester.__main__
+import protege_services.ingestion.__main__
+import protege_services.scorer.__main__
+import protege_services.teacher.__main__
+import protege_services.trainer.__main__
+import protege_services.verifier.__main__
 import pytest
+from protege_services.harvester.handler import Harvester
+from protege_services.ingestion.handler import Ingestion, SeenIds
+from protege_services.scorer.handler import Scorer
+from protege_services.teacher.handler import TeacherWorker
+from protege_services.trainer.handler import CaseStore, Trainer
+from protege_services.verifier.handler import Verifier
 
-import services.harvester.__main__
-import services.ingestion.__main__
-import services.scorer.__main__
-import services.teacher.__main__
-import services.trainer.__main__
-import services.verifier.__main__
 from protege.events import (
     DeadLetter,
     Event,
@@ -40,8 +46,8 @@ from protege.events import (
     now_ms,
 )
 from protege.generator import triage_task
+from protege.harness import group_lag
 from protege.kafka import Out, Processor, Received, producer
-from protege.pipeline import group_lag
 from protege.settings import (
     HarvesterSettings,
     IngestionSettings,
@@ -56,12 +62,6 @@ from protege.student.runtime import Student
 from protege.student.train import TrainResult
 from protege.teacher import StandinTeacher
 from protege.topics import Topics
-from services.harvester.handler import Harvester
-from services.ingestion.handler import Ingestion, SeenIds
-from services.scorer.handler import Scorer
-from services.teacher.handler import TeacherWorker
-from services.trainer.handler import CaseStore, Trainer
-from services.verifier.handler import Verifier
 
 pytestmark = pytest.mark.kafka
 TASK = triage_task()
@@ -110,30 +110,30 @@ class Wiring:
 
 
 def ingestion(s: Settings) -> Processor:
-    return services.ingestion.__main__.processor(IngestionSettings(**dict(s)), TASKS,
+    return protege_services.ingestion.__main__.processor(IngestionSettings(**dict(s)), TASKS,
                                                  Ingestion(s.topics, max_text_chars=4000, seen=SeenIds(100)))
 
 
 def scorer(s: Settings) -> Processor:
-    return services.scorer.__main__.processor(ScorerSettings(**dict(s)), Scorer(s.topics, load=no_model))
+    return protege_services.scorer.__main__.processor(ScorerSettings(**dict(s)), Scorer(s.topics, load=no_model))
 
 
 def verifier(s: Settings) -> Processor:
-    return services.verifier.__main__.processor(VerifierSettings(**dict(s)), Verifier(TASKS, s.topics))
+    return protege_services.verifier.__main__.processor(VerifierSettings(**dict(s)), Verifier(TASKS, s.topics))
 
 
 def teacher(s: Settings) -> Processor:
     worker = TeacherWorker(TASKS, s.topics, StandinTeacher({t: LABEL for t in TEXTS}), 4)
-    return services.teacher.__main__.processors(TeacherSettings(**dict(s)), worker)[0]
+    return protege_services.teacher.__main__.processors(TeacherSettings(**dict(s)), worker)[0]
 
 
 def harvester(s: Settings) -> Processor:
-    return services.harvester.__main__.processor(HarvesterSettings(**dict(s)), Harvester(s.topics))
+    return protege_services.harvester.__main__.processor(HarvesterSettings(**dict(s)), Harvester(s.topics))
 
 
 def trainer(s: Settings) -> Processor:
     t = Trainer(TASKS, s.topics, CaseStore(s.home / "harvest"), not_due, min_cases=1000, retrain_every=1000)
-    return services.trainer.__main__.processor(TrainerSettings(**dict(s)), t)
+    return protege_services.trainer.__main__.processor(TrainerSettings(**dict(s)), t)
 
 
 def no_model(path: Path) -> Student:

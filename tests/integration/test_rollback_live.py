@@ -14,7 +14,8 @@ from protege.broker.embedded import EmbeddedBroker
 from protege.cli import app
 from protege.events import Scored
 from protege.generator import generate, write_jsonl
-from protege.pipeline import LocalPipeline, drive, summarize
+from protege.harness import drive, summarize
+from protege.pipeline import LocalPipeline
 from protege.state import read_all
 from protege.student.runtime import Encoder
 from protege.student.train import Case, EmbeddingCache, FastRecipe, train_version

@@ -22,8 +22,8 @@ from cryptography.x509.oid import NameOID
 
 from protege.broker.embedded import EmbeddedBroker
 from protege.errors import BrokerError
+from protege.harness import Probe
 from protege.kafka import Out, Processor, Received, Record, ensure_topics, producer
-from protege.pipeline import Probe
 from protege.settings import Settings
 from protege.state import read_all
 

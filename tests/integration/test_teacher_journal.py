@@ -11,11 +11,11 @@ import dataclasses
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from protege_services.teacher.handler import TeacherWorker
+from protege_services.teacher.journal import AnswerJournal, key_of
 
 from protege.events import TeacherResult
 from protege.settings import Settings
-from services.teacher.handler import TeacherWorker
-from services.teacher.journal import AnswerJournal, key_of
 from tests.unit.test_teacher_worker import ScriptedTeacher, T, ask, task
 
 pytestmark = pytest.mark.kafka

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import structlog
+from protege_services.ingestion.__main__ import processor
+from protege_services.ingestion.handler import Ingestion, SeenIds
 
 from protege.events import DeadLetter, Ingested
 from protege.kafka import Out, Record, record
 from protege.settings import IngestionSettings
-from services.ingestion.__main__ import processor
-from services.ingestion.handler import Ingestion, SeenIds
 
 SETTINGS = IngestionSettings(topic_prefix="x.")
 T = SETTINGS.topics

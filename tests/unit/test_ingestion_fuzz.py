@@ -16,12 +16,12 @@ import json
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from protege_services.ingestion.__main__ import processor
+from protege_services.ingestion.handler import Ingestion, SeenIds
 
 from protege.events import DeadLetter, Ingested
 from protege.kafka import record
 from protege.settings import IngestionSettings
-from services.ingestion.__main__ import processor
-from services.ingestion.handler import Ingestion, SeenIds
 
 SETTINGS = IngestionSettings(topic_prefix="f.")
 T = SETTINGS.topics

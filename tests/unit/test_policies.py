@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
+from protege_services.verifier.handler import DriftMonitor
 
 from protege.events import Decision, Ingested, Scored, StudentOutput
 from protege.generator import triage_task
 from protege.policy import ROUTERS, recompute_verdict, router_for
 from protege.task import Check, Drift, Task
-from services.verifier.handler import DriftMonitor
 
 BASE = triage_task()
 
@@ -90,10 +90,11 @@ def test_configured_baseline_is_used_from_the_first_window() -> None:
 def test_verifier_counts_escalations_per_reason_as_metrics() -> None:
     import asyncio
 
+    from protege_services.verifier.handler import Verifier
+
     from protege import metrics
     from protege.kafka import Received
     from protege.topics import Topics
-    from services.verifier.handler import Verifier
 
     t = Topics("m.")
     v = Verifier({BASE.name: BASE}, t)

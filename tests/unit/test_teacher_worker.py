@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from protege_services.teacher.handler import CircuitBreaker, SpendTracker, TeacherWorker, backoff_ms
 
 from protege.errors import TeacherError
 from protege.events import Correction, DeadLetter, Ingested, Response, TeacherRequest, TeacherResult, Usage, now_ms
@@ -14,7 +15,6 @@ from protege.kafka import Received
 from protege.task import Task
 from protege.teacher import TeacherAnswer
 from protege.topics import Topics
-from services.teacher.handler import CircuitBreaker, SpendTracker, TeacherWorker, backoff_ms
 
 T = Topics("x.")
 

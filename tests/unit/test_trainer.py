@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from protege_services.trainer.handler import CaseStore, Trainer
+
 from protege.events import HarvestCase
 from protege.generator import triage_task
 from protege.kafka import Received
 from protege.student.train import Case, TrainResult
 from protege.task import Task
 from protege.topics import Topics
-from services.trainer.handler import CaseStore, Trainer
 
 T = Topics("u.")
 

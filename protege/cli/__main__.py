@@ -1,0 +1,5 @@
+"""python -m protege.cli ..."""
+
+from protege.cli import app
+
+app()

@@ -1,0 +1,177 @@
+"""Student versions: ``protege models ...`` (which one serves, through announcements) and
+``protege train`` (one gated version)."""
+
+from __future__ import annotations
+
+# ONNX Runtime, scikit-learn, torch and the Anthropic SDK are imported by the commands that use them:
+# every other command starts without them.
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from protege.cli.root import TaskName, Tenant, app, console, models_app
+from protege.events import ModelAnnouncement, now_ms
+from protege.generator import read_jsonl
+from protege.kafka import Out, producer
+from protege.registry import Registry
+from protege.serving import Serving, read_serving
+from protege.settings import Settings
+from protege.task import load_tasks
+
+# -- models -------------------------------------------------------------------------
+
+
+
+def _serving(settings: Settings) -> Serving:
+    return asyncio.run(read_serving(settings))
+
+
+def _announce(settings: Settings, ann: ModelAnnouncement) -> None:
+    async def send() -> None:
+        prod = producer(settings)
+        await prod.start()
+        try:
+            out = Out.of(settings.topics.models, ann)
+            await prod.send_and_wait(out.topic, out.value, key=out.key)
+        finally:
+            await prod.stop()
+
+    asyncio.run(send())
+
+
+@models_app.command("list")
+def models_list(tenant: Tenant, task_name: TaskName) -> None:
+    """Every version in the registry, with its metrics and which one serves."""
+    settings = Settings()
+    serving = _serving(settings)
+    now = serving.serving(tenant, task_name)
+    table = Table(title=f"{tenant}/{task_name}")
+    for col in ("version", "created", "recipe", "cases", "golden acc", "macro-F1", "ECE", "coverage", "gates",
+                "serving"):
+        table.add_column(col)
+    for v in Registry.of(settings).versions(tenant, task_name):
+        man = v.manifest
+        m = man.metrics
+        mark = ("pinned" if serving.is_pinned(tenant, task_name) else "yes") if now and now.version == v.name else ""
+        table.add_row(v.name, man.created_at, f"{man.recipe.get('kind', '-')}/{man.precision}", str(man.data.cases),
+                      f"{m['golden_accuracy']:.3f}", f"{m['golden_macro_f1']:.3f}", f"{m['golden_ece']:.3f}",
+                      f"{m['golden_coverage']:.3f}", "passed" if man.gates.passed else "held back", mark)
+    Console(width=140).print(table)
+
+
+@models_app.command("show")
+def models_show(version_name: Annotated[str, typer.Argument(help="Version, e.g. v0003.")], tenant: Tenant,
+                task_name: TaskName) -> None:
+    """A version's manifest."""
+    v = Registry.of(Settings()).version(tenant, task_name, version_name)
+    typer.echo(json.dumps(v.manifest.model_dump(mode="json"), indent=2))
+
+
+def _serve(version_name: str, tenant: str, task_name: str, pin: bool, force: bool = False) -> None:
+    settings = Settings()
+    v = Registry.of(settings).version(tenant, task_name, version_name)
+    failed = v.manifest.gates.failed
+    if failed and not force:
+        raise typer.BadParameter(f"{v.name} failed its release gates: {'; '.join(failed)} (--force serves it anyway)")
+    _announce(settings, v.announcement(pin=pin))
+    console.print(f"{tenant}/{task_name}: {v.name} announced{' and pinned' if pin else ''}; running scorers swap to "
+                  f"it without a restart")
+
+
+Force = Annotated[bool, typer.Option(help="Serve a version that failed its release gates.")]
+
+
+@models_app.command("promote")
+def models_promote(version_name: str, tenant: Tenant, task_name: TaskName, force: Force = False) -> None:
+    """Serve VERSION now; the trainer's next version replaces it as usual."""
+    _serve(version_name, tenant, task_name, pin=False, force=force)
+
+
+@models_app.command("pin")
+def models_pin(version_name: str, tenant: Tenant, task_name: TaskName, force: Force = False) -> None:
+    """Serve VERSION and ignore the trainer's new versions until `protege models unpin`."""
+    _serve(version_name, tenant, task_name, pin=True, force=force)
+
+
+@models_app.command("rollback")
+def models_rollback(tenant: Tenant, task_name: TaskName) -> None:
+    """Serve the version that served before the current one, pinned."""
+    history = _serving(Settings()).history(tenant, task_name)
+    if len(history) < 2:
+        raise typer.BadParameter(f"{tenant}/{task_name} has no earlier served version (history: {history})")
+    _serve(history[-2], tenant, task_name, pin=True, force=True)  # it served before: its gates were passed then
+
+
+@models_app.command("unpin")
+def models_unpin(tenant: Tenant, task_name: TaskName) -> None:
+    """Let the trainer's next version serve again."""
+    settings = Settings()
+    now = _serving(settings).serving(tenant, task_name)
+    _announce(settings, ModelAnnouncement(tenant=tenant, task=task_name, version=now.version if now else "none",
+                                          path="-", labels=[], metrics={}, trained_on=1, source="operator",
+                                          action="unpin", announced_at_ms=now_ms()))
+    console.print(f"{tenant}/{task_name}: unpinned; the trainer's next version will serve")
+
+
+# -- training -----------------------------------------------------------------------
+
+
+@app.command("train")
+def train_cmd(
+    task_name: Annotated[str, typer.Option("--task", help="Task name (a file in PROTEGE_TASKS_DIR).")],
+    tenant: Tenant,
+    input: Annotated[Path | None, typer.Option(help="Cases as JSON Lines (request_id or id, text, label); "
+                                                    "default: the trainer's harvest for this tenant and task.")] = None,
+    recipe: Annotated[str, typer.Option(help="fast (frozen encoder + logreg, seconds) or finetune (LP-FT, "
+                                             "minutes).")] = "fast",
+    epochs: Annotated[int, typer.Option(help="finetune: epochs.")] = 4,
+    lr: Annotated[float, typer.Option(help="finetune: encoder learning rate.")] = 1e-4,
+    golden: Annotated[Path | None, typer.Option(help="A fixed golden set (JSON Lines) for the gates.")] = None,
+    announce: Annotated[bool, typer.Option(help="Gate against the serving version and announce on protege.models "
+                                                "if the gates pass (needs the broker).")] = False,
+) -> None:
+    """Train one student version (the scheduled full fine-tune, or a fast retrain by hand)."""
+    from protege.student.backbone import cached_backbone, source_dir
+    from protege.student.finetune import FinetuneConfig
+    from protege.student.runtime import Encoder
+    from protege.student.train import Case, EmbeddingCache, FastRecipe, FinetuneRecipe, Recipe, train_version
+
+    settings = Settings()
+    task = load_tasks(settings.tasks_dir)[task_name]
+    path = input or settings.home / "harvest" / tenant / f"{task_name}.jsonl"
+    if not path.exists():
+        raise typer.BadParameter(f"no cases at {path}")
+
+    def cases_of(p: Path) -> list[Case]:
+        return [Case(str(r.get("request_id", r.get("id"))), r["text"], str(r["label"])) for r in read_jsonl(p)]
+
+    backbone = cached_backbone()
+    embed = EmbeddingCache(Encoder(backbone / "model.onnx", backbone / "tokenizer.json"))
+    chosen: Recipe
+    if recipe == "fast":
+        chosen = FastRecipe(embed, backbone)
+    elif recipe == "finetune":
+        chosen = FinetuneRecipe(embed, backbone, source_dir(), FinetuneConfig(epochs=epochs, lr=lr))
+    else:
+        raise typer.BadParameter(f"recipe must be fast or finetune, not {recipe!r}")
+    registry = Registry.of(settings)
+    serving = None
+    if announce:
+        now = _serving(settings).serving(tenant, task_name)
+        found = registry.find(tenant, task_name, now.version) if now is not None else None
+        serving = found.folder if found is not None else None
+    result = train_version(cases_of(path), recipe=chosen, registry=registry.root, tenant=tenant,
+                           task=task, serving=serving, golden=cases_of(golden) if golden else None)
+    typer.echo(json.dumps({"version": result.version, "folder": str(result.folder), "promoted": result.promoted,
+                           "reason": result.reason, "metrics": result.metrics}, indent=2))
+    if announce and result.promoted:
+        v = registry.version(tenant, task_name, result.version)
+        _announce(settings, v.announcement(pin=False).model_copy(update={"source": "trainer"}))
+        console.print(f"{tenant}/{task_name}: {result.version} announced")
+    elif not result.promoted:
+        raise typer.Exit(3)

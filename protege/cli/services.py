@@ -1,0 +1,126 @@
+"""Commands that run things: the embedded broker, one service, all of them (``up``), and
+looking at them (``health``, ``topics``, ``trace``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import runpy
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from protege.broker.embedded import EmbeddedBroker
+from protege.cli.root import app, broker_app, console, home, library_logs_to, stops_on_signals
+from protege.kafka import ensure_topics
+from protege.pipeline import LocalPipeline
+from protege.settings import Settings
+from protege.supervisor import SERVICES
+from protege.trace import trace
+
+# -- broker -------------------------------------------------------------------------
+
+
+@broker_app.command("start")
+def broker_start(home: Annotated[Path, typer.Option(help="Broker state folder.")] = Path(".protege/broker"),
+                 port: Annotated[int, typer.Option(help="Port (0: a free one).")] = 0) -> None:
+    """Start the embedded broker in the background and print its bootstrap address."""
+    b = EmbeddedBroker(home, port=port or None)
+    typer.echo(b.start())
+
+
+@broker_app.command("stop")
+def broker_stop(home: Path = Path(".protege/broker")) -> None:
+    EmbeddedBroker(home).stop()
+    typer.echo("stopped")
+
+
+@broker_app.command("status")
+def broker_status(home: Path = Path(".protege/broker")) -> None:
+    b = EmbeddedBroker(home)
+    typer.echo(f"running at {b.bootstrap}" if b.running() else "not running")
+
+
+# -- services -----------------------------------------------------------------------
+
+
+@app.command("run")
+def run(service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICES)}.")]) -> None:
+    """Run one service in the foreground (settings from PROTEGE_* environment variables)."""
+    if service not in SERVICES:
+        raise typer.BadParameter(f"unknown service {service!r}; choose from {SERVICES}")
+    sys.argv = [f"protege_services.{service}"]
+    runpy.run_module(f"protege_services.{service}", run_name="__main__")
+
+
+@app.command("health")
+def health(service: str, max_age: Annotated[float, typer.Option(help="Seconds since the last heartbeat.")] = 60.0) -> None:
+    """Exit 0 if SERVICE's processing loop turned within MAX_AGE seconds (the liveness probe)."""
+    beat = Settings().home / "health" / service
+    try:
+        age = time.time() - float(beat.read_text())
+    except (OSError, ValueError):
+        typer.echo(f"{service}: no heartbeat at {beat}")
+        raise typer.Exit(1) from None
+    typer.echo(f"{service}: last heartbeat {age:.1f}s ago")
+    raise typer.Exit(0 if age <= max_age else 1)
+
+
+@app.command("topics")
+def topics() -> None:
+    """Create every protege topic on PROTEGE_BOOTSTRAP_SERVERS (idempotent)."""
+
+    settings = Settings()
+    asyncio.run(ensure_topics(settings))
+    typer.echo("\n".join(settings.topics.all()))
+
+
+@app.command("trace")
+def trace_request(
+    request_id: Annotated[str, typer.Argument(help="The request's id.")],
+    minutes: Annotated[float, typer.Option(help="How far back to look.")] = 60.0,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's events (ids may repeat across tenants).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the events as JSON Lines.")] = False,
+) -> None:
+    """Follow one request across the services: every event that carries its id, in order."""
+
+    settings = Settings()
+    since = int((time.time() - minutes * 60) * 1000)
+    steps = asyncio.run(trace(settings, request_id, since_ms=since, tenant=tenant))
+    if not steps:
+        console.print(f"no event carries {request_id!r} in the last {minutes:g} minutes")
+        raise typer.Exit(1)
+    if as_json:
+        for step in steps:
+            typer.echo(json.dumps({"at_ms": step.at_ms, "topic": step.topic, "writer": step.writer, "event": step.event}))
+        return
+    table = Table(title=f"request {request_id}")
+    for col in ("time (UTC)", "+ms", "topic", "written by", "what"):
+        table.add_column(col)
+    first = steps[0].at_ms
+    for step in steps:
+        when = time.strftime("%H:%M:%S", time.gmtime(step.at_ms / 1000)) + f".{step.at_ms % 1000:03d}"
+        table.add_row(when, str(step.at_ms - first), step.topic, step.writer, step.what)
+    Console(width=160).print(table)
+
+
+@app.command("up")
+def up(standin_labels: Annotated[Path | None, typer.Option(help="Labelled JSON Lines for the offline teacher.")] = None,
+       bootstrap: Annotated[str | None, typer.Option(help="Use this broker instead of the embedded one.")] = None) -> None:
+    """Start the embedded broker and the six services; restart crashed ones; Ctrl-C stops all."""
+
+    env = {"PROTEGE_STANDIN_LABELS": str(standin_labels.resolve())} if standin_labels else {}
+    library_logs_to(home() / "logs")
+    with stops_on_signals("the services and the broker were stopped"), \
+            LocalPipeline(home(), env=env, bootstrap=bootstrap, broker_home=Path(".protege/broker")) as p:
+        console.print(f"[bold]up[/]: broker {p.bootstrap}, services {', '.join(SERVICES)}; logs in {home() / 'logs'}")
+        while True:
+            assert p.supervisor is not None
+            for name in p.supervisor.poll():
+                console.print(f"restarted {name}")
+            time.sleep(0.5)

@@ -1,0 +1,249 @@
+"""Commands that stream traffic through a whole local pipeline and report: ``demo`` and
+``bench stream``."""
+
+from __future__ import annotations
+
+# ONNX Runtime, scikit-learn, torch and the Anthropic SDK are imported by the commands that use them:
+# every other command starts without them.
+import asyncio
+import contextlib
+import json
+import platform
+import random
+import shutil
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from protege.broker.embedded import KAFKA_VERSION
+from protege.cli.root import STANDIN_NOTE, app, bench_app, console, library_logs_to, stops_on_signals
+from protege.costs import cost_usd, price_table
+from protege.generator import generate, read_jsonl, task_from_labels, triage_task, write_jsonl
+from protege.harness import Drive, drive, summarize, wait_quiet
+from protege.pipeline import LocalPipeline
+from protege.settings import Settings, TeacherSettings
+from protege.state import read_all
+from protege.task import Policy, write_task
+from protege.teacher import StandinTeacher
+
+# -- demo ---------------------------------------------------------------------------
+
+
+BAD_INPUTS = [
+    b"this is not json",
+    b'["a", "list"]',
+    b'{"tenant": "acme", "task": "ticket-triage"}',
+    b'{"tenant": "acme", "task": "no-such-task", "text": "hello"}',
+    json.dumps({"tenant": "acme", "task": "ticket-triage", "text": "x" * 5000}).encode(),
+    b'{"tenant": "acme", "task": "ticket-triage", "text": 42}',
+    b'{"tenant": "acme", "task": "ticket-triage", "text": "hi", "metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+]
+
+
+@app.command("demo")
+def demo(tickets: Annotated[int, typer.Option(help="Generated tickets to stream.")] = 1200,
+         rate: Annotated[float, typer.Option(help="Requests per second.")] = 30.0,
+         seed: int = 7,
+         home: Annotated[Path, typer.Option(help="Run folder (wiped at start).")] = Path(".protege/demo"),
+         report_json: Annotated[Path | None, typer.Option(help="Also write the summary as JSON.")] = None) -> None:
+    """Stream generated support tickets through the whole pipeline and print a summary."""
+
+    shutil.rmtree(home, ignore_errors=True)
+    rows = generate(tickets, seed=seed)
+    write_jsonl(rows, home / "tickets.jsonl")
+    write_task(triage_task(), home / "tasks" / "ticket-triage.yaml")
+    env = {
+        "PROTEGE_TASKS_DIR": str((home / "tasks").resolve()),
+        "PROTEGE_STANDIN_LABELS": str((home / "tickets.jsonl").resolve()),
+        "PROTEGE_MIN_CASES": "60", "PROTEGE_RETRAIN_EVERY": "80",
+        # Two cores: one ONNX Runtime thread each for the scorer and the trainer, so a
+        # retrain does not starve the student path.
+        "PROTEGE_THREADS": "1", "PROTEGE_TRAINER_THREADS": "1", "OMP_NUM_THREADS": "1",
+    }
+    summary = _stream_run(home, env, {"traffic": rows}, tenant="acme", task="ticket-triage", rate=rate,
+                          extra=BAD_INPUTS)
+    _print_summary(summary, ["traffic", "traffic, last 25%"])
+    if report_json:
+        report_json.write_text(json.dumps(summary, indent=2))
+
+
+def _stream_run(home: Path, env: dict[str, str], phases: dict[str, list[dict[str, Any]]], *, tenant: str, task: str,
+                rate: float, extra: list[bytes] | None = None, linger: float = 0.0) -> dict[str, Any]:
+
+    keyed = TeacherSettings().api_key() is not None  # the key, or the key file, as the teacher worker reads it
+    if not keyed:
+        console.print(f"[yellow]{STANDIN_NOTE}[/]")
+    summary: dict[str, Any] = {"teacher": "anthropic" if keyed else STANDIN_NOTE}
+    started = time.perf_counter()
+    library_logs_to(home / "logs")
+    with stops_on_signals("the services and the broker were stopped"):
+        _prepare_backbone()
+        console.print("starting the embedded Apache Kafka broker and six services ...")
+        _run_phases(home, env, phases, summary, tenant=tenant, task=task, rate=rate, extra=extra, linger=linger)
+    summary["wall_seconds"] = time.perf_counter() - started
+    summary["versions"] = versions()
+    return summary
+
+
+def _prepare_backbone() -> None:
+    """Export the student backbone before traffic starts (first run only; cached after)."""
+    from protege.student.backbone import cache_dir, cached_backbone
+
+    if not (cache_dir() / "backbone.json").exists():
+        console.print("exporting the student backbone (all-MiniLM-L6-v2) to ONNX, first run only ...")
+    cached_backbone()
+
+
+def _run_phases(home: Path, env: dict[str, str], phases: dict[str, list[dict[str, Any]]], summary: dict[str, Any], *,
+                tenant: str, task: str, rate: float, extra: list[bytes] | None, linger: float) -> None:
+
+    with LocalPipeline(home.resolve(), env=env) as p:
+        console.print(f"broker at {p.bootstrap}; service logs in {home / 'logs'}")
+        settings = p.settings
+        for i, (name, rows) in enumerate(phases.items()):
+            t0 = time.perf_counter()
+
+            def progress(sent: int, answered: int, counts: dict[str, int], name: str = name, n: int = len(rows),
+                         t0: float = t0) -> None:
+                assert p.supervisor is not None
+                p.supervisor.poll()
+                console.print(f"[{time.perf_counter() - t0:5.0f}s] {name}: sent {sent}/{n}  answered {answered} "
+                              f"(student {counts['student']}, teacher {counts['teacher']})", highlight=False)
+
+            result = asyncio.run(drive(settings, rows, tenant=tenant, task=task, rate=rate, progress=progress,
+                                       extra=extra if i == 0 else None, linger=linger))
+            summary[name] = summarize(result)
+            # The steady state: the last quarter of the phase, after the student has caught up.
+            tail = list(result.outcomes.items())[-max(1, len(rows) // 4):]
+            tail_ids = {rid for rid, _ in tail}
+            summary[f"{name}, last 25%"] = summarize(Drive(
+                dict(tail), [r for r in result.teacher_results if r.request_id in tail_ids],
+                result.seconds / 4))
+            if i + 1 < len(phases):
+                console.print("waiting for the harvester and trainer to catch up ...")
+                t = settings.topics
+                asyncio.run(wait_quiet(settings, {"harvester": [t.teacher_results],
+                                                  "trainer": [t.harvest]}))
+                time.sleep(5)  # the scorer loads the last announced version
+        models = asyncio.run(read_all(settings, settings.topics.models))
+        dlq = asyncio.run(read_all(settings, settings.topics.requests_dlq))
+        summary["models_trained"] = len(models)
+        summary["final_model"] = json.loads(models[-1].value) if models else None
+        summary["dead_letters"] = {"count": len(dlq), "reasons": sorted({json.loads(r.value)["reason"] for r in dlq})}
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "kafka": KAFKA_VERSION}
+    for pkg in ("protege", "aiokafka", "onnxruntime", "onnxruntime-gpu", "tokenizers", "anthropic", "numpy",
+                "scikit-learn", "torch", "transformers"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[pkg] = version(pkg)
+    return out
+
+
+def _fmt(v: Any, pct: bool = False, money: bool = False) -> str:
+    if v is None:
+        return "-"
+    if pct:
+        return f"{100 * v:.1f}%"
+    if money:
+        return f"${v:.4f}"
+    return f"{v:.0f}" if isinstance(v, float) else str(v)
+
+
+def _print_summary(summary: dict[str, Any], phases: list[str]) -> None:
+    standin = "STAND-IN" in summary["teacher"]
+    table = Table(title="protege summary", caption="teacher: OFFLINE STAND-IN (labelled data)" if standin else None)
+    table.add_column("metric")
+    for name in phases:
+        table.add_column(name, justify="right")
+    rows: list[tuple[str, str, dict[str, Any]]] = [
+        ("requests", "requests", {}), ("answered", "answered", {}), ("duplicate responses", "duplicates", {}),
+        ("answered by student", "student_share", {"pct": True}), ("answered by teacher", "teacher_share", {"pct": True}),
+        ("accuracy vs labels", "accuracy", {"pct": True}), ("  student route", "student_accuracy", {"pct": True}),
+        ("  teacher route", "teacher_accuracy", {"pct": True}), ("teacher calls", "teacher_calls", {}),
+        ("teacher cost", "cost_usd", {"money": True}),
+    ]
+    for label, key, fmt in rows:
+        table.add_row(label, *[_fmt(summary[p][key], **fmt) for p in phases])
+    for route in ("student", "teacher"):
+        for q in ("p50", "p95"):
+            table.add_row(f"latency {route} {q} (ms)", *[_fmt(summary[p]["latency_ms"][route][q]) for p in phases])
+    Console().print(table)
+    console.print(f"models trained: {summary['models_trained']}; dead letters: {summary['dead_letters']['count']} "
+                  f"{summary['dead_letters']['reasons']}; wall time {summary['wall_seconds']:.0f}s")
+    if "all_teacher" in summary:
+        console.print(f"all-teacher baseline on the same test traffic: ${summary['all_teacher']['cost_usd']:.4f}")
+
+
+# -- bench --------------------------------------------------------------------------
+
+
+@bench_app.command("stream")
+def bench_stream(
+    train: Annotated[Path, typer.Option(help="Labelled JSON Lines {id,text,label} streamed first (live traffic).")],
+    test: Annotated[Path, typer.Option(help="Labelled JSON Lines streamed after; the report's test numbers.")],
+    report_json: Annotated[Path, typer.Option(help="Where to write the JSON report.")],
+    teacher_noise: Annotated[float, typer.Option(help="Share of stand-in answers replaced by a wrong label.")] = 0.0,
+    rate: Annotated[float, typer.Option(help="Requests per second.")] = 50.0,
+    min_cases: int = 300,
+    retrain_every: int = 1000,
+    limit: Annotated[int, typer.Option(help="Use only the first N rows of each file (0: all).")] = 0,
+    shuffle: Annotated[bool, typer.Option(help="Stream in a seeded random order (BANKING77's files are sorted by "
+                                               "label, which no live traffic is).")] = True,
+    seed: int = 0,
+    policy: Annotated[str, typer.Option(help="Routing policy: cascade, distill_verify, ensemble or shadow.")] = "cascade",
+    home: Path = Path(".protege/bench"),
+    task_name: str = "bench",
+) -> None:
+    """Cold student, train traffic, then test traffic; report accuracy, student share, cost, latency."""
+
+    train_rows, test_rows = read_jsonl(train), read_jsonl(test)
+    if shuffle:
+
+        random.Random(seed).shuffle(train_rows)
+        random.Random(seed + 1).shuffle(test_rows)
+    if limit:
+        train_rows, test_rows = train_rows[:limit], test_rows[:limit]
+    shutil.rmtree(home, ignore_errors=True)
+    labels = sorted({r["label"] for r in train_rows + test_rows})
+    task = task_from_labels(task_name, labels, f"bench on {train.name}")
+    task = task.model_copy(update={"policy": Policy.model_validate({**task.policy.model_dump(), "name": policy})})
+    write_task(task, home / "tasks" / f"{task_name}.yaml")
+    write_jsonl(train_rows + test_rows, home / "labelled.jsonl")
+    for r in test_rows:
+        r["id"] = f"test-{r['id']}"
+    env = {
+        "PROTEGE_TASKS_DIR": str((home / "tasks").resolve()),
+        "PROTEGE_STANDIN_LABELS": str((home / "labelled.jsonl").resolve()),
+        "PROTEGE_STANDIN_NOISE": str(teacher_noise),
+        "PROTEGE_MIN_CASES": str(min_cases), "PROTEGE_RETRAIN_EVERY": str(retrain_every),
+        # Retrains must not starve the scorer on a small machine, and a scorer with ONNX Runtime's
+        # default threads (all cores, spinning) slowed the whole test phase on 2 cores: p50/p95
+        # 83/138 ms against 50/107 with one thread (two runs of make bench-banking77).
+        "PROTEGE_TRAINER_THREADS": "1", "PROTEGE_THREADS": "1",
+    }
+    # Linger after the last response so trailing teacher checks (ensemble) and corrections are counted.
+    summary = _stream_run(home, env, {"train": train_rows, "test": test_rows}, tenant="bench", task=task_name,
+                          rate=rate, linger=10.0)
+
+    standin = StandinTeacher({}, priced_as=task.teacher.model, prices=price_table(Settings().prices))
+    if "STAND-IN" in summary["teacher"]:
+        all_cost = sum(cost_usd(standin.usage_for(task, r["text"]), standin.price) for r in test_rows)
+        method = "stand-in token estimates for every test request, priced as " + task.teacher.model
+    else:
+        per_call = summary["test"]["cost_usd"] / max(1, summary["test"]["teacher_calls"])
+        all_cost, method = per_call * len(test_rows), "mean measured cost per teacher call x test requests"
+    summary["all_teacher"] = {"cost_usd": all_cost, "requests": len(test_rows), "method": method}
+    summary["config"] = {"train": str(train), "test": str(test), "rate": rate, "teacher_noise": teacher_noise,
+                         "min_cases": min_cases, "retrain_every": retrain_every, "limit": limit,
+                         "shuffle": shuffle, "seed": seed, "policy": policy, "policy_version": task.policy.version}
+    report_json.parent.mkdir(parents=True, exist_ok=True)
+    report_json.write_text(json.dumps(summary, indent=2))
+    _print_summary(summary, ["train", "test"])
+    console.print(f"report: {report_json}")

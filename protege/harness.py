@@ -1,0 +1,297 @@
+"""The harness, apart from the library the services import: a traffic driver that sends
+requests and collects their answers (``drive``), the statistics of a run (``summarize``),
+and load probes (``time_records``, consumer-group lag). Used by the demo, the bench, the
+load tests and the end-to-end tests.
+
+    with LocalPipeline(home, env=...) as p:
+        results = asyncio.run(drive(p.settings, requests, rate=50))
+        print(summarize(results))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from protege.events import Correction, Event, Response, TeacherResult
+from protege.kafka import consumer, partitions_of, producer
+from protege.settings import Settings
+from protege.supervisor import Supervisor
+
+
+@dataclass
+class Outcome:
+    request_id: str
+    label: str | None
+    sent_at: float
+    response: Response | None = None
+    answered_at: float | None = None
+    duplicates: int = 0
+    corrected_to: str | None = None  # ensemble: the teacher's correction of a provisional answer
+
+    @property
+    def final_label(self) -> str | None:
+        return self.corrected_to or (self.response.label if self.response else None)
+
+    @property
+    def latency_ms(self) -> float | None:
+        return None if self.answered_at is None else (self.answered_at - self.sent_at) * 1000
+
+
+@dataclass
+class Drive:
+    outcomes: dict[str, Outcome]
+    teacher_results: list[TeacherResult]
+    seconds: float
+
+
+async def drive(
+    settings: Settings,
+    rows: list[dict[str, Any]],
+    *,
+    tenant: str,
+    task: str,
+    rate: float | None = None,
+    timeout: float = 300.0,
+    progress: Callable[[int, int, dict[str, int]], None] | None = None,
+    extra: list[bytes] | None = None,
+    linger: float = 0.0,
+) -> Drive:
+    """Publish ``rows`` ({id, text, label}) as requests and collect their responses.
+
+    Responses and teacher results are read from the offsets that were the end before the
+    first send, so earlier traffic is not counted. ``extra`` are raw payloads (bad input)
+    published alongside, not awaited. ``linger`` keeps reading that long after the last
+    answer, so late duplicates are counted.
+    """
+    topics = settings.topics
+    reader = consumer(settings, group=None)
+    await reader.start()
+    tps = [TopicPartition(t, p) for t in (topics.responses, topics.teacher_results, topics.corrections)
+           for p in sorted(await partitions_of(reader, t))]
+    reader.assign(tps)
+    for tp, end in (await reader.end_offsets(tps)).items():
+        reader.seek(tp, end)
+    outcomes: dict[str, Outcome] = {}
+    results: list[TeacherResult] = []
+    counts = {"student": 0, "teacher": 0}
+    started = time.perf_counter()
+
+    async def collect(until: float) -> None:
+        while time.perf_counter() < until:
+            if len(outcomes) == len(rows) and sum(counts.values()) == len(rows):
+                if linger <= 0:
+                    return
+                until = min(until, time.perf_counter() + linger)
+            batch = await reader.getmany(timeout_ms=100)
+            at = time.time()
+            for tp, records in batch.items():
+                for r in records:
+                    if tp.topic == topics.corrections:
+                        fix = Correction.model_validate_json(r.value)
+                        if fix.request_id in outcomes:
+                            outcomes[fix.request_id].corrected_to = fix.label
+                        continue
+                    if tp.topic == topics.teacher_results:
+                        res = TeacherResult.model_validate_json(r.value)
+                        if res.request_id in outcomes:
+                            results.append(res)
+                        continue
+                    resp = Response.model_validate_json(r.value)
+                    out = outcomes.get(resp.request_id)
+                    if out is None:
+                        continue
+                    if out.response is not None:
+                        out.duplicates += 1
+                        continue
+                    out.response, out.answered_at = resp, at
+                    counts[resp.route] += 1
+
+    prod = producer(settings)
+    await prod.start()
+    collector = asyncio.create_task(collect(time.perf_counter() + timeout))
+    try:
+        for raw in extra or []:
+            await prod.send(topics.requests, raw)
+        last_report = 0.0
+        for i, row in enumerate(rows):
+            request_id = f"{tenant}-{row['id']}"
+            sent = time.time()
+            outcomes[request_id] = Outcome(request_id, row.get("label"), sent)
+            body = {"request_id": request_id, "tenant": tenant, "task": task, "text": row["text"],
+                    "sent_at_ms": int(sent * 1000)}
+            await prod.send(topics.requests, json.dumps(body).encode(), key=request_id.encode())
+            if rate:
+                delay = started + (i + 1) / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if progress and time.perf_counter() - last_report > 1:
+                last_report = time.perf_counter()
+                progress(i + 1, sum(counts.values()), counts)
+        await prod.flush()
+        while not collector.done():
+            await asyncio.sleep(1 if progress else 0.1)
+            if progress:
+                progress(len(rows), sum(counts.values()), counts)
+        await collector
+    finally:
+        collector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await collector
+        await prod.stop()
+        await reader.stop()
+    return Drive(outcomes, results, time.perf_counter() - started)
+
+
+async def group_lag(settings: Settings, group: str, topics: list[str]) -> int:
+    """Records on ``topics`` not yet committed by consumer group ``group``."""
+    admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
+    await admin.start()
+    reader = consumer(settings, group=None)
+    await reader.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        tps = [TopicPartition(t, p) for t in topics for p in await partitions_of(reader, t)]
+        ends = await reader.end_offsets(tps)
+        return sum(max(0, end - (committed[tp].offset if tp in committed else 0)) for tp, end in ends.items())
+    finally:
+        await reader.stop()
+        await admin.close()
+
+
+async def wait_quiet(settings: Settings, groups: dict[str, list[str]], timeout: float = 300.0) -> bool:
+    """Wait until every group has consumed everything on its topics."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lags = [await group_lag(settings, f"{settings.topic_prefix}protege-{g}", t) for g, t in groups.items()]
+        if not any(lags):
+            return True
+        await asyncio.sleep(0.5)
+    return False
+
+
+async def supervised(supervisor: Supervisor, stream: asyncio.Task[Drive], every: float = 0.5) -> Drive:
+    """Wait for a running ``drive`` while restarting services that die (faults, chaos tests)."""
+    while not stream.done():
+        supervisor.poll()
+        await asyncio.sleep(every)
+    return await stream
+
+
+def _agreement(results: list[TeacherResult]) -> float | None:
+    """Share of teacher answers the student had given too (shadow, ensemble and escalations)."""
+    judged = [r.agrees for r in results if r.agrees is not None]
+    return sum(judged) / len(judged) if judged else None
+
+
+class Probe(Event, title="protege.probe"):
+    """A load probe's record: its number and when it was sent (epoch seconds)."""
+
+    n: int
+    sent_s: float
+
+
+async def time_records(settings: Settings, into: str, out_of: str, n: int, rate: float | None) -> tuple[list[float], float]:
+    """Publish ``n`` timestamped records to ``into`` at ``rate`` (None: as fast as possible)
+    and time each one's arrival on ``out_of`` (the same topic: the raw broker; another: what
+    sits between). Returns the latencies in ms and the seconds it took."""
+    reader = consumer(settings, group=None)
+    await reader.start()
+    tps = [TopicPartition(out_of, p) for p in sorted(await partitions_of(reader, out_of))]
+    reader.assign(tps)
+    await reader.seek_to_end(*tps)
+    prod = producer(settings)
+    await prod.start()
+    latencies: list[float] = []
+
+    async def read() -> None:
+        while len(latencies) < n:
+            for records in (await reader.getmany(timeout_ms=100)).values():
+                now = time.time()
+                latencies.extend((now - Probe.model_validate_json(r.value).sent_s) * 1000 for r in records)
+
+    try:
+        collector = asyncio.create_task(read())
+        started = time.perf_counter()
+        for i in range(n):
+            await prod.send(into, Probe(n=i, sent_s=time.time()).dumps(), key=str(i).encode())
+            delay = started + (i + 1) / rate - time.perf_counter() if rate else 0
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await asyncio.wait_for(collector, timeout=60)
+        return latencies, time.perf_counter() - started
+    finally:
+        await prod.stop()
+        await reader.stop()
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    k = (len(s) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def summarize(d: Drive) -> dict[str, Any]:
+    outs = list(d.outcomes.values())
+    answered = [o for o in outs if o.response]
+    by_route: dict[str, list[Outcome]] = {"student": [], "teacher": []}
+    for o in answered:
+        assert o.response is not None
+        by_route[o.response.route].append(o)
+
+    def acc(items: list[Outcome]) -> float | None:
+        labelled = [o for o in items if o.label is not None and o.response is not None]
+        if not labelled:
+            return None
+        return sum(o.response.label == o.label for o in labelled if o.response) / len(labelled)
+
+    def lat(items: list[Outcome]) -> dict[str, float | None]:
+        values = [o.latency_ms for o in items if o.latency_ms is not None]
+        return {"p50": percentile(values, 0.5), "p95": percentile(values, 0.95), "p99": percentile(values, 0.99)}
+
+    def hops(items: list[Outcome]) -> dict[str, float | None]:
+        """Median time spent before ingestion, inside the pipeline, and delivering the answer."""
+        r = [(o, o.response) for o in items if o.response is not None and o.answered_at is not None]
+        return {
+            "to_ingestion": percentile([resp.received_at_ms - o.sent_at * 1000 for o, resp in r], 0.5),
+            "in_pipeline": percentile([float(resp.answered_at_ms - resp.received_at_ms) for o, resp in r], 0.5),
+            "to_reader": percentile([(o.answered_at or 0) * 1000 - resp.answered_at_ms for o, resp in r], 0.5),
+        }
+
+    n = len(outs) or 1
+    standin = any(r.standin for r in d.teacher_results)
+    return {
+        "requests": len(outs),
+        "answered": len(answered),
+        "duplicates": sum(o.duplicates for o in outs),
+        "accuracy": acc(answered),
+        "student_share": len(by_route["student"]) / n,
+        "teacher_share": len(by_route["teacher"]) / n,
+        "student_accuracy": acc(by_route["student"]),
+        "teacher_accuracy": acc(by_route["teacher"]),
+        "accuracy_after_corrections": (
+            sum(o.final_label == o.label for o in answered) / len(answered) if answered else None),
+        "corrections": sum(o.corrected_to is not None for o in outs),
+        "degraded": sum(o.response is not None and o.response.status == "degraded" for o in outs),
+        "failed": sum(o.response is not None and o.response.status == "failed" for o in outs),
+        "student_agreement": _agreement(d.teacher_results),
+        "teacher_calls": len(d.teacher_results),
+        "cost_usd": sum(r.cost_usd for r in d.teacher_results),
+        "teacher_standin": standin,
+        "latency_ms": {"student": lat(by_route["student"]), "teacher": lat(by_route["teacher"]), "all": lat(answered)},
+        "hops_p50_ms": {"student": hops(by_route["student"]), "teacher": hops(by_route["teacher"])},
+        "seconds": d.seconds,
+        "throughput_rps": len(answered) / d.seconds if d.seconds else None,
+    }
+

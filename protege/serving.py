@@ -1,0 +1,93 @@
+"""Which student version serves each tenant's task: one view of ``protege.models``.
+
+The announcements on ``protege.models`` (one partition, read from the beginning) decide;
+``Serving`` applies them in order. The trainer's versions serve as they come, unless an
+operator pinned one (``protege models pin`` or ``rollback``); an operator's announcement
+always applies; ``unpin`` lets the trainer's next version through. The scorer, the trainer
+(the version a candidate is gated against) and the CLI (``protege models``) all read it
+through this module; a scorer and the trainer keep it live (``view``), the CLI reads it once
+(``read_serving``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from protege.errors import InvalidEvent
+from protege.events import ModelAnnouncement
+from protege.kafka import Record
+from protege.serde import decode
+from protege.settings import Settings
+from protege.state import TopicView, read_all
+
+Key = tuple[str, str]  # (tenant, task)
+
+
+@dataclass
+class Serving:
+    """The serving state of every (tenant, task), from the announcements applied so far."""
+
+    pinned: set[Key] = field(default_factory=set)
+    current: dict[Key, ModelAnnouncement] = field(default_factory=dict)
+    histories: dict[Key, list[str]] = field(default_factory=dict)
+
+    def apply(self, ann: ModelAnnouncement) -> bool:
+        """Apply one announcement; True when it is now what serves (it may be the same version)."""
+        key = (ann.tenant, ann.task)
+        if ann.action == "unpin":
+            self.pinned.discard(key)
+            return False
+        if ann.source == "trainer" and key in self.pinned:
+            return False
+        if ann.pin:
+            self.pinned.add(key)
+        else:
+            self.pinned.discard(key)
+        self.current[key] = ann
+        history = self.histories.setdefault(key, [])
+        if not history or history[-1] != ann.version:
+            history.append(ann.version)
+        return True
+
+    def serving(self, tenant: str, task: str) -> ModelAnnouncement | None:
+        return self.current.get((tenant, task))
+
+    def history(self, tenant: str, task: str) -> list[str]:
+        """The versions that served, oldest first."""
+        return list(self.histories.get((tenant, task), []))
+
+    def is_pinned(self, tenant: str, task: str) -> bool:
+        return (tenant, task) in self.pinned
+
+
+def view(settings: Settings, serving: Serving,
+         on_serve: Callable[[ModelAnnouncement], Awaitable[None]] | None = None) -> TopicView:
+    """``serving`` kept live from ``protege.models``; ``on_serve`` is called for each
+    announcement that (now) serves (the scorer loads it)."""
+    log = structlog.get_logger()
+
+    async def apply(record: Record) -> None:
+        try:
+            ann = decode(ModelAnnouncement, record.value)
+        except InvalidEvent as e:
+            log.error("bad_announcement", reason=e.reason, detail=e.detail, offset=record.offset)
+            return
+        if serving.apply(ann):
+            if on_serve is not None:
+                await on_serve(ann)
+        else:
+            log.info("not_applied", tenant=ann.tenant, task=ann.task, version=ann.version, action=ann.action,
+                     pinned=serving.is_pinned(ann.tenant, ann.task))
+
+    return TopicView(settings, settings.topics.models, apply)
+
+
+async def read_serving(settings: Settings) -> Serving:
+    """The serving state as ``protege.models`` has it now (read once)."""
+    serving = Serving()
+    for record in await read_all(settings, settings.topics.models):
+        serving.apply(ModelAnnouncement.model_validate_json(record.value))
+    return serving
