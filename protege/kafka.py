@@ -36,9 +36,15 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaConnectionError,
+    KafkaError,
+    ProducerFenced,
+    TopicAlreadyExistsError,
+)
 
 from protege import metrics
 from protege.errors import BrokerError, InvalidEvent
@@ -101,6 +107,7 @@ BatchHandler = Callable[[Sequence[Received[Any]]], Awaitable[list[Out]]]
 CommitHook = Callable[[Sequence[Received[Any]]], Awaitable[None]]
 Fallback = Callable[[Received[Any], str], list[Out]]  # what to produce for a quarantined record, besides the letter
 INFRASTRUCTURE = (KafkaError, ConnectionError, TimeoutError)  # not a record's fault: restart, do not quarantine
+FENCED = (ProducerFenced, InvalidProducerEpoch)  # another replica owns the partition now
 
 
 def each(handle: Callable[[Received[E]], list[Out]]) -> Callable[[Sequence[Received[E]]], Awaitable[list[Out]]]:
@@ -297,7 +304,6 @@ class Processor:
         self.max_records = max_records
         self.max_wait_ms = max_wait_ms
         self.group = f"{settings.topic_prefix}protege-{service}"
-        self.transactional_id = f"{self.group}-{settings.instance}"
         self.transaction_timeout_ms = transaction_timeout_ms
         self.max_poll_interval_ms = max_poll_interval_ms
         self.on_commit = on_commit  # after a batch's transaction committed (the teacher settles its journal)
@@ -310,33 +316,86 @@ class Processor:
         self.processed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        cons = consumer(self.settings, *self.inputs, group=self.group, max_poll_interval_ms=self.max_poll_interval_ms)
-        prod = producer(self.settings, self.transactional_id, transaction_timeout_ms=self.transaction_timeout_ms)
-        await prod.start()
+        self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self.owning = asyncio.Lock()  # a revocation waits for the batch in hand to commit
+        cons = consumer(self.settings, group=self.group, max_poll_interval_ms=self.max_poll_interval_ms)
+        cons.subscribe(list(self.inputs), listener=_Ownership(self))
         await cons.start()
-        self.log.info("processing", inputs=list(self.inputs), group=self.group, transactional_id=self.transactional_id)
+        self.log.info("processing", inputs=list(self.inputs), group=self.group)
         heartbeat = Heartbeat(self.settings.home / "health" / self.service)
         try:
             while not stop.is_set():
                 heartbeat.beat()
                 batches = await cons.getmany(timeout_ms=self.max_wait_ms, max_records=self.max_records)
-                records = [r for rs in batches.values() for r in rs]
-                if not records:
+                if not batches:
                     continue
                 started = time.perf_counter()
-                # The position, not last offset + 1: it has moved past transaction markers,
-                # so a caught-up group shows zero lag.
-                ends = {tp: max(rs[-1].offset + 1, await cons.position(tp)) for tp, rs in batches.items()}
-                try:
-                    outs = await self.commit(prod, records, ends)
-                except HandlerFailed as failed:
-                    self.log.warning("batch_failed", records=len(records), error=str(failed))
-                    outs = await self.one_by_one(prod, batches, ends)
+                outs: list[Out] = []
+                async with self.owning:
+                    for tp, rs in batches.items():
+                        prod = self.producers.get(tp)
+                        if prod is None:  # not ours any more: its new owner reads these from the committed offset
+                            continue
+                        # The position, not last offset + 1: it has moved past transaction markers,
+                        # so a caught-up group shows zero lag.
+                        end = max(rs[-1].offset + 1, await cons.position(tp))
+                        try:
+                            outs += await self.partition(prod, tp, rs, end)
+                        except FENCED as e:
+                            await self.fenced(tp, e)
                 self.observe(cons, batches, outs, time.perf_counter() - started)
         finally:
             await cons.stop()
-            await prod.stop()
+            async with self.owning:
+                await self.release(list(self.producers))
             self.log.info("stopped", processed=self.processed, quarantined=self.quarantined)
+
+    def transactional_id(self, tp: TopicPartition) -> str:
+        """One per input partition: whoever owns the partition owns the id (see ``acquire``)."""
+        return f"{self.group}-{tp.topic}-{tp.partition}"
+
+    async def acquire(self, tps: Collection[TopicPartition]) -> None:
+        """Partitions assigned to this replica: a transactional producer for each. Starting it
+        fences the partition's previous owner: its open transaction is aborted and it can
+        commit nothing more, even if it is only paused and resumes later (a zombie)."""
+        for tp in sorted(tps):
+            if tp in self.producers:
+                continue
+            prod = producer(self.settings, self.transactional_id(tp), transaction_timeout_ms=self.transaction_timeout_ms)
+            await prod.start()
+            self.producers[tp] = prod
+        self.log.info("assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in self.producers))
+
+    async def release(self, tps: Collection[TopicPartition]) -> None:
+        """Partitions revoked (or this replica stops): their producers close."""
+        for tp in tps:
+            prod = self.producers.pop(tp, None)
+            if prod is not None:
+                with contextlib.suppress(KafkaError):
+                    await prod.stop()
+
+    async def fenced(self, tp: TopicPartition, error: Exception) -> None:
+        """Another replica took ``tp`` while this one held a transaction open on it (this one
+        was paused past its session, or lost the group): the transaction was aborted, the new
+        owner reads the records again from the committed offset, and this replica keeps off
+        the partition until the group gives it back."""
+        self.log.warning("fenced", topic=tp.topic, partition=tp.partition, error=f"{type(error).__name__}: {error}")
+        metrics.FENCED.labels(self.service).inc()
+        await self.release([tp])
+
+    async def partition(self, prod: AIOKafkaProducer, tp: TopicPartition, records: list[Record],
+                        end: int) -> list[Out]:
+        """One partition's share of a batch, in its own transaction (its producer is its owner's)."""
+        try:
+            return await self.commit(prod, records, {tp: end})
+        except HandlerFailed as failed:
+            self.log.warning("batch_failed", topic=tp.topic, partition=tp.partition, records=len(records),
+                             error=str(failed))
+            outs: list[Out] = []
+            for i, record in enumerate(records):
+                offsets = {tp: end if i == len(records) - 1 else record.offset + 1}
+                outs.extend(await self.isolate(prod, record, offsets))
+            return outs
 
     def decode(self, records: Sequence[Record]) -> tuple[list[Received[Any]], list[Out]]:
         return receive(records, self.inputs, service=self.service, dead_letters=self.dead_letters, tasks=self.tasks)
@@ -363,16 +422,6 @@ class Processor:
         self.processed += len(records)
         if self.on_commit is not None and received:
             await self.on_commit(received)
-        return outs
-
-    async def one_by_one(self, prod: AIOKafkaProducer, batches: dict[TopicPartition, list[Record]],
-                         ends: dict[TopicPartition, int]) -> list[Out]:
-        """A batch failed: handle its records one at a time, in order, quarantining what keeps failing."""
-        outs: list[Out] = []
-        for tp, rs in batches.items():
-            for i, record in enumerate(rs):
-                offsets = {tp: ends[tp] if i == len(rs) - 1 else record.offset + 1}
-                outs.extend(await self.isolate(prod, record, offsets))
         return outs
 
     async def isolate(self, prod: AIOKafkaProducer, record: Record, offsets: dict[TopicPartition, int]) -> list[Out]:
@@ -425,6 +474,21 @@ class Processor:
                 metrics.CONSUMER_LAG.labels(self.service, tp.topic, str(tp.partition)).set(max(0, end - rs[-1].offset - 1))
         for out in outs:
             metrics.RECORDS_OUT.labels(self.service, out.topic).inc()
+
+
+class _Ownership(ConsumerRebalanceListener):
+    """The group's assignment decides which partitions' producers this replica holds."""
+
+    def __init__(self, processor: Processor) -> None:
+        self.processor = processor
+
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        async with self.processor.owning:
+            await self.processor.release(revoked)
+
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        async with self.processor.owning:
+            await self.processor.acquire(assigned)
 
 
 async def partitions_of(cons: AIOKafkaConsumer, topic: str) -> set[int]:

@@ -25,8 +25,9 @@ class LocalPipeline:
     env: dict[str, str] = field(default_factory=dict)
     bootstrap: str | None = None  # an already running broker; else the embedded one
     broker_home: Path | None = None
-    services: list[str] | None = None
+    services: list[str] | None = None  # process names; replicas as verifier-2, ... (supervisor.with_replicas)
     topic_prefix: str = ""
+    partitions: int = 2  # per topic protege creates: at least the most replicas of any service
 
     def __post_init__(self) -> None:
         self.broker: EmbeddedBroker | None = None
@@ -35,7 +36,8 @@ class LocalPipeline:
 
     @property
     def settings(self) -> Settings:
-        return Settings(bootstrap_servers=self.bootstrap or "", home=self.home, topic_prefix=self.topic_prefix)
+        return Settings(bootstrap_servers=self.bootstrap or "", home=self.home, topic_prefix=self.topic_prefix,
+                        partitions=self.partitions)
 
     def __enter__(self) -> LocalPipeline:
         try:

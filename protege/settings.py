@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1)
     home: Path = Field(Path(".protege"), description="State folder: model registry, harvest store, runs.")
     tasks_dir: Path = Field(REPO / "tasks", description="Folder of task files (*.yaml).")
-    instance: str = Field(default_factory=socket.gethostname, description="Stable per-replica id (transactional ids).")
+    instance: str = Field(default_factory=socket.gethostname, description="Stable per-replica id (replicas of one service need different ones; transactional ids are per input partition).")
     log_level: str = "info"
     log_format: str = Field("auto", description="json, console, or auto (console on a terminal).")
     fetch_max_wait_ms: int = Field(10, ge=0, description="How long the broker may hold a fetch; low for latency.")

@@ -1,7 +1,8 @@
 """Supervising the six services as child processes (``protege up``, the demo, the bench).
 
 Each service is ``python -m protege_services.<name>`` in its own process group with its log in
-``<logs>/<name>.log``. A child that exits unexpectedly is restarted with backoff; ``stop``
+``<logs>/<name>.log``. Replicas of a service are named ``<service>-2``, ``<service>-3``, ...:
+the same module in the same consumer group, each with its own ``PROTEGE_INSTANCE``. A child that exits unexpectedly is restarted with backoff; ``stop``
 sends SIGTERM to all, waits, then SIGKILLs what is left.
 """
 
@@ -11,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +22,20 @@ from pathlib import Path
 from protege import signals
 
 SERVICES = ["ingestion", "scorer", "verifier", "teacher", "harvester", "trainer"]
+
+
+def service_of(name: str) -> str:
+    """``verifier-2`` -> ``verifier``."""
+    base, _, number = name.rpartition("-")
+    return base if base and number.isdigit() else name
+
+
+def with_replicas(replicas: dict[str, int]) -> list[str]:
+    """The process names for ``{"verifier": 3}``: verifier, verifier-2, verifier-3 (others once)."""
+    unknown = set(replicas) - set(SERVICES)
+    if unknown:
+        raise ValueError(f"no such service: {sorted(unknown)}; choose from {SERVICES}")
+    return [name if i == 1 else f"{name}-{i}" for name in SERVICES for i in range(1, replicas.get(name, 1) + 1)]
 
 
 @dataclass
@@ -36,15 +52,32 @@ class Supervisor:
     logs: Path
     services: list[str] = field(default_factory=lambda: list(SERVICES))
     children: dict[str, Child] = field(default_factory=dict)
+    retired: list[Child] = field(default_factory=list)  # removed replicas still finishing
     max_restarts: int = 20
 
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
         self.logs.mkdir(parents=True, exist_ok=True)
+        env = {**self.env, "PROTEGE_INSTANCE": f"{socket.gethostname()}-{name}"}
         with open(self.logs / f"{name}.log", "ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", f"protege_services.{name}"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                [sys.executable, "-m", f"protege_services.{service_of(name)}"], env=env, stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
+
+    def add(self, name: str) -> None:
+        """Start one more process (a replica: ``verifier-3``) beside the running ones."""
+        with signals.deferred():
+            self.children[name] = Child(name, self._spawn(name), time.monotonic())
+            self._record_pids()
+
+    def remove(self, name: str) -> None:
+        """Stop one process as a scale-in does (SIGTERM: it finishes its batch and leaves its
+        group); returns at once, ``stop`` waits for it."""
+        child = self.children.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.proc.pid, signal.SIGTERM)
+        self.retired.append(child)
+        self._record_pids()
 
     def _record_pids(self) -> None:
         """``pids.json`` beside the logs: what is (or was) running, for operators and tests."""
@@ -85,6 +118,9 @@ class Supervisor:
         child.started = 0.0  # restart on the next poll, no backoff
 
     def stop(self, timeout: float = 20.0) -> None:
+        for child in self.retired:
+            self.children.setdefault(f"retired-{child.proc.pid}", child)
+        self.retired.clear()
         for child in self.children.values():
             if child.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):

@@ -20,7 +20,7 @@ from protege.cli.root import app, broker_app, console, home, library_logs_to, st
 from protege.kafka import ensure_topics
 from protege.pipeline import LocalPipeline
 from protege.settings import Settings
-from protege.supervisor import SERVICES
+from protege.supervisor import SERVICES, with_replicas
 from protege.trace import trace
 
 # -- broker -------------------------------------------------------------------------
@@ -111,14 +111,22 @@ def trace_request(
 
 @app.command("up")
 def up(standin_labels: Annotated[Path | None, typer.Option(help="Labelled JSON Lines for the offline teacher.")] = None,
-       bootstrap: Annotated[str | None, typer.Option(help="Use this broker instead of the embedded one.")] = None) -> None:
+       bootstrap: Annotated[str | None, typer.Option(help="Use this broker instead of the embedded one.")] = None,
+       replicas: Annotated[str, typer.Option(help="Replicas per service, e.g. scorer=3,verifier=2 (others: 1); "
+                                                  "new topics get as many partitions as the most replicas.")] = "",
+       ) -> None:
     """Start the embedded broker and the six services; restart crashed ones; Ctrl-C stops all."""
-
+    try:
+        counts = {k.strip(): int(v) for k, v in (part.split("=") for part in replicas.split(",") if part.strip())}
+        names = with_replicas(counts)
+    except ValueError as e:
+        raise typer.BadParameter(f"--replicas {replicas!r}: {e}") from None
     env = {"PROTEGE_STANDIN_LABELS": str(standin_labels.resolve())} if standin_labels else {}
     library_logs_to(home() / "logs")
     with stops_on_signals("the services and the broker were stopped"), \
-            LocalPipeline(home(), env=env, bootstrap=bootstrap, broker_home=Path(".protege/broker")) as p:
-        console.print(f"[bold]up[/]: broker {p.bootstrap}, services {', '.join(SERVICES)}; logs in {home() / 'logs'}")
+            LocalPipeline(home(), env=env, bootstrap=bootstrap, broker_home=Path(".protege/broker"), services=names,
+                          partitions=max([Settings().partitions, *counts.values()])) as p:
+        console.print(f"[bold]up[/]: broker {p.bootstrap}, services {', '.join(names)}; logs in {home() / 'logs'}")
         while True:
             assert p.supervisor is not None
             for name in p.supervisor.poll():
