@@ -31,6 +31,7 @@ from protege.state import read_all
 from protege.student.runtime import Student
 from protege.task import load_task
 from protege.trace import trace
+from tests.helpers import pipeline_env
 from tests.unit.test_ingestion_fuzz import raw as fuzz_raw
 
 pytestmark = pytest.mark.kafka
@@ -43,11 +44,7 @@ def pipeline(kafka: EmbeddedBroker, backbone: Path, tmp_path_factory: pytest.Tem
     home = tmp_path_factory.mktemp("pipeline")
     rows = generate(2000, seed=21)
     write_jsonl(rows, home / "labels.jsonl")
-    env = {
-        "PROTEGE_TASKS_DIR": str(REPO / "tasks"), "PROTEGE_STANDIN_LABELS": str(home / "labels.jsonl"),
-        "PROTEGE_MIN_CASES": "60", "PROTEGE_RETRAIN_EVERY": "1000", "PROTEGE_BACKBONE": str(backbone),
-        "PROTEGE_THREADS": "1", "PROTEGE_TRAINER_THREADS": "1", "OMP_NUM_THREADS": "1", "PROTEGE_LOG_FORMAT": "json",
-    }
+    env = pipeline_env(home / "labels.jsonl", backbone)
     with LocalPipeline(home, env=env, bootstrap=kafka.bootstrap, topic_prefix=f"it{int(time.time())}.") as p:
         p.rows = rows  # type: ignore[attr-defined]
         yield p

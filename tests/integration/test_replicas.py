@@ -27,9 +27,9 @@ from protege.harness import drive, summarize, supervised
 from protege.pipeline import LocalPipeline
 from protege.state import read_all
 from protege.supervisor import Supervisor, with_replicas
+from tests.helpers import pipeline_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[2]
 TASK = "ticket-triage"
 
 
@@ -62,11 +62,7 @@ def test_replicas_rebalances_and_a_zombie_answer_each_request_once(kafka: Embedd
                                                                     tmp_path: Path) -> None:
     rows = generate(1600, seed=15)
     write_jsonl(rows, tmp_path / "labels.jsonl")
-    env = {
-        "PROTEGE_TASKS_DIR": str(REPO / "tasks"), "PROTEGE_STANDIN_LABELS": str(tmp_path / "labels.jsonl"),
-        "PROTEGE_MIN_CASES": "60", "PROTEGE_RETRAIN_EVERY": "1000", "PROTEGE_BACKBONE": str(backbone),
-        "PROTEGE_THREADS": "1", "PROTEGE_TRAINER_THREADS": "1", "OMP_NUM_THREADS": "1", "PROTEGE_LOG_FORMAT": "json",
-    }
+    env = pipeline_env(tmp_path / "labels.jsonl", backbone)
     names = with_replicas({"scorer": 2, "verifier": 2})
     events: list[str] = []
     with LocalPipeline(tmp_path / "home", env=env, bootstrap=kafka.bootstrap, topic_prefix=f"rep{int(time.time())}.",
