@@ -13,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -295,3 +298,12 @@ def summarize(d: Drive) -> dict[str, Any]:
         "throughput_rps": len(answered) / d.seconds if d.seconds else None,
     }
 
+
+
+def machine() -> dict[str, Any]:
+    """The CPU model and core count a benchmark ran on (printed and written with every result)."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), model)
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version()}
