@@ -110,15 +110,6 @@ INFRASTRUCTURE = (KafkaError, ConnectionError, TimeoutError)  # not a record's f
 FENCED = (ProducerFenced, InvalidProducerEpoch)  # another replica owns the partition now
 
 
-def each(handle: Callable[[Received[E]], list[Out]]) -> Callable[[Sequence[Received[E]]], Awaitable[list[Out]]]:
-    """A batch handler from a handler of one event at a time."""
-
-    async def batch(received: Sequence[Received[E]]) -> list[Out]:
-        return [out for r in received for out in handle(r)]
-
-    return batch
-
-
 def record(topic: str, value: bytes | None, key: bytes | None = None, *, partition: int = 0, offset: int = 0) -> Record:
     """A consumed record as aiokafka gives it (what the loop decodes; tests and probes build them)."""
     return ConsumerRecord(topic, partition, offset, 0, 0, key, value, None, len(key or b""), len(value or b""), ())
