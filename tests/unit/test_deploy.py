@@ -152,3 +152,18 @@ def test_scheduled_finetune_is_a_gated_train_run() -> None:
         train = get_command(app).commands["train"]  # type: ignore[attr-defined]
         options = {o for p in train.params for o in p.opts}
         assert {a for a in c["args"] if a.startswith("--")} <= options
+
+
+def test_autoscaled_replicas_fit_the_partitions_and_have_their_own_instance() -> None:
+    """Replicas of a service share a consumer group and one transactional producer per input
+    partition: a replica beyond the partition count would sit idle, and each needs its own
+    PROTEGE_INSTANCE (the pod's name)."""
+    docs = [d for f in sorted((REPO / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    partitions = int(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["PROTEGE_PARTITIONS"])
+    scalers = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    assert scalers and all(h["spec"]["maxReplicas"] <= partitions for h in scalers)
+    for d in docs:
+        if d["kind"] == "Deployment" and d["metadata"]["name"].removeprefix("protege-") in SERVICES:
+            [container] = d["spec"]["template"]["spec"]["containers"]
+            instance = next(e for e in container.get("env", []) if e["name"] == "PROTEGE_INSTANCE")
+            assert instance["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
