@@ -84,7 +84,7 @@ def main() -> None:
         diff = x_test[:, None, :] - centroids[None, :, :]
         mahal = np.einsum("nkd,de,nke->nk", diff, precision, diff).min(1)
         sims = x_test @ xk.T
-        knn = 1 - np.sort(sims, axis=1)[:, -args.knn:].mean(1)
+        knn = 1 - np.sort(sims, axis=1)[:, -args.knn :].mean(1)
         scores = {  # larger = stranger
             "max softmax probability (1 - MSP)": 1 - probs.max(1),
             "energy (-logsumexp logits)": -np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) - logits.max(1),
@@ -93,19 +93,29 @@ def main() -> None:
             f"kNN cosine (k={args.knn})": knn,
         }
         for name, s in scores.items():
-            results.setdefault(name, []).append({"auroc": auroc(s[unknown_te], s[~unknown_te]),
-                                                 "fpr_at_95_tpr": fpr_at_95_tpr(s[unknown_te], s[~unknown_te])})
+            results.setdefault(name, []).append(
+                {
+                    "auroc": auroc(s[unknown_te], s[~unknown_te]),
+                    "fpr_at_95_tpr": fpr_at_95_tpr(s[unknown_te], s[~unknown_te]),
+                }
+            )
     summary: dict[str, Any] = {
-        "held_out_intents": args.held_out, "seeds": args.seeds, "embed_seconds": round(embed_s, 1),
+        "held_out_intents": args.held_out,
+        "seeds": args.seeds,
+        "embed_seconds": round(embed_s, 1),
         "known_intent_accuracy": round(float(np.mean(accuracy)), 4),
-        "scores": {name: {k: round(float(np.mean([r[k] for r in rs])), 4) for k in ("auroc", "fpr_at_95_tpr")}
-                   for name, rs in results.items()},
+        "scores": {
+            name: {k: round(float(np.mean([r[k] for r in rs])), 4) for k in ("auroc", "fpr_at_95_tpr")}
+            for name, rs in results.items()
+        },
     }
     print(f"{'score':42s} {'AUROC':>7s} {'FPR@95TPR':>10s}")
     for name, m in sorted(summary["scores"].items(), key=lambda kv: -kv[1]["auroc"]):
         print(f"{name:42s} {m['auroc']:7.3f} {m['fpr_at_95_tpr']:10.3f}")
-    print(f"known-intent accuracy {summary['known_intent_accuracy']:.3f}; {args.held_out} intents held out, "
-          f"{args.seeds} seeds; embedding {embed_s:.0f}s")
+    print(
+        f"known-intent accuracy {summary['known_intent_accuracy']:.3f}; {args.held_out} intents held out, "
+        f"{args.seeds} seeds; embedding {embed_s:.0f}s"
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(summary, indent=2))
 

@@ -52,13 +52,23 @@ def quality(logits: np.ndarray, names: list[str], teacher: list[str], truth: lis
     pred = np.asarray(names)[logits.argmax(1)]
     index = {v: i for i, v in enumerate(names)}
     t_idx = np.asarray([index.get(v, -1) for v in teacher])
-    return {"teacher_agreement": float(np.mean(pred == np.asarray(teacher))),
-            "accuracy": float(np.mean(pred == np.asarray(truth))),
-            "macro_f1": macro_f1(logits.argmax(1), t_idx)}
+    return {
+        "teacher_agreement": float(np.mean(pred == np.asarray(teacher))),
+        "accuracy": float(np.mean(pred == np.asarray(truth))),
+        "macro_f1": macro_f1(logits.argmax(1), t_idx),
+    }
 
 
-def calibrated(cal_logits: np.ndarray, cal_y: np.ndarray, cal_emb: np.ndarray, test_logits: np.ndarray,
-               test_emb: np.ndarray, test_y: np.ndarray, truth_y: np.ndarray, bank: np.ndarray) -> dict[str, Any]:
+def calibrated(
+    cal_logits: np.ndarray,
+    cal_y: np.ndarray,
+    cal_emb: np.ndarray,
+    test_logits: np.ndarray,
+    test_emb: np.ndarray,
+    test_y: np.ndarray,
+    truth_y: np.ndarray,
+    bank: np.ndarray,
+) -> dict[str, Any]:
     """Temperature and acceptance rules fitted on calib, judged on test."""
     known = cal_y >= 0
     t = fit_temperature(cal_logits[known], cal_y[known])
@@ -72,13 +82,19 @@ def calibrated(cal_logits: np.ndarray, cal_y: np.ndarray, cal_emb: np.ndarray, t
             continue
         acc = (test_p.max(1) >= rule.min_confidence) & (test_ood <= rule.max_ood)
         rules[str(target)] = {
-            "min_confidence": rule.min_confidence, "max_ood": rule.max_ood, "calib_coverage": rule.coverage,
+            "min_confidence": rule.min_confidence,
+            "max_ood": rule.max_ood,
+            "calib_coverage": rule.coverage,
             "test_coverage": float(acc.mean()),
             "test_accepted_teacher_agreement": float((test_p.argmax(1) == test_y)[acc].mean()) if acc.any() else None,
             "test_accepted_accuracy": float((test_p.argmax(1) == truth_y)[acc].mean()) if acc.any() else None,
         }
-    return {"temperature": t, "test_ece_before": ece(softmax(test_logits), test_y),
-            "test_ece_after": ece(test_p, test_y), "rules": rules}
+    return {
+        "temperature": t,
+        "test_ece_before": ece(softmax(test_logits), test_y),
+        "test_ece_after": ece(test_p, test_y),
+        "rules": rules,
+    }
 
 
 def main() -> None:
@@ -105,11 +121,16 @@ def main() -> None:
         raise SystemExit("the stand-in teacher answered oos for a BANKING77 text: its lookup is broken")
     cases = [Case(str(r["id"]), r["text"], lab) for r, lab in zip(train, t_train, strict=True)]
     fit, calib, val = split_cases(cases, calib=0.1, golden=0.1)
-    print(f"fit {len(fit)}, val {len(val)}, calib {len(calib)}, test {len(test)}; teacher = offline stand-in "
-          f"(BANKING77 labels, {args.teacher_noise:.0%} noise)", flush=True)
-    report: dict[str, Any] = {"teacher": f"offline stand-in (BANKING77 labels, noise {args.teacher_noise})",
-                              "split": {"fit": len(fit), "val": len(val), "calib": len(calib), "test": len(test)},
-                              "teacher_test_accuracy": float(np.mean(np.asarray(t_test) == [r["label"] for r in test]))}
+    print(
+        f"fit {len(fit)}, val {len(val)}, calib {len(calib)}, test {len(test)}; teacher = offline stand-in "
+        f"(BANKING77 labels, {args.teacher_noise:.0%} noise)",
+        flush=True,
+    )
+    report: dict[str, Any] = {
+        "teacher": f"offline stand-in (BANKING77 labels, noise {args.teacher_noise})",
+        "split": {"fit": len(fit), "val": len(val), "calib": len(calib), "test": len(test)},
+        "teacher_test_accuracy": float(np.mean(np.asarray(t_test) == [r["label"] for r in test])),
+    }
     test_texts, truth = [r["text"] for r in test], [r["label"] for r in test]
 
     # ---- fast path: frozen backbone (ONNX Runtime) + logistic regression
@@ -124,9 +145,12 @@ def main() -> None:
     for c in (float(v) for v in args.cs.split(",")):
         started = time.perf_counter()
         w, b, labels = fit_head(x["fit"], y_fit, c=c)
-        sweep[c] = {"val_teacher_agreement": quality(x["val"] @ w + b, labels, [v.label for v in val],
-                                                     [v.label for v in val])["teacher_agreement"],
-                    "fit_seconds": time.perf_counter() - started}
+        sweep[c] = {
+            "val_teacher_agreement": quality(x["val"] @ w + b, labels, [v.label for v in val], [v.label for v in val])[
+                "teacher_agreement"
+            ],
+            "fit_seconds": time.perf_counter() - started,
+        }
         print(f"fast C={c:g}: val agreement {sweep[c]['val_teacher_agreement']:.4f}", flush=True)
     best_c = max(sweep, key=lambda c: sweep[c]["val_teacher_agreement"])
     w, b, labels = fit_head(x["fit"], y_fit, c=best_c)
@@ -136,14 +160,21 @@ def main() -> None:
     y_test = np.asarray([index.get(v, -1) for v in truth])
     fast_logits = x["test"] @ w + b
     report["fast"] = {
-        "C_sweep": {str(k): v for k, v in sweep.items()}, "C": best_c, "embed_seconds": embed_s,
-        "train_seconds": embed_s * len(fit) / (len(fit) + len(val) + len(calib) + len(test)) + sweep[best_c]["fit_seconds"],
+        "C_sweep": {str(k): v for k, v in sweep.items()},
+        "C": best_c,
+        "embed_seconds": embed_s,
+        "train_seconds": embed_s * len(fit) / (len(fit) + len(val) + len(calib) + len(test))
+        + sweep[best_c]["fit_seconds"],
         "test": quality(fast_logits, labels, t_test, truth),
-        "calibration": calibrated(x["calib"] @ w + b, y_cal, x["calib"], fast_logits, x["test"], y_test_t, y_test,
-                                  x["fit"]),
+        "calibration": calibrated(
+            x["calib"] @ w + b, y_cal, x["calib"], fast_logits, x["test"], y_test_t, y_test, x["fit"]
+        ),
     }
-    print(f"fast: C={best_c:g} test agreement {report['fast']['test']['teacher_agreement']:.4f} accuracy "
-          f"{report['fast']['test']['accuracy']:.4f}", flush=True)
+    print(
+        f"fast: C={best_c:g} test agreement {report['fast']['test']['teacher_agreement']:.4f} accuracy "
+        f"{report['fast']['test']['accuracy']:.4f}",
+        flush=True,
+    )
 
     # ---- LP-FT: the fast head, then the whole encoder fine-tuned; epochs and lr chosen on val
     src = source_dir()
@@ -186,37 +217,61 @@ def main() -> None:
             outs[kind]["test"] = e.run_all(test_texts)
     fp32, int8 = outs["fp32"], outs["int8"]
     ft: dict[str, Any] = {
-        "runs": runs, "chosen": {"lr": best[1], "epoch": best[2], "val_teacher_agreement": best[0]},
-        "train_seconds": runs[best[1]]["seconds"], "export_seconds": export_s,
+        "runs": runs,
+        "chosen": {"lr": best[1], "epoch": best[2], "val_teacher_agreement": best[0]},
+        "train_seconds": runs[best[1]]["seconds"],
+        "export_seconds": export_s,
         "test_pytorch": quality(torch_logits, labels, t_test, truth),
         "parity_max_abs_logit_diff_ort_fp32_vs_pytorch": float(np.abs(fp32["test"]["logits"] - torch_logits).max()),
         "test_ort_fp32": quality(fp32["test"]["logits"], labels, t_test, truth),
         "test_ort_int8": quality(int8["test"]["logits"], labels, t_test, truth),
-        "int8_agreement_with_fp32": float(np.mean(int8["test"]["logits"].argmax(1) == fp32["test"]["logits"].argmax(1))),
+        "int8_agreement_with_fp32": float(
+            np.mean(int8["test"]["logits"].argmax(1) == fp32["test"]["logits"].argmax(1))
+        ),
         "pytorch_test_seconds": torch_s,
     }
     for kind, o in (("calibration_fp32", fp32), ("calibration_int8", int8)):
-        ft[kind] = calibrated(o["calib"]["logits"], y_cal, o["calib"]["embedding"], o["test"]["logits"],
-                              o["test"]["embedding"], y_test_t, y_test, o["fit"]["embedding"])
+        ft[kind] = calibrated(
+            o["calib"]["logits"],
+            y_cal,
+            o["calib"]["embedding"],
+            o["test"]["logits"],
+            o["test"]["embedding"],
+            y_test_t,
+            y_test,
+            o["fit"]["embedding"],
+        )
     report["finetune"] = ft
 
     # ---- the table
-    rows = [("frozen MiniLM + logreg (fast)", report["fast"]["test"], report["fast"]["train_seconds"],
-             report["fast"]["calibration"]),
-            ("LP-FT, PyTorch", ft["test_pytorch"], ft["train_seconds"], None),
-            ("LP-FT, ONNX Runtime fp32", ft["test_ort_fp32"], ft["train_seconds"], ft["calibration_fp32"]),
-            ("LP-FT, ONNX Runtime int8", ft["test_ort_int8"], ft["train_seconds"], ft["calibration_int8"])]
-    print(f"\n{'recipe':32s} {'agree':>7s} {'acc':>7s} {'macroF1':>8s} {'ECE→':>13s} {'cov@.97':>8s} {'acc@.97':>8s}"
-          f" {'train s':>8s}")
+    rows = [
+        (
+            "frozen MiniLM + logreg (fast)",
+            report["fast"]["test"],
+            report["fast"]["train_seconds"],
+            report["fast"]["calibration"],
+        ),
+        ("LP-FT, PyTorch", ft["test_pytorch"], ft["train_seconds"], None),
+        ("LP-FT, ONNX Runtime fp32", ft["test_ort_fp32"], ft["train_seconds"], ft["calibration_fp32"]),
+        ("LP-FT, ONNX Runtime int8", ft["test_ort_int8"], ft["train_seconds"], ft["calibration_int8"]),
+    ]
+    print(
+        f"\n{'recipe':32s} {'agree':>7s} {'acc':>7s} {'macroF1':>8s} {'ECE→':>13s} {'cov@.97':>8s} {'acc@.97':>8s}"
+        f" {'train s':>8s}"
+    )
     for name, q, secs, cal in rows:
         r97 = cal and cal["rules"].get("0.97")
-        print(f"{name:32s} {q['teacher_agreement']:7.4f} {q['accuracy']:7.4f} {q['macro_f1']:8.4f} "
-              + (f"{cal['test_ece_before']:.3f}→{cal['test_ece_after']:.3f}" if cal else "-").rjust(13)
-              + (f" {r97['test_coverage']:8.3f} {r97['test_accepted_accuracy']:8.4f}" if r97 else f" {'-':>8s} {'-':>8s}")
-              + f" {secs:8.0f}")
+        print(
+            f"{name:32s} {q['teacher_agreement']:7.4f} {q['accuracy']:7.4f} {q['macro_f1']:8.4f} "
+            + (f"{cal['test_ece_before']:.3f}→{cal['test_ece_after']:.3f}" if cal else "-").rjust(13)
+            + (f" {r97['test_coverage']:8.3f} {r97['test_accepted_accuracy']:8.4f}" if r97 else f" {'-':>8s} {'-':>8s}")
+            + f" {secs:8.0f}"
+        )
     gain = ft["test_ort_fp32"]["accuracy"] - report["fast"]["test"]["accuracy"]
-    print(f"\nLP-FT (ORT fp32) vs fast path: {gain * 100:+.2f} points of test accuracy; chosen lr {best[1]}, "
-          f"epoch {best[2]}; parity max |logit diff| ORT vs PyTorch {ft['parity_max_abs_logit_diff_ort_fp32_vs_pytorch']:.2e}")
+    print(
+        f"\nLP-FT (ORT fp32) vs fast path: {gain * 100:+.2f} points of test accuracy; chosen lr {best[1]}, "
+        f"epoch {best[2]}; parity max |logit diff| ORT vs PyTorch {ft['parity_max_abs_logit_diff_ort_fp32_vs_pytorch']:.2e}"
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2, default=float))
     print(f"wrote {args.json}")

@@ -75,8 +75,13 @@ class TorchRunner:
         self.seq_len = seq_len
 
     def __call__(self, texts: list[str]) -> np.ndarray:
-        enc = self.model.tokenizer(texts, padding="max_length" if self.seq_len else True, truncation=True,
-                                   max_length=self.seq_len or 64, return_tensors="pt").to(self.device)
+        enc = self.model.tokenizer(
+            texts,
+            padding="max_length" if self.seq_len else True,
+            truncation=True,
+            max_length=self.seq_len or 64,
+            return_tensors="pt",
+        ).to(self.device)
         with self.torch.inference_mode():
             logits, _ = self.model.forward(enc)
         return logits.cpu().numpy()
@@ -92,8 +97,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
 
 
-def worker(backend: str, sub: int, paths: dict[str, str], texts: list[str], y: list[int], args: dict[str, Any],
-           out: Any) -> None:
+def worker(
+    backend: str, sub: int, paths: dict[str, str], texts: list[str], y: list[int], args: dict[str, Any], out: Any
+) -> None:
     """One backend in its own process; ``sub``: length-sorted sub-batches (the scorer's
     ``by_length``), applied the same way to every backend."""
     from protege.student.runtime import by_length
@@ -101,11 +107,17 @@ def worker(backend: str, sub: int, paths: dict[str, str], texts: list[str], y: l
     try:
         if backend == "pytorch-eager":
             head = np.load(paths["head"])
-            model: Any = TorchRunner(head["w"], head["b"], args["threads"], args["seq_len"],
-                                   "cuda" if args["provider"] == "cuda" else "cpu")
+            model: Any = TorchRunner(
+                head["w"], head["b"], args["threads"], args["seq_len"], "cuda" if args["provider"] == "cuda" else "cpu"
+            )
         else:
-            model = OrtRunner(Path(paths[backend.removeprefix("ort-")]), Path(paths["tokenizer"]), args["provider"],
-                              args["threads"], args["seq_len"])
+            model = OrtRunner(
+                Path(paths[backend.removeprefix("ort-")]),
+                Path(paths["tokenizer"]),
+                args["provider"],
+                args["threads"],
+                args["seq_len"],
+            )
 
         def run(batch: list[str]) -> np.ndarray:
             if not sub:
@@ -128,11 +140,22 @@ def worker(backend: str, sub: int, paths: dict[str, str], texts: list[str], y: l
                 run(pool[i : i + bs])
                 took.append((time.perf_counter() - t0) * 1000)
             wall = time.perf_counter() - started
-            rows[str(bs)] = {"sequences_per_s": n / wall, "p50_ms": float(np.percentile(took, 50)),
-                             "p99_ms": float(np.percentile(took, 99)), "sequences": n}
-        out.put({"backend": backend, "sub_batch": sub, "accuracy": accuracy, "batches": rows,
-                 "peak_rss_mb": peak_rss_mb(),
-                 "providers": getattr(getattr(model, "encoder", None), "providers", ["torch"])})
+            rows[str(bs)] = {
+                "sequences_per_s": n / wall,
+                "p50_ms": float(np.percentile(took, 50)),
+                "p99_ms": float(np.percentile(took, 99)),
+                "sequences": n,
+            }
+        out.put(
+            {
+                "backend": backend,
+                "sub_batch": sub,
+                "accuracy": accuracy,
+                "batches": rows,
+                "peak_rss_mb": peak_rss_mb(),
+                "providers": getattr(getattr(model, "encoder", None), "providers", ["torch"]),
+            }
+        )
     except Exception as e:  # reported, not swallowed: the parent prints it
         out.put({"backend": backend, "error": f"{type(e).__name__}: {e}"})
 
@@ -144,8 +167,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--seq-len", type=int, default=0, help="Pad every input to this many tokens (0: dynamic).")
-    ap.add_argument("--sub-batches", default="0,8", help="Modes: 0 = one batch padded to its longest text; N = "
-                                                           "length-sorted sub-batches of N (what the scorer does).")
+    ap.add_argument(
+        "--sub-batches",
+        default="0,8",
+        help="Modes: 0 = one batch padded to its longest text; N = "
+        "length-sorted sub-batches of N (what the scorer does).",
+    )
     ap.add_argument("--min-sequences", type=int, default=384, help="Sequences timed per batch size at least.")
     ap.add_argument("--min-batches", type=int, default=20, help="Batches timed per batch size at least.")
     ap.add_argument("--json", type=Path, default=Path("reports/benchmark-scorer.json"))
@@ -166,13 +193,22 @@ def main() -> None:
     print(f"student trained in {time.perf_counter() - started:.0f}s (fast recipe, {len(train)} texts)", flush=True)
     texts = [r["text"] for r in test]
     y = [labels.index(r["label"]) for r in test]
-    settings = {"batches": [int(v) for v in args.batches.split(",")], "threads": args.threads,
-                "provider": args.provider, "seq_len": args.seq_len, "min_sequences": args.min_sequences,
-                "min_batches": args.min_batches}
+    settings = {
+        "batches": [int(v) for v in args.batches.split(",")],
+        "threads": args.threads,
+        "provider": args.provider,
+        "seq_len": args.seq_len,
+        "min_sequences": args.min_sequences,
+        "min_batches": args.min_batches,
+    }
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {"fp32": f"{tmp}/fp32.onnx", "int8": f"{tmp}/int8.onnx", "head": f"{tmp}/head.npz",
-                 "tokenizer": str(backbone / "tokenizer.json")}
+        paths = {
+            "fp32": f"{tmp}/fp32.onnx",
+            "int8": f"{tmp}/int8.onnx",
+            "head": f"{tmp}/head.npz",
+            "tokenizer": str(backbone / "tokenizer.json"),
+        }
         append_head(backbone / "model.onnx", w, b, Path(paths["fp32"]))
         quantize_int8(Path(paths["fp32"]), Path(paths["int8"]))
         np.savez(paths["head"], w=w, b=b)
@@ -187,20 +223,32 @@ def main() -> None:
                 p.join()
                 if "error" in result:
                     raise SystemExit(f"{backend} failed: {result['error']}")
-                print(f"{backend} (sub-batch {sub}): accuracy {result['accuracy']:.4f}, "
-                      f"peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+                print(
+                    f"{backend} (sub-batch {sub}): accuracy {result['accuracy']:.4f}, "
+                    f"peak RSS {result['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
                 results.append(result)
-    print(f"\n{'backend':14s} {'sub':>4s} {'batch':>5s} {'seq/s':>9s} {'x eager':>8s} {'p50 ms':>8s} {'p99 ms':>8s} "
-          f"{'acc':>7s} {'peak RSS MB':>11s}")
+    print(
+        f"\n{'backend':14s} {'sub':>4s} {'batch':>5s} {'seq/s':>9s} {'x eager':>8s} {'p50 ms':>8s} {'p99 ms':>8s} "
+        f"{'acc':>7s} {'peak RSS MB':>11s}"
+    )
     for r in results:
         eager = next(e for e in results if e["backend"] == "pytorch-eager" and e["sub_batch"] == r["sub_batch"])
         for bs, row in r["batches"].items():
             row["speedup_vs_eager"] = row["sequences_per_s"] / eager["batches"][bs]["sequences_per_s"]
-            print(f"{r['backend']:14s} {r['sub_batch']:4d} {bs:>5s} {row['sequences_per_s']:9.1f} "
-                  f"{row['speedup_vs_eager']:8.2f} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f} {r['accuracy']:7.4f} "
-                  f"{r['peak_rss_mb']:11.0f}")
-    report = {"settings": settings, "model_mb": sizes, "test_texts": len(texts), "results": results,
-              "machine": {"cpus": os.cpu_count(), "provider": args.provider}}
+            print(
+                f"{r['backend']:14s} {r['sub_batch']:4d} {bs:>5s} {row['sequences_per_s']:9.1f} "
+                f"{row['speedup_vs_eager']:8.2f} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f} {r['accuracy']:7.4f} "
+                f"{r['peak_rss_mb']:11.0f}"
+            )
+    report = {
+        "settings": settings,
+        "model_mb": sizes,
+        "test_texts": len(texts),
+        "results": results,
+        "machine": {"cpus": os.cpu_count(), "provider": args.provider},
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.json}")

@@ -49,8 +49,12 @@ async def raw_broker(settings: Settings, n: int, rate: float | None) -> dict[str
     print(f"raw broker: {n} records at {f'{rate:.0f}/s' if rate else 'full speed'} on {topic}", flush=True)
     await ensure_topics(settings, [topic])
     latencies, seconds = await time_records(settings, topic, topic, n, rate)
-    return {"p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95), "p99": percentile(latencies, 0.99),
-            "throughput_rps": n / seconds}
+    return {
+        "p50": percentile(latencies, 0.5),
+        "p95": percentile(latencies, 0.95),
+        "p99": percentile(latencies, 0.99),
+        "throughput_rps": n / seconds,
+    }
 
 
 async def student_hops(settings: Settings, d: Drive, since_ms: int) -> dict[str, dict[str, float | None]]:
@@ -65,8 +69,13 @@ async def student_hops(settings: Settings, d: Drive, since_ms: int) -> dict[str,
         resp = o.response
         if resp is None or resp.route != "student" or o.answered_at is None or o.request_id not in scored_at:
             continue
-        marks = [o.sent_at * 1000, resp.received_at_ms, scored_at[o.request_id], resp.answered_at_ms,
-                 o.answered_at * 1000]
+        marks = [
+            o.sent_at * 1000,
+            resp.received_at_ms,
+            scored_at[o.request_id],
+            resp.answered_at_ms,
+            o.answered_at * 1000,
+        ]
         for hop, a, b in zip(HOPS, marks, marks[1:], strict=False):
             spans[hop].append(b - a)
     return {hop: {"p50": percentile(v, 0.5), "p95": percentile(v, 0.95)} for hop, v in spans.items()}
@@ -106,12 +115,20 @@ def main() -> None:
     env = {
         "PROTEGE_TASKS_DIR": str((args.home / "tasks").resolve()),
         "PROTEGE_STANDIN_LABELS": str((args.home / "labels.jsonl").resolve()),
-        "PROTEGE_MIN_CASES": str(int(args.warmup * 0.6)), "PROTEGE_RETRAIN_EVERY": "1000000",
-        "PROTEGE_THREADS": str(args.scorer_threads), "PROTEGE_TRAINER_THREADS": "1", "OMP_NUM_THREADS": "1",
+        "PROTEGE_MIN_CASES": str(int(args.warmup * 0.6)),
+        "PROTEGE_RETRAIN_EVERY": "1000000",
+        "PROTEGE_THREADS": str(args.scorer_threads),
+        "PROTEGE_TRAINER_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
     }
-    report: dict[str, Any] = {"teacher": "OFFLINE STAND-IN (labelled data)", "seconds_per_rate": args.seconds,
-                              "p95_target_ms": args.p95_target, "student_precision": "int8" if args.int8 else "fp32",
-                              "scorer_threads": args.scorer_threads, "rates": []}
+    report: dict[str, Any] = {
+        "teacher": "OFFLINE STAND-IN (labelled data)",
+        "seconds_per_rate": args.seconds,
+        "p95_target_ms": args.p95_target,
+        "student_precision": "int8" if args.int8 else "fp32",
+        "scorer_threads": args.scorer_threads,
+        "rates": [],
+    }
     with LocalPipeline(args.home.resolve(), env=env) as p:
         settings = p.settings
         console.print(f"warm-up: {args.warmup} tickets to train one student ...")
@@ -122,32 +139,73 @@ def main() -> None:
         at = args.warmup
         for rate, n in zip(rates, sizes, strict=True):
             chunk, at = rows[at : at + n], at + n
-            console.print(f"{f'{rate:.0f} req/s for {args.seconds:.0f}s' if rate else 'as fast as possible'} "
-                          f"({n} requests) ...")
+            console.print(
+                f"{f'{rate:.0f} req/s for {args.seconds:.0f}s' if rate else 'as fast as possible'} ({n} requests) ..."
+            )
             since_ms = int(time.time() * 1000) - 1000
-            d = asyncio.run(drive(settings, chunk, tenant="load", task="ticket-triage", rate=rate,
-                                  timeout=max(120.0, args.seconds * 10)))
-            phase = {"rate": rate, "pipeline": summarize(d), "student_hops_ms": asyncio.run(student_hops(settings, d, since_ms)),
-                     "raw_broker_ms": asyncio.run(asyncio.wait_for(raw_broker(settings, n, rate), timeout=120))}
+            d = asyncio.run(
+                drive(
+                    settings,
+                    chunk,
+                    tenant="load",
+                    task="ticket-triage",
+                    rate=rate,
+                    timeout=max(120.0, args.seconds * 10),
+                )
+            )
+            phase = {
+                "rate": rate,
+                "pipeline": summarize(d),
+                "student_hops_ms": asyncio.run(student_hops(settings, d, since_ms)),
+                "raw_broker_ms": asyncio.run(asyncio.wait_for(raw_broker(settings, n, rate), timeout=120)),
+            }
             phase["sustained"] = rate is not None and sustained(phase)
             report["rates"].append(phase)
-    ok = [r["rate"] for r in report["rates"] if r["sustained"]
-          and (r["pipeline"]["latency_ms"]["student"]["p95"] or float("inf")) < args.p95_target]
+    ok = [
+        r["rate"]
+        for r in report["rates"]
+        if r["sustained"] and (r["pipeline"]["latency_ms"]["student"]["p95"] or float("inf")) < args.p95_target
+    ]
     report["highest_sustained_rate_under_target"] = max(ok) if ok else None
     f = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
-    table = Table(title=f"pipeline vs raw broker, same rate, same run (latency ms, publish -> answer read; student "
-                        f"{report['student_precision']}, scorer threads {args.scorer_threads})",
-                  caption="teacher: OFFLINE STAND-IN")
-    for col in ("req/s offered", "answered", "answered/s", "student share", "student p50", "student p95",
-                "student p99", "teacher p50", "teacher p95", "raw p50", "raw p95", "student p95 / raw p95"):
+    table = Table(
+        title=f"pipeline vs raw broker, same rate, same run (latency ms, publish -> answer read; student "
+        f"{report['student_precision']}, scorer threads {args.scorer_threads})",
+        caption="teacher: OFFLINE STAND-IN",
+    )
+    for col in (
+        "req/s offered",
+        "answered",
+        "answered/s",
+        "student share",
+        "student p50",
+        "student p95",
+        "student p99",
+        "teacher p50",
+        "teacher p95",
+        "raw p50",
+        "raw p95",
+        "student p95 / raw p95",
+    ):
         table.add_column(col, justify="right")
     for r in report["rates"]:
         s, raw = r["pipeline"], r["raw_broker_ms"]
         st, te = s["latency_ms"]["student"], s["latency_ms"]["teacher"]
         ratio = f"{st['p95'] / raw['p95']:.1f}x" if st["p95"] and raw["p95"] else "-"
-        table.add_row("max" if r["rate"] is None else f"{r['rate']:.0f}", f"{s['answered']}/{s['requests']}",
-                      f(s["throughput_rps"]), f"{100 * s['student_share']:.0f}%", f(st["p50"]), f(st["p95"]),
-                      f(st["p99"]), f(te["p50"]), f(te["p95"]), f(raw["p50"]), f(raw["p95"]), ratio)
+        table.add_row(
+            "max" if r["rate"] is None else f"{r['rate']:.0f}",
+            f"{s['answered']}/{s['requests']}",
+            f(s["throughput_rps"]),
+            f"{100 * s['student_share']:.0f}%",
+            f(st["p50"]),
+            f(st["p95"]),
+            f(st["p99"]),
+            f(te["p50"]),
+            f(te["p95"]),
+            f(raw["p50"]),
+            f(raw["p95"]),
+            ratio,
+        )
     console.print(table)
     hops = Table(title="student path per hop (ms, p50 / p95)")
     hops.add_column("req/s offered", justify="right")
@@ -155,12 +213,16 @@ def main() -> None:
         hops.add_column(hop, justify="right")
     for r in report["rates"]:
         h = r["student_hops_ms"]
-        hops.add_row("max" if r["rate"] is None else f"{r['rate']:.0f}",
-                     *(f"{f(h[hop]['p50'])} / {f(h[hop]['p95'])}" for hop in HOPS))
+        hops.add_row(
+            "max" if r["rate"] is None else f"{r['rate']:.0f}",
+            *(f"{f(h[hop]['p50'])} / {f(h[hop]['p95'])}" for hop in HOPS),
+        )
     console.print(hops)
     best = report["highest_sustained_rate_under_target"]
-    console.print(f"highest sustained rate with student p95 < {args.p95_target:.0f} ms: "
-                  f"{'none of ' + args.rates if best is None else f'{best:.0f} req/s'}")
+    console.print(
+        f"highest sustained rate with student p95 < {args.p95_target:.0f} ms: "
+        f"{'none of ' + args.rates if best is None else f'{best:.0f} req/s'}"
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     console.print(f"wrote {args.json}")

@@ -36,10 +36,17 @@ from protege.logs import configure
 from protege.settings import REPO, Settings
 
 
-async def chain(bootstrap: str, home: Path, hops: int, rate: float, n: int, backoff: int, fetch_wait: int) -> dict[str, Any]:
+async def chain(
+    bootstrap: str, home: Path, hops: int, rate: float, n: int, backoff: int, fetch_wait: int
+) -> dict[str, Any]:
     """Publish ``n`` records at ``rate`` through ``hops`` forwarding processors; time each end to end."""
-    s = Settings(bootstrap_servers=bootstrap, topic_prefix=f"hops{time.time_ns()}.", home=home,
-                 retry_backoff_ms=backoff, fetch_max_wait_ms=fetch_wait)
+    s = Settings(
+        bootstrap_servers=bootstrap,
+        topic_prefix=f"hops{time.time_ns()}.",
+        home=home,
+        retry_backoff_ms=backoff,
+        fetch_max_wait_ms=fetch_wait,
+    )
     topics = [f"{s.topic_prefix}hop{i}" for i in range(hops + 1)]
     await ensure_topics(s, topics)
     stop = asyncio.Event()
@@ -47,10 +54,12 @@ async def chain(bootstrap: str, home: Path, hops: int, rate: float, n: int, back
     def forward(i: int) -> BatchHandler:
         async def handle(received: Sequence[Received[Probe]]) -> list[Out]:
             return [Out(topics[i + 1], r.value, r.key) for r in received]
+
         return handle
 
-    running = [asyncio.create_task(Processor(s, f"hop{i}", {topics[i]: Probe}, forward(i)).run(stop))
-               for i in range(hops)]
+    running = [
+        asyncio.create_task(Processor(s, f"hop{i}", {topics[i]: Probe}, forward(i)).run(stop)) for i in range(hops)
+    ]
     try:
         await asyncio.sleep(2)  # every processor has joined its group
         latencies, _ = await time_records(s, topics[0], topics[-1], n, rate)
@@ -59,8 +68,12 @@ async def chain(bootstrap: str, home: Path, hops: int, rate: float, n: int, back
         for task in running:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, timeout=10)
-    return {"p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95), "p99": percentile(latencies, 0.99),
-            "records": len(latencies)}
+    return {
+        "p50": percentile(latencies, 0.5),
+        "p95": percentile(latencies, 0.95),
+        "p99": percentile(latencies, 0.99),
+        "records": len(latencies),
+    }
 
 
 def main() -> None:
@@ -87,25 +100,38 @@ def main() -> None:
         for r in range(args.rounds):
             for b in backoffs:
                 console.print(f"round {r + 1}: retry_backoff_ms={b}, {args.hops} hops, {args.rate:.0f}/s ...")
-                runs[b].append(asyncio.run(chain(bootstrap, args.home, args.hops, args.rate, args.requests, b,
-                                                 args.fetch_wait)))
+                runs[b].append(
+                    asyncio.run(chain(bootstrap, args.home, args.hops, args.rate, args.requests, b, args.fetch_wait))
+                )
     finally:
         broker.stop()
 
     def median(b: int, q: str) -> float:
         return float(percentile([x[q] for x in runs[b]], 0.5) or 0.0)
 
-    table = Table(title=f"{args.hops} transactional hops on the embedded broker, {args.rate:.0f} records/s "
-                        f"(end-to-end ms, median of {args.rounds} rounds)")
+    table = Table(
+        title=f"{args.hops} transactional hops on the embedded broker, {args.rate:.0f} records/s "
+        f"(end-to-end ms, median of {args.rounds} rounds)"
+    )
     for col in ("retry_backoff_ms", "p50", "p95", "p99", f"p95 / p95 at {backoffs[0]}", "p95 per round"):
         table.add_column(col, justify="right")
     for b in backoffs:
-        table.add_row(str(b), f"{median(b, 'p50'):.1f}", f"{median(b, 'p95'):.1f}", f"{median(b, 'p99'):.1f}",
-                      f"{median(b, 'p95') / median(backoffs[0], 'p95'):.2f}x",
-                      " ".join(f"{x['p95']:.0f}" for x in runs[b]))
+        table.add_row(
+            str(b),
+            f"{median(b, 'p50'):.1f}",
+            f"{median(b, 'p95'):.1f}",
+            f"{median(b, 'p99'):.1f}",
+            f"{median(b, 'p95') / median(backoffs[0], 'p95'):.2f}x",
+            " ".join(f"{x['p95']:.0f}" for x in runs[b]),
+        )
     console.print(table)
-    report = {"hops": args.hops, "rate": args.rate, "requests": args.requests, "fetch_max_wait_ms": args.fetch_wait,
-              "runs": {str(b): runs[b] for b in backoffs}}
+    report = {
+        "hops": args.hops,
+        "rate": args.rate,
+        "requests": args.requests,
+        "fetch_max_wait_ms": args.fetch_wait,
+        "runs": {str(b): runs[b] for b in backoffs},
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     console.print(f"wrote {args.json}")

@@ -1,11 +1,11 @@
 """protege's exceptions, one tree.
 
-    ProtegeError
-    ├── BrokerError          the embedded broker could not be resolved, started or stopped
-    ├── ConfigError          a task file or setting is invalid
-    ├── InvalidEvent         bytes on a topic are not a valid event (carries a reason code)
-    ├── StudentError         a student version cannot be loaded or run
-    └── TeacherError         the teacher could not give a valid answer
+ProtegeError
+├── BrokerError          the embedded broker could not be resolved, started or stopped
+├── ConfigError          a task file or setting is invalid
+├── InvalidEvent         bytes on a topic are not a valid event (carries a reason code)
+├── StudentError         a student version cannot be loaded or run
+└── TeacherError         the teacher could not give a valid answer
 """
 
 from __future__ import annotations
@@ -38,4 +38,3 @@ class StudentError(ProtegeError):
 
 class TeacherError(ProtegeError):
     pass
-

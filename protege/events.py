@@ -61,7 +61,8 @@ class Request(Event, title="protege.request"):
     task: Id = Field(description="The task (workflow) name, e.g. ticket-triage.")
     text: str = Field(min_length=1, max_length=100_000, description="The input to classify.")
     metadata: dict[MetaKey, MetaValue] | None = Field(
-        None, max_length=32, description="Free-form string fields carried through (at most 32).")
+        None, max_length=32, description="Free-form string fields carried through (at most 32)."
+    )
     sent_at_ms: int | None = Field(None, ge=0, le=MAX_SAFE_INT, description="Caller's send time, epoch ms.")
 
 
@@ -72,7 +73,9 @@ class Ingested(Event, title="protege.ingested"):
     request_id: Id = Field(description="Unique request id (the caller's or a stamped one).")
     tenant: Id
     task: Id
-    text: str = Field(min_length=1, description="Normalised text (NFC, control characters removed, whitespace collapsed).")
+    text: str = Field(
+        min_length=1, description="Normalised text (NFC, control characters removed, whitespace collapsed)."
+    )
     metadata: dict[str, str] = Field(default_factory=dict)
     sent_at_ms: int | None = None
     received_at_ms: int = Field(description="When ingestion accepted it, epoch ms.")
@@ -99,8 +102,11 @@ class StudentOutput(Event, title="protege.student_output"):
     margin: float = Field(ge=0, le=1, description="Top-1 minus top-2 calibrated probability.")
     ood: float = Field(description="Out-of-distribution score on the embedding; larger is stranger.")
     top: list[tuple[str, float]] = Field(description="The three most likely labels and probabilities.")
-    rule: AcceptRule | None = Field(None, description="The version's certified rule for the task's target accuracy; "
-                                                      "None when held-out data could not certify one.")
+    rule: AcceptRule | None = Field(
+        None,
+        description="The version's certified rule for the task's target accuracy; "
+        "None when held-out data could not certify one.",
+    )
 
 
 class Scored(Event, title="protege.scored"):
@@ -152,8 +158,10 @@ class TeacherRequest(Event, title="protege.teacher_request"):
     request: Ingested
     reasons: list[str]
     mode: Literal["answer", "check"] = Field(
-        "answer", description="answer: the teacher's label is the response; check: the student already answered "
-                              "(ensemble) and a disagreement becomes a correction.")
+        "answer",
+        description="answer: the teacher's label is the response; check: the student already answered "
+        "(ensemble) and a disagreement becomes a correction.",
+    )
     student_label: str | None = None
     student_confidence: float | None = None
     model_version: str | None = None
@@ -215,8 +223,10 @@ class Response(Event, title="protege.response"):
     label: str | None = Field(None, description="The answer; None only when status is failed.")
     route: Route
     status: Literal["answered", "degraded", "failed"] = Field(
-        "answered", description="degraded: the student answered because the teacher was unavailable or over "
-                                "budget; failed: no valid answer could be given (see error and the dead-letter topic).")
+        "answered",
+        description="degraded: the student answered because the teacher was unavailable or over "
+        "budget; failed: no valid answer could be given (see error and the dead-letter topic).",
+    )
     provisional: bool = Field(False, description="ensemble: the teacher may still send a correction.")
     fields: dict[str, str] = Field(default_factory=dict, description="Extracted fields (teacher answers only).")
     error: str | None = None

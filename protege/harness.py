@@ -78,8 +78,11 @@ async def drive(
     topics = settings.topics
     reader = consumer(settings, group=None)
     await reader.start()
-    tps = [TopicPartition(t, p) for t in (topics.responses, topics.teacher_results, topics.corrections)
-           for p in sorted(await partitions_of(reader, t))]
+    tps = [
+        TopicPartition(t, p)
+        for t in (topics.responses, topics.teacher_results, topics.corrections)
+        for p in sorted(await partitions_of(reader, t))
+    ]
     reader.assign(tps)
     for tp, end in (await reader.end_offsets(tps)).items():
         reader.seek(tp, end)
@@ -129,8 +132,13 @@ async def drive(
             request_id = f"{tenant}-{row['id']}"
             sent = time.time()
             outcomes[request_id] = Outcome(request_id, row.get("label"), sent)
-            body = {"request_id": request_id, "tenant": tenant, "task": task, "text": row["text"],
-                    "sent_at_ms": int(sent * 1000)}
+            body = {
+                "request_id": request_id,
+                "tenant": tenant,
+                "task": task,
+                "text": row["text"],
+                "sent_at_ms": int(sent * 1000),
+            }
             await prod.send(topics.requests, json.dumps(body).encode(), key=request_id.encode())
             if rate:
                 delay = started + (i + 1) / rate - time.perf_counter()
@@ -202,7 +210,9 @@ class Probe(Event, title="protege.probe"):
     sent_s: float
 
 
-async def time_records(settings: Settings, into: str, out_of: str, n: int, rate: float | None) -> tuple[list[float], float]:
+async def time_records(
+    settings: Settings, into: str, out_of: str, n: int, rate: float | None
+) -> tuple[list[float], float]:
     """Publish ``n`` timestamped records to ``into`` at ``rate`` (None: as fast as possible)
     and time each one's arrival on ``out_of`` (the same topic: the raw broker; another: what
     sits between). Returns the latencies in ms and the seconds it took."""
@@ -284,7 +294,8 @@ def summarize(d: Drive) -> dict[str, Any]:
         "student_accuracy": acc(by_route["student"]),
         "teacher_accuracy": acc(by_route["teacher"]),
         "accuracy_after_corrections": (
-            sum(o.final_label == o.label for o in answered) / len(answered) if answered else None),
+            sum(o.final_label == o.label for o in answered) / len(answered) if answered else None
+        ),
         "corrections": sum(o.corrected_to is not None for o in outs),
         "degraded": sum(o.response is not None and o.response.status == "degraded" for o in outs),
         "failed": sum(o.response is not None and o.response.status == "failed" for o in outs),
@@ -297,7 +308,6 @@ def summarize(d: Drive) -> dict[str, Any]:
         "seconds": d.seconds,
         "throughput_rps": len(answered) / d.seconds if d.seconds else None,
     }
-
 
 
 def machine() -> dict[str, Any]:

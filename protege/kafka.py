@@ -115,8 +115,14 @@ def record(topic: str, value: bytes | None, key: bytes | None = None, *, partiti
     return ConsumerRecord(topic, partition, offset, 0, 0, key, value, None, len(key or b""), len(value or b""), ())
 
 
-def receive(records: Sequence[Source], inputs: Mapping[str, type[Event]], *, service: str, dead_letters: str,
-            tasks: Collection[str] | None = None) -> tuple[list[Received[Any]], list[Out]]:
+def receive(
+    records: Sequence[Source],
+    inputs: Mapping[str, type[Event]],
+    *,
+    service: str,
+    dead_letters: str,
+    tasks: Collection[str] | None = None,
+) -> tuple[list[Received[Any]], list[Out]]:
     """Decode records into typed events, and dead letters for those that are not one (never raises).
 
     With ``tasks``, an event about another task is a dead letter (``unknown_task``) too.
@@ -131,8 +137,16 @@ def receive(records: Sequence[Source], inputs: Mapping[str, type[Event]], *, ser
             continue
         task = getattr(event, "task", None)
         if tasks is not None and task is not None and task not in tasks:
-            letters.append(dead_letter(r, "unknown_task", f"{service} has no task {task!r}; known: {sorted(tasks)}",
-                                       service, dead_letters, **event.ids()))
+            letters.append(
+                dead_letter(
+                    r,
+                    "unknown_task",
+                    f"{service} has no task {task!r}; known: {sorted(tasks)}",
+                    service,
+                    dead_letters,
+                    **event.ids(),
+                )
+            )
             continue
         received.append(Received(event, r.topic, r.partition, r.offset, r.key, r.value or b""))
     return received, letters
@@ -173,15 +187,22 @@ async def ensure_topics(settings: Settings, names: Sequence[str] | None = None) 
         await admin.start()
     except KafkaConnectionError as e:
         await admin.close()
-        how = settings.security_protocol + (f", SASL {settings.sasl_mechanism} as {settings.sasl_username!r}"
-                                            if settings.sasl_mechanism else "")
-        raise BrokerError(f"cannot reach Kafka at {settings.bootstrap_servers} over {how}: {e} (the client's log "
-                          "line before this one says why: refused credentials, an untrusted certificate, ...)") from e
+        how = settings.security_protocol + (
+            f", SASL {settings.sasl_mechanism} as {settings.sasl_username!r}" if settings.sasl_mechanism else ""
+        )
+        raise BrokerError(
+            f"cannot reach Kafka at {settings.bootstrap_servers} over {how}: {e} (the client's log "
+            "line before this one says why: refused credentials, an untrusted certificate, ...)"
+        ) from e
     try:
         existing = set(await admin.list_topics())
         new = [
-            NewTopic(t, topics.partitions(t, settings.partitions), settings.replication_factor,
-                     topic_configs=topics.configs(t))
+            NewTopic(
+                t,
+                topics.partitions(t, settings.partitions),
+                settings.replication_factor,
+                topic_configs=topics.configs(t),
+            )
             for t in wanted
             if t not in existing
         ]
@@ -191,8 +212,10 @@ async def ensure_topics(settings: Settings, names: Sequence[str] | None = None) 
         # A new topic takes a moment to elect leaders; producing before that fails.
         for _ in range(100):
             described = await admin.describe_topics(wanted)
-            if all(t["error_code"] == 0 and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])
-                   for t in described):
+            if all(
+                t["error_code"] == 0 and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])
+                for t in described
+            ):
                 break
             await asyncio.sleep(0.1)
     finally:
@@ -352,7 +375,9 @@ class Processor:
         for tp in sorted(tps):
             if tp in self.producers:
                 continue
-            prod = producer(self.settings, self.transactional_id(tp), transaction_timeout_ms=self.transaction_timeout_ms)
+            prod = producer(
+                self.settings, self.transactional_id(tp), transaction_timeout_ms=self.transaction_timeout_ms
+            )
             await prod.start()
             self.producers[tp] = prod
         self.log.info("assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in self.producers))
@@ -374,14 +399,14 @@ class Processor:
         metrics.FENCED.labels(self.service).inc()
         await self.release([tp])
 
-    async def partition(self, prod: AIOKafkaProducer, tp: TopicPartition, records: list[Record],
-                        end: int) -> list[Out]:
+    async def partition(self, prod: AIOKafkaProducer, tp: TopicPartition, records: list[Record], end: int) -> list[Out]:
         """One partition's share of a batch, in its own transaction (its producer is its owner's)."""
         try:
             return await self.commit(prod, records, {tp: end})
         except HandlerFailed as failed:
-            self.log.warning("batch_failed", topic=tp.topic, partition=tp.partition, records=len(records),
-                             error=str(failed))
+            self.log.warning(
+                "batch_failed", topic=tp.topic, partition=tp.partition, records=len(records), error=str(failed)
+            )
             outs: list[Out] = []
             for i, record in enumerate(records):
                 offsets = {tp: end if i == len(records) - 1 else record.offset + 1}
@@ -401,8 +426,9 @@ class Processor:
         except Exception as e:
             raise HandlerFailed(e) from e
 
-    async def commit(self, prod: AIOKafkaProducer, records: Sequence[Record],
-                     offsets: dict[TopicPartition, int]) -> list[Out]:
+    async def commit(
+        self, prod: AIOKafkaProducer, records: Sequence[Record], offsets: dict[TopicPartition, int]
+    ) -> list[Out]:
         """Decode and handle ``records``; commit the outputs with ``offsets`` in one transaction."""
         async with prod.transaction():
             received, outs = self.decode(records)
@@ -422,20 +448,36 @@ class Processor:
                 return await self.commit(prod, [record], offsets)
             except HandlerFailed as failed:
                 error = failed.error
-                self.log.warning("record_failed", topic=record.topic, partition=record.partition,
-                                 offset=record.offset, attempt=attempt, error=str(failed))
+                self.log.warning(
+                    "record_failed",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    attempt=attempt,
+                    error=str(failed),
+                )
                 if attempt < self.max_attempts:
                     await asyncio.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
         assert error is not None
         return await self.quarantine(prod, record, offsets, error)
 
-    async def quarantine(self, prod: AIOKafkaProducer, record: Record, offsets: dict[TopicPartition, int],
-                         error: Exception) -> list[Out]:
-        detail = (f"{self.service} raised {type(error).__name__}: {error} on each of {self.max_attempts} "
-                  "attempts")[:1000]
+    async def quarantine(
+        self, prod: AIOKafkaProducer, record: Record, offsets: dict[TopicPartition, int], error: Exception
+    ) -> list[Out]:
+        detail = (f"{self.service} raised {type(error).__name__}: {error} on each of {self.max_attempts} attempts")[
+            :1000
+        ]
         received, _ = self.decode([record])
-        outs = [dead_letter(record, "quarantined", detail, self.service, self.dead_letters,
-                            **(received[0].event.ids() if received else {}))]
+        outs = [
+            dead_letter(
+                record,
+                "quarantined",
+                detail,
+                self.service,
+                self.dead_letters,
+                **(received[0].event.ids() if received else {}),
+            )
+        ]
         if self.fallback is not None and received:
             try:
                 outs.extend(self.fallback(received[0], detail))
@@ -448,13 +490,20 @@ class Processor:
         self.processed += 1
         self.quarantined += 1
         metrics.QUARANTINED.labels(self.service).inc()
-        self.log.error("quarantined", topic=record.topic, partition=record.partition, offset=record.offset,
-                       dead_letters=self.dead_letters, error=f"{type(error).__name__}: {error}"[:300],
-                       exc_info=error)
+        self.log.error(
+            "quarantined",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            dead_letters=self.dead_letters,
+            error=f"{type(error).__name__}: {error}"[:300],
+            exc_info=error,
+        )
         return outs
 
-    def observe(self, cons: AIOKafkaConsumer, batches: dict[TopicPartition, list[Record]], outs: list[Out],
-                seconds: float) -> None:
+    def observe(
+        self, cons: AIOKafkaConsumer, batches: dict[TopicPartition, list[Record]], outs: list[Out], seconds: float
+    ) -> None:
         """The loop's metrics, after the transaction committed."""
         metrics.BATCH_SIZE.labels(self.service).observe(sum(len(rs) for rs in batches.values()))
         metrics.HANDLE_SECONDS.labels(self.service).observe(seconds)
@@ -462,7 +511,9 @@ class Processor:
             metrics.RECORDS_IN.labels(self.service, tp.topic).inc(len(rs))
             end = cons.highwater(tp)
             if end is not None:
-                metrics.CONSUMER_LAG.labels(self.service, tp.topic, str(tp.partition)).set(max(0, end - rs[-1].offset - 1))
+                metrics.CONSUMER_LAG.labels(self.service, tp.topic, str(tp.partition)).set(
+                    max(0, end - rs[-1].offset - 1)
+                )
         for out in outs:
             metrics.RECORDS_OUT.labels(self.service, out.topic).inc()
 

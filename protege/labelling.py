@@ -38,9 +38,12 @@ class BatchReport:
 
 
 def _add(a: Usage, b: Usage) -> Usage:
-    return Usage(input_tokens=a.input_tokens + b.input_tokens, output_tokens=a.output_tokens + b.output_tokens,
-                 cache_creation_input_tokens=a.cache_creation_input_tokens + b.cache_creation_input_tokens,
-                 cache_read_input_tokens=a.cache_read_input_tokens + b.cache_read_input_tokens)
+    return Usage(
+        input_tokens=a.input_tokens + b.input_tokens,
+        output_tokens=a.output_tokens + b.output_tokens,
+        cache_creation_input_tokens=a.cache_creation_input_tokens + b.cache_creation_input_tokens,
+        cache_read_input_tokens=a.cache_read_input_tokens + b.cache_read_input_tokens,
+    )
 
 
 async def label_with_batches(
@@ -62,17 +65,23 @@ async def label_with_batches(
     report = BatchReport()
     for start in range(0, len(rows), MAX_BATCH):
         chunk = rows[start : start + MAX_BATCH]
-        requests = [{"custom_id": str(r["id"]),
-                     "params": message_params(task, [{"role": "user", "content": r["text"]}], model, str(r["id"]))}
-                    for r in chunk]
+        requests = [
+            {
+                "custom_id": str(r["id"]),
+                "params": message_params(task, [{"role": "user", "content": r["text"]}], model, str(r["id"])),
+            }
+            for r in chunk
+        ]
         batch = await client.messages.batches.create(requests=requests)
         report.batch_ids.append(batch.id)
         while batch.processing_status != "ended":
             c = batch.request_counts
             if progress:
                 done = c.succeeded + c.errored + c.canceled + c.expired
-                progress(f"batch {batch.id}: {done}/{len(chunk)} done ({c.succeeded} ok, {c.errored} errored), "
-                         f"{c.processing} processing")
+                progress(
+                    f"batch {batch.id}: {done}/{len(chunk)} done ({c.succeeded} ok, {c.errored} errored), "
+                    f"{c.processing} processing"
+                )
             await asyncio.sleep(poll_s)
             batch = await client.messages.batches.retrieve(batch.id)
         async for item in await client.messages.batches.results(batch.id):

@@ -18,57 +18,108 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 # -- the processing loop (every service)
 RECORDS_IN = Counter("protege_records_in", "Records consumed and committed.", ["service", "topic"], registry=REGISTRY)
-RECORDS_OUT = Counter("protege_records_out", "Records produced and committed.", ["service", "topic"],
-                      registry=REGISTRY)
-BATCH_SIZE = Histogram("protege_batch_size", "Records per processed batch.", ["service"], buckets=BATCH_BUCKETS,
-                       registry=REGISTRY)
-HANDLE_SECONDS = Histogram("protege_batch_seconds", "Time to handle and commit one batch.", ["service"],
-                           buckets=LATENCY_BUCKETS, registry=REGISTRY)
-CONSUMER_LAG = Gauge("protege_consumer_lag", "Records behind the end of the partition.",
-                     ["service", "topic", "partition"], registry=REGISTRY)
-PRODUCE_RETRIES = Counter("protege_kafka_produce_retries", "Produce requests the broker asked to retry (see "
-                          "protege.logs.ExpectedRetries).", ["error"], registry=REGISTRY)
-FENCED = Counter("protege_fenced", "Transactions aborted because another replica took the partition (a zombie "
-                 "fenced).", ["service"], registry=REGISTRY)
-QUARANTINED = Counter("protege_quarantined", "Records whose handling kept failing, dead-lettered and skipped.",
-                      ["service"], registry=REGISTRY)
-DEAD_LETTERS = Counter("protege_dead_letters", "Inputs sent to the dead-letter topic.", ["service", "reason"],
-                       registry=REGISTRY)
+RECORDS_OUT = Counter("protege_records_out", "Records produced and committed.", ["service", "topic"], registry=REGISTRY)
+BATCH_SIZE = Histogram(
+    "protege_batch_size", "Records per processed batch.", ["service"], buckets=BATCH_BUCKETS, registry=REGISTRY
+)
+HANDLE_SECONDS = Histogram(
+    "protege_batch_seconds",
+    "Time to handle and commit one batch.",
+    ["service"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "protege_consumer_lag",
+    "Records behind the end of the partition.",
+    ["service", "topic", "partition"],
+    registry=REGISTRY,
+)
+PRODUCE_RETRIES = Counter(
+    "protege_kafka_produce_retries",
+    "Produce requests the broker asked to retry (see protege.logs.ExpectedRetries).",
+    ["error"],
+    registry=REGISTRY,
+)
+FENCED = Counter(
+    "protege_fenced",
+    "Transactions aborted because another replica took the partition (a zombie fenced).",
+    ["service"],
+    registry=REGISTRY,
+)
+QUARANTINED = Counter(
+    "protege_quarantined",
+    "Records whose handling kept failing, dead-lettered and skipped.",
+    ["service"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "protege_dead_letters", "Inputs sent to the dead-letter topic.", ["service", "reason"], registry=REGISTRY
+)
 
 # -- routing (verifier)
 DECISIONS = Counter("protege_decisions", "Routing decisions.", ["task", "policy", "verdict"], registry=REGISTRY)
-ESCALATIONS = Counter("protege_escalations", "Escalations by reason (a decision may have several).",
-                      ["task", "reason"], registry=REGISTRY)
-ESCALATION_RATE = Gauge("protege_escalation_rate", "Escalation rate over the task's drift window.", ["task"],
-                        registry=REGISTRY)
-DRIFT_ALARM = Gauge("protege_drift_alarm", "1 while the escalation rate is outside its band.", ["task"],
-                    registry=REGISTRY)
+ESCALATIONS = Counter(
+    "protege_escalations", "Escalations by reason (a decision may have several).", ["task", "reason"], registry=REGISTRY
+)
+ESCALATION_RATE = Gauge(
+    "protege_escalation_rate", "Escalation rate over the task's drift window.", ["task"], registry=REGISTRY
+)
+DRIFT_ALARM = Gauge(
+    "protege_drift_alarm", "1 while the escalation rate is outside its band.", ["task"], registry=REGISTRY
+)
 
 # -- latency
 ANSWERS = Counter("protege_answers", "Responses by route and status.", ["task", "route", "status"], registry=REGISTRY)
-ANSWER_SECONDS = Histogram("protege_answer_seconds", "Ingestion to response, per route.", ["task", "route"],
-                           buckets=LATENCY_BUCKETS, registry=REGISTRY)
-HOP_SECONDS = Histogram("protege_hop_seconds", "Time between two stages of a request.", ["hop"],
-                        buckets=LATENCY_BUCKETS, registry=REGISTRY)
+ANSWER_SECONDS = Histogram(
+    "protege_answer_seconds",
+    "Ingestion to response, per route.",
+    ["task", "route"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+HOP_SECONDS = Histogram(
+    "protege_hop_seconds", "Time between two stages of a request.", ["hop"], buckets=LATENCY_BUCKETS, registry=REGISTRY
+)
 
 # -- the student (scorer)
-SERVING = Gauge("protege_model_serving", "1 for the version serving each tenant's task.", ["tenant", "task", "version"],
-                registry=REGISTRY)
-INFERENCE_SECONDS = Histogram("protege_inference_seconds", "One micro-batch through the student.", ["task"],
-                              buckets=LATENCY_BUCKETS, registry=REGISTRY)
-INFERENCE_BATCH = Histogram("protege_inference_batch_size", "Requests per student micro-batch.", ["task"],
-                            buckets=BATCH_BUCKETS, registry=REGISTRY)
+SERVING = Gauge(
+    "protege_model_serving",
+    "1 for the version serving each tenant's task.",
+    ["tenant", "task", "version"],
+    registry=REGISTRY,
+)
+INFERENCE_SECONDS = Histogram(
+    "protege_inference_seconds",
+    "One micro-batch through the student.",
+    ["task"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+INFERENCE_BATCH = Histogram(
+    "protege_inference_batch_size",
+    "Requests per student micro-batch.",
+    ["task"],
+    buckets=BATCH_BUCKETS,
+    registry=REGISTRY,
+)
 
 # -- the teacher
-TEACHER_CALLS = Counter("protege_teacher_calls", "Teacher answers by mode.", ["task", "model", "mode"],
-                        registry=REGISTRY)
-TEACHER_TOKENS = Counter("protege_teacher_tokens", "Teacher tokens by kind.", ["task", "model", "kind"],
-                         registry=REGISTRY)
+TEACHER_CALLS = Counter(
+    "protege_teacher_calls", "Teacher answers by mode.", ["task", "model", "mode"], registry=REGISTRY
+)
+TEACHER_TOKENS = Counter(
+    "protege_teacher_tokens", "Teacher tokens by kind.", ["task", "model", "kind"], registry=REGISTRY
+)
 TEACHER_COST = Counter("protege_teacher_cost_usd", "Teacher spend in USD.", ["tenant", "task"], registry=REGISTRY)
-TEACHER_SECONDS = Histogram("protege_teacher_call_seconds", "One teacher call, retries included.", ["task"],
-                            buckets=LATENCY_BUCKETS, registry=REGISTRY)
-TEACHER_HELD = Counter("protege_teacher_held", "Requests held for later by reason.", ["task", "why"],
-                       registry=REGISTRY)
+TEACHER_SECONDS = Histogram(
+    "protege_teacher_call_seconds",
+    "One teacher call, retries included.",
+    ["task"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+TEACHER_HELD = Counter("protege_teacher_held", "Requests held for later by reason.", ["task", "why"], registry=REGISTRY)
 BREAKER_OPEN = Gauge("protege_teacher_breaker_open", "1 while the circuit breaker is open.", registry=REGISTRY)
 
 

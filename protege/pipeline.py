@@ -36,8 +36,12 @@ class LocalPipeline:
 
     @property
     def settings(self) -> Settings:
-        return Settings(bootstrap_servers=self.bootstrap or "", home=self.home, topic_prefix=self.topic_prefix,
-                        partitions=self.partitions)
+        return Settings(
+            bootstrap_servers=self.bootstrap or "",
+            home=self.home,
+            topic_prefix=self.topic_prefix,
+            partitions=self.partitions,
+        )
 
     def __enter__(self) -> LocalPipeline:
         try:

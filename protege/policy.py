@@ -50,8 +50,11 @@ class Checks:
         if scored.student is None:
             return []
         label, text = scored.student.label, scored.request.text
-        return [f"check:{reason}" for want, pattern, reason in self.checks
-                if want in ("*", label) and not pattern.search(text)]
+        return [
+            f"check:{reason}"
+            for want, pattern, reason in self.checks
+            if want in ("*", label) and not pattern.search(text)
+        ]
 
 
 def signal_checks(signals: dict[str, float], thresholds: dict[str, float]) -> list[str]:
@@ -87,16 +90,20 @@ class Router:
         if target is None:
             return self.thresholds
         rule = student.rule
-        if rule is None or abs(rule.target_accuracy - target) > 1e-9 \
-                or rule.confidence_level < self.task.policy.target_confidence - 1e-9:
+        if (
+            rule is None
+            or abs(rule.target_accuracy - target) > 1e-9
+            or rule.confidence_level < self.task.policy.target_confidence - 1e-9
+        ):
             return None
         return {"min_confidence": rule.min_confidence, "min_margin": 0.0, "max_ood": rule.max_ood}
 
     def decide(self, scored: Scored, now_ms: int) -> Decision:
         student = scored.student
         rules = self.rules(scored) + self.checks(scored)
-        signals = {} if student is None else {"confidence": student.confidence, "margin": student.margin,
-                                              "ood": student.ood}
+        signals = (
+            {} if student is None else {"confidence": student.confidence, "margin": student.margin, "ood": student.ood}
+        )
         thresholds = self.thresholds
         if student is None:
             failed = ["student_error" if scored.student_error else "no_student"]
@@ -113,11 +120,20 @@ class Router:
         verdict = self.verdict(student is not None, failed + rules)
         req = scored.request
         return Decision(
-            request_id=req.request_id, tenant=req.tenant, task=req.task, verdict=verdict,
-            route="student" if verdict == "accept" else "teacher", policy=self.name,
-            policy_version=self.policy_version, model_version=student.model_version if student else None,
-            student_label=student.label if student else None, signals=signals, thresholds=thresholds,
-            rules=rules, reasons=failed + rules, teacher_check=self.checks_behind and verdict == "accept",
+            request_id=req.request_id,
+            tenant=req.tenant,
+            task=req.task,
+            verdict=verdict,
+            route="student" if verdict == "accept" else "teacher",
+            policy=self.name,
+            policy_version=self.policy_version,
+            model_version=student.model_version if student else None,
+            student_label=student.label if student else None,
+            signals=signals,
+            thresholds=thresholds,
+            rules=rules,
+            reasons=failed + rules,
+            teacher_check=self.checks_behind and verdict == "accept",
             decided_at_ms=now_ms,
         )
 

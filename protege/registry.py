@@ -28,8 +28,16 @@ class Version:
         """An operator's announcement that this version serves (``pin``: and holds)."""
         m = self.manifest
         return ModelAnnouncement(
-            tenant=m.tenant, task=m.task, version=self.name, path=str(self.folder.resolve()), labels=m.labels,
-            metrics=m.metrics, trained_on=m.data.cases, source="operator", pin=pin, announced_at_ms=now_ms(),
+            tenant=m.tenant,
+            task=m.task,
+            version=self.name,
+            path=str(self.folder.resolve()),
+            labels=m.labels,
+            metrics=m.metrics,
+            trained_on=m.data.cases,
+            source="operator",
+            pin=pin,
+            announced_at_ms=now_ms(),
         )
 
 
@@ -46,8 +54,11 @@ class Registry:
         return self.root / tenant / task
 
     def versions(self, tenant: str, task: str) -> list[Version]:
-        return [Version(p.name, p, Manifest.load(p))
-                for p in sorted(self.folder(tenant, task).glob("v*")) if (p / FILE).exists()]
+        return [
+            Version(p.name, p, Manifest.load(p))
+            for p in sorted(self.folder(tenant, task).glob("v*"))
+            if (p / FILE).exists()
+        ]
 
     def version(self, tenant: str, task: str, name: str) -> Version:
         """A version by its name or the name's number part (``v0003``)."""

@@ -63,8 +63,9 @@ class Serving:
         return (tenant, task) in self.pinned
 
 
-def view(settings: Settings, serving: Serving,
-         on_serve: Callable[[ModelAnnouncement], Awaitable[None]] | None = None) -> TopicView:
+def view(
+    settings: Settings, serving: Serving, on_serve: Callable[[ModelAnnouncement], Awaitable[None]] | None = None
+) -> TopicView:
     """``serving`` kept live from ``protege.models``; ``on_serve`` is called for each
     announcement that (now) serves (the scorer loads it)."""
     log = structlog.get_logger()
@@ -79,8 +80,14 @@ def view(settings: Settings, serving: Serving,
             if on_serve is not None:
                 await on_serve(ann)
         else:
-            log.info("not_applied", tenant=ann.tenant, task=ann.task, version=ann.version, action=ann.action,
-                     pinned=serving.is_pinned(ann.tenant, ann.task))
+            log.info(
+                "not_applied",
+                tenant=ann.tenant,
+                task=ann.task,
+                version=ann.version,
+                action=ann.action,
+                pinned=serving.is_pinned(ann.tenant, ann.task),
+            )
 
     return TopicView(settings, settings.topics.models, apply)
 

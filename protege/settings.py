@@ -30,21 +30,37 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1)
     home: Path = Field(Path(".protege"), description="State folder: model registry, harvest store, runs.")
     tasks_dir: Path = Field(REPO / "tasks", description="Folder of task files (*.yaml).")
-    instance: str = Field(default_factory=socket.gethostname, description="Stable per-replica id (replicas of one service need different ones; transactional ids are per input partition).")
+    instance: str = Field(
+        default_factory=socket.gethostname,
+        description="Stable per-replica id (replicas of one service need different ones; transactional ids are per input partition).",
+    )
     log_level: str = "info"
     log_format: str = Field("auto", description="json, console, or auto (console on a terminal).")
     fetch_max_wait_ms: int = Field(10, ge=0, description="How long the broker may hold a fetch; low for latency.")
-    retry_backoff_ms: int = Field(10, ge=1, description=(
-        "Producer retry backoff. Right after a transaction commits, the coordinator answers the next one's "
-        "first requests with CONCURRENT_TRANSACTIONS until its markers are written; aiokafka's default 100 ms "
-        "wait on that was the student path's p95 (loadtests/transaction_hops.py)."))
+    retry_backoff_ms: int = Field(
+        10,
+        ge=1,
+        description=(
+            "Producer retry backoff. Right after a transaction commits, the coordinator answers the next one's "
+            "first requests with CONCURRENT_TRANSACTIONS until its markers are written; aiokafka's default 100 ms "
+            "wait on that was the student path's p95 (loadtests/transaction_hops.py)."
+        ),
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="Serve Prometheus /metrics on this port (0: off).")
-    cache: Path = Field(default_factory=lambda: Path.home() / ".cache" / "protege",
-                        description="Machine-wide cache: the Kafka jars, the exported student backbone.")
-    prices: Path | None = Field(None, description="JSON file of teacher prices (USD per million tokens) by model, "
-                                                  "over the defaults in protege/costs.py.")
-    hub_offline: bool = Field(True, description="Never let Hugging Face libraries reach their hub (HF_HUB_OFFLINE): "
-                                                "the backbone comes from an installed package.")
+    cache: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "protege",
+        description="Machine-wide cache: the Kafka jars, the exported student backbone.",
+    )
+    prices: Path | None = Field(
+        None,
+        description="JSON file of teacher prices (USD per million tokens) by model, "
+        "over the defaults in protege/costs.py.",
+    )
+    hub_offline: bool = Field(
+        True,
+        description="Never let Hugging Face libraries reach their hub (HF_HUB_OFFLINE): "
+        "the backbone comes from an installed package.",
+    )
     redact_pii: bool = Field(True, description="Replace e-mails, phones, cards and IBANs before harvest and scoring.")
     # Security for real clusters; the embedded broker is PLAINTEXT on loopback.
     security_protocol: str = "PLAINTEXT"
@@ -80,8 +96,12 @@ class ScorerSettings(Settings):
     max_wait_ms: int = Field(5, ge=0, description="How long to wait to fill a micro-batch.")
     providers: str = Field("auto", description="auto, cpu or cuda.")
     threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: its default).")
-    sub_batch: int = Field(8, ge=0, description="Run a micro-batch as length-sorted sub-batches of this size, each "
-                                                "padded to its own longest text (0: one padded batch).")
+    sub_batch: int = Field(
+        8,
+        ge=0,
+        description="Run a micro-batch as length-sorted sub-batches of this size, each "
+        "padded to its own longest text (0: one padded batch).",
+    )
 
 
 class VerifierSettings(Settings):

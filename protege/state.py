@@ -30,8 +30,9 @@ class TopicView:
     into whatever ``apply`` keeps; ``caught_up`` is set once it has read to the end offsets
     the topic had when it started."""
 
-    def __init__(self, settings: Settings, topic: str, apply: Apply, *, since_ms: int | None = None,
-                 poll_ms: int = 200) -> None:
+    def __init__(
+        self, settings: Settings, topic: str, apply: Apply, *, since_ms: int | None = None, poll_ms: int = 200
+    ) -> None:
         self.settings = settings
         self.topic = topic
         self.apply = apply
@@ -81,6 +82,7 @@ async def read_all(settings: Settings, topic: str, *, since_ms: int | None = Non
     """Every committed record now on ``topic``, from the beginning or from the first one
     appended at or after ``since_ms`` (no consumer group)."""
     out: list[Record] = []
-    await TopicView(settings, topic, out.append, since_ms=since_ms, poll_ms=100).run(asyncio.Event(),
-                                                                                     until_caught_up=True)
+    await TopicView(settings, topic, out.append, since_ms=since_ms, poll_ms=100).run(
+        asyncio.Event(), until_caught_up=True
+    )
     return out

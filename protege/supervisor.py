@@ -60,8 +60,12 @@ class Supervisor:
         env = {**self.env, "PROTEGE_INSTANCE": f"{socket.gethostname()}-{name}"}
         with open(self.logs / f"{name}.log", "ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", f"protege_services.{service_of(name)}"], env=env, stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                [sys.executable, "-m", f"protege_services.{service_of(name)}"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
 
     def add(self, name: str) -> None:

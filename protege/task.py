@@ -1,11 +1,11 @@
 """Tasks: one YAML file each, holding everything that defines one workflow.
 
-    name: ticket-triage
-    labels: {billing: "charges, refunds, invoices", ...}   # the teacher may also answer `oos`
-    instructions: "You triage customer support tickets ..."
-    policy: {name: cascade, thresholds: {...}, always_escalate_labels: [...], ...}
-    teacher: {model: claude-sonnet-4-6, max_tokens: 256}
-    student: {max_length: 128}
+name: ticket-triage
+labels: {billing: "charges, refunds, invoices", ...}   # the teacher may also answer `oos`
+instructions: "You triage customer support tickets ..."
+policy: {name: cascade, thresholds: {...}, always_escalate_labels: [...], ...}
+teacher: {model: claude-sonnet-4-6, max_tokens: 256}
+student: {max_length: 128}
 """
 
 from __future__ import annotations
@@ -61,25 +61,35 @@ class Policy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: Literal["cascade", "distill_verify", "ensemble", "shadow"] = Field(
-        "cascade", description="cascade: student if its signals pass; distill_verify: student if its checks pass; "
-                               "ensemble: student at once, teacher checks behind; shadow: teacher answers, student "
-                               "recorded beside it.")
+        "cascade",
+        description="cascade: student if its signals pass; distill_verify: student if its checks pass; "
+        "ensemble: student at once, teacher checks behind; shadow: teacher answers, student "
+        "recorded beside it.",
+    )
     thresholds: Thresholds = Thresholds()
     checks: list[Check] = Field(default_factory=list, description="distill_verify's checks.")
     always_escalate_labels: list[str] = Field(default_factory=list, description="Policy-sensitive labels.")
     escalate_patterns: list[str] = Field(default_factory=list, description="Regexes that always escalate.")
     vip_tenants: list[str] = Field(default_factory=list, description="Tenants that always get the teacher.")
     fields_required_for: list[str] = Field(
-        default_factory=list, description="Labels whose answer needs the task's extracted fields; the student only "
-                                          "classifies, so these always escalate to the teacher.")
+        default_factory=list,
+        description="Labels whose answer needs the task's extracted fields; the student only "
+        "classifies, so these always escalate to the teacher.",
+    )
     on_teacher_unavailable: Literal["hold", "degrade"] = Field(
-        "hold", description="hold: keep the request in the retry topic until the teacher can answer; degrade: answer "
-                            "with the student's label flagged degraded (held when there is none).")
+        "hold",
+        description="hold: keep the request in the retry topic until the teacher can answer; degrade: answer "
+        "with the student's label flagged degraded (held when there is none).",
+    )
     drift: Drift = Drift()
     target_accuracy: float | None = Field(
-        None, gt=0, lt=1, description="Keep accepted answers at least this accurate: cascade then uses the serving "
-                                      "version's certified rule (thresholds chosen on held-out data) instead of "
-                                      "`thresholds`, and escalates when the version has none.")
+        None,
+        gt=0,
+        lt=1,
+        description="Keep accepted answers at least this accurate: cascade then uses the serving "
+        "version's certified rule (thresholds chosen on held-out data) instead of "
+        "`thresholds`, and escalates when the version has none.",
+    )
     target_confidence: float = Field(0.95, gt=0.5, lt=1, description="Statistical confidence of that guarantee.")
 
     @field_validator("escalate_patterns")
@@ -107,8 +117,9 @@ class TeacherConfig(BaseModel):
 
     model: str = "claude-sonnet-4-6"
     max_tokens: int = Field(256, ge=16)
-    spend_cap_usd_per_hour: float | None = Field(None, gt=0, description="Per tenant; over it, the policy's "
-                                                                         "on_teacher_unavailable applies.")
+    spend_cap_usd_per_hour: float | None = Field(
+        None, gt=0, description="Per tenant; over it, the policy's on_teacher_unavailable applies."
+    )
 
 
 class Gates(BaseModel):
@@ -116,19 +127,32 @@ class Gates(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    min_accuracy: float = Field(0.5, ge=0, le=1, description="Golden-set accuracy floor (below min_golden cases: "
-                                                            "fails only when significantly below it).")
+    min_accuracy: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Golden-set accuracy floor (below min_golden cases: fails only when significantly below it).",
+    )
     min_macro_f1: float = Field(0.0, ge=0, le=1, description="Golden-set macro-F1 floor (from min_golden cases).")
     min_class_recall: float = Field(0.0, ge=0, le=1, description="Recall floor for every class with enough support.")
     min_class_support: int = Field(5, ge=1, description="Golden cases a class needs before its recall is judged.")
     max_ece: float = Field(0.2, gt=0, le=1, description="Calibration error ceiling (after temperature scaling).")
     min_coverage: float = Field(0.0, ge=0, le=1, description="Coverage floor at the target accuracy.")
     max_latency_ms: float = Field(1000.0, gt=0, description="p95 of one-request scoring on the trainer's machine.")
-    tolerance: float = Field(0.01, ge=0, le=1, description="How much worse than the serving version a candidate may "
-                                                          "be (accuracy, macro-F1, coverage) before it is held back.")
-    min_golden: int = Field(100, ge=1, description="Golden cases needed for the statistical gates (calibration "
-                                                   "error, comparison with the serving version); below it only the "
-                                                   "accuracy, macro-F1, recall, coverage and latency floors apply.")
+    tolerance: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="How much worse than the serving version a candidate may "
+        "be (accuracy, macro-F1, coverage) before it is held back.",
+    )
+    min_golden: int = Field(
+        100,
+        ge=1,
+        description="Golden cases needed for the statistical gates (calibration "
+        "error, comparison with the serving version); below it only the "
+        "accuracy, macro-F1, recall, coverage and latency floors apply.",
+    )
 
 
 class StudentConfig(BaseModel):

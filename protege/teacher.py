@@ -115,9 +115,12 @@ def read_fields(task: Task, call: Any) -> dict[str, str]:
 
 
 def usage_of(u: Any) -> Usage:
-    return Usage(input_tokens=u.input_tokens, output_tokens=u.output_tokens,
-                 cache_creation_input_tokens=u.cache_creation_input_tokens or 0,
-                 cache_read_input_tokens=u.cache_read_input_tokens or 0)
+    return Usage(
+        input_tokens=u.input_tokens,
+        output_tokens=u.output_tokens,
+        cache_creation_input_tokens=u.cache_creation_input_tokens or 0,
+        cache_read_input_tokens=u.cache_read_input_tokens or 0,
+    )
 
 
 class AnthropicTeacher:
@@ -137,27 +140,47 @@ class AnthropicTeacher:
         for attempt in (1, 2):  # the second attempt repairs an answer outside the label set
             msg = await self.client.messages.create(**message_params(task, messages, model, request_id))
             u = usage_of(msg.usage)
-            totals = Usage(input_tokens=totals.input_tokens + u.input_tokens,
-                           output_tokens=totals.output_tokens + u.output_tokens,
-                           cache_creation_input_tokens=totals.cache_creation_input_tokens + u.cache_creation_input_tokens,
-                           cache_read_input_tokens=totals.cache_read_input_tokens + u.cache_read_input_tokens)
+            totals = Usage(
+                input_tokens=totals.input_tokens + u.input_tokens,
+                output_tokens=totals.output_tokens + u.output_tokens,
+                cache_creation_input_tokens=totals.cache_creation_input_tokens + u.cache_creation_input_tokens,
+                cache_read_input_tokens=totals.cache_read_input_tokens + u.cache_read_input_tokens,
+            )
             label, rationale, call = read_classification(task, msg.content)
             if label is not None:
                 return TeacherAnswer(
-                    label=label, rationale=rationale, model=msg.model, standin=False, usage=totals,
+                    label=label,
+                    rationale=rationale,
+                    model=msg.model,
+                    standin=False,
+                    usage=totals,
                     cost_usd=cost_usd(totals, price_for(model, self.prices)),
-                    latency_ms=(time.perf_counter() - started) * 1000, attempts=attempt,
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    attempts=attempt,
                     fields=read_fields(task, call),
                 )
             wrong = str(call.input.get("label", "")) if call is not None else "(no tool call)"
             messages = [
                 *messages,
                 {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in msg.content]},
-                {"role": "user", "content": [
-                    *([{"type": "tool_result", "tool_use_id": call.id, "is_error": True,
-                        "content": f"{wrong!r} is not a valid label."}] if call is not None else []),
-                    {"type": "text", "text": f"Answer with exactly one of: {', '.join(task.answers)}."},
-                ]},
+                {
+                    "role": "user",
+                    "content": [
+                        *(
+                            [
+                                {
+                                    "type": "tool_result",
+                                    "tool_use_id": call.id,
+                                    "is_error": True,
+                                    "content": f"{wrong!r} is not a valid label.",
+                                }
+                            ]
+                            if call is not None
+                            else []
+                        ),
+                        {"type": "text", "text": f"Answer with exactly one of: {', '.join(task.answers)}."},
+                    ],
+                },
             ]
         raise TeacherError(f"invalid_label: the teacher answered {wrong!r} twice, outside {task.answers}")
 
@@ -165,8 +188,16 @@ class AnthropicTeacher:
 class StandinTeacher:
     """The offline stand-in: answers from labelled data. Named as such everywhere."""
 
-    def __init__(self, labelled: dict[str, str], *, noise: float = 0.0, latency_ms: float = 0.0,
-                 priced_as: str = "claude-sonnet-4-6", seed: int = 0, prices: dict[str, Price] | None = None) -> None:
+    def __init__(
+        self,
+        labelled: dict[str, str],
+        *,
+        noise: float = 0.0,
+        latency_ms: float = 0.0,
+        priced_as: str = "claude-sonnet-4-6",
+        seed: int = 0,
+        prices: dict[str, Price] | None = None,
+    ) -> None:
         self.labelled = {normalize(text): label for text, label in labelled.items()}
         self.noise = noise
         self.latency_ms = latency_ms
@@ -204,7 +235,12 @@ class StandinTeacher:
             label = rng.choice([a for a in task.answers if a != label])
         usage = self.usage_for(task, text)
         return TeacherAnswer(
-            label=label, rationale="offline stand-in: answered from labelled data", model=self.model,
-            standin=True, usage=usage, cost_usd=cost_usd(usage, self.price),
-            latency_ms=(time.perf_counter() - started) * 1000, attempts=1,
+            label=label,
+            rationale="offline stand-in: answered from labelled data",
+            model=self.model,
+            standin=True,
+            usage=usage,
+            cost_usd=cost_usd(usage, self.price),
+            latency_ms=(time.perf_counter() - started) * 1000,
+            attempts=1,
         )

@@ -85,9 +85,22 @@ class Topics:
 
     def all(self) -> list[str]:
         names = [
-            "requests", "requests_dlq", "ingested", "scored", "decisions", "responses",
-            "teacher_requests", "teacher_retry", "teacher_results", "teacher_journal", "corrections", "feedback", "harvest", "models",
-            "alerts", "dlq",
+            "requests",
+            "requests_dlq",
+            "ingested",
+            "scored",
+            "decisions",
+            "responses",
+            "teacher_requests",
+            "teacher_retry",
+            "teacher_results",
+            "teacher_journal",
+            "corrections",
+            "feedback",
+            "harvest",
+            "models",
+            "alerts",
+            "dlq",
         ]
         return [getattr(self, n) for n in names]
 

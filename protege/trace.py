@@ -21,10 +21,18 @@ from protege.state import read_all
 
 # topic attribute -> the service that writes it (requests: the caller)
 WRITERS = {
-    "requests": "caller", "requests_dlq": "ingestion", "ingested": "ingestion", "scored": "scorer",
-    "decisions": "verifier", "teacher_requests": "verifier", "teacher_retry": "teacher",
-    "teacher_results": "teacher", "responses": "verifier / teacher", "corrections": "teacher",
-    "harvest": "harvester", "dlq": "any service",
+    "requests": "caller",
+    "requests_dlq": "ingestion",
+    "ingested": "ingestion",
+    "scored": "scorer",
+    "decisions": "verifier",
+    "teacher_requests": "verifier",
+    "teacher_retry": "teacher",
+    "teacher_results": "teacher",
+    "responses": "verifier / teacher",
+    "corrections": "teacher",
+    "harvest": "harvester",
+    "dlq": "any service",
 }
 
 
@@ -51,15 +59,22 @@ def describe(name: str, e: dict[str, Any] | None) -> str:
     parts = {
         "requests": lambda: f"task={e.get('task')} text={len(str(e.get('text', '')))} chars",
         "ingested": lambda: f"task={e.get('task')}",
-        "scored": lambda: (f"student {student.get('label')} p={student.get('confidence', 0):.3f} "
-                           f"ood={student.get('ood', 0):.3f} {student.get('model_version')} batch={e.get('batch_size')}"
-                           if student else f"no student ({e.get('student_error') or 'cold start'})"),
-        "decisions": lambda: (f"{e.get('verdict')} -> {e.get('route')} policy={e.get('policy')} "
-                              f"reasons={','.join(e.get('reasons') or []) or '-'}"),
+        "scored": lambda: (
+            f"student {student.get('label')} p={student.get('confidence', 0):.3f} "
+            f"ood={student.get('ood', 0):.3f} {student.get('model_version')} batch={e.get('batch_size')}"
+            if student
+            else f"no student ({e.get('student_error') or 'cold start'})"
+        ),
+        "decisions": lambda: (
+            f"{e.get('verdict')} -> {e.get('route')} policy={e.get('policy')} "
+            f"reasons={','.join(e.get('reasons') or []) or '-'}"
+        ),
         "teacher_requests": lambda: f"mode={e.get('mode')} reasons={','.join(e.get('reasons') or [])}",
         "teacher_retry": lambda: f"held ({e.get('held_because')}) attempt={e.get('attempt')}",
-        "teacher_results": lambda: (f"{e.get('label')} by {e.get('teacher')} cost=${e.get('cost_usd', 0):.5f}"
-                                    f"{' STAND-IN' if e.get('standin') else ''} agrees={e.get('agrees')}"),
+        "teacher_results": lambda: (
+            f"{e.get('label')} by {e.get('teacher')} cost=${e.get('cost_usd', 0):.5f}"
+            f"{' STAND-IN' if e.get('standin') else ''} agrees={e.get('agrees')}"
+        ),
         "responses": lambda: f"{e.get('label')} route={e.get('route')} status={e.get('status')}",
         "corrections": lambda: f"{e.get('replaces')} -> {e.get('label')}",
         "harvest": lambda: f"case {e.get('label')} ({e.get('reason')}, label from {e.get('label_source')})",

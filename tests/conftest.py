@@ -42,8 +42,13 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
 
 @pytest.fixture
 def settings(kafka: EmbeddedBroker, tmp_path: Path) -> Settings:
-    s = Settings(bootstrap_servers=kafka.bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:10]}.", home=tmp_path / "home",
-                 tasks_dir=REPO / "tasks", partitions=2)
+    s = Settings(
+        bootstrap_servers=kafka.bootstrap,
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
+        home=tmp_path / "home",
+        tasks_dir=REPO / "tasks",
+        partitions=2,
+    )
     asyncio.run(ensure_topics(s))
     return s
 

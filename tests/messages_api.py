@@ -31,8 +31,13 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error",
-               500: "api_error", 529: "overloaded_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
 
 
 class MessagesAPI:
@@ -83,8 +88,14 @@ class MessagesAPI:
             return fault, headers, {"type": "error", "error": {"type": kind, "message": f"injected {kind}"}}
         for field in ("model", "max_tokens", "messages"):
             if field not in body:
-                return 400, {}, {"type": "error", "error": {"type": "invalid_request_error",
-                                                           "message": f"{field}: Field required"}}
+                return (
+                    400,
+                    {},
+                    {
+                        "type": "error",
+                        "error": {"type": "invalid_request_error", "message": f"{field}: Field required"},
+                    },
+                )
         system = body.get("system") or []
         system_text = "".join(b.get("text", "") for b in system) if isinstance(system, list) else str(system)
         cacheable = isinstance(system, list) and any("cache_control" in b for b in system)
@@ -109,21 +120,39 @@ class MessagesAPI:
         if declared:  # "extract" each declared field: the first token with a digit, when there is one
             found = re.search(r"[#A-Z]*-?\d[\w-]*", text)
             answer["fields"] = {name: found.group(0) for name in declared} if found else {}
-        content = [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": tool.get("name", "classify"),
-                    "input": answer}]
+        content = [
+            {
+                "type": "tool_use",
+                "id": f"toolu_{uuid.uuid4().hex[:24]}",
+                "name": tool.get("name", "classify"),
+                "input": answer,
+            }
+        ]
         with self.lock:
             self.answered[(body.get("metadata") or {}).get("user_id", "")] += 1
-        message = {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
-                   "model": body["model"], "content": content, "stop_reason": "tool_use", "stop_sequence": None,
-                   "usage": usage}
+        message = {
+            "id": f"msg_{uuid.uuid4().hex[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": content,
+            "stop_reason": "tool_use",
+            "stop_sequence": None,
+            "usage": usage,
+        }
         return 200, {"request-id": f"req_{uuid.uuid4().hex[:24]}"}, message
-
 
     def create_batch(self, body: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
         requests = body.get("requests")
         if not isinstance(requests, list) or not requests:
-            return 400, {}, {"type": "error", "error": {"type": "invalid_request_error",
-                                                       "message": "requests: must be a non-empty list"}}
+            return (
+                400,
+                {},
+                {
+                    "type": "error",
+                    "error": {"type": "invalid_request_error", "message": "requests: must be a non-empty list"},
+                },
+            )
         batch_id = f"msgbatch_{uuid.uuid4().hex[:24]}"
         with self.lock:
             self.batches[batch_id] = {"requests": requests, "results": [], "created_at": _iso(time.time())}
@@ -135,11 +164,21 @@ class MessagesAPI:
         ok = sum(r["result"]["type"] == "succeeded" for r in results)
         ended = len(results) == len(b["requests"])
         return {
-            "id": batch_id, "type": "message_batch", "processing_status": "ended" if ended else "in_progress",
-            "request_counts": {"processing": len(b["requests"]) - len(results), "succeeded": ok,
-                               "errored": len(results) - ok, "canceled": 0, "expired": 0},
-            "created_at": b["created_at"], "expires_at": _iso(time.time() + 86400),
-            "ended_at": _iso(time.time()) if ended else None, "cancel_initiated_at": None, "archived_at": None,
+            "id": batch_id,
+            "type": "message_batch",
+            "processing_status": "ended" if ended else "in_progress",
+            "request_counts": {
+                "processing": len(b["requests"]) - len(results),
+                "succeeded": ok,
+                "errored": len(results) - ok,
+                "canceled": 0,
+                "expired": 0,
+            },
+            "created_at": b["created_at"],
+            "expires_at": _iso(time.time() + 86400),
+            "ended_at": _iso(time.time()) if ended else None,
+            "cancel_initiated_at": None,
+            "archived_at": None,
             "results_url": f"{self.url}/v1/messages/batches/{batch_id}/results" if ended else None,
         }
 
@@ -147,11 +186,12 @@ class MessagesAPI:
         if batch_id not in self.batches:
             return 404, {}, {"type": "error", "error": {"type": "not_found_error", "message": batch_id}}
         b = self.batches[batch_id]
-        todo = b["requests"][len(b["results"]):]
+        todo = b["requests"][len(b["results"]) :]
         for req in todo[: max(1, len(todo) // 2)]:
             status, _, payload = self.respond(req["params"])
-            result = ({"type": "succeeded", "message": payload} if status == 200
-                      else {"type": "errored", "error": payload})
+            result = (
+                {"type": "succeeded", "message": payload} if status == 200 else {"type": "errored", "error": payload}
+            )
             b["results"].append({"custom_id": req["custom_id"], "result": result})
         return 200, {}, self.batch_object(batch_id)
 
@@ -185,11 +225,21 @@ def serve(api: MessagesAPI) -> Iterator[MessagesAPI]:
             try:
                 body = json.loads(self.rfile.read(length))
             except json.JSONDecodeError:
-                return self.reply(400, {}, {"type": "error", "error": {"type": "invalid_request_error",
-                                                                      "message": "invalid JSON"}})
+                return self.reply(
+                    400, {}, {"type": "error", "error": {"type": "invalid_request_error", "message": "invalid JSON"}}
+                )
             if not self.authorised():
-                return self.reply(401, {}, {"type": "error", "error": {
-                    "type": "authentication_error", "message": "an x-api-key or bearer authorization is required"}})
+                return self.reply(
+                    401,
+                    {},
+                    {
+                        "type": "error",
+                        "error": {
+                            "type": "authentication_error",
+                            "message": "an x-api-key or bearer authorization is required",
+                        },
+                    },
+                )
             if path == "/v1/messages":
                 return self.reply(*api.respond(body))
             if path == "/v1/messages/batches":
@@ -199,15 +249,25 @@ def serve(api: MessagesAPI) -> Iterator[MessagesAPI]:
         def do_GET(self) -> None:
             parts = self.path.split("?")[0].strip("/").split("/")
             if not self.authorised():
-                return self.reply(401, {}, {"type": "error", "error": {
-                    "type": "authentication_error", "message": "an x-api-key or bearer authorization is required"}})
+                return self.reply(
+                    401,
+                    {},
+                    {
+                        "type": "error",
+                        "error": {
+                            "type": "authentication_error",
+                            "message": "an x-api-key or bearer authorization is required",
+                        },
+                    },
+                )
             if parts[:3] == ["v1", "messages", "batches"] and len(parts) == 4:
                 return self.reply(*api.advance_batch(parts[3]))
             if parts[:3] == ["v1", "messages", "batches"] and len(parts) == 5 and parts[4] == "results":
                 b = api.batches.get(parts[3])
                 if b is None or len(b["results"]) < len(b["requests"]):
-                    return self.reply(404, {}, {"type": "error", "error": {"type": "not_found_error",
-                                                                          "message": "no results yet"}})
+                    return self.reply(
+                        404, {}, {"type": "error", "error": {"type": "not_found_error", "message": "no results yet"}}
+                    )
                 lines = "".join(json.dumps(r) + "\n" for r in reversed(b["results"]))  # any order
                 return self.reply(200, {}, lines.encode())
             return self.reply(404, {}, {"type": "error", "error": {"type": "not_found_error", "message": self.path}})

@@ -59,8 +59,14 @@ def resolve_jars(cache: Path | None = None) -> Path:
     tmp = target.with_name("lib.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     cmd = [
-        mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
-        "-DincludeScope=runtime", f"-DoutputDirectory={tmp}",
+        mvn,
+        "-B",
+        "-q",
+        "-f",
+        str(POM),
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={tmp}",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -120,8 +126,12 @@ class EmbeddedBroker:
 
         port = self.port or fresh()
         taken.add(port)
-        state = {"port": port, "controller_port": fresh(), "listeners": {name: fresh() for name in self.listeners},
-                 "cluster_id": base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")}
+        state = {
+            "port": port,
+            "controller_port": fresh(),
+            "listeners": {name: fresh() for name in self.listeners},
+            "cluster_id": base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="),
+        }
         self.home.mkdir(parents=True, exist_ok=True)
         self.state_file.write_text(json.dumps(state))
         return state
@@ -134,14 +144,25 @@ class EmbeddedBroker:
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{controller}",
-            "listeners": ",".join([f"PLAINTEXT://127.0.0.1:{port}", f"CONTROLLER://127.0.0.1:{controller}",
-                                   *(f"{name}://{addr}" for name, addr in extra.items())]),
-            "advertised.listeners": ",".join([f"PLAINTEXT://127.0.0.1:{port}",
-                                              *(f"{name}://{addr}" for name, addr in extra.items())]),
+            "listeners": ",".join(
+                [
+                    f"PLAINTEXT://127.0.0.1:{port}",
+                    f"CONTROLLER://127.0.0.1:{controller}",
+                    *(f"{name}://{addr}" for name, addr in extra.items()),
+                ]
+            ),
+            "advertised.listeners": ",".join(
+                [f"PLAINTEXT://127.0.0.1:{port}", *(f"{name}://{addr}" for name, addr in extra.items())]
+            ),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": ",".join(["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT",
-                                                        *(f"{n}:{proto}" for n, proto in self.listeners.items())]),
+            "listener.security.protocol.map": ",".join(
+                [
+                    "PLAINTEXT:PLAINTEXT",
+                    "CONTROLLER:PLAINTEXT",
+                    *(f"{n}:{proto}" for n, proto in self.listeners.items()),
+                ]
+            ),
             "log.dirs": str(data),
             "num.partitions": "2",
             "auto.create.topics.enable": "false",
@@ -171,19 +192,34 @@ class EmbeddedBroker:
         logs = self.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         return [
-            java, f"-Xmx{heap_mb}m", f"-Xms{min(heap_mb, 256)}m", "-XX:+UseG1GC",
+            java,
+            f"-Xmx{heap_mb}m",
+            f"-Xms{min(heap_mb, 256)}m",
+            "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
-            "-Djava.awt.headless=true", f"-Dkafka.logs.dir={logs}",
+            "-Djava.awt.headless=true",
+            f"-Dkafka.logs.dir={logs}",
             f"-Dlog4j2.configurationFile={LOG4J}",
-            "-cp", f"{lib}/*", main, *args,
+            "-cp",
+            f"{lib}/*",
+            main,
+            *args,
         ]
 
     def _format(self, lib: Path, config: Path) -> None:
         if (self.home / "data" / "meta.properties").exists():
             return
         cluster = json.loads(self.state_file.read_text())["cluster_id"]
-        cmd = self._java(lib, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster}", "-c", str(config),
-                         *self.format_args, heap_mb=128)
+        cmd = self._java(
+            lib,
+            "kafka.tools.StorageTool",
+            "format",
+            f"--cluster-id={cluster}",
+            "-c",
+            str(config),
+            *self.format_args,
+            heap_mb=128,
+        )
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise BrokerError(f"formatting the KRaft storage failed: {done.stdout}{done.stderr}")
@@ -213,7 +249,9 @@ class EmbeddedBroker:
             # A Ctrl-C between the start and the pid file would leave a broker nobody stops.
             self._proc = subprocess.Popen(
                 self._java(lib, "kafka.Kafka", str(config), heap_mb=self.heap_mb),
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C in the terminal reaches us, and we stop it in order
             )
             (self.home / "broker.pid").write_text(str(self._proc.pid))

@@ -1,11 +1,11 @@
 """The ``protege`` command line (``protege.cli:app``).
 
-    protege demo                     # the whole pipeline on generated tickets, then a summary
-    protege up                       # embedded broker + the six services, supervised
-    protege run scorer               # one service (what docker-compose and k8s run)
-    protege broker start|stop|status # the embedded Apache Kafka broker
-    protege bench stream --train T.jsonl --test S.jsonl --report-json R.json
-    protege trace REQUEST_ID         # one request's events across the services, in order
+protege demo                     # the whole pipeline on generated tickets, then a summary
+protege up                       # embedded broker + the six services, supervised
+protege run scorer               # one service (what docker-compose and k8s run)
+protege broker start|stop|status # the embedded Apache Kafka broker
+protege bench stream --train T.jsonl --test S.jsonl --report-json R.json
+protege trace REQUEST_ID         # one request's events across the services, in order
 """
 
 from __future__ import annotations

@@ -34,23 +34,33 @@ def label_cmd(
     """Label a golden or bootstrap set with the teacher through the Message Batches API (half price)."""
     import anthropic
 
-
     settings = TeacherSettings()
     key = settings.api_key()
     if not key:
         raise typer.BadParameter("labelling calls the Message Batches API: set ANTHROPIC_API_KEY (no stand-in here)")
     task = load_tasks(settings.tasks_dir)[task_name]
     rows = read_jsonl(input)
-    client = anthropic.AsyncAnthropic(api_key=key, base_url=settings.anthropic_base_url,
-                                      max_retries=settings.max_retries, timeout=settings.timeout_s)
-    report = asyncio.run(label_with_batches(client, task, rows, model=model, poll_s=poll,
-                                            prices=price_table(settings.prices),
-                                            progress=lambda line: console.print(line, highlight=False)))
+    client = anthropic.AsyncAnthropic(
+        api_key=key, base_url=settings.anthropic_base_url, max_retries=settings.max_retries, timeout=settings.timeout_s
+    )
+    report = asyncio.run(
+        label_with_batches(
+            client,
+            task,
+            rows,
+            model=model,
+            poll_s=poll,
+            prices=price_table(settings.prices),
+            progress=lambda line: console.print(line, highlight=False),
+        )
+    )
     write_jsonl(report.labelled, output)
     errors = output.with_suffix(".errors.jsonl")
     write_jsonl(report.failed, errors)
-    console.print(f"labelled {len(report.labelled)}/{len(rows)} into {output}; {len(report.failed)} failed "
-                  f"({errors}); cost ${report.cost_usd:.4f} at the batch price; batches {report.batch_ids}")
+    console.print(
+        f"labelled {len(report.labelled)}/{len(rows)} into {output}; {len(report.failed)} failed "
+        f"({errors}); cost ${report.cost_usd:.4f} at the batch price; batches {report.batch_ids}"
+    )
 
 
 # -- schemas ------------------------------------------------------------------------

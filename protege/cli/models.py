@@ -26,7 +26,6 @@ from protege.task import load_tasks
 # -- models -------------------------------------------------------------------------
 
 
-
 def _serving(settings: Settings) -> Serving:
     return asyncio.run(read_serving(settings))
 
@@ -51,22 +50,42 @@ def models_list(tenant: Tenant, task_name: TaskName) -> None:
     serving = _serving(settings)
     now = serving.serving(tenant, task_name)
     table = Table(title=f"{tenant}/{task_name}")
-    for col in ("version", "created", "recipe", "cases", "golden acc", "macro-F1", "ECE", "coverage", "gates",
-                "serving"):
+    for col in (
+        "version",
+        "created",
+        "recipe",
+        "cases",
+        "golden acc",
+        "macro-F1",
+        "ECE",
+        "coverage",
+        "gates",
+        "serving",
+    ):
         table.add_column(col)
     for v in Registry.of(settings).versions(tenant, task_name):
         man = v.manifest
         m = man.metrics
         mark = ("pinned" if serving.is_pinned(tenant, task_name) else "yes") if now and now.version == v.name else ""
-        table.add_row(v.name, man.created_at, f"{man.recipe.get('kind', '-')}/{man.precision}", str(man.data.cases),
-                      f"{m['golden_accuracy']:.3f}", f"{m['golden_macro_f1']:.3f}", f"{m['golden_ece']:.3f}",
-                      f"{m['golden_coverage']:.3f}", "passed" if man.gates.passed else "held back", mark)
+        table.add_row(
+            v.name,
+            man.created_at,
+            f"{man.recipe.get('kind', '-')}/{man.precision}",
+            str(man.data.cases),
+            f"{m['golden_accuracy']:.3f}",
+            f"{m['golden_macro_f1']:.3f}",
+            f"{m['golden_ece']:.3f}",
+            f"{m['golden_coverage']:.3f}",
+            "passed" if man.gates.passed else "held back",
+            mark,
+        )
     Console(width=140).print(table)
 
 
 @models_app.command("show")
-def models_show(version_name: Annotated[str, typer.Argument(help="Version, e.g. v0003.")], tenant: Tenant,
-                task_name: TaskName) -> None:
+def models_show(
+    version_name: Annotated[str, typer.Argument(help="Version, e.g. v0003.")], tenant: Tenant, task_name: TaskName
+) -> None:
     """A version's manifest."""
     v = Registry.of(Settings()).version(tenant, task_name, version_name)
     typer.echo(json.dumps(v.manifest.model_dump(mode="json"), indent=2))
@@ -79,8 +98,10 @@ def _serve(version_name: str, tenant: str, task_name: str, pin: bool, force: boo
     if failed and not force:
         raise typer.BadParameter(f"{v.name} failed its release gates: {'; '.join(failed)} (--force serves it anyway)")
     _announce(settings, v.announcement(pin=pin))
-    console.print(f"{tenant}/{task_name}: {v.name} announced{' and pinned' if pin else ''}; running scorers swap to "
-                  f"it without a restart")
+    console.print(
+        f"{tenant}/{task_name}: {v.name} announced{' and pinned' if pin else ''}; running scorers swap to "
+        f"it without a restart"
+    )
 
 
 Force = Annotated[bool, typer.Option(help="Serve a version that failed its release gates.")]
@@ -112,9 +133,21 @@ def models_unpin(tenant: Tenant, task_name: TaskName) -> None:
     """Let the trainer's next version serve again."""
     settings = Settings()
     now = _serving(settings).serving(tenant, task_name)
-    _announce(settings, ModelAnnouncement(tenant=tenant, task=task_name, version=now.version if now else "none",
-                                          path="-", labels=[], metrics={}, trained_on=1, source="operator",
-                                          action="unpin", announced_at_ms=now_ms()))
+    _announce(
+        settings,
+        ModelAnnouncement(
+            tenant=tenant,
+            task=task_name,
+            version=now.version if now else "none",
+            path="-",
+            labels=[],
+            metrics={},
+            trained_on=1,
+            source="operator",
+            action="unpin",
+            announced_at_ms=now_ms(),
+        ),
+    )
     console.print(f"{tenant}/{task_name}: unpinned; the trainer's next version will serve")
 
 
@@ -125,15 +158,25 @@ def models_unpin(tenant: Tenant, task_name: TaskName) -> None:
 def train_cmd(
     task_name: Annotated[str, typer.Option("--task", help="Task name (a file in PROTEGE_TASKS_DIR).")],
     tenant: Tenant,
-    input: Annotated[Path | None, typer.Option(help="Cases as JSON Lines (request_id or id, text, label); "
-                                                    "default: the trainer's harvest for this tenant and task.")] = None,
-    recipe: Annotated[str, typer.Option(help="fast (frozen encoder + logreg, seconds) or finetune (LP-FT, "
-                                             "minutes).")] = "fast",
+    input: Annotated[
+        Path | None,
+        typer.Option(
+            help="Cases as JSON Lines (request_id or id, text, label); "
+            "default: the trainer's harvest for this tenant and task."
+        ),
+    ] = None,
+    recipe: Annotated[
+        str, typer.Option(help="fast (frozen encoder + logreg, seconds) or finetune (LP-FT, minutes).")
+    ] = "fast",
     epochs: Annotated[int, typer.Option(help="finetune: epochs.")] = 4,
     lr: Annotated[float, typer.Option(help="finetune: encoder learning rate.")] = 1e-4,
     golden: Annotated[Path | None, typer.Option(help="A fixed golden set (JSON Lines) for the gates.")] = None,
-    announce: Annotated[bool, typer.Option(help="Gate against the serving version and announce on protege.models "
-                                                "if the gates pass (needs the broker).")] = False,
+    announce: Annotated[
+        bool,
+        typer.Option(
+            help="Gate against the serving version and announce on protege.models if the gates pass (needs the broker)."
+        ),
+    ] = False,
 ) -> None:
     """Train one student version (the scheduled full fine-tune, or a fast retrain by hand)."""
     from protege.student.backbone import cached_backbone, source_dir
@@ -165,10 +208,27 @@ def train_cmd(
         now = _serving(settings).serving(tenant, task_name)
         found = registry.find(tenant, task_name, now.version) if now is not None else None
         serving = found.folder if found is not None else None
-    result = train_version(cases_of(path), recipe=chosen, registry=registry.root, tenant=tenant,
-                           task=task, serving=serving, golden=cases_of(golden) if golden else None)
-    typer.echo(json.dumps({"version": result.version, "folder": str(result.folder), "promoted": result.promoted,
-                           "reason": result.reason, "metrics": result.metrics}, indent=2))
+    result = train_version(
+        cases_of(path),
+        recipe=chosen,
+        registry=registry.root,
+        tenant=tenant,
+        task=task,
+        serving=serving,
+        golden=cases_of(golden) if golden else None,
+    )
+    typer.echo(
+        json.dumps(
+            {
+                "version": result.version,
+                "folder": str(result.folder),
+                "promoted": result.promoted,
+                "reason": result.reason,
+                "metrics": result.metrics,
+            },
+            indent=2,
+        )
+    )
     if announce and result.promoted:
         v = registry.version(tenant, task_name, result.version)
         _announce(settings, v.announcement(pin=False).model_copy(update={"source": "trainer"}))

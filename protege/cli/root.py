@@ -15,8 +15,12 @@ from rich.console import Console
 from protege import signals
 from protege.settings import Settings, apply_to_process
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="protege: keep the teacher's quality, serve from the student.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="protege: keep the teacher's quality, serve from the student.",
+)
 broker_app = typer.Typer(no_args_is_help=True, help="The embedded Apache Kafka broker (KRaft, one node).")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks.")
 schemas_app = typer.Typer(no_args_is_help=True, help="The event schemas in schemas/.")

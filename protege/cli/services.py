@@ -27,8 +27,10 @@ from protege.trace import trace
 
 
 @broker_app.command("start")
-def broker_start(home: Annotated[Path, typer.Option(help="Broker state folder.")] = Path(".protege/broker"),
-                 port: Annotated[int, typer.Option(help="Port (0: a free one).")] = 0) -> None:
+def broker_start(
+    home: Annotated[Path, typer.Option(help="Broker state folder.")] = Path(".protege/broker"),
+    port: Annotated[int, typer.Option(help="Port (0: a free one).")] = 0,
+) -> None:
     """Start the embedded broker in the background and print its bootstrap address."""
     b = EmbeddedBroker(home, port=port or None)
     typer.echo(b.start())
@@ -59,7 +61,9 @@ def run(service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICE
 
 
 @app.command("health")
-def health(service: str, max_age: Annotated[float, typer.Option(help="Seconds since the last heartbeat.")] = 60.0) -> None:
+def health(
+    service: str, max_age: Annotated[float, typer.Option(help="Seconds since the last heartbeat.")] = 60.0
+) -> None:
     """Exit 0 if SERVICE's processing loop turned within MAX_AGE seconds (the liveness probe)."""
     beat = Settings().home / "health" / service
     try:
@@ -84,7 +88,9 @@ def topics() -> None:
 def trace_request(
     request_id: Annotated[str, typer.Argument(help="The request's id.")],
     minutes: Annotated[float, typer.Option(help="How far back to look.")] = 60.0,
-    tenant: Annotated[str | None, typer.Option(help="Only this tenant's events (ids may repeat across tenants).")] = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="Only this tenant's events (ids may repeat across tenants).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the events as JSON Lines.")] = False,
 ) -> None:
     """Follow one request across the services: every event that carries its id, in order."""
@@ -97,7 +103,9 @@ def trace_request(
         raise typer.Exit(1)
     if as_json:
         for step in steps:
-            typer.echo(json.dumps({"at_ms": step.at_ms, "topic": step.topic, "writer": step.writer, "event": step.event}))
+            typer.echo(
+                json.dumps({"at_ms": step.at_ms, "topic": step.topic, "writer": step.writer, "event": step.event})
+            )
         return
     table = Table(title=f"request {request_id}")
     for col in ("time (UTC)", "+ms", "topic", "written by", "what"):
@@ -110,11 +118,17 @@ def trace_request(
 
 
 @app.command("up")
-def up(standin_labels: Annotated[Path | None, typer.Option(help="Labelled JSON Lines for the offline teacher.")] = None,
-       bootstrap: Annotated[str | None, typer.Option(help="Use this broker instead of the embedded one.")] = None,
-       replicas: Annotated[str, typer.Option(help="Replicas per service, e.g. scorer=3,verifier=2 (others: 1); "
-                                                  "new topics get as many partitions as the most replicas.")] = "",
-       ) -> None:
+def up(
+    standin_labels: Annotated[Path | None, typer.Option(help="Labelled JSON Lines for the offline teacher.")] = None,
+    bootstrap: Annotated[str | None, typer.Option(help="Use this broker instead of the embedded one.")] = None,
+    replicas: Annotated[
+        str,
+        typer.Option(
+            help="Replicas per service, e.g. scorer=3,verifier=2 (others: 1); "
+            "new topics get as many partitions as the most replicas."
+        ),
+    ] = "",
+) -> None:
     """Start the embedded broker and the six services; restart crashed ones; Ctrl-C stops all."""
     try:
         counts = {k.strip(): int(v) for k, v in (part.split("=") for part in replicas.split(",") if part.strip())}
@@ -123,9 +137,17 @@ def up(standin_labels: Annotated[Path | None, typer.Option(help="Labelled JSON L
         raise typer.BadParameter(f"--replicas {replicas!r}: {e}") from None
     env = {"PROTEGE_STANDIN_LABELS": str(standin_labels.resolve())} if standin_labels else {}
     library_logs_to(home() / "logs")
-    with stops_on_signals("the services and the broker were stopped"), \
-            LocalPipeline(home(), env=env, bootstrap=bootstrap, broker_home=Path(".protege/broker"), services=names,
-                          partitions=max([Settings().partitions, *counts.values()])) as p:
+    with (
+        stops_on_signals("the services and the broker were stopped"),
+        LocalPipeline(
+            home(),
+            env=env,
+            bootstrap=bootstrap,
+            broker_home=Path(".protege/broker"),
+            services=names,
+            partitions=max([Settings().partitions, *counts.values()]),
+        ) as p,
+    ):
         console.print(f"[bold]up[/]: broker {p.bootstrap}, services {', '.join(names)}; logs in {home() / 'logs'}")
         while True:
             assert p.supervisor is not None

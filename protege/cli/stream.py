@@ -46,11 +46,13 @@ BAD_INPUTS = [
 
 
 @app.command("demo")
-def demo(tickets: Annotated[int, typer.Option(help="Generated tickets to stream.")] = 1200,
-         rate: Annotated[float, typer.Option(help="Requests per second.")] = 30.0,
-         seed: int = 7,
-         home: Annotated[Path, typer.Option(help="Run folder (wiped at start).")] = Path(".protege/demo"),
-         report_json: Annotated[Path | None, typer.Option(help="Also write the summary as JSON.")] = None) -> None:
+def demo(
+    tickets: Annotated[int, typer.Option(help="Generated tickets to stream.")] = 1200,
+    rate: Annotated[float, typer.Option(help="Requests per second.")] = 30.0,
+    seed: int = 7,
+    home: Annotated[Path, typer.Option(help="Run folder (wiped at start).")] = Path(".protege/demo"),
+    report_json: Annotated[Path | None, typer.Option(help="Also write the summary as JSON.")] = None,
+) -> None:
     """Stream generated support tickets through the whole pipeline and print a summary."""
 
     shutil.rmtree(home, ignore_errors=True)
@@ -60,20 +62,33 @@ def demo(tickets: Annotated[int, typer.Option(help="Generated tickets to stream.
     env = {
         "PROTEGE_TASKS_DIR": str((home / "tasks").resolve()),
         "PROTEGE_STANDIN_LABELS": str((home / "tickets.jsonl").resolve()),
-        "PROTEGE_MIN_CASES": "60", "PROTEGE_RETRAIN_EVERY": "80",
+        "PROTEGE_MIN_CASES": "60",
+        "PROTEGE_RETRAIN_EVERY": "80",
         # Two cores: one ONNX Runtime thread each for the scorer and the trainer, so a
         # retrain does not starve the student path.
-        "PROTEGE_THREADS": "1", "PROTEGE_TRAINER_THREADS": "1", "OMP_NUM_THREADS": "1",
+        "PROTEGE_THREADS": "1",
+        "PROTEGE_TRAINER_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
     }
-    summary = _stream_run(home, env, {"traffic": rows}, tenant="acme", task="ticket-triage", rate=rate,
-                          extra=BAD_INPUTS)
+    summary = _stream_run(
+        home, env, {"traffic": rows}, tenant="acme", task="ticket-triage", rate=rate, extra=BAD_INPUTS
+    )
     _print_summary(summary, ["traffic", "traffic, last 25%"])
     if report_json:
         report_json.write_text(json.dumps(summary, indent=2))
 
 
-def _stream_run(home: Path, env: dict[str, str], phases: dict[str, list[dict[str, Any]]], *, tenant: str, task: str,
-                rate: float, extra: list[bytes] | None = None, linger: float = 0.0) -> dict[str, Any]:
+def _stream_run(
+    home: Path,
+    env: dict[str, str],
+    phases: dict[str, list[dict[str, Any]]],
+    *,
+    tenant: str,
+    task: str,
+    rate: float,
+    extra: list[bytes] | None = None,
+    linger: float = 0.0,
+) -> dict[str, Any]:
 
     keyed = TeacherSettings().api_key() is not None  # the key, or the key file, as the teacher worker reads it
     if not keyed:
@@ -99,8 +114,18 @@ def _prepare_backbone() -> None:
     cached_backbone()
 
 
-def _run_phases(home: Path, env: dict[str, str], phases: dict[str, list[dict[str, Any]]], summary: dict[str, Any], *,
-                tenant: str, task: str, rate: float, extra: list[bytes] | None, linger: float) -> None:
+def _run_phases(
+    home: Path,
+    env: dict[str, str],
+    phases: dict[str, list[dict[str, Any]]],
+    summary: dict[str, Any],
+    *,
+    tenant: str,
+    task: str,
+    rate: float,
+    extra: list[bytes] | None,
+    linger: float,
+) -> None:
 
     with LocalPipeline(home.resolve(), env=env) as p:
         console.print(f"broker at {p.bootstrap}; service logs in {home / 'logs'}")
@@ -108,27 +133,40 @@ def _run_phases(home: Path, env: dict[str, str], phases: dict[str, list[dict[str
         for i, (name, rows) in enumerate(phases.items()):
             t0 = time.perf_counter()
 
-            def progress(sent: int, answered: int, counts: dict[str, int], name: str = name, n: int = len(rows),
-                         t0: float = t0) -> None:
+            def progress(
+                sent: int, answered: int, counts: dict[str, int], name: str = name, n: int = len(rows), t0: float = t0
+            ) -> None:
                 assert p.supervisor is not None
                 p.supervisor.poll()
-                console.print(f"[{time.perf_counter() - t0:5.0f}s] {name}: sent {sent}/{n}  answered {answered} "
-                              f"(student {counts['student']}, teacher {counts['teacher']})", highlight=False)
+                console.print(
+                    f"[{time.perf_counter() - t0:5.0f}s] {name}: sent {sent}/{n}  answered {answered} "
+                    f"(student {counts['student']}, teacher {counts['teacher']})",
+                    highlight=False,
+                )
 
-            result = asyncio.run(drive(settings, rows, tenant=tenant, task=task, rate=rate, progress=progress,
-                                       extra=extra if i == 0 else None, linger=linger))
+            result = asyncio.run(
+                drive(
+                    settings,
+                    rows,
+                    tenant=tenant,
+                    task=task,
+                    rate=rate,
+                    progress=progress,
+                    extra=extra if i == 0 else None,
+                    linger=linger,
+                )
+            )
             summary[name] = summarize(result)
             # The steady state: the last quarter of the phase, after the student has caught up.
-            tail = list(result.outcomes.items())[-max(1, len(rows) // 4):]
+            tail = list(result.outcomes.items())[-max(1, len(rows) // 4) :]
             tail_ids = {rid for rid, _ in tail}
-            summary[f"{name}, last 25%"] = summarize(Drive(
-                dict(tail), [r for r in result.teacher_results if r.request_id in tail_ids],
-                result.seconds / 4))
+            summary[f"{name}, last 25%"] = summarize(
+                Drive(dict(tail), [r for r in result.teacher_results if r.request_id in tail_ids], result.seconds / 4)
+            )
             if i + 1 < len(phases):
                 console.print("waiting for the harvester and trainer to catch up ...")
                 t = settings.topics
-                asyncio.run(wait_quiet(settings, {"harvester": [t.teacher_results],
-                                                  "trainer": [t.harvest]}))
+                asyncio.run(wait_quiet(settings, {"harvester": [t.teacher_results], "trainer": [t.harvest]}))
                 time.sleep(5)  # the scorer loads the last announced version
         models = asyncio.run(read_all(settings, settings.topics.models))
         dlq = asyncio.run(read_all(settings, settings.topics.requests_dlq))
@@ -139,8 +177,18 @@ def _run_phases(home: Path, env: dict[str, str], phases: dict[str, list[dict[str
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "kafka": KAFKA_VERSION}
-    for pkg in ("protege", "aiokafka", "onnxruntime", "onnxruntime-gpu", "tokenizers", "anthropic", "numpy",
-                "scikit-learn", "torch", "transformers"):
+    for pkg in (
+        "protege",
+        "aiokafka",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "tokenizers",
+        "anthropic",
+        "numpy",
+        "scikit-learn",
+        "torch",
+        "transformers",
+    ):
         with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
     return out
@@ -163,10 +211,15 @@ def _print_summary(summary: dict[str, Any], phases: list[str]) -> None:
     for name in phases:
         table.add_column(name, justify="right")
     rows: list[tuple[str, str, dict[str, Any]]] = [
-        ("requests", "requests", {}), ("answered", "answered", {}), ("duplicate responses", "duplicates", {}),
-        ("answered by student", "student_share", {"pct": True}), ("answered by teacher", "teacher_share", {"pct": True}),
-        ("accuracy vs labels", "accuracy", {"pct": True}), ("  student route", "student_accuracy", {"pct": True}),
-        ("  teacher route", "teacher_accuracy", {"pct": True}), ("teacher calls", "teacher_calls", {}),
+        ("requests", "requests", {}),
+        ("answered", "answered", {}),
+        ("duplicate responses", "duplicates", {}),
+        ("answered by student", "student_share", {"pct": True}),
+        ("answered by teacher", "teacher_share", {"pct": True}),
+        ("accuracy vs labels", "accuracy", {"pct": True}),
+        ("  student route", "student_accuracy", {"pct": True}),
+        ("  teacher route", "teacher_accuracy", {"pct": True}),
+        ("teacher calls", "teacher_calls", {}),
         ("teacher cost", "cost_usd", {"money": True}),
     ]
     for label, key, fmt in rows:
@@ -175,8 +228,10 @@ def _print_summary(summary: dict[str, Any], phases: list[str]) -> None:
         for q in ("p50", "p95"):
             table.add_row(f"latency {route} {q} (ms)", *[_fmt(summary[p]["latency_ms"][route][q]) for p in phases])
     Console().print(table)
-    console.print(f"models trained: {summary['models_trained']}; dead letters: {summary['dead_letters']['count']} "
-                  f"{summary['dead_letters']['reasons']}; wall time {summary['wall_seconds']:.0f}s")
+    console.print(
+        f"models trained: {summary['models_trained']}; dead letters: {summary['dead_letters']['count']} "
+        f"{summary['dead_letters']['reasons']}; wall time {summary['wall_seconds']:.0f}s"
+    )
     if "all_teacher" in summary:
         console.print(f"all-teacher baseline on the same test traffic: ${summary['all_teacher']['cost_usd']:.4f}")
 
@@ -194,10 +249,16 @@ def bench_stream(
     min_cases: int = 300,
     retrain_every: int = 1000,
     limit: Annotated[int, typer.Option(help="Use only the first N rows of each file (0: all).")] = 0,
-    shuffle: Annotated[bool, typer.Option(help="Stream in a seeded random order (BANKING77's files are sorted by "
-                                               "label, which no live traffic is).")] = True,
+    shuffle: Annotated[
+        bool,
+        typer.Option(
+            help="Stream in a seeded random order (BANKING77's files are sorted by label, which no live traffic is)."
+        ),
+    ] = True,
     seed: int = 0,
-    policy: Annotated[str, typer.Option(help="Routing policy: cascade, distill_verify, ensemble or shadow.")] = "cascade",
+    policy: Annotated[
+        str, typer.Option(help="Routing policy: cascade, distill_verify, ensemble or shadow.")
+    ] = "cascade",
     home: Path = Path(".protege/bench"),
     task_name: str = "bench",
 ) -> None:
@@ -205,7 +266,6 @@ def bench_stream(
 
     train_rows, test_rows = read_jsonl(train), read_jsonl(test)
     if shuffle:
-
         random.Random(seed).shuffle(train_rows)
         random.Random(seed + 1).shuffle(test_rows)
     if limit:
@@ -222,15 +282,18 @@ def bench_stream(
         "PROTEGE_TASKS_DIR": str((home / "tasks").resolve()),
         "PROTEGE_STANDIN_LABELS": str((home / "labelled.jsonl").resolve()),
         "PROTEGE_STANDIN_NOISE": str(teacher_noise),
-        "PROTEGE_MIN_CASES": str(min_cases), "PROTEGE_RETRAIN_EVERY": str(retrain_every),
+        "PROTEGE_MIN_CASES": str(min_cases),
+        "PROTEGE_RETRAIN_EVERY": str(retrain_every),
         # Retrains must not starve the scorer on a small machine, and a scorer with ONNX Runtime's
         # default threads (all cores, spinning) slowed the whole test phase on 2 cores: p50/p95
         # 83/138 ms against 50/107 with one thread (two runs of make bench-banking77).
-        "PROTEGE_TRAINER_THREADS": "1", "PROTEGE_THREADS": "1",
+        "PROTEGE_TRAINER_THREADS": "1",
+        "PROTEGE_THREADS": "1",
     }
     # Linger after the last response so trailing teacher checks (ensemble) and corrections are counted.
-    summary = _stream_run(home, env, {"train": train_rows, "test": test_rows}, tenant="bench", task=task_name,
-                          rate=rate, linger=10.0)
+    summary = _stream_run(
+        home, env, {"train": train_rows, "test": test_rows}, tenant="bench", task=task_name, rate=rate, linger=10.0
+    )
 
     standin = StandinTeacher({}, priced_as=task.teacher.model, prices=price_table(Settings().prices))
     if "STAND-IN" in summary["teacher"]:
@@ -240,9 +303,19 @@ def bench_stream(
         per_call = summary["test"]["cost_usd"] / max(1, summary["test"]["teacher_calls"])
         all_cost, method = per_call * len(test_rows), "mean measured cost per teacher call x test requests"
     summary["all_teacher"] = {"cost_usd": all_cost, "requests": len(test_rows), "method": method}
-    summary["config"] = {"train": str(train), "test": str(test), "rate": rate, "teacher_noise": teacher_noise,
-                         "min_cases": min_cases, "retrain_every": retrain_every, "limit": limit,
-                         "shuffle": shuffle, "seed": seed, "policy": policy, "policy_version": task.policy.version}
+    summary["config"] = {
+        "train": str(train),
+        "test": str(test),
+        "rate": rate,
+        "teacher_noise": teacher_noise,
+        "min_cases": min_cases,
+        "retrain_every": retrain_every,
+        "limit": limit,
+        "shuffle": shuffle,
+        "seed": seed,
+        "policy": policy,
+        "policy_version": task.policy.version,
+    }
     report_json.parent.mkdir(parents=True, exist_ok=True)
     report_json.write_text(json.dumps(summary, indent=2))
     _print_summary(summary, ["train", "test"])

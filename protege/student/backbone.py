@@ -52,8 +52,15 @@ def export_backbone(dest: Path, src: Path | None = None, optimize: bool = True) 
     export_encoder(src, tmp, optimize=optimize)
     cfg = json.loads((src / "config.json").read_text())
     digest = hashlib.sha256((tmp / "model.onnx").read_bytes()).hexdigest()
-    meta = {"name": BACKBONE_NAME, "source": str(src), "dim": cfg["hidden_size"], "opset": OPSET,
-            "exporter": "optimum-onnx", "optimized": optimize, "sha256": digest}
+    meta = {
+        "name": BACKBONE_NAME,
+        "source": str(src),
+        "dim": cfg["hidden_size"],
+        "opset": OPSET,
+        "exporter": "optimum-onnx",
+        "optimized": optimize,
+        "sha256": digest,
+    }
     (tmp / "backbone.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)

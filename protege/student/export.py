@@ -34,8 +34,14 @@ def optimum_export(hf_dir: Path, dest: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("optimum").setLevel(logging.ERROR)
-        main_export(str(hf_dir), output=str(dest), task="feature-extraction", opset=OPSET, device="cpu",
-                    library_name="transformers")
+        main_export(
+            str(hf_dir),
+            output=str(dest),
+            task="feature-extraction",
+            opset=OPSET,
+            device="cpu",
+            library_name="transformers",
+        )
     return dest / "model.onnx"
 
 
@@ -51,27 +57,31 @@ def append_pooling(model_path: Path, dest: Path) -> None:
     """Step 3: replace ``last_hidden_state`` by ``embedding`` = normalize(masked mean)."""
     model = onnx.load(str(model_path))
     g = model.graph
-    g.initializer.extend([
-        numpy_helper.from_array(np.asarray([-1], np.int64), "pool_axis_last"),
-        numpy_helper.from_array(np.asarray([1], np.int64), "pool_axis_seq"),
-        numpy_helper.from_array(np.asarray(1e-9, np.float32), "pool_eps"),
-        numpy_helper.from_array(np.asarray(1e-12, np.float32), "norm_eps"),
-    ])
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.asarray([-1], np.int64), "pool_axis_last"),
+            numpy_helper.from_array(np.asarray([1], np.int64), "pool_axis_seq"),
+            numpy_helper.from_array(np.asarray(1e-9, np.float32), "pool_eps"),
+            numpy_helper.from_array(np.asarray(1e-12, np.float32), "norm_eps"),
+        ]
+    )
     n = helper.make_node
-    g.node.extend([
-        n("Cast", ["attention_mask"], ["pool_mask_f"], to=TensorProto.FLOAT, name="pool_cast"),
-        n("Unsqueeze", ["pool_mask_f", "pool_axis_last"], ["pool_mask"], name="pool_unsqueeze"),
-        n("Mul", ["last_hidden_state", "pool_mask"], ["pool_masked"], name="pool_mul"),
-        n("ReduceSum", ["pool_masked", "pool_axis_seq"], ["pool_sum"], keepdims=0, name="pool_sum"),
-        n("ReduceSum", ["pool_mask", "pool_axis_seq"], ["pool_count"], keepdims=0, name="pool_count"),
-        n("Max", ["pool_count", "pool_eps"], ["pool_count_safe"], name="pool_clamp"),
-        n("Div", ["pool_sum", "pool_count_safe"], ["pooled"], name="pool_mean"),
-        n("Mul", ["pooled", "pooled"], ["norm_sq"], name="norm_sq"),
-        n("ReduceSum", ["norm_sq", "pool_axis_seq"], ["norm_ss"], keepdims=1, name="norm_sum"),
-        n("Sqrt", ["norm_ss"], ["norm_l2"], name="norm_sqrt"),
-        n("Max", ["norm_l2", "norm_eps"], ["norm_safe"], name="norm_clamp"),
-        n("Div", ["pooled", "norm_safe"], ["embedding"], name="norm_div"),
-    ])
+    g.node.extend(
+        [
+            n("Cast", ["attention_mask"], ["pool_mask_f"], to=TensorProto.FLOAT, name="pool_cast"),
+            n("Unsqueeze", ["pool_mask_f", "pool_axis_last"], ["pool_mask"], name="pool_unsqueeze"),
+            n("Mul", ["last_hidden_state", "pool_mask"], ["pool_masked"], name="pool_mul"),
+            n("ReduceSum", ["pool_masked", "pool_axis_seq"], ["pool_sum"], keepdims=0, name="pool_sum"),
+            n("ReduceSum", ["pool_mask", "pool_axis_seq"], ["pool_count"], keepdims=0, name="pool_count"),
+            n("Max", ["pool_count", "pool_eps"], ["pool_count_safe"], name="pool_clamp"),
+            n("Div", ["pool_sum", "pool_count_safe"], ["pooled"], name="pool_mean"),
+            n("Mul", ["pooled", "pooled"], ["norm_sq"], name="norm_sq"),
+            n("ReduceSum", ["norm_sq", "pool_axis_seq"], ["norm_ss"], keepdims=1, name="norm_sum"),
+            n("Sqrt", ["norm_ss"], ["norm_l2"], name="norm_sqrt"),
+            n("Max", ["norm_l2", "norm_eps"], ["norm_safe"], name="norm_clamp"),
+            n("Div", ["pooled", "norm_safe"], ["embedding"], name="norm_div"),
+        ]
+    )
     dim = _hidden_dim(g)
     del g.output[:]
     g.output.append(helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim]))
@@ -107,12 +117,18 @@ def append_head(encoder: Path, w: np.ndarray, b: np.ndarray, dest: Path) -> None
     """Step 4: the head (MatMul + Add) after ``embedding``: outputs logits and embedding."""
     model = onnx.load(str(encoder))
     graph = model.graph
-    graph.initializer.extend([numpy_helper.from_array(w.astype(np.float32), "head_W"),
-                              numpy_helper.from_array(b.astype(np.float32), "head_b")])
-    graph.node.extend([
-        helper.make_node("MatMul", ["embedding", "head_W"], ["head_raw"], name="head_matmul"),
-        helper.make_node("Add", ["head_raw", "head_b"], ["logits"], name="head_add"),
-    ])
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(w.astype(np.float32), "head_W"),
+            numpy_helper.from_array(b.astype(np.float32), "head_b"),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("MatMul", ["embedding", "head_W"], ["head_raw"], name="head_matmul"),
+            helper.make_node("Add", ["head_raw", "head_b"], ["logits"], name="head_add"),
+        ]
+    )
     graph.output.insert(0, helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", w.shape[1]]))
     onnx.save(model, str(dest))
 
@@ -128,7 +144,12 @@ def quantize_int8(model: Path, dest: Path) -> None:
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(str(model), str(dest), weight_type=QuantType.QInt8, per_channel=True,
-                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
+        quantize_dynamic(
+            str(model),
+            str(dest),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            extra_options={"DefaultTensorType": TensorProto.FLOAT},
+        )
     finally:
         root.setLevel(level)

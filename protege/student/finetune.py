@@ -64,8 +64,9 @@ class Classifier:
         self.max_length = max_length
 
     def batch(self, texts: Sequence[str]) -> dict[str, Any]:
-        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                              return_tensors="pt")
+        return self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
 
     def forward(self, enc: dict[str, Any]) -> tuple[Any, Any]:
         torch = _torch()
@@ -144,11 +145,13 @@ def finetune(
     no_decay: list[Any] = []
     for name, p in model.encoder.named_parameters():
         (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
-    optimizer = torch.optim.AdamW([
-        {"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0},
-        {"params": list(model.head.parameters()), "lr": cfg.head_lr, "weight_decay": 0.0},
-    ])
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0},
+            {"params": list(model.head.parameters()), "lr": cfg.head_lr, "weight_decay": 0.0},
+        ]
+    )
     base = [g["lr"] for g in optimizer.param_groups]
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     targets = torch.from_numpy(np.asarray(y, dtype=np.int64))
@@ -171,8 +174,11 @@ def finetune(
             step += 1
             seen += len(idx)
             loss_sum += loss.item() * len(idx)
-        row = {"epoch": epoch, "loss": round(loss_sum / max(1, seen), 4),
-               "seconds": round(time.perf_counter() - epoch_started, 1)}
+        row = {
+            "epoch": epoch,
+            "loss": round(loss_sum / max(1, seen), 4),
+            "seconds": round(time.perf_counter() - epoch_started, 1),
+        }
         history.append(row)
         log.info("finetune_epoch", **row, examples_per_s=round(seen / row["seconds"], 1))
         if after_epoch is not None:

@@ -32,8 +32,9 @@ def providers_for(choice: str) -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def by_length(run: Callable[[list[str]], dict[str, np.ndarray]], texts: Sequence[str],
-              size: int) -> dict[str, np.ndarray]:
+def by_length(
+    run: Callable[[list[str]], dict[str, np.ndarray]], texts: Sequence[str], size: int
+) -> dict[str, np.ndarray]:
     """``run`` over length-sorted chunks of ``size`` texts, outputs put back in input order:
     similar lengths in a chunk keep padding, and wasted work, small."""
     order = np.argsort([len(t) for t in texts], kind="stable")
@@ -58,8 +59,16 @@ def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
 class Encoder:
     """An ONNX graph fed with tokenised text, one session, batched."""
 
-    def __init__(self, model: Path, tokenizer: Path, *, max_length: int = 128, providers: str = "auto",
-                 threads: int = 0, sub_batch: int = 0) -> None:
+    def __init__(
+        self,
+        model: Path,
+        tokenizer: Path,
+        *,
+        max_length: int = 128,
+        providers: str = "auto",
+        threads: int = 0,
+        sub_batch: int = 0,
+    ) -> None:
         if not model.exists():
             raise StudentError(f"no ONNX model at {model}")
         self.tokenizer = load_tokenizer(tokenizer, max_length)
@@ -139,8 +148,14 @@ class Student:
         self.temperature = self.manifest.calibration.temperature
         self.knn_k = self.manifest.ood.k
         self.rule = self.manifest.acceptance
-        self.encoder = Encoder(folder / "model.onnx", folder / "tokenizer.json", max_length=self.manifest.max_length,
-                               providers=providers, threads=threads, sub_batch=sub_batch)
+        self.encoder = Encoder(
+            folder / "model.onnx",
+            folder / "tokenizer.json",
+            max_length=self.manifest.max_length,
+            providers=providers,
+            threads=threads,
+            sub_batch=sub_batch,
+        )
 
     @property
     def providers(self) -> list[str]:
@@ -155,9 +170,15 @@ class Student:
         for i in range(len(texts)):
             top = [(self.labels[j], round(float(probs[i, j]), 6)) for j in order[i]]
             second = top[1][1] if len(top) > 1 else 0.0
-            results.append(StudentOutput(
-                model_version=self.version, label=top[0][0], confidence=top[0][1],
-                margin=round(max(0.0, top[0][1] - second), 6), ood=round(float(ood[i]), 6), top=top,
-                rule=self.rule,
-            ))
+            results.append(
+                StudentOutput(
+                    model_version=self.version,
+                    label=top[0][0],
+                    confidence=top[0][1],
+                    margin=round(max(0.0, top[0][1] - second), 6),
+                    ood=round(float(ood[i]), 6),
+                    top=top,
+                    rule=self.rule,
+                )
+            )
         return results

@@ -85,7 +85,9 @@ class EmbeddingCache:
 # ---------------------------------------------------------------- pure statistics
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, c: float = HEAD_C, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def fit_head(
+    x: np.ndarray, y: np.ndarray, c: float = HEAD_C, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Multinomial logistic regression; returns (W [dim, k], b [k], labels)."""
     from sklearn.linear_model import LogisticRegression
 
@@ -101,6 +103,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, c: float = HEAD_C, seed: int = 0) -> 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """Temperature minimising held-out negative log-likelihood (grid, then refine)."""
+
     def nll(t: float) -> float:
         p = softmax(logits / t)
         return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1)).mean())
@@ -155,8 +158,15 @@ def accuracy_lower_bound(correct: int, n: int, confidence: float) -> float:
     return float(beta.ppf(1 - confidence, correct, n - correct + 1))
 
 
-def choose_rule(conf: np.ndarray, ood: np.ndarray, correct: np.ndarray, *, target: float, confidence: float,
-                ood_quantile: float = OOD_QUANTILE) -> AcceptRule | None:
+def choose_rule(
+    conf: np.ndarray,
+    ood: np.ndarray,
+    correct: np.ndarray,
+    *,
+    target: float,
+    confidence: float,
+    ood_quantile: float = OOD_QUANTILE,
+) -> AcceptRule | None:
     """The acceptance rule that keeps accepted answers at least ``target`` accurate.
 
     The OOD gate passes ``ood_quantile`` of the held-out cases. Then, with fixed-sequence
@@ -177,8 +187,13 @@ def choose_rule(conf: np.ndarray, ood: np.ndarray, correct: np.ndarray, *, targe
             continue  # nothing to test at this threshold yet; the sequence goes on
         if accuracy_lower_bound(int(correct[accepted].sum()), int(accepted.sum()), confidence) < target:
             break
-        best = AcceptRule(target_accuracy=target, confidence_level=confidence, min_confidence=float(t),
-                          max_ood=round(max_ood, 6), coverage=round(float(accepted.mean()), 4))
+        best = AcceptRule(
+            target_accuracy=target,
+            confidence_level=confidence,
+            min_confidence=float(t),
+            max_ood=round(max_ood, 6),
+            coverage=round(float(accepted.mean()), 4),
+        )
     return best
 
 
@@ -217,8 +232,9 @@ def evaluate(s: Scores, labels: Sequence[str], rule: AcceptRule | None, gates: G
     return out
 
 
-def gate_failures(cand: dict[str, Any], serving: dict[str, Any] | None, latency_p95_ms: float,
-                  gates: Gates) -> list[str]:
+def gate_failures(
+    cand: dict[str, Any], serving: dict[str, Any] | None, latency_p95_ms: float, gates: Gates
+) -> list[str]:
     """Why a candidate may not serve (empty: it may)."""
     failed = []
     n = int(cand["cases"])
@@ -227,15 +243,19 @@ def gate_failures(cand: dict[str, Any], serving: dict[str, Any] | None, latency_
     # 95% confidence (one-sided Clopper-Pearson upper bound); on a large one, the estimate itself.
     best_case = cand["accuracy"] if big else 1 - accuracy_lower_bound(n - round(cand["accuracy"] * n), n, 0.95)
     if best_case < gates.min_accuracy:
-        failed.append(f"golden accuracy {cand['accuracy']:.3f} < floor {gates.min_accuracy:.3f}"
-                      + ("" if big else f" (upper bound {best_case:.3f} on {n} cases)"))
+        failed.append(
+            f"golden accuracy {cand['accuracy']:.3f} < floor {gates.min_accuracy:.3f}"
+            + ("" if big else f" (upper bound {best_case:.3f} on {n} cases)")
+        )
     if big and cand["macro_f1"] < gates.min_macro_f1:
         failed.append(f"golden macro-F1 {cand['macro_f1']:.3f} < floor {gates.min_macro_f1:.3f}")
     low = {k: v for k, v in cand["class_recall"].items() if v < gates.min_class_recall}
     if low:
         worst = sorted(low.items(), key=lambda kv: kv[1])[:3]
-        failed.append(f"recall below {gates.min_class_recall:.2f} for {len(low)} class(es): "
-                      + ", ".join(f"{k} {v:.2f}" for k, v in worst))
+        failed.append(
+            f"recall below {gates.min_class_recall:.2f} for {len(low)} class(es): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in worst)
+        )
     if big and cand["ece"] > gates.max_ece:
         failed.append(f"calibration error {cand['ece']:.3f} > ceiling {gates.max_ece:.3f}")
     if cand["coverage"] < gates.min_coverage:
@@ -245,8 +265,10 @@ def gate_failures(cand: dict[str, Any], serving: dict[str, Any] | None, latency_
     if serving is not None and big:
         for key, name in (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("coverage", "coverage at target")):
             if cand[key] < serving[key] - gates.tolerance:
-                failed.append(f"golden {name} {cand[key]:.3f} is worse than the serving version's "
-                              f"{serving[key]:.3f} by more than {gates.tolerance:.3f}")
+                failed.append(
+                    f"golden {name} {cand[key]:.3f} is worse than the serving version's "
+                    f"{serving[key]:.3f} by more than {gates.tolerance:.3f}"
+                )
     return failed
 
 
@@ -293,8 +315,12 @@ class FastRecipe:
     def fit(self, cases: Sequence[Case], workdir: Path) -> Fitted:
         x = self.embed([c.text for c in cases])
         w, b, labels = fit_head(x, np.asarray([c.label for c in cases]), c=self.c, seed=self.seed)
-        info = {"name": "frozen-embeddings+logreg", "C": self.c, "seed": self.seed,
-                "backbone": json.loads((self.backbone / "backbone.json").read_text())}
+        info = {
+            "name": "frozen-embeddings+logreg",
+            "C": self.c,
+            "seed": self.seed,
+            "backbone": json.loads((self.backbone / "backbone.json").read_text()),
+        }
         return Fitted(self.backbone, w, b, labels, info, embed=self.embed)
 
 
@@ -323,8 +349,12 @@ class FinetuneRecipe:
         hf_dir = model.save_encoder(workdir / "hf")
         encoder = export_encoder(hf_dir, workdir / "encoder")
         w, b = model.head_arrays()
-        info = {"name": "lp-ft (logreg head, then full fine-tune)", "C": self.c, "finetune": log,
-                "backbone": json.loads((self.backbone / "backbone.json").read_text())}
+        info = {
+            "name": "lp-ft (logreg head, then full fine-tune)",
+            "C": self.c,
+            "finetune": log,
+            "backbone": json.loads((self.backbone / "backbone.json").read_text()),
+        }
         return Fitted(encoder, w, b, labels, info)
 
 
@@ -341,8 +371,15 @@ def knn_k(labels: Sequence[str], most: int = KNN_K) -> int:
     return max(1, min(most, min(counts.values(), default=1)))
 
 
-def scores_of(encoder: Encoder, texts: Sequence[str], y_names: Sequence[str], labels: Sequence[str],
-              temperature: float, bank: np.ndarray, k: int = KNN_K) -> tuple[Scores, np.ndarray]:
+def scores_of(
+    encoder: Encoder,
+    texts: Sequence[str],
+    y_names: Sequence[str],
+    labels: Sequence[str],
+    temperature: float,
+    bank: np.ndarray,
+    k: int = KNN_K,
+) -> tuple[Scores, np.ndarray]:
     """(calibrated scores, raw logits) of a served graph on a labelled set."""
     index = {label: i for i, label in enumerate(labels)}
     y = np.asarray([index.get(v, -1) for v in y_names], dtype=np.int64)
@@ -371,8 +408,9 @@ def serving_metrics(folder: Path, golden: Sequence[Case], gates: Gates, threads:
     from protege.student.runtime import Student
 
     s = Student(folder, providers="cpu", threads=threads)
-    scores, _ = scores_of(s.encoder, [c.text for c in golden], [c.label for c in golden], s.labels,
-                          s.temperature, s.bank, s.knn_k)
+    scores, _ = scores_of(
+        s.encoder, [c.text for c in golden], [c.label for c in golden], s.labels, s.temperature, s.bank, s.knn_k
+    )
     return evaluate(scores, s.labels, s.rule, gates) | {"version": s.version}
 
 
@@ -416,8 +454,9 @@ def train_version(
     if task.student.int8:
         quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx")
         (tmp / "model.int8.onnx").replace(tmp / "model.onnx")
-    served = Encoder(tmp / "model.onnx", tmp / "tokenizer.json", max_length=task.student.max_length,
-                     providers="cpu", threads=threads)
+    served = Encoder(
+        tmp / "model.onnx", tmp / "tokenizer.json", max_length=task.student.max_length, providers="cpu", threads=threads
+    )
     labels = fitted.labels
 
     rng = np.random.default_rng(seed)
@@ -433,8 +472,9 @@ def train_version(
     known = cal.y >= 0
     temperature = fit_temperature(cal_logits[known], cal.y[known]) if known.sum() >= 10 else 1.0
     cal = Scores(softmax(cal_logits / temperature), cal.ood, cal.y)
-    rule = choose_rule(cal.probs.max(axis=1), cal.ood, cal.correct, target=target,
-                       confidence=task.policy.target_confidence)
+    rule = choose_rule(
+        cal.probs.max(axis=1), cal.ood, cal.correct, target=target, confidence=task.policy.target_confidence
+    )
     gold, _ = scores_of(served, [c.text for c in golden], [c.label for c in golden], labels, temperature, bank, k)
     gold_metrics = evaluate(gold, labels, rule, gates)
     p50, p95 = latency_ms(served, [c.text for c in (golden or calib or fit)])
@@ -460,18 +500,32 @@ def train_version(
     if gold_metrics["accepted_accuracy"] is not None:
         metrics["golden_accepted_accuracy"] = round(gold_metrics["accepted_accuracy"], 4)
     manifest = Manifest(
-        version=version, tenant=tenant, task=task.name, labels=labels, max_length=task.student.max_length,
-        precision="int8" if task.student.int8 else "fp32", recipe=fitted.info | {"kind": recipe.name},
-        calibration=Calibration(temperature=temperature), ood=Ood(k=k, bank=len(bank_cases)), acceptance=rule,
+        version=version,
+        tenant=tenant,
+        task=task.name,
+        labels=labels,
+        max_length=task.student.max_length,
+        precision="int8" if task.student.int8 else "fp32",
+        recipe=fitted.info | {"kind": recipe.name},
+        calibration=Calibration(temperature=temperature),
+        ood=Ood(k=k, bank=len(bank_cases)),
+        acceptance=rule,
         acceptance_target=Target(target_accuracy=target, confidence_level=task.policy.target_confidence),
         metrics=metrics,
         golden={k: v for k, v in gold_metrics.items() if k != "class_recall"}
         | {"class_recall_min": min(gold_metrics["class_recall"].values(), default=None)},
-        gates=GateReport(config=gates.model_dump(), failed=failed, passed=not failed,
-                         serving=serving_m and {k: v for k, v in serving_m.items() if k != "class_recall"}),
-        data=Data(cases=len(cases), request_ids_sha256=data_hash,
-                  split={"fit": len(fit), "calib": len(calib), "golden": len(golden)},
-                  label_counts={v: sum(1 for c in cases if c.label == v) for v in sorted({c.label for c in cases})}),
+        gates=GateReport(
+            config=gates.model_dump(),
+            failed=failed,
+            passed=not failed,
+            serving=serving_m and {k: v for k, v in serving_m.items() if k != "class_recall"},
+        ),
+        data=Data(
+            cases=len(cases),
+            request_ids_sha256=data_hash,
+            split={"fit": len(fit), "calib": len(calib), "golden": len(golden)},
+            label_counts={v: sum(1 for c in cases if c.label == v) for v in sorted({c.label for c in cases})},
+        ),
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         files={p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp.iterdir())},
     )

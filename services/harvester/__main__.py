@@ -1,6 +1,6 @@
 """Failure harvester: protege.teacher.results + protege.feedback -> protege.harvest.
 
-    python -m protege_services.harvester          (or: protege run harvester)
+python -m protege_services.harvester          (or: protege run harvester)
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from protege.settings import HarvesterSettings
 
 def processor(settings: HarvesterSettings, harvester: Harvester) -> Processor:
     t = settings.topics
-    return Processor(settings, "harvester", {t.teacher_results: TeacherResult, t.feedback: Feedback},
-                     harvester.handle)
+    return Processor(settings, "harvester", {t.teacher_results: TeacherResult, t.feedback: Feedback}, harvester.handle)
 
 
 async def serve(settings: HarvesterSettings, stop: asyncio.Event) -> None:

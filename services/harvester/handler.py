@@ -32,15 +32,27 @@ class Harvester:
         if isinstance(event, TeacherResult):
             disagree = event.student_label is not None and event.student_label != event.label
             case = HarvestCase(
-                request_id=event.request_id, tenant=event.tenant, task=event.task, text=self.clean(event.text),
-                label=event.label, label_source="standin" if event.standin else "teacher",
-                student_label=event.student_label, model_version=event.model_version,
-                reason="disagreement" if disagree else "escalated", harvested_at_ms=now_ms(),
+                request_id=event.request_id,
+                tenant=event.tenant,
+                task=event.task,
+                text=self.clean(event.text),
+                label=event.label,
+                label_source="standin" if event.standin else "teacher",
+                student_label=event.student_label,
+                model_version=event.model_version,
+                reason="disagreement" if disagree else "escalated",
+                harvested_at_ms=now_ms(),
             )
         else:
             case = HarvestCase(
-                request_id=event.request_id, tenant=event.tenant, task=event.task, text=self.clean(event.text),
-                label=event.label, label_source="feedback", reason="feedback", harvested_at_ms=now_ms(),
+                request_id=event.request_id,
+                tenant=event.tenant,
+                task=event.task,
+                text=self.clean(event.text),
+                label=event.label,
+                label_source="feedback",
+                reason="feedback",
+                harvested_at_ms=now_ms(),
             )
         return [Out.of(self.topics.harvest, case)]
 

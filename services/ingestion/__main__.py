@@ -1,6 +1,6 @@
 """Ingestion service: protege.requests -> protege.ingested | protege.requests.dlq.
 
-    python -m protege_services.ingestion          (or: protege run ingestion)
+python -m protege_services.ingestion          (or: protege run ingestion)
 """
 
 from __future__ import annotations
@@ -21,8 +21,15 @@ from protege.task import load_tasks
 
 def processor(settings: IngestionSettings, tasks: Collection[str], handler: Ingestion) -> Processor:
     """The loop as the service runs it: requests in, bad ones to protege.requests.dlq."""
-    return Processor(settings, SERVICE, {settings.topics.requests: Request}, handler.handle, tasks=tasks,
-                     on_commit=handler.committed, dead_letters=settings.topics.requests_dlq)
+    return Processor(
+        settings,
+        SERVICE,
+        {settings.topics.requests: Request},
+        handler.handle,
+        tasks=tasks,
+        on_commit=handler.committed,
+        dead_letters=settings.topics.requests_dlq,
+    )
 
 
 async def serve(settings: IngestionSettings, stop: asyncio.Event) -> None:

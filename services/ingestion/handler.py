@@ -86,15 +86,19 @@ class Ingestion:
         req = r.event
 
         def reject(reason: str, detail: str, request_id: str | None = None) -> Out:
-            return dead_letter(r, reason, detail, SERVICE, self.topics.requests_dlq, request_id=request_id,
-                               tenant=req.tenant)
+            return dead_letter(
+                r, reason, detail, SERVICE, self.topics.requests_dlq, request_id=request_id, tenant=req.tenant
+            )
 
         request_id, source = req.request_id, "request_id"
         if request_id is None and r.key is not None:
             request_id, source = self.key_id(r.key), "record key"
             if request_id is None:
-                return reject("invalid_key", "no request_id, and the record key cannot be one (UTF-8, 1-128 "
-                                             f"characters matching {ID_PATTERN}): set request_id in the body")
+                return reject(
+                    "invalid_key",
+                    "no request_id, and the record key cannot be one (UTF-8, 1-128 "
+                    f"characters matching {ID_PATTERN}): set request_id in the body",
+                )
         text = normalize(req.text)
         if not text:
             return reject("empty_text", "the text is empty after normalisation", request_id)
@@ -103,12 +107,20 @@ class Ingestion:
         if request_id is None:
             request_id, source = self.stamp(r), "stamped"
         if request_id in self.seen or request_id in batch:
-            return reject("duplicate_request_id", f"request id {request_id!r} (from the {source}) was already "
-                                                  "accepted", request_id)
+            return reject(
+                "duplicate_request_id",
+                f"request id {request_id!r} (from the {source}) was already accepted",
+                request_id,
+            )
         batch.add(request_id)
         event = Ingested(
-            request_id=request_id, tenant=req.tenant, task=req.task, text=text,
-            metadata=req.metadata or {}, sent_at_ms=req.sent_at_ms, received_at_ms=now_ms(),
+            request_id=request_id,
+            tenant=req.tenant,
+            task=req.task,
+            text=text,
+            metadata=req.metadata or {},
+            sent_at_ms=req.sent_at_ms,
+            received_at_ms=now_ms(),
         )
         self.log.debug("ingested", request_id=request_id, tenant=req.tenant, task=req.task, id_from=source)
         return Out.of(self.topics.ingested, event)
@@ -123,4 +135,3 @@ class Ingestion:
         """The batch committed: its accepted ids are now duplicates for later requests."""
         self.seen.extend(self.pending)
         self.pending = set()
-

@@ -23,9 +23,11 @@ from protege.student.runtime import Student
 
 
 async def serve(settings: ScorerSettings, stop: asyncio.Event) -> None:
-    scorer = Scorer(settings.topics, partial(Student, providers=settings.providers, threads=settings.threads,
-                                      sub_batch=settings.sub_batch),
-                    redact_pii=settings.redact_pii)
+    scorer = Scorer(
+        settings.topics,
+        partial(Student, providers=settings.providers, threads=settings.threads, sub_batch=settings.sub_batch),
+        redact_pii=settings.redact_pii,
+    )
     # The announcements, from the beginning, applied in order: it serves nothing before it has read them.
     models = view(settings, scorer.serving, scorer.serve)
     watcher = asyncio.create_task(models.run(stop))
@@ -35,8 +37,15 @@ async def serve(settings: ScorerSettings, stop: asyncio.Event) -> None:
 
 def processor(settings: ScorerSettings, scorer: Scorer) -> Processor:
     """Micro-batches from the fetch; a request it cannot survive goes on unscored."""
-    return Processor(settings, "scorer", {settings.topics.ingested: Ingested}, scorer.handle,
-                     max_records=settings.max_batch, max_wait_ms=settings.max_wait_ms, fallback=scorer.quarantined)
+    return Processor(
+        settings,
+        "scorer",
+        {settings.topics.ingested: Ingested},
+        scorer.handle,
+        max_records=settings.max_batch,
+        max_wait_ms=settings.max_wait_ms,
+        fallback=scorer.quarantined,
+    )
 
 
 if __name__ == "__main__":

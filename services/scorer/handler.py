@@ -79,9 +79,14 @@ class Scorer:
                     self.log.error("student_failed", version=student.version, error=error, batch=len(reqs))
             at = now_ms()
             for req, answer in zip(reqs, answers, strict=True):
-                scored = Scored(request=req, student=answer, student_error=error, scored_at_ms=at,
-                                batch_size=len(reqs))
+                scored = Scored(request=req, student=answer, student_error=error, scored_at_ms=at, batch_size=len(reqs))
                 outs.append(Out.of(self.topics.scored, scored))
-                self.log.debug("scored", request_id=req.request_id, tenant=req.tenant, task=req.task,
-                               version=student.version if student else None, batch=len(reqs))
+                self.log.debug(
+                    "scored",
+                    request_id=req.request_id,
+                    tenant=req.tenant,
+                    task=req.task,
+                    version=student.version if student else None,
+                    batch=len(reqs),
+                )
         return outs

@@ -40,18 +40,34 @@ def build_teacher(settings: TeacherSettings) -> tuple[Teacher, tuple[type[BaseEx
     if key:
         import anthropic
 
-        client = anthropic.AsyncAnthropic(api_key=key, base_url=settings.anthropic_base_url,
-                                          max_retries=settings.max_retries, timeout=settings.timeout_s)
-        log.info("teacher", kind="anthropic", model=settings.teacher_model or "per task",
-                 base_url=settings.anthropic_base_url or "default")
+        client = anthropic.AsyncAnthropic(
+            api_key=key,
+            base_url=settings.anthropic_base_url,
+            max_retries=settings.max_retries,
+            timeout=settings.timeout_s,
+        )
+        log.info(
+            "teacher",
+            kind="anthropic",
+            model=settings.teacher_model or "per task",
+            base_url=settings.anthropic_base_url or "default",
+        )
         return AnthropicTeacher(client, settings.teacher_model, prices), (anthropic.APIError,)
     if settings.standin_labels is None:
         raise ConfigError("no ANTHROPIC_API_KEY and no PROTEGE_STANDIN_LABELS: the teacher has nothing to answer from")
-    log.warning("teacher", kind="STAND-IN (offline, answers from labelled data)", labels=str(settings.standin_labels),
-                noise=settings.standin_noise)
-    standin = StandinTeacher.from_jsonl(settings.standin_labels, noise=settings.standin_noise,
-                                        latency_ms=settings.standin_latency_ms,
-                                        priced_as=settings.teacher_model or "claude-sonnet-4-6", prices=prices)
+    log.warning(
+        "teacher",
+        kind="STAND-IN (offline, answers from labelled data)",
+        labels=str(settings.standin_labels),
+        noise=settings.standin_noise,
+    )
+    standin = StandinTeacher.from_jsonl(
+        settings.standin_labels,
+        noise=settings.standin_noise,
+        latency_ms=settings.standin_latency_ms,
+        priced_as=settings.teacher_model or "claude-sonnet-4-6",
+        prices=prices,
+    )
     return standin, ()
 
 
@@ -68,9 +84,16 @@ async def serve(settings: TeacherSettings, stop: asyncio.Event) -> None:
     for paid in journal.answers.values():  # paid for before a crash: counts against the cap too
         spend.add(f"{paid.tenant}/{paid.task}", paid.cost_usd, at=paid.answered_at_ms / 1000)
     tasks = load_tasks(settings.tasks_dir)
-    worker = TeacherWorker(tasks, settings.topics, teacher, settings.concurrency,
-                           breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s),
-                           spend=spend, unavailable=unavailable, journal=journal)
+    worker = TeacherWorker(
+        tasks,
+        settings.topics,
+        teacher,
+        settings.concurrency,
+        breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s),
+        spend=spend,
+        unavailable=unavailable,
+        journal=journal,
+    )
     await asyncio.gather(*(p.run(stop) for p in processors(settings, worker)), reading)
 
 
@@ -78,9 +101,17 @@ def processors(settings: TeacherSettings, worker: TeacherWorker) -> list[Process
     """Requests, and (a second consumer group) those held for later; long calls, long transactions."""
     t = settings.topics
     return [
-        Processor(settings, name, {topic: TeacherRequest}, worker.handle, tasks=worker.tasks,
-                  max_records=settings.concurrency * 4, transaction_timeout_ms=300_000, on_commit=worker.committed,
-                  fallback=worker.quarantined)
+        Processor(
+            settings,
+            name,
+            {topic: TeacherRequest},
+            worker.handle,
+            tasks=worker.tasks,
+            max_records=settings.concurrency * 4,
+            transaction_timeout_ms=300_000,
+            on_commit=worker.committed,
+            fallback=worker.quarantined,
+        )
         for name, topic in (("teacher", t.teacher_requests), ("teacher-retry", t.teacher_retry))
     ]
 

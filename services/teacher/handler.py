@@ -118,10 +118,19 @@ def backoff_ms(attempt: int, base_s: float = 2.0, cap_s: float = 60.0, rng: rand
 
 
 class TeacherWorker:
-    def __init__(self, tasks: dict[str, Task], topics: Topics, teacher: Teacher, concurrency: int, *,
-                 breaker: CircuitBreaker | None = None, spend: SpendTracker | None = None,
-                 unavailable: tuple[type[BaseException], ...] = (), max_hold_sleep_s: float = 30.0,
-                 journal: AnswerJournal | None = None) -> None:
+    def __init__(
+        self,
+        tasks: dict[str, Task],
+        topics: Topics,
+        teacher: Teacher,
+        concurrency: int,
+        *,
+        breaker: CircuitBreaker | None = None,
+        spend: SpendTracker | None = None,
+        unavailable: tuple[type[BaseException], ...] = (),
+        max_hold_sleep_s: float = 30.0,
+        journal: AnswerJournal | None = None,
+    ) -> None:
         self.tasks = tasks
         self.topics = topics
         self.teacher = teacher
@@ -165,13 +174,20 @@ class TeacherWorker:
                 except TeacherError as e:
                     self.breaker.success()  # the API answered; the answer was bad
                     self.log.warning("teacher_invalid", request_id=req.request_id, error=str(e))
-                    return [dead_letter(r, "teacher_invalid_answer", str(e), "teacher", self.topics.dlq, **ids),
-                            *self.fallback_response(ask, str(e))]
+                    return [
+                        dead_letter(r, "teacher_invalid_answer", str(e), "teacher", self.topics.dlq, **ids),
+                        *self.fallback_response(ask, str(e)),
+                    ]
                 except self.unavailable as e:
                     self.breaker.failure()
                     metrics.BREAKER_OPEN.set(int(self.breaker.state == "open"))
-                    self.log.warning("teacher_unavailable", request_id=req.request_id,
-                                     error=f"{type(e).__name__}: {e}", breaker=self.breaker.state, attempt=ask.attempt)
+                    self.log.warning(
+                        "teacher_unavailable",
+                        request_id=req.request_id,
+                        error=f"{type(e).__name__}: {e}",
+                        breaker=self.breaker.state,
+                        attempt=ask.attempt,
+                    )
                     return self.unavailable_outs(ask, task, "teacher_unavailable")
             self.breaker.success()
             metrics.BREAKER_OPEN.set(0)
@@ -194,11 +210,24 @@ class TeacherWorker:
         req = ask.request
         agrees = None if ask.student_label is None else ask.student_label == answer.label
         return TeacherResult(
-            request_id=req.request_id, tenant=req.tenant, task=req.task, text=req.text, label=answer.label,
-            rationale=answer.rationale, teacher=answer.model, standin=answer.standin, usage=answer.usage,
-            cost_usd=answer.cost_usd, latency_ms=answer.latency_ms, attempts=answer.attempts, mode=ask.mode,
+            request_id=req.request_id,
+            tenant=req.tenant,
+            task=req.task,
+            text=req.text,
+            label=answer.label,
+            rationale=answer.rationale,
+            teacher=answer.model,
+            standin=answer.standin,
+            usage=answer.usage,
+            cost_usd=answer.cost_usd,
+            latency_ms=answer.latency_ms,
+            attempts=answer.attempts,
+            mode=ask.mode,
             fields=answer.fields,
-            student_label=ask.student_label, agrees=agrees, model_version=ask.model_version, answered_at_ms=at,
+            student_label=ask.student_label,
+            agrees=agrees,
+            model_version=ask.model_version,
+            answered_at_ms=at,
         )
 
     def result_outs(self, ask: TeacherRequest, answer: TeacherAnswer) -> list[Out]:
@@ -208,25 +237,60 @@ class TeacherWorker:
         outs = [Out.of(self.topics.teacher_results, result)]
         self.observe(ask, answer, at)
         if ask.mode == "answer":
-            outs.append(Out.of(self.topics.responses, Response(
-                request_id=req.request_id, tenant=req.tenant, task=req.task, label=answer.label, route="teacher",
-                fields=answer.fields, answered_by=answer.model, standin=answer.standin, sent_at_ms=req.sent_at_ms,
-                received_at_ms=req.received_at_ms, answered_at_ms=at,
-            )))
+            outs.append(
+                Out.of(
+                    self.topics.responses,
+                    Response(
+                        request_id=req.request_id,
+                        tenant=req.tenant,
+                        task=req.task,
+                        label=answer.label,
+                        route="teacher",
+                        fields=answer.fields,
+                        answered_by=answer.model,
+                        standin=answer.standin,
+                        sent_at_ms=req.sent_at_ms,
+                        received_at_ms=req.received_at_ms,
+                        answered_at_ms=at,
+                    ),
+                )
+            )
         elif agrees is False and ask.student_label is not None:
-            outs.append(Out.of(self.topics.corrections, Correction(
-                request_id=req.request_id, tenant=req.tenant, task=req.task, label=answer.label,
-                replaces=ask.student_label, answered_by=answer.model, standin=answer.standin, corrected_at_ms=at,
-            )))
-        self.log.info("answered", request_id=req.request_id, teacher=answer.model, mode=ask.mode,
-                      cost_usd=round(answer.cost_usd, 6), standin=answer.standin, agrees=agrees)
+            outs.append(
+                Out.of(
+                    self.topics.corrections,
+                    Correction(
+                        request_id=req.request_id,
+                        tenant=req.tenant,
+                        task=req.task,
+                        label=answer.label,
+                        replaces=ask.student_label,
+                        answered_by=answer.model,
+                        standin=answer.standin,
+                        corrected_at_ms=at,
+                    ),
+                )
+            )
+        self.log.info(
+            "answered",
+            request_id=req.request_id,
+            teacher=answer.model,
+            mode=ask.mode,
+            cost_usd=round(answer.cost_usd, 6),
+            standin=answer.standin,
+            agrees=agrees,
+        )
         return outs
 
     def observe(self, ask: TeacherRequest, answer: TeacherAnswer, at: int) -> None:
         req, u = ask.request, answer.usage
         metrics.TEACHER_CALLS.labels(req.task, answer.model, ask.mode).inc()
-        for kind, n in (("input", u.input_tokens), ("output", u.output_tokens),
-                        ("cache_write", u.cache_creation_input_tokens), ("cache_read", u.cache_read_input_tokens)):
+        for kind, n in (
+            ("input", u.input_tokens),
+            ("output", u.output_tokens),
+            ("cache_write", u.cache_creation_input_tokens),
+            ("cache_read", u.cache_read_input_tokens),
+        ):
             if n:
                 metrics.TEACHER_TOKENS.labels(req.task, answer.model, kind).inc(n)
         metrics.TEACHER_COST.labels(req.tenant, req.task).inc(answer.cost_usd)
@@ -243,14 +307,28 @@ class TeacherWorker:
         req = ask.request
         degraded = ask.student_label is not None
         at = now_ms()
-        metrics.observe_answer(req.task, "student" if degraded else "teacher", "degraded" if degraded else "failed",
-                               req.received_at_ms, at)
-        return [Out.of(self.topics.responses, Response(
-            request_id=req.request_id, tenant=req.tenant, task=req.task, label=ask.student_label,
-            route="student" if degraded else "teacher", status="degraded" if degraded else "failed",
-            error=error, answered_by=ask.model_version or "none", confidence=ask.student_confidence,
-            sent_at_ms=req.sent_at_ms, received_at_ms=req.received_at_ms, answered_at_ms=at,
-        ))]
+        metrics.observe_answer(
+            req.task, "student" if degraded else "teacher", "degraded" if degraded else "failed", req.received_at_ms, at
+        )
+        return [
+            Out.of(
+                self.topics.responses,
+                Response(
+                    request_id=req.request_id,
+                    tenant=req.tenant,
+                    task=req.task,
+                    label=ask.student_label,
+                    route="student" if degraded else "teacher",
+                    status="degraded" if degraded else "failed",
+                    error=error,
+                    answered_by=ask.model_version or "none",
+                    confidence=ask.student_confidence,
+                    sent_at_ms=req.sent_at_ms,
+                    received_at_ms=req.received_at_ms,
+                    answered_at_ms=at,
+                ),
+            )
+        ]
 
     def unavailable_outs(self, ask: TeacherRequest, task: Task, why: str) -> list[Out]:
         req = ask.request
@@ -258,8 +336,9 @@ class TeacherWorker:
             self.log.info("degraded", request_id=req.request_id, why=why)
             return self.fallback_response(ask, why)
         delay = 60_000 if why == "over_budget" else backoff_ms(ask.attempt)
-        held = ask.model_copy(update={"attempt": ask.attempt + 1, "not_before_ms": now_ms() + delay,
-                                      "held_because": why})
+        held = ask.model_copy(
+            update={"attempt": ask.attempt + 1, "not_before_ms": now_ms() + delay, "held_because": why}
+        )
         self.log.info("held", request_id=req.request_id, why=why, attempt=held.attempt, delay_ms=delay)
         metrics.TEACHER_HELD.labels(req.task, why).inc()
         metrics.BREAKER_OPEN.set(int(self.breaker.state == "open"))

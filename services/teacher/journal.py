@@ -36,9 +36,17 @@ def key_of(tenant: str, request_id: str) -> str:
 
 def answer_of(paid: TeacherResult) -> TeacherAnswer:
     """The teacher's answer as it was paid for, from its journal entry."""
-    return TeacherAnswer(label=paid.label, rationale=paid.rationale, model=paid.teacher, standin=paid.standin,
-                         usage=paid.usage, cost_usd=paid.cost_usd, latency_ms=paid.latency_ms,
-                         attempts=paid.attempts, fields=paid.fields)
+    return TeacherAnswer(
+        label=paid.label,
+        rationale=paid.rationale,
+        model=paid.teacher,
+        standin=paid.standin,
+        usage=paid.usage,
+        cost_usd=paid.cost_usd,
+        latency_ms=paid.latency_ms,
+        attempts=paid.attempts,
+        fields=paid.fields,
+    )
 
 
 class AnswerJournal:

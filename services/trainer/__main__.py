@@ -29,14 +29,22 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
     backbone = settings.backbone
     if backbone is None:
         backbone = await asyncio.to_thread(cached_backbone)
-    embed = EmbeddingCache(Encoder(backbone / "model.onnx", backbone / "tokenizer.json",
-                                   threads=settings.trainer_threads))
+    embed = EmbeddingCache(
+        Encoder(backbone / "model.onnx", backbone / "tokenizer.json", threads=settings.trainer_threads)
+    )
     registry = Registry.of(settings)
     recipe = FastRecipe(embed, backbone)
 
     def train(cases: list[Case], tenant: str, task: Task, serving: Path | None) -> TrainResult:
-        return train_version(cases, recipe=recipe, registry=registry.root, tenant=tenant, task=task, serving=serving,
-                             threads=settings.trainer_threads)
+        return train_version(
+            cases,
+            recipe=recipe,
+            registry=registry.root,
+            tenant=tenant,
+            task=task,
+            serving=serving,
+            threads=settings.trainer_threads,
+        )
 
     # What serves now, kept live: a candidate is gated against it (no re-read of the topic per retrain).
     serving = Serving()
@@ -50,15 +58,29 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
         return found.folder if found is not None else None
 
     tasks = load_tasks(settings.tasks_dir)
-    trainer = Trainer(tasks, settings.topics, CaseStore(settings.home / "harvest"), train,
-                      min_cases=settings.min_cases, retrain_every=settings.retrain_every, serving=serving_folder)
+    trainer = Trainer(
+        tasks,
+        settings.topics,
+        CaseStore(settings.home / "harvest"),
+        train,
+        min_cases=settings.min_cases,
+        retrain_every=settings.retrain_every,
+        serving=serving_folder,
+    )
     await asyncio.gather(processor(settings, trainer).run(stop), watching)
 
 
 def processor(settings: TrainerSettings, trainer: Trainer) -> Processor:
     """A retrain takes minutes on a small machine: the loop's poll and transaction limits allow it."""
-    return Processor(settings, "trainer", {settings.topics.harvest: HarvestCase}, trainer.handle,
-                     tasks=trainer.tasks, max_poll_interval_ms=900_000, transaction_timeout_ms=900_000)
+    return Processor(
+        settings,
+        "trainer",
+        {settings.topics.harvest: HarvestCase},
+        trainer.handle,
+        tasks=trainer.tasks,
+        max_poll_interval_ms=900_000,
+        transaction_timeout_ms=900_000,
+    )
 
 
 if __name__ == "__main__":

@@ -60,14 +60,33 @@ class CaseStore:
         path = self._path(case.tenant, case.task)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
-            f.write(json.dumps({"request_id": case.request_id, "text": case.text, "label": case.label,
-                                "source": case.label_source, "reason": case.reason}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "request_id": case.request_id,
+                        "text": case.text,
+                        "label": case.label,
+                        "source": case.label_source,
+                        "reason": case.reason,
+                    }
+                )
+                + "\n"
+            )
         return True
 
 
 class Trainer:
-    def __init__(self, tasks: dict[str, Task], topics: Topics, store: CaseStore, train: Train, *,
-                 min_cases: int, retrain_every: int, serving: ServingFolder = no_serving) -> None:
+    def __init__(
+        self,
+        tasks: dict[str, Task],
+        topics: Topics,
+        store: CaseStore,
+        train: Train,
+        *,
+        min_cases: int,
+        retrain_every: int,
+        serving: ServingFolder = no_serving,
+    ) -> None:
         self.tasks = tasks
         self.serving = serving
         self.topics = topics
@@ -108,14 +127,28 @@ class Trainer:
         self.log.info("training", tenant=tenant, task=task_name, cases=len(cases))
         serving = await self.serving(tenant, task_name)
         result = await asyncio.to_thread(self.train, cases, tenant, self.tasks[task_name], serving)
-        self.log.info("trained", tenant=tenant, task=task_name, version=result.version, promoted=result.promoted,
-                      reason=result.reason, against=serving.name if serving else None, **result.metrics)
+        self.log.info(
+            "trained",
+            tenant=tenant,
+            task=task_name,
+            version=result.version,
+            promoted=result.promoted,
+            reason=result.reason,
+            against=serving.name if serving else None,
+            **result.metrics,
+        )
         if not result.promoted:
             self.held_back.add((tenant, task_name))
             return []
         self.held_back.discard((tenant, task_name))
         ann = ModelAnnouncement(
-            tenant=tenant, task=task_name, version=result.version, path=str(result.folder.resolve()),
-            labels=result.labels, metrics=result.metrics, trained_on=len(cases), announced_at_ms=now_ms(),
+            tenant=tenant,
+            task=task_name,
+            version=result.version,
+            path=str(result.folder.resolve()),
+            labels=result.labels,
+            metrics=result.metrics,
+            trained_on=len(cases),
+            announced_at_ms=now_ms(),
         )
         return [Out.of(self.topics.models, ann)]

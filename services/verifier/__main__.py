@@ -1,6 +1,6 @@
 """Verifier service: protege.scored -> protege.decisions + (protege.responses | protege.teacher.requests).
 
-    python -m protege_services.verifier           (or: protege run verifier)
+python -m protege_services.verifier           (or: protege run verifier)
 """
 
 from __future__ import annotations
@@ -18,8 +18,14 @@ from protege.task import load_tasks
 
 def processor(settings: VerifierSettings, verifier: Verifier) -> Processor:
     """The loop as the service runs it: a scored request it cannot survive goes to the teacher."""
-    return Processor(settings, "verifier", {settings.topics.scored: Scored}, verifier.handle, tasks=verifier.tasks,
-                     fallback=verifier.quarantined)
+    return Processor(
+        settings,
+        "verifier",
+        {settings.topics.scored: Scored},
+        verifier.handle,
+        tasks=verifier.tasks,
+        fallback=verifier.quarantined,
+    )
 
 
 async def serve(settings: VerifierSettings, stop: asyncio.Event) -> None:

@@ -76,10 +76,18 @@ class DriftMonitor:
             return None
         self.firing = outside
         per_reason = Counter(r.split(":")[0] for e, reasons in self.recent if e for r in reasons)
-        return Alert(kind="drift", state="firing" if outside else "resolved", task=self.task,
-                     policy_version=self.policy_version, rate=round(rate, 4), baseline=round(self.baseline, 4),
-                     band=self.config.band, window=len(self.recent),
-                     reasons={r: round(n / len(self.recent), 4) for r, n in per_reason.items()}, at_ms=decision.decided_at_ms)
+        return Alert(
+            kind="drift",
+            state="firing" if outside else "resolved",
+            task=self.task,
+            policy_version=self.policy_version,
+            rate=round(rate, 4),
+            baseline=round(self.baseline, 4),
+            band=self.config.band,
+            window=len(self.recent),
+            reasons={r: round(n / len(self.recent), 4) for r, n in per_reason.items()},
+            at_ms=decision.decided_at_ms,
+        )
 
 
 class Verifier:
@@ -87,7 +95,9 @@ class Verifier:
         self.tasks = tasks
         self.topics = topics
         self.routers = {name: router_for(task) for name, task in tasks.items()}
-        self.monitors = {name: DriftMonitor(name, task.policy.version, task.policy.drift) for name, task in tasks.items()}
+        self.monitors = {
+            name: DriftMonitor(name, task.policy.version, task.policy.drift) for name, task in tasks.items()
+        }
         self.log = structlog.get_logger().bind(service="verifier")
 
     def verify(self, r: Received[Scored]) -> list[Out]:
@@ -101,24 +111,42 @@ class Verifier:
         student = scored.student
         if decision.verdict == "accept" and student is not None:
             response = Response(
-                request_id=req.request_id, tenant=req.tenant, task=req.task, label=student.label,
-                route="student", provisional=decision.teacher_check, answered_by=student.model_version,
-                confidence=student.confidence, sent_at_ms=req.sent_at_ms, received_at_ms=req.received_at_ms,
+                request_id=req.request_id,
+                tenant=req.tenant,
+                task=req.task,
+                label=student.label,
+                route="student",
+                provisional=decision.teacher_check,
+                answered_by=student.model_version,
+                confidence=student.confidence,
+                sent_at_ms=req.sent_at_ms,
+                received_at_ms=req.received_at_ms,
                 answered_at_ms=at,
             )
             outs.append(Out.of(self.topics.responses, response))
             metrics.observe_answer(req.task, "student", response.status, req.received_at_ms, at)
         if decision.verdict != "accept" or decision.teacher_check:
             ask = TeacherRequest(
-                request=req, reasons=decision.reasons, mode="check" if decision.teacher_check else "answer",
-                student_label=decision.student_label, student_confidence=student.confidence if student else None,
-                model_version=decision.model_version, requested_at_ms=at,
+                request=req,
+                reasons=decision.reasons,
+                mode="check" if decision.teacher_check else "answer",
+                student_label=decision.student_label,
+                student_confidence=student.confidence if student else None,
+                model_version=decision.model_version,
+                requested_at_ms=at,
             )
             outs.append(Out.of(self.topics.teacher_requests, ask))
         metrics.DECISIONS.labels(req.task, decision.policy, decision.verdict).inc()
-        self.log.debug("decided", request_id=req.request_id, tenant=req.tenant, task=req.task,
-                       verdict=decision.verdict, route=decision.route, reasons=decision.reasons,
-                       model_version=decision.model_version)
+        self.log.debug(
+            "decided",
+            request_id=req.request_id,
+            tenant=req.tenant,
+            task=req.task,
+            verdict=decision.verdict,
+            route=decision.route,
+            reasons=decision.reasons,
+            model_version=decision.model_version,
+        )
         for reason in decision.reasons:
             metrics.ESCALATIONS.labels(req.task, reason.split(":")[0]).inc()
         monitor = self.monitors[req.task]
@@ -134,9 +162,14 @@ class Verifier:
     def quarantined(self, r: Received[Scored], why: str) -> list[Out]:
         """The loop gave up on this scored request: the teacher answers it."""
         req, student = r.event.request, r.event.student
-        ask = TeacherRequest(request=req, reasons=["quarantined"], student_label=student.label if student else None,
-                             student_confidence=student.confidence if student else None,
-                             model_version=student.model_version if student else None, requested_at_ms=now_ms())
+        ask = TeacherRequest(
+            request=req,
+            reasons=["quarantined"],
+            student_label=student.label if student else None,
+            student_confidence=student.confidence if student else None,
+            model_version=student.model_version if student else None,
+            requested_at_ms=now_ms(),
+        )
         return [Out.of(self.topics.teacher_requests, ask)]
 
     async def handle(self, received: Sequence[Received[Scored]]) -> list[Out]:

@@ -20,9 +20,23 @@ def test_demo_on_generated_tickets(tmp_path: Path, backbone: Path) -> None:
     report = tmp_path / "demo.json"
     home = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, "-m", "protege.cli", "demo", "--tickets", "1200", "--rate", "30", "--home", str(home),
-         "--report-json", str(report)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "protege.cli",
+            "demo",
+            "--tickets",
+            "1200",
+            "--rate",
+            "30",
+            "--home",
+            str(home),
+            "--report-json",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "OFFLINE STAND-IN" in done.stderr + done.stdout  # the stand-in is named in the output
@@ -37,7 +51,8 @@ def test_demo_on_generated_tickets(tmp_path: Path, backbone: Path) -> None:
     assert s["models_trained"] >= 1
     assert s["dead_letters"]["count"] == 7
     assert {"invalid_json", "not_an_object", "schema_violation", "unknown_task", "text_too_long", "too_deep"} <= set(
-        s["dead_letters"]["reasons"])
+        s["dead_letters"]["reasons"]
+    )
     # Nothing left running: no broker, no service.
     assert subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True).stdout.strip() == ""
     pids = json.loads((home / "logs" / "pids.json").read_text())
@@ -67,9 +82,13 @@ def test_demo_interrupted_stops_everything(tmp_path: Path, sig: signal.Signals, 
     home = tmp_path / "demo"
     log = tmp_path / "demo.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "protege.cli", "demo", "--home", str(home)],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=INHERITED[inherited])
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "protege.cli", "demo", "--home", str(home)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=INHERITED[inherited],
+        )
     deadline = time.monotonic() + 180
     while PHASES[phase] not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)

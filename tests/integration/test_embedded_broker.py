@@ -20,8 +20,9 @@ pytestmark = pytest.mark.kafka
 
 def test_restart_keeps_port_and_data_and_a_dash_cluster_id_formats(tmp_path: Path) -> None:
     # Cluster ids are url-safe base64, so about 1 in 64 starts with "-": it must not parse as an option.
-    (tmp_path / "broker.json").write_text(json.dumps(
-        {"port": free_port(), "controller_port": free_port(), "cluster_id": "-abcDEFghiJKLmnoPQRstu"}))
+    (tmp_path / "broker.json").write_text(
+        json.dumps({"port": free_port(), "controller_port": free_port(), "cluster_id": "-abcDEFghiJKLmnoPQRstu"})
+    )
     broker = EmbeddedBroker(tmp_path)
     try:
         bootstrap = broker.start()

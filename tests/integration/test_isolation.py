@@ -27,37 +27,54 @@ TENANTS = {"alpha": "qzalfa", "bravo": "qzbrvo"}  # tenant -> a marker word only
 
 def tenant_rows(tenant: str, marker: str, rows: list[dict]) -> list[dict]:
     # every text names the tenant's marker and carries personal data that must never be kept
-    return [{**r, "id": f"{marker}{i}", "text": f"{r['text']} ref {marker}{i} mail {marker}{i}@{tenant}.example "
-                                              f"card 4111 1111 1111 1111"} for i, r in enumerate(rows)]
+    return [
+        {
+            **r,
+            "id": f"{marker}{i}",
+            "text": f"{r['text']} ref {marker}{i} mail {marker}{i}@{tenant}.example card 4111 1111 1111 1111",
+        }
+        for i, r in enumerate(rows)
+    ]
 
 
-def test_tenants_are_isolated_and_personal_data_is_redacted(kafka: EmbeddedBroker, backbone: Path,
-                                                            tmp_path: Path) -> None:
+def test_tenants_are_isolated_and_personal_data_is_redacted(
+    kafka: EmbeddedBroker, backbone: Path, tmp_path: Path
+) -> None:
     home = tmp_path / "home"
     base = generate(400, seed=77)
     streams = {t: tenant_rows(t, m, base[i * 200 : (i + 1) * 200]) for i, (t, m) in enumerate(TENANTS.items())}
     write_jsonl([r for rows in streams.values() for r in rows], home / "labels.jsonl")
-    env = {"PROTEGE_TASKS_DIR": str(REPO / "tasks"), "PROTEGE_STANDIN_LABELS": str(home / "labels.jsonl"),
-           "PROTEGE_MIN_CASES": "60", "PROTEGE_RETRAIN_EVERY": "1000", "PROTEGE_BACKBONE": str(backbone),
-           "PROTEGE_THREADS": "1", "PROTEGE_TRAINER_THREADS": "1", "OMP_NUM_THREADS": "1",
-           "PROTEGE_LOG_FORMAT": "json"}
+    env = {
+        "PROTEGE_TASKS_DIR": str(REPO / "tasks"),
+        "PROTEGE_STANDIN_LABELS": str(home / "labels.jsonl"),
+        "PROTEGE_MIN_CASES": "60",
+        "PROTEGE_RETRAIN_EVERY": "1000",
+        "PROTEGE_BACKBONE": str(backbone),
+        "PROTEGE_THREADS": "1",
+        "PROTEGE_TRAINER_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "PROTEGE_LOG_FORMAT": "json",
+    }
     with LocalPipeline(home, env=env, bootstrap=kafka.bootstrap, topic_prefix=f"iso{int(time.time())}.") as p:
         settings, t = p.settings, p.settings.topics
 
         async def both() -> list:
-            return list(await asyncio.gather(*(drive(settings, rows, tenant=tenant, task=TASK, rate=20, timeout=180)
-                                               for tenant, rows in streams.items())))
+            return list(
+                await asyncio.gather(
+                    *(
+                        drive(settings, rows, tenant=tenant, task=TASK, rate=20, timeout=180)
+                        for tenant, rows in streams.items()
+                    )
+                )
+            )
 
         drives = asyncio.run(both())
-        assert asyncio.run(wait_quiet(settings, {"harvester": [t.teacher_results],
-                                                 "trainer": [t.harvest]}))
+        assert asyncio.run(wait_quiet(settings, {"harvester": [t.teacher_results], "trainer": [t.harvest]}))
         deadline = time.time() + 120
-        while time.time() < deadline and not all((home / "registry" / tenant / TASK).glob("v*")
-                                                 for tenant in TENANTS):
+        while time.time() < deadline and not all((home / "registry" / tenant / TASK).glob("v*") for tenant in TENANTS):
             time.sleep(1)
         harvest = [HarvestCase.model_validate_json(r.value) for r in asyncio.run(read_all(settings, t.harvest))]
-        models = [ModelAnnouncement.model_validate_json(r.value)
-                  for r in asyncio.run(read_all(settings, t.models))]
+        models = [ModelAnnouncement.model_validate_json(r.value) for r in asyncio.run(read_all(settings, t.models))]
     for d in drives:
         assert all(o.response is not None and o.duplicates == 0 for o in d.outcomes.values())
 
@@ -90,8 +107,10 @@ def test_tenants_are_isolated_and_personal_data_is_redacted(kafka: EmbeddedBroke
     for tenant in TENANTS:
         for v in sorted((home / "registry" / tenant / TASK).glob("v*")):
             manifest = json.loads((v / "manifest.json").read_text())
-            store_ids = [json.loads(line)["request_id"]
-                         for line in (home / "harvest" / tenant / f"{TASK}.jsonl").read_text().splitlines()]
+            store_ids = [
+                json.loads(line)["request_id"]
+                for line in (home / "harvest" / tenant / f"{TASK}.jsonl").read_text().splitlines()
+            ]
             n = manifest["data"]["cases"]
             digest = hashlib.sha256("\n".join(sorted(store_ids[:n])).encode()).hexdigest()
             assert digest == manifest["data"]["request_ids_sha256"]

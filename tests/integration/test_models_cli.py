@@ -25,14 +25,28 @@ def fake_version(registry: Path, name: str, acc: float, failed: tuple[str, ...] 
     folder = Registry(registry).folder("acme", "triage") / name
     folder.mkdir(parents=True)
     Manifest(
-        version=name, tenant="acme", task="triage", labels=["a", "b"], max_length=128, precision="fp32",
-        recipe={"kind": "fast"}, calibration=Calibration(temperature=1.2), ood=Ood(k=5, bank=80), acceptance=None,
+        version=name,
+        tenant="acme",
+        task="triage",
+        labels=["a", "b"],
+        max_length=128,
+        precision="fp32",
+        recipe={"kind": "fast"},
+        calibration=Calibration(temperature=1.2),
+        ood=Ood(k=5, bank=80),
+        acceptance=None,
         acceptance_target=Target(target_accuracy=0.97, confidence_level=0.95),
         metrics={"golden_accuracy": acc, "golden_macro_f1": acc, "golden_ece": 0.02, "golden_coverage": 0.5},
-        golden={"accuracy": acc}, gates=GateReport(config={}, failed=list(failed), passed=not failed),
-        data=Data(cases=100, request_ids_sha256="0" * 64, split={"fit": 75, "calib": 15, "golden": 10},
-                  label_counts={"a": 50, "b": 50}),
-        created_at="2026-11-23T10:00:00Z", files={},
+        golden={"accuracy": acc},
+        gates=GateReport(config={}, failed=list(failed), passed=not failed),
+        data=Data(
+            cases=100,
+            request_ids_sha256="0" * 64,
+            split={"fit": 75, "calib": 15, "golden": 10},
+            label_counts={"a": 50, "b": 50},
+        ),
+        created_at="2026-11-23T10:00:00Z",
+        files={},
     ).save(folder)
 
 
@@ -40,8 +54,11 @@ def test_pin_rollback_unpin(settings: Settings, monkeypatch: pytest.MonkeyPatch)
     for name, acc in (("v0001-aaaa", 0.81), ("v0002-bbbb", 0.86), ("v0003-cccc", 0.9)):
         fake_version(settings.home / "registry", name, acc)
     fake_version(settings.home / "registry", "v0004-dddd", 0.4, failed=("golden accuracy 0.400 < floor 0.500",))
-    for key, value in {"PROTEGE_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-                       "PROTEGE_TOPIC_PREFIX": settings.topic_prefix, "PROTEGE_HOME": str(settings.home)}.items():
+    for key, value in {
+        "PROTEGE_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "PROTEGE_TOPIC_PREFIX": settings.topic_prefix,
+        "PROTEGE_HOME": str(settings.home),
+    }.items():
         monkeypatch.setenv(key, value)
     run = CliRunner().invoke
     args = ["--tenant", "acme", "--task", "triage"]

@@ -40,7 +40,9 @@ TASK = "ticket-triage"
 
 
 @pytest.fixture(scope="module")
-def pipeline(kafka: EmbeddedBroker, backbone: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPipeline]:
+def pipeline(
+    kafka: EmbeddedBroker, backbone: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalPipeline]:
     home = tmp_path_factory.mktemp("pipeline")
     rows = generate(2000, seed=21)
     write_jsonl(rows, home / "labels.jsonl")
@@ -64,8 +66,10 @@ BAD = {
     # The request that once stopped the pipeline: ~10 KB of nested arrays made the JSON parser
     # raise RecursionError, ingestion crashed on it again and again, and nothing behind it was
     # answered.
-    b'{"tenant": "acme", "task": "ticket-triage", "text": "hi", "metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}":
-        "too_deep",
+    b'{"tenant": "acme", "task": "ticket-triage", "text": "hi", "metadata": '
+    + b"[" * 5000
+    + b"]" * 5000
+    + b"}": "too_deep",
     b'{"tenant": "acme", "task": "ticket-triage", "text": "hi", "sent_at_ms": ' + b"9" * 5000 + b"}": "invalid_json",
     b'{"tenant": "acme", "task": "ticket-triage", "text": "hi", "text": "other"}': "duplicate_key",
 }
@@ -78,7 +82,9 @@ def test_each_request_answered_once_bad_input_dead_lettered(pipeline: LocalPipel
     assert (s["requests"], s["answered"], s["duplicates"]) == (300, 300, 0)
     assert s["teacher_share"] > 0 and s["accuracy"] > 0.9
     settings = pipeline.settings
-    letters = [DeadLetter.model_validate_json(r.value) for r in asyncio.run(read_all(settings, settings.topics.requests_dlq))]
+    letters = [
+        DeadLetter.model_validate_json(r.value) for r in asyncio.run(read_all(settings, settings.topics.requests_dlq))
+    ]
     got = {base64.b64decode(x.value_b64): x.reason for x in letters}
     assert got == BAD
     assert all(x.service == "ingestion" and x.detail for x in letters)
@@ -104,15 +110,19 @@ def test_one_decision_per_request_and_replay_recomputes_verdicts(pipeline: Local
     assert (first["answered"] + s["answered"], first["duplicates"] + s["duplicates"]) == (400, 0)
     assert s["student_share"] > 0
     settings = pipeline.settings
-    decisions = [Decision.model_validate_json(r.value) for r in asyncio.run(read_all(settings, settings.topics.decisions))]
+    decisions = [
+        Decision.model_validate_json(r.value) for r in asyncio.run(read_all(settings, settings.topics.decisions))
+    ]
     mine = [d for d in decisions if d.tenant == "replay"]
     counts = Counter(d.request_id for d in mine)
     assert len(counts) == 400 and set(counts.values()) == {1}
     # Every recorded decision implies its own verdict ...
     assert all(recompute_verdict(d) == d.verdict for d in mine)
     # ... and replaying the requests through the same student version and policy gives the same verdicts.
-    scored = {x.request.request_id: x for x in
-              (Scored.model_validate_json(r.value) for r in asyncio.run(read_all(settings, settings.topics.scored)))}
+    scored = {
+        x.request.request_id: x
+        for x in (Scored.model_validate_json(r.value) for r in asyncio.run(read_all(settings, settings.topics.scored)))
+    }
     task = load_task(REPO / "tasks" / f"{TASK}.yaml")
     router = router_for(task)
     versions = {d.model_version for d in mine if d.model_version}
@@ -151,13 +161,20 @@ def test_trace_follows_a_request_across_services(pipeline: LocalPipeline, monkey
     out = CliRunner().invoke(app, ["trace", f"trace-{rows[0]['id']}", "--minutes", "10", "--json"])
     assert out.exit_code == 0, out.output
     assert [json.loads(line)["topic"] for line in out.stdout.splitlines()][:4] == [
-        "requests", "ingested", "scored", "decisions"]
+        "requests",
+        "ingested",
+        "scored",
+        "decisions",
+    ]
     assert CliRunner().invoke(app, ["trace", "no-such-request", "--minutes", "10"]).exit_code == 1
 
 
-@hyp_settings(max_examples=2, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                     HealthCheck.function_scoped_fixture])
+@hyp_settings(
+    max_examples=2,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
 @given(st.lists(fuzz_raw, min_size=30, max_size=60))
 def test_fuzzed_payloads_on_the_live_pipeline(pipeline: LocalPipeline, payloads: list[bytes]) -> None:
     """Whatever bytes arrive, on the running services: each record is dead-lettered with a
@@ -183,15 +200,18 @@ def test_fuzzed_payloads_on_the_live_pipeline(pipeline: LocalPipeline, payloads:
     assert asyncio.run(wait_quiet(settings, {"ingestion": [t.requests]}, timeout=60))
     letters = [DeadLetter.model_validate_json(r.value) for r in asyncio.run(read_all(settings, t.requests_dlq))]
     dead = [x for x in letters if x.topic == t.requests and (x.partition, x.offset) in offsets]
-    ingested = [Ingested.model_validate_json(r.value).request_id
-                for r in asyncio.run(read_all(settings, t.ingested, since_ms=since))]
+    ingested = [
+        Ingested.model_validate_json(r.value).request_id
+        for r in asyncio.run(read_all(settings, t.ingested, since_ms=since))
+    ]
     assert len(dead) + len(ingested) == len(payloads)  # nothing lost, nothing doubled
     assert all(x.reason and x.detail for x in dead)
     deadline = time.monotonic() + 90
     answers: Counter[str] = Counter()
     while time.monotonic() < deadline:
-        answers = Counter(json.loads(r.value)["request_id"]
-                          for r in asyncio.run(read_all(settings, t.responses, since_ms=since)))
+        answers = Counter(
+            json.loads(r.value)["request_id"] for r in asyncio.run(read_all(settings, t.responses, since_ms=since))
+        )
         if all(answers[i] for i in ingested):
             break
         time.sleep(1)

@@ -31,14 +31,24 @@ BASE = triage_task()
 
 
 def variant(name: str, policy: dict, teacher: dict | None = None) -> Task:
-    return BASE.model_copy(update={"name": name, "policy": BASE.policy.model_copy(update=policy),
-                                   "teacher": BASE.teacher.model_copy(update=teacher or {})})
+    return BASE.model_copy(
+        update={
+            "name": name,
+            "policy": BASE.policy.model_copy(update=policy),
+            "teacher": BASE.teacher.model_copy(update=teacher or {}),
+        }
+    )
 
 
 TASKS = [
     variant("t-cascade", {"name": "cascade"}),
-    variant("t-distill", {"name": "distill_verify", "checks": [
-        Check(label="refund", require_pattern=r"(#|ORD-|A-)\d+", reason="refund_without_order")]}),
+    variant(
+        "t-distill",
+        {
+            "name": "distill_verify",
+            "checks": [Check(label="refund", require_pattern=r"(#|ORD-|A-)\d+", reason="refund_without_order")],
+        },
+    ),
     variant("t-ensemble", {"name": "ensemble"}),
     variant("t-shadow", {"name": "shadow"}),
     variant("t-capped", {"name": "cascade"}, {"spend_cap_usd_per_hour": 0.012}),
@@ -56,14 +66,23 @@ def env(kafka: EmbeddedBroker, backbone: Path, tmp_path_factory: pytest.TempPath
     rows = generate(3000, seed=33)
     with serve(MessagesAPI({normalize(r["text"]): r["label"] for r in rows})) as api:
         environment = {
-            "PROTEGE_TASKS_DIR": str(home / "tasks"), "ANTHROPIC_API_KEY": API_KEY, "ANTHROPIC_BASE_URL": api.url,
-            "PROTEGE_MAX_RETRIES": "1", "PROTEGE_TIMEOUT_S": "5", "PROTEGE_BREAKER_THRESHOLD": "3",
-            "PROTEGE_BREAKER_COOLDOWN_S": "1", "PROTEGE_MIN_CASES": "100", "PROTEGE_RETRAIN_EVERY": "60",
-            "PROTEGE_BACKBONE": str(backbone), "PROTEGE_THREADS": "1", "PROTEGE_TRAINER_THREADS": "1",
+            "PROTEGE_TASKS_DIR": str(home / "tasks"),
+            "ANTHROPIC_API_KEY": API_KEY,
+            "ANTHROPIC_BASE_URL": api.url,
+            "PROTEGE_MAX_RETRIES": "1",
+            "PROTEGE_TIMEOUT_S": "5",
+            "PROTEGE_BREAKER_THRESHOLD": "3",
+            "PROTEGE_BREAKER_COOLDOWN_S": "1",
+            "PROTEGE_MIN_CASES": "100",
+            "PROTEGE_RETRAIN_EVERY": "60",
+            "PROTEGE_BACKBONE": str(backbone),
+            "PROTEGE_THREADS": "1",
+            "PROTEGE_TRAINER_THREADS": "1",
             "OMP_NUM_THREADS": "1",
         }
-        with LocalPipeline(home, env=environment, bootstrap=kafka.bootstrap,
-                           topic_prefix=f"pol{int(time.time())}.") as p:
+        with LocalPipeline(
+            home, env=environment, bootstrap=kafka.bootstrap, topic_prefix=f"pol{int(time.time())}."
+        ) as p:
             yield {"pipeline": p, "api": api, "rows": rows}
 
 
@@ -116,7 +135,9 @@ def test_each_policy_answers_every_request_once(env: dict) -> None:
     assert {c.request_id for c in corrections} == {r.request_id for r in checks if r.agrees is False}
     # shadow: the teacher answers everything, the student is recorded beside it
     assert results["t-shadow"]["teacher_share"] == 1.0
-    shadow = [r for r in records(env, "teacher_results", TeacherResult) if r.task == "t-shadow" and r.agrees is not None]
+    shadow = [
+        r for r in records(env, "teacher_results", TeacherResult) if r.task == "t-shadow" and r.agrees is not None
+    ]
     assert len(shadow) > 150 and sum(r.agrees for r in shadow) / len(shadow) > 0.5  # measured agreement (chance: 1/13)
 
 
@@ -144,8 +165,9 @@ def test_over_budget_tenant_is_held_not_lost(env: dict) -> None:
     asyncio.run(drive(settings, rows, tenant="acme", task="t-capped", timeout=15))
     results = [r for r in records(env, "teacher_results", TeacherResult) if r.task == "t-capped"]
     assert 1 <= len(results) < len(rows) and sum(r.cost_usd for r in results) <= 0.012  # the cap holds
-    held = {h.request.request_id: h for h in records(env, "teacher_retry", TeacherRequest)
-            if h.request.task == "t-capped"}
+    held = {
+        h.request.request_id: h for h in records(env, "teacher_retry", TeacherRequest) if h.request.task == "t-capped"
+    }
     answered = {r.request_id for r in results}
     assert {f"acme-{r['id']}" for r in rows} == answered | set(held)  # every request answered or held
     assert all(h.held_because == "over_budget" for h in held.values())
@@ -192,8 +214,9 @@ def test_kill_9_each_service_in_turn_answers_once_and_pays_once(env: dict) -> No
     paid_before_kill: list[int] = []
 
     async def chaos() -> Drive:
-        stream = asyncio.create_task(drive(p.settings, rows, tenant="chaos", task="t-cascade", rate=40, timeout=300,
-                                           linger=5.0))
+        stream = asyncio.create_task(
+            drive(p.settings, rows, tenant="chaos", task="t-cascade", rate=40, timeout=300, linger=5.0)
+        )
         for name in ("teacher", "scorer", "verifier", "ingestion", "harvester", "trainer", "teacher"):
             await asyncio.sleep(1.5)
             if name == "teacher":
@@ -218,13 +241,16 @@ def test_kill_9_each_service_in_turn_answers_once_and_pays_once(env: dict) -> No
     assert all(c.restarts >= 1 for c in sup.children.values())
     decisions = Counter(x.request_id for x in records(env, "decisions", Decision) if x.tenant == "chaos")
     assert len(decisions) == 600 and set(decisions.values()) == {1}  # no decision lost or made twice
-    escalated = {x.request.request_id for x in records(env, "teacher_requests", TeacherRequest)
-                 if x.request.tenant == "chaos"}
+    escalated = {
+        x.request.request_id for x in records(env, "teacher_requests", TeacherRequest) if x.request.tenant == "chaos"
+    }
     assert len(escalated) >= 100  # cold start: the teacher answered until the first student
     calls = {rid: api.answered[uid(rid)] for rid in escalated}
     assert all(n >= 1 for n in calls.values())
     twice = {rid: n for rid, n in calls.items() if n > 1 + cut_off[uid(rid)]}
     assert not twice, f"paid twice after a kill: {twice}"
     assert sum(calls.values()) - len(escalated) <= sum(cut_off.values())
-    print(f"\nkill -9 x7: {len(rows)} requests, {len(escalated)} escalated, {sum(calls.values())} paid calls, "
-          f"{sum(cut_off.values())} cut off mid-call, paid before each teacher kill: {paid_before_kill}")
+    print(
+        f"\nkill -9 x7: {len(rows)} requests, {len(escalated)} escalated, {sum(calls.values())} paid calls, "
+        f"{sum(cut_off.values())} cut off mid-call, paid before each teacher kill: {paid_before_kill}"
+    )

@@ -87,14 +87,35 @@ def ask(i: int) -> TeacherRequest:
 
 
 def result(i: int) -> TeacherResult:
-    return TeacherResult(request_id=f"r-{i}", tenant="acme", task=TASK.name, text=TEXTS[i], label=LABEL,
-                         rationale="", teacher="standin:x", standin=True, usage=Usage(input_tokens=1, output_tokens=1),
-                         cost_usd=0.0, latency_ms=1.0, attempts=1, mode="answer", answered_at_ms=now_ms())
+    return TeacherResult(
+        request_id=f"r-{i}",
+        tenant="acme",
+        task=TASK.name,
+        text=TEXTS[i],
+        label=LABEL,
+        rationale="",
+        teacher="standin:x",
+        standin=True,
+        usage=Usage(input_tokens=1, output_tokens=1),
+        cost_usd=0.0,
+        latency_ms=1.0,
+        attempts=1,
+        mode="answer",
+        answered_at_ms=now_ms(),
+    )
 
 
 def case(i: int) -> HarvestCase:
-    return HarvestCase(request_id=f"r-{i}", tenant="acme", task=TASK.name, text=TEXTS[i], label=LABEL,
-                       label_source="standin", reason="escalated", harvested_at_ms=now_ms())
+    return HarvestCase(
+        request_id=f"r-{i}",
+        tenant="acme",
+        task=TASK.name,
+        text=TEXTS[i],
+        label=LABEL,
+        label_source="standin",
+        reason="escalated",
+        harvested_at_ms=now_ms(),
+    )
 
 
 @dataclass
@@ -110,8 +131,9 @@ class Wiring:
 
 
 def ingestion(s: Settings) -> Processor:
-    return protege_services.ingestion.__main__.processor(IngestionSettings(**dict(s)), TASKS,
-                                                 Ingestion(s.topics, max_text_chars=4000, seen=SeenIds(100)))
+    return protege_services.ingestion.__main__.processor(
+        IngestionSettings(**dict(s)), TASKS, Ingestion(s.topics, max_text_chars=4000, seen=SeenIds(100))
+    )
 
 
 def scorer(s: Settings) -> Processor:
@@ -147,8 +169,9 @@ def not_due(*args: object) -> TrainResult:
 SERVICES = {
     "ingestion": Wiring(lambda t: t.requests, request, ingestion, lambda t: t.ingested, lambda t: None),
     "scorer": Wiring(lambda t: t.ingested, ingested, scorer, lambda t: t.scored, lambda t: t.scored),
-    "verifier": Wiring(lambda t: t.scored, scored, verifier, lambda t: t.teacher_requests,
-                       lambda t: t.teacher_requests),
+    "verifier": Wiring(
+        lambda t: t.scored, scored, verifier, lambda t: t.teacher_requests, lambda t: t.teacher_requests
+    ),
     "teacher": Wiring(lambda t: t.teacher_requests, ask, teacher, lambda t: t.responses, lambda t: t.responses),
     "harvester": Wiring(lambda t: t.teacher_results, result, harvester, lambda t: t.harvest, lambda t: None),
     "trainer": Wiring(lambda t: t.harvest, case, trainer, lambda t: t.models, lambda t: None),

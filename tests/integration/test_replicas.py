@@ -58,21 +58,29 @@ async def chaos(sup: Supervisor, log: list[str]) -> None:
     note("scorer-3 joined")
 
 
-def test_replicas_rebalances_and_a_zombie_answer_each_request_once(kafka: EmbeddedBroker, backbone: Path,
-                                                                    tmp_path: Path) -> None:
+def test_replicas_rebalances_and_a_zombie_answer_each_request_once(
+    kafka: EmbeddedBroker, backbone: Path, tmp_path: Path
+) -> None:
     rows = generate(1600, seed=15)
     write_jsonl(rows, tmp_path / "labels.jsonl")
     env = pipeline_env(tmp_path / "labels.jsonl", backbone)
     names = with_replicas({"scorer": 2, "verifier": 2})
     events: list[str] = []
-    with LocalPipeline(tmp_path / "home", env=env, bootstrap=kafka.bootstrap, topic_prefix=f"rep{int(time.time())}.",
-                       services=names, partitions=4) as p:
+    with LocalPipeline(
+        tmp_path / "home",
+        env=env,
+        bootstrap=kafka.bootstrap,
+        topic_prefix=f"rep{int(time.time())}.",
+        services=names,
+        partitions=4,
+    ) as p:
         assert p.supervisor is not None
         sup = p.supervisor
 
         async def run() -> dict:
-            stream = asyncio.create_task(drive(p.settings, rows, tenant="acme", task=TASK, rate=40, timeout=300,
-                                               linger=8.0))
+            stream = asyncio.create_task(
+                drive(p.settings, rows, tenant="acme", task=TASK, rate=40, timeout=300, linger=8.0)
+            )
             turmoil = asyncio.create_task(chaos(sup, events))
             result = await supervised(sup, stream)
             await turmoil
@@ -80,10 +88,12 @@ def test_replicas_rebalances_and_a_zombie_answer_each_request_once(kafka: Embedd
 
         s = asyncio.run(run())
         t = p.settings.topics
-        decisions = Counter(Decision.model_validate_json(r.value).request_id
-                            for r in asyncio.run(read_all(p.settings, t.decisions)))
-        scored = Counter(Scored.model_validate_json(r.value).request.request_id
-                         for r in asyncio.run(read_all(p.settings, t.scored)))
+        decisions = Counter(
+            Decision.model_validate_json(r.value).request_id for r in asyncio.run(read_all(p.settings, t.decisions))
+        )
+        scored = Counter(
+            Scored.model_validate_json(r.value).request.request_id for r in asyncio.run(read_all(p.settings, t.scored))
+        )
         logs = {name: (p.home / "logs" / f"{name}.log").read_text() for name in ("verifier", "verifier-2")}
     ours = {f"acme-{r['id']}" for r in rows}
     assert (s["requests"], s["answered"], s["duplicates"]) == (1600, 1600, 0), (s, events)

@@ -25,8 +25,9 @@ pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_rollback_mid_stream(kafka: EmbeddedBroker, backbone: Path, tmp_path: Path,
-                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rollback_mid_stream(
+    kafka: EmbeddedBroker, backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     home = tmp_path / "home"
     rows = generate(1400, seed=41)
     write_jsonl(rows, home / "labels.jsonl")
@@ -36,14 +37,21 @@ def test_rollback_mid_stream(kafka: EmbeddedBroker, backbone: Path, tmp_path: Pa
     v1 = train_version(cases[:300], recipe=recipe, registry=home / "registry", tenant="roll", task=task)
     v2 = train_version(cases, recipe=recipe, registry=home / "registry", tenant="roll", task=task)
     assert v1.promoted and v2.promoted and v1.version != v2.version
-    env = {"PROTEGE_TASKS_DIR": str(REPO / "tasks"), "PROTEGE_STANDIN_LABELS": str(home / "labels.jsonl"),
-           "PROTEGE_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        "PROTEGE_TASKS_DIR": str(REPO / "tasks"),
+        "PROTEGE_STANDIN_LABELS": str(home / "labels.jsonl"),
+        "PROTEGE_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     services = ["ingestion", "scorer", "verifier", "teacher", "harvester"]  # no trainer: only our two versions
     prefix = f"roll{int(time.time())}."
     with LocalPipeline(home, env=env, bootstrap=kafka.bootstrap, topic_prefix=prefix, services=services) as p:
         settings = p.settings
-        for key, value in {"PROTEGE_BOOTSTRAP_SERVERS": kafka.bootstrap, "PROTEGE_TOPIC_PREFIX": prefix,
-                           "PROTEGE_HOME": str(home)}.items():
+        for key, value in {
+            "PROTEGE_BOOTSTRAP_SERVERS": kafka.bootstrap,
+            "PROTEGE_TOPIC_PREFIX": prefix,
+            "PROTEGE_HOME": str(home),
+        }.items():
             monkeypatch.setenv(key, value)
         cli = CliRunner()
         args = ["--tenant", "roll", "--task", task.name]
@@ -59,8 +67,9 @@ def test_rollback_mid_stream(kafka: EmbeddedBroker, backbone: Path, tmp_path: Pa
         assert (home / "health" / "scorer").exists(), "the scorer never started its loop"
 
         async def scenario() -> tuple[object, float]:
-            stream = asyncio.create_task(drive(settings, rows[600:], tenant="roll", task=task.name, rate=40,
-                                               timeout=180, linger=3.0))
+            stream = asyncio.create_task(
+                drive(settings, rows[600:], tenant="roll", task=task.name, rate=40, timeout=180, linger=3.0)
+            )
             await asyncio.sleep(10)
             rolled = await asyncio.to_thread(cli.invoke, app, ["models", "rollback", *args])
             assert rolled.exit_code == 0, rolled.output

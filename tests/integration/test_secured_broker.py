@@ -33,17 +33,31 @@ PLAIN_USER, PLAIN_PASSWORD = "protege", "plain-secret-4b1d"
 SCRAM_USER, SCRAM_PASSWORD = "protege-scram", "scram-secret-9e2c"
 
 
-def certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None,
-                issuer_key: ec.EllipticCurvePrivateKey | None, *, ca: bool) -> x509.Certificate:
+def certificate(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name | None,
+    issuer_key: ec.EllipticCurvePrivateKey | None,
+    *,
+    ca: bool,
+) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     now = dt.datetime.now(dt.UTC)
-    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer or name).public_key(key.public_key())
-               .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-               .not_valid_after(now + dt.timedelta(days=2))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer or name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if not ca:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
     return builder.sign(issuer_key or key, hashes.SHA256())
 
 
@@ -57,7 +71,9 @@ def make_ca_and_keystore(folder: Path) -> tuple[Path, Path]:
     ca_file.write_bytes(ca.public_bytes(pem))
     keystore.write_bytes(
         server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        + server.public_bytes(pem) + ca.public_bytes(pem))
+        + server.public_bytes(pem)
+        + ca.public_bytes(pem)
+    )
     return ca_file, keystore
 
 
@@ -66,16 +82,15 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Embedded
     home = tmp_path_factory.mktemp("secured")
     ca, keystore = make_ca_and_keystore(home)
     broker = EmbeddedBroker(
-        home / "broker", heap_mb=384,
+        home / "broker",
+        heap_mb=384,
         listeners={"SSL": "SSL", "SASL_SSL": "SASL_SSL"},
         properties={
             "ssl.keystore.type": "PEM",
             "ssl.keystore.location": str(keystore),
             "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256",
-            "listener.name.sasl_ssl.plain.sasl.jaas.config":
-                f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{PLAIN_USER}="{PLAIN_PASSWORD}";',
-            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config":
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "listener.name.sasl_ssl.plain.sasl.jaas.config": f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{PLAIN_USER}="{PLAIN_PASSWORD}";',
+            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required;",
         },
         format_args=("--add-scram", f"SCRAM-SHA-256=[name={SCRAM_USER},password={SCRAM_PASSWORD}]"),
     )
@@ -124,6 +139,7 @@ async def round_trip(settings: Settings, n: int = 20) -> list[Record]:
 
 def refused(settings: Settings) -> BrokerError:
     """The error a service gets at start when the broker turns it away."""
+
     async def attempt() -> BrokerError:
         try:
             await asyncio.wait_for(ensure_topics(settings, [f"{settings.topic_prefix}x"]), timeout=60)
@@ -138,53 +154,87 @@ def refused(settings: Settings) -> BrokerError:
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
-def test_sasl_ssl_with_protege_settings(secured: tuple[EmbeddedBroker, Path], mechanism: str,
-                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_sasl_ssl_with_protege_settings(
+    secured: tuple[EmbeddedBroker, Path], mechanism: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     broker, ca = secured
     user, password = (PLAIN_USER, PLAIN_PASSWORD) if mechanism == "PLAIN" else (SCRAM_USER, SCRAM_PASSWORD)
-    settings = settings_from_env(monkeypatch, tmp_path, {
-        "PROTEGE_BOOTSTRAP_SERVERS": broker.address("SASL_SSL"), "PROTEGE_SECURITY_PROTOCOL": "SASL_SSL",
-        "PROTEGE_SASL_MECHANISM": mechanism, "PROTEGE_SASL_USERNAME": user, "PROTEGE_SASL_PASSWORD": password,
-        "PROTEGE_SSL_CAFILE": str(ca),
-    })
+    settings = settings_from_env(
+        monkeypatch,
+        tmp_path,
+        {
+            "PROTEGE_BOOTSTRAP_SERVERS": broker.address("SASL_SSL"),
+            "PROTEGE_SECURITY_PROTOCOL": "SASL_SSL",
+            "PROTEGE_SASL_MECHANISM": mechanism,
+            "PROTEGE_SASL_USERNAME": user,
+            "PROTEGE_SASL_PASSWORD": password,
+            "PROTEGE_SSL_CAFILE": str(ca),
+        },
+    )
     out = asyncio.run(round_trip(settings))
     gc.collect()  # every client closed: nothing warns
     assert sorted(Probe.model_validate_json(r.value).n for r in out) == list(range(20))
     assert password not in repr(settings)  # a SecretStr: never printed with the settings
 
 
-def test_ssl_with_protege_settings(secured: tuple[EmbeddedBroker, Path], monkeypatch: pytest.MonkeyPatch,
-                                   tmp_path: Path) -> None:
+def test_ssl_with_protege_settings(
+    secured: tuple[EmbeddedBroker, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     broker, ca = secured
-    settings = settings_from_env(monkeypatch, tmp_path, {
-        "PROTEGE_BOOTSTRAP_SERVERS": broker.address("SSL"), "PROTEGE_SECURITY_PROTOCOL": "SSL",
-        "PROTEGE_SSL_CAFILE": str(ca),
-    })
+    settings = settings_from_env(
+        monkeypatch,
+        tmp_path,
+        {
+            "PROTEGE_BOOTSTRAP_SERVERS": broker.address("SSL"),
+            "PROTEGE_SECURITY_PROTOCOL": "SSL",
+            "PROTEGE_SSL_CAFILE": str(ca),
+        },
+    )
     out = asyncio.run(round_trip(settings, n=5))
     gc.collect()
     assert len(out) == 5
 
 
-def test_wrong_password_is_refused(secured: tuple[EmbeddedBroker, Path], monkeypatch: pytest.MonkeyPatch,
-                                   tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_wrong_password_is_refused(
+    secured: tuple[EmbeddedBroker, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     broker, ca = secured
-    settings = settings_from_env(monkeypatch, tmp_path, {
-        "PROTEGE_BOOTSTRAP_SERVERS": broker.address("SASL_SSL"), "PROTEGE_SECURITY_PROTOCOL": "SASL_SSL",
-        "PROTEGE_SASL_MECHANISM": "PLAIN", "PROTEGE_SASL_USERNAME": PLAIN_USER,
-        "PROTEGE_SASL_PASSWORD": "not-the-password", "PROTEGE_SSL_CAFILE": str(ca),
-    })
+    settings = settings_from_env(
+        monkeypatch,
+        tmp_path,
+        {
+            "PROTEGE_BOOTSTRAP_SERVERS": broker.address("SASL_SSL"),
+            "PROTEGE_SECURITY_PROTOCOL": "SASL_SSL",
+            "PROTEGE_SASL_MECHANISM": "PLAIN",
+            "PROTEGE_SASL_USERNAME": PLAIN_USER,
+            "PROTEGE_SASL_PASSWORD": "not-the-password",
+            "PROTEGE_SSL_CAFILE": str(ca),
+        },
+    )
     assert "over SASL_SSL, SASL PLAIN as 'protege'" in str(refused(settings))
     assert "SaslAuthenticationFailed" in caplog.text  # the reason, in the service's log
     assert "not-the-password" not in caplog.text
 
 
-def test_unknown_ca_is_refused(secured: tuple[EmbeddedBroker, Path], monkeypatch: pytest.MonkeyPatch,
-                               tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_unknown_ca_is_refused(
+    secured: tuple[EmbeddedBroker, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     broker, _ = secured
     other_ca, _ = make_ca_and_keystore(tmp_path)  # a CA that did not sign the broker's certificate
-    settings = settings_from_env(monkeypatch, tmp_path, {
-        "PROTEGE_BOOTSTRAP_SERVERS": broker.address("SSL"), "PROTEGE_SECURITY_PROTOCOL": "SSL",
-        "PROTEGE_SSL_CAFILE": str(other_ca),
-    })
+    settings = settings_from_env(
+        monkeypatch,
+        tmp_path,
+        {
+            "PROTEGE_BOOTSTRAP_SERVERS": broker.address("SSL"),
+            "PROTEGE_SECURITY_PROTOCOL": "SSL",
+            "PROTEGE_SSL_CAFILE": str(other_ca),
+        },
+    )
     assert "over SSL" in str(refused(settings))
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text

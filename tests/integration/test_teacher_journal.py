@@ -73,7 +73,9 @@ def test_journal_topic_is_compacted(settings: Settings) -> None:
         admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
         await admin.start()
         try:
-            [resp] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topics.teacher_journal)])
+            [resp] = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, settings.topics.teacher_journal)]
+            )
             entries = {e[0]: e[1] for e in resp.resources[0][4]}
             return entries["cleanup.policy"], entries["retention.ms"]
         finally:

@@ -12,8 +12,12 @@ from protege.settings import Settings
 
 def test_cost_counts_every_token_kind() -> None:
     price = Price(3.0, 15.0)
-    u = Usage(input_tokens=1_000_000, output_tokens=1_000_000, cache_creation_input_tokens=1_000_000,
-              cache_read_input_tokens=1_000_000)
+    u = Usage(
+        input_tokens=1_000_000,
+        output_tokens=1_000_000,
+        cache_creation_input_tokens=1_000_000,
+        cache_read_input_tokens=1_000_000,
+    )
     assert cost_usd(u, price) == pytest.approx(3.0 + 15.0 + 3.0 * 1.25 + 3.0 * 0.10)
 
 

@@ -24,7 +24,9 @@ def compose() -> dict:
 
 
 def test_compose_file_matches_the_compose_spec() -> None:
-    spec = json.loads(resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text())
+    spec = json.loads(
+        resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text()
+    )
     errors = sorted(validator_for(spec)(spec).iter_errors(compose()), key=str)
     assert not errors, [f"{list(e.absolute_path)}: {e.message}" for e in errors]
 
@@ -60,8 +62,9 @@ def test_manifest_is_valid_kubernetes(name: str, doc: dict) -> None:
 
 
 def test_every_service_is_a_hardened_deployment() -> None:
-    deployments = {d["spec"]["template"]["spec"]["containers"][0]["args"][1]: d
-                   for _, d in k8s_docs() if d["kind"] == "Deployment"}
+    deployments = {
+        d["spec"]["template"]["spec"]["containers"][0]["args"][1]: d for _, d in k8s_docs() if d["kind"] == "Deployment"
+    }
     assert set(deployments) == set(SERVICES)
     for name, d in deployments.items():
         pod = d["spec"]["template"]["spec"]
@@ -103,15 +106,27 @@ def test_dashboard_queries_only_metrics_protege_exports() -> None:
         suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"]}[family.type]
         exported |= {family.name + s for s in suffixes}
     dash = json.loads((REPO / "deploy/grafana/dashboards/protege.json").read_text())
-    used = {name for panel in dash["panels"] for t in panel["targets"]
-            for name in re.findall(r"\bprotege_[a-z_]+", t["expr"])}
+    used = {
+        name
+        for panel in dash["panels"]
+        for t in panel["targets"]
+        for name in re.findall(r"\bprotege_[a-z_]+", t["expr"])
+    }
     assert used and used <= exported, used - exported
     assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
     # what the issue asks to see: routing share, escalation reasons, latency per route and hop, teacher
     # tokens and cost, batch sizes, model version, consumer lag
-    for wanted in ("protege_answers_total", "protege_escalations_total", "protege_answer_seconds_bucket",
-                   "protege_hop_seconds_bucket", "protege_teacher_tokens_total", "protege_teacher_cost_usd_total",
-                   "protege_inference_batch_size_bucket", "protege_model_serving", "protege_consumer_lag"):
+    for wanted in (
+        "protege_answers_total",
+        "protege_escalations_total",
+        "protege_answer_seconds_bucket",
+        "protege_hop_seconds_bucket",
+        "protege_teacher_tokens_total",
+        "protege_teacher_cost_usd_total",
+        "protege_inference_batch_size_bucket",
+        "protege_model_serving",
+        "protege_consumer_lag",
+    ):
         assert wanted in used, wanted
 
 
@@ -130,8 +145,11 @@ def test_k8s_metrics_services_pdbs_and_lag_autoscaling() -> None:
     assert {f"protege-{s}" for s in SERVICES if s != "trainer"} <= pdbs
     topics = set(Topics().all())
     hpas = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
-    assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas} == {"protege-scorer", "protege-verifier",
-                                                                   "protege-teacher"}
+    assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas} == {
+        "protege-scorer",
+        "protege-verifier",
+        "protege-teacher",
+    }
     for h in hpas:
         assert h["spec"]["scaleTargetRef"]["name"] in deployments
         metric = h["spec"]["metrics"][0]["external"]["metric"]

@@ -119,6 +119,10 @@ def test_an_accepted_request_is_logged_at_debug_by_id_never_by_text() -> None:
         out = ingest({**GOOD, "request_id": "acme-77"})
     assert out.topic == T.ingested
     [line] = [e for e in logs if e["event"] == "ingested"]
-    assert (line["log_level"], line["request_id"], line["service"], line["tenant"]) == ("debug", "acme-77", "ingestion",
-                                                                                        "acme")
+    assert (line["log_level"], line["request_id"], line["service"], line["tenant"]) == (
+        "debug",
+        "acme-77",
+        "ingestion",
+        "acme",
+    )
     assert "order" not in json.dumps(logs)  # no text

@@ -18,11 +18,17 @@ def task(name: str, **policy) -> Task:
     return BASE.model_copy(update={"policy": BASE.policy.model_copy(update={"name": name, **policy})})
 
 
-def scored(text="where is my order #4821", label="shipping", confidence=0.95, margin=0.9, ood=0.1,
-           student=True) -> Scored:
+def scored(
+    text="where is my order #4821", label="shipping", confidence=0.95, margin=0.9, ood=0.1, student=True
+) -> Scored:
     req = Ingested(request_id="r1", tenant="acme", task=BASE.name, text=text, received_at_ms=1)
-    out = StudentOutput(model_version="v1", label=label, confidence=confidence, margin=margin, ood=ood,
-                        top=[(label, confidence)]) if student else None
+    out = (
+        StudentOutput(
+            model_version="v1", label=label, confidence=confidence, margin=margin, ood=ood, top=[(label, confidence)]
+        )
+        if student
+        else None
+    )
     return Scored(request=req, student=out, scored_at_ms=2, batch_size=1)
 
 
@@ -55,19 +61,36 @@ def test_shadow_always_goes_to_the_teacher_and_records_the_student() -> None:
     assert (d.verdict, d.route, d.student_label, d.model_version) == ("shadow", "teacher", "shipping", "v1")
 
 
-@given(st.sampled_from(sorted(ROUTERS)), st.floats(0, 1), st.floats(0, 1), st.floats(-1, 2),
-       st.sampled_from(["where is my order #1", "see you in court", "refund now"]), st.booleans())
-def test_every_policy_s_decision_recomputes_its_verdict(name: str, conf: float, margin: float, ood: float,
-                                                        text: str, has_student: bool) -> None:
+@given(
+    st.sampled_from(sorted(ROUTERS)),
+    st.floats(0, 1),
+    st.floats(0, 1),
+    st.floats(-1, 2),
+    st.sampled_from(["where is my order #1", "see you in court", "refund now"]),
+    st.booleans(),
+)
+def test_every_policy_s_decision_recomputes_its_verdict(
+    name: str, conf: float, margin: float, ood: float, text: str, has_student: bool
+) -> None:
     t = task(name, checks=[Check(label="*", require_pattern=r"\d")])
     d = router_for(t).decide(scored(text=text, confidence=conf, margin=margin, ood=ood, student=has_student), 3)
     assert recompute_verdict(d) == d.verdict
 
 
 def decision(escalate: bool, reason: str = "low_confidence") -> Decision:
-    return Decision(request_id="r", tenant="a", task="t", verdict="escalate" if escalate else "accept",
-                    route="teacher" if escalate else "student", policy="cascade", policy_version="p",
-                    signals={}, thresholds={}, reasons=[reason] if escalate else [], decided_at_ms=9)
+    return Decision(
+        request_id="r",
+        tenant="a",
+        task="t",
+        verdict="escalate" if escalate else "accept",
+        route="teacher" if escalate else "student",
+        policy="cascade",
+        policy_version="p",
+        signals={},
+        thresholds={},
+        reasons=[reason] if escalate else [],
+        decided_at_ms=9,
+    )
 
 
 def test_drift_alarm_fires_when_the_escalation_rate_leaves_its_band_and_resolves() -> None:
@@ -98,12 +121,15 @@ def test_verifier_counts_escalations_per_reason_as_metrics() -> None:
 
     t = Topics("m.")
     v = Verifier({BASE.name: BASE}, t)
-    before = metrics.REGISTRY.get_sample_value("protege_escalations_total",
-                                               {"task": BASE.name, "reason": "low_confidence"}) or 0
+    before = (
+        metrics.REGISTRY.get_sample_value("protege_escalations_total", {"task": BASE.name, "reason": "low_confidence"})
+        or 0
+    )
     outs = asyncio.run(v.handle([Received(scored(confidence=0.1), t.scored)]))
     assert [o.topic for o in outs] == [t.decisions, t.teacher_requests]
-    after = metrics.REGISTRY.get_sample_value("protege_escalations_total",
-                                              {"task": BASE.name, "reason": "low_confidence"})
+    after = metrics.REGISTRY.get_sample_value(
+        "protege_escalations_total", {"task": BASE.name, "reason": "low_confidence"}
+    )
     assert after == before + 1
     assert metrics.REGISTRY.get_sample_value("protege_escalation_rate", {"task": BASE.name}) == 1.0
 

@@ -10,11 +10,23 @@ from protege.policy import recompute_verdict, router_for
 TASK = triage_task()
 
 
-def scored(text: str = "where is my order", label: str = "shipping", confidence: float = 0.95,
-           margin: float = 0.9, ood: float = 0.1, tenant: str = "acme", student: bool = True) -> Scored:
+def scored(
+    text: str = "where is my order",
+    label: str = "shipping",
+    confidence: float = 0.95,
+    margin: float = 0.9,
+    ood: float = 0.1,
+    tenant: str = "acme",
+    student: bool = True,
+) -> Scored:
     req = Ingested(request_id="r1", tenant=tenant, task=TASK.name, text=text, received_at_ms=1)
-    out = StudentOutput(model_version="v1", label=label, confidence=confidence, margin=margin, ood=ood,
-                        top=[(label, confidence)]) if student else None
+    out = (
+        StudentOutput(
+            model_version="v1", label=label, confidence=confidence, margin=margin, ood=ood, top=[(label, confidence)]
+        )
+        if student
+        else None
+    )
     return Scored(request=req, student=out, scored_at_ms=2, batch_size=1)
 
 

@@ -7,10 +7,22 @@ from protege.events import ModelAnnouncement
 from protege.serving import Serving
 
 
-def ann(version: str, source: str = "trainer", pin: bool = False, action: str = "serve",
-        tenant: str = "a") -> ModelAnnouncement:
-    return ModelAnnouncement(tenant=tenant, task="t", version=version, path="/x", labels=[], metrics={}, trained_on=1,
-                             source=source, pin=pin, action=action, announced_at_ms=1)  # type: ignore[arg-type]
+def ann(
+    version: str, source: str = "trainer", pin: bool = False, action: str = "serve", tenant: str = "a"
+) -> ModelAnnouncement:
+    return ModelAnnouncement(
+        tenant=tenant,
+        task="t",
+        version=version,
+        path="/x",
+        labels=[],
+        metrics={},
+        trained_on=1,
+        source=source,
+        pin=pin,
+        action=action,
+        announced_at_ms=1,
+    )  # type: ignore[arg-type]
 
 
 def replay(*events: ModelAnnouncement) -> Serving:

@@ -90,8 +90,14 @@ def test_split_is_stable_and_disjoint() -> None:
 
 
 def test_gates_say_why() -> None:
-    good = {"cases": 500, "accuracy": 0.95, "macro_f1": 0.94, "ece": 0.03, "coverage": 0.7,
-            "class_recall": {"a": 0.9, "b": 0.95}}
+    good = {
+        "cases": 500,
+        "accuracy": 0.95,
+        "macro_f1": 0.94,
+        "ece": 0.03,
+        "coverage": 0.7,
+        "class_recall": {"a": 0.9, "b": 0.95},
+    }
     gates = Gates(min_accuracy=0.8, min_class_recall=0.5, max_ece=0.1, max_latency_ms=100)
     assert gate_failures(good, None, 20, gates) == []
     assert gate_failures(good, good, 20, gates) == []
@@ -164,31 +170,41 @@ def test_onnx_student_predicts_with_signals(version) -> None:
     assert min(o.ood for o in weird) > np.quantile([o.ood for o in outs], 0.9)
 
 
-def test_candidate_worse_than_serving_is_held_back(version, backbone: Path, embed: EmbeddingCache,
-                                                   registry: Path, task: Task) -> None:
+def test_candidate_worse_than_serving_is_held_back(
+    version, backbone: Path, embed: EmbeddingCache, registry: Path, task: Task
+) -> None:
     result, _ = version
     rows = generate(900, seed=5)[:700]
     rng = np.random.default_rng(3)
     labels = [r["label"] for r in rows]
-    noisy = [Case(r["id"], r["text"], labels[rng.integers(len(labels))] if rng.random() < 0.6 else r["label"])
-             for r in rows]
-    lenient = task.model_copy(update={"student": task.student.model_copy(
-        update={"gates": Gates(min_accuracy=0.2, min_golden=20)})})
-    cand = train_version(noisy, recipe=FastRecipe(embed, backbone), registry=registry, tenant="acme",
-                         task=lenient, serving=result.folder)
+    noisy = [
+        Case(r["id"], r["text"], labels[rng.integers(len(labels))] if rng.random() < 0.6 else r["label"]) for r in rows
+    ]
+    lenient = task.model_copy(
+        update={"student": task.student.model_copy(update={"gates": Gates(min_accuracy=0.2, min_golden=20)})}
+    )
+    cand = train_version(
+        noisy, recipe=FastRecipe(embed, backbone), registry=registry, tenant="acme", task=lenient, serving=result.folder
+    )
     assert not cand.promoted
     assert any("worse than the serving version" in r for r in cand.failed_gates), cand.failed_gates
     manifest = json.loads((cand.folder / "manifest.json").read_text())
     assert manifest["gates"]["serving"]["version"] == result.version and not manifest["gates"]["passed"]
 
 
-def test_int8_version_keeps_its_answers(version, backbone: Path, embed: EmbeddingCache, registry: Path,
-                                        task: Task) -> None:
+def test_int8_version_keeps_its_answers(
+    version, backbone: Path, embed: EmbeddingCache, registry: Path, task: Task
+) -> None:
     result, held = version
     rows = generate(900, seed=5)[:700]
     int8 = task.model_copy(update={"student": task.student.model_copy(update={"int8": True})})
-    q = train_version([Case(r["id"], r["text"], r["label"]) for r in rows], recipe=FastRecipe(embed, backbone),
-                      registry=registry, tenant="acme-int8", task=int8)
+    q = train_version(
+        [Case(r["id"], r["text"], r["label"]) for r in rows],
+        recipe=FastRecipe(embed, backbone),
+        registry=registry,
+        tenant="acme-int8",
+        task=int8,
+    )
     assert json.loads((q.folder / "manifest.json").read_text())["precision"] == "int8"
     assert (q.folder / "model.onnx").stat().st_size < (result.folder / "model.onnx").stat().st_size / 2
     texts = [r["text"] for r in held]

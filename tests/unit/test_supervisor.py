@@ -9,10 +9,25 @@ from protege.supervisor import SERVICES, service_of, with_replicas
 
 def test_replicas_are_named_after_their_service() -> None:
     names = with_replicas({"scorer": 3, "verifier": 2})
-    assert names == ["ingestion", "scorer", "scorer-2", "scorer-3", "verifier", "verifier-2", "teacher", "harvester",
-                     "trainer"]
-    assert [service_of(n) for n in names] == ["ingestion", *["scorer"] * 3, *["verifier"] * 2, "teacher",
-                                              "harvester", "trainer"]
+    assert names == [
+        "ingestion",
+        "scorer",
+        "scorer-2",
+        "scorer-3",
+        "verifier",
+        "verifier-2",
+        "teacher",
+        "harvester",
+        "trainer",
+    ]
+    assert [service_of(n) for n in names] == [
+        "ingestion",
+        *["scorer"] * 3,
+        *["verifier"] * 2,
+        "teacher",
+        "harvester",
+        "trainer",
+    ]
     assert with_replicas({}) == SERVICES
 
 

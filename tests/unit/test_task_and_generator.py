@@ -22,7 +22,9 @@ def test_task_round_trips_and_rejects_bad_files(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text("name: x\nlabels: {a: b}\ninstructions: hi\n")
     with pytest.raises(ConfigError, match="labels"):
         load_tasks(tmp_path)
-    (tmp_path / "b.yaml").write_text("name: x\nlabels: {a: b, c: d}\ninstructions: hi\npolicy: {escalate_patterns: ['(']}\n")
+    (tmp_path / "b.yaml").write_text(
+        "name: x\nlabels: {a: b, c: d}\ninstructions: hi\npolicy: {escalate_patterns: ['(']}\n"
+    )
     with pytest.raises(ConfigError, match="does not compile"):
         load_tasks(tmp_path)
 

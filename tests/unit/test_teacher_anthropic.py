@@ -74,8 +74,12 @@ def test_invalid_label_is_repaired_once_then_fails(api: MessagesAPI) -> None:
 def test_message_batches_label_a_set_at_half_price(api: MessagesAPI) -> None:
     from protege.labelling import label_with_batches
 
-    rows = [{"id": "g1", "text": "where is my order"}, {"id": "g2", "text": "refund please"},
-            {"id": "g3", "text": "something else"}, {"id": "g4", "text": "where is my order"}]
+    rows = [
+        {"id": "g1", "text": "where is my order"},
+        {"id": "g2", "text": "refund please"},
+        {"id": "g3", "text": "something else"},
+        {"id": "g4", "text": "where is my order"},
+    ]
     api.faults.extend([529, "invalid_label"])  # the first request errors, the second answers off the label set
     client = anthropic.AsyncAnthropic(api_key="test-key", base_url=api.url, max_retries=0)
     seen: list[str] = []
@@ -106,9 +110,26 @@ def test_label_command_writes_labels_and_errors(api: MessagesAPI, tmp_path, monk
 
     write_jsonl([{"id": "a", "text": "where is my order"}, {"id": "b", "text": "refund please"}], tmp_path / "in.jsonl")
     env = {"ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": api.url, "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-m", "protege.cli", "label", "--task", "ticket-triage", "--input",
-                           str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl"), "--poll", "0.01"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "protege.cli",
+            "label",
+            "--task",
+            "ticket-triage",
+            "--input",
+            str(tmp_path / "in.jsonl"),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            "--poll",
+            "0.01",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert {r["id"]: r["label"] for r in out} == {"a": "shipping", "b": "refund"}

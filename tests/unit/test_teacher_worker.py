@@ -36,23 +36,32 @@ class ScriptedTeacher:
         self.calls += 1
         if self.failures:
             raise self.failures.pop(0)
-        return TeacherAnswer(self.label_, "r", "claude-test", False, Usage(input_tokens=1, output_tokens=1),
-                             self.cost, 1.0, 1)
+        return TeacherAnswer(
+            self.label_, "r", "claude-test", False, Usage(input_tokens=1, output_tokens=1), self.cost, 1.0, 1
+        )
 
 
 def task(**teacher_or_policy) -> Task:
     base = triage_task()
     policy = {k: v for k, v in teacher_or_policy.items() if k != "spend_cap_usd_per_hour"}
     teacher = {k: v for k, v in teacher_or_policy.items() if k == "spend_cap_usd_per_hour"}
-    return base.model_copy(update={"policy": base.policy.model_copy(update=policy),
-                                   "teacher": base.teacher.model_copy(update=teacher)})
+    return base.model_copy(
+        update={"policy": base.policy.model_copy(update=policy), "teacher": base.teacher.model_copy(update=teacher)}
+    )
 
 
 def ask(mode="answer", student_label: str | None = "refund", rid="r1", **kw) -> Received[TeacherRequest]:
     req = Ingested(request_id=rid, tenant="acme", task="ticket-triage", text="where is my order", received_at_ms=1)
-    event = TeacherRequest(request=req, reasons=["low_confidence"], mode=mode, student_label=student_label,
-                           student_confidence=0.4 if student_label else None,
-                           model_version="v1" if student_label else None, requested_at_ms=2, **kw)
+    event = TeacherRequest(
+        request=req,
+        reasons=["low_confidence"],
+        mode=mode,
+        student_label=student_label,
+        student_confidence=0.4 if student_label else None,
+        model_version="v1" if student_label else None,
+        requested_at_ms=2,
+        **kw,
+    )
     return Received(event, T.teacher_requests, key=rid.encode())
 
 

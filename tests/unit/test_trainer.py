@@ -21,9 +21,16 @@ T = Topics("u.")
 def records(start: int, n: int) -> list[Received[HarvestCase]]:
     out = []
     for i in range(start, start + n):
-        case = HarvestCase(request_id=f"r{i}", tenant="acme", task="ticket-triage", text=f"text {i}",
-                           label="billing" if i % 2 else "refund", label_source="teacher", reason="escalated",
-                           harvested_at_ms=1)
+        case = HarvestCase(
+            request_id=f"r{i}",
+            tenant="acme",
+            task="ticket-triage",
+            text=f"text {i}",
+            label="billing" if i % 2 else "refund",
+            label_source="teacher",
+            reason="escalated",
+            harvested_at_ms=1,
+        )
         out.append(Received(case, T.harvest, offset=i))
     return out
 
@@ -35,11 +42,18 @@ def test_schedule_retries_sooner_after_a_held_back_candidate(tmp_path: Path) -> 
     def train(cases: list[Case], tenant: str, task: Task, serving: Path | None) -> TrainResult:
         promoted = verdicts[len(trained)]
         trained.append(len(cases))
-        return TrainResult(f"v{len(trained)}", tmp_path / f"v{len(trained)}", {"golden_accuracy": 0.9}, ["a", "b"],
-                           promoted, "passed gates" if promoted else "golden accuracy 0.4 < floor 0.5")
+        return TrainResult(
+            f"v{len(trained)}",
+            tmp_path / f"v{len(trained)}",
+            {"golden_accuracy": 0.9},
+            ["a", "b"],
+            promoted,
+            "passed gates" if promoted else "golden accuracy 0.4 < floor 0.5",
+        )
 
-    trainer = Trainer({"ticket-triage": triage_task()}, T, CaseStore(tmp_path / "store"), train, min_cases=40,
-                      retrain_every=1000)
+    trainer = Trainer(
+        {"ticket-triage": triage_task()}, T, CaseStore(tmp_path / "store"), train, min_cases=40, retrain_every=1000
+    )
     outs = asyncio.run(trainer.handle(records(0, 40)))
     assert trained == [40] and outs == []  # held back: nothing announced
     asyncio.run(trainer.handle(records(40, 39)))
