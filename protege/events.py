@@ -10,7 +10,7 @@ maintained by hand twice. Every event is JSON, UTF-8, keyed by its request id (o
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -81,6 +81,26 @@ class Ingested(Event, title="protege.ingested"):
     received_at_ms: int = Field(description="When ingestion accepted it, epoch ms.")
 
 
+class AboutRequest:
+    """For events that carry the ingested request (scored, teacher requests): its ids read as
+    the event's own, so keys, dead letters and task checks treat every event alike."""
+
+    if TYPE_CHECKING:  # a field of the event itself; declared here for the type checker only
+        request: Ingested
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def tenant(self) -> str:
+        return self.request.tenant
+
+    @property
+    def task(self) -> str:
+        return self.request.task
+
+
 class AcceptRule(Event, title="protege.accept_rule"):
     """A version's certified acceptance rule: answers with ``confidence >= min_confidence``
     and ``ood <= max_ood`` were at least ``target_accuracy`` accurate on held-out data, with
@@ -109,7 +129,7 @@ class StudentOutput(Event, title="protege.student_output"):
     )
 
 
-class Scored(Event, title="protege.scored"):
+class Scored(AboutRequest, Event, title="protege.scored"):
     """An ingested request with the student's output (absent before any student exists)."""
 
     v: Literal[1] = 1
@@ -118,18 +138,6 @@ class Scored(Event, title="protege.scored"):
     student_error: str | None = Field(None, description="Why the student could not answer, when it could not.")
     scored_at_ms: int
     batch_size: int = Field(ge=1, description="Micro-batch this request was scored in.")
-
-    @property
-    def request_id(self) -> str:
-        return self.request.request_id
-
-    @property
-    def tenant(self) -> str:
-        return self.request.tenant
-
-    @property
-    def task(self) -> str:
-        return self.request.task
 
 
 class Decision(Event, title="protege.decision"):
@@ -153,7 +161,7 @@ class Decision(Event, title="protege.decision"):
     decided_at_ms: int
 
 
-class TeacherRequest(Event, title="protege.teacher_request"):
+class TeacherRequest(AboutRequest, Event, title="protege.teacher_request"):
     v: Literal[1] = 1
     request: Ingested
     reasons: list[str]
@@ -169,18 +177,6 @@ class TeacherRequest(Event, title="protege.teacher_request"):
     not_before_ms: int | None = Field(None, description="Held in the retry topic until then.")
     held_because: str | None = Field(None, description="Why it was held: teacher_unavailable or over_budget.")
     requested_at_ms: int
-
-    @property
-    def request_id(self) -> str:
-        return self.request.request_id
-
-    @property
-    def tenant(self) -> str:
-        return self.request.tenant
-
-    @property
-    def task(self) -> str:
-        return self.request.task
 
 
 class Usage(Event, title="protege.usage"):

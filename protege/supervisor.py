@@ -122,18 +122,17 @@ class Supervisor:
         child.started = 0.0  # restart on the next poll, no backoff
 
     def stop(self, timeout: float = 20.0) -> None:
-        for child in self.retired:
-            self.children.setdefault(f"retired-{child.proc.pid}", child)
-        self.retired.clear()
-        for child in self.children.values():
+        everyone = [*self.children.values(), *self.retired]  # removed replicas may still be finishing
+        for child in everyone:
             if child.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(child.proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for child in self.children.values():
+        for child in everyone:
             try:
                 child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.killpg(child.proc.pid, signal.SIGKILL)
                 child.proc.wait()
         self.children.clear()
+        self.retired.clear()
