@@ -201,7 +201,7 @@ async def ensure_topics(settings: Settings, names: Sequence[str] | None = None) 
                 t,
                 topics.partitions(t, settings.partitions),
                 settings.replication_factor,
-                topic_configs=topics.configs(t),
+                topic_configs={**topics.configs(t), **_durability(settings.replication_factor)},
             )
             for t in wanted
             if t not in existing
@@ -221,6 +221,13 @@ async def ensure_topics(settings: Settings, names: Sequence[str] | None = None) 
     finally:
         await admin.close()
     await _wait_until_led(settings, wanted)
+
+
+def _durability(copies: int) -> dict[str, str]:
+    """With several copies of a partition, an acks=all write needs all but one in sync: one
+    broker may be down (a rolling restart, a crash) without refusing writes, and an
+    acknowledged write is on at least two brokers."""
+    return {"min.insync.replicas": str(copies - 1)} if copies > 1 else {}
 
 
 async def _wait_until_led(settings: Settings, topics: Sequence[str]) -> None:

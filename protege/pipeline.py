@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from protege import signals
-from protege.broker.embedded import EmbeddedBroker
+from protege.broker.embedded import EmbeddedBroker, EmbeddedCluster
 from protege.kafka import ensure_topics
 from protege.settings import Settings, env_for_children
 from protege.supervisor import Supervisor
@@ -28,9 +28,10 @@ class LocalPipeline:
     services: list[str] | None = None  # process names; replicas as verifier-2, ... (supervisor.with_replicas)
     topic_prefix: str = ""
     partitions: int = 2  # per topic protege creates: at least the most replicas of any service
+    brokers: int = 1  # embedded nodes: 3 is a replicated cluster (3 copies, min.insync.replicas 2)
 
     def __post_init__(self) -> None:
-        self.broker: EmbeddedBroker | None = None
+        self.broker: EmbeddedBroker | EmbeddedCluster | None = None
         self.supervisor: Supervisor | None = None
         self.started_broker = False
 
@@ -41,13 +42,15 @@ class LocalPipeline:
             home=self.home,
             topic_prefix=self.topic_prefix,
             partitions=self.partitions,
+            replication_factor=self.brokers if self.broker is not None else Settings().replication_factor,
         )
 
     def __enter__(self) -> LocalPipeline:
         try:
             self.home.mkdir(parents=True, exist_ok=True)
             if self.bootstrap is None:
-                self.broker = EmbeddedBroker(self.broker_home or self.home / "broker")
+                where = self.broker_home or self.home / ("broker" if self.brokers == 1 else "cluster")
+                self.broker = EmbeddedBroker(where) if self.brokers == 1 else EmbeddedCluster(where, size=self.brokers)
                 self.started_broker = not self.broker.running()
                 self.bootstrap = self.broker.start()
             settings = self.settings

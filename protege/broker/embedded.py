@@ -1,4 +1,4 @@
-"""The embedded Apache Kafka broker: one KRaft node (broker + controller) on loopback.
+"""The embedded Apache Kafka broker: KRaft nodes (broker + controller) on loopback.
 
 Its jars are resolved from Maven Central by Maven (``pom.xml`` beside this file) into a
 cache folder once; after that a start is a ``java`` process and a few seconds.
@@ -10,6 +10,15 @@ cache folder once; after that a start is a ``java`` process and a few seconds.
 
 The data folder survives ``stop``; a later ``start`` on the same home keeps every topic
 (and the same port, so clients reconnect by themselves).
+
+``EmbeddedCluster`` starts three such nodes as one replicated cluster (replication factor
+3, ``min.insync.replicas`` 2 for every topic, the internal ones included), the shape of a
+production cluster, for tests that stop a partition leader mid-stream:
+
+    cluster = EmbeddedCluster(home=Path(".protege/cluster"))
+    cluster.start()         # all three, then waits until each serves
+    cluster.bootstrap       # "127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3"
+    cluster.node(2).kill()  # kill -9 one node; .start() brings it back on the same ports
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import socket
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,12 +89,36 @@ def resolve_jars(cache: Path | None = None) -> Path:
     return target
 
 
+def _replication(copies: int) -> dict[str, str]:
+    """Server settings for a cluster that keeps ``copies`` of every partition: acks=all
+    writes need all but one in sync (at least one), so one node can be down."""
+    insync = str(max(1, copies - 1))
+    return {
+        "default.replication.factor": str(copies),
+        "min.insync.replicas": insync,
+        "offsets.topic.replication.factor": str(copies),
+        "transaction.state.log.replication.factor": str(copies),
+        "transaction.state.log.min.isr": insync,
+        "share.coordinator.state.topic.replication.factor": str(copies),
+        "share.coordinator.state.topic.min.isr": insync,
+    }
+
+
 @dataclass
 class EmbeddedBroker:
-    """A single-node KRaft broker whose state lives under ``home``."""
+    """A KRaft node (broker and controller in one process) whose state lives under ``home``.
+
+    Alone by default; ``EmbeddedCluster`` gives each of its nodes a ``node_id``, the quorum's
+    ``voters``, a shared ``cluster_id`` and the ports it chose for all of them.
+    """
 
     home: Path
     port: int | None = None
+    controller_port: int | None = None
+    node_id: int = 1
+    voters: str | None = None  # controller.quorum.voters, e.g. "1@127.0.0.1:P1,2@..."; None: itself
+    cluster_id: str | None = None
+    copies: int = 1  # replication factor of every topic (see _replication)
     heap_mb: int = 512
     cache: Path | None = None
     # More client listeners beside PLAINTEXT, by name -> security protocol (e.g. {"SASL_SSL":
@@ -128,9 +162,9 @@ class EmbeddedBroker:
         taken.add(port)
         state = {
             "port": port,
-            "controller_port": fresh(),
+            "controller_port": self.controller_port or fresh(),
             "listeners": {name: fresh() for name in self.listeners},
-            "cluster_id": base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="),
+            "cluster_id": self.cluster_id or new_cluster_id(),
         }
         self.home.mkdir(parents=True, exist_ok=True)
         self.state_file.write_text(json.dumps(state))
@@ -142,8 +176,8 @@ class EmbeddedBroker:
         data = self.home / "data"
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{controller}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters or f"{self.node_id}@127.0.0.1:{controller}",
             "listeners": ",".join(
                 [
                     f"PLAINTEXT://127.0.0.1:{port}",
@@ -166,13 +200,9 @@ class EmbeddedBroker:
             "log.dirs": str(data),
             "num.partitions": "2",
             "auto.create.topics.enable": "false",
-            "offsets.topic.replication.factor": "1",
             "offsets.topic.num.partitions": "4",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
             "transaction.state.log.num.partitions": "4",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            **_replication(self.copies),
             "group.initial.rebalance.delay.ms": "0",
             "num.network.threads": "2",
             "num.io.threads": "2",
@@ -242,6 +272,14 @@ class EmbeddedBroker:
         """Start the broker (if it is not already up) and return its bootstrap address."""
         if self.running():
             return self.bootstrap
+        self.launch()
+        return self.wait_started(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to serve (a cluster's nodes must all be
+        launched before any can elect a controller and finish starting)."""
+        if self.running():
+            return
         lib = resolve_jars(self.cache)
         config = self._write_config()
         self._format(lib, config)
@@ -255,10 +293,12 @@ class EmbeddedBroker:
                 start_new_session=True,  # Ctrl-C in the terminal reaches us, and we stop it in order
             )
             (self.home / "broker.pid").write_text(str(self._proc.pid))
+
+    def wait_started(self, timeout: float = 90.0) -> str:
         host, port = self.bootstrap.split(":")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
+            if self._proc is not None and self._proc.poll() is not None:
                 tail = (self.home / "logs" / "stdout.log").read_text()[-3000:]
                 raise BrokerError(f"the broker exited with {self._proc.returncode}:\n{tail}")
             if _answers(host, port) and _log_says_started(self.home / "logs" / "server.log"):
@@ -286,6 +326,109 @@ class EmbeddedBroker:
         if self._proc is not None:
             self._proc.wait(timeout=5)
         (self.home / "broker.pid").unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        """kill -9: a crash, no controlled shutdown (its data stays for the next start)."""
+        pid = self.pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGKILL)
+        if self._proc is not None:
+            self._proc.wait(timeout=10)
+        else:
+            deadline = time.monotonic() + 10
+            while self.pid() is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        (self.home / "broker.pid").unlink(missing_ok=True)
+
+
+@dataclass
+class EmbeddedCluster:
+    """Three (``size``) KRaft nodes on loopback, every one a broker and a controller voter,
+    keeping ``size`` copies of every partition with ``min.insync.replicas`` one less.
+
+    Ports and the cluster id are chosen once and kept in ``home/cluster.json``: a node that
+    is stopped and started again comes back where its peers and the clients expect it.
+    """
+
+    home: Path
+    size: int = 3
+    heap_mb: int = 384
+    cache: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise BrokerError(f"a cluster needs at least one node, not {self.size}")
+        plan = self._plan()
+        voters = ",".join(f"{n}@127.0.0.1:{ports[1]}" for n, ports in plan["nodes"].items())
+        self.nodes = [
+            EmbeddedBroker(
+                self.home / f"node-{n}",
+                port=ports[0],
+                controller_port=ports[1],
+                node_id=int(n),
+                voters=voters,
+                cluster_id=plan["cluster_id"],
+                copies=self.size,
+                heap_mb=self.heap_mb,
+                cache=self.cache,
+            )
+            for n, ports in plan["nodes"].items()
+        ]
+
+    def _plan(self) -> dict:
+        path = self.home / "cluster.json"
+        if path.exists():
+            plan = dict(json.loads(path.read_text()))
+            if len(plan["nodes"]) != self.size:
+                raise BrokerError(f"{self.home} holds a {len(plan['nodes'])}-node cluster, not {self.size}")
+            return plan
+        taken: set[int] = set()
+        while len(taken) < 2 * self.size:
+            taken.add(free_port())
+        ports = sorted(taken)
+        plan = {
+            "cluster_id": new_cluster_id(),
+            "nodes": {str(i + 1): [ports[2 * i], ports[2 * i + 1]] for i in range(self.size)},
+        }
+        self.home.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(plan))
+        return plan
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    def node(self, node_id: int) -> EmbeddedBroker:
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return n
+        raise BrokerError(f"no node {node_id} in this cluster (nodes {[n.node_id for n in self.nodes]})")
+
+    def running(self) -> bool:
+        return all(n.running() for n in self.nodes)
+
+    def start(self, timeout: float = 120.0) -> str:
+        """Start every node that is not running and wait until all serve."""
+        try:
+            for n in self.nodes:
+                n.launch()
+            deadline = time.monotonic() + timeout
+            for n in self.nodes:
+                n.wait_started(max(1.0, deadline - time.monotonic()))
+        except BaseException:
+            self.stop()
+            raise
+        return self.bootstrap
+
+    def stop(self, timeout: float = 30.0) -> None:
+        # All at once: stopped one by one, the last node would wait for a quorum that is gone.
+        with signals.deferred(), ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(lambda n: n.stop(timeout), self.nodes))
+
+
+def new_cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
 def _answers(host: str, port: str | int) -> bool:

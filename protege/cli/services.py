@@ -128,6 +128,14 @@ def up(
             "new topics get as many partitions as the most replicas."
         ),
     ] = "",
+    brokers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Embedded Kafka nodes: 3 runs a replicated cluster (every partition on 3 nodes, "
+            "min.insync.replicas 2), so one node can stop without stopping protege.",
+        ),
+    ] = 1,
 ) -> None:
     """Start the embedded broker and the six services; restart crashed ones; Ctrl-C stops all."""
     try:
@@ -143,7 +151,8 @@ def up(
             home(),
             env=env,
             bootstrap=bootstrap,
-            broker_home=Path(".protege/broker"),
+            broker_home=Path(".protege/broker" if brokers == 1 else f".protege/cluster-{brokers}"),
+            brokers=brokers,
             services=names,
             partitions=max([Settings().partitions, *counts.values()]),
         ) as p,

@@ -11,7 +11,6 @@ scorer cannot handle at all is quarantined by the loop and goes on unscored
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,9 +18,10 @@ from pathlib import Path
 import structlog
 
 from protege import metrics
-from protege.events import Ingested, ModelAnnouncement, Scored, StudentOutput, now_ms
+from protege.events import Ingested, ModelAnnouncement, Scored, now_ms
 from protege.kafka import Out, Received
 from protege.redact import redact
+from protege.scoring import score_batch
 from protege.serving import Serving
 from protege.student.runtime import Student
 from protege.topics import Topics
@@ -66,27 +66,14 @@ class Scorer:
             groups[(r.event.tenant, r.event.task)].append(r.event)
         for key, reqs in groups.items():
             student = self.students.get(key)
-            answers: list[StudentOutput | None] = [None] * len(reqs)
-            error = None
-            if student is not None:
-                try:
-                    started = time.perf_counter()
-                    answers = list(await asyncio.to_thread(student.predict, [self.clean(q.text) for q in reqs]))
-                    metrics.INFERENCE_SECONDS.labels(key[1]).observe(time.perf_counter() - started)
-                    metrics.INFERENCE_BATCH.labels(key[1]).observe(len(reqs))
-                except Exception as e:  # fail safe: escalate, say why
-                    error = f"{type(e).__name__}: {e}"[:300]
-                    self.log.error("student_failed", version=student.version, error=error, batch=len(reqs))
-            at = now_ms()
-            for req, answer in zip(reqs, answers, strict=True):
-                scored = Scored(request=req, student=answer, student_error=error, scored_at_ms=at, batch_size=len(reqs))
+            for scored in await asyncio.to_thread(score_batch, student, reqs, self.clean):
                 outs.append(Out.of(self.topics.scored, scored))
                 self.log.debug(
                     "scored",
-                    request_id=req.request_id,
-                    tenant=req.tenant,
-                    task=req.task,
+                    request_id=scored.request.request_id,
+                    tenant=key[0],
+                    task=key[1],
                     version=student.version if student else None,
-                    batch=len(reqs),
+                    batch=scored.batch_size,
                 )
         return outs

@@ -185,3 +185,16 @@ def test_autoscaled_replicas_fit_the_partitions_and_have_their_own_instance() ->
             [container] = d["spec"]["template"]["spec"]["containers"]
             instance = next(e for e in container.get("env", []) if e["name"] == "PROTEGE_INSTANCE")
             assert instance["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+def test_compose_replicas_fit_the_partitions_and_keep_distinct_instances() -> None:
+    """A compose replica takes its PROTEGE_INSTANCE from its container's hostname: no service
+    that runs several may pin a container name, a hostname or an instance."""
+    c = compose()
+    partitions = int(c["x-protege"]["environment"]["PROTEGE_PARTITIONS"])
+    replicated = {n: s for n, s in c["services"].items() if s.get("deploy", {}).get("replicas", 1) > 1}
+    assert "verifier" in replicated
+    for name, service in replicated.items():
+        assert service["deploy"]["replicas"] <= partitions, name
+        assert not {"container_name", "hostname"} & set(service), name
+        assert "PROTEGE_INSTANCE" not in service.get("environment", {}), name

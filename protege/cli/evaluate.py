@@ -1,0 +1,226 @@
+"""Reading the events back for people: ``protege replay`` (what would this student or
+policy have done to recorded traffic, and at what cost)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from protege.cli.root import TaskName, Tenant, app, console
+from protege.errors import ConfigError
+from protege.settings import ScorerSettings, Settings
+from protege.task import Task, load_task, load_tasks
+
+if TYPE_CHECKING:
+    from protege.replay import Selection
+    from protege.student.runtime import Student
+
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_time(value: str | None, option: str) -> int | None:
+    """ISO 8601 (UTC when no zone is given) to epoch ms."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{option} {value!r}: not an ISO time such as 2026-11-24T09:00 or 2026-11-24"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def selection(tenant: str, task: str, since: str | None, until: str | None, last: str | None) -> Selection:
+    from protege.replay import Selection
+
+    since_ms, until_ms = parse_time(since, "--from"), parse_time(until, "--to")
+    if last is not None:
+        if since is not None:
+            raise typer.BadParameter("give --from or --last, not both")
+        m = DURATION.match(last)
+        if not m:
+            raise typer.BadParameter(f"--last {last!r}: a duration such as 90m, 24h or 7d")
+        since_ms = int((time.time() - float(m[1]) * UNIT_S[m[2]]) * 1000)
+    if since_ms is not None and until_ms is not None and until_ms <= since_ms:
+        raise typer.BadParameter("--to must be after --from")
+    return Selection(tenant, task, since_ms, until_ms)
+
+
+def candidate_task(
+    settings: Settings,
+    task: str,
+    task_file: Path | None,
+    policy: str | None,
+    target_accuracy: float | None,
+    min_confidence: float | None,
+    min_margin: float | None,
+    max_ood: float | None,
+) -> Task:
+    """The task whose policy re-decides: the deployed task file, or another, with overrides."""
+    if task_file is not None:
+        found = load_task(task_file)
+        if found.name != task:
+            raise typer.BadParameter(f"--task-file {task_file} defines task {found.name!r}, not {task!r}")
+    else:
+        tasks = load_tasks(settings.tasks_dir)
+        if task not in tasks:
+            raise typer.BadParameter(f"no task {task!r} in {settings.tasks_dir} (tasks: {', '.join(sorted(tasks))})")
+        found = tasks[task]
+    data = found.model_dump()
+    pol = data["policy"]
+    if policy is not None:
+        pol["name"] = policy
+    if target_accuracy is not None:
+        pol["target_accuracy"] = target_accuracy
+    for name, value in (("min_confidence", min_confidence), ("min_margin", min_margin), ("max_ood", max_ood)):
+        if value is not None:
+            pol["thresholds"][name] = value
+    try:
+        return Task.model_validate(data)
+    except ValueError as e:
+        raise typer.BadParameter(f"the policy overrides do not make a valid task: {e}") from None
+
+
+@app.command("replay")
+def replay_command(
+    tenant: Tenant,
+    task: TaskName,
+    since: Annotated[str | None, typer.Option("--from", help="Requests received at or after (ISO, UTC).")] = None,
+    until: Annotated[str | None, typer.Option("--to", help="Requests received before (ISO, UTC).")] = None,
+    last: Annotated[str | None, typer.Option(help="Instead of --from: the last 90m, 24h, 7d, ...")] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Candidate student: a registry version (default: each request's own).")
+    ] = None,
+    model_dir: Annotated[Path | None, typer.Option(help="Candidate student: a version folder.")] = None,
+    rescore: Annotated[
+        bool, typer.Option(help="--no-rescore: keep the recorded student outputs, replay the policy only.")
+    ] = True,
+    task_file: Annotated[Path | None, typer.Option(help="Candidate policy: this task file's.")] = None,
+    policy: Annotated[str | None, typer.Option(help="Override the policy: cascade, distill_verify, ...")] = None,
+    target_accuracy: Annotated[float | None, typer.Option(help="Override the target accuracy.")] = None,
+    min_confidence: Annotated[float | None, typer.Option(help="Override a threshold.")] = None,
+    min_margin: Annotated[float | None, typer.Option(help="Override a threshold.")] = None,
+    max_ood: Annotated[float | None, typer.Option(help="Override a threshold.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON here.")] = None,
+    parquet: Annotated[Path | None, typer.Option(help="Write one row per request as Parquet here.")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Requests per ONNX Runtime batch.")] = 64,
+) -> None:
+    """What would this student, threshold or policy have done to recorded traffic, and at what cost?
+
+    Reads the topics with no consumer group and writes to none of them.
+    """
+    from protege.registry import Registry
+    from protege.replay import Candidate, ReplayError, recorded, replay, write_parquet
+    from protege.student.runtime import Student
+
+    if version is not None and model_dir is not None:
+        raise typer.BadParameter("give --version or --model-dir, not both")
+    if not rescore and (version is not None or model_dir is not None):
+        raise typer.BadParameter("--no-rescore keeps the recorded outputs: it cannot take a candidate student")
+    settings = ScorerSettings()
+    chosen = selection(tenant, task, since, until, last)
+    cand = Candidate(
+        candidate_task(settings, task, task_file, policy, target_accuracy, min_confidence, min_margin, max_ood),
+        version=version,
+        folder=model_dir,
+        rescore=rescore,
+    )
+    registry = Registry.of(settings)
+
+    @cache
+    def students(name: str) -> Student:
+        found = registry.find(tenant, task, name)
+        if found is None:
+            known = ", ".join(v.name for v in registry.versions(tenant, task)) or "none"
+            raise ReplayError(f"no version {name!r} of {tenant}/{task} in {registry.root} (versions: {known})")
+        return Student(found.folder, providers=settings.providers, threads=settings.threads)
+
+    try:
+        with console.status(f"reading {chosen.describe()} from {settings.bootstrap_servers}"):
+            traffic = asyncio.run(recorded(settings, chosen))
+        columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"), TimeRemainingColumn())
+        with Progress(*columns, console=console, transient=True) as bar:
+            job = bar.add_task("replay", total=len(traffic.scored))
+            result = replay(
+                traffic,
+                cand,
+                students,
+                batch=batch,
+                redact_pii=settings.redact_pii,
+                progress=lambda n: bar.advance(job, n),
+            )
+        if parquet is not None:
+            write_parquet(result.rows, parquet)
+    except ConfigError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    summary = result.summary()
+    print_summary(summary)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(summary, indent=2) + "\n")
+    for path in (json_out, parquet):
+        if path is not None:
+            console.print(f"wrote {path}")
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def _usd(x: float | None) -> str:
+    return "—" if x is None else f"${x:,.4f}"
+
+
+def _acc(a: dict[str, Any]) -> str:
+    if not a["n"]:
+        return "no labels"
+    lo, hi = a["interval95"]
+    return f"{_pct(a['accuracy'])} [{100 * lo:.1f}-{100 * hi:.1f}] of {a['n']}"
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    out = Console(width=140)
+    rec, rep = s["recorded"], s["replay"]
+    table = Table(title=f"replay of {s['requests']} requests ({s['candidate']})")
+    for col in ("", "recorded", "replay"):
+        table.add_column(col, justify="right" if col else "left")
+    table.add_row("student share", _pct(rec["student_share"]), _pct(rep["student_share"]))
+    table.add_row("escalated", str(rec["escalated"]), str(rep["escalated"]))
+    table.add_row("teacher calls", str(rec["teacher_calls"]), str(rep["teacher_calls"]))
+    table.add_row("teacher cost", _usd(rec["teacher_cost_usd"]), _usd(rep["teacher_cost_usd"]))
+    table.add_row("all-teacher cost", _usd(rec["all_teacher_cost_usd"]), _usd(rep["all_teacher_cost_usd"]))
+    table.add_row(
+        "accepted vs teacher labels (95% CI)", _acc(rec["accepted_vs_teacher"]), _acc(rep["accepted_vs_teacher"])
+    )
+    table.add_row("accepted vs feedback", _acc(rec["accepted_vs_feedback"]), _acc(rep["accepted_vs_feedback"]))
+    table.add_row("accepted without a label", str(rec["accepted_unlabelled"]), str(rep["accepted_unlabelled"]))
+    table.add_row("answers vs feedback", _acc(rec["answers_vs_feedback"]), _acc(rep["answers_vs_feedback"]))
+    out.print(table)
+    flips = s["flips"]
+    out.print(
+        "flips: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(flips.items())) if flips else "none")
+        + f"; same decision as recorded: {s['matched']['count']}/{s['matched']['of']}"
+        + f"; {s['rescored']} re-scored in {s['seconds']:.1f}s ({s['decisions_per_s']} decisions/s)"
+    )
+    labels = s["teacher_labels"]
+    out.print(
+        f"labels on record: {labels['count']} from the {labels['source']}, {s['feedback_labels']} from feedback; "
+        "accepted answers without either are not measured (no audit samples on record)"
+    )

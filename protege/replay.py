@@ -1,0 +1,426 @@
+"""Replay: what would this student, threshold or policy have done to recorded traffic, and
+what would it have cost?
+
+    traffic = await recorded(settings, Selection("acme", "ticket-triage", since_ms, until_ms))
+    result = replay(traffic, Candidate(task, version="v0003"), students)
+    result.summary()      # recorded beside replayed: student share, teacher calls, cost, accuracy
+    result.rows           # one per request: both decisions, the labels the record holds, the flip
+
+It reads with no consumer group and writes nothing. The candidate student re-scores the
+recorded requests through the scorer's own batched path (``protege.scoring``); the
+candidate policy re-decides through the verifier's own router (``protege.policy``). With no
+candidate version, each request is re-scored by the version that scored it: replaying the
+recorded version and policy reproduces the recorded decisions, which ``matched`` counts.
+
+Labels come only from the record: the teacher's answers (escalations, ensemble checks,
+shadow) and people's feedback. An accepted answer with neither has no label, and the
+summary says how many there are rather than guessing their accuracy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protege.errors import ConfigError
+from protege.events import Decision, Feedback, Response, Scored, TeacherResult
+from protege.policy import router_for
+from protege.redact import redact
+from protege.scoring import score_batch
+from protege.settings import Settings
+from protege.state import read_all
+from protege.student.runtime import Student
+from protege.task import Task
+
+# Signals are recorded to 6 decimals; the same version on the same text in another batch
+# (other padding) differs in float32 by ~1e-7, which can round one unit apart.
+SIGNAL_TOLERANCE = 1e-6
+
+
+class ReplayError(ConfigError):
+    """The replay cannot run as asked (no traffic in range, unknown version, ...)."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    tenant: str
+    task: str
+    since_ms: int | None = None  # received at or after
+    until_ms: int | None = None  # received before
+
+    def contains(self, received_at_ms: int) -> bool:
+        return (self.since_ms is None or received_at_ms >= self.since_ms) and (
+            self.until_ms is None or received_at_ms < self.until_ms
+        )
+
+    def describe(self) -> str:
+        def when(ms: int | None) -> str:
+            return "…" if ms is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+        return f"{self.tenant}/{self.task}, received {when(self.since_ms)} to {when(self.until_ms)}"
+
+
+@dataclass
+class Traffic:
+    """One tenant and task's recorded requests (as scored, in arrival order) and what became of them."""
+
+    selection: Selection
+    scored: list[Scored]
+    decisions: dict[str, Decision] = field(default_factory=dict)
+    teacher: dict[str, TeacherResult] = field(default_factory=dict)
+    feedback: dict[str, Feedback] = field(default_factory=dict)
+    responses: dict[str, Response] = field(default_factory=dict)
+
+    @property
+    def standin(self) -> bool:
+        """Whether any teacher label here came from the offline stand-in, not a real teacher."""
+        return any(r.standin for r in self.teacher.values())
+
+
+async def recorded(settings: Settings, selection: Selection) -> Traffic:
+    """Read a selection's traffic from the topics (committed records only, no consumer group)."""
+    t = settings.topics
+    since = None if selection.since_ms is None else selection.since_ms - 60_000  # scored a little after arrival
+    scored_r, decisions_r, teacher_r, feedback_r, responses_r = await asyncio.gather(
+        read_all(settings, t.scored, since_ms=since),
+        read_all(settings, t.decisions, since_ms=since),
+        read_all(settings, t.teacher_results, since_ms=since),
+        read_all(settings, t.feedback, since_ms=since),
+        read_all(settings, t.responses, since_ms=since),
+    )
+    mine = (selection.tenant, selection.task)
+    scored: list[Scored] = []
+    seen_ids: set[str] = set()
+    elsewhere: dict[tuple[str, str], int] = {}
+    for r in scored_r:
+        s = Scored.model_validate_json(r.value)
+        req = s.request
+        if not selection.contains(req.received_at_ms):
+            continue
+        if (req.tenant, req.task) != mine:
+            elsewhere[(req.tenant, req.task)] = elsewhere.get((req.tenant, req.task), 0) + 1
+            continue
+        if req.request_id not in seen_ids:
+            seen_ids.add(req.request_id)
+            scored.append(s)
+    if not scored:
+        others = ", ".join(f"{a}/{b} ({n})" for (a, b), n in sorted(elsewhere.items(), key=lambda kv: -kv[1])[:8])
+        raise ReplayError(
+            f"no recorded requests for {selection.describe()} on {t.scored}"
+            + (f"; requests in that range belong to: {others}" if others else "; the range holds no requests at all")
+        )
+    scored.sort(key=lambda s: (s.request.received_at_ms, s.request.request_id))
+    traffic = Traffic(selection, scored)
+
+    def ours(tenant: str, task: str, request_id: str) -> bool:
+        return (tenant, task) == mine and request_id in seen_ids
+
+    for r in decisions_r:
+        d = Decision.model_validate_json(r.value)
+        if ours(d.tenant, d.task, d.request_id):
+            traffic.decisions.setdefault(d.request_id, d)
+    for r in teacher_r:
+        tr = TeacherResult.model_validate_json(r.value)
+        if ours(tr.tenant, tr.task, tr.request_id):
+            traffic.teacher[tr.request_id] = tr
+    for r in feedback_r:
+        f = Feedback.model_validate_json(r.value)
+        if ours(f.tenant, f.task, f.request_id):
+            traffic.feedback[f.request_id] = f  # the latest word
+    for r in responses_r:
+        resp = Response.model_validate_json(r.value)
+        if ours(resp.tenant, resp.task, resp.request_id):
+            traffic.responses.setdefault(resp.request_id, resp)
+    return traffic
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What to replay: a policy (a task's), and a student: a registry version, a version
+    folder, or (neither) each request's recorded version. ``rescore=False`` keeps the
+    recorded student outputs and replays the policy alone (fast)."""
+
+    task: Task
+    version: str | None = None
+    folder: Path | None = None
+    rescore: bool = True
+
+    def describe(self) -> str:
+        if not self.rescore:
+            student = "the recorded outputs (not re-scored)"
+        elif self.folder is not None:
+            student = str(self.folder)
+        else:
+            student = self.version or "the version that scored each request"
+        return f"student: {student}; policy: {self.task.policy.name} {self.task.policy.version}"
+
+
+Students = Callable[[str], Student]  # a registry version name -> the loaded student
+
+
+@dataclass
+class Row:
+    """One request: what was recorded, what the candidate decides, and the labels on record."""
+
+    request_id: str
+    received_at_ms: int
+    recorded_verdict: str | None
+    recorded_route: str | None
+    recorded_version: str | None
+    recorded_label: str | None  # the answer given (the response), else what the decision implies
+    recorded_reasons: str
+    verdict: str
+    route: str
+    version: str | None
+    student_label: str | None
+    confidence: float | None
+    margin: float | None
+    ood: float | None
+    reasons: str
+    teacher_check: bool
+    teacher_label: str | None
+    teacher_cost_usd: float | None
+    feedback_label: str | None
+    answer: str | None  # the candidate's answer: the student's if accepted, the recorded teacher's if escalated
+    flip: str | None  # student->teacher, teacher->student, label (both student, labels differ)
+    matched: bool  # the same decision as recorded: verdict, route, label, reasons; signals within 1e-6
+
+
+@dataclass
+class Result:
+    traffic: Traffic
+    candidate: Candidate
+    rows: list[Row]
+    seconds: float
+    scored: int  # requests re-scored by a student
+
+    def summary(self) -> dict[str, Any]:
+        t = self.traffic
+        costs = [r.cost_usd for r in t.teacher.values()]
+        per_call = sum(costs) / len(costs) if costs else None
+        flips: dict[str, int] = {}
+        for r in self.rows:
+            if r.flip:
+                flips[r.flip] = flips.get(r.flip, 0) + 1
+        recorded_rows = [r for r in self.rows if r.recorded_verdict is not None]
+        return {
+            "selection": asdict(t.selection),
+            "candidate": self.candidate.describe(),
+            "requests": len(self.rows),
+            "teacher_labels": {
+                "count": len(t.teacher),
+                "source": "OFFLINE STAND-IN (answers from labelled data)" if t.standin else "teacher",
+            },
+            "feedback_labels": len(t.feedback),
+            "cost_per_teacher_call_usd": per_call,
+            "recorded": _side(self.rows, recorded=True, per_call=per_call),
+            "replay": _side(self.rows, recorded=False, per_call=per_call),
+            "flips": flips,
+            "matched": {
+                "count": sum(r.matched for r in recorded_rows),
+                "of": len(recorded_rows),
+                "share": sum(r.matched for r in recorded_rows) / len(recorded_rows) if recorded_rows else None,
+            },
+            "rescored": self.scored,
+            "seconds": round(self.seconds, 3),
+            "decisions_per_s": round(len(self.rows) / self.seconds, 1) if self.seconds > 0 else None,
+        }
+
+
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """The Wilson score interval (95%) for a proportion; None without observations."""
+    if n == 0:
+        return None
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _accuracy(pairs: Sequence[tuple[str | None, str]]) -> dict[str, Any]:
+    """Answers against labels: count, correct, accuracy and its 95% interval."""
+    n = len(pairs)
+    correct = sum(a == b for a, b in pairs)
+    return {
+        "n": n,
+        "correct": correct,
+        "accuracy": correct / n if n else None,
+        "interval95": wilson(correct, n),
+    }
+
+
+def _side(rows: Sequence[Row], *, recorded: bool, per_call: float | None) -> dict[str, Any]:
+    """The numbers of one side (the recorded decisions, or the replayed ones)."""
+    if recorded:
+        rows = [r for r in rows if r.recorded_verdict is not None]
+
+    def route(r: Row) -> str | None:
+        return r.recorded_route if recorded else r.route
+
+    def answer(r: Row) -> str | None:
+        return r.recorded_label if recorded else r.answer
+
+    n = len(rows)
+    accepted = [r for r in rows if route(r) == "student"]
+    checks = 0 if recorded else sum(r.teacher_check for r in rows)
+    calls = n - len(accepted) + checks
+    if recorded:  # what the teacher was really asked: its recorded results (answers and checks)
+        calls = sum(r.teacher_label is not None for r in rows)
+    student_vs_teacher = [(answer(r), r.teacher_label) for r in accepted if r.teacher_label is not None]
+    student_vs_feedback = [(answer(r), r.feedback_label) for r in accepted if r.feedback_label is not None]
+    unlabelled = sum(r.teacher_label is None and r.feedback_label is None for r in accepted)
+    answered = [r for r in rows if answer(r) is not None]
+    return {
+        "requests": n,
+        "student_share": len(accepted) / n if n else None,
+        "escalated": n - len(accepted),
+        "teacher_calls": calls,
+        "teacher_cost_usd": None if per_call is None else calls * per_call,
+        "all_teacher_cost_usd": None if per_call is None else n * per_call,
+        "accepted_vs_teacher": _accuracy(student_vs_teacher),
+        "accepted_vs_feedback": _accuracy(student_vs_feedback),
+        "accepted_unlabelled": unlabelled,
+        "answers_vs_feedback": _accuracy(
+            [(answer(r), r.feedback_label) for r in answered if r.feedback_label is not None]
+        ),
+        "unanswerable": n - len(answered),  # escalated where the record holds no teacher answer
+    }
+
+
+def replay(
+    traffic: Traffic,
+    candidate: Candidate,
+    students: Students,
+    *,
+    batch: int = 64,
+    redact_pii: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> Result:
+    """Re-score (unless ``candidate.rescore`` is off) and re-decide every recorded request.
+
+    ``students`` loads a registry version by name (for the recorded versions and
+    ``candidate.version``); ``progress`` is called with the number of requests just done.
+    """
+    started = time.perf_counter()
+    router = router_for(candidate.task)
+    clean = redact if redact_pii else str
+    rows: list[Row] = []
+    rescored = 0
+    for recorded_batch, student in _batches(traffic.scored, candidate, students, batch):
+        if student is None:
+            now = recorded_batch
+        else:
+            now = score_batch(student, [s.request for s in recorded_batch], clean)
+            rescored += len(now)
+        for before, after in zip(recorded_batch, now, strict=True):
+            rid = before.request.request_id
+            was = traffic.decisions.get(rid)
+            decision = router.decide(after, was.decided_at_ms if was else after.scored_at_ms)
+            rows.append(_row(traffic, before, was, decision))
+        if progress is not None:
+            progress(len(recorded_batch))
+    return Result(traffic, candidate, rows, time.perf_counter() - started, rescored)
+
+
+def _batches(
+    scored: Sequence[Scored], candidate: Candidate, students: Students, size: int
+) -> Iterator[tuple[list[Scored], Student | None]]:
+    """Runs of consecutive requests that one student scores (None: keep the recorded output)."""
+    fixed: Student | None = None
+    if candidate.rescore and candidate.folder is not None:
+        try:
+            fixed = Student(candidate.folder)
+        except Exception as e:
+            raise ReplayError(f"cannot load the candidate student at {candidate.folder}: {e}") from e
+    elif candidate.rescore and candidate.version is not None:
+        fixed = students(candidate.version)
+    run: list[Scored] = []
+    current: Student | None = None
+    for s in scored:
+        if not candidate.rescore:
+            student = None
+        elif fixed is not None:
+            student = fixed
+        elif s.student is not None:  # as recorded: the version that scored it
+            student = students(s.student.model_version)
+        else:  # recorded without a student (cold start, a failed model): nothing to re-score
+            student = None
+        if run and (student is not current or len(run) >= size):
+            yield run, current
+            run = []
+        current = student
+        run.append(s)
+    if run:
+        yield run, current
+
+
+def _row(traffic: Traffic, before: Scored, was: Decision | None, now: Decision) -> Row:
+    rid = before.request.request_id
+    teacher = traffic.teacher.get(rid)
+    feedback = traffic.feedback.get(rid)
+    response = traffic.responses.get(rid)
+    recorded_label = None
+    if response is not None and response.label is not None:
+        recorded_label = response.label
+    elif was is not None:
+        recorded_label = was.student_label if was.route == "student" else (teacher.label if teacher else None)
+    answer = now.student_label if now.route == "student" else (teacher.label if teacher else None)
+    flip = None
+    if was is not None:
+        if was.route == "student" and now.route == "teacher":
+            flip = "student->teacher"
+        elif was.route == "teacher" and now.route == "student":
+            flip = "teacher->student"
+        elif was.route == now.route == "student" and was.student_label != now.student_label:
+            flip = "label"
+    signals = now.signals
+    return Row(
+        request_id=rid,
+        received_at_ms=before.request.received_at_ms,
+        recorded_verdict=was.verdict if was else None,
+        recorded_route=was.route if was else None,
+        recorded_version=was.model_version if was else None,
+        recorded_label=recorded_label,
+        recorded_reasons=",".join(was.reasons) if was else "",
+        verdict=now.verdict,
+        route=now.route,
+        version=now.model_version,
+        student_label=now.student_label,
+        confidence=signals.get("confidence"),
+        margin=signals.get("margin"),
+        ood=signals.get("ood"),
+        reasons=",".join(now.reasons),
+        teacher_check=now.teacher_check,
+        teacher_label=teacher.label if teacher else None,
+        teacher_cost_usd=teacher.cost_usd if teacher else None,
+        feedback_label=feedback.label if feedback else None,
+        answer=answer,
+        flip=flip,
+        matched=was is not None and same_decision(was, now),
+    )
+
+
+def same_decision(a: Decision, b: Decision) -> bool:
+    """Verdict, route, label and reasons equal; signals within ``SIGNAL_TOLERANCE``. (Which
+    version and policy made them is the candidate's identity, not the decision.)"""
+    return (
+        (a.verdict, a.route, a.student_label, a.reasons) == (b.verdict, b.route, b.student_label, b.reasons)
+        and a.signals.keys() == b.signals.keys()
+        and all(round(abs(a.signals[k] - b.signals[k]), 9) <= SIGNAL_TOLERANCE for k in a.signals)
+    )
+
+
+def write_parquet(rows: Sequence[Row], path: Path) -> None:
+    """The per-request rows as Parquet (pyarrow: ``pip install 'protege[analysis]'``)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise ReplayError("writing Parquet needs pyarrow: pip install 'protege[analysis]'") from e
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist([asdict(r) for r in rows]), path)

@@ -1,0 +1,112 @@
+"""Replay's pure parts: decisions re-made on recorded outputs, flips, the numbers of each
+side, the Wilson interval and the signal tolerance (the broker test is
+tests/integration/test_replay.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from protege.events import Feedback, Ingested, Scored, StudentOutput, TeacherResult, Usage
+from protege.generator import triage_task
+from protege.policy import router_for
+from protege.replay import Candidate, Selection, Traffic, replay, same_decision, wilson
+
+TASK = triage_task()
+
+
+def scored(i: int, confidence: float | None, label: str = "shipping") -> Scored:
+    req = Ingested(request_id=f"r{i}", tenant="acme", task=TASK.name, text=f"where is order {i}", received_at_ms=i)
+    out = (
+        None
+        if confidence is None
+        else StudentOutput(
+            model_version="v1",
+            label=label,
+            confidence=confidence,
+            margin=confidence,
+            ood=0.1,
+            top=[(label, confidence)],
+        )
+    )
+    return Scored(request=req, student=out, scored_at_ms=i, batch_size=1)
+
+
+def teacher(i: int, label: str) -> TeacherResult:
+    return TeacherResult(
+        request_id=f"r{i}",
+        tenant="acme",
+        task=TASK.name,
+        text="t",
+        label=label,
+        teacher="claude-sonnet-4-6",
+        standin=False,
+        usage=Usage(input_tokens=100, output_tokens=10),
+        cost_usd=0.002,
+        latency_ms=500,
+        attempts=1,
+        answered_at_ms=i,
+    )
+
+
+def traffic() -> Traffic:
+    """Four requests: a confident accept, two escalated for low confidence (the teacher said
+    shipping and billing), and a cold start; one person's feedback on the accepted one."""
+    recorded = [scored(0, 0.97), scored(1, 0.5), scored(2, 0.5), scored(3, None)]
+    router = router_for(TASK)
+    t = Traffic(Selection("acme", TASK.name), recorded)
+    t.decisions = {s.request.request_id: router.decide(s, 10) for s in recorded}
+    t.teacher = {"r1": teacher(1, "shipping"), "r2": teacher(2, "billing"), "r3": teacher(3, "shipping")}
+    t.feedback = {"r0": Feedback(request_id="r0", tenant="acme", task=TASK.name, text="t", label="billing")}
+    return t
+
+
+def no_students(name: str):
+    raise AssertionError(f"nothing is re-scored here (asked for {name})")
+
+
+def test_the_recorded_policy_on_recorded_outputs_reproduces_every_decision() -> None:
+    s = replay(traffic(), Candidate(TASK, rescore=False), no_students).summary()
+    assert s["matched"] == {"count": 4, "of": 4, "share": 1.0} and s["flips"] == {}
+    assert s["recorded"]["student_share"] == s["replay"]["student_share"] == 0.25
+    assert s["recorded"]["teacher_calls"] == s["replay"]["teacher_calls"] == 3
+    assert s["cost_per_teacher_call_usd"] == pytest.approx(0.002)
+
+
+def test_a_looser_threshold_flips_escalations_and_is_judged_by_the_teacher_labels() -> None:
+    loose = TASK.model_copy(
+        update={
+            "policy": TASK.policy.model_copy(
+                update={
+                    "thresholds": TASK.policy.thresholds.model_copy(update={"min_confidence": 0.4, "min_margin": 0.4})
+                }
+            )
+        }
+    )
+    result = replay(traffic(), Candidate(loose, rescore=False), no_students)
+    s = result.summary()
+    assert s["flips"] == {"teacher->student": 2}
+    rep = s["replay"]
+    assert rep["student_share"] == 0.75 and rep["teacher_calls"] == 1  # the cold start still escalates
+    assert rep["teacher_cost_usd"] == pytest.approx(0.002)
+    # r1: student says shipping, teacher shipping; r2: student shipping, teacher billing.
+    assert (rep["accepted_vs_teacher"]["n"], rep["accepted_vs_teacher"]["correct"]) == (2, 1)
+    assert rep["accepted_vs_feedback"]["n"] == 1 and rep["accepted_vs_feedback"]["correct"] == 0
+    assert rep["accepted_unlabelled"] == 0
+    by_id = {r.request_id: r for r in result.rows}
+    assert by_id["r2"].answer == "shipping" and by_id["r2"].teacher_label == "billing"
+    assert by_id["r3"].answer == "shipping" and by_id["r3"].route == "teacher"  # the teacher's recorded answer
+
+
+def test_wilson_interval() -> None:
+    assert wilson(0, 0) is None
+    lo, hi = wilson(95, 100)  # type: ignore[misc]
+    assert 0.88 < lo < 0.89 and 0.977 < hi < 0.98
+    assert wilson(10, 10)[1] == 1.0  # type: ignore[index]
+
+
+def test_signals_match_within_one_unit_of_the_recorded_precision() -> None:
+    router = router_for(TASK)
+    a = router.decide(scored(0, 0.916906), 1)
+    b = router.decide(scored(0, 0.916907), 1)
+    c = router.decide(scored(0, 0.916909), 1)
+    assert same_decision(a, b) and not same_decision(a, c)
