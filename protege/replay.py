@@ -141,22 +141,22 @@ async def recorded(settings: Settings, selection: Selection) -> Traffic:
 
 @dataclass(frozen=True)
 class Candidate:
-    """What to replay: a policy (a task's), and a student: a registry version, a version
-    folder, or (neither) each request's recorded version. ``rescore=False`` keeps the
-    recorded student outputs and replays the policy alone (fast)."""
+    """What to replay: a policy (a task's) and a student, loaded by the caller (a registry
+    version or a version folder, with the scorer's settings); with none, each request is
+    re-scored by the version that scored it. ``rescore=False`` keeps the recorded student
+    outputs and replays the policy alone (fast)."""
 
     task: Task
-    version: str | None = None
-    folder: Path | None = None
+    student: Student | None = None
     rescore: bool = True
 
     def describe(self) -> str:
         if not self.rescore:
             student = "the recorded outputs (not re-scored)"
-        elif self.folder is not None:
-            student = str(self.folder)
+        elif self.student is not None:
+            student = f"{self.student.version} ({self.student.folder})"
         else:
-            student = self.version or "the version that scored each request"
+            student = "the version that scored each request"
         return f"student: {student}; policy: {self.task.policy.name} {self.task.policy.version}"
 
 
@@ -303,8 +303,8 @@ def replay(
 ) -> Result:
     """Re-score (unless ``candidate.rescore`` is off) and re-decide every recorded request.
 
-    ``students`` loads a registry version by name (for the recorded versions and
-    ``candidate.version``); ``progress`` is called with the number of requests just done.
+    ``students`` loads a registry version by name (the recorded versions, when the
+    candidate has no student); ``progress`` is called with the number of requests just done.
     """
     started = time.perf_counter()
     router = router_for(candidate.task)
@@ -331,14 +331,7 @@ def _batches(
     scored: Sequence[Scored], candidate: Candidate, students: Students, size: int
 ) -> Iterator[tuple[list[Scored], Student | None]]:
     """Runs of consecutive requests that one student scores (None: keep the recorded output)."""
-    fixed: Student | None = None
-    if candidate.rescore and candidate.folder is not None:
-        try:
-            fixed = Student(candidate.folder)
-        except Exception as e:
-            raise ReplayError(f"cannot load the candidate student at {candidate.folder}: {e}") from e
-    elif candidate.rescore and candidate.version is not None:
-        fixed = students(candidate.version)
+    fixed = candidate.student
     run: list[Scored] = []
     current: Student | None = None
     for s in scored:

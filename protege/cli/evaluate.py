@@ -134,13 +134,11 @@ def replay_command(
         raise typer.BadParameter("--no-rescore keeps the recorded outputs: it cannot take a candidate student")
     settings = ScorerSettings()
     chosen = selection(tenant, task, since, until, last)
-    cand = Candidate(
-        candidate_task(settings, task, task_file, policy, target_accuracy, min_confidence, min_margin, max_ood),
-        version=version,
-        folder=model_dir,
-        rescore=rescore,
-    )
+    policy_task = candidate_task(settings, task, task_file, policy, target_accuracy, min_confidence, min_margin, max_ood)
     registry = Registry.of(settings)
+
+    def load(folder: Path) -> Student:  # as the scorer loads a version
+        return Student(folder, providers=settings.providers, threads=settings.threads, sub_batch=settings.sub_batch)
 
     @cache
     def students(name: str) -> Student:
@@ -148,9 +146,18 @@ def replay_command(
         if found is None:
             known = ", ".join(v.name for v in registry.versions(tenant, task)) or "none"
             raise ReplayError(f"no version {name!r} of {tenant}/{task} in {registry.root} (versions: {known})")
-        return Student(found.folder, providers=settings.providers, threads=settings.threads)
+        return load(found.folder)
 
     try:
+        candidate_student = None
+        if version is not None:
+            candidate_student = students(version)
+        elif model_dir is not None:
+            try:
+                candidate_student = load(model_dir)
+            except Exception as e:
+                raise ReplayError(f"cannot load a student from {model_dir}: {e}") from e
+        cand = Candidate(policy_task, student=candidate_student, rescore=rescore)
         with console.status(f"reading {chosen.describe()} from {settings.bootstrap_servers}"):
             traffic = asyncio.run(recorded(settings, chosen))
         columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"), TimeRemainingColumn())
