@@ -19,124 +19,26 @@ summary says how many there are rather than guessing their accuracy.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from protege.errors import ConfigError
-from protege.events import Decision, Feedback, Response, Scored, TeacherResult
+from protege.events import Decision, Scored
 from protege.policy import router_for
+from protege.recorded import ReplayError, Selection, Traffic, recorded
 from protege.redact import redact
 from protege.scoring import score_batch
-from protege.settings import Settings
-from protege.state import read_all
 from protege.student.runtime import Student
 from protege.task import Task
+
+__all__ = ["Candidate", "ReplayError", "Result", "Row", "Selection", "Traffic", "recorded", "replay"]
 
 # Signals are recorded to 6 decimals; the same version on the same text in another batch
 # (other padding) differs in float32 by ~1e-7, which can round one unit apart.
 SIGNAL_TOLERANCE = 1e-6
-
-
-class ReplayError(ConfigError):
-    """The replay cannot run as asked (no traffic in range, unknown version, ...)."""
-
-
-@dataclass(frozen=True)
-class Selection:
-    tenant: str
-    task: str
-    since_ms: int | None = None  # received at or after
-    until_ms: int | None = None  # received before
-
-    def contains(self, received_at_ms: int) -> bool:
-        return (self.since_ms is None or received_at_ms >= self.since_ms) and (
-            self.until_ms is None or received_at_ms < self.until_ms
-        )
-
-    def describe(self) -> str:
-        def when(ms: int | None) -> str:
-            return "…" if ms is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
-
-        return f"{self.tenant}/{self.task}, received {when(self.since_ms)} to {when(self.until_ms)}"
-
-
-@dataclass
-class Traffic:
-    """One tenant and task's recorded requests (as scored, in arrival order) and what became of them."""
-
-    selection: Selection
-    scored: list[Scored]
-    decisions: dict[str, Decision] = field(default_factory=dict)
-    teacher: dict[str, TeacherResult] = field(default_factory=dict)
-    feedback: dict[str, Feedback] = field(default_factory=dict)
-    responses: dict[str, Response] = field(default_factory=dict)
-
-    @property
-    def standin(self) -> bool:
-        """Whether any teacher label here came from the offline stand-in, not a real teacher."""
-        return any(r.standin for r in self.teacher.values())
-
-
-async def recorded(settings: Settings, selection: Selection) -> Traffic:
-    """Read a selection's traffic from the topics (committed records only, no consumer group)."""
-    t = settings.topics
-    since = None if selection.since_ms is None else selection.since_ms - 60_000  # scored a little after arrival
-    scored_r, decisions_r, teacher_r, feedback_r, responses_r = await asyncio.gather(
-        read_all(settings, t.scored, since_ms=since),
-        read_all(settings, t.decisions, since_ms=since),
-        read_all(settings, t.teacher_results, since_ms=since),
-        read_all(settings, t.feedback, since_ms=since),
-        read_all(settings, t.responses, since_ms=since),
-    )
-    mine = (selection.tenant, selection.task)
-    scored: list[Scored] = []
-    seen_ids: set[str] = set()
-    elsewhere: dict[tuple[str, str], int] = {}
-    for r in scored_r:
-        s = Scored.model_validate_json(r.value)
-        req = s.request
-        if not selection.contains(req.received_at_ms):
-            continue
-        if (req.tenant, req.task) != mine:
-            elsewhere[(req.tenant, req.task)] = elsewhere.get((req.tenant, req.task), 0) + 1
-            continue
-        if req.request_id not in seen_ids:
-            seen_ids.add(req.request_id)
-            scored.append(s)
-    if not scored:
-        others = ", ".join(f"{a}/{b} ({n})" for (a, b), n in sorted(elsewhere.items(), key=lambda kv: -kv[1])[:8])
-        raise ReplayError(
-            f"no recorded requests for {selection.describe()} on {t.scored}"
-            + (f"; requests in that range belong to: {others}" if others else "; the range holds no requests at all")
-        )
-    scored.sort(key=lambda s: (s.request.received_at_ms, s.request.request_id))
-    traffic = Traffic(selection, scored)
-
-    def ours(tenant: str, task: str, request_id: str) -> bool:
-        return (tenant, task) == mine and request_id in seen_ids
-
-    for r in decisions_r:
-        d = Decision.model_validate_json(r.value)
-        if ours(d.tenant, d.task, d.request_id):
-            traffic.decisions.setdefault(d.request_id, d)
-    for r in teacher_r:
-        tr = TeacherResult.model_validate_json(r.value)
-        if ours(tr.tenant, tr.task, tr.request_id):
-            traffic.teacher[tr.request_id] = tr
-    for r in feedback_r:
-        f = Feedback.model_validate_json(r.value)
-        if ours(f.tenant, f.task, f.request_id):
-            traffic.feedback[f.request_id] = f  # the latest word
-    for r in responses_r:
-        resp = Response.model_validate_json(r.value)
-        if ours(resp.tenant, resp.task, resp.request_id):
-            traffic.responses.setdefault(resp.request_id, resp)
-    return traffic
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Reading the events back for people: ``protege replay`` (what would this student or
-policy have done to recorded traffic, and at what cost)."""
+policy have done to recorded traffic, and at what cost) and ``protege export`` (a tenant's
+events as Parquet)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from protege.settings import ScorerSettings, Settings
 from protege.task import Task, load_task, load_tasks
 
 if TYPE_CHECKING:
-    from protege.replay import Selection
+    from protege.recorded import Selection
     from protege.student.runtime import Student
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -46,7 +47,7 @@ def parse_time(value: str | None, option: str) -> int | None:
 
 
 def selection(tenant: str, task: str, since: str | None, until: str | None, last: str | None) -> Selection:
-    from protege.replay import Selection
+    from protege.recorded import Selection
 
     since_ms, until_ms = parse_time(since, "--from"), parse_time(until, "--to")
     if last is not None:
@@ -119,13 +120,17 @@ def replay_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON here.")] = None,
     parquet: Annotated[Path | None, typer.Option(help="Write one row per request as Parquet here.")] = None,
     batch: Annotated[int, typer.Option(min=1, help="Requests per ONNX Runtime batch.")] = 64,
+    source: Annotated[
+        Path | None, typer.Option("--input", help="Replay a folder protege export wrote instead of the topics.")
+    ] = None,
 ) -> None:
     """What would this student, threshold or policy have done to recorded traffic, and at what cost?
 
     Reads the topics with no consumer group and writes to none of them.
     """
+    from protege.recorded import ReplayError, read_export, recorded
     from protege.registry import Registry
-    from protege.replay import Candidate, ReplayError, recorded, replay, write_parquet
+    from protege.replay import Candidate, replay, write_parquet
     from protege.student.runtime import Student
 
     if version is not None and model_dir is not None:
@@ -134,7 +139,9 @@ def replay_command(
         raise typer.BadParameter("--no-rescore keeps the recorded outputs: it cannot take a candidate student")
     settings = ScorerSettings()
     chosen = selection(tenant, task, since, until, last)
-    policy_task = candidate_task(settings, task, task_file, policy, target_accuracy, min_confidence, min_margin, max_ood)
+    policy_task = candidate_task(
+        settings, task, task_file, policy, target_accuracy, min_confidence, min_margin, max_ood
+    )
     registry = Registry.of(settings)
 
     def load(folder: Path) -> Student:  # as the scorer loads a version
@@ -158,8 +165,17 @@ def replay_command(
             except Exception as e:
                 raise ReplayError(f"cannot load a student from {model_dir}: {e}") from e
         cand = Candidate(policy_task, student=candidate_student, rescore=rescore)
-        with console.status(f"reading {chosen.describe()} from {settings.bootstrap_servers}"):
-            traffic = asyncio.run(recorded(settings, chosen))
+        if source is not None:
+            with console.status(f"reading {source}"):
+                events = read_export(source)
+            if (events.selection.tenant, events.selection.task) != (tenant, task):
+                raise ReplayError(
+                    f"{source} holds {events.selection.tenant}/{events.selection.task}, not {tenant}/{task}"
+                )
+            traffic = events.traffic()
+        else:
+            with console.status(f"reading {chosen.describe()} from {settings.bootstrap_servers}"):
+                traffic = asyncio.run(recorded(settings, chosen))
         columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"), TimeRemainingColumn())
         with Progress(*columns, console=console, transient=True) as bar:
             job = bar.add_task("replay", total=len(traffic.scored))
@@ -231,3 +247,39 @@ def print_summary(s: dict[str, Any]) -> None:
         f"labels on record: {labels['count']} from the {labels['source']}, {s['feedback_labels']} from feedback; "
         "accepted answers without either are not measured (no audit samples on record)"
     )
+
+
+@app.command("export")
+def export_command(
+    tenant: Tenant,
+    task: TaskName,
+    out: Annotated[Path, typer.Option(help="Folder for the Parquet files (created).")],
+    since: Annotated[str | None, typer.Option("--from", help="Requests received at or after (ISO, UTC).")] = None,
+    until: Annotated[str | None, typer.Option("--to", help="Requests received before (ISO, UTC).")] = None,
+    last: Annotated[str | None, typer.Option(help="Instead of --from: the last 90m, 24h, 7d, ...")] = None,
+    with_text: Annotated[
+        bool, typer.Option(help="Keep texts as sent (default: PII-redacted, as the harvest keeps them).")
+    ] = False,
+) -> None:
+    """Write one tenant and task's events for a time range as Parquet: scored signals, decisions,
+    teacher results with tokens and cost, responses with latency, feedback, harvested cases,
+    and requests.parquet joining them per request. Reads with no consumer group."""
+    from protege.recorded import read_events, write_export
+
+    settings = Settings()
+    chosen = selection(tenant, task, since, until, last)
+    try:
+        with console.status(f"reading {chosen.describe()} from {settings.bootstrap_servers}"):
+            events = asyncio.run(read_events(settings, chosen))
+        counts = write_export(events, out, with_text=with_text)
+    except ConfigError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    table = Table(title=f"exported {chosen.describe()} to {out}")
+    table.add_column("file")
+    table.add_column("rows", justify="right")
+    for name, n in counts.items():
+        table.add_row(f"{name}.parquet", str(n))
+    Console(width=120).print(table)
+    texts = "as sent" if with_text else "PII-redacted (--with-text keeps them as sent)"
+    console.print(f"texts {texts}; {events.unreadable} unreadable records skipped")

@@ -7,6 +7,8 @@ student), read back from the topics and re-scored and re-decided.
   accuracy is measured against the labels on record (teacher answers, feedback).
 - ``protege replay`` writes its JSON and Parquet (read back with DuckDB) and says what to do
   when the tenant, the range or the version does not exist.
+- ``protege export`` writes every topic's events as Parquet: DuckDB counts them against the
+  topics, and replay on the exported folder reproduces the decisions without a broker.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from typer.testing import CliRunner
 
 from protege.broker.embedded import EmbeddedBroker
 from protege.cli import app
-from protege.events import Feedback
+from protege.events import Feedback, HarvestCase
 from protege.generator import generate, write_jsonl
 from protege.harness import drive, summarize
 from protege.kafka import Out, producer
 from protege.pipeline import LocalPipeline
+from protege.recorded import read_export
+from protege.redact import redact
 from protege.registry import Registry
 from protege.replay import Candidate, Selection, recorded, replay
 from protege.settings import Settings
@@ -136,7 +140,7 @@ def test_a_looser_candidate_policy_moves_escalations_to_the_student(recording: d
     assert per_call > 0 and rep["teacher_cost_usd"] == pytest.approx(rep["teacher_calls"] * per_call)
 
 
-def cli(recording: dict, *args: str):
+def cli(recording: dict, *args: str, command: str = "replay"):
     s = recording["settings"]
     env = {
         "PROTEGE_BOOTSTRAP_SERVERS": s.bootstrap_servers,
@@ -145,7 +149,7 @@ def cli(recording: dict, *args: str):
         "PROTEGE_TASKS_DIR": str(REPO / "tasks"),
         "PROTEGE_THREADS": "1",
     }
-    return CliRunner().invoke(app, ["replay", "--tenant", "acme", "--task", TASK, *args], env=env)
+    return CliRunner().invoke(app, [command, "--tenant", "acme", "--task", TASK, *args], env=env)
 
 
 def test_replay_command_writes_json_and_parquet(recording: dict, tmp_path: Path) -> None:
@@ -175,3 +179,39 @@ def test_replay_command_says_what_is_wrong(recording: dict, args: list[str], say
     done = cli(recording, *args)
     assert done.exit_code == 2, done.output
     assert says in done.output.replace("\n", " ")
+
+
+def test_export_matches_the_topics_and_replays_without_a_broker(recording: dict, tmp_path: Path) -> None:
+    s = recording["settings"]
+    out = tmp_path / "export"
+    done = cli(recording, "--out", str(out), command="export")
+    assert done.exit_code == 0, done.output
+    con = duckdb.connect()
+
+    def rows(table: str) -> int:
+        return con.execute(f"select count(*) from '{out / table}.parquet'").fetchone()[0]
+
+    def on_topic(topic: str) -> int:
+        events = [json.loads(r.value) for r in asyncio.run(read_all(s, getattr(s.topics, topic))) if r.value]
+        return sum(e.get("tenant", e.get("request", {}).get("tenant")) == "acme" for e in events)
+
+    assert rows("scored") == rows("requests") == on_topic("scored") == 500
+    assert rows("decisions") == on_topic("decisions") == 500
+    assert rows("responses") == on_topic("responses") == 500
+    assert rows("teacher_results") == on_topic("teacher_results") > 0
+    assert rows("feedback") == on_topic("feedback") == 40
+    harvested = [HarvestCase.model_validate_json(r.value) for r in asyncio.run(read_all(s, s.topics.harvest))]
+    assert rows("harvest") == sum(h.tenant == "acme" for h in harvested) > 0
+    # Joined per request: the answer given and the latency to it, the teacher's cost where it answered.
+    escalated, cost, slowest = con.execute(
+        f"select count(*) filter (where route = 'teacher'), sum(teacher_cost_usd), max(latency_ms) "
+        f"from '{out / 'requests'}.parquet'"
+    ).fetchone()
+    assert escalated == rows("teacher_results") and cost > 0 and slowest > 0
+    texts = [t for (t,) in con.execute(f"select text from '{out / 'scored'}.parquet'").fetchall()]
+    assert all(redact(t) == t for t in texts)  # PII-redacted by default
+    # Replay on the folder: the same 500 decisions, no broker needed.
+    traffic = read_export(out).traffic()
+    assert replay(traffic, Candidate(task()), students(s)).summary()["matched"]["count"] == 500
+    from_file = cli(recording, "--input", str(out))
+    assert from_file.exit_code == 0 and "500/500" in from_file.output, from_file.output

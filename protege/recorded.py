@@ -1,0 +1,357 @@
+"""Recorded traffic: one tenant and task's events over a time range, read back from the
+topics (no consumer group, committed records only) or from a folder ``protege export`` wrote.
+
+    events = await read_events(settings, Selection("acme", "ticket-triage", since_ms, until_ms))
+    traffic = events.traffic()          # per request: scored, decision, teacher answer, feedback, response
+    write_export(events, Path("out/"))  # Parquet, one file per topic plus one joined table
+    events = read_export(Path("out/"))  # the same events back (replay runs on them)
+
+A request belongs to the selection when it was *received* in the range; every other event
+is kept when it is about one of those requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from protege.errors import ConfigError
+from protege.events import Decision, Feedback, HarvestCase, Response, Scored, TeacherResult, now_ms
+from protege.kafka import Record
+from protege.redact import redact
+from protege.settings import Settings
+from protege.state import read_all
+
+E = TypeVar("E", bound=BaseModel)
+EXPORT_VERSION = 1
+
+
+class ReplayError(ConfigError):
+    """Reading the record back cannot run as asked (no traffic in range, unknown version, ...)."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    tenant: str
+    task: str
+    since_ms: int | None = None  # received at or after
+    until_ms: int | None = None  # received before
+
+    def contains(self, received_at_ms: int) -> bool:
+        return (self.since_ms is None or received_at_ms >= self.since_ms) and (
+            self.until_ms is None or received_at_ms < self.until_ms
+        )
+
+    def describe(self) -> str:
+        def when(ms: int | None) -> str:
+            return "…" if ms is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+        return f"{self.tenant}/{self.task}, received {when(self.since_ms)} to {when(self.until_ms)}"
+
+
+@dataclass
+class Traffic:
+    """One tenant and task's recorded requests (as scored, in arrival order) and what became of them."""
+
+    selection: Selection
+    scored: list[Scored]
+    decisions: dict[str, Decision] = field(default_factory=dict)
+    teacher: dict[str, TeacherResult] = field(default_factory=dict)
+    feedback: dict[str, Feedback] = field(default_factory=dict)
+    responses: dict[str, Response] = field(default_factory=dict)
+
+    @property
+    def standin(self) -> bool:
+        """Whether any teacher label here came from the offline stand-in, not a real teacher."""
+        return any(r.standin for r in self.teacher.values())
+
+
+@dataclass
+class Events:
+    """Every event of a selection, topic by topic, in the order they were written."""
+
+    selection: Selection
+    scored: list[Scored]
+    decisions: list[Decision] = field(default_factory=list)
+    teacher: list[TeacherResult] = field(default_factory=list)
+    responses: list[Response] = field(default_factory=list)
+    feedback: list[Feedback] = field(default_factory=list)
+    harvest: list[HarvestCase] = field(default_factory=list)
+    unreadable: int = 0  # records on those topics that did not parse (skipped, counted)
+
+    def traffic(self) -> Traffic:
+        t = Traffic(self.selection, sorted(self.scored, key=lambda s: (s.request.received_at_ms, s.request.request_id)))
+        for d in self.decisions:
+            t.decisions.setdefault(d.request_id, d)
+        for r in self.teacher:
+            t.teacher[r.request_id] = r  # the last answer (a held request is answered once; a check after)
+        for f in self.feedback:
+            t.feedback[f.request_id] = f  # the latest word
+        for resp in self.responses:
+            t.responses.setdefault(resp.request_id, resp)
+        return t
+
+
+def _parse(model: type[E], records: Iterable[Record], bad: Counter[str]) -> Iterator[E]:
+    for r in records:
+        if r.value is None:
+            continue
+        try:
+            yield model.model_validate_json(r.value)
+        except ValidationError:
+            bad[r.topic] += 1
+
+
+async def read_events(settings: Settings, selection: Selection) -> Events:
+    """A selection's events from the topics. Raises ``ReplayError`` when it holds no request,
+    naming the tenants and tasks that the range does hold."""
+    t = settings.topics
+    since = None if selection.since_ms is None else selection.since_ms - 60_000  # scored a little after arrival
+    names = (t.scored, t.decisions, t.teacher_results, t.responses, t.feedback, t.harvest)
+    read = await asyncio.gather(*(read_all(settings, name, since_ms=since) for name in names))
+    bad: Counter[str] = Counter()
+    mine = (selection.tenant, selection.task)
+    scored: list[Scored] = []
+    ids: set[str] = set()
+    elsewhere: Counter[str] = Counter()
+    for s in _parse(Scored, read[0], bad):
+        req = s.request
+        if not selection.contains(req.received_at_ms):
+            continue
+        if (req.tenant, req.task) != mine:
+            elsewhere[f"{req.tenant}/{req.task}"] += 1
+        elif req.request_id not in ids:
+            ids.add(req.request_id)
+            scored.append(s)
+    if not scored:
+        others = ", ".join(f"{name} ({n})" for name, n in elsewhere.most_common(8))
+        raise ReplayError(
+            f"no recorded requests for {selection.describe()} on {t.scored}"
+            + (f"; requests in that range belong to: {others}" if others else "; the range holds no requests at all")
+        )
+
+    def ours(e: Any) -> bool:
+        return (e.tenant, e.task) == mine and e.request_id in ids
+
+    return Events(
+        selection,
+        scored,
+        decisions=[e for e in _parse(Decision, read[1], bad) if ours(e)],
+        teacher=[e for e in _parse(TeacherResult, read[2], bad) if ours(e)],
+        responses=[e for e in _parse(Response, read[3], bad) if ours(e)],
+        feedback=[e for e in _parse(Feedback, read[4], bad) if ours(e)],
+        harvest=[e for e in _parse(HarvestCase, read[5], bad) if ours(e)],
+        unreadable=sum(bad.values()),
+    )
+
+
+async def recorded(settings: Settings, selection: Selection) -> Traffic:
+    """A selection's traffic from the topics."""
+    return (await read_events(settings, selection)).traffic()
+
+
+# -- export: Parquet ----------------------------------------------------------------
+
+TABLES = ("scored", "decisions", "teacher_results", "responses", "feedback", "harvest")
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise ReplayError("Parquet needs pyarrow: pip install 'protege[analysis]'") from e
+    return pa, pq
+
+
+def _scrub(event: E, with_text: bool) -> E:
+    """The event with its text(s) PII-redacted (what the harvest keeps and the student sees)."""
+    if with_text:
+        return event
+    if isinstance(event, Scored):
+        return event.model_copy(
+            update={"request": event.request.model_copy(update={"text": redact(event.request.text)})}
+        )
+    if isinstance(event, (TeacherResult, Feedback, HarvestCase)):
+        return event.model_copy(update={"text": redact(event.text)})  # type: ignore[return-value]
+    return event
+
+
+def _flat(table: str, e: Any) -> dict[str, Any]:
+    """The columns of one event in its table (the whole event is kept too, as ``event``)."""
+    if table == "scored":
+        req, out = e.request, e.student
+        return {
+            "request_id": req.request_id,
+            "received_at_ms": req.received_at_ms,
+            "sent_at_ms": req.sent_at_ms,
+            "text": req.text,
+            "model_version": out.model_version if out else None,
+            "student_label": out.label if out else None,
+            "confidence": out.confidence if out else None,
+            "margin": out.margin if out else None,
+            "ood": out.ood if out else None,
+            "student_error": e.student_error,
+            "scored_at_ms": e.scored_at_ms,
+            "batch_size": e.batch_size,
+        }
+    if table == "decisions":
+        return {
+            "request_id": e.request_id,
+            "verdict": e.verdict,
+            "route": e.route,
+            "policy": e.policy,
+            "policy_version": e.policy_version,
+            "model_version": e.model_version,
+            "student_label": e.student_label,
+            "confidence": e.signals.get("confidence"),
+            "margin": e.signals.get("margin"),
+            "ood": e.signals.get("ood"),
+            "reasons": ",".join(e.reasons),
+            "teacher_check": e.teacher_check,
+            "decided_at_ms": e.decided_at_ms,
+        }
+    if table == "teacher_results":
+        u = e.usage
+        return {
+            "request_id": e.request_id,
+            "label": e.label,
+            "teacher": e.teacher,
+            "standin": e.standin,
+            "mode": e.mode,
+            "input_tokens": u.input_tokens,
+            "output_tokens": u.output_tokens,
+            "cache_write_tokens": u.cache_creation_input_tokens,
+            "cache_read_tokens": u.cache_read_input_tokens,
+            "tokens_estimated": u.estimated,
+            "cost_usd": e.cost_usd,
+            "latency_ms": e.latency_ms,
+            "attempts": e.attempts,
+            "student_label": e.student_label,
+            "agrees": e.agrees,
+            "answered_at_ms": e.answered_at_ms,
+        }
+    if table == "responses":
+        return {
+            "request_id": e.request_id,
+            "label": e.label,
+            "route": e.route,
+            "status": e.status,
+            "provisional": e.provisional,
+            "answered_by": e.answered_by,
+            "standin": e.standin,
+            "confidence": e.confidence,
+            "received_at_ms": e.received_at_ms,
+            "answered_at_ms": e.answered_at_ms,
+            "latency_ms": e.answered_at_ms - e.received_at_ms,
+        }
+    if table == "feedback":
+        return {"request_id": e.request_id, "label": e.label, "source": e.source, "text": e.text}
+    return {  # harvest
+        "request_id": e.request_id,
+        "label": e.label,
+        "label_source": e.label_source,
+        "reason": e.reason,
+        "student_label": e.student_label,
+        "model_version": e.model_version,
+        "harvested_at_ms": e.harvested_at_ms,
+        "text": e.text,
+    }
+
+
+def _joined(events: Events) -> list[dict[str, Any]]:
+    """One row per request: arrival, the student, the decision, the teacher, the answer, feedback."""
+    t = events.traffic()
+    rows = []
+    for s in t.scored:
+        rid = s.request.request_id
+        row = {k: v for k, v in _flat("scored", s).items() if k != "text"}
+        d, tr, resp, fb = t.decisions.get(rid), t.teacher.get(rid), t.responses.get(rid), t.feedback.get(rid)
+        row |= {
+            "verdict": d.verdict if d else None,
+            "route": d.route if d else None,
+            "reasons": ",".join(d.reasons) if d else None,
+            "policy_version": d.policy_version if d else None,
+            "teacher_label": tr.label if tr else None,
+            "teacher_cost_usd": tr.cost_usd if tr else None,
+            "teacher_standin": tr.standin if tr else None,
+            "answer": resp.label if resp else None,
+            "answer_status": resp.status if resp else None,
+            "answered_by": resp.answered_by if resp else None,
+            "latency_ms": (resp.answered_at_ms - resp.received_at_ms) if resp else None,
+            "feedback_label": fb.label if fb else None,
+        }
+        rows.append(row)
+    return rows
+
+
+def write_export(events: Events, folder: Path, *, with_text: bool = False) -> dict[str, int]:
+    """One Parquet file per topic (flat columns + the whole event as JSON), ``requests.parquet``
+    joined per request, and ``export.json`` (selection, counts, whether texts are raw).
+    Texts are PII-redacted unless ``with_text``. Returns the row count of each file."""
+    pa, pq = _pyarrow()
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    lists: dict[str, list[Any]] = {
+        "scored": events.scored,
+        "decisions": events.decisions,
+        "teacher_results": events.teacher,
+        "responses": events.responses,
+        "feedback": events.feedback,
+        "harvest": events.harvest,
+    }
+    for table, items in lists.items():
+        rows = []
+        for e in items:
+            e = _scrub(e, with_text)
+            rows.append(_flat(table, e) | {"event": e.model_dump_json()})
+        schema = None if rows else pa.schema([("request_id", pa.string()), ("event", pa.string())])
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / f"{table}.parquet")
+        counts[table] = len(rows)
+    joined = _joined(events)
+    pq.write_table(pa.Table.from_pylist(joined), folder / "requests.parquet")
+    counts["requests"] = len(joined)
+    meta = {
+        "export_version": EXPORT_VERSION,
+        "selection": asdict(events.selection),
+        "texts": "raw" if with_text else "pii-redacted",
+        "counts": counts,
+        "unreadable_records_skipped": events.unreadable,
+        "written_at_ms": now_ms(),
+    }
+    (folder / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return counts
+
+
+def read_export(folder: Path) -> Events:
+    """The events a ``write_export`` folder holds."""
+    _, pq = _pyarrow()
+    meta_path = folder / "export.json"
+    if not meta_path.exists():
+        raise ReplayError(f"{folder} is not a protege export (no export.json): write one with protege export")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("export_version") != EXPORT_VERSION:
+        raise ReplayError(f"{folder}: export version {meta.get('export_version')}, this protege reads {EXPORT_VERSION}")
+
+    def load(table: str, model: type[E]) -> list[E]:
+        column = pq.read_table(folder / f"{table}.parquet", columns=["event"]).column("event").to_pylist()
+        return [model.model_validate_json(v) for v in column]
+
+    sel = meta["selection"]
+    return Events(
+        Selection(sel["tenant"], sel["task"], sel.get("since_ms"), sel.get("until_ms")),
+        load("scored", Scored),
+        decisions=load("decisions", Decision),
+        teacher=load("teacher_results", TeacherResult),
+        responses=load("responses", Response),
+        feedback=load("feedback", Feedback),
+        harvest=load("harvest", HarvestCase),
+    )
