@@ -21,9 +21,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aiokafka.errors import KafkaConnectionError
 from pydantic import BaseModel, ValidationError
 
-from protege.errors import ConfigError
+from protege.errors import BrokerError, ConfigError
 from protege.events import Decision, Feedback, HarvestCase, Response, Scored, TeacherResult, now_ms
 from protege.kafka import Record
 from protege.redact import redact
@@ -116,7 +117,14 @@ async def read_events(settings: Settings, selection: Selection) -> Events:
     t = settings.topics
     since = None if selection.since_ms is None else selection.since_ms - 60_000  # scored a little after arrival
     names = (t.scored, t.decisions, t.teacher_results, t.responses, t.feedback, t.harvest)
-    read = await asyncio.gather(*(read_all(settings, name, since_ms=since) for name in names))
+    try:  # the requests first: an unreachable broker fails once, not six times at once
+        read = [await read_all(settings, names[0], since_ms=since)]
+        read += await asyncio.gather(*(read_all(settings, name, since_ms=since) for name in names[1:]))
+    except KafkaConnectionError as e:
+        raise BrokerError(
+            f"cannot reach Kafka at {settings.bootstrap_servers}: {e} (is it running? protege broker start "
+            "starts the embedded one; PROTEGE_BOOTSTRAP_SERVERS says where it is)"
+        ) from None
     bad: Counter[str] = Counter()
     mine = (selection.tenant, selection.task)
     scored: list[Scored] = []

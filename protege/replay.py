@@ -31,6 +31,7 @@ from protege.policy import router_for
 from protege.recorded import ReplayError, Selection, Traffic, recorded
 from protege.redact import redact
 from protege.scoring import score_batch
+from protege.student.manifest import TRAINED_ON
 from protege.student.runtime import Student
 from protege.task import Task
 
@@ -89,6 +90,7 @@ class Row:
     teacher_cost_usd: float | None
     feedback_label: str | None
     answer: str | None  # the candidate's answer: the student's if accepted, the recorded teacher's if escalated
+    in_sample: bool | None  # the re-scoring version learnt from this request (None: not on record)
     flip: str | None  # student->teacher, teacher->student, label (both student, labels differ)
     matched: bool  # the same decision as recorded: verdict, route, label, reasons; signals within 1e-6
 
@@ -169,14 +171,18 @@ def _side(rows: Sequence[Row], *, recorded: bool, per_call: float | None) -> dic
 
     n = len(rows)
     accepted = [r for r in rows if route(r) == "student"]
+    # A label the re-scoring version learnt from says nothing of its accuracy: left out.
+    learnt = [r for r in accepted if not recorded and r.in_sample]
+    unknown = 0 if recorded else sum(r.in_sample is None for r in rows)
+    judged = [r for r in accepted if recorded or not r.in_sample]
     checks = 0 if recorded else sum(r.teacher_check for r in rows)
     calls = n - len(accepted) + checks
     if recorded:  # what the teacher was really asked: its recorded results (answers and checks)
         calls = sum(r.teacher_label is not None for r in rows)
-    student_vs_teacher = [(answer(r), r.teacher_label) for r in accepted if r.teacher_label is not None]
-    student_vs_feedback = [(answer(r), r.feedback_label) for r in accepted if r.feedback_label is not None]
-    unlabelled = sum(r.teacher_label is None and r.feedback_label is None for r in accepted)
-    answered = [r for r in rows if answer(r) is not None]
+    student_vs_teacher = [(answer(r), r.teacher_label) for r in judged if r.teacher_label is not None]
+    student_vs_feedback = [(answer(r), r.feedback_label) for r in judged if r.feedback_label is not None]
+    unlabelled = sum(r.teacher_label is None and r.feedback_label is None for r in judged)
+    answered = [r for r in rows if answer(r) is not None and (recorded or not r.in_sample)]
     return {
         "requests": n,
         "student_share": len(accepted) / n if n else None,
@@ -190,7 +196,9 @@ def _side(rows: Sequence[Row], *, recorded: bool, per_call: float | None) -> dic
         "answers_vs_feedback": _accuracy(
             [(answer(r), r.feedback_label) for r in answered if r.feedback_label is not None]
         ),
-        "unanswerable": n - len(answered),  # escalated where the record holds no teacher answer
+        "unanswerable": sum(answer(r) is None for r in rows),  # escalated where the record holds no teacher answer
+        "accepted_in_sample": len(learnt),  # left out of the accuracies above
+        "training_cases_unknown": unknown,  # rows re-scored by a version that kept no list of them
     }
 
 
@@ -213,17 +221,23 @@ def replay(
     clean = redact if redact_pii else str
     rows: list[Row] = []
     rescored = 0
+    seen: dict[Path, frozenset[str] | None] = {}
     for recorded_batch, student in _batches(traffic.scored, candidate, students, batch):
+        trained: frozenset[str] | None = frozenset()  # not re-scored: the recorded version, learnt before
         if student is None:
             now = recorded_batch
         else:
             now = score_batch(student, [s.request for s in recorded_batch], clean)
             rescored += len(now)
+            if student.folder not in seen:
+                seen[student.folder] = trained_on(student.folder)
+            trained = seen[student.folder]
         for before, after in zip(recorded_batch, now, strict=True):
             rid = before.request.request_id
             was = traffic.decisions.get(rid)
             decision = router.decide(after, was.decided_at_ms if was else after.scored_at_ms)
-            rows.append(_row(traffic, before, was, decision))
+            in_sample = None if trained is None else rid in trained
+            rows.append(_row(traffic, before, was, decision, in_sample))
         if progress is not None:
             progress(len(recorded_batch))
     return Result(traffic, candidate, rows, time.perf_counter() - started, rescored)
@@ -254,7 +268,13 @@ def _batches(
         yield run, current
 
 
-def _row(traffic: Traffic, before: Scored, was: Decision | None, now: Decision) -> Row:
+def trained_on(folder: Path) -> frozenset[str] | None:
+    """The request ids a version learnt from (None: a version trained before they were kept)."""
+    path = folder / TRAINED_ON
+    return frozenset(path.read_text().split("\n")) if path.exists() else None
+
+
+def _row(traffic: Traffic, before: Scored, was: Decision | None, now: Decision, in_sample: bool | None) -> Row:
     rid = before.request.request_id
     teacher = traffic.teacher.get(rid)
     feedback = traffic.feedback.get(rid)
@@ -295,6 +315,7 @@ def _row(traffic: Traffic, before: Scored, was: Decision | None, now: Decision) 
         teacher_cost_usd=teacher.cost_usd if teacher else None,
         feedback_label=feedback.label if feedback else None,
         answer=answer,
+        in_sample=in_sample,
         flip=flip,
         matched=was is not None and same_decision(was, now),
     )

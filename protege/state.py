@@ -43,8 +43,8 @@ class TopicView:
 
     async def run(self, stop: asyncio.Event, *, until_caught_up: bool = False) -> None:
         cons = consumer(self.settings, group=None)
-        await cons.start()
         try:
+            await cons.start()
             tps = [TopicPartition(self.topic, p) for p in sorted(await partitions_of(cons, self.topic))]
             cons.assign(tps)
             end = await cons.end_offsets(tps)

@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from protege.cli.root import TaskName, Tenant, app, console
-from protege.errors import ConfigError
+from protege.cli.root import TaskName, Tenant, app, console, home, library_logs_to
+from protege.errors import BrokerError, ConfigError
 from protege.settings import ScorerSettings, Settings
 from protege.task import Task, load_task, load_tasks
 
@@ -138,6 +138,7 @@ def replay_command(
     if not rescore and (version is not None or model_dir is not None):
         raise typer.BadParameter("--no-rescore keeps the recorded outputs: it cannot take a candidate student")
     settings = ScorerSettings()
+    library_logs_to(home() / "logs")
     chosen = selection(tenant, task, since, until, last)
     policy_task = candidate_task(
         settings, task, task_file, policy, target_accuracy, min_confidence, min_margin, max_ood
@@ -189,7 +190,7 @@ def replay_command(
             )
         if parquet is not None:
             write_parquet(result.rows, parquet)
-    except ConfigError as e:
+    except (ConfigError, BrokerError) as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(2) from None
     summary = result.summary()
@@ -242,6 +243,16 @@ def print_summary(s: dict[str, Any]) -> None:
         + f"; same decision as recorded: {s['matched']['count']}/{s['matched']['of']}"
         + f"; {s['rescored']} re-scored in {s['seconds']:.1f}s ({s['decisions_per_s']} decisions/s)"
     )
+    if rep["accepted_in_sample"]:
+        out.print(
+            f"{rep['accepted_in_sample']} accepted requests were in the candidate's training data: "
+            "left out of its accuracy (in-sample)"
+        )
+    if rep["training_cases_unknown"]:
+        out.print(
+            f"[yellow]{rep['training_cases_unknown']} requests were re-scored by a version that kept no list of its "
+            "training cases: its accuracy on them may be in-sample[/]"
+        )
     labels = s["teacher_labels"]
     out.print(
         f"labels on record: {labels['count']} from the {labels['source']}, {s['feedback_labels']} from feedback; "
@@ -267,12 +278,13 @@ def export_command(
     from protege.recorded import read_events, write_export
 
     settings = Settings()
+    library_logs_to(home() / "logs")
     chosen = selection(tenant, task, since, until, last)
     try:
         with console.status(f"reading {chosen.describe()} from {settings.bootstrap_servers}"):
             events = asyncio.run(read_events(settings, chosen))
         counts = write_export(events, out, with_text=with_text)
-    except ConfigError as e:
+    except (ConfigError, BrokerError) as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(2) from None
     table = Table(title=f"exported {chosen.describe()} to {out}")

@@ -65,6 +65,8 @@ def library_logs_to(folder: Path) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
+        if isinstance(h, logging.FileHandler):
+            h.close()  # an earlier command's cli.log, when commands run in one process (tests)
     handler = logging.FileHandler(folder / "cli.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root.addHandler(handler)

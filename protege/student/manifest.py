@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from protege.events import AcceptRule
 
 FILE = "manifest.json"
+TRAINED_ON = "trained_on.txt"  # the request ids of its cases, one per line, sorted
 
 
 class Part(BaseModel):

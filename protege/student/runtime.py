@@ -169,13 +169,15 @@ class Student:
         results = []
         for i in range(len(texts)):
             top = [(self.labels[j], round(float(probs[i, j]), 6)) for j in order[i]]
-            second = top[1][1] if len(top) > 1 else 0.0
+            # From the unrounded probabilities: rounded once, like the others, so the same text
+            # scored in a batch of another shape (float32 differences ~3e-7) stays within 1e-6.
+            second = float(probs[i, order[i][1]]) if len(order[i]) > 1 else 0.0
             results.append(
                 StudentOutput(
                     model_version=self.version,
                     label=top[0][0],
                     confidence=top[0][1],
-                    margin=round(max(0.0, top[0][1] - second), 6),
+                    margin=round(max(0.0, float(probs[i, order[i][0]]) - second), 6),
                     ood=round(float(ood[i]), 6),
                     top=top,
                     rule=self.rule,

@@ -38,7 +38,7 @@ import numpy as np
 from protege.events import AcceptRule
 from protege.registry import Registry
 from protege.student.export import append_head, quantize_int8
-from protege.student.manifest import Calibration, Data, GateReport, Manifest, Ood, Target
+from protege.student.manifest import TRAINED_ON, Calibration, Data, GateReport, Manifest, Ood, Target
 from protege.student.runtime import Encoder, knn_ood, softmax
 from protege.task import Gates, Task
 
@@ -438,7 +438,8 @@ def train_version(
         raise ValueError(f"the fit split has fewer than two labels ({len(fit)} cases)")
     gates = task.student.gates
     target = task.policy.target_accuracy or DEFAULT_TARGET
-    data_hash = hashlib.sha256("\n".join(sorted(c.request_id for c in cases)).encode()).hexdigest()
+    trained_on = "\n".join(sorted(c.request_id for c in cases))
+    data_hash = hashlib.sha256(trained_on.encode()).hexdigest()
     home = Registry(registry).folder(tenant, task.name)
     home.mkdir(parents=True, exist_ok=True)
     number = 1 + sum(1 for p in home.iterdir() if p.is_dir() and p.name.startswith("v"))
@@ -466,6 +467,9 @@ def train_version(
     embed = fitted.embed if fitted.embed is not None and not task.student.int8 else served.embed
     bank = embed(bank_texts)
     np.save(tmp / "knn.npy", bank.astype(np.float16))
+    # Which requests it learnt from (their hash is the manifest's request_ids_sha256): replay
+    # leaves them out when it measures this version against the labels on record.
+    (tmp / TRAINED_ON).write_text(trained_on)
     k = knn_k([c.label for c in bank_cases])
 
     cal, cal_logits = scores_of(served, [c.text for c in calib], [c.label for c in calib], labels, 1.0, bank, k)

@@ -140,6 +140,22 @@ def test_a_looser_candidate_policy_moves_escalations_to_the_student(recording: d
     assert per_call > 0 and rep["teacher_cost_usd"] == pytest.approx(rep["teacher_calls"] * per_call)
 
 
+def test_a_version_is_not_judged_on_the_requests_it_learnt_from(recording: dict) -> None:
+    s = recording["settings"]
+    traffic = asyncio.run(recorded(s, Selection("acme", TASK)))
+    newest = Registry.of(s).versions("acme", TASK)[-1]
+    learnt = set((newest.folder / "trained_on.txt").read_text().split("\n"))
+    result = replay(traffic, Candidate(task(), student=students(s)(newest.name)), students(s))
+    rep = result.summary()["replay"]
+    in_sample = {r.request_id for r in result.rows if r.in_sample}
+    assert in_sample and in_sample <= learnt  # it was trained on teacher answers to this very traffic
+    accepted = [r for r in result.rows if r.route == "student"]
+    assert rep["accepted_in_sample"] == sum(r.request_id in learnt for r in accepted) > 0
+    judged = [r for r in accepted if r.teacher_label is not None and r.request_id not in learnt]
+    assert rep["accepted_vs_teacher"]["n"] == len(judged)
+    assert rep["training_cases_unknown"] == 0
+
+
 def cli(recording: dict, *args: str, command: str = "replay"):
     s = recording["settings"]
     env = {
