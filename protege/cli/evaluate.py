@@ -241,6 +241,7 @@ def print_summary(s: dict[str, Any]) -> None:
         "flips: "
         + (", ".join(f"{k} {v}" for k, v in sorted(flips.items())) if flips else "none")
         + f"; same decision as recorded: {s['matched']['count']}/{s['matched']['of']}"
+        + (f", their signals within {s['max_signal_deviation']:.0e}" if s["max_signal_deviation"] else "")
         + f"; {s['rescored']} re-scored in {s['seconds']:.1f}s ({s['decisions_per_s']} decisions/s)"
     )
     if rep["accepted_in_sample"]:
@@ -287,7 +288,8 @@ def export_command(
     except (ConfigError, BrokerError) as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(2) from None
-    table = Table(title=f"exported {chosen.describe()} to {out}")
+    console.print(f"exported {chosen.describe()} to {out}")
+    table = Table()
     table.add_column("file")
     table.add_column("rows", justify="right")
     for name, n in counts.items():

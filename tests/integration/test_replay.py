@@ -2,7 +2,7 @@
 student), read back from the topics and re-scored and re-decided.
 
 - Exactness: the recorded version and policy reproduce every recorded decision (verdict,
-  label, reasons; signals within 1e-6).
+  label, reasons; signals within 1e-5, float32's noise across batch shapes).
 - A candidate policy moves requests between the student and the teacher, and its
   accuracy is measured against the labels on record (teacher answers, feedback).
 - ``protege replay`` writes its JSON and Parquet (read back with DuckDB) and says what to do

@@ -104,9 +104,18 @@ def test_wilson_interval() -> None:
     assert wilson(10, 10)[1] == 1.0  # type: ignore[index]
 
 
-def test_signals_match_within_one_unit_of_the_recorded_precision() -> None:
+def test_signals_match_within_float32_noise() -> None:
     router = router_for(TASK)
     a = router.decide(scored(0, 0.916906), 1)
-    b = router.decide(scored(0, 0.916907), 1)
-    c = router.decide(scored(0, 0.916909), 1)
+    b = router.decide(scored(0, 0.916908), 1)
+    c = router.decide(scored(0, 0.91693), 1)
     assert same_decision(a, b) and not same_decision(a, c)
+
+
+def test_another_versions_signals_are_its_own() -> None:
+    router = router_for(TASK)
+    a = router.decide(scored(0, 0.9), 1)
+    other = scored(0, 0.95)
+    assert other.student is not None
+    b = router.decide(other.model_copy(update={"student": other.student.model_copy(update={"model_version": "v2"})}), 1)
+    assert same_decision(a, b) and not same_decision(a, router.decide(other, 1))
