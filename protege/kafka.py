@@ -338,8 +338,11 @@ class Processor:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self.floor: dict[TopicPartition, int] = {}  # the committed offset when the partition was acquired
+        self.broken: BaseException | None = None  # a failure inside the rebalance listener, raised here
+        self.rebalances = 0  # counted by the listener: a batch fetched before one is stale
         self.owning = asyncio.Lock()  # a revocation waits for the batch in hand to commit
-        cons = consumer(self.settings, group=self.group, max_poll_interval_ms=self.max_poll_interval_ms)
+        self.consumer = cons = consumer(self.settings, group=self.group, max_poll_interval_ms=self.max_poll_interval_ms)
         cons.subscribe(list(self.inputs), listener=_Ownership(self))
         await cons.start()
         self.log.info("processing", inputs=list(self.inputs), group=self.group)
@@ -348,14 +351,30 @@ class Processor:
             while not stop.is_set():
                 heartbeat.beat()
                 batches = await cons.getmany(timeout_ms=self.max_wait_ms, max_records=self.max_records)
+                fetched_in = self.rebalances
+                if self.broken is not None:
+                    raise self.broken
                 if not batches:
                     continue
                 started = time.perf_counter()
                 outs: list[Out] = []
                 async with self.owning:
+                    if self.rebalances != fetched_in:
+                        # Fetched while a rebalance ran, from positions it may have moved since:
+                        # handled now, these records could come again (seen when a group
+                        # coordinator moved). Nothing has been handled since the rebalance, so
+                        # the committed offset is where each partition resumes.
+                        self.log.info("stale_batch_dropped", records=sum(len(rs) for rs in batches.values()))
+                        await self.resume([tp for tp in batches if tp in self.producers])
+                        continue
                     for tp, rs in batches.items():
                         prod = self.producers.get(tp)
                         if prod is None:  # not ours any more: its new owner reads these from the committed offset
+                            continue
+                        # Fetched from a position set before the partition's last transaction had
+                        # landed: already committed, so handled; never again.
+                        rs = [r for r in rs if r.offset >= self.floor.get(tp, 0)]
+                        if not rs:
                             continue
                         # The position, not last offset + 1: it has moved past transaction markers,
                         # so a caught-up group shows zero lag.
@@ -379,6 +398,7 @@ class Processor:
         """Partitions assigned to this replica: a transactional producer for each. Starting it
         fences the partition's previous owner: its open transaction is aborted and it can
         commit nothing more, even if it is only paused and resumes later (a zombie)."""
+        new = []
         for tp in sorted(tps):
             if tp in self.producers:
                 continue
@@ -387,7 +407,32 @@ class Processor:
             )
             await prod.start()
             self.producers[tp] = prod
+            new.append(tp)
+        await self.resume(new)
         self.log.info("assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in self.producers))
+
+    async def resume(self, tps: Collection[TopicPartition]) -> None:
+        """Start each newly owned partition at its committed offset, asked for now.
+
+        aiokafka fetches committed offsets when a rebalance completes, concurrently with this
+        listener, and without KIP-447's ``require_stable``: while the previous owner's last
+        transaction is committed but its markers are still being written (seconds, when a
+        broker is down), the broker answers with the offset before it, and that transaction's
+        records would be handled twice. Starting the producer above waited for that transaction
+        to complete (the coordinator answers CONCURRENT_TRANSACTIONS until it has), so the
+        offset asked for here is the one to resume from; records below it are dropped.
+        """
+        for tp in tps:
+            try:
+                committed = await self.consumer.committed(tp)
+            except KafkaError as e:  # the listener's errors are swallowed by aiokafka: the loop raises it
+                self.broken = e
+                return
+            self.floor[tp] = committed or 0
+            if committed is not None:
+                self.consumer.seek(tp, committed)
+            else:  # nothing committed yet: from the start, as auto_offset_reset says
+                await self.consumer.seek_to_beginning(tp)
 
     async def release(self, tps: Collection[TopicPartition]) -> None:
         """Partitions revoked (or this replica stops): their producers close."""
@@ -531,13 +576,17 @@ class _Ownership(ConsumerRebalanceListener):
     def __init__(self, processor: Processor) -> None:
         self.processor = processor
 
+    # Counted when each step has finished: a batch that ``getmany`` returned while one ran
+    # (from positions it then moved: a seek in ``resume``) must not be handled.
     async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
         async with self.processor.owning:
             await self.processor.release(revoked)
+            self.processor.rebalances += 1
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
         async with self.processor.owning:
             await self.processor.acquire(assigned)
+            self.processor.rebalances += 1
 
 
 async def partitions_of(cons: AIOKafkaConsumer, topic: str) -> set[int]:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+
+from protege.events import TeacherResult
+from protege.settings import Settings
+from protege.state import read_all
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,3 +28,17 @@ def pipeline_env(labels: Path, backbone: Path, **settings: str) -> dict[str, str
         "PROTEGE_LOG_FORMAT": "json",
         **settings,
     }
+
+
+def uid(request_id: str) -> str:
+    """The ``metadata.user_id`` the teacher sends for a request (tests/messages_api.py counts calls by it)."""
+    return hashlib.sha256(request_id.encode()).hexdigest()[:32]
+
+
+async def saved_answers(settings: Settings) -> set[str]:
+    """Teacher answers the pipeline kept: in the journal (paid, batch not yet committed) or
+    committed to teacher.results; by ``uid``. A call the API answered that is in neither
+    when its caller is killed was cut off on its way back."""
+    journal = await read_all(settings, settings.topics.teacher_journal)
+    results = await read_all(settings, settings.topics.teacher_results)
+    return {uid(TeacherResult.model_validate_json(r.value).request_id) for r in (*journal, *results) if r.value}

@@ -297,3 +297,148 @@ def export_command(
     Console(width=120).print(table)
     texts = "as sent" if with_text else "PII-redacted (--with-text keeps them as sent)"
     console.print(f"texts {texts}; {events.unreadable} unreadable records skipped")
+
+
+@app.command("assess")
+def assess_command(
+    task: TaskName,
+    tenant: Annotated[str | None, typer.Option(help="Recorded traffic of this tenant (from the topics).")] = None,
+    source: Annotated[
+        Path | None,
+        typer.Option("--input", help='A JSON Lines file of {"id", "text", "label", "at"?} (teacher answers) instead.'),
+    ] = None,
+    since: Annotated[str | None, typer.Option("--from", help="Requests received at or after (ISO, UTC).")] = None,
+    until: Annotated[str | None, typer.Option("--to", help="Requests received before (ISO, UTC).")] = None,
+    last: Annotated[str | None, typer.Option(help="Instead of --from: the last 90m, 24h, 7d, ...")] = None,
+    task_file: Annotated[Path | None, typer.Option(help="The task (labels, checks, target) from this file.")] = None,
+    fixed_usd: Annotated[float, typer.Option(help="Input: D + T + M, the one-off cost of distilling.")] = 2000.0,
+    core_hour_usd: Annotated[float, typer.Option(help="Input: price of a CPU core-hour for the student.")] = 0.05,
+    horizon_days: Annotated[float, typer.Option(help="Input: a break-even later than this does not pay.")] = 90.0,
+    requests_per_day: Annotated[
+        float | None, typer.Option(help="Input: traffic per day, when the cases carry no times.")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the assessment as JSON here.")] = None,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime threads for the learning curve (0: all).")] = 0,
+    target_accuracy: Annotated[
+        float | None,
+        typer.Option(min=0.5, max=0.999, help="The accuracy accepted answers must keep (else the task's)."),
+    ] = None,
+) -> None:
+    """Is this task worth distilling? The five signals (narrow, stable, high-volume, program-like,
+    verifiable) with the numbers behind each, and a recommendation. Trains three throwaway
+    students (fast recipe) for the learning curve: needs the train extra."""
+    from protege.assess import Costs, assess, learning_curve, samples_from_events, samples_from_jsonl
+    from protege.costs import cost_usd, price_for
+    from protege.events import Usage
+    from protege.generator import task_from_labels
+    from protege.recorded import read_events
+    from protege.student.backbone import cached_backbone
+    from protege.student.runtime import Encoder
+    from protege.student.train import EmbeddingCache, FastRecipe
+    from protege.teacher import system_prompt
+
+    if (tenant is None) == (source is None):
+        raise typer.BadParameter("give --tenant (recorded traffic) or --input (a file), one of them")
+    settings = Settings()
+    library_logs_to(home() / "logs")
+    teacher_costs: list[float] = []
+    arrivals_per_day = None
+    try:
+        if source is not None:
+            samples = samples_from_jsonl(source)
+        else:
+            assert tenant is not None
+            with console.status(f"reading {tenant}/{task} from {settings.bootstrap_servers}"):
+                events = asyncio.run(read_events(settings, selection(tenant, task, since, until, last)))
+            samples, teacher_costs, arrivals_per_day = samples_from_events(events)
+        if task_file is not None:
+            the_task = load_task(task_file)
+        else:
+            tasks = load_tasks(settings.tasks_dir) if settings.tasks_dir.exists() else {}
+            labels = sorted({s.label for s in samples})
+            the_task = tasks.get(task) or task_from_labels(task, labels)
+        if target_accuracy is not None:
+            the_task = the_task.model_copy(
+                update={"policy": the_task.policy.model_copy(update={"target_accuracy": target_accuracy})}
+            )
+        price = price_for(the_task.teacher.model)
+
+        def estimate(text: str) -> float:  # ~4 characters a token, a short tool-call answer
+            return cost_usd(
+                Usage(input_tokens=(len(system_prompt(the_task)) + len(text)) // 4 + 20, output_tokens=40), price
+            )
+
+        backbone = cached_backbone()
+        recipe = FastRecipe(
+            EmbeddingCache(Encoder(backbone / "model.onnx", backbone / "tokenizer.json", threads=threads)), backbone
+        )
+        with console.status(f"learning curve: three students on 10/30/100% of {len(samples)} cases"):
+            curve = learning_curve(the_task, samples, recipe)
+        costs = Costs(fixed_usd, core_hour_usd, horizon_days, requests_per_day)
+        result = assess(
+            the_task,
+            samples,
+            costs=costs,
+            curve=curve,
+            teacher_costs=teacher_costs,
+            estimate=estimate,
+            arrivals_per_day=arrivals_per_day,
+        )
+    except (ConfigError, BrokerError, ValueError) as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    print_assessment(result)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {json_out}")
+
+
+def print_assessment(a: dict[str, Any]) -> None:
+    out = Console(width=140)
+    s = a["signals"]
+    table = Table(title=f"assess {a['task']}: {a['cases']} cases, target accuracy {a['target_accuracy']:.0%}")
+    for col in ("signal", "measured", "rule", "passes"):
+        table.add_column(col)
+
+    def mark(p: bool | None) -> str:
+        return "—" if p is None else "yes" if p else "NO"
+
+    n = s["narrow"]
+    table.add_row(
+        "narrow",
+        f"{n['labels']} labels; entropy {n['entropy_bits']} of {n['entropy_of_uniform_bits']} bits; "
+        f"top 10% of labels carry {_pct(n['top_10pct_labels_share'])}",
+        n["rule"],
+        mark(n["passes"]),
+    )
+    st = s["stable"]
+    table.add_row(
+        "stable",
+        f"label shift (TVD) {st['label_shift_tvd']}" if st["measured"] else st["why"],
+        st["rule"],
+        mark(st["passes"]),
+    )
+    v = s["high_volume"]
+    per_day = (
+        "—" if v["requests_per_day"] is None else f"{v['requests_per_day']:,.0f}/day ({v['requests_per_day_source']})"
+    )
+    days = "never" if v["breakeven_days"] is None else f"{v['breakeven_days']:g} days"
+    table.add_row(
+        "high-volume",
+        f"{per_day}; q {v['q_escalation_rate']}, c_t ${v['c_t_usd']:.5f} ({v['c_t_source']}), c_s ${v['c_s_usd']:.7f}; "
+        f"D+T+M ${v['fixed_usd_input']:,.0f} (input): break-even {days}",
+        v["rule"],
+        mark(v["passes"]),
+    )
+    curve = "; ".join(
+        f"{p['fraction']:.0%} ({p['cases']}): acc {_pct(p['accuracy'])}, coverage {_pct(p['coverage_at_target'])}"
+        for p in s["program_like"]["curve"]
+    )
+    table.add_row("program-like", curve, s["program_like"]["rule"], mark(s["program_like"]["passes"]))
+    ver = s["verifiable"]
+    table.add_row(
+        "verifiable", f"{ver['checks']} checks cover {_pct(ver['share_verifiable'])}", ver["rule"], mark(ver["passes"])
+    )
+    out.print(table)
+    out.print(f"[bold]recommendation: {a['recommendation']}[/] — {a['because']}")

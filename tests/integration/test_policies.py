@@ -7,7 +7,6 @@ kill -9 of each service in turn (teacher calls counted against distinct escalati
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from collections import Counter
@@ -24,6 +23,7 @@ from protege.pipeline import LocalPipeline
 from protege.state import read_all
 from protege.task import Check, Task, write_task
 from protege.text import normalize
+from tests.helpers import saved_answers, uid
 from tests.messages_api import MessagesAPI, serve
 
 pytestmark = pytest.mark.kafka
@@ -194,11 +194,6 @@ def test_the_api_key_reaches_the_api_and_no_log(env: dict) -> None:
         assert API_KEY.encode() not in log.read_bytes(), log
 
 
-def uid(request_id: str) -> str:
-    """The ``metadata.user_id`` the teacher sends for a request (tests/messages_api.py counts calls by it)."""
-    return hashlib.sha256(request_id.encode()).hexdigest()[:32]
-
-
 def test_kill_9_each_service_in_turn_answers_once_and_pays_once(env: dict) -> None:
     """Kill -9 every service mid-stream (the teacher twice, each time while a batch waits on a
     slow call, so the rest of the batch is paid for and not yet committed): every request is
@@ -264,11 +259,3 @@ def test_kill_9_each_service_in_turn_answers_once_and_pays_once(env: dict) -> No
         f"{sum(cut_off.values())} cut off mid-call (answered but not yet journaled at each kill: {lost_in_transit}), "
         f"paid before each teacher kill: {paid_before_kill}"
     )
-
-
-async def saved_answers(settings) -> set[str]:
-    """Teacher answers the pipeline kept: in the journal (paid, batch not yet committed) or
-    committed to teacher.results; by ``uid``."""
-    journal = await read_all(settings, settings.topics.teacher_journal)
-    results = await read_all(settings, settings.topics.teacher_results)
-    return {uid(TeacherResult.model_validate_json(r.value).request_id) for r in (*journal, *results) if r.value}

@@ -231,3 +231,18 @@ def test_export_matches_the_topics_and_replays_without_a_broker(recording: dict,
     assert replay(traffic, Candidate(task()), students(s)).summary()["matched"]["count"] == 500
     from_file = cli(recording, "--input", str(out))
     assert from_file.exit_code == 0 and "500/500" in from_file.output, from_file.output
+
+
+def test_assess_on_recorded_traffic(recording: dict, tmp_path: Path) -> None:
+    """The five signals from the topics: teacher answers with arrival times, measured costs."""
+    done = cli(recording, "--json", str(tmp_path / "a.json"), "--threads", "1", command="assess")
+    assert done.exit_code == 0, done.output
+    a = json.loads((tmp_path / "a.json").read_text())
+    s = a["signals"]
+    assert a["cases"] == len(asyncio.run(recorded(recording["settings"], Selection("acme", TASK))).teacher)
+    assert s["stable"]["measured"] and s["high_volume"]["c_t_source"].startswith("measured")
+    assert (
+        s["high_volume"]["requests_per_day_source"].startswith("measured") and s["high_volume"]["requests_per_day"] > 0
+    )
+    assert [p["fraction"] for p in s["program_like"]["curve"]] == [0.1, 0.3, 1.0]
+    assert "recommendation:" in done.output
