@@ -2,7 +2,7 @@
 what would it have cost?
 
     traffic = await recorded(settings, Selection("acme", "ticket-triage", since_ms, until_ms))
-    result = replay(traffic, Candidate(task, version="v0003"), students)
+    result = replay(traffic, Candidate(task, student=students("v0003")), students)
     result.summary()      # recorded beside replayed: student share, teacher calls, cost, accuracy
     result.rows           # one per request: both decisions, the labels the record holds, the flip
 
@@ -14,7 +14,8 @@ recorded version and policy reproduces the recorded decisions, which ``matched``
 
 Labels come only from the record: the teacher's answers (escalations, ensemble checks,
 shadow) and people's feedback. An accepted answer with neither has no label, and the
-summary says how many there are rather than guessing their accuracy.
+summary says how many there are rather than guessing their accuracy. A label on a request
+the re-scoring version learnt from (its ``trained_on.txt``) is left out of its accuracy.
 """
 
 from __future__ import annotations
