@@ -15,6 +15,7 @@ from protege.events import AcceptRule
 
 FILE = "manifest.json"
 TRAINED_ON = "trained_on.txt"  # the request ids of its cases, one per line, sorted
+HELD_OUT = "held_out.npz"  # the golden set as scored: confidence, ood, correct (one row per case)
 
 
 class Part(BaseModel):

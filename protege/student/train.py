@@ -38,7 +38,7 @@ import numpy as np
 from protege.events import AcceptRule
 from protege.registry import Registry
 from protege.student.export import append_head, quantize_int8
-from protege.student.manifest import TRAINED_ON, Calibration, Data, GateReport, Manifest, Ood, Target
+from protege.student.manifest import HELD_OUT, TRAINED_ON, Calibration, Data, GateReport, Manifest, Ood, Target
 from protege.student.runtime import Encoder, knn_ood, softmax
 from protege.task import Gates, Task
 
@@ -480,6 +480,13 @@ def train_version(
         cal.probs.max(axis=1), cal.ood, cal.correct, target=target, confidence=task.policy.target_confidence
     )
     gold, _ = scores_of(served, [c.text for c in golden], [c.label for c in golden], labels, temperature, bank, k)
+    # The held-out view a report draws the coverage curve from (accuracy against share accepted).
+    np.savez_compressed(
+        tmp / HELD_OUT,
+        confidence=gold.probs.max(axis=1).astype(np.float32),
+        ood=gold.ood.astype(np.float32),
+        correct=gold.correct,
+    )
     gold_metrics = evaluate(gold, labels, rule, gates)
     p50, p95 = latency_ms(served, [c.text for c in (golden or calib or fit)])
     serving_m = serving_metrics(serving, golden, gates, threads) if serving is not None and golden else None

@@ -141,7 +141,7 @@ def test_trained_version_is_complete_and_checksummed(version) -> None:
     result, _ = version
     manifest = json.loads((result.folder / "manifest.json").read_text())
     assert manifest["version"] == result.version and result.version.startswith("v0001-")
-    assert set(manifest["files"]) == {"model.onnx", "tokenizer.json", "knn.npy", "trained_on.txt"}
+    assert set(manifest["files"]) == {"model.onnx", "tokenizer.json", "knn.npy", "trained_on.txt", "held_out.npz"}
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((result.folder / name).read_bytes()).hexdigest() == digest
     split = manifest["data"]["split"]
@@ -149,6 +149,9 @@ def test_trained_version_is_complete_and_checksummed(version) -> None:
     trained_on = (result.folder / "trained_on.txt").read_bytes()  # the ids replay leaves out, as hashed
     assert hashlib.sha256(trained_on).hexdigest() == manifest["data"]["request_ids_sha256"]
     assert len(trained_on.split(b"\n")) == 700
+    held_out = np.load(result.folder / "held_out.npz")  # what the golden metrics were computed from
+    assert len(held_out["confidence"]) == len(held_out["ood"]) == split["golden"]
+    assert held_out["correct"].mean() == pytest.approx(manifest["metrics"]["golden_accuracy"], abs=1e-4)
     assert manifest["calibration"]["temperature"] > 0 and manifest["ood"]["method"] == "knn"
     assert manifest["gates"]["passed"] and result.promoted and result.failed_gates == []
     assert result.metrics["golden_accuracy"] > 0.8 and result.metrics["latency_p95_ms"] > 0
