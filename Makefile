@@ -16,6 +16,7 @@ demo: $(BIN)/.installed
 	$(BIN)/protege demo
 
 test: $(BIN)/.installed
+	./scripts/ensure-chromium
 	$(BIN)/python -m pytest
 
 check: $(BIN)/.installed

@@ -24,7 +24,11 @@ from protege.settings import ScorerSettings, Settings
 from protege.task import Task, load_task, load_tasks
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from protege.events import Ingested, Scored
     from protege.recorded import Selection
+    from protege.report import Basis, Context, Inputs, Throughput
     from protege.student.runtime import Student
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -123,6 +127,9 @@ def replay_command(
     source: Annotated[
         Path | None, typer.Option("--input", help="Replay a folder protege export wrote instead of the topics.")
     ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Also write the replay's report here (HTML; the JSON beside it).")
+    ] = None,
 ) -> None:
     """What would this student, threshold or policy have done to recorded traffic, and at what cost?
 
@@ -190,6 +197,12 @@ def replay_command(
             )
         if parquet is not None:
             write_parquet(result.rows, parquet)
+        if report is not None:
+            from protege.report import Basis, Inputs
+
+            basis = Basis.replayed(result)
+            context = report_context(settings, policy_task, tenant, task, traffic.scored, basis.version, source is None)
+            write_report(basis, context, Inputs(), report)
     except (ConfigError, BrokerError) as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(2) from None
@@ -198,7 +211,7 @@ def replay_command(
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(summary, indent=2) + "\n")
-    for path in (json_out, parquet):
+    for path in (json_out, parquet, report, None if report is None else report.with_suffix(".json")):
         if path is not None:
             console.print(f"wrote {path}")
 
@@ -442,3 +455,117 @@ def print_assessment(a: dict[str, Any]) -> None:
     )
     out.print(table)
     out.print(f"[bold]recommendation: {a['recommendation']}[/] — {a['because']}")
+
+
+def measure(student: Student, requests: Sequence[Ingested], redact_pii: bool, batch: int = 64) -> Throughput:
+    """The student's throughput on recorded requests through the scorer's batched path (one
+    warm-up batch first), what c_s is priced from."""
+    from protege.redact import redact
+    from protege.report import Throughput
+    from protege.scoring import score_batch
+
+    clean = redact if redact_pii else str
+    score_batch(student, requests[:batch], clean)
+    started = time.perf_counter()
+    for i in range(0, len(requests), batch):
+        score_batch(student, requests[i : i + batch], clean)
+    seconds = time.perf_counter() - started
+    return Throughput(student.version, len(requests), seconds, threads=1, batch=batch)
+
+
+def report_context(
+    settings: ScorerSettings,
+    task: Task,
+    tenant: str,
+    task_name: str,
+    scored: Sequence[Scored],
+    version: str | None,
+    from_broker: bool,
+) -> Context:
+    """The task's versions, the announcements and alerts on record (from the broker when the
+    traffic came from it), and the student's throughput on up to 1,024 recorded requests."""
+    from protege.events import Alert, ModelAnnouncement
+    from protege.registry import Registry
+    from protege.report import Context
+    from protege.state import read_all
+    from protege.student.runtime import Student
+
+    registry = Registry.of(settings)
+    versions = registry.versions(tenant, task_name)
+    context = Context(task, versions=versions)
+    if from_broker:
+
+        async def read() -> tuple[list[ModelAnnouncement], list[Alert]]:
+            models, alerts = await asyncio.gather(
+                read_all(settings, settings.topics.models), read_all(settings, settings.topics.alerts)
+            )
+            anns = [ModelAnnouncement.model_validate_json(r.value) for r in models if r.value is not None]
+            found = [Alert.model_validate_json(r.value) for r in alerts if r.value is not None]
+            return anns, [a for a in found if a.task == task_name]
+
+        context.announcements, context.alerts = asyncio.run(read())
+    found = next((v for v in versions if v.name == version), None)
+    if found is not None:
+        student = Student(found.folder, providers=settings.providers, threads=1, sub_batch=settings.sub_batch)
+        with console.status(f"measuring {found.name}'s throughput on recorded requests (c_s)"):
+            context.throughput = measure(student, [s.request for s in scored[:1024]], settings.redact_pii)
+    return context
+
+
+def write_report(basis: Basis, context: Context, inputs: Inputs, out: Path) -> None:
+    from protege.report import build, write
+
+    data = build(basis, context, inputs)
+    write(data, out, out.with_suffix(".json"))
+
+
+@app.command("report")
+def report_command(
+    tenant: Tenant,
+    task: TaskName,
+    out: Annotated[Path, typer.Option(help="The HTML page (the JSON is written beside it, .json).")],
+    since: Annotated[str | None, typer.Option("--from", help="Requests received at or after (ISO, UTC).")] = None,
+    until: Annotated[str | None, typer.Option("--to", help="Requests received before (ISO, UTC).")] = None,
+    last: Annotated[str | None, typer.Option(help="Instead of --from: the last 90m, 24h, 7d, ...")] = None,
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--input", help="A folder protege export wrote (no alerts or announcements) instead of the topics."
+        ),
+    ] = None,
+    distill_usd: Annotated[float, typer.Option(help="Input D: labelling and building the student.")] = 1000.0,
+    train_usd: Annotated[float, typer.Option(help="Input T: training runs.")] = 500.0,
+    maintain_usd: Annotated[float, typer.Option(help="Input M: retrains and upkeep over the horizon.")] = 500.0,
+    core_hour_usd: Annotated[float, typer.Option(help="Input: price of one CPU core for an hour (prices c_s).")] = 0.05,
+    buckets: Annotated[int, typer.Option(min=2, max=500, help="Time buckets over the range.")] = 24,
+) -> None:
+    """One self-contained HTML page (plots inline, opens offline) and the same numbers as JSON:
+    the coverage curve, student share and escalations over time with the drift band and
+    alarms, cost per 1,000 against all-teacher, the break-even horizon, the versions timeline.
+    For a replay's report: protege replay ... --report FILE."""
+    from protege.recorded import ReplayError, read_events, read_export
+    from protege.report import Basis, Inputs
+
+    settings = ScorerSettings()
+    library_logs_to(home() / "logs")
+    chosen = selection(tenant, task, since, until, last)
+    inputs = Inputs(distill_usd, train_usd, maintain_usd, core_hour_usd, buckets)
+    try:
+        the_task = candidate_task(settings, task, None, None, None, None, None, None)
+        if source is not None:
+            with console.status(f"reading {source}"):
+                events = read_export(source)
+            if (events.selection.tenant, events.selection.task) != (tenant, task):
+                raise ReplayError(
+                    f"{source} holds {events.selection.tenant}/{events.selection.task}, not {tenant}/{task}"
+                )
+        else:
+            with console.status(f"reading {chosen.describe()} from {settings.bootstrap_servers}"):
+                events = asyncio.run(read_events(settings, chosen))
+        basis = Basis.recorded(events)
+        context = report_context(settings, the_task, tenant, task, events.scored, basis.version, source is None)
+        write_report(basis, context, inputs, out)
+    except (ConfigError, BrokerError) as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    console.print(f"wrote {out} and {out.with_suffix('.json')}")

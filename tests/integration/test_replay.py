@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from protege.broker.embedded import EmbeddedBroker
 from protege.cli import app
-from protege.events import Feedback, HarvestCase
+from protege.events import Feedback, HarvestCase, Response, TeacherResult
 from protege.generator import generate, write_jsonl
 from protege.harness import drive, summarize
 from protege.kafka import Out, producer
@@ -39,6 +39,7 @@ from protege.settings import Settings
 from protege.state import read_all
 from protege.student.runtime import Student
 from protege.task import load_tasks
+from tests.browser import chromium, look
 from tests.helpers import REPO, pipeline_env
 
 pytestmark = pytest.mark.kafka
@@ -246,3 +247,42 @@ def test_assess_on_recorded_traffic(recording: dict, tmp_path: Path) -> None:
     )
     assert [p["fraction"] for p in s["program_like"]["curve"]] == [0.1, 0.3, 1.0]
     assert "recommendation:" in done.output
+
+
+def test_report_agrees_with_the_events_and_every_plot_draws_in_chromium(recording: dict, tmp_path: Path) -> None:
+    """``protege report`` on the recorded traffic: its JSON against the topics, its page in a
+    real browser (five plots, each with ink in the report's colours)."""
+    s = recording["settings"]
+    done = cli(recording, "--out", str(tmp_path / "r.html"), command="report")
+    assert done.exit_code == 0, done.output
+    data = json.loads((tmp_path / "r.json").read_text())
+    t = data["totals"]
+    responses = [Response.model_validate_json(r.value) for r in asyncio.run(read_all(s, s.topics.responses))]
+    mine = [r for r in responses if r.tenant == "acme"]
+    assert t["requests"] == len(mine) == 500
+    assert t["student_answered"] == sum(r.route == "student" for r in mine) > 0
+    results = [TeacherResult.model_validate_json(r.value) for r in asyncio.run(read_all(s, s.topics.teacher_results))]
+    paid = sum(r.cost_usd for r in results if r.tenant == "acme")
+    assert t["teacher_calls_usd"] == pytest.approx(paid, abs=1e-5)
+    assert data["teacher"]["standin"] and data["throughput"]["per_s"] > 0
+    assert sum(b["requests"] for b in data["over_time"]["buckets"]) == 500
+    assert data["coverage"]["curve"]["operating_point"]["source"] == "task thresholds"  # the task sets no target
+    assert {"trained", "promoted"} <= {e["event"] for e in data["versions"]}
+    assert data["breakeven"]["c_t_usd"] > 0 and data["breakeven"]["inputs"]["fixed_usd"] == 2000
+    seen = look(chromium(), tmp_path / "r.html", tmp_path)
+    assert sorted(seen.plots) == ["breakeven", "cost", "coverage", "share", "versions"]
+    for name, plot in seen.plots.items():
+        assert plot.ink > 0.02 and plot.colours >= 2 and plot.marks > 10, (name, plot)
+
+
+def test_replay_report_and_report_errors(recording: dict, tmp_path: Path) -> None:
+    done = cli(
+        recording, "--min-confidence", "0.3", "--report", str(tmp_path / "rr.html"), "--json", str(tmp_path / "s.json")
+    )
+    assert done.exit_code == 0, done.output
+    data, summary = json.loads((tmp_path / "rr.json").read_text()), json.loads((tmp_path / "s.json").read_text())
+    assert data["kind"] == "replay" and "policy: cascade" in data["candidate"]
+    assert data["totals"]["student_share"] == pytest.approx(summary["replay"]["student_share"], abs=1e-4)
+    assert data["drift"]["alarms_source"].startswith("raised by the verifier's monitor")
+    nobody = cli(recording, "--tenant", "nobody", "--out", str(tmp_path / "n.html"), command="report")
+    assert nobody.exit_code == 2 and "no recorded requests for nobody/ticket-triage" in nobody.output.replace("\n", " ")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from protege_services.verifier.handler import DriftMonitor
 
+from protege.drift import DriftMonitor
 from protege.events import Decision, Ingested, Scored, StudentOutput
 from protege.generator import triage_task
 from protege.policy import ROUTERS, recompute_verdict, router_for

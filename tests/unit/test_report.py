@@ -1,0 +1,276 @@
+"""The report's numbers from hand-made events (pure logic, no broker): totals, buckets,
+savings, the break-even formula, the coverage curve from a version's golden set, the drift
+alarms over replayed decisions, the versions timeline; and the page escapes what it shows.
+The page itself is rendered in Chromium in ``tests/integration/test_replay.py`` and here."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protege.events import (
+    AcceptRule,
+    Decision,
+    Ingested,
+    ModelAnnouncement,
+    Scored,
+    TeacherResult,
+    Usage,
+)
+from protege.recorded import Events, Selection
+from protege.registry import Registry
+from protege.report import Basis, Context, Inputs, Point, Throughput, breakeven, build, render, timeline, write
+from protege.student.manifest import HELD_OUT, Calibration, Data, GateReport, Manifest, Ood, Target
+from protege.task import Drift, Task, load_task
+from tests.browser import chromium, look
+from tests.helpers import REPO
+
+T0 = 1_764_000_000_000  # ms
+TASK = "ticket-triage"
+
+
+def ticket_task(target: float | None = None, **drift: float) -> Task:
+    task = load_task(REPO / "tasks" / f"{TASK}.yaml")
+    update: dict = {"target_accuracy": target}
+    if drift:
+        update["drift"] = Drift(**drift)  # type: ignore[arg-type]
+    return task.model_copy(update={"policy": task.policy.model_copy(update=update)})
+
+
+def make_version(root: Path, name: str, *, passed: bool = True, created: str = "2025-11-24T15:00:00Z") -> Path:
+    """A registry folder with a manifest and a golden set as scored (no model: not loaded here)."""
+    folder = root / "acme" / TASK / name
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    conf = rng.uniform(0.3, 1.0, 400).astype(np.float32)
+    correct = rng.uniform(size=400) < conf  # confident answers are right more often
+    ood = rng.uniform(0, 0.5, 400).astype(np.float32)
+    np.savez_compressed(folder / HELD_OUT, confidence=conf, ood=ood, correct=correct)
+    rule = AcceptRule(target_accuracy=0.9, confidence_level=0.9, min_confidence=0.8, max_ood=0.45, coverage=0.25)
+    Manifest(
+        version=name,
+        tenant="acme",
+        task=TASK,
+        labels=["a", "b"],
+        max_length=128,
+        precision="fp32",
+        recipe={"kind": "fast"},
+        calibration=Calibration(temperature=1.2),
+        ood=Ood(k=10, bank=100),
+        acceptance=rule,
+        acceptance_target=Target(target_accuracy=0.9, confidence_level=0.9),
+        metrics={"golden_accuracy": 0.8, "golden_coverage": 0.25},
+        golden={},
+        gates=GateReport(config={}, failed=[] if passed else ["accuracy 0.5 < floor 0.8"], passed=passed),
+        data=Data(cases=500, request_ids_sha256="x", split={"fit": 1}, label_counts={"a": 1}),
+        created_at=created,
+        files={},
+    ).save(folder)
+    return folder
+
+
+def recorded_events(n: int = 200, every_ms: int = 60_000) -> Events:
+    """``n`` requests a minute apart; every third escalates to the teacher (cost 0.003), the
+    rest the student (version v0001) answers."""
+    scored, decisions, teacher = [], [], []
+    for i in range(n):
+        rid = f"r{i:04d}"
+        at = T0 + i * every_ms
+        req = Ingested(request_id=rid, tenant="acme", task=TASK, text=f"text {i}", received_at_ms=at)
+        scored.append(Scored(request=req, scored_at_ms=at + 5, batch_size=1))
+        escalate = i % 3 == 0
+        decisions.append(
+            Decision(
+                request_id=rid,
+                tenant="acme",
+                task=TASK,
+                verdict="escalate" if escalate else "accept",
+                route="teacher" if escalate else "student",
+                policy="cascade",
+                policy_version="p1",
+                model_version="v0001",
+                student_label="a",
+                signals={"confidence": 0.5},
+                thresholds={},
+                reasons=["low_confidence"] if escalate else [],
+                decided_at_ms=at + 10,
+            )
+        )
+        if escalate:
+            teacher.append(
+                TeacherResult(
+                    request_id=rid,
+                    tenant="acme",
+                    task=TASK,
+                    text="x",
+                    label="a",
+                    teacher="standin:labels",
+                    standin=True,
+                    usage=Usage(input_tokens=100, output_tokens=10, estimated=True),
+                    cost_usd=0.003,
+                    latency_ms=1.0,
+                    attempts=1,
+                    answered_at_ms=at + 20,
+                )
+            )
+    return Events(Selection("acme", TASK), scored, decisions=decisions, teacher=teacher)
+
+
+def ann(
+    version: str, at: int, *, source: str = "trainer", pin: bool = False, action: str = "serve"
+) -> ModelAnnouncement:
+    return ModelAnnouncement(
+        tenant="acme",
+        task=TASK,
+        version=version,
+        path="-",
+        labels=["a"],
+        metrics={},
+        trained_on=1,
+        source=source,  # type: ignore[arg-type]
+        pin=pin,
+        action=action,  # type: ignore[arg-type]
+        announced_at_ms=at,
+    )
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    root = tmp_path / "registry"
+    make_version(root, "v0001")
+    make_version(root, "v0002", passed=False, created="2025-11-24T15:30:00Z")
+    return Registry(root)
+
+
+def throughput() -> Throughput:
+    return Throughput("v0001", requests=1000, seconds=2.0, threads=1, batch=64)  # 500/s
+
+
+def test_totals_buckets_and_savings_agree_with_the_events(registry: Registry) -> None:
+    events = recorded_events()
+    inputs = Inputs(core_hour_usd=0.36)  # 0.36 / 3600 / 500 = 2e-7 a request
+    context = Context(ticket_task(target=0.9), versions=registry.versions("acme", TASK), throughput=throughput())
+    data = build(Basis.recorded(events), context, inputs)
+    t = data["totals"]
+    assert t["requests"] == 200 and t["student_answered"] == 133
+    assert t["teacher_calls_usd"] == pytest.approx(67 * 0.003)
+    c_s = 0.36 / 3600 / 500
+    assert data["breakeven"]["c_s_usd"] == pytest.approx(c_s)
+    assert t["all_teacher_usd"] == pytest.approx(200 * 0.003)
+    assert t["savings_to_date_usd"] == pytest.approx(200 * 0.003 - 67 * 0.003 - 133 * c_s, abs=1e-6)
+    buckets = data["over_time"]["buckets"]
+    assert data["over_time"]["bucket_s"] == 900  # 199 minutes in about 24 pieces: 15 minutes
+    assert sum(b["requests"] for b in buckets) == 200
+    assert buckets[-1]["savings_to_date_usd"] == pytest.approx(t["savings_to_date_usd"], abs=1e-5)
+    assert all(b["all_teacher_per_1k_usd"] == pytest.approx(3.0) for b in buckets)
+    first = buckets[0]  # requests 0..14: 0, 3, 6, 9, 12 escalate
+    assert first["requests"] == 15 and first["escalation_rate"] == pytest.approx(5 / 15, abs=1e-4)
+    assert data["teacher"]["standin"] is True
+    # The coverage curve is the serving version's golden set, its certified rule marked.
+    curve = data["coverage"]["curve"]
+    with np.load(registry.version("acme", TASK, "v0001").folder / HELD_OUT) as held:
+        accepted = (held["confidence"] >= 0.8) & (held["ood"] <= 0.45)
+        assert curve["operating_point"]["coverage"] == pytest.approx(accepted.mean(), abs=1e-4)
+        assert curve["operating_point"]["accuracy"] == pytest.approx(held["correct"][accepted].mean(), abs=1e-4)
+        coverages = [p["coverage"] for p in curve["points"]]
+        assert coverages == sorted(coverages, reverse=True)
+        assert coverages[0] == pytest.approx((held["ood"] <= 0.45).mean(), abs=1e-4)  # the rule's OOD gate holds
+    assert data["coverage"]["served_share"] == pytest.approx(133 / 200, abs=1e-4)
+    assert curve["operating_point"]["source"] == "certified rule" and curve["target_accuracy"] == 0.9
+    json.dumps(data)  # JSON-ready
+    # A policy without a target holds every version to the task's thresholds: that is the point.
+    fixed = build(Basis.recorded(events), Context(ticket_task(), versions=registry.versions("acme", TASK)), inputs)
+    op = fixed["coverage"]["curve"]["operating_point"]
+    assert (op["source"], op["min_confidence"], op["max_ood"]) == ("task thresholds", 0.6, 0.5)
+
+
+def test_breakeven_solves_the_seeds_formula() -> None:
+    points = [
+        Point(T0 + i, "teacher" if i < 20 else "student", "accept", (), 0.01 if i < 20 else 0.0, "v")
+        for i in range(100)
+    ]
+    inputs = Inputs(distill_usd=100, train_usd=50, maintain_usd=50)
+    b = breakeven(points, c_t=0.01, c_s=0.0001, inputs=inputs, per_day=1000.0)
+    q, c_r = 0.2, 0.01
+    saving = 0.01 - ((1 - q) * 0.0001 + q * c_r)
+    assert b["breakeven_requests"] == math.ceil(200 / saving)
+    assert b["breakeven_days"] == pytest.approx(b["breakeven_requests"] / 1000, abs=0.01)
+    # Every request through the teacher: nothing saved, no break-even, and the page says why.
+    all_teacher = [Point(T0, "teacher", "escalate", (), 0.01, None)] * 10
+    none = breakeven(all_teacher, c_t=0.01, c_s=0.0001, inputs=inputs, per_day=None)
+    assert none["breakeven_requests"] is None and "saves nothing" in none["why_not"]
+    assert (
+        breakeven(points, c_t=None, c_s=0.0001, inputs=inputs, per_day=None)["why_not"] == "no teacher answer on record"
+    )
+
+
+def test_a_replay_raises_the_alarms_its_decisions_would_have() -> None:
+    task = ticket_task(window=20, band=0.1, baseline=0.1)
+    quiet = [Point(T0 + i, "student", "accept", (), 0.0, "v") for i in range(40)]
+    loud = [Point(T0 + 40 + i, "teacher", "escalate", ("ood",), 0.01, "v") for i in range(30)]
+    basis = Basis("replay", Selection("acme", TASK), quiet + loud, 0.01, False, "v")
+    alarms = build(basis, Context(task), Inputs())["drift"]["alarms"]
+    assert [a["state"] for a in alarms] == ["firing"]
+    assert alarms[0]["at_ms"] == T0 + 44  # the window's rate first leaves 0.1 +- 0.1 at the fifth escalation (5/20)
+    assert alarms[0]["reasons"] == {"ood": pytest.approx(0.25)}
+
+
+def test_versions_timeline_names_each_step(registry: Registry) -> None:
+    anns = [
+        ann("v0001", T0),
+        ann("v0003", T0 + 10),
+        ann("v0001", T0 + 20, source="operator", pin=True),  # protege models rollback
+        ann("v0004", T0 + 30),  # the trainer's, held back by the pin
+        ann("v0001", T0 + 40, source="operator", action="unpin"),
+        ann("v0004", T0 + 50, source="operator", pin=True),  # pin a version that never served
+    ]
+    entries = timeline(registry.versions("acme", TASK), anns, "acme", TASK)
+    steps = [(e["version"], e["event"]) for e in entries if e["at_ms"] >= T0]
+    assert steps == [
+        ("v0001", "promoted"),
+        ("v0003", "promoted"),
+        ("v0001", "rolled back"),
+        ("v0004", "held back"),
+        ("v0001", "unpinned"),
+        ("v0004", "pinned"),
+    ]
+    made = {e["version"]: e for e in entries if e["at_ms"] < T0}
+    assert made["v0001"]["event"] == "trained" and made["v0002"]["event"] == "gated out"
+    assert "accuracy 0.5 < floor 0.8" in made["v0002"]["detail"]
+    # Another tenant's announcements are not this one's.
+    other = ann("v0009", T0).model_copy(update={"tenant": "globex"})
+    assert not [e for e in timeline([], [other], "acme", TASK) if e["version"] == "v0009"]
+
+
+def test_the_page_escapes_what_it_shows(registry: Registry) -> None:
+    events = recorded_events(30)
+    hostile = '<img src=x onerror="alert(1)">'
+    data = build(Basis.recorded(events), Context(ticket_task(), versions=registry.versions("acme", TASK)), Inputs())
+    data["versions"][0]["detail"] = hostile
+    data["selection"]["tenant"] = hostile
+    page = render(data)
+    assert hostile not in page and "&lt;img src=x" in page
+    assert "<script" not in page and not re.search(r"(src|href)\s*=\s*[\"']?(https?:|//)", page)  # nothing to fetch
+    assert "OFFLINE STAND-IN" in page
+
+
+def test_every_plot_draws_in_chromium(registry: Registry, tmp_path: Path) -> None:
+    """The page on synthetic events, rendered by headless Chromium: five plots, each drawn."""
+    events = recorded_events()
+    context = Context(
+        ticket_task(),
+        versions=registry.versions("acme", TASK),
+        announcements=[ann("v0001", T0 + 3_000_000)],
+        throughput=throughput(),
+    )
+    write(build(Basis.recorded(events), context, Inputs()), tmp_path / "r.html", tmp_path / "r.json")
+    seen = look(chromium(), tmp_path / "r.html", tmp_path)
+    assert sorted(seen.plots) == ["breakeven", "cost", "coverage", "share", "versions"]
+    for name, plot in seen.plots.items():
+        assert plot.ink > 0.02, (name, plot)  # not a blank box
+        assert plot.colours >= 3, (name, plot)  # lines and marks in the palette's colours, not one flat shade
