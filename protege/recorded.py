@@ -45,13 +45,26 @@ class Selection:
     task: str
     since_ms: int | None = None  # received at or after
     until_ms: int | None = None  # received before
+    # Raw offsets on the scored topic instead: partition -> [first, last) (no time filter then)
+    offsets: dict[int, tuple[int, int]] | None = None
 
     def contains(self, received_at_ms: int) -> bool:
         return (self.since_ms is None or received_at_ms >= self.since_ms) and (
             self.until_ms is None or received_at_ms < self.until_ms
         )
 
+    def holds(self, partition: int, offset: int) -> bool:
+        """Whether a record of the scored topic is in the selection's offsets (all, without any)."""
+        if self.offsets is None:
+            return True
+        span = self.offsets.get(partition)
+        return span is not None and span[0] <= offset < span[1]
+
     def describe(self) -> str:
+        if self.offsets is not None:
+            spans = ", ".join(f"{p}:{a}-{b}" for p, (a, b) in sorted(self.offsets.items()))
+            return f"{self.tenant}/{self.task}, scored offsets {spans}"
+
         def when(ms: int | None) -> str:
             return "…" if ms is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
@@ -130,7 +143,7 @@ async def read_events(settings: Settings, selection: Selection) -> Events:
     scored: list[Scored] = []
     ids: set[str] = set()
     elsewhere: Counter[str] = Counter()
-    for s in _parse(Scored, read[0], bad):
+    for s in _parse(Scored, (r for r in read[0] if selection.holds(r.partition, r.offset)), bad):
         req = s.request
         if not selection.contains(req.received_at_ms):
             continue
@@ -354,8 +367,15 @@ def read_export(folder: Path) -> Events:
         return [model.model_validate_json(v) for v in column]
 
     sel = meta["selection"]
+    offsets = sel.get("offsets")
     return Events(
-        Selection(sel["tenant"], sel["task"], sel.get("since_ms"), sel.get("until_ms")),
+        Selection(
+            sel["tenant"],
+            sel["task"],
+            sel.get("since_ms"),
+            sel.get("until_ms"),
+            None if offsets is None else {int(p): (a, b) for p, (a, b) in offsets.items()},
+        ),
         load("scored", Scored),
         decisions=load("decisions", Decision),
         teacher=load("teacher_results", TeacherResult),

@@ -6,7 +6,8 @@ what would it have cost?
     result.summary()      # recorded beside replayed: student share, teacher calls, cost, accuracy
     result.rows           # one per request: both decisions, the labels the record holds, the flip
 
-It reads with no consumer group and writes nothing. The candidate student re-scores the
+It reads with no consumer group and writes nothing (``publish`` writes a finished replay to
+a namespace of its own, never to the live topics). The candidate student re-scores the
 recorded requests through the scorer's own batched path (``protege.scoring``); the
 candidate policy re-decides through the verifier's own router (``protege.policy``). With no
 candidate version, each request is re-scored by the version that scored it: replaying the
@@ -20,23 +21,27 @@ the re-scoring version learnt from (its ``trained_on.txt``) is left out of its a
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from protege.events import Decision, Scored
+from protege.kafka import Out, ensure_topics, producer
 from protege.policy import router_for
 from protege.recorded import ReplayError, Selection, Traffic, recorded
 from protege.redact import redact
 from protege.scoring import score_batch
+from protege.settings import Settings
+from protege.state import read_all
 from protege.student.manifest import TRAINED_ON
 from protege.student.runtime import Student
 from protege.task import Task
 
-__all__ = ["Candidate", "ReplayError", "Result", "Row", "Selection", "Traffic", "recorded", "replay"]
+__all__ = ["Candidate", "ReplayError", "Result", "Row", "Selection", "Traffic", "publish", "recorded", "replay"]
 
 # Signals are recorded to 6 decimals. The same version on the same text in a batch of another
 # shape, or with another thread count, differs in float32 by up to ~1e-6 in a probability (its
@@ -106,6 +111,7 @@ class Result:
     rows: list[Row]
     seconds: float
     scored: int  # requests re-scored by a student
+    replayed: list[tuple[Scored, Decision]] = field(default_factory=list)  # what ``publish`` writes
 
     def summary(self) -> dict[str, Any]:
         t = self.traffic
@@ -227,6 +233,7 @@ def replay(
     router = router_for(candidate.task)
     clean = redact if redact_pii else str
     rows: list[Row] = []
+    replayed: list[tuple[Scored, Decision]] = []
     rescored = 0
     seen: dict[Path, frozenset[str] | None] = {}
     for recorded_batch, student in _batches(traffic.scored, candidate, students, batch):
@@ -245,9 +252,10 @@ def replay(
             decision = router.decide(after, was.decided_at_ms if was else after.scored_at_ms)
             in_sample = None if trained is None else rid in trained
             rows.append(_row(traffic, before, was, decision, in_sample))
+            replayed.append((after, decision))
         if progress is not None:
             progress(len(recorded_batch))
-    return Result(traffic, candidate, rows, time.perf_counter() - started, rescored)
+    return Result(traffic, candidate, rows, time.perf_counter() - started, rescored, replayed)
 
 
 def _batches(
@@ -341,6 +349,38 @@ def same_decision(a: Decision, b: Decision) -> bool:
             and all(round(abs(a.signals[k] - b.signals[k]), 9) <= SIGNAL_TOLERANCE for k in a.signals)
         )
     )
+
+
+async def publish(result: Result, settings: Settings, prefix: str) -> dict[str, int]:
+    """The replay as a recording of its own, in a replay namespace: ``<prefix>protege.scored``
+    (as re-scored), ``.decisions`` (as replayed) and ``.teacher.results`` (the recorded answers
+    for the requests the replay sends to the teacher). Replay, export and report read it back
+    with ``PROTEGE_TOPIC_PREFIX=<prefix>``. Refuses the live namespace and one already written."""
+    if prefix == settings.topic_prefix:
+        raise ReplayError(f"--publish {prefix!r} is the live namespace: choose a prefix of its own, e.g. replay1.")
+    ns = settings.model_copy(update={"topic_prefix": prefix})
+    await ensure_topics(ns)
+    if await read_all(ns, ns.topics.scored):
+        raise ReplayError(f"{ns.topics.scored} already holds a replay: publish to a new prefix")
+    teacher = result.traffic.teacher
+    outs: list[Out] = []
+    counts = {"scored": 0, "decisions": 0, "teacher_results": 0}
+    for scored, decision in result.replayed:
+        outs += [Out.of(ns.topics.scored, scored), Out.of(ns.topics.decisions, decision)]
+        counts["scored"] += 1
+        counts["decisions"] += 1
+        answer = teacher.get(decision.request_id)
+        if answer is not None and (decision.route == "teacher" or decision.teacher_check):
+            outs.append(Out.of(ns.topics.teacher_results, answer))
+            counts["teacher_results"] += 1
+    prod = producer(ns, acks="all")
+    await prod.start()
+    try:
+        sent = [await prod.send(o.topic, o.value, key=o.key) for o in outs]
+        await asyncio.gather(*sent)
+    finally:
+        await prod.stop()
+    return counts
 
 
 def write_parquet(rows: Sequence[Row], path: Path) -> None:

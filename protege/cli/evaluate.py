@@ -50,9 +50,33 @@ def parse_time(value: str | None, option: str) -> int | None:
     return int(when.timestamp() * 1000)
 
 
-def selection(tenant: str, task: str, since: str | None, until: str | None, last: str | None) -> Selection:
+OFFSETS = re.compile(r"^(\d+):(\d+)-(\d+)$")
+
+
+def parse_offsets(value: str | None) -> dict[int, tuple[int, int]] | None:
+    """``0:100-200,1:0-50``: per partition of the scored topic, offsets [first, last)."""
+    if value is None:
+        return None
+    spans: dict[int, tuple[int, int]] = {}
+    for part in value.split(","):
+        m = OFFSETS.match(part.strip())
+        if not m or int(m[3]) <= int(m[2]):
+            raise typer.BadParameter(f"--offsets {part!r}: PARTITION:FIRST-END with END > FIRST, e.g. 0:100-200,1:0-50")
+        if int(m[1]) in spans:
+            raise typer.BadParameter(f"--offsets names partition {m[1]} twice")
+        spans[int(m[1])] = (int(m[2]), int(m[3]))
+    return spans
+
+
+def selection(
+    tenant: str, task: str, since: str | None, until: str | None, last: str | None, offsets: str | None = None
+) -> Selection:
     from protege.recorded import Selection
 
+    if offsets is not None:
+        if since is not None or until is not None or last is not None:
+            raise typer.BadParameter("give --offsets or a time range (--from/--to/--last), not both")
+        return Selection(tenant, task, offsets=parse_offsets(offsets))
     since_ms, until_ms = parse_time(since, "--from"), parse_time(until, "--to")
     if last is not None:
         if since is not None:
@@ -130,6 +154,13 @@ def replay_command(
     report: Annotated[
         Path | None, typer.Option(help="Also write the replay's report here (HTML; the JSON beside it).")
     ] = None,
+    publish: Annotated[
+        str | None,
+        typer.Option(help="Also write the replay to a namespace of its own: topics PREFIXprotege.scored, ..."),
+    ] = None,
+    offsets: Annotated[
+        str | None, typer.Option(help="Instead of times: offsets of the scored topic, PARTITION:FIRST-END,...")
+    ] = None,
 ) -> None:
     """What would this student, threshold or policy have done to recorded traffic, and at what cost?
 
@@ -138,6 +169,7 @@ def replay_command(
     from protege.recorded import ReplayError, read_export, recorded
     from protege.registry import Registry
     from protege.replay import Candidate, replay, write_parquet
+    from protege.replay import publish as publish_replay
     from protege.student.runtime import Student
 
     if version is not None and model_dir is not None:
@@ -146,7 +178,7 @@ def replay_command(
         raise typer.BadParameter("--no-rescore keeps the recorded outputs: it cannot take a candidate student")
     settings = ScorerSettings()
     library_logs_to(home() / "logs")
-    chosen = selection(tenant, task, since, until, last)
+    chosen = selection(tenant, task, since, until, last, offsets)
     policy_task = candidate_task(
         settings, task, task_file, policy, target_accuracy, min_confidence, min_margin, max_ood
     )
@@ -203,6 +235,10 @@ def replay_command(
             basis = Basis.replayed(result)
             context = report_context(settings, policy_task, tenant, task, traffic.scored, basis.version, source is None)
             write_report(basis, context, Inputs(), report)
+        published = None
+        if publish is not None:
+            with console.status(f"publishing the replay to {publish}protege.*"):
+                published = asyncio.run(publish_replay(result, settings, publish))
     except (ConfigError, BrokerError) as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(2) from None
@@ -214,6 +250,9 @@ def replay_command(
     for path in (json_out, parquet, report, None if report is None else report.with_suffix(".json")):
         if path is not None:
             console.print(f"wrote {path}")
+    if published is not None:
+        counts = ", ".join(f"{n} {name}" for name, n in published.items())
+        console.print(f"published {counts} under {publish}protege.* (read back with PROTEGE_TOPIC_PREFIX={publish})")
 
 
 def _pct(x: float | None) -> str:
@@ -285,6 +324,9 @@ def export_command(
     with_text: Annotated[
         bool, typer.Option(help="Keep texts as sent (default: PII-redacted, as the harvest keeps them).")
     ] = False,
+    offsets: Annotated[
+        str | None, typer.Option(help="Instead of times: offsets of the scored topic, PARTITION:FIRST-END,...")
+    ] = None,
 ) -> None:
     """Write one tenant and task's events for a time range as Parquet: scored signals, decisions,
     teacher results with tokens and cost, responses with latency, feedback, harvested cases,
@@ -293,7 +335,7 @@ def export_command(
 
     settings = Settings()
     library_logs_to(home() / "logs")
-    chosen = selection(tenant, task, since, until, last)
+    chosen = selection(tenant, task, since, until, last, offsets)
     try:
         with console.status(f"reading {chosen.describe()} from {settings.bootstrap_servers}"):
             events = asyncio.run(read_events(settings, chosen))
@@ -538,6 +580,9 @@ def report_command(
     maintain_usd: Annotated[float, typer.Option(help="Input M: retrains and upkeep over the horizon.")] = 500.0,
     core_hour_usd: Annotated[float, typer.Option(help="Input: price of one CPU core for an hour (prices c_s).")] = 0.05,
     buckets: Annotated[int, typer.Option(min=2, max=500, help="Time buckets over the range.")] = 24,
+    offsets: Annotated[
+        str | None, typer.Option(help="Instead of times: offsets of the scored topic, PARTITION:FIRST-END,...")
+    ] = None,
 ) -> None:
     """One self-contained HTML page (plots inline, opens offline) and the same numbers as JSON:
     the coverage curve, student share and escalations over time with the drift band and
@@ -548,7 +593,7 @@ def report_command(
 
     settings = ScorerSettings()
     library_logs_to(home() / "logs")
-    chosen = selection(tenant, task, since, until, last)
+    chosen = selection(tenant, task, since, until, last, offsets)
     inputs = Inputs(distill_usd, train_usd, maintain_usd, core_hour_usd, buckets)
     try:
         the_task = candidate_task(settings, task, None, None, None, None, None, None)

@@ -286,3 +286,44 @@ def test_replay_report_and_report_errors(recording: dict, tmp_path: Path) -> Non
     assert data["drift"]["alarms_source"].startswith("raised by the verifier's monitor")
     nobody = cli(recording, "--tenant", "nobody", "--out", str(tmp_path / "n.html"), command="report")
     assert nobody.exit_code == 2 and "no recorded requests for nobody/ticket-triage" in nobody.output.replace("\n", " ")
+
+
+def test_publish_writes_a_replay_namespace_and_offsets_select(recording: dict) -> None:
+    """``--publish`` writes the replay under a prefix of its own (the live topics are not
+    touched) which replay reads back like any recording; ``--offsets`` selects raw offsets."""
+    s = recording["settings"]
+
+    def acme(settings: Settings, topic: str) -> int:
+        return sum(b'"acme"' in r.value for r in asyncio.run(read_all(settings, topic)) if r.value)
+
+    live_before = acme(s, s.topics.decisions)
+    prefix = f"{s.topic_prefix}cand."
+    done = cli(recording, "--min-confidence", "0.3", "--publish", prefix, "--json", "/dev/null")
+    assert done.exit_code == 0, done.output
+    assert "published 500 scored, 500 decisions" in done.output.replace("\n", " ")
+    assert acme(s, s.topics.decisions) == live_before == 500
+    ns = s.model_copy(update={"topic_prefix": prefix})
+    traffic = asyncio.run(recorded(ns, Selection("acme", TASK)))
+    assert len(traffic.scored) == len(traffic.decisions) == 500
+    loose = task().model_copy(
+        update={
+            "policy": task().policy.model_copy(
+                update={"thresholds": task().policy.thresholds.model_copy(update={"min_confidence": 0.3})}
+            )
+        }
+    )
+    again = replay(traffic, Candidate(loose, rescore=False), students(s)).summary()
+    assert again["matched"]["count"] == 500  # the namespace holds the candidate's decisions
+    assert sum(d.route == "teacher" for d in traffic.decisions.values()) == len(traffic.teacher)
+    twice = cli(recording, "--publish", prefix)
+    assert twice.exit_code == 2 and "already holds a replay" in twice.output.replace("\n", " ")
+    live = cli(recording, "--publish", s.topic_prefix)
+    assert live.exit_code == 2 and "is the live namespace" in live.output.replace("\n", " ")
+    # Raw offsets of the scored topic: exactly the acme records in that span.
+    records = [r for r in asyncio.run(read_all(s, s.topics.scored)) if r.partition == 0 and b'"acme"' in r.value]
+    first, end = records[10].offset, records[60].offset
+    picked = cli(recording, "--offsets", f"0:{first}-{end}", "--json", str(recording["home"] / "o.json"))
+    assert picked.exit_code == 0, picked.output
+    assert json.loads((recording["home"] / "o.json").read_text())["requests"] == 50
+    both = cli(recording, "--offsets", "0:1-2", "--last", "1h")
+    assert both.exit_code == 2 and "not both" in both.output

@@ -5,7 +5,9 @@ tests/integration/test_replay.py)."""
 from __future__ import annotations
 
 import pytest
+import typer
 
+from protege.cli.evaluate import parse_offsets
 from protege.events import Feedback, Ingested, Scored, StudentOutput, TeacherResult, Usage
 from protege.generator import triage_task
 from protege.policy import router_for
@@ -119,3 +121,15 @@ def test_another_versions_signals_are_its_own() -> None:
     assert other.student is not None
     b = router.decide(other.model_copy(update={"student": other.student.model_copy(update={"model_version": "v2"})}), 1)
     assert same_decision(a, b) and not same_decision(a, router.decide(other, 1))
+
+
+def test_offsets_parse_and_select() -> None:
+    spans = parse_offsets("0:100-200, 3:0-5")
+    assert spans == {0: (100, 200), 3: (0, 5)}
+    sel = Selection("acme", "t", offsets=spans)
+    assert sel.holds(0, 100) and sel.holds(0, 199) and not sel.holds(0, 200) and not sel.holds(1, 150)
+    assert Selection("acme", "t").holds(7, 10**9)  # no offsets: every record
+    assert "scored offsets 0:100-200, 3:0-5" in sel.describe()
+    for bad in ("0:200-100", "x:1-2", "0:1-2,0:3-4", "0-1"):
+        with pytest.raises(typer.BadParameter):
+            parse_offsets(bad)
