@@ -158,6 +158,9 @@ class Decision(Event, title="protege.decision"):
     rules: list[str] = Field(default_factory=list, description="Rule checks that fired.")
     reasons: list[str] = Field(description="Why this verdict; empty reasons only on accept.")
     teacher_check: bool = Field(False, description="ensemble: the teacher checks the student's answer behind it.")
+    audit: bool = Field(
+        False, description="Audited: the teacher also answers this accepted request behind the response."
+    )
     decided_at_ms: int
 
 
@@ -165,10 +168,11 @@ class TeacherRequest(AboutRequest, Event, title="protege.teacher_request"):
     v: Literal[1] = 1
     request: Ingested
     reasons: list[str]
-    mode: Literal["answer", "check"] = Field(
+    mode: Literal["answer", "check", "audit"] = Field(
         "answer",
         description="answer: the teacher's label is the response; check: the student already answered "
-        "(ensemble) and a disagreement becomes a correction.",
+        "(ensemble) and a disagreement becomes a correction; audit: the student's answer stands and the "
+        "teacher's measures it.",
     )
     student_label: str | None = None
     student_confidence: float | None = None
@@ -201,7 +205,7 @@ class TeacherResult(Event, title="protege.teacher_result"):
     cost_usd: float = Field(ge=0)
     latency_ms: float = Field(ge=0)
     attempts: int = Field(ge=1)
-    mode: Literal["answer", "check"] = "answer"
+    mode: Literal["answer", "check", "audit"] = "answer"
     fields: dict[str, str] = Field(default_factory=dict, description="Fields the teacher extracted.")
     student_label: str | None = None
     agrees: bool | None = Field(None, description="Whether the student had given the same label.")
@@ -292,7 +296,7 @@ class HarvestCase(Event, title="protege.harvest_case"):
     label_source: Literal["teacher", "standin", "feedback"]
     student_label: str | None = None
     model_version: str | None = None
-    reason: Literal["escalated", "disagreement", "feedback"]
+    reason: Literal["escalated", "disagreement", "feedback", "audit"]
     harvested_at_ms: int
 
     @property

@@ -111,7 +111,23 @@ TEACHER_CALLS = Counter(
 TEACHER_TOKENS = Counter(
     "protege_teacher_tokens", "Teacher tokens by kind.", ["task", "model", "kind"], registry=REGISTRY
 )
-TEACHER_COST = Counter("protege_teacher_cost_usd", "Teacher spend in USD.", ["tenant", "task"], registry=REGISTRY)
+TEACHER_COST = Counter(
+    "protege_teacher_cost_usd",
+    "Teacher spend in USD, by mode (audits apart).",
+    ["tenant", "task", "mode"],
+    registry=REGISTRY,
+)
+# Live accuracy of a version: sum(rate(protege_audits_agreed_total)) / sum(rate(protege_audits_total))
+# by (tenant, task, version), over all teacher replicas; `protege models show` prints it with its interval.
+AUDITS = Counter(
+    "protege_audits", "Audited accepted answers the teacher answered.", ["tenant", "task", "version"], registry=REGISTRY
+)
+AUDITS_AGREED = Counter(
+    "protege_audits_agreed",
+    "Audited accepted answers the teacher agreed with.",
+    ["tenant", "task", "version"],
+    registry=REGISTRY,
+)
 TEACHER_SECONDS = Histogram(
     "protege_teacher_call_seconds",
     "One teacher call, retries included.",

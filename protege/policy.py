@@ -10,15 +10,29 @@ answer (cold start, a model error) goes to the teacher: the fail-safe is the tea
 - ``ensemble``: the student answers at once; the teacher checks behind it and a
   disagreement goes out as a correction (rules still send a request to the teacher first).
 - ``shadow``: the teacher answers; the student's answer is recorded beside it.
+
+Under any policy but ensemble (which checks every accepted answer already), ``audit_rate``
+of the accepted answers, chosen by a stable hash of the request id (``audited``), are also
+sent to the teacher behind the response: the only unbiased sample of accepted traffic.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import ClassVar
 
 from protege.events import Decision, Scored, StudentOutput, Verdict
 from protege.task import Task
+
+
+def audited(request_id: str, rate: float) -> bool:
+    """Whether a request falls in the audited share: a stable hash of its id, so a replay,
+    another replica or a retry picks the same requests."""
+    if rate <= 0:
+        return False
+    point = int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:8], "big") / 2**64
+    return point < rate
 
 
 class Rules:
@@ -80,6 +94,7 @@ class Router:
         self.task = task
         self.thresholds = task.policy.thresholds.model_dump()
         self.policy_version = task.policy.version
+        self.audit_rate = task.policy.audit_rate
         self.rules = Rules(task)
         self.checks = Checks(task)
 
@@ -134,6 +149,7 @@ class Router:
             rules=rules,
             reasons=failed + rules,
             teacher_check=self.checks_behind and verdict == "accept",
+            audit=verdict == "accept" and not self.checks_behind and audited(req.request_id, self.audit_rate),
             decided_at_ms=now_ms,
         )
 

@@ -94,6 +94,8 @@ class Row:
     ood: float | None
     reasons: str
     teacher_check: bool
+    audit: bool  # the candidate would have the teacher audit this accepted answer
+    audited: bool  # it was audited when recorded: its teacher label is a random sample's
     teacher_label: str | None
     teacher_cost_usd: float | None
     feedback_label: str | None
@@ -171,6 +173,33 @@ def _accuracy(pairs: Sequence[tuple[str | None, str]]) -> dict[str, Any]:
     }
 
 
+def _estimate(judged: Sequence[tuple[str | None, Row]]) -> dict[str, Any] | None:
+    """Accuracy of all accepted answers, the unlabelled ones included, from the audits.
+
+    Two strata: answers labelled in full (a teacher answer to a recorded escalation, an
+    ensemble check) count as they are; the rest — accepted when recorded, so only audits
+    label them, a uniform sample by a hash of the id — are estimated from the audited ones
+    (weight 1/rate each). The 95% interval is the audited stratum's Wilson interval carried
+    through. None without audits. Assumes one audit rate over the range."""
+    audited = [(a, r) for a, r in judged if r.audited]
+    if not audited:
+        return None
+    full = [(a, r) for a, r in judged if r.teacher_label is not None and not r.audited]
+    sampled = len(judged) - len(full)  # the stratum the audits sample
+    correct = sum(a == r.teacher_label for a, r in audited)
+    interval = wilson(correct, len(audited))
+    assert interval is not None
+    exact = sum(a == r.teacher_label for a, r in full)
+    n = len(judged)
+    return {
+        "accuracy": (exact + sampled * correct / len(audited)) / n,
+        "interval95": ((exact + sampled * interval[0]) / n, (exact + sampled * interval[1]) / n),
+        "audits": len(audited),
+        "labelled_in_full": len(full),
+        "estimated_from_audits": sampled,
+    }
+
+
 def _side(rows: Sequence[Row], *, recorded: bool, per_call: float | None) -> dict[str, Any]:
     """The numbers of one side (the recorded decisions, or the replayed ones)."""
     if recorded:
@@ -189,8 +218,9 @@ def _side(rows: Sequence[Row], *, recorded: bool, per_call: float | None) -> dic
     unknown = 0 if recorded else sum(r.in_sample is None for r in rows)
     judged = [r for r in accepted if recorded or not r.in_sample]
     checks = 0 if recorded else sum(r.teacher_check for r in rows)
-    calls = n - len(accepted) + checks
-    if recorded:  # what the teacher was really asked: its recorded results (answers and checks)
+    audits = sum(r.audited for r in rows) if recorded else sum(r.audit for r in rows)
+    calls = n - len(accepted) + checks + audits
+    if recorded:  # what the teacher was really asked: its recorded results (answers, checks, audits)
         calls = sum(r.teacher_label is not None for r in rows)
     student_vs_teacher = [(answer(r), r.teacher_label) for r in judged if r.teacher_label is not None]
     student_vs_feedback = [(answer(r), r.feedback_label) for r in judged if r.feedback_label is not None]
@@ -202,8 +232,11 @@ def _side(rows: Sequence[Row], *, recorded: bool, per_call: float | None) -> dic
         "escalated": n - len(accepted),
         "teacher_calls": calls,
         "teacher_cost_usd": None if per_call is None else calls * per_call,
+        "audit_calls": audits,
+        "audit_cost_usd": None if per_call is None else audits * per_call,
         "all_teacher_cost_usd": None if per_call is None else n * per_call,
         "accepted_vs_teacher": _accuracy(student_vs_teacher),
+        "accepted_estimate": _estimate([(answer(r), r) for r in judged]),
         "accepted_vs_feedback": _accuracy(student_vs_feedback),
         "accepted_unlabelled": unlabelled,
         "answers_vs_feedback": _accuracy(
@@ -326,6 +359,8 @@ def _row(traffic: Traffic, before: Scored, was: Decision | None, now: Decision, 
         ood=signals.get("ood"),
         reasons=",".join(now.reasons),
         teacher_check=now.teacher_check,
+        audit=now.audit,
+        audited=teacher is not None and teacher.mode == "audit",
         teacher_label=teacher.label if teacher else None,
         teacher_cost_usd=teacher.cost_usd if teacher else None,
         feedback_label=feedback.label if feedback else None,

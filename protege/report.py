@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from protege.audits import live_accuracy
 from protege.drift import DriftMonitor
 from protege.events import Alert, ModelAnnouncement
 from protege.recorded import Events, Selection
@@ -104,6 +105,8 @@ class Basis:
     candidate: str | None = None
     estimated_calls: int = 0  # replayed escalations priced at c_t (no answer on record)
     undecided: int = 0  # recorded requests with no decision on record (left out)
+    audit_usd: float = 0.0  # teacher spend on audits (part of the points' teacher_usd)
+    live: dict[str, dict[str, Any]] = field(default_factory=dict)  # version -> live accuracy from audits
 
     @classmethod
     def recorded(cls, events: Events) -> Basis:
@@ -124,14 +127,17 @@ class Basis:
                     s.request.received_at_ms, d.route, d.verdict, tuple(d.reasons), paid.get(rid, 0.0), d.model_version
                 )
             )
+        sel = traffic.selection
         return cls(
             "recorded",
-            traffic.selection,
+            sel,
             points,
             sum(answers) / len(answers) if answers else None,
             traffic.standin,
             _last_version(points),
             undecided=undecided,
+            audit_usd=sum(r.cost_usd for r in events.teacher if r.mode == "audit"),
+            live=live_accuracy(events.teacher, sel.tenant, sel.task),
         )
 
     @classmethod
@@ -151,8 +157,18 @@ class Basis:
             points.append(Point(row.received_at_ms, row.route, row.verdict, reasons, usd, row.version))
         candidate = result.candidate
         version = candidate.student.version if candidate.student is not None else _last_version(points)
+        audits = [r for r in result.rows if r.audit]
         return cls(
-            "replay", t.selection, points, per_call, t.standin, version, candidate.describe(), estimated_calls=estimated
+            "replay",
+            t.selection,
+            points,
+            per_call,
+            t.standin,
+            version,
+            candidate.describe(),
+            estimated_calls=estimated,
+            audit_usd=sum(r.teacher_cost_usd or per_call or 0.0 for r in audits),
+            live=live_accuracy(t.teacher.values(), t.selection.tenant, t.selection.task),
         )
 
 
@@ -387,6 +403,7 @@ def build(basis: Basis, context: Context, inputs: Inputs) -> dict[str, Any]:
     student = sum(p.route == "student" for p in points)
     spent = sum(p.teacher_usd for p in points)
     cost = spent + (student * c_s if c_s is not None else 0.0)
+    live = basis.live.get(basis.version or "")
     return {
         "report_version": REPORT_VERSION,
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -405,6 +422,7 @@ def build(basis: Basis, context: Context, inputs: Inputs) -> dict[str, Any]:
             "student_answered": student,
             "student_share": round(student / n, 4) if n else None,
             "teacher_calls_usd": round(spent, 6),
+            "audit_usd": round(basis.audit_usd, 6),
             "estimated_teacher_calls": basis.estimated_calls,
             "cost_usd": round(cost, 6),
             "all_teacher_usd": None if c_t is None else round(n * c_t, 6),
@@ -413,6 +431,7 @@ def build(basis: Basis, context: Context, inputs: Inputs) -> dict[str, Any]:
         "coverage": {
             "version": basis.version,
             "curve": curve,
+            "live_accuracy": live,
             "served_share": round(
                 sum(p.route == "student" for p in points if p.version == basis.version)
                 / max(1, sum(p.version == basis.version for p in points)),
@@ -705,10 +724,17 @@ def _coverage_note(data: dict[str, Any]) -> str:
         if op
         else "no certified rule for the policy's target: the teacher answers every request this version scores"
     )
+    live = cov["live_accuracy"]
+    audits = (
+        f" Live accuracy from {live['audits']} audits: {_pct(live['accuracy'])} "
+        f"[{_pct(live['interval95'][0])}-{_pct(live['interval95'][1])}]."
+        if live
+        else " No audits on record (policy.audit_rate): its live accuracy is not measured."
+    )
     return (
         f"<p class='sub'>{_e(cov['version'])} on its golden set ({curve['cases']} cases it never trained on); "
         f"target {_pct(curve['target_accuracy'])}; {_e(rule)}; in this range it answered {_pct(cov['served_share'])} "
-        "of the requests it scored.</p>"
+        f"of the requests it scored.{_e(audits)}</p>"
     )
 
 
@@ -733,7 +759,7 @@ def _cost_note(data: dict[str, Any]) -> str:
     b = data["breakeven"]
     est = f"; {t['estimated_teacher_calls']} replayed escalations priced at c_t" if t["estimated_teacher_calls"] else ""
     return (
-        f"<p class='sub'>Teacher spend {_usd(t['teacher_calls_usd'])} plus the student's compute "
+        f"<p class='sub'>Teacher spend {_usd(t['teacher_calls_usd'])} (audits {_usd(t['audit_usd'])}) plus the student's compute "
         f"(c_s {_usd(b['c_s_usd'], 8)} a request) against {_usd(t['all_teacher_usd'])} had the teacher answered "
         f"everything (c_t {_usd(b['c_t_usd'], 6)} a request){_e(est)}.</p>"
     )

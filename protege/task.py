@@ -91,6 +91,13 @@ class Policy(BaseModel):
         "`thresholds`, and escalates when the version has none.",
     )
     target_confidence: float = Field(0.95, gt=0.5, lt=1, description="Statistical confidence of that guarantee.")
+    audit_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of accepted student answers (by a stable hash of the request id) the teacher "
+        "also answers behind the response: the unbiased sample that measures the student's live accuracy.",
+    )
 
     @field_validator("escalate_patterns")
     @classmethod
@@ -99,8 +106,12 @@ class Policy(BaseModel):
 
     @property
     def version(self) -> str:
-        """Content hash: any change to the policy section is a new policy version."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Content hash: any change to the policy section is a new policy version (a policy
+        without audits hashes as it did before audits existed)."""
+        data = self.model_dump(mode="json")
+        if not data["audit_rate"]:
+            del data["audit_rate"]
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 

@@ -270,6 +270,13 @@ def _acc(a: dict[str, Any]) -> str:
     return f"{_pct(a['accuracy'])} [{100 * lo:.1f}-{100 * hi:.1f}] of {a['n']}"
 
 
+def _estimated(e: dict[str, Any] | None) -> str:
+    if e is None:
+        return "no audits"
+    lo, hi = e["interval95"]
+    return f"{_pct(e['accuracy'])} [{100 * lo:.1f}-{100 * hi:.1f}] from {e['audits']} audits"
+
+
 def print_summary(s: dict[str, Any]) -> None:
     out = Console(width=140)
     rec, rep = s["recorded"], s["replay"]
@@ -280,12 +287,20 @@ def print_summary(s: dict[str, Any]) -> None:
     table.add_row("escalated", str(rec["escalated"]), str(rep["escalated"]))
     table.add_row("teacher calls", str(rec["teacher_calls"]), str(rep["teacher_calls"]))
     table.add_row("teacher cost", _usd(rec["teacher_cost_usd"]), _usd(rep["teacher_cost_usd"]))
+    table.add_row(
+        "of which audits",
+        f"{rec['audit_calls']} {_usd(rec['audit_cost_usd'])}",
+        f"{rep['audit_calls']} {_usd(rep['audit_cost_usd'])}",
+    )
     table.add_row("all-teacher cost", _usd(rec["all_teacher_cost_usd"]), _usd(rep["all_teacher_cost_usd"]))
     table.add_row(
         "accepted vs teacher labels (95% CI)", _acc(rec["accepted_vs_teacher"]), _acc(rep["accepted_vs_teacher"])
     )
     table.add_row("accepted vs feedback", _acc(rec["accepted_vs_feedback"]), _acc(rep["accepted_vs_feedback"]))
     table.add_row("accepted without a label", str(rec["accepted_unlabelled"]), str(rep["accepted_unlabelled"]))
+    table.add_row(
+        "accepted, estimated from audits", _estimated(rec["accepted_estimate"]), _estimated(rep["accepted_estimate"])
+    )
     table.add_row("answers vs feedback", _acc(rec["answers_vs_feedback"]), _acc(rep["answers_vs_feedback"]))
     out.print(table)
     flips = s["flips"]
@@ -307,9 +322,15 @@ def print_summary(s: dict[str, Any]) -> None:
             "training cases: its accuracy on them may be in-sample[/]"
         )
     labels = s["teacher_labels"]
+    audits = rec["audit_calls"]
     out.print(
-        f"labels on record: {labels['count']} from the {labels['source']}, {s['feedback_labels']} from feedback; "
-        "accepted answers without either are not measured (no audit samples on record)"
+        f"labels on record: {labels['count']} from the {labels['source']} ({audits} of them audits), "
+        f"{s['feedback_labels']} from feedback; "
+        + (
+            "accepted answers without a label are estimated from the audits (a uniform sample by request id)"
+            if audits
+            else "accepted answers without either are not measured (no audits on record: policy.audit_rate)"
+        )
     )
 
 

@@ -14,7 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from protege.audits import read_live_accuracy
 from protege.cli.root import TaskName, Tenant, app, console, models_app
+from protege.errors import BrokerError
 from protege.events import ModelAnnouncement, now_ms
 from protege.generator import read_jsonl
 from protege.kafka import Out, producer
@@ -86,9 +88,16 @@ def models_list(tenant: Tenant, task_name: TaskName) -> None:
 def models_show(
     version_name: Annotated[str, typer.Argument(help="Version, e.g. v0003.")], tenant: Tenant, task_name: TaskName
 ) -> None:
-    """A version's manifest."""
-    v = Registry.of(Settings()).version(tenant, task_name, version_name)
-    typer.echo(json.dumps(v.manifest.model_dump(mode="json"), indent=2))
+    """A version's manifest, and its live accuracy from audits (when the broker is reachable)."""
+    settings = Settings()
+    v = Registry.of(settings).version(tenant, task_name, version_name)
+    shown = v.manifest.model_dump(mode="json")
+    try:
+        live = asyncio.run(read_live_accuracy(settings, tenant, task_name)).get(v.name)
+        shown["live_accuracy"] = live or {"audits": 0, "why": "no audited answers on record (policy.audit_rate)"}
+    except BrokerError as e:
+        shown["live_accuracy"] = {"audits": None, "why": str(e)}
+    typer.echo(json.dumps(shown, indent=2))
 
 
 def _serve(version_name: str, tenant: str, task_name: str, pin: bool, force: bool = False) -> None:

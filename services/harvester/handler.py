@@ -1,7 +1,8 @@
 """Failure harvester: keep the cases the student missed, doubted or got wrong, per tenant.
 
 - teacher.results: every escalated request, labelled by the teacher (reason
-  ``disagreement`` when the student had answered differently, else ``escalated``).
+  ``disagreement`` when the student had answered differently, else ``escalated``), and every
+  audited one (reason ``audit``: the unbiased sample of accepted traffic, kept agreeing or not).
 - feedback: a person's correction (reason ``feedback``).
 
 It does not read ``protege.decisions`` (the busiest topic after the requests): every case
@@ -40,7 +41,7 @@ class Harvester:
                 label_source="standin" if event.standin else "teacher",
                 student_label=event.student_label,
                 model_version=event.model_version,
-                reason="disagreement" if disagree else "escalated",
+                reason="audit" if event.mode == "audit" else "disagreement" if disagree else "escalated",
                 harvested_at_ms=now_ms(),
             )
         else:

@@ -3,7 +3,8 @@ lose one.
 
 teacher.requests (and teacher.retry) ->
 - the teacher answered: teacher.results + responses (mode ``answer``), or teacher.results
-  and, if it disagrees with the student's provisional answer, corrections (mode ``check``);
+  and, if it disagrees with the student's provisional answer, corrections (mode ``check``),
+  or teacher.results alone (mode ``audit``: it measures the student's answer, which stands);
 - the teacher is unavailable (retries exhausted, circuit open) or the tenant is over its
   hourly spend cap: the task's ``on_teacher_unavailable`` decides: ``hold`` puts the
   request on teacher.retry with a later ``not_before_ms`` (exponential backoff with
@@ -255,7 +256,7 @@ class TeacherWorker:
                     ),
                 )
             )
-        elif agrees is False and ask.student_label is not None:
+        elif ask.mode == "check" and agrees is False and ask.student_label is not None:
             outs.append(
                 Out.of(
                     self.topics.corrections,
@@ -293,16 +294,21 @@ class TeacherWorker:
         ):
             if n:
                 metrics.TEACHER_TOKENS.labels(req.task, answer.model, kind).inc(n)
-        metrics.TEACHER_COST.labels(req.tenant, req.task).inc(answer.cost_usd)
+        metrics.TEACHER_COST.labels(req.tenant, req.task, ask.mode).inc(answer.cost_usd)
+        if ask.mode == "audit":
+            version = ask.model_version or "none"
+            metrics.AUDITS.labels(req.tenant, req.task, version).inc()
+            if ask.student_label == answer.label:
+                metrics.AUDITS_AGREED.labels(req.tenant, req.task, version).inc()
         metrics.TEACHER_SECONDS.labels(req.task).observe(answer.latency_ms / 1000)
         metrics.observe_hop("decided_to_teacher_answer", ask.requested_at_ms, at)
         if ask.mode == "answer":
             metrics.observe_answer(req.task, "teacher", "ok", req.received_at_ms, at)
 
     def fallback_response(self, ask: TeacherRequest, error: str) -> list[Out]:
-        """Answer from the student (degraded) or, with no student label, as failed. Check mode
-        needs none: the student's provisional answer already went out."""
-        if ask.mode == "check":
+        """Answer from the student (degraded) or, with no student label, as failed. Check and
+        audit modes need none: the student's answer already went out."""
+        if ask.mode != "answer":
             return []
         req = ask.request
         degraded = ask.student_label is not None

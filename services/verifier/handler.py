@@ -1,7 +1,8 @@
 """Verifier: one decision per scored request, and where the request goes next.
 
 accept   -> decisions + responses (the student's answer; provisional under ensemble, whose
-            teacher check also goes to teacher.requests)
+            teacher check also goes to teacher.requests; an audited one also goes there, mode
+            ``audit``: the teacher's answer measures the student's and changes nothing)
 escalate -> decisions + teacher.requests
 shadow   -> decisions + teacher.requests (the teacher answers; the student is recorded)
 
@@ -63,11 +64,11 @@ class Verifier:
             )
             outs.append(Out.of(self.topics.responses, response))
             metrics.observe_answer(req.task, "student", response.status, req.received_at_ms, at)
-        if decision.verdict != "accept" or decision.teacher_check:
+        if decision.verdict != "accept" or decision.teacher_check or decision.audit:
             ask = TeacherRequest(
                 request=req,
-                reasons=decision.reasons,
-                mode="check" if decision.teacher_check else "answer",
+                reasons=decision.reasons or (["audit"] if decision.audit else []),
+                mode="check" if decision.teacher_check else "audit" if decision.audit else "answer",
                 student_label=decision.student_label,
                 student_confidence=student.confidence if student else None,
                 model_version=decision.model_version,

@@ -14,12 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from protege.audits import read_live_accuracy
 from protege.broker.embedded import EmbeddedBroker
-from protege.events import Correction, DeadLetter, Decision, TeacherRequest, TeacherResult
+from protege.cli import app
+from protege.events import Correction, DeadLetter, Decision, HarvestCase, Response, TeacherRequest, TeacherResult
 from protege.generator import generate, triage_task
 from protege.harness import Drive, drive, summarize, supervised
 from protege.pipeline import LocalPipeline
+from protege.policy import audited as audited_id
 from protege.state import read_all
 from protege.task import Check, Task, write_task
 from protege.text import normalize
@@ -52,6 +56,7 @@ TASKS = [
     variant("t-ensemble", {"name": "ensemble"}),
     variant("t-shadow", {"name": "shadow"}),
     variant("t-capped", {"name": "cascade"}, {"spend_cap_usd_per_hour": 0.012}),
+    variant("t-audited", {"name": "cascade", "audit_rate": 0.3}),
 ]
 
 
@@ -139,6 +144,54 @@ def test_each_policy_answers_every_request_once(env: dict) -> None:
         r for r in records(env, "teacher_results", TeacherResult) if r.task == "t-shadow" and r.agrees is not None
     ]
     assert len(shadow) > 150 and sum(r.agrees for r in shadow) / len(shadow) > 0.5  # measured agreement (chance: 1/13)
+
+
+def test_audits_measure_accepted_answers_behind_the_response(env: dict) -> None:
+    """audit_rate 0.3: that share of accepted answers (by a hash of the id) also goes to the
+    teacher, mode audit. The student's answer is the response (answered once, at once); the
+    audit is one teacher result, no correction, harvested with reason audit; the live
+    accuracy per version is read back by ``protege models show`` and estimated by replay."""
+    rows = env["rows"][2500:2900]
+    warm(env, "t-audited", rows[:160])
+    s = stream(env, "t-audited", rows[160:], rate=60)
+    assert (s["answered"], s["duplicates"]) == (240, 0) and s["student_share"] > 0
+    mine = {f"acme-{r['id']}" for r in rows[160:]}
+    decisions = [d for d in records(env, "decisions", Decision) if d.request_id in mine]
+    accepted = {d.request_id for d in decisions if d.verdict == "accept"}
+    audited = {d.request_id for d in decisions if d.audit}
+    assert audited and audited <= accepted and audited == {r for r in accepted if audited_id(r, 0.3)}
+    settings = env["pipeline"].settings
+    deadline = time.monotonic() + 60  # the audits trail the responses
+    while True:
+        results = [r for r in records(env, "teacher_results", TeacherResult) if r.request_id in audited]
+        if {r.request_id for r in results} == audited or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert sorted(r.request_id for r in results) == sorted(audited)  # one audit each
+    assert all(r.mode == "audit" and r.agrees == (r.label == r.student_label) for r in results)
+    responses = [r for r in records(env, "responses", Response) if r.request_id in audited]
+    assert len(responses) == len(audited) and all(r.route == "student" for r in responses)
+    assert not [c for c in records(env, "corrections", Correction) if c.request_id in audited]
+    harvested = {h.request_id for h in records(env, "harvest", HarvestCase) if h.reason == "audit"}
+    deadline = time.monotonic() + 30
+    while not audited <= harvested and time.monotonic() < deadline:
+        time.sleep(1)
+        harvested = {h.request_id for h in records(env, "harvest", HarvestCase) if h.reason == "audit"}
+    assert audited <= harvested
+    live = asyncio.run(read_live_accuracy(settings, "acme", "t-audited"))
+    assert sum(v["audits"] for v in live.values()) == len(audited)
+    version = max(live, key=lambda v: live[v]["audits"])
+    shown = CliRunner().invoke(
+        app,
+        ["models", "show", version, "--tenant", "acme", "--task", "t-audited"],
+        env={
+            "PROTEGE_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "PROTEGE_TOPIC_PREFIX": settings.topic_prefix,
+            "PROTEGE_HOME": str(env["pipeline"].home),
+        },
+    )
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["live_accuracy"]["audits"] == live[version]["audits"]
 
 
 def test_teacher_faults_lose_nothing_and_pay_once(env: dict) -> None:

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from protege.events import Ingested, Scored, StudentOutput
 from protege.generator import triage_task
-from protege.policy import recompute_verdict, router_for
+from protege.policy import audited, recompute_verdict, router_for
 
 TASK = triage_task()
 
@@ -95,3 +95,32 @@ def test_target_accuracy_uses_the_versions_certified_rule() -> None:
         d = router.decide(with_rule(r), 3)
         assert d.verdict == "escalate" and d.reasons == ["no_certified_rule"] and recompute_verdict(d) == "escalate"
     assert recompute_verdict(ok) == "accept"
+
+
+def with_audits(rate: float, name: str = "cascade"):
+    return TASK.model_copy(update={"policy": TASK.policy.model_copy(update={"audit_rate": rate, "name": name})})
+
+
+def test_audits_pick_a_stable_share_of_accepted_answers() -> None:
+    ids = [f"acme-{i}" for i in range(20_000)]
+    picked = [i for i in ids if audited(i, 0.02)]
+    assert 0.017 < len(picked) / len(ids) < 0.023  # a hash, not a coin: the same ids on every run
+    assert picked == [i for i in ids if audited(i, 0.02)]
+    assert set(picked) <= {i for i in ids if audited(i, 0.1)}  # a higher rate keeps the lower rate's picks
+    assert not any(audited(i, 0.0) for i in ids[:1000]) and all(audited(i, 1.0) for i in ids[:1000])
+
+
+def test_only_accepted_answers_are_audited_and_ensemble_checks_them_all_anyway() -> None:
+    router = router_for(with_audits(1.0))
+    assert router.decide(scored(), 3).audit is True
+    assert router.decide(scored(confidence=0.3), 3).audit is False  # escalated: the teacher answers it
+    ensemble = router_for(with_audits(1.0, "ensemble")).decide(scored(), 3)
+    assert ensemble.teacher_check and not ensemble.audit
+    assert router_for(TASK).decide(scored(), 3).audit is False
+
+
+def test_a_policy_without_audits_keeps_its_version() -> None:
+    """Adding audit_rate to the policy did not change the version of a policy without audits
+    (recorded decisions keep matching their task file); setting it does."""
+    assert triage_task().policy.version == "8d0788706752"
+    assert with_audits(0.02).policy.version != TASK.policy.version

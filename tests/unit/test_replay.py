@@ -133,3 +133,52 @@ def test_offsets_parse_and_select() -> None:
     for bad in ("0:200-100", "x:1-2", "0:1-2,0:3-4", "0-1"):
         with pytest.raises(typer.BadParameter):
             parse_offsets(bad)
+
+
+def audit(i: int, label: str, student_label: str) -> TeacherResult:
+    return teacher(i, label).model_copy(
+        update={
+            "mode": "audit",
+            "student_label": student_label,
+            "model_version": "v1",
+            "agrees": label == student_label,
+        }
+    )
+
+
+def test_unlabelled_accepted_answers_are_estimated_from_the_audits() -> None:
+    """100 accepted answers, 20 audited (16 right); a candidate that also accepts the two
+    escalations (both labelled by the teacher, one right): the audits carry the estimate of
+    the 98 accepted answers only they label, the escalations count as they are."""
+    recorded = [scored(i, 0.97) for i in range(100)] + [scored(100, 0.5), scored(101, 0.5)]
+    router = router_for(TASK)
+    t = Traffic(Selection("acme", TASK.name), recorded)
+    t.decisions = {s.request.request_id: router.decide(s, 10) for s in recorded}
+    t.teacher = {f"r{i}": audit(i, "shipping" if i < 16 else "billing", "shipping") for i in range(20)}
+    t.teacher |= {"r100": teacher(100, "shipping"), "r101": teacher(101, "billing")}
+    for i in range(20):
+        t.decisions[f"r{i}"] = t.decisions[f"r{i}"].model_copy(update={"audit": True})
+    recorded_side = replay(t, Candidate(TASK, rescore=False), no_students).summary()["recorded"]
+    est = recorded_side["accepted_estimate"]
+    assert (est["audits"], est["labelled_in_full"], est["estimated_from_audits"]) == (20, 0, 100)
+    assert est["accuracy"] == pytest.approx(0.8)
+    assert est["interval95"] == pytest.approx(wilson(16, 20))
+    assert recorded_side["audit_calls"] == 20 and recorded_side["teacher_calls"] == 22
+    loose = TASK.model_copy(
+        update={
+            "policy": TASK.policy.model_copy(
+                update={
+                    "thresholds": TASK.policy.thresholds.model_copy(update={"min_confidence": 0.4, "min_margin": 0.4})
+                }
+            )
+        }
+    )
+    s = replay(t, Candidate(loose, rescore=False), no_students).summary()["replay"]
+    est = s["accepted_estimate"]
+    assert (est["audits"], est["labelled_in_full"], est["estimated_from_audits"]) == (20, 2, 100)
+    assert est["accuracy"] == pytest.approx((1 + 100 * 0.8) / 102)
+    lo, hi = wilson(16, 20)
+    assert est["interval95"] == pytest.approx(((1 + 100 * lo) / 102, (1 + 100 * hi) / 102))
+    assert (
+        replay(traffic(), Candidate(TASK, rescore=False), no_students).summary()["replay"]["accepted_estimate"] is None
+    )

@@ -274,3 +274,27 @@ def test_every_plot_draws_in_chromium(registry: Registry, tmp_path: Path) -> Non
     for name, plot in seen.plots.items():
         assert plot.ink > 0.02, (name, plot)  # not a blank box
         assert plot.colours >= 3, (name, plot)  # lines and marks in the palette's colours, not one flat shade
+
+
+def test_audits_show_as_live_accuracy_and_apart_in_the_spend(registry: Registry) -> None:
+    events = recorded_events(30)
+    accepted = [d for d in events.decisions if d.route == "student"][:10]
+    for i, d in enumerate(accepted):
+        events.teacher.append(
+            events.teacher[0].model_copy(
+                update={
+                    "request_id": d.request_id,
+                    "mode": "audit",
+                    "label": "a" if i < 8 else "b",
+                    "student_label": "a",
+                    "model_version": "v0001",
+                    "cost_usd": 0.001,
+                }
+            )
+        )
+    data = build(Basis.recorded(events), Context(ticket_task(), versions=registry.versions("acme", TASK)), Inputs())
+    live = data["coverage"]["live_accuracy"]
+    assert (live["audits"], live["agreed"]) == (10, 8)
+    assert data["totals"]["audit_usd"] == pytest.approx(0.01)
+    assert data["totals"]["teacher_calls_usd"] == pytest.approx(10 * 0.003 + 0.01)
+    assert "Live accuracy from 10 audits: 80.0%" in render(data)

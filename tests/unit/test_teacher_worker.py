@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from protege_services.teacher.handler import CircuitBreaker, SpendTracker, TeacherWorker, backoff_ms
 
+from protege import metrics
 from protege.errors import TeacherError
 from protege.events import Correction, DeadLetter, Ingested, Response, TeacherRequest, TeacherResult, Usage, now_ms
 from protege.generator import triage_task
@@ -168,3 +169,15 @@ def test_backoff_grows_with_jitter_and_a_cap() -> None:
     assert 1600 <= backoff_ms(0, rng=rng) <= 2400
     assert 12_800 <= backoff_ms(3, rng=rng) <= 19_200
     assert backoff_ms(20, rng=rng) <= 72_000
+
+
+def test_audit_mode_measures_and_changes_nothing() -> None:
+    """An audited accepted answer: a teacher result marked audit, no response (the student's
+    stands), no correction even when the teacher disagrees; its cost counted apart."""
+    before = metrics.TEACHER_COST.labels("acme", "ticket-triage", "audit")._value.get()
+    outs = run(worker(ScriptedTeacher("shipping")), ask(mode="audit", student_label="refund"))
+    assert [o.topic for o in outs] == [T.teacher_results]
+    result = TeacherResult.model_validate_json(outs[0].value)
+    assert (result.mode, result.agrees) == ("audit", False)
+    assert metrics.TEACHER_COST.labels("acme", "ticket-triage", "audit")._value.get() > before
+    assert metrics.AUDITS.labels("acme", "ticket-triage", "v1")._value.get() >= 1

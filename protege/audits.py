@@ -1,0 +1,52 @@
+"""Live accuracy from audits: the teacher's answers to a random share of accepted student
+answers (``policy.audit_rate``), the one unbiased sample of what the student really serves.
+
+    live = live_accuracy(results, "acme", "ticket-triage")   # version -> audits, agreed, interval
+    live = await read_live_accuracy(settings, "acme", "ticket-triage")
+
+The teacher worker also counts them on ``/metrics`` (``protege_audits_total`` and
+``protege_audits_agreed_total`` by tenant, task and version), for the ratio over replicas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka.errors import KafkaConnectionError
+
+from protege.errors import BrokerError
+from protege.events import TeacherResult
+from protege.replay import wilson
+from protege.settings import Settings
+from protege.state import read_all
+
+
+def live_accuracy(results: Iterable[TeacherResult], tenant: str, task: str) -> dict[str, dict[str, Any]]:
+    """Per version: audits, how many the teacher agreed with, that share and its 95% interval."""
+    counts: dict[str, list[int]] = {}
+    seen: set[str] = set()
+    for r in results:
+        if r.mode != "audit" or (r.tenant, r.task) != (tenant, task) or r.request_id in seen:
+            continue
+        seen.add(r.request_id)  # one audit per request, however often its answer was written
+        c = counts.setdefault(r.model_version or "none", [0, 0])
+        c[0] += 1
+        c[1] += r.student_label == r.label
+    return {
+        version: {"audits": n, "agreed": k, "accuracy": k / n, "interval95": wilson(k, n)}
+        for version, (n, k) in sorted(counts.items())
+    }
+
+
+async def read_live_accuracy(settings: Settings, tenant: str, task: str) -> dict[str, dict[str, Any]]:
+    """``live_accuracy`` over ``protege.teacher.results`` as it is now."""
+    try:
+        records = await read_all(settings, settings.topics.teacher_results)
+    except KafkaConnectionError as e:
+        raise BrokerError(f"cannot reach Kafka at {settings.bootstrap_servers}: {e}") from None
+    results = []
+    for r in records:
+        if r.value is not None and b'"audit"' in r.value:
+            results.append(TeacherResult.model_validate_json(r.value))
+    return live_accuracy(results, tenant, task)
