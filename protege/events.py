@@ -122,6 +122,9 @@ class StudentOutput(Event, title="protege.student_output"):
     margin: float = Field(ge=0, le=1, description="Top-1 minus top-2 calibrated probability.")
     ood: float = Field(description="Out-of-distribution score on the embedding; larger is stranger.")
     top: list[tuple[str, float]] = Field(description="The three most likely labels and probabilities.")
+    arm: Literal["canary", "control"] | None = Field(
+        None, description="While a canary runs: the canary arm (the candidate) or the control arm (serving)."
+    )
     rule: AcceptRule | None = Field(
         None,
         description="The version's certified rule for the task's target accuracy; "
@@ -318,7 +321,14 @@ class ModelAnnouncement(Event, title="protege.model_announcement"):
     trained_on: int = Field(ge=1, description="Number of harvested cases it was trained on.")
     source: Literal["trainer", "operator"] = Field("trainer", description="Who announced it.")
     pin: bool = Field(False, description="operator: keep serving this version; the trainer's are ignored until unpin.")
-    action: Literal["serve", "unpin"] = Field("serve", description="unpin: resume serving the trainer's versions.")
+    action: Literal["serve", "unpin", "canary", "abort"] = Field(
+        "serve",
+        description="unpin: resume serving the trainer's versions; canary: serve a share of requests on trial; "
+        "abort: end its trial (rolled back).",
+    )
+    share: float | None = Field(None, ge=0, le=0.5, description="canary: the share of requests it answers.")
+    reason: str | None = Field(None, description="Why: a canary's verdict, with the numbers in evidence.")
+    evidence: dict[str, float] = Field(default_factory=dict, description="The numbers behind the reason.")
     announced_at_ms: int
 
     @property

@@ -95,6 +95,7 @@ class Router:
         self.thresholds = task.policy.thresholds.model_dump()
         self.policy_version = task.policy.version
         self.audit_rate = task.policy.audit_rate
+        self.trial_audit_rate = task.student.canary.audit_rate  # both arms of a canary
         self.rules = Rules(task)
         self.checks = Checks(task)
 
@@ -149,7 +150,9 @@ class Router:
             rules=rules,
             reasons=failed + rules,
             teacher_check=self.checks_behind and verdict == "accept",
-            audit=verdict == "accept" and not self.checks_behind and audited(req.request_id, self.audit_rate),
+            audit=verdict == "accept"
+            and not self.checks_behind
+            and audited(req.request_id, self.trial_audit_rate if student and student.arm else self.audit_rate),
             decided_at_ms=now_ms,
         )
 

@@ -365,10 +365,14 @@ def timeline(
         applied = serving.apply(ann)
         if ann.action == "unpin":
             event, detail = "unpinned", "the trainer's next version serves"
+        elif ann.action == "abort":
+            event, detail = "rolled back", ann.reason or "its trial ended"
         elif not applied:
             event, detail = "held back", f"{was.version if was else '?'} is pinned by an operator"
+        elif ann.action == "canary" and serving.canary(tenant, task) is not None:
+            event, detail = "canary", ann.reason or f"on trial for {ann.share:.0%} of requests"
         elif ann.source == "trainer":
-            event, detail = "promoted", "passed its gates; serves"
+            event, detail = "promoted", ann.reason or "passed its gates; serves"
         elif ann.pin and ann.version in before[:-1] and was is not None and was.version != ann.version:
             event, detail = "rolled back", f"from {was.version}, pinned"
         elif ann.pin:
@@ -598,6 +602,7 @@ def plot_versions(data: dict[str, Any]) -> str:
         "promoted": ("^", PALETTE["good"]),
         "pinned": ("D", PALETTE["teacher"]),
         "rolled back": ("v", PALETTE["bad"]),
+        "canary": ("P", PALETTE["teacher"]),
         "held back": ("o", "#718096"),
         "unpinned": ("d", "#718096"),
     }

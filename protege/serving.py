@@ -3,7 +3,9 @@
 The announcements on ``protege.models`` (one partition, read from the beginning) decide;
 ``Serving`` applies them in order. The trainer's versions serve as they come, unless an
 operator pinned one (``protege models pin`` or ``rollback``); an operator's announcement
-always applies; ``unpin`` lets the trainer's next version through. The scorer, the trainer
+always applies; ``unpin`` lets the trainer's next version through. A ``canary`` serves a share
+of requests beside the serving version until a ``serve`` of it (promoted) or an ``abort``
+(rolled back); any version serving all requests, or a pin, ends the trial. The scorer, the trainer
 (the version a candidate is gated against) and the CLI (``protege models``) all read it
 through this module; a scorer and the trainer keep it live (``view``), the CLI reads it once
 (``read_serving``).
@@ -33,15 +35,30 @@ class Serving:
     pinned: set[Key] = field(default_factory=set)
     current: dict[Key, ModelAnnouncement] = field(default_factory=dict)
     histories: dict[Key, list[str]] = field(default_factory=dict)
+    canaries: dict[Key, ModelAnnouncement] = field(default_factory=dict)  # versions on trial
 
     def apply(self, ann: ModelAnnouncement) -> bool:
-        """Apply one announcement; True when it is now what serves (it may be the same version)."""
+        """Apply one announcement; True when it changed what serves (a version serving all
+        requests, or a canary starting or ending)."""
         key = (ann.tenant, ann.task)
         if ann.action == "unpin":
             self.pinned.discard(key)
             return False
+        if ann.action == "abort":
+            trial = self.canaries.get(key)
+            if trial is None or trial.version != ann.version:
+                return False
+            del self.canaries[key]
+            return True
         if ann.source == "trainer" and key in self.pinned:
             return False
+        if ann.action == "canary":
+            if key not in self.current:  # nothing to compare with: it serves outright
+                ann = ann.model_copy(update={"action": "serve", "share": None})
+            else:
+                self.canaries[key] = ann
+                return True
+        self.canaries.pop(key, None)  # a version serving all requests (or a pin) ends any trial
         if ann.pin:
             self.pinned.add(key)
         else:
@@ -54,6 +71,10 @@ class Serving:
 
     def serving(self, tenant: str, task: str) -> ModelAnnouncement | None:
         return self.current.get((tenant, task))
+
+    def canary(self, tenant: str, task: str) -> ModelAnnouncement | None:
+        """The version on trial, if one is."""
+        return self.canaries.get((tenant, task))
 
     def history(self, tenant: str, task: str) -> list[str]:
         """The versions that served, oldest first."""

@@ -166,12 +166,30 @@ class Gates(BaseModel):
     )
 
 
+class Canary(BaseModel):
+    """A version that passes its gates first serves ``share`` of requests; the audits decide
+    (``protege.canary``). share 0: it serves all traffic at once."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    share: float = Field(0.0, ge=0, le=0.5, description="Requests the candidate answers while on trial (0: no canary).")
+    audit_rate: float = Field(
+        0.25, gt=0, le=1, description="Audits of accepted answers in the canary and control arms."
+    )
+    min_audits: int = Field(30, ge=5, description="Audits each side needs before a verdict.")
+    max_audits: int = Field(400, ge=10, description="Volume limit: decide on the point estimate at this many.")
+    max_minutes: float = Field(60.0, gt=0, description="Time limit: decide on the point estimate after this.")
+    margin: float = Field(0.02, ge=0, le=1, description="How much less accurate than the serving version it may be.")
+    confidence: float = Field(0.99, gt=0.5, lt=1, description="Of each look's interval (raised: repeated looks).")
+
+
 class StudentConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_length: int = Field(128, ge=8, le=512)
     int8: bool = Field(False, description="Serve the dynamically int8-quantised graph.")
     gates: Gates = Gates()
+    canary: Canary = Canary()
 
 
 class Task(BaseModel):

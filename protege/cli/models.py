@@ -69,6 +69,9 @@ def models_list(tenant: Tenant, task_name: TaskName) -> None:
         man = v.manifest
         m = man.metrics
         mark = ("pinned" if serving.is_pinned(tenant, task_name) else "yes") if now and now.version == v.name else ""
+        trial = serving.canary(tenant, task_name)
+        if trial is not None and trial.version == v.name:
+            mark = f"canary {trial.share:.0%}"
         table.add_row(
             v.name,
             man.created_at,

@@ -18,6 +18,7 @@ from pathlib import Path
 import structlog
 
 from protege import metrics
+from protege.canary import Arm, arm
 from protege.events import Ingested, ModelAnnouncement, Scored, now_ms
 from protege.kafka import Out, Received
 from protege.redact import redact
@@ -35,20 +36,41 @@ class Scorer:
         self.clean = redact if redact_pii else str  # the student sees text as the harvest kept it
         self.load = load
         self.students: dict[tuple[str, str], Student] = {}
+        self.trials: dict[tuple[str, str], Student] = {}  # a canary's student beside the serving one
         self.serving = Serving()  # kept live from protege.models by the service (protege.serving.view)
         self.log = structlog.get_logger().bind(service="scorer")
 
     async def serve(self, ann: ModelAnnouncement) -> None:
-        """Load the version that now serves and swap it in; requests in flight finish on the old one."""
-        current = self.students.get((ann.tenant, ann.task))
+        """Load the version that now serves (or is on trial) and swap it in; requests in flight
+        finish on the old one."""
+        key = (ann.tenant, ann.task)
+        if ann.action == "abort":
+            dropped = self.trials.pop(key, None)
+            self.log.info("canary_ended", tenant=ann.tenant, task=ann.task, version=ann.version, reason=ann.reason)
+            if dropped is not None:
+                metrics.SERVING.labels(ann.tenant, ann.task, dropped.version).set(0)
+            return
+        if ann.action == "canary":
+            try:
+                self.trials[key] = await asyncio.to_thread(self.load, Path(ann.path))
+            except Exception as e:  # a broken candidate: its share stays on the serving version
+                self.log.error("load_failed", version=ann.version, path=ann.path, error=str(e))
+                return
+            self.log.info("canary", tenant=ann.tenant, task=ann.task, version=ann.version, share=ann.share)
+            return
+        trial = self.trials.pop(key, None)  # a version serving all requests ends any trial
+        current = self.students.get(key)
         if current is not None and current.version == ann.version:
             return
-        try:
-            student = await asyncio.to_thread(self.load, Path(ann.path))
-        except Exception as e:  # a broken version must not take the scorer down
-            self.log.error("load_failed", version=ann.version, path=ann.path, error=str(e))
-            return
-        self.students[(ann.tenant, ann.task)] = student
+        if trial is not None and trial.version == ann.version:
+            student = trial  # promoted: already loaded
+        else:
+            try:
+                student = await asyncio.to_thread(self.load, Path(ann.path))
+            except Exception as e:  # a broken version must not take the scorer down
+                self.log.error("load_failed", version=ann.version, path=ann.path, error=str(e))
+                return
+        self.students[key] = student
         if current is not None:
             metrics.SERVING.labels(ann.tenant, ann.task, current.version).set(0)
         metrics.SERVING.labels(ann.tenant, ann.task, student.version).set(1)
@@ -65,15 +87,35 @@ class Scorer:
         for r in received:
             groups[(r.event.tenant, r.event.task)].append(r.event)
         for key, reqs in groups.items():
-            student = self.students.get(key)
-            for scored in await asyncio.to_thread(score_batch, student, reqs, self.clean):
-                outs.append(Out.of(self.topics.scored, scored))
-                self.log.debug(
-                    "scored",
-                    request_id=scored.request.request_id,
-                    tenant=key[0],
-                    task=key[1],
-                    version=student.version if student else None,
-                    batch=scored.batch_size,
-                )
+            for student, batch, arms in self.arms(key, reqs):
+                for scored in await asyncio.to_thread(score_batch, student, batch, self.clean):
+                    chosen = arms.get(scored.request.request_id)
+                    if chosen is not None and scored.student is not None:
+                        scored = scored.model_copy(
+                            update={"student": scored.student.model_copy(update={"arm": chosen})}
+                        )
+                    outs.append(Out.of(self.topics.scored, scored))
+                    self.log.debug(
+                        "scored",
+                        request_id=scored.request.request_id,
+                        tenant=key[0],
+                        task=key[1],
+                        version=student.version if student else None,
+                        arm=chosen,
+                        batch=scored.batch_size,
+                    )
         return outs
+
+    def arms(
+        self, key: tuple[str, str], reqs: list[Ingested]
+    ) -> list[tuple[Student | None, list[Ingested], dict[str, Arm]]]:
+        """One batch per student: while a canary runs, its arm (a stable hash of the request
+        id) goes to the candidate, the rest to the serving version (the control arm marked)."""
+        student = self.students.get(key)
+        trial, candidate = self.serving.canary(*key), self.trials.get(key)
+        if trial is None or candidate is None or candidate.version != trial.version or not trial.share:
+            return [(student, reqs, {})]
+        chosen = {r.request_id: a for r in reqs if (a := arm(r.request_id, trial.share)) is not None}
+        on_trial = [r for r in reqs if chosen.get(r.request_id) == "canary"]
+        rest = [r for r in reqs if chosen.get(r.request_id) != "canary"]
+        return [(s, batch, chosen) for s, batch in ((candidate, on_trial), (student, rest)) if batch]

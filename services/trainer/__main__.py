@@ -13,7 +13,7 @@ from pathlib import Path
 
 from protege_services.trainer.handler import CaseStore, Trainer
 
-from protege.events import HarvestCase
+from protege.events import HarvestCase, ModelAnnouncement
 from protege.kafka import Processor
 from protege.registry import Registry
 from protege.service import run_service
@@ -57,6 +57,9 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
         found = registry.find(tenant, task, ann.version) if ann is not None else None
         return found.folder if found is not None else None
 
+    def trials(tenant: str, task: str) -> tuple[ModelAnnouncement | None, ModelAnnouncement | None]:
+        return serving.canary(tenant, task), serving.serving(tenant, task)
+
     tasks = load_tasks(settings.tasks_dir)
     trainer = Trainer(
         tasks,
@@ -66,6 +69,7 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
         min_cases=settings.min_cases,
         retrain_every=settings.retrain_every,
         serving=serving_folder,
+        trials=trials,
     )
     await asyncio.gather(processor(settings, trainer).run(stop), watching)
 
