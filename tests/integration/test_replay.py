@@ -232,6 +232,13 @@ def test_export_matches_the_topics_and_replays_without_a_broker(recording: dict,
     assert replay(traffic, Candidate(task()), students(s)).summary()["matched"]["count"] == 500
     from_file = cli(recording, "--input", str(out))
     assert from_file.exit_code == 0 and "500/500" in from_file.output, from_file.output
+    # The report on the folder: the same totals as on the topics, without a broker.
+    page = tmp_path / "from-export.html"
+    reported = cli(recording, "--input", str(out), "--out", str(page), command="report")
+    assert reported.exit_code == 0, reported.output
+    data = json.loads(page.with_suffix(".json").read_text())
+    assert data["totals"]["requests"] == 500 and data["totals"]["teacher_calls_usd"] == pytest.approx(cost, abs=1e-5)
+    assert data["drift"]["alarms"] == [] and {e["event"] for e in data["versions"]} == {"trained"}
 
 
 def test_assess_on_recorded_traffic(recording: dict, tmp_path: Path) -> None:
