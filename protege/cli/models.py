@@ -125,6 +125,33 @@ def models_promote(version_name: str, tenant: Tenant, task_name: TaskName, force
     _serve(version_name, tenant, task_name, pin=False, force=force)
 
 
+@models_app.command("canary")
+def models_canary(
+    version_name: str,
+    tenant: Tenant,
+    task_name: TaskName,
+    share: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share of requests it answers on trial.")] = 0.1,
+    force: Force = False,
+) -> None:
+    """Put VERSION on trial for a share of requests; the trainer judges it on the audits
+    (task's student.canary settings) and promotes it or rolls it back by itself."""
+    settings = Settings()
+    now = _serving(settings)
+    if now.serving(tenant, task_name) is None:
+        raise typer.BadParameter(f"{tenant}/{task_name} has no serving version to compare with: promote one")
+    if now.is_pinned(tenant, task_name):
+        raise typer.BadParameter(f"{tenant}/{task_name} is pinned: a pin stops canaries (protege models unpin)")
+    v = Registry.of(settings).version(tenant, task_name, version_name)
+    failed = v.manifest.gates.failed
+    if failed and not force:
+        raise typer.BadParameter(f"{v.name} failed its release gates: {'; '.join(failed)} (--force tries it anyway)")
+    ann = v.announcement(pin=False).model_copy(
+        update={"action": "canary", "share": share, "reason": f"put on trial by an operator for {share:.0%}"}
+    )
+    _announce(settings, ann)
+    console.print(f"{tenant}/{task_name}: {v.name} on trial for {share:.0%} of requests; the trainer decides")
+
+
 @models_app.command("pin")
 def models_pin(version_name: str, tenant: Tenant, task_name: TaskName, force: Force = False) -> None:
     """Serve VERSION and ignore the trainer's new versions until `protege models unpin`."""
