@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from protege.events import Ingested, Scored
-    from protege.recorded import Selection
+    from protege.recorded import Events, Selection
     from protege.report import Basis, Context, Inputs, Throughput
     from protege.student.runtime import Student
 
@@ -90,6 +90,30 @@ def selection(
     return Selection(tenant, task, since_ms, until_ms)
 
 
+Since = Annotated[str | None, typer.Option("--from", help="Requests received at or after (ISO, UTC).")]
+Until = Annotated[str | None, typer.Option("--to", help="Requests received before (ISO, UTC).")]
+Last = Annotated[str | None, typer.Option(help="Instead of --from: the last 90m, 24h, 7d, ...")]
+Offsets = Annotated[
+    str | None, typer.Option(help="Instead of times: offsets of the scored topic, PARTITION:FIRST-END,...")
+]
+
+
+def read_selection(settings: Settings, chosen: Selection, source: Path | None) -> Events:
+    """A selection's events from the topics, or from a folder ``protege export`` wrote
+    (which must hold the same tenant and task)."""
+    from protege.recorded import ReplayError, read_events, read_export
+
+    if source is None:
+        with console.status(f"reading {chosen.describe()} from {settings.bootstrap_servers}"):
+            return asyncio.run(read_events(settings, chosen))
+    with console.status(f"reading {source}"):
+        events = read_export(source)
+    held = (events.selection.tenant, events.selection.task)
+    if held != (chosen.tenant, chosen.task):
+        raise ReplayError(f"{source} holds {held[0]}/{held[1]}, not {chosen.tenant}/{chosen.task}")
+    return events
+
+
 def candidate_task(
     settings: Settings,
     task: str,
@@ -129,9 +153,9 @@ def candidate_task(
 def replay_command(
     tenant: Tenant,
     task: TaskName,
-    since: Annotated[str | None, typer.Option("--from", help="Requests received at or after (ISO, UTC).")] = None,
-    until: Annotated[str | None, typer.Option("--to", help="Requests received before (ISO, UTC).")] = None,
-    last: Annotated[str | None, typer.Option(help="Instead of --from: the last 90m, 24h, 7d, ...")] = None,
+    since: Since = None,
+    until: Until = None,
+    last: Last = None,
     version: Annotated[
         str | None, typer.Option(help="Candidate student: a registry version (default: each request's own).")
     ] = None,
@@ -158,15 +182,13 @@ def replay_command(
         str | None,
         typer.Option(help="Also write the replay to a namespace of its own: topics PREFIXprotege.scored, ..."),
     ] = None,
-    offsets: Annotated[
-        str | None, typer.Option(help="Instead of times: offsets of the scored topic, PARTITION:FIRST-END,...")
-    ] = None,
+    offsets: Offsets = None,
 ) -> None:
     """What would this student, threshold or policy have done to recorded traffic, and at what cost?
 
     Reads the topics with no consumer group and writes to none of them.
     """
-    from protege.recorded import ReplayError, read_export, recorded
+    from protege.recorded import ReplayError
     from protege.registry import Registry
     from protege.replay import Candidate, replay, write_parquet
     from protege.replay import publish as publish_replay
@@ -205,17 +227,7 @@ def replay_command(
             except Exception as e:
                 raise ReplayError(f"cannot load a student from {model_dir}: {e}") from e
         cand = Candidate(policy_task, student=candidate_student, rescore=rescore)
-        if source is not None:
-            with console.status(f"reading {source}"):
-                events = read_export(source)
-            if (events.selection.tenant, events.selection.task) != (tenant, task):
-                raise ReplayError(
-                    f"{source} holds {events.selection.tenant}/{events.selection.task}, not {tenant}/{task}"
-                )
-            traffic = events.traffic()
-        else:
-            with console.status(f"reading {chosen.describe()} from {settings.bootstrap_servers}"):
-                traffic = asyncio.run(recorded(settings, chosen))
+        traffic = read_selection(settings, chosen, source).traffic()
         columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"), TimeRemainingColumn())
         with Progress(*columns, console=console, transient=True) as bar:
             job = bar.add_task("replay", total=len(traffic.scored))
@@ -339,15 +351,13 @@ def export_command(
     tenant: Tenant,
     task: TaskName,
     out: Annotated[Path, typer.Option(help="Folder for the Parquet files (created).")],
-    since: Annotated[str | None, typer.Option("--from", help="Requests received at or after (ISO, UTC).")] = None,
-    until: Annotated[str | None, typer.Option("--to", help="Requests received before (ISO, UTC).")] = None,
-    last: Annotated[str | None, typer.Option(help="Instead of --from: the last 90m, 24h, 7d, ...")] = None,
+    since: Since = None,
+    until: Until = None,
+    last: Last = None,
     with_text: Annotated[
         bool, typer.Option(help="Keep texts as sent (default: PII-redacted, as the harvest keeps them).")
     ] = False,
-    offsets: Annotated[
-        str | None, typer.Option(help="Instead of times: offsets of the scored topic, PARTITION:FIRST-END,...")
-    ] = None,
+    offsets: Offsets = None,
 ) -> None:
     """Write one tenant and task's events for a time range as Parquet: scored signals, decisions,
     teacher results with tokens and cost, responses with latency, feedback, harvested cases,
@@ -383,9 +393,9 @@ def assess_command(
         Path | None,
         typer.Option("--input", help='A JSON Lines file of {"id", "text", "label", "at"?} (teacher answers) instead.'),
     ] = None,
-    since: Annotated[str | None, typer.Option("--from", help="Requests received at or after (ISO, UTC).")] = None,
-    until: Annotated[str | None, typer.Option("--to", help="Requests received before (ISO, UTC).")] = None,
-    last: Annotated[str | None, typer.Option(help="Instead of --from: the last 90m, 24h, 7d, ...")] = None,
+    since: Since = None,
+    until: Until = None,
+    last: Last = None,
     task_file: Annotated[Path | None, typer.Option(help="The task (labels, checks, target) from this file.")] = None,
     fixed_usd: Annotated[float, typer.Option(help="Input: D + T + M, the one-off cost of distilling.")] = 2000.0,
     core_hour_usd: Annotated[float, typer.Option(help="Input: price of a CPU core-hour for the student.")] = 0.05,
@@ -587,9 +597,9 @@ def report_command(
     tenant: Tenant,
     task: TaskName,
     out: Annotated[Path, typer.Option(help="The HTML page (the JSON is written beside it, .json).")],
-    since: Annotated[str | None, typer.Option("--from", help="Requests received at or after (ISO, UTC).")] = None,
-    until: Annotated[str | None, typer.Option("--to", help="Requests received before (ISO, UTC).")] = None,
-    last: Annotated[str | None, typer.Option(help="Instead of --from: the last 90m, 24h, 7d, ...")] = None,
+    since: Since = None,
+    until: Until = None,
+    last: Last = None,
     source: Annotated[
         Path | None,
         typer.Option(
@@ -601,15 +611,12 @@ def report_command(
     maintain_usd: Annotated[float, typer.Option(help="Input M: retrains and upkeep over the horizon.")] = 500.0,
     core_hour_usd: Annotated[float, typer.Option(help="Input: price of one CPU core for an hour (prices c_s).")] = 0.05,
     buckets: Annotated[int, typer.Option(min=2, max=500, help="Time buckets over the range.")] = 24,
-    offsets: Annotated[
-        str | None, typer.Option(help="Instead of times: offsets of the scored topic, PARTITION:FIRST-END,...")
-    ] = None,
+    offsets: Offsets = None,
 ) -> None:
     """One self-contained HTML page (plots inline, opens offline) and the same numbers as JSON:
     the coverage curve, student share and escalations over time with the drift band and
     alarms, cost per 1,000 against all-teacher, the break-even horizon, the versions timeline.
     For a replay's report: protege replay ... --report FILE."""
-    from protege.recorded import ReplayError, read_events, read_export
     from protege.report import Basis, Inputs
 
     settings = ScorerSettings()
@@ -618,16 +625,7 @@ def report_command(
     inputs = Inputs(distill_usd, train_usd, maintain_usd, core_hour_usd, buckets)
     try:
         the_task = candidate_task(settings, task, None, None, None, None, None, None)
-        if source is not None:
-            with console.status(f"reading {source}"):
-                events = read_export(source)
-            if (events.selection.tenant, events.selection.task) != (tenant, task):
-                raise ReplayError(
-                    f"{source} holds {events.selection.tenant}/{events.selection.task}, not {tenant}/{task}"
-                )
-        else:
-            with console.status(f"reading {chosen.describe()} from {settings.bootstrap_servers}"):
-                events = asyncio.run(read_events(settings, chosen))
+        events = read_selection(settings, chosen, source)
         basis = Basis.recorded(events)
         context = report_context(settings, the_task, tenant, task, events.scored, basis.version, source is None)
         write_report(basis, context, inputs, out)

@@ -62,7 +62,7 @@ def test_a_corrupted_candidate_is_rolled_back_and_a_good_one_promoted(
     canary = Canary(share=SHARE, audit_rate=1.0, min_audits=15, max_audits=300, margin=0.2, confidence=0.9)
     task = base.model_copy(update={"student": base.student.model_copy(update={"canary": canary})})
     write_task(task, home / "tasks" / "ticket-triage.yaml")
-    labels = sorted(task.labels)
+    labels = sorted({r["label"] for r in rows})
     shifted = {a: labels[(i + 1) % len(labels)] for i, a in enumerate(labels)}
     recipe = FastRecipe(EmbeddingCache(Encoder(backbone / "model.onnx", backbone / "tokenizer.json")), backbone)
     cases = [Case(r["id"], r["text"], r["label"]) for r in rows[:700]]
