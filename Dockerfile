@@ -1,7 +1,8 @@
 # Two images from one file:
 #   docker build --target serve -t protege:serve .   # ingestion, scorer, verifier, teacher, harvester (no torch)
 #   docker build --target train -t protege:train .   # the trainer (adds torch, transformers, the backbone)
-# For the scorer on NVIDIA GPUs: --build-arg ORT=onnxruntime-gpu==1.23.2
+# For the scorer on NVIDIA GPUs: --build-arg ORT="onnxruntime-gpu[cuda,cudnn]==1.23.2" (the extras bring
+# NVIDIA's CUDA 12 and cuDNN 9 wheels, which python:3.11-slim lacks; the runtime preloads them).
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     PROTEGE_HOME=/var/lib/protege PROTEGE_TASKS_DIR=/app/tasks PROTEGE_LOG_FORMAT=json

@@ -24,12 +24,36 @@ log = structlog.get_logger()
 
 
 def providers_for(choice: str) -> list[str]:
+    if choice in ("cuda", "auto"):
+        preload_cuda()
     available = ort.get_available_providers()
     if choice == "cpu":
         return ["CPUExecutionProvider"]
     if choice == "cuda":
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def preload_cuda() -> None:
+    """Load the CUDA and cuDNN libraries that ``onnxruntime-gpu[cuda,cudnn]`` brings as NVIDIA's
+    wheels (a slim image has none of its own); harmless where there are none."""
+    if "CUDAExecutionProvider" in ort.get_available_providers() and hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+        except Exception as e:  # the provider then fails to load and says why below
+            log.warning("cuda_preload_failed", error=str(e))
+
+
+def require_gpu() -> None:
+    """A deployment that asks for CUDA (``PROTEGE_PROVIDERS=cuda``) refuses to start without
+    it, rather than serve from the CPU at a fraction of the speed it was sized for."""
+    preload_cuda()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise StudentError(
+            f"PROTEGE_PROVIDERS=cuda, but this ONNX Runtime ({ort.__version__}) has no CUDA provider "
+            f"(available: {', '.join(ort.get_available_providers())}): install onnxruntime-gpu[cuda,cudnn] "
+            "(the serve-gpu image does), or set PROTEGE_PROVIDERS=auto to allow the CPU"
+        )
 
 
 def by_length(
@@ -77,11 +101,18 @@ class Encoder:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+        if providers == "cuda":
+            require_gpu()  # asked for, not merely preferred: no silent CPU
         wanted = providers_for(providers)
         self.session = ort.InferenceSession(str(model), opts, providers=wanted)
         # The GPU wheel falls back to CPU silently: what counts is what the session got.
         self.providers = self.session.get_providers()
         if wanted[0] not in self.providers:
+            if providers == "cuda":  # the provider is there but could not load (libraries, no device)
+                raise StudentError(
+                    f"PROTEGE_PROVIDERS=cuda, but the session could not load CUDA (got {self.providers}); "
+                    "the CUDA/cuDNN libraries or the GPU are missing (the log line before says which)"
+                )
             log.warning("provider_fallback", wanted=wanted, got=self.providers)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.wants_types = any(i.name == "token_type_ids" for i in self.session.get_inputs())

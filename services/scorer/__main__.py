@@ -19,10 +19,12 @@ from protege.kafka import Processor
 from protege.service import run_service
 from protege.serving import view
 from protege.settings import ScorerSettings
-from protege.student.runtime import Student
+from protege.student.runtime import Student, require_gpu
 
 
 async def serve(settings: ScorerSettings, stop: asyncio.Event) -> None:
+    if settings.providers == "cuda":
+        require_gpu()  # refuse to start, with the reason, rather than score on the CPU
     scorer = Scorer(
         settings.topics,
         partial(Student, providers=settings.providers, threads=settings.threads, sub_batch=settings.sub_batch),
