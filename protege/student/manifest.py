@@ -70,6 +70,7 @@ class Manifest(Part):
     gates: GateReport
     data: Data
     created_at: str
+    trigger: str | None = Field(None, description="Why it was trained: new cases, a drift alarm, a schedule, by hand.")
     files: dict[str, str] = Field(description="sha256 of every other file in the folder.")
 
     @classmethod

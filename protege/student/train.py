@@ -425,9 +425,11 @@ def train_version(
     golden: Sequence[Case] | None = None,
     threads: int = 0,
     seed: int = 0,
+    trigger: str | None = None,
 ) -> TrainResult:
     """Train, calibrate, gate and write one version. ``golden``: a fixed golden set
-    instead of the hash split's (then every case not in calib is fit)."""
+    instead of the hash split's (then every case not in calib is fit); ``trigger``: why
+    (recorded on the manifest)."""
     started = time.perf_counter()
     fit, calib, hashed_golden = split_cases(cases)
     if golden is None:
@@ -538,6 +540,7 @@ def train_version(
             label_counts={v: sum(1 for c in cases if c.label == v) for v in sorted({c.label for c in cases})},
         ),
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        trigger=trigger,
         files={p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp.iterdir())},
     )
     manifest.save(tmp)

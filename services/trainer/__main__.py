@@ -13,7 +13,7 @@ from pathlib import Path
 
 from protege_services.trainer.handler import CaseStore, Trainer
 
-from protege.events import HarvestCase, ModelAnnouncement
+from protege.events import Alert, HarvestCase, ModelAnnouncement
 from protege.kafka import Processor
 from protege.registry import Registry
 from protege.service import run_service
@@ -35,7 +35,7 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
     registry = Registry.of(settings)
     recipe = FastRecipe(embed, backbone)
 
-    def train(cases: list[Case], tenant: str, task: Task, serving: Path | None) -> TrainResult:
+    def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
         return train_version(
             cases,
             recipe=recipe,
@@ -44,6 +44,7 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
             task=task,
             serving=serving,
             threads=settings.trainer_threads,
+            trigger=trigger,
         )
 
     # What serves now, kept live: a candidate is gated against it (no re-read of the topic per retrain).
@@ -68,6 +69,7 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
         train,
         min_cases=settings.min_cases,
         retrain_every=settings.retrain_every,
+        retrain_hours=settings.retrain_hours,
         serving=serving_folder,
         trials=trials,
     )
@@ -79,7 +81,7 @@ def processor(settings: TrainerSettings, trainer: Trainer) -> Processor:
     return Processor(
         settings,
         "trainer",
-        {settings.topics.harvest: HarvestCase},
+        {settings.topics.harvest: HarvestCase, settings.topics.alerts: Alert},
         trainer.handle,
         tasks=trainer.tasks,
         max_poll_interval_ms=900_000,

@@ -24,13 +24,13 @@ from pathlib import Path
 import structlog
 
 from protege.canary import Audits, judge
-from protege.events import HarvestCase, ModelAnnouncement, now_ms
+from protege.events import Alert, HarvestCase, ModelAnnouncement, now_ms
 from protege.kafka import Out, Received
 from protege.student.train import Case, TrainResult
 from protege.task import Task
 from protege.topics import Topics
 
-Train = Callable[[list[Case], str, Task, Path | None], TrainResult]
+Train = Callable[[list[Case], str, Task, Path | None, str], TrainResult]  # ..., the trigger
 ServingFolder = Callable[[str, str], Awaitable[Path | None]]
 Trials = Callable[[str, str], tuple[ModelAnnouncement | None, ModelAnnouncement | None]]  # (on trial, serving)
 
@@ -106,6 +106,11 @@ class CaseStore:
             )
         return True
 
+    def tenants(self, task: str) -> list[str]:
+        """Every tenant with cases of ``task`` (on disk or loaded)."""
+        on_disk = {p.parent.name for p in self.root.glob(f"*/{task}.jsonl")}
+        return sorted(on_disk | {tenant for tenant, t in self.cases if t == task})
+
     def audited(self, tenant: str, task: str, version: str, since_ms: int = 0) -> Audits:
         """The audits of a version's answers harvested since ``since_ms``."""
         self.load(tenant, task)
@@ -123,6 +128,7 @@ class Trainer:
         *,
         min_cases: int,
         retrain_every: int,
+        retrain_hours: float | None = None,
         serving: ServingFolder = no_serving,
         trials: Trials = no_trials,
     ) -> None:
@@ -135,35 +141,57 @@ class Trainer:
         self.train = train
         self.min_cases = min_cases
         self.retrain_every = retrain_every
-        self.trained_at: dict[tuple[str, str], int] = {}
+        self.retrain_hours = retrain_hours
+        self.trained_at: dict[tuple[str, str], int] = {}  # cases at the last training
+        self.trained_ms: dict[tuple[str, str], int] = {}  # and when
         self.held_back: set[tuple[str, str]] = set()  # the last candidate failed its gates
         self.log = structlog.get_logger().bind(service="trainer")
 
-    def due(self, tenant: str, task: str) -> bool:
+    def due(self, tenant: str, task: str, alert: Alert | None = None) -> str | None:
+        """Why to retrain now — enough new cases, a drift alarm, the schedule — or None. The
+        reason is the trigger recorded on the version and its announcement."""
         canary, _ = self.trials(tenant, task)
         if canary is not None and (tenant, task, canary.version) not in self.judged:
-            return False  # one candidate on trial at a time
+            return None  # one candidate on trial at a time
         cases = self.store.load(tenant, task)
         n, last = len(cases), self.trained_at.get((tenant, task))
         if len({c.label for c in cases.values()}) < 2:
-            return False
+            return None
         if last is None:
-            return n >= self.min_cases
+            return f"first student: {n} cases" if n >= self.min_cases else None
+        new = n - last
         # after a held-back candidate, try again sooner: more cases are the usual cure
         every = min(self.retrain_every, self.min_cases) if (tenant, task) in self.held_back else self.retrain_every
-        return n - last >= every
+        if new >= every:
+            return f"{new} new cases"
+        if new and alert is not None:
+            return (
+                f"drift alarm: escalation rate {alert.rate:.1%} against a baseline of {alert.baseline:.1%} "
+                f"± {alert.band:.0%}; {new} new cases"
+            )
+        since = now_ms() - self.trained_ms.get((tenant, task), now_ms())
+        if new and self.retrain_hours is not None and since >= self.retrain_hours * 3_600_000:
+            return f"schedule: {since / 3_600_000:.1f} h since the last training (every {self.retrain_hours:g} h); {new} new cases"
+        return None
 
-    async def handle(self, received: Sequence[Received[HarvestCase]]) -> list[Out]:
+    async def handle(self, received: Sequence[Received[HarvestCase | Alert]]) -> list[Out]:
         outs: list[Out] = []
         touched: set[tuple[str, str]] = set()
+        alarms: dict[str, Alert] = {}
         for r in received:
-            case = r.event
-            if self.store.add(case):
-                touched.add((case.tenant, case.task))
+            event = r.event
+            if isinstance(event, Alert):
+                if event.kind == "drift" and event.state == "firing" and event.task in self.tasks:
+                    alarms[event.task] = event
+            elif self.store.add(event):
+                touched.add((event.tenant, event.task))
+        for task in alarms:  # the alarm is per task: every tenant with new cases
+            touched |= {(tenant, task) for tenant in self.store.tenants(task)}
         for tenant, task in sorted(touched):
             outs.extend(self.judge(tenant, task))
-            if self.due(tenant, task):
-                outs.extend(await self.retrain(tenant, task))
+            trigger = self.due(tenant, task, alarms.get(task))
+            if trigger is not None:
+                outs.extend(await self.retrain(tenant, task, trigger))
         return outs
 
     def judge(self, tenant: str, task_name: str) -> list[Out]:
@@ -204,12 +232,13 @@ class Trainer:
         )
         return [Out.of(self.topics.models, ann)]
 
-    async def retrain(self, tenant: str, task_name: str) -> list[Out]:
+    async def retrain(self, tenant: str, task_name: str, trigger: str) -> list[Out]:
         cases = list(self.store.load(tenant, task_name).values())
         self.trained_at[(tenant, task_name)] = len(cases)
-        self.log.info("training", tenant=tenant, task=task_name, cases=len(cases))
+        self.trained_ms[(tenant, task_name)] = now_ms()
+        self.log.info("training", tenant=tenant, task=task_name, cases=len(cases), trigger=trigger)
         serving = await self.serving(tenant, task_name)
-        result = await asyncio.to_thread(self.train, cases, tenant, self.tasks[task_name], serving)
+        result = await asyncio.to_thread(self.train, cases, tenant, self.tasks[task_name], serving, trigger)
         self.log.info(
             "trained",
             tenant=tenant,
@@ -236,9 +265,9 @@ class Trainer:
             trained_on=len(cases),
             action="canary" if trial else "serve",
             share=share if trial else None,
-            reason=f"passed its gates; on trial for {share:.0%} of requests against {serving.name}"
+            reason=f"trained on {trigger}; passed its gates; on trial for {share:.0%} of requests against {serving.name}"
             if trial and serving is not None
-            else "passed its gates",
+            else f"trained on {trigger}; passed its gates",
             announced_at_ms=now_ms(),
         )
         return [Out.of(self.topics.models, ann)]

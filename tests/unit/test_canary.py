@@ -147,7 +147,7 @@ def test_trainer_puts_a_candidate_on_trial_and_rolls_it_back_on_its_audits(tmp_p
     state.apply(ann("v1", at=0))
     trained: list[int] = []
 
-    def train(cases: list[Case], tenant: str, t: Task, serving: Path | None) -> TrainResult:
+    def train(cases: list[Case], tenant: str, t: Task, serving: Path | None, trigger: str) -> TrainResult:
         trained.append(len(cases))
         return TrainResult("v2", tmp_path / "v2", {"golden_accuracy": 0.9}, ["a"], True, "passed gates")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from protege_services.trainer.handler import CaseStore, Trainer
 
-from protege.events import HarvestCase
+from protege.events import Alert, HarvestCase, ModelAnnouncement
 from protege.generator import triage_task
 from protege.kafka import Received
 from protege.student.train import Case, TrainResult
@@ -39,7 +39,7 @@ def test_schedule_retries_sooner_after_a_held_back_candidate(tmp_path: Path) -> 
     verdicts = [False, True, True]  # the first candidate fails its gates
     trained: list[int] = []
 
-    def train(cases: list[Case], tenant: str, task: Task, serving: Path | None) -> TrainResult:
+    def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
         promoted = verdicts[len(trained)]
         trained.append(len(cases))
         return TrainResult(
@@ -65,3 +65,65 @@ def test_schedule_retries_sooner_after_a_held_back_candidate(tmp_path: Path) -> 
     # a case seen again (a re-read after a crash) adds nothing
     asyncio.run(trainer.handle(records(0, 40)))
     assert len(trainer.store.load("acme", "ticket-triage")) == 180
+
+
+def alert(state: str = "firing", task: str = "ticket-triage") -> Received[Alert]:
+    a = Alert(
+        kind="drift",
+        state=state,  # type: ignore[arg-type]
+        task=task,
+        policy_version="p",
+        rate=0.45,
+        baseline=0.2,
+        band=0.15,
+        window=500,
+        reasons={"out_of_distribution": 0.3},
+        at_ms=1,
+    )
+    return Received(a, T.alerts)
+
+
+def recording_trainer(tmp_path: Path, **kw) -> tuple[Trainer, list[str]]:
+    triggers: list[str] = []
+
+    def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
+        triggers.append(trigger)
+        return TrainResult(f"v{len(triggers)}", tmp_path / "v", {}, ["a", "b"], True, "passed gates")
+
+    trainer = Trainer(
+        {"ticket-triage": triage_task()},
+        T,
+        CaseStore(tmp_path / "store"),
+        train,
+        min_cases=40,
+        retrain_every=1000,
+        **kw,
+    )
+    return trainer, triggers
+
+
+def test_a_drift_alarm_retrains_every_tenant_with_new_cases(tmp_path: Path) -> None:
+    trainer, triggers = recording_trainer(tmp_path)
+    asyncio.run(trainer.handle(records(0, 40)))
+    assert triggers == ["first student: 40 cases"]
+    assert asyncio.run(trainer.handle([alert()])) == []  # nothing new since: nothing to learn
+    asyncio.run(trainer.handle(records(40, 5)))
+    assert asyncio.run(trainer.handle([alert("resolved")])) == [] and len(triggers) == 1
+    outs = asyncio.run(trainer.handle([alert()]))
+    assert triggers[-1] == "drift alarm: escalation rate 45.0% against a baseline of 20.0% ± 15%; 5 new cases"
+    announced = ModelAnnouncement.model_validate_json(outs[0].value)
+    assert announced.reason == f"trained on {triggers[-1]}; passed its gates"
+    # A restarted trainer (same store) finds the tenant on disk for the next alarm.
+    again, more = recording_trainer(tmp_path)
+    asyncio.run(again.handle([alert()]))
+    assert more == ["first student: 45 cases"]
+
+
+def test_a_schedule_retrains_when_any_case_is_new(tmp_path: Path) -> None:
+    trainer, triggers = recording_trainer(tmp_path, retrain_hours=1e-9)
+    asyncio.run(trainer.handle(records(0, 40)))
+    asyncio.run(trainer.handle(records(40, 1)))
+    assert len(triggers) == 2 and triggers[1].startswith("schedule:") and triggers[1].endswith("1 new cases")
+    trainer.retrain_hours = 1000.0
+    asyncio.run(trainer.handle(records(41, 1)))
+    assert len(triggers) == 2  # not due yet
