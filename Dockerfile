@@ -16,7 +16,7 @@ COPY tasks ./tasks
 
 FROM base AS serve
 ARG ORT=""
-RUN pip install . && if [ -n "$ORT" ]; then pip uninstall -y onnxruntime && pip install "$ORT"; fi
+RUN pip install ".[monitor]" && if [ -n "$ORT" ]; then pip uninstall -y onnxruntime && pip install "$ORT"; fi
 USER 10001
 ENTRYPOINT ["protege"]
 

@@ -153,3 +153,42 @@ def serve(port: int) -> None:
     """Expose /metrics on ``port`` (0: do not serve)."""
     if port:
         start_http_server(port, registry=REGISTRY)
+
+
+# -- the monitor (windowed, from changelog-backed tables; the current window)
+MONITOR_DECIDED = Gauge(
+    "protege_monitor_decided", "Decisions in the current window.", ["tenant", "task", "version"], registry=REGISTRY
+)
+MONITOR_ESCALATED = Gauge(
+    "protege_monitor_escalated", "Escalations in the current window.", ["tenant", "task", "version"], registry=REGISTRY
+)
+MONITOR_STUDENT_SHARE = Gauge(
+    "protege_monitor_student_share",
+    "Share answered by the student in the current window.",
+    ["tenant", "task", "version"],
+    registry=REGISTRY,
+)
+MONITOR_AUDITS = Gauge(
+    "protege_monitor_audits", "Audits in the current window.", ["tenant", "task", "version"], registry=REGISTRY
+)
+MONITOR_AUDITED_ACCURACY = Gauge(
+    "protege_monitor_audited_accuracy",
+    "Share of audits the teacher agreed with, current window.",
+    ["tenant", "task", "version"],
+    registry=REGISTRY,
+)
+MONITOR_SPEND = Gauge(
+    "protege_monitor_teacher_spend_usd", "Teacher spend in the current hour.", ["tenant"], registry=REGISTRY
+)
+MONITOR_REREAD = Gauge(
+    "protege_monitor_reread",
+    "Decisions read again after a restart and not counted twice (current window).",
+    ["tenant", "task", "version"],
+    registry=REGISTRY,
+)
+MONITOR_SKIPPED = Counter(
+    "protege_monitor_skipped",
+    "Records the monitor could not read, by topic and reason.",
+    ["topic", "reason"],
+    registry=REGISTRY,
+)

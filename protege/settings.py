@@ -148,6 +148,12 @@ class TrainerSettings(Settings):
     trainer_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads for embedding (0: its default).")
 
 
+class MonitorSettings(Settings):
+    monitor_window_s: int = Field(3600, ge=1, description="Width of the monitor's hopping windows.")
+    monitor_step_s: int = Field(300, ge=1, description="How often a new window starts.")
+    monitor_commit_every: int = Field(100, ge=1, description="Records between the monitor's offset commits.")
+
+
 def apply_to_process(settings: Settings) -> None:
     """What settings ask of the process itself, before libraries that read the environment load."""
     if settings.hub_offline:
