@@ -83,6 +83,10 @@ def make_app(settings: MonitorSettings) -> faust.App:
         datadir=str(settings.home / "monitor"),
         broker_commit_every=settings.monitor_commit_every,
         broker_commit_interval=1.0,
+        # A restarted monitor takes its partitions back when the dead one's session ends:
+        # 10 s, not faust's 60 s (the other services use the same).
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
         producer_acks=-1,
     )
     topics = settings.topics

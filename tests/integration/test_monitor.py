@@ -151,7 +151,7 @@ def test_counts_survive_kill_9_exactly(settings: Settings, tmp_path: Path) -> No
         asyncio.run(while_killing())
         monitor.wait(timeout=30)
         monitor = start(env, log)
-        wait_for(port, {"decided": 600, "escalated": 200})
+        wait_for(port, {"decided": 600, "escalated": 200}, timeout=180)
         time.sleep(5)  # anything read again would show by now
         final = scrape(port)
         assert final["decided"] == 600 and final["spend"] == pytest.approx(110 * 0.002)
