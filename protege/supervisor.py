@@ -22,6 +22,7 @@ from pathlib import Path
 from protege import signals
 
 SERVICES = ["ingestion", "scorer", "verifier", "teacher", "harvester", "trainer"]
+DEPLOYED = [*SERVICES, "monitor"]  # compose and k8s also run the monitor; protege up does not yet
 
 
 def service_of(name: str) -> str:

@@ -20,7 +20,7 @@ from protege.cli.root import app, broker_app, console, home, library_logs_to, st
 from protege.kafka import ensure_topics
 from protege.pipeline import LocalPipeline
 from protege.settings import Settings
-from protege.supervisor import SERVICES, with_replicas
+from protege.supervisor import DEPLOYED, with_replicas
 from protege.trace import trace
 
 # -- broker -------------------------------------------------------------------------
@@ -51,7 +51,7 @@ def broker_status(home: Path = Path(".protege/broker")) -> None:
 # -- services -----------------------------------------------------------------------
 
 
-RUNNABLE = [*SERVICES, "monitor"]  # the monitor (the monitor extra) is not started by protege up yet
+RUNNABLE = DEPLOYED
 
 
 @app.command("run")

@@ -26,6 +26,7 @@ import structlog
 from protege import metrics
 from protege.errors import InvalidEvent
 from protege.events import Decision, TeacherResult
+from protege.kafka import Heartbeat
 from protege.serde import decode
 from protege.settings import MonitorSettings
 
@@ -143,10 +144,13 @@ def make_app(settings: MonitorSettings) -> faust.App:
             tables[name][key].apply(ops[name], record)
             export(name, key, tables[name][key].current())
 
+    heartbeat = Heartbeat(settings.home / "health" / "monitor")
+
     @app.timer(interval=5.0)
     async def republish() -> None:
         """Every key's newest window on /metrics, also after a restart (restored from the
-        changelog) before any new record arrives."""
+        changelog) before any new record arrives; and the liveness heartbeat."""
+        heartbeat.beat()
         for name, wrapper in tables.items():
             newest: dict[str, tuple[float, Value]] = {}
             for (key, (start, _end)), value in list(wrapper.table.data.items()):

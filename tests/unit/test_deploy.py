@@ -14,7 +14,7 @@ import yaml
 from jsonschema import Draft7Validator
 from jsonschema.validators import validator_for
 
-from protege.supervisor import SERVICES
+from protege.supervisor import DEPLOYED
 
 REPO = Path(__file__).resolve().parents[2]
 K8S_VERSION = "1.33.0"
@@ -38,7 +38,7 @@ def test_compose_runs_kafka_kraft_and_every_service() -> None:
     kafka = c["kafka"]
     assert kafka["image"].startswith("apache/kafka:4.")
     assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    for name in SERVICES:
+    for name in DEPLOYED:
         assert c[name]["command"] == ["run", name]
         assert c[name]["environment"]["PROTEGE_BOOTSTRAP_SERVERS"] == "kafka:9092"
         assert c[name]["read_only"] is True and c[name]["user"] == "10001"
@@ -67,7 +67,7 @@ def test_every_service_is_a_hardened_deployment() -> None:
     deployments = {
         d["spec"]["template"]["spec"]["containers"][0]["args"][1]: d for _, d in k8s_docs() if d["kind"] == "Deployment"
     }
-    assert set(deployments) == set(SERVICES)
+    assert set(deployments) == set(DEPLOYED)
     for name, d in deployments.items():
         pod = d["spec"]["template"]["spec"]
         c = pod["containers"][0]
@@ -93,7 +93,7 @@ def test_compose_provisions_prometheus_and_grafana() -> None:
     scrape = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
     targets = {t for job in scrape["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
     port = compose()["x-protege"]["environment"]["PROTEGE_METRICS_PORT"]
-    assert targets == {f"{name}:{port}" for name in SERVICES}
+    assert targets == {f"{name}:{port}" for name in DEPLOYED}
     datasource = yaml.safe_load((REPO / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
 
@@ -144,7 +144,7 @@ def test_k8s_metrics_services_pdbs_and_lag_autoscaling() -> None:
         svc = [s for s in services if s["spec"]["selector"].items() <= pod_labels.items()]
         assert len(svc) == 1 and svc[0]["spec"]["ports"][0]["targetPort"] == port, name
     pdbs = {d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget"}
-    assert {f"protege-{s}" for s in SERVICES if s != "trainer"} <= pdbs
+    assert {f"protege-{s}" for s in DEPLOYED if s != "trainer"} <= pdbs
     topics = set(Topics().all())
     hpas = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
     assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas} == {
@@ -183,7 +183,7 @@ def test_autoscaled_replicas_fit_the_partitions_and_have_their_own_instance() ->
     scalers = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
     assert scalers and all(h["spec"]["maxReplicas"] <= partitions for h in scalers)
     for d in docs:
-        if d["kind"] == "Deployment" and d["metadata"]["name"].removeprefix("protege-") in SERVICES:
+        if d["kind"] == "Deployment" and d["metadata"]["name"].removeprefix("protege-") in DEPLOYED:
             [container] = d["spec"]["template"]["spec"]["containers"]
             instance = next(e for e in container.get("env", []) if e["name"] == "PROTEGE_INSTANCE")
             assert instance["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
