@@ -137,14 +137,15 @@ def make_app(settings: MonitorSettings) -> faust.App:
                 key = f"{r.tenant}/{r.task}/{r.model_version or 'none'}"
                 await keyed.send(key=key, value={"t": "audits", **coords, "agreed": agreed})
 
+    heartbeat = Heartbeat(settings.home / "health" / "monitor")
+
     @app.agent(keyed)
     async def count(stream: Any) -> None:
         async for key, record in stream.items():
+            heartbeat.beat()
             name = record["t"]
             tables[name][key].apply(ops[name], record)
             export(name, key, tables[name][key].current())
-
-    heartbeat = Heartbeat(settings.home / "health" / "monitor")
 
     @app.timer(interval=5.0)
     async def republish() -> None:

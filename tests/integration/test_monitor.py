@@ -139,6 +139,7 @@ def test_counts_survive_kill_9_exactly(settings: Settings, tmp_path: Path) -> No
         assert seen["student_share"] == pytest.approx(200 / 300)
         assert seen["audited_accuracy"] == pytest.approx(0.7)
         assert seen["spend"] == pytest.approx(110 * 0.002)
+        assert (settings.home / "health" / "monitor").exists()  # the liveness probe's heartbeat
         # Mid-stream: more records arrive while it counts, and it is killed with -9.
         more = [Out.of(t.decisions, decision(i)) for i in range(300, 600)]
 
