@@ -22,7 +22,7 @@ from pathlib import Path
 from protege import signals
 
 SERVICES = ["ingestion", "scorer", "verifier", "teacher", "harvester", "trainer"]
-DEPLOYED = [*SERVICES, "monitor"]  # compose and k8s also run the monitor; protege up does not yet
+DEPLOYED = [*SERVICES, "monitor"]  # compose, k8s and protege up also run the monitor
 
 
 def service_of(name: str) -> str:

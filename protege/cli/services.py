@@ -139,11 +139,15 @@ def up(
             "min.insync.replicas 2), so one node can stop without stopping protege.",
         ),
     ] = 1,
+    monitor: Annotated[
+        bool, typer.Option(help="Also run the monitor (windowed statistics on /metrics; the monitor extra).")
+    ] = True,
 ) -> None:
-    """Start the embedded broker and the six services; restart crashed ones; Ctrl-C stops all."""
+    """Start the embedded broker and the six services (and the monitor); restart crashed ones;
+    Ctrl-C stops all."""
     try:
         counts = {k.strip(): int(v) for k, v in (part.split("=") for part in replicas.split(",") if part.strip())}
-        names = with_replicas(counts)
+        names = with_replicas(counts) + (["monitor"] if monitor else [])
     except ValueError as e:
         raise typer.BadParameter(f"--replicas {replicas!r}: {e}") from None
     env = {"PROTEGE_STANDIN_LABELS": str(standin_labels.resolve())} if standin_labels else {}
