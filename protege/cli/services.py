@@ -4,6 +4,7 @@ looking at them (``health``, ``topics``, ``trace``)."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import runpy
 import sys
@@ -145,6 +146,9 @@ def up(
 ) -> None:
     """Start the embedded broker and the six services (and the monitor); restart crashed ones;
     Ctrl-C stops all."""
+    if monitor and importlib.util.find_spec("faust") is None:
+        console.print("[yellow]the monitor needs the monitor extra (pip install 'protege[monitor]'): not started[/]")
+        monitor = False
     try:
         counts = {k.strip(): int(v) for k, v in (part.split("=") for part in replicas.split(",") if part.strip())}
         names = with_replicas(counts) + (["monitor"] if monitor else [])
