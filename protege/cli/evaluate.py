@@ -391,7 +391,11 @@ def assess_command(
     tenant: Annotated[str | None, typer.Option(help="Recorded traffic of this tenant (from the topics).")] = None,
     source: Annotated[
         Path | None,
-        typer.Option("--input", help='A JSON Lines file of {"id", "text", "label", "at"?} (teacher answers) instead.'),
+        typer.Option(
+            "--input",
+            help='A JSON Lines file of {"id", "text", "label", "at"?} (teacher answers), or a folder protege '
+            "export wrote, instead.",
+        ),
     ] = None,
     since: Since = None,
     until: Until = None,
@@ -417,7 +421,7 @@ def assess_command(
     from protege.costs import cost_usd, price_for
     from protege.events import Usage
     from protege.generator import task_from_labels
-    from protege.recorded import read_events
+    from protege.recorded import read_events, read_export
     from protege.student.backbone import cached_backbone
     from protege.student.runtime import Encoder
     from protege.student.train import EmbeddingCache, FastRecipe
@@ -430,7 +434,10 @@ def assess_command(
     teacher_costs: list[float] = []
     arrivals_per_day = None
     try:
-        if source is not None:
+        if source is not None and source.is_dir():  # a folder protege export wrote
+            events = read_export(source)
+            samples, teacher_costs, arrivals_per_day = samples_from_events(events)
+        elif source is not None:
             samples = samples_from_jsonl(source)
         else:
             assert tenant is not None

@@ -157,7 +157,7 @@ def test_a_version_is_not_judged_on_the_requests_it_learnt_from(recording: dict)
     assert rep["training_cases_unknown"] == 0
 
 
-def cli(recording: dict, *args: str, command: str = "replay"):
+def cli(recording: dict, *args: str, command: str = "replay", tenant: str | None = "acme"):
     s = recording["settings"]
     env = {
         "PROTEGE_BOOTSTRAP_SERVERS": s.bootstrap_servers,
@@ -166,7 +166,8 @@ def cli(recording: dict, *args: str, command: str = "replay"):
         "PROTEGE_TASKS_DIR": str(REPO / "tasks"),
         "PROTEGE_THREADS": "1",
     }
-    return CliRunner().invoke(app, [command, "--tenant", "acme", "--task", TASK, *args], env=env)
+    who = ["--tenant", tenant] if tenant else []
+    return CliRunner().invoke(app, [command, *who, "--task", TASK, *args], env=env)
 
 
 def test_replay_command_writes_json_and_parquet(recording: dict, tmp_path: Path) -> None:
@@ -239,6 +240,13 @@ def test_export_matches_the_topics_and_replays_without_a_broker(recording: dict,
     data = json.loads(page.with_suffix(".json").read_text())
     assert data["totals"]["requests"] == 500 and data["totals"]["teacher_calls_usd"] == pytest.approx(cost, abs=1e-5)
     assert data["drift"]["alarms"] == [] and {e["event"] for e in data["versions"]} == {"trained"}
+    # assess on the folder: the same cases and measured costs as from the topics.
+    assessed = cli(
+        recording, "--input", str(out), "--threads", "1", "--json", str(tmp_path / "a.json"), command="assess"
+    )
+    assert assessed.exit_code == 0, assessed.output
+    a = json.loads((tmp_path / "a.json").read_text())
+    assert a["cases"] == rows("teacher_results") and a["signals"]["high_volume"]["c_t_source"].startswith("measured")
 
 
 def test_assess_on_recorded_traffic(recording: dict, tmp_path: Path) -> None:
