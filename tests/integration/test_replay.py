@@ -79,6 +79,15 @@ def recording(kafka: EmbeddedBroker, backbone: Path, tmp_path_factory: pytest.Te
         second = summarize(asyncio.run(drive(s, rows[150:], tenant="acme", task=TASK, timeout=240)))
         assert second["answered"] == 350 and second["student_share"] > 0
         asyncio.run(send_feedback(s, rows[400:440]))
+        # Quiet before the tests read it: every teacher answer and feedback harvested (one case each).
+        deadline = time.monotonic() + 120
+        while True:
+            answers = sum(b'"acme"' in r.value for r in asyncio.run(read_all(s, s.topics.teacher_results)) if r.value)
+            cases = sum(b'"acme"' in r.value for r in asyncio.run(read_all(s, s.topics.harvest)) if r.value)
+            if cases == answers + 40:
+                break
+            assert time.monotonic() < deadline, f"{cases} harvested of {answers} answers + 40 feedback"
+            time.sleep(1)
         yield {"settings": s, "rows": rows, "home": home}
 
 
@@ -242,7 +251,15 @@ def test_export_matches_the_topics_and_replays_without_a_broker(recording: dict,
     assert data["drift"]["alarms"] == [] and {e["event"] for e in data["versions"]} == {"trained"}
     # assess on the folder: the same cases and measured costs as from the topics.
     assessed = cli(
-        recording, "--input", str(out), "--threads", "1", "--json", str(tmp_path / "a.json"), command="assess"
+        recording,
+        "--input",
+        str(out),
+        "--threads",
+        "1",
+        "--json",
+        str(tmp_path / "a.json"),
+        command="assess",
+        tenant=None,
     )
     assert assessed.exit_code == 0, assessed.output
     a = json.loads((tmp_path / "a.json").read_text())
