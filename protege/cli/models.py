@@ -20,7 +20,7 @@ from protege.errors import BrokerError
 from protege.events import ModelAnnouncement, now_ms
 from protege.generator import read_jsonl
 from protege.kafka import Out, producer
-from protege.registry import Registry
+from protege.registry import Registry, Version
 from protege.serving import Serving, read_serving
 from protege.settings import Settings
 from protege.task import load_tasks
@@ -103,12 +103,18 @@ def models_show(
     typer.echo(json.dumps(shown, indent=2))
 
 
-def _serve(version_name: str, tenant: str, task_name: str, pin: bool, force: bool = False) -> None:
-    settings = Settings()
+def _gated(settings: Settings, tenant: str, task_name: str, version_name: str, force: bool) -> Version:
+    """The version, refused when it failed its release gates (unless ``force``)."""
     v = Registry.of(settings).version(tenant, task_name, version_name)
     failed = v.manifest.gates.failed
     if failed and not force:
         raise typer.BadParameter(f"{v.name} failed its release gates: {'; '.join(failed)} (--force serves it anyway)")
+    return v
+
+
+def _serve(version_name: str, tenant: str, task_name: str, pin: bool, force: bool = False) -> None:
+    settings = Settings()
+    v = _gated(settings, tenant, task_name, version_name, force)
     _announce(settings, v.announcement(pin=pin))
     console.print(
         f"{tenant}/{task_name}: {v.name} announced{' and pinned' if pin else ''}; running scorers swap to "
@@ -141,10 +147,7 @@ def models_canary(
         raise typer.BadParameter(f"{tenant}/{task_name} has no serving version to compare with: promote one")
     if now.is_pinned(tenant, task_name):
         raise typer.BadParameter(f"{tenant}/{task_name} is pinned: a pin stops canaries (protege models unpin)")
-    v = Registry.of(settings).version(tenant, task_name, version_name)
-    failed = v.manifest.gates.failed
-    if failed and not force:
-        raise typer.BadParameter(f"{v.name} failed its release gates: {'; '.join(failed)} (--force tries it anyway)")
+    v = _gated(settings, tenant, task_name, version_name, force)
     ann = v.announcement(pin=False).model_copy(
         update={"action": "canary", "share": share, "reason": f"put on trial by an operator for {share:.0%}"}
     )

@@ -47,7 +47,6 @@ def preload_cuda() -> None:
 def require_gpu() -> None:
     """A deployment that asks for CUDA (``PROTEGE_PROVIDERS=cuda``) refuses to start without
     it, rather than serve from the CPU at a fraction of the speed it was sized for."""
-    preload_cuda()
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise StudentError(
             f"PROTEGE_PROVIDERS=cuda, but this ONNX Runtime ({ort.__version__}) has no CUDA provider "
