@@ -2,7 +2,7 @@
 audits of both decide whether it is promoted or rolled back.
 
     arm("acme-42", 0.1)          # "canary", "control" or None: which arm a request is in
-    judge(config, canary, control, elapsed_s)   # a Verdict: promote, rollback, or None yet
+    judge(config, canary, serving, elapsed_s)   # a Verdict: promote, rollback, or None yet
 
 A request's arm is a stable hash of its id (salted apart from the audit hash), so a request
 always meets the same version. The canary arm (``share`` of requests) is scored by the
@@ -10,13 +10,17 @@ candidate, the control arm (the next ``share``) by the serving version; both are
 the canary's audit rate, so the two accuracies are measured on like samples. The serving
 version's other audits (``policy.audit_rate``) count for it too: a uniform sample as well.
 
-The test is sequential: at every look it compares the canary's audited accuracy with the
-serving version's, difference d = p_canary - p_serving with a normal interval at a
-confidence raised for repeated looks (``Canary.confidence``, 99% by default). Rolled back as
-soon as d's upper bound is below -margin (worse by more than the margin, with that
-confidence); promoted as soon as d's lower bound is above -margin (no worse than the
-margin). At the volume or time limit it decides on the point estimate — and rolls back a
-canary with fewer than ``min_audits`` audits (it answered too little to be judged).
+The test is sequential: at every look it compares the canary's audited accuracy and its
+escalation rate with the serving version's since the trial began, each difference with a
+normal interval at a confidence raised for repeated looks (``Canary.confidence``, 99% by
+default). Rolled back as soon as the canary is surely less accurate by more than ``margin``
+or surely escalates more by more than ``escalation_margin``; promoted as soon as it is surely
+within both. At the volume or time limit it decides on the point estimates — and rolls back
+a canary with fewer than ``min_audits`` audits (it answered too little to be judged).
+
+The monitor service judges: ``Trial`` is one tenant's task as it sees it (what serves, the
+version on trial, the tallies since the trial began), plain JSON in a changelog-backed
+table, fed the announcements, decisions and audits, and says the verdict once.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any, Literal
 
+from protege.events import ModelAnnouncement
+from protege.serving import Serving
 from protege.task import Canary
 
 Arm = Literal["canary", "control"]
@@ -46,13 +52,21 @@ def arm(request_id: str, share: float) -> Arm | None:
 
 
 @dataclass(frozen=True)
-class Audits:
-    n: int  # audited answers
-    agreed: int  # the teacher gave the same label
+class Tally:
+    """One version's numbers since the trial began."""
+
+    audits: int = 0  # audited answers
+    agreed: int = 0  # the teacher gave the same label
+    decided: int = 0  # decisions on its answers
+    escalated: int = 0  # of them, sent to the teacher
 
     @property
     def accuracy(self) -> float | None:
-        return self.agreed / self.n if self.n else None
+        return self.agreed / self.audits if self.audits else None
+
+    @property
+    def escalation(self) -> float | None:
+        return self.escalated / self.decided if self.decided else None
 
 
 @dataclass(frozen=True)
@@ -62,49 +76,173 @@ class Verdict:
     evidence: dict[str, float]
 
 
-def judge(config: Canary, canary: Audits, serving: Audits, elapsed_s: float) -> Verdict | None:
-    """Promote, roll back, or None (keep gathering audits)."""
-    at_limit = canary.n >= config.max_audits or elapsed_s >= config.max_minutes * 60
+def _difference(a: int, n: int, b: int, m: int, z: float) -> tuple[float, float, float]:
+    """a/n - b/m and its normal interval (Laplace-smoothed proportions for the standard
+    error: no zero variance at 0% or 100%)."""
+    sa, sb = (a + 1) / (n + 2), (b + 1) / (m + 2)
+    se = math.sqrt(sa * (1 - sa) / n + sb * (1 - sb) / m)
+    d = a / n - b / m
+    return d, d - z * se, d + z * se
+
+
+def judge(config: Canary, canary: Tally, serving: Tally, elapsed_s: float) -> Verdict | None:
+    """Promote, roll back, or None (keep gathering evidence).
+
+    Two differences, canary minus serving, each with an interval at ``config.confidence``:
+    audited accuracy (it may be at most ``margin`` lower) and escalation rate (it may be at
+    most ``escalation_margin`` higher: escalations are what the student costs). Rolled back
+    as soon as either is surely outside its margin; promoted as soon as both are surely
+    inside; at the limit, on the point estimates.
+    """
+    at_limit = canary.audits >= config.max_audits or elapsed_s >= config.max_minutes * 60
     evidence: dict[str, Any] = {
-        "canary_audits": canary.n,
+        "canary_audits": canary.audits,
         "canary_agreed": canary.agreed,
-        "serving_audits": serving.n,
+        "serving_audits": serving.audits,
         "serving_agreed": serving.agreed,
+        "canary_decided": canary.decided,
+        "canary_escalated": canary.escalated,
+        "serving_decided": serving.decided,
+        "serving_escalated": serving.escalated,
         "elapsed_s": round(elapsed_s, 1),
         "margin": config.margin,
+        "escalation_margin": config.escalation_margin,
     }
-    if canary.n < config.min_audits or serving.n < config.min_audits:
+    if canary.audits < config.min_audits or serving.audits < config.min_audits or not canary.decided * serving.decided:
         if at_limit:
             return Verdict(
                 "rollback",
-                f"limit reached with {canary.n} canary and {serving.n} serving audits (fewer than "
+                f"limit reached with {canary.audits} canary and {serving.audits} serving audits (fewer than "
                 f"{config.min_audits}): too little evidence to promote",
                 evidence,
             )
         return None
-    # Laplace-smoothed proportions for the standard error (no zero variance at 100%)
-    pc, ps = canary.agreed / canary.n, serving.agreed / serving.n
-    sc = (canary.agreed + 1) / (canary.n + 2)
-    ss = (serving.agreed + 1) / (serving.n + 2)
-    se = math.sqrt(sc * (1 - sc) / canary.n + ss * (1 - ss) / serving.n)
     z = NormalDist().inv_cdf(1 - (1 - config.confidence) / 2)
-    d = pc - ps
-    lo, hi = d - z * se, d + z * se
+    d, lo, hi = _difference(canary.agreed, canary.audits, serving.agreed, serving.audits, z)
+    e, e_lo, e_hi = _difference(canary.escalated, canary.decided, serving.escalated, serving.decided, z)
     evidence |= {
-        "canary_accuracy": round(pc, 4),
-        "serving_accuracy": round(ps, 4),
+        "canary_accuracy": round(canary.agreed / canary.audits, 4),
+        "serving_accuracy": round(serving.agreed / serving.audits, 4),
         "difference": round(d, 4),
         "low": round(lo, 4),
         "high": round(hi, 4),
+        "canary_escalation": round(canary.escalated / canary.decided, 4),
+        "serving_escalation": round(serving.escalated / serving.decided, 4),
+        "escalation_difference": round(e, 4),
+        "escalation_low": round(e_lo, 4),
+        "escalation_high": round(e_hi, 4),
         "confidence": config.confidence,
     }
-    said = f"canary {pc:.1%} of {canary.n} audits vs serving {ps:.1%} of {serving.n}"
+    said = (
+        f"canary {canary.agreed / canary.audits:.1%} of {canary.audits} audits right, "
+        f"{canary.escalated / canary.decided:.1%} of {canary.decided} escalated; serving "
+        f"{serving.agreed / serving.audits:.1%} of {serving.audits}, {serving.escalated / serving.decided:.1%} "
+        f"of {serving.decided}"
+    )
     if hi < -config.margin:
-        return Verdict("rollback", f"{said}: worse by more than {config.margin:.1%} (upper bound {hi:+.3f})", evidence)
-    if lo > -config.margin:
-        return Verdict("promote", f"{said}: no worse than {config.margin:.1%} (lower bound {lo:+.3f})", evidence)
+        return Verdict(
+            "rollback", f"{said}: less accurate by more than {config.margin:.1%} (upper bound {hi:+.3f})", evidence
+        )
+    if e_lo > config.escalation_margin:
+        return Verdict(
+            "rollback",
+            f"{said}: escalates more by more than {config.escalation_margin:.1%} (lower bound {e_lo:+.3f})",
+            evidence,
+        )
+    if lo > -config.margin and e_hi < config.escalation_margin:
+        return Verdict(
+            "promote",
+            f"{said}: accuracy no worse than {config.margin:.1%} (lower bound {lo:+.3f}), escalations no more "
+            f"than {config.escalation_margin:.1%} above (upper bound {e_hi:+.3f})",
+            evidence,
+        )
     if at_limit:
-        if d >= -config.margin:
-            return Verdict("promote", f"{said}: limit reached, within the margin on the point estimate", evidence)
-        return Verdict("rollback", f"{said}: limit reached, worse than the margin on the point estimate", evidence)
+        if d >= -config.margin and e <= config.escalation_margin:
+            return Verdict("promote", f"{said}: limit reached, within both margins on the point estimates", evidence)
+        return Verdict("rollback", f"{said}: limit reached, outside a margin on the point estimates", evidence)
     return None
+
+
+class Trial:
+    """One tenant's task as the monitor sees it: what serves (``Serving``'s rules, applied to
+    the announcements in order), the version on trial, and each version's tally since the
+    trial began. ``state()`` is plain JSON for a changelog-backed table; ``Trial(state)``
+    restores it."""
+
+    def __init__(self, state: dict[str, Any] | None = None) -> None:
+        state = state or {}
+        self.serving = _announcement(state.get("serving"))
+        self.canary = _announcement(state.get("canary"))
+        self.pinned: bool = state.get("pinned", False)
+        self.tallies: dict[str, dict[str, int]] = state.get("tallies", {})
+        self.judged: bool = state.get("judged", False)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "serving": self.serving.model_dump(mode="json") if self.serving else None,
+            "canary": self.canary.model_dump(mode="json") if self.canary else None,
+            "pinned": self.pinned,
+            "tallies": self.tallies,
+            "judged": self.judged,
+        }
+
+    def announced(self, ann: ModelAnnouncement) -> None:
+        key = (ann.tenant, ann.task)
+        s = Serving(pinned={key} if self.pinned else set())
+        if self.serving is not None:
+            s.current[key] = self.serving
+        if self.canary is not None:
+            s.canaries[key] = self.canary
+        before = self.canary
+        s.apply(ann)
+        self.serving, self.canary, self.pinned = s.current.get(key), s.canaries.get(key), key in s.pinned
+        if self.canary is not before:  # a trial began or ended: count afresh
+            self.tallies, self.judged = {}, False
+
+    def _tally(self, version: str | None, at_ms: int) -> dict[str, int] | None:
+        if self.canary is None or self.serving is None or self.judged or at_ms < self.canary.announced_at_ms:
+            return None
+        if version not in (self.canary.version, self.serving.version):
+            return None
+        return self.tallies.setdefault(version, {})
+
+    def decided(self, version: str | None, escalated: bool, at_ms: int) -> None:
+        tally = self._tally(version, at_ms)
+        if tally is not None:
+            tally["decided"] = tally.get("decided", 0) + 1
+            tally["escalated"] = tally.get("escalated", 0) + int(escalated)
+
+    def audited(self, version: str | None, agreed: bool, at_ms: int) -> None:
+        tally = self._tally(version, at_ms)
+        if tally is not None:
+            tally["audits"] = tally.get("audits", 0) + 1
+            tally["agreed"] = tally.get("agreed", 0) + int(agreed)
+
+    def tally(self, version: str) -> Tally:
+        return Tally(**self.tallies.get(version, {}))
+
+    def verdict(self, config: Canary, at_ms: int) -> ModelAnnouncement | None:
+        """The verdict as an announcement (``serve``: promoted, ``abort``: rolled back), once,
+        when the evidence suffices or a limit passed at ``at_ms`` (event time)."""
+        if self.canary is None or self.serving is None or self.judged:
+            return None
+        canary, since = self.canary, self.canary.announced_at_ms
+        v = judge(config, self.tally(canary.version), self.tally(self.serving.version), (at_ms - since) / 1000)
+        if v is None:
+            return None
+        self.judged = True
+        promoted = v.action == "promote"
+        return canary.model_copy(
+            update={
+                "action": "serve" if promoted else "abort",
+                "share": None,
+                "reason": f"canary {'promoted' if promoted else 'rolled back'}: {v.reason}",
+                "evidence": v.evidence,
+                "source": "monitor",
+                "announced_at_ms": at_ms,
+            }
+        )
+
+
+def _announcement(state: dict[str, Any] | None) -> ModelAnnouncement | None:
+    return ModelAnnouncement.model_validate(state) if state else None

@@ -1,18 +1,41 @@
 """The escalation rate of a task against its drift band: the leading indicator of drift.
 
-The verifier keeps one ``DriftMonitor`` per task over its live decisions and publishes the
-alerts on ``protege.alerts``; ``protege report`` runs the same monitor over recorded or
-replayed decisions to draw the band and the alarms a candidate would have raised.
+The monitor service keeps one ``DriftMonitor`` per task over the live decisions of all its
+tenants, in a changelog-backed table (its state is small and plain: ``state()`` and
+``restore()``), and publishes the alerts on ``protege.alerts``; ``protege report`` runs the
+same monitor over recorded or replayed decisions to draw the band and the alarms a
+candidate would have raised.
+
+The window is ``drift.window`` decisions, kept as ten blocks of counts rather than one entry
+per decision, so the state written to the changelog per decision stays a few hundred bytes:
+the rate is measured each time a block fills, over the last ten blocks.
 """
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from protege.events import Alert, Decision
 from protege.task import Drift
+
+BLOCKS = 10  # per window
+
+
+@dataclass
+class Block:
+    decided: int = 0
+    escalated: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)  # escalations per reason
+
+    def state(self) -> list[Any]:
+        return [self.decided, self.escalated, dict(self.reasons)]
+
+    @classmethod
+    def of(cls, state: list[Any]) -> Block:
+        return cls(state[0], state[1], Counter(state[2]))
 
 
 @dataclass
@@ -21,40 +44,54 @@ class DriftMonitor:
 
     The baseline is the task's configured one, or the rate of the first full window. An
     alert fires when the rate leaves ``baseline ± band`` and resolves when it is back
-    within half the band.
+    within half the band. Only decisions on a student's answer count: with no student
+    serving, every request escalates, which says nothing about the traffic (a cold start
+    would otherwise learn a baseline of 100% and alarm as soon as a student serves).
     """
 
     task: str
     policy_version: str
     config: Drift
-    recent: deque[tuple[bool, tuple[str, ...]]] = field(default_factory=deque)
-    escalated: int = 0  # escalations in ``recent``, kept as it slides (no sum per decision)
+    blocks: list[Block] = field(default_factory=list)  # full blocks, oldest first (at most BLOCKS)
+    filling: Block = field(default_factory=Block)
     baseline: float | None = None
     firing: bool = False
+    rate: float | None = None  # at the last full block
 
     def __post_init__(self) -> None:
-        self.baseline = self.config.baseline
-        self.recent = deque(maxlen=self.config.window)
+        if self.baseline is None:
+            self.baseline = self.config.baseline
 
     @property
-    def rate(self) -> float | None:
-        return self.escalated / len(self.recent) if self.recent else None
+    def block_size(self) -> int:
+        return max(1, self.config.window // BLOCKS)
+
+    @property
+    def window(self) -> int:
+        return self.block_size * BLOCKS
 
     def observe(self, decision: Decision) -> Alert | None:
-        return self.see(decision.verdict, decision.reasons, decision.decided_at_ms)
+        return self.see(decision.verdict, decision.reasons, decision.decided_at_ms, decision.model_version)
 
-    def see(self, verdict: str, reasons: Sequence[str], at_ms: int) -> Alert | None:
-        """One decision's verdict and reasons (a replayed one has no ``Decision`` event)."""
-        if verdict == "shadow":
+    def see(self, verdict: str, reasons: Sequence[str], at_ms: int, version: str | None) -> Alert | None:
+        """One decision's verdict and reasons, and the student version it was about (a
+        replayed one has no ``Decision`` event)."""
+        if verdict == "shadow" or version is None:
             return None
-        if len(self.recent) == self.recent.maxlen:
-            self.escalated -= self.recent[0][0]
-        escalate = verdict == "escalate"
-        self.recent.append((escalate, tuple(reasons)))
-        self.escalated += escalate
-        if len(self.recent) < self.config.window:
+        block = self.filling
+        block.decided += 1
+        if verdict == "escalate":
+            block.escalated += 1
+            block.reasons.update(r.split(":")[0] for r in reasons)
+        if block.decided < self.block_size:
             return None
-        rate = self.escalated / len(self.recent)
+        self.blocks = [*self.blocks[-(BLOCKS - 1) :], block]
+        self.filling = Block()
+        if len(self.blocks) < BLOCKS:
+            return None
+        decided = sum(b.decided for b in self.blocks)
+        rate = sum(b.escalated for b in self.blocks) / decided
+        self.rate = rate
         if self.baseline is None:
             self.baseline = rate
             return None
@@ -65,7 +102,7 @@ class DriftMonitor:
         if outside == self.firing:
             return None
         self.firing = outside
-        per_reason = Counter(r.split(":")[0] for e, reasons in self.recent if e for r in reasons)
+        per_reason = sum((b.reasons for b in self.blocks), Counter[str]())
         return Alert(
             kind="drift",
             state="firing" if outside else "resolved",
@@ -74,7 +111,28 @@ class DriftMonitor:
             rate=round(rate, 4),
             baseline=round(self.baseline, 4),
             band=self.config.band,
-            window=len(self.recent),
-            reasons={r: round(n / len(self.recent), 4) for r, n in per_reason.items()},
+            window=decided,
+            reasons={r: round(n / decided, 4) for r, n in per_reason.items()},
             at_ms=at_ms,
         )
+
+    def state(self) -> dict[str, Any]:
+        """What the monitor keeps in its changelog: plain JSON."""
+        return {
+            "blocks": [b.state() for b in self.blocks],
+            "filling": self.filling.state(),
+            "baseline": self.baseline,
+            "firing": self.firing,
+            "rate": self.rate,
+        }
+
+    @classmethod
+    def restore(cls, task: str, policy_version: str, config: Drift, state: dict[str, Any] | None) -> DriftMonitor:
+        monitor = cls(task, policy_version, config)
+        if state:
+            monitor.blocks = [Block.of(b) for b in state["blocks"]]
+            monitor.filling = Block.of(state["filling"])
+            monitor.baseline = state["baseline"]
+            monitor.firing = state["firing"]
+            monitor.rate = state["rate"]
+        return monitor

@@ -319,7 +319,9 @@ class ModelAnnouncement(Event, title="protege.model_announcement"):
     labels: list[str]
     metrics: dict[str, float]
     trained_on: int = Field(ge=1, description="Number of harvested cases it was trained on.")
-    source: Literal["trainer", "operator"] = Field("trainer", description="Who announced it.")
+    source: Literal["trainer", "operator", "monitor"] = Field(
+        "trainer", description="Who announced it (the monitor: a canary's verdict)."
+    )
     pin: bool = Field(False, description="operator: keep serving this version; the trainer's are ignored until unpin.")
     action: Literal["serve", "unpin", "canary", "abort"] = Field(
         "serve",

@@ -62,7 +62,7 @@ DECISIONS = Counter("protege_decisions", "Routing decisions.", ["task", "policy"
 ESCALATIONS = Counter(
     "protege_escalations", "Escalations by reason (a decision may have several).", ["task", "reason"], registry=REGISTRY
 )
-ESCALATION_RATE = Gauge(
+ESCALATION_RATE = Gauge(  # the monitor's
     "protege_escalation_rate", "Escalation rate over the task's drift window.", ["task"], registry=REGISTRY
 )
 DRIFT_ALARM = Gauge(
@@ -184,6 +184,15 @@ MONITOR_REREAD = Gauge(
     "protege_monitor_reread",
     "Decisions read again after a restart and not counted twice (current window).",
     ["tenant", "task", "version"],
+    registry=REGISTRY,
+)
+CANARY_ON_TRIAL = Gauge(
+    "protege_canary_on_trial", "1 while a version is on trial (canary).", ["tenant", "task"], registry=REGISTRY
+)
+CANARY_VERDICTS = Counter(
+    "protege_canary_verdicts",
+    "The monitor's canary verdicts: serve (promoted) or abort (rolled back).",
+    ["tenant", "task", "action"],
     registry=REGISTRY,
 )
 MONITOR_SKIPPED = Counter(

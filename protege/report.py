@@ -277,10 +277,10 @@ def over_time(points: Sequence[Point], width_s: int, c_t: float | None, c_s: flo
 
 
 def drift(points: Sequence[Point], task: Task, recorded_alerts: Sequence[Alert], kind: str) -> dict[str, Any]:
-    """The task's drift band, and its alarms: on record for recorded traffic (the verifier
-    watches a task across tenants), raised by the verifier's own monitor over a replay."""
+    """The task's drift band, and its alarms: on record for recorded traffic (the monitor
+    watches a task across tenants), raised by the same drift monitor over a replay."""
     monitor = DriftMonitor(task.name, task.policy.version, task.policy.drift)
-    raised = [a for p in points if (a := monitor.see(p.verdict, p.reasons, p.at_ms)) is not None]
+    raised = [a for p in points if (a := monitor.see(p.verdict, p.reasons, p.at_ms, p.version)) is not None]
     alarms = raised if kind == "replay" else list(recorded_alerts)
     return {
         "window": task.policy.drift.window,
@@ -288,9 +288,9 @@ def drift(points: Sequence[Point], task: Task, recorded_alerts: Sequence[Alert],
         "baseline": monitor.baseline,
         "baseline_source": "task" if task.policy.drift.baseline is not None else "first full window",
         "alarms": [a.model_dump(mode="json") for a in alarms],
-        "alarms_source": "raised by the verifier's monitor over the replayed decisions"
+        "alarms_source": "raised by the drift monitor over the replayed decisions"
         if kind == "replay"
-        else "on record (protege.alerts; the verifier watches a task across all its tenants)",
+        else "on record (protege.alerts; the monitor watches a task across all its tenants)",
     }
 
 

@@ -3,9 +3,11 @@
 The announcements on ``protege.models`` (one partition, read from the beginning) decide;
 ``Serving`` applies them in order. The trainer's versions serve as they come, unless an
 operator pinned one (``protege models pin`` or ``rollback``); an operator's announcement
-always applies; ``unpin`` lets the trainer's next version through. A ``canary`` serves a share
-of requests beside the serving version until a ``serve`` of it (promoted) or an ``abort``
-(rolled back); any version serving all requests, or a pin, ends the trial. The scorer, the trainer
+always applies, and while a pin holds the trainer's versions and the monitor's verdicts do
+not; ``unpin`` lets the trainer's next version through. A ``canary`` serves a share of
+requests beside the serving version until a ``serve`` of it (promoted) or an ``abort``
+(rolled back), which the monitor announces; any version serving all requests, or a pin,
+ends the trial. The scorer, the trainer
 (the version a candidate is gated against) and the CLI (``protege models``) all read it
 through this module; a scorer and the trainer keep it live (``view``), the CLI reads it once
 (``read_serving``).
@@ -50,7 +52,7 @@ class Serving:
                 return False
             del self.canaries[key]
             return True
-        if ann.source == "trainer" and key in self.pinned:
+        if ann.source != "operator" and key in self.pinned:
             return False
         if ann.action == "canary":
             if key not in self.current:  # nothing to compare with: it serves outright

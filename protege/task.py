@@ -180,6 +180,9 @@ class Canary(BaseModel):
     max_audits: int = Field(400, ge=10, description="Volume limit: decide on the point estimate at this many.")
     max_minutes: float = Field(60.0, gt=0, description="Time limit: decide on the point estimate after this.")
     margin: float = Field(0.02, ge=0, le=1, description="How much less accurate than the serving version it may be.")
+    escalation_margin: float = Field(
+        0.05, ge=0, le=1, description="How much higher a share of requests than the serving version it may escalate."
+    )
     confidence: float = Field(0.99, gt=0.5, lt=1, description="Of each look's interval (raised: repeated looks).")
 
 

@@ -5,13 +5,24 @@ lives in Kafka changelog topics (it survives kill -9).
     teacher.results -> per tenant/task/version: audits and how many the teacher agreed with;
                        per tenant: teacher spend and calls (tumbling hours)
 
+It also owns two verdicts, each kept in a changelog-backed table and published once it
+changes:
+
+    drift   per task, over the decisions of all its tenants (``protege.drift``): an alert
+            on ``protege.alerts`` when the escalation rate leaves its band, and when it is back
+    trials  per tenant/task, from protege.models + decisions + audits (``protege.canary``):
+            the canary's promotion (``serve``) or rollback (``abort``) on ``protege.models``,
+            with the reason and the numbers
+
 Reading is at least once (faust's exactly-once mode has open bugs and is not used): after a
 crash, records after the last committed offset are read again. Counts must not inflate, so
 each record is first re-keyed onto ``<prefix>protege.monitor.keyed`` with its source
 coordinates (partition, offset), and each window's value keeps, per source partition, the
 highest offset it has counted: a record read again, or forwarded twice, is at or below that
 mark and is skipped. The mark is written in the same changelog record as the counts it
-guards, so restoring the table restores both together.
+guards, so restoring the table restores both together. A verdict is published before the
+state that records it is written: a crash between the two repeats the same verdict (same
+content: it is computed from the same records) rather than losing it.
 """
 
 from __future__ import annotations
@@ -24,14 +35,31 @@ import faust
 import structlog
 
 from protege import metrics
+from protege.canary import Trial
+from protege.drift import DriftMonitor
 from protege.errors import InvalidEvent
-from protege.events import Decision, TeacherResult
+from protege.events import Decision, ModelAnnouncement, TeacherResult
 from protege.kafka import Heartbeat
 from protege.serde import decode
 from protege.settings import MonitorSettings
+from protege.task import Task, load_tasks
 
 log = structlog.get_logger()
 Value = dict[str, Any]
+
+
+def marked(value: Value | None, record: Value) -> Value | None:
+    """A copy of ``value`` with the record's source mark advanced to its offset, or None when
+    the offset is at or below the mark (the record was counted already). A source is a topic
+    (``s``) and partition (``p``)."""
+    value = dict(value or {})
+    marks = dict(value.get("marks", {}))
+    source, offset = f"{record['s']}{record['p']}", record["o"]
+    if offset <= marks.get(source, -1):
+        return None
+    marks[source] = offset
+    value["marks"] = marks
+    return value
 
 
 def counted(fields: Callable[[Value], dict[str, float]]) -> Callable[[Value, Value], Value]:
@@ -39,19 +67,48 @@ def counted(fields: Callable[[Value], dict[str, float]]) -> Callable[[Value, Val
     source offset is at or below the window's mark for its partition (counted already)."""
 
     def op(window: Value, record: Value) -> Value:
-        window = dict(window or {})
-        marks = dict(window.get("marks", {}))
-        part, offset = str(record["p"]), record["o"]
-        if offset <= marks.get(part, -1):
+        fresh = marked(window, record)
+        if fresh is None:
+            window = dict(window or {})
             window["skipped"] = window.get("skipped", 0) + 1
             return window
-        marks[part] = offset
-        window["marks"] = marks
         for name, amount in fields(record).items():
-            window[name] = window.get(name, 0) + amount
-        return window
+            fresh[name] = fresh.get(name, 0) + amount
+        return fresh
 
     return op
+
+
+def drift_step(task: Task, value: Value | None, record: Value) -> tuple[Value | None, Any]:
+    """One decision into the task's drift state: (the new state, or None when the record
+    was counted already; an ``Alert`` when the alarm fired or resolved, else None)."""
+    fresh = marked(value, record)
+    if fresh is None:
+        return None, None
+    monitor = DriftMonitor.restore(task.name, task.policy.version, task.policy.drift, fresh.get("drift"))
+    alert = monitor.see(record["verdict"], record["reasons"], record["at"], record["version"])
+    fresh["drift"] = monitor.state()
+    return fresh, alert
+
+
+def trial_step(task: Task, value: Value | None, record: Value) -> tuple[Value | None, ModelAnnouncement | None]:
+    """One announcement, decision or audit into a tenant's trial: (the new state, or None
+    when the record was counted already; the canary's verdict when it was reached)."""
+    fresh = marked(value, record)
+    if fresh is None:
+        return None, None
+    trial = Trial(fresh.get("trial"))
+    verdict = None
+    if record["k"] == "model":
+        trial.announced(ModelAnnouncement.model_validate(record["ann"]))
+    else:
+        if record["k"] == "decision":
+            trial.decided(record["version"], record["escalated"], record["at"])
+        else:
+            trial.audited(record["version"], record["agreed"], record["at"])
+        verdict = trial.verdict(task.student.canary, record["at"])
+    fresh["trial"] = trial.state()
+    return fresh, verdict
 
 
 def decision_fields(r: Value) -> dict[str, float]:
@@ -73,6 +130,7 @@ def cost_fields(r: Value) -> dict[str, float]:
 
 def make_app(settings: MonitorSettings) -> faust.App:
     prefix = settings.topic_prefix
+    tasks = load_tasks(settings.tasks_dir)
     (settings.home / "monitor").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{prefix}protege-monitor",
@@ -93,6 +151,8 @@ def make_app(settings: MonitorSettings) -> faust.App:
     topics = settings.topics
     decisions = app.topic(topics.decisions, key_type=bytes, value_type=bytes, value_serializer="raw")
     results = app.topic(topics.teacher_results, key_type=bytes, value_type=bytes, value_serializer="raw")
+    models = app.topic(topics.models, key_type=bytes, value_type=bytes, value_serializer="raw")
+    alerts = app.topic(topics.alerts, key_type=bytes, value_type=bytes, value_serializer="raw")
     keyed = app.topic(  # faust creates it, co-partitioned with the tables' changelogs
         f"{prefix}protege.monitor.keyed",
         key_type=str,
@@ -106,6 +166,8 @@ def make_app(settings: MonitorSettings) -> faust.App:
     routing = app.Table("routing", default=dict).hopping(size, step, expires=expires)
     audits = app.Table("audits", default=dict).hopping(size, step, expires=expires)
     spend = app.Table("spend", default=dict).tumbling(timedelta(hours=1), expires=expires)
+    drift = app.Table("drift", default=dict)  # per task
+    trials = app.Table("trials", default=dict)  # per tenant/task
     ops = {"routing": counted(decision_fields), "audits": counted(audit_fields), "spend": counted(cost_fields)}
     tables = {"routing": routing, "audits": audits, "spend": spend}
 
@@ -118,8 +180,30 @@ def make_app(settings: MonitorSettings) -> faust.App:
                 metrics.MONITOR_SKIPPED.labels("decisions", e.reason).inc()
                 continue
             m = event.message
-            record = {"t": "routing", "p": m.partition, "o": m.offset, "verdict": d.verdict, "route": d.route}
-            await keyed.send(key=f"{d.tenant}/{d.task}/{d.model_version or 'none'}", value=record)
+            coords = {"s": "d", "p": m.partition, "o": m.offset}
+            routing_ = {"t": "routing", **coords, "verdict": d.verdict, "route": d.route}
+            await keyed.send(key=f"{d.tenant}/{d.task}/{d.model_version or 'none'}", value=routing_)
+            if d.task not in tasks:
+                metrics.MONITOR_SKIPPED.labels("decisions", "unknown_task").inc()
+                continue
+            at = d.decided_at_ms
+            drift_ = {"t": "drift", **coords, "verdict": d.verdict, "reasons": d.reasons, "version": d.model_version}
+            await keyed.send(key=d.task, value={**drift_, "at": at})
+            escalated = d.verdict == "escalate"
+            trial = {"t": "trial", **coords, "k": "decision", "version": d.model_version, "escalated": escalated}
+            await keyed.send(key=f"{d.tenant}/{d.task}", value={**trial, "at": at})
+
+    @app.agent(models)
+    async def route_models(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                ann = decode(ModelAnnouncement, event.value)
+            except InvalidEvent as e:
+                metrics.MONITOR_SKIPPED.labels("models", e.reason).inc()
+                continue
+            m = event.message
+            record = {"t": "trial", "s": "m", "p": m.partition, "o": m.offset, "k": "model"}
+            await keyed.send(key=f"{ann.tenant}/{ann.task}", value={**record, "ann": ann.model_dump(mode="json")})
 
     @app.agent(results)
     async def route_results(stream: Any) -> None:
@@ -130,12 +214,15 @@ def make_app(settings: MonitorSettings) -> faust.App:
                 metrics.MONITOR_SKIPPED.labels("teacher_results", e.reason).inc()
                 continue
             m = event.message
-            coords = {"p": m.partition, "o": m.offset}
+            coords = {"s": "r", "p": m.partition, "o": m.offset}
             await keyed.send(key=f"{r.tenant}", value={"t": "spend", **coords, "usd": r.cost_usd, "mode": r.mode})
             if r.mode == "audit":
                 agreed = r.student_label == r.label
                 key = f"{r.tenant}/{r.task}/{r.model_version or 'none'}"
                 await keyed.send(key=key, value={"t": "audits", **coords, "agreed": agreed})
+                if r.task in tasks:
+                    audit = {"t": "trial", **coords, "k": "audit", "version": r.model_version, "agreed": agreed}
+                    await keyed.send(key=f"{r.tenant}/{r.task}", value={**audit, "at": r.answered_at_ms})
 
     heartbeat = Heartbeat(settings.home / "health" / "monitor")
 
@@ -144,8 +231,32 @@ def make_app(settings: MonitorSettings) -> faust.App:
         async for key, record in stream.items():
             heartbeat.beat()
             name = record["t"]
-            tables[name][key].apply(ops[name], record)
-            export(name, key, tables[name][key].current())
+            if name == "drift":
+                task = tasks[key]
+                value, alert = drift_step(task, drift[key], record)
+                if value is None:
+                    continue
+                if alert is not None:
+                    log.warning("drift_alarm", **alert.model_dump())
+                    await alerts.send(key=task.name.encode(), value=alert.dumps())
+                drift[key] = value
+                export_drift(task.name, value["drift"])
+            elif name == "trial":
+                task = tasks[key.split("/", 1)[1]]
+                value, verdict = trial_step(task, trials[key], record)
+                if value is None:
+                    continue
+                if verdict is not None:
+                    log.info(
+                        "canary_verdict", key=key, version=verdict.version, action=verdict.action, reason=verdict.reason
+                    )
+                    metrics.CANARY_VERDICTS.labels(verdict.tenant, verdict.task, verdict.action).inc()
+                    await models.send(key=key.encode(), value=verdict.dumps())
+                trials[key] = value
+                export_trial(key, value["trial"])
+            else:
+                tables[name][key].apply(ops[name], record)
+                export(name, key, tables[name][key].current())
 
     @app.timer(interval=5.0)
     async def republish() -> None:
@@ -159,8 +270,24 @@ def make_app(settings: MonitorSettings) -> faust.App:
                     newest[key] = (start, value)
             for key, (_, value) in newest.items():
                 export(name, key, value)
+        for key, value in list(drift.data.items()):
+            export_drift(key, value["drift"])
+        for key, value in list(trials.data.items()):
+            export_trial(key, value["trial"])
 
     return app
+
+
+def export_drift(task: str, state: Value) -> None:
+    if state.get("rate") is not None:
+        metrics.ESCALATION_RATE.labels(task).set(state["rate"])
+    metrics.DRIFT_ALARM.labels(task).set(int(state["firing"]))
+
+
+def export_trial(key: str, state: Value) -> None:
+    tenant, task = key.split("/", 1)
+    canary = state.get("canary")
+    metrics.CANARY_ON_TRIAL.labels(tenant, task).set(int(canary is not None and not state["judged"]))
 
 
 def export(table: str, key: str, value: Value) -> None:

@@ -8,7 +8,7 @@ version that passes the release gates — against the version serving now, on th
 golden cases — is announced on ``protege.models``; one that does not is kept in the
 registry, not announced, and the log says why. With ``student.canary.share`` set (and a
 version serving), the announcement is a canary: the version answers that share of requests
-on trial, and the trainer judges it on the audits it harvests (``protege.canary``): it
+on trial, and the monitor judges it on the audits and escalations (``protege.canary``): it
 announces the promotion (``serve``) or the rollback (``abort``), with the reason and the
 numbers. No new candidate is trained while one is on trial.
 """
@@ -18,12 +18,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
-from protege.canary import Audits, judge
 from protege.events import Alert, HarvestCase, ModelAnnouncement, now_ms
 from protege.kafka import Out, Received
 from protege.student.train import Case, TrainResult
@@ -43,18 +41,10 @@ def no_trials(tenant: str, task: str) -> tuple[ModelAnnouncement | None, ModelAn
     return None, None
 
 
-@dataclass(frozen=True)
-class Audit:
-    version: str
-    agreed: bool
-    at_ms: int
-
-
 class CaseStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.cases: dict[tuple[str, str], dict[str, Case]] = {}
-        self.audits: dict[tuple[str, str], dict[str, Audit]] = {}  # by request id: counted once
 
     def _path(self, tenant: str, task: str) -> Path:
         return self.root / tenant / f"{task}.jsonl"
@@ -63,16 +53,12 @@ class CaseStore:
         key = (tenant, task)
         if key not in self.cases:
             cases: dict[str, Case] = {}
-            audits: dict[str, Audit] = {}
             path = self._path(tenant, task)
             if path.exists():
                 for line in path.read_text().splitlines():
                     row = json.loads(line)
                     cases[row["request_id"]] = Case(row["request_id"], row["text"], row["label"])
-                    if row.get("reason") == "audit" and row.get("version"):
-                        audits[row["request_id"]] = Audit(row["version"], row["agreed"], row["at_ms"])
             self.cases[key] = cases
-            self.audits[key] = audits
         return self.cases[key]
 
     def add(self, case: HarvestCase) -> bool:
@@ -80,10 +66,6 @@ class CaseStore:
         if case.request_id in cases and case.reason != "feedback":
             return False
         cases[case.request_id] = Case(case.request_id, case.text, case.label)
-        audit = None
-        if case.reason == "audit" and case.model_version:
-            audit = Audit(case.model_version, case.student_label == case.label, case.harvested_at_ms)
-            self.audits[(case.tenant, case.task)][case.request_id] = audit
         path = self._path(case.tenant, case.task)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
@@ -95,11 +77,6 @@ class CaseStore:
                         "label": case.label,
                         "source": case.label_source,
                         "reason": case.reason,
-                        **(
-                            {"version": audit.version, "agreed": audit.agreed, "at_ms": audit.at_ms}
-                            if audit is not None
-                            else {}
-                        ),
                     }
                 )
                 + "\n"
@@ -110,12 +87,6 @@ class CaseStore:
         """Every tenant with cases of ``task`` (on disk or loaded)."""
         on_disk = {p.parent.name for p in self.root.glob(f"*/{task}.jsonl")}
         return sorted(on_disk | {tenant for tenant, t in self.cases if t == task})
-
-    def audited(self, tenant: str, task: str, version: str, since_ms: int = 0) -> Audits:
-        """The audits of a version's answers harvested since ``since_ms``."""
-        self.load(tenant, task)
-        mine = [a for a in self.audits[(tenant, task)].values() if a.version == version and a.at_ms >= since_ms]
-        return Audits(len(mine), sum(a.agreed for a in mine))
 
 
 class Trainer:
@@ -135,7 +106,6 @@ class Trainer:
         self.tasks = tasks
         self.serving = serving
         self.trials = trials
-        self.judged: set[tuple[str, str, str]] = set()  # (tenant, task, version): verdict announced
         self.topics = topics
         self.store = store
         self.train = train
@@ -151,8 +121,8 @@ class Trainer:
         """Why to retrain now — enough new cases, a drift alarm, the schedule — or None. The
         reason is the trigger recorded on the version and its announcement."""
         canary, _ = self.trials(tenant, task)
-        if canary is not None and (tenant, task, canary.version) not in self.judged:
-            return None  # one candidate on trial at a time
+        if canary is not None:
+            return None  # one candidate on trial at a time (until the monitor's verdict)
         cases = self.store.load(tenant, task)
         n, last = len(cases), self.trained_at.get((tenant, task))
         if len({c.label for c in cases.values()}) < 2:
@@ -188,49 +158,10 @@ class Trainer:
         for task in alarms:  # the alarm is per task: every tenant with new cases
             touched |= {(tenant, task) for tenant in self.store.tenants(task)}
         for tenant, task in sorted(touched):
-            outs.extend(self.judge(tenant, task))
             trigger = self.due(tenant, task, alarms.get(task))
             if trigger is not None:
                 outs.extend(await self.retrain(tenant, task, trigger))
         return outs
-
-    def judge(self, tenant: str, task_name: str) -> list[Out]:
-        """The canary's verdict, when the audits suffice or a limit passed: an announcement
-        that says why, with the numbers (``serve`` it: promoted; ``abort``: rolled back)."""
-        canary, serving = self.trials(tenant, task_name)
-        if canary is None or serving is None or (tenant, task_name, canary.version) in self.judged:
-            return []
-        config = self.tasks[task_name].student.canary
-        since = canary.announced_at_ms
-        verdict = judge(
-            config,
-            self.store.audited(tenant, task_name, canary.version, since),
-            self.store.audited(tenant, task_name, serving.version, since),
-            (now_ms() - since) / 1000,
-        )
-        if verdict is None:
-            return []
-        self.judged.add((tenant, task_name, canary.version))
-        self.log.info(
-            "canary_verdict",
-            tenant=tenant,
-            task=task_name,
-            version=canary.version,
-            verdict=verdict.action,
-            reason=verdict.reason,
-            **verdict.evidence,
-        )
-        ann = canary.model_copy(
-            update={
-                "action": "serve" if verdict.action == "promote" else "abort",
-                "share": None,
-                "reason": f"canary {'promoted' if verdict.action == 'promote' else 'rolled back'}: {verdict.reason}",
-                "evidence": verdict.evidence,
-                "source": "trainer",
-                "announced_at_ms": now_ms(),
-            }
-        )
-        return [Out.of(self.topics.models, ann)]
 
     async def retrain(self, tenant: str, task_name: str, trigger: str) -> list[Out]:
         cases = list(self.store.load(tenant, task_name).values())

@@ -10,8 +10,8 @@ A scored request the verifier cannot handle at all is quarantined by the loop an
 the teacher (reason ``quarantined``): the fail-safe is the teacher, and the request is
 still answered once.
 
-It also watches the escalation rate per task (``DriftMonitor``) and publishes an alert on
-``protege.alerts`` when it leaves the task's band, and again when it comes back.
+The drift alarm over the decisions is the monitor's (``services/monitor``): it sees every
+verifier replica's decisions of a task, this one sees only its partitions.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from collections.abc import Sequence
 import structlog
 
 from protege import metrics
-from protege.drift import DriftMonitor
 from protege.events import Decision, Response, Scored, TeacherRequest, now_ms
 from protege.kafka import Out, Received
 from protege.policy import router_for
@@ -34,9 +33,6 @@ class Verifier:
         self.tasks = tasks
         self.topics = topics
         self.routers = {name: router_for(task) for name, task in tasks.items()}
-        self.monitors = {
-            name: DriftMonitor(name, task.policy.version, task.policy.drift) for name, task in tasks.items()
-        }
         self.log = structlog.get_logger().bind(service="verifier")
 
     def verify(self, r: Received[Scored]) -> list[Out]:
@@ -88,14 +84,6 @@ class Verifier:
         )
         for reason in decision.reasons:
             metrics.ESCALATIONS.labels(req.task, reason.split(":")[0]).inc()
-        monitor = self.monitors[req.task]
-        alert = monitor.observe(decision)
-        if monitor.rate is not None:
-            metrics.ESCALATION_RATE.labels(req.task).set(monitor.rate)
-        metrics.DRIFT_ALARM.labels(req.task).set(int(monitor.firing))
-        if alert is not None:
-            self.log.warning("drift_alarm", **alert.model_dump())
-            outs.append(Out.of(self.topics.alerts, alert))
         return outs
 
     def quarantined(self, r: Received[Scored], why: str) -> list[Out]:

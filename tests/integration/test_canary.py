@@ -1,5 +1,5 @@
-"""Canaries on the real broker, judged by the running trainer on the audits it harvests: a
-candidate trained on corrupted labels (every label shifted to the next: it passes its gates,
+"""Canaries on the real broker, judged by the running monitor (faust-streaming) on the audits
+and escalations it reads: a candidate trained on corrupted labels (every label shifted to the next: it passes its gates,
 which are measured on the same corrupted labels) is rolled back by itself; a good one is
 promoted by itself. During both every request is answered once and scored once, and a
 request's arm (a hash of its id) decides which version meets it."""
@@ -24,6 +24,7 @@ from protege.settings import Settings
 from protege.state import read_all
 from protege.student.runtime import Encoder
 from protege.student.train import Case, EmbeddingCache, FastRecipe, train_version
+from protege.supervisor import SERVICES
 from protege.task import Canary, load_task, write_task
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -38,13 +39,13 @@ def announcements(settings: Settings) -> list[ModelAnnouncement]:
 
 
 def verdict(settings: Settings, version: str, timeout: float = 120) -> ModelAnnouncement:
-    """The trainer's verdict on a canary: a serve (promoted) or an abort (rolled back) of it."""
+    """The monitor's verdict on a canary: a serve (promoted) or an abort (rolled back) of it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = [
             a
             for a in announcements(settings)
-            if a.version == version and a.source == "trainer" and a.action in ("serve", "abort")
+            if a.version == version and a.source == "monitor" and a.action in ("serve", "abort")
         ]
         if found:
             return found[0]
@@ -59,7 +60,9 @@ def test_a_corrupted_candidate_is_rolled_back_and_a_good_one_promoted(
     rows = generate(1500, seed=47)
     write_jsonl(rows, home / "labels.jsonl")
     base = load_task(REPO / "tasks" / "ticket-triage.yaml")
-    canary = Canary(share=SHARE, audit_rate=1.0, min_audits=15, max_audits=300, margin=0.2, confidence=0.9)
+    canary = Canary(
+        share=SHARE, audit_rate=1.0, min_audits=15, max_audits=300, margin=0.2, escalation_margin=0.15, confidence=0.9
+    )
     task = base.model_copy(update={"student": base.student.model_copy(update={"canary": canary})})
     write_task(task, home / "tasks" / "ticket-triage.yaml")
     labels = sorted({r["label"] for r in rows})
@@ -80,14 +83,15 @@ def test_a_corrupted_candidate_is_rolled_back_and_a_good_one_promoted(
     env = {
         "PROTEGE_TASKS_DIR": str(home / "tasks"),
         "PROTEGE_STANDIN_LABELS": str(home / "labels.jsonl"),
-        "PROTEGE_MIN_CASES": "100000",  # the trainer only judges here: no version of its own
+        "PROTEGE_MIN_CASES": "100000",  # no version of the trainer's own here
         "PROTEGE_BACKBONE": str(backbone),
         "PROTEGE_THREADS": "1",
         "PROTEGE_TRAINER_THREADS": "1",
         "OMP_NUM_THREADS": "1",
     }
     prefix = f"can{int(time.time())}."
-    with LocalPipeline(home, env=env, bootstrap=kafka.bootstrap, topic_prefix=prefix) as p:
+    services = [*SERVICES, "monitor"]
+    with LocalPipeline(home, env=env, bootstrap=kafka.bootstrap, topic_prefix=prefix, services=services) as p:
         settings = p.settings
         for key, value in {
             "PROTEGE_BOOTSTRAP_SERVERS": kafka.bootstrap,
@@ -115,8 +119,9 @@ def test_a_corrupted_candidate_is_rolled_back_and_a_good_one_promoted(
     assert (second["answered"], second["duplicates"]) == (400, 0)
     assert rolled.action == "abort" and rolled.reason.startswith("canary rolled back")
     assert rolled.evidence["canary_audits"] >= 15 and rolled.evidence["high"] < -0.2
+    assert rolled.evidence["canary_decided"] >= rolled.evidence["canary_audits"]  # escalations weighed too
     assert promoted.action == "serve" and promoted.reason.startswith("canary promoted")
-    assert promoted.evidence["low"] > -0.2
+    assert promoted.evidence["low"] > -0.2 and promoted.evidence["escalation_high"] < canary.escalation_margin
     mine = [s for s in scored if s.request.tenant == "can" and s.student is not None]
     assert len({s.request.request_id for s in mine}) == len(mine)  # scored once each
     for s in mine:  # each request met the version its arm gave it

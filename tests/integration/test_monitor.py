@@ -1,8 +1,9 @@
 """The monitor (faust-streaming, changelog-backed windowed tables) on the real broker: it
-counts decisions, audits and teacher spend per window and exports them on /metrics; killed
-with -9 mid-stream and started again, it restores its tables from the changelog and counts
-every record exactly once although it reads at least once (records after its last commit
-are read again: their source offsets are at or below the window's marks and are skipped)."""
+counts decisions, audits and teacher spend per window and exports them on /metrics, and
+raises the task's drift alarm; killed with -9 mid-stream and started again, it restores its
+tables from the changelog, counts every record exactly once although it reads at least once
+(records after its last commit are read again: their source offsets are at or below the
+window's marks and are skipped), and the alarm stays raised, announced once."""
 
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ from pathlib import Path
 import pytest
 
 from protege.broker.embedded import free_port
-from protege.events import Decision, TeacherResult, Usage
+from protege.events import Alert, Decision, TeacherResult, Usage
+from protege.generator import triage_task
 from protege.kafka import Out, producer
 from protege.settings import Settings
+from protege.state import read_all
+from protege.task import Drift, write_task
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 STEP_S = 600
@@ -90,6 +94,9 @@ def scrape(port: int) -> dict[str, float]:
     m = re.search(r'^protege_monitor_teacher_spend_usd\{tenant="acme"\} (\S+)$', text, re.M)
     if m:
         found["spend"] = float(m[1])
+    m = re.search(r'^protege_drift_alarm\{task="t"\} (\S+)$', text, re.M)
+    if m:
+        found["alarm"] = float(m[1])
     return found
 
 
@@ -111,14 +118,19 @@ def wait_for(port: int, want: dict[str, float], timeout: float = 120) -> dict[st
     raise AssertionError(f"the monitor showed {seen}, not {want}")
 
 
-def test_counts_survive_kill_9_exactly(settings: Settings, tmp_path: Path) -> None:
+def test_counts_and_the_alarm_survive_kill_9(settings: Settings, tmp_path: Path) -> None:
     port = free_port()
+    # Task "t": an escalation rate of a third against a baseline of 0 ± 0.1 alarms at once.
+    task = triage_task()
+    drift = Drift(window=20, band=0.1, baseline=0.0)
+    task = task.model_copy(update={"name": "t", "policy": task.policy.model_copy(update={"drift": drift})})
+    write_task(task, tmp_path / "tasks" / "t.yaml")
     env = {
         **os.environ,
         "PROTEGE_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "PROTEGE_TOPIC_PREFIX": settings.topic_prefix,
         "PROTEGE_HOME": str(settings.home),
-        "PROTEGE_TASKS_DIR": str(settings.tasks_dir),
+        "PROTEGE_TASKS_DIR": str(tmp_path / "tasks"),
         "PROTEGE_PARTITIONS": str(settings.partitions),
         "PROTEGE_METRICS_PORT": str(port),
         "PROTEGE_MONITOR_WINDOW_S": str(STEP_S),
@@ -135,7 +147,7 @@ def test_counts_survive_kill_9_exactly(settings: Settings, tmp_path: Path) -> No
     log = tmp_path / "monitor.log"
     monitor = start(env, log)
     try:
-        seen = wait_for(port, {"decided": 300, "escalated": 100, "audits": 10})
+        seen = wait_for(port, {"decided": 300, "escalated": 100, "audits": 10, "alarm": 1})
         assert seen["student_share"] == pytest.approx(200 / 300)
         assert seen["audited_accuracy"] == pytest.approx(0.7)
         assert seen["spend"] == pytest.approx(110 * 0.002)
@@ -152,7 +164,7 @@ def test_counts_survive_kill_9_exactly(settings: Settings, tmp_path: Path) -> No
         asyncio.run(while_killing())
         monitor.wait(timeout=30)
         monitor = start(env, log)
-        wait_for(port, {"decided": 600, "escalated": 200}, timeout=180)
+        wait_for(port, {"decided": 600, "escalated": 200, "alarm": 1}, timeout=180)
         time.sleep(5)  # anything read again would show by now
         final = scrape(port)
         assert final["decided"] == 600 and final["spend"] == pytest.approx(110 * 0.002)
@@ -165,3 +177,7 @@ def test_counts_survive_kill_9_exactly(settings: Settings, tmp_path: Path) -> No
             monitor.kill()
     text = log.read_text()
     assert "Recovery" in text  # the second start restored the tables from the changelog
+    alerts = [Alert.model_validate_json(r.value) for r in asyncio.run(read_all(settings, settings.topics.alerts))]
+    assert [(a.task, a.state) for a in alerts] == [("t", "firing")]  # raised once, still raised
+    # the first 20 decisions of two source partitions, interleaved as they came: about a third
+    assert alerts[0].rate > 0.1 and set(alerts[0].reasons) == {"low_confidence"} and alerts[0].window == 20

@@ -315,7 +315,7 @@ def test_replay_report_and_report_errors(recording: dict, tmp_path: Path) -> Non
     data, summary = json.loads((tmp_path / "rr.json").read_text()), json.loads((tmp_path / "s.json").read_text())
     assert data["kind"] == "replay" and "policy: cascade" in data["candidate"]
     assert data["totals"]["student_share"] == pytest.approx(summary["replay"]["student_share"], abs=1e-4)
-    assert data["drift"]["alarms_source"].startswith("raised by the verifier's monitor")
+    assert data["drift"]["alarms_source"].startswith("raised by the drift monitor")
     nobody = cli(recording, "--tenant", "nobody", "--out", str(tmp_path / "n.html"), command="report")
     assert nobody.exit_code == 2 and "no recorded requests for nobody/ticket-triage" in nobody.output.replace("\n", " ")
 

@@ -1,18 +1,20 @@
 """Canaries without a broker: the arms (a stable hash), the sequential verdict, the serving
-state a canary goes through, the scorer's split, the raised audit rate in both arms, and the
-trainer that announces a trial and judges it on the audits it harvests."""
+state a canary goes through, the scorer's split, the raised audit rate in both arms, the
+trainer that announces a trial (and waits for its verdict), and the monitor's ``Trial`` that
+judges it on the audits and escalations."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
 from protege_services.scorer.handler import Scorer
 from protege_services.trainer.handler import CaseStore, Trainer
 
-from protege.canary import Audits, arm, judge
-from protege.events import HarvestCase, Ingested, ModelAnnouncement, Scored, StudentOutput, now_ms
+from protege.canary import Tally, Trial, arm, judge
+from protege.events import HarvestCase, Ingested, ModelAnnouncement, Scored, StudentOutput
 from protege.generator import triage_task
 from protege.kafka import Received
 from protege.policy import audited, router_for
@@ -52,18 +54,37 @@ def test_arms_are_stable_disjoint_and_the_right_size() -> None:
     assert 0.15 < sum(audited(i, 0.25) for i in on_trial) / len(on_trial) < 0.35
 
 
+def audits(n: int, agreed: int, decided: int | None = None, escalated: int | None = None) -> Tally:
+    """n audits, and decisions at a 10% escalation rate unless stated."""
+    decided = 4 * n if decided is None else decided
+    return Tally(n, agreed, decided, decided // 10 if escalated is None else escalated)
+
+
 def test_a_clearly_worse_canary_is_rolled_back_and_a_like_one_promoted_at_the_limit() -> None:
-    assert judge(CONFIG, Audits(20, 10), Audits(200, 190), 60) is None  # too few canary audits yet
-    worse = judge(CONFIG, Audits(60, 36), Audits(200, 190), 60)
+    assert judge(CONFIG, audits(20, 10), audits(200, 190), 60) is None  # too few canary audits yet
+    worse = judge(CONFIG, audits(60, 36), audits(200, 190), 60)
     assert worse is not None and worse.action == "rollback" and worse.evidence["high"] < -0.02
-    assert "worse by more than 2.0%" in worse.reason
-    like = judge(CONFIG, Audits(200, 190), Audits(200, 191), 60)
+    assert "less accurate by more than 2.0%" in worse.reason
+    like = judge(CONFIG, audits(200, 190), audits(200, 191), 60)
     assert like is None  # within the margin but not yet surely: keep gathering
-    assert judge(CONFIG, Audits(400, 380), Audits(400, 381), 60).action == "promote"  # the volume limit
-    better = judge(CONFIG, Audits(300, 297), Audits(300, 270), 60)
+    assert judge(CONFIG, audits(400, 380), audits(400, 381), 60).action == "promote"  # the volume limit
+    better = judge(CONFIG, audits(300, 297), audits(300, 270), 60)
     assert better is not None and better.action == "promote" and better.evidence["low"] > -0.02
-    silent = judge(CONFIG, Audits(5, 5), Audits(300, 290), CONFIG.max_minutes * 60)
+    silent = judge(CONFIG, audits(5, 5), audits(300, 290), CONFIG.max_minutes * 60)
     assert silent is not None and silent.action == "rollback" and "too little evidence" in silent.reason
+
+
+def test_a_canary_that_escalates_much_more_is_rolled_back_however_accurate() -> None:
+    # As accurate on what it accepts, but it sends 40% of requests to the teacher, not 10%.
+    costly = judge(CONFIG, audits(300, 297, 1000, 400), audits(300, 270, 4000, 400), 60)
+    assert costly is not None and costly.action == "rollback" and "escalates more" in costly.reason
+    assert costly.evidence["escalation_low"] > CONFIG.escalation_margin
+    # 12% against 10%: within the 5-point margin, surely: promoted on both counts.
+    fine = judge(CONFIG, audits(300, 297, 4000, 480), audits(300, 270, 4000, 400), 60)
+    assert fine is not None and fine.action == "promote" and fine.evidence["escalation_high"] < 0.05
+    # Few decisions: the escalation interval is too wide to promote yet, although accuracy is.
+    unsure = judge(CONFIG, audits(300, 297, 300, 36), audits(300, 270, 300, 30), 60)
+    assert unsure is None
 
 
 def test_serving_state_through_a_trial() -> None:
@@ -124,7 +145,7 @@ def test_both_arms_are_audited_at_the_trial_rate() -> None:
     assert not router.decide(scored(None), 2).audit  # the policy's own rate: 0
 
 
-def case(i: int, *, version: str, right: bool, at: int = 10) -> Received[HarvestCase]:
+def harvested(i: int, version: str) -> Received[HarvestCase]:
     c = HarvestCase(
         request_id=f"a{version}-{i}",
         tenant="acme",
@@ -132,15 +153,15 @@ def case(i: int, *, version: str, right: bool, at: int = 10) -> Received[Harvest
         text=f"text {i}",
         label="billing" if i % 2 else "refund",
         label_source="teacher",
-        student_label=("billing" if i % 2 else "refund") if right else "shipping",
+        student_label="billing" if i % 2 else "refund",
         model_version=version,
         reason="audit",
-        harvested_at_ms=at,
+        harvested_at_ms=10,
     )
     return Received(c, T.harvest, offset=i)
 
 
-def test_trainer_puts_a_candidate_on_trial_and_rolls_it_back_on_its_audits(tmp_path: Path) -> None:
+def test_trainer_puts_a_candidate_on_trial_and_trains_no_other_until_its_verdict(tmp_path: Path) -> None:
     task = triage_task()
     task = task.model_copy(update={"student": task.student.model_copy(update={"canary": CONFIG})})
     state = Serving()
@@ -149,7 +170,8 @@ def test_trainer_puts_a_candidate_on_trial_and_rolls_it_back_on_its_audits(tmp_p
 
     def train(cases: list[Case], tenant: str, t: Task, serving: Path | None, trigger: str) -> TrainResult:
         trained.append(len(cases))
-        return TrainResult("v2", tmp_path / "v2", {"golden_accuracy": 0.9}, ["a"], True, "passed gates")
+        version = f"v{len(trained) + 1}"
+        return TrainResult(version, tmp_path / version, {"golden_accuracy": 0.9}, ["a"], True, "passed gates")
 
     async def serving_folder(tenant: str, task_name: str) -> Path:
         return tmp_path / "v1"
@@ -164,23 +186,48 @@ def test_trainer_puts_a_candidate_on_trial_and_rolls_it_back_on_its_audits(tmp_p
         serving=serving_folder,
         trials=lambda tenant, t: (state.canary(tenant, t), state.serving(tenant, t)),
     )
-    outs = asyncio.run(trainer.handle([case(i, version="v1", right=True) for i in range(40)]))
+    outs = asyncio.run(trainer.handle([harvested(i, "v1") for i in range(40)]))
     first = ModelAnnouncement.model_validate_json(outs[0].value)
     assert (first.action, first.share, first.version) == ("canary", 0.1, "v2") and "on trial for 10%" in first.reason
     state.apply(first)
-    # While it is on trial: no new candidate, and no verdict without the canary's audits.
-    during = [case(100 + i, version="v1", right=True, at=now_ms()) for i in range(40)]
-    assert asyncio.run(trainer.handle(during)) == []
+    # While it is on trial: no new candidate, however many cases arrive.
+    assert asyncio.run(trainer.handle([harvested(100 + i, "v1") for i in range(80)])) == []
     assert trained == [40]
-    wrong = [
-        case(200 + i, version="v2", right=i % 4 < 2, at=now_ms()) for i in range(40)
-    ]  # 50% against the serving 100%
-    outs = asyncio.run(trainer.handle(wrong))
-    verdict = ModelAnnouncement.model_validate_json(outs[0].value)
-    assert verdict.action == "abort" and verdict.version == "v2" and verdict.reason.startswith("canary rolled back")
-    assert verdict.evidence["canary_audits"] == 40 and verdict.evidence["serving_audits"] == 40  # since the trial began
-    assert asyncio.run(trainer.handle([case(300, version="v2", right=False)])) == []  # judged once
-    # The audits are kept with the cases: a restarted trainer counts the same.
-    again = CaseStore(tmp_path / "store")
-    assert again.audited("acme", "ticket-triage", "v2", since_ms=first.announced_at_ms) == Audits(40, 20)
-    assert again.audited("acme", "ticket-triage", "v1") == Audits(80, 80)
+    state.apply(first.model_copy(update={"action": "abort", "source": "monitor"}))  # the monitor's verdict
+    outs = asyncio.run(trainer.handle([harvested(200, "v1")]))
+    assert trained == [40, 121] and ModelAnnouncement.model_validate_json(outs[0].value).version == "v3"
+
+
+def test_the_monitors_trial_judges_from_the_announcement_on_and_says_so_once() -> None:
+    config = Canary(share=0.1, min_audits=30, max_audits=400, margin=0.02, confidence=0.99)
+    trial = Trial()
+    trial.announced(ann("v1", at=0))
+    trial.decided("v1", False, 50)  # before any trial: not counted
+    trial.announced(ann("v2", "canary", 0.1, at=100))
+    assert trial.canary is not None and trial.serving is not None and trial.serving.version == "v1"
+    at = 100
+    for i in range(400):
+        at += 10
+        trial.decided("v1", i % 10 == 0, at)  # serving: 10% escalated, every audit right
+        trial.audited("v1", True, at)
+        trial.decided("v2", i % 10 == 0, at)  # canary: as often escalated, half its audits wrong
+        trial.audited("v2", i % 2 == 0, at)
+        trial.decided("v7", True, at)  # neither version: not counted
+        verdict = trial.verdict(config, at)
+        if verdict is not None:
+            break
+    assert verdict is not None and verdict.action == "abort" and verdict.source == "monitor"
+    assert verdict.version == "v2" and verdict.reason.startswith("canary rolled back")
+    assert verdict.evidence["serving_decided"] == verdict.evidence["canary_decided"] == i + 1
+    assert verdict.announced_at_ms == at  # event time: the same records give the same verdict
+    assert trial.verdict(config, at + 1) is None  # said once
+    again = Trial(json.loads(json.dumps(trial.state())))  # restored from the changelog
+    assert again.verdict(config, at + 1) is None and again.tally("v2") == trial.tally("v2")
+    again.announced(verdict)  # its own verdict comes back on protege.models: the trial ends
+    assert again.canary is None and again.tallies == {} and again.serving.version == "v1"
+    # A pin ends a trial; a verdict after it is not applied.
+    again.announced(ann("v3", "canary", 0.1, at=5000))
+    again.announced(ann("v1", source="operator", pin=True, at=5001))
+    assert again.canary is None and again.pinned
+    again.announced(ann("v3", source="monitor", at=5002))
+    assert again.serving.version == "v1"

@@ -3,19 +3,86 @@ again after a restart or forwarded twice (the broker test is tests/integration/t
 
 from __future__ import annotations
 
-from protege_services.monitor.app import counted, decision_fields
+import json
+
+from protege_services.monitor.app import counted, decision_fields, drift_step, trial_step
+
+from protege.events import ModelAnnouncement
+from protege.generator import triage_task
+from protege.task import Canary, Drift
 
 
 def test_a_record_at_or_below_the_mark_is_not_counted_again() -> None:
     op = counted(decision_fields)
     window: dict = {}
     for p, o, verdict in [(0, 0, "accept"), (0, 1, "escalate"), (1, 0, "accept"), (0, 1, "escalate"), (1, 0, "accept")]:
-        window = op(
-            window, {"p": p, "o": o, "verdict": verdict, "route": "student" if verdict == "accept" else "teacher"}
-        )
+        route = "student" if verdict == "accept" else "teacher"
+        window = op(window, {"s": "d", "p": p, "o": o, "verdict": verdict, "route": route})
     assert (window["decided"], window["escalated"], window["student"], window["skipped"]) == (3, 1, 2, 2)
-    assert window["marks"] == {"0": 1, "1": 0}
+    assert window["marks"] == {"d0": 1, "d1": 0}
     # A restart that restored this window reads from an older committed offset: skipped.
-    again = op(window, {"p": 0, "o": 0, "verdict": "accept", "route": "student"})
+    again = op(window, {"s": "d", "p": 0, "o": 0, "verdict": "accept", "route": "student"})
     assert again["decided"] == 3 and again["skipped"] == 3
     assert window["skipped"] == 2  # the op returns a new value; the stored one is not mutated
+
+
+def test_the_drift_alarm_fires_once_and_stays_raised_through_a_restore() -> None:
+    task = triage_task()
+    task = task.model_copy(
+        update={"policy": task.policy.model_copy(update={"drift": Drift(window=20, band=0.1, baseline=0.0)})}
+    )
+    value: dict | None = {}
+    alerts = []
+    for o in range(40):
+        record = {
+            "s": "d",
+            "p": 0,
+            "o": o,
+            "verdict": "escalate",
+            "reasons": ["out_of_distribution:0.9"],
+            "at": o,
+            "version": "v1",
+        }
+        value, alert = drift_step(task, json.loads(json.dumps(value)), record)  # through JSON, as the changelog
+        assert value is not None
+        alerts += [alert] if alert else []
+        if o == 25:  # read again after a restart: counted already, nothing changes
+            assert drift_step(task, value, {**record, "o": 20}) == (None, None)
+    assert [a.state for a in alerts] == ["firing"] and alerts[0].rate == 1.0
+    assert alerts[0].reasons == {"out_of_distribution": 1.0} and alerts[0].window == 20
+    assert value["drift"]["firing"] is True  # raised, in the state the changelog keeps
+
+
+def test_trial_records_lead_to_one_verdict() -> None:
+    task = triage_task()
+    canary = Canary(share=0.1, audit_rate=1.0, min_audits=5, margin=0.1, confidence=0.9)
+    task = task.model_copy(update={"student": task.student.model_copy(update={"canary": canary})})
+
+    def model(version: str, action: str, at: int) -> dict:
+        ann = ModelAnnouncement(
+            tenant="acme",
+            task=task.name,
+            version=version,
+            path="/p",
+            labels=["a"],
+            metrics={},
+            trained_on=1,
+            action=action,  # type: ignore[arg-type]
+            share=0.1 if action == "canary" else None,
+            announced_at_ms=at,
+        )
+        return {"k": "model", "ann": ann.model_dump(mode="json")}
+
+    records = [model("v1", "serve", 0), model("v2", "canary", 10)]
+    for i in range(40):
+        records += [{"k": "decision", "version": v, "escalated": False, "at": 20 + i} for v in ("v1", "v2")] + [
+            {"k": "audit", "version": "v1", "agreed": True, "at": 20 + i},
+            {"k": "audit", "version": "v2", "agreed": False, "at": 20 + i},
+        ]
+    value: dict | None = {}
+    verdicts = []
+    for o, r in enumerate(records):
+        value, verdict = trial_step(task, value, {"s": "m" if r["k"] == "model" else "d", "p": 0, "o": o, **r})
+        verdicts += [verdict] if verdict else []
+    assert [(v.action, v.version) for v in verdicts] == [("abort", "v2")]
+    assert verdicts[0].evidence["canary_audits"] == verdicts[0].evidence["serving_audits"] == 5

@@ -216,8 +216,10 @@ def test_a_replay_raises_the_alarms_its_decisions_would_have() -> None:
     basis = Basis("replay", Selection("acme", TASK), quiet + loud, 0.01, False, "v")
     alarms = build(basis, Context(task), Inputs())["drift"]["alarms"]
     assert [a["state"] for a in alarms] == ["firing"]
-    assert alarms[0]["at_ms"] == T0 + 44  # the window's rate first leaves 0.1 +- 0.1 at the fifth escalation (5/20)
-    assert alarms[0]["reasons"] == {"ood": pytest.approx(0.25)}
+    # measured as each block of 2 decisions fills: the rate first leaves 0.1 +- 0.1 at the
+    # block that holds the sixth escalation (6/20)
+    assert alarms[0]["at_ms"] == T0 + 45
+    assert alarms[0]["reasons"] == {"ood": pytest.approx(0.3)}
 
 
 def test_versions_timeline_names_each_step(registry: Registry) -> None:
