@@ -42,9 +42,11 @@ class Block:
 class DriftMonitor:
     """Escalation rate over the last ``window`` decisions of a task, against a baseline.
 
-    The baseline is the task's configured one, or the rate of the first full window. An
-    alert fires when the rate leaves ``baseline ± band`` and resolves when it is back
-    within half the band. Only decisions on a student's answer count: with no student
+    The baseline is the task's configured one, or learned: the rate of the first full
+    window, and lower whenever the rate falls more than ``band`` below it (the student got
+    better — each retrain on a cold start does this — which is not drift). An alert fires
+    when the rate rises above ``baseline + band`` and resolves when it is back within half
+    the band. Only decisions on a student's answer count: with no student
     serving, every request escalates, which says nothing about the traffic (a cold start
     would otherwise learn a baseline of 100% and alarm as soon as a student serves).
     """
@@ -95,10 +97,13 @@ class DriftMonitor:
         if self.baseline is None:
             self.baseline = rate
             return None
-        distance = abs(rate - self.baseline)
+        rise = rate - self.baseline
+        if not self.firing and rise < -self.config.band and self.config.baseline is None:
+            self.baseline = rate  # better than learned: the new normal
+            return None
         # Hysteresis: fire beyond the band, resolve only back inside half of it, so a rate
         # hovering at the edge does not flap.
-        outside = distance > self.config.band if not self.firing else distance > self.config.band / 2
+        outside = rise > self.config.band if not self.firing else rise > self.config.band / 2
         if outside == self.firing:
             return None
         self.firing = outside

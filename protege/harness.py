@@ -284,6 +284,7 @@ def summarize(d: Drive) -> dict[str, Any]:
 
     n = len(outs) or 1
     standin = any(r.standin for r in d.teacher_results)
+    audits = [r for r in d.teacher_results if r.mode == "audit"]
     return {
         "requests": len(outs),
         "answered": len(answered),
@@ -302,6 +303,9 @@ def summarize(d: Drive) -> dict[str, Any]:
         "student_agreement": _agreement(d.teacher_results),
         "teacher_calls": len(d.teacher_results),
         "cost_usd": sum(r.cost_usd for r in d.teacher_results),
+        "audits": len(audits),
+        "audit_cost_usd": sum(r.cost_usd for r in audits),
+        "audited_accuracy": sum(r.student_label == r.label for r in audits) / len(audits) if audits else None,
         "teacher_standin": standin,
         "latency_ms": {"student": lat(by_route["student"]), "teacher": lat(by_route["teacher"]), "all": lat(answered)},
         "hops_p50_ms": {"student": hops(by_route["student"]), "teacher": hops(by_route["teacher"])},

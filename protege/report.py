@@ -286,7 +286,9 @@ def drift(points: Sequence[Point], task: Task, recorded_alerts: Sequence[Alert],
         "window": task.policy.drift.window,
         "band": task.policy.drift.band,
         "baseline": monitor.baseline,
-        "baseline_source": "task" if task.policy.drift.baseline is not None else "first full window",
+        "baseline_source": "task"
+        if task.policy.drift.baseline is not None
+        else "learned (first full window, lower as the student improved)",
         "alarms": [a.model_dump(mode="json") for a in alarms],
         "alarms_source": "raised by the drift monitor over the replayed decisions"
         if kind == "replay"
@@ -534,7 +536,7 @@ def plot_share(data: dict[str, Any]) -> str:
     )
     d = data["drift"]
     if d["baseline"] is not None:
-        lo, hi = max(0.0, d["baseline"] - d["band"]), min(1.0, d["baseline"] + d["band"])
+        lo, hi = d["baseline"], min(1.0, d["baseline"] + d["band"])  # an alarm is a rise past the band
         ax.axhspan(lo, hi, color=PALETTE["band"], alpha=0.5, label="drift band (escalation)")
     for a in d["alarms"]:
         colour = PALETTE["bad"] if a["state"] == "firing" else PALETTE["good"]
@@ -753,7 +755,7 @@ def _drift_note(data: dict[str, Any]) -> str:
         else "<p>No alarm.</p>"
     )
     return (
-        f"<p class='sub'>Band: baseline {base} ({_e(d['baseline_source'])}) ± {_pct(d['band'])} over "
+        f"<p class='sub'>Band: baseline {base} ({_e(d['baseline_source'])}) + {_pct(d['band'])} over "
         f"{d['window']} decisions. Alarms {_e(d['alarms_source'])}; buckets of {data['over_time']['bucket_s']} s.</p>"
         + alarms
     )

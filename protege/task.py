@@ -48,13 +48,18 @@ class Check(BaseModel):
 
 
 class Drift(BaseModel):
-    """The escalation rate is the leading indicator of drift: alarm when it leaves the band."""
+    """The escalation rate is the leading indicator of drift: alarm when it rises past the band."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     window: int = Field(500, ge=20, description="Decisions per measurement window.")
-    band: float = Field(0.15, gt=0, le=1, description="Allowed distance from the baseline rate.")
-    baseline: float | None = Field(None, ge=0, le=1, description="Expected rate; None: the first full window's.")
+    band: float = Field(0.15, gt=0, le=1, description="Allowed rise above the baseline rate.")
+    baseline: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Expected rate; None: learned (the first full window's, lower as the student improves).",
+    )
 
 
 class Policy(BaseModel):

@@ -28,7 +28,8 @@ from protege.harness import Drive, drive, summarize, wait_quiet
 from protege.pipeline import LocalPipeline
 from protege.settings import Settings, TeacherSettings
 from protege.state import read_all
-from protege.task import Policy, write_task
+from protege.supervisor import SERVICES
+from protege.task import Canary, Policy, Task, write_task
 from protege.teacher import StandinTeacher
 
 # -- demo ---------------------------------------------------------------------------
@@ -53,12 +54,13 @@ def demo(
     home: Annotated[Path, typer.Option(help="Run folder (wiped at start).")] = Path(".protege/demo"),
     report_json: Annotated[Path | None, typer.Option(help="Also write the summary as JSON.")] = None,
 ) -> None:
-    """Stream generated support tickets through the whole pipeline and print a summary."""
+    """Stream generated support tickets through the whole pipeline, with the live loop on
+    (audits, canaries judged by the monitor), and print a summary."""
 
     shutil.rmtree(home, ignore_errors=True)
     rows = generate(tickets, seed=seed)
     write_jsonl(rows, home / "tickets.jsonl")
-    write_task(triage_task(), home / "tasks" / "ticket-triage.yaml")
+    write_task(demo_task(), home / "tasks" / "ticket-triage.yaml")
     env = {
         "PROTEGE_TASKS_DIR": str((home / "tasks").resolve()),
         "PROTEGE_STANDIN_LABELS": str((home / "tickets.jsonl").resolve()),
@@ -70,10 +72,12 @@ def demo(
         "PROTEGE_TRAINER_THREADS": "1",
         "OMP_NUM_THREADS": "1",
     }
+    console.print(DEMO_LOOP_NOTE)
     summary = _stream_run(
-        home, env, {"traffic": rows}, tenant="acme", task="ticket-triage", rate=rate, extra=BAD_INPUTS
+        home, env, {"traffic": rows}, tenant="acme", task="ticket-triage", rate=rate, extra=BAD_INPUTS, monitor=True
     )
     _print_summary(summary, ["traffic", "traffic, last 25%"])
+    _print_steps(summary["steps"])
     if report_json:
         report_json.write_text(json.dumps(summary, indent=2))
 
@@ -88,6 +92,7 @@ def _stream_run(
     rate: float,
     extra: list[bytes] | None = None,
     linger: float = 0.0,
+    monitor: bool = False,
 ) -> dict[str, Any]:
 
     keyed = TeacherSettings().api_key() is not None  # the key, or the key file, as the teacher worker reads it
@@ -98,8 +103,20 @@ def _stream_run(
     library_logs_to(home / "logs")
     with stops_on_signals("the services and the broker were stopped"):
         _prepare_backbone()
-        console.print("starting the embedded Apache Kafka broker and six services ...")
-        _run_phases(home, env, phases, summary, tenant=tenant, task=task, rate=rate, extra=extra, linger=linger)
+        services = [*SERVICES, "monitor"] if monitor else list(SERVICES)
+        console.print(f"starting the embedded Apache Kafka broker and {len(services)} services ...")
+        _run_phases(
+            home,
+            env,
+            phases,
+            summary,
+            tenant=tenant,
+            task=task,
+            rate=rate,
+            extra=extra,
+            linger=linger,
+            services=services,
+        )
     summary["wall_seconds"] = time.perf_counter() - started
     summary["versions"] = versions()
     return summary
@@ -125,9 +142,10 @@ def _run_phases(
     rate: float,
     extra: list[bytes] | None,
     linger: float,
+    services: list[str],
 ) -> None:
 
-    with LocalPipeline(home.resolve(), env=env) as p:
+    with LocalPipeline(home.resolve(), env=env, services=services) as p:
         console.print(f"broker at {p.bootstrap}; service logs in {home / 'logs'}")
         settings = p.settings
         for i, (name, rows) in enumerate(phases.items()):
@@ -168,11 +186,72 @@ def _run_phases(
                 t = settings.topics
                 asyncio.run(wait_quiet(settings, {"harvester": [t.teacher_results], "trainer": [t.harvest]}))
                 time.sleep(5)  # the scorer loads the last announced version
+        if "monitor" in services:  # its last verdicts: the audits answered, then read by the monitor
+            t = settings.topics
+            keyed = f"{settings.topic_prefix}protege.monitor.keyed"
+            groups = {"teacher": [t.teacher_requests], "monitor": [t.decisions, t.teacher_results, t.models, keyed]}
+            asyncio.run(wait_quiet(settings, groups, timeout=60))
         models = asyncio.run(read_all(settings, settings.topics.models))
         dlq = asyncio.run(read_all(settings, settings.topics.requests_dlq))
-        summary["models_trained"] = len(models)
+        summary["models_trained"] = len({json.loads(m.value)["version"] for m in models})
         summary["final_model"] = json.loads(models[-1].value) if models else None
+        summary["steps"] = [steps(json.loads(m.value)) for m in models]
         summary["dead_letters"] = {"count": len(dlq), "reasons": sorted({json.loads(r.value)["reason"] for r in dlq})}
+
+
+# The demo runs the live loop: audits of accepted answers, and each new version on trial
+# (a canary) before it serves everything. Its canary settings are scaled to a run of under a
+# minute — a quarter of the requests on trial, half of its answers audited, a verdict after
+# 10 audits on each side (or 30 s), margins of 5 points of accuracy and 10 of escalations at
+# 90% confidence — where the defaults (10%, 0.25, 30, 60 min, 2 and 5 points at 99%) suit
+# production traffic.
+DEMO_LOOP_NOTE = (
+    "live loop on: 5% of accepted answers audited by the teacher; each new version on trial for 25% of "
+    "requests until the monitor's verdict (canary settings scaled to this short run)"
+)
+
+
+def demo_task() -> Task:
+    task = triage_task()
+    canary = Canary(
+        share=0.25,
+        audit_rate=0.5,
+        min_audits=10,
+        max_audits=60,
+        max_minutes=0.5,
+        margin=0.05,
+        escalation_margin=0.1,
+        confidence=0.9,
+    )
+    return task.model_copy(
+        update={
+            "policy": task.policy.model_copy(update={"audit_rate": 0.05}),
+            "student": task.student.model_copy(update={"canary": canary}),
+        }
+    )
+
+
+def steps(ann: dict[str, Any]) -> dict[str, Any]:
+    """One announcement on protege.models, as the summary shows it."""
+    return {k: ann.get(k) for k in ("version", "action", "source", "share", "reason", "announced_at_ms")}
+
+
+def _print_steps(steps: list[dict[str, Any]]) -> None:
+    """What served, in order: each version, its trial and the verdict, and why."""
+    if not steps:
+        return
+    table = Table(title="versions (protege.models)")
+    for column in ("version", "step", "by", "why"):
+        table.add_column(column)
+    names = {"serve": "serves", "canary": "on trial", "abort": "rolled back", "unpin": "unpinned"}
+    for s in steps:
+        step = names.get(s["action"], s["action"])
+        if s["action"] == "canary" and s.get("share"):
+            step = f"on trial ({s['share']:.0%})"
+        elif s["action"] == "serve" and s["source"] == "monitor":
+            step = "promoted"
+        table.add_row(s["version"], step, s["source"], s.get("reason") or "")
+    Console().print(table)
 
 
 def versions() -> dict[str, str]:
@@ -221,6 +300,9 @@ def _print_summary(summary: dict[str, Any], phases: list[str]) -> None:
         ("  teacher route", "teacher_accuracy", {"pct": True}),
         ("teacher calls", "teacher_calls", {}),
         ("teacher cost", "cost_usd", {"money": True}),
+        ("  of it audits", "audit_cost_usd", {"money": True}),
+        ("audits", "audits", {}),
+        ("  student right (audited)", "audited_accuracy", {"pct": True}),
     ]
     for label, key, fmt in rows:
         table.add_row(label, *[_fmt(summary[p][key], **fmt) for p in phases])

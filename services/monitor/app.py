@@ -9,7 +9,7 @@ It also owns two verdicts, each kept in a changelog-backed table and published o
 changes:
 
     drift   per task, over the decisions of all its tenants (``protege.drift``): an alert
-            on ``protege.alerts`` when the escalation rate leaves its band, and when it is back
+            on ``protege.alerts`` when the escalation rate rises past its band, and when it is back
     trials  per tenant/task, from protege.models + decisions + audits (``protege.canary``):
             the canary's promotion (``serve``) or rollback (``abort``) on ``protege.models``,
             with the reason and the numbers
@@ -128,13 +128,30 @@ def cost_fields(r: Value) -> dict[str, float]:
     return {"usd": r["usd"], "calls": 1, "audit_usd": r["usd"] if r["mode"] == "audit" else 0.0}
 
 
+def credentials(settings: MonitorSettings) -> faust.types.auth.CredentialsT | None:
+    """protege's Kafka security settings (``PROTEGE_SECURITY_PROTOCOL``, ``PROTEGE_SASL_*``,
+    ``PROTEGE_SSL_CAFILE``) as faust's credentials: the same broker, the same way in."""
+    kw = settings.kafka_kwargs()
+    if settings.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=kw["sasl_plain_username"],
+            password=kw["sasl_plain_password"],
+            ssl_context=kw.get("ssl_context"),
+            mechanism=settings.sasl_mechanism,
+        )
+    if "ssl_context" in kw:
+        return faust.SSLCredentials(kw["ssl_context"])
+    return None
+
+
 def make_app(settings: MonitorSettings) -> faust.App:
     prefix = settings.topic_prefix
     tasks = load_tasks(settings.tasks_dir)
     (settings.home / "monitor").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{prefix}protege-monitor",
-        broker=f"kafka://{settings.bootstrap_servers}",
+        broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
+        broker_credentials=credentials(settings),
         store="memory://",  # restored from the changelog topics at start
         topic_replication_factor=settings.replication_factor,
         topic_partitions=settings.partitions,

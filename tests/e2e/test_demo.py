@@ -1,8 +1,10 @@
-"""`protege demo` end to end, as a user runs it: its own embedded broker, six service
-processes, a few hundred generated tickets, a summary, and everything stopped after."""
+"""`protege demo` end to end, as a user runs it: its own embedded broker, seven service
+processes (the live loop's monitor among them), a few hundred generated tickets, a summary
+with the versions' steps, and everything stopped after."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -49,6 +51,17 @@ def test_demo_on_generated_tickets(tmp_path: Path, backbone: Path) -> None:
     assert t["accuracy"] > 0.9 and t["teacher_standin"]
     assert t["student_share"] > 0.1, "the trainer should have produced a serving student mid-run"
     assert s["models_trained"] >= 1
+    # The live loop: audits behind the student's answers, and every version after the first
+    # on trial until the monitor's verdict, shown step by step.
+    assert t["audits"] > 0 and t["audit_cost_usd"] > 0
+    steps = s["steps"]
+    assert steps[0]["action"] == "serve" and steps[0]["source"] == "trainer"  # nothing to compare the first with
+    assert all(st["action"] == "canary" for st in steps[1:] if st["source"] == "trainer")
+    for trial, after in itertools.pairwise(steps):
+        if trial["action"] == "canary":  # the next step is its verdict
+            assert after["version"] == trial["version"] and after["source"] == "monitor", steps
+            assert after["action"] in ("serve", "abort") and after["reason"].startswith("canary ")
+    assert "versions (protege.models)" in done.stdout
     assert s["dead_letters"]["count"] == 7
     assert {"invalid_json", "not_an_object", "schema_violation", "unknown_task", "text_too_long", "too_deep"} <= set(
         s["dead_letters"]["reasons"]
@@ -56,7 +69,7 @@ def test_demo_on_generated_tickets(tmp_path: Path, backbone: Path) -> None:
     # Nothing left running: no broker, no service.
     assert subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True).stdout.strip() == ""
     pids = json.loads((home / "logs" / "pids.json").read_text())
-    assert set(pids) == {"ingestion", "scorer", "verifier", "teacher", "harvester", "trainer"}
+    assert set(pids) == {"ingestion", "scorer", "verifier", "teacher", "harvester", "trainer", "monitor"}
     for pid in pids.values():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

@@ -10,6 +10,9 @@ import asyncio
 import datetime as dt
 import gc
 import ipaddress
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from protege.broker.embedded import EmbeddedBroker
+from protege.broker.embedded import EmbeddedBroker, free_port
 from protege.errors import BrokerError
 from protege.harness import Probe
 from protege.kafka import Out, Processor, Received, Record, ensure_topics, producer
@@ -238,3 +241,45 @@ def test_unknown_ca_is_refused(
     )
     assert "over SSL" in str(refused(settings))
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+
+
+@pytest.mark.slow
+def test_the_monitor_over_sasl_ssl(
+    secured: tuple[EmbeddedBroker, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """faust-streaming gets the same settings as protege's own clients (SCRAM over SSL): it
+    joins its group, keeps its tables and counts decisions on /metrics."""
+    from tests.integration.test_monitor import decision, scrape, send, start, wait_for
+
+    broker, ca = secured
+    secured_env = {
+        "PROTEGE_BOOTSTRAP_SERVERS": broker.address("SASL_SSL"),
+        "PROTEGE_SECURITY_PROTOCOL": "SASL_SSL",
+        "PROTEGE_SASL_MECHANISM": "SCRAM-SHA-256",
+        "PROTEGE_SASL_USERNAME": SCRAM_USER,
+        "PROTEGE_SASL_PASSWORD": SCRAM_PASSWORD,
+        "PROTEGE_SSL_CAFILE": str(ca),
+    }
+    settings = settings_from_env(monkeypatch, tmp_path, secured_env)
+    asyncio.run(ensure_topics(settings))
+    asyncio.run(
+        send(settings, [Out.of(settings.topics.decisions, decision(i)) for i in range(30)], int(time.time() * 1000))
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        **secured_env,
+        "PROTEGE_TOPIC_PREFIX": settings.topic_prefix,
+        "PROTEGE_HOME": str(settings.home),
+        "PROTEGE_METRICS_PORT": str(port),
+    }
+    monitor = start(env, tmp_path / "monitor.log")
+    try:
+        wait_for(port, {"decided": 30, "escalated": 10})
+    finally:
+        monitor.send_signal(signal.SIGTERM)
+        try:
+            monitor.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            monitor.kill()
+    assert scrape(port) == {} and SCRAM_PASSWORD not in (tmp_path / "monitor.log").read_text()

@@ -107,6 +107,15 @@ def test_drift_alarm_fires_when_the_escalation_rate_leaves_its_band_and_resolves
     assert [a.state for a in back] == ["resolved"]
 
 
+def test_a_student_that_gets_better_lowers_the_learned_baseline_and_a_rise_from_there_alarms() -> None:
+    m = DriftMonitor("t", "p", Drift(window=100, band=0.1))
+    assert not [a for a in (m.observe(decision(i % 2 == 0)) for i in range(100)) if a] and m.baseline == 0.5
+    quiet = [a for a in (m.observe(decision(i % 5 == 0)) for i in range(200)) if a]  # 20%: better, no alarm
+    assert quiet == [] and m.baseline is not None and m.baseline < 0.4
+    fired = [a for a in (m.observe(decision(i % 2 == 0)) for i in range(100)) if a]  # back to 50%: an alarm
+    assert [a.state for a in fired] == ["firing"]
+
+
 def test_decisions_without_a_student_say_nothing_about_drift() -> None:
     m = DriftMonitor("t", "p", Drift(window=20, band=0.1))
     cold = decision(True).model_copy(update={"model_version": None})
