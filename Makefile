@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test check bench-stream bench-banking77 clean
+.PHONY: demo test check bench-stream bench-banking77 bench-drift clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ check: $(BIN)/.installed
 bench-banking77: $(BIN)/.installed
 	$(BIN)/protege bench stream --train ../shared/data/banking77/banking77_train.jsonl \
 	    --test ../shared/data/banking77/banking77_test.jsonl --report-json reports/bench-stream-banking77.json
+
+bench-drift: $(BIN)/.installed
+	$(BIN)/protege bench drift --data ../shared/data/banking77/banking77_train.jsonl \
+	    --data ../shared/data/banking77/banking77_test.jsonl \
+	    --report-json reports/bench-drift-banking77.json --plot docs/bench-drift.png
 
 clean:
 	rm -rf .protege $(VENV)

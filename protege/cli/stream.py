@@ -24,12 +24,12 @@ from protege.broker.embedded import KAFKA_VERSION
 from protege.cli.root import STANDIN_NOTE, app, bench_app, console, library_logs_to, stops_on_signals
 from protege.costs import cost_usd, price_table
 from protege.generator import generate, read_jsonl, task_from_labels, triage_task, write_jsonl
-from protege.harness import Drive, drive, summarize, wait_quiet
+from protege.harness import Drive, drive, machine, summarize, wait_quiet
 from protege.pipeline import LocalPipeline
 from protege.settings import Settings, TeacherSettings
 from protege.state import read_all
 from protege.supervisor import SERVICES
-from protege.task import Canary, Policy, Task, write_task
+from protege.task import Canary, Drift, Policy, Task, write_task
 from protege.teacher import StandinTeacher
 
 # -- demo ---------------------------------------------------------------------------
@@ -93,6 +93,7 @@ def _stream_run(
     extra: list[bytes] | None = None,
     linger: float = 0.0,
     monitor: bool = False,
+    keep: dict[str, Drive] | None = None,
 ) -> dict[str, Any]:
 
     keyed = TeacherSettings().api_key() is not None  # the key, or the key file, as the teacher worker reads it
@@ -116,6 +117,7 @@ def _stream_run(
             extra=extra,
             linger=linger,
             services=services,
+            keep=keep,
         )
     summary["wall_seconds"] = time.perf_counter() - started
     summary["versions"] = versions()
@@ -143,6 +145,7 @@ def _run_phases(
     extra: list[bytes] | None,
     linger: float,
     services: list[str],
+    keep: dict[str, Drive] | None = None,
 ) -> None:
 
     with LocalPipeline(home.resolve(), env=env, services=services) as p:
@@ -175,6 +178,8 @@ def _run_phases(
                 )
             )
             summary[name] = summarize(result)
+            if keep is not None:
+                keep[name] = result
             # The steady state: the last quarter of the phase, after the student has caught up.
             tail = list(result.outcomes.items())[-max(1, len(rows) // 4) :]
             tail_ids = {rid for rid, _ in tail}
@@ -196,6 +201,7 @@ def _run_phases(
         summary["models_trained"] = len({json.loads(m.value)["version"] for m in models})
         summary["final_model"] = json.loads(models[-1].value) if models else None
         summary["steps"] = [steps(json.loads(m.value)) for m in models]
+        summary["alerts"] = [json.loads(r.value) for r in asyncio.run(read_all(settings, settings.topics.alerts))]
         summary["dead_letters"] = {"count": len(dlq), "reasons": sorted({json.loads(r.value)["reason"] for r in dlq})}
 
 
@@ -402,3 +408,201 @@ def bench_stream(
     report_json.write_text(json.dumps(summary, indent=2))
     _print_summary(summary, ["train", "test"])
     console.print(f"report: {report_json}")
+
+
+# The bench's live loop, scaled to a run of minutes (the defaults suit production traffic):
+# a fifth of the requests on trial, half of its answers audited, a verdict from 20 audits a
+# side (or 2 min), margins of 5 points at 90% confidence; the drift alarm over 500 decisions
+# fires at a rise of 5 points of escalations.
+DRIFT_BENCH_CANARY = Canary(
+    share=0.2,
+    audit_rate=0.5,
+    min_audits=20,
+    max_audits=150,
+    max_minutes=2.0,
+    margin=0.05,
+    escalation_margin=0.05,
+    confidence=0.9,
+)
+DRIFT_BENCH_DRIFT = Drift(window=500, band=0.05)
+
+
+@bench_app.command("drift")
+def bench_drift(
+    data: Annotated[
+        list[Path], typer.Option(help="Labelled JSON Lines {id,text,label}, pooled (e.g. BANKING77's train and test).")
+    ],
+    report_json: Annotated[Path, typer.Option(help="Where to write the JSON report.")],
+    withheld: Annotated[int, typer.Option(help="Intents held out of the first part, brought in in the second.")] = 10,
+    before: Annotated[int, typer.Option(help="Requests of the old intents only (the student settles).")] = 8000,
+    after: Annotated[int, typer.Option(help="Requests after the new intents arrive, all intents mixed.")] = 4000,
+    window: Annotated[int, typer.Option(help="Requests per reported window.")] = 300,
+    rate: Annotated[float, typer.Option(help="Requests per second.")] = 40.0,
+    min_cases: int = 300,
+    retrain_every: int = 1000,
+    seed: int = 0,
+    plot: Annotated[Path | None, typer.Option(help="Also draw the run (PNG; the analysis extra).")] = None,
+    home: Path = Path(".protege/bench-drift"),
+) -> None:
+    """Drift: intents the student never saw arrive mid-stream. Per window: the student share,
+    escalation rate and accuracy of the new intents and the old, the drift alarm, the
+    retrain it triggered and the canary's verdict; how long until the student answers the
+    new intents half as often as the old; and that no release gate or canary check was skipped."""
+    from protege.drift_bench import Request, caught_up, release_checks, split, windows
+    from protege.registry import Registry
+
+    pooled = [row for path in data for row in read_jsonl(path)]
+    first, second, new = split(pooled, withheld=withheld, before=before, after=after, seed=seed)
+    shutil.rmtree(home, ignore_errors=True)
+    labels = sorted({r["label"] for r in first + second})
+    task = task_from_labels("drift", labels, f"bench drift on {', '.join(p.name for p in data)}")
+    task = task.model_copy(
+        update={
+            "policy": task.policy.model_copy(update={"audit_rate": 0.05, "drift": DRIFT_BENCH_DRIFT}),
+            "student": task.student.model_copy(update={"canary": DRIFT_BENCH_CANARY}),
+        }
+    )
+    write_task(task, home / "tasks" / "drift.yaml")
+    write_jsonl(first + second, home / "labelled.jsonl")
+    env = {
+        "PROTEGE_TASKS_DIR": str((home / "tasks").resolve()),
+        "PROTEGE_STANDIN_LABELS": str((home / "labelled.jsonl").resolve()),
+        "PROTEGE_MIN_CASES": str(min_cases),
+        "PROTEGE_RETRAIN_EVERY": str(retrain_every),
+        "PROTEGE_TRAINER_THREADS": "1",
+        "PROTEGE_THREADS": "1",
+    }
+    console.print(f"withheld until the second half: {', '.join(new)}")
+    drives: dict[str, Drive] = {}
+    summary = _stream_run(
+        home,
+        env,
+        {"before": first, "after": second},
+        tenant="bench",
+        task="drift",
+        rate=rate,
+        linger=10.0,
+        monitor=True,
+        keep=drives,
+    )
+    seen = [
+        Request(
+            int(o.sent_at * 1000),
+            o.label or "",
+            o.response.route if o.response else None,
+            o.response.label if o.response else None,
+            phase,
+        )
+        for phase, d in drives.items()
+        for o in d.outcomes.values()
+    ]
+    rows = windows(seen, new, size=window, alerts=summary["alerts"], steps=summary["steps"])
+    registry = Registry(home.resolve() / "registry")
+    manifests = {v.name: v.manifest.model_dump(mode="json") for v in registry.versions("bench", "drift")}
+    triggers = {name: m.get("trigger") for name, m in manifests.items()}
+    summary |= {
+        "withheld": new,
+        "windows": rows,
+        "requests_until_half_share": caught_up(rows),
+        "release_checks": release_checks(summary["steps"], manifests),
+        "triggers": triggers,
+        "machine": machine(),
+        "config": {
+            "data": [str(p) for p in data],
+            "before": before,
+            "after": after,
+            "withheld": withheld,
+            "window": window,
+            "rate": rate,
+            "min_cases": min_cases,
+            "retrain_every": retrain_every,
+            "seed": seed,
+            "canary": DRIFT_BENCH_CANARY.model_dump(),
+            "drift": DRIFT_BENCH_DRIFT.model_dump(),
+            "audit_rate": 0.05,
+        },
+    }
+    report_json.parent.mkdir(parents=True, exist_ok=True)
+    report_json.write_text(json.dumps(summary, indent=2))
+    _print_drift(summary)
+    if plot is not None:
+        _plot_drift(summary, plot)
+        console.print(f"plot: {plot}")
+    console.print(f"report: {report_json}")
+
+
+def _print_drift(summary: dict[str, Any]) -> None:
+    m = summary["machine"]
+    standin = "STAND-IN" in summary["teacher"]
+    table = Table(
+        title=f"bench drift — {m['cpu']}, {m['cores']} cores",
+        caption="teacher: OFFLINE STAND-IN (labelled data)" if standin else None,
+    )
+    for column in ("requests", "phase", "old: student", "old: escalated", "old: accuracy"):
+        table.add_column(column, justify="right")
+    for column in ("new: n", "new: student", "new: escalated", "new: accuracy", "alarm", "versions"):
+        table.add_column(column, justify="right")
+    for r in summary["windows"]:
+        old, new = r["old"], r["new"]
+        steps = "; ".join(f"{s['version'][:5]} {s['action']}" for s in r["steps"])
+        table.add_row(
+            f"{r['from']}-{r['to']}",
+            r["phase"],
+            _fmt(old["student_share"], pct=True),
+            _fmt(old["escalation_rate"], pct=True),
+            _fmt(old["accuracy"], pct=True),
+            str(new["requests"]),
+            _fmt(new["student_share"], pct=True),
+            _fmt(new["escalation_rate"], pct=True),
+            _fmt(new["accuracy"], pct=True),
+            "FIRING" if r["alarm"] else ("resolved" if r["alerts"] else ""),
+            steps,
+        )
+    Console(width=200).print(table)
+    checks = summary["release_checks"]
+    console.print(
+        f"new intents: {', '.join(summary['withheld'])}\n"
+        f"requests after they arrived until the student answered them half as often as the old ones: "
+        f"{summary['requests_until_half_share'] or 'not within the run'}\n"
+        f"versions: {checks['versions_announced']} announced, {checks['trials']} on trial, {checks['promoted']} promoted, "
+        f"{checks['rolled_back']} rolled back; release gates and canary checks: "
+        f"{'none skipped' if checks['ok'] else '; '.join(checks['problems'])}"
+    )
+    for name, trigger in summary["triggers"].items():
+        console.print(f"  {name}: {trigger}")
+
+
+def _plot_drift(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["windows"]
+    x = [r["to"] for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
+    for part, color in (("old", "#2b6cb0"), ("new", "#c05621")):
+        share = [r[part]["student_share"] for r in rows]
+        esc = [r[part]["escalation_rate"] for r in rows]
+        ax.plot(x, share, color=color, marker="o", ms=3, label=f"{part} intents: answered by the student")
+        ax.plot(x, esc, color=color, ls="--", lw=1, label=f"{part} intents: escalated")
+    half = next((r["from"] for r in rows if r["phase"] == "after"), None)
+    if half is not None:
+        ax.axvline(half, color="#4a5568", lw=1)
+        ax.text(half, 1.02, " new intents arrive", fontsize=8, color="#4a5568")
+    for r in rows:
+        for a in r["alerts"]:
+            if a["state"] == "firing":
+                ax.axvspan(r["from"], r["to"], color="#c53030", alpha=0.12, lw=0)
+        for s in r["steps"]:
+            style = {"canary": ":", "serve": "-", "abort": "-."}.get(s["action"], ":")
+            ax.axvline(r["to"], color="#2f855a", ls=style, lw=0.8)
+    ax.set_xlabel("requests (windows end; green: versions announced, red: drift alarm fired)")
+    ax.set_ylim(0, 1.08)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("protege bench drift: withheld intents arrive mid-stream", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

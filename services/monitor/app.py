@@ -248,27 +248,19 @@ def make_app(settings: MonitorSettings) -> faust.App:
 
     @app.agent(keyed)
     async def count(stream: Any) -> None:
-        # In batches (up to 1,000 records or 0.5 s): each key's state is written to its
-        # changelog once per batch, not once per record — a decision touches three keys, and
-        # a hopping window's record twelve windows.
-        async for events in stream.take_events(1000, within=0.5):
+        # Record by record. Counting in batches (stream.take_events, one changelog write per
+        # key per batch) lost records after a kill -9 in 2 of 6 runs of the broker test
+        # (594 and 579 of 600 decided): not used until that is understood.
+        async for key, record in stream.items():
             heartbeat.beat()
-            batches: dict[tuple[str, str], list[Any]] = {}
-            for event in events:
-                batches.setdefault((event.value["t"], event.key), []).append(event)
-            for (name, key), batch in batches.items():
-                # A table write goes to the changelog partition of the event being handled:
-                # outside stream iteration faust needs to be told which (a key's records all
-                # come from one partition of the keyed topic).
-                stream._set_current_event(batch[-1])
-                records = [e.value for e in batch]
-                if name == "drift":
-                    await judge_drift(key, records)
-                elif name == "trial":
-                    await judge_trial(key, records)
-                else:
-                    tables[name][key].apply(ops[name], records, event=batch[-1])
-                    export(name, key, tables[name][key].current(event=batch[-1]))
+            name = record["t"]
+            if name == "drift":
+                await judge_drift(key, [record])
+            elif name == "trial":
+                await judge_trial(key, [record])
+            else:
+                tables[name][key].apply(ops[name], [record])
+                export(name, key, tables[name][key].current())
 
     async def judge_drift(key: str, records: list[Value]) -> None:
         task, value, changed = tasks[key], drift[key], False
