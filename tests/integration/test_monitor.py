@@ -108,6 +108,15 @@ def start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def stop(monitor: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as a deployment stops it; kill -9 if it does not stop within 30 s."""
+    monitor.send_signal(signal.SIGTERM)
+    try:
+        monitor.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        monitor.kill()
+
+
 def wait_for(port: int, want: dict[str, float], timeout: float = 120) -> dict[str, float]:
     deadline = time.monotonic() + timeout
     seen: dict[str, float] = {}
@@ -196,11 +205,7 @@ def test_counts_and_the_alarm_survive_kill_9(settings: Settings, tmp_path: Path)
             f"counted {final['decided']:.0f} of 600"
         )
     finally:
-        monitor.send_signal(signal.SIGTERM)
-        try:
-            monitor.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            monitor.kill()
+        stop(monitor)
     text = log.read_text()
     assert "Recovery" in text  # the second start restored the tables from the changelog
     alerts = [Alert.model_validate_json(r.value) for r in asyncio.run(read_all(settings, settings.topics.alerts))]

@@ -11,8 +11,6 @@ import datetime as dt
 import gc
 import ipaddress
 import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -249,7 +247,7 @@ def test_the_monitor_over_sasl_ssl(
 ) -> None:
     """faust-streaming gets the same settings as protege's own clients (SCRAM over SSL): it
     joins its group, keeps its tables and counts decisions on /metrics."""
-    from tests.integration.test_monitor import decision, scrape, send, start, wait_for
+    from tests.integration.test_monitor import decision, scrape, send, start, stop, wait_for
 
     broker, ca = secured
     secured_env = {
@@ -277,9 +275,5 @@ def test_the_monitor_over_sasl_ssl(
     try:
         wait_for(port, {"decided": 30, "escalated": 10})
     finally:
-        monitor.send_signal(signal.SIGTERM)
-        try:
-            monitor.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            monitor.kill()
+        stop(monitor)
     assert scrape(port) == {} and SCRAM_PASSWORD not in (tmp_path / "monitor.log").read_text()
