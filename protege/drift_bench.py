@@ -60,6 +60,11 @@ def _share(items: Sequence[Request], route: str) -> float | None:
     return sum(r.route == route for r in answered) / len(answered) if answered else None
 
 
+def _student_right(items: Sequence[Request]) -> float | None:
+    answered = [r for r in items if r.route is not None]
+    return sum(r.route == "student" and r.answer == r.label for r in answered) / len(answered) if answered else None
+
+
 def _accuracy(items: Sequence[Request]) -> float | None:
     answered = [r for r in items if r.answer is not None]
     return sum(r.answer == r.label for r in answered) / len(answered) if answered else None
@@ -92,6 +97,7 @@ def windows(
             row[name] = {
                 "requests": len(part),
                 "student_share": _share(part, "student"),
+                "student_right": _student_right(part),  # answered by the student, and right
                 "escalation_rate": _share(part, "teacher"),
                 "accuracy": _accuracy(part),
             }
@@ -109,15 +115,17 @@ def windows(
     return out
 
 
-def caught_up(rows: Sequence[dict[str, Any]]) -> int | None:
+def caught_up(rows: Sequence[dict[str, Any]], measure: str = "student_right") -> int | None:
     """Requests from the first window of the second phase to the end of the first window in
-    which the new intents' student share reaches half the old intents' (None: never)."""
+    which the new intents' ``measure`` reaches half the old intents' (None: never). By
+    default the share the student answered *and got right*: a student that has never seen
+    an intent answers some of its requests with a wrong old label, which is no catching up."""
     after = [r for r in rows if r["phase"] == "after"]
     if not after:
         return None
     start = after[0]["from"]
     for r in after:
-        new, old = r["new"]["student_share"], r["old"]["student_share"]
+        new, old = r["new"][measure], r["old"][measure]
         if new is not None and old and new >= 0.5 * old:
             return int(r["to"] - start)
     return None

@@ -53,6 +53,9 @@ def demo(
     seed: int = 7,
     home: Annotated[Path, typer.Option(help="Run folder (wiped at start).")] = Path(".protege/demo"),
     report_json: Annotated[Path | None, typer.Option(help="Also write the summary as JSON.")] = None,
+    monitor: Annotated[
+        bool, typer.Option(help="Run the monitor (it judges the canaries; without it a trial waits for an operator).")
+    ] = True,
 ) -> None:
     """Stream generated support tickets through the whole pipeline, with the live loop on
     (audits, canaries judged by the monitor), and print a summary."""
@@ -74,7 +77,7 @@ def demo(
     }
     console.print(DEMO_LOOP_NOTE)
     summary = _stream_run(
-        home, env, {"traffic": rows}, tenant="acme", task="ticket-triage", rate=rate, extra=BAD_INPUTS, monitor=True
+        home, env, {"traffic": rows}, tenant="acme", task="ticket-triage", rate=rate, extra=BAD_INPUTS, monitor=monitor
     )
     _print_summary(summary, ["traffic", "traffic, last 25%"])
     _print_steps(summary["steps"])
@@ -434,7 +437,7 @@ def bench_drift(
     ],
     report_json: Annotated[Path, typer.Option(help="Where to write the JSON report.")],
     withheld: Annotated[int, typer.Option(help="Intents held out of the first part, brought in in the second.")] = 10,
-    before: Annotated[int, typer.Option(help="Requests of the old intents only (the student settles).")] = 8000,
+    before: Annotated[int, typer.Option(help="Requests of the old intents only (the student settles).")] = 7000,
     after: Annotated[int, typer.Option(help="Requests after the new intents arrive, all intents mixed.")] = 4000,
     window: Annotated[int, typer.Option(help="Requests per reported window.")] = 300,
     rate: Annotated[float, typer.Option(help="Requests per second.")] = 40.0,
@@ -540,7 +543,15 @@ def _print_drift(summary: dict[str, Any]) -> None:
     )
     for column in ("requests", "phase", "old: student", "old: escalated", "old: accuracy"):
         table.add_column(column, justify="right")
-    for column in ("new: n", "new: student", "new: escalated", "new: accuracy", "alarm", "versions"):
+    for column in (
+        "new: n",
+        "new: student",
+        "new: student right",
+        "new: escalated",
+        "new: accuracy",
+        "alarm",
+        "versions",
+    ):
         table.add_column(column, justify="right")
     for r in summary["windows"]:
         old, new = r["old"], r["new"]
@@ -553,6 +564,7 @@ def _print_drift(summary: dict[str, Any]) -> None:
             _fmt(old["accuracy"], pct=True),
             str(new["requests"]),
             _fmt(new["student_share"], pct=True),
+            _fmt(new["student_right"], pct=True),
             _fmt(new["escalation_rate"], pct=True),
             _fmt(new["accuracy"], pct=True),
             "FIRING" if r["alarm"] else ("resolved" if r["alerts"] else ""),
@@ -562,7 +574,7 @@ def _print_drift(summary: dict[str, Any]) -> None:
     checks = summary["release_checks"]
     console.print(
         f"new intents: {', '.join(summary['withheld'])}\n"
-        f"requests after they arrived until the student answered them half as often as the old ones: "
+        f"requests after they arrived until the student answered them (rightly) half as often as the old ones: "
         f"{summary['requests_until_half_share'] or 'not within the run'}\n"
         f"versions: {checks['versions_announced']} announced, {checks['trials']} on trial, {checks['promoted']} promoted, "
         f"{checks['rolled_back']} rolled back; release gates and canary checks: "
@@ -586,6 +598,9 @@ def _plot_drift(summary: dict[str, Any], path: Path) -> None:
         esc = [r[part]["escalation_rate"] for r in rows]
         ax.plot(x, share, color=color, marker="o", ms=3, label=f"{part} intents: answered by the student")
         ax.plot(x, esc, color=color, ls="--", lw=1, label=f"{part} intents: escalated")
+        if part == "new":
+            right = [r[part]["student_right"] for r in rows]
+            ax.plot(x, right, color=color, ls=":", lw=1.5, label="new intents: answered by the student, right")
     half = next((r["from"] for r in rows if r["phase"] == "after"), None)
     if half is not None:
         ax.axvline(half, color="#4a5568", lw=1)

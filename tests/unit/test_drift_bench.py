@@ -46,6 +46,10 @@ def test_windows_measure_old_and_new_apart_and_place_alarms_and_steps() -> None:
     assert out[2]["new"]["escalation_rate"] == 1.0 and out[2]["alarm"] and out[2]["steps"][0]["version"] == "v0002"
     assert out[3]["new"]["student_share"] == 1.0 and not out[3]["alarm"]
     assert caught_up(out) == 300  # from request 300 to the end of the window that reached half
+    # A student that answers the new intents with wrong old labels has not caught up.
+    wrong = [Request(r.sent_at_ms, r.label, "student", "old", r.phase) for r in seen]
+    rows = windows(wrong, ["new"], size=150, alerts=[], steps=[])
+    assert caught_up(rows, "student_share") == 150 and caught_up(rows) is None
 
 
 def test_release_checks_find_a_version_that_skipped_its_trial() -> None:
