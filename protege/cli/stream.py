@@ -203,7 +203,7 @@ def _run_phases(
         dlq = asyncio.run(read_all(settings, settings.topics.requests_dlq))
         summary["models_trained"] = len({json.loads(m.value)["version"] for m in models})
         summary["final_model"] = json.loads(models[-1].value) if models else None
-        summary["steps"] = [steps(json.loads(m.value)) for m in models]
+        summary["steps"] = [step_of(json.loads(m.value)) for m in models]
         summary["alerts"] = [json.loads(r.value) for r in asyncio.run(read_all(settings, settings.topics.alerts))]
         summary["dead_letters"] = {"count": len(dlq), "reasons": sorted({json.loads(r.value)["reason"] for r in dlq})}
 
@@ -240,7 +240,7 @@ def demo_task() -> Task:
     )
 
 
-def steps(ann: dict[str, Any]) -> dict[str, Any]:
+def step_of(ann: dict[str, Any]) -> dict[str, Any]:
     """One announcement on protege.models, as the summary shows it."""
     return {k: ann.get(k) for k in ("version", "action", "source", "share", "reason", "announced_at_ms")}
 

@@ -17,11 +17,11 @@ def test_a_record_at_or_below_the_mark_is_not_counted_again() -> None:
     window: dict = {}
     for p, o, verdict in [(0, 0, "accept"), (0, 1, "escalate"), (1, 0, "accept"), (0, 1, "escalate"), (1, 0, "accept")]:
         route = "student" if verdict == "accept" else "teacher"
-        window = op(window, [{"s": "d", "p": p, "o": o, "verdict": verdict, "route": route}])
+        window = op(window, {"s": "d", "p": p, "o": o, "verdict": verdict, "route": route})
     assert (window["decided"], window["escalated"], window["student"], window["skipped"]) == (3, 1, 2, 2)
     assert window["marks"] == {"d0": 1, "d1": 0}
     # A restart that restored this window reads from an older committed offset: skipped.
-    again = op(window, [{"s": "d", "p": 0, "o": 0, "verdict": "accept", "route": "student"}])
+    again = op(window, {"s": "d", "p": 0, "o": 0, "verdict": "accept", "route": "student"})
     assert again["decided"] == 3 and again["skipped"] == 3
     assert window["skipped"] == 2  # the op returns a new value; the stored one is not mutated
 
