@@ -167,20 +167,34 @@ class Trial:
     """One tenant's task as the monitor sees it: what serves (``Serving``'s rules, applied to
     the announcements in order), the version on trial, and each version's tally since the
     trial began. ``state()`` is plain JSON for a changelog-backed table; ``Trial(state)``
-    restores it."""
+    restores it. The announcements stay plain JSON until one is needed whole (a new
+    announcement, a verdict): a decision or an audit reads three of their fields."""
 
     def __init__(self, state: dict[str, Any] | None = None) -> None:
         state = state or {}
-        self.serving = _announcement(state.get("serving"))
-        self.canary = _announcement(state.get("canary"))
+        self._serving: dict[str, Any] | None = state.get("serving")
+        self._canary: dict[str, Any] | None = state.get("canary")
         self.pinned: bool = state.get("pinned", False)
         self.tallies: dict[str, dict[str, int]] = state.get("tallies", {})
         self.judged: bool = state.get("judged", False)
 
+    @property
+    def serving(self) -> ModelAnnouncement | None:
+        return _announcement(self._serving)
+
+    @property
+    def canary(self) -> ModelAnnouncement | None:
+        return _announcement(self._canary)
+
+    @property
+    def on_trial(self) -> bool:
+        """A version is on trial and its verdict is not said yet."""
+        return self._canary is not None and self._serving is not None and not self.judged
+
     def state(self) -> dict[str, Any]:
         return {
-            "serving": self.serving.model_dump(mode="json") if self.serving else None,
-            "canary": self.canary.model_dump(mode="json") if self.canary else None,
+            "serving": self._serving,
+            "canary": self._canary,
             "pinned": self.pinned,
             "tallies": self.tallies,
             "judged": self.judged,
@@ -189,34 +203,46 @@ class Trial:
     def announced(self, ann: ModelAnnouncement) -> None:
         key = (ann.tenant, ann.task)
         s = Serving(pinned={key} if self.pinned else set())
-        if self.serving is not None:
-            s.current[key] = self.serving
-        if self.canary is not None:
-            s.canaries[key] = self.canary
-        before = self.canary
+        serving, canary = self.serving, self.canary
+        if serving is not None:
+            s.current[key] = serving
+        if canary is not None:
+            s.canaries[key] = canary
         s.apply(ann)
-        self.serving, self.canary, self.pinned = s.current.get(key), s.canaries.get(key), key in s.pinned
-        if self.canary is not before:  # a trial began or ended: count afresh
+        after = s.canaries.get(key)
+        self._serving = _plain(s.current.get(key))
+        self._canary = _plain(after)
+        self.pinned = key in s.pinned
+        if after is not canary:  # a trial began or ended: count afresh
             self.tallies, self.judged = {}, False
 
     def _tally(self, version: str | None, at_ms: int) -> dict[str, int] | None:
-        if self.canary is None or self.serving is None or self.judged or at_ms < self.canary.announced_at_ms:
+        if not self.on_trial:
             return None
-        if version not in (self.canary.version, self.serving.version):
+        assert self._canary is not None and self._serving is not None
+        if at_ms < self._canary["announced_at_ms"]:
+            return None
+        if version is None or version not in (self._canary["version"], self._serving["version"]):
             return None
         return self.tallies.setdefault(version, {})
 
-    def decided(self, version: str | None, escalated: bool, at_ms: int) -> None:
+    def decided(self, version: str | None, escalated: bool, at_ms: int) -> bool:
+        """Count a decision on ``version``'s answer; False when it is not part of a trial."""
         tally = self._tally(version, at_ms)
-        if tally is not None:
-            tally["decided"] = tally.get("decided", 0) + 1
-            tally["escalated"] = tally.get("escalated", 0) + int(escalated)
+        if tally is None:
+            return False
+        tally["decided"] = tally.get("decided", 0) + 1
+        tally["escalated"] = tally.get("escalated", 0) + int(escalated)
+        return True
 
-    def audited(self, version: str | None, agreed: bool, at_ms: int) -> None:
+    def audited(self, version: str | None, agreed: bool, at_ms: int) -> bool:
+        """Count an audit of ``version``'s answer; False when it is not part of a trial."""
         tally = self._tally(version, at_ms)
-        if tally is not None:
-            tally["audits"] = tally.get("audits", 0) + 1
-            tally["agreed"] = tally.get("agreed", 0) + int(agreed)
+        if tally is None:
+            return False
+        tally["audits"] = tally.get("audits", 0) + 1
+        tally["agreed"] = tally.get("agreed", 0) + int(agreed)
+        return True
 
     def tally(self, version: str) -> Tally:
         return Tally(**self.tallies.get(version, {}))
@@ -224,10 +250,11 @@ class Trial:
     def verdict(self, config: Canary, at_ms: int) -> ModelAnnouncement | None:
         """The verdict as an announcement (``serve``: promoted, ``abort``: rolled back), once,
         when the evidence suffices or a limit passed at ``at_ms`` (event time)."""
-        if self.canary is None or self.serving is None or self.judged:
+        canary, serving = self.canary, self.serving
+        if canary is None or serving is None or self.judged:
             return None
-        canary, since = self.canary, self.canary.announced_at_ms
-        v = judge(config, self.tally(canary.version), self.tally(self.serving.version), (at_ms - since) / 1000)
+        since = canary.announced_at_ms
+        v = judge(config, self.tally(canary.version), self.tally(serving.version), (at_ms - since) / 1000)
         if v is None:
             return None
         self.judged = True
@@ -246,3 +273,7 @@ class Trial:
 
 def _announcement(state: dict[str, Any] | None) -> ModelAnnouncement | None:
     return ModelAnnouncement.model_validate(state) if state else None
+
+
+def _plain(ann: ModelAnnouncement | None) -> dict[str, Any] | None:
+    return ann.model_dump(mode="json") if ann is not None else None

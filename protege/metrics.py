@@ -135,6 +135,9 @@ TEACHER_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+TEACHER_IN_FLIGHT = Gauge(
+    "protege_teacher_in_flight", "Requests the teacher worker is handling now.", ["service"], registry=REGISTRY
+)
 TEACHER_HELD = Counter("protege_teacher_held", "Requests held for later by reason.", ["task", "why"], registry=REGISTRY)
 BREAKER_OPEN = Gauge("protege_teacher_breaker_open", "1 while the circuit breaker is open.", registry=REGISTRY)
 
@@ -178,7 +181,10 @@ MONITOR_AUDITED_ACCURACY = Gauge(
     registry=REGISTRY,
 )
 MONITOR_SPEND = Gauge(
-    "protege_monitor_teacher_spend_usd", "Teacher spend in the current hour.", ["tenant"], registry=REGISTRY
+    "protege_monitor_teacher_spend_usd",
+    "Teacher spend in the current hour (per tenant: sum by tenant).",
+    ["tenant", "task"],
+    registry=REGISTRY,
 )
 MONITOR_REREAD = Gauge(
     "protege_monitor_reread",

@@ -150,8 +150,13 @@ class TrainerSettings(Settings):
 
 class MonitorSettings(Settings):
     monitor_window_s: int = Field(3600, ge=1, description="Width of the monitor's hopping windows.")
-    monitor_step_s: int = Field(300, ge=1, description="How often a new window starts.")
+    monitor_step_s: int = Field(
+        900, ge=1, description="How often a new window starts (each record is counted in window/step windows)."
+    )
     monitor_commit_every: int = Field(100, ge=1, description="Records between the monitor's offset commits.")
+    monitor_linger_ms: int = Field(
+        20, ge=0, le=1000, description="How long the monitor's producer waits to fill a batch (changelog writes)."
+    )
 
 
 def apply_to_process(settings: Settings) -> None:

@@ -40,9 +40,12 @@ class TopicView:
         self.poll_ms = poll_ms
         self.caught_up = asyncio.Event()
         self.applied = 0
+        self._syncs: list[asyncio.Future[None]] = []  # waiting for the end offsets as of their asking
 
     async def run(self, stop: asyncio.Event, *, until_caught_up: bool = False) -> None:
         cons = consumer(self.settings, group=None)
+        target: dict[TopicPartition, int] | None = None
+        waiting: list[asyncio.Future[None]] = []
         try:
             await cons.start()
             tps = [TopicPartition(self.topic, p) for p in sorted(await partitions_of(cons, self.topic))]
@@ -59,6 +62,15 @@ class TopicView:
                     self.caught_up.set()
                     if until_caught_up:
                         return
+                if self._syncs and target is None:  # the end offsets now: what a sync waits for
+                    waiting, self._syncs = self._syncs, []
+                    target = await cons.end_offsets(tps)
+                if target is not None and all([await cons.position(tp) >= target[tp] for tp in tps]):
+                    for future in waiting:
+                        if not future.done():
+                            future.set_result(None)
+                    target, waiting = None, []
+                    continue
                 for records in (await cons.getmany(*tps, timeout_ms=self.poll_ms)).values():
                     for record in records:
                         done = self.apply(record)
@@ -66,7 +78,16 @@ class TopicView:
                             await done
                         self.applied += 1
         finally:
+            for future in [*waiting, *self._syncs]:  # the view stopped: nobody waits on it for ever
+                future.cancel()
             await cons.stop()
+
+    async def synced(self) -> None:
+        """Wait until the view has applied every record the topic held when this was asked
+        (a record committed before the call is in the view after it). Needs ``run``."""
+        future = asyncio.get_running_loop().create_future()
+        self._syncs.append(future)
+        await future
 
     async def ready(self, running: asyncio.Task[Any]) -> None:
         """Wait until caught up, or until ``running`` (the task reading it) ends: then raise

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from protege_services.teacher.journal import HANDLED
+
 from protege.events import TeacherResult
 from protege.settings import Settings
 from protege.state import read_all
@@ -36,9 +38,11 @@ def uid(request_id: str) -> str:
 
 
 async def saved_answers(settings: Settings) -> set[str]:
-    """Teacher answers the pipeline kept: in the journal (paid, batch not yet committed) or
+    """Teacher answers the pipeline kept: in the journal (paid, answer not yet committed) or
     committed to teacher.results; by ``uid``. A call the API answered that is in neither
-    when its caller is killed was cut off on its way back."""
+    when its caller is killed was cut off on its way back. (The journal also holds the
+    loop's handled marks, keyed ``handled:``: not answers.)"""
     journal = await read_all(settings, settings.topics.teacher_journal)
+    paid = [r for r in journal if r.value and not (r.key or b"").startswith(HANDLED.encode())]
     results = await read_all(settings, settings.topics.teacher_results)
-    return {uid(TeacherResult.model_validate_json(r.value).request_id) for r in (*journal, *results) if r.value}
+    return {uid(TeacherResult.model_validate_json(r.value).request_id) for r in (*paid, *results) if r.value}

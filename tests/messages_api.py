@@ -13,7 +13,9 @@ sees progress) and returns the batch with its ``request_counts``; once it has en
 
 Faults are injected in order from ``faults``: an HTTP status (429 with ``retry-after``,
 500, 529 ``overloaded_error``), ``"invalid_label"`` (a label outside the enum), or
-``"slow:<seconds>"``, or ``"ok"`` (no fault: spaces the others out). Every request is
+``"slow:<seconds>"``, or ``"ok"`` (no fault: spaces the others out). ``delays`` holds
+seconds per request text (that text's call takes that long, whenever it comes), and
+``latency`` draws every call's time (a load test's distribution). Every request is
 recorded in ``requests``; ``in_flight`` holds the calls being answered right now (by
 ``metadata.user_id``), so a test that kills a caller knows which calls it cut off.
 """
@@ -26,7 +28,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -41,8 +43,10 @@ ERROR_TYPES = {
 
 
 class MessagesAPI:
-    def __init__(self, labels: dict[str, str] | None = None) -> None:
+    def __init__(self, labels: dict[str, str] | None = None, latency: Callable[[], float] | None = None) -> None:
         self.labels = labels or {}
+        self.delays: dict[str, float] = {}
+        self.latency = latency
         self.faults: deque[int | str] = deque()
         self.requests: list[dict[str, Any]] = []
         self.cached: set[str] = set()
@@ -82,6 +86,8 @@ class MessagesAPI:
         if isinstance(fault, str) and fault.startswith("slow:"):
             time.sleep(float(fault.split(":")[1]))
             fault = None
+        if self.latency is not None:
+            time.sleep(self.latency())
         if isinstance(fault, int):
             headers = {"retry-after": "0"} if fault == 429 else {}
             kind = ERROR_TYPES.get(fault, "api_error")
@@ -102,6 +108,8 @@ class MessagesAPI:
         system_tokens = len(system_text) // 4
         first = body["messages"][0]["content"]
         text = first if isinstance(first, str) else "".join(b.get("text", "") for b in first if b.get("type") == "text")
+        if text in self.delays:
+            time.sleep(self.delays[text])
         user_tokens = sum(len(json.dumps(m["content"])) for m in body["messages"]) // 4
         with self.lock:
             hit = cacheable and system_text in self.cached

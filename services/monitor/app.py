@@ -3,7 +3,11 @@ lives in Kafka changelog topics (it survives kill -9).
 
     decisions       -> per tenant/task/version: decided, escalated, answered by the student
     teacher.results -> per tenant/task/version: audits and how many the teacher agreed with;
-                       per tenant: teacher spend and calls (tumbling hours)
+                       per tenant/task: teacher spend and calls (tumbling hours)
+
+A record is counted in every hopping window that holds it (window/step of them: one
+changelog write each); /metrics shows the window open longest, which covers the last
+window-less-a-step to window seconds.
 
 It also owns two verdicts, each kept in a changelog-backed table and published once it
 changes:
@@ -16,17 +20,21 @@ changes:
 
 Reading is at least once (faust's exactly-once mode has open bugs and is not used): after a
 crash, records after the last committed offset are read again. Counts must not inflate, so
-each record is first re-keyed onto ``<prefix>protege.monitor.keyed`` with its source
-coordinates (partition, offset), and each window's value keeps, per source partition, the
+each record is first re-keyed onto ``<prefix>protege.monitor.keyed`` by its task (one keyed
+record per source record: a task's windows, drift and trials live in one partition) with its
+source coordinates (partition, offset), and each table's value keeps, per source partition, the
 highest offset it has counted: a record read again, or forwarded twice, is at or below that
 mark and is skipped. The mark is written in the same changelog record as the counts it
-guards, so restoring the table restores both together. A verdict is published before the
+guards, so restoring the table restores both together. A record that changes nothing (a
+decision outside a trial, a shadow verdict for drift) writes nothing: read again, it changes
+nothing again. A verdict is published before the
 state that records it is written: a crash between the two repeats the same verdict (same
 content: it is computed from the same records) rather than losing it.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -46,6 +54,7 @@ from protege.task import Task, load_tasks
 
 log = structlog.get_logger()
 Value = dict[str, Any]
+KEYED = 2  # the shape of the records on the keyed topic: one per source record, keyed by task
 E = TypeVar("E", bound=Event)
 
 
@@ -82,7 +91,10 @@ def counted(fields: Callable[[Value], dict[str, float]]) -> Callable[[Value, Val
 
 def drift_step(task: Task, value: Value | None, record: Value) -> tuple[Value | None, Alert | None]:
     """One decision into the task's drift state: (the new state, or None when the record
-    was counted already; an ``Alert`` when the alarm fired or resolved, else None)."""
+    was counted already or does not count: a shadow verdict, no student; an ``Alert`` when
+    the alarm fired or resolved, else None)."""
+    if record["verdict"] == "shadow" or record["version"] is None:
+        return None, None
     fresh = marked(value, record)
     if fresh is None:
         return None, None
@@ -94,20 +106,23 @@ def drift_step(task: Task, value: Value | None, record: Value) -> tuple[Value | 
 
 def trial_step(task: Task, value: Value | None, record: Value) -> tuple[Value | None, ModelAnnouncement | None]:
     """One announcement, decision or audit into a tenant's trial: (the new state, or None
-    when the record was counted already; the canary's verdict when it was reached)."""
+    when the record was counted already or changes nothing — a decision or audit outside a
+    trial, so no state is written for it; the canary's verdict when it was reached)."""
     fresh = marked(value, record)
     if fresh is None:
         return None, None
     trial = Trial(fresh.get("trial"))
-    verdict = None
     if record["k"] == "model":
         trial.announced(ModelAnnouncement.model_validate(record["ann"]))
+        fresh["trial"] = trial.state()
+        return fresh, None
+    if record["k"] == "decision":
+        counts = trial.decided(record["version"], record["verdict"] == "escalate", record["at"])
     else:
-        if record["k"] == "decision":
-            trial.decided(record["version"], record["escalated"], record["at"])
-        else:
-            trial.audited(record["version"], record["agreed"], record["at"])
-        verdict = trial.verdict(task.student.canary, record["at"])
+        counts = trial.audited(record["version"], record["agreed"], record["at"])
+    if not counts:
+        return None, None
+    verdict = trial.verdict(task.student.canary, record["at"])
     fresh["trial"] = trial.state()
     return fresh, verdict
 
@@ -165,6 +180,7 @@ def make_app(settings: MonitorSettings) -> faust.App:
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
         producer_acks=-1,
+        producer_linger=settings.monitor_linger_ms / 1000,
     )
     topics = settings.topics
     decisions = app.topic(topics.decisions, key_type=bytes, value_type=bytes, value_serializer="raw")
@@ -203,39 +219,50 @@ def make_app(settings: MonitorSettings) -> faust.App:
     @app.agent(decisions)
     async def route_decisions(stream: Any) -> None:
         async for d, at in decoded(stream, Decision, "decisions"):
-            coords = {"s": "d", **at}
-            routing_ = {"t": "routing", **coords, "verdict": d.verdict, "route": d.route}
-            await keyed.send(key=f"{d.tenant}/{d.task}/{d.model_version or 'none'}", value=routing_)
-            if d.task not in tasks:
-                metrics.MONITOR_SKIPPED.labels("decisions", "unknown_task").inc()
-                continue
-            when = d.decided_at_ms
-            drift_ = {"t": "drift", **coords, "verdict": d.verdict, "reasons": d.reasons, "version": d.model_version}
-            await keyed.send(key=d.task, value={**drift_, "at": when})
-            escalated = d.verdict == "escalate"
-            trial = {"t": "trial", **coords, "k": "decision", "version": d.model_version, "escalated": escalated}
-            await keyed.send(key=f"{d.tenant}/{d.task}", value={**trial, "at": when})
+            record = {"v": KEYED, "k": "decision", "s": "d", **at, "tenant": d.tenant, "version": d.model_version}
+            record |= {"verdict": d.verdict, "route": d.route, "reasons": d.reasons, "at": d.decided_at_ms}
+            await keyed.send(key=d.task, value=record)
 
     @app.agent(models)
     async def route_models(stream: Any) -> None:
         async for ann, at in decoded(stream, ModelAnnouncement, "models"):
-            record = {"t": "trial", "s": "m", **at, "k": "model", "ann": ann.model_dump(mode="json")}
-            await keyed.send(key=f"{ann.tenant}/{ann.task}", value=record)
+            record = {"v": KEYED, "k": "model", "s": "m", **at, "tenant": ann.tenant}
+            record["ann"] = ann.model_dump(mode="json")
+            await keyed.send(key=ann.task, value=record)
 
     @app.agent(results)
     async def route_results(stream: Any) -> None:
         async for r, at in decoded(stream, TeacherResult, "teacher_results"):
-            coords = {"s": "r", **at}
-            await keyed.send(key=f"{r.tenant}", value={"t": "spend", **coords, "usd": r.cost_usd, "mode": r.mode})
-            if r.mode == "audit":
-                agreed = r.student_label == r.label
-                key = f"{r.tenant}/{r.task}/{r.model_version or 'none'}"
-                await keyed.send(key=key, value={"t": "audits", **coords, "agreed": agreed})
-                if r.task in tasks:
-                    audit = {"t": "trial", **coords, "k": "audit", "version": r.model_version, "agreed": agreed}
-                    await keyed.send(key=f"{r.tenant}/{r.task}", value={**audit, "at": r.answered_at_ms})
+            record = {"v": KEYED, "k": "result", "s": "r", **at, "tenant": r.tenant, "version": r.model_version}
+            record |= {"usd": r.cost_usd, "mode": r.mode, "agreed": r.student_label == r.label, "at": r.answered_at_ms}
+            await keyed.send(key=r.task, value=record)
 
     heartbeat = Heartbeat(settings.home / "health" / "monitor")
+
+    def window(name: str, key: str, record: Value) -> None:
+        tables[name][key].apply(ops[name], record)
+        export(name, key, span(tables[name], key, time.time()))
+
+    async def judge_drift(task: Task, record: Value) -> None:
+        value, alert = drift_step(task, drift[task.name], record)
+        if value is None:
+            return
+        if alert is not None:  # published before the state that records it is written
+            log.warning("drift_alarm", **alert.model_dump())
+            await alerts.send(key=task.name.encode(), value=alert.dumps())
+        drift[task.name] = value
+        export_drift(task.name, value["drift"])
+
+    async def judge_trial(task: Task, key: str, record: Value) -> None:
+        value, verdict = trial_step(task, trials[key], record)
+        if value is None:
+            return
+        if verdict is not None:  # the same: published first
+            log.info("canary_verdict", key=key, version=verdict.version, action=verdict.action, reason=verdict.reason)
+            metrics.CANARY_VERDICTS.labels(verdict.tenant, verdict.task, verdict.action).inc()
+            await models.send(key=key.encode(), value=verdict.dumps())
+        trials[key] = value
+        export_trial(key, value["trial"])
 
     @app.agent(keyed)
     async def count(stream: Any) -> None:
@@ -243,53 +270,52 @@ def make_app(settings: MonitorSettings) -> faust.App:
         # faust's take_events, one write per key per batch; the kill -9 test under-counted
         # with it as without it — faust's consumer skips offsets after a restart, see the
         # README — so the batching bought nothing proven and was taken out.)
-        async for key, record in stream.items():
+        async for name, record in stream.items():
             heartbeat.beat()
-            name = record["t"]
-            if name == "drift":
-                task = tasks[key]
-                value, alert = drift_step(task, drift[key], record)
-                if value is None:
-                    continue
-                if alert is not None:  # published before the state that records it is written
-                    log.warning("drift_alarm", **alert.model_dump())
-                    await alerts.send(key=task.name.encode(), value=alert.dumps())
-                drift[key] = value
-                export_drift(task.name, value["drift"])
-            elif name == "trial":
-                value, verdict = trial_step(tasks[key.split("/", 1)[1]], trials[key], record)
-                if value is None:
-                    continue
-                if verdict is not None:  # the same: published first
-                    log.info(
-                        "canary_verdict", key=key, version=verdict.version, action=verdict.action, reason=verdict.reason
-                    )
-                    metrics.CANARY_VERDICTS.labels(verdict.tenant, verdict.task, verdict.action).inc()
-                    await models.send(key=key.encode(), value=verdict.dumps())
-                trials[key] = value
-                export_trial(key, value["trial"])
-            else:
-                tables[name][key].apply(ops[name], record)
-                export(name, key, tables[name][key].current())
+            if record.get("v") != KEYED:  # routed by an older monitor: its shape is not this one's
+                metrics.MONITOR_SKIPPED.labels("keyed", "older_record").inc()
+                continue
+            task, tenant, kind = tasks.get(name), record["tenant"], record["k"]
+            version = f"{tenant}/{name}/{record.get('version') or 'none'}"
+            if kind == "decision":
+                window("routing", version, record)
+            elif kind == "result":
+                window("spend", f"{tenant}/{name}", record)
+                if record["mode"] == "audit":
+                    window("audits", version, record)
+            if task is None:
+                metrics.MONITOR_SKIPPED.labels("keyed", "unknown_task").inc()
+                continue
+            if kind == "decision":
+                await judge_drift(task, record)
+            if kind != "result" or record["mode"] == "audit":
+                await judge_trial(task, f"{tenant}/{name}", record)
 
     @app.timer(interval=5.0)
     async def republish() -> None:
-        """Every key's newest window on /metrics, also after a restart (restored from the
-        changelog) before any new record arrives; and the liveness heartbeat."""
+        """Every key's window over the last ``size`` seconds on /metrics, also after a restart
+        (restored from the changelog) before any new record arrives, and as windows close;
+        and the liveness heartbeat."""
         heartbeat.beat()
+        now = time.time()
         for name, wrapper in tables.items():
-            newest: dict[str, tuple[float, Value]] = {}
-            for (key, (start, _end)), value in list(wrapper.table.data.items()):
-                if key not in newest or start > newest[key][0]:
-                    newest[key] = (start, value)
-            for key, (_, value) in newest.items():
-                export(name, key, value)
+            for key in {key for key, _ in list(wrapper.table.data)}:
+                export(name, key, span(wrapper, key, now))
         for key, value in list(drift.data.items()):
             export_drift(key, value["drift"])
         for key, value in list(trials.data.items()):
             export_trial(key, value["trial"])
 
     return app
+
+
+def span(wrapper: Any, key: str, now: float) -> Value:
+    """The value of the window that covers the last ``size`` seconds: of the hopping windows
+    open at ``now``, the one that began first (faust's ``current()`` is the newest, which
+    began less than a step ago and holds only that much)."""
+    table = wrapper.table
+    value: Value = table.data.get((key, table.window.earliest(now)), {})
+    return value
 
 
 def export_drift(task: str, state: Value) -> None:
@@ -320,5 +346,5 @@ def export(table: str, key: str, value: Value) -> None:
         metrics.MONITOR_AUDITS.labels(tenant, task, version).set(value.get("audits", 0))
         if value.get("audits"):
             metrics.MONITOR_AUDITED_ACCURACY.labels(tenant, task, version).set(value["agreed"] / value["audits"])
-    else:
-        metrics.MONITOR_SPEND.labels(parts[0]).set(value.get("usd", 0.0))
+    elif len(parts) == 2:
+        metrics.MONITOR_SPEND.labels(*parts).set(value.get("usd", 0.0))

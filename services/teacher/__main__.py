@@ -7,9 +7,11 @@ With ANTHROPIC_API_KEY (or PROTEGE_ANTHROPIC_API_KEY_FILE) set it calls Claude t
 anthropic SDK; without one it runs the offline stand-in on PROTEGE_STANDIN_LABELS and says
 so on every event and log line. Held requests are consumed by a second processor (its own
 consumer group) from protege.teacher.retry; both share one circuit breaker and one spend
-tracker, which is rebuilt at start from the last hour of protege.teacher.results. Paid
-answers go to protege.teacher.journal until their batch commits, so a restarted worker
-does not pay for them again (services/teacher/journal.py).
+tracker, which is rebuilt at start from the last hour of protege.teacher.results. Each
+request is answered as soon as its own call returns (services/teacher/loop.py). Paid
+answers go to protege.teacher.journal until their answer commits, so a restarted worker
+does not pay for them again, and an answer committed beyond its partition's committed
+offset leaves a mark there, so it is not given twice (services/teacher/journal.py).
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ import time
 import structlog
 from protege_services.teacher.handler import CircuitBreaker, SpendTracker, TeacherWorker
 from protege_services.teacher.journal import AnswerJournal
+from protege_services.teacher.loop import AnswerLoop
 
 from protege.costs import price_table
 from protege.errors import ConfigError
-from protege.events import TeacherRequest, TeacherResult
-from protege.kafka import Processor
+from protege.events import TeacherResult
 from protege.service import run_service
 from protege.settings import TeacherSettings
 from protege.state import read_all
@@ -97,21 +99,12 @@ async def serve(settings: TeacherSettings, stop: asyncio.Event) -> None:
     await asyncio.gather(*(p.run(stop) for p in processors(settings, worker)), reading)
 
 
-def processors(settings: TeacherSettings, worker: TeacherWorker) -> list[Processor]:
-    """Requests, and (a second consumer group) those held for later; long calls, long transactions."""
+def processors(settings: TeacherSettings, worker: TeacherWorker) -> list[AnswerLoop]:
+    """Requests, and (a second consumer group) those held for later; each request answered
+    as soon as its own call returns (services/teacher/loop.py)."""
     t = settings.topics
     return [
-        Processor(
-            settings,
-            name,
-            {topic: TeacherRequest},
-            worker.handle,
-            tasks=worker.tasks,
-            max_records=settings.concurrency * 4,
-            transaction_timeout_ms=300_000,
-            on_commit=worker.committed,
-            fallback=worker.quarantined,
-        )
+        AnswerLoop(settings, name, topic, worker, capacity=settings.concurrency * 4)
         for name, topic in (("teacher", t.teacher_requests), ("teacher-retry", t.teacher_retry))
     ]
 

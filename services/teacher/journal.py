@@ -11,6 +11,15 @@ paid answers.
 
 What it cannot save: a call the API received but whose answer never reached the worker
 (killed mid-call). The Messages API has no idempotency key to ask "did you answer this?".
+
+It also keeps the worker's *handled* marks. The worker answers each request as soon as
+its call returns, in a transaction of its own, while calls that began earlier on the same
+partition may still be running: the partition's committed offset can only move up to the
+oldest of those. A request answered beyond that offset gets a mark (``handled:`` and its
+topic, partition and offset) written in the same transaction as its answer, so a worker
+that reads it again — after a crash, or on another replica after a rebalance — passes it
+over instead of answering twice. Once the committed offset has passed it, the mark is
+deleted too.
 """
 
 from __future__ import annotations
@@ -34,6 +43,14 @@ def key_of(tenant: str, request_id: str) -> str:
     return f"{tenant}/{request_id}"
 
 
+HANDLED = "handled:"
+
+
+def handled_key(topic: str, partition: int, offset: int) -> str:
+    """The mark of an input record answered beyond its partition's committed offset."""
+    return f"{HANDLED}{topic}:{partition}:{offset}"
+
+
 def answer_of(paid: TeacherResult) -> TeacherAnswer:
     """The teacher's answer as it was paid for, from its journal entry."""
     return TeacherAnswer(
@@ -54,6 +71,7 @@ class AnswerJournal:
         self.settings = settings
         self.topic = settings.topics.teacher_journal
         self.answers: dict[str, TeacherResult] = {}
+        self.handled: set[str] = set()  # handled_key()s of records answered, not yet below the committed offset
         self.view = TopicView(settings, self.topic, self.apply)
         self.producer: AIOKafkaProducer | None = None
         self.log = structlog.get_logger().bind(service="teacher")
@@ -78,6 +96,12 @@ class AnswerJournal:
         if record.key is None:
             return
         key = record.key.decode()
+        if key.startswith(HANDLED):
+            if record.value is None:
+                self.handled.discard(key)
+            else:
+                self.handled.add(key)
+            return
         if record.value is None:
             self.answers.pop(key, None)
             return

@@ -6,7 +6,8 @@ wrapped so that one record (marked ``POISON``) raises ``RecursionError`` every t
 nested request once did in ingestion (that input itself is now refused by the decoder;
 see test_serde): the poison is dead-lettered with the service, the exception and its
 original bytes, the fallback still answers it where the service answers requests, the
-records around it are handled exactly once, and the partition moves on.
+records around it are handled exactly once, and the partition moves on. (The teacher's
+own loop, which answers each request on its own: tests/integration/test_teacher_loop.py.)
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import pytest
 from protege_services.harvester.handler import Harvester
 from protege_services.ingestion.handler import Ingestion, SeenIds
 from protege_services.scorer.handler import Scorer
-from protege_services.teacher.handler import TeacherWorker
 from protege_services.trainer.handler import CaseStore, Trainer
 from protege_services.verifier.handler import Verifier
 
@@ -38,7 +38,6 @@ from protege.events import (
     HarvestCase,
     Ingested,
     Request,
-    Response,
     Scored,
     TeacherRequest,
     TeacherResult,
@@ -53,14 +52,12 @@ from protege.settings import (
     IngestionSettings,
     ScorerSettings,
     Settings,
-    TeacherSettings,
     TrainerSettings,
     VerifierSettings,
 )
 from protege.state import read_all
 from protege.student.runtime import Student
 from protege.student.train import TrainResult
-from protege.teacher import StandinTeacher
 from protege.topics import Topics
 
 pytestmark = pytest.mark.kafka
@@ -80,10 +77,6 @@ def request(i: int) -> Request:
 
 def scored(i: int) -> Scored:
     return Scored(request=ingested(i), scored_at_ms=now_ms(), batch_size=1)
-
-
-def ask(i: int) -> TeacherRequest:
-    return TeacherRequest(request=ingested(i), reasons=["no_student"], requested_at_ms=now_ms())
 
 
 def result(i: int) -> TeacherResult:
@@ -144,11 +137,6 @@ def verifier(s: Settings) -> Processor:
     return protege_services.verifier.__main__.processor(VerifierSettings(**dict(s)), Verifier(TASKS, s.topics))
 
 
-def teacher(s: Settings) -> Processor:
-    worker = TeacherWorker(TASKS, s.topics, StandinTeacher({t: LABEL for t in TEXTS}), 4)
-    return protege_services.teacher.__main__.processors(TeacherSettings(**dict(s)), worker)[0]
-
-
 def harvester(s: Settings) -> Processor:
     return protege_services.harvester.__main__.processor(HarvesterSettings(**dict(s)), Harvester(s.topics))
 
@@ -172,7 +160,6 @@ SERVICES = {
     "verifier": Wiring(
         lambda t: t.scored, scored, verifier, lambda t: t.teacher_requests, lambda t: t.teacher_requests
     ),
-    "teacher": Wiring(lambda t: t.teacher_requests, ask, teacher, lambda t: t.responses, lambda t: t.responses),
     "harvester": Wiring(lambda t: t.teacher_results, result, harvester, lambda t: t.harvest, lambda t: None),
     "trainer": Wiring(lambda t: t.harvest, case, trainer, lambda t: t.models, lambda t: None),
 }
@@ -232,9 +219,7 @@ def test_a_record_the_handler_cannot_survive_is_quarantined(settings: Settings, 
     answered = w.answers(t)
     if answered is not None:
         [fallback] = [r for r in asyncio.run(read_all(settings, answered)) if b"r-1" in (r.key or b"")]
-        if name == "teacher":
-            assert Response.model_validate_json(fallback.value).status == "failed"
-        elif name == "scorer":
+        if name == "scorer":
             passed_on = Scored.model_validate_json(fallback.value)
             assert passed_on.student is None
             assert "RecursionError" in (passed_on.student_error or "")

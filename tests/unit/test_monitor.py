@@ -4,8 +4,10 @@ again after a restart or forwarded twice (the broker test is tests/integration/t
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
-from protege_services.monitor.app import counted, decision_fields, drift_step, trial_step
+from faust.windows import HoppingWindow
+from protege_services.monitor.app import counted, decision_fields, drift_step, span, trial_step
 
 from protege.events import ModelAnnouncement
 from protege.generator import triage_task
@@ -73,16 +75,35 @@ def test_trial_records_lead_to_one_verdict() -> None:
         )
         return {"k": "model", "ann": ann.model_dump(mode="json")}
 
-    records = [model("v1", "serve", 0), model("v2", "canary", 10)]
+    before = {"k": "decision", "version": "v1", "verdict": "accept", "at": 5}  # no trial yet: nothing to write
+    records = [model("v1", "serve", 0), before, model("v2", "canary", 10)]
     for i in range(40):
-        records += [{"k": "decision", "version": v, "escalated": False, "at": 20 + i} for v in ("v1", "v2")] + [
+        records += [{"k": "decision", "version": v, "verdict": "accept", "at": 20 + i} for v in ("v1", "v2")] + [
             {"k": "audit", "version": "v1", "agreed": True, "at": 20 + i},
             {"k": "audit", "version": "v2", "agreed": False, "at": 20 + i},
         ]
-    value: dict | None = {}
-    verdicts = []
+    value: dict = {}
+    verdicts, writes = [], 0
     for o, r in enumerate(records):
-        value, verdict = trial_step(task, value, {"s": "m" if r["k"] == "model" else "d", "p": 0, "o": o, **r})
+        new, verdict = trial_step(task, value, {"s": "m" if r["k"] == "model" else "d", "p": 0, "o": o, **r})
+        if new is not None:  # else nothing to write: the table keeps its value
+            value, writes = new, writes + 1
         verdicts += [verdict] if verdict else []
     assert [(v.action, v.version) for v in verdicts] == [("abort", "v2")]
     assert verdicts[0].evidence["canary_audits"] == verdicts[0].evidence["serving_audits"] == 5
+    # A state is written for the two announcements and each record of the trial up to the
+    # verdict (five rounds of two decisions and two audits), none outside it.
+    assert writes == 2 + 5 * 4
+
+
+def test_the_window_shown_is_the_one_open_longest() -> None:
+    """Of the four hopping windows (an hour, every 15 minutes) open at a moment, /metrics shows
+    the one that began first: it holds the last 45 to 60 minutes, where the newest one
+    (faust's ``current()``) holds less than the last 15."""
+    window = HoppingWindow(3600, 900)
+    now = 10 * 3600 + 600.0  # 10:10
+    ranges = window.ranges(now)
+    assert [r[0] for r in ranges] == [9.25 * 3600, 9.5 * 3600, 9.75 * 3600, 10 * 3600]  # 09:15, 09:30 ... 10:00
+    table = SimpleNamespace(window=window, data={("k", r): {"decided": i} for i, r in enumerate(ranges)})
+    assert span(SimpleNamespace(table=table), "k", now) == {"decided": 0}
+    assert span(SimpleNamespace(table=table), "other", now) == {}
