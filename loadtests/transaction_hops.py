@@ -1,12 +1,14 @@
 """Load: what a chain of exactly-once hops costs on the broker alone, per producer setting.
 
     python loadtests/transaction_hops.py --hops 3 --rate 25 --requests 300 --backoffs 100,20,10,5 --rounds 2
+    python loadtests/transaction_hops.py --backoffs 10 --fetch-waits 10,100,500 --rounds 3
 
 The student path is three transactional hops (ingestion, scorer, verifier). This builds
 the same chain with protege's own ``Processor`` and a handler that only forwards, so what
-it measures is Kafka: fetch, produce and the transaction's commit. Each configuration
-runs ``--rounds`` times, interleaved, on one embedded broker after a warm-up round; the
-table compares p95 with the first backoff's (ratios; this machine is shared and noisy).
+it measures is Kafka: fetch, produce and the transaction's commit. Each configuration (a
+producer ``retry_backoff_ms`` and a consumer ``fetch_max_wait_ms``) runs ``--rounds`` times,
+interleaved, on one embedded broker after a warm-up round; the table compares p95 with the
+first configuration's (ratios; this machine is shared and noisy), and the broker's CPU.
 
 It found the student path's tail: right after a transaction commits, the coordinator
 answers the next transaction's first requests with CONCURRENT_TRANSACTIONS until its
@@ -21,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,14 +33,14 @@ from rich.console import Console
 from rich.table import Table
 
 from protege.broker.embedded import EmbeddedBroker
-from protege.harness import Probe, percentile, time_records
+from protege.harness import Probe, machine, percentile, time_records
 from protege.kafka import BatchHandler, Out, Processor, Received, ensure_topics
 from protege.logs import configure
 from protege.settings import REPO, Settings
 
 
 async def chain(
-    bootstrap: str, home: Path, hops: int, rate: float, n: int, backoff: int, fetch_wait: int
+    bootstrap: str, home: Path, hops: int, rate: float, n: int, backoff: int, fetch_wait: int, broker_pid: int
 ) -> dict[str, Any]:
     """Publish ``n`` records at ``rate`` through ``hops`` forwarding processors; time each end to end."""
     s = Settings(
@@ -62,7 +65,9 @@ async def chain(
     ]
     try:
         await asyncio.sleep(2)  # every processor has joined its group
-        latencies, _ = await time_records(s, topics[0], topics[-1], n, rate)
+        cpu0 = cpu_seconds(broker_pid)
+        latencies, seconds = await time_records(s, topics[0], topics[-1], n, rate)
+        broker_cpu = (cpu_seconds(broker_pid) - cpu0) / seconds
     finally:
         stop.set()
         for task in running:
@@ -73,7 +78,14 @@ async def chain(
         "p95": percentile(latencies, 0.95),
         "p99": percentile(latencies, 0.99),
         "records": len(latencies),
+        "broker_cpu": broker_cpu,  # seconds of CPU per second
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (/proc/<pid>/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -82,55 +94,65 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=25.0)
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--backoffs", default="100,20,10,5", help="producer retry_backoff_ms values to compare")
-    ap.add_argument("--fetch-wait", type=int, default=10, help="consumer fetch_max_wait_ms")
+    ap.add_argument("--fetch-waits", default="10", help="consumer fetch_max_wait_ms values to compare")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", type=Path, default=REPO / "reports" / "loadtest-transaction-hops.json")
     ap.add_argument("--home", type=Path, default=Path(".protege/loadtest-hops"))
     args = ap.parse_args()
-    backoffs = [int(b) for b in args.backoffs.split(",")]
+    configs = [(int(b), int(w)) for b in args.backoffs.split(",") for w in args.fetch_waits.split(",")]
     configure("warning", "console")
     logging.getLogger("aiokafka").setLevel(logging.ERROR)  # leader elections right after topic creation
     console = Console(width=140)
+    host = machine()
+    console.print(f"{host['cpu']}, {host['cores']} cores, Python {host['python']}")
     broker = EmbeddedBroker(args.home / "broker")
     bootstrap = broker.start()
-    runs: dict[int, list[dict[str, Any]]] = {b: [] for b in backoffs}
+    pid = broker.pid()
+    assert pid is not None
+    runs: dict[tuple[int, int], list[dict[str, Any]]] = {c: [] for c in configs}
     try:
         console.print("warm-up round (not counted) ...")
-        asyncio.run(chain(bootstrap, args.home, args.hops, args.rate, args.requests, backoffs[0], args.fetch_wait))
+        asyncio.run(chain(bootstrap, args.home, args.hops, args.rate, args.requests, *configs[0], pid))
         for r in range(args.rounds):
-            for b in backoffs:
-                console.print(f"round {r + 1}: retry_backoff_ms={b}, {args.hops} hops, {args.rate:.0f}/s ...")
-                runs[b].append(
-                    asyncio.run(chain(bootstrap, args.home, args.hops, args.rate, args.requests, b, args.fetch_wait))
+            for b, w in configs:
+                console.print(
+                    f"round {r + 1}: retry_backoff_ms={b}, fetch_max_wait_ms={w}, {args.hops} hops, {args.rate:.0f}/s ..."
+                )
+                runs[(b, w)].append(
+                    asyncio.run(chain(bootstrap, args.home, args.hops, args.rate, args.requests, b, w, pid))
                 )
     finally:
         broker.stop()
 
-    def median(b: int, q: str) -> float:
-        return float(percentile([x[q] for x in runs[b]], 0.5) or 0.0)
+    def median(c: tuple[int, int], q: str) -> float:
+        return float(percentile([x[q] for x in runs[c]], 0.5) or 0.0)
 
     table = Table(
         title=f"{args.hops} transactional hops on the embedded broker, {args.rate:.0f} records/s "
-        f"(end-to-end ms, median of {args.rounds} rounds)"
+        f"(end-to-end ms, median of {args.rounds} rounds); {host['cpu']}, {host['cores']} cores"
     )
-    for col in ("retry_backoff_ms", "p50", "p95", "p99", f"p95 / p95 at {backoffs[0]}", "p95 per round"):
+    first = configs[0]
+    cols = ("retry_backoff_ms", "fetch_max_wait_ms", "p50", "p95", "p99", f"p95 / p95 at {first[0]}/{first[1]}")
+    for col in (*cols, "p95 per round", "broker CPU (cores)"):
         table.add_column(col, justify="right")
-    for b in backoffs:
+    for c in configs:
         table.add_row(
-            str(b),
-            f"{median(b, 'p50'):.1f}",
-            f"{median(b, 'p95'):.1f}",
-            f"{median(b, 'p99'):.1f}",
-            f"{median(b, 'p95') / median(backoffs[0], 'p95'):.2f}x",
-            " ".join(f"{x['p95']:.0f}" for x in runs[b]),
+            str(c[0]),
+            str(c[1]),
+            f"{median(c, 'p50'):.1f}",
+            f"{median(c, 'p95'):.1f}",
+            f"{median(c, 'p99'):.1f}",
+            f"{median(c, 'p95') / median(first, 'p95'):.2f}x",
+            " ".join(f"{x['p95']:.0f}" for x in runs[c]),
+            f"{median(c, 'broker_cpu'):.2f}",
         )
     console.print(table)
     report = {
+        "machine": host,
         "hops": args.hops,
         "rate": args.rate,
         "requests": args.requests,
-        "fetch_max_wait_ms": args.fetch_wait,
-        "runs": {str(b): runs[b] for b in backoffs},
+        "runs": {f"{b}/{w}": runs[(b, w)] for b, w in configs},
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))

@@ -29,7 +29,7 @@ from protege.pipeline import LocalPipeline
 from protege.settings import Settings, TeacherSettings
 from protege.state import read_all
 from protege.supervisor import SERVICES
-from protege.task import Canary, Drift, Policy, Task, write_task
+from protege.task import Canary, Drift, Policy, Task, load_tasks, write_task
 from protege.teacher import StandinTeacher
 
 # -- demo ---------------------------------------------------------------------------
@@ -199,6 +199,8 @@ def _run_phases(
             keyed = f"{settings.topic_prefix}protege.monitor.keyed"
             groups = {"teacher": [t.teacher_requests], "monitor": [t.decisions, t.teacher_results, t.models, keyed]}
             asyncio.run(wait_quiet(settings, groups, timeout=60))
+            limit = load_tasks(Path(env["PROTEGE_TASKS_DIR"]))[task].student.canary.max_minutes * 60
+            await_verdict(settings, limit)
         models = asyncio.run(read_all(settings, settings.topics.models))
         dlq = asyncio.run(read_all(settings, settings.topics.requests_dlq))
         summary["models_trained"] = len({json.loads(m.value)["version"] for m in models})
@@ -218,6 +220,36 @@ DEMO_LOOP_NOTE = (
     "live loop on: 5% of accepted answers audited by the teacher; each new version on trial for 25% of "
     "requests until the monitor's verdict (canary settings scaled to this short run)"
 )
+
+
+def on_trial(models: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The canary still on trial at the end of ``models`` (announcements, in order), if any."""
+    trial = None
+    for ann in models:
+        if ann["action"] == "canary":
+            trial = ann
+        elif (trial is not None and ann["version"] == trial["version"] and ann["action"] in ("serve", "abort")) or (
+            ann["action"] == "serve" and ann.get("source") == "operator"
+        ):
+            trial = None
+    return trial
+
+
+def await_verdict(settings: Settings, limit_s: float) -> None:
+    """A trial that began late in the run: wait for the monitor's verdict — by its time limit
+    ``limit_s`` at the latest (the monitor's clock ends a trial no record reaches any more)."""
+    models = [json.loads(m.value) for m in asyncio.run(read_all(settings, settings.topics.models))]
+    trial = on_trial(models)
+    if trial is None:
+        return
+    left = trial["announced_at_ms"] / 1000 + limit_s - time.time()
+    console.print(f"waiting for the monitor's verdict on {trial['version']} (its time limit: {max(0, left):.0f} s) ...")
+    deadline = time.time() + max(0.0, left) + 30
+    while time.time() < deadline:
+        models = [json.loads(m.value) for m in asyncio.run(read_all(settings, settings.topics.models))]
+        if on_trial(models) is None:
+            return
+        time.sleep(2)
 
 
 def demo_task() -> Task:

@@ -129,14 +129,19 @@ def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
     return float(total)
 
 
-def macro_f1(pred: np.ndarray, y: np.ndarray) -> float:
+def macro_f1(pred: np.ndarray, y: np.ndarray, unknown_classes: int = 0) -> float:
+    """Mean F1 over the classes of ``y``. ``unknown_classes``: classes in the set that the
+    model does not have (``y`` is -1 for their cases); each counts with F1 0 — else a model
+    that knows fewer classes would average over fewer, and look better than one that learned
+    them (a serving version against a candidate that learned new intents)."""
     scores = []
     for c in np.unique(y[y >= 0]):
         tp = np.sum((pred == c) & (y == c))
         fp = np.sum((pred == c) & (y != c))
         fn = np.sum((pred != c) & (y == c))
         scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(scores)) if scores else 0.0
+    n = len(scores) + unknown_classes
+    return float(np.sum(scores) / n) if n else 0.0
 
 
 def class_recall(pred: np.ndarray, y: np.ndarray, labels: Sequence[str], min_support: int) -> dict[str, float]:
@@ -214,12 +219,17 @@ class Scores:
         return self.pred == self.y
 
 
-def evaluate(s: Scores, labels: Sequence[str], rule: AcceptRule | None, gates: Gates) -> dict[str, Any]:
+def evaluate(
+    s: Scores, labels: Sequence[str], rule: AcceptRule | None, gates: Gates, truth: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Golden-set metrics. ``truth``: the set's label names, so that classes the model does
+    not have count against its macro-F1 (as their cases count as misses in its accuracy)."""
     known = s.y >= 0
+    unknown = len(set(truth) - set(labels))
     out: dict[str, Any] = {
         "cases": len(s.y),
         "accuracy": float(s.correct.mean()) if len(s.y) else 0.0,  # unknown labels count as misses
-        "macro_f1": macro_f1(s.pred, s.y),
+        "macro_f1": macro_f1(s.pred, s.y, unknown),
         "ece": ece(s.probs[known], s.y[known]),
         "class_recall": class_recall(s.pred, s.y, labels, gates.min_class_support),
     }
@@ -411,7 +421,7 @@ def serving_metrics(folder: Path, golden: Sequence[Case], gates: Gates, threads:
     scores, _ = scores_of(
         s.encoder, [c.text for c in golden], [c.label for c in golden], s.labels, s.temperature, s.bank, s.knn_k
     )
-    return evaluate(scores, s.labels, s.rule, gates) | {"version": s.version}
+    return evaluate(scores, s.labels, s.rule, gates, [c.label for c in golden]) | {"version": s.version}
 
 
 def train_version(
@@ -489,7 +499,7 @@ def train_version(
         ood=gold.ood.astype(np.float32),
         correct=gold.correct,
     )
-    gold_metrics = evaluate(gold, labels, rule, gates)
+    gold_metrics = evaluate(gold, labels, rule, gates, [c.label for c in golden])
     p50, p95 = latency_ms(served, [c.text for c in (golden or calib or fit)])
     serving_m = serving_metrics(serving, golden, gates, threads) if serving is not None and golden else None
     failed = gate_failures(gold_metrics, serving_m, p95, gates)

@@ -16,7 +16,8 @@ changes:
             on ``protege.alerts`` when the escalation rate rises past its band, and when it is back
     trials  per tenant/task, from protege.models + decisions + audits (``protege.canary``):
             the canary's promotion (``serve``) or rollback (``abort``) on ``protege.models``,
-            with the reason and the numbers
+            with the reason and the numbers; every 5 s a tick (through the keyed topic)
+            also ends a trial whose time limit has passed with no record since
 
 Reading is at least once (faust's exactly-once mode has open bugs and is not used): after a
 crash, records after the last committed offset are read again. Counts must not inflate, so
@@ -125,6 +126,19 @@ def trial_step(task: Task, value: Value | None, record: Value) -> tuple[Value | 
     verdict = trial.verdict(task.student.canary, record["at"])
     fresh["trial"] = trial.state()
     return fresh, verdict
+
+
+def trial_tick(task: Task, value: Value | None, at_ms: int) -> tuple[Value | None, ModelAnnouncement | None]:
+    """The clock's turn at a tenant's trial: its verdict once the trial's time limit has passed
+    at ``at_ms`` (wall time), although no record came since — a quiet tenant's trial ends
+    too, so its next version can be trained. (The new state, the verdict), or (None, None)."""
+    trial = Trial((value or {}).get("trial"))
+    if not trial.on_trial:
+        return None, None
+    verdict = trial.verdict(task.student.canary, at_ms)
+    if verdict is None:
+        return None, None
+    return {**(value or {}), "trial": trial.state()}, verdict
 
 
 def decision_fields(r: Value) -> dict[str, float]:
@@ -254,7 +268,10 @@ def make_app(settings: MonitorSettings) -> faust.App:
         export_drift(task.name, value["drift"])
 
     async def judge_trial(task: Task, key: str, record: Value) -> None:
-        value, verdict = trial_step(task, trials[key], record)
+        if record["k"] == "tick":
+            value, verdict = trial_tick(task, trials[key], record["at"])
+        else:
+            value, verdict = trial_step(task, trials[key], record)
         if value is None:
             return
         if verdict is not None:  # the same: published first
@@ -274,6 +291,11 @@ def make_app(settings: MonitorSettings) -> faust.App:
             heartbeat.beat()
             if record.get("v") != KEYED:  # routed by an older monitor: its shape is not this one's
                 metrics.MONITOR_SKIPPED.labels("keyed", "older_record").inc()
+                continue
+            if record["k"] == "tick":  # the clock, for the trials of this task
+                if name in tasks:
+                    for key in [k for k in list(trials.data) if k.endswith(f"/{name}")]:
+                        await judge_trial(tasks[name], key, record)
                 continue
             task, tenant, kind = tasks.get(name), record["tenant"], record["k"]
             version = f"{tenant}/{name}/{record.get('version') or 'none'}"
@@ -303,8 +325,13 @@ def make_app(settings: MonitorSettings) -> faust.App:
                 export(name, key, span(wrapper, key, now))
         for key, value in list(drift.data.items()):
             export_drift(key, value["drift"])
+        on_trial = set()
         for key, value in list(trials.data.items()):
             export_trial(key, value["trial"])
+            if Trial(value["trial"]).on_trial:
+                on_trial.add(key.split("/", 1)[1])
+        for task in sorted(on_trial):  # through the keyed topic: a table is written from its partition's stream
+            await keyed.send(key=task, value={"v": KEYED, "k": "tick", "at": int(time.time() * 1000)})
 
     return app
 

@@ -231,3 +231,16 @@ def test_the_monitors_trial_judges_from_the_announcement_on_and_says_so_once() -
     assert again.canary is None and again.pinned
     again.announced(ann("v3", source="monitor", at=5002))
     assert again.serving.version == "v1"
+
+
+def test_the_demo_knows_a_trial_still_open_at_the_end() -> None:
+    """``protege demo`` waits for the verdict of a trial still open when the traffic ends."""
+    from protege.cli.stream import on_trial
+
+    serve = {"version": "v1", "action": "serve", "source": "trainer"}
+    canary = {"version": "v2", "action": "canary", "source": "trainer"}
+    assert on_trial([serve]) is None
+    assert on_trial([serve, canary]) == canary
+    assert on_trial([serve, canary, {"version": "v2", "action": "abort", "source": "monitor"}]) is None
+    assert on_trial([serve, canary, {"version": "v2", "action": "serve", "source": "monitor"}]) is None
+    assert on_trial([serve, canary, {"version": "v1", "action": "serve", "source": "operator"}]) is None  # a pin

@@ -7,7 +7,7 @@ import json
 from types import SimpleNamespace
 
 from faust.windows import HoppingWindow
-from protege_services.monitor.app import counted, decision_fields, drift_step, span, trial_step
+from protege_services.monitor.app import counted, decision_fields, drift_step, span, trial_step, trial_tick
 
 from protege.events import ModelAnnouncement
 from protege.generator import triage_task
@@ -107,3 +107,38 @@ def test_the_window_shown_is_the_one_open_longest() -> None:
     table = SimpleNamespace(window=window, data={("k", r): {"decided": i} for i, r in enumerate(ranges)})
     assert span(SimpleNamespace(table=table), "k", now) == {"decided": 0}
     assert span(SimpleNamespace(table=table), "other", now) == {}
+
+
+def test_a_quiet_trial_ends_at_its_time_limit() -> None:
+    """No record arrives after the trial began (a quiet tenant, or the traffic ended): the
+    monitor's clock ends it once ``max_minutes`` have passed — rolled back, with too few
+    audits to promote — so the trainer is not kept waiting for ever."""
+    task = triage_task()
+    canary = Canary(share=0.1, min_audits=5, max_minutes=1)
+    task = task.model_copy(update={"student": task.student.model_copy(update={"canary": canary})})
+
+    def model(version: str, action: str, at: int) -> dict:
+        ann = ModelAnnouncement(
+            tenant="acme",
+            task=task.name,
+            version=version,
+            path="/p",
+            labels=["a"],
+            metrics={},
+            trained_on=1,
+            action=action,  # type: ignore[arg-type]
+            share=0.1 if action == "canary" else None,
+            announced_at_ms=at,
+        )
+        return {"s": "m", "p": 0, "k": "model", "ann": ann.model_dump(mode="json")}
+
+    value: dict = {}
+    for o, r in enumerate([model("v1", "serve", 0), model("v2", "canary", 1_000)]):
+        value, _ = trial_step(task, value, {**r, "o": o})
+        assert value is not None
+    assert trial_tick(task, value, 1_000 + 59_000) == (None, None)  # within the minute: nothing yet
+    new, verdict = trial_tick(task, value, 1_000 + 60_000)
+    assert verdict is not None and (verdict.action, verdict.version, verdict.source) == ("abort", "v2", "monitor")
+    assert "limit reached" in (verdict.reason or "") and new is not None
+    assert trial_tick(task, new, 1_000 + 65_000) == (None, None)  # said once
+    assert trial_tick(task, {}, 1_000) == (None, None)  # no trial at all

@@ -47,6 +47,19 @@ def test_macro_f1() -> None:
     assert macro_f1(np.array([0, 0, 0]), np.array([0, 1, 1])) == pytest.approx((0.5 + 0) / 2)
 
 
+def test_macro_f1_counts_the_classes_a_model_does_not_have() -> None:
+    """The golden set holds a new intent: the serving version has no such class (its cases are
+    -1 for it), the candidate learned it, imperfectly. Averaged over the classes each knows, the
+    serving version looked better (1.0 against 0.8) and the regression gate held the candidate
+    back; with the new class counted as F1 0 for the serving version, the candidate is ahead."""
+    truth = np.array([0] * 10 + [1] * 10 + [2, 2])  # 2: the new intent, two golden cases
+    candidate = macro_f1(np.array([0] * 10 + [1] * 10 + [2, 0]), truth)  # learned it, misses one
+    serving_y = np.array([0] * 10 + [1] * 10 + [-1, -1])
+    serving_pred = np.array([0] * 10 + [1] * 10 + [0, 0])
+    assert macro_f1(serving_pred, serving_y) > candidate  # the old comparison: 0.955 against 0.873
+    assert macro_f1(serving_pred, serving_y, unknown_classes=1) < candidate
+
+
 def test_clopper_pearson_lower_bound() -> None:
     # all n correct: the bound is (1 - confidence) ** (1 / n)
     assert accuracy_lower_bound(100, 100, 0.95) == pytest.approx(0.05 ** (1 / 100))
