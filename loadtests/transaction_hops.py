@@ -94,7 +94,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=25.0)
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--backoffs", default="100,20,10,5", help="producer retry_backoff_ms values to compare")
-    ap.add_argument("--fetch-waits", default="10", help="consumer fetch_max_wait_ms values to compare")
+    ap.add_argument("--fetch-waits", default="500", help="consumer fetch_max_wait_ms values to compare")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", type=Path, default=REPO / "reports" / "loadtest-transaction-hops.json")
     ap.add_argument("--home", type=Path, default=Path(".protege/loadtest-hops"))

@@ -36,7 +36,12 @@ class Settings(BaseSettings):
     )
     log_level: str = "info"
     log_format: str = Field("auto", description="json, console, or auto (console on a terminal).")
-    fetch_max_wait_ms: int = Field(10, ge=0, description="How long the broker may hold a fetch; low for latency.")
+    fetch_max_wait_ms: int = Field(
+        500,
+        ge=0,
+        description="How long the broker may hold a fetch that has nothing yet (a long poll: it answers as soon as "
+        "records arrive, so a longer wait costs no latency; a short one makes every idle consumer poll).",
+    )
     retry_backoff_ms: int = Field(
         10,
         ge=1,
