@@ -100,7 +100,12 @@ class ScorerSettings(Settings):
     max_batch: int = Field(64, ge=1, description="Largest micro-batch sent to ONNX Runtime.")
     max_wait_ms: int = Field(5, ge=0, description="How long to wait to fill a micro-batch.")
     providers: str = Field("auto", description="auto, cpu or cuda.")
-    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: its default).")
+    threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads (0: the cores the process may use: affinity, cgroup quota)."
+    )
+    spinning: bool = Field(
+        False, description="Let ONNX Runtime's threads spin between batches (only on cores the scorer has alone)."
+    )
     sub_batch: int = Field(
         8,
         ge=0,

@@ -8,6 +8,8 @@ and answers with signals.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -71,6 +73,35 @@ def by_length(
     return out
 
 
+def cpu_budget() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a
+    container's CPU limit) — ONNX Runtime's own default counts the machine's cores instead."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def session_options(threads: int, spinning: bool) -> ort.SessionOptions:
+    """ONNX Runtime's CPU session fitted to the process: ``threads`` intra-op threads (0: every
+    core it may use, ``cpu_budget()``), one inter-op thread and sequential execution (one
+    small graph, one batch at a time), and no spinning unless asked: a spinning pool keeps
+    each thread busy-waiting after every batch, which on cores shared with the broker and
+    the other services is CPU taken from them."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or cpu_budget()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return opts
+
+
 def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
     tok = Tokenizer.from_file(str(path))
     tok.enable_truncation(max_length=max_length)
@@ -91,15 +122,13 @@ class Encoder:
         providers: str = "auto",
         threads: int = 0,
         sub_batch: int = 0,
+        spinning: bool = False,
     ) -> None:
         if not model.exists():
             raise StudentError(f"no ONNX model at {model}")
         self.tokenizer = load_tokenizer(tokenizer, max_length)
         self.sub_batch = sub_batch
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
+        opts = session_options(threads, spinning)
         if providers == "cuda":
             require_gpu()  # asked for, not merely preferred: no silent CPU
         wanted = providers_for(providers)
@@ -115,6 +144,14 @@ class Encoder:
             log.warning("provider_fallback", wanted=wanted, got=self.providers)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.wants_types = any(i.name == "token_type_ids" for i in self.session.get_inputs())
+        log.info(
+            "onnxruntime_session",
+            model=model.parent.name,
+            providers=self.providers,
+            intra_op_threads=opts.intra_op_num_threads,
+            cpu_budget=cpu_budget(),
+            spinning=spinning,
+        )
 
     def feed(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Tokenised, padded to the longest text in the batch (dynamic padding)."""
@@ -166,7 +203,9 @@ def softmax(z: np.ndarray) -> np.ndarray:
 class Student:
     """One registered student version, loaded from its registry folder."""
 
-    def __init__(self, folder: Path, *, providers: str = "auto", threads: int = 0, sub_batch: int = 0) -> None:
+    def __init__(
+        self, folder: Path, *, providers: str = "auto", threads: int = 0, sub_batch: int = 0, spinning: bool = False
+    ) -> None:
         self.folder = folder
         try:
             self.manifest = Manifest.load(folder)
@@ -185,6 +224,7 @@ class Student:
             providers=providers,
             threads=threads,
             sub_batch=sub_batch,
+            spinning=spinning,
         )
 
     @property

@@ -27,7 +27,13 @@ async def serve(settings: ScorerSettings, stop: asyncio.Event) -> None:
         require_gpu()  # refuse to start, with the reason, rather than score on the CPU
     scorer = Scorer(
         settings.topics,
-        partial(Student, providers=settings.providers, threads=settings.threads, sub_batch=settings.sub_batch),
+        partial(
+            Student,
+            providers=settings.providers,
+            threads=settings.threads,
+            sub_batch=settings.sub_batch,
+            spinning=settings.spinning,
+        ),
         redact_pii=settings.redact_pii,
     )
     # The announcements, from the beginning, applied in order: it serves nothing before it has read them.

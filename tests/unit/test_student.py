@@ -263,3 +263,16 @@ def test_knn_k_fits_the_rarest_label() -> None:
     assert knn_k(["a"] * 50 + ["b"] * 40) == 10
     assert knn_k(["a"] * 50 + ["b"] * 3) == 3
     assert knn_k([]) == 1
+
+
+def test_the_session_fits_the_cores_the_process_has() -> None:
+    import os
+
+    from protege.student.runtime import cpu_budget, session_options
+
+    assert 1 <= cpu_budget() <= len(os.sched_getaffinity(0))
+    opts = session_options(0, spinning=False)
+    assert opts.intra_op_num_threads == cpu_budget() and opts.inter_op_num_threads == 1
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert session_options(3, spinning=True).intra_op_num_threads == 3
+    assert session_options(3, spinning=True).get_session_config_entry("session.intra_op.allow_spinning") == "1"
