@@ -24,23 +24,13 @@ from rich.console import Console
 from rich.table import Table
 
 from protege.generator import generate, write_jsonl
-from protege.harness import machine
+from protege.harness import cpu_seconds, machine
 from protege.pipeline import LocalPipeline
 from protege.settings import REPO
 from protege.student.backbone import cached_backbone
 
 sys.path.insert(0, str(REPO))  # the tests' pipeline environment
 from tests.helpers import pipeline_env
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: str) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def processes() -> dict[str, str]:

@@ -40,7 +40,7 @@ from rich.table import Table
 from protege.broker.embedded import EmbeddedBroker, free_port
 from protege.events import Decision, ModelAnnouncement, TeacherResult, Usage
 from protege.generator import triage_task
-from protege.harness import group_lag, machine, percentile
+from protege.harness import cpu_seconds, group_lag, machine, percentile
 from protege.kafka import Out, consumer, ensure_topics, partitions_of, producer
 from protege.logs import configure
 from protege.settings import REPO, Settings
@@ -48,13 +48,13 @@ from protege.task import Canary, write_task
 from protege.topics import Topics
 
 TENANTS = ("acme", "globex")
-TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far (/proc/<pid>/stat, fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+def cpu(pid: int) -> float:
+    seconds = cpu_seconds(pid)
+    if seconds is None:
+        raise RuntimeError(f"process {pid} is gone")
+    return seconds
 
 
 def announcement(tenant: str, task: str, version: str, action: str, at_ms: int, labels: list[str]) -> ModelAnnouncement:
@@ -191,14 +191,14 @@ def run_once(bootstrap: str, home: Path, size: int, step: int, n: int, linger_ms
             if monitor.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the monitor did not start counting; see {log.name}")
             time.sleep(0.05)
-        t0, m0, b0 = time.perf_counter(), cpu_seconds(monitor.pid), cpu_seconds(broker_pid)
+        t0, m0, b0 = time.perf_counter(), cpu(monitor.pid), cpu(broker_pid)
         keyed = f"{prefix}protege.monitor.keyed"
         group = f"{prefix}protege-monitor"
         while asyncio.run(group_lag(settings, group, [*sources, keyed], behind=1)):
             if time.monotonic() > deadline:
                 raise RuntimeError("the monitor did not consume the stream in 10 minutes")
             time.sleep(0.2)
-        t1, m1, b1 = time.perf_counter(), cpu_seconds(monitor.pid), cpu_seconds(broker_pid)
+        t1, m1, b1 = time.perf_counter(), cpu(monitor.pid), cpu(broker_pid)
     finally:
         monitor.send_signal(signal.SIGTERM)
         try:

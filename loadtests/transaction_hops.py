@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from protege.broker.embedded import EmbeddedBroker
-from protege.harness import Probe, machine, percentile, time_records
+from protege.harness import Probe, cpu_seconds, machine, percentile, time_records
 from protege.kafka import BatchHandler, Out, Processor, Received, ensure_topics
 from protege.logs import configure
 from protege.settings import REPO, Settings
@@ -65,9 +64,9 @@ async def chain(
     ]
     try:
         await asyncio.sleep(2)  # every processor has joined its group
-        cpu0 = cpu_seconds(broker_pid)
+        cpu0 = cpu_seconds(broker_pid) or 0.0
         latencies, seconds = await time_records(s, topics[0], topics[-1], n, rate)
-        broker_cpu = (cpu_seconds(broker_pid) - cpu0) / seconds
+        broker_cpu = ((cpu_seconds(broker_pid) or 0.0) - cpu0) / seconds
     finally:
         stop.set()
         for task in running:
@@ -80,12 +79,6 @@ async def chain(
         "records": len(latencies),
         "broker_cpu": broker_cpu,  # seconds of CPU per second
     }
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far (/proc/<pid>/stat, fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

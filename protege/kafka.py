@@ -343,7 +343,7 @@ class Processor:
         self.rebalances = 0  # counted by the listener: a batch fetched before one is stale
         self.owning = asyncio.Lock()  # a revocation waits for the batch in hand to commit
         self.consumer = cons = consumer(self.settings, group=self.group, max_poll_interval_ms=self.max_poll_interval_ms)
-        cons.subscribe(list(self.inputs), listener=_Ownership(self))
+        cons.subscribe(list(self.inputs), listener=Ownership(self))
         await cons.start()
         self.log.info("processing", inputs=list(self.inputs), group=self.group)
         heartbeat = Heartbeat(self.settings.home / "health" / self.service)
@@ -570,23 +570,33 @@ class Processor:
             metrics.RECORDS_OUT.labels(self.service, out.topic).inc()
 
 
-class _Ownership(ConsumerRebalanceListener):
+class Owner(Protocol):
+    """A loop that holds a producer per owned partition: ``Processor``, the teacher's loop."""
+
+    owning: asyncio.Lock
+    rebalances: int
+
+    async def acquire(self, tps: Collection[TopicPartition]) -> None: ...
+    async def release(self, tps: Collection[TopicPartition]) -> None: ...
+
+
+class Ownership(ConsumerRebalanceListener):
     """The group's assignment decides which partitions' producers this replica holds."""
 
-    def __init__(self, processor: Processor) -> None:
-        self.processor = processor
+    def __init__(self, owner: Owner) -> None:
+        self.owner = owner
 
     # Counted when each step has finished: a batch that ``getmany`` returned while one ran
     # (from positions it then moved: a seek in ``resume``) must not be handled.
     async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
-        async with self.processor.owning:
-            await self.processor.release(revoked)
-            self.processor.rebalances += 1
+        async with self.owner.owning:
+            await self.owner.release(revoked)
+            self.owner.rebalances += 1
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
-        async with self.processor.owning:
-            await self.processor.acquire(assigned)
-            self.processor.rebalances += 1
+        async with self.owner.owning:
+            await self.owner.acquire(assigned)
+            self.owner.rebalances += 1
 
 
 async def partitions_of(cons: AIOKafkaConsumer, topic: str) -> set[int]:

@@ -144,14 +144,12 @@ class Encoder:
             log.warning("provider_fallback", wanted=wanted, got=self.providers)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.wants_types = any(i.name == "token_type_ids" for i in self.session.get_inputs())
-        log.info(
-            "onnxruntime_session",
-            model=model.parent.name,
-            providers=self.providers,
-            intra_op_threads=opts.intra_op_num_threads,
-            cpu_budget=cpu_budget(),
-            spinning=spinning,
-        )
+        # What it chose, for the service to log when it starts serving a version.
+        self.session_info: dict[str, int | bool] = {
+            "intra_op_threads": opts.intra_op_num_threads,
+            "cpu_budget": cpu_budget(),
+            "spinning": spinning,
+        }
 
     def feed(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Tokenised, padded to the longest text in the batch (dynamic padding)."""

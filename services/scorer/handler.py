@@ -74,7 +74,14 @@ class Scorer:
         if current is not None:
             metrics.SERVING.labels(ann.tenant, ann.task, current.version).set(0)
         metrics.SERVING.labels(ann.tenant, ann.task, student.version).set(1)
-        self.log.info("serving", tenant=ann.tenant, task=ann.task, version=ann.version, providers=student.providers)
+        self.log.info(
+            "serving",
+            tenant=ann.tenant,
+            task=ann.task,
+            version=ann.version,
+            providers=student.providers,
+            **student.encoder.session_info,  # the ONNX Runtime threads it chose, and why (the cores it has)
+        )
 
     def quarantined(self, r: Received[Ingested], why: str) -> list[Out]:
         """The loop gave up on this request: pass it on without a student answer."""

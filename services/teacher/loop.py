@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from protege_services.teacher.handler import TeacherWorker
 from protege_services.teacher.journal import handled_key
@@ -49,6 +49,7 @@ from protege.kafka import (
     INFRASTRUCTURE,
     Heartbeat,
     Out,
+    Ownership,
     Received,
     Record,
     consumer,
@@ -119,7 +120,7 @@ class AnswerLoop:
     async def run(self, stop: asyncio.Event) -> None:
         assert self.worker.journal is not None, "the loop's handled marks live on the journal"
         self.consumer = cons = consumer(self.settings, group=self.group, max_poll_interval_ms=600_000)
-        cons.subscribe([self.topic], listener=_Ownership(self))
+        cons.subscribe([self.topic], listener=Ownership(self))
         await cons.start()
         self.log.info("processing", inputs=[self.topic], group=self.group, capacity=self.capacity)
         heartbeat = Heartbeat(self.settings.home / "health" / self.service)
@@ -155,7 +156,7 @@ class AnswerLoop:
         finally:
             with contextlib.suppress(Exception):
                 async with self.owning:
-                    await self.drain(list(self.parts))
+                    await self.release(list(self.parts))
             await cons.stop()
             self.log.info("stopped", answered=self.answered, quarantined=self.quarantined)
 
@@ -274,7 +275,7 @@ class AnswerLoop:
                 metrics.RECORDS_OUT.labels(self.service, out.topic).inc()
             await self.worker.committed([r for r, _ in finished.values() if r is not None])
 
-    async def drain(self, tps: Collection[TopicPartition]) -> None:
+    async def release(self, tps: Collection[TopicPartition]) -> None:
         """Let the calls in flight on ``tps`` finish (up to ``drain_s``), commit, let go."""
         running = [t for tp in tps if tp in self.parts for t in self.parts[tp].running.values()]
         if running:
@@ -334,18 +335,3 @@ class AnswerLoop:
             else:
                 await self.consumer.seek_to_beginning(tp)
         self.log.info("assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in self.parts))
-
-
-class _Ownership(ConsumerRebalanceListener):
-    def __init__(self, loop: AnswerLoop) -> None:
-        self.loop = loop
-
-    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
-        async with self.loop.owning:
-            await self.loop.drain(revoked)
-            self.loop.rebalances += 1
-
-    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
-        async with self.loop.owning:
-            await self.loop.acquire(assigned)
-            self.loop.rebalances += 1

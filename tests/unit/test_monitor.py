@@ -11,7 +11,7 @@ from protege_services.monitor.app import counted, decision_fields, drift_step, s
 
 from protege.events import ModelAnnouncement
 from protege.generator import triage_task
-from protege.task import Canary, Drift
+from protege.task import Canary, Drift, Task
 
 
 def test_a_record_at_or_below_the_mark_is_not_counted_again() -> None:
@@ -55,28 +55,30 @@ def test_the_drift_alarm_fires_once_and_stays_raised_through_a_restore() -> None
     assert value["drift"]["firing"] is True  # raised, in the state the changelog keeps
 
 
+def model(task: Task, version: str, action: str, at: int) -> dict:
+    """An announcement as the monitor routes it onto its keyed topic."""
+    ann = ModelAnnouncement(
+        tenant="acme",
+        task=task.name,
+        version=version,
+        path="/p",
+        labels=["a"],
+        metrics={},
+        trained_on=1,
+        action=action,  # type: ignore[arg-type]
+        share=0.1 if action == "canary" else None,
+        announced_at_ms=at,
+    )
+    return {"s": "m", "p": 0, "k": "model", "ann": ann.model_dump(mode="json")}
+
+
 def test_trial_records_lead_to_one_verdict() -> None:
     task = triage_task()
     canary = Canary(share=0.1, audit_rate=1.0, min_audits=5, margin=0.1, confidence=0.9)
     task = task.model_copy(update={"student": task.student.model_copy(update={"canary": canary})})
 
-    def model(version: str, action: str, at: int) -> dict:
-        ann = ModelAnnouncement(
-            tenant="acme",
-            task=task.name,
-            version=version,
-            path="/p",
-            labels=["a"],
-            metrics={},
-            trained_on=1,
-            action=action,  # type: ignore[arg-type]
-            share=0.1 if action == "canary" else None,
-            announced_at_ms=at,
-        )
-        return {"k": "model", "ann": ann.model_dump(mode="json")}
-
     before = {"k": "decision", "version": "v1", "verdict": "accept", "at": 5}  # no trial yet: nothing to write
-    records = [model("v1", "serve", 0), before, model("v2", "canary", 10)]
+    records = [model(task, "v1", "serve", 0), before, model(task, "v2", "canary", 10)]
     for i in range(40):
         records += [{"k": "decision", "version": v, "verdict": "accept", "at": 20 + i} for v in ("v1", "v2")] + [
             {"k": "audit", "version": "v1", "agreed": True, "at": 20 + i},
@@ -117,23 +119,8 @@ def test_a_quiet_trial_ends_at_its_time_limit() -> None:
     canary = Canary(share=0.1, min_audits=5, max_minutes=1)
     task = task.model_copy(update={"student": task.student.model_copy(update={"canary": canary})})
 
-    def model(version: str, action: str, at: int) -> dict:
-        ann = ModelAnnouncement(
-            tenant="acme",
-            task=task.name,
-            version=version,
-            path="/p",
-            labels=["a"],
-            metrics={},
-            trained_on=1,
-            action=action,  # type: ignore[arg-type]
-            share=0.1 if action == "canary" else None,
-            announced_at_ms=at,
-        )
-        return {"s": "m", "p": 0, "k": "model", "ann": ann.model_dump(mode="json")}
-
     value: dict = {}
-    for o, r in enumerate([model("v1", "serve", 0), model("v2", "canary", 1_000)]):
+    for o, r in enumerate([model(task, "v1", "serve", 0), model(task, "v2", "canary", 1_000)]):
         value, _ = trial_step(task, value, {**r, "o": o})
         assert value is not None
     assert trial_tick(task, value, 1_000 + 59_000) == (None, None)  # within the minute: nothing yet
