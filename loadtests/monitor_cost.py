@@ -40,8 +40,8 @@ from rich.table import Table
 from protege.broker.embedded import EmbeddedBroker, free_port
 from protege.events import Decision, ModelAnnouncement, TeacherResult, Usage
 from protege.generator import triage_task
-from protege.harness import cpu_seconds, group_lag, machine, percentile
-from protege.kafka import Out, consumer, ensure_topics, partitions_of, producer
+from protege.harness import cpu_seconds, group_lag, machine, percentile, publish
+from protege.kafka import Out, consumer, ensure_topics, partitions_of
 from protege.logs import configure
 from protege.settings import REPO, Settings
 from protege.task import Canary, write_task
@@ -117,17 +117,6 @@ def stream(t: Topics, task: str, labels: list[str], n: int, now_ms: int) -> list
             )
             outs.append(Out.of(t.teacher_results, r))
     return outs
-
-
-async def publish(settings: Settings, outs: list[Out]) -> None:
-    prod = producer(settings)
-    await prod.start()
-    try:
-        for out in outs:
-            await prod.send(out.topic, out.value, key=out.key)
-        await prod.flush()
-    finally:
-        await prod.stop()
 
 
 async def written(settings: Settings, app: str) -> dict[str, int]:

@@ -30,8 +30,8 @@ from typing import Any
 from protege.broker.embedded import EmbeddedBroker
 from protege.events import Ingested, ModelAnnouncement, Scored, now_ms
 from protege.generator import generate
-from protege.harness import machine
-from protege.kafka import Out, producer
+from protege.harness import machine, publish
+from protege.kafka import Out
 from protege.pipeline import LocalPipeline
 from protege.settings import REPO
 from protege.state import read_all
@@ -40,17 +40,6 @@ from protege.student.runtime import Encoder, Student
 from protege.student.train import Case, EmbeddingCache, FastRecipe, train_version
 from protege.supervisor import with_replicas
 from protege.task import load_tasks
-
-
-async def publish(settings: Any, outs: list[Out]) -> None:
-    prod = producer(settings)
-    await prod.start()
-    try:
-        for out in outs:
-            await prod.send(out.topic, out.value, key=out.key)
-        await prod.flush()
-    finally:
-        await prod.stop()
 
 
 def main() -> None:

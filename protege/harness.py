@@ -25,7 +25,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from protege.events import Correction, Event, Response, TeacherResult
-from protege.kafka import consumer, partitions_of, producer
+from protege.kafka import Out, consumer, partitions_of, producer
 from protege.settings import Settings
 from protege.supervisor import Supervisor
 
@@ -160,6 +160,18 @@ async def drive(
         await prod.stop()
         await reader.stop()
     return Drive(outcomes, results, time.perf_counter() - started)
+
+
+async def publish(settings: Settings, outs: list[Out]) -> None:
+    """Produce ``outs`` as they are (topic, value, key), and wait until the broker has them."""
+    prod = producer(settings)
+    await prod.start()
+    try:
+        for out in outs:
+            await prod.send(out.topic, out.value, key=out.key)
+        await prod.flush()
+    finally:
+        await prod.stop()
 
 
 async def group_lag(settings: Settings, group: str, topics: list[str], behind: int = 0) -> int:
