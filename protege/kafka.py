@@ -424,15 +424,10 @@ class Processor:
         """
         for tp in tps:
             try:
-                committed = await self.consumer.committed(tp)
+                self.floor[tp] = await seek_committed(self.consumer, tp)
             except KafkaError as e:  # the listener's errors are swallowed by aiokafka: the loop raises it
                 self.broken = e
                 return
-            self.floor[tp] = committed or 0
-            if committed is not None:
-                self.consumer.seek(tp, committed)
-            else:  # nothing committed yet: from the start, as auto_offset_reset says
-                await self.consumer.seek_to_beginning(tp)
 
     async def release(self, tps: Collection[TopicPartition]) -> None:
         """Partitions revoked (or this replica stops): their producers close."""
@@ -597,6 +592,17 @@ class Ownership(ConsumerRebalanceListener):
         async with self.owner.owning:
             await self.owner.acquire(assigned)
             self.owner.rebalances += 1
+
+
+async def seek_committed(cons: AIOKafkaConsumer, tp: TopicPartition) -> int:
+    """Position ``tp`` at its committed offset, asked for now (see ``Processor.resume``), and
+    return it; with nothing committed yet, from the start (as auto_offset_reset says), 0."""
+    committed = await cons.committed(tp)
+    if committed is None:
+        await cons.seek_to_beginning(tp)
+        return 0
+    cons.seek(tp, committed)
+    return committed
 
 
 async def partitions_of(cons: AIOKafkaConsumer, topic: str) -> set[int]:

@@ -56,6 +56,7 @@ from protege.kafka import (
     dead_letter,
     producer,
     receive,
+    seek_committed,
 )
 from protege.settings import Settings
 
@@ -324,14 +325,9 @@ class AnswerLoop:
         await journal.view.synced()
         for tp in tps:
             try:
-                committed = await self.consumer.committed(tp)
+                committed = await seek_committed(self.consumer, tp)
             except KafkaError as e:  # the listener's errors are swallowed by aiokafka: the loop raises it
                 self.broken = e
                 return
-            part = self.parts[tp]
-            part.committed = part.fetched = committed or 0
-            if committed is not None:
-                self.consumer.seek(tp, committed)
-            else:
-                await self.consumer.seek_to_beginning(tp)
+            self.parts[tp].committed = self.parts[tp].fetched = committed
         self.log.info("assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in self.parts))
