@@ -1,7 +1,7 @@
 """Load: the whole pipeline at fixed request rates or as fast as possible, beside the raw
-broker in the same run.
+broker and the serving model's own in-process throughput in the same run.
 
-    python loadtests/stream_rates.py --rates 10,25,50,75,100,max --seconds 20
+    python loadtests/stream_rates.py --rates 25,50%,max --seconds 20 --layouts separate,fused
 
 One embedded broker and the six services; a warm-up stream trains one student (then no
 retrains, so the phases measure serving, not training); then each rate for ``--seconds``
@@ -12,9 +12,18 @@ records at the same rate on a scratch topic, so the pipeline's cost shows as a r
 
 Per route: throughput, p50/p95/p99 end to end (publish -> the caller reads the answer).
 For the student path also per hop, from the events' own timestamps: publish -> ingested,
-ingested -> scored, scored -> answered (verifier), answered -> read by the caller. The
-last line names the highest fixed rate that was sustained (every request answered, the
-answers kept pace) with student-path p95 under ``--p95-target`` ms. Prints tables,
+ingested -> scored, scored -> answered (verifier), answered -> read by the caller. CPU
+seconds per answered request for each process (the broker too), from /proc.
+
+After the warm-up the serving version's throughput is measured in-process (its ``predict``
+on batches of 32, the scorer's threads and sub-batches, nothing else working): a rate
+written ``50%`` is that share of it, and every phase's throughput is also given as a share
+of it. The summary names the highest fixed rate that was sustained (every request answered,
+the answers kept pace) with student-path p95 under ``--p95-target`` ms. ``--layouts``
+runs the whole thing once per layout (``separate``: scorer and verifier; ``fused``:
+``PROTEGE_FUSED=1``, the scorer decides), one after the other. ``--profile`` restarts the
+services under py-spy after the warm-up and summarises where each one's CPU went (its
+latencies then include py-spy's sampling: profile in a run of its own). Prints tables,
 writes JSON.
 """
 
@@ -34,12 +43,17 @@ from rich.table import Table
 
 from protege.events import Scored
 from protege.generator import generate, write_jsonl
-from protege.harness import Drive, drive, percentile, summarize, time_records, wait_quiet
+from protege.harness import Drive, cpu_seconds, drive, machine, percentile, summarize, time_records, wait_quiet
 from protege.kafka import ensure_topics
 from protege.pipeline import LocalPipeline
-from protege.settings import REPO, Settings
+from protege.profiles import Profile
+from protege.registry import Registry
+from protege.settings import REPO, ScorerSettings, Settings
 from protege.state import read_all
+from protege.student.runtime import Student
 from protege.task import load_task, write_task
+
+TENANT, TASK = "load", "ticket-triage"
 
 
 async def raw_broker(settings: Settings, n: int, rate: float | None) -> dict[str, Any]:
@@ -91,99 +105,157 @@ def sustained(phase: dict[str, Any]) -> bool:
     return s["answered"] == s["requests"] and s["duplicates"] == 0 and kept_pace
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rates", default="10,25,50,75,100,max", help="req/s per phase; max: as fast as possible")
-    ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--max-requests", type=int, default=2000, help="requests in a max phase")
-    ap.add_argument("--warmup", type=int, default=800)
-    ap.add_argument("--p95-target", type=float, default=100.0, help="student-path p95 (ms) a sustained rate must keep")
-    ap.add_argument("--int8", action="store_true", help="serve the student's int8 graph (task option student.int8)")
-    ap.add_argument("--scorer-threads", type=int, default=1, help="ONNX Runtime threads in the scorer")
-    ap.add_argument("--json", type=Path, default=REPO / "reports" / "loadtest-stream.json")
-    ap.add_argument("--home", type=Path, default=Path(".protege/loadtest"))
-    args = ap.parse_args()
-    rates: list[float | None] = [None if r == "max" else float(r) for r in args.rates.split(",")]
-    sizes = [args.max_requests if r is None else int(r * args.seconds) for r in rates]
-    console = Console(width=170)
-    shutil.rmtree(args.home, ignore_errors=True)
-    rows = generate(args.warmup + sum(sizes), seed=101)
-    write_jsonl(rows, args.home / "labels.jsonl")
-    task = load_task(REPO / "tasks" / "ticket-triage.yaml")
-    task = task.model_copy(update={"student": task.student.model_copy(update={"int8": args.int8})})
-    write_task(task, args.home / "tasks" / "ticket-triage.yaml")
+def in_process(home: Path, threads: int, texts: list[str], seconds: float = 8.0, batch: int = 32) -> dict[str, Any]:
+    """The serving version's own throughput: ``predict`` on batches of ``batch`` texts, with
+    the scorer's threads and sub-batches, in this process, for ``seconds``."""
+    passed = [v for v in Registry(home / "registry").versions(TENANT, TASK) if v.manifest.gates.passed]
+    if not passed:
+        raise SystemExit("the warm-up trained no version that passed its gates: nothing serves")
+    version = passed[-1]
+    student = Student(version.folder, providers="cpu", threads=threads, sub_batch=ScorerSettings().sub_batch)
+    student.predict(texts[:batch])
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for i in range(0, len(texts) - batch + 1, batch):
+            student.predict(texts[i : i + batch])
+            done += batch
+    rate = done / (time.perf_counter() - started)
+    return {"version": version.name, "precision": version.manifest.precision, "batch": batch, "seq_per_s": rate}
+
+
+def parse_rate(text: str) -> tuple[float | None, float | None]:
+    """(req/s, share of in-process): ``25`` -> (25, None); ``50%`` -> (None, 0.5); ``max`` -> (None, None)."""
+    if text == "max":
+        return None, None
+    if text.endswith("%"):
+        return None, float(text[:-1]) / 100
+    return float(text), None
+
+
+def processes(p: LocalPipeline) -> dict[str, int]:
+    """Process name -> pid, the broker's too (for CPU per request)."""
+    assert p.supervisor is not None
+    pids = {name: child.proc.pid for name, child in p.supervisor.children.items()}
+    broker = p.broker.pid() if p.broker is not None and hasattr(p.broker, "pid") else None
+    return pids | ({"broker": broker} if broker else {})
+
+
+def run_layout(args: argparse.Namespace, layout: str, console: Console) -> dict[str, Any]:
+    home = (args.home / layout).resolve()
+    shutil.rmtree(home, ignore_errors=True)
+    specs = [parse_rate(r) for r in args.rates.split(",")]
+    # Enough generated tickets for any rate: a share of in-process is at most 3,000 req/s here.
+    sizes = [
+        args.max_requests if r is None and f is None else int((r or 3000 * (f or 0)) * args.seconds) for r, f in specs
+    ]
+    rows = generate(args.warmup + 200 + sum(sizes), seed=101)
+    write_jsonl(rows, home / "labels.jsonl")
+    task = load_task(REPO / "tasks" / f"{TASK}.yaml")
+    int8 = {"auto": "auto", "int8": True, "fp32": False}[args.precision]
+    task = task.model_copy(update={"student": task.student.model_copy(update={"int8": int8})})
+    write_task(task, home / "tasks" / f"{TASK}.yaml")
     env = {
-        "PROTEGE_TASKS_DIR": str((args.home / "tasks").resolve()),
-        "PROTEGE_STANDIN_LABELS": str((args.home / "labels.jsonl").resolve()),
+        "PROTEGE_TASKS_DIR": str(home / "tasks"),
+        "PROTEGE_STANDIN_LABELS": str(home / "labels.jsonl"),
         "PROTEGE_MIN_CASES": str(int(args.warmup * 0.6)),
         "PROTEGE_RETRAIN_EVERY": "1000000",
         "PROTEGE_THREADS": str(args.scorer_threads),
         "PROTEGE_TRAINER_THREADS": "1",
         "OMP_NUM_THREADS": "1",
+        "PROTEGE_FUSED": "1" if layout == "fused" else "0",
     }
-    report: dict[str, Any] = {
-        "teacher": "OFFLINE STAND-IN (labelled data)",
-        "seconds_per_rate": args.seconds,
-        "p95_target_ms": args.p95_target,
-        "student_precision": "int8" if args.int8 else "fp32",
-        "scorer_threads": args.scorer_threads,
-        "rates": [],
-    }
-    with LocalPipeline(args.home.resolve(), env=env) as p:
+    report: dict[str, Any] = {"layout": layout, "rates": []}
+    with LocalPipeline(home, env=env) as p:
         settings = p.settings
-        console.print(f"warm-up: {args.warmup} tickets to train one student ...")
-        asyncio.run(drive(settings, rows[: args.warmup], tenant="load", task="ticket-triage", rate=40))
+        console.print(f"{layout}: warm-up: {args.warmup} tickets to train one student ...")
+        asyncio.run(drive(settings, rows[: args.warmup], tenant=TENANT, task=TASK, rate=40))
         t = settings.topics
         asyncio.run(wait_quiet(settings, {"harvester": [t.teacher_results], "trainer": [t.harvest]}))
         time.sleep(5)
         at = args.warmup
-        for rate, n in zip(rates, sizes, strict=True):
+        texts = [r["text"] for r in rows[at : at + 640]]
+        report["in_process"] = own = in_process(home, args.scorer_threads, texts)
+        console.print(
+            f"{layout}: in-process: {own['version']} ({own['precision']}) {own['seq_per_s']:.0f} sequences/s "
+            f"at batch {own['batch']}, {args.scorer_threads} thread(s)"
+        )
+        if args.profile:
+            assert p.supervisor is not None
+            p.supervisor.stop()
+            p.supervisor.profile = home / "profiles"
+            p.supervisor.start()
+            asyncio.run(drive(settings, rows[at : at + 200], tenant=TENANT, task=TASK, rate=25))  # caught up again
+        at += 200
+        for (fixed, share), n in zip(specs, sizes, strict=True):
+            rate = fixed if share is None else share * own["seq_per_s"]
+            n = args.max_requests if rate is None else int(rate * args.seconds)
             chunk, at = rows[at : at + n], at + n
-            console.print(
-                f"{f'{rate:.0f} req/s for {args.seconds:.0f}s' if rate else 'as fast as possible'} ({n} requests) ..."
-            )
+            label = "max" if rate is None else f"{rate:.0f}" + (f" ({100 * share:.0f}%)" if share else "")
+            console.print(f"{layout}: {label + ' req/s' if rate else 'as fast as possible'} ({n} requests) ...")
             since_ms = int(time.time() * 1000) - 1000
+            pids = {} if args.profile else processes(p)
+            cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
             d = asyncio.run(
-                drive(
-                    settings,
-                    chunk,
-                    tenant="load",
-                    task="ticket-triage",
-                    rate=rate,
-                    timeout=max(120.0, args.seconds * 10),
-                )
+                drive(settings, chunk, tenant=TENANT, task=TASK, rate=rate, timeout=max(120.0, args.seconds * 10))
             )
+            cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            s = summarize(d)
             phase = {
                 "rate": rate,
-                "pipeline": summarize(d),
+                "share_of_in_process": share,
+                "label": label,
+                "pipeline": s,
+                "answered_per_s_of_in_process": (s["throughput_rps"] or 0) / own["seq_per_s"],
+                "cpu_ms_per_answer": {
+                    name: 1000 * (cpu1[name] - cpu0[name]) / max(1, s["answered"])  # type: ignore[operator]
+                    for name in pids
+                    if cpu0[name] is not None and cpu1[name] is not None
+                },
                 "student_hops_ms": asyncio.run(student_hops(settings, d, since_ms)),
                 "raw_broker_ms": asyncio.run(asyncio.wait_for(raw_broker(settings, n, rate), timeout=120)),
             }
             phase["sustained"] = rate is not None and sustained(phase)
             report["rates"].append(phase)
+    if args.profile:
+        report["profiles"] = {}
+        for path in sorted((home / "profiles").glob("*.txt")):
+            prof = Profile.read(path)
+            report["profiles"][path.stem] = {"samples": prof.samples, "startup_samples": prof.startup} | {
+                "shares": prof.shares(),
+                "top": [f"{leaf} {n}" for leaf, n in prof.leaves.most_common(8)],
+            }
     ok = [
-        r["rate"]
+        r
         for r in report["rates"]
         if r["sustained"] and (r["pipeline"]["latency_ms"]["student"]["p95"] or float("inf")) < args.p95_target
     ]
-    report["highest_sustained_rate_under_target"] = max(ok) if ok else None
+    best = max(ok, key=lambda r: r["rate"]) if ok else None
+    report["highest_sustained_rate_under_target"] = best and best["rate"]
+    report["highest_sustained_share_of_in_process"] = best and best["rate"] / own["seq_per_s"]
+    fastest = [r for r in report["rates"] if r["rate"] is None]
+    report["max_answered_share_of_in_process"] = fastest[-1]["answered_per_s_of_in_process"] if fastest else None
+    return report
+
+
+def print_layout(report: dict[str, Any], args: argparse.Namespace, console: Console) -> None:
     f = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
+    own = report["in_process"]
     table = Table(
-        title=f"pipeline vs raw broker, same rate, same run (latency ms, publish -> answer read; student "
-        f"{report['student_precision']}, scorer threads {args.scorer_threads})",
+        title=f"{report['layout']}: pipeline vs raw broker, same rate, same run (latency ms, publish -> answer "
+        f"read; student {own['precision']}, scorer threads {args.scorer_threads}; in-process "
+        f"{own['seq_per_s']:.0f} seq/s)",
         caption="teacher: OFFLINE STAND-IN",
     )
     for col in (
         "req/s offered",
         "answered",
         "answered/s",
+        "of in-process",
         "student share",
         "student p50",
         "student p95",
         "student p99",
-        "teacher p50",
         "teacher p95",
-        "raw p50",
         "raw p95",
         "student p95 / raw p95",
     ):
@@ -193,36 +265,104 @@ def main() -> None:
         st, te = s["latency_ms"]["student"], s["latency_ms"]["teacher"]
         ratio = f"{st['p95'] / raw['p95']:.1f}x" if st["p95"] and raw["p95"] else "-"
         table.add_row(
-            "max" if r["rate"] is None else f"{r['rate']:.0f}",
+            r["label"],
             f"{s['answered']}/{s['requests']}",
             f(s["throughput_rps"]),
+            f"{100 * r['answered_per_s_of_in_process']:.0f}%",
             f"{100 * s['student_share']:.0f}%",
             f(st["p50"]),
             f(st["p95"]),
             f(st["p99"]),
-            f(te["p50"]),
             f(te["p95"]),
-            f(raw["p50"]),
             f(raw["p95"]),
             ratio,
         )
     console.print(table)
-    hops = Table(title="student path per hop (ms, p50 / p95)")
+    hops = Table(title=f"{report['layout']}: student path per hop (ms, p50 / p95)")
     hops.add_column("req/s offered", justify="right")
     for hop in HOPS:
         hops.add_column(hop, justify="right")
     for r in report["rates"]:
         h = r["student_hops_ms"]
-        hops.add_row(
-            "max" if r["rate"] is None else f"{r['rate']:.0f}",
-            *(f"{f(h[hop]['p50'])} / {f(h[hop]['p95'])}" for hop in HOPS),
-        )
+        hops.add_row(r["label"], *(f"{f(h[hop]['p50'])} / {f(h[hop]['p95'])}" for hop in HOPS))
     console.print(hops)
-    best = report["highest_sustained_rate_under_target"]
-    console.print(
-        f"highest sustained rate with student p95 < {args.p95_target:.0f} ms: "
-        f"{'none of ' + args.rates if best is None else f'{best:.0f} req/s'}"
+    if report["rates"] and report["rates"][0]["cpu_ms_per_answer"]:
+        names = sorted(report["rates"][0]["cpu_ms_per_answer"])
+        cpu = Table(title=f"{report['layout']}: CPU ms per answered request, by process")
+        cpu.add_column("req/s offered", justify="right")
+        for name in [*names, "total"]:
+            cpu.add_column(name, justify="right")
+        for r in report["rates"]:
+            per = r["cpu_ms_per_answer"]
+            cpu.add_row(r["label"], *(f"{per.get(n, 0):.1f}" for n in names), f"{sum(per.values()):.1f}")
+        console.print(cpu)
+    for name, prof in (report.get("profiles") or {}).items():
+        top = ", ".join(f"{part} {100 * share:.0f}%" for part, share in list(prof["shares"].items())[:6])
+        console.print(f"{report['layout']}: profile {name} ({prof['samples']} samples): {top}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--rates", default="25,50%,max", help="req/s per phase; N%%: that share of in-process; max: as fast as possible"
     )
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--max-requests", type=int, default=2000, help="requests in a max phase")
+    ap.add_argument("--warmup", type=int, default=800)
+    ap.add_argument("--p95-target", type=float, default=100.0, help="student-path p95 (ms) a sustained rate must keep")
+    ap.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "int8"),
+        default="auto",
+        help="the task's student.int8 (auto: per version)",
+    )
+    ap.add_argument("--scorer-threads", type=int, default=0, help="ONNX Runtime threads in the scorer (0: its cores)")
+    ap.add_argument("--layouts", default="separate", help="separate, fused, or both: separate,fused")
+    ap.add_argument("--profile", action="store_true", help="run the services under py-spy after the warm-up")
+    ap.add_argument("--json", type=Path, default=REPO / "reports" / "loadtest-stream.json")
+    ap.add_argument("--home", type=Path, default=Path(".protege/loadtest"))
+    args = ap.parse_args()
+    console = Console(width=170)
+    where = machine()
+    console.print(f"machine: {where['cpu']}, {where['cores']} cores; teacher: OFFLINE STAND-IN (labelled data)")
+    report: dict[str, Any] = {
+        "machine": where,
+        "teacher": "OFFLINE STAND-IN (labelled data)",
+        "seconds_per_rate": args.seconds,
+        "p95_target_ms": args.p95_target,
+        "precision": args.precision,
+        "scorer_threads": args.scorer_threads,
+        "profiled": args.profile,
+        "layouts": [],
+    }
+    for layout in args.layouts.split(","):
+        if layout not in ("separate", "fused"):
+            raise SystemExit(f"--layouts: no layout {layout!r} (separate, fused)")
+        report["layouts"].append(run_layout(args, layout, console))
+    for run in report["layouts"]:
+        print_layout(run, args, console)
+    summary = Table(title=f"by layout (student p95 target {args.p95_target:.0f} ms)")
+    for col in (
+        "layout",
+        "in-process seq/s",
+        "highest sustained under target",
+        "of in-process",
+        "max answered/s",
+        "of in-process",
+    ):
+        summary.add_column(col, justify="right")
+    for run in report["layouts"]:
+        fastest = [r for r in run["rates"] if r["rate"] is None]
+        best = run["highest_sustained_rate_under_target"]
+        summary.add_row(
+            run["layout"],
+            f"{run['in_process']['seq_per_s']:.0f}",
+            "none" if best is None else f"{best:.0f} req/s",
+            "-" if best is None else f"{100 * run['highest_sustained_share_of_in_process']:.0f}%",
+            f"{fastest[-1]['pipeline']['throughput_rps']:.0f}" if fastest else "-",
+            "-" if not fastest else f"{100 * run['max_answered_share_of_in_process']:.0f}%",
+        )
+    console.print(summary)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     console.print(f"wrote {args.json}")

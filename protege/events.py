@@ -141,6 +141,11 @@ class Scored(AboutRequest, Event, title="protege.scored"):
     student_error: str | None = Field(None, description="Why the student could not answer, when it could not.")
     scored_at_ms: int
     batch_size: int = Field(ge=1, description="Micro-batch this request was scored in.")
+    decided: Literal[True] | None = Field(
+        None,
+        description="Decided by the scorer in the same transaction (the fused layout, PROTEGE_FUSED): "
+        "a verifier passes it by.",
+    )
 
 
 class Decision(Event, title="protege.decision"):

@@ -16,7 +16,7 @@ from protege import signals
 from protege.broker.embedded import EmbeddedBroker, EmbeddedCluster
 from protege.kafka import ensure_topics
 from protege.settings import Settings, env_for_children
-from protege.supervisor import Supervisor
+from protege.supervisor import SERVICES, Supervisor, layout
 
 
 @dataclass
@@ -59,8 +59,7 @@ class LocalPipeline:
             env.update(self.env)
             env.setdefault("PROTEGE_LOG_FORMAT", "json")
             self.supervisor = Supervisor(env, self.home / "logs")
-            if self.services is not None:
-                self.supervisor.services = self.services
+            self.supervisor.services = layout(self.services if self.services is not None else SERVICES, env)
             self.supervisor.start()
         except BaseException:
             self.close()

@@ -112,6 +112,11 @@ class ScorerSettings(Settings):
         description="Run a micro-batch as length-sorted sub-batches of this size, each "
         "padded to its own longest text (0: one padded batch).",
     )
+    fused: bool = Field(
+        False,
+        description="Decide in the scorer too, in the same transaction (the fused layout: one hop and one "
+        "transaction fewer on the student path; run no verifier). Off: the verifier decides.",
+    )
 
 
 class VerifierSettings(Settings):

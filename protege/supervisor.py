@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,16 @@ from protege import signals
 
 SERVICES = ["ingestion", "scorer", "verifier", "teacher", "harvester", "trainer"]
 DEPLOYED = [*SERVICES, "monitor"]  # compose, k8s and protege up also run the monitor
+
+
+def fused(env: Mapping[str, str]) -> bool:
+    """The fused layout (``PROTEGE_FUSED``): the scorer decides, and no verifier runs."""
+    return env.get("PROTEGE_FUSED", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def layout(names: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """The processes to run: ``names`` without the verifiers when the layout is fused."""
+    return [n for n in names if not (fused(env) and service_of(n) == "verifier")]
 
 
 def service_of(name: str) -> str:
@@ -37,6 +48,17 @@ def with_replicas(replicas: dict[str, int]) -> list[str]:
     if unknown:
         raise ValueError(f"no such service: {sorted(unknown)}; choose from {SERVICES}")
     return [name if i == 1 else f"{name}-{i}" for name in SERVICES for i in range(1, replicas.get(name, 1) + 1)]
+
+
+def profiled(command: list[str], out: Path) -> list[str]:
+    """``command`` launched by py-spy (which samples only processes it started, here), its
+    samples written to ``out`` as collapsed stacks when the process exits. py-spy itself
+    ignores SIGTERM, so that a stop reaches the service, which exits, and py-spy then writes;
+    the service installs its own handler."""
+    spy = Path(sys.executable).with_name("py-spy")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = [str(spy) if spy.exists() else "py-spy", "record", "--nonblocking", "--rate", "100", "--format", "raw"]
+    return ["sh", "-c", 'trap "" TERM; exec "$@"', "sh", *record, "--output", str(out), "--", *command]
 
 
 @dataclass
@@ -55,13 +77,17 @@ class Supervisor:
     children: dict[str, Child] = field(default_factory=dict)
     retired: list[Child] = field(default_factory=list)  # removed replicas still finishing
     max_restarts: int = 20
+    profile: Path | None = None  # run each process under py-spy, its samples in profile/<name>.txt
 
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
         self.logs.mkdir(parents=True, exist_ok=True)
         env = {**self.env, "PROTEGE_INSTANCE": f"{socket.gethostname()}-{name}"}
+        command = [sys.executable, "-m", f"protege_services.{service_of(name)}"]
+        if self.profile is not None:
+            command = profiled(command, self.profile / f"{name}.txt")
         with open(self.logs / f"{name}.log", "ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", f"protege_services.{service_of(name)}"],
+                command,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

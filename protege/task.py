@@ -195,7 +195,11 @@ class StudentConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_length: int = Field(128, ge=8, le=512)
-    int8: bool = Field(False, description="Serve the dynamically int8-quantised graph.")
+    int8: bool | Literal["auto"] = Field(
+        "auto",
+        description="Serve the dynamically int8-quantised graph: auto (each version's gate decides: int8 when its "
+        "golden accuracy is within gates.tolerance of the fp32 graph's), true (always), false (never).",
+    )
     gates: Gates = Gates()
     canary: Canary = Canary()
 

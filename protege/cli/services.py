@@ -143,6 +143,13 @@ def up(
     monitor: Annotated[
         bool, typer.Option(help="Also run the monitor (windowed statistics on /metrics; the monitor extra).")
     ] = True,
+    fused: Annotated[
+        bool,
+        typer.Option(
+            help="The fused layout: the scorer also decides, in its own transaction, and no verifier runs "
+            "(PROTEGE_FUSED=1: one hop fewer on the student path)."
+        ),
+    ] = False,
 ) -> None:
     """Start the embedded broker and the six services (and the monitor); restart crashed ones;
     Ctrl-C stops all."""
@@ -155,6 +162,8 @@ def up(
     except ValueError as e:
         raise typer.BadParameter(f"--replicas {replicas!r}: {e}") from None
     env = {"PROTEGE_STANDIN_LABELS": str(standin_labels.resolve())} if standin_labels else {}
+    if fused:
+        env["PROTEGE_FUSED"] = "1"
     library_logs_to(home() / "logs")
     with (
         stops_on_signals("the services and the broker were stopped"),
@@ -168,7 +177,9 @@ def up(
             partitions=max([Settings().partitions, *counts.values()]),
         ) as p,
     ):
-        console.print(f"[bold]up[/]: broker {p.bootstrap}, services {', '.join(names)}; logs in {home() / 'logs'}")
+        console.print(
+            f"[bold]up[/]: broker {p.bootstrap}, services {', '.join(p.supervisor.services if p.supervisor else names)}; logs in {home() / 'logs'}"
+        )
         while True:
             assert p.supervisor is not None
             for name in p.supervisor.poll():

@@ -13,6 +13,7 @@ onnxruntime only.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import warnings
@@ -153,3 +154,14 @@ def quantize_int8(model: Path, dest: Path) -> None:
         )
     finally:
         root.setLevel(level)
+
+
+def quantized(encoder: Path) -> Path:
+    """``encoder/model.int8.onnx``, the encoder's int8 graph, written once beside it: the
+    shared backbone of the fast recipe is quantised once per machine, not once per version."""
+    dest = encoder / "model.int8.onnx"
+    if not dest.exists():
+        tmp = encoder / f".model.int8.{os.getpid()}.onnx"  # another trainer may be writing one too
+        quantize_int8(encoder / "model.onnx", tmp)
+        tmp.replace(dest)
+    return dest

@@ -60,6 +60,7 @@ class Manifest(Part):
     labels: list[str]
     max_length: int = Field(ge=1)
     precision: Literal["fp32", "int8"]
+    precision_choice: str | None = Field(None, description="Why this precision (int8: auto compares the two graphs).")
     recipe: dict[str, Any] = Field(description="kind (fast, finetune) and what the recipe recorded.")
     calibration: Calibration
     ood: Ood

@@ -102,6 +102,15 @@ def session_options(threads: int, spinning: bool) -> ort.SessionOptions:
     return opts
 
 
+def sub_batch_for(precision: str, sub_batch: int) -> int:
+    """The sub-batch a graph of this precision runs with. A dynamic int8 graph quantises its
+    activations with one scale per run, taken over every text in it: a text's answer would
+    depend on its batch-mates (0.9995 alone, 0.9991 in a batch, seen), and replay could not
+    reproduce what was served. One text per run keeps each answer its own; on 2 cores it
+    still scores ~1.2x the fp32 graph's sub-batches of 8 (benchmarks/scorer.py)."""
+    return 1 if precision == "int8" else sub_batch
+
+
 def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
     tok = Tokenizer.from_file(str(path))
     tok.enable_truncation(max_length=max_length)
@@ -221,7 +230,7 @@ class Student:
             max_length=self.manifest.max_length,
             providers=providers,
             threads=threads,
-            sub_batch=sub_batch,
+            sub_batch=sub_batch_for(self.manifest.precision, sub_batch),
             spinning=spinning,
         )
 

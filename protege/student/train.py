@@ -37,9 +37,9 @@ import numpy as np
 
 from protege.events import AcceptRule
 from protege.registry import Registry
-from protege.student.export import append_head, quantize_int8
+from protege.student.export import append_head, quantized
 from protege.student.manifest import HELD_OUT, TRAINED_ON, Calibration, Data, GateReport, Manifest, Ood, Target
-from protege.student.runtime import Encoder, knn_ood, softmax
+from protege.student.runtime import Encoder, knn_ood, softmax, sub_batch_for
 from protege.task import Gates, Task
 
 HEAD_C = 30.0  # chosen on a split carved from BANKING77's train: C 1/3/10/30/100 -> val 0.913/0.924/0.924/0.927/0.927 (benchmarks/recipe.py)
@@ -304,6 +304,7 @@ class Fitted:
     labels: list[str]
     info: dict[str, Any]
     embed: Callable[[Sequence[str]], np.ndarray] | None = None  # the encoder's embeddings, when cached
+    embed_int8: Callable[[Sequence[str]], np.ndarray] | None = None  # its int8 graph's, when cached
 
 
 class Recipe(Protocol):
@@ -321,6 +322,15 @@ class FastRecipe:
     c: float = HEAD_C
     seed: int = 0
     name: str = "fast"
+    _int8: EmbeddingCache | None = field(default=None, init=False, repr=False)
+
+    def embed_int8(self, texts: Sequence[str]) -> np.ndarray:
+        """The quantised backbone's embeddings, cached like the fp32 ones (made on first use)."""
+        if self._int8 is None:
+            threads = int(self.embed.encoder.session_info["intra_op_threads"])
+            graph, tokenizer = quantized(self.backbone), self.backbone / "tokenizer.json"
+            self._int8 = EmbeddingCache(Encoder(graph, tokenizer, threads=threads, sub_batch=sub_batch_for("int8", 0)))
+        return self._int8(texts)
 
     def fit(self, cases: Sequence[Case], workdir: Path) -> Fitted:
         x = self.embed([c.text for c in cases])
@@ -331,7 +341,7 @@ class FastRecipe:
             "seed": self.seed,
             "backbone": json.loads((self.backbone / "backbone.json").read_text()),
         }
-        return Fitted(self.backbone, w, b, labels, info, embed=self.embed)
+        return Fitted(self.backbone, w, b, labels, info, embed=self.embed, embed_int8=self.embed_int8)
 
 
 @dataclass
@@ -424,6 +434,57 @@ def serving_metrics(folder: Path, golden: Sequence[Case], gates: Gates, threads:
     return evaluate(scores, s.labels, s.rule, gates, [c.label for c in golden]) | {"version": s.version}
 
 
+@dataclass(frozen=True)
+class Precision:
+    """Which graph a version serves, and why: with ``int8: auto`` the int8 graph when its
+    held-out accuracy is within the gates' tolerance of the fp32 graph's (both heads fp32).
+    Held out: the calibration and golden cases together, which the weights of neither graph
+    saw; more cases than the golden set alone, so one flipped answer weighs less."""
+
+    name: str  # fp32 | int8
+    why: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        mode: bool | str,
+        folder: Path,
+        golden: Sequence[Case],
+        labels: Sequence[str],
+        tolerance: float,
+        max_length: int,
+        threads: int,
+    ) -> Precision:
+        if mode is True:
+            return cls("int8", "int8: asked for (student.int8: true)")
+        if mode is False:
+            return cls("fp32", "fp32: asked for (student.int8: false)")
+        if not golden:
+            return cls("fp32", "fp32: no held-out cases to compare the int8 graph on")
+        texts, index = [c.text for c in golden], {label: i for i, label in enumerate(labels)}
+        truth = np.asarray([index.get(c.label, -1) for c in golden])
+        answers = {}
+        for name, graph in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")):
+            encoder = Encoder(
+                folder / graph, folder / "tokenizer.json", max_length=max_length, providers="cpu", threads=threads
+            )
+            answers[name] = encoder.run_all(texts)["logits"].argmax(axis=1)
+        fp32, int8 = (float((answers[n] == truth).mean()) for n in ("fp32", "int8"))
+        agreement = float((answers["fp32"] == answers["int8"]).mean())
+        metrics = {
+            "held_out_accuracy_fp32": round(fp32, 4),
+            "held_out_accuracy_int8": round(int8, 4),
+            "int8_agreement": round(agreement, 4),
+        }
+        within = int8 >= fp32 - tolerance
+        why = (
+            f"{'int8' if within else 'fp32'}: held-out accuracy int8 {int8:.3f}, fp32 {fp32:.3f} on {len(texts)} cases "
+            f"({'within' if within else 'outside'} the tolerance {tolerance:.3f}; {100 * agreement:.1f}% same answers)"
+        )
+        return cls("int8" if within else "fp32", why, metrics)
+
+
 def train_version(
     cases: Sequence[Case],
     *,
@@ -463,20 +524,33 @@ def train_version(
         fitted = recipe.fit(fit, Path(work))
         fit_seconds = time.perf_counter() - started
         append_head(fitted.encoder / "model.onnx", fitted.w, fitted.b, tmp / "model.onnx")
+        if task.student.int8 is not False:  # the head stays fp32 (small; exact)
+            append_head(quantized(fitted.encoder), fitted.w, fitted.b, tmp / "model.int8.onnx")
         shutil.copy(fitted.encoder / "tokenizer.json", tmp / "tokenizer.json")
-    if task.student.int8:
-        quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx")
+    # Both graphs judged on every held-out case (calib and golden: neither graph's weights saw them).
+    held_out = list({c.request_id: c for c in [*calib, *golden]}.values())
+    precision = Precision.of(
+        task.student.int8, tmp, held_out, fitted.labels, gates.tolerance, task.student.max_length, threads
+    )
+    if precision.name == "int8":
         (tmp / "model.int8.onnx").replace(tmp / "model.onnx")
+    (tmp / "model.int8.onnx").unlink(missing_ok=True)
     served = Encoder(
-        tmp / "model.onnx", tmp / "tokenizer.json", max_length=task.student.max_length, providers="cpu", threads=threads
+        tmp / "model.onnx",
+        tmp / "tokenizer.json",
+        max_length=task.student.max_length,
+        providers="cpu",
+        threads=threads,
+        sub_batch=sub_batch_for(precision.name, 0),  # as the scorer will run it
     )
     labels = fitted.labels
 
     rng = np.random.default_rng(seed)
     bank_cases = list(fit) if len(fit) <= MAX_BANK else [fit[i] for i in rng.choice(len(fit), MAX_BANK, False)]
     bank_texts = [c.text for c in bank_cases]
-    # the recipe's cached embeddings are the served graph's, unless that graph was quantised
-    embed = fitted.embed if fitted.embed is not None and not task.student.int8 else served.embed
+    # the recipe's cached embeddings of the graph that serves, if it has them
+    cached = fitted.embed_int8 if precision.name == "int8" else fitted.embed
+    embed = cached if cached is not None else served.embed
     bank = embed(bank_texts)
     np.save(tmp / "knn.npy", bank.astype(np.float16))
     # Which requests it learnt from (their hash is the manifest's request_ids_sha256): replay
@@ -520,6 +594,7 @@ def train_version(
         "fit_seconds": round(fit_seconds, 2),
         "train_seconds": round(time.perf_counter() - started, 2),
     }
+    metrics |= precision.metrics
     if gold_metrics["accepted_accuracy"] is not None:
         metrics["golden_accepted_accuracy"] = round(gold_metrics["accepted_accuracy"], 4)
     manifest = Manifest(
@@ -528,7 +603,8 @@ def train_version(
         task=task.name,
         labels=labels,
         max_length=task.student.max_length,
-        precision="int8" if task.student.int8 else "fp32",
+        precision=precision.name,
+        precision_choice=precision.why,
         recipe=fitted.info | {"kind": recipe.name},
         calibration=Calibration(temperature=temperature),
         ood=Ood(k=k, bank=len(bank_cases)),

@@ -1,4 +1,5 @@
-"""Scorer service: protege.ingested (+ protege.models) -> protege.scored.
+"""Scorer service: protege.ingested (+ protege.models) -> protege.scored (fused, PROTEGE_FUSED=1:
+also protege.decisions + protege.responses | protege.teacher.requests, and no verifier runs).
 
     python -m protege_services.scorer             (or: protege run scorer)
 
@@ -13,6 +14,7 @@ import asyncio
 from functools import partial
 
 from protege_services.scorer.handler import Scorer
+from protege_services.verifier.handler import Verifier
 
 from protege.events import Ingested
 from protege.kafka import Processor
@@ -20,11 +22,14 @@ from protege.service import run_service
 from protege.serving import view
 from protege.settings import ScorerSettings
 from protege.student.runtime import Student, require_gpu
+from protege.task import load_tasks
 
 
 async def serve(settings: ScorerSettings, stop: asyncio.Event) -> None:
     if settings.providers == "cuda":
         require_gpu()  # refuse to start, with the reason, rather than score on the CPU
+    # Fused: the verifier's decisions made here, on the tasks it would have loaded.
+    verifier = Verifier(load_tasks(settings.tasks_dir), settings.topics) if settings.fused else None
     scorer = Scorer(
         settings.topics,
         partial(
@@ -35,6 +40,7 @@ async def serve(settings: ScorerSettings, stop: asyncio.Event) -> None:
             spinning=settings.spinning,
         ),
         redact_pii=settings.redact_pii,
+        verifier=verifier,
     )
     # The announcements, from the beginning, applied in order: it serves nothing before it has read them.
     models = view(settings, scorer.serving, scorer.serve)
@@ -53,6 +59,7 @@ def processor(settings: ScorerSettings, scorer: Scorer) -> Processor:
         max_records=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
         fallback=scorer.quarantined,
+        tasks=scorer.verifier.tasks if scorer.verifier is not None else None,
     )
 
 

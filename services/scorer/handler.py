@@ -6,6 +6,10 @@ sends it to the teacher). A student that fails on a batch is reported on each ev
 ``student_error`` and the requests escalate; the scorer keeps running. A request the
 scorer cannot handle at all is quarantined by the loop and goes on unscored
 (``quarantined``), so the teacher still answers it.
+
+Fused (``PROTEGE_FUSED``): the scorer also decides, with the verifier's own ``decide``, in
+the same transaction as the scored event (marked ``decided``): one hop and one transaction
+fewer on the student path, for deployments that want latency over scaling the two apart.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
+from protege_services.verifier.handler import Verifier
 
 from protege import metrics
 from protege.canary import Arm, arm
@@ -31,8 +36,11 @@ Loader = Callable[[Path], Student]
 
 
 class Scorer:
-    def __init__(self, topics: Topics, load: Loader, *, redact_pii: bool = True) -> None:
+    def __init__(
+        self, topics: Topics, load: Loader, *, redact_pii: bool = True, verifier: Verifier | None = None
+    ) -> None:
         self.topics = topics
+        self.verifier = verifier  # the fused layout: decided here, in the scoring transaction
         self.clean = redact if redact_pii else str  # the student sees text as the harvest kept it
         self.load = load
         self.students: dict[tuple[str, str], Student] = {}
@@ -84,9 +92,12 @@ class Scorer:
         )
 
     def quarantined(self, r: Received[Ingested], why: str) -> list[Out]:
-        """The loop gave up on this request: pass it on without a student answer."""
+        """The loop gave up on this request: pass it on without a student answer (fused: to the teacher)."""
         scored = Scored(request=r.event, student=None, student_error=why[:300], scored_at_ms=now_ms(), batch_size=1)
-        return [Out.of(self.topics.scored, scored)]
+        if self.verifier is None:
+            return [Out.of(self.topics.scored, scored)]
+        scored = scored.model_copy(update={"decided": True})
+        return [Out.of(self.topics.scored, scored), *self.verifier.to_teacher(scored)]
 
     async def handle(self, received: Sequence[Received[Ingested]]) -> list[Out]:
         outs: list[Out] = []
@@ -101,7 +112,11 @@ class Scorer:
                         scored = scored.model_copy(
                             update={"student": scored.student.model_copy(update={"arm": chosen})}
                         )
+                    if self.verifier is not None:
+                        scored = scored.model_copy(update={"decided": True})
                     outs.append(Out.of(self.topics.scored, scored))
+                    if self.verifier is not None:
+                        outs += self.verifier.decide(scored)
                     self.log.debug(
                         "scored",
                         request_id=scored.request.request_id,

@@ -10,6 +10,10 @@ A scored request the verifier cannot handle at all is quarantined by the loop an
 the teacher (reason ``quarantined``): the fail-safe is the teacher, and the request is
 still answered once.
 
+In the fused layout (``PROTEGE_FUSED``) the scorer runs this same ``decide`` in its own
+transaction and marks the scored event ``decided``; a verifier that sees one passes it by,
+so the two layouts never answer a request twice, even side by side.
+
 The drift alarm over the decisions is the monitor's (``services/monitor``): it sees every
 verifier replica's decisions of a task, this one sees only its partitions.
 """
@@ -36,7 +40,11 @@ class Verifier:
         self.log = structlog.get_logger().bind(service="verifier")
 
     def verify(self, r: Received[Scored]) -> list[Out]:
-        scored = r.event
+        return self.decide(r.event)
+
+    def decide(self, scored: Scored) -> list[Out]:
+        """The decision on one scored request and what follows from it (the fused scorer calls
+        this in its own transaction)."""
         req = scored.request
         at = now_ms()
         decision: Decision = self.routers[req.task].decide(scored, at)
@@ -88,7 +96,11 @@ class Verifier:
 
     def quarantined(self, r: Received[Scored], why: str) -> list[Out]:
         """The loop gave up on this scored request: the teacher answers it."""
-        req, student = r.event.request, r.event.student
+        return self.to_teacher(r.event)
+
+    def to_teacher(self, scored: Scored) -> list[Out]:
+        """The fail-safe: the teacher answers (reason ``quarantined``)."""
+        req, student = scored.request, scored.student
         ask = TeacherRequest(
             request=req,
             reasons=["quarantined"],
@@ -100,4 +112,5 @@ class Verifier:
         return [Out.of(self.topics.teacher_requests, ask)]
 
     async def handle(self, received: Sequence[Received[Scored]]) -> list[Out]:
-        return [out for r in received for out in self.verify(r)]
+        # A request the scorer decided itself (the fused layout) was answered in its transaction.
+        return [out for r in received if not r.event.decided for out in self.verify(r)]

@@ -218,3 +218,28 @@ def test_fuzzed_payloads_on_the_live_pipeline(pipeline: LocalPipeline, payloads:
     assert all(answers[i] == 1 for i in ingested), {i: answers[i] for i in ingested if answers[i] != 1}
     assert {n: c.restarts for n, c in pipeline.supervisor.children.items()} == restarts
     assert all(c.proc.poll() is None for c in pipeline.supervisor.children.values())
+
+
+def test_the_fused_layout_answers_each_request_once(kafka: EmbeddedBroker, backbone: Path, tmp_path: Path) -> None:
+    """PROTEGE_FUSED=1: the scorer decides in its own transaction and no verifier runs; cold
+    requests go to the teacher, a student answers once one is trained, one decision each, every
+    scored event marked decided (a verifier passes those by: tests/unit/test_policies.py)."""
+    rows = generate(600, seed=33)
+    write_jsonl(rows, tmp_path / "labels.jsonl")
+    env = pipeline_env(tmp_path / "labels.jsonl", backbone, PROTEGE_FUSED="1")
+    with LocalPipeline(tmp_path, env=env, bootstrap=kafka.bootstrap, topic_prefix=f"fused{int(time.time())}.") as p:
+        assert p.supervisor is not None and "verifier" not in p.supervisor.services
+        assert "scorer" in p.supervisor.services
+        first = run(p, rows[:150], "fused", rate=80)["summary"]
+        wait_for_model(p, "fused")
+        s = run(p, rows[150:450], "fused", rate=80)["summary"]
+        assert (first["answered"] + s["answered"], first["duplicates"] + s["duplicates"]) == (450, 0)
+        assert s["student_share"] > 0 and s["accuracy"] > 0.85
+        settings = p.settings
+        decisions = [
+            Decision.model_validate_json(r.value) for r in asyncio.run(read_all(settings, settings.topics.decisions))
+        ]
+        assert Counter(Counter(d.request_id for d in decisions).values()) == {1: 450}
+        scored = [Scored.model_validate_json(r.value) for r in asyncio.run(read_all(settings, settings.topics.scored))]
+        assert len(scored) == 450 and all(x.decided for x in scored)
+        assert {c.name: c.restarts for c in p.supervisor.children.values()} == dict.fromkeys(p.supervisor.services, 0)

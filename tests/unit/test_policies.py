@@ -169,3 +169,39 @@ def test_drift_state_is_small_plain_and_restores_to_the_same_monitor() -> None:
         d = decision(i % 2 == 0, "out_of_distribution")
         assert m.observe(d) == again.observe(d)
     assert again.firing and again.rate == m.rate
+
+
+def test_the_fused_scorer_decides_in_its_transaction_and_a_verifier_passes_its_events_by() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from protege_services.scorer.handler import Scorer
+    from protege_services.verifier.handler import Verifier
+
+    from protege.kafka import Received
+    from protege.topics import Topics
+
+    t = Topics("f.")
+    verifier = Verifier({BASE.name: BASE}, t)
+    scorer = Scorer(t, load=lambda p: SimpleNamespace(version=p.name), verifier=verifier)  # type: ignore[arg-type,return-value]
+    sure, unsure = scored().student, scored(confidence=0.1).student
+    student = SimpleNamespace(version="v1", predict=lambda texts: [sure if "order" in x else unsure for x in texts])
+    scorer.students[("acme", BASE.name)] = student  # type: ignore[assignment]
+    reqs = [
+        Ingested(request_id=f"r{i}", tenant="acme", task=BASE.name, text=text, received_at_ms=1)
+        for i, text in enumerate(["where is my order #4821", "hmm"])
+    ]
+    outs = asyncio.run(scorer.handle([Received(r, t.ingested) for r in reqs]))
+    # each scored event, marked decided, and right after it its decision and where it goes
+    assert [o.topic for o in outs] == [t.scored, t.decisions, t.responses, t.scored, t.decisions, t.teacher_requests]
+    events = [Scored.model_validate_json(o.value) for o in outs if o.topic == t.scored]
+    assert all(e.decided for e in events)
+    decisions = [Decision.model_validate_json(o.value) for o in outs if o.topic == t.decisions]
+    assert [d.verdict for d in decisions] == ["accept", "escalate"]
+    # the separate layout's verifier reading them: nothing more (never a second answer)
+    assert asyncio.run(verifier.handle([Received(e, t.scored) for e in events])) == []
+    assert len(asyncio.run(verifier.handle([Received(scored(), t.scored)]))) == 2  # an undecided one: decided
+    # a request the fused scorer's loop gives up on goes to the teacher from there
+    quarantined = scorer.quarantined(Received(reqs[0], t.ingested), "boom")
+    assert [o.topic for o in quarantined] == [t.scored, t.teacher_requests]
+    assert Scored.model_validate_json(quarantined[0].value).decided
