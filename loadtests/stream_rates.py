@@ -50,7 +50,7 @@ from protege.profiles import Profile
 from protege.registry import Registry
 from protege.settings import REPO, ScorerSettings, Settings
 from protege.state import read_all
-from protege.student.runtime import Student
+from protege.student.runtime import Student, cpu_budget
 from protege.task import load_task, write_task
 
 TENANT, TASK = "load", "ticket-triage"
@@ -177,7 +177,7 @@ def run_layout(args: argparse.Namespace, layout: str, console: Console) -> dict[
         report["in_process"] = own = in_process(home, args.scorer_threads, texts)
         console.print(
             f"{layout}: in-process: {own['version']} ({own['precision']}) {own['seq_per_s']:.0f} sequences/s "
-            f"at batch {own['batch']}, {args.scorer_threads} thread(s)"
+            f"at batch {own['batch']}, {args.scorer_threads or cpu_budget()} thread(s)"
         )
         if args.profile:
             assert p.supervisor is not None
@@ -242,7 +242,7 @@ def print_layout(report: dict[str, Any], args: argparse.Namespace, console: Cons
     own = report["in_process"]
     table = Table(
         title=f"{report['layout']}: pipeline vs raw broker, same rate, same run (latency ms, publish -> answer "
-        f"read; student {own['precision']}, scorer threads {args.scorer_threads}; in-process "
+        f"read; student {own['precision']}, scorer threads {args.scorer_threads or cpu_budget()}; in-process "
         f"{own['seq_per_s']:.0f} seq/s)",
         caption="teacher: OFFLINE STAND-IN",
     )

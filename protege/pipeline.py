@@ -29,6 +29,7 @@ class LocalPipeline:
     topic_prefix: str = ""
     partitions: int = 2  # per topic protege creates: at least the most replicas of any service
     brokers: int = 1  # embedded nodes: 3 is a replicated cluster (3 copies, min.insync.replicas 2)
+    profile: Path | None = None  # run each service under py-spy, samples in profile/<name>.txt (protege.profiles)
 
     def __post_init__(self) -> None:
         self.broker: EmbeddedBroker | EmbeddedCluster | None = None
@@ -58,7 +59,7 @@ class LocalPipeline:
             env = env_for_children(settings)
             env.update(self.env)
             env.setdefault("PROTEGE_LOG_FORMAT", "json")
-            self.supervisor = Supervisor(env, self.home / "logs")
+            self.supervisor = Supervisor(env, self.home / "logs", profile=self.profile)
             self.supervisor.services = layout(self.services if self.services is not None else SERVICES, env)
             self.supervisor.start()
         except BaseException:

@@ -150,6 +150,13 @@ def up(
             "(PROTEGE_FUSED=1: one hop fewer on the student path)."
         ),
     ] = False,
+    profile: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run each service under py-spy (the dev extra); when they stop, DIR/<service>.txt holds its "
+            "samples and `protege up` prints where each one's CPU went."
+        ),
+    ] = None,
 ) -> None:
     """Start the embedded broker and the six services (and the monitor); restart crashed ones;
     Ctrl-C stops all."""
@@ -165,23 +172,40 @@ def up(
     if fused:
         env["PROTEGE_FUSED"] = "1"
     library_logs_to(home() / "logs")
-    with (
-        stops_on_signals("the services and the broker were stopped"),
-        LocalPipeline(
-            home(),
-            env=env,
-            bootstrap=bootstrap,
-            broker_home=Path(".protege/broker" if brokers == 1 else f".protege/cluster-{brokers}"),
-            brokers=brokers,
-            services=names,
-            partitions=max([Settings().partitions, *counts.values()]),
-        ) as p,
-    ):
+    try:
+        with (
+            stops_on_signals("the services and the broker were stopped"),
+            LocalPipeline(
+                home(),
+                env=env,
+                bootstrap=bootstrap,
+                broker_home=Path(".protege/broker" if brokers == 1 else f".protege/cluster-{brokers}"),
+                brokers=brokers,
+                services=names,
+                partitions=max([Settings().partitions, *counts.values()]),
+                profile=profile.resolve() if profile else None,
+            ) as p,
+        ):
+            console.print(
+                f"[bold]up[/]: broker {p.bootstrap}, services {', '.join(p.supervisor.services if p.supervisor else names)}; logs in {home() / 'logs'}"
+            )
+            while True:
+                assert p.supervisor is not None
+                for name in p.supervisor.poll():
+                    console.print(f"restarted {name}")
+                time.sleep(0.5)
+    finally:
+        if profile is not None:
+            print_profiles(profile)
+
+
+def print_profiles(folder: Path) -> None:
+    """Where each service's CPU went, from the py-spy samples its stop wrote."""
+    from protege.profiles import Profile
+
+    for path in sorted(folder.glob("*.txt")):
+        prof = Profile.read(path)
+        parts = ", ".join(f"{part} {100 * share:.0f}%" for part, share in list(prof.shares().items())[:6])
         console.print(
-            f"[bold]up[/]: broker {p.bootstrap}, services {', '.join(p.supervisor.services if p.supervisor else names)}; logs in {home() / 'logs'}"
+            f"{path.stem}: {prof.samples} samples at work ({prof.idle} waiting, {prof.startup} starting): {parts}"
         )
-        while True:
-            assert p.supervisor is not None
-            for name in p.supervisor.poll():
-                console.print(f"restarted {name}")
-            time.sleep(0.5)

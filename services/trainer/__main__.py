@@ -9,6 +9,7 @@ under PROTEGE_CACHE; retrains after that use ONNX Runtime and scikit-learn only.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 from protege_services.trainer.handler import CaseStore, Trainer
@@ -61,6 +62,14 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
     def trials(tenant: str, task: str) -> tuple[ModelAnnouncement | None, ModelAnnouncement | None]:
         return serving.canary(tenant, task), serving.serving(tenant, task)
 
+    def last_trained(tenant: str, task: str) -> tuple[int, int, bool] | None:
+        versions = registry.versions(tenant, task)
+        if not versions:
+            return None
+        m = versions[-1].manifest
+        at = datetime.strptime(m.created_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        return m.data.cases, int(at.timestamp() * 1000), m.gates.passed
+
     tasks = load_tasks(settings.tasks_dir)
     trainer = Trainer(
         tasks,
@@ -72,6 +81,7 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
         retrain_hours=settings.retrain_hours,
         serving=serving_folder,
         trials=trials,
+        last_trained=last_trained,
     )
     await asyncio.gather(processor(settings, trainer).run(stop), watching)
 

@@ -31,6 +31,8 @@ from protege.topics import Topics
 Train = Callable[[list[Case], str, Task, Path | None, str], TrainResult]  # ..., the trigger
 ServingFolder = Callable[[str, str], Awaitable[Path | None]]
 Trials = Callable[[str, str], tuple[ModelAnnouncement | None, ModelAnnouncement | None]]  # (on trial, serving)
+# The newest version on record (the registry): (cases it was trained on, when, ms; passed its gates)
+LastTrained = Callable[[str, str], tuple[int, int, bool] | None]
 
 
 async def no_serving(tenant: str, task: str) -> Path | None:
@@ -39,6 +41,10 @@ async def no_serving(tenant: str, task: str) -> Path | None:
 
 def no_trials(tenant: str, task: str) -> tuple[ModelAnnouncement | None, ModelAnnouncement | None]:
     return None, None
+
+
+def never_trained(tenant: str, task: str) -> tuple[int, int, bool] | None:
+    return None
 
 
 class CaseStore:
@@ -102,8 +108,10 @@ class Trainer:
         retrain_hours: float | None = None,
         serving: ServingFolder = no_serving,
         trials: Trials = no_trials,
+        last_trained: LastTrained = never_trained,
     ) -> None:
         self.tasks = tasks
+        self.last_trained = last_trained
         self.serving = serving
         self.trials = trials
         self.topics = topics
@@ -125,6 +133,13 @@ class Trainer:
             return None  # one candidate on trial at a time (until the monitor's verdict)
         cases = self.store.load(tenant, task)
         n, last = len(cases), self.trained_at.get((tenant, task))
+        if last is None and (record := self.last_trained(tenant, task)) is not None:
+            # A restarted trainer goes on from the newest version on record, not from nothing
+            # (it retrained a "first student" at every start).
+            last, self.trained_ms[(tenant, task)], passed = record
+            self.trained_at[(tenant, task)] = last
+            if not passed:
+                self.held_back.add((tenant, task))
         if len({c.label for c in cases.values()}) < 2:
             return None
         if last is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from protege_services.trainer.handler import CaseStore, Trainer
 
-from protege.events import Alert, HarvestCase, ModelAnnouncement
+from protege.events import Alert, HarvestCase, ModelAnnouncement, now_ms
 from protege.generator import triage_task
 from protege.kafka import Received
 from protege.student.train import Case, TrainResult
@@ -113,10 +113,18 @@ def test_a_drift_alarm_retrains_every_tenant_with_new_cases(tmp_path: Path) -> N
     assert triggers[-1] == "drift alarm: escalation rate 45.0% against a baseline of 20.0% ± 15%; 5 new cases"
     announced = ModelAnnouncement.model_validate_json(outs[0].value)
     assert announced.reason == f"trained on {triggers[-1]}; passed its gates"
-    # A restarted trainer (same store) finds the tenant on disk for the next alarm.
-    again, more = recording_trainer(tmp_path)
+    # A restarted trainer (same store) goes on from the newest version on record: nothing new
+    # since it, nothing to learn; it finds the tenant on disk for the next alarm.
+    again, more = recording_trainer(tmp_path, last_trained=lambda tenant, task: (45, now_ms(), True))
     asyncio.run(again.handle([alert()]))
-    assert more == ["first student: 45 cases"]
+    assert more == []
+    asyncio.run(again.handle(records(45, 3)))
+    asyncio.run(again.handle([alert()]))
+    assert more == ["drift alarm: escalation rate 45.0% against a baseline of 20.0% ± 15%; 3 new cases"]
+    # with no version on record, a restarted trainer trains the first student
+    fresh, first = recording_trainer(tmp_path)
+    asyncio.run(fresh.handle([alert()]))
+    assert first == ["first student: 48 cases"]
 
 
 def test_a_schedule_retrains_when_any_case_is_new(tmp_path: Path) -> None:
