@@ -28,6 +28,7 @@ from protege.events import Correction, Event, Response, TeacherResult
 from protege.kafka import Out, consumer, partitions_of, producer
 from protege.settings import Settings
 from protege.supervisor import Supervisor
+from protege.task import OOS
 
 
 @dataclass
@@ -306,6 +307,12 @@ def summarize(d: Drive) -> dict[str, Any]:
 
     n = len(outs) or 1
     standin = any(r.standin for r in d.teacher_results)
+    out_of_scope = [o for o in answered if o.label == OOS]
+    in_scope = [o for o in answered if o.label is not None and o.label != OOS]
+
+    def share(items: list[Outcome], test: Callable[[Response], bool]) -> float | None:
+        return sum(test(o.response) for o in items if o.response) / len(items) if items else None
+
     audits = [r for r in d.teacher_results if r.mode == "audit"]
     return {
         "requests": len(outs),
@@ -333,6 +340,15 @@ def summarize(d: Drive) -> dict[str, Any]:
         "hops_p50_ms": {"student": hops(by_route["student"]), "teacher": hops(by_route["teacher"])},
         "seconds": d.seconds,
         "throughput_rps": len(answered) / d.seconds if d.seconds else None,
+        # Out of scope (the data set says ``oos``): answered oos by anyone; accepted by the
+        # student with an in-scope label (false accepts); and in-scope requests sent to the teacher.
+        "scope": {
+            "out_of_scope": len(out_of_scope),
+            "oos_recall": share(out_of_scope, lambda r: r.label == OOS),
+            "oos_false_accepts": share(out_of_scope, lambda r: r.route == "student" and r.label != OOS),
+            "oos_by_student": share(out_of_scope, lambda r: r.route == "student" and r.label == OOS),
+            "in_scope_deferred": share(in_scope, lambda r: r.route == "teacher"),
+        },
     }
 
 

@@ -134,6 +134,11 @@ class TeacherSettings(Settings):
     teacher_model: str | None = Field(None, description="Overrides the task file's teacher model.")
     standin_labels: Path | None = Field(None, description="JSON Lines {text,label} the offline stand-in answers from.")
     standin_noise: float = Field(0.0, ge=0, le=1, description="Share of stand-in answers replaced by a wrong label.")
+    standin_confusions: Path | None = Field(
+        None,
+        description="JSON {label: [[label it is mistaken for, weight], ...]}: the stand-in's wrong answers fall "
+        "there (confusable noise; protege.teacher.confusions); unset: uniform over the other labels.",
+    )
     standin_latency_ms: float = Field(0.0, ge=0, description="Simulated stand-in latency.")
     concurrency: int = Field(8, ge=1, description="Teacher calls in flight at once.")
     breaker_threshold: int = Field(5, ge=1, description="Consecutive failures that open the circuit.")

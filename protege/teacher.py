@@ -9,7 +9,9 @@ Both answer ``await teacher.label(task, text, request_id)`` with a ``TeacherAnsw
   with backoff, honouring ``retry-after``.
 - ``StandinTeacher`` answers from labelled data (text -> label), with optional noise and
   latency, and never pretends otherwise: its model id is ``standin:...``, ``standin`` is
-  true on every event it produces, and its token counts are estimates.
+  true on every event it produces, and its token counts are estimates. Its noise is
+  ``uniform`` (a wrong answer is any other label) or ``confusable`` (a wrong answer is a label
+  near the true one, as an LLM confuses similar intents: ``confusions``).
 """
 
 from __future__ import annotations
@@ -185,6 +187,29 @@ class AnthropicTeacher:
         raise TeacherError(f"invalid_label: the teacher answered {wrong!r} twice, outside {task.answers}")
 
 
+Confusions = dict[str, list[tuple[str, float]]]  # label -> [(a label it is mistaken for, weight)]
+
+
+def confusions(labels: list[str], embeddings: Any, *, nearest: int = 5, temperature: float = 0.05) -> Confusions:
+    """Which labels each label is mistaken for, and how often: its ``nearest`` labels by the
+    cosine similarity of their mean embeddings (rows of ``embeddings`` are unit vectors, one
+    per entry of ``labels``), weighted by a softmax of the similarity at ``temperature``."""
+    import numpy as np
+
+    names = sorted(set(labels))
+    emb = np.asarray(embeddings, dtype=np.float64)
+    index = np.asarray([names.index(label) for label in labels])
+    centroids = np.stack([emb[index == i].mean(axis=0) for i in range(len(names))])
+    centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    sims = centroids @ centroids.T
+    table: Confusions = {}
+    for i, name in enumerate(names):
+        order = [j for j in np.argsort(-sims[i]) if j != i][:nearest]
+        weights = np.exp((sims[i, order] - sims[i, order].max()) / temperature)
+        table[name] = [(names[j], round(float(w / weights.sum()), 6)) for j, w in zip(order, weights, strict=True)]
+    return table
+
+
 class StandinTeacher:
     """The offline stand-in: answers from labelled data. Named as such everywhere."""
 
@@ -193,6 +218,7 @@ class StandinTeacher:
         labelled: dict[str, str],
         *,
         noise: float = 0.0,
+        confused: Confusions | None = None,
         latency_ms: float = 0.0,
         priced_as: str = "claude-sonnet-4-6",
         seed: int = 0,
@@ -200,6 +226,7 @@ class StandinTeacher:
     ) -> None:
         self.labelled = {normalize(text): label for text, label in labelled.items()}
         self.noise = noise
+        self.confused = confused  # None: uniform noise
         self.latency_ms = latency_ms
         self.priced_as = priced_as
         self.price = price_for(priced_as, prices)
@@ -219,6 +246,13 @@ class StandinTeacher:
     def estimate_usd(self, task: Task, text: str) -> float:
         return cost_usd(self.usage_for(task, text), self.price)
 
+    def mistake(self, task: Task, label: str, rng: random.Random) -> str:
+        """A wrong answer for ``label``: one it is confused with (weighted), else any other."""
+        near = [(other, w) for other, w in (self.confused or {}).get(label, []) if other in task.answers]
+        if near:
+            return rng.choices([other for other, _ in near], weights=[w for _, w in near])[0]
+        return rng.choice([a for a in task.answers if a != label])
+
     def usage_for(self, task: Task, text: str) -> Usage:
         # Estimated at ~4 characters a token: the prompt is the system block plus the text.
         return Usage(input_tokens=(len(system_prompt(task)) + len(text)) // 4 + 20, output_tokens=40, estimated=True)
@@ -232,7 +266,7 @@ class StandinTeacher:
             label = OOS
         rng = random.Random(f"{self.seed}:{request_id}")
         if self.noise and rng.random() < self.noise:
-            label = rng.choice([a for a in task.answers if a != label])
+            label = self.mistake(task, label, rng)
         usage = self.usage_for(task, text)
         return TeacherAnswer(
             label=label,

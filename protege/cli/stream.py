@@ -29,7 +29,7 @@ from protege.pipeline import LocalPipeline
 from protege.settings import Settings, TeacherSettings
 from protege.state import read_all
 from protege.supervisor import SERVICES
-from protege.task import Canary, Drift, Policy, Task, load_tasks, write_task
+from protege.task import OOS, Canary, Drift, Policy, Task, load_tasks, write_task
 from protege.teacher import StandinTeacher
 
 # -- demo ---------------------------------------------------------------------------
@@ -352,6 +352,14 @@ def _print_summary(summary: dict[str, Any], phases: list[str]) -> None:
     ]
     for label, key, fmt in rows:
         table.add_row(label, *[_fmt(summary[p][key], **fmt) for p in phases])
+    if any(summary[p]["scope"]["out_of_scope"] for p in phases):
+        for label, key in (
+            ("out of scope (requests)", "out_of_scope"),
+            ("  answered oos", "oos_recall"),
+            ("  student accepted in-scope (false accepts)", "oos_false_accepts"),
+            ("in scope sent to the teacher", "in_scope_deferred"),
+        ):
+            table.add_row(label, *[_fmt(summary[p]["scope"][key], pct=key != "out_of_scope") for p in phases])
     for route in ("student", "teacher"):
         for q in ("p50", "p95"):
             table.add_row(f"latency {route} {q} (ms)", *[_fmt(summary[p]["latency_ms"][route][q]) for p in phases])
@@ -361,7 +369,11 @@ def _print_summary(summary: dict[str, Any], phases: list[str]) -> None:
         f"{summary['dead_letters']['reasons']}; wall time {summary['wall_seconds']:.0f}s"
     )
     if "all_teacher" in summary:
-        console.print(f"all-teacher baseline on the same test traffic: ${summary['all_teacher']['cost_usd']:.4f}")
+        accuracy = summary["all_teacher"].get("accuracy")
+        console.print(
+            f"all-teacher baseline on the same test traffic: ${summary['all_teacher']['cost_usd']:.4f}"
+            + ("" if accuracy is None else f", accuracy {accuracy:.2%} (the stand-in's own answers)")
+        )
 
 
 # -- bench --------------------------------------------------------------------------
@@ -373,6 +385,14 @@ def bench_stream(
     test: Annotated[Path, typer.Option(help="Labelled JSON Lines streamed after; the report's test numbers.")],
     report_json: Annotated[Path, typer.Option(help="Where to write the JSON report.")],
     teacher_noise: Annotated[float, typer.Option(help="Share of stand-in answers replaced by a wrong label.")] = 0.0,
+    noise_model: Annotated[
+        str,
+        typer.Option(
+            help="uniform: a wrong answer is any other label; confusable: one of the 5 labels nearest the true one "
+            "by the student's own backbone embedding (the mean embedding of each label's texts), as an LLM "
+            "confuses similar intents."
+        ),
+    ] = "uniform",
     rate: Annotated[float, typer.Option(help="Requests per second.")] = 50.0,
     min_cases: int = 300,
     retrain_every: int = 1000,
@@ -387,11 +407,22 @@ def bench_stream(
     policy: Annotated[
         str, typer.Option(help="Routing policy: cascade, distill_verify, ensemble or shadow.")
     ] = "cascade",
+    unknown_intents: Annotated[
+        int,
+        typer.Option(
+            help="Labels left out of the task (chosen with --seed) and streamed as out of scope: their "
+            "requests are labelled oos, as the teacher answers them."
+        ),
+    ] = 0,
     home: Path = Path(".protege/bench"),
     task_name: str = "bench",
 ) -> None:
-    """Cold student, train traffic, then test traffic; report accuracy, student share, cost, latency."""
+    """Cold student, train traffic, then test traffic; report accuracy, student share, cost,
+    latency, the all-teacher baseline (cost; accuracy with the stand-in), and out-of-scope
+    handling when the data has any."""
 
+    if noise_model not in ("uniform", "confusable"):
+        raise typer.BadParameter(f"--noise-model {noise_model!r}: uniform or confusable")
     train_rows, test_rows = read_jsonl(train), read_jsonl(test)
     if shuffle:
         random.Random(seed).shuffle(train_rows)
@@ -400,16 +431,26 @@ def bench_stream(
         train_rows, test_rows = train_rows[:limit], test_rows[:limit]
     shutil.rmtree(home, ignore_errors=True)
     labels = sorted({r["label"] for r in train_rows + test_rows})
+    unknown = sorted(random.Random(seed).sample([x for x in labels if x != OOS], unknown_intents))
+    if unknown:
+        console.print(f"out of scope (left out of the task): {', '.join(unknown)}")
+        for r in train_rows + test_rows:
+            r["label"] = OOS if r["label"] in unknown else r["label"]
+        labels = [x for x in labels if x not in unknown]
     task = task_from_labels(task_name, labels, f"bench on {train.name}")
     task = task.model_copy(update={"policy": Policy.model_validate({**task.policy.model_dump(), "name": policy})})
     write_task(task, home / "tasks" / f"{task_name}.yaml")
     write_jsonl(train_rows + test_rows, home / "labelled.jsonl")
     for r in test_rows:
         r["id"] = f"test-{r['id']}"
+    confused = noise_confusions(train_rows, seed) if noise_model == "confusable" else None
+    if confused is not None:
+        (home / "confusions.json").write_text(json.dumps(confused, indent=1))
     env = {
         "PROTEGE_TASKS_DIR": str((home / "tasks").resolve()),
         "PROTEGE_STANDIN_LABELS": str((home / "labelled.jsonl").resolve()),
         "PROTEGE_STANDIN_NOISE": str(teacher_noise),
+        **({"PROTEGE_STANDIN_CONFUSIONS": str((home / "confusions.json").resolve())} if confused else {}),
         "PROTEGE_MIN_CASES": str(min_cases),
         "PROTEGE_RETRAIN_EVERY": str(retrain_every),
         # Retrains must not starve the scorer on a small machine, and a scorer with ONNX Runtime's
@@ -431,11 +472,26 @@ def bench_stream(
         per_call = summary["test"]["cost_usd"] / max(1, summary["test"]["teacher_calls"])
         all_cost, method = per_call * len(test_rows), "mean measured cost per teacher call x test requests"
     summary["all_teacher"] = {"cost_usd": all_cost, "requests": len(test_rows), "method": method}
+    if "STAND-IN" in summary["teacher"]:
+        # The stand-in's own answers on the test requests (the same ids, seed and noise as the
+        # teacher worker's): what all-teacher would have scored against the ground truth.
+        noisy = StandinTeacher(
+            {r["text"]: r["label"] for r in train_rows + test_rows}, noise=teacher_noise, confused=confused
+        )
+        answers = asyncio.run(_standin_answers(noisy, task, [(f"bench-{r['id']}", r["text"]) for r in test_rows]))
+        right = sum(a == r["label"] for a, r in zip(answers, test_rows, strict=True))
+        summary["all_teacher"] |= {
+            "accuracy": right / len(test_rows) if test_rows else None,
+            "accuracy_method": f"the offline stand-in's answers on every test request ({noise_model} noise "
+            f"{teacher_noise:g}) against the data set's labels",
+        }
     summary["config"] = {
         "train": str(train),
         "test": str(test),
         "rate": rate,
         "teacher_noise": teacher_noise,
+        "noise_model": noise_model,
+        "unknown_intents": unknown,
         "min_cases": min_cases,
         "retrain_every": retrain_every,
         "limit": limit,
@@ -448,6 +504,31 @@ def bench_stream(
     report_json.write_text(json.dumps(summary, indent=2))
     _print_summary(summary, ["train", "test"])
     console.print(f"report: {report_json}")
+
+
+def noise_confusions(rows: list[dict[str, Any]], seed: int, per_label: int = 40) -> dict[str, list[tuple[str, float]]]:
+    """The confusable noise model's table from ``rows``: up to ``per_label`` texts of each
+    label embedded by the student's backbone (the same ONNX graph the trainer embeds with)."""
+    from protege.student.backbone import cached_backbone
+    from protege.student.runtime import Encoder
+    from protege.teacher import confusions
+
+    rng = random.Random(seed)
+    by_label: dict[str, list[str]] = {}
+    for r in rows:
+        by_label.setdefault(r["label"], []).append(r["text"])
+    picked = [
+        (label, text)
+        for label, texts in sorted(by_label.items())
+        for text in rng.sample(texts, min(per_label, len(texts)))
+    ]
+    backbone = cached_backbone()
+    encoder = Encoder(backbone / "model.onnx", backbone / "tokenizer.json", providers="cpu")
+    return confusions([label for label, _ in picked], encoder.embed([text for _, text in picked]))
+
+
+async def _standin_answers(teacher: StandinTeacher, task: Task, requests: list[tuple[str, str]]) -> list[str]:
+    return [(await teacher.label(task, text, request_id)).label for request_id, text in requests]
 
 
 # The bench's live loop, scaled to a run of minutes (the defaults suit production traffic):

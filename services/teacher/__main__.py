@@ -17,6 +17,7 @@ offset leaves a mark there, so it is not given twice (services/teacher/journal.p
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import structlog
@@ -62,10 +63,13 @@ def build_teacher(settings: TeacherSettings) -> tuple[Teacher, tuple[type[BaseEx
         kind="STAND-IN (offline, answers from labelled data)",
         labels=str(settings.standin_labels),
         noise=settings.standin_noise,
+        noise_model="confusable" if settings.standin_confusions else "uniform",
     )
+    confused = json.loads(settings.standin_confusions.read_text()) if settings.standin_confusions else None
     standin = StandinTeacher.from_jsonl(
         settings.standin_labels,
         noise=settings.standin_noise,
+        confused={k: [(o, float(w)) for o, w in v] for k, v in confused.items()} if confused else None,
         latency_ms=settings.standin_latency_ms,
         priced_as=settings.teacher_model or "claude-sonnet-4-6",
         prices=prices,

@@ -1,0 +1,45 @@
+"""The run statistics the demo, the bench and the load tests report (protege.harness.summarize)."""
+
+from __future__ import annotations
+
+from protege.events import Response
+from protege.harness import Drive, Outcome, summarize
+
+
+def outcome(i: int, truth: str, route: str, label: str) -> Outcome:
+    response = Response(
+        request_id=f"r{i}",
+        tenant="acme",
+        task="bench",
+        label=label,
+        route=route,  # type: ignore[arg-type]
+        answered_by="v1" if route == "student" else "teacher",
+        sent_at_ms=1,
+        received_at_ms=2,
+        answered_at_ms=3,
+    )
+    return Outcome(f"r{i}", truth, 0.0, response, 0.01)
+
+
+def test_out_of_scope_requests_are_counted_three_ways() -> None:
+    outs = [
+        outcome(0, "oos", "teacher", "oos"),  # deferred, the teacher says oos
+        outcome(1, "oos", "student", "oos"),  # the student answers oos itself
+        outcome(2, "oos", "student", "card_lost"),  # a false accept
+        outcome(3, "oos", "teacher", "card_lost"),  # the teacher erred
+        outcome(4, "card_lost", "student", "card_lost"),
+        outcome(5, "card_lost", "teacher", "card_lost"),  # in scope, deferred
+        outcome(6, "refund", "student", "refund"),
+        outcome(7, "refund", "student", "oos"),  # in scope, the student said oos: not deferred
+    ]
+    s = summarize(Drive({o.request_id: o for o in outs}, [], 1.0))
+    assert s["scope"] == {
+        "out_of_scope": 4,
+        "oos_recall": 0.5,
+        "oos_false_accepts": 0.25,
+        "oos_by_student": 0.25,
+        "in_scope_deferred": 0.25,
+    }
+    assert s["accuracy"] == 5 / 8
+    none = summarize(Drive({o.request_id: o for o in outs[4:]}, [], 1.0))["scope"]
+    assert none["out_of_scope"] == 0 and none["oos_recall"] is None and none["in_scope_deferred"] == 0.25
