@@ -38,11 +38,13 @@ class Serving:
     current: dict[Key, ModelAnnouncement] = field(default_factory=dict)
     histories: dict[Key, list[str]] = field(default_factory=dict)
     canaries: dict[Key, ModelAnnouncement] = field(default_factory=dict)  # versions on trial
+    announced: set[tuple[str, str, str]] = field(default_factory=set)  # (tenant, task, version) read so far
 
     def apply(self, ann: ModelAnnouncement) -> bool:
         """Apply one announcement; True when it changed what serves (a version serving all
         requests, or a canary starting or ending)."""
         key = (ann.tenant, ann.task)
+        self.announced.add((ann.tenant, ann.task, ann.version))
         if ann.action == "unpin":
             self.pinned.discard(key)
             return False
@@ -81,6 +83,10 @@ class Serving:
     def history(self, tenant: str, task: str) -> list[str]:
         """The versions that served, oldest first."""
         return list(self.histories.get((tenant, task), []))
+
+    def has_read(self, tenant: str, task: str, version: str) -> bool:
+        """Whether an announcement of ``version`` has been applied (whatever its action)."""
+        return (tenant, task, version) in self.announced
 
     def is_pinned(self, tenant: str, task: str) -> bool:
         return (tenant, task) in self.pinned

@@ -82,6 +82,7 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
         serving=serving_folder,
         trials=trials,
         last_trained=last_trained,
+        has_read=serving.has_read,
     )
     await asyncio.gather(processor(settings, trainer).run(stop), watching)
 

@@ -33,6 +33,8 @@ ServingFolder = Callable[[str, str], Awaitable[Path | None]]
 Trials = Callable[[str, str], tuple[ModelAnnouncement | None, ModelAnnouncement | None]]  # (on trial, serving)
 # The newest version on record (the registry): (cases it was trained on, when, ms; passed its gates)
 LastTrained = Callable[[str, str], tuple[int, int, bool] | None]
+READ_BACK_MS = 60_000  # how long a trainer waits to read its own announcement back
+HasRead = Callable[[str, str, str], bool]  # whether the serving view has read (tenant, task, version)'s announcement
 
 
 async def no_serving(tenant: str, task: str) -> Path | None:
@@ -45,6 +47,10 @@ def no_trials(tenant: str, task: str) -> tuple[ModelAnnouncement | None, ModelAn
 
 def never_trained(tenant: str, task: str) -> tuple[int, int, bool] | None:
     return None
+
+
+def reads_at_once(tenant: str, task: str, version: str) -> bool:
+    return True
 
 
 class CaseStore:
@@ -109,9 +115,13 @@ class Trainer:
         serving: ServingFolder = no_serving,
         trials: Trials = no_trials,
         last_trained: LastTrained = never_trained,
+        has_read: HasRead = reads_at_once,
     ) -> None:
         self.tasks = tasks
         self.last_trained = last_trained
+        self.has_read = has_read
+        # The version this trainer announced last, and when (ms), until its view has read it.
+        self.announced: dict[tuple[str, str], tuple[str, int]] = {}
         self.serving = serving
         self.trials = trials
         self.topics = topics
@@ -128,6 +138,17 @@ class Trainer:
     def due(self, tenant: str, task: str, alert: Alert | None = None) -> str | None:
         """Why to retrain now — enough new cases, a drift alarm, the schedule — or None. The
         reason is the trigger recorded on the version and its announcement."""
+        mine = self.announced.get((tenant, task))
+        if mine is not None and not self.has_read(tenant, task, mine[0]):
+            # Its own last announcement is not in the serving view yet (committed with the batch
+            # that trained it, read back a moment later): what serves and what is on trial are
+            # not known until it is. Seen in a demo: a second candidate put on trial beside the
+            # first. An announcement never read (its transaction aborted: fenced) stops
+            # holding retrains back after a minute.
+            if now_ms() - mine[1] < READ_BACK_MS:
+                return None
+            self.log.warning("announcement_not_read", tenant=tenant, task=task, version=mine[0])
+            del self.announced[(tenant, task)]
         canary, _ = self.trials(tenant, task)
         if canary is not None:
             return None  # one candidate on trial at a time (until the monitor's verdict)
@@ -216,4 +237,5 @@ class Trainer:
             else f"trained on {trigger}; passed its gates",
             announced_at_ms=now_ms(),
         )
+        self.announced[(tenant, task_name)] = (result.version, now_ms())
         return [Out.of(self.topics.models, ann)]

@@ -185,17 +185,21 @@ def test_trainer_puts_a_candidate_on_trial_and_trains_no_other_until_its_verdict
         retrain_every=40,
         serving=serving_folder,
         trials=lambda tenant, t: (state.canary(tenant, t), state.serving(tenant, t)),
+        has_read=state.has_read,
     )
     outs = asyncio.run(trainer.handle([harvested(i, "v1") for i in range(40)]))
     first = ModelAnnouncement.model_validate_json(outs[0].value)
     assert (first.action, first.share, first.version) == ("canary", 0.1, "v2") and "on trial for 10%" in first.reason
+    # Before its view has read its own announcement: nothing, though no trial shows yet.
+    assert asyncio.run(trainer.handle([harvested(50 + i, "v1") for i in range(45)])) == []
+    assert trained == [40] and state.canary("acme", "ticket-triage") is None
     state.apply(first)
     # While it is on trial: no new candidate, however many cases arrive.
     assert asyncio.run(trainer.handle([harvested(100 + i, "v1") for i in range(80)])) == []
     assert trained == [40]
     state.apply(first.model_copy(update={"action": "abort", "source": "monitor"}))  # the monitor's verdict
     outs = asyncio.run(trainer.handle([harvested(200, "v1")]))
-    assert trained == [40, 121] and ModelAnnouncement.model_validate_json(outs[0].value).version == "v3"
+    assert trained == [40, 166] and ModelAnnouncement.model_validate_json(outs[0].value).version == "v3"
 
 
 def test_the_monitors_trial_judges_from_the_announcement_on_and_says_so_once() -> None:
