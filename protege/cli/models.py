@@ -47,11 +47,16 @@ def _announce(settings: Settings, ann: ModelAnnouncement) -> None:
 
 @models_app.command("list")
 def models_list(tenant: Tenant, task_name: TaskName) -> None:
-    """Every version in the registry, with its metrics and which one serves."""
+    """Every version in the registry: its metrics, the target it was certified for and the
+    coverage certified there, its live accuracy from audits, and which one serves."""
     settings = Settings()
     serving = _serving(settings)
     now = serving.serving(tenant, task_name)
-    table = Table(title=f"{tenant}/{task_name}")
+    try:
+        live = asyncio.run(read_live_accuracy(settings, tenant, task_name))
+    except BrokerError:
+        live = {}
+    table = Table(title=f"{tenant}/{task_name}", caption="live: audited answers the teacher agreed with (audits)")
     for col in (
         "version",
         "created",
@@ -60,7 +65,9 @@ def models_list(tenant: Tenant, task_name: TaskName) -> None:
         "golden acc",
         "macro-F1",
         "ECE",
-        "coverage",
+        "target",
+        "coverage at target",
+        "live",
         "gates",
         "serving",
     ):
@@ -72,6 +79,8 @@ def models_list(tenant: Tenant, task_name: TaskName) -> None:
         trial = serving.canary(tenant, task_name)
         if trial is not None and trial.version == v.name:
             mark = f"canary {trial.share:.0%}"
+        target = man.acceptance_target
+        audited = live.get(v.name)
         table.add_row(
             v.name,
             man.created_at,
@@ -80,11 +89,13 @@ def models_list(tenant: Tenant, task_name: TaskName) -> None:
             f"{m['golden_accuracy']:.3f}",
             f"{m['golden_macro_f1']:.3f}",
             f"{m['golden_ece']:.3f}",
-            f"{m['golden_coverage']:.3f}",
+            f"{target.target_accuracy:.3f} @ {target.confidence_level:.0%}",
+            f"{m['golden_coverage']:.3f}" if man.acceptance is not None else "none certified",
+            "-" if audited is None else f"{audited['accuracy']:.3f} ({audited['audits']})",
             "passed" if man.gates.passed else "held back",
             mark,
         )
-    Console(width=140).print(table)
+    Console(width=170).print(table)
 
 
 @models_app.command("show")

@@ -12,6 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from protege.cli import app
+from protege.events import TeacherResult, Usage
+from protege.harness import publish
+from protege.kafka import Out
 from protege.registry import Registry
 from protege.serving import read_serving
 from protege.settings import Settings
@@ -50,6 +53,26 @@ def fake_version(registry: Path, name: str, acc: float, failed: tuple[str, ...] 
     ).save(folder)
 
 
+def audit(i: int, agreed: bool) -> TeacherResult:
+    return TeacherResult(
+        request_id=f"audit-{i}",
+        tenant="acme",
+        task="triage",
+        text="t",
+        label="a",
+        teacher="standin:claude-sonnet-4-6",
+        standin=True,
+        usage=Usage(input_tokens=10, output_tokens=5, estimated=True),
+        cost_usd=0.001,
+        latency_ms=1,
+        attempts=1,
+        mode="audit",
+        student_label="a" if agreed else "b",
+        model_version="v0003-cccc",
+        answered_at_ms=1,
+    )
+
+
 def test_pin_rollback_unpin(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, acc in (("v0001-aaaa", 0.81), ("v0002-bbbb", 0.86), ("v0003-cccc", 0.9)):
         fake_version(settings.home / "registry", name, acc)
@@ -75,9 +98,14 @@ def test_pin_rollback_unpin(settings: Settings, monkeypatch: pytest.MonkeyPatch)
         return serving.history("acme", "triage"), serving.is_pinned("acme", "triage")
 
     assert history() == (["v0001-aaaa", "v0002-bbbb", "v0003-cccc", "v0002-bbbb"], True)
+    # two audits of v0003's answers on record, one the teacher agreed with
+    asyncio.run(publish(settings, [Out.of(settings.topics.teacher_results, audit(i, agreed=i == 0)) for i in range(2)]))
     listed = run(app, ["models", "list", *args])
     assert listed.exit_code == 0 and "pinned" in listed.output and "v0003-cccc" in listed.output
     assert "held back" in listed.output
+    rows = {line.split("│")[1].strip(): line for line in listed.output.splitlines() if "│ v000" in line}
+    assert "0.970 @ 95%" in rows["v0003-cccc"] and "none certified" in rows["v0003-cccc"]
+    assert "0.500 (2)" in rows["v0003-cccc"] and "0.500 (2)" not in rows["v0002-bbbb"]
     assert run(app, ["models", "unpin", *args]).exit_code == 0
     assert history()[1] is False
     shown = run(app, ["models", "show", "v0002", *args])
