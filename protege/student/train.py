@@ -449,27 +449,22 @@ class Precision:
     def of(
         cls,
         mode: bool | str,
-        folder: Path,
-        golden: Sequence[Case],
+        held_out: Sequence[Case],
         labels: Sequence[str],
         tolerance: float,
-        max_length: int,
-        threads: int,
+        logits: Callable[[str, list[str]], np.ndarray],
     ) -> Precision:
+        """``logits(precision, texts)``: what each graph answers (the recipe's cached embeddings
+        through the head where it has them: no graph run twice over thousands of cases)."""
         if mode is True:
             return cls("int8", "int8: asked for (student.int8: true)")
         if mode is False:
             return cls("fp32", "fp32: asked for (student.int8: false)")
-        if not golden:
+        if not held_out:
             return cls("fp32", "fp32: no held-out cases to compare the int8 graph on")
-        texts, index = [c.text for c in golden], {label: i for i, label in enumerate(labels)}
-        truth = np.asarray([index.get(c.label, -1) for c in golden])
-        answers = {}
-        for name, graph in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")):
-            encoder = Encoder(
-                folder / graph, folder / "tokenizer.json", max_length=max_length, providers="cpu", threads=threads
-            )
-            answers[name] = encoder.run_all(texts)["logits"].argmax(axis=1)
+        texts, index = [c.text for c in held_out], {label: i for i, label in enumerate(labels)}
+        truth = np.asarray([index.get(c.label, -1) for c in held_out])
+        answers = {name: logits(name, texts).argmax(axis=1) for name in ("fp32", "int8")}
         fp32, int8 = (float((answers[n] == truth).mean()) for n in ("fp32", "int8"))
         agreement = float((answers["fp32"] == answers["int8"]).mean())
         metrics = {
@@ -529,9 +524,23 @@ def train_version(
         shutil.copy(fitted.encoder / "tokenizer.json", tmp / "tokenizer.json")
     # Both graphs judged on every held-out case (calib and golden: neither graph's weights saw them).
     held_out = list({c.request_id: c for c in [*calib, *golden]}.values())
-    precision = Precision.of(
-        task.student.int8, tmp, held_out, fitted.labels, gates.tolerance, task.student.max_length, threads
-    )
+
+    def logits(name: str, texts: list[str]) -> np.ndarray:
+        cached = fitted.embed_int8 if name == "int8" else fitted.embed
+        if cached is not None:
+            return np.asarray(cached(texts) @ fitted.w + fitted.b)
+        graph = tmp / ("model.int8.onnx" if name == "int8" else "model.onnx")
+        encoder = Encoder(
+            graph,
+            tmp / "tokenizer.json",
+            max_length=task.student.max_length,
+            providers="cpu",
+            threads=threads,
+            sub_batch=sub_batch_for(name, 0),
+        )
+        return encoder.run_all(texts)["logits"]
+
+    precision = Precision.of(task.student.int8, held_out, fitted.labels, gates.tolerance, logits)
     if precision.name == "int8":
         (tmp / "model.int8.onnx").replace(tmp / "model.onnx")
     (tmp / "model.int8.onnx").unlink(missing_ok=True)
