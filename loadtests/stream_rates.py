@@ -324,7 +324,10 @@ def main() -> None:
     args = ap.parse_args()
     console = Console(width=170)
     where = machine()
-    console.print(f"machine: {where['cpu']}, {where['cores']} cores; teacher: OFFLINE STAND-IN (labelled data)")
+    console.print(
+        f"machine: {where['cpu']}, {where['cores']} cores; producers' retry backoff "
+        f"{Settings().retry_backoff_ms} ms; teacher: OFFLINE STAND-IN (labelled data)"
+    )
     report: dict[str, Any] = {
         "machine": where,
         "teacher": "OFFLINE STAND-IN (labelled data)",
@@ -333,6 +336,7 @@ def main() -> None:
         "precision": args.precision,
         "scorer_threads": args.scorer_threads,
         "profiled": args.profile,
+        "retry_backoff_ms": Settings().retry_backoff_ms,  # PROTEGE_RETRY_BACKOFF_MS, as the services get it
         "layouts": [],
     }
     for layout in args.layouts.split(","):

@@ -405,7 +405,12 @@ class Processor:
             prod = producer(
                 self.settings, self.transactional_id(tp), transaction_timeout_ms=self.transaction_timeout_ms
             )
-            await prod.start()
+            try:
+                await prod.start()
+            except KafkaError:
+                with contextlib.suppress(KafkaError):
+                    await prod.stop()
+                raise
             self.producers[tp] = prod
             new.append(tp)
         await self.resume(new)
@@ -570,6 +575,7 @@ class Owner(Protocol):
 
     owning: asyncio.Lock
     rebalances: int
+    broken: BaseException | None  # a failure in the listener, raised by the owner's loop
 
     async def acquire(self, tps: Collection[TopicPartition]) -> None: ...
     async def release(self, tps: Collection[TopicPartition]) -> None: ...
@@ -590,7 +596,14 @@ class Ownership(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
         async with self.owner.owning:
-            await self.owner.acquire(assigned)
+            try:
+                await self.owner.acquire(assigned)
+            except KafkaError as e:
+                # aiokafka logs a listener's error and goes on: the replica would own partitions
+                # it holds no producer for and pass their records by forever (seen in CI: a
+                # broker killed while ingestion started its producers; it processed nothing for
+                # five minutes). The loop raises it instead, and the service restarts.
+                self.owner.broken = e
             self.owner.rebalances += 1
 
 

@@ -320,7 +320,12 @@ class AnswerLoop:
                 f"{self.group}-{tp.topic}-{tp.partition}",
                 transaction_timeout_ms=self.transaction_timeout_ms,
             )
-            await prod.start()
+            try:
+                await prod.start()
+            except KafkaError:  # raised on by the listener (protege.kafka.Ownership)
+                with contextlib.suppress(KafkaError):
+                    await prod.stop()
+                raise
             self.parts[tp] = Partition(prod, committed=0, fetched=0)
         await journal.view.synced()
         for tp in tps:
