@@ -262,6 +262,19 @@ def producer(settings: Settings, transactional_id: str | None = None, **kw: Any)
     )
 
 
+async def started_producer(settings: Settings, transactional_id: str, **kw: Any) -> AIOKafkaProducer:
+    """A transactional producer, started (which fences the id's previous owner); one that
+    cannot start is closed before the error goes on (to the rebalance listener: ``Ownership``)."""
+    prod = producer(settings, transactional_id, **kw)
+    try:
+        await prod.start()
+    except KafkaError:
+        with contextlib.suppress(KafkaError):
+            await prod.stop()
+        raise
+    return prod
+
+
 def consumer(settings: Settings, *topics: str, group: str | None, **kw: Any) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         *topics,
@@ -402,16 +415,9 @@ class Processor:
         for tp in sorted(tps):
             if tp in self.producers:
                 continue
-            prod = producer(
+            self.producers[tp] = await started_producer(
                 self.settings, self.transactional_id(tp), transaction_timeout_ms=self.transaction_timeout_ms
             )
-            try:
-                await prod.start()
-            except KafkaError:
-                with contextlib.suppress(KafkaError):
-                    await prod.stop()
-                raise
-            self.producers[tp] = prod
             new.append(tp)
         await self.resume(new)
         self.log.info("assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in self.producers))

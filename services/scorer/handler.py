@@ -112,11 +112,11 @@ class Scorer:
                         scored = scored.model_copy(
                             update={"student": scored.student.model_copy(update={"arm": chosen})}
                         )
-                    if self.verifier is not None:
+                    if self.verifier is None:
+                        outs.append(Out.of(self.topics.scored, scored))
+                    else:  # fused: decided here, the decision's records right after the scored event
                         scored = scored.model_copy(update={"decided": True})
-                    outs.append(Out.of(self.topics.scored, scored))
-                    if self.verifier is not None:
-                        outs += self.verifier.decide(scored)
+                        outs += [Out.of(self.topics.scored, scored), *self.verifier.decide(scored)]
                     self.log.debug(
                         "scored",
                         request_id=scored.request.request_id,

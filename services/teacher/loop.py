@@ -54,9 +54,9 @@ from protege.kafka import (
     Record,
     consumer,
     dead_letter,
-    producer,
     receive,
     seek_committed,
+    started_producer,
 )
 from protege.settings import Settings
 
@@ -315,17 +315,11 @@ class AnswerLoop:
         for tp in sorted(tps):
             if tp in self.parts:
                 continue
-            prod = producer(
+            prod = await started_producer(
                 self.settings,
                 f"{self.group}-{tp.topic}-{tp.partition}",
                 transaction_timeout_ms=self.transaction_timeout_ms,
             )
-            try:
-                await prod.start()
-            except KafkaError:  # raised on by the listener (protege.kafka.Ownership)
-                with contextlib.suppress(KafkaError):
-                    await prod.stop()
-                raise
             self.parts[tp] = Partition(prod, committed=0, fetched=0)
         await journal.view.synced()
         for tp in tps:
