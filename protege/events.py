@@ -103,14 +103,38 @@ class AboutRequest:
 
 class AcceptRule(Event, title="protege.accept_rule"):
     """A version's certified acceptance rule: answers with ``confidence >= min_confidence``
-    and ``ood <= max_ood`` were at least ``target_accuracy`` accurate on held-out data, with
-    ``confidence_level`` confidence (Clopper-Pearson, fixed-sequence testing)."""
+    and ``ood <= max_ood`` met the target on held-out data with ``confidence_level``
+    confidence (``protege.certify``: Clopper-Pearson bounds, fixed-sequence testing). The target
+    is absolute (``target_accuracy``) or relative to the teacher (``target_margin``)."""
 
-    target_accuracy: float = Field(gt=0, lt=1)
+    target_accuracy: float | None = Field(None, gt=0, lt=1, description="Absolute: accepted answers this accurate.")
+    target_margin: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="Relative: accepted answers no more than this below the teacher's accuracy on the same requests.",
+    )
     confidence_level: float = Field(gt=0, lt=1)
+    evidence: Literal["golden", "agreement"] = Field(
+        "agreement",
+        description="golden: certified against trusted labels (with the teacher's answers on them); agreement: "
+        "against the teacher's labels only.",
+    )
     min_confidence: float = Field(ge=0, le=1)
     max_ood: float
     coverage: float = Field(ge=0, le=1, description="Share of held-out cases the rule accepts.")
+
+    def meets(self, accuracy: float | None, margin: float | None, confidence: float) -> bool:
+        """Whether this rule certifies that target (the same kind and value, at least that confidence)."""
+
+        def same(a: float | None, b: float | None) -> bool:
+            return (a is None and b is None) or (a is not None and b is not None and abs(a - b) < 1e-9)
+
+        return (
+            same(self.target_accuracy, accuracy)
+            and same(self.target_margin, margin)
+            and (self.confidence_level >= confidence - 1e-9)
+        )
 
 
 class StudentOutput(Event, title="protege.student_output"):

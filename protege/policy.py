@@ -100,17 +100,13 @@ class Router:
         self.checks = Checks(task)
 
     def thresholds_for(self, student: StudentOutput) -> dict[str, float] | None:
-        """The task's thresholds, or with a target accuracy the version's certified rule
-        for that target (None: the version has no rule for it)."""
-        target = self.task.policy.target_accuracy
-        if target is None:
+        """The task's thresholds, or with a target (absolute or relative to the teacher) the
+        version's certified rule for that target (None: the version has no rule for it)."""
+        policy = self.task.policy
+        if not policy.targeted:
             return self.thresholds
         rule = student.rule
-        if (
-            rule is None
-            or abs(rule.target_accuracy - target) > 1e-9
-            or rule.confidence_level < self.task.policy.target_confidence - 1e-9
-        ):
+        if rule is None or not rule.meets(policy.target_accuracy, policy.target_margin, policy.target_confidence):
             return None
         return {"min_confidence": rule.min_confidence, "min_margin": 0.0, "max_ood": rule.max_ood}
 

@@ -195,16 +195,16 @@ def operating(task: Task, version: Version) -> dict[str, Any] | None:
     """The thresholds the policy holds this version to: the task's own, or with a target
     accuracy the version's certified rule for it (None: it has none, the teacher answers)."""
     policy = task.policy
-    if policy.target_accuracy is None:
+    if not policy.targeted:
         t = policy.thresholds
         return {"source": "task thresholds", "min_confidence": t.min_confidence, "max_ood": t.max_ood}
     rule = version.manifest.acceptance
-    if rule is None or abs(rule.target_accuracy - policy.target_accuracy) > 1e-9:
+    if rule is None or not rule.meets(policy.target_accuracy, policy.target_margin, policy.target_confidence):
         return None
     return {"source": "certified rule", "min_confidence": rule.min_confidence, "max_ood": rule.max_ood}
 
 
-def coverage_curve(folder: Path, target: float, rule: dict[str, Any] | None) -> dict[str, Any] | None:
+def coverage_curve(folder: Path, target: float | None, rule: dict[str, Any] | None) -> dict[str, Any] | None:
     """Accuracy against share accepted on a version's golden set (confidence thresholds from
     0 to 0.99), the operating point's OOD gate held; the margin threshold is not applied
     (the golden set keeps confidence and OOD)."""
@@ -403,7 +403,10 @@ def build(basis: Basis, context: Context, inputs: Inputs) -> dict[str, Any]:
     version = next((v for v in context.versions if v.name == basis.version), None)
     curve = None
     if version is not None:
-        target = task.policy.target_accuracy or version.manifest.acceptance_target.target_accuracy
+        # a relative target has no accuracy line to draw (the teacher's accuracy is the golden set's to say)
+        target = (
+            None if task.policy.target_margin is not None else task.policy.target_accuracy
+        ) or version.manifest.acceptance_target.target_accuracy
         curve = coverage_curve(version.folder, target, operating(task, version))
     n = len(points)
     student = sum(p.route == "student" for p in points)
@@ -502,7 +505,8 @@ def plot_coverage(data: dict[str, Any]) -> str:
     xs = [p["coverage"] for p in curve["points"]]
     ys = [p["accuracy"] for p in curve["points"]]
     ax.plot(xs, ys, color=PALETTE["student"], label=f"{cov['version']} on {curve['cases']} golden cases")
-    ax.axhline(curve["target_accuracy"], color=PALETTE["bad"], ls="--", lw=1, label="target accuracy")
+    if curve["target_accuracy"] is not None:
+        ax.axhline(curve["target_accuracy"], color=PALETTE["bad"], ls="--", lw=1, label="target accuracy")
     op = curve["operating_point"]
     if op and op["accuracy"] is not None:
         ax.plot(

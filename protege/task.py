@@ -14,12 +14,15 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from protege.errors import ConfigError
+
+if TYPE_CHECKING:
+    from protege.certify import Goal
 
 OOS = "oos"
 
@@ -95,6 +98,15 @@ class Policy(BaseModel):
         "version's certified rule (thresholds chosen on held-out data) instead of "
         "`thresholds`, and escalates when the version has none.",
     )
+    target_margin: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="A target relative to the teacher (instead of target_accuracy): accepted answers no more "
+        "than this below the teacher's accuracy on the same requests, so the whole cascade stays within it of "
+        "all-teacher. Certified on the task's golden set (trusted labels with the teacher's answers; "
+        "`golden`), or without one on agreement (the student's disagreement with the teacher must stay under it).",
+    )
     target_confidence: float = Field(0.95, gt=0.5, lt=1, description="Statistical confidence of that guarantee.")
     audit_rate: float = Field(
         0.0,
@@ -109,13 +121,37 @@ class Policy(BaseModel):
     def _compiles(cls, patterns: list[str]) -> list[str]:
         return [_compiled(p) for p in patterns]
 
+    @model_validator(mode="after")
+    def _one_target(self) -> Policy:
+        if self.target_accuracy is not None and self.target_margin is not None:
+            raise ValueError(
+                "a target is absolute (target_accuracy) or relative to the teacher (target_margin), not both"
+            )
+        return self
+
+    @property
+    def targeted(self) -> bool:
+        """Whether accepted answers are held to a certified target (the version's rule decides)."""
+        return self.target_accuracy is not None or self.target_margin is not None
+
+    def goal(self, default_accuracy: float) -> Goal:
+        """The target as ``protege.certify`` tests it (``default_accuracy`` when the task sets none:
+        the coverage a version reports)."""
+        from protege.certify import Goal
+
+        if self.target_margin is not None:
+            return Goal(margin=self.target_margin, confidence=self.target_confidence)
+        return Goal(accuracy=self.target_accuracy or default_accuracy, confidence=self.target_confidence)
+
     @property
     def version(self) -> str:
         """Content hash: any change to the policy section is a new policy version (a policy
-        without audits hashes as it did before audits existed)."""
+        without audits or a relative target hashes as it did before they existed)."""
         data = self.model_dump(mode="json")
         if not data["audit_rate"]:
             del data["audit_rate"]
+        if data["target_margin"] is None:
+            del data["target_margin"]
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -212,6 +248,12 @@ class Task(BaseModel):
     labels: dict[str, str] = Field(min_length=2, description="Label -> what it covers.")
     instructions: str = Field(min_length=1)
     fields: dict[str, str] = Field(default_factory=dict, description="Fields the teacher extracts: name -> what it is.")
+    golden: str | None = Field(
+        None,
+        description="A golden set with trusted labels: JSON Lines {id, text, label, teacher} (label: a person's; "
+        "teacher: the teacher's answer, from `protege label --golden`), relative to the tasks folder. Kept out of "
+        "training; every version is measured on it, and rules are certified on it.",
+    )
     policy: Policy = Policy()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()

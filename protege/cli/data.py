@@ -30,6 +30,13 @@ def label_cmd(
     output: Annotated[Path, typer.Option(help="Labelled JSON Lines (id, text, label, rationale, teacher).")],
     poll: Annotated[float, typer.Option(help="Seconds between progress polls.")] = 30.0,
     model: Annotated[str | None, typer.Option(help="Teacher model (default: the task's).")] = None,
+    golden: Annotated[
+        bool,
+        typer.Option(
+            help="The input is a golden set with trusted labels: keep each row's label, add the teacher's answer "
+            "as `teacher`, and measure the teacher's accuracy on it (the task's `golden` file)."
+        ),
+    ] = False,
 ) -> None:
     """Label a golden or bootstrap set with the teacher through the Message Batches API (half price)."""
     import anthropic
@@ -40,6 +47,13 @@ def label_cmd(
         raise typer.BadParameter("labelling calls the Message Batches API: set ANTHROPIC_API_KEY (no stand-in here)")
     task = load_tasks(settings.tasks_dir)[task_name]
     rows = read_jsonl(input)
+    if golden:
+        # Checked before a cent is spent: every row carries a trusted label the task knows.
+        bad = [r.get("id") for r in rows if str(r.get("label")) not in task.answers]
+        if bad:
+            raise typer.BadParameter(
+                f"--golden: {len(bad)} row(s) without a label among the task's answers, e.g. ids {bad[:5]}"
+            )
     client = anthropic.AsyncAnthropic(
         api_key=key, base_url=settings.anthropic_base_url, max_retries=settings.max_retries, timeout=settings.timeout_s
     )
@@ -54,7 +68,17 @@ def label_cmd(
             progress=lambda line: console.print(line, highlight=False),
         )
     )
-    write_jsonl(report.labelled, output)
+    if golden:
+        said = {str(r["id"]): r["label"] for r in report.labelled}
+        kept = [r for r in rows if str(r["id"]) in said]
+        write_jsonl([{**r, "label": str(r["label"]), "teacher": said[str(r["id"])]} for r in kept], output)
+        right = sum(said[str(r["id"])] == str(r["label"]) for r in kept)
+        console.print(
+            f"the teacher ({model or task.teacher.model}) answered {right}/{len(kept)} golden rows as the "
+            f"trusted label: accuracy {right / max(1, len(kept)):.1%}"
+        )
+    else:
+        write_jsonl(report.labelled, output)
     errors = output.with_suffix(".errors.jsonl")
     write_jsonl(report.failed, errors)
     console.print(

@@ -56,13 +56,18 @@ def models_list(tenant: Tenant, task_name: TaskName) -> None:
         live = asyncio.run(read_live_accuracy(settings, tenant, task_name))
     except BrokerError:
         live = {}
-    table = Table(title=f"{tenant}/{task_name}", caption="live: audited answers the teacher agreed with (audits)")
+    table = Table(
+        title=f"{tenant}/{task_name}",
+        caption="golden acc: against the teacher's labels; truth acc: against the task's trusted golden set "
+        "(the teacher's own in brackets); live: audited answers the teacher agreed with (audits)",
+    )
     for col in (
         "version",
         "created",
         "recipe",
         "cases",
         "golden acc",
+        "truth acc (teacher)",
         "macro-F1",
         "ECE",
         "target",
@@ -87,15 +92,23 @@ def models_list(tenant: Tenant, task_name: TaskName) -> None:
             f"{man.recipe.get('kind', '-')}/{man.precision}",
             str(man.data.cases),
             f"{m['golden_accuracy']:.3f}",
+            f"{m['truth_accuracy']:.3f} ({m['truth_teacher_accuracy']:.3f})" if "truth_accuracy" in m else "-",
             f"{m['golden_macro_f1']:.3f}",
             f"{m['golden_ece']:.3f}",
-            f"{target.target_accuracy:.3f} @ {target.confidence_level:.0%}",
+            target_text(target.target_accuracy, target.target_margin, target.confidence_level),
             f"{m['golden_coverage']:.3f}" if man.acceptance is not None else "none certified",
             "-" if audited is None else f"{audited['accuracy']:.3f} ({audited['audits']})",
             "passed" if man.gates.passed else "held back",
             mark,
         )
     Console(width=170).print(table)
+
+
+def target_text(accuracy: float | None, margin: float | None, confidence: float) -> str:
+    """``0.970 @ 95%`` (absolute) or ``teacher -0.010 @ 95%`` (relative to the teacher)."""
+    if margin is not None:
+        return f"teacher -{margin:.3f} @ {confidence:.0%}"
+    return f"{accuracy:.3f} @ {confidence:.0%}" if accuracy is not None else "-"
 
 
 @models_app.command("show")
@@ -235,7 +248,15 @@ def train_cmd(
     from protege.student.backbone import cached_backbone, source_dir
     from protege.student.finetune import FinetuneConfig
     from protege.student.runtime import Encoder
-    from protege.student.train import Case, EmbeddingCache, FastRecipe, FinetuneRecipe, Recipe, train_version
+    from protege.student.train import (
+        Case,
+        EmbeddingCache,
+        FastRecipe,
+        FinetuneRecipe,
+        Recipe,
+        read_golden,
+        train_version,
+    )
 
     settings = Settings()
     task = load_tasks(settings.tasks_dir)[task_name]
@@ -269,6 +290,7 @@ def train_cmd(
         task=task,
         serving=serving,
         golden=cases_of(golden) if golden else None,
+        truth=read_golden(settings.tasks_dir / task.golden, task) if task.golden else (),
     )
     typer.echo(
         json.dumps(

@@ -63,7 +63,14 @@ def demo(
     shutil.rmtree(home, ignore_errors=True)
     rows = generate(tickets, seed=seed)
     write_jsonl(rows, home / "tickets.jsonl")
-    write_task(demo_task(), home / "tasks" / "ticket-triage.yaml")
+    task = demo_task()
+    write_task(task, home / "tasks" / "ticket-triage.yaml")
+    # Trusted labels for the relative target: generated tickets of their own (a person's labels, in
+    # production), with the teacher's answers on them.
+    trusted = generate(DEMO_GOLDEN, seed=seed + 1)
+    write_golden(
+        trusted, StandinTeacher({r["text"]: r["label"] for r in trusted}), task, home / "tasks" / "golden.jsonl"
+    )
     env = {
         "PROTEGE_TASKS_DIR": str((home / "tasks").resolve()),
         "PROTEGE_STANDIN_LABELS": str((home / "tickets.jsonl").resolve()),
@@ -257,6 +264,9 @@ def await_verdict(settings: Settings, limit_s: float) -> None:
         time.sleep(2)
 
 
+DEMO_GOLDEN = 600  # trusted tickets: enough that a version can certify the demo's 1-point margin
+
+
 def demo_task() -> Task:
     task = triage_task()
     canary = Canary(
@@ -271,8 +281,11 @@ def demo_task() -> Task:
     )
     return task.model_copy(
         update={
-            "policy": task.policy.model_copy(update={"audit_rate": 0.05}),
+            # Accepted answers at most 1 point below the teacher's on the same requests, certified
+            # on the golden set: a version too young to show it serves nothing.
+            "policy": task.policy.model_copy(update={"audit_rate": 0.05, "target_margin": 0.01}),
             "student": task.student.model_copy(update={"canary": canary}),
+            "golden": "golden.jsonl",
         }
     )
 
@@ -414,6 +427,20 @@ def bench_stream(
             "requests are labelled oos, as the teacher answers them."
         ),
     ] = 0,
+    golden: Annotated[
+        int,
+        typer.Option(
+            help="Train rows set apart as the task's trusted golden set: their true labels, and the teacher's "
+            "answers on them (the stand-in's, with the same noise); never streamed, never trained on. 0: none."
+        ),
+    ] = 1000,
+    target: Annotated[
+        str,
+        typer.Option(
+            help="relative:M (accepted answers at most M below the teacher's accuracy on the same requests), "
+            "absolute:A (at least A accurate), or none (the task's fixed thresholds)."
+        ),
+    ] = "relative:0.01",
     home: Path = Path(".protege/bench"),
     task_name: str = "bench",
 ) -> None:
@@ -423,12 +450,14 @@ def bench_stream(
 
     if noise_model not in ("uniform", "confusable"):
         raise typer.BadParameter(f"--noise-model {noise_model!r}: uniform or confusable")
+    targeted = policy_target(target)
     train_rows, test_rows = read_jsonl(train), read_jsonl(test)
     if shuffle:
         random.Random(seed).shuffle(train_rows)
         random.Random(seed + 1).shuffle(test_rows)
     if limit:
         train_rows, test_rows = train_rows[:limit], test_rows[:limit]
+    golden_rows, train_rows = train_rows[:golden], train_rows[golden:]
     shutil.rmtree(home, ignore_errors=True)
     labels = sorted({r["label"] for r in train_rows + test_rows})
     unknown = sorted(random.Random(seed).sample([x for x in labels if x != OOS], unknown_intents))
@@ -438,14 +467,23 @@ def bench_stream(
             r["label"] = OOS if r["label"] in unknown else r["label"]
         labels = [x for x in labels if x not in unknown]
     task = task_from_labels(task_name, labels, f"bench on {train.name}")
-    task = task.model_copy(update={"policy": Policy.model_validate({**task.policy.model_dump(), "name": policy})})
+    task = task.model_copy(
+        update={
+            "policy": Policy.model_validate({**task.policy.model_dump(), "name": policy, **targeted}),
+            "golden": "golden.jsonl" if golden_rows else None,
+        }
+    )
     write_task(task, home / "tasks" / f"{task_name}.yaml")
-    write_jsonl(train_rows + test_rows, home / "labelled.jsonl")
+    write_jsonl(golden_rows + train_rows + test_rows, home / "labelled.jsonl")
     for r in test_rows:
         r["id"] = f"test-{r['id']}"
     confused = noise_confusions(train_rows, seed) if noise_model == "confusable" else None
     if confused is not None:
         (home / "confusions.json").write_text(json.dumps(confused, indent=1))
+    teacher_accuracy_golden = None
+    if golden_rows:
+        noisy = StandinTeacher({r["text"]: r["label"] for r in golden_rows}, noise=teacher_noise, confused=confused)
+        teacher_accuracy_golden = write_golden(golden_rows, noisy, task, home / "tasks" / "golden.jsonl")
     env = {
         "PROTEGE_TASKS_DIR": str((home / "tasks").resolve()),
         "PROTEGE_STANDIN_LABELS": str((home / "labelled.jsonl").resolve()),
@@ -499,11 +537,49 @@ def bench_stream(
         "seed": seed,
         "policy": policy,
         "policy_version": task.policy.version,
+        "target": target,
+        "golden": len(golden_rows),
+        "teacher_accuracy_golden": teacher_accuracy_golden,
     }
     report_json.parent.mkdir(parents=True, exist_ok=True)
     report_json.write_text(json.dumps(summary, indent=2))
     _print_summary(summary, ["train", "test"])
     console.print(f"report: {report_json}")
+
+
+def write_golden(rows: list[dict[str, Any]], teacher: StandinTeacher, task: Task, path: Path) -> float:
+    """The task's golden set: each row's trusted label and the teacher's answer on it, as
+    `protege label --golden` records them — here the offline stand-in's (a real teacher's come
+    through the Message Batches API). Says and returns the teacher's accuracy on it."""
+    said = asyncio.run(_standin_answers(teacher, task, [(f"golden-{r['id']}", r["text"]) for r in rows]))
+    write_jsonl(
+        [
+            {"id": r["id"], "text": r["text"], "label": r["label"], "teacher": t}
+            for r, t in zip(rows, said, strict=True)
+        ],
+        path,
+    )
+    accuracy = sum(t == r["label"] for r, t in zip(rows, said, strict=True)) / len(rows)
+    console.print(
+        f"golden set: {len(rows)} trusted rows, never streamed or trained on; the teacher (offline stand-in) "
+        f"answers {accuracy:.1%} of them right"
+    )
+    return accuracy
+
+
+def policy_target(text: str) -> dict[str, float]:
+    """``relative:0.01`` / ``absolute:0.97`` / ``none`` as the policy fields they set."""
+    kind, _, value = text.partition(":")
+    try:
+        if kind == "none" and not value:
+            return {}
+        if kind in ("relative", "absolute"):
+            number = float(value)
+            if 0 <= number < 1:
+                return {"target_margin" if kind == "relative" else "target_accuracy": number}
+    except ValueError:
+        pass
+    raise typer.BadParameter(f"--target {text!r}: relative:M, absolute:A (numbers in [0, 1)) or none")
 
 
 def noise_confusions(rows: list[dict[str, Any]], seed: int, per_label: int = 40) -> dict[str, list[tuple[str, float]]]:

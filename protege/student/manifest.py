@@ -35,7 +35,8 @@ class Ood(Part):
 
 
 class Target(Part):
-    target_accuracy: float
+    target_accuracy: float | None = None
+    target_margin: float | None = Field(None, description="Relative: at most this below the teacher's accuracy.")
     confidence_level: float
 
 

@@ -35,6 +35,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from protege.certify import Evidence, choose_rule, cp_lower
+from protege.errors import ConfigError
 from protege.events import AcceptRule
 from protege.registry import Registry
 from protege.student.export import append_head, quantized
@@ -44,7 +46,6 @@ from protege.task import Gates, Task
 
 HEAD_C = 30.0  # chosen on a split carved from BANKING77's train: C 1/3/10/30/100 -> val 0.913/0.924/0.924/0.927/0.927 (benchmarks/recipe.py)
 KNN_K = 10  # at most; never more than the smallest label's cases in the bank (see knn_k)
-OOD_QUANTILE = 0.95  # the OOD gate of the acceptance rule passes this share of held-out cases
 MAX_BANK = 20_000
 DEFAULT_TARGET = 0.97  # the target reported (coverage) when the task sets none
 
@@ -54,6 +55,49 @@ class Case:
     request_id: str
     text: str
     label: str
+
+
+@dataclass(frozen=True)
+class Trusted:
+    """A golden case: a trusted label (a person's) and the teacher's own answer on it."""
+
+    request_id: str
+    text: str
+    label: str
+    teacher: str
+
+
+def read_golden(path: Path, task: Task) -> list[Trusted]:
+    """A task's golden set (JSON Lines ``{id, text, label, teacher}``), every row checked: a
+    file from outside says exactly which line is wrong rather than training on it."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise ConfigError(f"golden set {path}: {e}") from e
+    out, seen, answers = [], set(), set(task.answers)
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"golden set {path}:{n}: not JSON ({e})") from e
+        if not isinstance(row, dict):
+            raise ConfigError(f"golden set {path}:{n}: a line is an object {{id, text, label, teacher}}")
+        missing = [k for k in ("id", "text", "label", "teacher") if not isinstance(row.get(k), str | int)]
+        if missing:
+            raise ConfigError(
+                f"golden set {path}:{n}: missing {', '.join(missing)} (the teacher's answers: protege label --golden)"
+            )
+        rid, text, label, teacher = str(row["id"]), str(row["text"]), str(row["label"]), str(row["teacher"])
+        bad = [v for v in (label, teacher) if v not in answers]
+        if bad:
+            raise ConfigError(f"golden set {path}:{n}: {bad[0]!r} is not one of the task's answers")
+        if rid in seen:
+            raise ConfigError(f"golden set {path}:{n}: id {rid!r} twice")
+        seen.add(rid)
+        out.append(Trusted(rid, text, label, teacher))
+    return out
 
 
 @dataclass(frozen=True)
@@ -156,50 +200,7 @@ def class_recall(pred: np.ndarray, y: np.ndarray, labels: Sequence[str], min_sup
 
 def accuracy_lower_bound(correct: int, n: int, confidence: float) -> float:
     """One-sided Clopper-Pearson lower bound on a binomial proportion."""
-    if n == 0 or correct == 0:
-        return 0.0
-    from scipy.stats import beta
-
-    return float(beta.ppf(1 - confidence, correct, n - correct + 1))
-
-
-def choose_rule(
-    conf: np.ndarray,
-    ood: np.ndarray,
-    correct: np.ndarray,
-    *,
-    target: float,
-    confidence: float,
-    ood_quantile: float = OOD_QUANTILE,
-) -> AcceptRule | None:
-    """The acceptance rule that keeps accepted answers at least ``target`` accurate.
-
-    The OOD gate passes ``ood_quantile`` of the held-out cases. Then, with fixed-sequence
-    testing (Learn-then-Test) over a grid fixed in advance — confidence thresholds 0.99,
-    0.98, ..., 0.00 — each threshold is tested in turn: accepted if the Clopper-Pearson
-    lower bound of the accepted cases' accuracy is at least ``target``; the first failure
-    stops. The lowest threshold that passed is the rule (most coverage); the family-wise
-    error of the whole sequence stays at ``1 - confidence`` without correction.
-    """
-    n = len(conf)
-    if n == 0:
-        return None
-    max_ood = float(np.quantile(ood, ood_quantile))
-    best: AcceptRule | None = None
-    for t in np.round(np.arange(0.99, -0.005, -0.01), 2):
-        accepted = (conf >= t) & (ood <= max_ood)
-        if accepted.sum() == 0:
-            continue  # nothing to test at this threshold yet; the sequence goes on
-        if accuracy_lower_bound(int(correct[accepted].sum()), int(accepted.sum()), confidence) < target:
-            break
-        best = AcceptRule(
-            target_accuracy=target,
-            confidence_level=confidence,
-            min_confidence=float(t),
-            max_ood=round(max_ood, 6),
-            coverage=round(float(accepted.mean()), 4),
-        )
-    return best
+    return cp_lower(correct, n, confidence)
 
 
 @dataclass(frozen=True)
@@ -480,6 +481,26 @@ class Precision:
         return cls("int8" if within else "fp32", why, metrics)
 
 
+def truth_metrics(s: Scores, teacher_right: np.ndarray, rule: AcceptRule | None) -> dict[str, float]:
+    """A version against the trusted golden set: its accuracy and the teacher's, and on the
+    cases its rule accepts, both again (empty without a golden set)."""
+    n = len(s.y)
+    if n == 0:
+        return {}
+    out = {
+        "truth_cases": float(n),
+        "truth_accuracy": round(float(s.correct.mean()), 4),
+        "truth_teacher_accuracy": round(float(teacher_right.mean()), 4),
+    }
+    if rule is not None:
+        accepted = (s.probs.max(axis=1) >= rule.min_confidence) & (s.ood <= rule.max_ood)
+        out["truth_coverage"] = round(float(accepted.mean()), 4)
+        if accepted.any():
+            out["truth_accepted_accuracy"] = round(float(s.correct[accepted].mean()), 4)
+            out["truth_teacher_on_accepted"] = round(float(teacher_right[accepted].mean()), 4)
+    return out
+
+
 def train_version(
     cases: Sequence[Case],
     *,
@@ -492,11 +513,16 @@ def train_version(
     threads: int = 0,
     seed: int = 0,
     trigger: str | None = None,
+    truth: Sequence[Trusted] = (),
 ) -> TrainResult:
     """Train, calibrate, gate and write one version. ``golden``: a fixed golden set
     instead of the hash split's (then every case not in calib is fit); ``trigger``: why
-    (recorded on the manifest)."""
+    (recorded on the manifest); ``truth``: the task's trusted golden set (its texts never
+    trained on): every version is measured on it and, when there is one, its rule is
+    certified on it (``protege.certify``), else on agreement with the teacher's labels."""
     started = time.perf_counter()
+    kept_apart = {t.text for t in truth}
+    cases = [c for c in cases if c.text not in kept_apart]
     fit, calib, hashed_golden = split_cases(cases)
     if golden is None:
         golden = hashed_golden or calib  # a handful of cases may leave no golden split: gate on calib then
@@ -505,7 +531,7 @@ def train_version(
     if len({c.label for c in fit}) < 2:
         raise ValueError(f"the fit split has fewer than two labels ({len(fit)} cases)")
     gates = task.student.gates
-    target = task.policy.target_accuracy or DEFAULT_TARGET
+    goal = task.policy.goal(DEFAULT_TARGET)
     trained_on = "\n".join(sorted(c.request_id for c in cases))
     data_hash = hashlib.sha256(trained_on.encode()).hexdigest()
     home = Registry(registry).folder(tenant, task.name)
@@ -567,14 +593,32 @@ def train_version(
     (tmp / TRAINED_ON).write_text(trained_on)
     k = knn_k([c.label for c in bank_cases])
 
-    cal, cal_logits = scores_of(served, [c.text for c in calib], [c.label for c in calib], labels, 1.0, bank, k)
+    def score(texts: list[str], y_names: list[str], temperature: float) -> tuple[Scores, np.ndarray]:
+        """The served graph's view of a labelled set, through the recipe's cached embeddings where it
+        has them (the graph is the encoder plus this head: the same numbers, no graph run per retrain)."""
+        if cached is None:
+            return scores_of(served, texts, y_names, labels, temperature, bank, k)
+        index = {label: i for i, label in enumerate(labels)}
+        y = np.asarray([index.get(v, -1) for v in y_names], dtype=np.int64)
+        if not texts:
+            return Scores(np.zeros((0, len(labels))), np.zeros(0), y), np.zeros((0, len(labels)))
+        emb = cached(texts)
+        logits = np.asarray(emb @ fitted.w + fitted.b)
+        return Scores(softmax(logits / temperature), knn_ood(emb, bank, k), y), logits
+
+    cal, cal_logits = score([c.text for c in calib], [c.label for c in calib], 1.0)
     known = cal.y >= 0
     temperature = fit_temperature(cal_logits[known], cal.y[known]) if known.sum() >= 10 else 1.0
     cal = Scores(softmax(cal_logits / temperature), cal.ood, cal.y)
-    rule = choose_rule(
-        cal.probs.max(axis=1), cal.ood, cal.correct, target=target, confidence=task.policy.target_confidence
+    trusted, _ = score([t.text for t in truth], [t.label for t in truth], temperature)
+    teacher_right = np.asarray([t.teacher == t.label for t in truth], dtype=bool)
+    evidence = (
+        Evidence("golden", trusted.probs.max(axis=1), trusted.ood, trusted.correct, teacher_right)
+        if truth
+        else Evidence("agreement", cal.probs.max(axis=1), cal.ood, cal.correct)
     )
-    gold, _ = scores_of(served, [c.text for c in golden], [c.label for c in golden], labels, temperature, bank, k)
+    rule = choose_rule(goal, evidence)
+    gold, _ = score([c.text for c in golden], [c.label for c in golden], temperature)
     # The held-out view a report draws the coverage curve from (accuracy against share accepted).
     np.savez_compressed(
         tmp / HELD_OUT,
@@ -603,7 +647,7 @@ def train_version(
         "fit_seconds": round(fit_seconds, 2),
         "train_seconds": round(time.perf_counter() - started, 2),
     }
-    metrics |= precision.metrics
+    metrics |= precision.metrics | truth_metrics(trusted, teacher_right, rule)
     if gold_metrics["accepted_accuracy"] is not None:
         metrics["golden_accepted_accuracy"] = round(gold_metrics["accepted_accuracy"], 4)
     manifest = Manifest(
@@ -618,7 +662,9 @@ def train_version(
         calibration=Calibration(temperature=temperature),
         ood=Ood(k=k, bank=len(bank_cases)),
         acceptance=rule,
-        acceptance_target=Target(target_accuracy=target, confidence_level=task.policy.target_confidence),
+        acceptance_target=Target(
+            target_accuracy=goal.accuracy, target_margin=goal.margin, confidence_level=goal.confidence
+        ),
         metrics=metrics,
         golden={k: v for k, v in gold_metrics.items() if k != "class_recall"}
         | {"class_recall_min": min(gold_metrics["class_recall"].values(), default=None)},

@@ -22,7 +22,7 @@ from protege.serving import Serving, view
 from protege.settings import TrainerSettings
 from protege.student.backbone import cached_backbone
 from protege.student.runtime import Encoder
-from protege.student.train import Case, EmbeddingCache, FastRecipe, TrainResult, train_version
+from protege.student.train import Case, EmbeddingCache, FastRecipe, TrainResult, read_golden, train_version
 from protege.task import Task, load_tasks
 
 
@@ -36,6 +36,10 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
     registry = Registry.of(settings)
     recipe = FastRecipe(embed, backbone)
 
+    tasks = load_tasks(settings.tasks_dir)
+    # Each task's trusted golden set, read (and checked) once: kept out of training, the rules certified on it.
+    truths = {name: read_golden(settings.tasks_dir / t.golden, t) for name, t in tasks.items() if t.golden}
+
     def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
         return train_version(
             cases,
@@ -46,6 +50,7 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
             serving=serving,
             threads=settings.trainer_threads,
             trigger=trigger,
+            truth=truths.get(task.name, ()),
         )
 
     # What serves now, kept live: a candidate is gated against it (no re-read of the topic per retrain).
@@ -70,7 +75,6 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
         at = datetime.strptime(m.created_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         return m.data.cases, int(at.timestamp() * 1000), m.gates.passed
 
-    tasks = load_tasks(settings.tasks_dir)
     trainer = Trainer(
         tasks,
         settings.topics,

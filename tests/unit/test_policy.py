@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from protege.events import Ingested, Scored, StudentOutput
 from protege.generator import triage_task
 from protege.policy import audited, recompute_verdict, router_for
+from protege.task import Policy
 
 TASK = triage_task()
 
@@ -95,6 +97,34 @@ def test_target_accuracy_uses_the_versions_certified_rule() -> None:
         d = router.decide(with_rule(r), 3)
         assert d.verdict == "escalate" and d.reasons == ["no_certified_rule"] and recompute_verdict(d) == "escalate"
     assert recompute_verdict(ok) == "accept"
+
+
+def test_a_target_relative_to_the_teacher_needs_a_rule_certified_for_it() -> None:
+    from protege.events import AcceptRule
+
+    relative = TASK.model_copy(update={"policy": TASK.policy.model_copy(update={"target_margin": 0.01})})
+    rule = AcceptRule(
+        target_margin=0.01, confidence_level=0.95, evidence="golden", min_confidence=0.8, max_ood=0.3, coverage=0.7
+    )
+    router = router_for(relative)
+
+    def with_rule(r: AcceptRule | None, **kw: float) -> Scored:
+        s = scored(**kw)
+        assert s.student is not None
+        return s.model_copy(update={"student": s.student.model_copy(update={"rule": r})})
+
+    assert router.decide(with_rule(rule, confidence=0.85), 3).verdict == "accept"
+    # an absolute rule, another margin, a lower confidence: not this target's
+    for other in (
+        rule.model_copy(update={"target_margin": None, "target_accuracy": 0.99}),
+        rule.model_copy(update={"target_margin": 0.02}),
+        rule.model_copy(update={"confidence_level": 0.9}),
+    ):
+        assert router.decide(with_rule(other, confidence=0.85), 3).reasons == ["no_certified_rule"]
+    # one task holds one target; the policy of one without a relative target hashes as before
+    with pytest.raises(ValueError):
+        Policy.model_validate({**TASK.policy.model_dump(), "target_accuracy": 0.97, "target_margin": 0.01})
+    assert relative.policy.version != TASK.policy.version
 
 
 def with_audits(rate: float, name: str = "cascade"):

@@ -51,7 +51,7 @@ def make_version(root: Path, name: str, *, passed: bool = True, created: str = "
     correct = rng.uniform(size=400) < conf  # confident answers are right more often
     ood = rng.uniform(0, 0.5, 400).astype(np.float32)
     np.savez_compressed(folder / HELD_OUT, confidence=conf, ood=ood, correct=correct)
-    rule = AcceptRule(target_accuracy=0.9, confidence_level=0.9, min_confidence=0.8, max_ood=0.45, coverage=0.25)
+    rule = AcceptRule(target_accuracy=0.9, confidence_level=0.95, min_confidence=0.8, max_ood=0.45, coverage=0.25)
     Manifest(
         version=name,
         tenant="acme",
@@ -63,7 +63,7 @@ def make_version(root: Path, name: str, *, passed: bool = True, created: str = "
         calibration=Calibration(temperature=1.2),
         ood=Ood(k=10, bank=100),
         acceptance=rule,
-        acceptance_target=Target(target_accuracy=0.9, confidence_level=0.9),
+        acceptance_target=Target(target_accuracy=0.9, confidence_level=0.95),
         metrics={"golden_accuracy": 0.8, "golden_coverage": 0.25},
         golden={},
         gates=GateReport(config={}, failed=[] if passed else ["accuracy 0.5 < floor 0.8"], passed=passed),

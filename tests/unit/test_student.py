@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from protege.certify import Evidence, Goal
 from protege.generator import generate
 from protege.student.runtime import Encoder, Student, softmax
 from protege.student.train import (
@@ -76,7 +77,7 @@ def _calibrated_sample(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 def test_rule_meets_its_target_on_fresh_data() -> None:
     conf, ood, correct = _calibrated_sample(4000, 1)
-    rule = choose_rule(conf, ood, correct, target=0.95, confidence=0.95)
+    rule = choose_rule(Goal(accuracy=0.95), Evidence("agreement", conf, ood, correct))
     assert rule is not None and 0 < rule.coverage < 1 and rule.max_ood == pytest.approx(np.quantile(ood, 0.95), 1e-5)
     held = 0
     for seed in range(2, 22):  # the guarantee is on fresh data from the same distribution
@@ -85,9 +86,9 @@ def test_rule_meets_its_target_on_fresh_data() -> None:
         held += ok[accepted].mean() >= 0.95
     assert held >= 19
     # a stricter target buys less coverage; an impossible one gets no rule
-    strict = choose_rule(conf, ood, correct, target=0.975, confidence=0.95)
+    strict = choose_rule(Goal(accuracy=0.975), Evidence("agreement", conf, ood, correct))
     assert strict is not None and strict.coverage < rule.coverage
-    assert choose_rule(conf[:20], ood[:20], correct[:20], target=0.97, confidence=0.95) is None
+    assert choose_rule(Goal(accuracy=0.97), Evidence("agreement", conf[:20], ood[:20], correct[:20])) is None
 
 
 def test_split_is_stable_and_disjoint() -> None:

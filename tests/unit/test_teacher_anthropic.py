@@ -151,3 +151,41 @@ def test_timeouts_are_retried(api: MessagesAPI) -> None:
     client = anthropic.AsyncAnthropic(api_key="test-key", base_url=api.url, max_retries=2, timeout=0.5)
     a = asyncio.run(AnthropicTeacher(client).label(TASK, "where is my order", "req-t"))
     assert a.label == "shipping" and len(api.requests) == 2
+
+
+def test_label_command_measures_the_teacher_on_a_golden_set(api: MessagesAPI, tmp_path) -> None:
+    """--golden keeps the trusted label, adds the teacher's answer, and says how often they agree;
+    a row whose trusted label the task does not know stops it before any call."""
+    import json
+    import subprocess
+    import sys
+
+    from protege.generator import write_jsonl
+
+    def label(rows: list[dict[str, str]]) -> subprocess.CompletedProcess[str]:
+        write_jsonl(rows, tmp_path / "golden-in.jsonl")
+        env = {"ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": api.url, "PATH": "/usr/bin:/bin"}
+        argv = ["label", "--task", "ticket-triage", "--input", str(tmp_path / "golden-in.jsonl")]
+        argv += ["--output", str(tmp_path / "golden.jsonl"), "--poll", "0.01", "--golden"]
+        return subprocess.run(
+            [sys.executable, "-m", "protege.cli", *argv], capture_output=True, text=True, env=env, timeout=120
+        )
+
+    # the server answers "refund please" with refund; a person says it was about billing
+    done = label(
+        [
+            {"id": "a", "text": "where is my order", "label": "shipping"},
+            {"id": "b", "text": "refund please", "label": "billing"},
+        ]
+    )
+    assert done.returncode == 0, done.stderr
+    out = {r["id"]: r for r in map(json.loads, (tmp_path / "golden.jsonl").read_text().splitlines())}
+    assert {k: (r["label"], r["teacher"]) for k, r in out.items()} == {
+        "a": ("shipping", "shipping"),
+        "b": ("billing", "refund"),
+    }
+    assert "answered 1/2 golden rows as the trusted label: accuracy 50.0%" in " ".join(done.stderr.split())
+    calls = len(api.batches)
+    refused = label([{"id": "c", "text": "where is my order", "label": "no-such-queue"}])
+    assert refused.returncode != 0 and "no-such-queue" not in refused.stdout and len(api.batches) == calls
+    assert "without a label among the task's answers" in " ".join(refused.stderr.split())

@@ -1,0 +1,190 @@
+"""Certifying an acceptance rule: which answers the student may give alone, with a stated
+guarantee on fresh traffic.
+
+    goal = Goal(accuracy=0.97, confidence=0.95)             # absolute: accepted answers >= 97% right
+    goal = Goal(margin=0.01, confidence=0.95)               # relative: no more than 1 point below
+    rule = choose_rule(goal, evidence)                      #   the teacher's on the same requests
+
+The rule is a confidence threshold from a grid fixed in advance (0.99, 0.98, ..., 0.00) and an
+OOD ceiling (the 95th percentile of the held-out cases' OOD scores). Thresholds are tested in
+turn from the strictest (fixed-sequence testing, Learn-then-Test): a threshold passes when the
+lower confidence bound of the goal's slack on the cases it accepts is at least zero; the first
+failure stops; the lowest threshold that passed is the rule. The family-wise error of the whole
+sequence stays at ``1 - confidence`` without correction.
+
+What a case's "right" means depends on the evidence (``Evidence.kind``):
+
+- ``golden``: trusted labels (a person's, or a labelled file), with the teacher's own answer on
+  each. Absolute: the student's accuracy against the truth, one-sided Clopper-Pearson. Relative:
+  the paired difference ``acc_S - acc_T`` on the same cases, read from the cases where exactly
+  one of them is right (``paired_lower_bound``). Assumption: the golden cases are a random
+  sample of the traffic the rule will meet (as for every held-out estimate).
+- ``agreement``: only the teacher's labels. Absolute: agreement with the teacher read as
+  accuracy (assumes the teacher is right; a teacher that errs makes it conservative for a
+  student that does not copy its errors, and optimistic for one that does). Relative: the
+  student is never more than its disagreement rate below the teacher on the same requests
+  (``acc_S - acc_T >= -P(S != T)``, true for any teacher), so the bound is ``-UB(P(S != T))``.
+
+Measured on fresh samples in ``benchmarks/certify.py`` (BANKING77, a noisy stand-in teacher):
+against agreement alone, against bounding the two proportions separately, and against
+correcting agreement by the teacher's golden error rate under an independence assumption.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from protege.events import AcceptRule
+
+OOD_QUANTILE = 0.95  # the OOD gate passes this share of held-out cases
+GRID = tuple(float(t) for t in np.round(np.arange(0.99, -0.005, -0.01), 2))
+
+
+def cp_lower(k: int, n: int, confidence: float) -> float:
+    """One-sided Clopper-Pearson lower bound on a binomial proportion."""
+    if n == 0 or k == 0:
+        return 0.0
+    from scipy.stats import beta
+
+    return float(beta.ppf(1 - confidence, k, n - k + 1))
+
+
+def cp_upper(k: int, n: int, confidence: float) -> float:
+    """One-sided Clopper-Pearson upper bound on a binomial proportion."""
+    if n == 0 or k == n:
+        return 1.0
+    return 1.0 - cp_lower(n - k, n, confidence)
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What accepted answers must be: at least ``accuracy`` right (absolute), or no more than
+    ``margin`` below the teacher's accuracy on the same requests (relative); with ``confidence``."""
+
+    accuracy: float | None = None
+    margin: float | None = None
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        if (self.accuracy is None) == (self.margin is None):
+            raise ValueError("a goal is absolute (accuracy) or relative to the teacher (margin), one of them")
+
+    @property
+    def relative(self) -> bool:
+        return self.margin is not None
+
+    def describe(self) -> str:
+        if self.margin is not None:
+            return f"at most {self.margin:.3f} below the teacher on the same requests @ {self.confidence:.0%}"
+        return f"accuracy >= {self.accuracy:.3f} @ {self.confidence:.0%}"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Held-out cases the rule is certified on: the student's signals and, per case, whether the
+    student was right and (golden only) whether the teacher was."""
+
+    kind: Literal["golden", "agreement"]
+    confidence: np.ndarray
+    ood: np.ndarray
+    student_right: np.ndarray  # against the truth (golden) or the teacher's label (agreement)
+    teacher_right: np.ndarray | None = None  # golden: the teacher's own answer against the truth
+
+    def __post_init__(self) -> None:
+        if self.kind == "golden" and self.teacher_right is None:
+            raise ValueError("golden evidence needs the teacher's answer on each case")
+
+    def __len__(self) -> int:
+        return len(self.confidence)
+
+
+PairedBound = Callable[[int, int, int, float], float]  # (wins, losses, n, confidence) -> LB of acc_S - acc_T
+
+
+def slack_lower_bound(goal: Goal, evidence: Evidence, accepted: np.ndarray, paired: PairedBound | None = None) -> float:
+    """Lower confidence bound (at ``goal.confidence``) of how far the accepted cases are above the
+    goal: accuracy - target (absolute), or (student - teacher accuracy) + margin (relative)."""
+    n = int(accepted.sum())
+    right = evidence.student_right[accepted]
+    if not goal.relative:
+        assert goal.accuracy is not None
+        return cp_lower(int(right.sum()), n, goal.confidence) - goal.accuracy
+    assert goal.margin is not None
+    if evidence.kind == "agreement":  # acc_S - acc_T >= -P(S != T), for any teacher
+        return goal.margin - cp_upper(int((~right).sum()), n, goal.confidence)
+    assert evidence.teacher_right is not None
+    teacher = evidence.teacher_right[accepted]
+    bound = paired or paired_lower_bound
+    return goal.margin + bound(int((right & ~teacher).sum()), int((~right & teacher).sum()), n, goal.confidence)
+
+
+def paired_lower_bound(wins: int, losses: int, n: int, confidence: float) -> float:
+    """Lower confidence bound of ``acc_S - acc_T`` from ``n`` paired cases: the student right
+    and the teacher wrong on ``wins``, the reverse on ``losses``.
+
+    The difference is ``d (2q - 1)``: ``d`` the share of cases where exactly one is right,
+    ``q`` the student's share of those (McNemar's view: only the discordant cases say who is
+    better). ``q`` is bounded below given the discordant count, ``d`` on both sides, each
+    Clopper-Pearson at half the error (a union bound): the bound is ``d_U (2 q_L - 1)`` when
+    the student may be the worse one, else ``d_L (2 q_L - 1)``. Measured against bounding the
+    two proportions separately (``LB(wins/n) - UB(losses/n)``) in benchmarks/certify.py."""
+    discordant = wins + losses
+    if discordant == 0:
+        return -cp_upper(0, n, 1 - (1 - confidence) / 2)  # no case told them apart: at most d below
+    half = 1 - (1 - confidence) / 2
+    q = cp_lower(wins, discordant, half)
+    d = cp_lower(discordant, n, half) if q >= 0.5 else cp_upper(discordant, n, half)
+    return d * (2 * q - 1)
+
+
+def paired_union_bound(wins: int, losses: int, n: int, confidence: float) -> float:
+    """The plain alternative to ``paired_lower_bound``: ``LB(wins / n) - UB(losses / n)``, each
+    Clopper-Pearson at half the error. Valid, and looser (kept to measure against)."""
+    half = 1 - (1 - confidence) / 2
+    return cp_lower(wins, n, half) - cp_upper(losses, n, half)
+
+
+def could_pass(goal: Goal, n: int) -> bool:
+    """Whether ``n`` accepted cases with a flawless record (every answer right, no disagreement
+    with the teacher) would pass: a threshold that accepts fewer is skipped, not tested. Which
+    thresholds are skipped depends on the students' signals only, never on the labels, as the
+    empty ones were before; testing them would end the sequence at its strictest, emptiest
+    steps."""
+    if n == 0:
+        return False
+    if goal.relative:
+        assert goal.margin is not None
+        return goal.margin + paired_lower_bound(0, 0, n, goal.confidence) >= 0
+    assert goal.accuracy is not None
+    return cp_lower(n, n, goal.confidence) >= goal.accuracy
+
+
+def choose_rule(
+    goal: Goal, evidence: Evidence, *, ood_quantile: float = OOD_QUANTILE, paired: PairedBound | None = None
+) -> AcceptRule | None:
+    """The rule with the most coverage whose every step down the grid passed (None: not even the
+    strictest threshold could be certified on this evidence)."""
+    if len(evidence) == 0:
+        return None
+    max_ood = float(np.quantile(evidence.ood, ood_quantile))
+    best: AcceptRule | None = None
+    for t in GRID:
+        accepted = (evidence.confidence >= t) & (evidence.ood <= max_ood)
+        if not could_pass(goal, int(accepted.sum())):
+            continue  # too few cases for even a flawless record to pass: not a test yet; the sequence goes on
+        if slack_lower_bound(goal, evidence, accepted, paired) < 0:
+            break
+        best = AcceptRule(
+            target_accuracy=goal.accuracy if goal.accuracy is not None else None,
+            target_margin=goal.margin,
+            confidence_level=goal.confidence,
+            evidence=evidence.kind,
+            min_confidence=t,
+            max_ood=round(max_ood, 6),
+            coverage=round(float(accepted.mean()), 4),
+        )
+    return best

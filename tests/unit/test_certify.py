@@ -1,0 +1,119 @@
+"""Certifying a rule against an imperfect teacher: the stated guarantee holds on fresh samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protege.certify import (
+    Evidence,
+    Goal,
+    choose_rule,
+    could_pass,
+    cp_lower,
+    cp_upper,
+    paired_lower_bound,
+    paired_union_bound,
+    slack_lower_bound,
+)
+
+
+def world(n: int, seed: int, *, teacher_error: float, copies: float = 0.0) -> Evidence:
+    """Golden cases from a known world: the student is right with probability = its confidence;
+    the teacher errs on ``teacher_error`` of the cases, independently of the student, except that
+    with probability ``copies`` it makes exactly the student's mistake (a teacher and a student
+    that confuse the same intents)."""
+    rng = np.random.default_rng(seed)
+    conf = rng.beta(6, 1, n)
+    student = rng.uniform(size=n) < conf
+    teacher = rng.uniform(size=n) >= teacher_error
+    shared = ~student & (rng.uniform(size=n) < copies)
+    teacher = teacher & ~shared
+    return Evidence("golden", conf, rng.uniform(0, 1, n), student, teacher)
+
+
+def test_goal_is_absolute_or_relative() -> None:
+    with pytest.raises(ValueError):
+        Goal()
+    with pytest.raises(ValueError):
+        Goal(accuracy=0.9, margin=0.01)
+    assert Goal(margin=0.01).relative and not Goal(accuracy=0.9).relative
+
+
+def test_clopper_pearson_bounds_bracket_the_estimate() -> None:
+    assert cp_lower(100, 100, 0.95) == pytest.approx(0.05 ** (1 / 100))
+    assert cp_upper(0, 100, 0.95) == pytest.approx(1 - 0.05 ** (1 / 100))
+    assert cp_lower(30, 100, 0.95) < 0.3 < cp_upper(30, 100, 0.95)
+    assert cp_upper(5, 5, 0.95) == 1.0 and cp_lower(0, 5, 0.95) == 0.0
+
+
+@pytest.mark.parametrize("copies", [0.0, 0.5])
+def test_relative_rule_holds_on_fresh_samples_with_a_teacher_that_errs(copies: float) -> None:
+    """Accepted answers no more than 1 point below the teacher's on the same requests, in at
+    least 95% of fresh samples — also when the teacher makes the student's own mistakes (which
+    makes agreement optimistic: the golden evidence does not read agreement)."""
+    goal = Goal(margin=0.01, confidence=0.95)
+    held = tried = 0
+    coverage = []
+    for seed in range(40):
+        rule = choose_rule(goal, world(3000, seed, teacher_error=0.06, copies=copies))
+        if rule is None:
+            continue
+        tried += 1
+        coverage.append(rule.coverage)
+        fresh = world(20_000, 10_000 + seed, teacher_error=0.06, copies=copies)
+        accepted = (fresh.confidence >= rule.min_confidence) & (fresh.ood <= rule.max_ood)
+        gap = fresh.student_right[accepted].mean() - fresh.teacher_right[accepted].mean()  # type: ignore[index]
+        held += gap >= -0.01
+    assert tried >= 30 and held >= 0.95 * tried
+    # the student beats the teacher on its confident cases: the rule buys real coverage
+    assert np.mean(coverage) > 0.3
+
+
+def test_relative_rule_follows_a_better_teacher() -> None:
+    """A teacher that is nearly always right leaves the student only the cases where it is too."""
+    weak = choose_rule(Goal(margin=0.01), world(3000, 1, teacher_error=0.10))
+    strong = choose_rule(Goal(margin=0.01), world(3000, 1, teacher_error=0.04))
+    assert weak is not None and strong is not None and strong.coverage < weak.coverage
+    assert weak.evidence == "golden" and weak.target_margin == 0.01 and weak.target_accuracy is None
+
+
+def test_agreement_bounds_the_relative_gap_for_any_teacher() -> None:
+    """Without trusted labels a relative goal needs the student to disagree with the teacher
+    on less than the margin: a noisy teacher (5% wrong) leaves nothing to certify at 1 point."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    conf = rng.beta(6, 1, n)
+    agrees = (rng.uniform(size=n) < conf) & (rng.uniform(size=n) >= 0.05)
+    assert choose_rule(Goal(margin=0.01), Evidence("agreement", conf, rng.uniform(0, 1, n), agrees)) is None
+    lenient = choose_rule(Goal(margin=0.2), Evidence("agreement", conf, rng.uniform(0, 1, n), agrees))
+    assert lenient is not None and lenient.evidence == "agreement"
+
+
+def test_thresholds_that_cannot_pass_are_skipped_not_failed() -> None:
+    goal = Goal(accuracy=0.97, confidence=0.95)
+    assert not could_pass(goal, 50) and could_pass(goal, 99)  # 0.05 ** (1/99) >= 0.97
+    assert not could_pass(Goal(margin=0.01), 360) and could_pass(Goal(margin=0.01), 370)  # ln(0.025) / ln(0.99)
+    # the strictest thresholds accept a handful of cases: skipped, the sequence goes on
+    ev = world(4000, 5, teacher_error=0.05)
+    rule = choose_rule(goal, Evidence("agreement", ev.confidence, ev.ood, ev.student_right))
+    assert rule is not None and rule.min_confidence < 0.99
+    accepted = (ev.confidence >= rule.min_confidence) & (ev.ood <= rule.max_ood)
+    assert slack_lower_bound(goal, Evidence("agreement", ev.confidence, ev.ood, ev.student_right), accepted) >= 0
+
+
+def test_golden_evidence_needs_the_teachers_answers() -> None:
+    with pytest.raises(ValueError):
+        Evidence("golden", np.ones(3), np.zeros(3), np.ones(3, bool))
+
+
+def test_paired_bound_reads_the_discordant_cases() -> None:
+    """Only the cases where exactly one of them is right tell student and teacher apart; with
+    many of them the paired bound is tighter than bounding the two proportions apart."""
+    for wins, losses, n in ((44, 32, 900), (40, 16, 800), (88, 64, 1800)):
+        tight, loose = paired_lower_bound(wins, losses, n, 0.95), paired_union_bound(wins, losses, n, 0.95)
+        assert loose < tight < (wins - losses) / n
+    # a student that wins nearly every disagreement is at least as good as the teacher
+    assert paired_lower_bound(60, 5, 1000, 0.95) > 0
+    # nothing told them apart: the student may still be up to UB(d) below
+    assert -0.01 < paired_lower_bound(0, 0, 400, 0.95) < 0
