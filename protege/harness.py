@@ -23,6 +23,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from protege.events import Correction, Event, Response, TeacherResult
 from protege.kafka import Out, consumer, partitions_of, producer
@@ -193,6 +194,28 @@ async def group_lag(settings: Settings, group: str, topics: list[str], behind: i
         )
     finally:
         await reader.stop()
+        await admin.close()
+
+
+async def wait_stable(settings: Settings, groups: list[str], timeout: float = 120.0) -> bool:
+    """Wait until each service's consumer group has joined and taken its partitions (Kafka's
+    group state ``Stable``): traffic sent before a service is ready waits in its topics, and a
+    trainer still embedding its golden set would train its first student late."""
+    admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            names = [f"{settings.topic_prefix}protege-{g}" for g in groups]
+            try:
+                described = [g for r in await admin.describe_consumer_groups(names) for g in r.groups]
+            except KafkaError:  # no coordinator yet: the offsets topic is created with the first group
+                described = []
+            if len(described) == len(names) and all(g[2] == "Stable" for g in described):
+                return True
+            await asyncio.sleep(0.5)
+        return False
+    finally:
         await admin.close()
 
 

@@ -40,6 +40,17 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
     # Each task's trusted golden set, read (and checked) once: kept out of training, the rules certified on it.
     truths = {name: read_golden(settings.tasks_dir / t.golden, t) for name, t in tasks.items() if t.golden}
 
+    def warm() -> None:
+        """Embed the golden sets once, before the first case: every retrain measures each version on
+        them, and the first would otherwise pay for it while traffic waits for a student."""
+        for name, truth in truths.items():
+            texts = [t.text for t in truth]
+            recipe.embed(texts)
+            if tasks[name].student.int8 is not False:
+                recipe.embed_int8(texts)
+
+    await asyncio.to_thread(warm)
+
     def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
         return train_version(
             cases,

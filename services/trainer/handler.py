@@ -24,6 +24,7 @@ import structlog
 
 from protege.events import Alert, HarvestCase, ModelAnnouncement, now_ms
 from protege.kafka import Out, Received
+from protege.student.manifest import Manifest
 from protege.student.train import Case, TrainResult
 from protege.task import Task
 from protege.topics import Topics
@@ -51,6 +52,16 @@ def never_trained(tenant: str, task: str) -> tuple[int, int, bool] | None:
 
 def reads_at_once(tenant: str, task: str, version: str) -> bool:
     return True
+
+
+def certifies(folder: Path, task: Task) -> bool:
+    """Whether the version in ``folder`` may answer anything under the task's policy: without a
+    target, always (its fixed thresholds); with one, when its rule certifies that target."""
+    policy = task.policy
+    if not policy.targeted:
+        return True
+    rule = Manifest.load(folder).acceptance
+    return rule is not None and rule.meets(policy.target_accuracy, policy.target_margin, policy.target_confidence)
 
 
 class CaseStore:
@@ -220,8 +231,13 @@ class Trainer:
             self.held_back.add((tenant, task_name))
             return []
         self.held_back.discard((tenant, task_name))
-        share = self.tasks[task_name].student.canary.share
-        trial = share > 0 and serving is not None
+        task = self.tasks[task_name]
+        share = task.student.canary.share
+        # A serving version that certifies nothing for the task's target answers no request: there is
+        # nothing to put the candidate on trial against (no audits on either side, a trial that could
+        # only end at its limit), so the candidate serves at once.
+        idle = serving is not None and not certifies(serving, task)
+        trial = share > 0 and serving is not None and not idle
         ann = ModelAnnouncement(
             tenant=tenant,
             task=task_name,
@@ -234,7 +250,8 @@ class Trainer:
             share=share if trial else None,
             reason=f"trained on {trigger}; passed its gates; on trial for {share:.0%} of requests against {serving.name}"
             if trial and serving is not None
-            else f"trained on {trigger}; passed its gates",
+            else f"trained on {trigger}; passed its gates"
+            + (f"; {serving.name} certifies nothing for the target, so no trial" if idle and serving else ""),
             announced_at_ms=now_ms(),
         )
         self.announced[(tenant, task_name)] = (result.version, now_ms())

@@ -14,11 +14,12 @@ from protege_services.scorer.handler import Scorer
 from protege_services.trainer.handler import CaseStore, Trainer
 
 from protege.canary import Tally, Trial, arm, judge
-from protege.events import HarvestCase, Ingested, ModelAnnouncement, Scored, StudentOutput
+from protege.events import AcceptRule, HarvestCase, Ingested, ModelAnnouncement, Scored, StudentOutput
 from protege.generator import triage_task
 from protege.kafka import Received
 from protege.policy import audited, router_for
 from protege.serving import Serving
+from protege.student.manifest import Calibration, Data, GateReport, Manifest, Ood, Target
 from protege.student.train import Case, TrainResult
 from protege.task import Canary, Task
 from protege.topics import Topics
@@ -200,6 +201,74 @@ def test_trainer_puts_a_candidate_on_trial_and_trains_no_other_until_its_verdict
     state.apply(first.model_copy(update={"action": "abort", "source": "monitor"}))  # the monitor's verdict
     outs = asyncio.run(trainer.handle([harvested(200, "v1")]))
     assert trained == [40, 166] and ModelAnnouncement.model_validate_json(outs[0].value).version == "v3"
+
+
+def _version(folder: Path, rule: AcceptRule | None) -> Path:
+    """A registry folder with only what the trainer reads of a serving version: its manifest."""
+    folder.mkdir(parents=True)
+    Manifest(
+        version=folder.name,
+        tenant="acme",
+        task="ticket-triage",
+        labels=["billing", "refund"],
+        max_length=128,
+        precision="fp32",
+        recipe={"kind": "fast"},
+        calibration=Calibration(temperature=1.0),
+        ood=Ood(k=10, bank=100),
+        acceptance=rule,
+        acceptance_target=Target(target_margin=0.01, confidence_level=0.95),
+        metrics={},
+        golden={},
+        gates=GateReport(config={}, failed=[], passed=True),
+        data=Data(cases=100, request_ids_sha256="x", split={"fit": 1}, label_counts={"billing": 1}),
+        created_at="2026-12-01T00:00:00Z",
+        files={},
+    ).save(folder)
+    return folder
+
+
+def test_a_candidate_serves_at_once_when_the_serving_version_certifies_nothing(tmp_path: Path) -> None:
+    """Under a target, a version without a rule for it answers no request: a trial against it
+    would have no audits on either side and could only end at its limit (seen in the demo)."""
+    task = triage_task()
+    task = task.model_copy(
+        update={
+            "policy": task.policy.model_copy(update={"target_margin": 0.01}),
+            "student": task.student.model_copy(update={"canary": CONFIG}),
+        }
+    )
+    rule = AcceptRule(
+        target_margin=0.01, confidence_level=0.95, evidence="golden", min_confidence=0.9, max_ood=0.3, coverage=0.5
+    )
+    for serving_rule, action in (
+        (None, "serve"),
+        (rule.model_copy(update={"target_margin": 0.05}), "serve"),
+        (rule, "canary"),
+    ):
+        home = tmp_path / action / str(serving_rule is not None)
+        folder = _version(home / "v1", serving_rule)
+
+        def train(cases: list[Case], tenant: str, t: Task, serving: Path | None, trigger: str) -> TrainResult:
+            return TrainResult("v2", tmp_path / "v2", {}, ["a"], True, "passed gates")
+
+        async def serving_folder(tenant: str, task_name: str, folder: Path = folder) -> Path:
+            return folder
+
+        trainer = Trainer(
+            {"ticket-triage": task},
+            T,
+            CaseStore(home / "store"),
+            train,
+            min_cases=40,
+            retrain_every=40,
+            serving=serving_folder,
+        )
+        outs = asyncio.run(trainer.handle([harvested(i, "v1") for i in range(40)]))
+        announced = ModelAnnouncement.model_validate_json(outs[0].value)
+        assert announced.action == action, announced.reason
+        if action == "serve":
+            assert "v1 certifies nothing for the target, so no trial" in announced.reason
 
 
 def test_the_monitors_trial_judges_from_the_announcement_on_and_says_so_once() -> None:
