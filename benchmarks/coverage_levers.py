@@ -13,7 +13,8 @@ set), with one lever changed at a time; every rule then meets BANKING77's test f
   in-scope traffic at 0.95).
 - ``fit 90%``: with a golden set the calib split only fits the temperature: 10% is kept for it.
 - ``denoise``: teacher labels the student contradicts confidently out of fold (3 folds: the
-  teacher's label below 5% and the student's answer above 80%) are dropped before the fit.
+  teacher's label below 5% and the student's answer above 80%) are dropped before the fit
+  (``protege.student.train.denoised``, what the fast recipe now does).
 - ``all three``.
 
 Out-of-scope traffic (``--unknown-intents``): intents left out of the task whose rows the
@@ -37,7 +38,7 @@ from certify import embeddings, judge, teacher_answers
 from protege.certify import Evidence, Goal, choose_rule
 from protege.harness import machine
 from protege.student.runtime import knn_ood, softmax
-from protege.student.train import fit_head, fit_temperature, knn_k
+from protege.student.train import denoised, fit_head, fit_temperature, knn_k
 from protege.task import OOS
 from protege.teacher import confusions
 
@@ -49,20 +50,6 @@ LEVERS: dict[str, dict[str, Any]] = {
     "denoise": {"denoise": True},
     "all three": {"ood_quantile": 0.99, "fit_share": 0.9, "denoise": True},
 }
-
-
-def denoised(x: np.ndarray, y: np.ndarray, seed: int, folds: int = 3) -> np.ndarray:
-    """Which rows to keep: those the student, fitted without them, does not confidently contradict."""
-    rng = np.random.default_rng(seed)
-    fold = rng.integers(0, folds, len(y))
-    keep = np.ones(len(y), bool)
-    for f in range(folds):
-        w, b, names = fit_head(x[fold != f], y[fold != f], seed=seed)
-        p = softmax(x[fold == f] @ w + b)
-        index = {n: i for i, n in enumerate(names)}
-        given = np.asarray([p[i, index[v]] if v in index else 0.0 for i, v in enumerate(y[fold == f])])
-        keep[fold == f] = ~((given < 0.05) & (p.max(axis=1) > 0.8))
-    return keep
 
 
 def one_rep(
@@ -94,7 +81,7 @@ def one_rep(
         cut = int(len(pool_i) * opts.get("fit_share", 0.75))
         fit_i, cal_i = pool_i[:cut], pool_i[cut:]
         if opts.get("denoise"):
-            fit_i = fit_i[denoised(x_train[fit_i], t_train[fit_i], rep)]
+            fit_i = fit_i[denoised(x_train[fit_i], t_train[fit_i], seed=rep)]
         w, b, names = fit_head(x_train[fit_i], t_train[fit_i], seed=rep)
         names_a, bank, k = np.asarray(names), x_train[fit_i], knn_k(t_train[fit_i].tolist())
         index = {n: i for i, n in enumerate(names)}

@@ -296,3 +296,26 @@ def test_the_session_fits_the_cores_the_process_has() -> None:
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert session_options(3, spinning=True).intra_op_num_threads == 3
     assert session_options(3, spinning=True).get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+def test_denoising_drops_the_labels_the_student_confidently_contradicts() -> None:
+    """Well separated classes, 5% of the labels flipped: what is dropped is mostly the flips,
+    most flips are dropped, and nothing is dropped from a set too small to have folds."""
+    from protege.student.train import DENOISE_MIN_CASES, denoised
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(6, 16)) * 4
+    truth = rng.integers(0, 6, 1200)
+    x = centres[truth] + rng.normal(size=(1200, 16))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    flipped = rng.uniform(size=1200) < 0.05
+    given = np.where(flipped, (truth + 1 + rng.integers(0, 5, 1200)) % 6, truth)
+    names = np.asarray([f"c{v}" for v in given])
+    keep = denoised(x, names)
+    dropped = ~keep
+    assert dropped.sum() > 0 and flipped[dropped].mean() > 0.9 and dropped[flipped].mean() > 0.5
+    assert denoised(x[: DENOISE_MIN_CASES - 1], names[: DENOISE_MIN_CASES - 1]).all()
+    # the teacher's "out of scope" is never dropped, however sure the student is
+    oos = names.astype("<U8")  # room for the longer label
+    oos[:60] = "oos"
+    assert denoised(x, oos)[:60].all()
