@@ -16,6 +16,9 @@ set), with one lever changed at a time; every rule then meets BANKING77's test f
   teacher's label below 5% and the student's answer above 80%) are dropped before the fit
   (``protege.student.train.denoised``, what the fast recipe now does).
 - ``all three``.
+- ``shipped``: what the trainer does with a golden set — denoised, fitting 85% of the cases
+  (calib 5% and the 10% golden split it keeps for the release gates; here the rest fits the
+  temperature), the OOD gate at 95%.
 
 Out-of-scope traffic (``--unknown-intents``): intents left out of the task whose rows the
 teacher answers ``oos``; the report adds the share of them the student accepted with an
@@ -49,6 +52,8 @@ LEVERS: dict[str, dict[str, Any]] = {
     "fit 90%": {"fit_share": 0.9},
     "denoise": {"denoise": True},
     "all three": {"ood_quantile": 0.99, "fit_share": 0.9, "denoise": True},
+    # what the trainer does now with a golden set: calib 5% beside its 10% golden split, denoised
+    "shipped": {"fit_share": 0.85, "denoise": True},
 }
 
 

@@ -464,11 +464,11 @@ def bench_stream(
         train_rows, test_rows = train_rows[:limit], test_rows[:limit]
     golden_rows, train_rows = train_rows[:golden], train_rows[golden:]
     shutil.rmtree(home, ignore_errors=True)
-    labels = sorted({r["label"] for r in train_rows + test_rows})
+    labels = sorted({r["label"] for r in golden_rows + train_rows + test_rows})
     unknown = sorted(random.Random(seed).sample([x for x in labels if x != OOS], unknown_intents))
     if unknown:
         console.print(f"out of scope (left out of the task): {', '.join(unknown)}")
-        for r in train_rows + test_rows:
+        for r in golden_rows + train_rows + test_rows:
             r["label"] = OOS if r["label"] in unknown else r["label"]
         labels = [x for x in labels if x not in unknown]
     task = task_from_labels(task_name, labels, f"bench on {train.name}")

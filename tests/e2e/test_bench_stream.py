@@ -1,0 +1,45 @@
+"""`protege bench stream` end to end on generated tickets: a trusted golden set kept out of the
+stream, intents left out of the task as out of scope, a target relative to the teacher."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from protege.generator import generate, write_jsonl
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+def test_bench_stream_keeps_a_golden_set_apart_and_certifies_on_it(tmp_path: Path, backbone: Path) -> None:
+    write_jsonl(generate(900, seed=11), tmp_path / "train.jsonl")
+    write_jsonl(generate(200, seed=12), tmp_path / "test.jsonl")
+    home, report = tmp_path / "bench", tmp_path / "report.json"
+    argv = ["bench", "stream", "--train", str(tmp_path / "train.jsonl"), "--test", str(tmp_path / "test.jsonl")]
+    argv += ["--report-json", str(report), "--home", str(home), "--golden", "400", "--unknown-intents", "2"]
+    argv += ["--teacher-noise", "0.03", "--rate", "100", "--min-cases", "150", "--retrain-every", "200"]
+    done = subprocess.run([sys.executable, "-m", "protege.cli", *argv], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    s = json.loads(report.read_text())
+    config = s["config"]
+    assert config["golden"] == 400 and len(config["unknown_intents"]) == 2 and config["target"] == "relative:0.01"
+    assert (s["train"]["requests"], s["test"]["requests"]) == (500, 200)
+    assert s["test"]["answered"] == 200 and s["test"]["duplicates"] == 0
+    # The golden file: trusted labels with the intents out of scope relabelled, and the teacher's answers.
+    task = (home / "tasks" / "bench.yaml").read_text()
+    golden = [json.loads(line) for line in (home / "tasks" / "golden.jsonl").read_text().splitlines()]
+    assert len(golden) == 400 and "golden: golden.jsonl" in task and "target_margin: 0.01" in task
+    assert not {g["label"] for g in golden} & set(config["unknown_intents"])
+    assert any(g["label"] == "oos" for g in golden) and all(g["teacher"] for g in golden)
+    # none of them streamed, none harvested (request ids are <tenant>-<row id>)
+    harvested = [json.loads(line) for line in (home / "harvest" / "bench" / "bench.jsonl").read_text().splitlines()]
+    assert harvested and not {f"bench-{g['id']}" for g in golden} & {h["request_id"] for h in harvested}
+    # Every version was measured against the golden set, with the teacher beside it.
+    manifests = [json.loads(p.read_text()) for p in (home / "registry").glob("bench/bench/v*/manifest.json")]
+    assert manifests and all(m["metrics"]["truth_cases"] == 400 for m in manifests)
+    assert all(0.9 < m["metrics"]["truth_teacher_accuracy"] <= 1 for m in manifests)
+    assert all(m["acceptance_target"]["target_margin"] == 0.01 for m in manifests)
