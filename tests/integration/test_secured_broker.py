@@ -277,3 +277,26 @@ def test_the_monitor_over_sasl_ssl(
     finally:
         stop(monitor)
     assert scrape(port) == {} and SCRAM_PASSWORD not in (tmp_path / "monitor.log").read_text()
+
+
+def test_doctor_checks_the_broker_with_the_security_settings(
+    secured: tuple[EmbeddedBroker, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from protege.doctor import check_broker
+
+    broker, ca = secured
+    env = {
+        "PROTEGE_BOOTSTRAP_SERVERS": broker.address("SASL_SSL"),
+        "PROTEGE_SECURITY_PROTOCOL": "SASL_SSL",
+        "PROTEGE_SASL_MECHANISM": "SCRAM-SHA-256",
+        "PROTEGE_SASL_USERNAME": SCRAM_USER,
+        "PROTEGE_SASL_PASSWORD": SCRAM_PASSWORD,
+        "PROTEGE_SSL_CAFILE": str(ca),
+    }
+    check = check_broker(settings_from_env(monkeypatch, tmp_path, env))
+    assert check.status == "ok" and "SASL_SSL/SCRAM-SHA-256" in check.detail, check
+    env["PROTEGE_SASL_PASSWORD"] = "not-the-password"
+    check = check_broker(settings_from_env(monkeypatch, tmp_path, env), timeout_s=20)
+    gc.collect()
+    assert check.status == "fail" and "PROTEGE_SASL_" in check.fix, check
+    assert "not-the-password" not in check.detail + check.fix
