@@ -16,7 +16,7 @@ demo: $(BIN)/.installed
 	$(BIN)/protege demo
 
 test: $(BIN)/.installed
-	./scripts/ensure-chromium
+	./scripts/ensure-debian-packages
 	$(BIN)/python -m pytest
 
 check: $(BIN)/.installed

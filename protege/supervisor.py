@@ -78,10 +78,13 @@ class Supervisor:
     retired: list[Child] = field(default_factory=list)  # removed replicas still finishing
     max_restarts: int = 20
     profile: Path | None = None  # run each process under py-spy, its samples in profile/<name>.txt
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # process name -> its /metrics port
 
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
         self.logs.mkdir(parents=True, exist_ok=True)
         env = {**self.env, "PROTEGE_INSTANCE": f"{socket.gethostname()}-{name}"}
+        if name in self.metrics_ports:
+            env["PROTEGE_METRICS_PORT"] = str(self.metrics_ports[name])
         command = [sys.executable, "-m", f"protege_services.{service_of(name)}"]
         if self.profile is not None:
             command = profiled(command, self.profile / f"{name}.txt")

@@ -157,6 +157,15 @@ def up(
             "samples and `protege up` prints where each one's CPU went."
         ),
     ] = None,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=65000,
+            help="Serve /metrics from each process on its own port from this one up (0: off), and write a "
+            "Prometheus configuration that scrapes them all ($PROTEGE_HOME/prometheus.yml).",
+        ),
+    ] = 0,
 ) -> None:
     """Start the embedded broker and the six services (and the monitor); restart crashed ones;
     Ctrl-C stops all."""
@@ -184,11 +193,15 @@ def up(
                 services=names,
                 partitions=max([Settings().partitions, *counts.values()]),
                 profile=profile.resolve() if profile else None,
+                metrics_port=metrics_port,
             ) as p,
         ):
             console.print(
                 f"[bold]up[/]: broker {p.bootstrap}, services {', '.join(p.supervisor.services if p.supervisor else names)}; logs in {home() / 'logs'}"
             )
+            if p.supervisor and p.supervisor.metrics_ports:
+                ports = ", ".join(f"{n} :{port}" for n, port in p.supervisor.metrics_ports.items())
+                console.print(f"/metrics: {ports}; prometheus --config.file {p.prometheus_config}")
             while True:
                 assert p.supervisor is not None
                 for name in p.supervisor.poll():

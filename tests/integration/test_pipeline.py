@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import shutil
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ from typer.testing import CliRunner
 
 from protege.broker.embedded import EmbeddedBroker
 from protege.cli import app
+from protege.client import Answer, Client, NoAnswer, Rejected
 from protege.events import DeadLetter, Decision, Ingested, Scored
 from protege.generator import generate, write_jsonl
 from protege.harness import drive, summarize
@@ -167,6 +170,73 @@ def test_trace_follows_a_request_across_services(pipeline: LocalPipeline, monkey
         "decisions",
     ]
     assert CliRunner().invoke(app, ["trace", "no-such-request", "--minutes", "10"]).exit_code == 1
+
+
+def test_the_client_answers_each_request_once_with_back_pressure(pipeline: LocalPipeline) -> None:
+    rows = pipeline.rows[800:860]  # type: ignore[attr-defined]
+    labels = set(load_task(REPO / "tasks" / f"{TASK}.yaml").answers)
+
+    async def go() -> tuple[list[Answer], int, Client]:
+        async with Client(pipeline.settings, tenant="client", task=TASK, timeout_s=120, max_in_flight=8) as client:
+            peak = 0
+            pending = []
+            for row in rows:
+                pending.append(await client.submit(row["text"], request_id=f"client-{row['id']}"))
+                peak = max(peak, client.in_flight)
+            answers = await asyncio.gather(*pending)
+            assert client.in_flight == 0
+            # Refused by ingestion: the dead letter's reason, not a timeout.
+            with pytest.raises(Rejected) as refused:
+                await client.ask("y" * 5000)
+            assert refused.value.reason == "text_too_long"
+            with pytest.raises(Rejected, match="unknown_task"):
+                await client.ask("hello", task="no-such-task")
+            # Too short a wait: NoAnswer (a TimeoutError), and the slot is free again.
+            with pytest.raises(NoAnswer):
+                await client.ask(rows[0]["text"], timeout_s=0)
+            assert client.in_flight == 0
+            return answers, peak, client
+
+    answers, peak, client = asyncio.run(go())
+    assert peak <= 8  # never more in flight than allowed
+    assert [a.response.request_id for a in answers] == [f"client-{r['id']}" for r in rows]
+    assert all(a.label in labels and a.response.status == "answered" and a.latency_ms > 0 for a in answers)
+    assert client.in_flight == 0
+
+
+def test_protege_ask_and_kcat_speak_the_wire_contract(pipeline: LocalPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = pipeline.settings
+    monkeypatch.setenv("PROTEGE_BOOTSTRAP_SERVERS", settings.bootstrap_servers)
+    monkeypatch.setenv("PROTEGE_TOPIC_PREFIX", settings.topic_prefix)
+    text = pipeline.rows[900]["text"]  # type: ignore[attr-defined]
+    out = CliRunner().invoke(app, ["ask", text, "--tenant", "cli", "--task", TASK, "--json", "--request-id", "ask-1"])
+    assert out.exit_code == 0, out.output
+    got = json.loads(out.stdout)
+    assert got["response"]["request_id"] == "ask-1" and got["response"]["label"] and got["latency_ms"] > 0
+    out = CliRunner().invoke(app, ["ask", text, "--tenant", "cli", "--task", "nope"])
+    assert out.exit_code == 1 and "unknown_task" in out.output
+    # A backend without Python: kcat (Debian's package) publishes, and reads the one answer back.
+    kcat = shutil.which("kcat")
+    if kcat is None:
+        pytest.fail("kcat is missing: make test installs Debian's kcat package (scripts/ensure-debian-packages)")
+    body = json.dumps({"request_id": "kcat-1", "tenant": "kcat", "task": TASK, "text": text})
+    t = settings.topics
+    produced = subprocess.run(
+        [kcat, "-P", "-b", settings.bootstrap_servers, "-t", t.requests, "-k", "kcat-1"],
+        input=body + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert produced.returncode == 0, produced.stderr
+    read = [kcat, "-C", "-b", settings.bootstrap_servers, "-t", t.responses, "-o", "beginning", "-e", "-q"]
+    read += ["-X", "isolation.level=read_committed", "-f", "%k\t%s\n"]
+    deadline, mine = time.monotonic() + 60, []
+    while not mine and time.monotonic() < deadline:
+        lines = subprocess.run(read, capture_output=True, text=True, timeout=60).stdout.splitlines()
+        mine = [json.loads(line.split("\t", 1)[1]) for line in lines if line.startswith("kcat-1\t")]
+        time.sleep(0.5)
+    assert len(mine) == 1 and mine[0]["tenant"] == "kcat" and mine[0]["label"], mine
 
 
 @hyp_settings(
