@@ -70,7 +70,12 @@ DRIFT_ALARM = Gauge(
 )
 
 # -- latency
-ANSWERS = Counter("protege_answers", "Responses by route and status.", ["task", "route", "status"], registry=REGISTRY)
+ANSWERS = Counter(
+    "protege_answers",
+    "Responses by route and status (the response's: answered, degraded, failed).",
+    ["task", "route", "status"],
+    registry=REGISTRY,
+)
 ANSWER_SECONDS = Histogram(
     "protege_answer_seconds",
     "Ingestion to response, per route.",

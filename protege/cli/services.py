@@ -194,6 +194,7 @@ def up(
                 partitions=max([Settings().partitions, *counts.values()]),
                 profile=profile.resolve() if profile else None,
                 metrics_port=metrics_port,
+                topic_prefix=Settings().topic_prefix,
             ) as p,
         ):
             console.print(

@@ -118,6 +118,9 @@ def backoff_ms(attempt: int, base_s: float = 2.0, cap_s: float = 60.0, rng: rand
     return int(delay * (0.8 + 0.4 * (rng or random).random()) * 1000)
 
 
+HELD_REASONS = ("teacher_unavailable", "over_budget")
+
+
 class TeacherWorker:
     def __init__(
         self,
@@ -143,6 +146,11 @@ class TeacherWorker:
         self.journal = journal
         self.journaled: dict[tuple[str, int, int], str] = {}  # record -> journal key, until its batch commits
         self.log = structlog.get_logger().bind(service="teacher")
+        # Every task's held counters exist from the start (at 0): a dashboard's rate() over them
+        # shows "none held" rather than no data.
+        for name in tasks:
+            for why in HELD_REASONS:
+                metrics.TEACHER_HELD.labels(name, why)
 
     async def answer(self, r: Received[TeacherRequest]) -> list[Out]:
         ask = r.event
@@ -303,7 +311,7 @@ class TeacherWorker:
         metrics.TEACHER_SECONDS.labels(req.task).observe(answer.latency_ms / 1000)
         metrics.observe_hop("decided_to_teacher_answer", ask.requested_at_ms, at)
         if ask.mode == "answer":
-            metrics.observe_answer(req.task, "teacher", "ok", req.received_at_ms, at)
+            metrics.observe_answer(req.task, "teacher", "answered", req.received_at_ms, at)
 
     def fallback_response(self, ask: TeacherRequest, error: str) -> list[Out]:
         """Answer from the student (degraded) or, with no student label, as failed. Check and
