@@ -55,6 +55,7 @@ async def label_with_batches(
     poll_s: float = 30.0,
     prices: dict[str, Price] | None = None,
     progress: Callable[[str], None] | None = None,
+    counts: Callable[[int, int], None] | None = None,
 ) -> BatchReport:
     model = model or task.teacher.model
     price = price_for(model, prices)
@@ -76,8 +77,10 @@ async def label_with_batches(
         report.batch_ids.append(batch.id)
         while batch.processing_status != "ended":
             c = batch.request_counts
+            done = c.succeeded + c.errored + c.canceled + c.expired
+            if counts:
+                counts(start + done, len(rows))
             if progress:
-                done = c.succeeded + c.errored + c.canceled + c.expired
                 progress(
                     f"batch {batch.id}: {done}/{len(chunk)} done ({c.succeeded} ok, {c.errored} errored), "
                     f"{c.processing} processing"
@@ -100,6 +103,8 @@ async def label_with_batches(
                 report.failed.append({**row, "error": "invalid_label"})
                 continue
             report.labelled.append({**row, "label": label, "rationale": rationale, "teacher": result.message.model})
+        if counts:
+            counts(start + len(chunk), len(rows))
         if progress:
             progress(f"batch {batch.id}: ended; {len(report.labelled)} labelled, {len(report.failed)} failed so far")
     missing = set(by_id) - {r["id"] for r in report.labelled} - {r["id"] for r in report.failed}

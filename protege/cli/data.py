@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from protege.cli.root import app, console, schemas_app
+from protege.cli.root import app, console, progress_bar, schemas_app
 from protege.costs import price_table
 from protege.events import EVENTS, schema_of
 from protege.generator import generate, read_jsonl, write_jsonl
@@ -57,17 +57,21 @@ def label_cmd(
     client = anthropic.AsyncAnthropic(
         api_key=key, base_url=settings.anthropic_base_url, max_retries=settings.max_retries, timeout=settings.timeout_s
     )
-    report = asyncio.run(
-        label_with_batches(
-            client,
-            task,
-            rows,
-            model=model,
-            poll_s=poll,
-            prices=price_table(settings.prices),
-            progress=lambda line: console.print(line, highlight=False),
+    with progress_bar("rows") as bar:
+        job = bar.add_task("labelling (Message Batches API)", total=len(rows))
+        report = asyncio.run(
+            label_with_batches(
+                client,
+                task,
+                rows,
+                model=model,
+                poll_s=poll,
+                prices=price_table(settings.prices),
+                # on a terminal the bar; in a log, a line per poll
+                progress=None if console.is_terminal else lambda line: console.print(line, highlight=False),
+                counts=lambda done, total: bar.update(job, completed=done, total=total),
+            )
         )
-    )
     if golden:
         said = {str(r["id"]): r["label"] for r in report.labelled}
         kept = [r for r in rows if str(r["id"]) in said]

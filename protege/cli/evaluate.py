@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from protege.cli.root import TaskName, Tenant, app, console, home, library_logs_to
+from protege.cli.root import TaskName, Tenant, app, console, home, library_logs_to, progress_bar
 from protege.errors import BrokerError, ConfigError
 from protege.settings import ScorerSettings, Settings
 from protege.task import Task, load_task, load_tasks
@@ -228,8 +227,7 @@ def replay_command(
                 raise ReplayError(f"cannot load a student from {model_dir}: {e}") from e
         cand = Candidate(policy_task, student=candidate_student, rescore=rescore)
         traffic = read_selection(settings, chosen, source).traffic()
-        columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"), TimeRemainingColumn())
-        with Progress(*columns, console=console, transient=True) as bar:
+        with progress_bar("requests") as bar:
             job = bar.add_task("replay", total=len(traffic.scored))
             result = replay(
                 traffic,

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from protege.audits import read_live_accuracy
-from protege.cli.root import TaskName, Tenant, app, console, models_app
+from protege.cli.root import TaskName, Tenant, app, console, models_app, progress_bar
 from protege.errors import BrokerError
 from protege.events import ModelAnnouncement, now_ms
 from protege.generator import read_jsonl
@@ -267,6 +267,8 @@ def train_cmd(
     def cases_of(p: Path) -> list[Case]:
         return [Case(str(r.get("request_id", r.get("id"))), r["text"], str(r["label"])) for r in read_jsonl(p)]
 
+    bar = progress_bar("examples")
+    job = bar.add_task("fine-tune", total=None, visible=recipe == "finetune")
     backbone = cached_backbone()
     embed = EmbeddingCache(Encoder(backbone / "model.onnx", backbone / "tokenizer.json"))
     chosen: Recipe
@@ -274,6 +276,9 @@ def train_cmd(
         chosen = FastRecipe(embed, backbone)
     elif recipe == "finetune":
         chosen = FinetuneRecipe(embed, backbone, source_dir(), FinetuneConfig(epochs=epochs, lr=lr))
+        chosen.on_batch = lambda epoch, done, planned: bar.update(
+            job, completed=done, total=planned, description=f"fine-tune, epoch {epoch}/{epochs}"
+        )
     else:
         raise typer.BadParameter(f"recipe must be fast or finetune, not {recipe!r}")
     registry = Registry.of(settings)
@@ -282,16 +287,17 @@ def train_cmd(
         now = _serving(settings).serving(tenant, task_name)
         found = registry.find(tenant, task_name, now.version) if now is not None else None
         serving = found.folder if found is not None else None
-    result = train_version(
-        cases_of(path),
-        recipe=chosen,
-        registry=registry.root,
-        tenant=tenant,
-        task=task,
-        serving=serving,
-        golden=cases_of(golden) if golden else None,
-        truth=read_golden(settings.tasks_dir / task.golden, task) if task.golden else (),
-    )
+    with bar:
+        result = train_version(
+            cases_of(path),
+            recipe=chosen,
+            registry=registry.root,
+            tenant=tenant,
+            task=task,
+            serving=serving,
+            golden=cases_of(golden) if golden else None,
+            truth=read_golden(settings.tasks_dir / task.golden, task) if task.golden else (),
+        )
     typer.echo(
         json.dumps(
             {

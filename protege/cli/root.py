@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from protege import signals
 from protege.settings import Settings, apply_to_process
@@ -71,3 +73,31 @@ def library_logs_to(folder: Path) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, in the bar's unit (rich's own speed column counts bytes)."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="progress.data.speed")
+
+
+def progress_bar(unit: str, on: Console | None = None) -> Progress:
+    """A bar with count, rate and ETA for long work, on a terminal; on anything else (a log
+    file, CI, a pipe) it draws nothing, and the command's own summary lines say what happened."""
+    on = on or console
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(unit),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=on,
+        disable=not on.is_terminal,
+    )

@@ -18,10 +18,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import TaskID
 from rich.table import Table
 
 from protege.broker.embedded import KAFKA_VERSION
-from protege.cli.root import STANDIN_NOTE, app, bench_app, console, library_logs_to, stops_on_signals
+from protege.cli.root import STANDIN_NOTE, app, bench_app, console, library_logs_to, progress_bar, stops_on_signals
 from protege.costs import cost_usd, price_table
 from protege.generator import generate, read_jsonl, task_from_labels, triage_task, write_jsonl
 from protege.harness import Drive, drive, group_lag, machine, summarize, wait_quiet, wait_stable
@@ -165,29 +166,39 @@ def _run_phases(
             console.print("[yellow]the trainer has not joined its consumer group after 120 s; streaming anyway[/]")
         for i, (name, rows) in enumerate(phases.items()):
             t0 = time.perf_counter()
+            console.print(f"{name}: {len(rows)} requests at {rate:g} req/s", highlight=False)
+            with progress_bar("answers") as bar:
+                job = bar.add_task(name, total=len(rows))
 
-            def progress(
-                sent: int, answered: int, counts: dict[str, int], name: str = name, n: int = len(rows), t0: float = t0
-            ) -> None:
-                assert p.supervisor is not None
-                p.supervisor.poll()
-                console.print(
-                    f"[{time.perf_counter() - t0:5.0f}s] {name}: sent {sent}/{n}  answered {answered} "
-                    f"(student {counts['student']}, teacher {counts['teacher']})",
-                    highlight=False,
-                )
+                def progress(
+                    sent: int, answered: int, counts: dict[str, int], name: str = name, job: TaskID = job
+                ) -> None:
+                    assert p.supervisor is not None
+                    p.supervisor.poll()
+                    bar.update(
+                        job,
+                        completed=answered,
+                        description=f"{name}: sent {sent}, student {counts['student']}, teacher {counts['teacher']}",
+                    )
 
-            result = asyncio.run(
-                drive(
-                    settings,
-                    rows,
-                    tenant=tenant,
-                    task=task,
-                    rate=rate,
-                    progress=progress,
-                    extra=extra if i == 0 else None,
-                    linger=linger,
+                result = asyncio.run(
+                    drive(
+                        settings,
+                        rows,
+                        tenant=tenant,
+                        task=task,
+                        rate=rate,
+                        progress=progress,
+                        extra=extra if i == 0 else None,
+                        linger=linger,
+                    )
                 )
+            answered = [o for o in result.outcomes.values() if o.response is not None]
+            student = sum(o.response.route == "student" for o in answered if o.response is not None)
+            console.print(
+                f"{name}: {len(answered)}/{len(rows)} answered in {time.perf_counter() - t0:.0f} s "
+                f"(student {student}, teacher {len(answered) - student})",
+                highlight=False,
             )
             summary[name] = summarize(result)
             if keep is not None:

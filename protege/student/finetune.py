@@ -130,8 +130,10 @@ def finetune(
     cfg: FinetuneConfig,
     *,
     after_epoch: Callable[[int, Classifier], None] | None = None,
+    on_batch: Callable[[int, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune ``model`` in place on (texts, y); returns the training log."""
+    """Fine-tune ``model`` in place on (texts, y); returns the training log. ``on_batch`` hears
+    (epoch, examples done over all epochs, examples in all epochs) after every step."""
     torch = _torch()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -156,7 +158,7 @@ def finetune(
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     targets = torch.from_numpy(np.asarray(y, dtype=np.int64))
     history: list[dict[str, float]] = []
-    step = 0
+    step, done, planned = 0, 0, cfg.epochs * len(texts)
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         model.train(True)
@@ -173,7 +175,10 @@ def finetune(
             optimizer.step()
             step += 1
             seen += len(idx)
+            done += len(idx)
             loss_sum += loss.item() * len(idx)
+            if on_batch is not None:
+                on_batch(epoch, done, planned)
         row = {
             "epoch": epoch,
             "loss": round(loss_sum / max(1, seen), 4),

@@ -385,6 +385,7 @@ class FinetuneRecipe:
     config: Any = None  # FinetuneConfig; None: its defaults
     c: float = HEAD_C
     name: str = "finetune"
+    on_batch: Callable[[int, int, int], None] | None = None  # (epoch, examples done, examples planned)
 
     def fit(self, cases: Sequence[Case], workdir: Path) -> Fitted:
         from protege.student.export import export_encoder
@@ -396,7 +397,7 @@ class FinetuneRecipe:
         w, b, labels = fit_head(self.embed(texts), y_names, c=self.c, seed=cfg.seed)
         index = {label: i for i, label in enumerate(labels)}
         model = Classifier(self.source, w, b, cfg.max_length)
-        log = finetune(model, texts, np.asarray([index[v] for v in y_names]), cfg)
+        log = finetune(model, texts, np.asarray([index[v] for v in y_names]), cfg, on_batch=self.on_batch)
         hf_dir = model.save_encoder(workdir / "hf")
         encoder = export_encoder(hf_dir, workdir / "encoder")
         w, b = model.head_arrays()

@@ -265,10 +265,18 @@ def test_finetuned_onnx_matches_pytorch(backbone: Path, embed: EmbeddingCache, t
     model = Classifier(source_dir(), w, b, max_length=32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        log = finetune(model, texts, np.asarray([labels.index(v) for v in names]), FinetuneConfig(epochs=1))
+        heard: list[tuple[int, int, int]] = []
+        log = finetune(
+            model,
+            texts,
+            np.asarray([labels.index(v) for v in names]),
+            FinetuneConfig(epochs=1),
+            on_batch=lambda *a: heard.append(a),
+        )
         torch_logits, torch_emb = model.predict(texts)
         enc = export_encoder(model.save_encoder(tmp_path / "hf"), tmp_path / "enc")
     assert log["epochs"][0]["loss"] > 0
+    assert heard[-1] == (1, 160, 160) and [d for _, d, _ in heard] == sorted({d for _, d, _ in heard})  # the bar's feed
     fw, fb = model.head_arrays()
     append_head(enc / "model.onnx", fw, fb, tmp_path / "model.onnx")
     out = Encoder(tmp_path / "model.onnx", enc / "tokenizer.json", max_length=32).run_all(texts)
