@@ -220,7 +220,7 @@ def test_protege_ask_and_kcat_speak_the_wire_contract(pipeline: LocalPipeline, m
     if kcat is None:
         pytest.fail("kcat is missing: make test installs Debian's kcat package (scripts/ensure-debian-packages)")
     body = json.dumps({"request_id": "kcat-1", "tenant": "kcat", "task": TASK, "text": text})
-    t = settings.topics
+    t, since = settings.topics, int(time.time() * 1000)  # as the README: read answers from this timestamp
     produced = subprocess.run(
         [kcat, "-P", "-b", settings.bootstrap_servers, "-t", t.requests, "-k", "kcat-1"],
         input=body + "\n",
@@ -229,7 +229,7 @@ def test_protege_ask_and_kcat_speak_the_wire_contract(pipeline: LocalPipeline, m
         timeout=60,
     )
     assert produced.returncode == 0, produced.stderr
-    read = [kcat, "-C", "-b", settings.bootstrap_servers, "-t", t.responses, "-o", "beginning", "-e", "-q"]
+    read = [kcat, "-C", "-b", settings.bootstrap_servers, "-t", t.responses, "-o", f"s@{since}", "-e", "-q"]
     read += ["-X", "isolation.level=read_committed", "-f", "%k\t%s\n"]
     deadline, mine = time.monotonic() + 60, []
     while not mine and time.monotonic() < deadline:
