@@ -46,7 +46,7 @@ def settings(kafka: EmbeddedBroker, tmp_path: Path) -> Settings:
         bootstrap_servers=kafka.bootstrap,
         topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
         home=tmp_path / "home",
-        tasks_dir=REPO / "tasks",
+        tasks_dir=REPO / "tests" / "tasks",
         partitions=2,
     )
     asyncio.run(ensure_topics(s))

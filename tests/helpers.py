@@ -19,7 +19,7 @@ def pipeline_env(labels: Path, backbone: Path, **settings: str) -> dict[str, str
     answering from ``labels``, the first student at 60 cases, one ONNX Runtime thread per service.
     ``settings`` (PROTEGE_* names) override."""
     return {
-        "PROTEGE_TASKS_DIR": str(REPO / "tasks"),
+        "PROTEGE_TASKS_DIR": str(REPO / "tests" / "tasks"),
         "PROTEGE_STANDIN_LABELS": str(labels),
         "PROTEGE_MIN_CASES": "60",
         "PROTEGE_RETRAIN_EVERY": "1000",

@@ -21,7 +21,7 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path: Path, backbone: Path)
     rows = generate(500, seed=55)
     write_jsonl(rows, tmp_path / "labels.jsonl")
     env = {
-        "PROTEGE_TASKS_DIR": str(REPO / "tasks"),
+        "PROTEGE_TASKS_DIR": str(REPO / "tests" / "tasks"),
         "PROTEGE_STANDIN_LABELS": str(tmp_path / "labels.jsonl"),
         "PROTEGE_MIN_CASES": "60",
         "PROTEGE_RETRAIN_EVERY": "100000",

@@ -59,7 +59,7 @@ def test_a_corrupted_candidate_is_rolled_back_and_a_good_one_promoted(
     home = tmp_path / "home"
     rows = generate(1500, seed=47)
     write_jsonl(rows, home / "labels.jsonl")
-    base = load_task(REPO / "tasks" / "ticket-triage.yaml")
+    base = load_task(REPO / "tests" / "tasks" / "ticket-triage.yaml")
     canary = Canary(
         share=SHARE, audit_rate=1.0, min_audits=15, max_audits=300, margin=0.2, escalation_margin=0.15, confidence=0.9
     )

@@ -45,7 +45,7 @@ def test_tenants_are_isolated_and_personal_data_is_redacted(
     streams = {t: tenant_rows(t, m, base[i * 200 : (i + 1) * 200]) for i, (t, m) in enumerate(TENANTS.items())}
     write_jsonl([r for rows in streams.values() for r in rows], home / "labels.jsonl")
     env = {
-        "PROTEGE_TASKS_DIR": str(REPO / "tasks"),
+        "PROTEGE_TASKS_DIR": str(REPO / "tests" / "tasks"),
         "PROTEGE_STANDIN_LABELS": str(home / "labels.jsonl"),
         "PROTEGE_MIN_CASES": "60",
         "PROTEGE_RETRAIN_EVERY": "1000",

@@ -126,7 +126,7 @@ def test_one_decision_per_request_and_replay_recomputes_verdicts(pipeline: Local
         x.request.request_id: x
         for x in (Scored.model_validate_json(r.value) for r in asyncio.run(read_all(settings, settings.topics.scored)))
     }
-    task = load_task(REPO / "tasks" / f"{TASK}.yaml")
+    task = load_task(REPO / "tests" / "tasks" / f"{TASK}.yaml")
     router = router_for(task)
     versions = {d.model_version for d in mine if d.model_version}
     assert versions, "the trainer should have announced a student by now"
@@ -174,7 +174,7 @@ def test_trace_follows_a_request_across_services(pipeline: LocalPipeline, monkey
 
 def test_the_client_answers_each_request_once_with_back_pressure(pipeline: LocalPipeline) -> None:
     rows = pipeline.rows[800:860]  # type: ignore[attr-defined]
-    labels = set(load_task(REPO / "tasks" / f"{TASK}.yaml").answers)
+    labels = set(load_task(REPO / "tests" / "tasks" / f"{TASK}.yaml").answers)
 
     async def go() -> tuple[list[Answer], int, Client]:
         async with Client(pipeline.settings, tenant="client", task=TASK, timeout_s=120, max_in_flight=8) as client:

@@ -84,7 +84,7 @@ def up(kafka: EmbeddedBroker, backbone: Path, tmp_path: Path) -> Iterator[tuple[
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROTEGE_", "ANTHROPIC_"))}
     env.update(pipeline_env(tmp_path / "labels.jsonl", backbone))
     # The drift window at 50 decisions (default 500): the escalation rate exists after a full window.
-    task = load_task(REPO / "tasks" / "ticket-triage.yaml")
+    task = load_task(REPO / "tests" / "tasks" / "ticket-triage.yaml")
     drift = task.policy.drift.model_copy(update={"window": 50})
     write_task(
         task.model_copy(update={"policy": task.policy.model_copy(update={"drift": drift})}),

@@ -102,7 +102,7 @@ def students(settings: Settings):
 
 
 def task():
-    return load_tasks(REPO / "tasks")[TASK]
+    return load_tasks(REPO / "tests" / "tasks")[TASK]
 
 
 def test_recorded_version_and_policy_reproduce_every_decision(recording: dict) -> None:
@@ -172,7 +172,7 @@ def cli(recording: dict, *args: str, command: str = "replay", tenant: str | None
         "PROTEGE_BOOTSTRAP_SERVERS": s.bootstrap_servers,
         "PROTEGE_TOPIC_PREFIX": s.topic_prefix,
         "PROTEGE_HOME": str(s.home),
-        "PROTEGE_TASKS_DIR": str(REPO / "tasks"),
+        "PROTEGE_TASKS_DIR": str(REPO / "tests" / "tasks"),
         "PROTEGE_THREADS": "1",
     }
     who = ["--tenant", tenant] if tenant else []

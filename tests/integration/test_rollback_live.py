@@ -31,14 +31,14 @@ def test_rollback_mid_stream(
     home = tmp_path / "home"
     rows = generate(1400, seed=41)
     write_jsonl(rows, home / "labels.jsonl")
-    task = load_task(REPO / "tasks" / "ticket-triage.yaml")
+    task = load_task(REPO / "tests" / "tasks" / "ticket-triage.yaml")
     recipe = FastRecipe(EmbeddingCache(Encoder(backbone / "model.onnx", backbone / "tokenizer.json")), backbone)
     cases = [Case(r["id"], r["text"], r["label"]) for r in rows[:600]]
     v1 = train_version(cases[:300], recipe=recipe, registry=home / "registry", tenant="roll", task=task)
     v2 = train_version(cases, recipe=recipe, registry=home / "registry", tenant="roll", task=task)
     assert v1.promoted and v2.promoted and v1.version != v2.version
     env = {
-        "PROTEGE_TASKS_DIR": str(REPO / "tasks"),
+        "PROTEGE_TASKS_DIR": str(REPO / "tests" / "tasks"),
         "PROTEGE_STANDIN_LABELS": str(home / "labels.jsonl"),
         "PROTEGE_THREADS": "1",
         "OMP_NUM_THREADS": "1",

@@ -35,7 +35,7 @@ TASK = "ticket-triage"
 
 
 def ticket_task(target: float | None = None, **drift: float) -> Task:
-    task = load_task(REPO / "tasks" / f"{TASK}.yaml")
+    task = load_task(REPO / "tests" / "tasks" / f"{TASK}.yaml")
     update: dict = {"target_accuracy": target}
     if drift:
         update["drift"] = Drift(**drift)  # type: ignore[arg-type]

@@ -130,7 +130,7 @@ def test_gates_say_why() -> None:
 
 @pytest.fixture(scope="module")
 def task() -> Task:
-    return load_task(REPO / "tasks" / "ticket-triage.yaml")
+    return load_task(REPO / "tests" / "tasks" / "ticket-triage.yaml")
 
 
 @pytest.fixture(scope="module")

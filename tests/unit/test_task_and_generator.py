@@ -6,14 +6,15 @@ from pathlib import Path
 import pytest
 
 from protege.errors import ConfigError
-from protege.generator import CATEGORIES, generate, triage_task
+from protege.generator import CATEGORIES, generate, template_task, triage_task
 from protege.task import load_task, load_tasks, write_task
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_task_file_is_the_generator_s() -> None:
-    assert load_task(REPO / "tasks" / "ticket-triage.yaml") == triage_task()
+    assert load_task(REPO / "tasks" / "ticket-triage.yaml") == template_task()
+    assert load_task(REPO / "tests" / "tasks" / "ticket-triage.yaml") == triage_task()
 
 
 def test_task_round_trips_and_rejects_bad_files(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_train_writes_a_gated_version(backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROTEGE_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("PROTEGE_TASKS_DIR", str(REPO / "tasks"))
+    monkeypatch.setenv("PROTEGE_TASKS_DIR", str(REPO / "tests" / "tasks"))
     rows = generate(500, seed=12)
     write_jsonl(rows[:400], tmp_path / "cases.jsonl")
     golden = rows[400:]
