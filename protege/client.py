@@ -144,7 +144,8 @@ class Client:
         """Stop reading and producing; requests still waiting fail with :class:`ClientError`."""
         if self._reading is not None:
             self._reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # cancelled, or it had already stopped on an error the waiting requests were given
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reading
         for rid, w in list(self._waiting.items()):
             if not w.future.done():
@@ -226,17 +227,24 @@ class Client:
     async def _read(self) -> None:
         assert self._reader is not None
         responses = self.settings.topics.responses
-        while True:
-            batch = await self._reader.getmany(timeout_ms=500)
-            now = time.time()
-            for tp, records in batch.items():
-                for r in records:
-                    if r.value is None:
-                        continue
-                    if tp.topic == responses:
-                        self._on_response(r.value, now)
-                    else:
-                        self._on_dead_letter(r.value, r.key)
+        try:
+            while True:
+                batch = await self._reader.getmany(timeout_ms=500)
+                now = time.time()
+                for tp, records in batch.items():
+                    for r in records:
+                        if r.value is None:
+                            continue
+                        if tp.topic == responses:
+                            self._on_response(r.value, now)
+                        else:
+                            self._on_dead_letter(r.value, r.key)
+        except Exception as e:
+            # No answer can arrive any more: every waiting request hears why now, not at its timeout.
+            for rid, w in list(self._waiting.items()):
+                if not w.future.done():
+                    w.future.set_exception(ClientError(f"request {rid}: the response reader stopped: {e!r}"))
+            raise
 
     def _on_response(self, value: bytes, now: float) -> None:
         try:

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from protege.broker.embedded import EmbeddedBroker
 from protege.cli import app
-from protege.client import Answer, Client, NoAnswer, Rejected
+from protege.client import Answer, Client, ClientError, NoAnswer, Rejected
 from protege.events import DeadLetter, Decision, Ingested, Scored
 from protege.generator import generate, write_jsonl
 from protege.harness import drive, summarize
@@ -202,6 +202,21 @@ def test_the_client_answers_each_request_once_with_back_pressure(pipeline: Local
     assert [a.response.request_id for a in answers] == [f"client-{r['id']}" for r in rows]
     assert all(a.label in labels and a.response.status == "answered" and a.latency_ms > 0 for a in answers)
     assert client.in_flight == 0
+
+
+def test_a_client_whose_reader_stopped_says_so(pipeline: LocalPipeline) -> None:
+    async def go() -> None:
+        async with Client(pipeline.settings, tenant="client", task=TASK) as client:
+            assert client._reader is not None
+            await client._reader.stop()  # as when the broker is gone for good: getmany raises
+            for _ in range(50):
+                if client._reading is not None and client._reading.done():
+                    break
+                await asyncio.sleep(0.1)
+            with pytest.raises(ClientError, match="the response reader stopped"):
+                await client.submit("hello")
+
+    asyncio.run(go())
 
 
 def test_protege_ask_and_kcat_speak_the_wire_contract(pipeline: LocalPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
