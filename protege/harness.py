@@ -235,6 +235,34 @@ async def wait_quiet(settings: Settings, groups: dict[str, list[str]], timeout: 
     return False
 
 
+async def wait_drained(
+    settings: Settings, group: str, topics: list[str], quiet_s: float = 2.0, timeout: float = 60.0
+) -> bool:
+    """Wait until ``group`` has committed every record on ``topics`` and none has arrived for
+    ``quiet_s``. For the monitor, on the topic it re-keys its sources onto (written without
+    transactions): the commits on its transactional sources can stall at a transaction marker
+    (faust; see the README's Demo section), while every source record reaches this topic, so a
+    drained re-keyed topic with nothing new means the sources were drained too."""
+    deadline = time.monotonic() + timeout
+    reader = consumer(settings, group=None)
+    await reader.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in await partitions_of(reader, t)]
+        last: dict[TopicPartition, int] | None = None
+        still_since = time.monotonic()
+        while time.monotonic() < deadline:
+            ends = await reader.end_offsets(tps)
+            if ends != last:
+                last, still_since = ends, time.monotonic()
+            lag = await group_lag(settings, f"{settings.topic_prefix}protege-{group}", topics)
+            if lag == 0 and time.monotonic() - still_since >= quiet_s:
+                return True
+            await asyncio.sleep(0.5)
+        return False
+    finally:
+        await reader.stop()
+
+
 async def supervised(supervisor: Supervisor, stream: asyncio.Task[Drive], every: float = 0.5) -> Drive:
     """Wait for a running ``drive`` while restarting services that die (faults, chaos tests)."""
     while not stream.done():

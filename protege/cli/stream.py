@@ -25,7 +25,7 @@ from protege.broker.embedded import KAFKA_VERSION
 from protege.cli.root import STANDIN_NOTE, app, bench_app, console, library_logs_to, progress_bar, stops_on_signals
 from protege.costs import cost_usd, price_table
 from protege.generator import generate, read_jsonl, task_from_labels, triage_task, write_jsonl
-from protege.harness import Drive, drive, group_lag, machine, summarize, wait_quiet, wait_stable
+from protege.harness import Drive, drive, group_lag, machine, summarize, wait_drained, wait_quiet, wait_stable
 from protege.pipeline import LocalPipeline
 from protege.settings import Settings, TeacherSettings
 from protege.state import read_all
@@ -217,11 +217,13 @@ def _run_phases(
         if "monitor" in services:  # its last verdicts: the audits answered, then read by the monitor
             t = settings.topics
             keyed = f"{settings.topic_prefix}protege.monitor.keyed"
-            groups = {"teacher": [t.teacher_requests], "monitor": [t.decisions, t.teacher_results, t.models, keyed]}
-            if not asyncio.run(wait_quiet(settings, groups, timeout=60)):
+            teacher_done = asyncio.run(wait_quiet(settings, {"teacher": [t.teacher_requests]}, timeout=60))
+            if not (teacher_done and asyncio.run(wait_drained(settings, "monitor", [keyed], timeout=60))):
                 behind = {
-                    g: asyncio.run(group_lag(settings, f"{settings.topic_prefix}protege-{g}", ts))
-                    for g, ts in groups.items()
+                    "teacher": asyncio.run(
+                        group_lag(settings, f"{settings.topic_prefix}protege-teacher", [t.teacher_requests])
+                    ),
+                    "monitor": asyncio.run(group_lag(settings, f"{settings.topic_prefix}protege-monitor", [keyed])),
                 }
                 console.print(f"[yellow]not caught up after 60 s (records behind, per consumer group): {behind}[/]")
             limit = load_tasks(Path(env["PROTEGE_TASKS_DIR"]))[task].student.canary.max_minutes * 60
