@@ -133,9 +133,9 @@ def paired_lower_bound(wins: int, losses: int, n: int, confidence: float) -> flo
     the student may be the worse one, else ``d_L (2 q_L - 1)``. Measured against bounding the
     two proportions separately (``LB(wins/n) - UB(losses/n)``) in benchmarks/certify.py."""
     discordant = wins + losses
-    if discordant == 0:
-        return -cp_upper(0, n, 1 - (1 - confidence) / 2)  # no case told them apart: at most d below
     half = 1 - (1 - confidence) / 2
+    if discordant == 0:
+        return -cp_upper(0, n, half)  # no case told them apart: at most d below
     q = cp_lower(wins, discordant, half)
     d = cp_lower(discordant, n, half) if q >= 0.5 else cp_upper(discordant, n, half)
     return d * (2 * q - 1)
@@ -179,7 +179,7 @@ def choose_rule(
         if slack_lower_bound(goal, evidence, accepted, paired) < 0:
             break
         best = AcceptRule(
-            target_accuracy=goal.accuracy if goal.accuracy is not None else None,
+            target_accuracy=goal.accuracy,
             target_margin=goal.margin,
             confidence_level=goal.confidence,
             evidence=evidence.kind,

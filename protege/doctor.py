@@ -9,16 +9,16 @@ says where the key comes from and how long it is, nothing of the key itself.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from protege.settings import Settings, TeacherSettings
 
@@ -50,6 +50,21 @@ def external_broker() -> str | None:
     return os.environ.get("PROTEGE_BOOTSTRAP_SERVERS") or None
 
 
+def embedded_only(name: str) -> Callable[[Callable[..., Check]], Callable[..., Check]]:
+    """A check of what only the embedded broker needs: with a named broker it passes as not needed."""
+
+    def wrap(check: Callable[..., Check]) -> Callable[..., Check]:
+        @functools.wraps(check)
+        def run(*args: Any, **kwargs: Any) -> Check:
+            if external_broker():
+                return Check(name, "ok", "not needed: PROTEGE_BOOTSTRAP_SERVERS names a broker")
+            return check(*args, **kwargs)
+
+        return run
+
+    return wrap
+
+
 def check_python() -> Check:
     v = sys.version_info
     found = f"Python {v.major}.{v.minor}.{v.micro} ({sys.executable})"
@@ -58,9 +73,8 @@ def check_python() -> Check:
     return Check("python", "ok", found)
 
 
+@embedded_only("java")
 def check_java() -> Check:
-    if external_broker():
-        return Check("java", "ok", "not needed: PROTEGE_BOOTSTRAP_SERVERS names a broker")
     java = shutil.which("java")
     if java is None:
         return Check(
@@ -84,12 +98,11 @@ def check_java() -> Check:
     return Check("java", "ok", f"Java {major} ({java}): runs the embedded Kafka broker")
 
 
+@embedded_only("kafka jars")
 def check_kafka_jars(cache: Path) -> Check:
-    from protege.broker.embedded import KAFKA_VERSION
+    from protege.broker.embedded import KAFKA_VERSION, jars_dir
 
-    if external_broker():
-        return Check("kafka jars", "ok", "not needed: PROTEGE_BOOTSTRAP_SERVERS names a broker")
-    lib = cache / f"kafka-{KAFKA_VERSION}" / "lib"
+    lib = jars_dir(cache)
     if (lib / ".complete").exists():
         return Check("kafka jars", "ok", f"Apache Kafka {KAFKA_VERSION}: {len(list(lib.glob('*.jar')))} jars in {lib}")
     if shutil.which("mvn") is None:
@@ -107,15 +120,14 @@ def check_kafka_jars(cache: Path) -> Check:
     )
 
 
+@embedded_only("maven")
 def check_maven(cache: Path) -> Check:
-    from protege.broker.embedded import KAFKA_VERSION
+    from protege.broker.embedded import jars_dir
 
-    if external_broker():
-        return Check("maven", "ok", "not needed: PROTEGE_BOOTSTRAP_SERVERS names a broker")
     mvn = shutil.which("mvn")
     if mvn is not None:
         return Check("maven", "ok", f"{mvn}: resolves the Kafka jars from Maven Central")
-    if (cache / f"kafka-{KAFKA_VERSION}" / "lib" / ".complete").exists():
+    if (jars_dir(cache) / ".complete").exists():
         return Check(
             "maven",
             "warn",
@@ -128,32 +140,26 @@ def check_maven(cache: Path) -> Check:
 def check_broker(settings: Settings, timeout_s: float = 10.0) -> Check:
     """The named broker answers a metadata request with the configured security settings, or
     (embedded) a loopback port can be had."""
+    from protege.broker.embedded import free_port
+
     bootstrap = external_broker()
     if bootstrap is None:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", 0))
-            except OSError as e:
-                return Check(
-                    "broker", "fail", f"cannot bind a loopback port: {e}", "the embedded broker listens on 127.0.0.1"
-                )
-            port = s.getsockname()[1]
+        try:
+            port = free_port()
+        except OSError as e:
+            return Check(
+                "broker", "fail", f"cannot bind a loopback port: {e}", "the embedded broker listens on 127.0.0.1"
+            )
         return Check("broker", "ok", f"embedded (PROTEGE_BOOTSTRAP_SERVERS unset): a free loopback port, e.g. {port}")
     how = settings.security_protocol + (f"/{settings.sasl_mechanism}" if settings.sasl_mechanism else "")
     try:
         brokers, topics = asyncio.run(asyncio.wait_for(_cluster(settings), timeout_s))
-    except TimeoutError:
-        return Check(
-            "broker",
-            "fail",
-            f"{bootstrap} ({how}): no answer in {timeout_s:.0f} s",
-            "check the address, the port and the security settings (PROTEGE_SECURITY_PROTOCOL, PROTEGE_SASL_*, PROTEGE_SSL_CAFILE)",
-        )
     except Exception as e:
+        why = f"no answer in {timeout_s:.0f} s" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
         return Check(
             "broker",
             "fail",
-            f"{bootstrap} ({how}): {type(e).__name__}: {e}",
+            f"{bootstrap} ({how}): {why}",
             "check the address, the port and the security settings (PROTEGE_SECURITY_PROTOCOL, PROTEGE_SASL_*, PROTEGE_SSL_CAFILE)",
         )
     mine = sorted(t for t in topics if t.startswith(settings.topics.prefix + "protege."))

@@ -124,18 +124,6 @@ class AcceptRule(Event, title="protege.accept_rule"):
     max_ood: float
     coverage: float = Field(ge=0, le=1, description="Share of held-out cases the rule accepts.")
 
-    def meets(self, accuracy: float | None, margin: float | None, confidence: float) -> bool:
-        """Whether this rule certifies that target (the same kind and value, at least that confidence)."""
-
-        def same(a: float | None, b: float | None) -> bool:
-            return (a is None and b is None) or (a is not None and b is not None and abs(a - b) < 1e-9)
-
-        return (
-            same(self.target_accuracy, accuracy)
-            and same(self.target_margin, margin)
-            and (self.confidence_level >= confidence - 1e-9)
-        )
-
 
 class StudentOutput(Event, title="protege.student_output"):
     """The student's answer and the raw signals the verifier judges by."""

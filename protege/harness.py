@@ -16,12 +16,12 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
@@ -176,25 +176,41 @@ async def publish(settings: Settings, outs: list[Out]) -> None:
         await prod.stop()
 
 
+@contextlib.asynccontextmanager
+async def _lag_clients(settings: Settings) -> AsyncIterator[tuple[AIOKafkaAdminClient, AIOKafkaConsumer]]:
+    """An admin client (committed offsets) and a group-less reader (end offsets), started once
+    for a whole wait rather than per look."""
+    admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
+    await admin.start()
+    reader = consumer(settings, group=None)
+    try:
+        await reader.start()
+        yield admin, reader
+    finally:
+        await reader.stop()
+        await admin.close()
+
+
+async def _lag(
+    admin: AIOKafkaAdminClient, reader: AIOKafkaConsumer, group: str, topics: list[str], behind: int = 0
+) -> tuple[int, dict[TopicPartition, int]]:
+    """The group's records not yet committed on ``topics``, and the topics' end offsets."""
+    committed = await admin.list_consumer_group_offsets(group)
+    tps = [TopicPartition(t, p) for t in topics for p in await partitions_of(reader, t)]
+    ends = await reader.end_offsets(tps)
+    lag = sum(
+        max(0, end - (committed[tp].offset if tp in committed else 0) - (behind if end else 0))
+        for tp, end in ends.items()
+    )
+    return lag, ends
+
+
 async def group_lag(settings: Settings, group: str, topics: list[str], behind: int = 0) -> int:
     """Records on ``topics`` not yet committed by consumer group ``group``; ``behind``: the
     records per partition a caught-up group still shows (faust commits the offset of the
     last record it handled, where Kafka's own clients commit the next one to read: 1)."""
-    admin = AIOKafkaAdminClient(**settings.kafka_kwargs())
-    await admin.start()
-    reader = consumer(settings, group=None)
-    await reader.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-        tps = [TopicPartition(t, p) for t in topics for p in await partitions_of(reader, t)]
-        ends = await reader.end_offsets(tps)
-        return sum(
-            max(0, end - (committed[tp].offset if tp in committed else 0) - (behind if end else 0))
-            for tp, end in ends.items()
-        )
-    finally:
-        await reader.stop()
-        await admin.close()
+    async with _lag_clients(settings) as (admin, reader):
+        return (await _lag(admin, reader, group, topics, behind))[0]
 
 
 async def wait_stable(settings: Settings, groups: list[str], timeout: float = 120.0) -> bool:
@@ -222,16 +238,17 @@ async def wait_stable(settings: Settings, groups: list[str], timeout: float = 12
 async def wait_quiet(settings: Settings, groups: dict[str, list[str]], timeout: float = 300.0) -> bool:
     """Wait until every group has consumed everything on its topics."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        lags = [
-            # faust (the monitor) commits the offset of the last record it handled, and its
-            # sources end with a transaction marker: 2 per partition when it is caught up.
-            await group_lag(settings, f"{settings.topic_prefix}protege-{g}", t, behind=2 if g == "monitor" else 0)
-            for g, t in groups.items()
-        ]
-        if not any(lags):
-            return True
-        await asyncio.sleep(0.5)
+    async with _lag_clients(settings) as (admin, reader):
+        while time.monotonic() < deadline:
+            lags = [
+                # faust (the monitor) commits the offset of the last record it handled, and its
+                # sources end with a transaction marker: 2 per partition when it is caught up.
+                (await _lag(admin, reader, f"{settings.topic_prefix}protege-{g}", t, 2 if g == "monitor" else 0))[0]
+                for g, t in groups.items()
+            ]
+            if not any(lags):
+                return True
+            await asyncio.sleep(0.5)
     return False
 
 
@@ -244,23 +261,17 @@ async def wait_drained(
     (faust; see the README's Demo section), while every source record reaches this topic, so a
     drained re-keyed topic with nothing new means the sources were drained too."""
     deadline = time.monotonic() + timeout
-    reader = consumer(settings, group=None)
-    await reader.start()
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in await partitions_of(reader, t)]
-        last: dict[TopicPartition, int] | None = None
-        still_since = time.monotonic()
+    last: dict[TopicPartition, int] | None = None
+    still_since = time.monotonic()
+    async with _lag_clients(settings) as (admin, reader):
         while time.monotonic() < deadline:
-            ends = await reader.end_offsets(tps)
+            lag, ends = await _lag(admin, reader, f"{settings.topic_prefix}protege-{group}", topics)
             if ends != last:
                 last, still_since = ends, time.monotonic()
-            lag = await group_lag(settings, f"{settings.topic_prefix}protege-{group}", topics)
             if lag == 0 and time.monotonic() - still_since >= quiet_s:
                 return True
             await asyncio.sleep(0.5)
-        return False
-    finally:
-        await reader.stop()
+    return False
 
 
 async def supervised(supervisor: Supervisor, stream: asyncio.Task[Drive], every: float = 0.5) -> Drive:

@@ -106,7 +106,7 @@ class Router:
         if not policy.targeted:
             return self.thresholds
         rule = student.rule
-        if rule is None or not rule.meets(policy.target_accuracy, policy.target_margin, policy.target_confidence):
+        if rule is None or not policy.certified_by(rule):
             return None
         return {"min_confidence": rule.min_confidence, "min_margin": 0.0, "max_ood": rule.max_ood}
 

@@ -199,7 +199,7 @@ def operating(task: Task, version: Version) -> dict[str, Any] | None:
         t = policy.thresholds
         return {"source": "task thresholds", "min_confidence": t.min_confidence, "max_ood": t.max_ood}
     rule = version.manifest.acceptance
-    if rule is None or not rule.meets(policy.target_accuracy, policy.target_margin, policy.target_confidence):
+    if rule is None or not policy.certified_by(rule):
         return None
     return {"source": "certified rule", "min_confidence": rule.min_confidence, "max_ood": rule.max_ood}
 
@@ -403,10 +403,8 @@ def build(basis: Basis, context: Context, inputs: Inputs) -> dict[str, Any]:
     version = next((v for v in context.versions if v.name == basis.version), None)
     curve = None
     if version is not None:
-        # a relative target has no accuracy line to draw (the teacher's accuracy is the golden set's to say)
-        target = (
-            None if task.policy.target_margin is not None else task.policy.target_accuracy
-        ) or version.manifest.acceptance_target.target_accuracy
+        # a relative target has no accuracy line to draw (target_accuracy is None then)
+        target = task.policy.target_accuracy or version.manifest.acceptance_target.target_accuracy
         curve = coverage_curve(version.folder, target, operating(task, version))
     n = len(points)
     student = sum(p.route == "student" for p in points)

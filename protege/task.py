@@ -23,6 +23,7 @@ from protege.errors import ConfigError
 
 if TYPE_CHECKING:
     from protege.certify import Goal
+    from protege.events import AcceptRule
 
 OOS = "oos"
 
@@ -133,6 +134,20 @@ class Policy(BaseModel):
     def targeted(self) -> bool:
         """Whether accepted answers are held to a certified target (the version's rule decides)."""
         return self.target_accuracy is not None or self.target_margin is not None
+
+    def certified_by(self, rule: AcceptRule | None) -> bool:
+        """Whether a version's rule certifies this policy's target: the same kind and value, at
+        least its confidence."""
+
+        def same(a: float | None, b: float | None) -> bool:
+            return (a is None and b is None) or (a is not None and b is not None and abs(a - b) < 1e-9)
+
+        return (
+            rule is not None
+            and same(rule.target_accuracy, self.target_accuracy)
+            and same(rule.target_margin, self.target_margin)
+            and rule.confidence_level >= self.target_confidence - 1e-9
+        )
 
     def goal(self, default_accuracy: float) -> Goal:
         """The target as ``protege.certify`` tests it (``default_accuracy`` when the task sets none:

@@ -57,9 +57,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def jars_dir(cache: Path | None = None) -> Path:
+    """Where the broker's classpath lives in the cache; complete when it holds ``.complete``."""
+    return (cache or default_cache()) / f"kafka-{KAFKA_VERSION}" / "lib"
+
+
 def resolve_jars(cache: Path | None = None) -> Path:
     """Return a folder holding the broker's classpath, resolving it with Maven if needed."""
-    target = (cache or default_cache()) / f"kafka-{KAFKA_VERSION}" / "lib"
+    target = jars_dir(cache)
     marker = target / ".complete"
     if marker.exists():
         return target

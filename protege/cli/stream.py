@@ -12,6 +12,7 @@ import platform
 import random
 import shutil
 import time
+from collections import Counter
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
@@ -193,11 +194,10 @@ def _run_phases(
                         linger=linger,
                     )
                 )
-            answered = [o for o in result.outcomes.values() if o.response is not None]
-            student = sum(o.response.route == "student" for o in answered if o.response is not None)
+            routes = Counter(o.response.route for o in result.outcomes.values() if o.response is not None)
             console.print(
-                f"{name}: {len(answered)}/{len(rows)} answered in {time.perf_counter() - t0:.0f} s "
-                f"(student {student}, teacher {len(answered) - student})",
+                f"{name}: {routes.total()}/{len(rows)} answered in {time.perf_counter() - t0:.0f} s "
+                f"(student {routes['student']}, teacher {routes['teacher']})",
                 highlight=False,
             )
             summary[name] = summarize(result)
@@ -217,13 +217,14 @@ def _run_phases(
         if "monitor" in services:  # its last verdicts: the audits answered, then read by the monitor
             t = settings.topics
             keyed = f"{settings.topic_prefix}protege.monitor.keyed"
-            teacher_done = asyncio.run(wait_quiet(settings, {"teacher": [t.teacher_requests]}, timeout=60))
-            if not (teacher_done and asyncio.run(wait_drained(settings, "monitor", [keyed], timeout=60))):
+            waits = {"teacher": [t.teacher_requests], "monitor": [keyed]}
+            if not (
+                asyncio.run(wait_quiet(settings, {"teacher": waits["teacher"]}, timeout=60))
+                and asyncio.run(wait_drained(settings, "monitor", waits["monitor"], timeout=60))
+            ):
                 behind = {
-                    "teacher": asyncio.run(
-                        group_lag(settings, f"{settings.topic_prefix}protege-teacher", [t.teacher_requests])
-                    ),
-                    "monitor": asyncio.run(group_lag(settings, f"{settings.topic_prefix}protege-monitor", [keyed])),
+                    g: asyncio.run(group_lag(settings, f"{settings.topic_prefix}protege-{g}", ts))
+                    for g, ts in waits.items()
                 }
                 console.print(f"[yellow]not caught up after 60 s (records behind, per consumer group): {behind}[/]")
             limit = load_tasks(Path(env["PROTEGE_TASKS_DIR"]))[task].student.canary.max_minutes * 60

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from protege.certify import Evidence, choose_rule, cp_lower
+from protege.certify import Evidence, choose_rule, cp_upper
 from protege.errors import ConfigError
 from protege.events import AcceptRule
 from protege.registry import Registry
@@ -222,11 +222,6 @@ def class_recall(pred: np.ndarray, y: np.ndarray, labels: Sequence[str], min_sup
     return out
 
 
-def accuracy_lower_bound(correct: int, n: int, confidence: float) -> float:
-    """One-sided Clopper-Pearson lower bound on a binomial proportion."""
-    return cp_lower(correct, n, confidence)
-
-
 @dataclass(frozen=True)
 class Scores:
     """A model's calibrated view of a labelled set."""
@@ -276,7 +271,7 @@ def gate_failures(
     big = n >= gates.min_golden
     # On a small golden set the accuracy floor fails only when the accuracy is below it with
     # 95% confidence (one-sided Clopper-Pearson upper bound); on a large one, the estimate itself.
-    best_case = cand["accuracy"] if big else 1 - accuracy_lower_bound(n - round(cand["accuracy"] * n), n, 0.95)
+    best_case = cand["accuracy"] if big else cp_upper(round(cand["accuracy"] * n), n, 0.95)
     if best_case < gates.min_accuracy:
         failed.append(
             f"golden accuracy {cand['accuracy']:.3f} < floor {gates.min_accuracy:.3f}"

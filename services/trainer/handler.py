@@ -57,11 +57,7 @@ def reads_at_once(tenant: str, task: str, version: str) -> bool:
 def certifies(folder: Path, task: Task) -> bool:
     """Whether the version in ``folder`` may answer anything under the task's policy: without a
     target, always (its fixed thresholds); with one, when its rule certifies that target."""
-    policy = task.policy
-    if not policy.targeted:
-        return True
-    rule = Manifest.load(folder).acceptance
-    return rule is not None and rule.meets(policy.target_accuracy, policy.target_margin, policy.target_confidence)
+    return not task.policy.targeted or task.policy.certified_by(Manifest.load(folder).acceptance)
 
 
 class CaseStore:

@@ -102,6 +102,18 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Embedded
         broker.stop()
 
 
+def sasl_ssl_env(broker: EmbeddedBroker, ca: Path, mechanism: str, user: str, password: str) -> dict[str, str]:
+    """protege's settings for the SASL_SSL listener."""
+    return {
+        "PROTEGE_BOOTSTRAP_SERVERS": broker.address("SASL_SSL"),
+        "PROTEGE_SECURITY_PROTOCOL": "SASL_SSL",
+        "PROTEGE_SASL_MECHANISM": mechanism,
+        "PROTEGE_SASL_USERNAME": user,
+        "PROTEGE_SASL_PASSWORD": password,
+        "PROTEGE_SSL_CAFILE": str(ca),
+    }
+
+
 def settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str]) -> Settings:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -163,14 +175,7 @@ def test_sasl_ssl_with_protege_settings(
     settings = settings_from_env(
         monkeypatch,
         tmp_path,
-        {
-            "PROTEGE_BOOTSTRAP_SERVERS": broker.address("SASL_SSL"),
-            "PROTEGE_SECURITY_PROTOCOL": "SASL_SSL",
-            "PROTEGE_SASL_MECHANISM": mechanism,
-            "PROTEGE_SASL_USERNAME": user,
-            "PROTEGE_SASL_PASSWORD": password,
-            "PROTEGE_SSL_CAFILE": str(ca),
-        },
+        sasl_ssl_env(broker, ca, mechanism, user, password),
     )
     out = asyncio.run(round_trip(settings))
     gc.collect()  # every client closed: nothing warns
@@ -206,14 +211,7 @@ def test_wrong_password_is_refused(
     settings = settings_from_env(
         monkeypatch,
         tmp_path,
-        {
-            "PROTEGE_BOOTSTRAP_SERVERS": broker.address("SASL_SSL"),
-            "PROTEGE_SECURITY_PROTOCOL": "SASL_SSL",
-            "PROTEGE_SASL_MECHANISM": "PLAIN",
-            "PROTEGE_SASL_USERNAME": PLAIN_USER,
-            "PROTEGE_SASL_PASSWORD": "not-the-password",
-            "PROTEGE_SSL_CAFILE": str(ca),
-        },
+        sasl_ssl_env(broker, ca, "PLAIN", PLAIN_USER, "not-the-password"),
     )
     assert "over SASL_SSL, SASL PLAIN as 'protege'" in str(refused(settings))
     assert "SaslAuthenticationFailed" in caplog.text  # the reason, in the service's log
@@ -250,14 +248,7 @@ def test_the_monitor_over_sasl_ssl(
     from tests.integration.test_monitor import decision, scrape, send, start, stop, wait_for
 
     broker, ca = secured
-    secured_env = {
-        "PROTEGE_BOOTSTRAP_SERVERS": broker.address("SASL_SSL"),
-        "PROTEGE_SECURITY_PROTOCOL": "SASL_SSL",
-        "PROTEGE_SASL_MECHANISM": "SCRAM-SHA-256",
-        "PROTEGE_SASL_USERNAME": SCRAM_USER,
-        "PROTEGE_SASL_PASSWORD": SCRAM_PASSWORD,
-        "PROTEGE_SSL_CAFILE": str(ca),
-    }
+    secured_env = sasl_ssl_env(broker, ca, "SCRAM-SHA-256", SCRAM_USER, SCRAM_PASSWORD)
     settings = settings_from_env(monkeypatch, tmp_path, secured_env)
     asyncio.run(ensure_topics(settings))
     asyncio.run(
@@ -285,14 +276,7 @@ def test_doctor_checks_the_broker_with_the_security_settings(
     from protege.doctor import check_broker
 
     broker, ca = secured
-    env = {
-        "PROTEGE_BOOTSTRAP_SERVERS": broker.address("SASL_SSL"),
-        "PROTEGE_SECURITY_PROTOCOL": "SASL_SSL",
-        "PROTEGE_SASL_MECHANISM": "SCRAM-SHA-256",
-        "PROTEGE_SASL_USERNAME": SCRAM_USER,
-        "PROTEGE_SASL_PASSWORD": SCRAM_PASSWORD,
-        "PROTEGE_SSL_CAFILE": str(ca),
-    }
+    env = sasl_ssl_env(broker, ca, "SCRAM-SHA-256", SCRAM_USER, SCRAM_PASSWORD)
     check = check_broker(settings_from_env(monkeypatch, tmp_path, env))
     assert check.status == "ok" and "SASL_SSL/SCRAM-SHA-256" in check.detail, check
     env["PROTEGE_SASL_PASSWORD"] = "not-the-password"

@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protege.certify import Evidence, Goal
+from protege.certify import Evidence, Goal, cp_lower
 from protege.generator import generate
 from protege.student.runtime import Encoder, Student, softmax
 from protege.student.train import (
     Case,
     EmbeddingCache,
     FastRecipe,
-    accuracy_lower_bound,
     choose_rule,
     ece,
     fit_temperature,
@@ -63,9 +62,9 @@ def test_macro_f1_counts_the_classes_a_model_does_not_have() -> None:
 
 def test_clopper_pearson_lower_bound() -> None:
     # all n correct: the bound is (1 - confidence) ** (1 / n)
-    assert accuracy_lower_bound(100, 100, 0.95) == pytest.approx(0.05 ** (1 / 100))
-    assert accuracy_lower_bound(0, 10, 0.95) == 0.0
-    assert accuracy_lower_bound(90, 100, 0.95) < 0.9 < accuracy_lower_bound(90, 100, 0.5) + 0.01
+    assert cp_lower(100, 100, 0.95) == pytest.approx(0.05 ** (1 / 100))
+    assert cp_lower(0, 10, 0.95) == 0.0
+    assert cp_lower(90, 100, 0.95) < 0.9 < cp_lower(90, 100, 0.5) + 0.01
 
 
 def _calibrated_sample(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
