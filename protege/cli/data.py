@@ -57,7 +57,7 @@ def label_cmd(
     client = anthropic.AsyncAnthropic(
         api_key=key, base_url=settings.anthropic_base_url, max_retries=settings.max_retries, timeout=settings.timeout_s
     )
-    with progress_bar("rows") as bar:
+    with progress_bar("rows", every=None) as bar:  # in a log, its own line per poll
         job = bar.add_task("labelling (Message Batches API)", total=len(rows))
         report = asyncio.run(
             label_with_batches(
@@ -67,7 +67,6 @@ def label_cmd(
                 model=model,
                 poll_s=poll,
                 prices=price_table(settings.prices),
-                # on a terminal the bar; in a log, a line per poll
                 progress=None if console.is_terminal else lambda line: console.print(line, highlight=False),
                 counts=lambda done, total: bar.update(job, completed=done, total=total),
             )

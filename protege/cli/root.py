@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 from protege import signals
@@ -87,17 +97,60 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="progress.data.speed")
 
 
-def progress_bar(unit: str, on: Console | None = None) -> Progress:
+class _Lines(Progress):
+    """Progress off a terminal (a log file, CI, a pipe): no bar, a plain line per task at most
+    every ``every`` seconds while it moves, so a log shows the work going on."""
+
+    def __init__(self, *columns: ProgressColumn | str, unit: str, every: float, console: Console) -> None:
+        super().__init__(*columns, console=console, disable=True)
+        self.unit = unit
+        self.every = every
+        self._said: dict[TaskID, float] = {}
+
+    def add_task(self, description: str, *args: Any, **kwargs: Any) -> TaskID:
+        job = super().add_task(description, *args, **kwargs)
+        self._said[job] = time.monotonic()
+        return job
+
+    def update(self, task_id: TaskID, *args: Any, **kwargs: Any) -> None:
+        super().update(task_id, *args, **kwargs)
+        self._maybe_say(task_id)
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._maybe_say(task_id)
+
+    def _maybe_say(self, job: TaskID) -> None:
+        now = time.monotonic()
+        task = self._tasks[job]
+        if not task.visible or now - self._said.get(job, now) < self.every:
+            return
+        self._said[job] = now
+        of = f"/{task.total:,.0f}" if task.total is not None else ""
+        speed = task.speed
+        rate = f", {speed:,.1f} {self.unit}/s" if speed else ""
+        self.console.print(
+            f"[{task.elapsed or 0:5.0f}s] {task.description}: {task.completed:,.0f}{of} {self.unit}{rate}",
+            highlight=False,
+            markup=False,
+        )
+
+
+def progress_bar(unit: str, on: Console | None = None, *, every: float | None = 10.0) -> Progress:
     """A bar with count, rate and ETA for long work, on a terminal; on anything else (a log
-    file, CI, a pipe) it draws nothing, and the command's own summary lines say what happened."""
+    file, CI, a pipe) a plain line every ``every`` seconds instead (none with ``every=None``,
+    where the command prints its own lines)."""
     on = on or console
-    return Progress(
+    columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         RateColumn(unit),
         TextColumn("eta"),
         TimeRemainingColumn(),
-        console=on,
-        disable=not on.is_terminal,
     )
+    if on.is_terminal:
+        return Progress(*columns, console=on)
+    if every is None:
+        return Progress(*columns, console=on, disable=True)
+    return _Lines(*columns, unit=unit, every=every, console=on)

@@ -91,7 +91,7 @@ def _ignore_sigint() -> None:
 # ignored; Python then keeps ignoring it, and asyncio.run installs no handler of its own.
 # That is how the demo once ran to its end after a Ctrl-C and exited 0.
 INHERITED = {"sigint-default": None, "sigint-ignored": _ignore_sigint}
-PHASES = {"traffic": "answered", "start": "starting the embedded Apache Kafka broker"}
+PHASES = {"traffic": "] traffic: sent", "start": "starting the embedded Apache Kafka broker"}
 
 
 @pytest.mark.parametrize("phase", list(PHASES))
