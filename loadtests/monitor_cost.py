@@ -1,6 +1,7 @@
 """Load: what the monitor costs the broker and the CPU per decision, per window setting.
 
     python loadtests/monitor_cost.py --decisions 4000 --configs 3600/300,3600/900,900/300 --rounds 2
+    git worktree add /tmp/old REV && python loadtests/monitor_cost.py --baseline /tmp/old --configs 3600/900/20
 
 The monitor (faust-streaming) counts every decision into hopping windows, a drift state
 and, while a canary is on trial, the trial's tallies, each a write to a changelog topic.
@@ -10,12 +11,14 @@ setting (``size/step`` seconds: size/step windows hold each record) the same syn
 stream is published first — ``--decisions`` decisions of two tenants, a quarter escalated,
 one tenant with a canary on trial for a quarter of its traffic, the teacher's answers to
 the escalations and audits of 5% of accepted answers — then a monitor process is started
-on it and timed from its first counted decision until it has consumed everything.
+on it and timed from its first counted decision until it has counted every decision.
 
 Per setting: decisions/s counted, CPU seconds per 1,000 decisions of the monitor and of the
 broker (from /proc), and the records it wrote (changelog and its keyed topic) per decision.
 Settings run interleaved, ``--rounds`` times, after a warm-up run; the table shows medians and ratios to the
-first setting (this machine is shared and noisy). Prints the CPU model; writes JSON.
+first setting (this machine is shared and noisy). ``--baseline`` runs another checkout's
+monitor beside this one's, in the same rounds, on the same broker. Prints the CPU model;
+writes JSON.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from rich.table import Table
 from protege.broker.embedded import EmbeddedBroker, free_port
 from protege.events import Decision, ModelAnnouncement, TeacherResult, Usage
 from protege.generator import triage_task
-from protege.harness import cpu_seconds, group_lag, machine, percentile, publish
+from protege.harness import cpu_seconds, machine, percentile, publish
 from protege.kafka import Out, consumer, ensure_topics, partitions_of
 from protege.logs import configure
 from protege.settings import REPO, Settings
@@ -124,7 +127,7 @@ async def written(settings: Settings, app: str) -> dict[str, int]:
     reader = consumer(settings, group=None)
     await reader.start()
     try:
-        mine = [t for t in await reader.topics() if t.startswith(app) or t.endswith("protege.monitor.keyed")]
+        mine = [t for t in await reader.topics() if t.startswith(app) or t == settings.topics.monitor_keyed]
         mine = [t for t in mine if t.startswith(settings.topic_prefix) or t.startswith(app)]
         counts = {}
         for topic in mine:
@@ -143,7 +146,9 @@ def decided(port: int) -> float:
     return sum(float(m) for m in re.findall(r"^protege_monitor_decided\{[^}]*\} (\S+)$", text, re.M))
 
 
-def run_once(bootstrap: str, home: Path, size: int, step: int, n: int, linger_ms: int) -> dict[str, Any]:
+def run_once(
+    bootstrap: str, home: Path, size: int, step: int, n: int, linger_ms: int, code: Path | None = None
+) -> dict[str, Any]:
     prefix = f"mc{time.time_ns()}."
     settings = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, home=home / prefix.rstrip("."))
     task = triage_task().model_copy(update={"name": "t"})
@@ -168,12 +173,16 @@ def run_once(bootstrap: str, home: Path, size: int, step: int, n: int, linger_ms
         "PROTEGE_MONITOR_LINGER_MS": str(linger_ms),
         "PROTEGE_LOG_LEVEL": "warning",
     }
+    if code is not None:  # another checkout's monitor: its protege and its services first on the path
+        shim = home / f"shim-{code.name}"
+        shim.mkdir(parents=True, exist_ok=True)
+        if not (shim / "protege_services").exists():
+            (shim / "protege_services").symlink_to(code.resolve() / "services")
+        env["PYTHONPATH"] = f"{code.resolve()}:{shim}"
     log = (settings.home / "monitor.log").open("ab")
     broker_pid = EmbeddedBroker(home / "broker").pid()
     assert broker_pid is not None
     monitor = subprocess.Popen([sys.executable, "-m", "protege_services.monitor"], env=env, stdout=log, stderr=log)
-    t = settings.topics
-    sources = [t.decisions, t.teacher_results, t.models]
     try:
         deadline = time.monotonic() + 600
         while decided(port) == 0:
@@ -181,11 +190,10 @@ def run_once(bootstrap: str, home: Path, size: int, step: int, n: int, linger_ms
                 raise RuntimeError(f"the monitor did not start counting; see {log.name}")
             time.sleep(0.05)
         t0, m0, b0 = time.perf_counter(), cpu(monitor.pid), cpu(broker_pid)
-        keyed = f"{prefix}protege.monitor.keyed"
-        group = f"{prefix}protege-monitor"
-        while asyncio.run(group_lag(settings, group, [*sources, keyed], behind=1)):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the monitor did not consume the stream in 10 minutes")
+        # until every decision is counted (/metrics: the same end for any checkout's monitor)
+        while decided(port) < n:
+            if monitor.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the monitor counted {decided(port):.0f} of {n} decisions in 10 minutes")
             time.sleep(0.2)
         t1, m1, b1 = time.perf_counter(), cpu(monitor.pid), cpu(broker_pid)
     finally:
@@ -197,7 +205,7 @@ def run_once(bootstrap: str, home: Path, size: int, step: int, n: int, linger_ms
         log.close()
     records = asyncio.run(written(settings, f"{prefix}protege-monitor"))
     changelog = sum(v for k, v in records.items() if k.endswith("-changelog"))
-    keyed_records = sum(v for k, v in records.items() if k.endswith("protege.monitor.keyed"))
+    keyed_records = records.get(settings.topics.monitor_keyed, 0)
     return {
         "seconds": t1 - t0,
         "decisions_per_s": n / (t1 - t0),
@@ -218,6 +226,12 @@ def main() -> None:
         help="window size/step in seconds, optionally /linger ms (3600/900/10), to compare",
     )
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout of protege (git worktree add /tmp/old REV): its monitor runs first in each "
+        "round, with the first setting, and the ratios are to it",
+    )
     ap.add_argument("--json", type=Path, default=REPO / "reports" / "loadtest-monitor-cost.json")
     ap.add_argument("--home", type=Path, default=Path(".protege/loadtest-monitor"))
     args = ap.parse_args()
@@ -228,6 +242,12 @@ def main() -> None:
     configs = [tuple(int(x) for x in c.split("/")) for c in args.configs.split(",")]
     configs = [(c[0], c[1], c[2] if len(c) > 2 else 0) for c in configs]
     names = [f"{s}/{st}" + (f"/{lg}ms" if lg else "") for s, st, lg in configs]
+    codes: list[Path | None] = [None] * len(configs)
+    if args.baseline is not None:
+        rev = subprocess.run(["git", "-C", str(args.baseline), "rev-parse", "--short", "HEAD"], capture_output=True)
+        names.insert(0, f"{names[0]} (baseline {rev.stdout.decode().strip() or args.baseline})")
+        configs.insert(0, configs[0])
+        codes.insert(0, args.baseline)
     broker = EmbeddedBroker(args.home / "broker")
     bootstrap = broker.start()
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
@@ -235,9 +255,9 @@ def main() -> None:
         console.print("warm-up run (not counted): the broker's JIT, the page cache ...")
         run_once(bootstrap, args.home, *configs[0][:2], min(args.decisions, 1000), configs[0][2])
         for r in range(args.rounds):
-            for name, (size, step, linger) in zip(names, configs, strict=True):
-                console.print(f"round {r + 1}: window {size} s / step {step} s ({size // step} per record), ...")
-                runs[name].append(run_once(bootstrap, args.home, size, step, args.decisions, linger))
+            for name, (size, step, linger), code in zip(names, configs, codes, strict=True):
+                console.print(f"round {r + 1}: {name} ({size // step} windows per record), ...")
+                runs[name].append(run_once(bootstrap, args.home, size, step, args.decisions, linger, code))
                 last = runs[name][-1]
                 console.print(
                     f"  {last['decisions_per_s']:.0f} decisions/s, monitor {last['monitor_cpu_per_1k']:.2f} s "
@@ -255,9 +275,10 @@ def main() -> None:
         f"{host['cpu']}, {host['cores']} cores"
     )
     cols = ("size/step", "windows per record", "decisions/s", "monitor CPU s/1k", "broker CPU s/1k")
-    for col in (*cols, "changelog/decision", "keyed/decision", f"broker CPU vs {names[0]}"):
+    for col in (*cols, "changelog/decision", "keyed/decision", "monitor CPU vs first", "broker CPU vs first"):
         table.add_column(col, justify="right")
     base = median(names[0], "broker_cpu_per_1k")
+    base_monitor = median(names[0], "monitor_cpu_per_1k")
     for name, (size, step, _) in zip(names, configs, strict=True):
         table.add_row(
             name,
@@ -267,10 +288,17 @@ def main() -> None:
             f"{median(name, 'broker_cpu_per_1k'):.2f}",
             f"{median(name, 'changelog_per_decision'):.2f}",
             f"{median(name, 'keyed_per_decision'):.2f}",
+            f"{median(name, 'monitor_cpu_per_1k') / base_monitor:.2f}x" if base_monitor else "-",
             f"{median(name, 'broker_cpu_per_1k') / base:.2f}x" if base else "-",
         )
     console.print(table)
-    report = {"machine": host, "decisions": args.decisions, "rounds": args.rounds, "runs": runs}
+    report = {
+        "machine": host,
+        "decisions": args.decisions,
+        "rounds": args.rounds,
+        "baseline": str(args.baseline) if args.baseline else None,
+        "runs": runs,
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     console.print(f"wrote {args.json}")

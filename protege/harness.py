@@ -192,25 +192,20 @@ async def _lag_clients(settings: Settings) -> AsyncIterator[tuple[AIOKafkaAdminC
 
 
 async def _lag(
-    admin: AIOKafkaAdminClient, reader: AIOKafkaConsumer, group: str, topics: list[str], behind: int = 0
+    admin: AIOKafkaAdminClient, reader: AIOKafkaConsumer, group: str, topics: list[str]
 ) -> tuple[int, dict[TopicPartition, int]]:
     """The group's records not yet committed on ``topics``, and the topics' end offsets."""
     committed = await admin.list_consumer_group_offsets(group)
     tps = [TopicPartition(t, p) for t in topics for p in await partitions_of(reader, t)]
     ends = await reader.end_offsets(tps)
-    lag = sum(
-        max(0, end - (committed[tp].offset if tp in committed else 0) - (behind if end else 0))
-        for tp, end in ends.items()
-    )
+    lag = sum(max(0, end - (committed[tp].offset if tp in committed else 0)) for tp, end in ends.items())
     return lag, ends
 
 
-async def group_lag(settings: Settings, group: str, topics: list[str], behind: int = 0) -> int:
-    """Records on ``topics`` not yet committed by consumer group ``group``; ``behind``: the
-    records per partition a caught-up group still shows (faust commits the offset of the
-    last record it handled, where Kafka's own clients commit the next one to read: 1)."""
+async def group_lag(settings: Settings, group: str, topics: list[str]) -> int:
+    """Records on ``topics`` not yet committed by consumer group ``group``."""
     async with _lag_clients(settings) as (admin, reader):
-        return (await _lag(admin, reader, group, topics, behind))[0]
+        return (await _lag(admin, reader, group, topics))[0]
 
 
 async def wait_stable(settings: Settings, groups: list[str], timeout: float = 120.0) -> bool:
@@ -240,12 +235,7 @@ async def wait_quiet(settings: Settings, groups: dict[str, list[str]], timeout: 
     deadline = time.monotonic() + timeout
     async with _lag_clients(settings) as (admin, reader):
         while time.monotonic() < deadline:
-            lags = [
-                # faust (the monitor) commits the offset of the last record it handled, and its
-                # sources end with a transaction marker: 2 per partition when it is caught up.
-                (await _lag(admin, reader, f"{settings.topic_prefix}protege-{g}", t, 2 if g == "monitor" else 0))[0]
-                for g, t in groups.items()
-            ]
+            lags = [(await _lag(admin, reader, f"{settings.topic_prefix}protege-{g}", t))[0] for g, t in groups.items()]
             if not any(lags):
                 return True
             await asyncio.sleep(0.5)
@@ -256,10 +246,8 @@ async def wait_drained(
     settings: Settings, group: str, topics: list[str], quiet_s: float = 2.0, timeout: float = 60.0
 ) -> bool:
     """Wait until ``group`` has committed every record on ``topics`` and none has arrived for
-    ``quiet_s``. For the monitor, on the topic it re-keys its sources onto (written without
-    transactions): the commits on its transactional sources can stall at a transaction marker
-    (faust; see the README's Demo section), while every source record reaches this topic, so a
-    drained re-keyed topic with nothing new means the sources were drained too."""
+    ``quiet_s``: for the monitor's keyed topic, which its own timer writes to while a trial is
+    on, so no record new for a moment is the sign, not an end that stops moving."""
     deadline = time.monotonic() + timeout
     last: dict[TopicPartition, int] | None = None
     still_since = time.monotonic()

@@ -83,6 +83,12 @@ class Topics:
         """Internal events a service could not handle (never a request's only answer)."""
         return self._t("dlq")
 
+    @property
+    def monitor_keyed(self) -> str:
+        """The monitor's sources re-keyed by task (one record per source record; written and
+        read by the monitor alone, without transactions: see services/monitor/app.py)."""
+        return self._t("monitor.keyed")
+
     def all(self) -> list[str]:
         names = [
             "requests",

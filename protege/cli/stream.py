@@ -216,10 +216,14 @@ def _run_phases(
                 time.sleep(5)  # the scorer loads the last announced version
         if "monitor" in services:  # its last verdicts: the audits answered, then read by the monitor
             t = settings.topics
-            keyed = f"{settings.topic_prefix}protege.monitor.keyed"
-            waits = {"teacher": [t.teacher_requests], "monitor": [keyed]}
+            # the audits answered; the monitor's sources re-keyed; the keyed records counted
+            waits = {
+                "teacher": [t.teacher_requests],
+                "monitor-sources": [t.decisions, t.teacher_results, t.models],
+                "monitor": [t.monitor_keyed],
+            }
             if not (
-                asyncio.run(wait_quiet(settings, {"teacher": waits["teacher"]}, timeout=60))
+                asyncio.run(wait_quiet(settings, {g: waits[g] for g in ("teacher", "monitor-sources")}, timeout=60))
                 and asyncio.run(wait_drained(settings, "monitor", waits["monitor"], timeout=60))
             ):
                 behind = {

@@ -21,7 +21,7 @@ def main() -> None:
     settings = MonitorSettings()
     apply_to_process(settings)
     configure(settings.log_level, settings.log_format, service="monitor")
-    asyncio.run(ensure_topics(settings))
+    asyncio.run(ensure_topics(settings, [*settings.topics.all(), settings.topics.monitor_keyed]))
     metrics.serve(settings.metrics_port)
     app = make_app(settings)
     faust.Worker(app, loglevel=settings.log_level.lower()).execute_from_commandline()

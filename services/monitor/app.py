@@ -35,28 +35,32 @@ content: it is computed from the same records) rather than losing it.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import faust
 import structlog
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError
 
 from protege import metrics
 from protege.canary import Trial
 from protege.drift import DriftMonitor
 from protege.errors import InvalidEvent
-from protege.events import Alert, Decision, Event, ModelAnnouncement, TeacherResult
-from protege.kafka import Heartbeat
+from protege.events import Alert, Decision, ModelAnnouncement, TeacherResult
+from protege.kafka import Heartbeat, consumer, producer
 from protege.serde import decode
 from protege.settings import MonitorSettings
 from protege.task import Task, load_tasks
+from protege.topics import Topics
 
 log = structlog.get_logger()
 Value = dict[str, Any]
 KEYED = 2  # the shape of the records on the keyed topic: one per source record, keyed by task
-E = TypeVar("E", bound=Event)
 
 
 def marked(value: Value | None, record: Value) -> Value | None:
@@ -158,6 +162,83 @@ def cost_fields(r: Value) -> dict[str, float]:
     return {"usd": r["usd"], "calls": 1, "audit_usd": r["usd"] if r["mode"] == "audit" else 0.0}
 
 
+def rekeyed(topic: str, value: bytes | None, partition: int, offset: int, topics: Topics) -> tuple[str, Value]:
+    """A source record as the keyed topic's record: (its task, the record), with its source
+    coordinates. Raises ``InvalidEvent`` for one that does not decode."""
+    at: Value = {"p": partition, "o": offset}
+    if topic == topics.decisions:
+        d = decode(Decision, value)
+        record = {"v": KEYED, "k": "decision", "s": "d", **at, "tenant": d.tenant, "version": d.model_version}
+        return d.task, record | {"verdict": d.verdict, "route": d.route, "reasons": d.reasons, "at": d.decided_at_ms}
+    if topic == topics.teacher_results:
+        r = decode(TeacherResult, value)
+        record = {"v": KEYED, "k": "result", "s": "r", **at, "tenant": r.tenant, "version": r.model_version}
+        record |= {"usd": r.cost_usd, "mode": r.mode, "agreed": r.student_label == r.label}
+        return r.task, record | {"at": r.answered_at_ms}
+    ann = decode(ModelAnnouncement, value)
+    record = {"v": KEYED, "k": "model", "s": "m", **at, "tenant": ann.tenant}
+    return ann.task, record | {"ann": ann.model_dump(mode="json")}
+
+
+class Router:
+    """Reads the monitor's sources — decisions, teacher results, model announcements, all
+    written in transactions — and re-keys each record onto the keyed topic by its task.
+
+    With protege's own consumer (aiokafka, read_committed), not a faust agent: faust-streaming
+    0.15.3's consumer left its commits stalled on these topics (it learns the gap a
+    transaction marker leaves only from two records fetched one after the other, so a marker at
+    a committed offset stops its commits there) and, restarted after a kill, sometimes skipped
+    a run of their offsets (its issue #216). aiokafka steps over markers and aborted records
+    itself and commits the position it reached. The keyed topic has no transactions, so faust
+    reads it without either defect.
+
+    At least once: a batch's offsets are committed after every keyed record of the batch is
+    acknowledged, so a crash re-sends the records after the last commit, which the tables'
+    marks skip. Order holds per source partition (one producer, idempotent), which the marks
+    need."""
+
+    def __init__(self, settings: MonitorSettings) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.group = f"{settings.topic_prefix}protege-monitor-sources"
+        t = self.topics
+        self.names = {t.decisions: "decisions", t.teacher_results: "teacher_results", t.models: "models"}
+
+    async def run(self) -> None:
+        cons = consumer(self.settings, *self.names, group=self.group)
+        prod = producer(self.settings, linger_ms=self.settings.monitor_linger_ms, acks="all")
+        await prod.start()
+        try:
+            await cons.start()
+            try:
+                while True:
+                    batch = await cons.getmany(timeout_ms=1000, max_records=1000)
+                    if batch:
+                        await self.forward(batch, prod)
+                        try:
+                            await cons.commit()
+                        except CommitFailedError as e:  # a rebalance: the new owner sends them again
+                            log.warning("monitor_sources_commit_failed", error=str(e))
+            finally:
+                await cons.stop()
+        finally:
+            await prod.stop()
+
+    async def forward(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], prod: Any) -> None:
+        """Every record of ``batch`` on the keyed topic, acknowledged; one that does not decode
+        is counted (``protege_monitor_skipped``) and passed over."""
+        sent = []
+        for tp, records in batch.items():
+            for m in records:
+                try:
+                    task, record = rekeyed(tp.topic, m.value, m.partition, m.offset, self.topics)
+                except InvalidEvent as e:
+                    metrics.MONITOR_SKIPPED.labels(self.names[tp.topic], e.reason).inc()
+                    continue
+                sent.append(await prod.send(self.topics.monitor_keyed, json.dumps(record).encode(), key=task.encode()))
+        await asyncio.gather(*sent)
+
+
 def credentials(settings: MonitorSettings) -> faust.types.auth.CredentialsT | None:
     """protege's Kafka security settings (``PROTEGE_SECURITY_PROTOCOL``, ``PROTEGE_SASL_*``,
     ``PROTEGE_SSL_CAFILE``) as faust's credentials: the same broker, the same way in."""
@@ -197,12 +278,10 @@ def make_app(settings: MonitorSettings) -> faust.App:
         producer_linger=settings.monitor_linger_ms / 1000,
     )
     topics = settings.topics
-    decisions = app.topic(topics.decisions, key_type=bytes, value_type=bytes, value_serializer="raw")
-    results = app.topic(topics.teacher_results, key_type=bytes, value_type=bytes, value_serializer="raw")
     models = app.topic(topics.models, key_type=bytes, value_type=bytes, value_serializer="raw")
     alerts = app.topic(topics.alerts, key_type=bytes, value_type=bytes, value_serializer="raw")
-    keyed = app.topic(  # faust creates it, co-partitioned with the tables' changelogs
-        f"{prefix}protege.monitor.keyed",
+    keyed = app.topic(  # created by the service's start (ensure_topics), co-partitioned with the tables' changelogs
+        topics.monitor_keyed,
         key_type=str,
         key_serializer="raw",
         value_serializer="json",
@@ -219,37 +298,10 @@ def make_app(settings: MonitorSettings) -> faust.App:
     ops = {"routing": counted(decision_fields), "audits": counted(audit_fields), "spend": counted(cost_fields)}
     tables = {"routing": routing, "audits": audits, "spend": spend}
 
-    async def decoded(stream: Any, model: type[E], topic: str) -> AsyncIterator[tuple[E, Value]]:
-        """Each event of ``stream`` decoded as ``model`` with its source coordinates; an
-        undecodable one is counted (``protege_monitor_skipped``) and passed over."""
-        async for event in stream.events():
-            try:
-                item = decode(model, event.value)
-            except InvalidEvent as e:
-                metrics.MONITOR_SKIPPED.labels(topic, e.reason).inc()
-                continue
-            yield item, {"p": event.message.partition, "o": event.message.offset}
-
-    @app.agent(decisions)
-    async def route_decisions(stream: Any) -> None:
-        async for d, at in decoded(stream, Decision, "decisions"):
-            record = {"v": KEYED, "k": "decision", "s": "d", **at, "tenant": d.tenant, "version": d.model_version}
-            record |= {"verdict": d.verdict, "route": d.route, "reasons": d.reasons, "at": d.decided_at_ms}
-            await keyed.send(key=d.task, value=record)
-
-    @app.agent(models)
-    async def route_models(stream: Any) -> None:
-        async for ann, at in decoded(stream, ModelAnnouncement, "models"):
-            record = {"v": KEYED, "k": "model", "s": "m", **at, "tenant": ann.tenant}
-            record["ann"] = ann.model_dump(mode="json")
-            await keyed.send(key=ann.task, value=record)
-
-    @app.agent(results)
-    async def route_results(stream: Any) -> None:
-        async for r, at in decoded(stream, TeacherResult, "teacher_results"):
-            record = {"v": KEYED, "k": "result", "s": "r", **at, "tenant": r.tenant, "version": r.model_version}
-            record |= {"usd": r.cost_usd, "mode": r.mode, "agreed": r.student_label == r.label, "at": r.answered_at_ms}
-            await keyed.send(key=r.task, value=record)
+    @app.task
+    async def route() -> None:
+        """The sources, re-keyed onto the keyed topic by protege's own consumer (see ``Router``)."""
+        await Router(settings).run()
 
     heartbeat = Heartbeat(settings.home / "health" / "monitor")
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
 from faust.windows import HoppingWindow
-from protege_services.monitor.app import counted, decision_fields, drift_step, span, trial_step, trial_tick
+from protege_services.monitor.app import counted, decision_fields, drift_step, rekeyed, span, trial_step, trial_tick
 
+from protege.errors import InvalidEvent
 from protege.events import ModelAnnouncement
 from protege.generator import triage_task
 from protege.task import Canary, Drift, Task
+from protege.topics import Topics
 
 
 def test_a_record_at_or_below_the_mark_is_not_counted_again() -> None:
@@ -129,3 +132,26 @@ def test_a_quiet_trial_ends_at_its_time_limit() -> None:
     assert "limit reached" in (verdict.reason or "") and new is not None
     assert trial_tick(task, new, 1_000 + 65_000) == (None, None)  # said once
     assert trial_tick(task, {}, 1_000) == (None, None)  # no trial at all
+
+
+def test_source_records_are_rekeyed_by_task_with_their_coordinates() -> None:
+    topics = Topics("x.")
+    task = triage_task()
+    ann = ModelAnnouncement(**{**model(task, "v2", "canary", 7)["ann"], "tenant": "acme"})
+    name, record = rekeyed(topics.models, ann.dumps(), 0, 41, topics)
+    assert (name, record["k"], record["s"], record["p"], record["o"], record["tenant"]) == (
+        task.name,
+        "model",
+        "m",
+        0,
+        41,
+        "acme",
+    )
+    assert ModelAnnouncement.model_validate(record["ann"]) == ann
+    assert json.loads(json.dumps(record)) == record  # as the keyed topic carries it
+    # A record that does not decode is refused with its reason (the router counts and passes over it).
+    with pytest.raises(InvalidEvent) as e:
+        rekeyed(topics.decisions, b"{not json", 1, 3, topics)
+    assert e.value.reason == "invalid_json"
+    with pytest.raises(InvalidEvent):
+        rekeyed(topics.teacher_results, json.dumps({"tenant": "acme"}).encode(), 1, 3, topics)
