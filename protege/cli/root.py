@@ -133,6 +133,7 @@ class _Lines(Progress):
             f"[{task.elapsed or 0:5.0f}s] {task.description}: {task.completed:,.0f}{of} {self.unit}{rate}",
             highlight=False,
             markup=False,
+            soft_wrap=True,  # one line in the log, however long
         )
 
 
