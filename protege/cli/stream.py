@@ -8,11 +8,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import platform
 import random
 import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
@@ -106,6 +110,7 @@ def _stream_run(
     linger: float = 0.0,
     monitor: bool = False,
     keep: dict[str, Drive] | None = None,
+    between: Callable[[LocalPipeline], None] | None = None,
 ) -> dict[str, Any]:
 
     keyed = TeacherSettings().api_key() is not None  # the key, or the key file, as the teacher worker reads it
@@ -130,10 +135,36 @@ def _stream_run(
             linger=linger,
             services=services,
             keep=keep,
+            between=between,
         )
     summary["wall_seconds"] = time.perf_counter() - started
     summary["versions"] = versions()
     return summary
+
+
+def _scheduled_finetune(p: LocalPipeline, tenant: str, task: str, epochs: int) -> dict[str, Any]:
+    """The fine-tune a deployment schedules (k8s/finetune-cronjob.yaml), on the cases harvested
+    so far: its own process, gated against the version serving, announced when it passes."""
+    assert p.supervisor is not None
+    console.print(f"the scheduled fine-tune (LP-FT, {epochs} epochs) on the cases harvested so far ...")
+    log = p.home / "logs" / "finetune.log"
+    command = ["train", "--recipe", "finetune", "--epochs", str(epochs), "--announce", "--tenant", tenant]
+    t0 = time.perf_counter()
+    with log.open("w") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "protege.cli", *command, "--task", task],
+            env={**os.environ, **p.supervisor.env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    seconds = time.perf_counter() - t0
+    # its JSON result (version, promoted, reason, metrics) is the log's first {...} block
+    text = log.read_text()
+    start, end = text.find("{\n"), text.find("\n}")
+    result = json.loads(text[start : end + 2]) if start >= 0 and end > start else {}
+    said = "announced" if done.returncode == 0 else f"not announced (exit {done.returncode}: {result.get('reason')})"
+    console.print(f"  {result.get('version')}: {said}, {seconds:.0f} s; log in {log}", highlight=False)
+    return {"seconds": seconds, "exit": done.returncode, "epochs": epochs, **result}
 
 
 def _prepare_backbone() -> None:
@@ -158,6 +189,7 @@ def _run_phases(
     linger: float,
     services: list[str],
     keep: dict[str, Drive] | None = None,
+    between: Callable[[LocalPipeline], None] | None = None,
 ) -> None:
 
     with LocalPipeline(home.resolve(), env=env, services=services) as p:
@@ -213,6 +245,8 @@ def _run_phases(
                 console.print("waiting for the harvester and trainer to catch up ...")
                 t = settings.topics
                 asyncio.run(wait_quiet(settings, {"harvester": [t.teacher_results], "trainer": [t.harvest]}))
+                if between is not None:
+                    between(p)
                 time.sleep(5)  # the scorer loads the last announced version
         if "monitor" in services:  # its last verdicts: the audits answered, then read by the monitor
             t = settings.topics
@@ -464,6 +498,14 @@ def bench_stream(
             "absolute:A (at least A accurate), or none (the task's fixed thresholds)."
         ),
     ] = "relative:0.01",
+    finetune_epochs: Annotated[
+        int,
+        typer.Option(
+            help="Between the phases, the scheduled fine-tune as a deployment runs it (protege train --recipe "
+            "finetune --announce, this many epochs), and the test phase's retrains refresh the head on its "
+            "encoder. 0: none."
+        ),
+    ] = 0,
     home: Path = Path(".protege/bench"),
     task_name: str = "bench",
 ) -> None:
@@ -521,9 +563,23 @@ def bench_stream(
         "PROTEGE_THREADS": "1",
     }
     # Linger after the last response so trailing teacher checks (ensemble) and corrections are counted.
+    finetuned: dict[str, Any] = {}
+
+    def scheduled_finetune(p: LocalPipeline) -> None:
+        finetuned.update(_scheduled_finetune(p, "bench", task_name, finetune_epochs))
+
     summary = _stream_run(
-        home, env, {"train": train_rows, "test": test_rows}, tenant="bench", task=task_name, rate=rate, linger=10.0
+        home,
+        env,
+        {"train": train_rows, "test": test_rows},
+        tenant="bench",
+        task=task_name,
+        rate=rate,
+        linger=10.0,
+        between=scheduled_finetune if finetune_epochs else None,
     )
+    if finetuned:
+        summary["finetune"] = finetuned
 
     standin = StandinTeacher({}, priced_as=task.teacher.model, prices=price_table(Settings().prices))
     if "STAND-IN" in summary["teacher"]:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
+import re
 import shutil
 import tempfile
 import time
@@ -328,6 +330,9 @@ class Fitted:
     info: dict[str, Any]
     embed: Callable[[Sequence[str]], np.ndarray] | None = None  # the encoder's embeddings, when cached
     embed_int8: Callable[[Sequence[str]], np.ndarray] | None = None  # its int8 graph's, when cached
+    # A fine-tuned encoder, not the shared backbone: the version keeps it (``ENCODER``), and the
+    # trainer's fast retrains after it fit their heads on it (``kept_encoder``).
+    own_encoder: bool = False
 
 
 class Recipe(Protocol):
@@ -360,14 +365,42 @@ class FastRecipe:
         x, y = self.embed([c.text for c in cases]), np.asarray([c.label for c in cases])
         keep = denoised(x, y, c=self.c, seed=self.seed) if self.denoise else np.ones(len(y), bool)
         w, b, labels = fit_head(x[keep], y[keep], c=self.c, seed=self.seed)
+        backbone = json.loads((self.backbone / "backbone.json").read_text())
         info = {
             "name": "frozen-embeddings+logreg",
             "C": self.c,
             "seed": self.seed,
             "denoised": int((~keep).sum()),
-            "backbone": json.loads((self.backbone / "backbone.json").read_text()),
+            "backbone": backbone,
         }
-        return Fitted(self.backbone, w, b, labels, info, embed=self.embed, embed_int8=self.embed_int8)
+        own = "finetuned_in" in backbone  # a version's fine-tuned encoder: the new version keeps it too
+        return Fitted(self.backbone, w, b, labels, info, embed=self.embed, embed_int8=self.embed_int8, own_encoder=own)
+
+
+class HeadRefresh:
+    """The trainer's fast recipe for a retrain: on the serving version's own encoder when it
+    has one (a scheduled fine-tune made it: ``protege train --recipe finetune``), so the head is
+    refreshed on the fine-tuned encoder rather than the retrain going back to the shared
+    backbone and its lower accuracy; else ``base``, on the shared backbone. One kept encoder's
+    embeddings are cached at a time (the serving one's)."""
+
+    def __init__(self, base: FastRecipe, *, threads: int = 0) -> None:
+        self.base = base
+        self.threads = threads
+        self.kept: dict[str, FastRecipe] = {}  # by the version whose fine-tune made the encoder
+
+    def on(self, serving: Path | None) -> FastRecipe:
+        encoder = kept_encoder(serving)
+        if encoder is None:
+            return self.base
+        # The same encoder whichever version of its line serves (each keeps a link to it): its
+        # embeddings are made once, not again after every refresh.
+        made_in = str(json.loads((encoder / "backbone.json").read_text())["finetuned_in"])
+        if made_in not in self.kept:
+            self.kept.clear()
+            model = Encoder(encoder / "model.onnx", encoder / "tokenizer.json", threads=self.threads)
+            self.kept[made_in] = FastRecipe(EmbeddingCache(model), encoder, c=self.base.c, seed=self.base.seed)
+        return self.kept[made_in]
 
 
 @dataclass
@@ -396,13 +429,13 @@ class FinetuneRecipe:
         hf_dir = model.save_encoder(workdir / "hf")
         encoder = export_encoder(hf_dir, workdir / "encoder")
         w, b = model.head_arrays()
-        info = {
-            "name": "lp-ft (logreg head, then full fine-tune)",
-            "C": self.c,
-            "finetune": log,
-            "backbone": json.loads((self.backbone / "backbone.json").read_text()),
-        }
-        return Fitted(encoder, w, b, labels, info)
+        base = json.loads((self.backbone / "backbone.json").read_text())
+        info = {"name": "lp-ft (logreg head, then full fine-tune)", "C": self.c, "finetune": log, "backbone": base}
+        # what the kept encoder is, for the fast retrains that fit heads on it (the version's
+        # name is filled in by train_version)
+        meta = {**base, "finetuned_in": None, "finetune": {k: v for k, v in log.items() if k != "epochs"}}
+        (encoder / "backbone.json").write_text(json.dumps(meta, indent=2))
+        return Fitted(encoder, w, b, labels, info, own_encoder=True)
 
 
 # ---------------------------------------------------------------- one version
@@ -527,6 +560,49 @@ def truth_metrics(s: Scores, teacher_right: np.ndarray, rule: AcceptRule | None)
     return out
 
 
+ENCODER = "encoder"  # a version's own (fine-tuned) encoder: model.onnx, tokenizer.json, backbone.json
+
+
+def kept_encoder(folder: Path | None) -> Path | None:
+    """The fine-tuned encoder a version keeps (``folder/encoder``), or None: a version of the
+    fast recipe on the shared backbone keeps none."""
+    if folder is None or not (folder / ENCODER / "model.onnx").exists():
+        return None
+    return folder / ENCODER
+
+
+def keep_encoder(encoder: Path, dest: Path, version: str) -> None:
+    """The encoder's graph, tokenizer and description in ``dest``: hard links where the file
+    system allows (a head refresh on a kept encoder adds no copy of it), else copies. Its
+    ``finetuned_in`` names the version whose fine-tune made it, set once."""
+    dest.mkdir()
+    for name in ("model.onnx", "tokenizer.json"):
+        try:
+            os.link(encoder / name, dest / name)
+        except OSError:  # another file system (a temporary folder), or no links there
+            shutil.copy(encoder / name, dest / name)
+    meta = json.loads((encoder / "backbone.json").read_text())
+    meta["finetuned_in"] = meta.get("finetuned_in") or version
+    (dest / "backbone.json").write_text(json.dumps(meta, indent=2))
+
+
+def claim_partial(home: Path) -> tuple[Path, int]:
+    """A new version's work folder, ``home/.vNNNN.partial``, with the next number, made
+    exclusively: a scheduled fine-tune (its own process, minutes long) and the trainer's fast
+    retrains write to one registry, and two versions must never share a number (the newest is
+    the highest). A folder left by a crash keeps its number; the next version takes the one
+    after."""
+    taken = [int(m[1]) for p in home.iterdir() if (m := re.match(r"^\.?v(\d{4})", p.name))]
+    number = max(taken, default=0) + 1
+    while True:
+        tmp = home / f".v{number:04d}.partial"
+        try:
+            tmp.mkdir()
+            return tmp, number
+        except FileExistsError:
+            number += 1
+
+
 def train_version(
     cases: Sequence[Case],
     *,
@@ -564,11 +640,8 @@ def train_version(
     data_hash = hashlib.sha256(trained_on.encode()).hexdigest()
     home = Registry(registry).folder(tenant, task.name)
     home.mkdir(parents=True, exist_ok=True)
-    number = 1 + sum(1 for p in home.iterdir() if p.is_dir() and p.name.startswith("v"))
+    tmp, number = claim_partial(home)
     version = f"v{number:04d}-{data_hash[:8]}"
-    tmp = home / f".{version}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     with tempfile.TemporaryDirectory(prefix="protege-train-") as work:
         fitted = recipe.fit(fit, Path(work))
         fit_seconds = time.perf_counter() - started
@@ -576,6 +649,8 @@ def train_version(
         if task.student.int8 is not False:  # the head stays fp32 (small; exact)
             append_head(quantized(fitted.encoder), fitted.w, fitted.b, tmp / "model.int8.onnx")
         shutil.copy(fitted.encoder / "tokenizer.json", tmp / "tokenizer.json")
+        if fitted.own_encoder:
+            keep_encoder(fitted.encoder, tmp / ENCODER, version)
     # Both graphs judged on every held-out case (calib and golden: neither graph's weights saw them).
     held_out = list({c.request_id: c for c in [*calib, *golden]}.values())
 
@@ -710,7 +785,11 @@ def train_version(
         ),
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         trigger=trigger,
-        files={p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp.iterdir())},
+        files={
+            str(p.relative_to(tmp)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
+        },
     )
     manifest.save(tmp)
     folder = home / version

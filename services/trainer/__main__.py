@@ -22,7 +22,15 @@ from protege.serving import Serving, view
 from protege.settings import TrainerSettings
 from protege.student.backbone import cached_backbone
 from protege.student.runtime import Encoder
-from protege.student.train import Case, EmbeddingCache, FastRecipe, TrainResult, read_golden, train_version
+from protege.student.train import (
+    Case,
+    EmbeddingCache,
+    FastRecipe,
+    HeadRefresh,
+    TrainResult,
+    read_golden,
+    train_version,
+)
 from protege.task import Task, load_tasks
 
 
@@ -51,10 +59,12 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
 
     await asyncio.to_thread(warm)
 
+    recipes = HeadRefresh(recipe, threads=settings.trainer_threads)
+
     def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
         return train_version(
             cases,
-            recipe=recipe,
+            recipe=recipes.on(serving),
             registry=registry.root,
             tenant=tenant,
             task=task,

@@ -43,3 +43,32 @@ def test_bench_stream_keeps_a_golden_set_apart_and_certifies_on_it(tmp_path: Pat
     assert manifests and all(m["metrics"]["truth_cases"] == 400 for m in manifests)
     assert all(0.9 < m["metrics"]["truth_teacher_accuracy"] <= 1 for m in manifests)
     assert all(m["acceptance_target"]["target_margin"] == 0.01 for m in manifests)
+
+
+def test_the_scheduled_finetune_between_the_phases_and_retrains_on_its_encoder(tmp_path: Path, backbone: Path) -> None:
+    """`--finetune-epochs`: the scheduled fine-tune (`protege train --recipe finetune --announce`,
+    its own process, as the k8s CronJob runs it) between the phases; the trainer's retrains in
+    the test phase refresh the head on its encoder rather than going back to the shared backbone."""
+    write_jsonl(generate(700, seed=21), tmp_path / "train.jsonl")
+    write_jsonl(generate(300, seed=22), tmp_path / "test.jsonl")
+    home, report = tmp_path / "bench", tmp_path / "report.json"
+    argv = ["bench", "stream", "--train", str(tmp_path / "train.jsonl"), "--test", str(tmp_path / "test.jsonl")]
+    argv += ["--report-json", str(report), "--home", str(home), "--golden", "200", "--finetune-epochs", "1"]
+    argv += ["--rate", "100", "--min-cases", "100", "--retrain-every", "40"]
+    done = subprocess.run([sys.executable, "-m", "protege.cli", *argv], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    s = json.loads(report.read_text())
+    tuned = s["finetune"]
+    assert tuned["exit"] == 0 and tuned["promoted"], tuned  # gated against the serving version, announced
+    versions = sorted((home / "registry" / "bench" / "bench").glob("v*"))
+    made = next(v for v in versions if v.name == tuned["version"])
+    meta = json.loads((made / "encoder" / "backbone.json").read_text())
+    assert meta["finetuned_in"] == tuned["version"] and meta["finetune"]["config"]["epochs"] == 1
+    # The trainer's versions before it fit heads on the shared backbone; those after it, on its encoder.
+    before = [v for v in versions if v.name < made.name]
+    after = [v for v in versions if v.name > made.name]
+    assert before and not any((v / "encoder").exists() for v in before)
+    assert after, "no retrain in the test phase"
+    for v in after:
+        assert json.loads((v / "encoder" / "backbone.json").read_text())["finetuned_in"] == tuned["version"]
+        assert (v / "encoder" / "model.onnx").stat().st_ino == (made / "encoder" / "model.onnx").stat().st_ino

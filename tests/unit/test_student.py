@@ -326,3 +326,67 @@ def test_denoising_drops_the_labels_the_student_confidently_contradicts() -> Non
     oos = names.astype("<U8")  # room for the longer label
     oos[:60] = "oos"
     assert denoised(x, oos)[:60].all()
+
+
+def test_a_finetuned_version_keeps_its_encoder_and_retrains_refresh_the_head_on_it(
+    backbone: Path, embed: EmbeddingCache, tmp_path: Path, task: Task
+) -> None:
+    """A version of the LP-FT recipe keeps its fine-tuned encoder; the trainer's fast retrains
+    while it serves fit their heads on that encoder (``HeadRefresh``), not on the shared
+    backbone, and keep a link to it, so the line goes on from each refreshed version."""
+    from protege.student.backbone import source_dir
+    from protege.student.finetune import FinetuneConfig
+    from protege.student.train import ENCODER, FinetuneRecipe, HeadRefresh, kept_encoder
+
+    rows = generate(400, seed=11)
+    cases = [Case(r["id"], r["text"], r["label"]) for r in rows]
+    registry = tmp_path / "reg"
+    config = FinetuneConfig(epochs=1, max_length=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tuned = train_version(
+            cases[:240],
+            recipe=FinetuneRecipe(embed, backbone, source_dir(), config),
+            registry=registry,
+            tenant="acme",
+            task=task,
+        )
+    kept = kept_encoder(tuned.folder)
+    assert kept == tuned.folder / ENCODER and kept_encoder(None) is None
+    assert json.loads((kept / "backbone.json").read_text())["finetuned_in"] == tuned.version
+    manifest = json.loads((tuned.folder / "manifest.json").read_text())
+    assert "encoder/model.onnx" in manifest["files"]  # checksummed with the rest
+
+    refresh = HeadRefresh(FastRecipe(embed, backbone))
+    assert refresh.on(None) is refresh.base  # nothing serves: the shared backbone
+    recipe = refresh.on(tuned.folder)
+    assert recipe.backbone == kept
+    fresh = train_version(cases, recipe=recipe, registry=registry, tenant="acme", task=task, serving=tuned.folder)
+    assert fresh.version.startswith("v0002-")
+    again = kept_encoder(fresh.folder)
+    assert again is not None and (again / "model.onnx").stat().st_ino == (kept / "model.onnx").stat().st_ino  # a link
+    assert json.loads((again / "backbone.json").read_text())["finetuned_in"] == tuned.version
+    assert refresh.on(fresh.folder) is recipe  # the same encoder: its embeddings are not made again
+
+    # The refreshed version runs the fine-tuned encoder, not the shared backbone.
+    texts = [r["text"] for r in rows[:20]]
+    served = Encoder(fresh.folder / "model.onnx", fresh.folder / "tokenizer.json").run_all(texts)["embedding"]
+    precision = json.loads((fresh.folder / "manifest.json").read_text())["precision"]
+    graph = kept / ("model.int8.onnx" if precision == "int8" else "model.onnx")  # int8: quantised for the refresh
+    tuned_emb = Encoder(graph, kept / "tokenizer.json").run_all(texts)["embedding"]
+    assert np.abs(served - tuned_emb).max() < 1e-4 and np.abs(tuned_emb - embed(texts)).max() > 1e-2
+    # A base-backbone version keeps no encoder.
+    base = train_version(cases, recipe=FastRecipe(embed, backbone), registry=registry, tenant="acme", task=task)
+    assert kept_encoder(base.folder) is None and base.version.startswith("v0003-")
+
+
+def test_versions_never_share_a_number(tmp_path: Path) -> None:
+    """Two trainings at once (a scheduled fine-tune beside the trainer) take distinct numbers;
+    a crash's leftover folder keeps its number."""
+    from protege.student.train import claim_partial
+
+    (tmp_path / "v0004-aaaaaaaa").mkdir()
+    first, n1 = claim_partial(tmp_path)
+    second, n2 = claim_partial(tmp_path)
+    assert (n1, n2) == (5, 6) and first.name == ".v0005.partial" and second.is_dir()
+    assert claim_partial(tmp_path)[1] == 7
