@@ -412,6 +412,7 @@ class FinetuneRecipe:
     source: Path  # the Hugging Face folder of the pretrained encoder
     config: Any = None  # FinetuneConfig; None: its defaults
     c: float = HEAD_C
+    denoise: bool = True  # as the fast recipe: the teacher's labels its frozen head contradicts are dropped first
     name: str = "finetune"
     on_batch: Callable[[int, int, int], None] | None = None  # (epoch, examples done, examples planned)
 
@@ -420,9 +421,14 @@ class FinetuneRecipe:
         from protege.student.finetune import Classifier, FinetuneConfig, finetune
 
         cfg = self.config or FinetuneConfig()
-        texts = [c.text for c in cases]
-        y_names = np.asarray([c.label for c in cases])
-        w, b, labels = fit_head(self.embed(texts), y_names, c=self.c, seed=cfg.seed)
+        x, y_all = self.embed([c.text for c in cases]), np.asarray([c.label for c in cases])
+        # A fine-tune learns a noisy teacher's wrong labels by heart: the ones the frozen head
+        # contradicts confidently out of fold are dropped before either stage (the coverage
+        # levers' LP-FT row, benchmarks/coverage_levers.py, fine-tuned on the denoised cases).
+        keep = denoised(x, y_all, c=self.c, seed=cfg.seed) if self.denoise else np.ones(len(y_all), bool)
+        texts = [c.text for c, k in zip(cases, keep, strict=True) if k]
+        y_names = y_all[keep]
+        w, b, labels = fit_head(x[keep], y_names, c=self.c, seed=cfg.seed)
         index = {label: i for i, label in enumerate(labels)}
         model = Classifier(self.source, w, b, cfg.max_length)
         log = finetune(model, texts, np.asarray([index[v] for v in y_names]), cfg, on_batch=self.on_batch)
@@ -430,7 +436,13 @@ class FinetuneRecipe:
         encoder = export_encoder(hf_dir, workdir / "encoder")
         w, b = model.head_arrays()
         base = json.loads((self.backbone / "backbone.json").read_text())
-        info = {"name": "lp-ft (logreg head, then full fine-tune)", "C": self.c, "finetune": log, "backbone": base}
+        info = {
+            "name": "lp-ft (logreg head, then full fine-tune)",
+            "C": self.c,
+            "denoised": int((~keep).sum()),
+            "finetune": log,
+            "backbone": base,
+        }
         # what the kept encoder is, for the fast retrains that fit heads on it (the version's
         # name is filled in by train_version)
         meta = {**base, "finetuned_in": None, "finetune": {k: v for k, v in log.items() if k != "epochs"}}
