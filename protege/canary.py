@@ -28,12 +28,14 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from statistics import NormalDist
 from typing import Any, Literal
 
-from protege.events import ModelAnnouncement
+from protege.events import ModelAnnouncement, now_ms
 from protege.serving import Serving
-from protege.task import Canary
+from protege.student.manifest import Manifest
+from protege.task import Canary, Task
 
 Arm = Literal["canary", "control"]
 
@@ -277,3 +279,40 @@ def _announcement(state: dict[str, Any] | None) -> ModelAnnouncement | None:
 
 def _plain(ann: ModelAnnouncement | None) -> dict[str, Any] | None:
     return ann.model_dump(mode="json") if ann is not None else None
+
+
+def certifies(folder: Path, task: Task) -> bool:
+    """Whether the version in ``folder`` may answer anything under the task's policy: without a
+    target, always (its fixed thresholds); with one, when its rule certifies that target."""
+    return not task.policy.targeted or task.policy.certified_by(Manifest.load(folder).acceptance)
+
+
+def candidate(
+    tenant: str, task: Task, version: str, folder: Path, *, serving: Path | None, trigger: str, **fields: Any
+) -> ModelAnnouncement:
+    """A version that passed its gates, announced: on trial for the task's canary share against
+    the serving version when canaries are on (``student.canary.share``), else serving at once.
+    A serving version that certifies nothing for the task's target answers no request: there is
+    nothing to put the candidate on trial against (no audits on either side, a trial that could
+    only end at its limit), so the candidate serves at once. ``fields``: the announcement's
+    labels, metrics and trained_on. The trainer's retrains and ``protege train --announce``
+    (the scheduled fine-tune) announce the same way."""
+    share = task.student.canary.share
+    idle = serving is not None and not certifies(serving, task)
+    trial = share > 0 and serving is not None and not idle
+    if trial and serving is not None:
+        reason = f"trained on {trigger}; passed its gates; on trial for {share:.0%} of requests against {serving.name}"
+    else:
+        reason = f"trained on {trigger}; passed its gates"
+        reason += f"; {serving.name} certifies nothing for the target, so no trial" if idle and serving else ""
+    return ModelAnnouncement(
+        tenant=tenant,
+        task=task.name,
+        version=version,
+        path=str(folder.resolve()),
+        action="canary" if trial else "serve",
+        share=share if trial else None,
+        reason=reason,
+        announced_at_ms=now_ms(),
+        **fields,
+    )

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from protege.audits import read_live_accuracy
+from protege.canary import candidate
 from protege.cli.root import TaskName, Tenant, app, console, models_app, progress_bar
 from protege.errors import BrokerError
 from protege.events import ModelAnnouncement, now_ms
@@ -284,12 +285,20 @@ def train_cmd(
     registry = Registry.of(settings)
     serving = None
     if announce:
-        now = _serving(settings).serving(tenant, task_name)
+        view = _serving(settings)
+        if (on_trial := view.canary(tenant, task_name)) is not None:
+            # one candidate on trial at a time, as the trainer keeps it: minutes of training for
+            # nothing otherwise (the CronJob runs again on its schedule)
+            console.print(f"[yellow]{on_trial.version} is on trial for {tenant}/{task_name}: not training now[/]")
+            raise typer.Exit(3)
+        now = view.serving(tenant, task_name)
         found = registry.find(tenant, task_name, now.version) if now is not None else None
         serving = found.folder if found is not None else None
+    cases = cases_of(path)
+    trigger = f"{len(cases)} cases, the {recipe} recipe (protege train)"
     with bar:
         result = train_version(
-            cases_of(path),
+            cases,
             recipe=chosen,
             registry=registry.root,
             tenant=tenant,
@@ -297,6 +306,7 @@ def train_cmd(
             serving=serving,
             golden=cases_of(golden) if golden else None,
             truth=read_golden(settings.tasks_dir / task.golden, task) if task.golden else (),
+            trigger=trigger,
         )
     typer.echo(
         json.dumps(
@@ -311,8 +321,25 @@ def train_cmd(
         )
     )
     if announce and result.promoted:
-        v = registry.version(tenant, task_name, result.version)
-        _announce(settings, v.announcement(pin=False).model_copy(update={"source": "trainer"}))
-        console.print(f"{tenant}/{task_name}: {result.version} announced")
+        if (on_trial := _serving(settings).canary(tenant, task_name)) is not None:
+            console.print(
+                f"[yellow]{on_trial.version} went on trial while this one trained: {result.version} stays in the "
+                "registry, not announced (protege models promote, once the trial is judged)[/]"
+            )
+            raise typer.Exit(3)
+        ann = candidate(
+            tenant,
+            task,
+            result.version,
+            result.folder,
+            serving=serving,
+            trigger=trigger,
+            labels=result.labels,
+            metrics=result.metrics,
+            trained_on=len(cases),
+        )
+        _announce(settings, ann)
+        step = f"on trial for {ann.share:.0%} of requests" if ann.action == "canary" else "serves"
+        console.print(f"{tenant}/{task_name}: {result.version} announced ({step})")
     elif not result.promoted:
         raise typer.Exit(3)

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import structlog
 
+from protege.canary import candidate
 from protege.events import Alert, HarvestCase, ModelAnnouncement, now_ms
 from protege.kafka import Out, Received
-from protege.student.manifest import Manifest
 from protege.student.train import Case, TrainResult
 from protege.task import Task
 from protege.topics import Topics
@@ -52,12 +52,6 @@ def never_trained(tenant: str, task: str) -> tuple[int, int, bool] | None:
 
 def reads_at_once(tenant: str, task: str, version: str) -> bool:
     return True
-
-
-def certifies(folder: Path, task: Task) -> bool:
-    """Whether the version in ``folder`` may answer anything under the task's policy: without a
-    target, always (its fixed thresholds); with one, when its rule certifies that target."""
-    return not task.policy.targeted or task.policy.certified_by(Manifest.load(folder).acceptance)
 
 
 class CaseStore:
@@ -227,28 +221,16 @@ class Trainer:
             self.held_back.add((tenant, task_name))
             return []
         self.held_back.discard((tenant, task_name))
-        task = self.tasks[task_name]
-        share = task.student.canary.share
-        # A serving version that certifies nothing for the task's target answers no request: there is
-        # nothing to put the candidate on trial against (no audits on either side, a trial that could
-        # only end at its limit), so the candidate serves at once.
-        idle = serving is not None and not certifies(serving, task)
-        trial = share > 0 and serving is not None and not idle
-        ann = ModelAnnouncement(
-            tenant=tenant,
-            task=task_name,
-            version=result.version,
-            path=str(result.folder.resolve()),
+        ann = candidate(
+            tenant,
+            self.tasks[task_name],
+            result.version,
+            result.folder,
+            serving=serving,
+            trigger=trigger,
             labels=result.labels,
             metrics=result.metrics,
             trained_on=len(cases),
-            action="canary" if trial else "serve",
-            share=share if trial else None,
-            reason=f"trained on {trigger}; passed its gates; on trial for {share:.0%} of requests against {serving.name}"
-            if trial and serving is not None
-            else f"trained on {trigger}; passed its gates"
-            + (f"; {serving.name} certifies nothing for the target, so no trial" if idle and serving else ""),
-            announced_at_ms=now_ms(),
         )
         self.announced[(tenant, task_name)] = (result.version, now_ms())
         return [Out.of(self.topics.models, ann)]

@@ -111,3 +111,43 @@ def test_pin_rollback_unpin(settings: Settings, monkeypatch: pytest.MonkeyPatch)
     shown = run(app, ["models", "show", "v0002", *args])
     assert json.loads(shown.output)["version"] == "v0002-bbbb"
     assert run(app, ["models", "show", "v0009", *args]).exit_code != 0
+
+
+def test_train_announce_waits_for_a_trial_to_end(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, backbone: Path
+) -> None:
+    """`protege train --announce` (the scheduled fine-tune) trains no candidate while one is on
+    trial, as the trainer keeps it: one trial at a time; exit 3, the version not written."""
+    from protege.events import ModelAnnouncement
+
+    tasks = Path(__file__).resolve().parents[1] / "tasks"
+    for key, value in {
+        "PROTEGE_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "PROTEGE_TOPIC_PREFIX": settings.topic_prefix,
+        "PROTEGE_HOME": str(settings.home),
+        "PROTEGE_TASKS_DIR": str(tasks),
+    }.items():
+        monkeypatch.setenv(key, value)
+    steps = [("v0001-aaaa", "serve", None), ("v0002-bbbb", "canary", 0.25)]
+    anns = [
+        ModelAnnouncement(
+            tenant="acme",
+            task="ticket-triage",
+            version=v,
+            path=f"/reg/{v}",
+            labels=["a"],
+            metrics={},
+            trained_on=1,
+            action=action,  # type: ignore[arg-type]
+            share=share,
+            announced_at_ms=i,
+        )
+        for i, (v, action, share) in enumerate(steps)
+    ]
+    asyncio.run(publish(settings, [Out.of(settings.topics.models, a) for a in anns]))
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text("".join(json.dumps({"id": f"c{i}", "text": f"text {i}", "label": "a"}) + "\n" for i in range(9)))
+    args = ["train", "--tenant", "acme", "--task", "ticket-triage", "--input", str(cases), "--announce"]
+    held = CliRunner().invoke(app, args)
+    assert held.exit_code == 3 and "v0002-bbbb is on trial for acme/ticket-triage" in held.output, held.output
+    assert not (settings.home / "registry" / "acme" / "ticket-triage").exists()  # nothing trained

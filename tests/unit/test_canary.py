@@ -317,3 +317,21 @@ def test_the_demo_knows_a_trial_still_open_at_the_end() -> None:
     assert on_trial([serve, canary, {"version": "v2", "action": "abort", "source": "monitor"}]) is None
     assert on_trial([serve, canary, {"version": "v2", "action": "serve", "source": "monitor"}]) is None
     assert on_trial([serve, canary, {"version": "v1", "action": "serve", "source": "operator"}]) is None  # a pin
+
+
+def test_a_candidate_goes_on_trial_only_against_a_version_that_answers() -> None:
+    """The trainer's retrains and `protege train --announce` (the scheduled fine-tune) announce
+    alike: on trial for the canary share when canaries are on and a version serves, else at once."""
+    from protege.canary import candidate
+
+    base = triage_task()  # no target: any serving version answers under its fixed thresholds
+    on = base.model_copy(update={"student": base.student.model_copy(update={"canary": CONFIG})})
+    fields = {"labels": ["a"], "metrics": {}, "trained_on": 5}
+    folder, serving = Path("/reg/v0002-b"), Path("/reg/v0001-a")
+    trial = candidate("acme", on, "v0002-b", folder, serving=serving, trigger="5 cases", **fields)
+    assert (trial.action, trial.share, trial.path) == ("canary", 0.1, str(folder))
+    assert trial.reason == "trained on 5 cases; passed its gates; on trial for 10% of requests against v0001-a"
+    first = candidate("acme", on, "v0001-a", serving, serving=None, trigger="5 cases", **fields)
+    assert (first.action, first.share) == ("serve", None)  # nothing to compare the first with
+    off = candidate("acme", base, "v0002-b", folder, serving=serving, trigger="5 cases", **fields)
+    assert (off.action, off.reason) == ("serve", "trained on 5 cases; passed its gates")
