@@ -32,6 +32,7 @@ from protege.costs import cost_usd, price_table
 from protege.generator import generate, read_jsonl, task_from_labels, triage_task, write_jsonl
 from protege.harness import Drive, drive, group_lag, machine, summarize, wait_drained, wait_quiet, wait_stable
 from protege.pipeline import LocalPipeline
+from protege.registry import Registry
 from protege.settings import Settings, TeacherSettings
 from protege.state import read_all
 from protege.supervisor import SERVICES
@@ -149,6 +150,7 @@ def _scheduled_finetune(p: LocalPipeline, tenant: str, task: str, epochs: int) -
     console.print(f"the scheduled fine-tune (LP-FT, {epochs} epochs) on the cases harvested so far ...")
     log = p.home / "logs" / "finetune.log"
     command = ["train", "--recipe", "finetune", "--epochs", str(epochs), "--announce", "--tenant", tenant]
+    before = {v.name for v in Registry.of(p.settings).versions(tenant, task)}
     t0 = time.perf_counter()
     with log.open("w") as out:
         done = subprocess.run(
@@ -158,10 +160,13 @@ def _scheduled_finetune(p: LocalPipeline, tenant: str, task: str, epochs: int) -
             stderr=subprocess.STDOUT,
         )
     seconds = time.perf_counter() - t0
-    # its JSON result (version, promoted, reason, metrics) is the log's first {...} block
-    text = log.read_text()
-    start, end = text.find("{\n"), text.find("\n}")
-    result = json.loads(text[start : end + 2]) if start >= 0 and end > start else {}
+    # what it wrote, from the registry (its manifest), not from its log
+    made = [v for v in Registry.of(p.settings).versions(tenant, task) if v.name not in before]
+    result: dict[str, Any] = {}
+    if made:
+        m = made[-1].manifest
+        reason = "; ".join(m.gates.failed) or "passed gates"
+        result = {"version": m.version, "promoted": m.gates.passed, "reason": reason, "metrics": m.metrics}
     said = "announced" if done.returncode == 0 else f"not announced (exit {done.returncode}: {result.get('reason')})"
     console.print(f"  {result.get('version')}: {said}, {seconds:.0f} s; log in {log}", highlight=False)
     return {"seconds": seconds, "exit": done.returncode, "epochs": epochs, **result}
