@@ -16,9 +16,12 @@ set), with one lever changed at a time; every rule then meets BANKING77's test f
   teacher's label below 5% and the student's answer above 80%) are dropped before the fit
   (``protege.student.train.denoised``, what the fast recipe now does).
 - ``all three``.
-- ``shipped``: what the trainer does with a golden set — denoised, fitting 85% of the cases
-  (calib 5% and the 10% golden split it keeps for the release gates; here the rest fits the
-  temperature), the OOD gate at 95%.
+- ``knn vote``: the student's probabilities half the head's, half the vote of its 5 nearest fit
+  cases' labels (``protege.student.runtime.blend``; ``student.vote``).
+- ``shipped before``: what the trainer did with a golden set before the vote — denoised,
+  fitting 85% of the cases (calib 5% and the 10% golden split it keeps for the release gates;
+  here the rest fits the temperature), the OOD gate at 95%.
+- ``shipped``: the same with the kNN vote (``student.vote: 0.5``, the default).
 - ``shipped + LP-FT`` (``--lpft``, slow): the same, then the whole encoder fine-tuned from that
   head (the LP-FT recipe, ``protege train --recipe finetune``).
 
@@ -42,8 +45,9 @@ from certify import embeddings, judge, teacher_answers
 
 from protege.certify import Evidence, Goal, choose_rule
 from protege.harness import machine
-from protege.student.runtime import knn_ood, softmax
-from protege.student.train import denoised, fit_head, fit_temperature, knn_k
+from protege.student.manifest import Vote
+from protege.student.runtime import Bank
+from protege.student.train import VOTE_K, denoised, fit_head, fit_temperature, knn_k
 from protege.task import OOS
 from protege.teacher import confusions
 
@@ -54,8 +58,11 @@ LEVERS: dict[str, dict[str, Any]] = {
     "fit 90%": {"fit_share": 0.9},
     "denoise": {"denoise": True},
     "all three": {"ood_quantile": 0.99, "fit_share": 0.9, "denoise": True},
-    # what the trainer does now with a golden set: calib 5% beside its 10% golden split, denoised
-    "shipped": {"fit_share": 0.85, "denoise": True},
+    "knn vote": {"vote": 0.5},
+    # what the trainer did before the vote: calib 5% beside its 10% golden split, denoised
+    "shipped before": {"fit_share": 0.85, "denoise": True},
+    # what it does now (student.vote 0.5)
+    "shipped": {"fit_share": 0.85, "denoise": True, "vote": 0.5},
 }
 
 
@@ -92,15 +99,18 @@ def one_rep(
         if opts.get("denoise"):
             fit_i = fit_i[denoised(x_train[fit_i], t_train[fit_i], seed=rep)]
         w, b, names = fit_head(x_train[fit_i], t_train[fit_i], seed=rep)
-        names_a, bank, k = np.asarray(names), x_train[fit_i], knn_k(t_train[fit_i].tolist())
         index = {n: i for i, n in enumerate(names)}
+        bank_y = np.asarray([index[v] for v in t_train[fit_i]])
+        vote = Vote(k=VOTE_K, weight=opts["vote"]) if opts.get("vote") else None
+        bank = Bank(x_train[fit_i], bank_y, len(names), knn_k(t_train[fit_i].tolist()), vote)
+        names_a = np.asarray(names)
         cal_y = np.asarray([index.get(v, -1) for v in t_train[cal_i]])
         known = cal_y >= 0
         temperature = fit_temperature((x_train[cal_i] @ w + b)[known], cal_y[known])
 
         def view(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            p = softmax((x @ w + b) / temperature)  # noqa: B023 (used within the iteration)
-            return p.max(1), knn_ood(x, bank, k), names_a[p.argmax(1)]  # noqa: B023
+            p, ood = bank.view(x, x @ w + b, temperature)  # noqa: B023 (used within the iteration)
+            return p.max(1), ood, names_a[p.argmax(1)]  # noqa: B023
 
         g_conf, g_ood, g_pred = view(x_train[gold_i])
         x_conf, x_ood, x_pred = view(x_test)
@@ -136,8 +146,8 @@ def lpft_row(
     t_test: np.ndarray,
     truth_test: np.ndarray,
 ) -> dict[str, Any]:
-    """``shipped`` + LP-FT: the same denoised 85% split, its logreg head as the start, then the
-    whole encoder fine-tuned (``protege.student.finetune``, 4 epochs); calibration, the OOD bank
+    """``shipped`` + LP-FT: the same denoised 85% split (and the kNN vote), its logreg head as the
+    start, then the whole encoder fine-tuned (``protege.student.finetune``, 4 epochs); calibration, the OOD bank
     (the fine-tuned embeddings of the fit cases) and the rule as for the other levers. Scored in
     PyTorch (the ONNX export matches it to 1e-3 in logits: tests/unit/test_student.py)."""
     from protege.student.backbone import source_dir
@@ -164,11 +174,13 @@ def lpft_row(
     known = cal_y >= 0
     temperature = fit_temperature(cal_logits[known], cal_y[known])
     names_a, k = np.asarray(names), knn_k(t_train[fit_i].tolist())
+    bank_y = np.asarray([index[v] for v in t_train[fit_i]])
+    neighbours = Bank(bank, bank_y, len(names), k, Vote(k=VOTE_K, weight=0.5))
 
     def view(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         logits, emb = scores(texts)
-        p = softmax(logits / temperature)
-        return p.max(1), knn_ood(emb, bank, k), names_a[p.argmax(1)]
+        p, ood = neighbours.view(emb, logits, temperature)
+        return p.max(1), ood, names_a[p.argmax(1)]
 
     g_conf, g_ood, g_pred = view([train[i]["text"] for i in gold_i])
     x_conf, x_ood, x_pred = view([r["text"] for r in test])

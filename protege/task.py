@@ -251,6 +251,14 @@ class StudentConfig(BaseModel):
         description="Serve the dynamically int8-quantised graph: auto (each version's gate decides: int8 when its "
         "golden accuracy is within gates.tolerance of the fp32 graph's), true (always), false (never).",
     )
+    vote: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of the student's probabilities from its 5 nearest fit cases' labels (a kNN vote beside "
+        "the head; it ranks the traffic better, so the certified rule covers more: benchmarks/coverage_levers.py). "
+        "0: the head's alone.",
+    )
     gates: Gates = Gates()
     canary: Canary = Canary()
 

@@ -16,6 +16,7 @@ from protege.events import AcceptRule
 FILE = "manifest.json"
 TRAINED_ON = "trained_on.txt"  # the request ids of its cases, one per line, sorted
 HELD_OUT = "held_out.npz"  # the golden set as scored: confidence, ood, correct (one row per case)
+KNN_LABELS = "knn_labels.npy"  # the label index of each row of knn.npy (the kNN vote's)
 
 
 class Part(BaseModel):
@@ -32,6 +33,15 @@ class Ood(Part):
     k: int = Field(ge=1, description="Neighbours averaged.")
     bank: int = Field(ge=1, description="Fit-split embeddings kept in knn.npy.")
     score: str = "1 - mean cosine similarity to the k nearest fit-split embeddings"
+
+
+class Vote(Part):
+    """The nearest neighbours' vote mixed into the head's probabilities
+    (``protege.student.runtime.blend``)."""
+
+    method: Literal["knn"] = "knn"
+    k: int = Field(ge=1, description="Nearest fit-split cases (cosine) whose labels vote.")
+    weight: float = Field(gt=0, le=1, description="The vote's share of the probabilities; the head has the rest.")
 
 
 class Target(Part):
@@ -65,6 +75,7 @@ class Manifest(Part):
     recipe: dict[str, Any] = Field(description="kind (fast, finetune) and what the recipe recorded.")
     calibration: Calibration
     ood: Ood
+    vote: Vote | None = Field(None, description="The kNN vote in the probabilities; None: the head's alone.")
     acceptance: AcceptRule | None = Field(description="The certified rule; None when calib could not certify one.")
     acceptance_target: Target
     metrics: dict[str, float]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from tokenizers import Tokenizer
 
 from protege.errors import StudentError
 from protege.events import StudentOutput
-from protege.student.manifest import Manifest
+from protege.student.manifest import KNN_LABELS, Manifest, Vote
 
 log = structlog.get_logger()
 
@@ -195,10 +196,58 @@ def knn_ood(emb: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
     Chosen by measurement (benchmarks/ood.py, BANKING77 with held-out intents): AUROC 0.896
     against 0.879 for 1 - max softmax, 0.858 energy, 0.844 nearest centroid, 0.821 Mahalanobis.
     """
-    sims = emb @ bank.T
-    k = min(k, bank.shape[0])
+    return knn_ood_of(emb @ bank.T, k)
+
+
+def knn_ood_of(sims: np.ndarray, k: int) -> np.ndarray:
+    """``knn_ood`` from the cosine similarities to the bank (one row per text)."""
+    k = min(k, sims.shape[1])
     top = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:]
     return 1.0 - top.mean(axis=1)
+
+
+def knn_vote(sims: np.ndarray, bank_labels: np.ndarray, n_labels: int, k: int) -> np.ndarray:
+    """Each label's share of the ``k`` nearest bank cases (by cosine similarity ``sims``, one row
+    per text; ``bank_labels``: the bank cases' label indices): a second classifier beside the
+    head, from the embeddings the OOD score already compares (``blend``)."""
+    votes = np.zeros((sims.shape[0], n_labels), np.float64)
+    if sims.shape[0] == 0 or sims.shape[1] == 0:
+        return votes
+    k = min(k, sims.shape[1])
+    nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    rows = np.repeat(np.arange(sims.shape[0]), k)
+    np.add.at(votes, (rows, bank_labels[nearest].ravel()), 1.0 / k)
+    return votes
+
+
+def blend(probs: np.ndarray, votes: np.ndarray, weight: float) -> np.ndarray:
+    """The student's probabilities: the calibrated head's, mixed with its nearest neighbours'
+    vote (``weight`` of it). Two classifiers that err apart: where they agree the answer is
+    surer, where they part it is not, and the acceptance rule ranks the traffic better.
+    Measured in benchmarks/coverage_levers.py (the ``knn vote`` lever)."""
+    if weight <= 0:
+        return probs
+    return (1.0 - weight) * probs + weight * votes
+
+
+@dataclass(frozen=True)
+class Bank:
+    """A version's fit-split cases as embeddings (``knn.npy``; their labels in ``knn_labels.npy``
+    when it votes): what its probabilities and OOD score are made of besides the head."""
+
+    emb: np.ndarray  # [n, dim] float32, unit rows
+    labels: np.ndarray  # [n] label indices (empty when the version does not vote)
+    n_labels: int
+    ood_k: int
+    vote: Vote | None = None
+
+    def view(self, emb: np.ndarray, logits: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, OOD scores) of texts given their embeddings and raw logits."""
+        sims = emb @ self.emb.T
+        probs = softmax(logits / temperature)
+        if self.vote is not None:
+            probs = blend(probs, knn_vote(sims, self.labels, self.n_labels, self.vote.k), self.vote.weight)
+        return probs, knn_ood_of(sims, self.ood_k)
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -216,13 +265,21 @@ class Student:
         self.folder = folder
         try:
             self.manifest = Manifest.load(folder)
-            self.bank = np.load(folder / "knn.npy").astype(np.float32)
+            emb = np.load(folder / "knn.npy").astype(np.float32)
+            vote = self.manifest.vote
+            labels = np.load(folder / KNN_LABELS) if vote is not None else np.zeros(0, np.int64)
+            if vote is not None and (
+                labels.shape != (len(emb),) or not np.isin(labels, np.arange(len(self.manifest.labels))).all()
+            ):
+                raise ValueError(
+                    f"{KNN_LABELS} does not label the {len(emb)} rows of knn.npy with the version's labels"
+                )
         except (OSError, ValueError) as e:  # pydantic's ValidationError is a ValueError
             raise StudentError(f"cannot load student at {folder}: {e}") from e
+        self.bank = Bank(emb, labels, len(self.manifest.labels), self.manifest.ood.k, vote)
         self.version = self.manifest.version
         self.labels = self.manifest.labels
         self.temperature = self.manifest.calibration.temperature
-        self.knn_k = self.manifest.ood.k
         self.rule = self.manifest.acceptance
         self.encoder = Encoder(
             folder / "model.onnx",
@@ -240,8 +297,7 @@ class Student:
 
     def predict(self, texts: list[str]) -> list[StudentOutput]:
         out = self.encoder.run(texts)
-        probs = softmax(out["logits"] / self.temperature)
-        ood = knn_ood(out["embedding"], self.bank, self.knn_k)
+        probs, ood = self.bank.view(out["embedding"], out["logits"], self.temperature)
         order = np.argsort(-probs, axis=1)[:, :3]
         results = []
         for i in range(len(texts)):

@@ -15,7 +15,8 @@ serving version are compared on the same unseen cases).
 
 Every statistic is computed by the graph that will serve (fp32 or int8). A version folder
 holds ``model.onnx`` (outputs ``logits`` and ``embedding``), ``tokenizer.json``,
-``knn.npy`` (fit-split embeddings, float16, for the kNN OOD score) and
+``knn.npy`` (the embeddings of the fit cases the head learnt from, float16, for the kNN OOD
+score and the kNN vote), ``knn_labels.npy`` (their labels, when the version votes) and
 ``manifest.json`` (labels, recipe, calibration, OOD, acceptance rule, metrics, gates, the
 data it was trained on, and a checksum of every file).
 """
@@ -42,12 +43,24 @@ from protege.errors import ConfigError
 from protege.events import AcceptRule
 from protege.registry import Registry
 from protege.student.export import append_head, quantized
-from protege.student.manifest import HELD_OUT, TRAINED_ON, Calibration, Data, GateReport, Manifest, Ood, Target
-from protege.student.runtime import Encoder, knn_ood, softmax, sub_batch_for
+from protege.student.manifest import (
+    HELD_OUT,
+    KNN_LABELS,
+    TRAINED_ON,
+    Calibration,
+    Data,
+    GateReport,
+    Manifest,
+    Ood,
+    Target,
+    Vote,
+)
+from protege.student.runtime import Bank, Encoder, softmax, sub_batch_for
 from protege.task import OOS, Gates, Task
 
 HEAD_C = 30.0  # chosen on a split carved from BANKING77's train: C 1/3/10/30/100 -> val 0.913/0.924/0.924/0.927/0.927 (benchmarks/recipe.py)
 KNN_K = 10  # at most; never more than the smallest label's cases in the bank (see knn_k)
+VOTE_K = 5  # the kNN vote's neighbours (benchmarks/coverage_levers.py: k 3/5/7 alike, 10 and 20 worse)
 MAX_BANK = 20_000
 DEFAULT_TARGET = 0.97  # the target reported (coverage) when the task sets none
 
@@ -333,6 +346,7 @@ class Fitted:
     # A fine-tuned encoder, not the shared backbone: the version keeps it (``ENCODER``), and the
     # trainer's fast retrains after it fit their heads on it (``kept_encoder``).
     own_encoder: bool = False
+    kept: np.ndarray | None = None  # which of the cases the head was fit on (denoising drops some); None: all
 
 
 class Recipe(Protocol):
@@ -374,7 +388,9 @@ class FastRecipe:
             "backbone": backbone,
         }
         own = "finetuned_in" in backbone  # a version's fine-tuned encoder: the new version keeps it too
-        return Fitted(self.backbone, w, b, labels, info, embed=self.embed, embed_int8=self.embed_int8, own_encoder=own)
+        return Fitted(
+            self.backbone, w, b, labels, info, embed=self.embed, embed_int8=self.embed_int8, own_encoder=own, kept=keep
+        )
 
 
 class HeadRefresh:
@@ -447,7 +463,7 @@ class FinetuneRecipe:
         # name is filled in by train_version)
         meta = {**base, "finetuned_in": None, "finetune": {k: v for k, v in log.items() if k != "epochs"}}
         (encoder / "backbone.json").write_text(json.dumps(meta, indent=2))
-        return Fitted(encoder, w, b, labels, info, own_encoder=True)
+        return Fitted(encoder, w, b, labels, info, own_encoder=True, kept=keep)
 
 
 # ---------------------------------------------------------------- one version
@@ -469,8 +485,7 @@ def scores_of(
     y_names: Sequence[str],
     labels: Sequence[str],
     temperature: float,
-    bank: np.ndarray,
-    k: int = KNN_K,
+    bank: Bank,
 ) -> tuple[Scores, np.ndarray]:
     """(calibrated scores, raw logits) of a served graph on a labelled set."""
     index = {label: i for i, label in enumerate(labels)}
@@ -478,8 +493,8 @@ def scores_of(
     if not texts:
         return Scores(np.zeros((0, len(labels))), np.zeros(0), y), np.zeros((0, len(labels)))
     out = encoder.run_all(list(texts))
-    logits = out["logits"]
-    return Scores(softmax(logits / temperature), knn_ood(out["embedding"], bank, k), y), logits
+    probs, ood = bank.view(out["embedding"], out["logits"], temperature)
+    return Scores(probs, ood, y), out["logits"]
 
 
 def latency_ms(encoder: Encoder, texts: Sequence[str], runs: int = 40) -> tuple[float, float]:
@@ -501,7 +516,7 @@ def serving_metrics(folder: Path, golden: Sequence[Case], gates: Gates, threads:
 
     s = Student(folder, providers="cpu", threads=threads)
     scores, _ = scores_of(
-        s.encoder, [c.text for c in golden], [c.label for c in golden], s.labels, s.temperature, s.bank, s.knn_k
+        s.encoder, [c.text for c in golden], [c.label for c in golden], s.labels, s.temperature, s.bank
     )
     return evaluate(scores, s.labels, s.rule, gates, [c.label for c in golden]) | {"version": s.version}
 
@@ -696,36 +711,51 @@ def train_version(
     labels = fitted.labels
 
     rng = np.random.default_rng(seed)
-    bank_cases = list(fit) if len(fit) <= MAX_BANK else [fit[i] for i in rng.choice(len(fit), MAX_BANK, False)]
+    # the cases the head learnt from (not the labels denoising dropped as the teacher's slips)
+    learnt = list(fit) if fitted.kept is None else [c for c, k in zip(fit, fitted.kept, strict=True) if k]
+    bank_cases = learnt if len(learnt) <= MAX_BANK else [learnt[i] for i in rng.choice(len(learnt), MAX_BANK, False)]
     bank_texts = [c.text for c in bank_cases]
     # the recipe's cached embeddings of the graph that serves, if it has them
     cached = fitted.embed_int8 if precision.name == "int8" else fitted.embed
     embed = cached if cached is not None else served.embed
-    bank = embed(bank_texts)
-    np.save(tmp / "knn.npy", bank.astype(np.float16))
+    # stored as float16: scored here as the scorer will read it back
+    emb = embed(bank_texts).astype(np.float16)
+    np.save(tmp / "knn.npy", emb)
+    index = {label: i for i, label in enumerate(labels)}
+    vote = Vote(k=VOTE_K, weight=task.student.vote) if task.student.vote > 0 else None
+    bank_labels = np.asarray([index.get(c.label, -1) for c in bank_cases], dtype=np.int32)
+    if vote is not None:
+        if (bank_labels < 0).any():  # never: the head was fit on these cases
+            raise ValueError("a bank case's label is not one of the head's labels")
+        np.save(tmp / KNN_LABELS, bank_labels)
     # Which requests it learnt from (their hash is the manifest's request_ids_sha256): replay
     # leaves them out when it measures this version against the labels on record.
     (tmp / TRAINED_ON).write_text(trained_on)
     k = knn_k([c.label for c in bank_cases])
+    bank = Bank(emb.astype(np.float32), bank_labels, len(labels), k, vote)
 
-    def score(texts: list[str], y_names: list[str], temperature: float) -> tuple[Scores, np.ndarray]:
-        """The served graph's view of a labelled set, through the recipe's cached embeddings where it
+    def outputs(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The served graph's (embeddings, logits), through the recipe's cached embeddings where it
         has them (the graph is the encoder plus this head: the same numbers, no graph run per retrain)."""
-        if cached is None:
-            return scores_of(served, texts, y_names, labels, temperature, bank, k)
-        index = {label: i for i, label in enumerate(labels)}
-        y = np.asarray([index.get(v, -1) for v in y_names], dtype=np.int64)
         if not texts:
-            return Scores(np.zeros((0, len(labels))), np.zeros(0), y), np.zeros((0, len(labels)))
-        emb = cached(texts)
-        logits = np.asarray(emb @ fitted.w + fitted.b)
-        return Scores(softmax(logits / temperature), knn_ood(emb, bank, k), y), logits
+            return np.zeros((0, bank.emb.shape[1]), np.float32), np.zeros((0, len(labels)), np.float32)
+        if cached is None:
+            out = served.run_all(texts)
+            return out["embedding"], out["logits"]
+        x = cached(texts)
+        return x, np.asarray(x @ fitted.w + fitted.b)
 
-    cal, cal_logits = score([c.text for c in calib], [c.label for c in calib], 1.0)
-    known = cal.y >= 0
-    temperature = fit_temperature(cal_logits[known], cal.y[known]) if known.sum() >= 10 else 1.0
-    cal = Scores(softmax(cal_logits / temperature), cal.ood, cal.y)
-    trusted, _ = score([t.text for t in truth], [t.label for t in truth], temperature)
+    def score(texts: list[str], y_names: list[str], temperature: float) -> Scores:
+        x, logits = outputs(texts)
+        probs, ood = bank.view(x, logits, temperature)
+        return Scores(probs, ood, np.asarray([index.get(v, -1) for v in y_names], dtype=np.int64))
+
+    cal_x, cal_logits = outputs([c.text for c in calib])
+    cal_y = np.asarray([index.get(c.label, -1) for c in calib], dtype=np.int64)
+    known = cal_y >= 0
+    temperature = fit_temperature(cal_logits[known], cal_y[known]) if known.sum() >= 10 else 1.0
+    cal = Scores(*bank.view(cal_x, cal_logits, temperature), cal_y)
+    trusted = score([t.text for t in truth], [t.label for t in truth], temperature)
     teacher_right = np.asarray([t.teacher == t.label for t in truth], dtype=bool)
     evidence = (
         Evidence("golden", trusted.probs.max(axis=1), trusted.ood, trusted.correct, teacher_right)
@@ -733,7 +763,7 @@ def train_version(
         else Evidence("agreement", cal.probs.max(axis=1), cal.ood, cal.correct)
     )
     rule = choose_rule(goal, evidence)
-    gold, _ = score([c.text for c in golden], [c.label for c in golden], temperature)
+    gold = score([c.text for c in golden], [c.label for c in golden], temperature)
     # The held-out view a report draws the coverage curve from (accuracy against share accepted).
     np.savez_compressed(
         tmp / HELD_OUT,
@@ -751,7 +781,7 @@ def train_version(
         "golden_macro_f1": round(gold_metrics["macro_f1"], 4),
         "golden_ece": round(gold_metrics["ece"], 4),
         "golden_coverage": round(gold_metrics["coverage"], 4),
-        "calib_ece_before": round(ece(softmax(cal_logits[known]), cal.y[known]), 4),
+        "calib_ece_before": round(ece(softmax(cal_logits[known]), cal_y[known]), 4),
         "calib_ece_after": round(ece(cal.probs[known], cal.y[known]), 4),
         "temperature": round(temperature, 4),
         "fit_cases": float(len(fit)),
@@ -776,6 +806,7 @@ def train_version(
         recipe=fitted.info | {"kind": recipe.name},
         calibration=Calibration(temperature=temperature),
         ood=Ood(k=k, bank=len(bank_cases)),
+        vote=vote,
         acceptance=rule,
         acceptance_target=Target(
             target_accuracy=goal.accuracy, target_margin=goal.margin, confidence_level=goal.confidence

@@ -13,7 +13,8 @@ import pytest
 
 from protege.certify import Evidence, Goal, cp_lower
 from protege.generator import generate
-from protege.student.runtime import Encoder, Student, softmax
+from protege.errors import StudentError
+from protege.student.runtime import Encoder, Student, blend, knn_vote, softmax
 from protege.student.train import (
     Case,
     EmbeddingCache,
@@ -90,6 +91,19 @@ def test_rule_meets_its_target_on_fresh_data() -> None:
     assert choose_rule(Goal(accuracy=0.97), Evidence("agreement", conf[:20], ood[:20], correct[:20])) is None
 
 
+def test_the_knn_vote_counts_the_nearest_labels() -> None:
+    bank = np.asarray([[1, 0], [0.8, 0.6], [0, 1], [-1, 0]], np.float32)
+    labels = np.asarray([0, 1, 1, 2])
+    sims = np.asarray([[1, 0]], np.float32) @ bank.T  # nearest: rows 0 (a), 1 (b), then 2 (b)
+    assert knn_vote(sims, labels, 3, 1).tolist() == [[1, 0, 0]]
+    assert knn_vote(sims, labels, 3, 3) == pytest.approx(np.asarray([[1 / 3, 2 / 3, 0]]))
+    assert knn_vote(sims, labels, 3, 99).sum() == pytest.approx(1)  # k above the bank: all of it
+    head = np.asarray([[0.9, 0.05, 0.05]])
+    assert blend(head, knn_vote(sims, labels, 3, 1), 0.5) == pytest.approx(np.asarray([[0.95, 0.025, 0.025]]))
+    assert blend(head, knn_vote(sims, labels, 3, 3), 0.0) is head  # weight 0: the head's alone
+    assert knn_vote(np.zeros((0, 4)), labels, 3, 2).shape == (0, 3)
+
+
 def test_split_is_stable_and_disjoint() -> None:
     cases = [Case(f"r{i}", f"text {i}", "a") for i in range(2000)]
     fit, calib, golden = split_cases(cases)
@@ -154,7 +168,14 @@ def test_trained_version_is_complete_and_checksummed(version) -> None:
     result, _ = version
     manifest = json.loads((result.folder / "manifest.json").read_text())
     assert manifest["version"] == result.version and result.version.startswith("v0001-")
-    assert set(manifest["files"]) == {"model.onnx", "tokenizer.json", "knn.npy", "trained_on.txt", "held_out.npz"}
+    assert set(manifest["files"]) == {
+        "model.onnx",
+        "tokenizer.json",
+        "knn.npy",
+        "knn_labels.npy",
+        "trained_on.txt",
+        "held_out.npz",
+    }
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((result.folder / name).read_bytes()).hexdigest() == digest
     split = manifest["data"]["split"]
@@ -166,6 +187,12 @@ def test_trained_version_is_complete_and_checksummed(version) -> None:
     assert len(held_out["confidence"]) == len(held_out["ood"]) == split["golden"]
     assert held_out["correct"].mean() == pytest.approx(manifest["metrics"]["golden_accuracy"], abs=1e-4)
     assert manifest["calibration"]["temperature"] > 0 and manifest["ood"]["method"] == "knn"
+    assert manifest["vote"] == {"method": "knn", "k": 5, "weight": 0.5}  # the task's default (student.vote)
+    assert (
+        len(np.load(result.folder / "knn_labels.npy"))
+        == manifest["ood"]["bank"]
+        == len(np.load(result.folder / "knn.npy"))
+    )
     assert manifest["gates"]["passed"] and result.promoted and result.failed_gates == []
     assert result.metrics["golden_accuracy"] > 0.8 and result.metrics["latency_p95_ms"] > 0
     assert manifest["recipe"]["kind"] == "fast"
@@ -195,6 +222,11 @@ def test_onnx_student_predicts_with_signals(version) -> None:
     # batching and padding do not change a text's answer
     alone = student.predict([held[0]["text"]])[0]
     assert alone.label == outs[0].label and alone.confidence == pytest.approx(outs[0].confidence, abs=1e-4)
+    # the served probabilities are the calibrated head's mixed with the kNN vote, as trained
+    out = student.encoder.run([held[0]["text"]])
+    head = softmax(out["logits"] / student.temperature)[0]
+    votes = knn_vote(out["embedding"] @ student.bank.emb.T, student.bank.labels, len(student.labels), 5)[0]
+    assert alone.confidence == pytest.approx(float(np.max(0.5 * head + 0.5 * votes)), abs=1e-5)
     # strange input is further from its nearest training cases than typical input
     weird = student.predict(["zxq vlorp 8812 ###", "the mitochondria is the powerhouse of the cell"])
     assert min(o.ood for o in weird) > np.quantile([o.ood for o in outs], 0.9)
@@ -390,3 +422,32 @@ def test_versions_never_share_a_number(tmp_path: Path) -> None:
     second, n2 = claim_partial(tmp_path)
     assert (n1, n2) == (5, 6) and first.name == ".v0005.partial" and second.is_dir()
     assert claim_partial(tmp_path)[1] == 7
+
+
+def test_a_version_without_the_vote_serves_the_head_alone_and_a_broken_label_file_is_refused(
+    backbone: Path, embed: EmbeddingCache, task: Task, tmp_path: Path, version
+) -> None:
+    rows = generate(500, seed=6)
+    plain = task.model_copy(update={"student": task.student.model_copy(update={"vote": 0.0})})
+    cases = [Case(r["id"], r["text"], r["label"]) for r in rows]
+    result = train_version(cases, recipe=FastRecipe(embed, backbone), registry=tmp_path, tenant="acme", task=plain)
+    manifest = json.loads((result.folder / "manifest.json").read_text())
+    assert manifest["vote"] is None and not (result.folder / "knn_labels.npy").exists()
+    student = Student(result.folder, providers="cpu")
+    out = student.encoder.run([rows[0]["text"]])
+    head = softmax(out["logits"] / student.temperature)[0]
+    assert student.predict([rows[0]["text"]])[0].confidence == pytest.approx(float(head.max()), abs=1e-5)
+    # a voting version whose label file does not label its bank is not served
+    voting, _ = version
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in voting.folder.iterdir():
+        if f.is_file():
+            (broken / f.name).write_bytes(f.read_bytes())
+    labels = np.load(broken / "knn_labels.npy")
+    np.save(broken / "knn_labels.npy", labels[:-1])
+    with pytest.raises(StudentError, match="knn_labels.npy does not label"):
+        Student(broken, providers="cpu")
+    np.save(broken / "knn_labels.npy", labels + 1000)
+    with pytest.raises(StudentError, match="knn_labels.npy does not label"):
+        Student(broken, providers="cpu")
