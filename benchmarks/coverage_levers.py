@@ -21,7 +21,8 @@ set), with one lever changed at a time; every rule then meets BANKING77's test f
 - ``shipped before``: what the trainer did with a golden set before the vote — denoised,
   fitting 85% of the cases (calib 5% and the 10% golden split it keeps for the release gates;
   here the rest fits the temperature), the OOD gate at 95%.
-- ``shipped``: the same with the kNN vote (``student.vote: 0.5``, the default).
+- ``shipped``: the same with the kNN vote (``student.vote: 0.5``, the default); ``--votes`` adds
+  it with other weights and k (``--votes 0.3:5,0.5:3,0.5:10``).
 - ``shipped + LP-FT`` (``--lpft``, slow): the same, then the whole encoder fine-tuned from that
   head (the LP-FT recipe, ``protege train --recipe finetune``).
 
@@ -91,9 +92,11 @@ def one_rep(
     order = rng.permutation(len(train))
     gold_i, pool_i = order[: args.golden], order[args.golden :]
     rows = []
-    for lever, opts in LEVERS.items():
-        if lever not in args.levers.split(","):
-            continue
+    levers = {name: opts for name, opts in LEVERS.items() if name in args.levers.split(",")}
+    for pair in filter(None, args.votes.split(",")):  # the vote's weight and k, tried on the shipped recipe
+        weight, k = pair.split(":")
+        levers[f"shipped, vote {weight} k={k}"] = LEVERS["shipped"] | {"vote": float(weight), "vote_k": int(k)}
+    for lever, opts in levers.items():
         cut = int(len(pool_i) * opts.get("fit_share", 0.75))
         fit_i, cal_i = pool_i[:cut], pool_i[cut:]
         if opts.get("denoise"):
@@ -101,7 +104,7 @@ def one_rep(
         w, b, names = fit_head(x_train[fit_i], t_train[fit_i], seed=rep)
         index = {n: i for i, n in enumerate(names)}
         bank_y = np.asarray([index[v] for v in t_train[fit_i]])
-        vote = Vote(k=VOTE_K, weight=opts["vote"]) if opts.get("vote") else None
+        vote = Vote(k=opts.get("vote_k", VOTE_K), weight=opts["vote"]) if opts.get("vote") else None
         bank = Bank(x_train[fit_i], bank_y, len(names), knn_k(t_train[fit_i].tolist()), vote)
         names_a = np.asarray(names)
         cal_y = np.asarray([index.get(v, -1) for v in t_train[cal_i]])
@@ -223,6 +226,11 @@ def main() -> None:
     )
     ap.add_argument("--lpft-epochs", type=int, default=4)
     ap.add_argument("--levers", default=",".join(LEVERS), help="Which of the fast levers to run (comma-separated).")
+    ap.add_argument(
+        "--votes",
+        default="",
+        help="Also the shipped recipe with other kNN votes: weight:k pairs, comma-separated (e.g. 0.3:5,0.5:10).",
+    )
     args = ap.parse_args()
     loaded = load(args.data)
     if loaded is None:

@@ -305,18 +305,21 @@ class Feedback(Event, title="protege.feedback"):
 
 
 class HarvestCase(Event, title="protege.harvest_case"):
-    """A case the student missed, doubted or got wrong, labelled by the teacher or a person."""
+    """A case to learn from: one the student missed, doubted or got wrong, labelled by the
+    teacher or a person; or one it answered under its certified rule (reason ``accepted``,
+    label source ``student``: the verifier's sample of accepted answers, ``student.learn_accepted``),
+    which the trainer fits on but never calibrates or gates on."""
 
     v: Literal[1] = 1
     request_id: Id
     tenant: Id
     task: Id
     text: str
-    label: str = Field(description="The label to learn (teacher's or a person's).")
-    label_source: Literal["teacher", "standin", "feedback"]
+    label: str = Field(description="The label to learn (the teacher's, a person's, or the student's accepted answer).")
+    label_source: Literal["teacher", "standin", "feedback", "student"]
     student_label: str | None = None
     model_version: str | None = None
-    reason: Literal["escalated", "disagreement", "feedback", "audit"]
+    reason: Literal["escalated", "disagreement", "feedback", "audit", "accepted"]
     harvested_at_ms: int
 
     @property

@@ -26,12 +26,15 @@ from protege.events import Decision, Scored, StudentOutput, Verdict
 from protege.task import Task
 
 
-def audited(request_id: str, rate: float) -> bool:
+def audited(request_id: str, rate: float, *, salt: str = "") -> bool:
     """Whether a request falls in the audited share: a stable hash of its id, so a replay,
-    another replica or a retry picks the same requests."""
+    another replica or a retry picks the same requests. Another ``salt`` draws another share,
+    independent of the audits'."""
     if rate <= 0:
         return False
-    point = int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:8], "big") / 2**64
+    if rate >= 1:
+        return True
+    point = int.from_bytes(hashlib.sha256((salt + request_id).encode()).digest()[:8], "big") / 2**64
     return point < rate
 
 

@@ -259,6 +259,15 @@ class StudentConfig(BaseModel):
         "the head; it ranks the traffic better, so the certified rule covers more: benchmarks/coverage_levers.py). "
         "0: the head's alone.",
     )
+    learn_accepted: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of the answers the student gives under its certified rule that the verifier hands the "
+        "trainer as cases (label source student; sampled by a hash of the request id). They are fit, never "
+        "calibration or gates: the next version learns the easy traffic too, not only what the teacher answered "
+        "(benchmarks/self_training.py). 0: the trainer learns from teacher and people alone.",
+    )
     gates: Gates = Gates()
     canary: Canary = Canary()
 

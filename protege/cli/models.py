@@ -266,7 +266,10 @@ def train_cmd(
         raise typer.BadParameter(f"no cases at {path}")
 
     def cases_of(p: Path) -> list[Case]:
-        return [Case(str(r.get("request_id", r.get("id"))), r["text"], str(r["label"])) for r in read_jsonl(p)]
+        return [
+            Case(str(r.get("request_id", r.get("id"))), r["text"], str(r["label"]), str(r.get("source", "teacher")))
+            for r in read_jsonl(p)
+        ]
 
     bar = progress_bar("examples")
     job = bar.add_task("fine-tune", total=None, visible=recipe == "finetune")

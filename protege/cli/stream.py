@@ -36,7 +36,7 @@ from protege.registry import Registry
 from protege.settings import Settings, TeacherSettings
 from protege.state import read_all
 from protege.supervisor import SERVICES
-from protege.task import OOS, Canary, Drift, Policy, Task, load_tasks, write_task
+from protege.task import OOS, Canary, Drift, Policy, StudentConfig, Task, load_tasks, write_task
 from protege.teacher import StandinTeacher
 
 # -- demo ---------------------------------------------------------------------------
@@ -511,6 +511,13 @@ def bench_stream(
             "encoder. 0: none."
         ),
     ] = 0,
+    learn_accepted: Annotated[
+        float,
+        typer.Option(
+            help="The task's student.learn_accepted: the share of the student's accepted answers the next "
+            "version learns from (0: escalations, audits and feedback only)."
+        ),
+    ] = StudentConfig().learn_accepted,
     home: Path = Path(".protege/bench"),
     task_name: str = "bench",
 ) -> None:
@@ -541,6 +548,7 @@ def bench_stream(
         update={
             "policy": Policy.model_validate({**task.policy.model_dump(), "name": policy, **targeted}),
             "golden": "golden.jsonl" if golden_rows else None,
+            "student": StudentConfig.model_validate({**task.student.model_dump(), "learn_accepted": learn_accepted}),
         }
     )
     write_task(task, home / "tasks" / f"{task_name}.yaml")
@@ -624,6 +632,7 @@ def bench_stream(
         "target": target,
         "golden": len(golden_rows),
         "teacher_accuracy_golden": teacher_accuracy_golden,
+        "learn_accepted": learn_accepted,
     }
     report_json.parent.mkdir(parents=True, exist_ok=True)
     report_json.write_text(json.dumps(summary, indent=2))

@@ -11,7 +11,8 @@ Two recipes share everything after the fit:
 Cases are split by a stable hash of their request id, so a case stays on its side
 across retrains: *fit* (75%), *calib* (15%: temperature, OOD quantile, acceptance rule)
 and *golden* (10%: release gates; no version ever trains on it, so candidate and
-serving version are compared on the same unseen cases).
+serving version are compared on the same unseen cases). The student's own accepted answers
+(label source ``student``) are always fit.
 
 Every statistic is computed by the graph that will serve (fp32 or int8). A version folder
 holds ``model.onnx`` (outputs ``logits`` and ``embedding``), ``tokenizer.json``,
@@ -70,6 +71,7 @@ class Case:
     request_id: str
     text: str
     label: str
+    source: str = "teacher"  # who labelled it: teacher, standin, feedback, or student (its own accepted answer)
 
 
 @dataclass(frozen=True)
@@ -321,11 +323,14 @@ CALIB, CALIB_WITH_TRUTH = 0.15, 0.05  # shares of the cases held out for calibra
 
 
 def split_cases(cases: Sequence[Case], *, calib: float = CALIB, golden: float = 0.10) -> tuple[list[Case], ...]:
-    """(fit, calib, golden) by a stable hash of the request id: a case never changes side."""
+    """(fit, calib, golden) by a stable hash of the request id: a case never changes side. The
+    student's own accepted answers are always fit: calibration and gates judge against labels
+    the student did not give."""
     parts: tuple[list[Case], list[Case], list[Case]] = ([], [], [])
     for c in cases:
         h = int(hashlib.sha256(c.request_id.encode()).hexdigest()[:8], 16) / 0x1_0000_0000
-        parts[2 if h < golden else 1 if h < golden + calib else 0].append(c)
+        held = c.source != "student"
+        parts[2 if held and h < golden else 1 if held and h < golden + calib else 0].append(c)
     return parts
 
 

@@ -29,7 +29,8 @@ async def serve(settings: ScorerSettings, stop: asyncio.Event) -> None:
     if settings.providers == "cuda":
         require_gpu()  # refuse to start, with the reason, rather than score on the CPU
     # Fused: the verifier's decisions made here, on the tasks it would have loaded.
-    verifier = Verifier(load_tasks(settings.tasks_dir), settings.topics) if settings.fused else None
+    tasks = load_tasks(settings.tasks_dir) if settings.fused else {}
+    verifier = Verifier(tasks, settings.topics, redact_pii=settings.redact_pii) if settings.fused else None
     scorer = Scorer(
         settings.topics,
         partial(

@@ -70,7 +70,9 @@ class CaseStore:
             if path.exists():
                 for line in path.read_text().splitlines():
                     row = json.loads(line)
-                    cases[row["request_id"]] = Case(row["request_id"], row["text"], row["label"])
+                    cases[row["request_id"]] = Case(
+                        row["request_id"], row["text"], row["label"], row.get("source", "teacher")
+                    )
             self.cases[key] = cases
         return self.cases[key]
 
@@ -78,7 +80,7 @@ class CaseStore:
         cases = self.load(case.tenant, case.task)
         if case.request_id in cases and case.reason != "feedback":
             return False
-        cases[case.request_id] = Case(case.request_id, case.text, case.label)
+        cases[case.request_id] = Case(case.request_id, case.text, case.label, case.label_source)
         path = self._path(case.tenant, case.task)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:

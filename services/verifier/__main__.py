@@ -1,4 +1,5 @@
-"""Verifier service: protege.scored -> protege.decisions + (protege.responses | protege.teacher.requests).
+"""Verifier service: protege.scored -> protege.decisions + (protege.responses [+ protege.harvest] |
+protege.teacher.requests).
 
 python -m protege_services.verifier           (or: protege run verifier)
 """
@@ -29,7 +30,8 @@ def processor(settings: VerifierSettings, verifier: Verifier) -> Processor:
 
 
 async def serve(settings: VerifierSettings, stop: asyncio.Event) -> None:
-    await processor(settings, Verifier(load_tasks(settings.tasks_dir), settings.topics)).run(stop)
+    verifier = Verifier(load_tasks(settings.tasks_dir), settings.topics, redact_pii=settings.redact_pii)
+    await processor(settings, verifier).run(stop)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 accept   -> decisions + responses (the student's answer; provisional under ensemble, whose
             teacher check also goes to teacher.requests; an audited one also goes there, mode
             ``audit``: the teacher's answer measures the student's and changes nothing)
+            + harvest, for ``student.learn_accepted`` of them (by a hash of the request id) that
+            no teacher sees: the answer as a case for the next version (label source
+            ``student``, reason ``accepted``, the text redacted as the harvester redacts)
 escalate -> decisions + teacher.requests
 shadow   -> decisions + teacher.requests (the teacher answers; the student is recorded)
 
@@ -25,17 +28,21 @@ from collections.abc import Sequence
 import structlog
 
 from protege import metrics
-from protege.events import Decision, Response, Scored, TeacherRequest, now_ms
+from protege.events import Decision, HarvestCase, Response, Scored, TeacherRequest, now_ms
 from protege.kafka import Out, Received
-from protege.policy import router_for
+from protege.policy import audited, router_for
+from protege.redact import redact
 from protege.task import Task
 from protege.topics import Topics
 
+LEARN_SALT = "learn:"  # the sample of accepted answers the trainer learns from, apart from the audits'
+
 
 class Verifier:
-    def __init__(self, tasks: dict[str, Task], topics: Topics) -> None:
+    def __init__(self, tasks: dict[str, Task], topics: Topics, *, redact_pii: bool = True) -> None:
         self.tasks = tasks
         self.topics = topics
+        self.clean = redact if redact_pii else str
         self.routers = {name: router_for(task) for name, task in tasks.items()}
         self.log = structlog.get_logger().bind(service="verifier")
 
@@ -68,6 +75,21 @@ class Verifier:
             )
             outs.append(Out.of(self.topics.responses, response))
             metrics.observe_answer(req.task, "student", response.status, req.received_at_ms, at)
+            checked = decision.teacher_check or decision.audit  # its teacher label reaches the harvest itself
+            if not checked and audited(req.request_id, self.tasks[req.task].student.learn_accepted, salt=LEARN_SALT):
+                case = HarvestCase(
+                    request_id=req.request_id,
+                    tenant=req.tenant,
+                    task=req.task,
+                    text=self.clean(req.text),
+                    label=student.label,
+                    label_source="student",
+                    student_label=student.label,
+                    model_version=student.model_version,
+                    reason="accepted",
+                    harvested_at_ms=at,
+                )
+                outs.append(Out.of(self.topics.harvest, case))
         if decision.verdict != "accept" or decision.teacher_check or decision.audit:
             ask = TeacherRequest(
                 request=req,

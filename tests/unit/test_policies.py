@@ -193,15 +193,58 @@ def test_the_fused_scorer_decides_in_its_transaction_and_a_verifier_passes_its_e
     ]
     outs = asyncio.run(scorer.handle([Received(r, t.ingested) for r in reqs]))
     # each scored event, marked decided, and right after it its decision and where it goes
-    assert [o.topic for o in outs] == [t.scored, t.decisions, t.responses, t.scored, t.decisions, t.teacher_requests]
+    # (the accepted answer also goes to the harvest: student.learn_accepted)
+    assert [o.topic for o in outs] == [
+        *(t.scored, t.decisions, t.responses, t.harvest),
+        *(t.scored, t.decisions, t.teacher_requests),
+    ]
     events = [Scored.model_validate_json(o.value) for o in outs if o.topic == t.scored]
     assert all(e.decided for e in events)
     decisions = [Decision.model_validate_json(o.value) for o in outs if o.topic == t.decisions]
     assert [d.verdict for d in decisions] == ["accept", "escalate"]
     # the separate layout's verifier reading them: nothing more (never a second answer)
     assert asyncio.run(verifier.handle([Received(e, t.scored) for e in events])) == []
-    assert len(asyncio.run(verifier.handle([Received(scored(), t.scored)]))) == 2  # an undecided one: decided
+    assert (
+        len(asyncio.run(verifier.handle([Received(scored(), t.scored)]))) == 3
+    )  # an undecided one: decided (+ harvest)
     # a request the fused scorer's loop gives up on goes to the teacher from there
     quarantined = scorer.quarantined(Received(reqs[0], t.ingested), "boom")
     assert [o.topic for o in quarantined] == [t.scored, t.teacher_requests]
     assert Scored.model_validate_json(quarantined[0].value).decided
+
+
+def test_the_verifier_hands_the_trainer_the_accepted_answers_no_teacher_sees() -> None:
+    from protege_services.verifier.handler import Verifier
+
+    from protege.events import HarvestCase
+    from protege.topics import Topics
+
+    t = Topics("h.")
+
+    def harvested(verifier: Verifier, s: Scored) -> list[HarvestCase]:
+        return [HarvestCase.model_validate_json(o.value) for o in verifier.decide(s) if o.topic == t.harvest]
+
+    text = "where is my order #4821, write to ann@example.com"
+    [case] = harvested(Verifier({BASE.name: BASE}, t), scored(text=text))
+    assert (case.label, case.label_source, case.reason, case.model_version) == ("shipping", "student", "accepted", "v1")
+    assert "ann@example.com" not in case.text and "#4821" in case.text  # redacted as the harvester redacts
+    assert harvested(Verifier({BASE.name: BASE}, t, redact_pii=False), scored(text=text))[0].text == text
+    # escalated: the teacher's label will be harvested, not the student's
+    assert harvested(Verifier({BASE.name: BASE}, t), scored(confidence=0.1)) == []
+    # checked or audited answers reach the harvest with the teacher's label
+    ensemble = task("ensemble")
+    assert harvested(Verifier({BASE.name: ensemble}, t), scored()) == []
+    audit_all = task("cascade", audit_rate=1.0)
+    assert harvested(Verifier({BASE.name: audit_all}, t), scored()) == []
+    # off, or a share of them by a stable hash of the request id
+    off = BASE.model_copy(update={"student": BASE.student.model_copy(update={"learn_accepted": 0.0})})
+    assert harvested(Verifier({BASE.name: off}, t), scored()) == []
+    half = BASE.model_copy(update={"student": BASE.student.model_copy(update={"learn_accepted": 0.5})})
+    v = Verifier({BASE.name: half}, t)
+    picked = []
+    for i in range(400):
+        s = scored()
+        s = s.model_copy(update={"request": s.request.model_copy(update={"request_id": f"q{i}"})})
+        picked.append(bool(harvested(v, s)))
+        assert picked[-1] == bool(harvested(v, s))  # the same request, the same draw
+    assert 0.4 < sum(picked) / 400 < 0.6

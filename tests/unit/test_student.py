@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from protege.certify import Evidence, Goal, cp_lower
-from protege.generator import generate
 from protege.errors import StudentError
+from protege.generator import generate
 from protege.student.runtime import Encoder, Student, blend, knn_vote, softmax
 from protege.student.train import (
     Case,
@@ -114,6 +114,16 @@ def test_split_is_stable_and_disjoint() -> None:
     assert {c.request_id for c in golden} <= {c.request_id for c in golden2}
     assert {c.request_id for c in fit} <= {c.request_id for c in fit2}
     assert {c.request_id for c in calib} <= {c.request_id for c in calib2}
+
+
+def test_the_students_own_answers_are_fit_never_calibration_or_golden() -> None:
+    cases = [Case(f"r{i}", f"text {i}", "a", "student" if i % 2 else "teacher") for i in range(2000)]
+    fit, calib, golden = split_cases(cases)
+    assert {c.source for c in [*calib, *golden]} == {"teacher"}
+    assert sum(c.source == "student" for c in fit) == 1000
+    # a teacher case keeps the side it had without the student's cases beside it
+    alone = split_cases([c for c in cases if c.source == "teacher"])
+    assert [len(p) for p in alone] == [len(fit) - 1000, len(calib), len(golden)]
 
 
 def test_gates_say_why() -> None:
@@ -446,8 +456,8 @@ def test_a_version_without_the_vote_serves_the_head_alone_and_a_broken_label_fil
             (broken / f.name).write_bytes(f.read_bytes())
     labels = np.load(broken / "knn_labels.npy")
     np.save(broken / "knn_labels.npy", labels[:-1])
-    with pytest.raises(StudentError, match="knn_labels.npy does not label"):
+    with pytest.raises(StudentError, match=r"knn_labels\.npy does not label"):
         Student(broken, providers="cpu")
     np.save(broken / "knn_labels.npy", labels + 1000)
-    with pytest.raises(StudentError, match="knn_labels.npy does not label"):
+    with pytest.raises(StudentError, match=r"knn_labels\.npy does not label"):
         Student(broken, providers="cpu")

@@ -135,3 +135,14 @@ def test_a_schedule_retrains_when_any_case_is_new(tmp_path: Path) -> None:
     trainer.retrain_hours = 1000.0
     asyncio.run(trainer.handle(records(41, 1)))
     assert len(triggers) == 2  # not due yet
+
+
+def test_the_case_store_keeps_who_labelled_each_case_across_a_restart(tmp_path: Path) -> None:
+    store = CaseStore(tmp_path / "store")
+    for r in records(0, 4):
+        by_student = int(r.event.request_id[1:]) % 2 == 1
+        case = r.event.model_copy(update={"label_source": "student", "reason": "accepted"}) if by_student else r.event
+        assert store.add(case)
+    sources = {c.request_id: c.source for c in store.load("acme", "ticket-triage").values()}
+    again = {c.request_id: c.source for c in CaseStore(tmp_path / "store").load("acme", "ticket-triage").values()}
+    assert sources == again == {"r0": "teacher", "r1": "student", "r2": "teacher", "r3": "student"}
