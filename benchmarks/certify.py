@@ -63,6 +63,17 @@ def embeddings(rows: list[dict[str, Any]], cache: Path) -> np.ndarray:
     return x
 
 
+def confusion_table(train: list[dict[str, Any]], x_train: np.ndarray) -> Any:
+    """The confusable noise model's table: each label's nearest labels by the backbone's mean
+    embedding of 40 of its texts (seeded)."""
+    picked = np.random.default_rng(0).permutation(len(train))
+    by_label: dict[str, list[int]] = {}
+    for i in picked:
+        by_label.setdefault(train[i]["label"], []).append(int(i))
+    sample = [i for ids in by_label.values() for i in ids[:40]]
+    return confusions([train[i]["label"] for i in sample], x_train[sample])
+
+
 def teacher_answers(rows: list[dict[str, Any]], labels: list[str], noise: float, table: Any, seed: int) -> np.ndarray:
     task = task_from_labels("certify", labels, "benchmark")
     teacher = StandinTeacher({r["text"]: r["label"] for r in rows}, noise=noise, confused=table, seed=seed)
@@ -217,12 +228,7 @@ def main() -> None:
     started = time.perf_counter()
     x_train, x_test = embeddings(train, args.cache), embeddings(test, args.cache)
     labels = sorted({r["label"] for r in train})
-    picked = np.random.default_rng(0).permutation(len(train))
-    by_label: dict[str, list[int]] = {}
-    for i in picked:
-        by_label.setdefault(train[i]["label"], []).append(int(i))
-    sample = [i for ids in by_label.values() for i in ids[:40]]
-    table = confusions([train[i]["label"] for i in sample], x_train[sample])
+    table = confusion_table(train, x_train)
     rows: list[dict[str, Any]] = []
     for model in args.noise_models.split(","):
         noise = 0.0 if model == "none" else args.noise

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 from banking77 import DATA, load
-from certify import embeddings, judge, teacher_answers
+from certify import confusion_table, embeddings, judge, teacher_answers
 
 from protege.certify import Evidence, Goal, choose_rule
 from protege.events import AcceptRule
@@ -42,7 +42,6 @@ from protege.harness import machine
 from protege.student.manifest import Vote
 from protege.student.runtime import Bank
 from protege.student.train import VOTE_K, denoised, fit_head, fit_temperature, knn_k
-from protege.teacher import confusions
 
 GOAL = Goal(margin=0.01, confidence=0.95)
 View = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -219,12 +218,7 @@ def main() -> None:
     train, test = loaded
     started = time.perf_counter()
     x_train, x_test = embeddings(train, args.cache), embeddings(test, args.cache)
-    picked = np.random.default_rng(0).permutation(len(train))
-    by_label: dict[str, list[int]] = {}
-    for i in picked:
-        by_label.setdefault(train[i]["label"], []).append(int(i))
-    sample = [i for ids in by_label.values() for i in ids[:40]]
-    table = confusions([train[i]["label"] for i in sample], x_train[sample])
+    table = confusion_table(train, x_train)
     rows: list[dict[str, Any]] = []
     for model in args.noise_models.split(","):
         for rep in range(args.reps):
