@@ -26,10 +26,15 @@ from protege.events import Decision, Scored, StudentOutput, Verdict
 from protege.task import Task
 
 
-def audited(request_id: str, rate: float, *, salt: str = "") -> bool:
+def audited(request_id: str, rate: float) -> bool:
     """Whether a request falls in the audited share: a stable hash of its id, so a replay,
-    another replica or a retry picks the same requests. Another ``salt`` draws another share,
-    independent of the audits'."""
+    another replica or a retry picks the same requests."""
+    return in_share(request_id, rate)
+
+
+def in_share(request_id: str, rate: float, *, salt: str = "") -> bool:
+    """Whether a request falls in a ``rate`` share of requests drawn by a stable hash of its id;
+    another ``salt`` draws another share, independent of the audits' (no salt)."""
     if rate <= 0:
         return False
     if rate >= 1:

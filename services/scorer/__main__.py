@@ -29,8 +29,11 @@ async def serve(settings: ScorerSettings, stop: asyncio.Event) -> None:
     if settings.providers == "cuda":
         require_gpu()  # refuse to start, with the reason, rather than score on the CPU
     # Fused: the verifier's decisions made here, on the tasks it would have loaded.
-    tasks = load_tasks(settings.tasks_dir) if settings.fused else {}
-    verifier = Verifier(tasks, settings.topics, redact_pii=settings.redact_pii) if settings.fused else None
+    verifier = (
+        Verifier(load_tasks(settings.tasks_dir), settings.topics, redact_pii=settings.redact_pii)
+        if settings.fused
+        else None
+    )
     scorer = Scorer(
         settings.topics,
         partial(

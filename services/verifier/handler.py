@@ -30,7 +30,7 @@ import structlog
 from protege import metrics
 from protege.events import Decision, HarvestCase, Response, Scored, TeacherRequest, now_ms
 from protege.kafka import Out, Received
-from protege.policy import audited, router_for
+from protege.policy import in_share, router_for
 from protege.redact import redact
 from protege.task import Task
 from protege.topics import Topics
@@ -76,7 +76,7 @@ class Verifier:
             outs.append(Out.of(self.topics.responses, response))
             metrics.observe_answer(req.task, "student", response.status, req.received_at_ms, at)
             checked = decision.teacher_check or decision.audit  # its teacher label reaches the harvest itself
-            if not checked and audited(req.request_id, self.tasks[req.task].student.learn_accepted, salt=LEARN_SALT):
+            if not checked and in_share(req.request_id, self.tasks[req.task].student.learn_accepted, salt=LEARN_SALT):
                 case = HarvestCase(
                     request_id=req.request_id,
                     tenant=req.tenant,
