@@ -160,7 +160,9 @@ class HarvesterSettings(Settings):
 
 class TrainerSettings(Settings):
     min_cases: int = Field(40, ge=2, description="Harvested cases needed before the first student.")
-    retrain_every: int = Field(100, ge=1, description="New cases that trigger a retrain.")
+    retrain_every: int = Field(
+        100, ge=1, description="New labelled cases (not the student's own accepted answers) that trigger a retrain."
+    )
     retrain_hours: float | None = Field(
         None, gt=0, description="Also retrain on a schedule: this long after the last training, if any case is new."
     )

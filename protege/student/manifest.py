@@ -62,6 +62,9 @@ class Data(Part):
     request_ids_sha256: str
     split: dict[str, int] = Field(description="fit, calib and golden cases.")
     label_counts: dict[str, int]
+    sources: dict[str, int] | None = Field(
+        None, description="Cases by who labelled them: teacher, standin, feedback, student (its accepted answers)."
+    )
 
 
 class Manifest(Part):

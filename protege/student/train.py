@@ -32,6 +32,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -828,6 +829,7 @@ def train_version(
             request_ids_sha256=data_hash,
             split={"fit": len(fit), "calib": len(calib), "golden": len(golden)},
             label_counts={v: sum(1 for c in cases if c.label == v) for v in sorted({c.label for c in cases})},
+            sources=dict(sorted(Counter(c.source for c in cases).items())),
         ),
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         trigger=trigger,

@@ -88,13 +88,14 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
     def trials(tenant: str, task: str) -> tuple[ModelAnnouncement | None, ModelAnnouncement | None]:
         return serving.canary(tenant, task), serving.serving(tenant, task)
 
-    def last_trained(tenant: str, task: str) -> tuple[int, int, bool] | None:
+    def last_trained(tenant: str, task: str) -> tuple[int, int, int, bool] | None:
         versions = registry.versions(tenant, task)
         if not versions:
             return None
         m = versions[-1].manifest
         at = datetime.strptime(m.created_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-        return m.data.cases, int(at.timestamp() * 1000), m.gates.passed
+        accepted = (m.data.sources or {}).get("student", 0)
+        return m.data.cases - accepted, accepted, int(at.timestamp() * 1000), m.gates.passed
 
     trainer = Trainer(
         tasks,

@@ -3,7 +3,10 @@
 The case store is one JSON Lines file per (tenant, task) under ``home/harvest``; a case
 is kept once per request id (a re-read after a crash adds nothing). The first student is
 trained at ``min_cases`` cases, then again every ``retrain_every`` new ones, with the fast
-recipe (the full fine-tune runs on a schedule: ``protege train --recipe finetune``). A
+recipe. Only labelled cases count toward both (teacher, stand-in, feedback): the student's own
+accepted answers (``student.learn_accepted``) ride along with the next training but trigger none,
+or a student answering most traffic would retrain at the pace of the traffic, not of what the
+teacher taught it (the full fine-tune runs on a schedule: ``protege train --recipe finetune``). A
 version that passes the release gates — against the version serving now, on the same
 golden cases — is announced on ``protege.models``; one that does not is kept in the
 registry, not announced, and the log says why. With ``student.canary.share`` set (and a
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 
 import structlog
@@ -32,8 +35,9 @@ from protege.topics import Topics
 Train = Callable[[list[Case], str, Task, Path | None, str], TrainResult]  # ..., the trigger
 ServingFolder = Callable[[str, str], Awaitable[Path | None]]
 Trials = Callable[[str, str], tuple[ModelAnnouncement | None, ModelAnnouncement | None]]  # (on trial, serving)
-# The newest version on record (the registry): (cases it was trained on, when, ms; passed its gates)
-LastTrained = Callable[[str, str], tuple[int, int, bool] | None]
+# The newest version on record (the registry): (labelled cases it was trained on, the student's
+# accepted answers beside them, when, ms; passed its gates)
+LastTrained = Callable[[str, str], tuple[int, int, int, bool] | None]
 READ_BACK_MS = 60_000  # how long a trainer waits to read its own announcement back
 HasRead = Callable[[str, str, str], bool]  # whether the serving view has read (tenant, task, version)'s announcement
 
@@ -46,12 +50,17 @@ def no_trials(tenant: str, task: str) -> tuple[ModelAnnouncement | None, ModelAn
     return None, None
 
 
-def never_trained(tenant: str, task: str) -> tuple[int, int, bool] | None:
+def never_trained(tenant: str, task: str) -> tuple[int, int, int, bool] | None:
     return None
 
 
 def reads_at_once(tenant: str, task: str, version: str) -> bool:
     return True
+
+
+def labelled(cases: Iterable[Case]) -> int:
+    """The cases someone other than the student labelled: what a retrain is counted in."""
+    return sum(1 for c in cases if c.source != "student")
 
 
 class CaseStore:
@@ -133,7 +142,8 @@ class Trainer:
         self.min_cases = min_cases
         self.retrain_every = retrain_every
         self.retrain_hours = retrain_hours
-        self.trained_at: dict[tuple[str, str], int] = {}  # cases at the last training
+        self.trained_at: dict[tuple[str, str], int] = {}  # labelled cases at the last training
+        self.accepted_at: dict[tuple[str, str], int] = {}  # and the student's accepted answers
         self.trained_ms: dict[tuple[str, str], int] = {}  # and when
         self.held_back: set[tuple[str, str]] = set()  # the last candidate failed its gates
         self.log = structlog.get_logger().bind(service="trainer")
@@ -156,11 +166,11 @@ class Trainer:
         if canary is not None:
             return None  # one candidate on trial at a time (until the monitor's verdict)
         cases = self.store.load(tenant, task)
-        n, last = len(cases), self.trained_at.get((tenant, task))
+        n, last = labelled(cases.values()), self.trained_at.get((tenant, task))
         if last is None and (record := self.last_trained(tenant, task)) is not None:
             # A restarted trainer goes on from the newest version on record, not from nothing
             # (it retrained a "first student" at every start).
-            last, self.trained_ms[(tenant, task)], passed = record
+            last, self.accepted_at[(tenant, task)], self.trained_ms[(tenant, task)], passed = record
             self.trained_at[(tenant, task)] = last
             if not passed:
                 self.held_back.add((tenant, task))
@@ -171,16 +181,20 @@ class Trainer:
         new = n - last
         # after a held-back candidate, try again sooner: more cases are the usual cure
         every = min(self.retrain_every, self.min_cases) if (tenant, task) in self.held_back else self.retrain_every
+        riding = len(cases) - n - self.accepted_at.get((tenant, task), 0)
+        fresh = f"{new} new cases" + (f" (and {riding} accepted answers)" if riding > 0 else "")
         if new >= every:
-            return f"{new} new cases"
+            return fresh
         if new and alert is not None:
             return (
                 f"drift alarm: escalation rate {alert.rate:.1%} against a baseline of {alert.baseline:.1%} "
-                f"± {alert.band:.0%}; {new} new cases"
+                f"± {alert.band:.0%}; {fresh}"
             )
         since = now_ms() - self.trained_ms.get((tenant, task), now_ms())
         if new and self.retrain_hours is not None and since >= self.retrain_hours * 3_600_000:
-            return f"schedule: {since / 3_600_000:.1f} h since the last training (every {self.retrain_hours:g} h); {new} new cases"
+            return (
+                f"schedule: {since / 3_600_000:.1f} h since the last training (every {self.retrain_hours:g} h); {fresh}"
+            )
         return None
 
     async def handle(self, received: Sequence[Received[HarvestCase | Alert]]) -> list[Out]:
@@ -204,7 +218,8 @@ class Trainer:
 
     async def retrain(self, tenant: str, task_name: str, trigger: str) -> list[Out]:
         cases = list(self.store.load(tenant, task_name).values())
-        self.trained_at[(tenant, task_name)] = len(cases)
+        self.trained_at[(tenant, task_name)] = labelled(cases)
+        self.accepted_at[(tenant, task_name)] = len(cases) - labelled(cases)
         self.trained_ms[(tenant, task_name)] = now_ms()
         self.log.info("training", tenant=tenant, task=task_name, cases=len(cases), trigger=trigger)
         serving = await self.serving(tenant, task_name)

@@ -18,7 +18,7 @@ from protege.topics import Topics
 T = Topics("u.")
 
 
-def records(start: int, n: int) -> list[Received[HarvestCase]]:
+def records(start: int, n: int, source: str = "teacher") -> list[Received[HarvestCase]]:
     out = []
     for i in range(start, start + n):
         case = HarvestCase(
@@ -27,8 +27,8 @@ def records(start: int, n: int) -> list[Received[HarvestCase]]:
             task="ticket-triage",
             text=f"text {i}",
             label="billing" if i % 2 else "refund",
-            label_source="teacher",
-            reason="escalated",
+            label_source=source,  # type: ignore[arg-type]
+            reason="accepted" if source == "student" else "escalated",
             harvested_at_ms=1,
         )
         out.append(Received(case, T.harvest, offset=i))
@@ -115,7 +115,7 @@ def test_a_drift_alarm_retrains_every_tenant_with_new_cases(tmp_path: Path) -> N
     assert announced.reason == f"trained on {triggers[-1]}; passed its gates"
     # A restarted trainer (same store) goes on from the newest version on record: nothing new
     # since it, nothing to learn; it finds the tenant on disk for the next alarm.
-    again, more = recording_trainer(tmp_path, last_trained=lambda tenant, task: (45, now_ms(), True))
+    again, more = recording_trainer(tmp_path, last_trained=lambda tenant, task: (45, 0, now_ms(), True))
     asyncio.run(again.handle([alert()]))
     assert more == []
     asyncio.run(again.handle(records(45, 3)))
@@ -125,6 +125,33 @@ def test_a_drift_alarm_retrains_every_tenant_with_new_cases(tmp_path: Path) -> N
     fresh, first = recording_trainer(tmp_path)
     asyncio.run(fresh.handle([alert()]))
     assert first == ["first student: 48 cases"]
+
+
+def test_the_students_accepted_answers_ride_along_but_trigger_no_retrain(tmp_path: Path) -> None:
+    """Counted, a student answering 90% of traffic would retrain ten times as often as what the
+    teacher taught it changes; they are learnt from at the next labelled trigger."""
+    trained: list[tuple[int, str]] = []
+
+    def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
+        trained.append((len(cases), trigger))
+        return TrainResult(f"v{len(trained)}", tmp_path / "v", {}, ["a", "b"], True, "passed gates")
+
+    trainer = Trainer(
+        {"ticket-triage": triage_task()}, T, CaseStore(tmp_path / "store"), train, min_cases=40, retrain_every=100
+    )
+    asyncio.run(trainer.handle(records(0, 39) + records(1000, 500, source="student")))
+    assert trained == []  # 39 labelled cases: no first student, however many answers ride along
+    asyncio.run(trainer.handle(records(39, 1)))
+    assert trained == [(540, "first student: 40 cases")]
+    asyncio.run(trainer.handle(records(2000, 1000, source="student") + records(40, 99)))
+    assert len(trained) == 1
+    asyncio.run(trainer.handle(records(139, 1)))
+    assert trained[-1] == (1640, "100 new cases (and 1000 accepted answers)")
+    # a restarted trainer counts from the version on record: 140 labelled, 1,500 accepted
+    again, more = recording_trainer(tmp_path, last_trained=lambda tenant, task: (140, 1500, now_ms(), True))
+    again.retrain_every = 100
+    asyncio.run(again.handle(records(3000, 5, source="student") + records(140, 100)))
+    assert more == ["100 new cases (and 5 accepted answers)"]
 
 
 def test_a_schedule_retrains_when_any_case_is_new(tmp_path: Path) -> None:
