@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from banking77 import DATA, load
+from intents import DATA, load
 
 from protege.certify import Evidence, Goal, choose_rule, cp_lower, cp_upper, paired_union_bound
 from protege.events import AcceptRule

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from banking77 import DATA, load
+from intents import DATA, load
 
 from protege.student.backbone import cached_backbone
 from protege.student.runtime import Encoder, softmax

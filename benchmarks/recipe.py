@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from banking77 import DATA, load
+from intents import DATA, load
 
 from protege.student.backbone import cached_backbone, source_dir
 from protege.student.export import append_head, export_encoder, quantize_int8

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from banking77 import DATA, load
+from intents import DATA, load
 
 BACKENDS = ("pytorch-eager", "ort-fp32", "ort-int8")
 

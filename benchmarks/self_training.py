@@ -10,7 +10,7 @@ only, and against the ceiling where the teacher had labelled everything.
 
 Each repetition: a golden set (1,000 rows, true labels, kept apart), the rest the pool. A
 first version learns from the first ``--seed-share`` of the pool (teacher labels), with the
-shipped fast recipe (denoised, 85% fit / 15% calibration, kNN vote 0.5) and its rule chosen
+shipped fast recipe (denoised, 85% fit / 15% calibration, the kNN vote) and its rule chosen
 on the golden set (relative target: the teacher's accuracy minus 1 point, 95% confidence).
 The rest of the pool streams past it: what the rule accepts gets the student's answer, the
 rest the teacher's. The next version then learns, with the same recipe, from
@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from banking77 import DATA, load
 from certify import confusion_table, embeddings, judge, teacher_answers
+from intents import DATA, load
 
 from protege.certify import Evidence, Goal, choose_rule
 from protege.events import AcceptRule
@@ -42,6 +42,7 @@ from protege.harness import machine
 from protege.student.manifest import Vote
 from protege.student.runtime import Bank
 from protege.student.train import VOTE_K, denoised, fit_head, fit_temperature, knn_k
+from protege.task import StudentConfig
 
 GOAL = Goal(margin=0.01, confidence=0.95)
 View = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -58,7 +59,9 @@ def shipped(x: np.ndarray, labels: np.ndarray, pseudo: np.ndarray, seed: int) ->
     w, b, names = fit_head(x[fit_i], labels[fit_i], seed=seed)
     index = {n: i for i, n in enumerate(names)}
     bank_y = np.asarray([index[v] for v in labels[fit_i]])
-    bank = Bank(x[fit_i], bank_y, len(names), knn_k(labels[fit_i].tolist()), Vote(k=VOTE_K, weight=0.5))
+    bank = Bank(
+        x[fit_i], bank_y, len(names), knn_k(labels[fit_i].tolist()), Vote(k=VOTE_K, weight=StudentConfig().vote)
+    )
     cal_y = np.asarray([index.get(v, -1) for v in labels[cal_i]])
     known = cal_y >= 0
     temperature = fit_temperature((x[cal_i] @ w + b)[known], cal_y[known])

@@ -197,7 +197,7 @@ def test_trained_version_is_complete_and_checksummed(version) -> None:
     assert len(held_out["confidence"]) == len(held_out["ood"]) == split["golden"]
     assert held_out["correct"].mean() == pytest.approx(manifest["metrics"]["golden_accuracy"], abs=1e-4)
     assert manifest["calibration"]["temperature"] > 0 and manifest["ood"]["method"] == "knn"
-    assert manifest["vote"] == {"method": "knn", "k": 5, "weight": 0.5}  # the task's default (student.vote)
+    assert manifest["vote"] == {"method": "knn", "k": 5, "weight": 0.3}  # the task's default (student.vote)
     assert (
         len(np.load(result.folder / "knn_labels.npy"))
         == manifest["ood"]["bank"]
@@ -236,7 +236,8 @@ def test_onnx_student_predicts_with_signals(version) -> None:
     out = student.encoder.run([held[0]["text"]])
     head = softmax(out["logits"] / student.temperature)[0]
     votes = knn_vote(out["embedding"] @ student.bank.emb.T, student.bank.labels, len(student.labels), 5)[0]
-    assert alone.confidence == pytest.approx(float(np.max(0.5 * head + 0.5 * votes)), abs=1e-5)
+    weight = student.manifest.vote.weight  # type: ignore[union-attr]
+    assert alone.confidence == pytest.approx(float(np.max((1 - weight) * head + weight * votes)), abs=1e-5)
     # strange input is further from its nearest training cases than typical input
     weird = student.predict(["zxq vlorp 8812 ###", "the mitochondria is the powerhouse of the cell"])
     assert min(o.ood for o in weird) > np.quantile([o.ood for o in outs], 0.9)
