@@ -28,9 +28,10 @@ another data set's, e.g. CLINC150 from ``benchmarks/clinc150.py``). Levers:
 - ``shipped + LP-FT`` (``--lpft``, slow): the same, then the whole encoder fine-tuned from that
   head (the LP-FT recipe, ``protege train --recipe finetune``).
 
-Out-of-scope traffic (``--unknown-intents``): intents left out of the task whose rows the
-teacher answers ``oos``; the report adds the share of them the student accepted with an
-in-scope label (false accepts) and the share of in-scope test rows deferred to the teacher.
+Out-of-scope traffic (``--unknown-intents``: intents left out of the task whose rows the
+teacher answers ``oos``; or a data set's own ``oos`` rows): the report adds the share of them
+the student accepted with an in-scope label (false accepts) and the share of in-scope test rows
+deferred to the teacher; ``--frontier`` both at every confidence threshold.
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ def one_rep(
         row["all_teacher_accuracy"] = float(t_right.mean())
         row["student_accuracy"] = float(s_right.mean())
         row |= scope(rule, x_conf, x_ood, x_pred, truth_test)
+        if args.frontier and lever == "shipped" and rule is not None and (truth_test == OOS).any():
+            gold = (g_conf, g_ood, g_pred, truth_train[gold_i])
+            row["frontier"] = frontier(rule.max_ood, gold, (x_conf, x_ood, x_pred, truth_test))
         rows.append(row)
     if args.lpft:
         rows.append(
@@ -212,6 +216,40 @@ def scope(rule: Any, conf: np.ndarray, ood: np.ndarray, pred: np.ndarray, truth:
     }
 
 
+def frontier(max_ood: float, gold: tuple[np.ndarray, ...], test: tuple[np.ndarray, ...]) -> list[dict[str, float]]:
+    """What each confidence threshold would cost and let through, at the rule's OOD gate: the
+    out-of-scope false accepts on the golden rows and on the test file, the in-scope test rows
+    deferred, the coverage and the accepted answers' accuracy. The rule maximises coverage for
+    accuracy; this is the trade a user who also caps false accepts would make."""
+    out = []
+    for t in np.round(np.arange(0.9, 0.0, -0.1), 1):
+        point: dict[str, float] = {"min_confidence": float(t)}
+        for name, (conf, ood, pred, truth) in (("golden", gold), ("test", test)):
+            accepted, oos = (conf >= t) & (ood <= max_ood), truth == OOS
+            point[f"{name}_false_accepts"] = float((accepted & oos & (pred != OOS)).sum() / max(1, oos.sum()))
+            if name == "test":
+                point["in_scope_deferred"] = float((~accepted & ~oos).sum() / max(1, (~oos).sum()))
+                point["coverage"] = float(accepted.mean())
+                point["accepted_accuracy"] = float((pred[accepted] == truth[accepted]).mean())
+        out.append(point)
+    return out
+
+
+def print_frontier(rows: list[dict[str, Any]]) -> None:
+    for model in dict.fromkeys(r["noise_model"] for r in rows):
+        these = [r["frontier"] for r in rows if r["noise_model"] == model and "frontier" in r]
+        if not these:
+            continue
+        print(f"{model}: shipped, every threshold at the rule's OOD gate (mean of {len(these)} reps)")
+        print(f"{'min conf':>9}{'golden FA':>11}{'test FA':>9}{'deferred':>10}{'coverage':>10}{'accepted acc':>14}")
+        for i, point in enumerate(these[0]):
+            m = {k: float(np.mean([f[i][k] for f in these])) for k in point}
+            print(
+                f"{m['min_confidence']:>9.1f}{m['golden_false_accepts']:>11.1%}{m['test_false_accepts']:>9.1%}"
+                f"{m['in_scope_deferred']:>10.1%}{m['coverage']:>10.1%}{m['accepted_accuracy']:>14.1%}"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DATA)
@@ -232,6 +270,11 @@ def main() -> None:
         default="",
         help="Also the shipped recipe with other kNN votes: weight:k pairs, comma-separated (e.g. 0.3:5,0.5:10).",
     )
+    ap.add_argument(
+        "--frontier",
+        action="store_true",
+        help="With out-of-scope rows: the shipped recipe's false accepts and in-scope deferrals at every threshold.",
+    )
     args = ap.parse_args()
     loaded = load(args.data)
     if loaded is None:
@@ -247,6 +290,7 @@ def main() -> None:
             print(f"{model} rep {rep}: done ({time.perf_counter() - started:.0f} s)", flush=True)
     summary = summarise(rows)
     print_table(summary, args)
+    print_frontier(rows)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     args.json.write_text(
