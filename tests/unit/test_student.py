@@ -219,6 +219,19 @@ def test_trained_version_is_complete_and_checksummed(version) -> None:
     assert 0.9 <= m["int8_agreement"] <= 1 and m["held_out_accuracy_fp32"] > 0.8
 
 
+def test_the_same_cases_in_another_order_train_the_same_version(
+    version, backbone: Path, embed: EmbeddingCache, registry: Path, task: Task
+) -> None:
+    """A version is its cases: the store's order (their arrival) changes no file of it."""
+    result, _ = version
+    rows = generate(900, seed=5)
+    cases = [Case(r["id"], r["text"], r["label"]) for r in rows[:700]][::-1]
+    again = train_version(cases, recipe=FastRecipe(embed, backbone), registry=registry, tenant="acme-order", task=task)
+    first, second = (json.loads((r.folder / "manifest.json").read_text()) for r in (result, again))
+    assert again.version.split("-")[1] == result.version.split("-")[1]  # the data hash
+    assert second["files"] == first["files"] and second["acceptance"] == first["acceptance"]
+
+
 def test_onnx_student_predicts_with_signals(version) -> None:
     result, held = version
     student = Student(result.folder, providers="cpu")
