@@ -25,6 +25,8 @@ another data set's, e.g. CLINC150 from ``benchmarks/clinc150.py``). Levers:
 - ``shipped``: the same with the kNN vote (``student.vote``, the default: 0.3; 0.5 until CLINC150
   measured it); ``--votes`` adds
   it with other weights and k (``--votes 0.3:5,0.5:3,0.5:10``).
+- ``shipped + false-accept cap 3%``: the same with ``policy.max_false_accepts: 0.03``: the rule
+  stops where more than 3% of the golden set's out-of-scope rows would be accepted in scope.
 - ``shipped + LP-FT`` (``--lpft``, slow): the same, then the whole encoder fine-tuned from that
   head (the LP-FT recipe, ``protege train --recipe finetune``).
 
@@ -40,6 +42,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +69,13 @@ LEVERS: dict[str, dict[str, Any]] = {
     "shipped before": {"fit_share": 0.85, "denoise": True},
     # what it does now (student.vote)
     "shipped": {"fit_share": 0.85, "denoise": True, "vote": StudentConfig().vote},
+    # the same with policy.max_false_accepts 0.03 (the golden set's out-of-scope cases)
+    "shipped + false-accept cap 3%": {
+        "fit_share": 0.85,
+        "denoise": True,
+        "vote": StudentConfig().vote,
+        "max_false_accepts": 0.03,
+    },
 }
 
 
@@ -120,12 +130,19 @@ def one_rep(
         g_conf, g_ood, g_pred = view(x_train[gold_i])
         x_conf, x_ood, x_pred = view(x_test)
         evidence = Evidence(
-            "golden", g_conf, g_ood, g_pred == truth_train[gold_i], t_train[gold_i] == truth_train[gold_i]
+            "golden",
+            g_conf,
+            g_ood,
+            g_pred == truth_train[gold_i],
+            t_train[gold_i] == truth_train[gold_i],
+            out_of_scope=truth_train[gold_i] == OOS,
+            answered_oos=g_pred == OOS,
         )
-        rule = choose_rule(GOAL, evidence, ood_quantile=opts.get("ood_quantile", 0.95))
+        goal = replace(GOAL, max_false_accepts=opts.get("max_false_accepts"))
+        rule = choose_rule(goal, evidence, ood_quantile=opts.get("ood_quantile", 0.95))
         s_right, t_right = x_pred == truth_test, t_test == truth_test
         row = {"rep": rep, "noise_model": model, "lever": lever, "fit_cases": len(fit_i)}
-        row |= judge(rule, GOAL, x_conf, x_ood, s_right, t_right)
+        row |= judge(rule, goal, x_conf, x_ood, s_right, t_right)
         row["all_teacher_accuracy"] = float(t_right.mean())
         row["student_accuracy"] = float(s_right.mean())
         row |= scope(rule, x_conf, x_ood, x_pred, truth_test)
@@ -200,6 +217,9 @@ def lpft_row(
     row |= judge(rule, GOAL, x_conf, x_ood, s_right, t_right)
     row["all_teacher_accuracy"] = float(t_right.mean())
     row["student_accuracy"] = float(s_right.mean())
+    if args.frontier and rule is not None and (truth_test == OOS).any():
+        gold = (g_conf, g_ood, g_pred, truth_train[gold_i])
+        row["frontier"] = frontier(rule.max_ood, gold, (x_conf, x_ood, x_pred, truth_test))
     return row | scope(rule, x_conf, x_ood, x_pred, truth_test)
 
 
@@ -236,11 +256,9 @@ def frontier(max_ood: float, gold: tuple[np.ndarray, ...], test: tuple[np.ndarra
 
 
 def print_frontier(rows: list[dict[str, Any]]) -> None:
-    for model in dict.fromkeys(r["noise_model"] for r in rows):
-        these = [r["frontier"] for r in rows if r["noise_model"] == model and "frontier" in r]
-        if not these:
-            continue
-        print(f"{model}: shipped, every threshold at the rule's OOD gate (mean of {len(these)} reps)")
+    for model, lever in dict.fromkeys((r["noise_model"], r["lever"]) for r in rows if "frontier" in r):
+        these = [r["frontier"] for r in rows if (r["noise_model"], r["lever"]) == (model, lever) and "frontier" in r]
+        print(f"{model}: {lever}, every threshold at the rule's OOD gate (mean of {len(these)} reps)")
         print(f"{'min conf':>9}{'golden FA':>11}{'test FA':>9}{'deferred':>10}{'coverage':>10}{'accepted acc':>14}")
         for i, point in enumerate(these[0]):
             m = {k: float(np.mean([f[i][k] for f in these])) for k in point}
@@ -273,7 +291,8 @@ def main() -> None:
     ap.add_argument(
         "--frontier",
         action="store_true",
-        help="With out-of-scope rows: the shipped recipe's false accepts and in-scope deferrals at every threshold.",
+        help="With out-of-scope rows: the shipped recipe's (and LP-FT's) false accepts and in-scope deferrals at "
+        "every threshold.",
     )
     args = ap.parse_args()
     loaded = load(args.data)

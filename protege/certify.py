@@ -68,6 +68,9 @@ class Goal:
     accuracy: float | None = None
     margin: float | None = None
     confidence: float = 0.95
+    # Out-of-scope requests accepted with an in-scope label, at most this share of them on the
+    # evidence (a point estimate: ``choose_rule``); None: no cap.
+    max_false_accepts: float | None = None
 
     def __post_init__(self) -> None:
         if (self.accuracy is None) == (self.margin is None):
@@ -78,9 +81,10 @@ class Goal:
         return self.margin is not None
 
     def describe(self) -> str:
+        cap = "" if self.max_false_accepts is None else f"; out of scope accepted <= {self.max_false_accepts:.1%}"
         if self.margin is not None:
-            return f"at most {self.margin:.3f} below the teacher on the same requests @ {self.confidence:.0%}"
-        return f"accuracy >= {self.accuracy:.3f} @ {self.confidence:.0%}"
+            return f"at most {self.margin:.3f} below the teacher on the same requests @ {self.confidence:.0%}{cap}"
+        return f"accuracy >= {self.accuracy:.3f} @ {self.confidence:.0%}{cap}"
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,15 @@ class Evidence:
     ood: np.ndarray
     student_right: np.ndarray  # against the truth (golden) or the teacher's label (agreement)
     teacher_right: np.ndarray | None = None  # golden: the teacher's own answer against the truth
+    # Per case: out of scope (its label is ``oos``), and whether the student answered ``oos``.
+    out_of_scope: np.ndarray | None = None
+    answered_oos: np.ndarray | None = None
+
+    def false_accepts(self, accepted: np.ndarray) -> float | None:
+        """The share of out-of-scope cases ``accepted`` with an in-scope answer (None: none here)."""
+        if self.out_of_scope is None or self.answered_oos is None or not self.out_of_scope.any():
+            return None
+        return float((accepted & self.out_of_scope & ~self.answered_oos).sum() / self.out_of_scope.sum())
 
     def __post_init__(self) -> None:
         if self.kind == "golden" and self.teacher_right is None:
@@ -167,7 +180,12 @@ def choose_rule(
     goal: Goal, evidence: Evidence, *, ood_quantile: float = OOD_QUANTILE, paired: PairedBound | None = None
 ) -> AcceptRule | None:
     """The rule with the most coverage whose every step down the grid passed (None: not even the
-    strictest threshold could be certified on this evidence)."""
+    strictest threshold could be certified on this evidence). With ``goal.max_false_accepts``
+    and out-of-scope cases in the evidence, the sequence also stops where the share of them
+    accepted with an in-scope answer would exceed the cap: a point estimate, not a bound (a
+    golden set holds few of them: 0 of 90 bounds the rate only at 3.3% with 95% confidence).
+    Stopping earlier keeps the accuracy guarantee: every threshold before the first failure is
+    covered by it."""
     if len(evidence) == 0:
         return None
     max_ood = float(np.quantile(evidence.ood, ood_quantile))
@@ -177,6 +195,9 @@ def choose_rule(
         if not could_pass(goal, int(accepted.sum())):
             continue  # too few cases for even a flawless record to pass: not a test yet; the sequence goes on
         if slack_lower_bound(goal, evidence, accepted, paired) < 0:
+            break
+        let_through = evidence.false_accepts(accepted)
+        if goal.max_false_accepts is not None and let_through is not None and let_through > goal.max_false_accepts:
             break
         best = AcceptRule(
             target_accuracy=goal.accuracy,

@@ -109,6 +109,16 @@ class Policy(BaseModel):
         "`golden`), or without one on agreement (the student's disagreement with the teacher must stay under it).",
     )
     target_confidence: float = Field(0.95, gt=0.5, lt=1, description="Statistical confidence of that guarantee.")
+    max_false_accepts: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Also cap the out-of-scope requests the student answers with an in-scope label: a version's "
+        "rule stops at the threshold where more than this share of the golden set's `oos` cases would be "
+        "accepted. A point estimate on the golden set, not part of the certified guarantee (a golden set holds "
+        "too few out-of-scope cases to bound a few percent); the price is in-scope requests deferred "
+        "(benchmarks/coverage_levers.py --frontier). Needs a golden set with `oos` cases; ignored otherwise.",
+    )
     audit_rate: float = Field(
         0.0,
         ge=0,
@@ -154,19 +164,24 @@ class Policy(BaseModel):
         the coverage a version reports)."""
         from protege.certify import Goal
 
+        cap = self.max_false_accepts
         if self.target_margin is not None:
-            return Goal(margin=self.target_margin, confidence=self.target_confidence)
-        return Goal(accuracy=self.target_accuracy or default_accuracy, confidence=self.target_confidence)
+            return Goal(margin=self.target_margin, confidence=self.target_confidence, max_false_accepts=cap)
+        return Goal(
+            accuracy=self.target_accuracy or default_accuracy, confidence=self.target_confidence, max_false_accepts=cap
+        )
 
     @property
     def version(self) -> str:
         """Content hash: any change to the policy section is a new policy version (a policy
-        without audits or a relative target hashes as it did before they existed)."""
+        without audits, a relative target or a false-accept cap hashes as it did before they existed)."""
         data = self.model_dump(mode="json")
         if not data["audit_rate"]:
             del data["audit_rate"]
         if data["target_margin"] is None:
             del data["target_margin"]
+        if data["max_false_accepts"] is None:
+            del data["max_false_accepts"]
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

@@ -96,7 +96,8 @@ def models_list(tenant: Tenant, task_name: TaskName) -> None:
             f"{m['truth_accuracy']:.3f} ({m['truth_teacher_accuracy']:.3f})" if "truth_accuracy" in m else "-",
             f"{m['golden_macro_f1']:.3f}",
             f"{m['golden_ece']:.3f}",
-            target_text(target.target_accuracy, target.target_margin, target.confidence_level),
+            target_text(target.target_accuracy, target.target_margin, target.confidence_level)
+            + ("" if target.max_false_accepts is None else f"; oos in scope <= {target.max_false_accepts:.1%}"),
             f"{m['golden_coverage']:.3f}" if man.acceptance is not None else "none certified",
             "-" if audited is None else f"{audited['accuracy']:.3f} ({audited['audits']})",
             "passed" if man.gates.passed else "held back",

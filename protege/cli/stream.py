@@ -503,6 +503,13 @@ def bench_stream(
             "absolute:A (at least A accurate), or none (the task's fixed thresholds)."
         ),
     ] = "relative:0.01",
+    max_false_accepts: Annotated[
+        float,
+        typer.Option(
+            help="The task's policy.max_false_accepts: cap the golden set's out-of-scope cases a version's rule "
+            "accepts with an in-scope label at this share (0: no cap)."
+        ),
+    ] = 0.0,
     finetune_epochs: Annotated[
         int,
         typer.Option(
@@ -546,7 +553,9 @@ def bench_stream(
     task = task_from_labels(task_name, labels, f"bench on {train.name}")
     task = task.model_copy(
         update={
-            "policy": Policy.model_validate({**task.policy.model_dump(), "name": policy, **targeted}),
+            "policy": Policy.model_validate(
+                {**task.policy.model_dump(), "name": policy, **targeted, "max_false_accepts": max_false_accepts or None}
+            ),
             "golden": "golden.jsonl" if golden_rows else None,
             "student": StudentConfig.model_validate({**task.student.model_dump(), "learn_accepted": learn_accepted}),
         }
@@ -633,6 +642,7 @@ def bench_stream(
         "golden": len(golden_rows),
         "teacher_accuracy_golden": teacher_accuracy_golden,
         "learn_accepted": learn_accepted,
+        "max_false_accepts": max_false_accepts or None,
     }
     report_json.parent.mkdir(parents=True, exist_ok=True)
     report_json.write_text(json.dumps(summary, indent=2))

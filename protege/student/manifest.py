@@ -48,6 +48,9 @@ class Target(Part):
     target_accuracy: float | None = None
     target_margin: float | None = Field(None, description="Relative: at most this below the teacher's accuracy.")
     confidence_level: float
+    max_false_accepts: float | None = Field(
+        None, description="The policy's cap on out-of-scope requests accepted (a golden-set estimate)."
+    )
 
 
 class GateReport(Part):

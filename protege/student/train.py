@@ -765,7 +765,15 @@ def train_version(
     trusted = score([t.text for t in truth], [t.label for t in truth], temperature)
     teacher_right = np.asarray([t.teacher == t.label for t in truth], dtype=bool)
     evidence = (
-        Evidence("golden", trusted.probs.max(axis=1), trusted.ood, trusted.correct, teacher_right)
+        Evidence(
+            "golden",
+            trusted.probs.max(axis=1),
+            trusted.ood,
+            trusted.correct,
+            teacher_right,
+            out_of_scope=np.asarray([t.label == OOS for t in truth], dtype=bool),
+            answered_oos=trusted.pred == index.get(OOS, -1),
+        )
         if truth
         else Evidence("agreement", cal.probs.max(axis=1), cal.ood, cal.correct)
     )
@@ -800,6 +808,10 @@ def train_version(
         "train_seconds": round(time.perf_counter() - started, 2),
     }
     metrics |= precision.metrics | truth_metrics(trusted, teacher_right, rule)
+    if truth and rule is not None:
+        accepted = (trusted.probs.max(axis=1) >= rule.min_confidence) & (trusted.ood <= rule.max_ood)
+        if (let_through := evidence.false_accepts(accepted)) is not None:
+            metrics["truth_false_accepts"] = round(let_through, 4)  # out of scope accepted in scope
     if gold_metrics["accepted_accuracy"] is not None:
         metrics["golden_accepted_accuracy"] = round(gold_metrics["accepted_accuracy"], 4)
     manifest = Manifest(
@@ -816,7 +828,10 @@ def train_version(
         vote=vote,
         acceptance=rule,
         acceptance_target=Target(
-            target_accuracy=goal.accuracy, target_margin=goal.margin, confidence_level=goal.confidence
+            target_accuracy=goal.accuracy,
+            target_margin=goal.margin,
+            confidence_level=goal.confidence,
+            max_false_accepts=goal.max_false_accepts,
         ),
         metrics=metrics,
         golden={k: v for k, v in gold_metrics.items() if k != "class_recall"}

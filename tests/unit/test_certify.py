@@ -102,6 +102,25 @@ def test_thresholds_that_cannot_pass_are_skipped_not_failed() -> None:
     assert slack_lower_bound(goal, Evidence("agreement", ev.confidence, ev.ood, ev.student_right), accepted) >= 0
 
 
+def test_a_false_accept_cap_stops_the_sequence_where_out_of_scope_gets_through() -> None:
+    """10% of the golden cases are out of scope; the student answers an in-scope label for them
+    below 0.95 confidence and ``oos`` above. The cap stops the rule where more than
+    it would be accepted; without out-of-scope cases in the evidence it changes nothing."""
+    ev = world(4000, 7, teacher_error=0.06)
+    rng = np.random.default_rng(7)
+    oos = rng.uniform(size=len(ev)) < 0.10
+    answered_oos = oos & (ev.confidence >= 0.95)
+    scoped = Evidence("golden", ev.confidence, ev.ood, ev.student_right, ev.teacher_right, oos, answered_oos)
+    loose = choose_rule(Goal(margin=0.01), scoped)
+    capped = choose_rule(Goal(margin=0.01, max_false_accepts=0.03), scoped)
+    assert loose is not None and capped is not None and capped.min_confidence > loose.min_confidence
+    at = (scoped.confidence >= capped.min_confidence) & (scoped.ood <= capped.max_ood)
+    after = (scoped.confidence >= round(capped.min_confidence - 0.01, 2)) & (scoped.ood <= capped.max_ood)
+    assert scoped.false_accepts(at) <= 0.03 < scoped.false_accepts(after)  # type: ignore[operator]
+    assert choose_rule(Goal(margin=0.01, max_false_accepts=0.03), ev) == loose  # no oos cases: no cap
+    assert "out of scope accepted <= 3.0%" in Goal(margin=0.01, max_false_accepts=0.03).describe()
+
+
 def test_golden_evidence_needs_the_teachers_answers() -> None:
     with pytest.raises(ValueError):
         Evidence("golden", np.ones(3), np.zeros(3), np.ones(3, bool))
