@@ -100,7 +100,11 @@ async def serve(settings: TeacherSettings, stop: asyncio.Event) -> None:
         unavailable=unavailable,
         journal=journal,
     )
-    await asyncio.gather(*(p.run(stop) for p in processors(settings, worker)), reading)
+    try:
+        await asyncio.gather(*(p.run(stop) for p in processors(settings, worker)), reading)
+    finally:
+        if isinstance(teacher, AnthropicTeacher):
+            await teacher.client.close()  # its keep-alive connections to the API, at shutdown
 
 
 def processors(settings: TeacherSettings, worker: TeacherWorker) -> list[AnswerLoop]:
