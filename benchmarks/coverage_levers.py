@@ -226,10 +226,15 @@ def lpft_row(
 def scope(rule: Any, conf: np.ndarray, ood: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """With out-of-scope rows in the test file: the share of them the rule let the student
     answer with an in-scope label (false accepts), and the share of in-scope rows it deferred."""
-    oos = truth == OOS
-    if not oos.any():
+    if not (truth == OOS).any():
         return {}
     accepted = np.zeros(len(truth), bool) if rule is None else (conf >= rule.min_confidence) & (ood <= rule.max_ood)
+    return scope_of(accepted, pred, truth)
+
+
+def scope_of(accepted: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Out-of-scope rows ``accepted`` with an in-scope answer, and in-scope rows not accepted."""
+    oos = truth == OOS
     return {
         "oos_false_accepts": float((accepted & oos & (pred != OOS)).sum() / max(1, oos.sum())),
         "in_scope_deferred": float((~accepted & ~oos).sum() / max(1, (~oos).sum())),
@@ -245,10 +250,11 @@ def frontier(max_ood: float, gold: tuple[np.ndarray, ...], test: tuple[np.ndarra
     for t in np.round(np.arange(0.9, 0.0, -0.1), 1):
         point: dict[str, float] = {"min_confidence": float(t)}
         for name, (conf, ood, pred, truth) in (("golden", gold), ("test", test)):
-            accepted, oos = (conf >= t) & (ood <= max_ood), truth == OOS
-            point[f"{name}_false_accepts"] = float((accepted & oos & (pred != OOS)).sum() / max(1, oos.sum()))
+            accepted = (conf >= t) & (ood <= max_ood)
+            shares = scope_of(accepted, pred, truth)
+            point[f"{name}_false_accepts"] = shares["oos_false_accepts"]
             if name == "test":
-                point["in_scope_deferred"] = float((~accepted & ~oos).sum() / max(1, (~oos).sum()))
+                point["in_scope_deferred"] = shares["in_scope_deferred"]
                 point["coverage"] = float(accepted.mean())
                 point["accepted_accuracy"] = float((pred[accepted] == truth[accepted]).mean())
         out.append(point)

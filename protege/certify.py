@@ -196,8 +196,8 @@ def choose_rule(
             continue  # too few cases for even a flawless record to pass: not a test yet; the sequence goes on
         if slack_lower_bound(goal, evidence, accepted, paired) < 0:
             break
-        let_through = evidence.false_accepts(accepted)
-        if goal.max_false_accepts is not None and let_through is not None and let_through > goal.max_false_accepts:
+        cap = goal.max_false_accepts
+        if cap is not None and (let_through := evidence.false_accepts(accepted)) is not None and let_through > cap:
             break
         best = AcceptRule(
             target_accuracy=goal.accuracy,

@@ -24,6 +24,7 @@ from protege.kafka import Out, producer
 from protege.registry import Registry, Version
 from protege.serving import Serving, read_serving
 from protege.settings import Settings
+from protege.student.manifest import Target
 from protege.task import load_tasks
 
 # -- models -------------------------------------------------------------------------
@@ -96,8 +97,7 @@ def models_list(tenant: Tenant, task_name: TaskName) -> None:
             f"{m['truth_accuracy']:.3f} ({m['truth_teacher_accuracy']:.3f})" if "truth_accuracy" in m else "-",
             f"{m['golden_macro_f1']:.3f}",
             f"{m['golden_ece']:.3f}",
-            target_text(target.target_accuracy, target.target_margin, target.confidence_level)
-            + ("" if target.max_false_accepts is None else f"; oos in scope <= {target.max_false_accepts:.1%}"),
+            target_text(target),
             f"{m['golden_coverage']:.3f}" if man.acceptance is not None else "none certified",
             "-" if audited is None else f"{audited['accuracy']:.3f} ({audited['audits']})",
             "passed" if man.gates.passed else "held back",
@@ -106,11 +106,17 @@ def models_list(tenant: Tenant, task_name: TaskName) -> None:
     Console(width=170).print(table)
 
 
-def target_text(accuracy: float | None, margin: float | None, confidence: float) -> str:
-    """``0.970 @ 95%`` (absolute) or ``teacher -0.010 @ 95%`` (relative to the teacher)."""
-    if margin is not None:
-        return f"teacher -{margin:.3f} @ {confidence:.0%}"
-    return f"{accuracy:.3f} @ {confidence:.0%}" if accuracy is not None else "-"
+def target_text(target: Target) -> str:
+    """``0.970 @ 95%`` (absolute) or ``teacher -0.010 @ 95%`` (relative to the teacher), and the
+    false-accept cap when the policy sets one."""
+    if target.target_margin is not None:
+        text = f"teacher -{target.target_margin:.3f} @ {target.confidence_level:.0%}"
+    elif target.target_accuracy is not None:
+        text = f"{target.target_accuracy:.3f} @ {target.confidence_level:.0%}"
+    else:
+        return "-"
+    cap = target.max_false_accepts
+    return text if cap is None else f"{text}; oos in scope <= {cap:.1%}"
 
 
 @models_app.command("show")

@@ -256,6 +256,10 @@ class Scores:
     def correct(self) -> np.ndarray:
         return self.pred == self.y
 
+    def accepted_by(self, rule: AcceptRule) -> np.ndarray:
+        """The cases ``rule`` lets the student answer alone."""
+        return (self.probs.max(axis=1) >= rule.min_confidence) & (self.ood <= rule.max_ood)
+
 
 def evaluate(
     s: Scores, labels: Sequence[str], rule: AcceptRule | None, gates: Gates, truth: Sequence[str] = ()
@@ -272,7 +276,7 @@ def evaluate(
         "class_recall": class_recall(s.pred, s.y, labels, gates.min_class_support),
     }
     if rule is not None and len(s.y):
-        accepted = (s.probs.max(axis=1) >= rule.min_confidence) & (s.ood <= rule.max_ood)
+        accepted = s.accepted_by(rule)
         out["coverage"] = float(accepted.mean())
         out["accepted_accuracy"] = float(s.correct[accepted].mean()) if accepted.any() else None
     else:
@@ -585,7 +589,7 @@ def truth_metrics(s: Scores, teacher_right: np.ndarray, rule: AcceptRule | None)
         "truth_teacher_accuracy": round(float(teacher_right.mean()), 4),
     }
     if rule is not None:
-        accepted = (s.probs.max(axis=1) >= rule.min_confidence) & (s.ood <= rule.max_ood)
+        accepted = s.accepted_by(rule)
         out["truth_coverage"] = round(float(accepted.mean()), 4)
         if accepted.any():
             out["truth_accepted_accuracy"] = round(float(s.correct[accepted].mean()), 4)
@@ -808,10 +812,8 @@ def train_version(
         "train_seconds": round(time.perf_counter() - started, 2),
     }
     metrics |= precision.metrics | truth_metrics(trusted, teacher_right, rule)
-    if truth and rule is not None:
-        accepted = (trusted.probs.max(axis=1) >= rule.min_confidence) & (trusted.ood <= rule.max_ood)
-        if (let_through := evidence.false_accepts(accepted)) is not None:
-            metrics["truth_false_accepts"] = round(let_through, 4)  # out of scope accepted in scope
+    if truth and rule is not None and (let_through := evidence.false_accepts(trusted.accepted_by(rule))) is not None:
+        metrics["truth_false_accepts"] = round(let_through, 4)  # out of scope accepted in scope
     if gold_metrics["accepted_accuracy"] is not None:
         metrics["golden_accepted_accuracy"] = round(gold_metrics["accepted_accuracy"], 4)
     manifest = Manifest(

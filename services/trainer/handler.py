@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -58,15 +58,11 @@ def reads_at_once(tenant: str, task: str, version: str) -> bool:
     return True
 
 
-def labelled(cases: Iterable[Case]) -> int:
-    """The cases someone other than the student labelled: what a retrain is counted in."""
-    return sum(1 for c in cases if c.source != "student")
-
-
 class CaseStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.cases: dict[tuple[str, str], dict[str, Case]] = {}
+        self.accepted: dict[tuple[str, str], int] = {}  # of them, the student's own accepted answers
 
     def _path(self, tenant: str, task: str) -> Path:
         return self.root / tenant / f"{task}.jsonl"
@@ -83,13 +79,24 @@ class CaseStore:
                         row["request_id"], row["text"], row["label"], row.get("source", "teacher")
                     )
             self.cases[key] = cases
+            self.accepted[key] = sum(1 for c in cases.values() if c.source == "student")
         return self.cases[key]
+
+    def counts(self, tenant: str, task: str) -> tuple[int, int]:
+        """(labelled cases — the teacher's, the stand-in's, feedback — and the student's accepted
+        answers) of (tenant, task), kept as cases arrive: a retrain is counted in the first."""
+        cases = self.load(tenant, task)
+        accepted = self.accepted[(tenant, task)]
+        return len(cases) - accepted, accepted
 
     def add(self, case: HarvestCase) -> bool:
         cases = self.load(case.tenant, case.task)
-        if case.request_id in cases and case.reason != "feedback":
+        before = cases.get(case.request_id)
+        if before is not None and case.reason != "feedback":
             return False
         cases[case.request_id] = Case(case.request_id, case.text, case.label, case.label_source)
+        key = (case.tenant, case.task)
+        self.accepted[key] += (case.label_source == "student") - (before is not None and before.source == "student")
         path = self._path(case.tenant, case.task)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
@@ -165,8 +172,8 @@ class Trainer:
         canary, _ = self.trials(tenant, task)
         if canary is not None:
             return None  # one candidate on trial at a time (until the monitor's verdict)
-        cases = self.store.load(tenant, task)
-        n, last = labelled(cases.values()), self.trained_at.get((tenant, task))
+        n, accepted = self.store.counts(tenant, task)
+        last = self.trained_at.get((tenant, task))
         if last is None and (record := self.last_trained(tenant, task)) is not None:
             # A restarted trainer goes on from the newest version on record, not from nothing
             # (it retrained a "first student" at every start).
@@ -174,14 +181,14 @@ class Trainer:
             self.trained_at[(tenant, task)] = last
             if not passed:
                 self.held_back.add((tenant, task))
-        if len({c.label for c in cases.values()}) < 2:
+        if len({c.label for c in self.store.load(tenant, task).values()}) < 2:
             return None
         if last is None:
             return f"first student: {n} cases" if n >= self.min_cases else None
         new = n - last
         # after a held-back candidate, try again sooner: more cases are the usual cure
         every = min(self.retrain_every, self.min_cases) if (tenant, task) in self.held_back else self.retrain_every
-        riding = len(cases) - n - self.accepted_at.get((tenant, task), 0)
+        riding = accepted - self.accepted_at.get((tenant, task), 0)
         fresh = f"{new} new cases" + (f" (and {riding} accepted answers)" if riding > 0 else "")
         if new >= every:
             return fresh
@@ -218,8 +225,9 @@ class Trainer:
 
     async def retrain(self, tenant: str, task_name: str, trigger: str) -> list[Out]:
         cases = list(self.store.load(tenant, task_name).values())
-        self.trained_at[(tenant, task_name)] = labelled(cases)
-        self.accepted_at[(tenant, task_name)] = len(cases) - labelled(cases)
+        self.trained_at[(tenant, task_name)], self.accepted_at[(tenant, task_name)] = self.store.counts(
+            tenant, task_name
+        )
         self.trained_ms[(tenant, task_name)] = now_ms()
         self.log.info("training", tenant=tenant, task=task_name, cases=len(cases), trigger=trigger)
         serving = await self.serving(tenant, task_name)
