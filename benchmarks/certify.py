@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from intents import DATA, load
 
-from protege.certify import Evidence, Goal, choose_rule, cp_lower, cp_upper, paired_union_bound
+from protege.certify import Evidence, Goal, accepted_by, choose_rule, cp_lower, cp_upper, paired_union_bound
 from protege.events import AcceptRule
 from protege.generator import task_from_labels
 from protege.harness import machine
@@ -114,11 +114,20 @@ def corrected_rule(
 
 
 def judge(
-    rule: AcceptRule | None, goal: Goal, conf: np.ndarray, ood: np.ndarray, s_right: np.ndarray, t_right: np.ndarray
+    rule: AcceptRule | None,
+    goal: Goal,
+    conf: np.ndarray,
+    ood: np.ndarray,
+    s_right: np.ndarray,
+    t_right: np.ndarray,
+    oos_probability: np.ndarray | None = None,
+    answered_oos: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The rule on the test file: coverage, accuracy of accepted answers and the teacher's on them,
     the cascade's accuracy (student where accepted, teacher elsewhere), and whether it held."""
-    accepted = np.zeros(len(conf), bool) if rule is None else (conf >= rule.min_confidence) & (ood <= rule.max_ood)
+    accepted = (
+        np.zeros(len(conf), bool) if rule is None else accepted_by(rule, conf, ood, oos_probability, answered_oos)
+    )
     n = int(accepted.sum())
     acc_s = float(s_right[accepted].mean()) if n else None
     acc_t = float(t_right[accepted].mean()) if n else None

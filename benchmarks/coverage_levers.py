@@ -50,7 +50,7 @@ import numpy as np
 from certify import confusion_table, embeddings, judge, teacher_answers
 from intents import DATA, load
 
-from protege.certify import Evidence, Goal, choose_rule
+from protege.certify import Evidence, Goal, accepted_by, choose_rule
 from protege.harness import machine
 from protege.student.manifest import Vote
 from protege.student.runtime import Bank
@@ -69,12 +69,28 @@ LEVERS: dict[str, dict[str, Any]] = {
     "shipped before": {"fit_share": 0.85, "denoise": True},
     # what it does now (student.vote)
     "shipped": {"fit_share": 0.85, "denoise": True, "vote": StudentConfig().vote},
-    # the same with policy.max_false_accepts 0.03 (the golden set's out-of-scope cases)
+    # the same with policy.max_false_accepts 0.03 (the golden set's out-of-scope cases), a
+    # confidence threshold alone (as before the ceiling on oos) or with the ceiling (shipped)
+    "shipped + cap 3% without oos gate": {
+        "fit_share": 0.85,
+        "denoise": True,
+        "vote": StudentConfig().vote,
+        "max_false_accepts": 0.03,
+        "oos_gate": False,
+    },
     "shipped + false-accept cap 3%": {
         "fit_share": 0.85,
         "denoise": True,
         "vote": StudentConfig().vote,
         "max_false_accepts": 0.03,
+    },
+    # the same with the OOD gate at 99%: the ceiling on oos takes over part of its work
+    "shipped + cap 3% + ood 0.99": {
+        "fit_share": 0.85,
+        "denoise": True,
+        "vote": StudentConfig().vote,
+        "max_false_accepts": 0.03,
+        "ood_quantile": 0.99,
     },
 }
 
@@ -123,12 +139,15 @@ def one_rep(
         known = cal_y >= 0
         temperature = fit_temperature((x_train[cal_i] @ w + b)[known], cal_y[known])
 
-        def view(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            p, ood = bank.view(x, x @ w + b, temperature)  # noqa: B023 (used within the iteration)
-            return p.max(1), ood, names_a[p.argmax(1)]  # noqa: B023
+        oos_i = index.get(OOS)
 
-        g_conf, g_ood, g_pred = view(x_train[gold_i])
-        x_conf, x_ood, x_pred = view(x_test)
+        def view(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+            p, ood = bank.view(x, x @ w + b, temperature)  # noqa: B023 (used within the iteration)
+            p_oos = None if oos_i is None else p[:, oos_i]  # noqa: B023
+            return p.max(1), ood, names_a[p.argmax(1)], p_oos  # noqa: B023
+
+        g_conf, g_ood, g_pred, g_oos = view(x_train[gold_i])
+        x_conf, x_ood, x_pred, x_oos = view(x_test)
         evidence = Evidence(
             "golden",
             g_conf,
@@ -137,15 +156,18 @@ def one_rep(
             t_train[gold_i] == truth_train[gold_i],
             out_of_scope=truth_train[gold_i] == OOS,
             answered_oos=g_pred == OOS,
+            oos_probability=g_oos if opts.get("oos_gate", True) else None,
         )
         goal = replace(GOAL, max_false_accepts=opts.get("max_false_accepts"))
         rule = choose_rule(goal, evidence, ood_quantile=opts.get("ood_quantile", 0.95))
         s_right, t_right = x_pred == truth_test, t_test == truth_test
         row = {"rep": rep, "noise_model": model, "lever": lever, "fit_cases": len(fit_i)}
-        row |= judge(rule, goal, x_conf, x_ood, s_right, t_right)
+        row |= judge(rule, goal, x_conf, x_ood, s_right, t_right, x_oos, x_pred == OOS)
         row["all_teacher_accuracy"] = float(t_right.mean())
         row["student_accuracy"] = float(s_right.mean())
-        row |= scope(rule, x_conf, x_ood, x_pred, truth_test)
+        row |= scope(rule, x_conf, x_ood, x_pred, truth_test, x_oos)
+        if rule is not None:
+            row["rule"] = rule.model_dump(exclude_none=True)
         if args.frontier and lever == "shipped" and rule is not None and (truth_test == OOS).any():
             gold = (g_conf, g_ood, g_pred, truth_train[gold_i])
             row["frontier"] = frontier(rule.max_ood, gold, (x_conf, x_ood, x_pred, truth_test))
@@ -223,12 +245,21 @@ def lpft_row(
     return row | scope(rule, x_conf, x_ood, x_pred, truth_test)
 
 
-def scope(rule: Any, conf: np.ndarray, ood: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+def scope(
+    rule: Any,
+    conf: np.ndarray,
+    ood: np.ndarray,
+    pred: np.ndarray,
+    truth: np.ndarray,
+    oos_probability: np.ndarray | None = None,
+) -> dict[str, float]:
     """With out-of-scope rows in the test file: the share of them the rule let the student
     answer with an in-scope label (false accepts), and the share of in-scope rows it deferred."""
     if not (truth == OOS).any():
         return {}
-    accepted = np.zeros(len(truth), bool) if rule is None else (conf >= rule.min_confidence) & (ood <= rule.max_ood)
+    accepted = (
+        np.zeros(len(truth), bool) if rule is None else accepted_by(rule, conf, ood, oos_probability, pred == OOS)
+    )
     return scope_of(accepted, pred, truth)
 
 
@@ -336,8 +367,17 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for key in keys:
             vals = [r[key] for r in rs if r.get(key) is not None]
             s[key] = float(np.mean(vals)) if vals else None
+        s["rules"] = [rule_text(r.get("rule")) for r in rs]
         out.append(s)
     return out
+
+
+def rule_text(rule: dict[str, Any] | None) -> str:
+    """A rule's thresholds in a few characters: ``0.55`` or ``0.55/oos<=0.05``."""
+    if rule is None:
+        return "none"
+    gate = rule.get("max_oos_probability")
+    return f"{rule['min_confidence']:.2f}" + ("" if gate is None else f"/oos<={gate:g}")
 
 
 def print_table(summary: list[dict[str, Any]], args: argparse.Namespace) -> None:
@@ -350,7 +390,7 @@ def print_table(summary: list[dict[str, Any]], args: argparse.Namespace) -> None
         f"{args.noise:g}; {args.unknown_intents} unknown intents; {args.reps} reps; {m['cpu']}, {m['cores']} cores)"
     )
     cols = ["noise", "lever", "coverage", "accepted acc", "teacher on accepted", "cascade acc", "all-teacher acc"]
-    cols += ["student acc", "oos false accepts", "in-scope deferred", "held"]
+    cols += ["student acc", "oos false accepts", "in-scope deferred", "held", "rules"]
     for col in cols:
         table.add_column(col)
 
@@ -367,6 +407,7 @@ def print_table(summary: list[dict[str, Any]], args: argparse.Namespace) -> None
                 for k in ("all_teacher_accuracy", "student_accuracy", "oos_false_accepts", "in_scope_deferred")
             ),
             f"{s['held']}/{s['reps']}",
+            " ".join(s["rules"]),
         )
     Console(width=200).print(table)
 

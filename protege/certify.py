@@ -6,7 +6,9 @@ guarantee on fresh traffic.
     rule = choose_rule(goal, evidence)                      #   the teacher's on the same requests
 
 The rule is a confidence threshold from a grid fixed in advance (0.99, 0.98, ..., 0.00) and an
-OOD ceiling (the 95th percentile of the held-out cases' OOD scores). Thresholds are tested in
+OOD ceiling (the 95th percentile of the held-out cases' OOD scores); under a false-accept cap,
+for a student that knows the label ``oos``, also a ceiling on the probability it gives ``oos``
+when it answers in scope (``OOS_GATES``; see ``choose_rule``). Thresholds are tested in
 turn from the strictest (fixed-sequence testing, Learn-then-Test): a threshold passes when the
 lower confidence bound of the goal's slack on the cases it accepts is at least zero; the first
 failure stops; the lowest threshold that passed is the rule. The family-wise error of the whole
@@ -33,7 +35,7 @@ correcting agreement by the teacher's golden error rate under an independence as
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -41,6 +43,12 @@ import numpy as np
 from protege.events import AcceptRule
 
 OOD_QUANTILE = 0.95  # the OOD gate passes this share of held-out cases
+# Under a false-accept cap: the ceilings tried on the probability of ``oos`` behind an in-scope
+# answer (None: no ceiling). Chosen on CLINC150 (benchmarks/coverage_levers.py): out-of-scope
+# requests the student answers in scope mostly carry some probability of oos, in-scope ones
+# little (median 0.0004, 90th percentile 0.045), so the ceiling lets through less out of scope
+# per in-scope request deferred than a higher confidence threshold does.
+OOS_GATES: tuple[float | None, ...] = (None, 0.2, 0.1, 0.05, 0.03)
 GRID = tuple(float(t) for t in np.round(np.arange(0.99, -0.005, -0.01), 2))
 
 
@@ -100,6 +108,8 @@ class Evidence:
     # Per case: out of scope (its label is ``oos``), and whether the student answered ``oos``.
     out_of_scope: np.ndarray | None = None
     answered_oos: np.ndarray | None = None
+    # Per case: the student's probability of ``oos`` (None: the student does not know the label).
+    oos_probability: np.ndarray | None = None
 
     def false_accepts(self, accepted: np.ndarray) -> float | None:
         """The share of out-of-scope cases ``accepted`` with an in-scope answer (None: none here)."""
@@ -176,6 +186,23 @@ def could_pass(goal: Goal, n: int) -> bool:
     return cp_lower(n, n, goal.confidence) >= goal.accuracy
 
 
+def accepted_by(
+    rule: AcceptRule,
+    confidence: np.ndarray,
+    ood: np.ndarray,
+    oos_probability: np.ndarray | None = None,
+    answered_oos: np.ndarray | None = None,
+) -> np.ndarray:
+    """Which answers ``rule`` lets the student give alone (the verifier's test, vectorised): an
+    in-scope answer with more probability of ``oos`` than the rule's ceiling is deferred; an
+    answer ``oos`` itself is judged on confidence and OOD alone."""
+    accepted = (confidence >= rule.min_confidence) & (ood <= rule.max_ood)
+    if rule.max_oos_probability is not None and oos_probability is not None:
+        in_scope = np.ones(len(accepted), bool) if answered_oos is None else ~answered_oos
+        accepted &= ~in_scope | (oos_probability <= rule.max_oos_probability)
+    return accepted
+
+
 def choose_rule(
     goal: Goal, evidence: Evidence, *, ood_quantile: float = OOD_QUANTILE, paired: PairedBound | None = None
 ) -> AcceptRule | None:
@@ -185,13 +212,46 @@ def choose_rule(
     accepted with an in-scope answer would exceed the cap: a point estimate, not a bound (a
     golden set holds few of them: 0 of 90 bounds the rate only at 3.3% with 95% confidence).
     Stopping earlier keeps the accuracy guarantee: every threshold before the first failure is
-    covered by it."""
+    covered by it.
+
+    Under a cap, a student that gives a probability of ``oos`` (``evidence.oos_probability``)
+    runs one sequence per ceiling in ``OOS_GATES`` and keeps the rule that covers most. Each
+    sequence is tested at ``1 - (1 - confidence) / len(OOS_GATES)`` (Bonferroni), so whichever
+    rule is kept holds at the goal's confidence."""
     if len(evidence) == 0:
         return None
     max_ood = float(np.quantile(evidence.ood, ood_quantile))
+    gated = (
+        goal.max_false_accepts is not None
+        and evidence.oos_probability is not None
+        and evidence.out_of_scope is not None
+        and bool(evidence.out_of_scope.any())
+    )
+    if not gated:
+        return fixed_sequence(goal, evidence, max_ood, None, paired)
+    strict = replace(goal, confidence=1 - (1 - goal.confidence) / len(OOS_GATES))
+    rules = [fixed_sequence(strict, evidence, max_ood, gate, paired) for gate in OOS_GATES]
+    best = max((r for r in rules if r is not None), key=lambda r: r.coverage, default=None)
+    return best and best.model_copy(update={"confidence_level": goal.confidence})
+
+
+def fixed_sequence(
+    goal: Goal, evidence: Evidence, max_ood: float, max_oos: float | None, paired: PairedBound | None
+) -> AcceptRule | None:
+    """The fixed sequence down ``GRID`` at one OOD ceiling and one ceiling on ``oos``."""
     best: AcceptRule | None = None
     for t in GRID:
-        accepted = (evidence.confidence >= t) & (evidence.ood <= max_ood)
+        rule = AcceptRule(
+            target_accuracy=goal.accuracy,
+            target_margin=goal.margin,
+            confidence_level=goal.confidence,
+            evidence=evidence.kind,
+            min_confidence=t,
+            max_ood=round(max_ood, 6),
+            max_oos_probability=max_oos,
+            coverage=0.0,
+        )
+        accepted = accepted_by(rule, evidence.confidence, evidence.ood, evidence.oos_probability, evidence.answered_oos)
         if not could_pass(goal, int(accepted.sum())):
             continue  # too few cases for even a flawless record to pass: not a test yet; the sequence goes on
         if slack_lower_bound(goal, evidence, accepted, paired) < 0:
@@ -199,13 +259,5 @@ def choose_rule(
         cap = goal.max_false_accepts
         if cap is not None and (let_through := evidence.false_accepts(accepted)) is not None and let_through > cap:
             break
-        best = AcceptRule(
-            target_accuracy=goal.accuracy,
-            target_margin=goal.margin,
-            confidence_level=goal.confidence,
-            evidence=evidence.kind,
-            min_confidence=t,
-            max_ood=round(max_ood, 6),
-            coverage=round(float(accepted.mean()), 4),
-        )
+        best = rule.model_copy(update={"coverage": round(float(accepted.mean()), 4)})
     return best

@@ -104,8 +104,9 @@ class AboutRequest:
 class AcceptRule(Event, title="protege.accept_rule"):
     """A version's certified acceptance rule: answers with ``confidence >= min_confidence``
     and ``ood <= max_ood`` met the target on held-out data with ``confidence_level``
-    confidence (``protege.certify``: Clopper-Pearson bounds, fixed-sequence testing). The target
-    is absolute (``target_accuracy``) or relative to the teacher (``target_margin``)."""
+    confidence (``protege.certify``: Clopper-Pearson bounds, fixed-sequence testing); under a
+    false-accept cap an answer in scope may also need ``oos_probability <= max_oos_probability``.
+    The target is absolute (``target_accuracy``) or relative to the teacher (``target_margin``)."""
 
     target_accuracy: float | None = Field(None, gt=0, lt=1, description="Absolute: accepted answers this accurate.")
     target_margin: float | None = Field(
@@ -122,6 +123,13 @@ class AcceptRule(Event, title="protege.accept_rule"):
     )
     min_confidence: float = Field(ge=0, le=1)
     max_ood: float
+    max_oos_probability: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="An answer in scope is accepted only when the student gives the label oos at most this "
+        "probability (chosen under a false-accept cap); None: no such ceiling.",
+    )
     coverage: float = Field(ge=0, le=1, description="Share of held-out cases the rule accepts.")
 
 
@@ -134,6 +142,12 @@ class StudentOutput(Event, title="protege.student_output"):
     margin: float = Field(ge=0, le=1, description="Top-1 minus top-2 calibrated probability.")
     ood: float = Field(description="Out-of-distribution score on the embedding; larger is stranger.")
     top: list[tuple[str, float]] = Field(description="The three most likely labels and probabilities.")
+    oos_probability: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Calibrated probability of the label oos; None when the version has no such label.",
+    )
     arm: Literal["canary", "control"] | None = Field(
         None, description="While a canary runs: the canary arm (the candidate) or the control arm (serving)."
     )
@@ -173,7 +187,10 @@ class Decision(Event, title="protege.decision"):
     policy_version: str = Field(description="Content hash of the task's policy section.")
     model_version: str | None = None
     student_label: str | None = None
-    signals: dict[str, float] = Field(description="confidence, margin, ood as seen by the verifier.")
+    signals: dict[str, float] = Field(
+        description="confidence, margin, ood as seen by the verifier; oos_probability behind an answer in scope "
+        "when the version's rule has a ceiling on it.",
+    )
     thresholds: dict[str, float] = Field(description="The thresholds the signals were held to.")
     rules: list[str] = Field(default_factory=list, description="Rule checks that fired.")
     reasons: list[str] = Field(description="Why this verdict; empty reasons only on accept.")

@@ -23,7 +23,7 @@ import re
 from typing import ClassVar
 
 from protege.events import Decision, Scored, StudentOutput, Verdict
-from protege.task import Task
+from protege.task import OOS, Task
 
 
 def audited(request_id: str, rate: float) -> bool:
@@ -79,6 +79,22 @@ class Checks:
         ]
 
 
+def signals_of(student: StudentOutput) -> dict[str, float]:
+    """What the verifier judges an answer by; the probability of ``oos`` only behind an answer in
+    scope from a version whose rule has a ceiling on it (a decision recorded before the ceiling
+    existed replays to the same signals)."""
+    signals = {"confidence": student.confidence, "margin": student.margin, "ood": student.ood}
+    rule = student.rule
+    if (
+        student.oos_probability is not None
+        and student.label != OOS
+        and rule is not None
+        and rule.max_oos_probability is not None
+    ):
+        signals["oos_probability"] = student.oos_probability
+    return signals
+
+
 def signal_checks(signals: dict[str, float], thresholds: dict[str, float]) -> list[str]:
     """Which signals fail their thresholds (pure; replay recomputes verdicts with it)."""
     failed = []
@@ -88,6 +104,8 @@ def signal_checks(signals: dict[str, float], thresholds: dict[str, float]) -> li
         failed.append("low_margin")
     if signals["ood"] > thresholds["max_ood"]:
         failed.append("out_of_distribution")
+    if "oos_probability" in signals and signals["oos_probability"] > thresholds.get("max_oos_probability", 1.0):
+        failed.append("maybe_out_of_scope")
     return failed
 
 
@@ -116,14 +134,15 @@ class Router:
         rule = student.rule
         if rule is None or not policy.certified_by(rule):
             return None
-        return {"min_confidence": rule.min_confidence, "min_margin": 0.0, "max_ood": rule.max_ood}
+        found = {"min_confidence": rule.min_confidence, "min_margin": 0.0, "max_ood": rule.max_ood}
+        if rule.max_oos_probability is not None:
+            found["max_oos_probability"] = rule.max_oos_probability
+        return found
 
     def decide(self, scored: Scored, now_ms: int) -> Decision:
         student = scored.student
         rules = self.rules(scored) + self.checks(scored)
-        signals = (
-            {} if student is None else {"confidence": student.confidence, "margin": student.margin, "ood": student.ood}
-        )
+        signals = {} if student is None else signals_of(student)
         thresholds = self.thresholds
         if student is None:
             failed = ["student_error" if scored.student_error else "no_student"]

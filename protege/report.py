@@ -201,7 +201,12 @@ def operating(task: Task, version: Version) -> dict[str, Any] | None:
     rule = version.manifest.acceptance
     if rule is None or not policy.certified_by(rule):
         return None
-    return {"source": "certified rule", "min_confidence": rule.min_confidence, "max_ood": rule.max_ood}
+    return {
+        "source": "certified rule",
+        "min_confidence": rule.min_confidence,
+        "max_ood": rule.max_ood,
+        "max_oos_probability": rule.max_oos_probability,
+    }
 
 
 def coverage_curve(folder: Path, target: float | None, rule: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -213,10 +218,17 @@ def coverage_curve(folder: Path, target: float | None, rule: dict[str, Any] | No
         return None
     with np.load(path) as held:
         conf, ood, correct = held["confidence"], held["ood"], held["correct"].astype(bool)
+        p_oos = held.get("oos_probability")
+        answered_oos = held["answered_oos"].astype(bool) if "answered_oos" in held else None
     max_ood = rule["max_ood"] if rule else math.inf
+    gate = rule.get("max_oos_probability") if rule else None
+    if gate is not None and p_oos is not None:  # the rule's ceiling on oos behind an answer in scope
+        passes = answered_oos | (p_oos <= gate) if answered_oos is not None else p_oos <= gate
+    else:
+        passes = np.ones(len(conf), bool)
     points = []
     for t in np.round(np.arange(0.0, 1.0, 0.01), 2):
-        accepted = (conf >= t) & (ood <= max_ood)
+        accepted = (conf >= t) & (ood <= max_ood) & passes
         if accepted.any():
             points.append(
                 {
@@ -227,11 +239,12 @@ def coverage_curve(folder: Path, target: float | None, rule: dict[str, Any] | No
             )
     operating = None
     if rule:
-        accepted = (conf >= rule["min_confidence"]) & (ood <= max_ood)
+        accepted = (conf >= rule["min_confidence"]) & (ood <= max_ood) & passes
         operating = {
             "source": rule["source"],
             "min_confidence": rule["min_confidence"],
             "max_ood": rule["max_ood"],
+            "max_oos_probability": gate,
             "coverage": round(float(accepted.mean()), 4),
             "accuracy": round(float(correct[accepted].mean()), 4) if accepted.any() else None,
         }
@@ -728,7 +741,8 @@ def _coverage_note(data: dict[str, Any]) -> str:
     op = curve["operating_point"]
     rule = (
         f"operating point ({op['source']}): confidence ≥ {op['min_confidence']}, OOD ≤ {op['max_ood']:.4f}, "
-        f"accepting {_pct(op['coverage'])} of golden cases at {_pct(op['accuracy'])}"
+        + ("" if op.get("max_oos_probability") is None else f"P(oos) ≤ {op['max_oos_probability']:g} in scope, ")
+        + f"accepting {_pct(op['coverage'])} of golden cases at {_pct(op['accuracy'])}"
         + (" (its margin threshold is not applied here)" if op["source"] == "task thresholds" else "")
         if op
         else "no certified rule for the policy's target: the teacher answers every request this version scores"

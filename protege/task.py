@@ -115,9 +115,11 @@ class Policy(BaseModel):
         lt=1,
         description="Also cap the out-of-scope requests the student answers with an in-scope label: a version's "
         "rule stops at the threshold where more than this share of the golden set's `oos` cases would be "
-        "accepted. A point estimate on the golden set, not part of the certified guarantee (a golden set holds "
-        "too few out-of-scope cases to bound a few percent); the price is in-scope requests deferred "
-        "(benchmarks/coverage_levers.py --frontier). Needs a golden set with `oos` cases; ignored otherwise.",
+        "accepted, and may defer in-scope answers behind which the student gives `oos` more than a ceiling "
+        "(`max_oos_probability`, chosen among a few with the accuracy guarantee kept by Bonferroni). A point "
+        "estimate on the golden set, not part of the certified guarantee (a golden set holds too few "
+        "out-of-scope cases to bound a few percent); the price is in-scope requests deferred "
+        "(benchmarks/coverage_levers.py). Needs a golden set with `oos` cases; ignored otherwise.",
     )
     audit_rate: float = Field(
         0.0,

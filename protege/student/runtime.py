@@ -22,6 +22,7 @@ from tokenizers import Tokenizer
 from protege.errors import StudentError
 from protege.events import StudentOutput
 from protege.student.manifest import KNN_LABELS, Manifest, Vote
+from protege.task import OOS
 
 log = structlog.get_logger()
 
@@ -279,6 +280,7 @@ class Student:
         self.bank = Bank(emb, labels, len(self.manifest.labels), self.manifest.ood.k, vote)
         self.version = self.manifest.version
         self.labels = self.manifest.labels
+        self.oos = self.labels.index(OOS) if OOS in self.labels else -1
         self.temperature = self.manifest.calibration.temperature
         self.rule = self.manifest.acceptance
         self.encoder = Encoder(
@@ -313,6 +315,7 @@ class Student:
                     margin=round(max(0.0, float(probs[i, order[i][0]]) - second), 6),
                     ood=round(float(ood[i]), 6),
                     top=top,
+                    oos_probability=None if self.oos < 0 else round(float(probs[i, self.oos]), 6),
                     rule=self.rule,
                 )
             )

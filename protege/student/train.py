@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from protege.certify import Evidence, choose_rule, cp_upper
+from protege.certify import Evidence, accepted_by, choose_rule, cp_upper
 from protege.errors import ConfigError
 from protege.events import AcceptRule
 from protege.registry import Registry
@@ -247,10 +247,19 @@ class Scores:
     probs: np.ndarray
     ood: np.ndarray
     y: np.ndarray  # label indices; -1 for labels the model does not know
+    oos: int = -1  # the index of the label ``oos`` (-1: the model does not know it)
 
     @property
     def pred(self) -> np.ndarray:
         return self.probs.argmax(axis=1)
+
+    @property
+    def oos_probability(self) -> np.ndarray | None:
+        return self.probs[:, self.oos] if self.oos >= 0 else None
+
+    @property
+    def answered_oos(self) -> np.ndarray:
+        return self.pred == self.oos
 
     @property
     def correct(self) -> np.ndarray:
@@ -258,7 +267,7 @@ class Scores:
 
     def accepted_by(self, rule: AcceptRule) -> np.ndarray:
         """The cases ``rule`` lets the student answer alone."""
-        return (self.probs.max(axis=1) >= rule.min_confidence) & (self.ood <= rule.max_ood)
+        return accepted_by(rule, self.probs.max(axis=1), self.ood, self.oos_probability, self.answered_oos)
 
 
 def evaluate(
@@ -504,7 +513,7 @@ def scores_of(
         return Scores(np.zeros((0, len(labels))), np.zeros(0), y), np.zeros((0, len(labels)))
     out = encoder.run_all(list(texts))
     probs, ood = bank.view(out["embedding"], out["logits"], temperature)
-    return Scores(probs, ood, y), out["logits"]
+    return Scores(probs, ood, y, index.get(OOS, -1)), out["logits"]
 
 
 def latency_ms(encoder: Encoder, texts: Sequence[str], runs: int = 40) -> tuple[float, float]:
@@ -759,13 +768,13 @@ def train_version(
     def score(texts: list[str], y_names: list[str], temperature: float) -> Scores:
         x, logits = outputs(texts)
         probs, ood = bank.view(x, logits, temperature)
-        return Scores(probs, ood, np.asarray([index.get(v, -1) for v in y_names], dtype=np.int64))
+        return Scores(probs, ood, np.asarray([index.get(v, -1) for v in y_names], dtype=np.int64), index.get(OOS, -1))
 
     cal_x, cal_logits = outputs([c.text for c in calib])
     cal_y = np.asarray([index.get(c.label, -1) for c in calib], dtype=np.int64)
     known = cal_y >= 0
     temperature = fit_temperature(cal_logits[known], cal_y[known]) if known.sum() >= 10 else 1.0
-    cal = Scores(*bank.view(cal_x, cal_logits, temperature), cal_y)
+    cal = Scores(*bank.view(cal_x, cal_logits, temperature), cal_y, index.get(OOS, -1))
     trusted = score([t.text for t in truth], [t.label for t in truth], temperature)
     teacher_right = np.asarray([t.teacher == t.label for t in truth], dtype=bool)
     evidence = (
@@ -776,7 +785,8 @@ def train_version(
             trusted.correct,
             teacher_right,
             out_of_scope=np.asarray([t.label == OOS for t in truth], dtype=bool),
-            answered_oos=trusted.pred == index.get(OOS, -1),
+            answered_oos=trusted.answered_oos,
+            oos_probability=trusted.oos_probability,
         )
         if truth
         else Evidence("agreement", cal.probs.max(axis=1), cal.ood, cal.correct)
@@ -784,12 +794,14 @@ def train_version(
     rule = choose_rule(goal, evidence)
     gold = score([c.text for c in golden], [c.label for c in golden], temperature)
     # The held-out view a report draws the coverage curve from (accuracy against share accepted).
-    np.savez_compressed(
-        tmp / HELD_OUT,
-        confidence=gold.probs.max(axis=1).astype(np.float32),
-        ood=gold.ood.astype(np.float32),
-        correct=gold.correct,
-    )
+    view: dict[str, np.ndarray] = {
+        "confidence": gold.probs.max(axis=1).astype(np.float32),
+        "ood": gold.ood.astype(np.float32),
+        "correct": gold.correct,
+    }
+    if gold.oos_probability is not None:  # what the rule's ceiling on oos is applied with
+        view |= {"oos_probability": gold.oos_probability.astype(np.float32), "answered_oos": gold.answered_oos}
+    np.savez_compressed(tmp / HELD_OUT, **view)  # type: ignore[arg-type]
     gold_metrics = evaluate(gold, labels, rule, gates, [c.label for c in golden])
     p50, p95 = latency_ms(served, [c.text for c in (golden or calib or fit)])
     serving_m = serving_metrics(serving, golden, gates, threads) if serving is not None and golden else None

@@ -8,6 +8,7 @@ import pytest
 from protege.certify import (
     Evidence,
     Goal,
+    accepted_by,
     choose_rule,
     could_pass,
     cp_lower,
@@ -119,6 +120,38 @@ def test_a_false_accept_cap_stops_the_sequence_where_out_of_scope_gets_through()
     assert scoped.false_accepts(at) <= 0.03 < scoped.false_accepts(after)  # type: ignore[operator]
     assert choose_rule(Goal(margin=0.01, max_false_accepts=0.03), ev) == loose  # no oos cases: no cap
     assert "out of scope accepted <= 3.0%" in Goal(margin=0.01, max_false_accepts=0.03).describe()
+
+
+def test_a_ceiling_on_oos_buys_the_cap_for_less_coverage() -> None:
+    """Out-of-scope cases the student answers in scope carry some probability of ``oos``,
+    in-scope ones little: under the cap a ceiling on it defers them instead of a higher
+    threshold, so the rule covers more (its sequences tested at a stricter level, the rule
+    stated at the goal's); the verifier's test (``accepted_by``) never holds back an answer
+    ``oos`` itself for its probability of oos."""
+    rng = np.random.default_rng(11)
+    ev = world(6000, 3, teacher_error=0.15)
+    oos = rng.uniform(size=len(ev)) < 0.10
+    answered_oos = oos & (rng.uniform(size=len(ev)) < 0.6)
+    p_oos = np.where(oos, rng.uniform(0.05, 0.5, len(ev)), rng.uniform(0.0, 0.04, len(ev)))
+    # an in-scope answer to an out-of-scope case is wrong, and less sure than most
+    slipped = oos & ~answered_oos
+    conf = np.where(slipped, rng.uniform(0.6, 0.99, len(ev)), ev.confidence)
+    p_oos = np.where(answered_oos, conf, p_oos)
+    right = ev.student_right & ~slipped
+    args = ("golden", conf, ev.ood, right, ev.teacher_right, oos, answered_oos)
+    goal = Goal(margin=0.01, max_false_accepts=0.03)
+    without = choose_rule(goal, Evidence(*args))
+    gated = choose_rule(goal, Evidence(*args, oos_probability=p_oos))
+    assert without is not None and without.max_oos_probability is None
+    assert gated is not None and gated.max_oos_probability is not None
+    assert gated.coverage > without.coverage and gated.confidence_level == goal.confidence
+    accepted = accepted_by(gated, conf, ev.ood, p_oos, answered_oos)
+    assert Evidence(*args).false_accepts(accepted) <= 0.03  # type: ignore[operator]
+    assert accepted[answered_oos & (conf >= gated.min_confidence) & (ev.ood <= gated.max_ood)].all()
+    # no cap: no ceiling, the rule as before
+    assert choose_rule(Goal(margin=0.01), Evidence(*args, oos_probability=p_oos)) == choose_rule(
+        Goal(margin=0.01), Evidence(*args)
+    )
 
 
 def test_golden_evidence_needs_the_teachers_answers() -> None:

@@ -127,6 +127,40 @@ def test_a_target_relative_to_the_teacher_needs_a_rule_certified_for_it() -> Non
     assert relative.policy.version != TASK.policy.version
 
 
+def test_a_ceiling_on_oos_holds_back_answers_in_scope_only() -> None:
+    """A rule chosen under a false-accept cap defers an in-scope answer that gives ``oos`` more
+    than its ceiling; an answer ``oos`` is judged as before; the signal is recorded only where a
+    ceiling applies, and recorded decisions recompute to their verdicts."""
+    from protege.events import AcceptRule
+
+    relative = TASK.model_copy(update={"policy": TASK.policy.model_copy(update={"target_margin": 0.01})})
+    rule = AcceptRule(
+        target_margin=0.01,
+        confidence_level=0.95,
+        evidence="golden",
+        min_confidence=0.6,
+        max_ood=0.3,
+        max_oos_probability=0.05,
+        coverage=0.7,
+    )
+    router = router_for(relative)
+
+    def answer(label: str, p_oos: float, r: AcceptRule = rule) -> Scored:
+        s = scored(label=label, confidence=0.8)
+        assert s.student is not None
+        return s.model_copy(update={"student": s.student.model_copy(update={"rule": r, "oos_probability": p_oos})})
+
+    held = router.decide(answer("shipping", 0.2), 3)
+    assert held.reasons == ["maybe_out_of_scope"] and held.signals["oos_probability"] == 0.2
+    assert held.thresholds["max_oos_probability"] == 0.05 and recompute_verdict(held) == "escalate"
+    ok = router.decide(answer("shipping", 0.01), 3)
+    assert ok.verdict == "accept" and recompute_verdict(ok) == "accept"
+    out = router.decide(answer("oos", 0.8), 3)
+    assert out.verdict == "accept" and "oos_probability" not in out.signals
+    plain = router.decide(answer("shipping", 0.2, rule.model_copy(update={"max_oos_probability": None})), 3)
+    assert plain.verdict == "accept" and set(plain.signals) == {"confidence", "margin", "ood"}
+
+
 def with_audits(rate: float, name: str = "cascade"):
     return TASK.model_copy(update={"policy": TASK.policy.model_copy(update={"audit_rate": rate, "name": name})})
 

@@ -251,6 +251,10 @@ def test_onnx_student_predicts_with_signals(version) -> None:
     votes = knn_vote(out["embedding"] @ student.bank.emb.T, student.bank.labels, len(student.labels), 5)[0]
     weight = student.manifest.vote.weight  # type: ignore[union-attr]
     assert alone.confidence == pytest.approx(float(np.max((1 - weight) * head + weight * votes)), abs=1e-5)
+    # a version that knows "oos" gives its probability with every answer
+    oos = student.labels.index("oos")
+    assert alone.oos_probability == pytest.approx(float(((1 - weight) * head + weight * votes)[oos]), abs=1e-5)
+    assert all(o.oos_probability is not None for o in outs)
     # strange input is further from its nearest training cases than typical input
     weird = student.predict(["zxq vlorp 8812 ###", "the mitochondria is the powerhouse of the cell"])
     assert min(o.ood for o in weird) > np.quantile([o.ood for o in outs], 0.9)
@@ -475,3 +479,32 @@ def test_a_version_without_the_vote_serves_the_head_alone_and_a_broken_label_fil
     np.save(broken / "knn_labels.npy", labels + 1000)
     with pytest.raises(StudentError, match=r"knn_labels\.npy does not label"):
         Student(broken, providers="cpu")
+
+
+def test_a_version_certified_under_a_false_accept_cap_keeps_its_view_of_oos(
+    backbone: Path, embed: EmbeddingCache, registry: Path, task: Task
+) -> None:
+    """Certified on a golden set with out-of-scope cases and a false-accept cap: the rule lets
+    through no more of them than the cap, and held_out.npz keeps each golden case's probability
+    of ``oos`` and whether the student answered it (the report applies the rule's ceiling with
+    them)."""
+    from protege.student.train import Trusted
+
+    rows = generate(1400, seed=9)
+    labels = sorted({r["label"] for r in rows})
+    cases = [Case(r["id"], r["text"], r["label"]) for r in rows[:800]]
+    # a teacher wrong on every tenth golden case
+    wrong = {r["id"]: labels[(labels.index(r["label"]) + 1) % len(labels)] for r in rows[800::10]}
+    truth = [Trusted(r["id"], r["text"], r["label"], wrong.get(r["id"], r["label"])) for r in rows[800:]]
+    policy = task.policy.model_copy(update={"target_margin": 0.01, "max_false_accepts": 0.03})
+    capped = task.model_copy(update={"policy": policy})
+    result = train_version(
+        cases, recipe=FastRecipe(embed, backbone), registry=registry, tenant="acme-cap", task=capped, truth=truth
+    )
+    manifest = json.loads((result.folder / "manifest.json").read_text())
+    assert manifest["acceptance"]["evidence"] == "golden"
+    assert manifest["acceptance_target"]["max_false_accepts"] == 0.03
+    assert manifest["metrics"]["truth_false_accepts"] <= 0.03
+    held = np.load(result.folder / "held_out.npz")
+    assert len(held["oos_probability"]) == len(held["answered_oos"]) == len(held["confidence"])
+    assert held["answered_oos"].any() and (held["oos_probability"][held["answered_oos"]] > 0.3).all()
