@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 from intents import DATA, load
 
+from protege.certify import Evidence, Goal, choose_rule
 from protege.student.backbone import cached_backbone, source_dir
 from protege.student.export import append_head, export_encoder, quantize_int8
 from protege.student.finetune import Classifier, FinetuneConfig, finetune
 from protege.student.runtime import Encoder, knn_ood, softmax
-from protege.student.train import KNN_K, Case, choose_rule, ece, fit_head, fit_temperature, macro_f1, split_cases
+from protege.student.train import KNN_K, Case, ece, fit_head, fit_temperature, macro_f1, split_cases
 from protege.task import Task
 from protege.teacher import StandinTeacher
 
@@ -76,7 +77,8 @@ def calibrated(
     cal_ood, test_ood = knn_ood(cal_emb, bank, KNN_K), knn_ood(test_emb, bank, KNN_K)
     rules: dict[str, Any] = {}
     for target in TARGETS:
-        rule = choose_rule(cal_p.max(1), cal_ood, cal_p.argmax(1) == cal_y, target=target, confidence=0.95)
+        evidence = Evidence("agreement", cal_p.max(1), cal_ood, cal_p.argmax(1) == cal_y)
+        rule = choose_rule(Goal(accuracy=target, confidence=0.95), evidence)
         if rule is None:
             rules[str(target)] = None
             continue
