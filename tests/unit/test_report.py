@@ -300,3 +300,36 @@ def test_audits_show_as_live_accuracy_and_apart_in_the_spend(registry: Registry)
     assert data["totals"]["audit_usd"] == pytest.approx(0.01)
     assert data["totals"]["teacher_calls_usd"] == pytest.approx(10 * 0.003 + 0.01)
     assert "Live accuracy from 10 audits: 80.0%" in render(data)
+
+
+def test_the_coverage_curve_holds_the_rules_ceiling_on_oos(tmp_path: Path) -> None:
+    """A version certified under a false-accept cap keeps its golden view of ``oos``: the curve
+    and the operating point defer in-scope answers above the rule's ceiling, never an answer
+    ``oos`` itself; without the ceiling the same golden set reads as before."""
+    from protege.report import coverage_curve
+
+    rng = np.random.default_rng(3)
+    n = 500
+    conf = rng.uniform(0.3, 1.0, n).astype(np.float32)
+    answered_oos = rng.uniform(size=n) < 0.1
+    p_oos = np.where(answered_oos, conf, rng.uniform(0, 0.3, n)).astype(np.float32)
+    ood = rng.uniform(0, 0.5, n).astype(np.float32)
+    correct = rng.uniform(size=n) < conf
+    np.savez_compressed(
+        tmp_path / HELD_OUT,
+        confidence=conf,
+        ood=ood,
+        correct=correct,
+        oos_probability=p_oos,
+        answered_oos=answered_oos,
+    )
+    rule = {"source": "certified rule", "min_confidence": 0.5, "max_ood": 0.45, "max_oos_probability": 0.1}
+    curve = coverage_curve(tmp_path, 0.9, rule)
+    assert curve is not None
+    accepted = (conf >= 0.5) & (ood <= 0.45) & (answered_oos | (p_oos <= 0.1))
+    op = curve["operating_point"]
+    assert op["coverage"] == pytest.approx(accepted.mean(), abs=1e-4) and op["max_oos_probability"] == 0.1
+    assert op["accuracy"] == pytest.approx(correct[accepted].mean(), abs=1e-4)
+    plain = coverage_curve(tmp_path, 0.9, rule | {"max_oos_probability": None})
+    assert plain is not None
+    assert plain["operating_point"]["coverage"] == pytest.approx(((conf >= 0.5) & (ood <= 0.45)).mean(), abs=1e-4)
