@@ -22,6 +22,7 @@ def test_bench_stream_keeps_a_golden_set_apart_and_certifies_on_it(tmp_path: Pat
     argv = ["bench", "stream", "--train", str(tmp_path / "train.jsonl"), "--test", str(tmp_path / "test.jsonl")]
     argv += ["--report-json", str(report), "--home", str(home), "--golden", "400", "--unknown-intents", "2"]
     argv += ["--teacher-noise", "0.03", "--rate", "100", "--min-cases", "150", "--retrain-every", "200"]
+    argv += ["--max-false-accepts", "0.05"]
     done = subprocess.run([sys.executable, "-m", "protege.cli", *argv], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     s = json.loads(report.read_text())
@@ -43,6 +44,8 @@ def test_bench_stream_keeps_a_golden_set_apart_and_certifies_on_it(tmp_path: Pat
     assert manifests and all(m["metrics"]["truth_cases"] == 400 for m in manifests)
     assert all(0.9 < m["metrics"]["truth_teacher_accuracy"] <= 1 for m in manifests)
     assert all(m["acceptance_target"]["target_margin"] == 0.01 for m in manifests)
+    # The cap reaches every version's target (tests/unit/test_student.py trains one under it).
+    assert all(m["acceptance_target"]["max_false_accepts"] == 0.05 for m in manifests)
 
 
 def test_the_scheduled_finetune_between_the_phases_and_retrains_on_its_encoder(tmp_path: Path, backbone: Path) -> None:
