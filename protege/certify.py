@@ -48,7 +48,15 @@ OOD_QUANTILE = 0.95  # the OOD gate passes this share of held-out cases
 # requests the student answers in scope mostly carry some probability of oos, in-scope ones
 # little (median 0.0004, 90th percentile 0.045), so the ceiling lets through less out of scope
 # per in-scope request deferred than a higher confidence threshold does.
-OOS_GATES: tuple[float | None, ...] = (None, 0.2, 0.1, 0.05, 0.03)
+# Each with its share of the error budget (weighted Bonferroni; the shares sum to 1): half to
+# no ceiling, so a cap the plain rule already meets costs less than an even split would.
+OOS_GATES: tuple[tuple[float | None, float], ...] = (
+    (None, 0.5),
+    (0.2, 0.125),
+    (0.1, 0.125),
+    (0.05, 0.125),
+    (0.03, 0.125),
+)
 GRID = tuple(float(t) for t in np.round(np.arange(0.99, -0.005, -0.01), 2))
 
 
@@ -216,8 +224,9 @@ def choose_rule(
 
     Under a cap, a student that gives a probability of ``oos`` (``evidence.oos_probability``)
     runs one sequence per ceiling in ``OOS_GATES`` and keeps the rule that covers most. Each
-    sequence is tested at ``1 - (1 - confidence) / len(OOS_GATES)`` (Bonferroni), so whichever
-    rule is kept holds at the goal's confidence."""
+    sequence is tested at ``1 - (1 - confidence) * share``, its share of the error budget
+    (weighted Bonferroni: the shares sum to 1), so whichever rule is kept holds at the goal's
+    confidence."""
     if len(evidence) == 0:
         return None
     max_ood = float(np.quantile(evidence.ood, ood_quantile))
@@ -229,8 +238,10 @@ def choose_rule(
     )
     if not gated:
         return fixed_sequence(goal, evidence, max_ood, None, paired)
-    strict = replace(goal, confidence=1 - (1 - goal.confidence) / len(OOS_GATES))
-    rules = [fixed_sequence(strict, evidence, max_ood, gate, paired) for gate in OOS_GATES]
+    rules = [
+        fixed_sequence(replace(goal, confidence=1 - (1 - goal.confidence) * share), evidence, max_ood, gate, paired)
+        for gate, share in OOS_GATES
+    ]
     best = max((r for r in rules if r is not None), key=lambda r: r.coverage, default=None)
     return best and best.model_copy(update={"confidence_level": goal.confidence})
 
