@@ -99,6 +99,28 @@ LEVERS: dict[str, dict[str, Any]] = {
 }
 
 
+def golden_evidence(
+    conf: np.ndarray,
+    ood: np.ndarray,
+    pred: np.ndarray,
+    oos_probability: np.ndarray | None,
+    truth: np.ndarray,
+    teacher: np.ndarray,
+) -> Evidence:
+    """The golden rows as a rule is certified on them: the student's signals and answers, the
+    true labels and the teacher's answers."""
+    return Evidence(
+        "golden",
+        conf,
+        ood,
+        pred == truth,
+        teacher == truth,
+        out_of_scope=truth == OOS,
+        answered_oos=pred == OOS,
+        oos_probability=oos_probability,
+    )
+
+
 def one_rep(
     rep: int,
     model: str,
@@ -152,16 +174,8 @@ def one_rep(
 
         g_conf, g_ood, g_pred, g_oos = view(x_train[gold_i])
         x_conf, x_ood, x_pred, x_oos = view(x_test)
-        evidence = Evidence(
-            "golden",
-            g_conf,
-            g_ood,
-            g_pred == truth_train[gold_i],
-            t_train[gold_i] == truth_train[gold_i],
-            out_of_scope=truth_train[gold_i] == OOS,
-            answered_oos=g_pred == OOS,
-            oos_probability=g_oos if opts.get("oos_gate", True) else None,
-        )
+        gated = g_oos if opts.get("oos_gate", True) else None
+        evidence = golden_evidence(g_conf, g_ood, g_pred, gated, truth_train[gold_i], t_train[gold_i])
         goal = replace(GOAL, max_false_accepts=opts.get("max_false_accepts"))
         rule = choose_rule(goal, evidence, ood_quantile=opts.get("ood_quantile", 0.95))
         s_right, t_right = x_pred == truth_test, t_test == truth_test
@@ -245,16 +259,7 @@ def lpft_rows(
         goals[f"{lever} + false-accept cap 3%"] = replace(GOAL, max_false_accepts=0.03)
     rows = []
     for name, goal in goals.items():
-        evidence = Evidence(
-            "golden",
-            g_conf,
-            g_ood,
-            g_pred == truth_train[gold_i],
-            t_train[gold_i] == truth_train[gold_i],
-            out_of_scope=truth_train[gold_i] == OOS,
-            answered_oos=g_pred == OOS,
-            oos_probability=g_oos,
-        )
+        evidence = golden_evidence(g_conf, g_ood, g_pred, g_oos, truth_train[gold_i], t_train[gold_i])
         rule = choose_rule(goal, evidence, ood_quantile=0.95)
         row = {"rep": rep, "noise_model": model, "lever": name}
         row |= {"fit_cases": len(fit_i), "train_seconds": round(trained_s, 1)}
