@@ -129,6 +129,9 @@ def main() -> None:
             gates = [found["knn1 (in scope)"], found["p(oos)"]] if "+" in name else [values]
             rows.append({"signal": name, "cap": cap} | (best(conf, gates, pred, truth, cap) or {}))
         rows.append({"signal": "none", "cap": cap} | (best(conf, [], pred, truth, cap) or {}))
+    in_scope = truth != OOS
+    quantiles = {str(q): float(np.quantile(found["p(oos)"][in_scope], q)) for q in (0.5, 0.9, 0.95, 0.99)}
+    print("P(oos) of the in-scope test rows: " + ", ".join(f"{q} quantile {v:.4f}" for q, v in quantiles.items()))
     m = machine()
     print(
         f"in-scope test rows deferred at the cap, oracle on {args.data.name}'s test file ({(truth == OOS).sum()} out of "
@@ -145,7 +148,9 @@ def main() -> None:
         )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    args.json.write_text(json.dumps({"machine": m, "config": config, "rows": rows}, indent=1))
+    args.json.write_text(
+        json.dumps({"machine": m, "config": config, "in_scope_p_oos_quantiles": quantiles, "rows": rows}, indent=1)
+    )
     print(f"wrote {args.json}")
 
 

@@ -44,7 +44,7 @@ from protege.events import AcceptRule
 
 OOD_QUANTILE = 0.95  # the OOD gate passes this share of held-out cases
 # Under a false-accept cap: the ceilings tried on the probability of ``oos`` behind an in-scope
-# answer (None: no ceiling). Chosen on CLINC150 (benchmarks/coverage_levers.py): out-of-scope
+# answer (None: no ceiling). Chosen on CLINC150 (benchmarks/oos_signals.py, coverage_levers.py): out-of-scope
 # requests the student answers in scope mostly carry some probability of oos, in-scope ones
 # little (median 0.0004, 90th percentile 0.045), so the ceiling lets through less out of scope
 # per in-scope request deferred than a higher confidence threshold does.
