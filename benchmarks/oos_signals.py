@@ -122,13 +122,13 @@ def main() -> None:
     cal, fit = order[:1000], order[1000:]
     conf, pred_i, names, found = signals(x_train[fit], y_train[fit], x_train[cal], y_train[cal], x_test)
     pred = names[pred_i]
-    found["knn1 (in scope) + p(oos)"] = np.zeros(0)  # both gates, below
+    gated = {name: [values] for name, values in found.items()}
+    gated["knn1 (in scope) + p(oos)"] = [found["knn1 (in scope)"], found["p(oos)"]]
+    gated["none"] = []
     rows = []
     for cap in (float(c) for c in args.max_false_accepts.split(",")):
-        for name, values in found.items():
-            gates = [found["knn1 (in scope)"], found["p(oos)"]] if "+" in name else [values]
+        for name, gates in gated.items():
             rows.append({"signal": name, "cap": cap} | (best(conf, gates, pred, truth, cap) or {}))
-        rows.append({"signal": "none", "cap": cap} | (best(conf, [], pred, truth, cap) or {}))
     in_scope = truth != OOS
     quantiles = {str(q): float(np.quantile(found["p(oos)"][in_scope], q)) for q in (0.5, 0.9, 0.95, 0.99)}
     print("P(oos) of the in-scope test rows: " + ", ".join(f"{q} quantile {v:.4f}" for q, v in quantiles.items()))

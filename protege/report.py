@@ -222,10 +222,9 @@ def coverage_curve(folder: Path, target: float | None, rule: dict[str, Any] | No
         answered_oos = held["answered_oos"].astype(bool) if "answered_oos" in held else None
     max_ood = rule["max_ood"] if rule else math.inf
     gate = rule.get("max_oos_probability") if rule else None
-    if gate is not None and p_oos is not None:  # the rule's ceiling on oos behind an answer in scope
-        passes = answered_oos | (p_oos <= gate) if answered_oos is not None else p_oos <= gate
-    else:
-        passes = np.ones(len(conf), bool)
+    passes = np.ones(len(conf), bool)  # the rule's ceiling on oos, behind answers in scope only
+    if gate is not None and p_oos is not None:
+        passes = (p_oos <= gate) | (answered_oos if answered_oos is not None else False)
     points = []
     for t in np.round(np.arange(0.0, 1.0, 0.01), 2):
         accepted = (conf >= t) & (ood <= max_ood) & passes

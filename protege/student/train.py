@@ -744,6 +744,7 @@ def train_version(
     emb = embed(bank_texts).astype(np.float16)
     np.save(tmp / "knn.npy", emb)
     index = {label: i for i, label in enumerate(labels)}
+    oos_i = index.get(OOS, -1)
     vote = Vote(k=VOTE_K, weight=task.student.vote) if task.student.vote > 0 else None
     bank_labels = np.asarray([index[c.label] for c in bank_cases], dtype=np.int32)  # the head learnt them all
     if vote is not None:
@@ -768,13 +769,13 @@ def train_version(
     def score(texts: list[str], y_names: list[str], temperature: float) -> Scores:
         x, logits = outputs(texts)
         probs, ood = bank.view(x, logits, temperature)
-        return Scores(probs, ood, np.asarray([index.get(v, -1) for v in y_names], dtype=np.int64), index.get(OOS, -1))
+        return Scores(probs, ood, np.asarray([index.get(v, -1) for v in y_names], dtype=np.int64), oos_i)
 
     cal_x, cal_logits = outputs([c.text for c in calib])
     cal_y = np.asarray([index.get(c.label, -1) for c in calib], dtype=np.int64)
     known = cal_y >= 0
     temperature = fit_temperature(cal_logits[known], cal_y[known]) if known.sum() >= 10 else 1.0
-    cal = Scores(*bank.view(cal_x, cal_logits, temperature), cal_y, index.get(OOS, -1))
+    cal = Scores(*bank.view(cal_x, cal_logits, temperature), cal_y, oos_i)
     trusted = score([t.text for t in truth], [t.label for t in truth], temperature)
     teacher_right = np.asarray([t.teacher == t.label for t in truth], dtype=bool)
     evidence = (
