@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 from certify import confusion_table, embeddings, judge, teacher_answers
 from intents import DATA, load
+from oos_signals import best
 
 from protege.certify import Evidence, Goal, accepted_by, choose_rule
 from protege.harness import machine
@@ -191,9 +192,22 @@ def one_rep(
             row["frontier"] = frontier(rule.max_ood, gold, (x_conf, x_ood, x_pred, truth_test))
         rows.append(row)
     if args.lpft:
-        rows += lpft_rows(
-            rep, model, args, train, x_train, test, pool_i, gold_i, t_train, truth_train, t_test, truth_test
-        )
+        for oos_weight in map(float, args.lpft_oos_weights.split(",")):
+            rows += lpft_rows(
+                rep,
+                model,
+                args,
+                train,
+                x_train,
+                test,
+                pool_i,
+                gold_i,
+                t_train,
+                truth_train,
+                t_test,
+                truth_test,
+                oos_weight,
+            )
     return rows
 
 
@@ -210,12 +224,17 @@ def lpft_rows(
     truth_train: np.ndarray,
     t_test: np.ndarray,
     truth_test: np.ndarray,
+    oos_weight: float = 16.0,
 ) -> list[dict[str, Any]]:
     """``shipped`` + LP-FT: the same denoised 85% split (and the kNN vote), its logreg head as the
     start, then the whole encoder fine-tuned (``protege.student.finetune``, 4 epochs); calibration, the OOD bank
     (the fine-tuned embeddings of the fit cases) and the rule as for the other levers. Scored in
     PyTorch (the ONNX export matches it to 1e-3 in logits: tests/unit/test_student.py). With
-    out-of-scope golden rows, a second row: the same student's rule under the 3% cap."""
+    out-of-scope golden rows, a second row: the same student's rule under the 3% cap, and the
+    oracle's figure (``oos_signals.best``: the fewest in-scope test rows deferred at <= 3% false
+    accepts over every confidence threshold and ceiling on P(oos), chosen on the test file: a
+    bound on what this student can do, not a rule). ``oos_weight`` weighs the ``oos`` label's
+    loss in the fine-tune."""
     from protege.student.backbone import source_dir
     from protege.student.finetune import Classifier, FinetuneConfig, finetune
 
@@ -225,9 +244,13 @@ def lpft_rows(
     fit_i = fit_i[denoised(x_train[fit_i], t_train[fit_i], seed=rep)]
     w, b, names = fit_head(x_train[fit_i], t_train[fit_i], seed=rep)
     index = {n: i for i, n in enumerate(names)}
-    cfg = FinetuneConfig(epochs=args.lpft_epochs)
+    cfg = FinetuneConfig(epochs=args.lpft_epochs, oos_weight=oos_weight)
     clf = Classifier(source_dir(), w, b, cfg.max_length)
-    finetune(clf, [train[i]["text"] for i in fit_i], np.asarray([index[v] for v in t_train[fit_i]]), cfg)
+    weights = np.ones(len(names))
+    if OOS in index:  # as the trainer's LP-FT recipe weighs it
+        weights[index[OOS]] = cfg.oos_weight
+    fit_y = np.asarray([index[v] for v in t_train[fit_i]])
+    finetune(clf, [train[i]["text"] for i in fit_i], fit_y, cfg, class_weight=weights)
     trained_s = time.perf_counter() - started
 
     def scores(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -253,7 +276,7 @@ def lpft_rows(
     g_conf, g_ood, g_pred, g_oos = view([train[i]["text"] for i in gold_i])
     x_conf, x_ood, x_pred, x_oos = view([r["text"] for r in test])
     s_right, t_right = x_pred == truth_test, t_test == truth_test
-    lever = f"shipped + LP-FT ({args.lpft_epochs} epochs)"
+    lever = f"shipped + LP-FT ({args.lpft_epochs} epochs{'' if oos_weight == 1 else f', oos x{oos_weight:g}'})"
     goals = {lever: GOAL}
     if (truth_train[gold_i] == OOS).any():  # the same student under the cap, with the ceiling on oos
         goals[f"{lever} + false-accept cap 3%"] = replace(GOAL, max_false_accepts=0.03)
@@ -271,6 +294,9 @@ def lpft_rows(
         if args.frontier and goal.max_false_accepts is None and rule is not None and (truth_test == OOS).any():
             gold = (g_conf, g_ood, g_pred, truth_train[gold_i])
             row["frontier"] = frontier(rule.max_ood, gold, (x_conf, x_ood, x_pred, truth_test))
+        if goal.max_false_accepts is not None and x_oos is not None:
+            oracle = best(x_conf, [x_oos], x_pred, truth_test, goal.max_false_accepts)
+            row["oracle_in_scope_deferred"] = None if oracle is None else oracle["in_scope_deferred"]
         rows.append(row | scope(rule, x_conf, x_ood, x_pred, truth_test, x_oos))
     return rows
 
@@ -349,6 +375,12 @@ def main() -> None:
         "--lpft", action="store_true", help="Also the LP-FT lever (the encoder fine-tuned: ~10 min a rep on 2 cores)."
     )
     ap.add_argument("--lpft-epochs", type=int, default=4)
+    ap.add_argument(
+        "--lpft-oos-weights",
+        default="16",
+        help="LP-FT once per weight of the oos label's loss (comma-separated; 1: unweighted; 16: the trainer's "
+        "default, FinetuneConfig.oos_weight).",
+    )
     ap.add_argument("--levers", default=",".join(LEVERS), help="Which of the fast levers to run (comma-separated).")
     ap.add_argument(
         "--votes",
@@ -390,7 +422,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         groups.setdefault((r["noise_model"], r["lever"]), []).append(r)
     keys = ["coverage", "accepted_accuracy", "teacher_on_accepted", "cascade_accuracy", "all_teacher_accuracy"]
-    keys += ["student_accuracy", "oos_false_accepts", "in_scope_deferred"]
+    keys += ["student_accuracy", "oos_false_accepts", "in_scope_deferred", "oracle_in_scope_deferred"]
     out = []
     for (model, lever), rs in groups.items():
         s: dict[str, Any] = {"noise_model": model, "lever": lever, "reps": len(rs), "held": sum(r["held"] for r in rs)}
@@ -420,7 +452,7 @@ def print_table(summary: list[dict[str, Any]], args: argparse.Namespace) -> None
         f"{args.noise:g}; {args.unknown_intents} unknown intents; {args.reps} reps; {m['cpu']}, {m['cores']} cores)"
     )
     cols = ["noise", "lever", "coverage", "accepted acc", "teacher on accepted", "cascade acc", "all-teacher acc"]
-    cols += ["student acc", "oos false accepts", "in-scope deferred", "held", "rules"]
+    cols += ["student acc", "oos false accepts", "in-scope deferred", "oracle deferred", "held", "rules"]
     for col in cols:
         table.add_column(col)
 
@@ -436,6 +468,7 @@ def print_table(summary: list[dict[str, Any]], args: argparse.Namespace) -> None
                 pct(s[k])
                 for k in ("all_teacher_accuracy", "student_accuracy", "oos_false_accepts", "in_scope_deferred")
             ),
+            pct(s["oracle_in_scope_deferred"]),
             f"{s['held']}/{s['reps']}",
             " ".join(s["rules"]),
         )

@@ -3,6 +3,7 @@ Runtime fp32 (Optimum export + transformer fusions) and ONNX Runtime int8 (dynam
 quantisation of the same encoder, the head in fp32: as the trainer builds a version).
 
     python benchmarks/scorer.py --json reports/benchmark-scorer.json
+    python benchmarks/scorer.py --backends pytorch-eager,ort-int8,ort-int8-static --sub-batches 1,8
     python benchmarks/scorer.py --provider cuda --seq-len 64 --batches 1,8,32,64,256   # on a GPU machine
 
 The student is the fast recipe trained on BANKING77's train split (frozen
@@ -17,6 +18,12 @@ each call as one batch padded to its longest text (0), as length-sorted sub-batc
 what it does with an int8 graph); speed-ups compare backends in the same mode. With ``--provider cuda`` the ONNX
 Runtime backends bind inputs and outputs with I/O binding. Needs the ``train`` extra and
 ../shared/data/banking77.
+
+``ort-int8-static`` (opt-in, ``--backends``) is the lever dynamic quantisation leaves out:
+static int8 (``quantize_static``, QOperator format, MinMax calibration on 256 train texts,
+per-channel weights). Its activation scales are fixed at calibration, so a text's answer does
+not depend on its batch-mates and the scorer could batch an int8 graph as it batches fp32.
+It is built from the unfused export (ONNX Runtime's static quantiser has no fused Attention).
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from typing import Any
 import numpy as np
 from intents import DATA, load
 
-BACKENDS = ("pytorch-eager", "ort-fp32", "ort-int8")
+BACKENDS = ("pytorch-eager", "ort-fp32", "ort-int8", "ort-int8-static")
+CALIBRATION_TEXTS = 256
 
 
 class OrtRunner:
@@ -86,6 +94,50 @@ class TorchRunner:
         with self.torch.inference_mode():
             logits, _ = self.model.forward(enc)
         return logits.cpu().numpy()
+
+
+def static_int8(tmp: Path, calibration: list[str], w: np.ndarray, b: np.ndarray, dest: Path) -> None:
+    """The static int8 graph: the backbone exported without fusions, quantised with activation
+    scales calibrated on ``calibration`` (8 texts a run), then the fp32 head appended."""
+    import logging
+
+    from onnx import TensorProto
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    from protege.student.backbone import source_dir
+    from protege.student.export import append_head, export_encoder
+    from protege.student.runtime import Encoder
+
+    unfused = export_encoder(source_dir(), tmp / "unfused", optimize=False)
+    encoder = Encoder(unfused / "model.onnx", unfused / "tokenizer.json", max_length=64)
+
+    class Texts(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter([encoder.feed(calibration[i : i + 8]) for i in range(0, len(calibration), 8)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    logging.getLogger().setLevel(logging.ERROR)  # the quantiser's pre-processing advice
+    quantize_static(
+        str(unfused / "model.onnx"),
+        str(tmp / "encoder-static.onnx"),
+        Texts(),
+        quant_format=QuantFormat.QOperator,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul"],
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"DefaultTensorType": TensorProto.FLOAT},
+    )
+    append_head(tmp / "encoder-static.onnx", w, b, dest)
 
 
 def peak_rss_mb() -> float:
@@ -164,6 +216,7 @@ def worker(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--backends", default=",".join(BACKENDS[:3]), help=f"Comma-separated, of {', '.join(BACKENDS)}.")
     ap.add_argument("--batches", default="1,8,32,64")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
@@ -182,11 +235,17 @@ def main() -> None:
     loaded = load(args.data)
     if loaded is None:
         return
+    from protege.harness import machine
     from protege.student.backbone import cached_backbone
     from protege.student.export import append_head, quantized
     from protege.student.runtime import Encoder
     from protege.student.train import fit_head
 
+    backends = args.backends.split(",")
+    if unknown := set(backends) - set(BACKENDS):
+        raise SystemExit(f"unknown backends: {', '.join(sorted(unknown))} (known: {', '.join(BACKENDS)})")
+    m = machine()
+    print(f"{m['cpu']}, {m['cores']} cores; {args.threads} threads per backend", flush=True)
     train, test = loaded
     backbone = cached_backbone()
     started = time.perf_counter()
@@ -213,11 +272,15 @@ def main() -> None:
         }
         append_head(backbone / "model.onnx", w, b, Path(paths["fp32"]))
         append_head(quantized(backbone), w, b, Path(paths["int8"]))  # as a version is built: int8 encoder, fp32 head
+        if "ort-int8-static" in backends:
+            calibration = [r["text"] for r in train[:: max(1, len(train) // CALIBRATION_TEXTS)]][:CALIBRATION_TEXTS]
+            paths["int8-static"] = f"{tmp}/int8-static.onnx"
+            static_int8(Path(tmp), calibration, w, b, Path(paths["int8-static"]))
         np.savez(paths["head"], w=w, b=b)
-        sizes = {k: Path(paths[k]).stat().st_size / 1e6 for k in ("fp32", "int8")}
+        sizes = {k: Path(paths[k]).stat().st_size / 1e6 for k in ("fp32", "int8", "int8-static") if k in paths}
         ctx = mp.get_context("spawn")
         for sub in (int(v) for v in args.sub_batches.split(",")):
-            for backend in BACKENDS:
+            for backend in backends:
                 q = ctx.Queue()
                 p = ctx.Process(target=worker, args=(backend, sub, paths, texts, y, settings, q))
                 p.start()
@@ -236,9 +299,9 @@ def main() -> None:
         f"{'acc':>7s} {'peak RSS MB':>11s}"
     )
     for r in results:
-        eager = next(e for e in results if e["backend"] == "pytorch-eager" and e["sub_batch"] == r["sub_batch"])
+        eager = next((e for e in results if e["backend"] == "pytorch-eager" and e["sub_batch"] == r["sub_batch"]), None)
         for bs, row in r["batches"].items():
-            row["speedup_vs_eager"] = row["sequences_per_s"] / eager["batches"][bs]["sequences_per_s"]
+            row["speedup_vs_eager"] = row["sequences_per_s"] / eager["batches"][bs]["sequences_per_s"] if eager else 0
             print(
                 f"{r['backend']:14s} {r['sub_batch']:4d} {bs:>5s} {row['sequences_per_s']:9.1f} "
                 f"{row['speedup_vs_eager']:8.2f} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f} {r['accuracy']:7.4f} "
@@ -249,7 +312,7 @@ def main() -> None:
         "model_mb": sizes,
         "test_texts": len(texts),
         "results": results,
-        "machine": {"cpus": os.cpu_count(), "provider": args.provider},
+        "machine": m | {"provider": args.provider},
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))

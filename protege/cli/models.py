@@ -24,6 +24,7 @@ from protege.kafka import Out, producer
 from protege.registry import Registry, Version
 from protege.serving import Serving, read_serving
 from protege.settings import Settings
+from protege.student.finetune import FinetuneConfig
 from protege.student.manifest import Target
 from protege.task import load_tasks
 
@@ -244,6 +245,10 @@ def train_cmd(
     ] = "fast",
     epochs: Annotated[int, typer.Option(help="finetune: epochs.")] = 4,
     lr: Annotated[float, typer.Option(help="finetune: encoder learning rate.")] = 1e-4,
+    oos_weight: Annotated[
+        float,
+        typer.Option(help="finetune: how many times the loss of a case labelled oos counts (1: plain cross-entropy)."),
+    ] = FinetuneConfig.oos_weight,
     golden: Annotated[Path | None, typer.Option(help="A fixed golden set (JSON Lines) for the gates.")] = None,
     announce: Annotated[
         bool,
@@ -254,7 +259,6 @@ def train_cmd(
 ) -> None:
     """Train one student version (the scheduled full fine-tune, or a fast retrain by hand)."""
     from protege.student.backbone import cached_backbone, source_dir
-    from protege.student.finetune import FinetuneConfig
     from protege.student.runtime import Encoder
     from protege.student.train import (
         Case,
@@ -286,7 +290,9 @@ def train_cmd(
     if recipe == "fast":
         chosen = FastRecipe(embed, backbone)
     elif recipe == "finetune":
-        chosen = FinetuneRecipe(embed, backbone, source_dir(), FinetuneConfig(epochs=epochs, lr=lr))
+        chosen = FinetuneRecipe(
+            embed, backbone, source_dir(), FinetuneConfig(epochs=epochs, lr=lr, oos_weight=oos_weight)
+        )
         chosen.on_batch = lambda epoch, done, planned: bar.update(
             job, completed=done, total=planned, description=f"fine-tune, epoch {epoch}/{epochs}"
         )

@@ -35,6 +35,7 @@ from protege.pipeline import LocalPipeline
 from protege.registry import Registry
 from protege.settings import Settings, TeacherSettings
 from protege.state import read_all
+from protege.student.finetune import FinetuneConfig
 from protege.supervisor import SERVICES
 from protege.task import OOS, Canary, Drift, Policy, StudentConfig, Task, load_tasks, write_task
 from protege.teacher import StandinTeacher
@@ -143,13 +144,14 @@ def _stream_run(
     return summary
 
 
-def _scheduled_finetune(p: LocalPipeline, tenant: str, task: str, epochs: int) -> dict[str, Any]:
+def _scheduled_finetune(p: LocalPipeline, tenant: str, task: str, epochs: int, oos_weight: float) -> dict[str, Any]:
     """The fine-tune a deployment schedules (k8s/finetune-cronjob.yaml), on the cases harvested
     so far: its own process, gated against the version serving, announced when it passes."""
     assert p.supervisor is not None
     console.print(f"the scheduled fine-tune (LP-FT, {epochs} epochs) on the cases harvested so far ...")
     log = p.home / "logs" / "finetune.log"
-    command = ["train", "--recipe", "finetune", "--epochs", str(epochs), "--announce", "--tenant", tenant]
+    command = ["train", "--recipe", "finetune", "--epochs", str(epochs), "--oos-weight", str(oos_weight)]
+    command += ["--announce", "--tenant", tenant]
     before = {v.name for v in Registry.of(p.settings).versions(tenant, task)}
     t0 = time.perf_counter()
     with log.open("w") as out:
@@ -169,7 +171,7 @@ def _scheduled_finetune(p: LocalPipeline, tenant: str, task: str, epochs: int) -
         result = {"version": m.version, "promoted": m.gates.passed, "reason": reason, "metrics": m.metrics}
     said = "announced" if done.returncode == 0 else f"not announced (exit {done.returncode}: {result.get('reason')})"
     console.print(f"  {result.get('version')}: {said}, {seconds:.0f} s; log in {log}", highlight=False)
-    return {"seconds": seconds, "exit": done.returncode, "epochs": epochs, **result}
+    return {"seconds": seconds, "exit": done.returncode, "epochs": epochs, "oos_weight": oos_weight, **result}
 
 
 def _prepare_backbone() -> None:
@@ -518,6 +520,10 @@ def bench_stream(
             "encoder. 0: none."
         ),
     ] = 0,
+    oos_weight: Annotated[
+        float,
+        typer.Option(help="The scheduled fine-tune's weight of a case labelled oos (protege train --oos-weight)."),
+    ] = FinetuneConfig.oos_weight,
     learn_accepted: Annotated[
         float,
         typer.Option(
@@ -588,7 +594,7 @@ def bench_stream(
     finetuned: dict[str, Any] = {}
 
     def scheduled_finetune(p: LocalPipeline) -> None:
-        finetuned.update(_scheduled_finetune(p, "bench", task_name, finetune_epochs))
+        finetuned.update(_scheduled_finetune(p, "bench", task_name, finetune_epochs, oos_weight))
 
     summary = _stream_run(
         home,

@@ -466,7 +466,11 @@ class FinetuneRecipe:
         w, b, labels = fit_head(x[keep], y_names, c=self.c, seed=cfg.seed)
         index = {label: i for i, label in enumerate(labels)}
         model = Classifier(self.source, w, b, cfg.max_length)
-        log = finetune(model, texts, np.asarray([index[v] for v in y_names]), cfg, on_batch=self.on_batch)
+        weight = np.ones(len(labels))
+        if OOS in index:  # a false accept costs more than a deferral: the fine-tune learns oos harder
+            weight[index[OOS]] = cfg.oos_weight
+        y = np.asarray([index[v] for v in y_names])
+        log = finetune(model, texts, y, cfg, on_batch=self.on_batch, class_weight=weight)
         hf_dir = model.save_encoder(workdir / "hf")
         encoder = export_encoder(hf_dir, workdir / "encoder")
         w, b = model.head_arrays()
