@@ -32,7 +32,9 @@ another data set's, e.g. CLINC150 from ``benchmarks/clinc150.py``). Levers:
   ``shipped + cap 3% + ood 0.99`` with the OOD gate at 99%.
 - ``shipped + LP-FT`` (``--lpft``, slow): the same, then the whole encoder fine-tuned from that
   head (the LP-FT recipe, ``protege train --recipe finetune``); with out-of-scope rows also its
-  rule under the 3% cap (with the ceiling on ``oos``).
+  rule under the 3% cap (with the ceiling on ``oos``) and the oracle's deferral at that cap;
+  once per weight of the ``oos`` label's loss in ``--lpft-oos-weights`` (the trainer's 16 by
+  default; ``1,16``: unweighted beside it).
 
 Out-of-scope traffic (``--unknown-intents``: intents left out of the task whose rows the
 teacher answers ``oos``; or a data set's own ``oos`` rows): the report adds the share of them
@@ -57,6 +59,7 @@ from oos_signals import best
 
 from protege.certify import Evidence, Goal, accepted_by, choose_rule
 from protege.harness import machine
+from protege.student.finetune import FinetuneConfig
 from protege.student.manifest import Vote
 from protege.student.runtime import Bank
 from protege.student.train import VOTE_K, denoised, fit_head, fit_temperature, knn_k
@@ -224,7 +227,7 @@ def lpft_rows(
     truth_train: np.ndarray,
     t_test: np.ndarray,
     truth_test: np.ndarray,
-    oos_weight: float = 16.0,
+    oos_weight: float,
 ) -> list[dict[str, Any]]:
     """``shipped`` + LP-FT: the same denoised 85% split (and the kNN vote), its logreg head as the
     start, then the whole encoder fine-tuned (``protege.student.finetune``, 4 epochs); calibration, the OOD bank
@@ -236,7 +239,7 @@ def lpft_rows(
     bound on what this student can do, not a rule). ``oos_weight`` weighs the ``oos`` label's
     loss in the fine-tune."""
     from protege.student.backbone import source_dir
-    from protege.student.finetune import Classifier, FinetuneConfig, finetune
+    from protege.student.finetune import Classifier, finetune
 
     started = time.perf_counter()
     cut = int(len(pool_i) * 0.85)
@@ -377,9 +380,9 @@ def main() -> None:
     ap.add_argument("--lpft-epochs", type=int, default=4)
     ap.add_argument(
         "--lpft-oos-weights",
-        default="16",
-        help="LP-FT once per weight of the oos label's loss (comma-separated; 1: unweighted; 16: the trainer's "
-        "default, FinetuneConfig.oos_weight).",
+        default=f"{FinetuneConfig.oos_weight:g}",
+        help="LP-FT once per weight of the oos label's loss (comma-separated; 1: unweighted; default: the "
+        "trainer's, FinetuneConfig.oos_weight).",
     )
     ap.add_argument("--levers", default=",".join(LEVERS), help="Which of the fast levers to run (comma-separated).")
     ap.add_argument(
