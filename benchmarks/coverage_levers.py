@@ -29,7 +29,10 @@ another data set's, e.g. CLINC150 from ``benchmarks/clinc150.py``). Levers:
   stops where more than 3% of the golden set's out-of-scope rows would be accepted in scope, and
   may defer in-scope answers with too much probability of ``oos`` (``protege.certify.OOS_GATES``);
   ``shipped + cap 3% without oos gate`` without that ceiling (as before it),
-  ``shipped + cap 3% + ood 0.99`` with the OOD gate at 99%.
+  ``shipped + cap 3% + ood 0.99`` with the OOD gate at 99%; ``shipped + cap 3% pooled with
+  teacher oos`` estimates the false accepts over the golden out-of-scope rows and the calibration
+  rows the teacher answered ``oos`` together (``Evidence.teacher_oos``; so does the LP-FT lever's
+  ``... pooled with teacher oos`` row).
 - ``shipped + LP-FT`` (``--lpft``, slow): the same, then the whole encoder fine-tuned from that
   head (the LP-FT recipe, ``protege train --recipe finetune``); with out-of-scope rows also its
   rule under the 3% cap (with the ceiling on ``oos``) and the oracle's deferral at that cap;
@@ -57,7 +60,7 @@ from certify import confusion_table, embeddings, judge, teacher_answers
 from intents import DATA, load
 from oos_signals import best
 
-from protege.certify import Evidence, Goal, accepted_by, choose_rule
+from protege.certify import Evidence, Goal, OutOfScope, accepted_by, choose_rule
 from protege.harness import machine
 from protege.student.finetune import FinetuneConfig
 from protege.student.manifest import Vote
@@ -91,6 +94,15 @@ LEVERS: dict[str, dict[str, Any]] = {
         "denoise": True,
         "vote": StudentConfig().vote,
         "max_false_accepts": 0.03,
+    },
+    # the cap's estimate over the golden out-of-scope cases and the held-out ones the teacher
+    # answered oos (Evidence.teacher_oos): twice the cases or more, the teacher's label on half
+    "shipped + cap 3% pooled with teacher oos": {
+        "fit_share": 0.85,
+        "denoise": True,
+        "vote": StudentConfig().vote,
+        "max_false_accepts": 0.03,
+        "pool_teacher_oos": True,
     },
     # the same with the OOD gate at 99%: the ceiling on oos takes over part of its work
     "shipped + cap 3% + ood 0.99": {
@@ -180,6 +192,10 @@ def one_rep(
         x_conf, x_ood, x_pred, x_oos = view(x_test)
         gated = g_oos if opts.get("oos_gate", True) else None
         evidence = golden_evidence(g_conf, g_ood, g_pred, gated, truth_train[gold_i], t_train[gold_i])
+        if opts.get("pool_teacher_oos"):
+            said = cal_i[t_train[cal_i] == OOS]
+            c_conf, c_ood, c_pred, c_oos = view(x_train[said])
+            evidence = replace(evidence, teacher_oos=OutOfScope(c_conf, c_ood, c_pred == OOS, c_oos))
         goal = replace(GOAL, max_false_accepts=opts.get("max_false_accepts"))
         rule = choose_rule(goal, evidence, ood_quantile=opts.get("ood_quantile", 0.95))
         s_right, t_right = x_pred == truth_test, t_test == truth_test
@@ -286,9 +302,15 @@ def lpft_rows(
         goals[f"{lever} + false-accept cap 3%"] = (capped, 0.95)
         for q in map(float, filter(None, args.lpft_capped_ood.split(","))):  # the OOD gate's share of it
             goals[f"{lever} + false-accept cap 3% + ood {q:g}"] = (capped, q)
+        goals[f"{lever} + false-accept cap 3% pooled with teacher oos"] = (capped, 0.95)
+    said = cal_i[t_train[cal_i] == OOS]  # held-out cases the teacher answered oos
+    c_conf, c_ood, c_pred, c_oos = view([train[i]["text"] for i in said])
+    teacher_oos = OutOfScope(c_conf, c_ood, c_pred == OOS, c_oos)
     rows = []
     for name, (goal, ood_quantile) in goals.items():
         evidence = golden_evidence(g_conf, g_ood, g_pred, g_oos, truth_train[gold_i], t_train[gold_i])
+        if name.endswith("pooled with teacher oos"):
+            evidence = replace(evidence, teacher_oos=teacher_oos)
         rule = choose_rule(goal, evidence, ood_quantile=ood_quantile)
         row = {"rep": rep, "noise_model": model, "lever": name}
         row |= {"fit_cases": len(fit_i), "train_seconds": round(trained_s, 1)}

@@ -104,6 +104,19 @@ class Goal:
 
 
 @dataclass(frozen=True)
+class OutOfScope:
+    """Held-out cases the teacher answered ``oos``, as the student scored them."""
+
+    confidence: np.ndarray
+    ood: np.ndarray
+    answered_oos: np.ndarray
+    oos_probability: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.confidence)
+
+
+@dataclass(frozen=True)
 class Evidence:
     """Held-out cases the rule is certified on: the student's signals and, per case, whether the
     student was right and (golden only) whether the teacher was."""
@@ -118,12 +131,26 @@ class Evidence:
     answered_oos: np.ndarray | None = None
     # Per case: the student's probability of ``oos`` (None: the student does not know the label).
     oos_probability: np.ndarray | None = None
+    # More out-of-scope cases for the false-accept cap's estimate: held-out cases the teacher
+    # answered ``oos`` (its label, not the truth), pooled with the golden ones (``false_accepts``).
+    # Measured, not used by the trainer: on CLINC150 it deferred less only by letting more out of
+    # scope through (benchmarks/coverage_levers.py, "pooled with teacher oos"; README).
+    teacher_oos: OutOfScope | None = None
 
-    def false_accepts(self, accepted: np.ndarray) -> float | None:
-        """The share of out-of-scope cases ``accepted`` with an in-scope answer (None: none here)."""
-        if self.out_of_scope is None or self.answered_oos is None or not self.out_of_scope.any():
-            return None
-        return float((accepted & self.out_of_scope & ~self.answered_oos).sum() / self.out_of_scope.sum())
+    def false_accepts(self, accepted: np.ndarray, rule: AcceptRule | None = None) -> float | None:
+        """The share of out-of-scope cases ``accepted`` with an in-scope answer (None: none here).
+        With ``rule`` and ``teacher_oos``, the teacher's out-of-scope cases count as well: what
+        ``rule`` lets through of them over the golden ones and them together."""
+        golden = self.out_of_scope is not None and self.answered_oos is not None and bool(self.out_of_scope.any())
+        through = n = 0
+        if golden:
+            assert self.out_of_scope is not None and self.answered_oos is not None
+            through, n = int((accepted & self.out_of_scope & ~self.answered_oos).sum()), int(self.out_of_scope.sum())
+        if rule is not None and self.teacher_oos is not None and len(self.teacher_oos):
+            extra = self.teacher_oos
+            let = accepted_by(rule, extra.confidence, extra.ood, extra.oos_probability, extra.answered_oos)
+            through, n = through + int((let & ~extra.answered_oos).sum()), n + len(extra)
+        return through / n if n else None
 
     def __post_init__(self) -> None:
         if self.kind == "golden" and self.teacher_right is None:
@@ -268,7 +295,11 @@ def fixed_sequence(
         if slack_lower_bound(goal, evidence, accepted, paired) < 0:
             break
         cap = goal.max_false_accepts
-        if cap is not None and (let_through := evidence.false_accepts(accepted)) is not None and let_through > cap:
+        if (
+            cap is not None
+            and (let_through := evidence.false_accepts(accepted, rule)) is not None
+            and let_through > cap
+        ):
             break
         best = rule.model_copy(update={"coverage": round(float(accepted.mean()), 4)})
     return best

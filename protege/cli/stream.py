@@ -162,8 +162,14 @@ def _scheduled_finetune(p: LocalPipeline, tenant: str, task: str, epochs: int, o
             stderr=subprocess.STDOUT,
         )
     seconds = time.perf_counter() - t0
-    # what it wrote, from the registry (its manifest), not from its log
-    made = [v for v in Registry.of(p.settings).versions(tenant, task) if v.name not in before]
+    # What it wrote, from the registry (its manifest), not from its log. The trainer service goes
+    # on retraining meanwhile, so a newer version may be the fast recipe's (seen: the report
+    # gave a fast retrain's figures as the fine-tune's).
+    made = [
+        v
+        for v in Registry.of(p.settings).versions(tenant, task)
+        if v.name not in before and v.manifest.recipe.get("kind") == "finetune"
+    ]
     result: dict[str, Any] = {}
     if made:
         m = made[-1].manifest

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from protege.certify import (
     Evidence,
     Goal,
+    OutOfScope,
     accepted_by,
     choose_rule,
     could_pass,
@@ -120,6 +123,29 @@ def test_a_false_accept_cap_stops_the_sequence_where_out_of_scope_gets_through()
     assert scoped.false_accepts(at) <= 0.03 < scoped.false_accepts(after)  # type: ignore[operator]
     assert choose_rule(Goal(margin=0.01, max_false_accepts=0.03), ev) == loose  # no oos cases: no cap
     assert "out of scope accepted <= 3.0%" in Goal(margin=0.01, max_false_accepts=0.03).describe()
+
+
+def test_the_teachers_out_of_scope_cases_join_the_cap_s_estimate() -> None:
+    """Held-out cases the teacher answered ``oos`` count beside the golden out-of-scope ones:
+    the share let through is over both, and a rule stops where the pooled share passes the cap
+    even if the golden cases alone would have let it go further."""
+    ev = world(4000, 7, teacher_error=0.06)
+    rng = np.random.default_rng(7)
+    oos = rng.uniform(size=len(ev)) < 0.02  # ~80 golden out-of-scope cases, all answered oos: no false accept
+    scoped = Evidence("golden", ev.confidence, ev.ood, ev.student_right, ev.teacher_right, oos, oos.copy())
+    # 400 more the teacher said were out of scope; the student answers them in scope, sure of
+    # itself from 0.5 up to 1 (uniformly), and with OOD scores no gate stops
+    conf = rng.uniform(0.5, 1.0, 400)
+    said = OutOfScope(conf, np.zeros(400), np.zeros(400, bool))
+    pooled = replace(scoped, teacher_oos=said)
+    goal = Goal(margin=0.01, max_false_accepts=0.03)
+    alone, both = choose_rule(goal, scoped), choose_rule(goal, pooled)
+    assert alone is not None and both is not None and both.min_confidence > alone.min_confidence
+    accepted = (ev.confidence >= both.min_confidence) & (ev.ood <= both.max_ood)
+    through = int((conf >= both.min_confidence).sum())
+    assert pooled.false_accepts(accepted, both) == through / (oos.sum() + 400) <= 0.03
+    assert scoped.false_accepts(accepted, both) == 0.0  # without the teacher's cases: the golden ones alone
+    assert pooled.false_accepts(accepted) == 0.0  # and without a rule to judge them by
 
 
 def test_a_ceiling_on_oos_buys_the_cap_for_less_coverage() -> None:
