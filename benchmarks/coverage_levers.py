@@ -296,21 +296,19 @@ def lpft_rows(
     x_conf, x_ood, x_pred, x_oos = view([r["text"] for r in test])
     s_right, t_right = x_pred == truth_test, t_test == truth_test
     lever = f"shipped + LP-FT ({args.lpft_epochs} epochs{'' if oos_weight == 1 else f', oos x{oos_weight:g}'})"
-    goals = {lever: (GOAL, 0.95)}
+    golden = golden_evidence(g_conf, g_ood, g_pred, g_oos, truth_train[gold_i], t_train[gold_i])
+    goals = {lever: (GOAL, 0.95, golden)}  # name: (goal, the OOD gate's quantile, evidence)
     if (truth_train[gold_i] == OOS).any():  # the same student under the cap, with the ceiling on oos
         capped = replace(GOAL, max_false_accepts=0.03)
-        goals[f"{lever} + false-accept cap 3%"] = (capped, 0.95)
+        goals[f"{lever} + false-accept cap 3%"] = (capped, 0.95, golden)
         for q in map(float, filter(None, args.lpft_capped_ood.split(","))):  # the OOD gate's share of it
-            goals[f"{lever} + false-accept cap 3% + ood {q:g}"] = (capped, q)
-        goals[f"{lever} + false-accept cap 3% pooled with teacher oos"] = (capped, 0.95)
-    said = cal_i[t_train[cal_i] == OOS]  # held-out cases the teacher answered oos
-    c_conf, c_ood, c_pred, c_oos = view([train[i]["text"] for i in said])
-    teacher_oos = OutOfScope(c_conf, c_ood, c_pred == OOS, c_oos)
+            goals[f"{lever} + false-accept cap 3% + ood {q:g}"] = (capped, q, golden)
+        said = cal_i[t_train[cal_i] == OOS]  # held-out cases the teacher answered oos
+        c_conf, c_ood, c_pred, c_oos = view([train[i]["text"] for i in said])
+        pooled = replace(golden, teacher_oos=OutOfScope(c_conf, c_ood, c_pred == OOS, c_oos))
+        goals[f"{lever} + false-accept cap 3% pooled with teacher oos"] = (capped, 0.95, pooled)
     rows = []
-    for name, (goal, ood_quantile) in goals.items():
-        evidence = golden_evidence(g_conf, g_ood, g_pred, g_oos, truth_train[gold_i], t_train[gold_i])
-        if name.endswith("pooled with teacher oos"):
-            evidence = replace(evidence, teacher_oos=teacher_oos)
+    for name, (goal, ood_quantile, evidence) in goals.items():
         rule = choose_rule(goal, evidence, ood_quantile=ood_quantile)
         row = {"rep": rep, "noise_model": model, "lever": name}
         row |= {"fit_cases": len(fit_i), "train_seconds": round(trained_s, 1)}

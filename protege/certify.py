@@ -141,13 +141,10 @@ class Evidence:
         """The share of out-of-scope cases ``accepted`` with an in-scope answer (None: none here).
         With ``rule`` and ``teacher_oos``, the teacher's out-of-scope cases count as well: what
         ``rule`` lets through of them over the golden ones and them together."""
-        golden = self.out_of_scope is not None and self.answered_oos is not None and bool(self.out_of_scope.any())
         through = n = 0
-        if golden:
-            assert self.out_of_scope is not None and self.answered_oos is not None
+        if self.out_of_scope is not None and self.answered_oos is not None:
             through, n = int((accepted & self.out_of_scope & ~self.answered_oos).sum()), int(self.out_of_scope.sum())
-        if rule is not None and self.teacher_oos is not None and len(self.teacher_oos):
-            extra = self.teacher_oos
+        if rule is not None and (extra := self.teacher_oos) is not None:
             let = accepted_by(rule, extra.confidence, extra.ood, extra.oos_probability, extra.answered_oos)
             through, n = through + int((let & ~extra.answered_oos).sum()), n + len(extra)
         return through / n if n else None
