@@ -198,6 +198,12 @@ class Decision(Event, title="protege.decision"):
     audit: bool = Field(
         False, description="Audited: the teacher also answers this accepted request behind the response."
     )
+    review: bool = Field(
+        False,
+        description="In the task's review sample (review_rate, a hash of the request id): a person labels it for "
+        "the golden set, and it never trains a student. Accepted, it is audited too (the teacher's answer is "
+        "the golden row's other half).",
+    )
     decided_at_ms: int
 
 
@@ -214,6 +220,7 @@ class TeacherRequest(AboutRequest, Event, title="protege.teacher_request"):
     student_label: str | None = None
     student_confidence: float | None = None
     model_version: str | None = None
+    review: bool = Field(False, description="In the review sample: its result goes to people, not to training.")
     attempt: int = Field(0, ge=0, description="Times the teacher was unavailable for it so far.")
     not_before_ms: int | None = Field(None, description="Held in the retry topic until then.")
     held_because: str | None = Field(None, description="Why it was held: teacher_unavailable or over_budget.")
@@ -247,6 +254,7 @@ class TeacherResult(Event, title="protege.teacher_result"):
     student_label: str | None = None
     agrees: bool | None = Field(None, description="Whether the student had given the same label.")
     model_version: str | None = None
+    review: bool = Field(False, description="In the review sample (from its teacher request).")
     answered_at_ms: int
 
 
@@ -310,7 +318,9 @@ class Alert(Event, title="protege.alert"):
 
 
 class Feedback(Event, title="protege.feedback"):
-    """A correction from downstream (an agent fixed the label)."""
+    """A person's label for a request: a correction (an agent fixed the answer; it trains the
+    student) or a review (the label of a request in the task's review sample, given without
+    seeing the teacher's or the student's; it joins the golden set and never trains)."""
 
     v: Literal[1] = 1
     request_id: Id
@@ -319,6 +329,24 @@ class Feedback(Event, title="protege.feedback"):
     text: str = Field(min_length=1)
     label: str
     source: str = Field("agent", description="Who corrected it.")
+    kind: Literal["correction", "review"] = Field(
+        "correction",
+        description="correction: a fix, learnt from; review: a verdict on a request of the review sample "
+        "(protege.review), kept as golden truth.",
+    )
+
+
+class ReviewItem(Event, title="protege.review_item"):
+    """A request of the task's review sample, waiting for a person's label, on ``protege.review``.
+    Blind: it carries the text, not the teacher's or the student's answer, so the reviewer's
+    label is not anchored on either (``protege review pull`` / ``protege review submit``)."""
+
+    v: Literal[1] = 1
+    request_id: Id
+    tenant: Id
+    task: Id
+    text: str
+    sampled_at_ms: int
 
 
 class HarvestCase(Event, title="protege.harvest_case"):
@@ -336,7 +364,10 @@ class HarvestCase(Event, title="protege.harvest_case"):
     label_source: Literal["teacher", "standin", "feedback", "student"]
     student_label: str | None = None
     model_version: str | None = None
-    reason: Literal["escalated", "disagreement", "feedback", "audit", "accepted"]
+    reason: Literal["escalated", "disagreement", "feedback", "audit", "accepted", "review"] = Field(
+        description="review: one half of a golden row (the teacher's answer, or a person's review label), "
+        "kept apart from training."
+    )
     harvested_at_ms: int
 
     @property
@@ -402,6 +433,7 @@ EVENTS: dict[str, type[Event]] = {
     "teacher_result": TeacherResult,
     "response": Response,
     "feedback": Feedback,
+    "review_item": ReviewItem,
     "correction": Correction,
     "alert": Alert,
     "harvest_case": HarvestCase,

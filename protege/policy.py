@@ -14,6 +14,11 @@ answer (cold start, a model error) goes to the teacher: the fail-safe is the tea
 Under any policy but ensemble (which checks every accepted answer already), ``audit_rate``
 of the accepted answers, chosen by a stable hash of the request id (``audited``), are also
 sent to the teacher behind the response: the only unbiased sample of accepted traffic.
+
+The task's ``review_rate`` of all requests, drawn by another hash (``in_review``), is the
+review sample: people label them for the golden set (``Decision.review``). An accepted one is
+audited too, so the teacher's answer on every reviewed request is on record; the union of the
+two hash draws is still a uniform sample of accepted traffic.
 """
 
 from __future__ import annotations
@@ -30,6 +35,14 @@ def audited(request_id: str, rate: float) -> bool:
     """Whether a request falls in the audited share: a stable hash of its id, so a replay,
     another replica or a retry picks the same requests."""
     return in_share(request_id, rate)
+
+
+REVIEW_SALT = "review:"  # the review sample, independent of the audits' and the learnt answers'
+
+
+def in_review(request_id: str, rate: float) -> bool:
+    """Whether a request falls in the review sample (``Task.review_rate``)."""
+    return in_share(request_id, rate, salt=REVIEW_SALT)
 
 
 def in_share(request_id: str, rate: float, *, salt: str = "") -> bool:
@@ -121,6 +134,7 @@ class Router:
         self.thresholds = task.policy.thresholds.model_dump()
         self.policy_version = task.policy.version
         self.audit_rate = task.policy.audit_rate
+        self.review_rate = task.review_rate
         self.trial_audit_rate = task.student.canary.audit_rate  # both arms of a canary
         self.rules = Rules(task)
         self.checks = Checks(task)
@@ -158,6 +172,8 @@ class Router:
                 failed = signal_checks(signals, thresholds)
         verdict = self.verdict(student is not None, failed + rules)
         req = scored.request
+        review = in_review(req.request_id, self.review_rate)
+        rate = self.trial_audit_rate if student and student.arm else self.audit_rate
         return Decision(
             request_id=req.request_id,
             tenant=req.tenant,
@@ -173,9 +189,8 @@ class Router:
             rules=rules,
             reasons=failed + rules,
             teacher_check=self.checks_behind and verdict == "accept",
-            audit=verdict == "accept"
-            and not self.checks_behind
-            and audited(req.request_id, self.trial_audit_rate if student and student.arm else self.audit_rate),
+            audit=verdict == "accept" and not self.checks_behind and (review or audited(req.request_id, rate)),
+            review=review,
             decided_at_ms=now_ms,
         )
 

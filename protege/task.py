@@ -304,6 +304,15 @@ class Task(BaseModel):
         "teacher: the teacher's answer, from `protege label --golden`), relative to the tasks folder. Kept out of "
         "training; every version is measured on it, and rules are certified on it.",
     )
+    review_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of all requests (by a hash of the request id, accepted and escalated alike) sent to "
+        "people for a label (protege.review; `protege review pull`/`submit`): with the teacher's answer on each, "
+        "they join the golden set, a uniform sample of live traffic that grows with it. Kept out of training; an "
+        "accepted one is audited too. 0: the golden set is the file alone.",
+    )
     policy: Policy = Policy()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()

@@ -71,6 +71,11 @@ class Topics:
         return self._t("feedback")
 
     @property
+    def review(self) -> str:
+        """Requests of a task's review sample waiting for a person's label (``protege review``)."""
+        return self._t("review")
+
+    @property
     def harvest(self) -> str:
         return self._t("harvest")
 
@@ -103,6 +108,7 @@ class Topics:
             "teacher_journal",
             "corrections",
             "feedback",
+            "review",
             "harvest",
             "models",
             "alerts",

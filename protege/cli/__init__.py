@@ -9,6 +9,7 @@ protege trace REQUEST_ID         # one request's events across the services, in 
 protege ask "text" --tenant A --task T  # one request, its answer
 protege doctor                   # what a first run needs, checked; how to fix what is missing
 protege replay --tenant T --task K --last 24h --version v0004   # a candidate on recorded traffic
+protege review pull --tenant T --task K   # the review sample waiting for labels (then: review submit FILE)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from protege.cli.root import app
 
 # Each module registers its commands; imported in the order --help lists them.
 # isort: off
-from protege.cli import services, stream, models, data, evaluate, operate  # noqa: F401
+from protege.cli import services, stream, models, data, evaluate, operate, review  # noqa: F401
 # isort: on
 
 __all__ = ["app"]

@@ -83,6 +83,7 @@ class Trusted:
     text: str
     label: str
     teacher: str
+    source: str = "file"  # the task's golden file, or "review": a person's label on the review sample
 
 
 def read_golden(path: Path, task: Task) -> list[Trusted]:
@@ -829,6 +830,8 @@ def train_version(
         "train_seconds": round(time.perf_counter() - started, 2),
     }
     metrics |= precision.metrics | truth_metrics(trusted, teacher_right, rule)
+    if truth:
+        metrics["truth_reviewed"] = float(sum(t.source == "review" for t in truth))  # from live traffic
     if truth and rule is not None and (let_through := evidence.false_accepts(trusted.accepted_by(rule))) is not None:
         metrics["truth_false_accepts"] = round(let_through, 4)  # out of scope accepted in scope
     if gold_metrics["accepted_accuracy"] is not None:

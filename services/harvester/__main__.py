@@ -1,4 +1,4 @@
-"""Failure harvester: protege.teacher.results + protege.feedback -> protege.harvest.
+"""Failure harvester: protege.teacher.results + protege.feedback -> protege.harvest (+ protege.review).
 
 python -m protege_services.harvester          (or: protege run harvester)
 """
@@ -13,15 +13,23 @@ from protege.events import Feedback, TeacherResult
 from protege.kafka import Processor
 from protege.service import run_service
 from protege.settings import HarvesterSettings
+from protege.task import load_tasks
 
 
 def processor(settings: HarvesterSettings, harvester: Harvester) -> Processor:
     t = settings.topics
-    return Processor(settings, "harvester", {t.teacher_results: TeacherResult, t.feedback: Feedback}, harvester.handle)
+    return Processor(
+        settings,
+        "harvester",
+        {t.teacher_results: TeacherResult, t.feedback: Feedback},
+        harvester.handle,
+        tasks=harvester.tasks,
+    )
 
 
 async def serve(settings: HarvesterSettings, stop: asyncio.Event) -> None:
-    await processor(settings, Harvester(settings.topics, redact_pii=settings.redact_pii)).run(stop)
+    tasks = load_tasks(settings.tasks_dir)
+    await processor(settings, Harvester(tasks, settings.topics, redact_pii=settings.redact_pii)).run(stop)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,13 @@
   audited one (reason ``audit``: the unbiased sample of accepted traffic, kept agreeing or not).
 - feedback: a person's correction (reason ``feedback``).
 
+The review sample (``Task.review_rate``) is kept apart from training: a teacher result of a
+request in it goes to people as a ``ReviewItem`` on protege.review (blind: the text alone),
+and to the trainer as the teacher's half of a golden row (reason ``review``); a person's
+review (``Feedback.kind`` review) is the other half. Feedback is bytes from outside: a label
+that is not one of the task's answers, or a review of a request outside the review sample,
+is dead-lettered with its reason rather than taught to the student or trusted as truth.
+
 It does not read ``protege.decisions`` (the busiest topic after the requests): every case
 it keeps arrives labelled on the two topics above.
 
@@ -17,45 +24,82 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from protege.events import Feedback, HarvestCase, TeacherResult, now_ms
-from protege.kafka import Out, Received
+from protege.events import Feedback, HarvestCase, ReviewItem, TeacherResult, now_ms
+from protege.kafka import Out, Received, dead_letter
+from protege.policy import in_review
 from protege.redact import redact
+from protege.task import Task
 from protege.topics import Topics
 
 
 class Harvester:
-    def __init__(self, topics: Topics, *, redact_pii: bool = True) -> None:
+    def __init__(self, tasks: dict[str, Task], topics: Topics, *, redact_pii: bool = True) -> None:
+        self.tasks = tasks
         self.topics = topics
         self.clean = redact if redact_pii else str
 
     def harvest(self, r: Received[TeacherResult | Feedback]) -> list[Out]:
         event = r.event
         if isinstance(event, TeacherResult):
-            disagree = event.student_label is not None and event.student_label != event.label
-            case = HarvestCase(
-                request_id=event.request_id,
-                tenant=event.tenant,
-                task=event.task,
-                text=self.clean(event.text),
-                label=event.label,
-                label_source="standin" if event.standin else "teacher",
-                student_label=event.student_label,
-                model_version=event.model_version,
-                reason="audit" if event.mode == "audit" else "disagreement" if disagree else "escalated",
-                harvested_at_ms=now_ms(),
-            )
-        else:
-            case = HarvestCase(
-                request_id=event.request_id,
-                tenant=event.tenant,
-                task=event.task,
-                text=self.clean(event.text),
-                label=event.label,
-                label_source="feedback",
-                reason="feedback",
-                harvested_at_ms=now_ms(),
-            )
+            return self.taught(event)
+        task = self.tasks[event.task]  # the loop dead-letters an unknown task
+        if event.label not in task.answers:
+            return [self.refuse(r, "unknown_label", f"{event.label!r} is not one of {event.task}'s answers")]
+        review = event.kind == "review"
+        if review and not in_review(event.request_id, task.review_rate):
+            return [
+                self.refuse(
+                    r,
+                    "not_in_review_sample",
+                    f"request {event.request_id!r} is not in {event.task}'s review sample (review_rate "
+                    f"{task.review_rate:g}): only sampled requests make a golden set that is a sample of "
+                    "traffic; send a fix as kind correction",
+                )
+            ]
+        case = HarvestCase(
+            request_id=event.request_id,
+            tenant=event.tenant,
+            task=event.task,
+            text=self.clean(event.text),
+            label=event.label,
+            label_source="feedback",
+            reason="review" if review else "feedback",
+            harvested_at_ms=now_ms(),
+        )
         return [Out.of(self.topics.harvest, case)]
+
+    def taught(self, event: TeacherResult) -> list[Out]:
+        disagree = event.student_label is not None and event.student_label != event.label
+        at = now_ms()
+        text = self.clean(event.text)
+        case = HarvestCase(
+            request_id=event.request_id,
+            tenant=event.tenant,
+            task=event.task,
+            text=text,
+            label=event.label,
+            label_source="standin" if event.standin else "teacher",
+            student_label=event.student_label,
+            model_version=event.model_version,
+            reason="review"
+            if event.review
+            else "audit"
+            if event.mode == "audit"
+            else "disagreement"
+            if disagree
+            else "escalated",
+            harvested_at_ms=at,
+        )
+        outs = [Out.of(self.topics.harvest, case)]
+        if event.review:
+            item = ReviewItem(
+                request_id=event.request_id, tenant=event.tenant, task=event.task, text=text, sampled_at_ms=at
+            )
+            outs.append(Out.of(self.topics.review, item))
+        return outs
+
+    def refuse(self, r: Received[TeacherResult | Feedback], reason: str, detail: str) -> Out:
+        return dead_letter(r, reason, detail, "harvester", self.topics.dlq, **r.event.ids())
 
     async def handle(self, received: Sequence[Received[TeacherResult | Feedback]]) -> list[Out]:
         return [out for r in received for out in self.harvest(r)]

@@ -236,6 +236,7 @@ class TeacherWorker:
             student_label=ask.student_label,
             agrees=agrees,
             model_version=ask.model_version,
+            review=ask.review,
             answered_at_ms=at,
         )
 

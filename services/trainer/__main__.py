@@ -12,7 +12,7 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
-from protege_services.trainer.handler import CaseStore, Trainer
+from protege_services.trainer.handler import CaseStore, ReviewStore, Trainer
 
 from protege.events import Alert, HarvestCase, ModelAnnouncement
 from protege.kafka import Processor
@@ -60,6 +60,7 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
     await asyncio.to_thread(warm)
 
     recipes = HeadRefresh(recipe, threads=settings.trainer_threads)
+    reviews = ReviewStore(settings.home / "review")
 
     def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
         return train_version(
@@ -71,7 +72,7 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
             serving=serving,
             threads=settings.trainer_threads,
             trigger=trigger,
-            truth=truths.get(task.name, ()),
+            truth=reviews.truth(tenant, task, truths.get(task.name, ())),  # the file and live reviews
         )
 
     # What serves now, kept live: a candidate is gated against it (no re-read of the topic per retrain).
@@ -109,6 +110,7 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
         trials=trials,
         last_trained=last_trained,
         has_read=serving.has_read,
+        reviews=reviews,
     )
     await asyncio.gather(processor(settings, trainer).run(stop), watching)
 

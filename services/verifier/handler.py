@@ -9,6 +9,9 @@ accept   -> decisions + responses (the student's answer; provisional under ensem
 escalate -> decisions + teacher.requests
 shadow   -> decisions + teacher.requests (the teacher answers; the student is recorded)
 
+A request in the task's review sample (``Decision.review``) is marked so on its teacher
+request: the harvester sends it to people (protege.review) instead of to training.
+
 A scored request the verifier cannot handle at all is quarantined by the loop and sent to
 the teacher (reason ``quarantined``): the fail-safe is the teacher, and the request is
 still answered once.
@@ -30,7 +33,7 @@ import structlog
 from protege import metrics
 from protege.events import Decision, HarvestCase, Response, Scored, TeacherRequest, now_ms
 from protege.kafka import Out, Received
-from protege.policy import in_share, router_for
+from protege.policy import in_review, in_share, router_for
 from protege.redact import redact
 from protege.task import Task
 from protege.topics import Topics
@@ -98,6 +101,7 @@ class Verifier:
                 student_label=decision.student_label,
                 student_confidence=student.confidence if student else None,
                 model_version=decision.model_version,
+                review=decision.review,
                 requested_at_ms=at,
             )
             outs.append(Out.of(self.topics.teacher_requests, ask))
@@ -129,6 +133,7 @@ class Verifier:
             student_label=student.label if student else None,
             student_confidence=student.confidence if student else None,
             model_version=student.model_version if student else None,
+            review=in_review(req.request_id, self.tasks[req.task].review_rate) if req.task in self.tasks else False,
             requested_at_ms=now_ms(),
         )
         return [Out.of(self.topics.teacher_requests, ask)]

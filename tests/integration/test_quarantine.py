@@ -138,7 +138,7 @@ def verifier(s: Settings) -> Processor:
 
 
 def harvester(s: Settings) -> Processor:
-    return protege_services.harvester.__main__.processor(HarvesterSettings(**dict(s)), Harvester(s.topics))
+    return protege_services.harvester.__main__.processor(HarvesterSettings(**dict(s)), Harvester(TASKS, s.topics))
 
 
 def trainer(s: Settings) -> Processor:

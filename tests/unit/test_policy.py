@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from protege.events import Ingested, Scored, StudentOutput
 from protege.generator import triage_task
-from protege.policy import audited, recompute_verdict, router_for
+from protege.policy import audited, in_review, recompute_verdict, router_for
 from protege.task import Policy
 
 TASK = triage_task()
@@ -188,3 +188,30 @@ def test_a_policy_without_audits_keeps_its_version() -> None:
     (recorded decisions keep matching their task file); setting it does."""
     assert triage_task().policy.version == "8d0788706752"
     assert with_audits(0.02).policy.version != TASK.policy.version
+
+
+def test_the_review_sample_is_every_route_s_and_its_accepted_answers_are_audited() -> None:
+    """review_rate draws requests by its own hash, whatever the route: escalated or accepted,
+    the teacher's answer is on record (an accepted one is audited), so each reviewed request is
+    a golden row. Independent of the audits' draw, and the policy's version is unchanged."""
+    reviewed = TASK.model_copy(update={"review_rate": 0.05})
+    ids = [f"acme-{i}" for i in range(20_000)]
+    picked = {i for i in ids if in_review(i, 0.05)}
+    assert 0.045 < len(picked) / len(ids) < 0.055
+    both = picked & {i for i in ids if audited(i, 0.05)}
+    assert 0.0015 < len(both) / len(ids) < 0.0035  # about 0.05², not 0.05: another draw
+    router = router_for(reviewed)
+    sampled = next(i for i in sorted(picked) if not audited(i, TASK.policy.audit_rate))
+    other = next(i for i in ids if i not in picked and not audited(i, TASK.policy.audit_rate))
+
+    def at(request_id: str, **kw: float) -> Scored:
+        s = scored(**kw)
+        return s.model_copy(update={"request": s.request.model_copy(update={"request_id": request_id})})
+
+    accepted = router.decide(at(sampled), 3)
+    assert (accepted.verdict, accepted.review, accepted.audit) == ("accept", True, True)
+    escalated = router.decide(at(sampled, confidence=0.3), 3)
+    assert (escalated.verdict, escalated.review, escalated.audit) == ("escalate", True, False)
+    assert router.decide(at(other), 3).review is False and router.decide(at(other), 3).audit is False
+    assert router_for(TASK).decide(at(sampled), 3).review is False  # review_rate 0: no sample
+    assert reviewed.policy.version == TASK.policy.version

@@ -1,0 +1,159 @@
+"""The review sample: ``protege review pull`` (requests waiting for a person's label) and
+``protege review submit`` (the labels, as reviews on protege.feedback). Reviewed requests,
+with the teacher's answer on each, join the task's golden set (``Task.review_rate``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from protege.cli.root import TaskName, Tenant, app, console
+from protege.errors import BrokerError
+from protege.events import Feedback, ReviewItem
+from protege.kafka import Out, producer
+from protege.policy import in_review
+from protege.settings import Settings
+from protege.task import Task, load_tasks
+
+review_app = typer.Typer(
+    no_args_is_help=True,
+    help="The review sample: requests waiting for a person's label; labelled, they grow the golden set.",
+)
+app.add_typer(review_app, name="review")
+
+
+async def waiting(settings: Settings, tenant: str, task: str) -> list[ReviewItem]:
+    """The review sample's requests of (tenant, task) that no review has labelled yet, oldest first."""
+    from protege.state import read_all
+
+    items, given = await asyncio.gather(
+        read_all(settings, settings.topics.review), read_all(settings, settings.topics.feedback)
+    )
+    done = set()
+    for r in given:
+        try:
+            f = Feedback.model_validate_json(r.value or b"")
+        except ValidationError:
+            continue  # the harvester dead-letters it
+        if f.kind == "review" and (f.tenant, f.task) == (tenant, task):
+            done.add(f.request_id)
+    out: dict[str, ReviewItem] = {}
+    for r in items:
+        item = ReviewItem.model_validate_json(r.value or b"")
+        if (item.tenant, item.task) == (tenant, task) and item.request_id not in done:
+            out.setdefault(item.request_id, item)
+    return list(out.values())
+
+
+@review_app.command("pull")
+def pull(
+    tenant: Tenant,
+    task_name: TaskName,
+    out: Annotated[Path | None, typer.Option("--out", help="Write here (default: stdout).")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (0: all).", min=0)] = 0,
+) -> None:
+    """The requests of the review sample still without a person's label, as JSON Lines
+    ``{request_id, tenant, task, text, label: null}``. Blind: neither the teacher's nor the
+    student's answer is shown. Fill in ``label`` (one of the task's answers, or ``oos``) and
+    ``protege review submit`` the file; a line left null is skipped."""
+    settings = Settings()
+    task = _task(settings, task_name)
+    try:
+        items = asyncio.run(waiting(settings, tenant, task_name))
+    except BrokerError as e:
+        console.print(f"[red]broker[/]: {e}")
+        raise typer.Exit(1) from None
+    items = items[:limit] if limit else items
+    lines = [
+        json.dumps({"request_id": i.request_id, "tenant": i.tenant, "task": i.task, "text": i.text, "label": None})
+        for i in items
+    ]
+    text = "".join(line + "\n" for line in lines)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+    console.print(f"{len(items)} requests of {tenant}/{task_name} wait for a label; answers: {', '.join(task.answers)}")
+
+
+def reviews(lines: list[str], tasks: dict[str, Task], *, source: str) -> list[Feedback]:
+    """Each labelled line as a review, every line checked first: a bad one names its line
+    number and nothing is sent (``ValueError``)."""
+    out: list[Feedback] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row: Any = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"line {n}: not JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"line {n}: a line is an object {{request_id, tenant, task, text, label}}")
+        if row.get("label") is None:
+            continue  # not labelled (yet)
+        task = tasks.get(str(row.get("task")))
+        if task is None:
+            raise ValueError(f"line {n}: no task {row.get('task')!r}; known: {sorted(tasks)}")
+        if row["label"] not in task.answers:
+            raise ValueError(f"line {n}: {row['label']!r} is not one of {task.name}'s answers: {task.answers}")
+        if not in_review(str(row.get("request_id")), task.review_rate):
+            raise ValueError(f"line {n}: request {row.get('request_id')!r} is not in {task.name}'s review sample")
+        try:
+            out.append(
+                Feedback(
+                    request_id=row.get("request_id"),
+                    tenant=row.get("tenant"),
+                    task=task.name,
+                    text=row.get("text"),
+                    label=row["label"],
+                    source=source,
+                    kind="review",
+                )
+            )
+        except ValidationError as e:
+            raise ValueError(f"line {n}: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
+    return out
+
+
+@review_app.command("submit")
+def submit(
+    file: Annotated[Path, typer.Argument(help="JSON Lines from `protege review pull`, labels filled in.")],
+    source: Annotated[str, typer.Option(help="Who reviewed (recorded on each review).")] = "reviewer",
+) -> None:
+    """Publish each labelled line as a review on protege.feedback. Every line is checked first
+    (the task, the label among its answers, the request in its review sample): a bad line stops
+    the file with its number, and nothing is sent."""
+    settings = Settings()
+    try:
+        found = reviews(file.read_text().splitlines(), load_tasks(settings.tasks_dir), source=source)
+    except (OSError, ValueError) as e:
+        console.print(f"[red]{file}[/]: {e}")
+        raise typer.Exit(1) from None
+
+    async def send() -> None:
+        prod = producer(settings)
+        await prod.start()
+        try:
+            for f in found:
+                o = Out.of(settings.topics.feedback, f)
+                await prod.send(o.topic, o.value, key=o.key)
+            await prod.flush()
+        finally:
+            await prod.stop()
+
+    asyncio.run(send())
+    console.print(f"{len(found)} reviews sent to {settings.topics.feedback}")
+
+
+def _task(settings: Settings, name: str) -> Task:
+    tasks = load_tasks(settings.tasks_dir)
+    if name not in tasks:
+        console.print(f"[red]no task {name!r}[/] in {settings.tasks_dir}; known: {sorted(tasks)}")
+        raise typer.Exit(1)
+    return tasks[name]

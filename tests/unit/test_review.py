@@ -1,0 +1,203 @@
+"""The review sample grows the golden set from live traffic: the harvester sends a sampled
+request's teacher answer to people (blind) and to the trainer as half a golden row, never to
+training; a person's review is the other half; feedback from outside that names a label the
+task does not have, or a review of a request outside the sample, is dead-lettered with its
+reason; the trainer joins the halves (``ReviewStore``) and measures versions on them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+import pytest
+from protege_services.harvester.handler import Harvester
+from protege_services.trainer.handler import CaseStore, ReviewStore, Trainer
+
+from protege.cli.review import reviews
+from protege.events import DeadLetter, Feedback, HarvestCase, ReviewItem, TeacherResult, Usage
+from protege.generator import triage_task
+from protege.kafka import Out, Received
+from protege.policy import in_review
+from protege.student.train import Case, TrainResult, Trusted
+from protege.task import Task
+from protege.topics import Topics
+
+T = Topics("u.")
+TASK = triage_task().model_copy(update={"review_rate": 0.2})
+TASKS = {TASK.name: TASK}
+IDS = [f"acme-{i}" for i in range(400)]
+SAMPLED = [i for i in IDS if in_review(i, TASK.review_rate)]
+OTHERS = [i for i in IDS if not in_review(i, TASK.review_rate)]
+
+
+def result(request_id: str, label: str = "billing", *, review: bool, mode: str = "answer") -> Received[TeacherResult]:
+    event = TeacherResult(
+        request_id=request_id,
+        tenant="acme",
+        task=TASK.name,
+        text=f"ticket {request_id}, mail me at ann@example.com",
+        label=label,
+        teacher="claude-sonnet-4-6",
+        standin=False,
+        usage=Usage(input_tokens=1, output_tokens=1),
+        cost_usd=0.001,
+        latency_ms=1,
+        attempts=1,
+        mode=mode,  # type: ignore[arg-type]
+        student_label="refund",
+        review=review,
+        answered_at_ms=1,
+    )
+    return Received(event, T.teacher_results, value=event.dumps())
+
+
+def feedback(request_id: str, label: str, kind: str = "review") -> Received[Feedback]:
+    event = Feedback(
+        request_id=request_id,
+        tenant="acme",
+        task=TASK.name,
+        text="ticket",
+        label=label,
+        kind=kind,  # type: ignore[arg-type]
+    )
+    return Received(event, T.feedback, offset=7, value=event.dumps())
+
+
+def harvest(*received: Received) -> list[Out]:
+    return asyncio.run(Harvester(TASKS, T).handle(list(received)))
+
+
+def cases(outs: list[Out]) -> list[HarvestCase]:
+    return [HarvestCase.model_validate_json(o.value) for o in outs if o.topic == T.harvest]
+
+
+def letters(outs: list[Out]) -> list[DeadLetter]:
+    return [DeadLetter.model_validate_json(o.value) for o in outs if o.topic == T.dlq]
+
+
+def test_a_sampled_teacher_answer_goes_to_people_blind_and_to_the_trainer_as_golden_half() -> None:
+    outs = harvest(result(SAMPLED[0], review=True, mode="audit"), result(OTHERS[0], review=False))
+    (item,) = [ReviewItem.model_validate_json(o.value) for o in outs if o.topic == T.review]
+    assert item.request_id == SAMPLED[0] and "ann@example.com" not in item.text  # redacted as harvested
+    assert not {"label", "student_label", "teacher"} & set(json.loads(item.dumps()))  # blind
+    golden_half, learnt = cases(outs)
+    assert (golden_half.reason, golden_half.label_source, golden_half.label) == ("review", "teacher", "billing")
+    assert (learnt.reason, learnt.request_id) == ("disagreement", OTHERS[0])
+
+
+def test_feedback_from_outside_is_checked_before_it_teaches_or_judges() -> None:
+    outs = harvest(
+        feedback(SAMPLED[0], "billing"),  # a review of a sampled request: half a golden row
+        feedback(OTHERS[0], "billing", kind="correction"),  # a correction: learnt
+        feedback(OTHERS[1], "billing"),  # a review of a request nobody sampled
+        feedback(SAMPLED[1], "no-such-queue", kind="correction"),  # would teach the student a label it must not give
+        feedback(SAMPLED[2], "oos"),  # out of scope is an answer
+    )
+    got = [(c.request_id, c.reason, c.label_source) for c in cases(outs)]
+    assert got == [
+        (SAMPLED[0], "review", "feedback"),
+        (OTHERS[0], "feedback", "feedback"),
+        (SAMPLED[2], "review", "feedback"),
+    ]
+    dead = {(d.request_id, d.reason) for d in letters(outs)}
+    assert dead == {(OTHERS[1], "not_in_review_sample"), (SAMPLED[1], "unknown_label")}
+    assert all(d.value_b64 and d.service == "harvester" and d.detail for d in letters(outs))
+
+
+def half(request_id: str, label: str, source: str) -> HarvestCase:
+    return HarvestCase(
+        request_id=request_id,
+        tenant="acme",
+        task=TASK.name,
+        text=f"text {request_id}",
+        label=label,
+        label_source=source,  # type: ignore[arg-type]
+        reason="review",
+        harvested_at_ms=1,
+    )
+
+
+def test_the_review_store_joins_the_halves_in_either_order_and_keeps_them(tmp_path: Path) -> None:
+    store = ReviewStore(tmp_path)
+    store.add(half("r1", "billing", "teacher"))
+    store.add(half("r2", "refund", "feedback"))  # the person was faster than the teacher
+    store.add(half("r3", "shipping", "teacher"))  # waits for a person
+    assert store.golden("acme", TASK) == []
+    store.add(half("r1", "refund", "feedback"))
+    store.add(half("r2", "refund", "teacher"))
+    store.add(half("r1", "billing", "feedback"))  # the reviewer changed their mind: the last label wins
+    want = [
+        Trusted("r1", "text r1", "billing", "billing", source="review"),
+        Trusted("r2", "text r2", "refund", "refund", source="review"),
+    ]
+    assert store.golden("acme", TASK) == want
+    assert store.waiting("acme", TASK.name) == 1
+    again = ReviewStore(tmp_path)  # a restarted trainer
+    assert again.golden("acme", TASK) == want and again.golden("other", TASK) == []
+
+
+def test_reviewed_rows_join_a_golden_file_at_once_and_stand_alone_from_min_golden(tmp_path: Path) -> None:
+    store = ReviewStore(tmp_path)
+    small = TASK.model_copy(
+        update={
+            "student": TASK.student.model_copy(
+                update={"gates": TASK.student.gates.model_copy(update={"min_golden": 3})}
+            )
+        }
+    )
+    for i in range(2):
+        store.add(half(f"r{i}", "billing", "teacher"))
+        store.add(half(f"r{i}", "billing", "feedback"))
+    file = [Trusted("r0", "from the file", "refund", "refund"), Trusted("f1", "file row", "billing", "refund")]
+    assert store.truth("acme", small) == []  # 2 reviewed rows certify nothing: not yet a golden set
+    assert [(t.request_id, t.source) for t in store.truth("acme", small, file)] == [
+        ("r0", "file"),  # the file's row wins an id both hold
+        ("r1", "review"),
+        ("f1", "file"),
+    ]
+    store.add(half("r2", "oos", "teacher"))
+    store.add(half("r2", "oos", "feedback"))
+    assert [t.request_id for t in store.truth("acme", small)] == ["r0", "r1", "r2"]
+
+
+def test_the_trainer_never_learns_a_reviewed_case(tmp_path: Path) -> None:
+    trained: list[list[Case]] = []
+
+    def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
+        trained.append(cases)
+        return TrainResult("v1", tmp_path / "v1", {}, ["billing", "refund"], False, "held back")
+
+    store, reviewed = CaseStore(tmp_path / "cases"), ReviewStore(tmp_path / "review")
+    trainer = Trainer(TASKS, T, store, train, min_cases=4, retrain_every=1000, reviews=reviewed)
+    halves = [half(f"g{i}", "billing" if i % 2 else "refund", "teacher") for i in range(6)]
+    asyncio.run(trainer.handle([Received(h, T.harvest, offset=i) for i, h in enumerate(halves)]))
+    assert trained == [] and store.counts("acme", TASK.name) == (0, 0)  # no case, no retrain
+    assert reviewed.load("acme", TASK.name).keys() == {f"g{i}" for i in range(6)}
+
+
+def test_protege_review_submit_checks_every_line_before_sending() -> None:
+    def line(request_id: str, label: str | None, task: str = TASK.name) -> str:
+        return json.dumps({"request_id": request_id, "tenant": "acme", "task": task, "text": "ticket", "label": label})
+
+    got = reviews(
+        [line(SAMPLED[0], "billing"), line(SAMPLED[1], None), "", line(SAMPLED[2], "oos")], TASKS, source="ann"
+    )
+    assert [(f.request_id, f.label, f.kind, f.source) for f in got] == [
+        (SAMPLED[0], "billing", "review", "ann"),
+        (SAMPLED[2], "oos", "review", "ann"),
+    ]
+    for bad, why in [
+        ("not json", "line 1: not JSON"),
+        ("[1]", "line 1: a line is an object"),
+        (line(SAMPLED[0], "no-such-queue"), "line 1: 'no-such-queue' is not one of"),
+        (line(OTHERS[0], "billing"), "is not in ticket-triage's review sample"),
+        (line(SAMPLED[0], "billing", task="nope"), "line 1: no task 'nope'"),
+        (
+            json.dumps({"request_id": SAMPLED[0], "tenant": "a b", "task": TASK.name, "text": "x", "label": "billing"}),
+            "line 1: ('tenant',)",
+        ),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(why)):
+            reviews([bad], TASKS, source="ann")
