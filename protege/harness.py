@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import platform
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from protege.events import Correction, Event, Response, TeacherResult
+from protege.events import Correction, Event, Feedback, Response, ReviewItem, TeacherResult
 from protege.kafka import Out, consumer, partitions_of, producer
 from protege.settings import Settings
 from protege.supervisor import Supervisor
@@ -228,6 +229,68 @@ async def wait_stable(settings: Settings, groups: list[str], timeout: float = 12
         return False
     finally:
         await admin.close()
+
+
+class StandinReviewer:
+    """The OFFLINE STAND-IN for the people who label the review sample (``Task.review_rate``), for
+    benchmarks: it reads protege.review from the beginning and answers each request at once with
+    the data set's label (a person who is always right and never late), on protege.feedback as a
+    review (source ``standin-reviewer``). Runs in its own thread beside the traffic driver; what
+    it did is reported under that name.
+
+        with StandinReviewer(settings, {"bench-1": "refund", ...}) as reviewer:
+            ...                                   # traffic; reviewer.reviewed counts the labels sent
+    """
+
+    SOURCE = "standin-reviewer"
+
+    def __init__(self, settings: Settings, labels: dict[str, str]) -> None:
+        self.settings = settings
+        self.labels = labels  # request id -> the data set's label
+        self.reviewed = 0
+        self.unknown = 0  # items of requests it has no label for (not the driver's)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._loop()), name="standin-reviewer", daemon=True)
+
+    def __enter__(self) -> StandinReviewer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    async def _loop(self) -> None:
+        t = self.settings.topics
+        cons = consumer(self.settings, t.review, group=None)
+        prod = producer(self.settings)
+        await cons.start()
+        await prod.start()
+        try:
+            while not self._stop.is_set():
+                for records in (await cons.getmany(timeout_ms=500)).values():
+                    for r in records:
+                        item = ReviewItem.model_validate_json(r.value or b"")
+                        label = self.labels.get(item.request_id)
+                        if label is None:
+                            self.unknown += 1
+                            continue
+                        review = Feedback(
+                            request_id=item.request_id,
+                            tenant=item.tenant,
+                            task=item.task,
+                            text=item.text,
+                            label=label,
+                            source=self.SOURCE,
+                            kind="review",
+                        )
+                        out = Out.of(t.feedback, review)
+                        await prod.send(out.topic, out.value, key=out.key)
+                        self.reviewed += 1
+                await prod.flush()
+        finally:
+            await cons.stop()
+            await prod.stop()
 
 
 async def wait_quiet(settings: Settings, groups: dict[str, list[str]], timeout: float = 300.0) -> bool:

@@ -268,6 +268,7 @@ def train_cmd(
     ] = False,
 ) -> None:
     """Train one student version (the scheduled full fine-tune, or a fast retrain by hand)."""
+    from protege.review import ReviewStore
     from protege.student.backbone import cached_backbone, source_dir
     from protege.student.runtime import Encoder
     from protege.student.train import (
@@ -331,7 +332,10 @@ def train_cmd(
             task=task,
             serving=serving,
             golden=cases_of(golden) if golden else None,
-            truth=read_golden(settings.tasks_dir / task.golden, task) if task.golden else (),
+            # the task's golden file and the rows people reviewed on live traffic, as the trainer service
+            truth=ReviewStore(settings.home / "review").truth(
+                tenant, task, read_golden(settings.tasks_dir / task.golden, task) if task.golden else ()
+            ),
             trigger=trigger,
         )
     typer.echo(

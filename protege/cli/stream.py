@@ -30,7 +30,17 @@ from protege.broker.embedded import KAFKA_VERSION
 from protege.cli.root import STANDIN_NOTE, app, bench_app, console, library_logs_to, progress_bar, stops_on_signals
 from protege.costs import cost_usd, price_table
 from protege.generator import generate, read_jsonl, task_from_labels, triage_task, write_jsonl
-from protege.harness import Drive, drive, group_lag, machine, summarize, wait_drained, wait_quiet, wait_stable
+from protege.harness import (
+    Drive,
+    StandinReviewer,
+    drive,
+    group_lag,
+    machine,
+    summarize,
+    wait_drained,
+    wait_quiet,
+    wait_stable,
+)
 from protege.pipeline import LocalPipeline
 from protege.registry import Registry
 from protege.settings import Settings, TeacherSettings
@@ -113,6 +123,7 @@ def _stream_run(
     monitor: bool = False,
     keep: dict[str, Drive] | None = None,
     between: Callable[[LocalPipeline], None] | None = None,
+    reviews: dict[str, str] | None = None,
 ) -> dict[str, Any]:
 
     keyed = TeacherSettings().api_key() is not None  # the key, or the key file, as the teacher worker reads it
@@ -138,6 +149,7 @@ def _stream_run(
             services=services,
             keep=keep,
             between=between,
+            reviews=reviews,
         )
     summary["wall_seconds"] = time.perf_counter() - started
     summary["versions"] = versions()
@@ -203,90 +215,114 @@ def _run_phases(
     services: list[str],
     keep: dict[str, Drive] | None = None,
     between: Callable[[LocalPipeline], None] | None = None,
+    reviews: dict[str, str] | None = None,
 ) -> None:
 
-    with LocalPipeline(home.resolve(), env=env, services=services) as p:
+    with contextlib.ExitStack() as stack:
+        p = stack.enter_context(LocalPipeline(home.resolve(), env=env, services=services))
         console.print(f"broker at {p.bootstrap}; service logs in {home / 'logs'}")
         settings = p.settings
-        if "trainer" in services and not asyncio.run(wait_stable(settings, ["trainer"])):
-            console.print("[yellow]the trainer has not joined its consumer group after 120 s; streaming anyway[/]")
-        for i, (name, rows) in enumerate(phases.items()):
-            t0 = time.perf_counter()
-            console.print(f"{name}: {len(rows)} requests at {rate:g} req/s", highlight=False)
-            with progress_bar("answers") as bar:
-                job = bar.add_task(name, total=len(rows))
-
-                def progress(
-                    sent: int, answered: int, counts: dict[str, int], name: str = name, job: TaskID = job
-                ) -> None:
-                    assert p.supervisor is not None
-                    p.supervisor.poll()
-                    bar.update(
-                        job,
-                        completed=answered,
-                        description=f"{name}: sent {sent}, student {counts['student']}, teacher {counts['teacher']}",
-                    )
-
-                result = asyncio.run(
-                    drive(
-                        settings,
-                        rows,
-                        tenant=tenant,
-                        task=task,
-                        rate=rate,
-                        progress=progress,
-                        extra=extra if i == 0 else None,
-                        linger=linger,
-                    )
-                )
-            routes = Counter(o.response.route for o in result.outcomes.values() if o.response is not None)
-            console.print(
-                f"{name}: {routes.total()}/{len(rows)} answered in {time.perf_counter() - t0:.0f} s "
-                f"(student {routes['student']}, teacher {routes['teacher']})",
-                highlight=False,
-            )
-            summary[name] = summarize(result)
-            if keep is not None:
-                keep[name] = result
-            # The steady state: the last quarter of the phase, after the student has caught up.
-            tail = list(result.outcomes.items())[-max(1, len(rows) // 4) :]
-            tail_ids = {rid for rid, _ in tail}
-            summary[f"{name}, last 25%"] = summarize(
-                Drive(dict(tail), [r for r in result.teacher_results if r.request_id in tail_ids], result.seconds / 4)
-            )
-            if i + 1 < len(phases):
-                console.print("waiting for the harvester and trainer to catch up ...")
-                t = settings.topics
-                asyncio.run(wait_quiet(settings, {"harvester": [t.teacher_results], "trainer": [t.harvest]}))
-                if between is not None:
-                    between(p)
-                time.sleep(5)  # the scorer loads the last announced version
-        if "monitor" in services:  # its last verdicts: the audits answered, then read by the monitor
-            t = settings.topics
-            # the audits answered; the monitor's sources re-keyed; the keyed records counted
-            waits = {
-                "teacher": [t.teacher_requests],
-                "monitor-sources": [t.decisions, t.teacher_results, t.models],
-                "monitor": [t.monitor_keyed],
+        reviewer = stack.enter_context(StandinReviewer(settings, reviews)) if reviews is not None else None
+        _run_phases_on(p, phases, summary, tenant, task, rate, extra, linger, services, keep, between, env)
+        if reviewer is not None:
+            summary["review"] = {
+                "reviewer": "OFFLINE STAND-IN reviewer (the data set's labels, at once)",
+                "reviews_sent": reviewer.reviewed,
             }
-            if not (
-                asyncio.run(wait_quiet(settings, {g: waits[g] for g in ("teacher", "monitor-sources")}, timeout=60))
-                and asyncio.run(wait_drained(settings, "monitor", waits["monitor"], timeout=60))
-            ):
-                behind = {
-                    g: asyncio.run(group_lag(settings, f"{settings.topic_prefix}protege-{g}", ts))
-                    for g, ts in waits.items()
-                }
-                console.print(f"[yellow]not caught up after 60 s (records behind, per consumer group): {behind}[/]")
-            limit = load_tasks(Path(env["PROTEGE_TASKS_DIR"]))[task].student.canary.max_minutes * 60
-            await_verdict(settings, limit)
-        models = asyncio.run(read_all(settings, settings.topics.models))
-        dlq = asyncio.run(read_all(settings, settings.topics.requests_dlq))
-        summary["models_trained"] = len({json.loads(m.value)["version"] for m in models})
-        summary["final_model"] = json.loads(models[-1].value) if models else None
-        summary["steps"] = [step_of(json.loads(m.value)) for m in models]
-        summary["alerts"] = [json.loads(r.value) for r in asyncio.run(read_all(settings, settings.topics.alerts))]
-        summary["dead_letters"] = {"count": len(dlq), "reasons": sorted({json.loads(r.value)["reason"] for r in dlq})}
+
+
+def _run_phases_on(
+    p: LocalPipeline,
+    phases: dict[str, list[dict[str, Any]]],
+    summary: dict[str, Any],
+    tenant: str,
+    task: str,
+    rate: float,
+    extra: list[bytes] | None,
+    linger: float,
+    services: list[str],
+    keep: dict[str, Drive] | None,
+    between: Callable[[LocalPipeline], None] | None,
+    env: dict[str, str],
+) -> None:
+    settings = p.settings
+    if "trainer" in services and not asyncio.run(wait_stable(settings, ["trainer"])):
+        console.print("[yellow]the trainer has not joined its consumer group after 120 s; streaming anyway[/]")
+    for i, (name, rows) in enumerate(phases.items()):
+        t0 = time.perf_counter()
+        console.print(f"{name}: {len(rows)} requests at {rate:g} req/s", highlight=False)
+        with progress_bar("answers") as bar:
+            job = bar.add_task(name, total=len(rows))
+
+            def progress(sent: int, answered: int, counts: dict[str, int], name: str = name, job: TaskID = job) -> None:
+                assert p.supervisor is not None
+                p.supervisor.poll()
+                bar.update(
+                    job,
+                    completed=answered,
+                    description=f"{name}: sent {sent}, student {counts['student']}, teacher {counts['teacher']}",
+                )
+
+            result = asyncio.run(
+                drive(
+                    settings,
+                    rows,
+                    tenant=tenant,
+                    task=task,
+                    rate=rate,
+                    progress=progress,
+                    extra=extra if i == 0 else None,
+                    linger=linger,
+                )
+            )
+        routes = Counter(o.response.route for o in result.outcomes.values() if o.response is not None)
+        console.print(
+            f"{name}: {routes.total()}/{len(rows)} answered in {time.perf_counter() - t0:.0f} s "
+            f"(student {routes['student']}, teacher {routes['teacher']})",
+            highlight=False,
+        )
+        summary[name] = summarize(result)
+        if keep is not None:
+            keep[name] = result
+        # The steady state: the last quarter of the phase, after the student has caught up.
+        tail = list(result.outcomes.items())[-max(1, len(rows) // 4) :]
+        tail_ids = {rid for rid, _ in tail}
+        summary[f"{name}, last 25%"] = summarize(
+            Drive(dict(tail), [r for r in result.teacher_results if r.request_id in tail_ids], result.seconds / 4)
+        )
+        if i + 1 < len(phases):
+            console.print("waiting for the harvester and trainer to catch up ...")
+            t = settings.topics
+            asyncio.run(wait_quiet(settings, {"harvester": [t.teacher_results, t.feedback], "trainer": [t.harvest]}))
+            if between is not None:
+                between(p)
+            time.sleep(5)  # the scorer loads the last announced version
+    if "monitor" in services:  # its last verdicts: the audits answered, then read by the monitor
+        t = settings.topics
+        # the audits answered; the monitor's sources re-keyed; the keyed records counted
+        waits = {
+            "teacher": [t.teacher_requests],
+            "monitor-sources": [t.decisions, t.teacher_results, t.models],
+            "monitor": [t.monitor_keyed],
+        }
+        if not (
+            asyncio.run(wait_quiet(settings, {g: waits[g] for g in ("teacher", "monitor-sources")}, timeout=60))
+            and asyncio.run(wait_drained(settings, "monitor", waits["monitor"], timeout=60))
+        ):
+            behind = {
+                g: asyncio.run(group_lag(settings, f"{settings.topic_prefix}protege-{g}", ts))
+                for g, ts in waits.items()
+            }
+            console.print(f"[yellow]not caught up after 60 s (records behind, per consumer group): {behind}[/]")
+        limit = load_tasks(Path(env["PROTEGE_TASKS_DIR"]))[task].student.canary.max_minutes * 60
+        await_verdict(settings, limit)
+    models = asyncio.run(read_all(settings, settings.topics.models))
+    dlq = asyncio.run(read_all(settings, settings.topics.requests_dlq))
+    summary["models_trained"] = len({json.loads(m.value)["version"] for m in models})
+    summary["final_model"] = json.loads(models[-1].value) if models else None
+    summary["steps"] = [step_of(json.loads(m.value)) for m in models]
+    summary["alerts"] = [json.loads(r.value) for r in asyncio.run(read_all(settings, settings.topics.alerts))]
+    summary["dead_letters"] = {"count": len(dlq), "reasons": sorted({json.loads(r.value)["reason"] for r in dlq})}
 
 
 # The demo runs the live loop: audits of accepted answers, and each new version on trial
@@ -537,6 +573,16 @@ def bench_stream(
             "version learns from (0: escalations, audits and feedback only)."
         ),
     ] = StudentConfig().learn_accepted,
+    review_rate: Annotated[
+        float,
+        typer.Option(
+            help="The task's review_rate: this share of all requests goes to review, answered by an OFFLINE "
+            "STAND-IN reviewer with the data set's labels, and the reviewed rows join the golden set (with "
+            "--golden 0: they are the golden set, from student.gates.min_golden rows). 0: none.",
+            min=0,
+            max=1,
+        ),
+    ] = 0.0,
     home: Path = Path(".protege/bench"),
     task_name: str = "bench",
 ) -> None:
@@ -569,6 +615,7 @@ def bench_stream(
                 {**task.policy.model_dump(), "name": policy, **targeted, "max_false_accepts": max_false_accepts or None}
             ),
             "golden": "golden.jsonl" if golden_rows else None,
+            "review_rate": review_rate,
             "student": StudentConfig.model_validate({**task.student.model_dump(), "learn_accepted": learn_accepted}),
         }
     )
@@ -611,7 +658,16 @@ def bench_stream(
         rate=rate,
         linger=10.0,
         between=scheduled_finetune if finetune_epochs else None,
+        reviews={f"bench-{r['id']}": r["label"] for r in train_rows + test_rows} if review_rate else None,
     )
+    if review_rate:
+        from protege.review import ReviewStore
+
+        summary["review"]["golden_rows"] = len(ReviewStore(home / "review").golden("bench", task))
+        console.print(
+            f"review sample ({review_rate:.0%}): {summary['review']['reviews_sent']} labels from the OFFLINE "
+            f"STAND-IN reviewer; {summary['review']['golden_rows']} golden rows at the end"
+        )
     if finetuned:
         summary["finetune"] = finetuned
 
@@ -655,6 +711,7 @@ def bench_stream(
         "teacher_accuracy_golden": teacher_accuracy_golden,
         "learn_accepted": learn_accepted,
         "max_false_accepts": max_false_accepts or None,
+        "review_rate": review_rate,
     }
     report_json.parent.mkdir(parents=True, exist_ok=True)
     report_json.write_text(json.dumps(summary, indent=2))

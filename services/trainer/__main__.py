@@ -12,11 +12,12 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
-from protege_services.trainer.handler import CaseStore, ReviewStore, Trainer
+from protege_services.trainer.handler import CaseStore, Trainer
 
 from protege.events import Alert, HarvestCase, ModelAnnouncement
 from protege.kafka import Processor
 from protege.registry import Registry
+from protege.review import ReviewStore
 from protege.service import run_service
 from protege.serving import Serving, view
 from protege.settings import TrainerSettings

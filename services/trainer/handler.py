@@ -32,7 +32,8 @@ import structlog
 from protege.canary import candidate
 from protege.events import Alert, HarvestCase, ModelAnnouncement, now_ms
 from protege.kafka import Out, Received
-from protege.student.train import Case, TrainResult, Trusted
+from protege.review import ReviewStore
+from protege.student.train import Case, TrainResult
 from protege.task import Task
 from protege.topics import Topics
 
@@ -122,69 +123,6 @@ class CaseStore:
         """Every tenant with cases of ``task`` (on disk or loaded)."""
         on_disk = {p.parent.name for p in self.root.glob(f"*/{task}.jsonl")}
         return sorted(on_disk | {tenant for tenant, t in self.cases if t == task})
-
-
-class ReviewStore:
-    """The golden rows grown from live traffic: per (tenant, task), the teacher's answer and a
-    person's label on each request of the review sample (``Task.review_rate``), arriving in
-    either order as harvest cases with reason ``review``; a row is golden once it has both.
-    One JSON Lines file per (tenant, task) under ``root``, each half appended as it arrives
-    (the last of a request's labels wins: a reviewer may change their mind). Never trained on."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.halves: dict[tuple[str, str], dict[str, dict[str, str]]] = {}
-
-    def _path(self, tenant: str, task: str) -> Path:
-        return self.root / tenant / f"{task}.jsonl"
-
-    def load(self, tenant: str, task: str) -> dict[str, dict[str, str]]:
-        key = (tenant, task)
-        if key not in self.halves:
-            rows: dict[str, dict[str, str]] = {}
-            path = self._path(tenant, task)
-            if path.exists():
-                for line in path.read_text().splitlines():
-                    half = json.loads(line)
-                    rows.setdefault(half["request_id"], {}).update(half)
-            self.halves[key] = rows
-        return self.halves[key]
-
-    def add(self, case: HarvestCase) -> None:
-        """One half of a golden row: the teacher's answer or a person's label."""
-        half = {"request_id": case.request_id, "text": case.text}
-        if case.label_source == "feedback":
-            half["label"] = case.label
-        else:
-            half["teacher"] = case.label
-        self.load(case.tenant, case.task).setdefault(case.request_id, {}).update(half)
-        path = self._path(case.tenant, case.task)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            f.write(json.dumps(half) + "\n")
-
-    def golden(self, tenant: str, task: Task) -> list[Trusted]:
-        """The reviewed rows with both halves, each label one of the task's answers."""
-        answers = set(task.answers)
-        return [
-            Trusted(rid, row["text"], row["label"], row["teacher"], source="review")
-            for rid, row in sorted(self.load(tenant, task.name).items())
-            if row.get("label") in answers and row.get("teacher") in answers
-        ]
-
-    def truth(self, tenant: str, task: Task, file: Sequence[Trusted] = ()) -> list[Trusted]:
-        """The golden set a version of (tenant, task) is measured and certified on: the task's
-        golden file and the reviewed rows (a file row wins an id both hold). Without a file, the
-        reviewed rows count from ``gates.min_golden`` of them: until then the version is
-        certified as before (on agreement), not on a handful of rows that certify nothing."""
-        reviewed = self.golden(tenant, task)
-        if not file and len(reviewed) < task.student.gates.min_golden:
-            return []
-        return list(({t.request_id: t for t in reviewed} | {t.request_id: t for t in file}).values())
-
-    def waiting(self, tenant: str, task: str) -> int:
-        """Sampled requests without a person's label yet."""
-        return sum("label" not in row for row in self.load(tenant, task).values())
 
 
 class Trainer:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from protege_services.trainer.handler import ReviewStore
 from typer.testing import CliRunner
 
 from protege.broker.embedded import EmbeddedBroker
@@ -24,6 +23,7 @@ from protege.harness import drive, summarize
 from protege.pipeline import LocalPipeline
 from protege.policy import in_review
 from protege.registry import Registry
+from protege.review import ReviewStore
 from protege.state import read_all
 from protege.task import load_task
 from tests.helpers import pipeline_env

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 from protege_services.harvester.handler import Harvester
-from protege_services.trainer.handler import CaseStore, ReviewStore, Trainer
+from protege_services.trainer.handler import CaseStore, Trainer
 
 from protege.cli.review import reviews
 from protege.events import DeadLetter, Feedback, HarvestCase, ReviewItem, TeacherResult, Usage
 from protege.generator import triage_task
 from protege.kafka import Out, Received
 from protege.policy import in_review
+from protege.review import ReviewStore
 from protege.student.train import Case, TrainResult, Trusted
 from protege.task import Task
 from protege.topics import Topics
