@@ -45,7 +45,10 @@ async def waiting(settings: Settings, tenant: str, task: str) -> list[ReviewItem
             done.add(f.request_id)
     out: dict[str, ReviewItem] = {}
     for r in items:
-        item = ReviewItem.model_validate_json(r.value or b"")
+        try:
+            item = ReviewItem.model_validate_json(r.value or b"")
+        except ValidationError:
+            continue  # not the harvester's: nothing a person can label
         if (item.tenant, item.task) == (tenant, task) and item.request_id not in done:
             out.setdefault(item.request_id, item)
     return list(out.values())
