@@ -133,6 +133,29 @@ AUDITS_AGREED = Counter(
     ["tenant", "task", "version"],
     registry=REGISTRY,
 )
+# The review sample (Task.review_rate): sent to people by the harvester; joined into golden rows by
+# the trainer, where the teacher's accuracy on them is what people say of it on live traffic.
+REVIEW_SAMPLED = Counter(
+    "protege_review_sampled",
+    "Requests of the review sample sent to people (protege.review).",
+    ["task"],
+    registry=REGISTRY,
+)
+REVIEWS = Counter(
+    "protege_reviews", "Review labels people sent (protege.feedback, kind review).", ["task"], registry=REGISTRY
+)
+REVIEWED_ROWS = Gauge(
+    "protege_reviewed_golden_rows",
+    "Golden rows from the review sample: the teacher's answer and a person's label both in.",
+    ["tenant", "task"],
+    registry=REGISTRY,
+)
+REVIEWED_TEACHER_ACCURACY = Gauge(
+    "protege_reviewed_teacher_accuracy",
+    "The teacher's accuracy on the reviewed golden rows (people's labels on a uniform sample of live traffic).",
+    ["tenant", "task"],
+    registry=REGISTRY,
+)
 TEACHER_SECONDS = Histogram(
     "protege_teacher_call_seconds",
     "One teacher call, retries included.",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from protege import metrics
 from protege.events import Feedback, HarvestCase, ReviewItem, TeacherResult, now_ms
 from protege.kafka import Out, Received, dead_letter
 from protege.policy import in_review
@@ -56,6 +57,8 @@ class Harvester:
                     "traffic; send a fix as kind correction",
                 )
             ]
+        if review:
+            metrics.REVIEWS.labels(event.task).inc()
         case = HarvestCase(
             request_id=event.request_id,
             tenant=event.tenant,
@@ -96,6 +99,7 @@ class Harvester:
                 request_id=event.request_id, tenant=event.tenant, task=event.task, text=text, sampled_at_ms=at
             )
             outs.append(Out.of(self.topics.review, item))
+            metrics.REVIEW_SAMPLED.labels(event.task).inc()
         return outs
 
     def refuse(self, r: Received[TeacherResult | Feedback], reason: str, detail: str) -> Out:

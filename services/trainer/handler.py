@@ -29,6 +29,7 @@ from pathlib import Path
 
 import structlog
 
+from protege import metrics
 from protege.canary import candidate
 from protege.events import Alert, HarvestCase, ModelAnnouncement, now_ms
 from protege.kafka import Out, Received
@@ -215,6 +216,7 @@ class Trainer:
         outs: list[Out] = []
         touched: set[tuple[str, str]] = set()
         alarms: dict[str, Alert] = {}
+        reviewed: set[tuple[str, str]] = set()
         for r in received:
             event = r.event
             if isinstance(event, Alert):
@@ -223,8 +225,11 @@ class Trainer:
             elif event.reason == "review":  # a half of a golden row: never a case to learn
                 if self.reviews is not None:
                     self.reviews.add(event)
+                    reviewed.add((event.tenant, event.task))
             elif self.store.add(event):
                 touched.add((event.tenant, event.task))
+        for tenant, task in sorted(reviewed):
+            self.observe_reviews(tenant, task)
         for task in alarms:  # the alarm is per task: every tenant with new cases
             touched |= {(tenant, task) for tenant in self.store.tenants(task)}
         for tenant, task in sorted(touched):
@@ -232,6 +237,17 @@ class Trainer:
             if trigger is not None:
                 outs.extend(await self.retrain(tenant, task, trigger))
         return outs
+
+    def observe_reviews(self, tenant: str, task: str) -> None:
+        """The reviewed golden rows of (tenant, task) on /metrics: how many, and how often people
+        agreed with the teacher on them."""
+        assert self.reviews is not None
+        rows = self.reviews.golden(tenant, self.tasks[task])
+        metrics.REVIEWED_ROWS.labels(tenant, task).set(len(rows))
+        if rows:
+            metrics.REVIEWED_TEACHER_ACCURACY.labels(tenant, task).set(
+                sum(t.teacher == t.label for t in rows) / len(rows)
+            )
 
     async def retrain(self, tenant: str, task_name: str, trigger: str) -> list[Out]:
         cases = list(self.store.load(tenant, task_name).values())

@@ -15,6 +15,7 @@ import pytest
 from protege_services.harvester.handler import Harvester
 from protege_services.trainer.handler import CaseStore, Trainer
 
+from protege import metrics
 from protege.cli.review import reviews
 from protege.events import DeadLetter, Feedback, HarvestCase, ReviewItem, TeacherResult, Usage
 from protege.generator import triage_task
@@ -176,6 +177,13 @@ def test_the_trainer_never_learns_a_reviewed_case(tmp_path: Path) -> None:
     asyncio.run(trainer.handle([Received(h, T.harvest, offset=i) for i, h in enumerate(halves)]))
     assert trained == [] and store.counts("acme", TASK.name) == (0, 0)  # no case, no retrain
     assert reviewed.load("acme", TASK.name).keys() == {f"g{i}" for i in range(6)}
+    people = [half("g0", "refund", "feedback"), half("g1", "refund", "feedback")]  # agrees with the teacher, then not
+    asyncio.run(trainer.handle([Received(h, T.harvest, offset=10 + i) for i, h in enumerate(people)]))
+    assert trained == [] and store.counts("acme", TASK.name) == (0, 0)
+    sample = metrics.REGISTRY.get_sample_value
+    labels = {"tenant": "acme", "task": TASK.name}
+    assert sample("protege_reviewed_golden_rows", labels) == 2
+    assert sample("protege_reviewed_teacher_accuracy", labels) == 0.5
 
 
 def test_protege_review_submit_checks_every_line_before_sending() -> None:
