@@ -23,6 +23,7 @@ Cases are keyed ``tenant/task`` so one tenant's cases stay in one partition, in 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from protege import metrics
 from protege.events import Feedback, HarvestCase, ReviewItem, TeacherResult, now_ms
@@ -31,6 +32,8 @@ from protege.policy import in_review
 from protege.redact import redact
 from protege.task import Task
 from protege.topics import Topics
+
+Reason = Literal["escalated", "disagreement", "audit", "review"]
 
 
 class Harvester:
@@ -72,7 +75,6 @@ class Harvester:
         return [Out.of(self.topics.harvest, case)]
 
     def taught(self, event: TeacherResult) -> list[Out]:
-        disagree = event.student_label is not None and event.student_label != event.label
         at = now_ms()
         text = self.clean(event.text)
         case = HarvestCase(
@@ -84,13 +86,7 @@ class Harvester:
             label_source="standin" if event.standin else "teacher",
             student_label=event.student_label,
             model_version=event.model_version,
-            reason="review"
-            if event.review
-            else "audit"
-            if event.mode == "audit"
-            else "disagreement"
-            if disagree
-            else "escalated",
+            reason=reason_of(event),
             harvested_at_ms=at,
         )
         outs = [Out.of(self.topics.harvest, case)]
@@ -107,3 +103,14 @@ class Harvester:
 
     async def handle(self, received: Sequence[Received[TeacherResult | Feedback]]) -> list[Out]:
         return [out for r in received for out in self.harvest(r)]
+
+
+def reason_of(event: TeacherResult) -> Reason:
+    """Why a teacher result is harvested: half a golden row (the review sample), an audit, or
+    an escalation where the student had answered otherwise (disagreement) or not (escalated)."""
+    if event.review:
+        return "review"
+    if event.mode == "audit":
+        return "audit"
+    disagree = event.student_label is not None and event.student_label != event.label
+    return "disagreement" if disagree else "escalated"
