@@ -223,106 +223,92 @@ def _run_phases(
         console.print(f"broker at {p.bootstrap}; service logs in {home / 'logs'}")
         settings = p.settings
         reviewer = stack.enter_context(StandinReviewer(settings, reviews)) if reviews is not None else None
-        _run_phases_on(p, phases, summary, tenant, task, rate, extra, linger, services, keep, between, env)
+        if "trainer" in services and not asyncio.run(wait_stable(settings, ["trainer"])):
+            console.print("[yellow]the trainer has not joined its consumer group after 120 s; streaming anyway[/]")
+        for i, (name, rows) in enumerate(phases.items()):
+            t0 = time.perf_counter()
+            console.print(f"{name}: {len(rows)} requests at {rate:g} req/s", highlight=False)
+            with progress_bar("answers") as bar:
+                job = bar.add_task(name, total=len(rows))
+
+                def progress(
+                    sent: int, answered: int, counts: dict[str, int], name: str = name, job: TaskID = job
+                ) -> None:
+                    assert p.supervisor is not None
+                    p.supervisor.poll()
+                    bar.update(
+                        job,
+                        completed=answered,
+                        description=f"{name}: sent {sent}, student {counts['student']}, teacher {counts['teacher']}",
+                    )
+
+                result = asyncio.run(
+                    drive(
+                        settings,
+                        rows,
+                        tenant=tenant,
+                        task=task,
+                        rate=rate,
+                        progress=progress,
+                        extra=extra if i == 0 else None,
+                        linger=linger,
+                    )
+                )
+            routes = Counter(o.response.route for o in result.outcomes.values() if o.response is not None)
+            console.print(
+                f"{name}: {routes.total()}/{len(rows)} answered in {time.perf_counter() - t0:.0f} s "
+                f"(student {routes['student']}, teacher {routes['teacher']})",
+                highlight=False,
+            )
+            summary[name] = summarize(result)
+            if keep is not None:
+                keep[name] = result
+            # The steady state: the last quarter of the phase, after the student has caught up.
+            tail = list(result.outcomes.items())[-max(1, len(rows) // 4) :]
+            tail_ids = {rid for rid, _ in tail}
+            summary[f"{name}, last 25%"] = summarize(
+                Drive(dict(tail), [r for r in result.teacher_results if r.request_id in tail_ids], result.seconds / 4)
+            )
+            if i + 1 < len(phases):
+                console.print("waiting for the harvester and trainer to catch up ...")
+                t = settings.topics
+                asyncio.run(
+                    wait_quiet(settings, {"harvester": [t.teacher_results, t.feedback], "trainer": [t.harvest]})
+                )
+                if between is not None:
+                    between(p)
+                time.sleep(5)  # the scorer loads the last announced version
+        if "monitor" in services:  # its last verdicts: the audits answered, then read by the monitor
+            t = settings.topics
+            # the audits answered; the monitor's sources re-keyed; the keyed records counted
+            waits = {
+                "teacher": [t.teacher_requests],
+                "monitor-sources": [t.decisions, t.teacher_results, t.models],
+                "monitor": [t.monitor_keyed],
+            }
+            if not (
+                asyncio.run(wait_quiet(settings, {g: waits[g] for g in ("teacher", "monitor-sources")}, timeout=60))
+                and asyncio.run(wait_drained(settings, "monitor", waits["monitor"], timeout=60))
+            ):
+                behind = {
+                    g: asyncio.run(group_lag(settings, f"{settings.topic_prefix}protege-{g}", ts))
+                    for g, ts in waits.items()
+                }
+                console.print(f"[yellow]not caught up after 60 s (records behind, per consumer group): {behind}[/]")
+            limit = load_tasks(Path(env["PROTEGE_TASKS_DIR"]))[task].student.canary.max_minutes * 60
+            await_verdict(settings, limit)
+        models = asyncio.run(read_all(settings, settings.topics.models))
+        dlq = asyncio.run(read_all(settings, settings.topics.requests_dlq))
+        summary["models_trained"] = len({json.loads(m.value)["version"] for m in models})
+        summary["final_model"] = json.loads(models[-1].value) if models else None
+        summary["steps"] = [step_of(json.loads(m.value)) for m in models]
+        summary["alerts"] = [json.loads(r.value) for r in asyncio.run(read_all(settings, settings.topics.alerts))]
+        summary["dead_letters"] = {"count": len(dlq), "reasons": sorted({json.loads(r.value)["reason"] for r in dlq})}
         if reviewer is not None:
             summary["review"] = {
                 "reviewer": "OFFLINE STAND-IN reviewer (the data set's labels, at once)",
                 "reviews_sent": reviewer.reviewed,
             }
-
-
-def _run_phases_on(
-    p: LocalPipeline,
-    phases: dict[str, list[dict[str, Any]]],
-    summary: dict[str, Any],
-    tenant: str,
-    task: str,
-    rate: float,
-    extra: list[bytes] | None,
-    linger: float,
-    services: list[str],
-    keep: dict[str, Drive] | None,
-    between: Callable[[LocalPipeline], None] | None,
-    env: dict[str, str],
-) -> None:
-    settings = p.settings
-    if "trainer" in services and not asyncio.run(wait_stable(settings, ["trainer"])):
-        console.print("[yellow]the trainer has not joined its consumer group after 120 s; streaming anyway[/]")
-    for i, (name, rows) in enumerate(phases.items()):
-        t0 = time.perf_counter()
-        console.print(f"{name}: {len(rows)} requests at {rate:g} req/s", highlight=False)
-        with progress_bar("answers") as bar:
-            job = bar.add_task(name, total=len(rows))
-
-            def progress(sent: int, answered: int, counts: dict[str, int], name: str = name, job: TaskID = job) -> None:
-                assert p.supervisor is not None
-                p.supervisor.poll()
-                bar.update(
-                    job,
-                    completed=answered,
-                    description=f"{name}: sent {sent}, student {counts['student']}, teacher {counts['teacher']}",
-                )
-
-            result = asyncio.run(
-                drive(
-                    settings,
-                    rows,
-                    tenant=tenant,
-                    task=task,
-                    rate=rate,
-                    progress=progress,
-                    extra=extra if i == 0 else None,
-                    linger=linger,
-                )
-            )
-        routes = Counter(o.response.route for o in result.outcomes.values() if o.response is not None)
-        console.print(
-            f"{name}: {routes.total()}/{len(rows)} answered in {time.perf_counter() - t0:.0f} s "
-            f"(student {routes['student']}, teacher {routes['teacher']})",
-            highlight=False,
-        )
-        summary[name] = summarize(result)
-        if keep is not None:
-            keep[name] = result
-        # The steady state: the last quarter of the phase, after the student has caught up.
-        tail = list(result.outcomes.items())[-max(1, len(rows) // 4) :]
-        tail_ids = {rid for rid, _ in tail}
-        summary[f"{name}, last 25%"] = summarize(
-            Drive(dict(tail), [r for r in result.teacher_results if r.request_id in tail_ids], result.seconds / 4)
-        )
-        if i + 1 < len(phases):
-            console.print("waiting for the harvester and trainer to catch up ...")
-            t = settings.topics
-            asyncio.run(wait_quiet(settings, {"harvester": [t.teacher_results, t.feedback], "trainer": [t.harvest]}))
-            if between is not None:
-                between(p)
-            time.sleep(5)  # the scorer loads the last announced version
-    if "monitor" in services:  # its last verdicts: the audits answered, then read by the monitor
-        t = settings.topics
-        # the audits answered; the monitor's sources re-keyed; the keyed records counted
-        waits = {
-            "teacher": [t.teacher_requests],
-            "monitor-sources": [t.decisions, t.teacher_results, t.models],
-            "monitor": [t.monitor_keyed],
-        }
-        if not (
-            asyncio.run(wait_quiet(settings, {g: waits[g] for g in ("teacher", "monitor-sources")}, timeout=60))
-            and asyncio.run(wait_drained(settings, "monitor", waits["monitor"], timeout=60))
-        ):
-            behind = {
-                g: asyncio.run(group_lag(settings, f"{settings.topic_prefix}protege-{g}", ts))
-                for g, ts in waits.items()
-            }
-            console.print(f"[yellow]not caught up after 60 s (records behind, per consumer group): {behind}[/]")
-        limit = load_tasks(Path(env["PROTEGE_TASKS_DIR"]))[task].student.canary.max_minutes * 60
-        await_verdict(settings, limit)
-    models = asyncio.run(read_all(settings, settings.topics.models))
-    dlq = asyncio.run(read_all(settings, settings.topics.requests_dlq))
-    summary["models_trained"] = len({json.loads(m.value)["version"] for m in models})
-    summary["final_model"] = json.loads(models[-1].value) if models else None
-    summary["steps"] = [step_of(json.loads(m.value)) for m in models]
-    summary["alerts"] = [json.loads(r.value) for r in asyncio.run(read_all(settings, settings.topics.alerts))]
-    summary["dead_letters"] = {"count": len(dlq), "reasons": sorted({json.loads(r.value)["reason"] for r in dlq})}
 
 
 # The demo runs the live loop: audits of accepted answers, and each new version on trial
