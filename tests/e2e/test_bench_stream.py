@@ -75,3 +75,35 @@ def test_the_scheduled_finetune_between_the_phases_and_retrains_on_its_encoder(t
     for v in after:
         assert json.loads((v / "encoder" / "backbone.json").read_text())["finetuned_in"] == tuned["version"]
         assert (v / "encoder" / "model.onnx").stat().st_ino == (made / "encoder" / "model.onnx").stat().st_ino
+
+
+def test_the_review_sample_grows_the_golden_set_from_the_stream(tmp_path: Path, backbone: Path) -> None:
+    """`--golden 0 --review-rate`: no golden file; the OFFLINE STAND-IN reviewer labels the review
+    sample as it arrives, the trainer joins each label with the teacher's answer, the versions
+    trained from min_golden reviewed rows on are measured on them, and no sampled request is
+    ever a training case."""
+    from protege.policy import in_review
+
+    write_jsonl(generate(900, seed=31), tmp_path / "train.jsonl")
+    write_jsonl(generate(200, seed=32), tmp_path / "test.jsonl")
+    home, report = tmp_path / "bench", tmp_path / "report.json"
+    argv = ["bench", "stream", "--train", str(tmp_path / "train.jsonl"), "--test", str(tmp_path / "test.jsonl")]
+    argv += ["--report-json", str(report), "--home", str(home), "--golden", "0", "--review-rate", "0.3"]
+    argv += ["--rate", "100", "--min-cases", "100", "--retrain-every", "100", "--teacher-noise", "0.03"]
+    done = subprocess.run([sys.executable, "-m", "protege.cli", *argv], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    s = json.loads(report.read_text())
+    assert "OFFLINE STAND-IN" in s["review"]["reviewer"] and s["config"]["review_rate"] == 0.3
+    assert "review_rate: 0.3" in (home / "tasks" / "bench.yaml").read_text()
+    streamed = [f"bench-{r['id']}" for r in generate(900, seed=31)] + [
+        f"bench-test-{r['id']}" for r in generate(200, seed=32)
+    ]
+    sampled = {rid for rid in streamed if in_review(rid, 0.3)}
+    # every sampled request reviewed (the last few may still be on their way when the run stops)
+    assert 0.95 * len(sampled) <= s["review"]["reviews_sent"] <= len(sampled)
+    assert 100 <= s["review"]["golden_rows"] <= s["review"]["reviews_sent"]
+    harvested = [json.loads(line) for line in (home / "harvest" / "bench" / "bench.jsonl").read_text().splitlines()]
+    assert harvested and not sampled & {h["request_id"] for h in harvested}
+    manifests = [json.loads(p.read_text()) for p in sorted((home / "registry").glob("bench/bench/v*/manifest.json"))]
+    reviewed = [m["metrics"].get("truth_reviewed", 0) for m in manifests]
+    assert reviewed[-1] >= 100 and reviewed == sorted(reviewed), reviewed  # the set grows with the stream
