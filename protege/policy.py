@@ -27,7 +27,7 @@ import hashlib
 import re
 from typing import ClassVar
 
-from protege.events import Decision, Scored, StudentOutput, Verdict
+from protege.events import Decision, Feedback, Scored, StudentOutput, Verdict
 from protege.task import OOS, Task
 
 
@@ -43,6 +43,22 @@ REVIEW_SALT = "review:"  # the review sample, independent of the audits' and the
 def in_review(request_id: str, rate: float) -> bool:
     """Whether a request falls in the review sample (``Task.review_rate``)."""
     return in_share(request_id, rate, salt=REVIEW_SALT)
+
+
+def refused(feedback: Feedback, task: Task) -> tuple[str, str] | None:
+    """Why a person's label cannot be used, as (reason code, detail), or None: a label that is not
+    one of the task's answers (the student would learn to give it), or a review of a request
+    outside the review sample (the golden set must stay a sample of traffic). The harvester
+    dead-letters on it; ``protege review submit`` checks each line with it before sending."""
+    if feedback.label not in task.answers:
+        return "unknown_label", f"{feedback.label!r} is not one of {task.name}'s answers: {task.answers}"
+    if feedback.kind == "review" and not in_review(feedback.request_id, task.review_rate):
+        return "not_in_review_sample", (
+            f"request {feedback.request_id!r} is not in {task.name}'s review sample (review_rate "
+            f"{task.review_rate:g}): only sampled requests make a golden set that is a sample of traffic; "
+            "send a fix as kind correction"
+        )
+    return None
 
 
 def in_share(request_id: str, rate: float, *, salt: str = "") -> bool:

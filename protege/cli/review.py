@@ -17,7 +17,7 @@ from protege.cli.root import TaskName, Tenant, app, console
 from protege.errors import BrokerError
 from protege.events import Feedback, ReviewItem
 from protege.kafka import Out, producer
-from protege.policy import in_review
+from protege.policy import refused
 from protege.settings import Settings
 from protege.task import Task, load_tasks
 
@@ -103,24 +103,22 @@ def reviews(lines: list[str], tasks: dict[str, Task], *, source: str) -> list[Fe
         task = tasks.get(str(row.get("task")))
         if task is None:
             raise ValueError(f"line {n}: no task {row.get('task')!r}; known: {sorted(tasks)}")
-        if row["label"] not in task.answers:
-            raise ValueError(f"line {n}: {row['label']!r} is not one of {task.name}'s answers: {task.answers}")
-        if not in_review(str(row.get("request_id")), task.review_rate):
-            raise ValueError(f"line {n}: request {row.get('request_id')!r} is not in {task.name}'s review sample")
         try:
-            out.append(
-                Feedback(
-                    request_id=row.get("request_id"),
-                    tenant=row.get("tenant"),
-                    task=task.name,
-                    text=row.get("text"),
-                    label=row["label"],
-                    source=source,
-                    kind="review",
-                )
+            review = Feedback(
+                request_id=row.get("request_id"),
+                tenant=row.get("tenant"),
+                task=task.name,
+                text=row.get("text"),
+                label=row["label"],
+                source=source,
+                kind="review",
             )
         except ValidationError as e:
             raise ValueError(f"line {n}: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
+        why = refused(review, task)  # what the harvester would dead-letter
+        if why is not None:
+            raise ValueError(f"line {n}: {why[1]}")
+        out.append(review)
     return out
 
 

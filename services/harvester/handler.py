@@ -28,7 +28,7 @@ from typing import Literal
 from protege import metrics
 from protege.events import Feedback, HarvestCase, ReviewItem, TeacherResult, now_ms
 from protege.kafka import Out, Received, dead_letter
-from protege.policy import in_review
+from protege.policy import refused
 from protege.redact import redact
 from protege.task import Task
 from protege.topics import Topics
@@ -46,20 +46,10 @@ class Harvester:
         event = r.event
         if isinstance(event, TeacherResult):
             return self.taught(event)
-        task = self.tasks[event.task]  # the loop dead-letters an unknown task
-        if event.label not in task.answers:
-            return [self.refuse(r, "unknown_label", f"{event.label!r} is not one of {event.task}'s answers")]
+        why = refused(event, self.tasks[event.task])  # the loop dead-letters an unknown task
+        if why is not None:
+            return [self.refuse(r, *why)]
         review = event.kind == "review"
-        if review and not in_review(event.request_id, task.review_rate):
-            return [
-                self.refuse(
-                    r,
-                    "not_in_review_sample",
-                    f"request {event.request_id!r} is not in {event.task}'s review sample (review_rate "
-                    f"{task.review_rate:g}): only sampled requests make a golden set that is a sample of "
-                    "traffic; send a fix as kind correction",
-                )
-            ]
         if review:
             metrics.REVIEWS.labels(event.task).inc()
         case = HarvestCase(
