@@ -81,11 +81,26 @@ class Traffic:
     teacher: dict[str, TeacherResult] = field(default_factory=dict)
     feedback: dict[str, Feedback] = field(default_factory=dict)
     responses: dict[str, Response] = field(default_factory=dict)
+    sampled: set[str] = field(default_factory=set)  # in the review sample (the recorded decision says so)
+    reviews: dict[str, Feedback] = field(default_factory=dict)  # a person's review of a sampled request
 
     @property
     def standin(self) -> bool:
         """Whether any teacher label here came from the offline stand-in, not a real teacher."""
         return any(r.standin for r in self.teacher.values())
+
+    def served(self, request_id: str) -> str | None:
+        """The answer the request got: its response's label (an ensemble's provisional answer
+        replaced by the teacher's check, as its correction did), else what its decision implies."""
+        response, was = self.responses.get(request_id), self.decisions.get(request_id)
+        teacher = self.teacher.get(request_id)
+        if response is not None and response.label is not None:
+            if response.provisional and teacher is not None and teacher.mode == "check":
+                return teacher.label
+            return response.label
+        if was is None:
+            return None
+        return was.student_label if was.route == "student" else (teacher.label if teacher else None)
 
 
 @dataclass
@@ -105,10 +120,14 @@ class Events:
         t = Traffic(self.selection, sorted(self.scored, key=lambda s: (s.request.received_at_ms, s.request.request_id)))
         for d in self.decisions:
             t.decisions.setdefault(d.request_id, d)
+            if d.review:
+                t.sampled.add(d.request_id)
         for r in self.teacher:
             t.teacher[r.request_id] = r  # the last answer (a held request is answered once; a check after)
         for f in self.feedback:
             t.feedback[f.request_id] = f  # the latest word
+            if f.kind == "review" and f.request_id in t.sampled:  # the harvester refuses a review outside it
+                t.reviews[f.request_id] = f  # a reviewer may change their mind: the last one
         for resp in self.responses:
             t.responses.setdefault(resp.request_id, resp)
         return t
@@ -238,6 +257,8 @@ def _flat(table: str, e: Any) -> dict[str, Any]:
             "ood": e.signals.get("ood"),
             "reasons": ",".join(e.reasons),
             "teacher_check": e.teacher_check,
+            "audit": e.audit,
+            "review": e.review,
             "decided_at_ms": e.decided_at_ms,
         }
     if table == "teacher_results":
@@ -275,7 +296,7 @@ def _flat(table: str, e: Any) -> dict[str, Any]:
             "latency_ms": e.answered_at_ms - e.received_at_ms,
         }
     if table == "feedback":
-        return {"request_id": e.request_id, "label": e.label, "source": e.source, "text": e.text}
+        return {"request_id": e.request_id, "label": e.label, "kind": e.kind, "source": e.source, "text": e.text}
     return {  # harvest
         "request_id": e.request_id,
         "label": e.label,
@@ -301,6 +322,7 @@ def _joined(events: Events) -> list[dict[str, Any]]:
             "route": d.route if d else None,
             "reasons": ",".join(d.reasons) if d else None,
             "policy_version": d.policy_version if d else None,
+            "review": d.review if d else None,
             "teacher_label": tr.label if tr else None,
             "teacher_cost_usd": tr.cost_usd if tr else None,
             "teacher_standin": tr.standin if tr else None,
@@ -309,6 +331,7 @@ def _joined(events: Events) -> list[dict[str, Any]]:
             "answered_by": resp.answered_by if resp else None,
             "latency_ms": (resp.answered_at_ms - resp.received_at_ms) if resp else None,
             "feedback_label": fb.label if fb else None,
+            "review_label": t.reviews[rid].label if rid in t.reviews else None,
         }
         rows.append(row)
     return rows

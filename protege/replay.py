@@ -24,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protege.certify import paired_lower_bound
 from protege.events import Decision, Scored
 from protege.kafka import Out, ensure_topics, producer
 from protege.policy import router_for
@@ -83,6 +84,7 @@ class Row:
     recorded_verdict: str | None
     recorded_route: str | None
     recorded_version: str | None
+    recorded_student_label: str | None
     recorded_label: str | None  # the answer given (the response), else what the decision implies
     recorded_reasons: str
     verdict: str
@@ -99,8 +101,10 @@ class Row:
     teacher_label: str | None
     teacher_cost_usd: float | None
     feedback_label: str | None
+    review_label: str | None  # a person's review: the request is in the recorded review sample
     answer: str | None  # the candidate's answer: the student's if accepted, the recorded teacher's if escalated
     in_sample: bool | None  # the re-scoring version learnt from this request (None: not on record)
+    sampled: bool  # in the recorded review sample (its decision said so), reviewed or not
     flip: str | None  # student->teacher, teacher->student, label (both student, labels differ)
     matched: bool  # the same decision as recorded: verdict, route, label, reasons; signals within 1e-5
     deviation: float | None  # the largest difference of a signal from the recorded one (same version only)
@@ -134,8 +138,8 @@ class Result:
             },
             "feedback_labels": len(t.feedback),
             "cost_per_teacher_call_usd": per_call,
-            "recorded": _side(self.rows, recorded=True, per_call=per_call),
-            "replay": _side(self.rows, recorded=False, per_call=per_call),
+            "recorded": _side(self.rows, recorded=True, per_call=per_call, labels=self.candidate.task.answers),
+            "replay": _side(self.rows, recorded=False, per_call=per_call, labels=self.candidate.task.answers),
             "flips": flips,
             "matched": {
                 "count": sum(r.matched for r in recorded_rows),
@@ -173,6 +177,66 @@ def _accuracy(pairs: Sequence[tuple[str | None, str]]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Reviewed:
+    """A request of the review sample that a person labelled, as one side answers it."""
+
+    person: str  # the reviewer's label
+    answer: str | None  # what was (or would be) served; None: no answer
+    route: str | None  # student | teacher
+    teacher: str | None  # the teacher's label on record (every sampled request is asked)
+    student: str | None  # the student's label, served or not
+    version: str | None
+
+
+def against_people(
+    reviewed: Sequence[Reviewed], sampled: int, labels: Collection[str] | None = None
+) -> dict[str, Any] | None:
+    """The answers served, the teacher's and the student's, each against people's labels on the
+    review sample (``Task.review_rate``): a uniform draw of all traffic by a hash of the request
+    id, so — unlike feedback, which holds the requests someone found wrong — an unbiased
+    estimate of what the task really serves. Each accuracy with its Wilson 95% interval; served
+    minus teacher as a paired difference on the same requests, its 95% interval two one-sided
+    97.5% bounds from ``certify.paired_lower_bound`` (the bound a relative target is certified
+    with). A review whose label is not one of ``labels`` is left out (the harvester refuses it).
+    None when no request of the range is in the sample."""
+    if not sampled:
+        return None
+    if labels is not None:
+        reviewed = [r for r in reviewed if r.person in labels]
+    both = [r for r in reviewed if r.teacher is not None]
+    wins = sum(r.answer == r.person != r.teacher for r in both)
+    losses = sum(r.teacher == r.person != r.answer for r in both)
+    n = len(both)
+    versions = sorted({r.version for r in reviewed if r.route == "student" and r.version})
+    return {
+        "sampled": sampled,
+        "reviewed": len(reviewed),
+        "pending": sampled - len(reviewed),
+        "served": _accuracy([(r.answer, r.person) for r in reviewed]),
+        "teacher": _accuracy([(r.teacher, r.person) for r in both]),
+        "student": _accuracy([(r.student, r.person) for r in reviewed if r.student is not None]),
+        "student_answered": _accuracy([(r.answer, r.person) for r in reviewed if r.route == "student"]),
+        "teacher_answered": _accuracy([(r.answer, r.person) for r in reviewed if r.route != "student"]),
+        "versions": {
+            v: _accuracy([(r.answer, r.person) for r in reviewed if r.route == "student" and r.version == v])
+            for v in versions
+        },
+        "served_minus_teacher": {
+            "n": n,
+            "wins": wins,
+            "losses": losses,
+            "difference": (wins - losses) / n,
+            "interval95": (
+                paired_lower_bound(wins, losses, n, 0.975),
+                -paired_lower_bound(losses, wins, n, 0.975),
+            ),
+        }
+        if n
+        else None,
+    }
+
+
 def _estimate(judged: Sequence[tuple[str | None, Row]]) -> dict[str, Any] | None:
     """Accuracy of all accepted answers, the unlabelled ones included, from the audits.
 
@@ -200,7 +264,7 @@ def _estimate(judged: Sequence[tuple[str | None, Row]]) -> dict[str, Any] | None
     }
 
 
-def _side(rows: Sequence[Row], *, recorded: bool, per_call: float | None) -> dict[str, Any]:
+def _side(rows: Sequence[Row], *, recorded: bool, per_call: float | None, labels: Collection[str]) -> dict[str, Any]:
     """The numbers of one side (the recorded decisions, or the replayed ones)."""
     if recorded:
         rows = [r for r in rows if r.recorded_verdict is not None]
@@ -241,6 +305,22 @@ def _side(rows: Sequence[Row], *, recorded: bool, per_call: float | None) -> dic
         "accepted_unlabelled": unlabelled,
         "answers_vs_feedback": _accuracy(
             [(answer(r), r.feedback_label) for r in answered if r.feedback_label is not None]
+        ),
+        "answers_vs_people": against_people(
+            [
+                Reviewed(
+                    r.review_label,
+                    answer(r),
+                    route(r),
+                    r.teacher_label,
+                    r.recorded_student_label if recorded else r.student_label,
+                    r.recorded_version if recorded else r.version,
+                )
+                for r in rows
+                if r.review_label is not None and (recorded or not r.in_sample)
+            ],
+            sum(r.sampled for r in rows),
+            labels,
         ),
         "unanswerable": sum(answer(r) is None for r in rows),  # escalated where the record holds no teacher answer
         "accepted_in_sample": len(learnt),  # left out of the accuracies above
@@ -326,12 +406,6 @@ def _row(traffic: Traffic, before: Scored, was: Decision | None, now: Decision, 
     rid = before.request.request_id
     teacher = traffic.teacher.get(rid)
     feedback = traffic.feedback.get(rid)
-    response = traffic.responses.get(rid)
-    recorded_label = None
-    if response is not None and response.label is not None:
-        recorded_label = response.label
-    elif was is not None:
-        recorded_label = was.student_label if was.route == "student" else (teacher.label if teacher else None)
     answer = now.student_label if now.route == "student" else (teacher.label if teacher else None)
     flip = None
     if was is not None:
@@ -348,7 +422,8 @@ def _row(traffic: Traffic, before: Scored, was: Decision | None, now: Decision, 
         recorded_verdict=was.verdict if was else None,
         recorded_route=was.route if was else None,
         recorded_version=was.model_version if was else None,
-        recorded_label=recorded_label,
+        recorded_student_label=was.student_label if was else None,
+        recorded_label=traffic.served(rid),
         recorded_reasons=",".join(was.reasons) if was else "",
         verdict=now.verdict,
         route=now.route,
@@ -364,8 +439,10 @@ def _row(traffic: Traffic, before: Scored, was: Decision | None, now: Decision, 
         teacher_label=teacher.label if teacher else None,
         teacher_cost_usd=teacher.cost_usd if teacher else None,
         feedback_label=feedback.label if feedback else None,
+        review_label=traffic.reviews[rid].label if rid in traffic.reviews else None,
         answer=answer,
         in_sample=in_sample,
+        sampled=rid in traffic.sampled,
         flip=flip,
         matched=was is not None and same_decision(was, now),
         deviation=max((abs(was.signals[k] - v) for k, v in signals.items() if k in was.signals), default=None)

@@ -5,10 +5,12 @@
     page = render(data)                         # one HTML file: plots inline as SVG, no script
     write(data, Path("report.html"), Path("report.json"))
 
-Five parts, each a plot and the numbers under it:
+Six parts, each a plot and the numbers under it:
 
 - the coverage curve: accuracy against student share on the version's golden set
   (``held_out.npz``), with its certified operating point, the target and the share served;
+- accuracy against people on the review sample (``Task.review_rate``): the answers served,
+  the student's and the teacher's, each against a person's label, with 95% intervals;
 - student share and escalation rate over time, with the drift band and the alarms;
 - cost per 1,000 requests against all-teacher over time, and the savings to date;
 - the break-even horizon, N·c_t > D + T + M + N·((1-q)·c_s + q·c_r): q, c_t and c_r from
@@ -40,7 +42,7 @@ from protege.drift import DriftMonitor
 from protege.events import Alert, ModelAnnouncement
 from protege.recorded import Events, Selection
 from protege.registry import Version
-from protege.replay import Result
+from protege.replay import Result, Reviewed, against_people
 from protege.serving import Serving
 from protege.student.manifest import HELD_OUT
 from protege.task import Task
@@ -107,6 +109,8 @@ class Basis:
     undecided: int = 0  # recorded requests with no decision on record (left out)
     audit_usd: float = 0.0  # teacher spend on audits (part of the points' teacher_usd)
     live: dict[str, dict[str, Any]] = field(default_factory=dict)  # version -> live accuracy from audits
+    sampled: int = 0  # requests in the review sample (Task.review_rate)
+    reviewed: list[Reviewed] = field(default_factory=list)  # those a person labelled, as this basis answers them
 
     @classmethod
     def recorded(cls, events: Events) -> Basis:
@@ -115,13 +119,25 @@ class Basis:
         for r in events.teacher:
             paid[r.request_id] = paid.get(r.request_id, 0.0) + r.cost_usd
         answers = [r.cost_usd for r in events.teacher if r.mode == "answer"]
-        points, undecided = [], 0
+        points, undecided, reviewed = [], 0, []
         for s in traffic.scored:
             rid = s.request.request_id
             d = traffic.decisions.get(rid)
             if d is None:
                 undecided += 1
                 continue
+            if rid in traffic.reviews:
+                teacher = traffic.teacher.get(rid)
+                reviewed.append(
+                    Reviewed(
+                        traffic.reviews[rid].label,
+                        traffic.served(rid),
+                        d.route,
+                        teacher.label if teacher else None,
+                        d.student_label,
+                        d.model_version,
+                    )
+                )
             points.append(
                 Point(
                     s.request.received_at_ms, d.route, d.verdict, tuple(d.reasons), paid.get(rid, 0.0), d.model_version
@@ -138,6 +154,8 @@ class Basis:
             undecided=undecided,
             audit_usd=sum(r.cost_usd for r in events.teacher if r.mode == "audit"),
             live=live_accuracy(events.teacher, sel.tenant, sel.task),
+            sampled=len(traffic.sampled),
+            reviewed=reviewed,
         )
 
     @classmethod
@@ -169,6 +187,12 @@ class Basis:
             estimated_calls=estimated,
             audit_usd=sum(r.teacher_cost_usd or per_call or 0.0 for r in audits),
             live=live_accuracy(t.teacher.values(), t.selection.tenant, t.selection.task),
+            sampled=sum(r.sampled for r in result.rows),
+            reviewed=[
+                Reviewed(r.review_label, r.answer, r.route, r.teacher_label, r.student_label, r.version)
+                for r in result.rows
+                if r.review_label is not None and not r.in_sample
+            ],
         )
 
 
@@ -462,6 +486,7 @@ def build(basis: Basis, context: Context, inputs: Inputs) -> dict[str, Any]:
         "over_time": {"bucket_s": width, "buckets": over_time(points, width, c_t, c_s)},
         "drift": drift(points, task, context.alerts, basis.kind),
         "breakeven": breakeven(points, c_t, c_s, inputs, per_day),
+        "people": against_people(basis.reviewed, basis.sampled, task.answers),
         "throughput": None if th is None else {**asdict(th), "per_s": round(th.per_s, 1)},
         "versions": timeline(context.versions, context.announcements, sel.tenant, sel.task),
     }
@@ -533,6 +558,37 @@ def plot_coverage(data: dict[str, Any]) -> str:
     ax.set_ylabel("accuracy of accepted")
     ax.set_xlim(0, 1.02)
     ax.legend(loc="lower left", fontsize=8)
+    return _svg(fig)
+
+
+PEOPLE_ROWS = (  # (key, what, colour)
+    ("served", "answers served", "good"),
+    ("student_answered", "served by the student", "student"),
+    ("teacher_answered", "served by the teacher", "teacher"),
+    ("teacher", "the teacher, on all", "teacher"),
+    ("student", "the student's label, on all", "student"),
+)
+
+
+def plot_people(data: dict[str, Any]) -> str:
+    fig, ax = _figure()
+    people = data["people"]
+    rows = [] if people is None else [(what, people[key], c) for key, what, c in PEOPLE_ROWS if people[key]["n"]]
+    if not rows:
+        why = "no review sample in this range (review_rate)" if people is None else "no reviewed request yet"
+        _empty(ax, why)
+        return _svg(fig)
+    ys = range(len(rows))[::-1]
+    for y, (_, acc, colour) in zip(ys, rows, strict=True):
+        lo, hi = acc["interval95"]
+        ax.barh(y, acc["accuracy"], color=PALETTE[colour], height=0.6)
+        ax.errorbar(
+            acc["accuracy"], y, xerr=[[acc["accuracy"] - lo], [hi - acc["accuracy"]]], color="#1a202c", capsize=4
+        )
+    ax.set_yticks(list(ys), [f"{what}\n{100 * acc['accuracy']:.1f}% of {acc['n']:,}" for what, acc, _ in rows])
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_xlim(0, 1.0)
+    ax.set_xlabel("accuracy against people's labels (95% interval)")
     return _svg(fig)
 
 
@@ -643,6 +699,7 @@ def plot_versions(data: dict[str, Any]) -> str:
 
 PLOTS = (
     ("coverage", "Accuracy against student share", plot_coverage),
+    ("people", "Accuracy against people: the review sample", plot_people),
     ("share", "Student share and escalation rate over time", plot_share),
     ("cost", "Cost per 1,000 requests against all-teacher", plot_cost),
     ("breakeven", "Break-even horizon", plot_breakeven),
@@ -719,6 +776,7 @@ def render(data: dict[str, Any]) -> str:
     )
     notes = {
         "coverage": _coverage_note(data),
+        "people": _people_note(data),
         "share": _drift_note(data),
         "cost": _cost_note(data),
         "breakeven": _breakeven_note(data),
@@ -758,6 +816,45 @@ def _coverage_note(data: dict[str, Any]) -> str:
         f"target {_pct(curve['target_accuracy'])}; {_e(rule)}; in this range it answered {_pct(cov['served_share'])} "
         f"of the requests it scored.{_e(audits)}</p>"
     )
+
+
+def _people_note(data: dict[str, Any]) -> str:
+    people = data["people"]
+    if people is None:
+        return (
+            "<p class='sub'>No request in this range is in a review sample (the task's review_rate is 0): "
+            "accuracy here is measured against the teacher only.</p>"
+        )
+    head = (
+        f"<p class='sub'>{people['sampled']:,} requests in the review sample (a uniform draw of all traffic by "
+        f"request id), {people['reviewed']:,} labelled by a person, {people['pending']:,} waiting "
+        "(protege review pull). People's labels are the truth here; the teacher is measured too.</p>"
+    )
+    rows = []
+    for key, what, _ in PEOPLE_ROWS:
+        acc = people[key]
+        rows.append((what, acc["n"], *_interval(acc)))
+    for version, acc in people["versions"].items():
+        rows.append((f"served by {version}", acc["n"], *_interval(acc)))
+    table = _table(("", "reviewed", "accuracy", "95% interval"), rows, (1, 2, 3))
+    d = people["served_minus_teacher"]
+    if d is None:
+        return head + table
+    lo, hi = d["interval95"]
+    return (
+        head
+        + table
+        + f"<p class='sub'>Served minus teacher on the same {d['n']:,} requests: {100 * d['difference']:+.1f} points "
+        f"[{100 * lo:+.1f}, {100 * hi:+.1f}] ({d['wins']} right where the teacher was wrong, {d['losses']} the "
+        "reverse).</p>"
+    )
+
+
+def _interval(acc: dict[str, Any]) -> tuple[str, str]:
+    if not acc["n"]:
+        return "—", "—"
+    lo, hi = acc["interval95"]
+    return _pct(acc["accuracy"]), f"{_pct(lo)}-{_pct(hi)}"
 
 
 def _drift_note(data: dict[str, Any]) -> str:

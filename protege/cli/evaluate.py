@@ -287,6 +287,13 @@ def _estimated(e: dict[str, Any] | None) -> str:
     return f"{_pct(e['accuracy'])} [{100 * lo:.1f}-{100 * hi:.1f}] from {e['audits']} audits"
 
 
+def _difference(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "no reviews"
+    lo, hi = d["interval95"]
+    return f"{100 * d['difference']:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}] on {d['n']}"
+
+
 def print_summary(s: dict[str, Any]) -> None:
     out = Console(width=140)
     rec, rep = s["recorded"], s["replay"]
@@ -312,6 +319,11 @@ def print_summary(s: dict[str, Any]) -> None:
         "accepted, estimated from audits", _estimated(rec["accepted_estimate"]), _estimated(rep["accepted_estimate"])
     )
     table.add_row("answers vs feedback", _acc(rec["answers_vs_feedback"]), _acc(rep["answers_vs_feedback"]))
+    people = rec["answers_vs_people"], rep["answers_vs_people"]
+    if people[0] is not None:
+        table.add_row("answers vs people (review sample)", *(_acc(p["served"]) for p in people))
+        table.add_row("  the teacher vs people", *(_acc(p["teacher"]) for p in people))
+        table.add_row("  served minus teacher (95% CI)", *(_difference(p["served_minus_teacher"]) for p in people))
     out.print(table)
     flips = s["flips"]
     out.print(

@@ -42,8 +42,9 @@ from protege.harness import (
     wait_stable,
 )
 from protege.pipeline import LocalPipeline
+from protege.recorded import Selection
 from protege.registry import Registry
-from protege.settings import Settings, TeacherSettings
+from protege.settings import ScorerSettings, Settings, TeacherSettings
 from protege.state import read_all
 from protege.student.finetune import FinetuneConfig
 from protege.supervisor import SERVICES
@@ -124,6 +125,7 @@ def _stream_run(
     keep: dict[str, Drive] | None = None,
     between: Callable[[LocalPipeline], None] | None = None,
     reviews: dict[str, str] | None = None,
+    export: Path | None = None,
 ) -> dict[str, Any]:
 
     keyed = TeacherSettings().api_key() is not None  # the key, or the key file, as the teacher worker reads it
@@ -150,6 +152,7 @@ def _stream_run(
             keep=keep,
             between=between,
             reviews=reviews,
+            export=export,
         )
     summary["wall_seconds"] = time.perf_counter() - started
     summary["versions"] = versions()
@@ -192,6 +195,24 @@ def _scheduled_finetune(p: LocalPipeline, tenant: str, task: str, epochs: int, o
     return {"seconds": seconds, "exit": done.returncode, "epochs": epochs, "oos_weight": oos_weight, **result}
 
 
+def _export_phase(settings: Settings, task: Task, tenant: str, selection: Selection, folder: Path) -> dict[str, Any]:
+    """One phase's record, left behind for ``protege replay --input`` and ``protege report
+    --input``: its events as ``protege export`` writes them (texts PII-redacted) and the report
+    page on them (report.html, report.json), read from the topics while the broker still runs."""
+    from protege.cli.evaluate import report_context, write_report
+    from protege.recorded import read_events, write_export
+    from protege.report import Basis, Inputs
+
+    events = asyncio.run(read_events(settings, selection))
+    counts = write_export(events, folder)
+    basis = Basis.recorded(events)
+    scorer = ScorerSettings(**settings.model_dump())
+    context = report_context(scorer, task, tenant, task.name, events.scored, basis.version, True)
+    write_report(basis, context, Inputs(), folder / "report.html")
+    console.print(f"{selection.describe()}: exported to {folder} with its report (report.html)", highlight=False)
+    return {"folder": str(folder), "since_ms": selection.since_ms, "until_ms": selection.until_ms, **counts}
+
+
 def _prepare_backbone() -> None:
     """Export the student backbone before traffic starts (first run only; cached after)."""
     from protege.student.backbone import cache_dir, cached_backbone
@@ -216,8 +237,10 @@ def _run_phases(
     keep: dict[str, Drive] | None = None,
     between: Callable[[LocalPipeline], None] | None = None,
     reviews: dict[str, str] | None = None,
+    export: Path | None = None,
 ) -> None:
 
+    windows: dict[str, tuple[int, int]] = {}  # phase -> [first, last] received_at_ms of its requests
     with contextlib.ExitStack() as stack:
         p = stack.enter_context(LocalPipeline(home.resolve(), env=env, services=services))
         console.print(f"broker at {p.bootstrap}; service logs in {home / 'logs'}")
@@ -254,6 +277,9 @@ def _run_phases(
                         linger=linger,
                     )
                 )
+            received = [o.response.received_at_ms for o in result.outcomes.values() if o.response is not None]
+            if received:
+                windows[name] = (min(received), max(received) + 1)
             routes = Counter(o.response.route for o in result.outcomes.values() if o.response is not None)
             console.print(
                 f"{name}: {routes.total()}/{len(rows)} answered in {time.perf_counter() - t0:.0f} s "
@@ -308,6 +334,12 @@ def _run_phases(
             summary["review"] = {
                 "reviewer": "OFFLINE STAND-IN reviewer (the data set's labels, at once)",
                 "reviews_sent": reviewer.reviewed,
+            }
+        if export is not None:
+            the_task = load_tasks(Path(env["PROTEGE_TASKS_DIR"]))[task]
+            summary["exports"] = {
+                name: _export_phase(settings, the_task, tenant, Selection(tenant, task, *window), export / name)
+                for name, window in windows.items()
             }
 
 
@@ -569,6 +601,13 @@ def bench_stream(
             max=1,
         ),
     ] = 0.0,
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            help="Leave each phase's record in this folder (FOLDER/train, FOLDER/test): its events as protege "
+            "export writes them, for protege replay/report --input, and the report page on them (report.html)."
+        ),
+    ] = None,
     home: Path = Path(".protege/bench"),
     task_name: str = "bench",
 ) -> None:
@@ -645,6 +684,7 @@ def bench_stream(
         linger=10.0,
         between=scheduled_finetune if finetune_epochs else None,
         reviews={f"bench-{r['id']}": r["label"] for r in train_rows + test_rows} if review_rate else None,
+        export=export,
     )
     if review_rate:
         from protege.review import ReviewStore

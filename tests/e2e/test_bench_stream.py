@@ -90,10 +90,26 @@ def test_the_review_sample_grows_the_golden_set_from_the_stream(tmp_path: Path, 
     argv = ["bench", "stream", "--train", str(tmp_path / "train.jsonl"), "--test", str(tmp_path / "test.jsonl")]
     argv += ["--report-json", str(report), "--home", str(home), "--golden", "0", "--review-rate", "0.3"]
     argv += ["--rate", "100", "--min-cases", "100", "--retrain-every", "100", "--teacher-noise", "0.03"]
+    argv += ["--export", str(tmp_path / "export")]
     done = subprocess.run([sys.executable, "-m", "protege.cli", *argv], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     s = json.loads(report.read_text())
     assert "OFFLINE STAND-IN" in s["review"]["reviewer"] and s["config"]["review_rate"] == 0.3
+    # Each phase's record is left behind; the test phase's report measures what was served
+    # against the reviewers' labels (here the data set's own), as the ground truth does.
+    assert (s["exports"]["train"]["scored"], s["exports"]["test"]["scored"]) == (900, 200)
+    import pyarrow.parquet as pq
+
+    truth = {f"bench-test-{r['id']}": r["label"] for r in generate(200, seed=32)}
+    rows = pq.read_table(tmp_path / "export" / "test" / "requests.parquet").to_pylist()
+    assert {r["request_id"] for r in rows} == set(truth)
+    people = json.loads((tmp_path / "export" / "test" / "report.json").read_text())["people"]
+    assert people["sampled"] == sum(in_review(rid, 0.3) for rid in truth) == sum(bool(r["review"]) for r in rows)
+    reviewed = [r for r in rows if r["review_label"] is not None]
+    assert len(reviewed) == people["reviewed"] >= 0.9 * people["sampled"]
+    assert all(r["review_label"] == truth[r["request_id"]] for r in reviewed)
+    assert people["served"]["correct"] == sum(r["answer"] == truth[r["request_id"]] for r in reviewed)
+    assert people["teacher"]["correct"] == sum(r["teacher_label"] == truth[r["request_id"]] for r in reviewed)
     assert "review_rate: 0.3" in (home / "tasks" / "bench.yaml").read_text()
     streamed = [f"bench-{r['id']}" for r in generate(900, seed=31)] + [
         f"bench-test-{r['id']}" for r in generate(200, seed=32)

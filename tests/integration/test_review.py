@@ -1,7 +1,7 @@
 """The review sample on the live pipeline: a task with ``review_rate`` sends that share of its
 requests (whatever answers them) to people on protege.review, blind; ``protege review pull``
 lists what waits, ``protege review submit`` sends the labels (a bad line stops the file and
-sends nothing); the trainer joins each label with the teacher's answer into a golden row, no
+sends nothing); ``protege report`` measures what was served against them; the trainer joins each label with the teacher's answer into a golden row, no
 reviewed request is ever a training case, and the next version is measured on those rows."""
 
 from __future__ import annotations
@@ -95,6 +95,16 @@ def test_reviewed_requests_become_golden_rows_and_never_train(
         out = CliRunner().invoke(app, ["review", "submit", str(labelled), "--source", "ann"])
         assert out.exit_code == 0, out.output
         assert pull() == []
+
+        # The report reads it back: every sampled request, each with a person's label; the cold
+        # start's teacher (the stand-in, right on every one) answered them all.
+        page = tmp_path / "report.html"
+        out = CliRunner().invoke(app, ["report", "--tenant", "rev", "--task", TASK, "--out", str(page)])
+        assert out.exit_code == 0, out.output
+        people = json.loads(page.with_suffix(".json").read_text())["people"]
+        assert (people["sampled"], people["reviewed"], people["pending"]) == (len(sampled), len(sampled), 0)
+        assert people["served"]["correct"] == people["teacher"]["correct"] == len(sampled)
+        assert f"{len(sampled)} labelled by a person, 0 waiting" in page.read_text()
 
         reviews = ReviewStore(settings.home / "review")
 

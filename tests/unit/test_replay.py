@@ -182,3 +182,48 @@ def test_unlabelled_accepted_answers_are_estimated_from_the_audits() -> None:
     assert (
         replay(traffic(), Candidate(TASK, rescore=False), no_students).summary()["replay"]["accepted_estimate"] is None
     )
+
+
+def test_the_review_sample_judges_each_side_against_people() -> None:
+    """Three requests of the review sample, each labelled by a person: the answers served, the
+    teacher's and the student's against those labels, recorded beside a looser candidate's."""
+    t = traffic()
+    t.teacher["r0"] = teacher(0, "shipping").model_copy(update={"mode": "audit"})  # accepted and sampled: audited
+    t.sampled = {"r0", "r1", "r2"}
+    t.reviews = {
+        rid: Feedback(request_id=rid, tenant="acme", task=TASK.name, text="t", label=label, kind="review")
+        for rid, label in (("r0", "billing"), ("r1", "shipping"), ("r2", "billing"))
+    }
+    loose = TASK.model_copy(
+        update={
+            "policy": TASK.policy.model_copy(
+                update={
+                    "thresholds": TASK.policy.thresholds.model_copy(update={"min_confidence": 0.4, "min_margin": 0.4})
+                }
+            )
+        }
+    )
+    s = replay(t, Candidate(loose, rescore=False), no_students).summary()
+    rec, rep = s["recorded"]["answers_vs_people"], s["replay"]["answers_vs_people"]
+    assert (rec["sampled"], rec["reviewed"], rec["pending"]) == (3, 3, 0)
+    # recorded: r0 the student's shipping (wrong), r1 and r2 the teacher's (right)
+    assert (rec["served"]["correct"], rec["served"]["n"]) == (2, 3)
+    assert (rec["teacher"]["correct"], rec["student_answered"]["correct"], rec["teacher_answered"]["correct"]) == (
+        2,
+        0,
+        2,
+    )
+    assert rec["served_minus_teacher"]["difference"] == 0
+    # the candidate also accepts r1 and r2 with shipping: r2 was right with the teacher, now wrong
+    assert (rep["served"]["correct"], rep["student_answered"]["n"]) == (1, 3)
+    d = rep["served_minus_teacher"]
+    assert (d["wins"], d["losses"]) == (0, 1) and d["difference"] == pytest.approx(-1 / 3)
+    lo, hi = d["interval95"]
+    assert lo < -1 / 3 < hi <= 1
+    assert rep["versions"] == {"v1": rep["student_answered"]}
+    assert s["recorded"]["answers_vs_people"]["teacher"] == rep["teacher"]  # the teacher is the same on both sides
+
+
+def test_no_review_sample_no_accuracy_against_people() -> None:
+    s = replay(traffic(), Candidate(TASK, rescore=False), no_students).summary()
+    assert s["recorded"]["answers_vs_people"] is None and s["replay"]["answers_vs_people"] is None

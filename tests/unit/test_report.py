@@ -16,6 +16,7 @@ import pytest
 from protege.events import (
     AcceptRule,
     Decision,
+    Feedback,
     Ingested,
     ModelAnnouncement,
     Scored,
@@ -119,6 +120,49 @@ def recorded_events(n: int = 200, every_ms: int = 60_000) -> Events:
                 )
             )
     return Events(Selection("acme", TASK), scored, decisions=decisions, teacher=teacher)
+
+
+# The review sample of ``with_reviews``: r0000-r0009 (r0000, r0003, r0006, r0009 escalated, the
+# rest accepted with the student's "billing"); the teacher's answer and a person's label on each.
+TEACHER = ["refund", "billing", "billing", "refund", "billing", "refund", "billing", "billing", "billing", "refund"]
+PERSON = [
+    "refund",
+    "billing",
+    "billing",
+    "refund",
+    "refund",
+    "billing",
+    "refund",
+    "billing",
+    "billing",
+    "zzz",
+]  # zzz: not a label
+
+
+def with_reviews(events: Events) -> Events:
+    """``events`` with r0000-r0009 in the review sample and reviewed (r0009's review is refused:
+    not one of the task's answers); also a review outside the sample and a later correction,
+    neither of which counts."""
+    sampled = {f"r{i:04d}": i for i in range(10)}
+    events.decisions = [
+        d.model_copy(update={"review": True, "audit": d.route == "student", "student_label": "billing"})
+        if d.request_id in sampled
+        else d
+        for d in events.decisions
+    ]
+    template = events.teacher[0]
+    answers = {t.request_id: t for t in events.teacher}
+    for rid, i in sampled.items():
+        mode = "answer" if rid in answers else "audit"
+        answers[rid] = template.model_copy(update={"request_id": rid, "label": TEACHER[i], "mode": mode})
+    events.teacher = list(answers.values())
+
+    def feedback(rid: str, label: str, kind: str = "review") -> Feedback:
+        return Feedback(request_id=rid, tenant="acme", task=TASK, text="t", label=label, kind=kind)  # type: ignore[arg-type]
+
+    events.feedback = [feedback(rid, PERSON[i]) for rid, i in sampled.items()]
+    events.feedback += [feedback("r0020", "billing"), feedback("r0001", "refund", kind="correction")]
+    return events
 
 
 def ann(
@@ -262,8 +306,8 @@ def test_the_page_escapes_what_it_shows(registry: Registry) -> None:
 
 
 def test_every_plot_draws_in_chromium(registry: Registry, tmp_path: Path) -> None:
-    """The page on synthetic events, rendered by headless Chromium: five plots, each drawn."""
-    events = recorded_events()
+    """The page on synthetic events, rendered by headless Chromium: six plots, each drawn."""
+    events = with_reviews(recorded_events())
     context = Context(
         ticket_task(),
         versions=registry.versions("acme", TASK),
@@ -272,7 +316,7 @@ def test_every_plot_draws_in_chromium(registry: Registry, tmp_path: Path) -> Non
     )
     write(build(Basis.recorded(events), context, Inputs()), tmp_path / "r.html", tmp_path / "r.json")
     seen = look(chromium(), tmp_path / "r.html", tmp_path)
-    assert sorted(seen.plots) == ["breakeven", "cost", "coverage", "share", "versions"]
+    assert sorted(seen.plots) == ["breakeven", "cost", "coverage", "people", "share", "versions"]
     for name, plot in seen.plots.items():
         assert plot.ink > 0.02, (name, plot)  # not a blank box
         assert plot.colours >= 3, (name, plot)  # lines and marks in the palette's colours, not one flat shade
@@ -300,6 +344,34 @@ def test_audits_show_as_live_accuracy_and_apart_in_the_spend(registry: Registry)
     assert data["totals"]["audit_usd"] == pytest.approx(0.01)
     assert data["totals"]["teacher_calls_usd"] == pytest.approx(10 * 0.003 + 0.01)
     assert "Live accuracy from 10 audits: 80.0%" in render(data)
+
+
+def test_the_review_sample_measures_what_was_served_against_people(registry: Registry) -> None:
+    events = with_reviews(recorded_events(40))
+    data = build(Basis.recorded(events), Context(ticket_task(), versions=registry.versions("acme", TASK)), Inputs())
+    people = data["people"]
+    assert (people["sampled"], people["reviewed"], people["pending"]) == (10, 9, 1)
+
+    def right(key: str) -> tuple[int, int]:
+        return people[key]["correct"], people[key]["n"]
+
+    assert right("served") == (7, 9)
+    assert right("student_answered") == (5, 6) and right("teacher_answered") == (2, 3)
+    assert right("teacher") == (6, 9) and right("student") == (5, 9)
+    assert people["versions"]["v0001"] == people["student_answered"]
+    d = people["served_minus_teacher"]
+    assert (d["n"], d["wins"], d["losses"]) == (9, 1, 0) and d["difference"] == pytest.approx(1 / 9)
+    page = render(data)
+    assert "10 requests in the review sample" in page and "9 labelled by a person, 1 waiting" in page
+    assert "Served minus teacher on the same 9 requests: +11.1 points" in page
+
+
+def test_without_a_review_sample_the_report_says_so(registry: Registry) -> None:
+    data = build(
+        Basis.recorded(recorded_events(30)), Context(ticket_task(), versions=registry.versions("acme", TASK)), Inputs()
+    )
+    assert data["people"] is None
+    assert "No request in this range is in a review sample" in render(data)
 
 
 def test_the_coverage_curve_holds_the_rules_ceiling_on_oos(tmp_path: Path) -> None:
