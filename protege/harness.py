@@ -15,8 +15,10 @@ import contextlib
 import json
 import os
 import platform
+import random
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,22 +235,33 @@ async def wait_stable(settings: Settings, groups: list[str], timeout: float = 12
 
 class StandinReviewer:
     """The OFFLINE STAND-IN for the people who label the review sample (``Task.review_rate``), for
-    benchmarks: it reads protege.review from the beginning and answers each request at once with
-    the data set's label (a person who is always right and never late), on protege.feedback as a
-    review (source ``standin-reviewer``). Runs in its own thread beside the traffic driver; what
-    it did is reported under that name.
+    benchmarks: it reads protege.review from the beginning and answers each request with the data
+    set's label on protege.feedback as a review (source ``standin-reviewer``). By default a person
+    who is always right and never late; ``noise`` makes that share of its labels wrong (another of
+    the data set's labels, drawn by a seeded hash of the request id, independent of the stand-in
+    teacher's mistakes), ``delay_s`` holds each label that long after the item arrived (what is
+    still held when the run ends is never sent). Runs in its own thread beside the traffic
+    driver; what it did is reported under that name.
 
-        with StandinReviewer(settings, {"bench-1": "refund", ...}) as reviewer:
+        with StandinReviewer(settings, {"bench-1": "refund", ...}, noise=0.05, delay_s=60) as reviewer:
             ...                                   # traffic; reviewer.reviewed counts the labels sent
     """
 
     SOURCE = "standin-reviewer"
 
-    def __init__(self, settings: Settings, labels: dict[str, str]) -> None:
+    def __init__(
+        self, settings: Settings, labels: dict[str, str], *, noise: float = 0.0, delay_s: float = 0.0, seed: int = 0
+    ) -> None:
         self.settings = settings
         self.labels = labels  # request id -> the data set's label
+        self.noise = noise
+        self.delay_s = delay_s
+        self.seed = seed
+        self.choices = sorted(set(labels.values()))
         self.reviewed = 0
+        self.wrong = 0  # labels sent that are not the data set's (noise)
         self.unknown = 0  # items of requests it has no label for (not the driver's)
+        self.held: deque[tuple[float, Feedback]] = deque()  # (when it is due, the review), in arrival order
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._loop()), name="standin-reviewer", daemon=True)
 
@@ -259,6 +272,20 @@ class StandinReviewer:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+
+    def describe(self) -> str:
+        how = "always right" if not self.noise else f"{self.noise:.0%} of its labels wrong"
+        when = "at once" if not self.delay_s else f"{self.delay_s:g} s after each item"
+        return f"OFFLINE STAND-IN reviewer (the data set's labels, {how}, {when})"
+
+    def label_for(self, request_id: str) -> str | None:
+        truth = self.labels.get(request_id)
+        if truth is None or not self.noise:
+            return truth
+        rng = random.Random(f"reviewer:{self.seed}:{request_id}")
+        if rng.random() >= self.noise:
+            return truth
+        return rng.choice([x for x in self.choices if x != truth] or [truth])
 
     async def _loop(self) -> None:
         t = self.settings.topics
@@ -271,7 +298,7 @@ class StandinReviewer:
                 for records in (await cons.getmany(timeout_ms=500)).values():
                     for r in records:
                         item = ReviewItem.model_validate_json(r.value or b"")
-                        label = self.labels.get(item.request_id)
+                        label = self.label_for(item.request_id)
                         if label is None:
                             self.unknown += 1
                             continue
@@ -284,9 +311,14 @@ class StandinReviewer:
                             source=self.SOURCE,
                             kind="review",
                         )
-                        out = Out.of(t.feedback, review)
-                        await prod.send(out.topic, out.value, key=out.key)
-                        self.reviewed += 1
+                        self.held.append((time.monotonic() + self.delay_s, review))
+                now = time.monotonic()
+                while self.held and self.held[0][0] <= now:
+                    _, review = self.held.popleft()
+                    out = Out.of(t.feedback, review)
+                    await prod.send(out.topic, out.value, key=out.key)
+                    self.reviewed += 1
+                    self.wrong += review.label != self.labels[review.request_id]
                 await prod.flush()
         finally:
             await cons.stop()

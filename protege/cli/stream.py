@@ -17,6 +17,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
@@ -124,7 +125,7 @@ def _stream_run(
     monitor: bool = False,
     keep: dict[str, Drive] | None = None,
     between: Callable[[LocalPipeline], None] | None = None,
-    reviews: dict[str, str] | None = None,
+    reviewer: Callable[[Settings], StandinReviewer] | None = None,
     export: Path | None = None,
 ) -> dict[str, Any]:
 
@@ -151,7 +152,7 @@ def _stream_run(
             services=services,
             keep=keep,
             between=between,
-            reviews=reviews,
+            reviewer=reviewer,
             export=export,
         )
     summary["wall_seconds"] = time.perf_counter() - started
@@ -236,7 +237,7 @@ def _run_phases(
     services: list[str],
     keep: dict[str, Drive] | None = None,
     between: Callable[[LocalPipeline], None] | None = None,
-    reviews: dict[str, str] | None = None,
+    reviewer: Callable[[Settings], StandinReviewer] | None = None,
     export: Path | None = None,
 ) -> None:
 
@@ -245,7 +246,7 @@ def _run_phases(
         p = stack.enter_context(LocalPipeline(home.resolve(), env=env, services=services))
         console.print(f"broker at {p.bootstrap}; service logs in {home / 'logs'}")
         settings = p.settings
-        reviewer = stack.enter_context(StandinReviewer(settings, reviews)) if reviews is not None else None
+        reviewing = stack.enter_context(reviewer(settings)) if reviewer is not None else None
         if "trainer" in services and not asyncio.run(wait_stable(settings, ["trainer"])):
             console.print("[yellow]the trainer has not joined its consumer group after 120 s; streaming anyway[/]")
         for i, (name, rows) in enumerate(phases.items()):
@@ -330,10 +331,12 @@ def _run_phases(
         summary["steps"] = [step_of(json.loads(m.value)) for m in models]
         summary["alerts"] = [json.loads(r.value) for r in asyncio.run(read_all(settings, settings.topics.alerts))]
         summary["dead_letters"] = {"count": len(dlq), "reasons": sorted({json.loads(r.value)["reason"] for r in dlq})}
-        if reviewer is not None:
+        if reviewing is not None:
             summary["review"] = {
-                "reviewer": "OFFLINE STAND-IN reviewer (the data set's labels, at once)",
-                "reviews_sent": reviewer.reviewed,
+                "reviewer": reviewing.describe(),
+                "reviews_sent": reviewing.reviewed,
+                "wrong": reviewing.wrong,
+                "held_at_the_end": len(reviewing.held),
             }
         if export is not None:
             the_task = load_tasks(Path(env["PROTEGE_TASKS_DIR"]))[task]
@@ -601,6 +604,14 @@ def bench_stream(
             max=1,
         ),
     ] = 0.0,
+    reviewer_noise: Annotated[
+        float,
+        typer.Option(help="Share of the stand-in reviewer's labels that are wrong (seeded).", min=0, max=1),
+    ] = 0.0,
+    reviewer_delay: Annotated[
+        float,
+        typer.Option(help="Seconds the stand-in reviewer takes to label each review item (0: at once).", min=0),
+    ] = 0.0,
     export: Annotated[
         Path | None,
         typer.Option(
@@ -683,7 +694,15 @@ def bench_stream(
         rate=rate,
         linger=10.0,
         between=scheduled_finetune if finetune_epochs else None,
-        reviews={f"bench-{r['id']}": r["label"] for r in train_rows + test_rows} if review_rate else None,
+        reviewer=partial(
+            StandinReviewer,
+            labels={f"bench-{r['id']}": r["label"] for r in train_rows + test_rows},
+            noise=reviewer_noise,
+            delay_s=reviewer_delay,
+            seed=seed,
+        )
+        if review_rate
+        else None,
         export=export,
     )
     if review_rate:
@@ -691,8 +710,10 @@ def bench_stream(
 
         summary["review"]["golden_rows"] = len(ReviewStore(home / "review").golden("bench", task))
         console.print(
-            f"review sample ({review_rate:.0%}): {summary['review']['reviews_sent']} labels from the OFFLINE "
-            f"STAND-IN reviewer; {summary['review']['golden_rows']} golden rows at the end"
+            f"review sample ({review_rate:.0%}): {summary['review']['reviews_sent']} labels from the "
+            f"{summary['review']['reviewer']} ({summary['review']['wrong']} wrong, "
+            f"{summary['review']['held_at_the_end']} still held at the end); "
+            f"{summary['review']['golden_rows']} golden rows at the end"
         )
     if finetuned:
         summary["finetune"] = finetuned
@@ -738,6 +759,8 @@ def bench_stream(
         "learn_accepted": learn_accepted,
         "max_false_accepts": max_false_accepts or None,
         "review_rate": review_rate,
+        "reviewer_noise": reviewer_noise,
+        "reviewer_delay_s": reviewer_delay,
     }
     report_json.parent.mkdir(parents=True, exist_ok=True)
     report_json.write_text(json.dumps(summary, indent=2))

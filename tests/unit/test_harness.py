@@ -43,3 +43,19 @@ def test_out_of_scope_requests_are_counted_three_ways() -> None:
     assert s["accuracy"] == 5 / 8
     none = summarize(Drive({o.request_id: o for o in outs[4:]}, [], 1.0))["scope"]
     assert none["out_of_scope"] == 0 and none["oos_recall"] is None and none["in_scope_deferred"] == 0.25
+
+
+def test_the_standin_reviewers_mistakes_are_seeded_and_apart_from_the_teachers() -> None:
+    from protege.harness import StandinReviewer
+    from protege.settings import Settings
+
+    truth = {f"r{i}": ("a", "b", "c")[i % 3] for i in range(2000)}
+    reviewer = StandinReviewer(Settings(), truth, noise=0.1, seed=5)
+    said = {rid: reviewer.label_for(rid) for rid in truth}
+    wrong = {rid for rid, label in said.items() if label != truth[rid]}
+    assert 140 <= len(wrong) <= 260  # 10% of 2,000, sd ~13
+    assert said == {rid: StandinReviewer(Settings(), truth, noise=0.1, seed=5).label_for(rid) for rid in truth}
+    assert wrong != {
+        rid for rid in truth if StandinReviewer(Settings(), truth, noise=0.1, seed=6).label_for(rid) != truth[rid]
+    }
+    assert StandinReviewer(Settings(), truth).label_for("r1") == "b" and reviewer.label_for("nobody") is None
