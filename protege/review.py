@@ -16,10 +16,22 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from protege.events import HarvestCase
 from protege.student.train import Trusted
 from protege.task import Task
+
+DONE = "done"  # a row's place in the order people completed the rows (both halves in)
+
+
+def _merge(rows: dict[str, dict[str, Any]], half: dict[str, str], completed: list[int]) -> None:
+    """One half into its row; a row that now has both gets the next place (``completed[0]``)."""
+    row = rows.setdefault(half["request_id"], {})
+    row.update(half)
+    if DONE not in row and "label" in row and "teacher" in row:
+        row[DONE] = completed[0]
+        completed[0] += 1
 
 
 class ReviewStore:
@@ -31,20 +43,21 @@ class ReviewStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.halves: dict[tuple[str, str], dict[str, dict[str, str]]] = {}
+        self.halves: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self.completed: dict[tuple[str, str], list[int]] = {}  # rows completed so far (a mutable count)
 
     def _path(self, tenant: str, task: str) -> Path:
         return self.root / tenant / f"{task}.jsonl"
 
-    def load(self, tenant: str, task: str) -> dict[str, dict[str, str]]:
+    def load(self, tenant: str, task: str) -> dict[str, dict[str, Any]]:
         key = (tenant, task)
         if key not in self.halves:
-            rows: dict[str, dict[str, str]] = {}
+            rows: dict[str, dict[str, Any]] = {}
+            completed = self.completed[key] = [0]
             path = self._path(tenant, task)
             if path.exists():
                 for line in path.read_text().splitlines():
-                    half = json.loads(line)
-                    rows.setdefault(half["request_id"], {}).update(half)
+                    _merge(rows, json.loads(line), completed)
             self.halves[key] = rows
         return self.halves[key]
 
@@ -55,27 +68,36 @@ class ReviewStore:
             half["label"] = case.label
         else:
             half["teacher"] = case.label
-        self.load(case.tenant, case.task).setdefault(case.request_id, {}).update(half)
+        rows = self.load(case.tenant, case.task)
+        _merge(rows, half, self.completed[(case.tenant, case.task)])
         path = self._path(case.tenant, case.task)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
             f.write(json.dumps(half) + "\n")
 
-    def golden(self, tenant: str, task: Task) -> list[Trusted]:
-        """The reviewed rows with both halves, each label one of the task's answers."""
+    def golden(self, tenant: str, task: Task, newest: int = 0) -> list[Trusted]:
+        """The reviewed rows with both halves, each label one of the task's answers (by request
+        id); with ``newest``, only that many, the last that people completed."""
         answers = set(task.answers)
+        done = [
+            (row[DONE], rid, row)
+            for rid, row in self.load(tenant, task.name).items()
+            if row.get("label") in answers and row.get("teacher") in answers
+        ]
+        if newest:
+            done = sorted(done)[-newest:]
         return [
             Trusted(rid, row["text"], row["label"], row["teacher"], source="review")
-            for rid, row in sorted(self.load(tenant, task.name).items())
-            if row.get("label") in answers and row.get("teacher") in answers
+            for _, rid, row in sorted(done, key=lambda d: d[1])
         ]
 
     def truth(self, tenant: str, task: Task, file: Sequence[Trusted] = ()) -> list[Trusted]:
         """The golden set a version of (tenant, task) is measured and certified on: the task's
-        golden file and the reviewed rows (a file row wins an id both hold). Without a file, the
-        reviewed rows count from ``gates.min_golden`` of them: until then the version is
-        certified as before (on agreement), not on a handful of rows that certify nothing."""
-        reviewed = self.golden(tenant, task)
+        golden file and the reviewed rows (a file row wins an id both hold), the newest
+        ``task.review_window`` of them when it is set. Without a file, the reviewed rows count
+        from ``gates.min_golden`` of them: until then the version is certified as before (on
+        agreement), not on a handful of rows that certify nothing."""
+        reviewed = self.golden(tenant, task, newest=task.review_window)
         if not file and len(reviewed) < task.student.gates.min_golden:
             return []
         return list(({t.request_id: t for t in reviewed} | {t.request_id: t for t in file}).values())

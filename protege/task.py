@@ -313,6 +313,13 @@ class Task(BaseModel):
         "they join the golden set, a uniform sample of live traffic that grows with it. Kept out of training; an "
         "accepted one is audited too. 0: the golden set is the file alone.",
     )
+    review_window: int = Field(
+        0,
+        ge=0,
+        description="Measure and certify each version on the newest N reviewed rows only (in the order people "
+        "completed them; 0: every reviewed row). Under a shift the golden set then follows today's traffic, not the "
+        "traffic of months ago; fewer rows certify less. The golden file's rows always count.",
+    )
     policy: Policy = Policy()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()

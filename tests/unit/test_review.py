@@ -164,6 +164,31 @@ def test_reviewed_rows_join_a_golden_file_at_once_and_stand_alone_from_min_golde
     assert [t.request_id for t in store.truth("acme", small)] == ["r0", "r1", "r2"]
 
 
+def test_a_review_window_keeps_the_rows_people_completed_last(tmp_path: Path) -> None:
+    store = ReviewStore(tmp_path)
+    windowed = TASK.model_copy(
+        update={
+            "review_window": 3,
+            "student": TASK.student.model_copy(
+                update={"gates": TASK.student.gates.model_copy(update={"min_golden": 3})}
+            ),
+        }
+    )
+    # teacher halves in id order; people complete r4, r0, r3, r1, r2 (a reviewer works out of order)
+    for i in range(5):
+        store.add(half(f"r{i}", "billing", "teacher"))
+    for i in (4, 0, 3, 1, 2):
+        store.add(half(f"r{i}", "billing", "feedback"))
+    assert [t.request_id for t in store.truth("acme", windowed)] == ["r1", "r2", "r3"]
+    store.add(half("r4", "refund", "feedback"))  # a changed mind does not make a row newer
+    assert [t.request_id for t in store.truth("acme", windowed)] == ["r1", "r2", "r3"]
+    file = [Trusted("f1", "file row", "billing", "refund")]
+    assert [t.request_id for t in store.truth("acme", windowed, file)] == ["r1", "r2", "r3", "f1"]  # the file counts
+    again = ReviewStore(tmp_path)  # a restarted trainer reads the same order back
+    assert [t.request_id for t in again.truth("acme", windowed)] == ["r1", "r2", "r3"]
+    assert len(again.truth("acme", TASK.model_copy(update={"student": windowed.student}))) == 5  # no window: all
+
+
 def test_the_trainer_never_learns_a_reviewed_case(tmp_path: Path) -> None:
     trained: list[list[Case]] = []
 
