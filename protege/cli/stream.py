@@ -604,6 +604,10 @@ def bench_stream(
             max=1,
         ),
     ] = 0.0,
+    review_window: Annotated[
+        int,
+        typer.Option(help="The task's review_window: certify on the newest N reviewed rows only (0: all).", min=0),
+    ] = 0,
     reviewer_noise: Annotated[
         float,
         typer.Option(help="Share of the stand-in reviewer's labels that are wrong (seeded).", min=0, max=1),
@@ -652,6 +656,7 @@ def bench_stream(
             ),
             "golden": "golden.jsonl" if golden_rows else None,
             "review_rate": review_rate,
+            "review_window": review_window,
             "student": StudentConfig.model_validate({**task.student.model_dump(), "learn_accepted": learn_accepted}),
         }
     )
@@ -759,6 +764,7 @@ def bench_stream(
         "learn_accepted": learn_accepted,
         "max_false_accepts": max_false_accepts or None,
         "review_rate": review_rate,
+        "review_window": review_window,
         "reviewer_noise": reviewer_noise,
         "reviewer_delay_s": reviewer_delay,
     }
