@@ -79,7 +79,7 @@ class Traffic:
     scored: list[Scored]
     decisions: dict[str, Decision] = field(default_factory=dict)
     teacher: dict[str, TeacherResult] = field(default_factory=dict)
-    feedback: dict[str, Feedback] = field(default_factory=dict)
+    feedback: dict[str, Feedback] = field(default_factory=dict)  # corrections (reviews are apart)
     responses: dict[str, Response] = field(default_factory=dict)
     sampled: set[str] = field(default_factory=set)  # in the review sample (the recorded decision says so)
     reviews: dict[str, Feedback] = field(default_factory=dict)  # a person's review of a sampled request
@@ -125,8 +125,9 @@ class Events:
         for r in self.teacher:
             t.teacher[r.request_id] = r  # the last answer (a held request is answered once; a check after)
         for f in self.feedback:
-            t.feedback[f.request_id] = f  # the latest word
-            if f.kind == "review" and f.request_id in t.sampled:  # the harvester refuses a review outside it
+            if f.kind == "correction":
+                t.feedback[f.request_id] = f  # the latest word
+            elif f.request_id in t.sampled:  # the harvester refuses a review outside the sample
                 t.reviews[f.request_id] = f  # a reviewer may change their mind: the last one
         for resp in self.responses:
             t.responses.setdefault(resp.request_id, resp)

@@ -14,7 +14,8 @@ candidate version, each request is re-scored by the version that scored it: repl
 recorded version and policy reproduces the recorded decisions, which ``matched`` counts.
 
 Labels come only from the record: the teacher's answers (escalations, ensemble checks,
-shadow) and people's feedback. An accepted answer with neither has no label, and the
+shadow, audits), people's corrections, and people's reviews of the review sample (judged
+apart: ``against_people``). An accepted answer with neither has no label, and the
 summary says how many there are rather than guessing their accuracy. A label on a request
 the re-scoring version learnt from (its ``trained_on.txt``) is left out of its accuracy.
 """
@@ -137,6 +138,7 @@ class Result:
                 "source": "OFFLINE STAND-IN (answers from labelled data)" if t.standin else "teacher",
             },
             "feedback_labels": len(t.feedback),
+            "review_labels": len(t.reviews),
             "cost_per_teacher_call_usd": per_call,
             "recorded": _side(self.rows, recorded=True, per_call=per_call, labels=self.candidate.task.answers),
             "replay": _side(self.rows, recorded=False, per_call=per_call, labels=self.candidate.task.answers),

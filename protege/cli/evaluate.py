@@ -347,7 +347,7 @@ def print_summary(s: dict[str, Any]) -> None:
     audits = rec["audit_calls"]
     out.print(
         f"labels on record: {labels['count']} from the {labels['source']} ({audits} of them audits), "
-        f"{s['feedback_labels']} from feedback; "
+        f"{s['feedback_labels']} from feedback (corrections), {s.get('review_labels', 0)} from people's reviews; "
         + (
             "accepted answers without a label are estimated from the audits (a uniform sample by request id)"
             if audits

@@ -26,6 +26,7 @@ from protege.registry import Registry
 from protege.review import ReviewStore
 from protege.state import read_all
 from protege.task import load_task
+from tests.browser import chromium, look
 from tests.helpers import pipeline_env
 
 pytestmark = pytest.mark.kafka
@@ -105,6 +106,8 @@ def test_reviewed_requests_become_golden_rows_and_never_train(
         assert (people["sampled"], people["reviewed"], people["pending"]) == (len(sampled), len(sampled), 0)
         assert people["served"]["correct"] == people["teacher"]["correct"] == len(sampled)
         assert f"{len(sampled)} labelled by a person, 0 waiting" in page.read_text()
+        people_plot = look(chromium(), page, tmp_path).plots["people"]
+        assert people_plot.ink > 0.02 and people_plot.colours >= 2, people_plot  # its bars, in the report's colours
 
         reviews = ReviewStore(settings.home / "review")
 
