@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from protege.certify import Evidence, accepted_by, choose_rule, cp_upper
+from protege.certify import Evidence, Goal, accepted_by, choose_rule, cp_upper
 from protege.errors import ConfigError
 from protege.events import AcceptRule
 from protege.registry import Registry
@@ -534,15 +534,47 @@ def latency_ms(encoder: Encoder, texts: Sequence[str], runs: int = 40) -> tuple[
     return float(np.percentile(took, 50)), float(np.percentile(took, 95))
 
 
-def serving_metrics(folder: Path, golden: Sequence[Case], gates: Gates, threads: int) -> dict[str, Any]:
-    """The serving version's golden metrics, under its own calibration, bank and rule."""
+def truth_evidence(trusted: Scores, truth: Sequence[Trusted]) -> Evidence:
+    """What a rule is certified on when trusted labels exist: a model's scores on them, and
+    whether the teacher was right on each."""
+    return Evidence(
+        "golden",
+        trusted.probs.max(axis=1),
+        trusted.ood,
+        trusted.correct,
+        np.asarray([t.teacher == t.label for t in truth], dtype=bool),
+        out_of_scope=np.asarray([t.label == OOS for t in truth], dtype=bool),
+        answered_oos=trusted.answered_oos,
+        oos_probability=trusted.oos_probability,
+    )
+
+
+def serving_metrics(
+    folder: Path,
+    golden: Sequence[Case],
+    gates: Gates,
+    threads: int,
+    truth: Sequence[Trusted] = (),
+    goal: Goal | None = None,
+) -> dict[str, Any]:
+    """The serving version's golden metrics under its own calibration and bank. Its rule: with
+    trusted rows and a goal, the one the same certification gives it on those rows now — the
+    candidate's was just certified on them, so both are judged alike, and a rule certified on
+    the rows of months ago (which a shift may have made too loose) does not set the bar — else
+    the rule it serves with."""
     from protege.student.runtime import Student
 
     s = Student(folder, providers="cpu", threads=threads)
     scores, _ = scores_of(
         s.encoder, [c.text for c in golden], [c.label for c in golden], s.labels, s.temperature, s.bank
     )
-    return evaluate(scores, s.labels, s.rule, gates, [c.label for c in golden]) | {"version": s.version}
+    rule, how = s.rule, "as served"
+    if truth and goal is not None:
+        trusted, _ = scores_of(
+            s.encoder, [t.text for t in truth], [t.label for t in truth], s.labels, s.temperature, s.bank
+        )
+        rule, how = choose_rule(goal, truth_evidence(trusted, truth)), f"re-certified on {len(truth)} trusted rows"
+    return evaluate(scores, s.labels, rule, gates, [c.label for c in golden]) | {"version": s.version, "rule": how}
 
 
 @dataclass(frozen=True)
@@ -784,18 +816,7 @@ def train_version(
     trusted = score([t.text for t in truth], [t.label for t in truth], temperature)
     teacher_right = np.asarray([t.teacher == t.label for t in truth], dtype=bool)
     evidence = (
-        Evidence(
-            "golden",
-            trusted.probs.max(axis=1),
-            trusted.ood,
-            trusted.correct,
-            teacher_right,
-            out_of_scope=np.asarray([t.label == OOS for t in truth], dtype=bool),
-            answered_oos=trusted.answered_oos,
-            oos_probability=trusted.oos_probability,
-        )
-        if truth
-        else Evidence("agreement", cal.probs.max(axis=1), cal.ood, cal.correct)
+        truth_evidence(trusted, truth) if truth else Evidence("agreement", cal.probs.max(axis=1), cal.ood, cal.correct)
     )
     rule = choose_rule(goal, evidence)
     gold = score([c.text for c in golden], [c.label for c in golden], temperature)
@@ -810,7 +831,9 @@ def train_version(
     np.savez_compressed(tmp / HELD_OUT, **view)  # type: ignore[arg-type]
     gold_metrics = evaluate(gold, labels, rule, gates, [c.label for c in golden])
     p50, p95 = latency_ms(served, [c.text for c in (golden or calib or fit)])
-    serving_m = serving_metrics(serving, golden, gates, threads) if serving is not None and golden else None
+    serving_m = (
+        serving_metrics(serving, golden, gates, threads, truth, goal) if serving is not None and golden else None
+    )
     failed = gate_failures(gold_metrics, serving_m, p95, gates)
 
     metrics = {

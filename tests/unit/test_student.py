@@ -19,11 +19,13 @@ from protege.student.train import (
     Case,
     EmbeddingCache,
     FastRecipe,
+    Trusted,
     choose_rule,
     ece,
     fit_temperature,
     gate_failures,
     macro_f1,
+    serving_metrics,
     split_cases,
     train_version,
 )
@@ -532,3 +534,29 @@ def test_a_version_certified_under_a_false_accept_cap_keeps_its_view_of_oos(
     held = np.load(result.folder / "held_out.npz")
     assert len(held["oos_probability"]) == len(held["answered_oos"]) == len(held["confidence"])
     assert held["answered_oos"].any() and (held["oos_probability"][held["answered_oos"]] > 0.3).all()
+
+
+def test_the_serving_version_is_held_to_the_rule_todays_rows_certify(version, task: Task) -> None:
+    """The release gate compares a candidate's certified coverage with the serving version's.
+    With trusted rows, the serving version's rule is the one the same certification gives it on
+    them now, not the one it certified when it was trained: on rows like its training data it
+    certifies what they allow (here more than its own rule, certified on agreement for 0.97,
+    which is none); after a shift (every label moved to another queue, the teacher's with it)
+    it certifies nothing, so an old rule does not hold back a candidate certified on today's rows."""
+    result, held = version
+    golden = [Case(r["id"], r["text"], r["label"]) for r in held[:100]]
+    queues = sorted({r["label"] for r in held})
+
+    def moved(label: str) -> str:
+        return queues[(queues.index(label) + 1) % len(queues)]
+
+    gates, goal = task.student.gates, Goal(accuracy=0.8, confidence=0.95)
+    as_served = serving_metrics(result.folder, golden, gates, 1)
+    manifest = json.loads((result.folder / "manifest.json").read_text())
+    assert as_served["rule"] == "as served" and manifest["acceptance"] is None and as_served["coverage"] == 0
+    unchanged = [Trusted(r["id"], r["text"], r["label"], r["label"]) for r in held]
+    now = serving_metrics(result.folder, golden, gates, 1, unchanged, goal)
+    assert now["rule"] == f"re-certified on {len(held)} trusted rows" and now["coverage"] > 0.3
+    assert now["accuracy"] == as_served["accuracy"]  # the same answers on the same golden cases: only the rule moved
+    shifted = [Trusted(r["id"], r["text"], moved(r["label"]), moved(r["label"])) for r in held]
+    assert serving_metrics(result.folder, golden, gates, 1, shifted, goal)["coverage"] == 0
