@@ -25,15 +25,6 @@ from protege.task import Task
 DONE = "done"  # a row's place in the order people completed the rows (both halves in)
 
 
-def _merge(rows: dict[str, dict[str, Any]], half: dict[str, str], completed: list[int]) -> None:
-    """One half into its row; a row that now has both gets the next place (``completed[0]``)."""
-    row = rows.setdefault(half["request_id"], {})
-    row.update(half)
-    if DONE not in row and "label" in row and "teacher" in row:
-        row[DONE] = completed[0]
-        completed[0] += 1
-
-
 class ReviewStore:
     """The golden rows grown from live traffic: per (tenant, task), the teacher's answer and a
     person's label on each request of the review sample (``Task.review_rate``), arriving in
@@ -44,7 +35,15 @@ class ReviewStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.halves: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-        self.completed: dict[tuple[str, str], list[int]] = {}  # rows completed so far (a mutable count)
+        self.completed: dict[tuple[str, str], int] = {}  # rows with both halves so far
+
+    def _merge(self, key: tuple[str, str], half: dict[str, str]) -> None:
+        """One half into its row; a row that now has both gets the next place in ``DONE``."""
+        row = self.halves[key].setdefault(half["request_id"], {})
+        row.update(half)
+        if DONE not in row and "label" in row and "teacher" in row:
+            row[DONE] = self.completed[key]
+            self.completed[key] += 1
 
     def _path(self, tenant: str, task: str) -> Path:
         return self.root / tenant / f"{task}.jsonl"
@@ -52,13 +51,11 @@ class ReviewStore:
     def load(self, tenant: str, task: str) -> dict[str, dict[str, Any]]:
         key = (tenant, task)
         if key not in self.halves:
-            rows: dict[str, dict[str, Any]] = {}
-            completed = self.completed[key] = [0]
+            self.halves[key], self.completed[key] = {}, 0
             path = self._path(tenant, task)
             if path.exists():
                 for line in path.read_text().splitlines():
-                    _merge(rows, json.loads(line), completed)
-            self.halves[key] = rows
+                    self._merge(key, json.loads(line))
         return self.halves[key]
 
     def add(self, case: HarvestCase) -> None:
@@ -68,8 +65,8 @@ class ReviewStore:
             half["label"] = case.label
         else:
             half["teacher"] = case.label
-        rows = self.load(case.tenant, case.task)
-        _merge(rows, half, self.completed[(case.tenant, case.task)])
+        self.load(case.tenant, case.task)
+        self._merge((case.tenant, case.task), half)
         path = self._path(case.tenant, case.task)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
