@@ -239,9 +239,12 @@ class StandinReviewer:
     set's label on protege.feedback as a review (source ``standin-reviewer``). By default a person
     who is always right and never late; ``noise`` makes that share of its labels wrong (another of
     the data set's labels, drawn by a seeded hash of the request id, independent of the stand-in
-    teacher's mistakes), ``delay_s`` holds each label that long after the item arrived (what is
-    still held when the run ends is never sent). Runs in its own thread beside the traffic
-    driver; what it did is reported under that name.
+    teacher's mistakes), ``follow`` makes it share the teacher's blind spots: on that share of the
+    requests the stand-in teacher gets wrong (``teacher``: request id -> the teacher's answer) it
+    gives the teacher's wrong label too, as a person who confuses the same intents would.
+    ``delay_s`` holds each label that long after the item arrived (what is still held when the run
+    ends is never sent). Runs in its own thread beside the traffic driver; what it did is reported
+    under that name.
 
         with StandinReviewer(settings, {"bench-1": "refund", ...}, noise=0.05, delay_s=60) as reviewer:
             ...                                   # traffic; reviewer.reviewed counts the labels sent
@@ -250,16 +253,29 @@ class StandinReviewer:
     SOURCE = "standin-reviewer"
 
     def __init__(
-        self, settings: Settings, labels: dict[str, str], *, noise: float = 0.0, delay_s: float = 0.0, seed: int = 0
+        self,
+        settings: Settings,
+        labels: dict[str, str],
+        *,
+        noise: float = 0.0,
+        follow: float = 0.0,
+        teacher: dict[str, str] | None = None,
+        delay_s: float = 0.0,
+        seed: int = 0,
     ) -> None:
+        if follow and teacher is None:
+            raise ValueError("follow needs the teacher's answers (request id -> label)")
         self.settings = settings
         self.labels = labels  # request id -> the data set's label
         self.noise = noise
+        self.follow = follow
+        self.teacher = teacher or {}
         self.delay_s = delay_s
         self.seed = seed
         self.choices = sorted(set(labels.values()))
         self.reviewed = 0
-        self.wrong = 0  # labels sent that are not the data set's (noise)
+        self.wrong = 0  # labels sent that are not the data set's (noise or the teacher's mistakes)
+        self.followed = 0  # of those, the teacher's own wrong label
         self.unknown = 0  # items of requests it has no label for (not the driver's)
         self.held: deque[tuple[float, Feedback]] = deque()  # (when it is due, the review), in arrival order
         self._stop = threading.Event()
@@ -275,15 +291,20 @@ class StandinReviewer:
 
     def describe(self) -> str:
         how = "always right" if not self.noise else f"{self.noise:.0%} of its labels wrong"
+        if self.follow:
+            how += f", repeating {self.follow:.0%} of the teacher's mistakes"
         when = "at once" if not self.delay_s else f"{self.delay_s:g} s after each item"
         return f"OFFLINE STAND-IN reviewer (the data set's labels, {how}, {when})"
 
     def label_for(self, request_id: str) -> str | None:
         truth = self.labels.get(request_id)
-        if truth is None or not self.noise:
-            return truth
+        if truth is None:
+            return None
+        said = self.teacher.get(request_id, truth)
+        if said != truth and self.follow and random.Random(f"follow:{self.seed}:{request_id}").random() < self.follow:
+            return said
         rng = random.Random(f"reviewer:{self.seed}:{request_id}")
-        if rng.random() >= self.noise:
+        if not self.noise or rng.random() >= self.noise:
             return truth
         return rng.choice([x for x in self.choices if x != truth] or [truth])
 
@@ -318,7 +339,9 @@ class StandinReviewer:
                     out = Out.of(t.feedback, review)
                     await prod.send(out.topic, out.value, key=out.key)
                     self.reviewed += 1
-                    self.wrong += review.label != self.labels[review.request_id]
+                    wrong = review.label != self.labels[review.request_id]
+                    self.wrong += wrong
+                    self.followed += wrong and review.label == self.teacher.get(review.request_id)
                 await prod.flush()
         finally:
             await cons.stop()

@@ -336,6 +336,7 @@ def _run_phases(
                 "reviewer": reviewing.describe(),
                 "reviews_sent": reviewing.reviewed,
                 "wrong": reviewing.wrong,
+                "followed_teacher": reviewing.followed,
                 "held_at_the_end": len(reviewing.held),
             }
         if export is not None:
@@ -612,6 +613,15 @@ def bench_stream(
         float,
         typer.Option(help="Share of the stand-in reviewer's labels that are wrong (seeded).", min=0, max=1),
     ] = 0.0,
+    reviewer_follows_teacher: Annotated[
+        float,
+        typer.Option(
+            help="Share of the stand-in teacher's mistakes the stand-in reviewer repeats (people with the "
+            "teacher's blind spots; seeded). 0: its mistakes, if any, are independent of the teacher's.",
+            min=0,
+            max=1,
+        ),
+    ] = 0.0,
     reviewer_delay: Annotated[
         float,
         typer.Option(help="Seconds the stand-in reviewer takes to label each review item (0: at once).", min=0),
@@ -690,6 +700,18 @@ def bench_stream(
     def scheduled_finetune(p: LocalPipeline) -> None:
         finetuned.update(_scheduled_finetune(p, "bench", task_name, finetune_epochs, oos_weight))
 
+    # The stand-in as the teacher worker runs it (the same ids, seed and noise): what it will answer.
+    worker_teacher = StandinTeacher(
+        {r["text"]: r["label"] for r in train_rows + test_rows}, noise=teacher_noise, confused=confused
+    )
+    said: dict[str, str] | None = None
+    if review_rate and reviewer_follows_teacher:  # the mistakes the reviewer repeats
+        streamed = [(f"bench-{r['id']}", r["text"]) for r in train_rows + test_rows]
+        said = dict(
+            zip(
+                [rid for rid, _ in streamed], asyncio.run(_standin_answers(worker_teacher, task, streamed)), strict=True
+            )
+        )
     summary = _stream_run(
         home,
         env,
@@ -703,6 +725,8 @@ def bench_stream(
             StandinReviewer,
             labels={f"bench-{r['id']}": r["label"] for r in train_rows + test_rows},
             noise=reviewer_noise,
+            follow=reviewer_follows_teacher,
+            teacher=said,
             delay_s=reviewer_delay,
             seed=seed,
         )
@@ -717,6 +741,7 @@ def bench_stream(
         console.print(
             f"review sample ({review_rate:.0%}): {summary['review']['reviews_sent']} labels from the "
             f"{summary['review']['reviewer']} ({summary['review']['wrong']} wrong, "
+            f"{summary['review']['followed_teacher']} of them the teacher's own mistake, "
             f"{summary['review']['held_at_the_end']} still held at the end); "
             f"{summary['review']['golden_rows']} golden rows at the end"
         )
@@ -732,12 +757,11 @@ def bench_stream(
         all_cost, method = per_call * len(test_rows), "mean measured cost per teacher call x test requests"
     summary["all_teacher"] = {"cost_usd": all_cost, "requests": len(test_rows), "method": method}
     if "STAND-IN" in summary["teacher"]:
-        # The stand-in's own answers on the test requests (the same ids, seed and noise as the
-        # teacher worker's): what all-teacher would have scored against the ground truth.
-        noisy = StandinTeacher(
-            {r["text"]: r["label"] for r in train_rows + test_rows}, noise=teacher_noise, confused=confused
+        # The stand-in's own answers on the test requests: what all-teacher would have scored
+        # against the ground truth.
+        answers = asyncio.run(
+            _standin_answers(worker_teacher, task, [(f"bench-{r['id']}", r["text"]) for r in test_rows])
         )
-        answers = asyncio.run(_standin_answers(noisy, task, [(f"bench-{r['id']}", r["text"]) for r in test_rows]))
         right = sum(a == r["label"] for a, r in zip(answers, test_rows, strict=True))
         summary["all_teacher"] |= {
             "accuracy": right / len(test_rows) if test_rows else None,
@@ -766,6 +790,7 @@ def bench_stream(
         "review_rate": review_rate,
         "review_window": review_window,
         "reviewer_noise": reviewer_noise,
+        "reviewer_follows_teacher": reviewer_follows_teacher,
         "reviewer_delay_s": reviewer_delay,
     }
     report_json.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from protege.events import Response
 from protege.harness import Drive, Outcome, summarize
 
@@ -59,3 +61,28 @@ def test_the_standin_reviewers_mistakes_are_seeded_and_apart_from_the_teachers()
         rid for rid in truth if StandinReviewer(Settings(), truth, noise=0.1, seed=6).label_for(rid) != truth[rid]
     }
     assert StandinReviewer(Settings(), truth).label_for("r1") == "b" and reviewer.label_for("nobody") is None
+
+
+def test_a_reviewer_with_the_teachers_blind_spots_repeats_that_share_of_its_mistakes() -> None:
+    from protege.harness import StandinReviewer
+    from protege.settings import Settings
+
+    truth = {f"r{i}": ("a", "b", "c")[i % 3] for i in range(2000)}
+    teacher = {
+        rid: ("c" if label == "a" else label) if i % 4 == 0 else label for i, (rid, label) in enumerate(truth.items())
+    }
+    mistakes = {rid for rid in truth if teacher[rid] != truth[rid]}  # every 12th request: a -> c
+    same = StandinReviewer(Settings(), truth, follow=1.0, teacher=teacher)
+    assert {rid: same.label_for(rid) for rid in truth} == teacher  # the teacher's mistakes, and only those
+
+    half = StandinReviewer(Settings(), truth, follow=0.5, teacher=teacher, seed=2)
+    repeated = {rid for rid in truth if half.label_for(rid) != truth[rid]}
+    assert repeated <= mistakes and 0.35 * len(mistakes) <= len(repeated) <= 0.65 * len(mistakes)  # 167, sd ~6.5
+    assert all(half.label_for(rid) == teacher[rid] for rid in repeated)
+    assert "repeating 50% of the teacher's mistakes" in half.describe()
+
+    both = StandinReviewer(Settings(), truth, noise=0.1, follow=1.0, teacher=teacher, seed=2)
+    other = {rid for rid in truth if rid not in mistakes and both.label_for(rid) != truth[rid]}
+    assert 0.05 * 2000 <= len(other) <= 0.15 * 2000  # its own mistakes elsewhere, independent
+    with pytest.raises(ValueError, match="teacher's answers"):
+        StandinReviewer(Settings(), truth, follow=0.5)
