@@ -43,7 +43,18 @@ from rich.table import Table
 
 from protege.events import Scored
 from protege.generator import generate, write_jsonl
-from protege.harness import Drive, cpu_seconds, drive, machine, percentile, summarize, time_records, wait_quiet
+from protege.harness import (
+    Drive,
+    cpu_seconds,
+    drive,
+    java_thread_names,
+    machine,
+    percentile,
+    summarize,
+    thread_cpu_seconds,
+    time_records,
+    wait_quiet,
+)
 from protege.kafka import ensure_topics
 from protege.pipeline import LocalPipeline
 from protege.profiles import Profile
@@ -194,11 +205,14 @@ def run_layout(args: argparse.Namespace, layout: str, console: Console) -> dict[
             console.print(f"{layout}: {label + ' req/s' if rate else 'as fast as possible'} ({n} requests) ...")
             since_ms = int(time.time() * 1000) - 1000
             pids = {} if args.profile else processes(p)
+            broker_names = java_thread_names(pids["broker"]) if "broker" in pids else {}
+            threads0 = thread_cpu_seconds(pids["broker"], broker_names) if "broker" in pids else {}
             cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
             d = asyncio.run(
                 drive(settings, chunk, tenant=TENANT, task=TASK, rate=rate, timeout=max(120.0, args.seconds * 10))
             )
             cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            threads1 = thread_cpu_seconds(pids["broker"], broker_names) if "broker" in pids else {}
             s = summarize(d)
             phase = {
                 "rate": rate,
@@ -211,6 +225,18 @@ def run_layout(args: argparse.Namespace, layout: str, console: Console) -> dict[
                     for name in pids
                     if cpu0[name] is not None and cpu1[name] is not None
                 },
+                # The broker's CPU by kind of thread (request handlers, network threads, the
+                # transaction coordinator's marker sender, the JIT, GC), threads that lived through the phase.
+                "broker_threads_ms_per_answer": dict(
+                    sorted(
+                        (
+                            (kind, 1000 * (spent - threads0[kind]) / max(1, s["answered"]))
+                            for kind, spent in threads1.items()
+                            if kind in threads0 and spent > threads0[kind]
+                        ),
+                        key=lambda kv: -kv[1],
+                    )
+                ),
                 "student_hops_ms": asyncio.run(student_hops(settings, d, since_ms)),
                 "raw_broker_ms": asyncio.run(asyncio.wait_for(raw_broker(settings, n, rate), timeout=120)),
             }
@@ -297,6 +323,10 @@ def print_layout(report: dict[str, Any], args: argparse.Namespace, console: Cons
             per = r["cpu_ms_per_answer"]
             cpu.add_row(r["label"], *(f"{per.get(n, 0):.1f}" for n in names), f"{sum(per.values()):.1f}")
         console.print(cpu)
+    for r in report["rates"]:
+        if r.get("broker_threads_ms_per_answer"):
+            top = ", ".join(f"{k} {v:.1f}" for k, v in list(r["broker_threads_ms_per_answer"].items())[:8])
+            console.print(f"{report['layout']}: {r['label']}: broker CPU ms per answer by thread: {top}")
     for name, prof in (report.get("profiles") or {}).items():
         top = ", ".join(f"{part} {100 * share:.0f}%" for part, share in list(prof["shares"].items())[:6])
         console.print(f"{report['layout']}: profile {name} ({prof['samples']} samples): {top}")

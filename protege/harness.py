@@ -16,6 +16,9 @@ import json
 import os
 import platform
 import random
+import re
+import shutil
+import subprocess
 import threading
 import time
 from collections import deque
@@ -528,6 +531,40 @@ def cpu_seconds(pid: int | str) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def java_thread_names(pid: int | str) -> dict[int, str]:
+    """A JVM's thread ids -> their whole names, from ``jcmd PID Thread.print`` (the kernel keeps
+    15 characters of a name, too few to tell a broker's request handlers from its network
+    threads); empty without ``jcmd`` or a JVM at ``pid``."""
+    jcmd = shutil.which("jcmd")
+    if jcmd is None:
+        return {}
+    try:
+        dump = subprocess.run([jcmd, str(pid), "Thread.print"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {int(m[2], 16): m[1] for m in re.finditer(r'^"(.+?)" .*?\bnid=0x([0-9a-f]+)', dump, re.M)}
+
+
+def thread_cpu_seconds(pid: int | str, names: dict[int, str] | None = None) -> dict[str, float]:
+    """CPU seconds per kind of thread of a process so far, from /proc/<pid>/task/*/stat; threads
+    named alike but for their numbers are summed (a JVM names its threads, so the broker's CPU
+    splits into request handlers, network threads, the transaction marker sender, GC, the JIT).
+    ``names`` (thread id -> name, ``java_thread_names``) replaces the kernel's cut names. Threads
+    that ended are not counted; empty once the process has gone."""
+    kinds: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            head, _, tail = stat.read_text().rpartition(")")
+        except OSError:
+            continue
+        fields = tail.split()
+        name = (names or {}).get(int(stat.parent.name)) or head.partition("(")[2]
+        kind = re.sub(r"[-#]\d+\b|\d+$", "", name).strip() or "?"
+        kinds[kind] = kinds.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return kinds
 
 
 def machine() -> dict[str, Any]:

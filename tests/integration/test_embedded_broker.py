@@ -58,3 +58,19 @@ def test_time_records_counts_every_record_once(settings: Settings) -> None:
     assert len(flat_out) == 40 and len(paced) == 20
     assert all(ms >= 0 for ms in flat_out + paced)
     assert seconds >= 19 / 50  # paced: the last record is sent no earlier than its slot
+
+
+def test_the_brokers_cpu_splits_by_kind_of_thread(kafka: EmbeddedBroker) -> None:
+    # What loadtests/stream_rates.py puts beside each phase: the JVM's whole thread names from
+    # jcmd (the kernel keeps 15 characters), numbered threads summed into their kind.
+    from protege.harness import cpu_seconds, java_thread_names, thread_cpu_seconds
+
+    pid = kafka.pid()
+    assert pid is not None
+    names = java_thread_names(pid)
+    assert "data-plane-kafka-request-handler-0" in names.values()
+    kinds = thread_cpu_seconds(pid, names)
+    assert "data-plane-kafka-request-handler" in kinds and "data-plane-kafka-request-handler-0" not in kinds
+    assert sum(kinds.values()) <= (cpu_seconds(pid) or 0) + 0.05  # threads that ended are not counted
+    cut = thread_cpu_seconds(pid)  # without jcmd's names: the kernel's
+    assert "data-plane-kafk" in cut and sum(cut.values()) == pytest.approx(sum(kinds.values()), abs=0.5)
