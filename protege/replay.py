@@ -164,7 +164,9 @@ def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
     p = correct / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # The interval holds p; at p = 0 or 1 rounding can leave its end a hair inside (seen: a page
+    # whose teacher was right on every reviewed row could not draw its error bar).
+    return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
 
 
 def _accuracy(pairs: Sequence[tuple[str | None, str]]) -> dict[str, Any]:

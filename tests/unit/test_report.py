@@ -25,7 +25,19 @@ from protege.events import (
 )
 from protege.recorded import Events, Selection
 from protege.registry import Registry
-from protege.report import Basis, Context, Inputs, Point, Throughput, breakeven, build, render, timeline, write
+from protege.report import (
+    PEOPLE_ROWS,
+    Basis,
+    Context,
+    Inputs,
+    Point,
+    Throughput,
+    breakeven,
+    build,
+    render,
+    timeline,
+    write,
+)
 from protege.student.manifest import HELD_OUT, Calibration, Data, GateReport, Manifest, Ood, Target
 from protege.task import Drift, Task, load_task
 from tests.browser import chromium, look
@@ -405,3 +417,16 @@ def test_the_coverage_curve_holds_the_rules_ceiling_on_oos(tmp_path: Path) -> No
     plain = coverage_curve(tmp_path, 0.9, rule | {"max_oos_probability": None})
     assert plain is not None
     assert plain["operating_point"]["coverage"] == pytest.approx(((conf >= 0.5) & (ood <= 0.45)).mean(), abs=1e-4)
+
+
+def test_the_people_plot_draws_a_teacher_right_on_every_reviewed_row() -> None:
+    # Seen on a bench whose stand-in reviewer repeated every teacher mistake: the teacher right
+    # on all 6 of a range's reviewed rows, and the error bar's upper arm came out negative.
+    from protege.replay import wilson
+    from protege.report import plot_people
+
+    def acc(correct: int, n: int) -> dict[str, object]:
+        return {"n": n, "correct": correct, "accuracy": correct / n, "interval95": wilson(correct, n)}
+
+    people = {key: acc(6, 6) for key, *_ in PEOPLE_ROWS} | {"student": acc(0, 6)}
+    assert "<svg" in plot_people({"people": people})
