@@ -293,9 +293,9 @@ class StandinReviewer:
         self._thread.join(timeout=30)
 
     def describe(self) -> str:
-        how = "always right" if not self.noise else f"{self.noise:.0%} of its labels wrong"
-        if self.follow:
-            how += f", repeating {self.follow:.0%} of the teacher's mistakes"
+        wrong = [f"{self.noise:.0%} of its labels wrong"] if self.noise else []
+        wrong += [f"repeating {self.follow:.0%} of the teacher's mistakes"] if self.follow else []
+        how = ", ".join(wrong) or "always right"
         when = "at once" if not self.delay_s else f"{self.delay_s:g} s after each item"
         return f"OFFLINE STAND-IN reviewer (the data set's labels, {how}, {when})"
 
