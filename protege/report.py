@@ -561,6 +561,7 @@ def plot_coverage(data: dict[str, Any]) -> str:
     return _svg(fig)
 
 
+BLIND_SPOT_ROWS = 100  # reviewed rows on which a teacher never wrong is worth a warning
 PEOPLE_ROWS = (  # (key, what, colour)
     ("served", "answers served", "good"),
     ("student_answered", "served by the student", "student"),
@@ -714,6 +715,7 @@ h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 6px} .sub{colo
 .card b{display:block;font-size:18px} figure.plot{margin:6px 0} figure.plot svg{width:100%;height:auto}
 table{border-collapse:collapse;font-size:13px;margin:6px 0} td,th{border-bottom:1px solid #e2e8f0;padding:3px 8px;text-align:left}
 td.n{text-align:right;font-variant-numeric:tabular-nums} .input{color:#6b46c1}
+.warn{border-left:4px solid #c05621;padding-left:8px}
 """
 
 
@@ -837,6 +839,16 @@ def _people_note(data: dict[str, Any]) -> str:
     for version, acc in people["versions"].items():
         rows.append((f"served by {version}", acc["n"], *_interval(acc)))
     table = _table(("", "reviewed", "accuracy", "95% interval"), rows, (1, 2, 3))
+    teacher = people["teacher"]
+    if teacher["n"] >= BLIND_SPOT_ROWS and teacher["correct"] == teacher["n"]:
+        # Measured (README, "a reviewer with the teacher's blind spots"): people who repeat the
+        # teacher's mistakes make it look perfect, and a relative target then shuts the student out.
+        table += (
+            f"<p class='sub warn'>People agreed with the teacher on every one of {teacher['n']:,} reviewed "
+            "requests. Either it is never wrong here, or the reviewers are not independent of it (they saw its "
+            "answer, or confuse what it confuses): then its mistakes are invisible here, and a target relative "
+            "to the teacher asks the student to repeat them.</p>"
+        )
     d = people["served_minus_teacher"]
     if d is None:
         return head + table

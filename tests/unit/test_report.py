@@ -430,3 +430,14 @@ def test_the_people_plot_draws_a_teacher_right_on_every_reviewed_row() -> None:
 
     people = {key: acc(6, 6) for key, *_ in PEOPLE_ROWS} | {"student": acc(0, 6)}
     assert "<svg" in plot_people({"people": people})
+
+
+def test_a_teacher_people_never_correct_is_flagged(registry: Registry) -> None:
+    context = Context(ticket_task(), versions=registry.versions("acme", TASK))
+    data = build(Basis.recorded(with_reviews(recorded_events(40))), context, Inputs())
+    assert "agreed with the teacher on every one" not in render(data)  # right on 6 of 9
+    teacher = data["people"]["teacher"]
+    data["people"]["teacher"] = teacher | {"n": 120, "correct": 120, "accuracy": 1.0, "interval95": (0.97, 1.0)}
+    assert "agreed with the teacher on every one of 120 reviewed requests" in render(data)
+    data["people"]["teacher"] = teacher | {"n": 99, "correct": 99, "accuracy": 1.0, "interval95": (0.96, 1.0)}
+    assert "agreed with the teacher on every one" not in render(data)  # too few to say
