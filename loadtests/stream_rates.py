@@ -21,7 +21,10 @@ written ``50%`` is that share of it, and every phase's throughput is also given 
 of it. The summary names the highest fixed rate that was sustained (every request answered,
 the answers kept pace) with student-path p95 under ``--p95-target`` ms. ``--layouts``
 runs the whole thing once per layout (``separate``: scorer and verifier; ``fused``:
-``PROTEGE_FUSED=1``, the scorer decides), one after the other. ``--profile`` restarts the
+``PROTEGE_FUSED=1``, the scorer decides), one after the other; ``--broker-jvm`` once per set of
+the broker's JVM flags as well, each on a fresh broker. The broker's CPU is also split by kind
+of thread (request handlers, network threads, the JIT compiler, GC: ``jcmd`` names them).
+``--profile`` restarts the
 services under py-spy after the warm-up and summarises where each one's CPU went (its
 latencies then include py-spy's sampling: profile in a run of its own). Prints tables,
 writes JSON.
@@ -32,6 +35,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import re
 import shutil
 import time
 import uuid
@@ -151,8 +156,10 @@ def processes(p: LocalPipeline) -> dict[str, int]:
     return pids | ({"broker": broker} if broker else {})
 
 
-def run_layout(args: argparse.Namespace, layout: str, console: Console) -> dict[str, Any]:
-    home = (args.home / layout).resolve()
+def run_layout(args: argparse.Namespace, layout: str, jvm: str, console: Console) -> dict[str, Any]:
+    """One layout on a fresh broker started with the extra JVM flags ``jvm`` (PROTEGE_BROKER_JVM_OPTS)."""
+    name = layout + (f" [{jvm}]" if jvm else "")
+    home = (args.home / (layout + ("-" + re.sub(r"[^A-Za-z0-9=]+", "", jvm) if jvm else ""))).resolve()
     shutil.rmtree(home, ignore_errors=True)
     specs = [parse_rate(r) for r in args.rates.split(",")]
     # Enough generated tickets for any rate: a share of in-process is at most 3,000 req/s here.
@@ -175,10 +182,11 @@ def run_layout(args: argparse.Namespace, layout: str, console: Console) -> dict[
         "OMP_NUM_THREADS": "1",
         "PROTEGE_FUSED": "1" if layout == "fused" else "0",
     }
-    report: dict[str, Any] = {"layout": layout, "rates": []}
+    report: dict[str, Any] = {"layout": layout, "broker_jvm": jvm, "name": name, "rates": []}
+    os.environ["PROTEGE_BROKER_JVM_OPTS"] = jvm  # the broker is this process's child
     with LocalPipeline(home, env=env) as p:
         settings = p.settings
-        console.print(f"{layout}: warm-up: {args.warmup} tickets to train one student ...")
+        console.print(f"{name}: warm-up: {args.warmup} tickets to train one student ...")
         asyncio.run(drive(settings, rows[: args.warmup], tenant=TENANT, task=TASK, rate=40))
         t = settings.topics
         asyncio.run(wait_quiet(settings, {"harvester": [t.teacher_results], "trainer": [t.harvest]}))
@@ -187,7 +195,7 @@ def run_layout(args: argparse.Namespace, layout: str, console: Console) -> dict[
         texts = [r["text"] for r in rows[at : at + 640]]
         report["in_process"] = own = in_process(home, args.scorer_threads, texts)
         console.print(
-            f"{layout}: in-process: {own['version']} ({own['precision']}) {own['seq_per_s']:.0f} sequences/s "
+            f"{name}: in-process: {own['version']} ({own['precision']}) {own['seq_per_s']:.0f} sequences/s "
             f"at batch {own['batch']}, {args.scorer_threads or cpu_budget()} thread(s)"
         )
         if args.profile:
@@ -202,7 +210,7 @@ def run_layout(args: argparse.Namespace, layout: str, console: Console) -> dict[
             n = args.max_requests if rate is None else int(rate * args.seconds)
             chunk, at = rows[at : at + n], at + n
             label = "max" if rate is None else f"{rate:.0f}" + (f" ({100 * share:.0f}%)" if share else "")
-            console.print(f"{layout}: {label + ' req/s' if rate else 'as fast as possible'} ({n} requests) ...")
+            console.print(f"{name}: {label + ' req/s' if rate else 'as fast as possible'} ({n} requests) ...")
             since_ms = int(time.time() * 1000) - 1000
             pids = {} if args.profile else processes(p)
             broker_names = java_thread_names(pids["broker"]) if "broker" in pids else {}
@@ -268,7 +276,7 @@ def print_layout(report: dict[str, Any], args: argparse.Namespace, console: Cons
     f = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
     own = report["in_process"]
     table = Table(
-        title=f"{report['layout']}: pipeline vs raw broker, same rate, same run (latency ms, publish -> answer "
+        title=f"{report['name']}: pipeline vs raw broker, same rate, same run (latency ms, publish -> answer "
         f"read; student {own['precision']}, scorer threads {args.scorer_threads or cpu_budget()}; in-process "
         f"{own['seq_per_s']:.0f} seq/s)",
         caption="teacher: OFFLINE STAND-IN",
@@ -305,7 +313,7 @@ def print_layout(report: dict[str, Any], args: argparse.Namespace, console: Cons
             ratio,
         )
     console.print(table)
-    hops = Table(title=f"{report['layout']}: student path per hop (ms, p50 / p95)")
+    hops = Table(title=f"{report['name']}: student path per hop (ms, p50 / p95)")
     hops.add_column("req/s offered", justify="right")
     for hop in HOPS:
         hops.add_column(hop, justify="right")
@@ -315,7 +323,7 @@ def print_layout(report: dict[str, Any], args: argparse.Namespace, console: Cons
     console.print(hops)
     if report["rates"] and report["rates"][0]["cpu_ms_per_answer"]:
         names = sorted(report["rates"][0]["cpu_ms_per_answer"])
-        cpu = Table(title=f"{report['layout']}: CPU ms per answered request, by process")
+        cpu = Table(title=f"{report['name']}: CPU ms per answered request, by process")
         cpu.add_column("req/s offered", justify="right")
         for name in [*names, "total"]:
             cpu.add_column(name, justify="right")
@@ -326,10 +334,10 @@ def print_layout(report: dict[str, Any], args: argparse.Namespace, console: Cons
     for r in report["rates"]:
         if r.get("broker_threads_ms_per_answer"):
             top = ", ".join(f"{k} {v:.1f}" for k, v in list(r["broker_threads_ms_per_answer"].items())[:8])
-            console.print(f"{report['layout']}: {r['label']}: broker CPU ms per answer by thread: {top}")
+            console.print(f"{report['name']}: {r['label']}: broker CPU ms per answer by thread: {top}")
     for name, prof in (report.get("profiles") or {}).items():
         top = ", ".join(f"{part} {100 * share:.0f}%" for part, share in list(prof["shares"].items())[:6])
-        console.print(f"{report['layout']}: profile {name} ({prof['samples']} samples): {top}")
+        console.print(f"{report['name']}: profile {name} ({prof['samples']} samples): {top}")
 
 
 def main() -> None:
@@ -349,6 +357,12 @@ def main() -> None:
     )
     ap.add_argument("--scorer-threads", type=int, default=0, help="ONNX Runtime threads in the scorer (0: its cores)")
     ap.add_argument("--layouts", default="separate", help="separate, fused, or both: separate,fused")
+    ap.add_argument(
+        "--broker-jvm",
+        default="",
+        help="extra JVM flags for the embedded broker; several, separated by |, each on a fresh broker "
+        "(e.g. '|-XX:TieredStopAtLevel=1': the default beside C1 only)",
+    )
     ap.add_argument("--profile", action="store_true", help="run the services under py-spy after the warm-up")
     ap.add_argument("--json", type=Path, default=REPO / "reports" / "loadtest-stream.json")
     ap.add_argument("--home", type=Path, default=Path(".protege/loadtest"))
@@ -373,7 +387,8 @@ def main() -> None:
     for layout in args.layouts.split(","):
         if layout not in ("separate", "fused"):
             raise SystemExit(f"--layouts: no layout {layout!r} (separate, fused)")
-        report["layouts"].append(run_layout(args, layout, console))
+        for jvm in args.broker_jvm.split("|"):
+            report["layouts"].append(run_layout(args, layout, jvm.strip(), console))
     for run in report["layouts"]:
         print_layout(run, args, console)
     summary = Table(title=f"by layout (student p95 target {args.p95_target:.0f} ms)")
@@ -389,7 +404,7 @@ def main() -> None:
     for run in report["layouts"]:
         best, fastest = run["highest_sustained_rate_under_target"], run["max_answered_per_s"]
         summary.add_row(
-            run["layout"],
+            run["name"],
             f"{run['in_process']['seq_per_s']:.0f}",
             "none" if best is None else f"{best:.0f} req/s",
             "-" if best is None else f"{100 * run['highest_sustained_share_of_in_process']:.0f}%",

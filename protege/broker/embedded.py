@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -232,6 +233,8 @@ class EmbeddedBroker:
             f"-Xms{min(heap_mb, 256)}m",
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
+            # Extra JVM flags, last so that they win (the load tests compare JIT settings with it).
+            *shlex.split(os.environ.get("PROTEGE_BROKER_JVM_OPTS", "")),
             "-Djava.awt.headless=true",
             f"-Dkafka.logs.dir={logs}",
             f"-Dlog4j2.configurationFile={LOG4J}",
