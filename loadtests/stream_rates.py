@@ -193,10 +193,25 @@ def run_layout(args: argparse.Namespace, layout: str, jvm: str, console: Console
         time.sleep(5)
         at = args.warmup
         texts = [r["text"] for r in rows[at : at + 640]]
+        # "Nothing else working" is what the pipeline's processes leave: their CPU while it is
+        # measured (a fresh broker's JIT compiler can still take a third of a core) is recorded.
+        quiet = processes(p)
+
+        def jit() -> float:  # seconds of CPU the broker's C2 compiler has used
+            pid = quiet.get("broker")
+            return thread_cpu_seconds(pid, java_thread_names(pid)).get("C2 CompilerThread", 0.0) if pid else 0.0
+
+        jit0 = jit()
+        busy0, t0 = {n: cpu_seconds(pid) or 0.0 for n, pid in quiet.items()}, time.monotonic()
         report["in_process"] = own = in_process(home, args.scorer_threads, texts)
+        elapsed = time.monotonic() - t0
+        own["background_cores"] = {n: ((cpu_seconds(pid) or 0.0) - busy0[n]) / elapsed for n, pid in quiet.items()}
+        own["broker_jit_cores"] = (jit() - jit0) / elapsed
         console.print(
             f"{name}: in-process: {own['version']} ({own['precision']}) {own['seq_per_s']:.0f} sequences/s "
-            f"at batch {own['batch']}, {args.scorer_threads or cpu_budget()} thread(s)"
+            f"at batch {own['batch']}, {args.scorer_threads or cpu_budget()} thread(s); meanwhile the pipeline's "
+            f"processes used {sum(own['background_cores'].values()):.2f} cores (the broker's JIT compiler "
+            f"{own['broker_jit_cores']:.2f})"
         )
         if args.profile:
             assert p.supervisor is not None
@@ -395,6 +410,7 @@ def main() -> None:
     for col in (
         "layout",
         "in-process seq/s",
+        "cores busy meanwhile (JIT)",
         "highest sustained under target",
         "of in-process",
         "max answered/s",
@@ -406,6 +422,7 @@ def main() -> None:
         summary.add_row(
             run["name"],
             f"{run['in_process']['seq_per_s']:.0f}",
+            f"{sum(run['in_process']['background_cores'].values()):.2f} ({run['in_process']['broker_jit_cores']:.2f})",
             "none" if best is None else f"{best:.0f} req/s",
             "-" if best is None else f"{100 * run['highest_sustained_share_of_in_process']:.0f}%",
             "-" if fastest is None else f"{fastest:.0f}",
