@@ -376,7 +376,7 @@ def main() -> None:
         "--broker-jvm",
         default="",
         help="extra JVM flags for the embedded broker; several, separated by |, each on a fresh broker "
-        "(e.g. '|-XX:TieredStopAtLevel=1': the default beside C1 only)",
+        "(--broker-jvm='|-XX:TieredStopAtLevel=1': the default beside C1 only; the = keeps a leading - from reading as an option)",
     )
     ap.add_argument("--profile", action="store_true", help="run the services under py-spy after the warm-up")
     ap.add_argument("--json", type=Path, default=REPO / "reports" / "loadtest-stream.json")
