@@ -158,3 +158,56 @@ def _task(settings: Settings, name: str) -> Task:
         console.print(f"[red]no task {name!r}[/] in {settings.tasks_dir}; known: {sorted(tasks)}")
         raise typer.Exit(1)
     return tasks[name]
+
+
+@review_app.command("serve")
+def serve_desk(
+    tenant: Tenant,
+    task_name: TaskName,
+    source: Annotated[str, typer.Option(help="Who reviews (recorded on each review).")] = "reviewer",
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: a free one).", min=0, max=65535)] = 8077,
+) -> None:
+    """A page for labelling the review sample, one request at a time: its text (blind: neither
+    the teacher's nor the student's answer), a button per answer. Each label goes to
+    protege.feedback as a review, checked as `protege review submit` checks a file, before the
+    page moves on. Stop with Ctrl-C."""
+    from protege.review_desk import Desk, serve
+
+    settings = Settings()
+    task = _task(settings, task_name)
+
+    def send(review: Feedback) -> None:
+        async def one() -> None:
+            prod = producer(settings)
+            await prod.start()
+            try:
+                o = Out.of(settings.topics.feedback, review)
+                await prod.send_and_wait(o.topic, o.value, key=o.key)
+            finally:
+                await prod.stop()
+
+        asyncio.run(one())
+        console.print(f"sent: {review.request_id} -> {review.label}")
+
+    try:
+        desk = Desk(
+            task, tenant, source=source, waiting=lambda: asyncio.run(waiting(settings, tenant, task_name)), send=send
+        )
+    except BrokerError as e:
+        console.print(f"[red]broker[/]: {e}")
+        raise typer.Exit(1) from None
+    server = serve(desk, host, port)
+    bound = server.server_address[1]
+    names = {host, "127.0.0.1", "localhost"} if host in ("127.0.0.1", "localhost") else {host}
+    desk.hosts = {f"{name}:{bound}" for name in names}
+    console.print(
+        f"review desk for {tenant}/{task_name} at http://{host}:{bound}/ ({len(desk.items)} waiting); Ctrl-C stops it"
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        console.print(f"{len(desk.labelled)} reviews sent to {settings.topics.feedback}")
