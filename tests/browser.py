@@ -87,3 +87,18 @@ def look(browser: str, page: Path, scratch: Path) -> Seen:
         colours = sum(int((np.abs(crop - np.array(c)).max(axis=2) < 24).sum() >= 20) for c in palette)
         plots[name] = Plot((x, y, w, h), int(p["marks"]), ink, colours)
     return Seen(plots, shot)
+
+
+def visit(browser: str, url: str, scratch: Path, *, height: int = 700) -> tuple[str, np.ndarray]:
+    """A live page (a server's, not a file) as Chromium lays it out: its DOM after loading, and
+    its screenshot's pixels (RGB)."""
+    dom = _run(browser, f"--window-size={WIDTH},{height}", "--dump-dom", url)
+    shot = scratch / "visit.png"
+    _run(browser, f"--window-size={WIDTH},{height}", f"--screenshot={shot}", url)
+    return dom, np.asarray(Image.open(shot).convert("RGB")).astype(int)
+
+
+def has_colour(pixels: np.ndarray, colour: str, at_least: int = 20) -> bool:
+    """Whether at least ``at_least`` pixels are within a few levels of ``colour`` (#rrggbb)."""
+    rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+    return int((np.abs(pixels - rgb).max(axis=2) < 24).sum()) >= at_least

@@ -24,6 +24,7 @@ from protege.pipeline import LocalPipeline
 from protege.policy import in_review
 from protege.registry import Registry
 from protege.review import ReviewStore
+from protege.settings import Settings
 from protege.state import read_all
 from protege.task import load_task
 from tests.browser import chromium, look
@@ -133,3 +134,113 @@ def test_reviewed_requests_become_golden_rows_and_never_train(
         every_sampled = {rid for rid in truth if in_review(rid, RATE)}
         assert learnt and not learnt & every_sampled  # a reviewed request never trains
         assert {c.request_id for c in harvested if c.reason == "review"} <= every_sampled
+
+
+def test_the_review_desk_labels_the_sample_in_a_browser(settings: Settings, tmp_path: Path) -> None:
+    """`protege review serve` on a real broker: the waiting requests shown in Chromium (the
+    customer's text escaped), a label posted from the page's own form lands on protege.feedback
+    as a review, the next request shows, and a forged form sends nothing."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from protege.broker.embedded import free_port
+    from protege.events import Feedback, ReviewItem
+    from protege.kafka import Out, producer
+    from tests.browser import has_colour, visit
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    spec = yaml.safe_load((REPO / "tests" / "tasks" / f"{TASK}.yaml").read_text())
+    spec["review_rate"] = 1.0
+    (tasks / f"{TASK}.yaml").write_text(yaml.safe_dump(spec))
+    hostile = "<img src=x onerror=alert(1)> my card was charged twice"
+    items = [
+        ReviewItem(request_id=f"desk-{i}", tenant="acme", task=TASK, text=t, sampled_at_ms=0)
+        for i, t in enumerate([hostile, "where is my parcel"])
+    ]
+
+    async def publish() -> None:
+        prod = producer(settings)
+        await prod.start()
+        try:
+            for item in items:
+                o = Out.of(settings.topics.review, item)
+                await prod.send_and_wait(o.topic, o.value, key=o.key)
+        finally:
+            await prod.stop()
+
+    asyncio.run(publish())
+    port = free_port()
+    env = os.environ | {
+        "PROTEGE_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "PROTEGE_TOPIC_PREFIX": settings.topic_prefix,
+        "PROTEGE_TASKS_DIR": str(tasks),
+        "PROTEGE_HOME": str(tmp_path / "home"),
+    }
+    desk = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "protege.cli",
+            "review",
+            "serve",
+            "--tenant",
+            "acme",
+            "--task",
+            TASK,
+            "--port",
+            str(port),
+            "--source",
+            "ana",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+
+        def up() -> bool:
+            try:
+                return urllib.request.urlopen(url, timeout=5).status == 200
+            except OSError:
+                return desk.poll() is not None and pytest.fail(desk.communicate()[0])  # it stopped
+
+        until("the desk answers", up, timeout=60)
+        dom, pixels = visit(chromium(), url, tmp_path)
+        assert "2 waiting" in dom and "my card was charged twice" in dom
+        assert "<img" not in dom.split("<blockquote")[1].split("</blockquote>")[0]  # shown, not run
+        assert re.findall(r'<button[^>]*name="label"', dom) and 'value="oos"' in dom
+        assert has_colour(pixels, "#2b6cb0") and has_colour(pixels, "#1a202c")  # buttons and text drawn
+
+        token = re.search(r'name="token" value="([^"]+)"', dom)[1]  # type: ignore[index]
+        label = next(iter(load_task(tasks / f"{TASK}.yaml").labels))
+
+        def post(**fields: str) -> tuple[int, str]:
+            data = urllib.parse.urlencode(fields).encode()
+            try:
+                with urllib.request.urlopen(url + "label", data=data, timeout=30) as r:  # follows the 303
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+
+        assert post(token="forged", request_id="desk-0", label=label)[0] == 403
+        assert post(token=token, request_id="desk-0", label="no-such-label")[0] == 400
+        status, page = post(token=token, request_id="desk-0", label=label)
+        assert status == 200 and f"Sent: desk-0 labelled {label}" in page and "where is my parcel" in page
+        assert post(token=token, request_id="desk-0", label=label)[0] == 409  # once
+
+        records = asyncio.run(read_all(settings, settings.topics.feedback))
+        sent = [Feedback.model_validate_json(r.value or b"") for r in records]
+        assert [(f.request_id, f.label, f.kind, f.source) for f in sent] == [("desk-0", label, "review", "ana")]
+    finally:
+        desk.send_signal(signal.SIGINT)
+        out = desk.communicate(timeout=30)[0]
+    assert "1 reviews sent" in out, out
