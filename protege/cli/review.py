@@ -167,6 +167,13 @@ def serve_desk(
     source: Annotated[str, typer.Option(help="Who reviews (recorded on each review).")] = "reviewer",
     host: Annotated[str, typer.Option(help="Address to listen on (loopback: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: a free one).", min=0, max=65535)] = 8077,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Another Host header to answer (name:port as people's browsers send it, e.g. behind a proxy "
+            "that authenticates them); repeat for more. The address listened on is always answered."
+        ),
+    ] = None,
 ) -> None:
     """A page for labelling the review sample, one request at a time: its text (blind: neither
     the teacher's nor the student's answer), a button per answer. Each label goes to
@@ -200,7 +207,7 @@ def serve_desk(
     server = serve(desk, host, port)
     bound = server.server_address[1]
     names = {host, "127.0.0.1", "localhost"} if host in ("127.0.0.1", "localhost") else {host}
-    desk.hosts = {f"{name}:{bound}" for name in names}
+    desk.hosts = {f"{name}:{bound}" for name in names} | {h.lower() for h in allow_host or []}
     console.print(
         f"review desk for {tenant}/{task_name} at http://{host}:{bound}/ ({len(desk.items)} waiting); Ctrl-C stops it"
     )
