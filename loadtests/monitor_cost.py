@@ -43,8 +43,8 @@ from rich.table import Table
 from protege.broker.embedded import EmbeddedBroker, free_port
 from protege.events import Decision, ModelAnnouncement, TeacherResult, Usage
 from protege.generator import triage_task
-from protege.harness import cpu_seconds, machine, percentile, publish
-from protege.kafka import Out, consumer, ensure_topics, partitions_of
+from protege.harness import cpu_seconds, machine, percentile
+from protege.kafka import Out, consumer, ensure_topics, partitions_of, publish
 from protege.logs import configure
 from protege.settings import REPO, Settings
 from protege.task import Canary, write_task

@@ -30,8 +30,8 @@ from typing import Any
 from protege.broker.embedded import EmbeddedBroker
 from protege.events import Ingested, ModelAnnouncement, Scored, now_ms
 from protege.generator import generate
-from protege.harness import machine, publish
-from protege.kafka import Out
+from protege.harness import machine
+from protege.kafka import Out, publish
 from protege.pipeline import LocalPipeline
 from protege.settings import REPO
 from protege.state import read_all

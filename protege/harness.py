@@ -170,18 +170,6 @@ async def drive(
     return Drive(outcomes, results, time.perf_counter() - started)
 
 
-async def publish(settings: Settings, outs: list[Out]) -> None:
-    """Produce ``outs`` as they are (topic, value, key), and wait until the broker has them."""
-    prod = producer(settings)
-    await prod.start()
-    try:
-        for out in outs:
-            await prod.send(out.topic, out.value, key=out.key)
-        await prod.flush()
-    finally:
-        await prod.stop()
-
-
 @contextlib.asynccontextmanager
 async def _lag_clients(settings: Settings) -> AsyncIterator[tuple[AIOKafkaAdminClient, AIOKafkaConsumer]]:
     """An admin client (committed offsets) and a group-less reader (end offsets), started once

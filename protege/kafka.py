@@ -275,6 +275,18 @@ async def started_producer(settings: Settings, transactional_id: str, **kw: Any)
     return prod
 
 
+async def publish(settings: Settings, outs: Sequence[Out]) -> None:
+    """Produce ``outs`` as they are (topic, value, key) and return once the broker has
+    acknowledged every one; raise if it refused or lost any (a flush alone would not say)."""
+    prod = producer(settings)
+    await prod.start()
+    try:
+        sent = [await prod.send(out.topic, out.value, key=out.key) for out in outs]
+        await asyncio.gather(*sent)
+    finally:
+        await prod.stop()
+
+
 def consumer(settings: Settings, *topics: str, group: str | None, **kw: Any) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         *topics,

@@ -20,7 +20,7 @@ from protege.cli.root import TaskName, Tenant, app, console, models_app, progres
 from protege.errors import BrokerError
 from protege.events import ModelAnnouncement, now_ms
 from protege.generator import read_jsonl
-from protege.kafka import Out, producer
+from protege.kafka import Out, publish
 from protege.registry import Registry, Version
 from protege.serving import Serving, read_serving
 from protege.settings import Settings
@@ -36,16 +36,7 @@ def _serving(settings: Settings) -> Serving:
 
 
 def _announce(settings: Settings, ann: ModelAnnouncement) -> None:
-    async def send() -> None:
-        prod = producer(settings)
-        await prod.start()
-        try:
-            out = Out.of(settings.topics.models, ann)
-            await prod.send_and_wait(out.topic, out.value, key=out.key)
-        finally:
-            await prod.stop()
-
-    asyncio.run(send())
+    asyncio.run(publish(settings, [Out.of(settings.topics.models, ann)]))
 
 
 @models_app.command("list")

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from protege.cli.root import TaskName, Tenant, app, console
 from protege.errors import BrokerError
 from protege.events import Feedback, ReviewItem
-from protege.kafka import Out, producer
+from protege.kafka import Out, publish
 from protege.policy import refused
 from protege.settings import Settings
 from protege.task import Task, load_tasks
@@ -137,18 +137,7 @@ def submit(
         console.print(f"[red]{file}[/]: {e}")
         raise typer.Exit(1) from None
 
-    async def send() -> None:
-        prod = producer(settings)
-        await prod.start()
-        try:
-            for f in found:
-                o = Out.of(settings.topics.feedback, f)
-                await prod.send(o.topic, o.value, key=o.key)
-            await prod.flush()
-        finally:
-            await prod.stop()
-
-    asyncio.run(send())
+    asyncio.run(publish(settings, [Out.of(settings.topics.feedback, f) for f in found]))
     console.print(f"{len(found)} reviews sent to {settings.topics.feedback}")
 
 
@@ -185,16 +174,7 @@ def serve_desk(
     task = _task(settings, task_name)
 
     def send(review: Feedback) -> None:
-        async def one() -> None:
-            prod = producer(settings)
-            await prod.start()
-            try:
-                o = Out.of(settings.topics.feedback, review)
-                await prod.send_and_wait(o.topic, o.value, key=o.key)
-            finally:
-                await prod.stop()
-
-        asyncio.run(one())
+        asyncio.run(publish(settings, [Out.of(settings.topics.feedback, review)]))
         console.print(f"sent: {review.request_id} -> {review.label}")
 
     try:

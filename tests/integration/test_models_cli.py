@@ -13,8 +13,7 @@ from typer.testing import CliRunner
 
 from protege.cli import app
 from protege.events import TeacherResult, Usage
-from protege.harness import publish
-from protege.kafka import Out
+from protege.kafka import Out, publish
 from protege.registry import Registry
 from protege.serving import read_serving
 from protege.settings import Settings

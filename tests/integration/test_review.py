@@ -151,7 +151,7 @@ def test_the_review_desk_labels_the_sample_in_a_browser(settings: Settings, tmp_
 
     from protege.broker.embedded import free_port
     from protege.events import Feedback, ReviewItem
-    from protege.kafka import Out, producer
+    from protege.kafka import Out, publish
     from tests.browser import has_colour, visit
 
     tasks = tmp_path / "tasks"
@@ -165,17 +165,7 @@ def test_the_review_desk_labels_the_sample_in_a_browser(settings: Settings, tmp_
         for i, t in enumerate([hostile, "where is my parcel"])
     ]
 
-    async def publish() -> None:
-        prod = producer(settings)
-        await prod.start()
-        try:
-            for item in items:
-                o = Out.of(settings.topics.review, item)
-                await prod.send_and_wait(o.topic, o.value, key=o.key)
-        finally:
-            await prod.stop()
-
-    asyncio.run(publish())
+    asyncio.run(publish(settings, [Out.of(settings.topics.review, item) for item in items]))
     port = free_port()
     env = os.environ | {
         "PROTEGE_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
