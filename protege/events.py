@@ -348,6 +348,18 @@ class ReviewItem(Event, title="protege.review_item"):
     text: str
     sampled_at_ms: int
 
+    def review(self, label: str, source: str) -> Feedback:
+        """A person's label for this request, as the review it is sent as (``ValueError`` if not one)."""
+        return Feedback(
+            request_id=self.request_id,
+            tenant=self.tenant,
+            task=self.task,
+            text=self.text,
+            label=label,
+            source=source,
+            kind="review",
+        )
+
 
 class HarvestCase(Event, title="protege.harvest_case"):
     """A case to learn from: one the student missed, doubted or got wrong, labelled by the

@@ -314,15 +314,7 @@ class StandinReviewer:
                         if label is None:
                             self.unknown += 1
                             continue
-                        review = Feedback(
-                            request_id=item.request_id,
-                            tenant=item.tenant,
-                            task=item.task,
-                            text=item.text,
-                            label=label,
-                            source=self.SOURCE,
-                            kind="review",
-                        )
+                        review = item.review(label, self.SOURCE)
                         self.held.append((time.monotonic() + self.delay_s, review))
                 now = time.monotonic()
                 while self.held and self.held[0][0] <= now:

@@ -275,10 +275,11 @@ async def started_producer(settings: Settings, transactional_id: str, **kw: Any)
     return prod
 
 
-async def publish(settings: Settings, outs: Sequence[Out]) -> None:
+async def publish(settings: Settings, outs: Sequence[Out], **kw: Any) -> None:
     """Produce ``outs`` as they are (topic, value, key) and return once the broker has
-    acknowledged every one; raise if it refused or lost any (a flush alone would not say)."""
-    prod = producer(settings)
+    acknowledged every one; raise if it refused or lost any (a flush alone would not say).
+    ``kw``: producer settings (``acks="all"``)."""
+    prod = producer(settings, **kw)
     await prod.start()
     try:
         sent = [await prod.send(out.topic, out.value, key=out.key) for out in outs]

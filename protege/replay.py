@@ -22,7 +22,6 @@ the re-scoring version learnt from (its ``trained_on.txt``) is left out of its a
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -32,7 +31,8 @@ from typing import Any
 
 from protege.certify import paired_lower_bound
 from protege.events import Decision, Scored
-from protege.kafka import Out, ensure_topics, producer
+from protege.kafka import Out, ensure_topics
+from protege.kafka import publish as publish_outs
 from protege.policy import router_for
 from protege.recorded import ReplayError, Selection, Traffic, recorded
 from protege.redact import redact
@@ -489,13 +489,7 @@ async def publish(result: Result, settings: Settings, prefix: str) -> dict[str, 
         if answer is not None and (decision.route == "teacher" or decision.teacher_check):
             outs.append(Out.of(ns.topics.teacher_results, answer))
             counts["teacher_results"] += 1
-    prod = producer(ns, acks="all")
-    await prod.start()
-    try:
-        sent = [await prod.send(o.topic, o.value, key=o.key) for o in outs]
-        await asyncio.gather(*sent)
-    finally:
-        await prod.stop()
+    await publish_outs(ns, outs, acks="all")
     return counts
 
 

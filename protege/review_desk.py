@@ -120,15 +120,7 @@ class Desk:
             if item is None:
                 return _error(HTTPStatus.CONFLICT, f"{request_id!r} does not wait for a label here (reload the page)")
             try:
-                review = Feedback(
-                    request_id=item.request_id,
-                    tenant=item.tenant,
-                    task=item.task,
-                    text=item.text,
-                    label=label,
-                    source=self.source,
-                    kind="review",
-                )
+                review = item.review(label, self.source)
             except ValueError as e:
                 return _error(HTTPStatus.BAD_REQUEST, f"not a review: {e}")
             why = refused(review, self.task)
