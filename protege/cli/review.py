@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from protege import signals
 from protege.cli.root import TaskName, Tenant, app, console
 from protege.errors import BrokerError
 from protege.events import Feedback, ReviewItem
@@ -174,7 +175,8 @@ def serve_desk(
     task = _task(settings, task_name)
 
     def send(review: Feedback) -> None:
-        asyncio.run(publish(settings, [Out.of(settings.topics.feedback, review)]))
+        with signals.deferred():  # a stop signal waits until the broker has answered
+            asyncio.run(publish(settings, [Out.of(settings.topics.feedback, review)]))
         console.print(f"sent: {review.request_id} -> {review.label}")
 
     try:
@@ -191,10 +193,13 @@ def serve_desk(
     console.print(
         f"review desk for {tenant}/{task_name} at http://{host}:{bound}/ ({len(desk.items)} waiting); Ctrl-C stops it"
     )
+    # Ctrl-C or SIGTERM stops it (both, whatever the shell left SIGINT as: a job started in
+    # the background ignores it, seen in CI); the desk's end is its normal end, status 0.
     try:
-        server.serve_forever()
+        with signals.interruptible():
+            server.serve_forever()
     except KeyboardInterrupt:
-        pass
+        signals.forget_interrupt()
     finally:
         server.server_close()
         console.print(f"{len(desk.labelled)} reviews sent to {settings.topics.feedback}")

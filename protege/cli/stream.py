@@ -707,11 +707,8 @@ def bench_stream(
     said: dict[str, str] | None = None
     if review_rate and reviewer_follows_teacher:  # the mistakes the reviewer repeats
         streamed = [(f"bench-{r['id']}", r["text"]) for r in train_rows + test_rows]
-        said = dict(
-            zip(
-                [rid for rid, _ in streamed], asyncio.run(_standin_answers(worker_teacher, task, streamed)), strict=True
-            )
-        )
+        answers = asyncio.run(_standin_answers(worker_teacher, task, streamed))
+        said = {rid: answer for (rid, _), answer in zip(streamed, answers, strict=True)}
     summary = _stream_run(
         home,
         env,

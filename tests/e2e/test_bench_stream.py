@@ -123,3 +123,28 @@ def test_the_review_sample_grows_the_golden_set_from_the_stream(tmp_path: Path, 
     manifests = [json.loads(p.read_text()) for p in sorted((home / "registry").glob("bench/bench/v*/manifest.json"))]
     reviewed = [m["metrics"].get("truth_reviewed", 0) for m in manifests]
     assert reviewed[-1] >= 100 and reviewed == sorted(reviewed), reviewed  # the set grows with the stream
+
+
+def test_a_reviewer_with_the_teachers_blind_spots_repeats_its_mistakes(tmp_path: Path, backbone: Path) -> None:
+    """`--reviewer-follows-teacher 1`: wherever the stand-in teacher is wrong, the stand-in
+    reviewer gives the same wrong label (the bench computes the teacher's answers as its worker
+    will), so against the reviewers the teacher is never wrong."""
+    write_jsonl(generate(500, seed=33), tmp_path / "train.jsonl")
+    write_jsonl(generate(150, seed=34), tmp_path / "test.jsonl")
+    home, report = tmp_path / "bench", tmp_path / "report.json"
+    argv = ["bench", "stream", "--train", str(tmp_path / "train.jsonl"), "--test", str(tmp_path / "test.jsonl")]
+    argv += ["--report-json", str(report), "--home", str(home), "--golden", "0", "--review-rate", "0.3"]
+    argv += ["--rate", "100", "--min-cases", "100", "--retrain-every", "200", "--teacher-noise", "0.1"]
+    argv += ["--reviewer-follows-teacher", "1", "--export", str(tmp_path / "export")]
+    done = subprocess.run([sys.executable, "-m", "protege.cli", *argv], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    s = json.loads(report.read_text())
+    assert "repeating 100% of the teacher's mistakes" in s["review"]["reviewer"]
+    assert s["review"]["followed_teacher"] == s["review"]["wrong"] > 0
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(tmp_path / "export" / "test" / "requests.parquet").to_pylist()
+    reviewed = [r for r in rows if r["review_label"] is not None and r["teacher_label"] is not None]
+    assert len(reviewed) >= 30 and all(r["review_label"] == r["teacher_label"] for r in reviewed)
+    people = json.loads((tmp_path / "export" / "test" / "report.json").read_text())["people"]
+    assert people["teacher"]["accuracy"] == 1.0

@@ -231,6 +231,11 @@ def test_the_review_desk_labels_the_sample_in_a_browser(settings: Settings, tmp_
         sent = [Feedback.model_validate_json(r.value or b"") for r in records]
         assert [(f.request_id, f.label, f.kind, f.source) for f in sent] == [("desk-0", label, "review", "ana")]
     finally:
-        desk.send_signal(signal.SIGINT)
-        out = desk.communicate(timeout=30)[0]
-    assert "1 reviews sent" in out, out
+        desk.send_signal(signal.SIGTERM)  # as a supervisor stops it (SIGINT may be ignored in a background job)
+        try:
+            out = desk.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:
+            desk.kill()
+            out = desk.communicate()[0]
+            pytest.fail(f"the desk did not stop on SIGTERM: {out}")
+    assert desk.returncode == 0 and "1 reviews sent" in out, out
