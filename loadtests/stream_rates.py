@@ -156,6 +156,18 @@ def processes(p: LocalPipeline) -> dict[str, int]:
     return pids | ({"broker": broker} if broker else {})
 
 
+def broker_threads(pids: dict[str, int]) -> dict[str, float]:
+    """The broker's CPU seconds so far by kind of thread (whole names from jcmd); empty without one."""
+    pid = pids.get("broker")
+    return thread_cpu_seconds(pid, java_thread_names(pid)) if pid else {}
+
+
+def spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Seconds each kind of thread used between two ``broker_threads``, busiest first (kinds in both)."""
+    used = {kind: t - before[kind] for kind, t in after.items() if kind in before and t > before[kind]}
+    return dict(sorted(used.items(), key=lambda kv: -kv[1]))
+
+
 def run_layout(args: argparse.Namespace, layout: str, jvm: str, console: Console) -> dict[str, Any]:
     """One layout on a fresh broker started with the extra JVM flags ``jvm`` (PROTEGE_BROKER_JVM_OPTS)."""
     name = layout + (f" [{jvm}]" if jvm else "")
@@ -196,17 +208,12 @@ def run_layout(args: argparse.Namespace, layout: str, jvm: str, console: Console
         # "Nothing else working" is what the pipeline's processes leave: their CPU while it is
         # measured (a fresh broker's JIT compiler can still take a third of a core) is recorded.
         quiet = processes(p)
-
-        def jit() -> float:  # seconds of CPU the broker's C2 compiler has used
-            pid = quiet.get("broker")
-            return thread_cpu_seconds(pid, java_thread_names(pid)).get("C2 CompilerThread", 0.0) if pid else 0.0
-
-        jit0 = jit()
+        threads0 = broker_threads(quiet)
         busy0, t0 = {n: cpu_seconds(pid) or 0.0 for n, pid in quiet.items()}, time.monotonic()
         report["in_process"] = own = in_process(home, args.scorer_threads, texts)
         elapsed = time.monotonic() - t0
         own["background_cores"] = {n: ((cpu_seconds(pid) or 0.0) - busy0[n]) / elapsed for n, pid in quiet.items()}
-        own["broker_jit_cores"] = (jit() - jit0) / elapsed
+        own["broker_jit_cores"] = spent(threads0, broker_threads(quiet)).get("C2 CompilerThread", 0.0) / elapsed
         console.print(
             f"{name}: in-process: {own['version']} ({own['precision']}) {own['seq_per_s']:.0f} sequences/s "
             f"at batch {own['batch']}, {args.scorer_threads or cpu_budget()} thread(s); meanwhile the pipeline's "
@@ -228,14 +235,13 @@ def run_layout(args: argparse.Namespace, layout: str, jvm: str, console: Console
             console.print(f"{name}: {label + ' req/s' if rate else 'as fast as possible'} ({n} requests) ...")
             since_ms = int(time.time() * 1000) - 1000
             pids = {} if args.profile else processes(p)
-            broker_names = java_thread_names(pids["broker"]) if "broker" in pids else {}
-            threads0 = thread_cpu_seconds(pids["broker"], broker_names) if "broker" in pids else {}
+            threads0 = broker_threads(pids)
             cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
             d = asyncio.run(
                 drive(settings, chunk, tenant=TENANT, task=TASK, rate=rate, timeout=max(120.0, args.seconds * 10))
             )
             cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-            threads1 = thread_cpu_seconds(pids["broker"], broker_names) if "broker" in pids else {}
+            threads1 = broker_threads(pids)
             s = summarize(d)
             phase = {
                 "rate": rate,
@@ -250,16 +256,9 @@ def run_layout(args: argparse.Namespace, layout: str, jvm: str, console: Console
                 },
                 # The broker's CPU by kind of thread (request handlers, network threads, the
                 # transaction coordinator's marker sender, the JIT, GC), threads that lived through the phase.
-                "broker_threads_ms_per_answer": dict(
-                    sorted(
-                        (
-                            (kind, 1000 * (spent - threads0[kind]) / max(1, s["answered"]))
-                            for kind, spent in threads1.items()
-                            if kind in threads0 and spent > threads0[kind]
-                        ),
-                        key=lambda kv: -kv[1],
-                    )
-                ),
+                "broker_threads_ms_per_answer": {
+                    kind: 1000 * t / max(1, s["answered"]) for kind, t in spent(threads0, threads1).items()
+                },
                 "student_hops_ms": asyncio.run(student_hops(settings, d, since_ms)),
                 "raw_broker_ms": asyncio.run(asyncio.wait_for(raw_broker(settings, n, rate), timeout=120)),
             }

@@ -34,6 +34,13 @@ from protege.task import OOS, Task
 MAX_FORM_BYTES = 16 * 1024  # a label form is a few hundred bytes
 
 Reply = tuple[int, dict[str, str], bytes]
+HTML_HEADERS = {  # every page: no caching of ticket texts, no framing, no script, forms to the desk only
+    "Content-Type": "text/html; charset=utf-8",
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+    "Referrer-Policy": "no-referrer",
+}
 
 STYLE = """
 body{font:15px/1.5 system-ui,sans-serif;color:#1a202c;max-width:860px;margin:24px auto;padding:0 16px}
@@ -96,7 +103,7 @@ class Desk:
             note = ""
             if done in self.labelled:
                 note = f"<p class='done'>Sent: {_e(done)} labelled {_e(self.labelled[done])}.</p>"
-            return HTTPStatus.OK, _html_headers(), self.page(note).encode()
+            return HTTPStatus.OK, HTML_HEADERS, self.page(note).encode()
 
     def post(self, target: str, body: bytes, *, host: str | None) -> Reply:
         with self.lock:
@@ -214,18 +221,8 @@ def _document(title: str, body: str) -> str:
     )
 
 
-def _html_headers() -> dict[str, str]:
-    return {
-        "Content-Type": "text/html; charset=utf-8",
-        "Cache-Control": "no-store",
-        "X-Frame-Options": "DENY",
-        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
-        "Referrer-Policy": "no-referrer",
-    }
-
-
 def _error(status: HTTPStatus, message: str) -> Reply:
     body = _document(
         "error", f"<p class='error'>{status.value} {_e(status.phrase)}: {_e(message)}</p><p><a href='/'>Back</a></p>"
     ).encode()
-    return status.value, _html_headers(), body
+    return status.value, HTML_HEADERS, body
