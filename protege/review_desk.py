@@ -95,7 +95,10 @@ class Desk:
                 return _error(HTTPStatus.NOT_FOUND, f"no page {url.path!r}; the desk is at /")
             query = parse_qs(url.query, max_num_fields=4)
             if "refresh" in query:
-                self.refresh()
+                try:
+                    self.refresh()
+                except Exception as e:  # the broker is away: say so, keep what the desk holds
+                    return _error(HTTPStatus.SERVICE_UNAVAILABLE, f"could not read what waits: {type(e).__name__}: {e}")
             skip = (query.get("skip") or [""])[0]
             if skip in self.items:  # to the end of the queue, for this desk
                 self.items[skip] = self.items.pop(skip)

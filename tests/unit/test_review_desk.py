@@ -101,3 +101,17 @@ def test_skip_moves_a_request_to_the_end_and_an_empty_desk_says_so() -> None:
     items.clear()
     assert "Nothing waits for a label" in d.get("/?refresh=1", host=HOST)[2].decode()
     assert d.get("/other", host=HOST)[0] == 404 and d.post("/", form(), host=HOST)[0] == 404
+
+
+def test_looking_again_with_the_broker_away_says_so_and_keeps_the_queue() -> None:
+    items = [item(SAMPLED[0])]
+
+    def waiting() -> list[ReviewItem]:
+        if not items:
+            raise ConnectionError("broker down")
+        return list(items)
+
+    d = Desk(TASK, "acme", source="ana", waiting=waiting, send=lambda f: None, hosts={HOST}, token="t0k")
+    items.clear()
+    status, _, page = d.get("/?refresh=1", host=HOST)
+    assert status == 503 and b"could not read what waits" in page and list(d.items) == [SAMPLED[0]]
