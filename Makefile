@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[train,dev,analysis,monitor]"
+	./scripts/pip-install $(BIN)/python -e ".[train,dev,analysis,monitor]"
 	touch $@
 
 demo: $(BIN)/.installed
