@@ -46,6 +46,16 @@ class TeacherAnswer:
     fields: dict[str, str] = dataclass_field(default_factory=dict)
 
 
+class InvalidAnswer(TeacherError):
+    """The teacher answered outside the label set, and again after the repair. Its calls were
+    paid for: ``paid`` carries them (``paid.label`` is the last wrong label), so the worker
+    counts the spend and journals the outcome instead of paying again after a crash."""
+
+    def __init__(self, message: str, paid: TeacherAnswer) -> None:
+        super().__init__(message)
+        self.paid = paid
+
+
 class Teacher(Protocol):
     async def label(self, task: Task, text: str, request_id: str) -> TeacherAnswer: ...
 
@@ -184,7 +194,19 @@ class AnthropicTeacher:
                     ],
                 },
             ]
-        raise TeacherError(f"invalid_label: the teacher answered {wrong!r} twice, outside {task.answers}")
+        raise InvalidAnswer(
+            f"invalid_label: the teacher answered {wrong!r} twice, outside {task.answers}",
+            TeacherAnswer(
+                label=wrong,
+                rationale=rationale,
+                model=msg.model,
+                standin=False,
+                usage=totals,
+                cost_usd=cost_usd(totals, price_for(model, self.prices)),
+                latency_ms=(time.perf_counter() - started) * 1000,
+                attempts=2,
+            ),
+        )
 
 
 Confusions = dict[str, list[tuple[str, float]]]  # label -> [(a label it is mistaken for, weight)]

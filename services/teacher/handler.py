@@ -11,7 +11,9 @@ teacher.requests (and teacher.retry) ->
   jitter), ``degrade`` answers with the student's label flagged ``degraded`` (held when
   there is no student label);
 - the teacher's label stays outside the label set after one repair: protege.dlq with the
-  reason, and the request is answered ``degraded`` from the student or ``failed``.
+  reason, and the request is answered ``degraded`` from the student or ``failed``. Those
+  calls were paid for: they count against the spend cap and in the cost metrics, and the
+  outcome is journaled like an answer, so a restart does not pay for them again.
 
 A request the worker cannot handle at all is quarantined by the loop and answered like an
 invalid teacher answer: ``degraded`` from the student, or ``failed``.
@@ -30,14 +32,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
-from protege_services.teacher.journal import AnswerJournal, answer_of, key_of
+from protege_services.teacher.journal import AnswerJournal, PaidInvalid, answer_of, invalid_key, key_of
 
 from protege import metrics
 from protege.errors import TeacherError
 from protege.events import Correction, Response, TeacherRequest, TeacherResult, now_ms
 from protege.kafka import Out, Received, dead_letter
 from protege.task import Task
-from protege.teacher import Teacher, TeacherAnswer
+from protege.teacher import InvalidAnswer, Teacher, TeacherAnswer
 from protege.topics import Topics
 
 
@@ -155,7 +157,6 @@ class TeacherWorker:
     async def answer(self, r: Received[TeacherRequest]) -> list[Out]:
         ask = r.event
         req = ask.request
-        ids = {"request_id": req.request_id, "tenant": req.tenant}
         task = self.tasks[req.task]  # the loop dead-letters other tasks
         if ask.not_before_ms is not None:  # held: wait its turn (bounded; a later pass waits the rest)
             wait_s = (ask.not_before_ms - now_ms()) / 1000
@@ -169,6 +170,11 @@ class TeacherWorker:
             self.journaled[r.coordinates] = key
             self.log.info("answer_from_journal", request_id=req.request_id, teacher=paid.teacher)
             return self.result_outs(ask, answer_of(paid))
+        refused = self.journal.get_invalid(key) if self.journal is not None else None
+        if refused is not None:  # the same, for an answer outside the label set
+            self.journaled[r.coordinates] = invalid_key(key)
+            self.log.info("invalid_answer_from_journal", request_id=req.request_id, teacher=refused.teacher)
+            return self.invalid_outs(r, refused.error)
         budget = f"{req.tenant}/{req.task}"  # the cap is the task's, counted per tenant
         estimate = self.teacher.estimate_usd(task, req.text)
         if not self.spend.reserve(budget, estimate, task.teacher.spend_cap_usd_per_hour):
@@ -183,10 +189,14 @@ class TeacherWorker:
                 except TeacherError as e:
                     self.breaker.success()  # the API answered; the answer was bad
                     self.log.warning("teacher_invalid", request_id=req.request_id, error=str(e))
-                    return [
-                        dead_letter(r, "teacher_invalid_answer", str(e), "teacher", self.topics.dlq, **ids),
-                        *self.fallback_response(ask, str(e)),
-                    ]
+                    if not isinstance(e, InvalidAnswer):
+                        return self.invalid_outs(r, str(e))
+                    cost = e.paid.cost_usd
+                    self.count_paid(ask, e.paid)
+                    if self.journal is not None:
+                        journal_key = await self.journal.put_invalid(key, PaidInvalid.of(str(e), e.paid))
+                        self.journaled[r.coordinates] = journal_key
+                    return self.invalid_outs(r, str(e))
                 except self.unavailable as e:
                     self.breaker.failure()
                     metrics.BREAKER_OPEN.set(int(self.breaker.state == "open"))
@@ -207,6 +217,16 @@ class TeacherWorker:
             await self.journal.put(key, self.result_of(ask, answer, now_ms()))
             self.journaled[r.coordinates] = key
         return self.result_outs(ask, answer)
+
+    def invalid_outs(self, r: Received[TeacherRequest], error: str) -> list[Out]:
+        """The teacher's answer stayed outside the label set: a dead letter with the reason, and
+        the request answered from the student (degraded) or as failed."""
+        req = r.event.request
+        ids = {"request_id": req.request_id, "tenant": req.tenant}
+        return [
+            dead_letter(r, "teacher_invalid_answer", error, "teacher", self.topics.dlq, **ids),
+            *self.fallback_response(r.event, error),
+        ]
 
     async def committed(self, received: Sequence[Received[TeacherRequest]]) -> None:
         """A batch's transaction committed: its journal entries are settled."""
@@ -293,6 +313,21 @@ class TeacherWorker:
         return outs
 
     def observe(self, ask: TeacherRequest, answer: TeacherAnswer, at: int) -> None:
+        req = ask.request
+        self.count_paid(ask, answer)
+        if ask.mode == "audit":
+            version = ask.model_version or "none"
+            metrics.AUDITS.labels(req.tenant, req.task, version).inc()
+            if ask.student_label == answer.label:
+                metrics.AUDITS_AGREED.labels(req.tenant, req.task, version).inc()
+        metrics.TEACHER_SECONDS.labels(req.task).observe(answer.latency_ms / 1000)
+        metrics.observe_hop("decided_to_teacher_answer", ask.requested_at_ms, at)
+        if ask.mode == "answer":
+            metrics.observe_answer(req.task, "teacher", "answered", req.received_at_ms, at)
+
+    @staticmethod
+    def count_paid(ask: TeacherRequest, answer: TeacherAnswer) -> None:
+        """What a call cost, valid answer or not: calls, tokens, dollars."""
         req, u = ask.request, answer.usage
         metrics.TEACHER_CALLS.labels(req.task, answer.model, ask.mode).inc()
         for kind, n in (
@@ -304,15 +339,6 @@ class TeacherWorker:
             if n:
                 metrics.TEACHER_TOKENS.labels(req.task, answer.model, kind).inc(n)
         metrics.TEACHER_COST.labels(req.tenant, req.task, ask.mode).inc(answer.cost_usd)
-        if ask.mode == "audit":
-            version = ask.model_version or "none"
-            metrics.AUDITS.labels(req.tenant, req.task, version).inc()
-            if ask.student_label == answer.label:
-                metrics.AUDITS_AGREED.labels(req.tenant, req.task, version).inc()
-        metrics.TEACHER_SECONDS.labels(req.task).observe(answer.latency_ms / 1000)
-        metrics.observe_hop("decided_to_teacher_answer", ask.requested_at_ms, at)
-        if ask.mode == "answer":
-            metrics.observe_answer(req.task, "teacher", "answered", req.received_at_ms, at)
 
     def fallback_response(self, ask: TeacherRequest, error: str) -> list[Out]:
         """Answer from the student (degraded) or, with no student label, as failed. Check and

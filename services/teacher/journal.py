@@ -12,6 +12,10 @@ paid answers.
 What it cannot save: a call the API received but whose answer never reached the worker
 (killed mid-call). The Messages API has no idempotency key to ask "did you answer this?".
 
+An answer the teacher gave outside the label set, twice (its repair too), was paid for as
+well: it is journaled under ``invalid:`` and its key, so the worker that reads the request
+again dead-letters it and answers it from the student (or as failed) without a third call.
+
 It also keeps the worker's *handled* marks. The worker answers each request as soon as
 its call returns, in a transaction of its own, while calls that began earlier on the same
 partition may still be running: the partition's committed offset can only move up to the
@@ -30,9 +34,9 @@ from collections.abc import Iterable
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from protege.events import TeacherResult
+from protege.events import TeacherResult, Usage
 from protege.kafka import Record, producer
 from protege.settings import Settings
 from protege.state import TopicView
@@ -44,6 +48,36 @@ def key_of(tenant: str, request_id: str) -> str:
 
 
 HANDLED = "handled:"
+INVALID = "invalid:"
+
+
+def invalid_key(key: str) -> str:
+    """The journal key of a paid answer that stayed outside the label set."""
+    return f"{INVALID}{key}"
+
+
+class PaidInvalid(BaseModel):
+    """Teacher calls paid for whose answer stayed outside the label set (journal entry)."""
+
+    error: str
+    teacher: str
+    standin: bool
+    usage: Usage
+    cost_usd: float
+    latency_ms: float
+    attempts: int
+
+    @classmethod
+    def of(cls, error: str, paid: TeacherAnswer) -> PaidInvalid:
+        return cls(
+            error=error,
+            teacher=paid.model,
+            standin=paid.standin,
+            usage=paid.usage,
+            cost_usd=paid.cost_usd,
+            latency_ms=paid.latency_ms,
+            attempts=paid.attempts,
+        )
 
 
 def handled_key(topic: str, partition: int, offset: int) -> str:
@@ -71,6 +105,7 @@ class AnswerJournal:
         self.settings = settings
         self.topic = settings.topics.teacher_journal
         self.answers: dict[str, TeacherResult] = {}
+        self.invalid: dict[str, PaidInvalid] = {}  # invalid_key()s
         self.handled: set[str] = set()  # handled_key()s of records answered, not yet below the committed offset
         self.view = TopicView(settings, self.topic, self.apply)
         self.producer: AIOKafkaProducer | None = None
@@ -83,7 +118,7 @@ class AnswerJournal:
         try:
             reading = asyncio.create_task(self.view.run(stop))
             await self.view.ready(reading)
-            self.log.info("journal_read", unsettled=len(self.answers))
+            self.log.info("journal_read", unsettled=len(self.answers) + len(self.invalid))
             await reading
         finally:
             await self.producer.stop()
@@ -104,20 +139,36 @@ class AnswerJournal:
             return
         if record.value is None:
             self.answers.pop(key, None)
+            self.invalid.pop(key, None)
             return
         try:
-            self.answers[key] = TeacherResult.model_validate_json(record.value)
+            if key.startswith(INVALID):
+                self.invalid[key] = PaidInvalid.model_validate_json(record.value)
+            else:
+                self.answers[key] = TeacherResult.model_validate_json(record.value)
         except ValidationError as e:
             self.log.error("bad_journal_entry", key=key, offset=record.offset, error=str(e)[:300])
 
     def get(self, key: str) -> TeacherResult | None:
         return self.answers.get(key)
 
+    def get_invalid(self, key: str) -> PaidInvalid | None:
+        """The paid invalid answer for request ``key`` (a ``key_of``), if one is unsettled."""
+        return self.invalid.get(invalid_key(key))
+
     async def put(self, key: str, result: TeacherResult) -> None:
         """Record a paid answer; returns once the broker has it (acks=all)."""
         assert self.producer is not None, "run() starts the journal"
         self.answers[key] = result
         await self.producer.send_and_wait(self.topic, result.dumps(), key=key.encode())
+
+    async def put_invalid(self, key: str, entry: PaidInvalid) -> str:
+        """Record a paid answer outside the label set for request ``key``; returns its journal key."""
+        assert self.producer is not None, "run() starts the journal"
+        journal_key = invalid_key(key)
+        self.invalid[journal_key] = entry
+        await self.producer.send_and_wait(self.topic, entry.model_dump_json().encode(), key=journal_key.encode())
+        return journal_key
 
     async def settle(self, keys: Iterable[str]) -> None:
         """The answers for ``keys`` are committed: delete them from the journal. Best effort:
@@ -126,6 +177,7 @@ class AnswerJournal:
         keys = list(keys)
         for key in keys:
             self.answers.pop(key, None)
+            self.invalid.pop(key, None)
         try:
             sent = [await self.producer.send(self.topic, None, key=key.encode()) for key in keys]
             await asyncio.gather(*sent)

@@ -14,9 +14,9 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from protege_services.teacher.handler import TeacherWorker
 from protege_services.teacher.journal import AnswerJournal, key_of
 
-from protege.events import TeacherResult
+from protege.events import DeadLetter, Response, TeacherResult
 from protege.settings import Settings
-from tests.unit.test_teacher_worker import ScriptedTeacher, T, ask, task
+from tests.unit.test_teacher_worker import ScriptedTeacher, T, ask, paid_invalid, task
 
 pytestmark = pytest.mark.kafka
 
@@ -66,6 +66,37 @@ def test_a_paid_answer_is_not_paid_again_after_a_crash(settings: Settings) -> No
     assert {r.label for r in results} == {"shipping"} and all(r.cost_usd == 0.02 for r in results)
     assert left == []
     assert third_calls == 1  # settled: a later request with the same id is a new call
+
+
+def test_an_invalid_answer_is_not_paid_again_after_a_crash(settings: Settings) -> None:
+    """Two calls answered outside the label set were paid for: the worker after a crash
+    dead-letters and answers the request from the journal, without calling."""
+
+    async def scenario() -> tuple[int, int, list[str], list[Response], bool]:
+        journal, stop, running = await started(settings)
+        first = ScriptedTeacher(failures=[paid_invalid(0.03)])
+        records = [ask(rid="bad-1")]
+        await TeacherWorker({"ticket-triage": task()}, T, first, 4, journal=journal).handle(records)
+        await stopped(stop, running)
+        journal2, stop2, running2 = await started(settings)
+        second = ScriptedTeacher("refund")
+        worker = TeacherWorker({"ticket-triage": task()}, T, second, 4, journal=journal2)
+        outs = await worker.handle(records)
+        await worker.committed(records)
+        await stopped(stop2, running2)
+        journal3, stop3, running3 = await started(settings)
+        left = journal3.get_invalid(key_of("acme", "bad-1")) is not None
+        await stopped(stop3, running3)
+        reasons = [DeadLetter.model_validate_json(o.value).reason for o in outs if o.topic == T.dlq]
+        answers = [Response.model_validate_json(o.value) for o in outs if o.topic == T.responses]
+        return first.calls, second.calls, reasons, answers, left
+
+    first_calls, second_calls, reasons, answers, left = asyncio.run(scenario())
+    assert (first_calls, second_calls) == (1, 0)
+    assert reasons == ["teacher_invalid_answer"]
+    assert [(a.status, a.label) for a in answers] == [("degraded", "refund")]
+    assert "invalid_label" in (answers[0].error or "")
+    assert not left  # settled with its batch
 
 
 def test_journal_topic_is_compacted(settings: Settings) -> None:

@@ -12,7 +12,7 @@ import pytest
 from protege.costs import cost_usd, price_for
 from protege.errors import TeacherError
 from protege.generator import triage_task
-from protege.teacher import AnthropicTeacher
+from protege.teacher import AnthropicTeacher, InvalidAnswer
 from tests.messages_api import MessagesAPI, serve
 
 TASK = triage_task()
@@ -67,8 +67,14 @@ def test_invalid_label_is_repaired_once_then_fails(api: MessagesAPI) -> None:
     repair = api.requests[-1]["messages"]
     assert repair[1]["role"] == "assistant" and repair[2]["content"][0]["type"] == "tool_result"
     api.faults.extend(["invalid_label", "invalid_label"])
-    with pytest.raises(TeacherError, match="invalid_label"):
+    with pytest.raises(TeacherError, match="invalid_label") as failed:
         ask(teacher(api), "where is my order")
+    assert isinstance(failed.value, InvalidAnswer)  # both calls were paid for, and say what they cost
+    paid = failed.value.paid
+    assert paid.attempts == 2 and paid.label not in TASK.answers and not paid.standin
+    assert paid.usage.input_tokens > 0 and paid.cost_usd == pytest.approx(
+        cost_usd(paid.usage, price_for(TASK.teacher.model))
+    )
 
 
 def test_message_batches_label_a_set_at_half_price(api: MessagesAPI) -> None:

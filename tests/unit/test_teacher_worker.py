@@ -14,7 +14,7 @@ from protege.events import Correction, DeadLetter, Ingested, Response, TeacherRe
 from protege.generator import triage_task
 from protege.kafka import Received
 from protege.task import Task
-from protege.teacher import TeacherAnswer
+from protege.teacher import InvalidAnswer, TeacherAnswer
 from protege.topics import Topics
 
 T = Topics("x.")
@@ -150,6 +150,24 @@ def test_invalid_answer_is_dead_lettered_and_the_request_still_answered() -> Non
     assert DeadLetter.model_validate_json(dlq.value).reason == "teacher_invalid_answer"
     r = Response.model_validate_json(resp.value)
     assert (r.status, r.label) == ("failed", None) and "invalid_label" in (r.error or "")
+
+
+def paid_invalid(cost: float) -> InvalidAnswer:
+    paid = TeacherAnswer("billing-ish", "r", "claude-test", False, Usage(input_tokens=2, output_tokens=2), cost, 1.0, 2)
+    return InvalidAnswer("invalid_label: 'billing-ish' twice", paid)
+
+
+def test_an_invalid_answer_was_paid_for_and_counts_against_the_cap() -> None:
+    spend = SpendTracker()
+    w = worker(ScriptedTeacher(cost=0.4, failures=[paid_invalid(0.6)]), task(spend_cap_usd_per_hour=1.0), spend=spend)
+    before = metrics.TEACHER_COST.labels("acme", "ticket-triage", "answer")._value.get()
+    dlq, resp = run(w, ask(rid="bad"))
+    assert DeadLetter.model_validate_json(dlq.value).reason == "teacher_invalid_answer"
+    assert Response.model_validate_json(resp.value).status == "degraded"
+    assert spend.spent("acme/ticket-triage") == pytest.approx(0.6)
+    assert metrics.TEACHER_COST.labels("acme", "ticket-triage", "answer")._value.get() - before == pytest.approx(0.6)
+    # 0.6 paid + 0.4 * 1.2 reserved for the next call passes the 1.0 cap: it is held
+    assert TeacherRequest.model_validate_json(run(w, ask(rid="next"))[0].value).held_because == "over_budget"
 
 
 def test_held_request_waits_for_its_turn() -> None:
