@@ -380,6 +380,11 @@ class HarvestCase(Event, title="protege.harvest_case"):
         description="review: one half of a golden row (the teacher's answer, or a person's review label), "
         "kept apart from training."
     )
+    labelled_by: str | None = Field(
+        None,
+        description="review: who gave a person's label (the review's source): two people's labels of one request "
+        "are a second opinion, not a change of mind.",
+    )
     harvested_at_ms: int
 
     @property

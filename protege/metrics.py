@@ -156,6 +156,18 @@ REVIEWED_TEACHER_ACCURACY = Gauge(
     ["tenant", "task"],
     registry=REGISTRY,
 )
+REVIEWERS_AGREEMENT = Gauge(
+    "protege_reviewers_agreement",
+    "How often two people who labelled the same request agreed (Task.review_overlap; rows two or more labelled).",
+    ["tenant", "task"],
+    registry=REGISTRY,
+)
+REVIEWED_DISPUTED = Gauge(
+    "protege_reviewed_disputed_rows",
+    "Reviewed rows whose people disagree with no majority: kept out of the golden set until a third label.",
+    ["tenant", "task"],
+    registry=REGISTRY,
+)
 TEACHER_SECONDS = Histogram(
     "protege_teacher_call_seconds",
     "One teacher call, retries included.",

@@ -16,9 +16,10 @@ of the accepted answers, chosen by a stable hash of the request id (``audited``)
 sent to the teacher behind the response: the only unbiased sample of accepted traffic.
 
 The task's ``review_rate`` of all requests, drawn by another hash (``in_review``), is the
-review sample: people label them for the golden set (``Decision.review``). An accepted one is
-audited too, so the teacher's answer on every reviewed request is on record; the union of the
-two hash draws is still a uniform sample of accepted traffic.
+review sample: people label them for the golden set (``Decision.review``); its
+``review_overlap`` share, by a third hash, is labelled by two people (``reviewers_wanted``).
+An accepted one is audited too, so the teacher's answer on every reviewed request is on
+record; the union of the two hash draws is still a uniform sample of accepted traffic.
 """
 
 from __future__ import annotations
@@ -43,6 +44,17 @@ REVIEW_SALT = "review:"  # the review sample, independent of the audits' and the
 def in_review(request_id: str, rate: float) -> bool:
     """Whether a request falls in the review sample (``Task.review_rate``)."""
     return in_share(request_id, rate, salt=REVIEW_SALT)
+
+
+OVERLAP_SALT = "overlap:"  # which sampled requests a second person labels (Task.review_overlap)
+
+
+def reviewers_wanted(request_id: str, task: Task) -> int:
+    """How many people label a request: none outside the review sample, two in its
+    ``review_overlap`` share (a second opinion), else one."""
+    if not in_review(request_id, task.review_rate):
+        return 0
+    return 2 if in_share(request_id, task.review_overlap, salt=OVERLAP_SALT) else 1
 
 
 def refused(feedback: Feedback, task: Task) -> tuple[str, str] | None:

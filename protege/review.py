@@ -18,11 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from protege.agreement import consensus
 from protege.events import HarvestCase
 from protege.student.train import Trusted
 from protege.task import Task
 
 DONE = "done"  # a row's place in the order people completed the rows (both halves in)
+PEOPLE = "people"  # a row's reviewers and the label each gave
 
 
 class ReviewStore:
@@ -30,7 +32,9 @@ class ReviewStore:
     person's label on each request of the review sample (``Task.review_rate``), arriving in
     either order as harvest cases with reason ``review``; a row is golden once it has both.
     One JSON Lines file per (tenant, task) under ``root``, each half appended as it arrives
-    (the last of a request's labels wins: a reviewer may change their mind). Never trained on."""
+    (a reviewer's last label counts: they may change their mind; two people's labels are a
+    second opinion, ``Task.review_overlap``, and a row they split on is left out until a third
+    label gives one a majority). Never trained on."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -38,9 +42,21 @@ class ReviewStore:
         self.completed: dict[tuple[str, str], int] = {}  # rows with both halves so far
 
     def _merge(self, key: tuple[str, str], half: dict[str, str]) -> None:
-        """One half into its row; a row that now has both gets the next place in ``DONE``."""
+        """One half into its row; a row that now has both gets the next place in ``DONE``. A
+        person's label is one reviewer's (``by``; a reviewer's last counts): the row's label is
+        what most of its reviewers gave, none while they are split (a disputed row)."""
         row = self.halves[key].setdefault(half["request_id"], {})
-        row.update(half)
+        if "label" in half:
+            people = row.setdefault(PEOPLE, {})
+            people[half.get("by", "")] = half["label"]
+            row["text"] = half["text"]
+            agreed = consensus(people)
+            if agreed is None:
+                row.pop("label", None)
+            else:
+                row["label"] = agreed
+        else:
+            row.update(half)
         if DONE not in row and "label" in row and "teacher" in row:
             row[DONE] = self.completed[key]
             self.completed[key] += 1
@@ -63,6 +79,7 @@ class ReviewStore:
         half = {"request_id": case.request_id, "text": case.text}
         if case.label_source == "feedback":
             half["label"] = case.label
+            half["by"] = case.labelled_by or ""
         else:
             half["teacher"] = case.label
         self.load(case.tenant, case.task)
@@ -99,6 +116,10 @@ class ReviewStore:
             return []
         return list(({t.request_id: t for t in reviewed} | {t.request_id: t for t in file}).values())
 
+    def opinions(self, tenant: str, task: str) -> dict[str, dict[str, str]]:
+        """Each reviewed request's people and their labels (``agreement`` measures them)."""
+        return {rid: row[PEOPLE] for rid, row in self.load(tenant, task).items() if PEOPLE in row}
+
     def waiting(self, tenant: str, task: str) -> int:
         """Sampled requests without a person's label yet."""
-        return sum("label" not in row for row in self.load(tenant, task).values())
+        return sum(PEOPLE not in row for row in self.load(tenant, task).values())

@@ -313,6 +313,15 @@ class Task(BaseModel):
         "they join the golden set, a uniform sample of live traffic that grows with it. Kept out of training; an "
         "accepted one is audited too. 0: the golden set is the file alone.",
     )
+    review_overlap: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of the review sample (by another hash of the request id) that a second person labels "
+        "too: `protege report` measures how often people agree (and Fleiss' kappa), and a row two people label "
+        "differently is disputed, kept out of the golden set until a third label gives it a majority. 0: one "
+        "person a request.",
+    )
     review_window: int = Field(
         0,
         ge=0,

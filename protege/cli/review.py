@@ -7,20 +7,24 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from protege import signals
+from protege.agreement import consensus
 from protege.cli.root import TaskName, Tenant, app, console
 from protege.errors import BrokerError
 from protege.events import Feedback, ReviewItem
-from protege.kafka import Out, publish
-from protege.policy import refused
+from protege.kafka import Out, Record, publish
+from protege.policy import refused, reviewers_wanted
 from protege.settings import Settings
 from protege.task import Task, load_tasks
+
+E = TypeVar("E", bound=BaseModel)
 
 review_app = typer.Typer(
     no_args_is_help=True,
@@ -29,28 +33,43 @@ review_app = typer.Typer(
 app.add_typer(review_app, name="review")
 
 
-async def waiting(settings: Settings, tenant: str, task: str) -> list[ReviewItem]:
-    """The review sample's requests of (tenant, task) that no review has labelled yet, oldest first."""
+async def waiting(settings: Settings, tenant: str, task: Task, source: str | None = None) -> list[ReviewItem]:
+    """The review sample's requests of (tenant, task) still short of people's labels, oldest
+    first (``short_of_labels``), read from protege.review and protege.feedback."""
     from protege.state import read_all
 
     items, given = await asyncio.gather(
         read_all(settings, settings.topics.review), read_all(settings, settings.topics.feedback)
     )
-    done = set()
-    for r in given:
+    return short_of_labels(_parsed(ReviewItem, items), _parsed(Feedback, given), tenant, task, source)
+
+
+def _parsed(model: type[E], records: Iterable[Record]) -> Iterator[E]:
+    for r in records:
         try:
-            f = Feedback.model_validate_json(r.value or b"")
+            yield model.model_validate_json(r.value or b"")
         except ValidationError:
-            continue  # the harvester dead-letters it
-        if f.kind == "review" and (f.tenant, f.task) == (tenant, task):
-            done.add(f.request_id)
+            continue  # the harvester dead-letters a bad review; a bad item is nothing a person can label
+
+
+def short_of_labels(
+    items: Iterable[ReviewItem], given: Iterable[Feedback], tenant: str, task: Task, source: str | None = None
+) -> list[ReviewItem]:
+    """The items still short of people's labels, in order: one label each, two on the task's
+    ``review_overlap`` share (a second opinion), and one more where people disagree (until a
+    label has a majority). With ``source``, not those this reviewer labelled already (a second
+    opinion is somebody else's)."""
+    who: dict[str, dict[str, str]] = {}  # request id -> reviewer -> their (last) label
+    for f in given:
+        if f.kind == "review" and (f.tenant, f.task) == (tenant, task.name):
+            who.setdefault(f.request_id, {})[f.source] = f.label
     out: dict[str, ReviewItem] = {}
-    for r in items:
-        try:
-            item = ReviewItem.model_validate_json(r.value or b"")
-        except ValidationError:
-            continue  # not the harvester's: nothing a person can label
-        if (item.tenant, item.task) == (tenant, task) and item.request_id not in done:
+    for item in items:
+        if (item.tenant, item.task) != (tenant, task.name):
+            continue
+        labelled = who.get(item.request_id, {})
+        enough = len(labelled) >= max(1, reviewers_wanted(item.request_id, task)) and consensus(labelled) is not None
+        if not enough and source not in labelled:  # a disputed row waits for a third person
             out.setdefault(item.request_id, item)
     return list(out.values())
 
@@ -61,6 +80,9 @@ def pull(
     task_name: TaskName,
     out: Annotated[Path | None, typer.Option("--out", help="Write here (default: stdout).")] = None,
     limit: Annotated[int, typer.Option(help="At most this many (0: all).", min=0)] = 0,
+    source: Annotated[
+        str | None, typer.Option(help="Who will label them: leaves out what this reviewer labelled already.")
+    ] = None,
 ) -> None:
     """The requests of the review sample still without a person's label, as JSON Lines
     ``{request_id, tenant, task, text, label: null}``. Blind: neither the teacher's nor the
@@ -69,7 +91,7 @@ def pull(
     settings = Settings()
     task = _task(settings, task_name)
     try:
-        items = asyncio.run(waiting(settings, tenant, task_name))
+        items = asyncio.run(waiting(settings, tenant, task, source))
     except BrokerError as e:
         console.print(f"[red]broker[/]: {e}")
         raise typer.Exit(1) from None
@@ -181,7 +203,7 @@ def serve_desk(
 
     try:
         desk = Desk(
-            task, tenant, source=source, waiting=lambda: asyncio.run(waiting(settings, tenant, task_name)), send=send
+            task, tenant, source=source, waiting=lambda: asyncio.run(waiting(settings, tenant, task, source)), send=send
         )
     except BrokerError as e:
         console.print(f"[red]broker[/]: {e}")

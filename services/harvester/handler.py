@@ -60,6 +60,7 @@ class Harvester:
             label=event.label,
             label_source="feedback",
             reason="review" if review else "feedback",
+            labelled_by=event.source if review else None,
             harvested_at_ms=now_ms(),
         )
         return [Out.of(self.topics.harvest, case)]

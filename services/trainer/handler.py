@@ -30,6 +30,7 @@ from pathlib import Path
 import structlog
 
 from protege import metrics
+from protege.agreement import agreement
 from protege.canary import candidate
 from protege.events import Alert, HarvestCase, ModelAnnouncement, now_ms
 from protege.kafka import Out, Received
@@ -239,8 +240,9 @@ class Trainer:
         return outs
 
     def observe_reviews(self, tenant: str, task: str) -> None:
-        """The reviewed golden rows of (tenant, task) on /metrics: how many, and how often people
-        agreed with the teacher on them."""
+        """The reviewed golden rows of (tenant, task) on /metrics: how many, how often people
+        agreed with the teacher on them, with each other (second opinions), and the rows they
+        split on."""
         assert self.reviews is not None
         rows = self.reviews.golden(tenant, self.tasks[task])
         metrics.REVIEWED_ROWS.labels(tenant, task).set(len(rows))
@@ -248,6 +250,10 @@ class Trainer:
             metrics.REVIEWED_TEACHER_ACCURACY.labels(tenant, task).set(
                 sum(t.teacher == t.label for t in rows) / len(rows)
             )
+        people = agreement(self.reviews.opinions(tenant, task))
+        metrics.REVIEWED_DISPUTED.labels(tenant, task).set(people["disputed"])
+        if people["agreement"] is not None:
+            metrics.REVIEWERS_AGREEMENT.labels(tenant, task).set(people["agreement"])
 
     async def retrain(self, tenant: str, task_name: str, trigger: str) -> list[Out]:
         cases = list(self.store.load(tenant, task_name).values())

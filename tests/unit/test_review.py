@@ -16,11 +16,11 @@ from protege_services.harvester.handler import Harvester
 from protege_services.trainer.handler import CaseStore, Trainer
 
 from protege import metrics
-from protege.cli.review import reviews
+from protege.cli.review import reviews, short_of_labels
 from protege.events import DeadLetter, Feedback, HarvestCase, ReviewItem, TeacherResult, Usage
 from protege.generator import triage_task
 from protege.kafka import Out, Received
-from protege.policy import in_review
+from protege.policy import in_review, reviewers_wanted
 from protege.review import ReviewStore
 from protege.student.train import Case, TrainResult, Trusted
 from protege.task import Task
@@ -108,7 +108,7 @@ def test_feedback_from_outside_is_checked_before_it_teaches_or_judges() -> None:
     assert all(d.value_b64 and d.service == "harvester" and d.detail for d in letters(outs))
 
 
-def half(request_id: str, label: str, source: str) -> HarvestCase:
+def half(request_id: str, label: str, source: str, by: str | None = None) -> HarvestCase:
     return HarvestCase(
         request_id=request_id,
         tenant="acme",
@@ -117,8 +117,41 @@ def half(request_id: str, label: str, source: str) -> HarvestCase:
         label=label,
         label_source=source,  # type: ignore[arg-type]
         reason="review",
+        labelled_by=by,
         harvested_at_ms=1,
     )
+
+
+def test_two_people_who_disagree_leave_a_row_out_until_a_third_decides(tmp_path: Path) -> None:
+    store = ReviewStore(tmp_path)
+    for rid in ("r1", "r2"):
+        store.add(half(rid, "billing", "teacher"))
+        store.add(half(rid, "billing", "feedback", by="ana"))
+    store.add(half("r1", "billing", "feedback", by="bo"))  # a second opinion that agrees
+    store.add(half("r2", "refund", "feedback", by="bo"))  # one that does not: disputed
+    assert [t.request_id for t in store.golden("acme", TASK)] == ["r1"]
+    assert store.opinions("acme", TASK.name) == {
+        "r1": {"ana": "billing", "bo": "billing"},
+        "r2": {"ana": "billing", "bo": "refund"},
+    }
+    assert store.waiting("acme", TASK.name) == 0  # labelled, if split
+    store.add(half("r2", "refund", "feedback", by="cy"))  # a third person breaks the tie
+    assert [(t.request_id, t.label) for t in store.golden("acme", TASK)] == [("r1", "billing"), ("r2", "refund")]
+    store.add(half("r2", "billing", "feedback", by="cy"))  # and changes their mind: the majority moves with them
+    again = ReviewStore(tmp_path)  # a restarted trainer reads the same rows back
+    assert [(t.request_id, t.label) for t in again.golden("acme", TASK)] == [("r1", "billing"), ("r2", "billing")]
+    assert again.opinions("acme", TASK.name)["r2"] == {"ana": "billing", "bo": "refund", "cy": "billing"}
+
+
+def test_the_harvester_names_the_reviewer_on_a_persons_half() -> None:
+    review = Feedback(
+        request_id=SAMPLED[0], tenant="acme", task=TASK.name, text="t", label="billing", source="ana", kind="review"
+    )
+    fix = review.model_copy(update={"request_id": OTHERS[0], "kind": "correction"})
+    got = cases(
+        harvest(Received(review, T.feedback, value=review.dumps()), Received(fix, T.feedback, value=fix.dumps()))
+    )
+    assert [(c.reason, c.labelled_by) for c in got] == [("review", "ana"), ("feedback", None)]
 
 
 def test_the_review_store_joins_the_halves_in_either_order_and_keeps_them(tmp_path: Path) -> None:
@@ -209,6 +242,11 @@ def test_the_trainer_never_learns_a_reviewed_case(tmp_path: Path) -> None:
     labels = {"tenant": "acme", "task": TASK.name}
     assert sample("protege_reviewed_golden_rows", labels) == 2
     assert sample("protege_reviewed_teacher_accuracy", labels) == 0.5
+    second = [half("g0", "refund", "feedback", by="bo"), half("g1", "billing", "feedback", by="bo")]  # agrees, splits
+    asyncio.run(trainer.handle([Received(h, T.harvest, offset=20 + i) for i, h in enumerate(second)]))
+    assert sample("protege_reviewers_agreement", labels) == 0.5
+    assert sample("protege_reviewed_disputed_rows", labels) == 1
+    assert sample("protege_reviewed_golden_rows", labels) == 1  # the split row left the golden set
 
 
 def test_protege_review_submit_checks_every_line_before_sending() -> None:
@@ -235,3 +273,29 @@ def test_protege_review_submit_checks_every_line_before_sending() -> None:
     ]:
         with pytest.raises(ValueError, match=re.escape(why)):
             reviews([bad], TASKS, source="ann")
+
+
+def test_a_second_opinion_is_asked_of_somebody_else_and_a_split_of_a_third() -> None:
+    overlap = TASK.model_copy(update={"review_overlap": 0.5})
+    twice = [i for i in SAMPLED if reviewers_wanted(i, overlap) == 2]
+    once = [i for i in SAMPLED if reviewers_wanted(i, overlap) == 1]
+    assert twice and once and all(reviewers_wanted(i, overlap) == 0 for i in OTHERS)
+    a, b, c = twice[:3]
+    items = [
+        ReviewItem(request_id=i, tenant="acme", task=TASK.name, text="t", sampled_at_ms=1) for i in (a, b, c, once[0])
+    ]
+
+    def said(rid: str, by: str, label: str) -> Feedback:
+        return Feedback(request_id=rid, tenant="acme", task=TASK.name, text="t", label=label, source=by, kind="review")
+
+    given = [said(a, "ana", "billing"), said(b, "ana", "billing"), said(b, "bo", "billing"), said(c, "ana", "billing")]
+    given += [said(c, "bo", "refund"), said(once[0], "ana", "refund")]
+
+    def left(source: str | None) -> list[str]:
+        return [i.request_id for i in short_of_labels(items, given, "acme", overlap, source)]
+
+    assert left("bo") == [a]  # a wants a second person; b agreed; c is split but bo labelled it
+    assert left("ana") == []  # ana gave her opinion on a and c already
+    assert left("cy") == [a, c]  # a third person breaks c's tie
+    assert left(None) == [a, c]
+    assert [i.request_id for i in short_of_labels(items, given, "acme", TASK)] == [c]  # no overlap: one each, c split
