@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from aiokafka.errors import KafkaConnectionError
 from pydantic import BaseModel, ValidationError
 
+from protege.agreement import consensus
 from protege.errors import BrokerError, ConfigError
 from protege.events import Decision, Feedback, HarvestCase, Response, Scored, TeacherResult, now_ms
 from protege.kafka import Record
@@ -82,7 +83,8 @@ class Traffic:
     feedback: dict[str, Feedback] = field(default_factory=dict)  # corrections (reviews are apart)
     responses: dict[str, Response] = field(default_factory=dict)
     sampled: set[str] = field(default_factory=set)  # in the review sample (the recorded decision says so)
-    reviews: dict[str, Feedback] = field(default_factory=dict)  # a person's review of a sampled request
+    opinions: dict[str, dict[str, str]] = field(default_factory=dict)  # a sampled request's reviewers -> label
+    reviews: dict[str, str] = field(default_factory=dict)  # the label its people settled on (a majority)
 
     @property
     def standin(self) -> bool:
@@ -128,7 +130,9 @@ class Events:
             if f.kind == "correction":
                 t.feedback[f.request_id] = f  # the latest word
             elif f.request_id in t.sampled:  # the harvester refuses a review outside the sample
-                t.reviews[f.request_id] = f  # a reviewer may change their mind: the last one
+                t.opinions.setdefault(f.request_id, {})[f.source] = f.label  # a reviewer's last word
+        # Two people who split leave a request without a label until a third gives one a majority.
+        t.reviews = {rid: label for rid, said in t.opinions.items() if (label := consensus(said)) is not None}
         for resp in self.responses:
             t.responses.setdefault(resp.request_id, resp)
         return t
@@ -332,7 +336,7 @@ def _joined(events: Events) -> list[dict[str, Any]]:
             "answered_by": resp.answered_by if resp else None,
             "latency_ms": (resp.answered_at_ms - resp.received_at_ms) if resp else None,
             "feedback_label": fb.label if fb else None,
-            "review_label": t.reviews[rid].label if rid in t.reviews else None,
+            "review_label": t.reviews.get(rid),
         }
         rows.append(row)
     return rows

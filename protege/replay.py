@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protege.agreement import agreement, consensus
 from protege.certify import paired_lower_bound
 from protege.events import Decision, Scored
 from protege.kafka import Out, ensure_topics
@@ -140,8 +141,12 @@ class Result:
             "feedback_labels": len(t.feedback),
             "review_labels": len(t.reviews),
             "cost_per_teacher_call_usd": per_call,
-            "recorded": _side(self.rows, recorded=True, per_call=per_call, labels=self.candidate.task.answers),
-            "replay": _side(self.rows, recorded=False, per_call=per_call, labels=self.candidate.task.answers),
+            "recorded": _side(
+                self.rows, recorded=True, per_call=per_call, labels=self.candidate.task.answers, opinions=t.opinions
+            ),
+            "replay": _side(
+                self.rows, recorded=False, per_call=per_call, labels=self.candidate.task.answers, opinions=t.opinions
+            ),
             "flips": flips,
             "matched": {
                 "count": sum(r.matched for r in recorded_rows),
@@ -194,7 +199,10 @@ class Reviewed:
 
 
 def against_people(
-    reviewed: Sequence[Reviewed], sampled: int, labels: Collection[str] | None = None
+    reviewed: Sequence[Reviewed],
+    sampled: int,
+    labels: Collection[str] | None = None,
+    opinions: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, Any] | None:
     """The answers served, the teacher's and the student's, each against people's labels on the
     review sample (``Task.review_rate``): a uniform draw of all traffic by a hash of the request
@@ -203,7 +211,9 @@ def against_people(
     minus teacher as a paired difference on the same requests, its 95% interval two one-sided
     97.5% bounds from ``certify.paired_lower_bound`` (the bound a relative target is certified
     with). A review whose label is not one of ``labels`` is left out (the harvester refuses it).
-    None when no request of the range is in the sample."""
+    With ``opinions`` (request id -> reviewer -> label), how often people agree with each other
+    where two or more labelled a request (``agreement``), and the requests they split on (no
+    label yet: not in ``reviewed``). None when no request of the range is in the sample."""
     if not sampled:
         return None
     if labels is not None:
@@ -213,10 +223,14 @@ def against_people(
     losses = sum(r.teacher == r.person != r.answer for r in both)
     n = len(both)
     versions = sorted({r.version for r in reviewed if r.route == "student" and r.version})
+    reviewers = agreement(opinions or {})
+    disputed = sum(consensus(said) is None for said in (opinions or {}).values())
     return {
         "sampled": sampled,
         "reviewed": len(reviewed),
-        "pending": sampled - len(reviewed),
+        "pending": sampled - len(reviewed) - disputed,
+        "disputed": disputed,
+        "reviewers": reviewers,
         "served": _accuracy([(r.answer, r.person) for r in reviewed]),
         "teacher": _accuracy([(r.teacher, r.person) for r in both]),
         "student": _accuracy([(r.student, r.person) for r in reviewed if r.student is not None]),
@@ -268,7 +282,14 @@ def _estimate(judged: Sequence[tuple[str | None, Row]]) -> dict[str, Any] | None
     }
 
 
-def _side(rows: Sequence[Row], *, recorded: bool, per_call: float | None, labels: Collection[str]) -> dict[str, Any]:
+def _side(
+    rows: Sequence[Row],
+    *,
+    recorded: bool,
+    per_call: float | None,
+    labels: Collection[str],
+    opinions: Mapping[str, Mapping[str, str]],
+) -> dict[str, Any]:
     """The numbers of one side (the recorded decisions, or the replayed ones)."""
     if recorded:
         rows = [r for r in rows if r.recorded_verdict is not None]
@@ -325,6 +346,7 @@ def _side(rows: Sequence[Row], *, recorded: bool, per_call: float | None, labels
             ],
             sum(r.sampled for r in rows),
             labels,
+            opinions,
         ),
         "unanswerable": sum(answer(r) is None for r in rows),  # escalated where the record holds no teacher answer
         "accepted_in_sample": len(learnt),  # left out of the accuracies above
@@ -443,7 +465,7 @@ def _row(traffic: Traffic, before: Scored, was: Decision | None, now: Decision, 
         teacher_label=teacher.label if teacher else None,
         teacher_cost_usd=teacher.cost_usd if teacher else None,
         feedback_label=feedback.label if feedback else None,
-        review_label=traffic.reviews[rid].label if rid in traffic.reviews else None,
+        review_label=traffic.reviews.get(rid),
         answer=answer,
         in_sample=in_sample,
         sampled=rid in traffic.sampled,

@@ -42,7 +42,7 @@ from protege.drift import DriftMonitor
 from protege.events import Alert, ModelAnnouncement
 from protege.recorded import Events, Selection
 from protege.registry import Version
-from protege.replay import Result, Reviewed, against_people
+from protege.replay import Result, Reviewed, against_people, wilson
 from protege.serving import Serving
 from protege.student.manifest import HELD_OUT
 from protege.task import Task
@@ -111,6 +111,7 @@ class Basis:
     live: dict[str, dict[str, Any]] = field(default_factory=dict)  # version -> live accuracy from audits
     sampled: int = 0  # requests in the review sample (Task.review_rate)
     reviewed: list[Reviewed] = field(default_factory=list)  # those a person labelled, as this basis answers them
+    opinions: dict[str, dict[str, str]] = field(default_factory=dict)  # sampled request -> reviewer -> label
 
     @classmethod
     def recorded(cls, events: Events) -> Basis:
@@ -130,7 +131,7 @@ class Basis:
                 teacher = traffic.teacher.get(rid)
                 reviewed.append(
                     Reviewed(
-                        traffic.reviews[rid].label,
+                        traffic.reviews[rid],
                         traffic.served(rid),
                         d.route,
                         teacher.label if teacher else None,
@@ -156,6 +157,7 @@ class Basis:
             live=live_accuracy(events.teacher, sel.tenant, sel.task),
             sampled=len(traffic.sampled),
             reviewed=reviewed,
+            opinions=traffic.opinions,
         )
 
     @classmethod
@@ -193,6 +195,7 @@ class Basis:
                 for r in result.rows
                 if r.review_label is not None and not r.in_sample
             ],
+            opinions=t.opinions,
         )
 
 
@@ -486,7 +489,7 @@ def build(basis: Basis, context: Context, inputs: Inputs) -> dict[str, Any]:
         "over_time": {"bucket_s": width, "buckets": over_time(points, width, c_t, c_s)},
         "drift": drift(points, task, context.alerts, basis.kind),
         "breakeven": breakeven(points, c_t, c_s, inputs, per_day),
-        "people": against_people(basis.reviewed, basis.sampled, task.answers),
+        "people": against_people(basis.reviewed, basis.sampled, task.answers, basis.opinions),
         "throughput": None if th is None else {**asdict(th), "per_s": round(th.per_s, 1)},
         "versions": timeline(context.versions, context.announcements, sel.tenant, sel.task),
     }
@@ -849,6 +852,7 @@ def _people_note(data: dict[str, Any]) -> str:
             "answer, or confuse what it confuses): then its mistakes are invisible here, and a target relative "
             "to the teacher asks the student to repeat them.</p>"
         )
+    table += _second_opinions(people)
     d = people["served_minus_teacher"]
     if d is None:
         return head + table
@@ -860,6 +864,39 @@ def _people_note(data: dict[str, Any]) -> str:
         f"[{100 * lo:+.1f}, {100 * hi:+.1f}] ({d['wins']} right where the teacher was wrong, {d['losses']} the "
         "reverse).</p>"
     )
+
+
+def _second_opinions(people: dict[str, Any]) -> str:
+    """How often people agree with each other where two labelled a request (``Task.review_overlap``),
+    and a warning when the teacher agrees with them more than that allows.
+
+    If each reviewer is right with probability q > 1/2, independently of the teacher and of each
+    other, two reviewers agree at least q² of the time, and the teacher agrees with one at most q
+    of the time: so it cannot agree with people much beyond the square root of their agreement
+    with each other. When its lower bound passes the root of their upper bound, people share
+    its mistakes (or saw its answer)."""
+    r = people["reviewers"]
+    if not r["rows"]:
+        return ""
+    # Two reviewers of a request agree with probability r["agreement"] (the share of requests they
+    # agree on, where each has two); its interval as if from that many requests.
+    lo, hi = wilson(round(r["agreement"] * r["rows"]), r["rows"]) or (0.0, 1.0)
+    kappa = "—" if r["kappa"] is None else f"{r['kappa']:.2f}"
+    text = (
+        f"<p class='sub'>Second opinions: {r['rows']:,} requests labelled by two or more people (the task's "
+        f"review_overlap); two reviewers of one agreed {_pct(r['agreement'])} of the time (95% {_pct(lo)}-"
+        f"{_pct(hi)}), Fleiss' kappa {kappa}. {people['disputed']:,} split with no majority: left out of the rows "
+        "above until a third person labels them (protege review pull).</p>"
+    )
+    teacher = people["teacher"]
+    if teacher["n"] and teacher["interval95"][0] > math.sqrt(hi):
+        text += (
+            f"<p class='sub warn'>The teacher agrees with people ({_pct(teacher['accuracy'])}) more than people who "
+            f"agree with each other {_pct(r['agreement'])} of the time could if their mistakes were their "
+            "own: the reviewers share the teacher's mistakes (or saw its answer), so its accuracy here is too high, "
+            "and a target relative to it too strict.</p>"
+        )
+    return text
 
 
 def _interval(acc: dict[str, Any]) -> tuple[str, str]:

@@ -193,11 +193,10 @@ def test_the_review_sample_judges_each_side_against_people() -> None:
     teacher's and the student's against those labels, recorded beside a looser candidate's."""
     t = traffic()
     t.teacher["r0"] = teacher(0, "shipping").model_copy(update={"mode": "audit"})  # accepted and sampled: audited
-    t.sampled = {"r0", "r1", "r2"}
-    t.reviews = {
-        rid: Feedback(request_id=rid, tenant="acme", task=TASK.name, text="t", label=label, kind="review")
-        for rid, label in (("r0", "billing"), ("r1", "shipping"), ("r2", "billing"))
-    }
+    t.sampled = {"r0", "r1", "r2", "r3"}
+    t.opinions = {"r0": {"ana": "billing", "bo": "billing"}, "r1": {"ana": "shipping"}, "r2": {"ana": "billing"}}
+    t.opinions["r3"] = {"ana": "billing", "bo": "shipping"}  # split: no label until a third person
+    t.reviews = {"r0": "billing", "r1": "shipping", "r2": "billing"}
     loose = TASK.model_copy(
         update={
             "policy": TASK.policy.model_copy(
@@ -209,7 +208,8 @@ def test_the_review_sample_judges_each_side_against_people() -> None:
     )
     s = replay(t, Candidate(loose, rescore=False), no_students).summary()
     rec, rep = s["recorded"]["answers_vs_people"], s["replay"]["answers_vs_people"]
-    assert (rec["sampled"], rec["reviewed"], rec["pending"]) == (3, 3, 0)
+    assert (rec["sampled"], rec["reviewed"], rec["pending"], rec["disputed"]) == (4, 3, 0, 1)
+    assert (rec["reviewers"]["rows"], rec["reviewers"]["agreement"]) == (2, 0.5)  # r0 agreed, r3 split
     # recorded: r0 the student's shipping (wrong), r1 and r2 the teacher's (right)
     assert (rec["served"]["correct"], rec["served"]["n"]) == (2, 3)
     assert (rec["teacher"]["correct"], rec["student_answered"]["correct"], rec["teacher_answered"]["correct"]) == (

@@ -378,6 +378,40 @@ def test_the_review_sample_measures_what_was_served_against_people(registry: Reg
     assert "Served minus teacher on the same 9 requests: +11.1 points" in page
 
 
+def test_second_opinions_measure_people_and_catch_reviewers_who_share_the_teachers_mistakes(
+    registry: Registry,
+) -> None:
+    events = with_reviews(recorded_events(40))
+    person = {f.request_id: f.label for f in events.feedback if f.kind == "review"}
+    split = next(rid for rid in ("r0000", "r0001", "r0002") if person[rid] != "refund")
+    events.feedback += [  # a second person: agrees on r0003-r0008, splits on one
+        Feedback(request_id=rid, tenant="acme", task=TASK, text="t", label=person[rid], source="bo", kind="review")
+        for rid in (f"r{i:04d}" for i in range(3, 9))
+    ]
+    events.feedback.append(
+        Feedback(request_id=split, tenant="acme", task=TASK, text="t", label="refund", source="bo", kind="review")
+    )
+    data = build(Basis.recorded(events), Context(ticket_task(), versions=registry.versions("acme", TASK)), Inputs())
+    people = data["people"]
+    assert (people["reviewed"], people["disputed"], people["pending"]) == (8, 1, 1)
+    assert people["reviewers"]["rows"] == 7 and people["reviewers"]["agreement"] == pytest.approx(6 / 7)
+    page = render(data)
+    assert "Second opinions: 7 requests labelled by two or more people" in page and "1 split with no majority" in page
+    assert "share the teacher's mistakes" not in page  # 6 of 8 right: no more than people's agreement allows
+
+    # People who agree with each other on 70 of 100 requests, and with the teacher on 291 of 300.
+    from protege.report import _second_opinions
+
+    shared = {
+        "reviewers": {"rows": 100, "agreement": 0.7, "agreed": 70, "kappa": 0.6, "disputed": 30, "pairs": []},
+        "disputed": 30,
+        "teacher": {"n": 300, "correct": 291, "accuracy": 0.97, "interval95": (0.944, 0.984)},
+    }
+    assert "share the teacher's mistakes" in _second_opinions(shared)
+    shared["teacher"] = {"n": 300, "correct": 240, "accuracy": 0.8, "interval95": (0.75, 0.84)}
+    assert "share the teacher's mistakes" not in _second_opinions(shared)
+
+
 def test_without_a_review_sample_the_report_says_so(registry: Registry) -> None:
     data = build(
         Basis.recorded(recorded_events(30)), Context(ticket_task(), versions=registry.versions("acme", TASK)), Inputs()
