@@ -33,9 +33,10 @@ from aiokafka.errors import KafkaError
 
 from protege.events import Correction, Event, Feedback, Response, ReviewItem, TeacherResult
 from protege.kafka import Out, consumer, partitions_of, producer
+from protege.policy import reviewers_wanted
 from protege.settings import Settings
 from protege.supervisor import Supervisor
-from protege.task import OOS
+from protege.task import OOS, Task
 
 
 @dataclass
@@ -234,14 +235,17 @@ class StandinReviewer:
     requests the stand-in teacher gets wrong (``teacher``: request id -> the teacher's answer) it
     gives the teacher's wrong label too, as a person who confuses the same intents would.
     ``delay_s`` holds each label that long after the item arrived (what is still held when the run
-    ends is never sent). Runs in its own thread beside the traffic driver; what it did is reported
-    under that name.
+    ends is never sent). With ``overlap`` (the task), a second stand-in person (source
+    ``standin-reviewer-2``, the same noise and blind spots, its own draws) labels the requests
+    the task wants two labels on (``Task.review_overlap``). Runs in its own thread beside the
+    traffic driver; what it did is reported under that name.
 
         with StandinReviewer(settings, {"bench-1": "refund", ...}, noise=0.05, delay_s=60) as reviewer:
             ...                                   # traffic; reviewer.reviewed counts the labels sent
     """
 
     SOURCE = "standin-reviewer"
+    SECOND = "standin-reviewer-2"
 
     def __init__(
         self,
@@ -253,6 +257,7 @@ class StandinReviewer:
         teacher: dict[str, str] | None = None,
         delay_s: float = 0.0,
         seed: int = 0,
+        overlap: Task | None = None,
     ) -> None:
         if follow and teacher is None:
             raise ValueError("follow needs the teacher's answers (request id -> label)")
@@ -263,8 +268,10 @@ class StandinReviewer:
         self.teacher = teacher or {}
         self.delay_s = delay_s
         self.seed = seed
+        self.overlap = overlap
         self.choices = sorted(set(labels.values()))
         self.reviewed = 0
+        self.second_opinions = 0  # of the labels sent, the second person's
         self.wrong = 0  # labels sent that are not the data set's (noise or the teacher's mistakes)
         self.followed = 0  # of those, the teacher's own wrong label
         self.unknown = 0  # items of requests it has no label for (not the driver's)
@@ -285,16 +292,20 @@ class StandinReviewer:
         wrong += [f"repeating {self.follow:.0%} of the teacher's mistakes"] if self.follow else []
         how = ", ".join(wrong) or "always right"
         when = "at once" if not self.delay_s else f"{self.delay_s:g} s after each item"
-        return f"OFFLINE STAND-IN reviewer (the data set's labels, {how}, {when})"
+        two = f"; a second person on {self.overlap.review_overlap:.0%} of them" if self.overlap else ""
+        return f"OFFLINE STAND-IN reviewer (the data set's labels, {how}, {when}{two})"
 
-    def label_for(self, request_id: str) -> str | None:
+    def label_for(self, request_id: str, second: bool = False) -> str | None:
+        """The stand-in person's label (``second``: the second person's, drawn apart)."""
         truth = self.labels.get(request_id)
         if truth is None:
             return None
+        who = "2:" if second else ""
         said = self.teacher.get(request_id, truth)
-        if said != truth and self.follow and random.Random(f"follow:{self.seed}:{request_id}").random() < self.follow:
+        follows = random.Random(f"follow:{who}{self.seed}:{request_id}").random() < self.follow
+        if said != truth and self.follow and follows:
             return said
-        rng = random.Random(f"reviewer:{self.seed}:{request_id}")
+        rng = random.Random(f"reviewer:{who}{self.seed}:{request_id}")
         if not self.noise or rng.random() >= self.noise:
             return truth
         return rng.choice([x for x in self.choices if x != truth] or [truth])
@@ -314,14 +325,19 @@ class StandinReviewer:
                         if label is None:
                             self.unknown += 1
                             continue
-                        review = item.review(label, self.SOURCE)
-                        self.held.append((time.monotonic() + self.delay_s, review))
+                        due = time.monotonic() + self.delay_s
+                        self.held.append((due, item.review(label, self.SOURCE)))
+                        if self.overlap is not None and reviewers_wanted(item.request_id, self.overlap) == 2:
+                            second = self.label_for(item.request_id, second=True)
+                            assert second is not None
+                            self.held.append((due, item.review(second, self.SECOND)))
                 now = time.monotonic()
                 while self.held and self.held[0][0] <= now:
                     _, review = self.held.popleft()
                     out = Out.of(t.feedback, review)
                     await prod.send(out.topic, out.value, key=out.key)
                     self.reviewed += 1
+                    self.second_opinions += review.source == self.SECOND
                     wrong = review.label != self.labels[review.request_id]
                     self.wrong += wrong
                     self.followed += wrong and review.label == self.teacher.get(review.request_id)

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import TaskID
 from rich.table import Table
 
+from protege.agreement import agreement
 from protege.broker.embedded import KAFKA_VERSION
 from protege.cli.root import STANDIN_NOTE, app, bench_app, console, library_logs_to, progress_bar, stops_on_signals
 from protege.costs import cost_usd, price_table
@@ -337,6 +338,7 @@ def _run_phases(
                 "reviews_sent": reviewing.reviewed,
                 "wrong": reviewing.wrong,
                 "followed_teacher": reviewing.followed,
+                "second_opinions": reviewing.second_opinions,
                 "held_at_the_end": len(reviewing.held),
             }
         if export is not None:
@@ -609,6 +611,16 @@ def bench_stream(
         int,
         typer.Option(help="The task's review_window: certify on the newest N reviewed rows only (0: all).", min=0),
     ] = 0,
+    review_overlap: Annotated[
+        float,
+        typer.Option(
+            help="The task's review_overlap: this share of the review sample is labelled by a second OFFLINE "
+            "STAND-IN person too (the same noise and blind spots, its own draws); rows they split on wait for a "
+            "third label, which no stand-in gives.",
+            min=0,
+            max=1,
+        ),
+    ] = 0.0,
     reviewer_noise: Annotated[
         float,
         typer.Option(help="Share of the stand-in reviewer's labels that are wrong (seeded).", min=0, max=1),
@@ -667,6 +679,7 @@ def bench_stream(
             "golden": "golden.jsonl" if golden_rows else None,
             "review_rate": review_rate,
             "review_window": review_window,
+            "review_overlap": review_overlap,
             "student": StudentConfig.model_validate({**task.student.model_dump(), "learn_accepted": learn_accepted}),
         }
     )
@@ -726,6 +739,7 @@ def bench_stream(
             teacher=said,
             delay_s=reviewer_delay,
             seed=seed,
+            overlap=task if review_overlap else None,
         )
         if review_rate
         else None,
@@ -734,7 +748,9 @@ def bench_stream(
     if review_rate:
         from protege.review import ReviewStore
 
-        summary["review"]["golden_rows"] = len(ReviewStore(home / "review").golden("bench", task))
+        reviewed = ReviewStore(home / "review")
+        summary["review"]["golden_rows"] = len(reviewed.golden("bench", task))
+        summary["review"]["people"] = agreement(reviewed.opinions("bench", task.name))
         console.print(
             f"review sample ({review_rate:.0%}): {summary['review']['reviews_sent']} labels from the "
             f"{summary['review']['reviewer']} ({summary['review']['wrong']} wrong, "
@@ -742,6 +758,13 @@ def bench_stream(
             f"{summary['review']['held_at_the_end']} still held at the end); "
             f"{summary['review']['golden_rows']} golden rows at the end"
         )
+        people = summary["review"]["people"]
+        if people["rows"]:
+            console.print(
+                f"second opinions on {people['rows']} requests: the two stand-in people agreed on "
+                f"{people['agreement']:.1%} (Fleiss' kappa {people['kappa']:.3f}); {people['disputed']} split, left "
+                "out of the golden set"
+            )
     if finetuned:
         summary["finetune"] = finetuned
 
@@ -786,6 +809,7 @@ def bench_stream(
         "max_false_accepts": max_false_accepts or None,
         "review_rate": review_rate,
         "review_window": review_window,
+        "review_overlap": review_overlap,
         "reviewer_noise": reviewer_noise,
         "reviewer_follows_teacher": reviewer_follows_teacher,
         "reviewer_delay_s": reviewer_delay,

@@ -128,14 +128,15 @@ def test_the_review_sample_grows_the_golden_set_from_the_stream(tmp_path: Path, 
 def test_a_reviewer_with_the_teachers_blind_spots_repeats_its_mistakes(tmp_path: Path, backbone: Path) -> None:
     """`--reviewer-follows-teacher 1`: wherever the stand-in teacher is wrong, the stand-in
     reviewer gives the same wrong label (the bench computes the teacher's answers as its worker
-    will), so against the reviewers the teacher is never wrong."""
+    will), so against the reviewers the teacher is never wrong. `--review-overlap 0.5`: a second
+    stand-in person labels half the sample too."""
     write_jsonl(generate(500, seed=33), tmp_path / "train.jsonl")
     write_jsonl(generate(150, seed=34), tmp_path / "test.jsonl")
     home, report = tmp_path / "bench", tmp_path / "report.json"
     argv = ["bench", "stream", "--train", str(tmp_path / "train.jsonl"), "--test", str(tmp_path / "test.jsonl")]
     argv += ["--report-json", str(report), "--home", str(home), "--golden", "0", "--review-rate", "0.3"]
     argv += ["--rate", "100", "--min-cases", "100", "--retrain-every", "200", "--teacher-noise", "0.1"]
-    argv += ["--reviewer-follows-teacher", "1", "--export", str(tmp_path / "export")]
+    argv += ["--reviewer-follows-teacher", "1", "--export", str(tmp_path / "export"), "--review-overlap", "0.5"]
     done = subprocess.run([sys.executable, "-m", "protege.cli", *argv], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     s = json.loads(report.read_text())
@@ -148,3 +149,8 @@ def test_a_reviewer_with_the_teachers_blind_spots_repeats_its_mistakes(tmp_path:
     assert len(reviewed) >= 30 and all(r["review_label"] == r["teacher_label"] for r in reviewed)
     people = json.loads((tmp_path / "export" / "test" / "report.json").read_text())["people"]
     assert people["teacher"]["accuracy"] == 1.0
+    # A second stand-in person on half the sample, with the same blind spots: the two always agree,
+    # so the report cannot tell their shared mistakes from the truth either.
+    assert "a second person on 50% of them" in s["review"]["reviewer"] and s["review"]["second_opinions"] >= 20
+    assert s["review"]["people"]["rows"] >= 20 and s["review"]["people"]["agreement"] == 1.0
+    assert people["reviewers"]["rows"] >= 5 and people["reviewers"]["agreement"] == 1.0 and people["disputed"] == 0

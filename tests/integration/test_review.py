@@ -21,7 +21,7 @@ from protege.events import HarvestCase
 from protege.generator import generate, write_jsonl
 from protege.harness import drive, summarize
 from protege.pipeline import LocalPipeline
-from protege.policy import in_review
+from protege.policy import in_review, reviewers_wanted
 from protege.registry import Registry
 from protege.review import ReviewStore
 from protege.settings import Settings
@@ -53,6 +53,7 @@ def test_reviewed_requests_become_golden_rows_and_never_train(
     tasks.mkdir()
     spec = yaml.safe_load((REPO / "tests" / "tasks" / f"{TASK}.yaml").read_text())
     spec["review_rate"] = RATE
+    spec["review_overlap"] = 0.5  # half the sample wants a second person's label
     spec.setdefault("student", {}).setdefault("gates", {})["min_golden"] = 10  # reviewed rows alone: a golden set
     (tasks / f"{TASK}.yaml").write_text(yaml.safe_dump(spec))
     task = load_task(tasks / f"{TASK}.yaml")
@@ -76,8 +77,9 @@ def test_reviewed_requests_become_golden_rows_and_never_train(
         sampled = {rid for rid in list(truth)[:120] if in_review(rid, RATE)}
         assert 15 <= len(sampled) <= 45
 
-        def pull() -> list[dict]:
-            out = CliRunner().invoke(app, ["review", "pull", "--tenant", "rev", "--task", TASK])
+        def pull(source: str | None = None) -> list[dict]:
+            who = ["--source", source] if source else []
+            out = CliRunner().invoke(app, ["review", "pull", "--tenant", "rev", "--task", TASK, *who])
             assert out.exit_code == 0, out.output
             return [json.loads(line) for line in out.stdout.splitlines()]
 
@@ -90,12 +92,29 @@ def test_reviewed_requests_become_golden_rows_and_never_train(
         bad = tmp_path / "bad.jsonl"
         bad.write_text("\n".join(json.dumps(w | {"label": "no-such-queue"}) for w in waiting[:2]) + "\n")
         out = CliRunner().invoke(app, ["review", "submit", str(bad)])
-        assert out.exit_code == 1 and "line 1" in out.output and "no-such-queue" in out.output
+        said = " ".join(out.output.split())  # the console wraps its lines at the terminal's width
+        assert out.exit_code == 1 and "line 1" in said and "no-such-queue" in said
         assert len(pull()) == len(sampled)  # nothing was sent
         labelled = tmp_path / "labelled.jsonl"
         labelled.write_text("\n".join(json.dumps(w | {"label": truth[w["request_id"]]}) for w in waiting) + "\n")
         out = CliRunner().invoke(app, ["review", "submit", str(labelled), "--source", "ann"])
         assert out.exit_code == 0, out.output
+        # Half the sample wants a second opinion: from anyone but ann.
+        twice = {rid for rid in sampled if reviewers_wanted(rid, task) == 2}
+        assert twice and twice != sampled
+        assert {w["request_id"] for w in pull()} == {w["request_id"] for w in pull("bo")} == twice
+        assert pull("ann") == []
+        second = [w for w in waiting if w["request_id"] in twice]
+        split = second[0]["request_id"]  # bo sees this one differently: a disputed row
+        wrong = next(a for a in task.answers if a != truth[split])
+        labelled.write_text(
+            "\n".join(json.dumps(w | {"label": wrong if w is second[0] else truth[w["request_id"]]}) for w in second)
+        )
+        assert CliRunner().invoke(app, ["review", "submit", str(labelled), "--source", "bo"]).exit_code == 0
+        assert [w["request_id"] for w in pull()] == [w["request_id"] for w in pull("cy")] == [split]
+        assert pull("ann") == pull("bo") == []
+        labelled.write_text(json.dumps(second[0] | {"label": truth[split]}))  # a third person breaks the tie
+        assert CliRunner().invoke(app, ["review", "submit", str(labelled), "--source", "cy"]).exit_code == 0
         assert pull() == []
 
         # The report reads it back: every sampled request, each with a person's label; the cold
@@ -105,6 +124,11 @@ def test_reviewed_requests_become_golden_rows_and_never_train(
         assert out.exit_code == 0, out.output
         people = json.loads(page.with_suffix(".json").read_text())["people"]
         assert (people["sampled"], people["reviewed"], people["pending"]) == (len(sampled), len(sampled), 0)
+        pairs = len(twice) + 2  # per request two reviewers (one pair), the split one three (three pairs)
+        assert people["reviewers"]["rows"] == len(twice) and people["disputed"] == 0
+        assert people["reviewers"]["agreement"] == pytest.approx((len(twice) - 1 + 1 / 3) / len(twice))
+        assert pairs == sum(p["n"] for p in people["reviewers"]["pairs"])
+        assert "Second opinions" in page.read_text()
         assert people["served"]["correct"] == people["teacher"]["correct"] == len(sampled)
         assert f"{len(sampled)} labelled by a person, 0 waiting" in page.read_text()
         people_plot = look(chromium(), page, tmp_path).plots["people"]

@@ -86,3 +86,26 @@ def test_a_reviewer_with_the_teachers_blind_spots_repeats_that_share_of_its_mist
     assert 0.05 * 2000 <= len(other) <= 0.15 * 2000  # its own mistakes elsewhere, independent
     with pytest.raises(ValueError, match="teacher's answers"):
         StandinReviewer(Settings(), truth, follow=0.5)
+
+
+def test_a_second_standin_person_draws_its_own_mistakes() -> None:
+    from protege.agreement import agreement
+    from protege.generator import triage_task
+    from protege.harness import StandinReviewer
+    from protege.settings import Settings
+
+    truth = {f"r{i}": ("a", "b", "c")[i % 3] for i in range(2000)}
+    two = StandinReviewer(
+        Settings(),
+        truth,
+        noise=0.1,
+        seed=5,
+        overlap=triage_task().model_copy(update={"review_rate": 1, "review_overlap": 0.5}),
+    )
+    first = {rid: two.label_for(rid) for rid in truth}
+    assert first == {rid: StandinReviewer(Settings(), truth, noise=0.1, seed=5).label_for(rid) for rid in truth}
+    second = {rid: two.label_for(rid, second=True) for rid in truth}
+    people = agreement({rid: {"one": first[rid], "two": second[rid]} for rid in truth})
+    # each right 90% of the time, independently: they agree ~0.81 + 0.01/2 (the same wrong one of two)
+    assert 0.78 <= people["agreement"] <= 0.85
+    assert "a second person on 50% of them" in two.describe()
