@@ -343,6 +343,14 @@ def print_summary(s: dict[str, Any]) -> None:
             f"[yellow]{rep['training_cases_unknown']} requests were re-scored by a version that kept no list of its "
             "training cases: its accuracy on them may be in-sample[/]"
         )
+    reviewers = people[0]["reviewers"] if people[0] is not None else None
+    if reviewers is not None and reviewers["rows"]:
+        kappa = "-" if reviewers["kappa"] is None else f"{reviewers['kappa']:.2f}"
+        out.print(
+            f"second opinions: on {reviewers['rows']} requests two or more people labelled, two of them agreed "
+            f"{_pct(reviewers['agreement'])} of the time (Fleiss' kappa {kappa}); {people[0]['disputed']} split with "
+            "no majority, left out of the rows against people"
+        )
     labels = s["teacher_labels"]
     audits = rec["audit_calls"]
     out.print(

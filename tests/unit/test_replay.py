@@ -188,7 +188,7 @@ def test_unlabelled_accepted_answers_are_estimated_from_the_audits() -> None:
     )
 
 
-def test_the_review_sample_judges_each_side_against_people() -> None:
+def test_the_review_sample_judges_each_side_against_people(capsys: pytest.CaptureFixture[str]) -> None:
     """Three requests of the review sample, each labelled by a person: the answers served, the
     teacher's and the student's against those labels, recorded beside a looser candidate's."""
     t = traffic()
@@ -210,6 +210,12 @@ def test_the_review_sample_judges_each_side_against_people() -> None:
     rec, rep = s["recorded"]["answers_vs_people"], s["replay"]["answers_vs_people"]
     assert (rec["sampled"], rec["reviewed"], rec["pending"], rec["disputed"]) == (4, 3, 0, 1)
     assert (rec["reviewers"]["rows"], rec["reviewers"]["agreement"]) == (2, 0.5)  # r0 agreed, r3 split
+    from protege.cli.evaluate import print_summary
+
+    print_summary(s)
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "second opinions: on 2 requests two or more people labelled, two of them agreed 50.0%" in printed
+    assert "1 split with no majority" in printed
     # recorded: r0 the student's shipping (wrong), r1 and r2 the teacher's (right)
     assert (rec["served"]["correct"], rec["served"]["n"]) == (2, 3)
     assert (rec["teacher"]["correct"], rec["student_answered"]["correct"], rec["teacher_answered"]["correct"]) == (
