@@ -302,8 +302,7 @@ class StandinReviewer:
             return None
         who = "2:" if second else ""
         said = self.teacher.get(request_id, truth)
-        follows = random.Random(f"follow:{who}{self.seed}:{request_id}").random() < self.follow
-        if said != truth and self.follow and follows:
+        if said != truth and random.Random(f"follow:{who}{self.seed}:{request_id}").random() < self.follow:
             return said
         rng = random.Random(f"reviewer:{who}{self.seed}:{request_id}")
         if not self.noise or rng.random() >= self.noise:

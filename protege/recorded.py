@@ -26,7 +26,17 @@ from pydantic import BaseModel, ValidationError
 
 from protege.agreement import consensus
 from protege.errors import BrokerError, ConfigError
-from protege.events import Decision, Feedback, HarvestCase, Response, Scored, TeacherResult, now_ms
+from protege.events import (
+    Alert,
+    Decision,
+    Feedback,
+    HarvestCase,
+    ModelAnnouncement,
+    Response,
+    Scored,
+    TeacherResult,
+    now_ms,
+)
 from protege.kafka import Record
 from protege.redact import redact
 from protege.settings import Settings
@@ -116,6 +126,8 @@ class Events:
     responses: list[Response] = field(default_factory=list)
     feedback: list[Feedback] = field(default_factory=list)
     harvest: list[HarvestCase] = field(default_factory=list)
+    announcements: list[ModelAnnouncement] = field(default_factory=list)  # the task's, from the beginning
+    alerts: list[Alert] = field(default_factory=list)  # the task's alarms, from the beginning
     unreadable: int = 0  # records on those topics that did not parse (skipped, counted)
 
     def traffic(self) -> Traffic:
@@ -157,6 +169,9 @@ async def read_events(settings: Settings, selection: Selection) -> Events:
     try:  # the requests first: an unreachable broker fails once, not six times at once
         read = [await read_all(settings, names[0], since_ms=since)]
         read += await asyncio.gather(*(read_all(settings, name, since_ms=since) for name in names[1:]))
+        # Which versions served, and the alarms: from the beginning (a version announced before the
+        # range served in it).
+        models, alerts = await asyncio.gather(read_all(settings, t.models), read_all(settings, t.alerts))
     except KafkaConnectionError as e:
         raise BrokerError(
             f"cannot reach Kafka at {settings.bootstrap_servers}: {e} (is it running? protege broker start "
@@ -194,6 +209,8 @@ async def read_events(settings: Settings, selection: Selection) -> Events:
         responses=[e for e in _parse(Response, read[3], bad) if ours(e)],
         feedback=[e for e in _parse(Feedback, read[4], bad) if ours(e)],
         harvest=[e for e in _parse(HarvestCase, read[5], bad) if ours(e)],
+        announcements=[e for e in _parse(ModelAnnouncement, models, bad) if (e.tenant, e.task) == mine],
+        alerts=[e for e in _parse(Alert, alerts, bad) if e.task == selection.task],
         unreadable=sum(bad.values()),
     )
 
@@ -205,7 +222,7 @@ async def recorded(settings: Settings, selection: Selection) -> Traffic:
 
 # -- export: Parquet ----------------------------------------------------------------
 
-TABLES = ("scored", "decisions", "teacher_results", "responses", "feedback", "harvest")
+LATER_TABLES = ("announcements", "alerts")  # added to export version 1 later: optional when read
 
 
 def _pyarrow() -> Any:
@@ -302,6 +319,17 @@ def _flat(table: str, e: Any) -> dict[str, Any]:
         }
     if table == "feedback":
         return {"request_id": e.request_id, "label": e.label, "kind": e.kind, "source": e.source, "text": e.text}
+    if table == "announcements":
+        return {
+            "version": e.version,
+            "action": e.action,
+            "source": e.source,
+            "share": e.share,
+            "reason": e.reason,
+            "announced_at_ms": e.announced_at_ms,
+        }
+    if table == "alerts":
+        return {"kind": e.kind, "state": e.state, "rate": e.rate, "baseline": e.baseline, "at_ms": e.at_ms}
     return {  # harvest
         "request_id": e.request_id,
         "label": e.label,
@@ -356,13 +384,16 @@ def write_export(events: Events, folder: Path, *, with_text: bool = False) -> di
         "responses": events.responses,
         "feedback": events.feedback,
         "harvest": events.harvest,
+        "announcements": events.announcements,
+        "alerts": events.alerts,
     }
     for table, items in lists.items():
         rows = []
         for e in items:
             e = _scrub(e, with_text)
             rows.append(_flat(table, e) | {"event": e.model_dump_json()})
-        schema = None if rows else pa.schema([("request_id", pa.string()), ("event", pa.string())])
+        key = [] if table in LATER_TABLES else [("request_id", pa.string())]
+        schema = None if rows else pa.schema([*key, ("event", pa.string())])
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / f"{table}.parquet")
         counts[table] = len(rows)
     joined = _joined(events)
@@ -391,7 +422,10 @@ def read_export(folder: Path) -> Events:
         raise ReplayError(f"{folder}: export version {meta.get('export_version')}, this protege reads {EXPORT_VERSION}")
 
     def load(table: str, model: type[E]) -> list[E]:
-        column = pq.read_table(folder / f"{table}.parquet", columns=["event"]).column("event").to_pylist()
+        path = folder / f"{table}.parquet"
+        if table in LATER_TABLES and not path.exists():
+            return []  # an export written before protege kept these
+        column = pq.read_table(path, columns=["event"]).column("event").to_pylist()
         return [model.model_validate_json(v) for v in column]
 
     sel = meta["selection"]
@@ -410,4 +444,6 @@ def read_export(folder: Path) -> Events:
         responses=load("responses", Response),
         feedback=load("feedback", Feedback),
         harvest=load("harvest", HarvestCase),
+        announcements=load("announcements", ModelAnnouncement),
+        alerts=load("alerts", Alert),
     )

@@ -25,7 +25,7 @@ from protege.task import Task, load_task, load_tasks
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from protege.events import Ingested, Scored
+    from protege.events import Ingested
     from protege.recorded import Events, Selection
     from protege.report import Basis, Context, Inputs, Throughput
     from protege.student.runtime import Student
@@ -226,7 +226,8 @@ def replay_command(
             except Exception as e:
                 raise ReplayError(f"cannot load a student from {model_dir}: {e}") from e
         cand = Candidate(policy_task, student=candidate_student, rescore=rescore)
-        traffic = read_selection(settings, chosen, source).traffic()
+        events = read_selection(settings, chosen, source)
+        traffic = events.traffic()
         with progress_bar("requests") as bar:
             job = bar.add_task("replay", total=len(traffic.scored))
             result = replay(
@@ -243,7 +244,7 @@ def replay_command(
             from protege.report import Basis, Inputs
 
             basis = Basis.replayed(result)
-            context = report_context(settings, policy_task, tenant, task, traffic.scored, basis.version, source is None)
+            context = report_context(settings, policy_task, tenant, task, events, basis.version)
             write_report(basis, context, Inputs(), report)
         published = None
         if publish is not None:
@@ -576,37 +577,24 @@ def report_context(
     task: Task,
     tenant: str,
     task_name: str,
-    scored: Sequence[Scored],
+    events: Events,
     version: str | None,
-    from_broker: bool,
 ) -> Context:
-    """The task's versions, the announcements and alerts on record (from the broker when the
-    traffic came from it), and the student's throughput on up to 1,024 recorded requests."""
-    from protege.events import Alert, ModelAnnouncement
+    """The task's versions, the announcements and alerts on record (read with the events, from
+    the topics or an export), and the student's throughput on up to 1,024 recorded requests."""
     from protege.registry import Registry
     from protege.report import Context
-    from protege.state import read_all
     from protege.student.runtime import Student
 
     registry = Registry.of(settings)
     versions = registry.versions(tenant, task_name)
-    context = Context(task, versions=versions)
-    if from_broker:
-
-        async def read() -> tuple[list[ModelAnnouncement], list[Alert]]:
-            models, alerts = await asyncio.gather(
-                read_all(settings, settings.topics.models), read_all(settings, settings.topics.alerts)
-            )
-            anns = [ModelAnnouncement.model_validate_json(r.value) for r in models if r.value is not None]
-            found = [Alert.model_validate_json(r.value) for r in alerts if r.value is not None]
-            return anns, [a for a in found if a.task == task_name]
-
-        context.announcements, context.alerts = asyncio.run(read())
+    context = Context(task, versions=versions, announcements=events.announcements, alerts=events.alerts)
     found = next((v for v in versions if v.name == version), None)
     if found is not None:
         student = Student(found.folder, providers=settings.providers, threads=1, sub_batch=settings.sub_batch)
         with console.status(f"measuring {found.name}'s throughput on recorded requests (c_s)"):
-            context.throughput = measure(student, [s.request for s in scored[:1024]], settings.redact_pii)
+            requests = [s.request for s in events.scored[:1024]]
+            context.throughput = measure(student, requests, settings.redact_pii)
     return context
 
 
@@ -627,9 +615,7 @@ def report_command(
     last: Last = None,
     source: Annotated[
         Path | None,
-        typer.Option(
-            "--input", help="A folder protege export wrote (no alerts or announcements) instead of the topics."
-        ),
+        typer.Option("--input", help="A folder protege export wrote instead of the topics."),
     ] = None,
     distill_usd: Annotated[float, typer.Option(help="Input D: labelling and building the student.")] = 1000.0,
     train_usd: Annotated[float, typer.Option(help="Input T: training runs.")] = 500.0,
@@ -652,7 +638,7 @@ def report_command(
         the_task = candidate_task(settings, task, None, None, None, None, None, None)
         events = read_selection(settings, chosen, source)
         basis = Basis.recorded(events)
-        context = report_context(settings, the_task, tenant, task, events.scored, basis.version, source is None)
+        context = report_context(settings, the_task, tenant, task, events, basis.version)
         write_report(basis, context, inputs, out)
     except (ConfigError, BrokerError) as e:
         console.print(f"[red]{e}[/]")

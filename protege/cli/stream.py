@@ -209,7 +209,7 @@ def _export_phase(settings: Settings, task: Task, tenant: str, selection: Select
     counts = write_export(events, folder)
     basis = Basis.recorded(events)
     scorer = ScorerSettings(**settings.model_dump())
-    context = report_context(scorer, task, tenant, task.name, events.scored, basis.version, True)
+    context = report_context(scorer, task, tenant, task.name, events, basis.version)
     write_report(basis, context, Inputs(), folder / "report.html")
     console.print(f"{selection.describe()}: exported to {folder} with its report (report.html)", highlight=False)
     return {"folder": str(folder), "since_ms": selection.since_ms, "until_ms": selection.until_ms, **counts}

@@ -475,3 +475,33 @@ def test_a_teacher_people_never_correct_is_flagged(registry: Registry) -> None:
     assert "agreed with the teacher on every one of 120 reviewed requests" in render(data)
     data["people"]["teacher"] = teacher | {"n": 99, "correct": 99, "accuracy": 1.0, "interval95": (0.96, 1.0)}
     assert "agreed with the teacher on every one" not in render(data)  # too few to say
+
+
+def test_an_export_carries_the_announcements_and_alarms_the_report_draws(tmp_path: Path) -> None:
+    from protege.events import Alert
+    from protege.recorded import read_export, write_export
+
+    events = recorded_events(20)
+    events.announcements = [ann("v0001", T0), ann("v0002", T0 + 60_000, source="operator", pin=True)]
+    events.alerts = [
+        Alert(
+            kind="drift",
+            state="firing",
+            task=TASK,
+            policy_version="p1",
+            rate=0.5,
+            baseline=0.3,
+            band=0.1,
+            window=50,
+            reasons={},
+            at_ms=T0 + 1,
+        )
+    ]
+    counts = write_export(events, tmp_path / "x")
+    assert (counts["announcements"], counts["alerts"]) == (2, 1)
+    back = read_export(tmp_path / "x")
+    assert back.announcements == events.announcements and back.alerts == events.alerts
+    for table in ("announcements", "alerts"):  # an export written before these were kept still reads
+        (tmp_path / "x" / f"{table}.parquet").unlink()
+    older = read_export(tmp_path / "x")
+    assert older.announcements == [] and older.alerts == [] and len(older.scored) == 20
