@@ -168,10 +168,12 @@ def spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
     return dict(sorted(used.items(), key=lambda kv: -kv[1]))
 
 
-def run_layout(args: argparse.Namespace, layout: str, jvm: str, console: Console) -> dict[str, Any]:
-    """One layout on a fresh broker started with the extra JVM flags ``jvm`` (PROTEGE_BROKER_JVM_OPTS)."""
-    name = layout + (f" [{jvm}]" if jvm else "")
-    home = (args.home / (layout + ("-" + re.sub(r"[^A-Za-z0-9=]+", "", jvm) if jvm else ""))).resolve()
+def run_layout(args: argparse.Namespace, layout: str, jvm: str, console: Console, linger: int = 0) -> dict[str, Any]:
+    """One layout on a fresh broker started with the extra JVM flags ``jvm`` (PROTEGE_BROKER_JVM_OPTS),
+    its services lingering ``linger`` ms to fill a micro-batch (PROTEGE_LINGER_MS)."""
+    name = layout + (f" [{jvm}]" if jvm else "") + (f" linger {linger} ms" if linger else "")
+    folder = layout + ("-" + re.sub(r"[^A-Za-z0-9=]+", "", jvm) if jvm else "") + (f"-linger{linger}" if linger else "")
+    home = (args.home / folder).resolve()
     shutil.rmtree(home, ignore_errors=True)
     specs = [parse_rate(r) for r in args.rates.split(",")]
     # Enough generated tickets for any rate: a share of in-process is at most 3,000 req/s here.
@@ -193,8 +195,9 @@ def run_layout(args: argparse.Namespace, layout: str, jvm: str, console: Console
         "PROTEGE_TRAINER_THREADS": "1",
         "OMP_NUM_THREADS": "1",
         "PROTEGE_FUSED": "1" if layout == "fused" else "0",
+        "PROTEGE_LINGER_MS": str(linger),
     }
-    report: dict[str, Any] = {"layout": layout, "broker_jvm": jvm, "name": name, "rates": []}
+    report: dict[str, Any] = {"layout": layout, "broker_jvm": jvm, "linger_ms": linger, "name": name, "rates": []}
     os.environ["PROTEGE_BROKER_JVM_OPTS"] = jvm  # the broker is this process's child
     with LocalPipeline(home, env=env) as p:
         settings = p.settings
@@ -377,6 +380,12 @@ def main() -> None:
         help="extra JVM flags for the embedded broker; several, separated by |, each on a fresh broker "
         "(--broker-jvm='|-XX:TieredStopAtLevel=1': the default beside C1 only; the = keeps a leading - from reading as an option)",
     )
+    ap.add_argument(
+        "--linger",
+        default="0",
+        help="ms the services wait to fill a micro-batch (PROTEGE_LINGER_MS); several, separated by |, each on a "
+        "fresh pipeline (--linger '0|5')",
+    )
     ap.add_argument("--profile", action="store_true", help="run the services under py-spy after the warm-up")
     ap.add_argument("--json", type=Path, default=REPO / "reports" / "loadtest-stream.json")
     ap.add_argument("--home", type=Path, default=Path(".protege/loadtest"))
@@ -402,7 +411,8 @@ def main() -> None:
         if layout not in ("separate", "fused"):
             raise SystemExit(f"--layouts: no layout {layout!r} (separate, fused)")
         for jvm in args.broker_jvm.split("|"):
-            report["layouts"].append(run_layout(args, layout, jvm.strip(), console))
+            for linger in args.linger.split("|"):
+                report["layouts"].append(run_layout(args, layout, jvm.strip(), console, int(linger)))
     for run in report["layouts"]:
         print_layout(run, args, console)
     summary = Table(title=f"by layout (student p95 target {args.p95_target:.0f} ms)")

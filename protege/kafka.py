@@ -382,6 +382,8 @@ class Processor:
                     raise self.broken
                 if not batches:
                     continue
+                if self.settings.linger_ms:  # a rebalance meanwhile makes the whole batch stale (below)
+                    batches = await self.linger(cons, batches)
                 started = time.perf_counter()
                 outs: list[Out] = []
                 async with self.owning:
@@ -415,6 +417,18 @@ class Processor:
             async with self.owning:
                 await self.release(list(self.producers))
             self.log.info("stopped", processed=self.processed, quarantined=self.quarantined)
+
+    async def linger(
+        self, cons: AIOKafkaConsumer, batches: dict[TopicPartition, list[Record]]
+    ) -> dict[TopicPartition, list[Record]]:
+        """``settings.linger_ms`` more for records to join a micro-batch that is not full."""
+        room = self.max_records - sum(len(rs) for rs in batches.values())
+        if room <= 0:
+            return batches
+        await asyncio.sleep(self.settings.linger_ms / 1000)
+        for tp, rs in (await cons.getmany(timeout_ms=0, max_records=room)).items():
+            batches[tp] = [*batches.get(tp, []), *rs]
+        return batches
 
     def transactional_id(self, tp: TopicPartition) -> str:
         """One per input partition: whoever owns the partition owns the id (see ``acquire``)."""

@@ -51,6 +51,14 @@ class Settings(BaseSettings):
             "wait on that was the student path's p95 (loadtests/transaction_hops.py)."
         ),
     )
+    linger_ms: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="After a fetch that did not fill a micro-batch, wait this long and take what arrived meanwhile "
+        "into the same transaction: fewer transactions per request at moderate rates, at this much latency per "
+        "hop (0: off; loadtests/stream_rates.py --linger compares).",
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="Serve Prometheus /metrics on this port (0: off).")
     cache: Path = Field(
         default_factory=lambda: Path.home() / ".cache" / "protege",
