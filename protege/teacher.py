@@ -159,19 +159,20 @@ class AnthropicTeacher:
                 cache_read_input_tokens=totals.cache_read_input_tokens + u.cache_read_input_tokens,
             )
             label, rationale, call = read_classification(task, msg.content)
-            if label is not None:
-                return TeacherAnswer(
-                    label=label,
-                    rationale=rationale,
-                    model=msg.model,
-                    standin=False,
-                    usage=totals,
-                    cost_usd=cost_usd(totals, price_for(model, self.prices)),
-                    latency_ms=(time.perf_counter() - started) * 1000,
-                    attempts=attempt,
-                    fields=read_fields(task, call),
-                )
             wrong = str(call.input.get("label", "")) if call is not None else "(no tool call)"
+            paid = TeacherAnswer(
+                label=label if label is not None else wrong,
+                rationale=rationale,
+                model=msg.model,
+                standin=False,
+                usage=totals,
+                cost_usd=cost_usd(totals, price_for(model, self.prices)),
+                latency_ms=(time.perf_counter() - started) * 1000,
+                attempts=attempt,
+                fields=read_fields(task, call),
+            )
+            if label is not None:
+                return paid
             messages = [
                 *messages,
                 {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in msg.content]},
@@ -194,19 +195,7 @@ class AnthropicTeacher:
                     ],
                 },
             ]
-        raise InvalidAnswer(
-            f"invalid_label: the teacher answered {wrong!r} twice, outside {task.answers}",
-            TeacherAnswer(
-                label=wrong,
-                rationale=rationale,
-                model=msg.model,
-                standin=False,
-                usage=totals,
-                cost_usd=cost_usd(totals, price_for(model, self.prices)),
-                latency_ms=(time.perf_counter() - started) * 1000,
-                attempts=2,
-            ),
-        )
+        raise InvalidAnswer(f"invalid_label: the teacher answered {wrong!r} twice, outside {task.answers}", paid)
 
 
 Confusions = dict[str, list[tuple[str, float]]]  # label -> [(a label it is mistaken for, weight)]
