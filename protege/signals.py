@@ -24,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import Any
 
@@ -98,6 +99,25 @@ def deferred() -> Iterator[None]:
     if state.deferring == 0 and state.held:
         state.held = False
         raise KeyboardInterrupt
+
+
+def run(cmd: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(cmd, capture_output=True, text=True)`` for a command started inside
+    ``interruptible()``. The child starts with stop signals held: a ``KeyboardInterrupt``
+    raised between its fork and its exec leaves it running and owned by nobody (seen in CI:
+    the Kafka storage formatter outlived a demo stopped while its broker was starting). One
+    that arrives meanwhile, or while it runs, kills it and is raised."""
+    child: subprocess.Popen[str] | None = None
+    try:
+        with deferred():
+            child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = child.communicate()
+    except BaseException:
+        if child is not None:
+            child.kill()
+            child.communicate()  # reaps it and closes its pipes
+        raise
+    return subprocess.CompletedProcess(list(cmd), child.returncode, out, err)
 
 
 def forget_interrupt() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from protege_services.teacher.journal import HANDLED
+from protege_services.teacher.journal import HANDLED, INVALID
 
 from protege.events import TeacherResult
 from protege.settings import Settings
@@ -41,8 +41,17 @@ async def saved_answers(settings: Settings) -> set[str]:
     """Teacher answers the pipeline kept: in the journal (paid, answer not yet committed) or
     committed to teacher.results; by ``uid``. A call the API answered that is in neither
     when its caller is killed was cut off on its way back. (The journal also holds the
-    loop's handled marks, keyed ``handled:``: not answers.)"""
+    loop's handled marks, keyed ``handled:``: not answers; and paid answers outside the label
+    set, keyed ``invalid:``.)"""
     journal = await read_all(settings, settings.topics.teacher_journal)
-    paid = [r for r in journal if r.value and not (r.key or b"").startswith(HANDLED.encode())]
+    saved = set()
+    for r in journal:
+        key = (r.key or b"").decode()
+        if not r.value or key.startswith(HANDLED):
+            continue
+        if key.startswith(INVALID):  # paid for, outside the label set: its key names the request
+            saved.add(uid(key.removeprefix(INVALID).split("/", 1)[1]))
+        else:
+            saved.add(uid(TeacherResult.model_validate_json(r.value).request_id))
     results = await read_all(settings, settings.topics.teacher_results)
-    return {uid(TeacherResult.model_validate_json(r.value).request_id) for r in (*paid, *results) if r.value}
+    return saved | {uid(TeacherResult.model_validate_json(r.value).request_id) for r in results if r.value}

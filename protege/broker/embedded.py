@@ -84,7 +84,7 @@ def resolve_jars(cache: Path | None = None) -> Path:
         "-DincludeScope=runtime",
         f"-DoutputDirectory={tmp}",
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = signals.run(cmd)
     if done.returncode != 0:
         raise BrokerError(f"Maven could not resolve the Kafka jars:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     if not any(tmp.glob("kafka_2.13-*.jar")):
@@ -258,7 +258,7 @@ class EmbeddedBroker:
             *self.format_args,
             heap_mb=128,
         )
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        done = signals.run(cmd)
         if done.returncode != 0:
             raise BrokerError(f"formatting the KRaft storage failed: {done.stdout}{done.stderr}")
 

@@ -76,3 +76,36 @@ def test_expected_produce_retries_are_counted_not_logged(caplog: pytest.LogCaptu
             sender.warning("Got error produce response on topic-partition %s, retrying. Error: %s", "tp", error)
     assert counter._value.get() == before + 1
     assert [r.getMessage().split("Error: ")[1] for r in caplog.records] == [str(NotLeaderForPartitionError)]
+
+
+def test_a_child_started_by_run_never_outlives_the_interrupt() -> None:
+    """Interrupted while the child runs, or by a signal that lands while it is being started
+    (between fork and exec: ``Popen`` would raise with the child running, owned by nobody):
+    the child is killed and reaped."""
+    import threading
+
+    started: list[int] = []
+    real_popen = signals.subprocess.Popen
+
+    class Started(real_popen):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(self.pid)
+            if len(started) == 2:
+                deliver(signal.SIGTERM)  # inside Popen, as if between the fork and the exec
+
+    signals.subprocess.Popen = Started  # type: ignore[misc]
+    try:
+        timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt), signals.interruptible():
+            signals.run(["sleep", "30"])
+        with pytest.raises(KeyboardInterrupt), signals.interruptible():
+            signals.run(["sleep", "30"])
+    finally:
+        signals.subprocess.Popen = real_popen  # type: ignore[misc]
+    assert len(started) == 2
+    for pid in started:
+        with pytest.raises(ChildProcessError):  # killed and reaped already
+            os.waitpid(pid, os.WNOHANG)
+    assert signals.run(["echo", "hi"]).stdout == "hi\n"
