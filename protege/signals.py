@@ -26,7 +26,7 @@ import contextlib
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
@@ -101,16 +101,23 @@ def deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def run(cmd: Sequence[str]) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdout: Any = subprocess.PIPE,
+    stderr: Any = subprocess.PIPE,
+) -> subprocess.CompletedProcess[str]:
     """``subprocess.run(cmd, capture_output=True, text=True)`` for a command started inside
-    ``interruptible()``. The child starts with stop signals held: a ``KeyboardInterrupt``
-    raised between its fork and its exec leaves it running and owned by nobody (seen in CI:
-    the Kafka storage formatter outlived a demo stopped while its broker was starting). One
-    that arrives meanwhile, or while it runs, kills it and is raised."""
+    ``interruptible()`` (``stdout``/``stderr``: elsewhere, e.g. a log file). The child starts
+    with stop signals held: a ``KeyboardInterrupt`` raised between its fork and its exec
+    leaves it running and owned by nobody (seen in CI: the Kafka storage formatter outlived a
+    demo stopped while its broker was starting). One that arrives meanwhile, or while it
+    runs, kills it and is raised."""
     child: subprocess.Popen[str] | None = None
     try:
         with deferred():
-            child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            child = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=stderr, text=True)
         out, err = child.communicate()
     except BaseException:
         if child is not None:

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import TaskID
 from rich.table import Table
 
+from protege import signals
 from protege.agreement import agreement
 from protege.broker.embedded import KAFKA_VERSION
 from protege.cli.root import STANDIN_NOTE, app, bench_app, console, library_logs_to, progress_bar, stops_on_signals
@@ -172,7 +173,7 @@ def _scheduled_finetune(p: LocalPipeline, tenant: str, task: str, epochs: int, o
     before = {v.name for v in Registry.of(p.settings).versions(tenant, task)}
     t0 = time.perf_counter()
     with log.open("w") as out:
-        done = subprocess.run(
+        done = signals.run(
             [sys.executable, "-m", "protege.cli", *command, "--task", task],
             env={**os.environ, **p.supervisor.env},
             stdout=out,
