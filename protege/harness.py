@@ -313,9 +313,9 @@ class StandinReviewer:
         t = self.settings.topics
         cons = consumer(self.settings, t.review, group=None)
         prod = producer(self.settings)
-        await cons.start()
-        await prod.start()
-        try:
+        try:  # started inside: a start that fails still stops both (aiokafka warns of an unclosed client)
+            await cons.start()
+            await prod.start()
             while not self._stop.is_set():
                 for records in (await cons.getmany(timeout_ms=500)).values():
                     for r in records:
