@@ -30,13 +30,33 @@ def consensus(labels: Mapping[str, str]) -> str | None:
     return label if votes * 2 > len(labels) else None
 
 
-def agreement(opinions: Opinions) -> dict[str, Any]:
+def before_the_split(labels: Mapping[str, str]) -> dict[str, str]:
+    """A row's labels in the order they came, up to the first moment its reviewers split (two or
+    more, no majority): a label after that was asked for because they split (the desk shows a
+    disputed row to another person), so it is a tie-break, not an independent opinion."""
+    kept: dict[str, str] = {}
+    for who, label in labels.items():
+        kept[who] = label
+        if len(kept) >= 2 and consensus(kept) is None:
+            break
+    return kept
+
+
+def agreement(opinions: Opinions, *, tie_breaks: bool = True) -> dict[str, Any]:
     """Agreement between people on the rows two or more of them labelled: ``rows``, the observed
     agreement (the chance that two reviewers of a row gave the same label, averaged over rows;
     with two reviewers a row, the share of rows they agree on), Fleiss' kappa (that agreement
     beyond what the labels' overall frequencies give by chance; 1 perfect, 0 chance), the rows
-    with no majority (``disputed``), and each pair of reviewers' own agreement."""
-    rows = [labels for labels in opinions.values() if len(labels) >= 2]
+    with no majority (``disputed``, on every label), and each pair of reviewers' own agreement.
+    ``tie_breaks``: labels given after a row's reviewers split (``before_the_split``, in the order
+    the mapping holds them: the order they came) are left out of the measure — a person asked
+    because two split would make split rows look agreed; they still settle ``disputed``
+    (``tie_breaks_left_out`` counts them). False: every rater rated every row independently, as in
+    Fleiss' design."""
+    kept = {rid: before_the_split(labels) if tie_breaks else dict(labels) for rid, labels in opinions.items()}
+    left_out = sum(len(labels) - len(kept[rid]) for rid, labels in opinions.items())
+    disputed = sum(consensus(labels) is None for labels in opinions.values() if len(labels) >= 2)
+    rows = [labels for labels in kept.values() if len(labels) >= 2]
     pairs: dict[tuple[str, str], list[int]] = {}
     observed, totals = [], Counter[str]()
     for labels in rows:
@@ -48,7 +68,15 @@ def agreement(opinions: Opinions) -> dict[str, Any]:
             tally[0] += labels[a] == labels[b]
             tally[1] += 1
     if not rows:
-        return {"rows": 0, "agreement": None, "agreed": 0, "kappa": None, "disputed": 0, "pairs": []}
+        return {
+            "rows": 0,
+            "agreement": None,
+            "agreed": 0,
+            "kappa": None,
+            "disputed": disputed,
+            "pairs": [],
+            "tie_breaks_left_out": left_out,
+        }
     p_obs = sum(observed) / len(rows)
     ratings = sum(totals.values())
     p_chance = sum((c / ratings) ** 2 for c in totals.values())
@@ -58,7 +86,8 @@ def agreement(opinions: Opinions) -> dict[str, Any]:
         "agreement": p_obs,
         "agreed": sum(len(set(labels.values())) == 1 for labels in rows),  # rows where every reviewer agreed
         "kappa": kappa,
-        "disputed": sum(consensus(labels) is None for labels in rows),
+        "disputed": disputed,
+        "tie_breaks_left_out": left_out,
         "pairs": [
             {"reviewers": [a, b], "n": n, "agreed": agreed}
             for (a, b), (agreed, n) in sorted(pairs.items(), key=lambda kv: -kv[1][1])

@@ -288,22 +288,32 @@ def certifies(folder: Path, task: Task) -> bool:
 
 
 def candidate(
-    tenant: str, task: Task, version: str, folder: Path, *, serving: Path | None, trigger: str, **fields: Any
+    tenant: str,
+    task: Task,
+    version: str,
+    folder: Path,
+    *,
+    serving: Path | None,
+    trigger: str,
+    made: str | None = None,
+    **fields: Any,
 ) -> ModelAnnouncement:
     """A version that passed its gates, announced: on trial for the task's canary share against
     the serving version when canaries are on (``student.canary.share``), else serving at once.
     A serving version that certifies nothing for the task's target answers no request: there is
     nothing to put the candidate on trial against (no audits on either side, a trial that could
     only end at its limit), so the candidate serves at once. ``fields``: the announcement's
-    labels, metrics and trained_on. The trainer's retrains and ``protege train --announce``
-    (the scheduled fine-tune) announce the same way."""
+    labels, metrics and trained_on; ``made``: how the version came to be, where it was not
+    trained on ``trigger`` (a rule re-certified). The trainer's retrains and ``protege train
+    --announce`` (the scheduled fine-tune) announce the same way."""
     share = task.student.canary.share
     idle = serving is not None and not certifies(serving, task)
     trial = share > 0 and serving is not None and not idle
+    made = made or f"trained on {trigger}; passed its gates"
     if trial and serving is not None:
-        reason = f"trained on {trigger}; passed its gates; on trial for {share:.0%} of requests against {serving.name}"
+        reason = f"{made}; on trial for {share:.0%} of requests against {serving.name}"
     else:
-        reason = f"trained on {trigger}; passed its gates"
+        reason = made
         reason += f"; {serving.name} certifies nothing for the target, so no trial" if idle and serving else ""
     return ModelAnnouncement(
         tenant=tenant,

@@ -149,6 +149,23 @@ class Evidence:
             through, n = through + int((let & ~extra.answered_oos).sum()), n + len(extra)
         return through / n if n else None
 
+    def take(self, rows: np.ndarray) -> Evidence:
+        """The cases ``rows`` selects (a boolean mask), every per-case array cut alike."""
+
+        def cut(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[rows]
+
+        return replace(
+            self,
+            confidence=self.confidence[rows],
+            ood=self.ood[rows],
+            student_right=self.student_right[rows],
+            teacher_right=cut(self.teacher_right),
+            out_of_scope=cut(self.out_of_scope),
+            answered_oos=cut(self.answered_oos),
+            oos_probability=cut(self.oos_probability),
+        )
+
     def __post_init__(self) -> None:
         if self.kind == "golden" and self.teacher_right is None:
             raise ValueError("golden evidence needs the teacher's answer on each case")
@@ -300,3 +317,126 @@ def fixed_sequence(
             break
         best = rule.model_copy(update={"coverage": round(float(accepted.mean()), 4)})
     return best
+
+
+# A looser rule replaces a serving rule that still holds only when it covers this much more of
+# today's rows: re-certifying on every few new rows would otherwise flap between near-equal rules.
+RECERTIFY_GAIN = 0.05
+
+
+def slack_upper_bound(goal: Goal, evidence: Evidence, accepted: np.ndarray) -> float:
+    """Upper confidence bound (at ``goal.confidence``) of how far the accepted cases are above the
+    goal, on golden evidence (agreement alone bounds a relative slack from below only): below
+    zero, the cases show the goal is not met."""
+    n = int(accepted.sum())
+    right = evidence.student_right[accepted]
+    if not goal.relative:
+        assert goal.accuracy is not None
+        return cp_upper(int(right.sum()), n, goal.confidence) - goal.accuracy
+    assert goal.margin is not None and evidence.teacher_right is not None
+    teacher = evidence.teacher_right[accepted]
+    # acc_S - acc_T <= -LB(acc_T - acc_S): the same paired bound with the roles swapped
+    return goal.margin - paired_lower_bound(
+        int((~right & teacher).sum()), int((right & ~teacher).sum()), n, goal.confidence
+    )
+
+
+def falls_short(goal: Goal, evidence: Evidence, rule: AcceptRule) -> bool:
+    """Whether ``evidence`` shows that ``rule`` no longer meets the goal, at the goal's confidence:
+    the upper bound of the slack on the cases it accepts is below zero, or (under a cap) the lower
+    bound of the share of out-of-scope cases it lets through in scope is above the cap. Not the
+    test a rule passes to be certified (the lower bound at least zero): a rule certified at the
+    edge of what its rows allowed would fail that one on about half of any fresh rows from the
+    same traffic and be replaced back and forth; this one fails on at most ``1 - confidence`` of
+    them, and on rows that show a shift. A rule that accepts none of the rows does not fall
+    short: nothing it answers is here to err."""
+    if evidence.kind != "golden":
+        raise ValueError("only trusted rows can show that a rule falls short")
+    accepted = accepted_by(rule, evidence.confidence, evidence.ood, evidence.oos_probability, evidence.answered_oos)
+    if not accepted.any():
+        return False
+    if slack_upper_bound(goal, evidence, accepted) < 0:
+        return True
+    if goal.max_false_accepts is None or evidence.out_of_scope is None or evidence.answered_oos is None:
+        return False
+    through = int((accepted & evidence.out_of_scope & ~evidence.answered_oos).sum())
+    return cp_lower(through, int(evidence.out_of_scope.sum()), goal.confidence) > goal.max_false_accepts
+
+
+@dataclass(frozen=True)
+class Reconsidered:
+    """A serving version's rule judged again on today's trusted rows (``reconsider``)."""
+
+    rule: AcceptRule | None  # what the same certification gives the version on them (None: nothing)
+    served_coverage: float  # the share of today's rows the rule it serves with accepts
+    broken: bool  # the rows show the rule it serves with falls short: replace it at once
+    why: str
+
+
+def reconsider(
+    goal: Goal,
+    evidence: Evidence,
+    served: AcceptRule | None,
+    *,
+    recent: np.ndarray | None = None,
+    today: np.ndarray | None = None,
+    gain: float = RECERTIFY_GAIN,
+) -> Reconsidered | None:
+    """Whether a serving version should serve with another rule, judged on trusted rows (None:
+    keep the one it has). A rule is certified once, when its version is trained, on the rows of
+    that day; a shift (more out-of-scope traffic, new phrasings) can make it too loose, and rows
+    that come later can certify a rule for a version that had too few.
+
+    ``evidence``: the trusted rows a rule is certified on. ``recent`` (a mask; None: all): those
+    that came after the served rule was certified — out of sample for it, so the ones that can
+    refute it without the choice of the rule biasing the test. ``today`` (a mask; None:
+    ``recent``): what a replacement is certified on when they do — the rows before them sample
+    traffic that is gone. Three cases:
+
+    - the recent rows show the served rule falls short (``falls_short``): the rule ``today``
+      certifies replaces it (None, answer nothing, when nothing certifies), ``broken``;
+    - the version serves with no rule and the rows certify one: it replaces nothing;
+    - the served rule is not refuted and the rows certify one that covers at least ``gain`` more
+      of them.
+
+    Each check is a test at the goal's confidence on the rows of that moment; a version checked
+    again and again on rows that grow is not covered by one test's error rate (the checks are
+    not a sequential test). A rule that falls short only a little, on few rows, is not refuted:
+    what the checks catch is a shift the rows can show."""
+    if len(evidence) == 0:
+        return None
+    n = len(evidence)
+
+    def certify(rows: Evidence) -> tuple[AcceptRule | None, str]:
+        rule = choose_rule(goal, rows)
+        return rule, "nothing" if rule is None else f"confidence >= {rule.min_confidence:.2f} ({rule.coverage:.1%})"
+
+    if served is None:
+        fresh, now = certify(evidence)
+        if fresh is None:
+            return None
+        return Reconsidered(fresh, 0.0, False, f"{n} trusted rows now certify {now}; it certified nothing")
+    was = f"confidence >= {served.min_confidence:.2f}"
+    recent = np.ones(n, bool) if recent is None else recent
+    if recent.any() and falls_short(goal, (newer := evidence.take(recent)), served):
+        covered = float(
+            accepted_by(served, newer.confidence, newer.ood, newer.oos_probability, newer.answered_oos).mean()
+        )
+        rows = recent if today is None else today
+        fresh, now = certify(evidence.take(rows))
+        return Reconsidered(
+            fresh,
+            covered,
+            True,
+            f"its rule ({was}, {covered:.1%} of them) falls short of the target on the {int(recent.sum())} trusted "
+            f"rows since it was certified; {int(rows.sum())} rows of today certify {now}",
+        )
+    covered = float(
+        accepted_by(served, evidence.confidence, evidence.ood, evidence.oos_probability, evidence.answered_oos).mean()
+    )
+    fresh, now = certify(evidence)
+    if fresh is not None and fresh.coverage >= covered + gain:
+        return Reconsidered(
+            fresh, covered, False, f"{n} trusted rows certify {now} against its rule's {covered:.1%} ({was})"
+        )
+    return None

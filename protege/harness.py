@@ -237,8 +237,10 @@ class StandinReviewer:
     ``delay_s`` holds each label that long after the item arrived (what is still held when the run
     ends is never sent). With ``overlap`` (the task), a second stand-in person (source
     ``standin-reviewer-2``, the same noise and blind spots, its own draws) labels the requests
-    the task wants two labels on (``Task.review_overlap``). Runs in its own thread beside the
-    traffic driver; what it did is reported under that name.
+    the task wants two labels on (``Task.review_overlap``), and a third (``standin-reviewer-3``,
+    its own draws) breaks the tie where those two split, as a team's desk shows a disputed row
+    to a third person. Runs in its own thread beside the traffic driver; what it did is reported
+    under that name.
 
         with StandinReviewer(settings, {"bench-1": "refund", ...}, noise=0.05, delay_s=60) as reviewer:
             ...                                   # traffic; reviewer.reviewed counts the labels sent
@@ -246,6 +248,7 @@ class StandinReviewer:
 
     SOURCE = "standin-reviewer"
     SECOND = "standin-reviewer-2"
+    THIRD = "standin-reviewer-3"
 
     def __init__(
         self,
@@ -272,6 +275,7 @@ class StandinReviewer:
         self.choices = sorted(set(labels.values()))
         self.reviewed = 0
         self.second_opinions = 0  # of the labels sent, the second person's
+        self.third_opinions = 0  # and the third's (the two split)
         self.wrong = 0  # labels sent that are not the data set's (noise or the teacher's mistakes)
         self.followed = 0  # of those, the teacher's own wrong label
         self.unknown = 0  # items of requests it has no label for (not the driver's)
@@ -292,15 +296,20 @@ class StandinReviewer:
         wrong += [f"repeating {self.follow:.0%} of the teacher's mistakes"] if self.follow else []
         how = ", ".join(wrong) or "always right"
         when = "at once" if not self.delay_s else f"{self.delay_s:g} s after each item"
-        two = f"; a second person on {self.overlap.review_overlap:.0%} of them" if self.overlap else ""
+        two = (
+            f"; a second person on {self.overlap.review_overlap:.0%} of them, a third where the two split"
+            if self.overlap
+            else ""
+        )
         return f"OFFLINE STAND-IN reviewer (the data set's labels, {how}, {when}{two})"
 
-    def label_for(self, request_id: str, second: bool = False) -> str | None:
-        """The stand-in person's label (``second``: the second person's, drawn apart)."""
+    def label_for(self, request_id: str, person: int = 1) -> str | None:
+        """The stand-in person's label (``person`` 2 or 3: the second or third person's, each
+        drawn apart; the first person's draws are those of the runs before there were others)."""
         truth = self.labels.get(request_id)
         if truth is None:
             return None
-        who = "2:" if second else ""
+        who = f"{person}:" if person > 1 else ""
         said = self.teacher.get(request_id, truth)
         if said != truth and random.Random(f"follow:{who}{self.seed}:{request_id}").random() < self.follow:
             return said
@@ -327,9 +336,13 @@ class StandinReviewer:
                         due = time.monotonic() + self.delay_s
                         self.held.append((due, item.review(label, self.SOURCE)))
                         if self.overlap is not None and reviewers_wanted(item.request_id, self.overlap) == 2:
-                            second = self.label_for(item.request_id, second=True)
+                            second = self.label_for(item.request_id, person=2)
                             assert second is not None
                             self.held.append((due, item.review(second, self.SECOND)))
+                            if second != label:  # split: the row waits for a third person
+                                third = self.label_for(item.request_id, person=3)
+                                assert third is not None
+                                self.held.append((due + self.delay_s, item.review(third, self.THIRD)))
                 now = time.monotonic()
                 while self.held and self.held[0][0] <= now:
                     _, review = self.held.popleft()
@@ -337,6 +350,7 @@ class StandinReviewer:
                     await prod.send(out.topic, out.value, key=out.key)
                     self.reviewed += 1
                     self.second_opinions += review.source == self.SECOND
+                    self.third_opinions += review.source == self.THIRD
                     wrong = review.label != self.labels[review.request_id]
                     self.wrong += wrong
                     self.followed += wrong and review.label == self.teacher.get(review.request_id)

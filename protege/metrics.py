@@ -168,6 +168,13 @@ REVIEWED_DISPUTED = Gauge(
     ["tenant", "task"],
     registry=REGISTRY,
 )
+RECERTIFIED = Counter(
+    "protege_trainer_recertifications",
+    "The serving version's rule judged again on today's trusted rows (outcome: kept, tightened — it no longer "
+    "held —, loosened).",
+    ["tenant", "task", "outcome"],
+    registry=REGISTRY,
+)
 TEACHER_SECONDS = Histogram(
     "protege_teacher_call_seconds",
     "One teacher call, retries included.",

@@ -886,8 +886,14 @@ def _second_opinions(people: dict[str, Any]) -> str:
         f"<p class='sub'>Second opinions: {r['rows']:,} requests labelled by two or more people (the task's "
         f"review_overlap); two reviewers of one agreed {_pct(r['agreement'])} of the time (95% {_pct(lo)}-"
         f"{_pct(hi)}), Fleiss' kappa {kappa}. {people['disputed']:,} split with no majority: left out of the rows "
-        "above until a third person labels them (protege review pull).</p>"
+        "above until a third person labels them (protege review pull)."
     )
+    if r.get("tie_breaks_left_out"):
+        text += (
+            f" {r['tie_breaks_left_out']:,} labels given after two split broke ties and are not counted in the "
+            "agreement (asked because they split, they would make split requests look agreed)."
+        )
+    text += "</p>"
     teacher = people["teacher"]
     if teacher["n"] and teacher["interval95"][0] > math.sqrt(hi):
         text += (

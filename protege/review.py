@@ -25,6 +25,7 @@ from protege.task import Task
 
 DONE = "done"  # a row's place in the order people completed the rows (both halves in)
 PEOPLE = "people"  # a row's reviewers and the label each gave
+SHIFT = "shift"  # a line of the file that is no half: rows from this place on are today's (``mark_shift``)
 
 
 class ReviewStore:
@@ -34,12 +35,14 @@ class ReviewStore:
     One JSON Lines file per (tenant, task) under ``root``, each half appended as it arrives
     (a reviewer's last label counts: they may change their mind; two people's labels are a
     second opinion, ``Task.review_overlap``, and a row they split on is left out until a third
-    label gives one a majority). Never trained on."""
+    label gives one a majority). Never trained on. A shift the trainer has seen (``mark_shift``)
+    is a line of the same file: the rows people completed before it no longer count."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.halves: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self.completed: dict[tuple[str, str], int] = {}  # rows with both halves so far
+        self.shifts: dict[tuple[str, str], int] = {}  # the place from which rows count (mark_shift)
 
     def _merge(self, key: tuple[str, str], half: dict[str, str]) -> None:
         """One half into its row; a row that now has both gets the next place in ``DONE``. A
@@ -71,8 +74,39 @@ class ReviewStore:
             path = self._path(tenant, task)
             if path.exists():
                 for line in path.read_text().splitlines():
-                    self._merge(key, json.loads(line))
+                    half = json.loads(line)
+                    if SHIFT in half:
+                        self.shifts[key] = max(self.shifts.get(key, 0), int(half[SHIFT]))
+                    else:
+                        self._merge(key, half)
         return self.halves[key]
+
+    def done(self, tenant: str, task: str) -> int:
+        """Rows people have completed so far (both halves in; disputed ones too): each row's
+        place in that order is fixed once it is complete, so a count of them marks a moment."""
+        self.load(tenant, task)
+        return self.completed[(tenant, task)]
+
+    def shift(self, tenant: str, task: str) -> int:
+        """The place from which rows count (0: every row): rows completed before the last shift
+        the trainer saw are yesterday's traffic."""
+        self.load(tenant, task)
+        return self.shifts.get((tenant, task), 0)
+
+    def mark_shift(self, tenant: str, task: str, place: int, why: str) -> None:
+        """From now on, only the rows completed from ``place`` on count (``golden``, ``truth``):
+        the rows since then showed the serving rule falls short, so the traffic they sample is
+        not the traffic of the rows before. Kept on disk with the rows: a restarted trainer
+        certifies on the same rows."""
+        self.load(tenant, task)
+        key = (tenant, task)
+        if place <= self.shifts.get(key, 0):
+            return
+        self.shifts[key] = place
+        path = self._path(tenant, task)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps({SHIFT: place, "why": why}) + "\n")
 
     def add(self, case: HarvestCase) -> None:
         """One half of a golden row: the teacher's answer or a person's label."""
@@ -89,14 +123,17 @@ class ReviewStore:
         with open(path, "a") as f:
             f.write(json.dumps(half) + "\n")
 
-    def golden(self, tenant: str, task: Task, newest: int = 0) -> list[Trusted]:
+    def golden(self, tenant: str, task: Task, newest: int = 0, since: int | None = None) -> list[Trusted]:
         """The reviewed rows with both halves, each label one of the task's answers (by request
-        id); with ``newest``, only that many, the last that people completed."""
+        id), completed since the last shift the trainer saw (``since``: from that place in the
+        order people completed them instead); with ``newest``, only that many, the last that
+        people completed."""
         answers = set(task.answers)
+        first = self.shift(tenant, task.name) if since is None else since
         done = [
             (row[DONE], rid, row)
             for rid, row in self.load(tenant, task.name).items()
-            if row.get("label") in answers and row.get("teacher") in answers
+            if row.get("label") in answers and row.get("teacher") in answers and row[DONE] >= first
         ]
         if newest:
             done = sorted(done)[-newest:]
@@ -107,8 +144,9 @@ class ReviewStore:
 
     def truth(self, tenant: str, task: Task, file: Sequence[Trusted] = ()) -> list[Trusted]:
         """The golden set a version of (tenant, task) is measured and certified on: the task's
-        golden file and the reviewed rows (a file row wins an id both hold), the newest
-        ``task.review_window`` of them when it is set. Without a file, the reviewed rows count
+        golden file and the reviewed rows (a file row wins an id both hold) completed since the
+        last shift the trainer saw, the newest ``task.review_window`` of them when it is set.
+        Without a file, the reviewed rows count
         from ``gates.min_golden`` of them: until then the version is certified as before (on
         agreement), not on a handful of rows that certify nothing."""
         reviewed = self.golden(tenant, task, newest=task.review_window)

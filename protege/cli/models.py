@@ -83,7 +83,8 @@ def models_list(tenant: Tenant, task_name: TaskName) -> None:
         table.add_row(
             v.name,
             man.created_at,
-            f"{man.recipe.get('kind', '-')}/{man.precision}",
+            f"{man.recipe.get('kind', '-')}/{man.precision}"
+            + (f", {man.recertified_from.split('-')[0]} re-certified" if man.recertified_from else ""),
             str(man.data.cases),
             f"{m['golden_accuracy']:.3f}",
             truth_text(m),

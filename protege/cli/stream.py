@@ -340,6 +340,7 @@ def _run_phases(
                 "wrong": reviewing.wrong,
                 "followed_teacher": reviewing.followed,
                 "second_opinions": reviewing.second_opinions,
+                "third_opinions": reviewing.third_opinions,
                 "held_at_the_end": len(reviewing.held),
             }
         if export is not None:
@@ -612,12 +613,20 @@ def bench_stream(
         int,
         typer.Option(help="The task's review_window: certify on the newest N reviewed rows only (0: all).", min=0),
     ] = 0,
+    recertify_every: Annotated[
+        int,
+        typer.Option(
+            help="The trainer's PROTEGE_RECERTIFY_EVERY: judge the serving version's rule again on the trusted rows "
+            "every N new reviewed rows (0: never; a rule is certified only when its version is trained).",
+            min=0,
+        ),
+    ] = 100,
     review_overlap: Annotated[
         float,
         typer.Option(
             help="The task's review_overlap: this share of the review sample is labelled by a second OFFLINE "
             "STAND-IN person too (the same noise and blind spots, its own draws); rows they split on wait for a "
-            "third label, which no stand-in gives.",
+            "third label, which a third OFFLINE STAND-IN person gives (its own draws).",
             min=0,
             max=1,
         ),
@@ -702,6 +711,7 @@ def bench_stream(
         **({"PROTEGE_STANDIN_CONFUSIONS": str((home / "confusions.json").resolve())} if confused else {}),
         "PROTEGE_MIN_CASES": str(min_cases),
         "PROTEGE_RETRAIN_EVERY": str(retrain_every),
+        "PROTEGE_RECERTIFY_EVERY": str(recertify_every),
         # Retrains must not starve the scorer on a small machine, and a scorer with ONNX Runtime's
         # default threads (all cores, spinning) slowed the whole test phase on 2 cores: p50/p95
         # 83/138 ms against 50/107 with one thread (two runs of make bench-banking77).
@@ -810,6 +820,7 @@ def bench_stream(
         "max_false_accepts": max_false_accepts or None,
         "review_rate": review_rate,
         "review_window": review_window,
+        "recertify_every": recertify_every,
         "review_overlap": review_overlap,
         "reviewer_noise": reviewer_noise,
         "reviewer_follows_teacher": reviewer_follows_teacher,

@@ -1,6 +1,7 @@
 """A version's manifest: what a registry folder holds and how it was made, as one frozen
 model. Written once by ``protege.student.train`` (``manifest.json``), read by the scorer's
-runtime, the registry, the CLI, and the trainer's gates; never edited after.
+runtime, the registry, the CLI, and the trainer's gates; never edited after (a rule certified
+again on later rows is a new version sharing the files, ``recertified_from``).
 """
 
 from __future__ import annotations
@@ -90,6 +91,11 @@ class Manifest(Part):
     data: Data
     created_at: str
     trigger: str | None = Field(None, description="Why it was trained: new cases, a drift alarm, a schedule, by hand.")
+    recertified_from: str | None = Field(
+        None,
+        description="A re-certified version: the version whose files it shares, with the rule today's trusted rows "
+        "certify (``protege.student.train.recertify_version``); None: trained.",
+    )
     files: dict[str, str] = Field(description="sha256 of every other file in the folder.")
 
     @classmethod

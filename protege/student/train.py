@@ -33,19 +33,20 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from protege.certify import Evidence, Goal, accepted_by, choose_rule, cp_upper
+from protege.certify import RECERTIFY_GAIN, Evidence, Goal, accepted_by, choose_rule, cp_upper, reconsider
 from protege.errors import ConfigError
 from protege.events import AcceptRule
 from protege.registry import Registry
 from protege.student.export import append_head, quantized
 from protege.student.manifest import (
+    FILE,
     HELD_OUT,
     KNN_LABELS,
     TRAINED_ON,
@@ -575,6 +576,126 @@ def serving_metrics(
         )
         rule, how = choose_rule(goal, truth_evidence(trusted, truth)), f"re-certified on {len(truth)} trusted rows"
     return evaluate(scores, s.labels, rule, gates, [c.label for c in golden]) | {"version": s.version, "rule": how}
+
+
+@dataclass(frozen=True)
+class Recertified:
+    """A serving version's files under the rule today's trusted rows certify: a new version."""
+
+    version: str
+    folder: Path
+    source: str  # the version whose files it shares
+    rule: AcceptRule | None
+    broken: bool  # the source's rule no longer held on the rows: serve at once
+    why: str
+    metrics: dict[str, float]
+    labels: list[str]
+    trained_on: int
+
+
+def recertify_version(
+    folder: Path,
+    *,
+    registry: Path,
+    tenant: str,
+    task: Task,
+    truth: Sequence[Trusted],
+    recent: Collection[str] | None = None,
+    threads: int = 0,
+    trigger: str | None = None,
+    gain: float = RECERTIFY_GAIN,
+) -> Recertified | None:
+    """The serving version in ``folder`` judged again on the trusted rows ``truth``
+    (``protege.certify.reconsider``; ``recent``: the request ids of the reviewed rows completed
+    since its rule was certified, None: all of them): None when it keeps its rule, else a new
+    version in the registry that shares its files (hard links where the file system allows)
+    with the rule the rows certify — when the recent rows refute its rule, on them and the
+    task's file rows alone — and a manifest that says so (``recertified_from``). A rule lives in
+    a version's manifest, which is never edited: the decisions a version made stay tied to the
+    rule it made them under, and replay can tell them apart."""
+    from protege.student.runtime import Student
+
+    if not truth:
+        return None
+    s = Student(folder, providers="cpu", threads=threads)
+    goal = task.policy.goal(DEFAULT_TARGET)
+    trusted, _ = scores_of(
+        s.encoder, [t.text for t in truth], [t.label for t in truth], s.labels, s.temperature, s.bank
+    )
+    after = None if recent is None else np.asarray([t.request_id in recent for t in truth], dtype=bool)
+    today = None if after is None else after | np.asarray([t.source == "file" for t in truth], dtype=bool)
+    verdict = reconsider(goal, truth_evidence(trusted, truth), s.rule, recent=after, today=today, gain=gain)
+    if verdict is None:
+        return None
+    source = s.manifest
+    home = Registry(registry).folder(tenant, task.name)
+    tmp, number = claim_partial(home)
+    version = f"v{number:04d}-{source.data.request_ids_sha256[:8]}"
+    for path in sorted(folder.rglob("*")):
+        if path.is_dir() or (path == folder / FILE):
+            continue
+        dest = tmp / path.relative_to(folder)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, dest)
+        except OSError:  # another file system, or no links there
+            shutil.copy(path, dest)
+    rule = verdict.rule
+    teacher_right = np.asarray([t.teacher == t.label for t in truth], dtype=bool)
+    metrics = {
+        k: v for k, v in source.metrics.items() if not k.startswith("truth_") and k != "golden_accepted_accuracy"
+    }
+    metrics |= truth_metrics(trusted, teacher_right, rule) | {
+        "truth_reviewed": float(sum(t.source == "review" for t in truth))
+    }
+    golden = dict(source.golden)
+    held = np.load(folder / HELD_OUT)
+    if rule is None:
+        golden["coverage"], golden["accepted_accuracy"] = 0.0, None
+    else:
+        taken = accepted_by(
+            rule,
+            held["confidence"],
+            held["ood"],
+            held.get("oos_probability"),
+            held.get("answered_oos"),
+        )
+        golden["coverage"] = float(taken.mean()) if len(taken) else 0.0
+        golden["accepted_accuracy"] = float(held["correct"][taken].mean()) if taken.any() else None
+    metrics["golden_coverage"] = round(golden["coverage"], 4)
+    if golden["accepted_accuracy"] is not None:
+        metrics["golden_accepted_accuracy"] = round(golden["accepted_accuracy"], 4)
+    manifest = source.model_copy(
+        update={
+            "version": version,
+            "acceptance": rule,
+            "acceptance_target": Target(
+                target_accuracy=goal.accuracy,
+                target_margin=goal.margin,
+                confidence_level=goal.confidence,
+                max_false_accepts=goal.max_false_accepts,
+            ),
+            "metrics": metrics,
+            "golden": golden,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "trigger": trigger or f"re-certified: {verdict.why}",
+            "recertified_from": source.version,
+        }
+    )
+    manifest.save(tmp)
+    dest_folder = home / version
+    tmp.rename(dest_folder)
+    return Recertified(
+        version,
+        dest_folder,
+        source.version,
+        rule,
+        verdict.broken,
+        verdict.why,
+        metrics,
+        source.labels,
+        source.data.cases,
+    )
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,10 @@ from protege.student.train import (
     EmbeddingCache,
     FastRecipe,
     HeadRefresh,
+    Recertified,
     TrainResult,
     read_golden,
+    recertify_version,
     train_version,
 )
 from protege.task import Task, load_tasks
@@ -76,6 +78,18 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
             truth=reviews.truth(tenant, task, truths.get(task.name, ())),  # the file and live reviews
         )
 
+    def recertify(tenant: str, task: Task, serving: Path, since: int | None) -> Recertified | None:
+        recent = None if since is None else {t.request_id for t in reviews.golden(tenant, task, since=since)}
+        return recertify_version(
+            serving,
+            registry=registry.root,
+            tenant=tenant,
+            task=task,
+            truth=reviews.truth(tenant, task, truths.get(task.name, ())),
+            recent=recent,
+            threads=settings.trainer_threads,
+        )
+
     # What serves now, kept live: a candidate is gated against it (no re-read of the topic per retrain).
     serving = Serving()
     models = view(settings, serving)
@@ -91,7 +105,8 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
         return serving.canary(tenant, task), serving.serving(tenant, task)
 
     def last_trained(tenant: str, task: str) -> tuple[int, int, int, bool] | None:
-        versions = registry.versions(tenant, task)
+        # the newest trained version (a re-certified one shares its files and its cases)
+        versions = [v for v in registry.versions(tenant, task) if v.manifest.recertified_from is None]
         if not versions:
             return None
         m = versions[-1].manifest
@@ -112,6 +127,8 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
         last_trained=last_trained,
         has_read=serving.has_read,
         reviews=reviews,
+        recertify=recertify,
+        recertify_every=settings.recertify_every,
     )
     await asyncio.gather(processor(settings, trainer).run(stop), watching)
 

@@ -17,7 +17,10 @@ numbers. No new candidate is trained while one is on trial.
 
 Cases of the review sample (reason ``review``) are not learnt: their two halves — the
 teacher's answer and a person's label — make golden rows (``ReviewStore``), which join the
-task's golden file in every version's measurement and certification.
+task's golden file in every version's measurement and certification. Every
+``recertify_every`` new reviewed rows the serving version's rule is judged again on them
+(``Trainer.judge_again``): a rule they show falls short is replaced at once by the one they
+certify, as a new version sharing its files.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -35,7 +39,7 @@ from protege.canary import candidate
 from protege.events import Alert, HarvestCase, ModelAnnouncement, now_ms
 from protege.kafka import Out, Received
 from protege.review import ReviewStore
-from protege.student.train import Case, TrainResult
+from protege.student.train import Case, Recertified, TrainResult
 from protege.task import Task
 from protege.topics import Topics
 
@@ -47,6 +51,10 @@ Trials = Callable[[str, str], tuple[ModelAnnouncement | None, ModelAnnouncement 
 LastTrained = Callable[[str, str], tuple[int, int, int, bool] | None]
 READ_BACK_MS = 60_000  # how long a trainer waits to read its own announcement back
 HasRead = Callable[[str, str, str], bool]  # whether the serving view has read (tenant, task, version)'s announcement
+# The serving version (its folder) judged again on the trusted rows, those completed from the given
+# place on being the ones since its rule was certified (None: all): a new version with the rule they
+# certify, or None when it keeps its own (protege.student.train.recertify_version).
+Recertify = Callable[[str, Task, Path, int | None], Recertified | None]
 
 
 async def no_serving(tenant: str, task: str) -> Path | None:
@@ -143,9 +151,17 @@ class Trainer:
         last_trained: LastTrained = never_trained,
         has_read: HasRead = reads_at_once,
         reviews: ReviewStore | None = None,
+        recertify: Recertify | None = None,
+        recertify_every: int = 100,
     ) -> None:
         self.tasks = tasks
         self.reviews = reviews
+        self.recertify = recertify
+        self.recertify_every = recertify_every
+        # Rows people had completed (ReviewStore.done) when the serving version's rule was certified
+        # (trained, or certified again), and when it was last judged.
+        self.certified_at: dict[tuple[str, str], int] = {}
+        self.judged_at: dict[tuple[str, str], int] = {}
         self.last_trained = last_trained
         self.has_read = has_read
         # The version this trainer announced last, and when (ms), until its view has read it.
@@ -233,10 +249,14 @@ class Trainer:
             self.observe_reviews(tenant, task)
         for task in alarms:  # the alarm is per task: every tenant with new cases
             touched |= {(tenant, task) for tenant in self.store.tenants(task)}
+        announced: set[tuple[str, str]] = set()
         for tenant, task in sorted(touched):
             trigger = self.due(tenant, task, alarms.get(task))
-            if trigger is not None:
-                outs.extend(await self.retrain(tenant, task, trigger))
+            if trigger is not None and (out := await self.retrain(tenant, task, trigger)):
+                outs.extend(out)
+                announced.add((tenant, task))
+        for tenant, task in sorted(reviewed - announced):
+            outs.extend(await self.judge_again(tenant, task))
         return outs
 
     def observe_reviews(self, tenant: str, task: str) -> None:
@@ -254,6 +274,86 @@ class Trainer:
         metrics.REVIEWED_DISPUTED.labels(tenant, task).set(people["disputed"])
         if people["agreement"] is not None:
             metrics.REVIEWERS_AGREEMENT.labels(tenant, task).set(people["agreement"])
+
+    def done(self, tenant: str, task: str) -> int:
+        return self.reviews.done(tenant, task) if self.reviews is not None else 0
+
+    async def judge_again(self, tenant: str, task_name: str) -> list[Out]:
+        """Every ``recertify_every`` rows people complete, the serving version's rule judged again
+        on the trusted rows (``protege.certify.reconsider``). When the rows completed since it was
+        certified — out of sample for it — show it falls short, the traffic has shifted: the rows
+        before them stop counting (``ReviewStore.mark_shift``: for this check, every later one and
+        every retrain), and the rule the rows since certify — stricter, or none — replaces it at
+        once, as a new version with the same files. A looser rule the rows now certify (a
+        version that had too few to certify anything) comes as any candidate does, on trial where
+        canaries are on. Not while a candidate is on trial, nor before this trainer's own last
+        announcement is read back (what serves is not known until then)."""
+        key = (tenant, task_name)
+        if self.recertify is None or self.recertify_every <= 0 or self.reviews is None:
+            return []
+        done = self.done(tenant, task_name)
+        last = self.judged_at.get(key)
+        if last is not None and done - last < self.recertify_every:
+            return []
+        mine = self.announced.get(key)
+        if mine is not None and not self.has_read(tenant, task_name, mine[0]):
+            return []
+        canary, _ = self.trials(tenant, task_name)
+        if canary is not None:
+            return []
+        serving = await self.serving(tenant, task_name)
+        if serving is None:
+            return []
+        self.judged_at[key] = done
+        # after a restart the moment its rule was certified is not known: from now on
+        since = self.certified_at.setdefault(key, done)
+        task = self.tasks[task_name]
+        result = await asyncio.to_thread(self.recertify, tenant, task, serving, since)
+        if result is None:
+            metrics.RECERTIFIED.labels(tenant, task_name, "kept").inc()
+            self.log.info("rule_kept", tenant=tenant, task=task_name, version=serving.name, rows=done, since=since)
+            return []
+        outcome = "tightened" if result.broken else "loosened"
+        metrics.RECERTIFIED.labels(tenant, task_name, outcome).inc()
+        self.log.info(
+            "rule_recertified",
+            tenant=tenant,
+            task=task_name,
+            source=result.source,
+            version=result.version,
+            outcome=outcome,
+            why=result.why,
+            rows=done,
+            since=since,
+        )
+        if result.broken:
+            self.reviews.mark_shift(tenant, task_name, since, f"{result.source}: {result.why}")
+        self.certified_at[key] = done
+        fields: dict[str, Any] = {"labels": result.labels, "metrics": result.metrics, "trained_on": result.trained_on}
+        made = f"{result.source} re-certified: {result.why}"
+        if result.broken:  # no trial for a rule that stops answers the served one should not give
+            ann = ModelAnnouncement(
+                tenant=tenant,
+                task=task_name,
+                version=result.version,
+                path=str(result.folder.resolve()),
+                reason=made,
+                announced_at_ms=now_ms(),
+                **fields,
+            )
+        else:
+            ann = candidate(
+                tenant,
+                task,
+                result.version,
+                result.folder,
+                serving=serving,
+                trigger="re-certification",
+                made=made,
+                **fields,
+            )
+        self.announced[key] = (result.version, now_ms())
+        return [Out.of(self.topics.models, ann)]
 
     async def retrain(self, tenant: str, task_name: str, trigger: str) -> list[Out]:
         cases = list(self.store.load(tenant, task_name).values())
@@ -278,6 +378,7 @@ class Trainer:
             self.held_back.add((tenant, task_name))
             return []
         self.held_back.discard((tenant, task_name))
+        self.certified_at[(tenant, task_name)] = self.judged_at[(tenant, task_name)] = self.done(tenant, task_name)
         ann = candidate(
             tenant,
             self.tasks[task_name],

@@ -1,7 +1,8 @@
 """The benchmarks' OFFLINE STAND-IN reviewer on a real broker: it answers every review item on
 protege.review with a review on protege.feedback; with ``noise`` that share of its labels is
 wrong (seeded, another of the data set's labels), with ``delay_s`` it holds each label that long
-and what is still held when it stops is never sent (a reviewer who is late)."""
+and what is still held when it stops is never sent (a reviewer who is late); with ``overlap`` a
+second person labels the requests the task wants two labels on, and a third where they split."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import time
 import pytest
 
 from protege.events import Feedback, ReviewItem
+from protege.generator import triage_task
 from protege.harness import StandinReviewer
 from protege.kafka import Out, producer
+from protege.policy import reviewers_wanted
 from protege.settings import Settings
 from protege.state import read_all
 
@@ -64,3 +67,20 @@ def test_a_late_reviewer_holds_its_labels_and_sends_none_it_still_holds(settings
         until(lambda: len(reviewer.held) == 30)
     assert reviewer.reviewed == 0 and reviews(settings) == []
     assert "3600 s after each item" in reviewer.describe()
+
+
+def test_a_second_person_labels_the_overlap_and_a_third_breaks_their_ties(settings: Settings) -> None:
+    truth = {f"r{i}": LABELS[i % len(LABELS)] for i in range(200)}
+    asyncio.run(send_items(settings, 200))
+    overlap = triage_task().model_copy(update={"review_rate": 1, "review_overlap": 0.5})
+    twice = {rid for rid in truth if reviewers_wanted(rid, overlap) == 2}
+    probe = StandinReviewer(settings, truth, noise=0.3, seed=3, overlap=overlap)
+    split = {rid for rid in twice if probe.label_for(rid) != probe.label_for(rid, person=2)}
+    assert 60 <= len(twice) <= 140 and split
+    with StandinReviewer(settings, truth, noise=0.3, seed=3, overlap=overlap) as reviewer:
+        until(lambda: reviewer.reviewed == 200 + len(twice) + len(split))
+    sent = reviews(settings)
+    by = {who: {f.request_id: f.label for f in sent if f.source == who} for who in (reviewer.SECOND, reviewer.THIRD)}
+    assert by[reviewer.SECOND].keys() == twice and by[reviewer.THIRD].keys() == split
+    assert reviewer.second_opinions == len(twice) and reviewer.third_opinions == len(split)
+    assert all(by[reviewer.THIRD][rid] == probe.label_for(rid, person=3) for rid in split)

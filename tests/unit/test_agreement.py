@@ -26,7 +26,7 @@ def test_fleiss_kappa_matches_the_worked_example() -> None:
     for i, counts in enumerate(FLEISS_TABLE):
         labels = [f"c{j}" for j, c in enumerate(counts) for _ in range(c)]
         opinions[f"s{i}"] = {f"rater{k}": label for k, label in enumerate(labels)}
-    a = agreement(opinions)
+    a = agreement(opinions, tie_breaks=False)  # every rater rated every subject
     assert a["rows"] == 10
     assert a["agreement"] == pytest.approx(0.378, abs=5e-4)
     assert a["kappa"] == pytest.approx(0.210, abs=5e-4)
@@ -56,6 +56,7 @@ def test_no_second_opinion_no_measure() -> None:
         "kappa": None,
         "disputed": 0,
         "pairs": [],
+        "tie_breaks_left_out": 0,
     }
 
 
@@ -70,3 +71,18 @@ def test_consensus_is_a_strict_majority() -> None:
     assert consensus({"ana": "refund", "bo": "card_lost"}) is None
     assert consensus({"ana": "refund", "bo": "card_lost", "cy": "refund"}) == "refund"
     assert consensus({}) is None
+
+
+def test_a_label_asked_for_because_two_split_breaks_the_tie_but_is_no_opinion() -> None:
+    """A third person is asked where two split: counted, the split rows would look a third agreed."""
+    opinions = {
+        "r1": {"ana": "refund", "bo": "card_lost", "cy": "refund"},  # split, then a tie-break
+        "r2": {"ana": "refund", "bo": "refund", "cy": "card_lost"},  # three asked anyway: all opinions
+        "r3": {"ana": "oos", "bo": "oos"},
+    }
+    a = agreement(opinions)
+    assert a["tie_breaks_left_out"] == 1 and a["disputed"] == 0  # r1's tie is broken
+    assert a["agreement"] == pytest.approx((0 + 1 / 3 + 1) / 3)
+    assert a["agreed"] == 1 and {p["n"] for p in a["pairs"] if p["reviewers"] == ["ana", "cy"]} == {1}
+    assert agreement(opinions, tie_breaks=False)["agreement"] == pytest.approx((1 / 3 + 1 / 3 + 1) / 3)
+    assert agreement({"r1": {"ana": "refund", "bo": "card_lost"}})["disputed"] == 1

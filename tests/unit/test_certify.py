@@ -16,8 +16,10 @@ from protege.certify import (
     could_pass,
     cp_lower,
     cp_upper,
+    falls_short,
     paired_lower_bound,
     paired_union_bound,
+    reconsider,
     slack_lower_bound,
 )
 
@@ -195,3 +197,129 @@ def test_paired_bound_reads_the_discordant_cases() -> None:
     assert paired_lower_bound(60, 5, 1000, 0.95) > 0
     # nothing told them apart: the student may still be up to UB(d) below
     assert -0.01 < paired_lower_bound(0, 0, 400, 0.95) < 0
+
+
+def shifted(n: int, seed: int, *, worse: float, teacher_error: float) -> Evidence:
+    """``world`` after a shift: below a confidence of 0.95 the student is right with probability
+    ``confidence - worse`` (its middling confidence no longer means what it did: new phrasings,
+    more out-of-scope traffic); its surest answers are as right as before."""
+    rng = np.random.default_rng(seed)
+    conf = rng.beta(6, 1, n)
+    student = rng.uniform(size=n) < np.where(conf < 0.95, conf - worse, conf)
+    return Evidence("golden", conf, rng.uniform(0, 1, n), student, rng.uniform(size=n) >= teacher_error)
+
+
+@pytest.mark.parametrize(
+    ("goal", "teacher_error"), [(Goal(accuracy=0.9, confidence=0.95), 0.05), (Goal(margin=0.02, confidence=0.95), 0.1)]
+)
+def test_a_rule_that_still_holds_is_kept_and_one_a_shift_broke_is_replaced(goal: Goal, teacher_error: float) -> None:
+    """A serving rule judged again on today's rows (``reconsider``): on rows from the world it
+    was certified in it is kept (a rule certified at the edge of what its rows allowed is not
+    replaced because fresh rows cannot confirm it again); after a shift that makes it too loose
+    it is replaced, and the rule that replaces it holds on fresh samples of the shifted world at
+    the goal's confidence."""
+    served = choose_rule(goal, world(2000, 0, teacher_error=teacher_error))
+    assert served is not None
+    checks = [reconsider(goal, world(1000, seed, teacher_error=teacher_error), served) for seed in range(1, 101)]
+    kept, refuted = sum(v is None for v in checks), sum(v is not None and v.broken for v in checks)
+    assert kept >= 90 and refuted <= 5, (kept, refuted)  # the rest: a looser rule that covers 5 points more
+    replaced = held = 0
+    for seed in range(1, 101):
+        today = shifted(1000, seed, worse=0.15, teacher_error=teacher_error)
+        verdict = reconsider(goal, today, served)
+        assert verdict is not None and verdict.broken and "falls short" in verdict.why
+        replaced += 1
+        if verdict.rule is None:
+            held += 1  # answers nothing: nothing to be wrong
+            continue
+        assert verdict.rule.min_confidence > served.min_confidence
+        fresh = shifted(20_000, 1000 + seed, worse=0.15, teacher_error=teacher_error)
+        accepted = accepted_by(verdict.rule, fresh.confidence, fresh.ood)
+        student = fresh.student_right[accepted].mean()
+        assert fresh.teacher_right is not None
+        if goal.relative:
+            held += student >= fresh.teacher_right[accepted].mean() - (goal.margin or 0)
+        else:
+            held += student >= (goal.accuracy or 0)
+    assert replaced == 100 and held >= 95, (kept, held)
+
+
+def test_a_version_that_certified_nothing_gets_a_rule_once_the_rows_allow_one() -> None:
+    goal = Goal(accuracy=0.9, confidence=0.95)
+    few, many = world(15, 3, teacher_error=0.05), world(2000, 3, teacher_error=0.05)
+    assert choose_rule(goal, few) is None and reconsider(goal, few, None) is None
+    verdict = reconsider(goal, many, None)
+    assert verdict is not None and not verdict.broken and verdict.rule is not None and verdict.served_coverage == 0
+    # a rule that holds is not replaced by one that covers a little more; by one that covers much more, it is
+    strict = verdict.rule.model_copy(update={"min_confidence": round(verdict.rule.min_confidence + 0.02, 2)})
+    assert not falls_short(goal, many, strict) and reconsider(goal, many, strict) is None
+    stricter = verdict.rule.model_copy(update={"min_confidence": 0.99})
+    looser = reconsider(goal, many, stricter)
+    assert looser is not None and not looser.broken and looser.rule == verdict.rule
+    assert looser.rule.coverage >= looser.served_coverage + 0.05
+
+
+def test_a_rule_that_accepts_none_of_the_rows_holds_and_a_cap_it_exceeds_falls_short() -> None:
+    goal = Goal(accuracy=0.5, confidence=0.95, max_false_accepts=0.1)
+    n = 400
+    conf = np.linspace(0.5, 1.0, n)
+    out = np.zeros(n, bool)
+    out[:40] = True  # out of scope, all answered in scope with high confidence at the top
+    conf[:40] = 0.99
+    evidence = Evidence(
+        "golden",
+        conf,
+        np.zeros(n),
+        np.ones(n, bool),
+        np.ones(n, bool),
+        out_of_scope=out,
+        answered_oos=np.zeros(n, bool),
+    )
+    rule = choose_rule(Goal(accuracy=0.5, confidence=0.95), evidence)
+    assert rule is not None and rule.min_confidence <= 0.9
+    assert falls_short(goal, evidence, rule)  # every out-of-scope case gets through: over the cap
+    assert not falls_short(replace(goal, max_false_accepts=None), evidence, rule)
+    nothing = rule.model_copy(update={"min_confidence": 1.0, "max_ood": -1.0})
+    assert not falls_short(goal, evidence, nothing)
+    with pytest.raises(ValueError, match="trusted rows"):
+        falls_short(goal, replace(evidence, kind="agreement", teacher_right=None), rule)
+
+
+def joined(a: Evidence, b: Evidence) -> Evidence:
+    return Evidence(
+        "golden",
+        np.concatenate([a.confidence, b.confidence]),
+        np.concatenate([a.ood, b.ood]),
+        np.concatenate([a.student_right, b.student_right]),
+        np.concatenate([a.teacher_right, b.teacher_right]),  # type: ignore[list-item]
+    )
+
+
+def test_the_rows_since_a_rule_was_certified_refute_it_where_all_rows_together_do_not() -> None:
+    """A shift late in the rows: mixed with the rows of before, the new ones do not show the
+    served rule falls short; alone (the rows since it was certified: out of sample for it) they
+    do, and its replacement is certified on them alone, not on traffic that is gone."""
+    goal = Goal(accuracy=0.9, confidence=0.95)
+    caught = held = 0
+    for seed in range(20):
+        before = world(3000, seed, teacher_error=0.05)
+        served = choose_rule(goal, before)
+        assert served is not None
+        after = shifted(500, 100 + seed, worse=0.15, teacher_error=0.05)
+        rows = joined(before, after)
+        recent = np.arange(len(rows)) >= len(before)
+        mixed = reconsider(goal, rows, served)
+        assert mixed is None or not mixed.broken  # 500 shifted rows among 3,000 from before: not refuted
+        verdict = reconsider(goal, rows, served, recent=recent)
+        if verdict is None:
+            continue
+        assert verdict.broken and "since it was certified" in verdict.why
+        caught += 1
+        alone = choose_rule(goal, after)
+        assert verdict.rule == alone  # certified on today's rows only
+        if verdict.rule is None:
+            held += 1
+            continue
+        fresh = shifted(20_000, 1000 + seed, worse=0.15, teacher_error=0.05)
+        held += fresh.student_right[accepted_by(verdict.rule, fresh.confidence, fresh.ood)].mean() >= goal.accuracy
+    assert caught >= 18 and held >= caught - 1, (caught, held)

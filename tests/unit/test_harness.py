@@ -104,8 +104,15 @@ def test_a_second_standin_person_draws_its_own_mistakes() -> None:
     )
     first = {rid: two.label_for(rid) for rid in truth}
     assert first == {rid: StandinReviewer(Settings(), truth, noise=0.1, seed=5).label_for(rid) for rid in truth}
-    second = {rid: two.label_for(rid, second=True) for rid in truth}
+    second = {rid: two.label_for(rid, person=2) for rid in truth}
     people = agreement({rid: {"one": first[rid], "two": second[rid]} for rid in truth})
     # each right 90% of the time, independently: they agree ~0.81 + 0.01/2 (the same wrong one of two)
     assert 0.78 <= people["agreement"] <= 0.85
-    assert "a second person on 50% of them" in two.describe()
+    assert "a second person on 50% of them, a third where the two split" in two.describe()
+    # a third person, drawn apart again, breaks most ties to the truth: with both others one of them is right
+    split = [rid for rid in truth if first[rid] != second[rid]]
+    third = {rid: two.label_for(rid, person=3) for rid in split}
+    assert third != {rid: first[rid] for rid in split} and third != {rid: second[rid] for rid in split}
+    settled = [rid for rid in split if third[rid] in (first[rid], second[rid])]
+    assert len(settled) >= 0.85 * len(split)
+    assert sum(third[rid] == truth[rid] for rid in settled) >= 0.85 * len(settled)

@@ -17,13 +17,22 @@ from protege_services.trainer.handler import CaseStore, Trainer
 
 from protege import metrics
 from protege.cli.review import reviews, short_of_labels
-from protege.events import DeadLetter, Feedback, HarvestCase, ReviewItem, TeacherResult, Usage
+from protege.events import (
+    AcceptRule,
+    DeadLetter,
+    Feedback,
+    HarvestCase,
+    ModelAnnouncement,
+    ReviewItem,
+    TeacherResult,
+    Usage,
+)
 from protege.generator import triage_task
 from protege.kafka import Out, Received
 from protege.policy import in_review, reviewers_wanted
 from protege.review import ReviewStore
-from protege.student.train import Case, TrainResult, Trusted
-from protege.task import Task
+from protege.student.train import Case, Recertified, TrainResult, Trusted
+from protege.task import Canary, Task
 from protege.topics import Topics
 
 T = Topics("u.")
@@ -299,3 +308,99 @@ def test_a_second_opinion_is_asked_of_somebody_else_and_a_split_of_a_third() -> 
     assert left("cy") == [a, c]  # a third person breaks c's tie
     assert left(None) == [a, c]
     assert [i.request_id for i in short_of_labels(items, given, "acme", TASK)] == [c]  # no overlap: one each, c split
+
+
+def test_the_trainer_judges_the_serving_rule_again_every_so_many_reviewed_rows(tmp_path: Path) -> None:
+    """Every ``recertify_every`` reviewed rows the serving version's rule is judged again; a rule
+    the rows show falls short is replaced at once (no trial), a looser one the rows certify goes
+    on trial like any candidate; nothing is judged while a candidate is on trial, nor before a
+    version serves."""
+    canaries = TASK.model_copy(update={"student": TASK.student.model_copy(update={"canary": Canary(share=0.2)})})
+    tasks = {TASK.name: canaries}
+    judged: list[tuple[str, int, int | None]] = []
+    verdicts: list[bool | None] = [None, True, False]  # kept, then it falls short, then a looser rule
+    state: dict[str, ModelAnnouncement | Path | None] = {"serving": None, "canary": None}
+    read_back: list[str] = []  # the versions the serving view has read
+
+    def recertify(tenant: str, task: Task, serving: Path, since: int | None) -> Recertified | None:
+        judged.append((serving.name, reviewed.done(tenant, task.name), since))
+        broken = verdicts[len(judged) - 1]
+        if broken is None:
+            return None
+        rule = (
+            None
+            if broken
+            else AcceptRule(target_accuracy=0.9, confidence_level=0.95, min_confidence=0.5, max_ood=1.0, coverage=0.8)
+        )
+        n = len(judged)
+        return Recertified(
+            f"v000{n}-abc", tmp_path / f"v000{n}-abc", serving.name, rule, broken, "why", {"m": 1.0}, ["billing"], 7
+        )
+
+    async def serving_folder(tenant: str, task: str) -> Path | None:
+        folder = state["serving"]
+        return folder if isinstance(folder, Path) else None
+
+    def trials(tenant: str, task: str) -> tuple[ModelAnnouncement | None, ModelAnnouncement | None]:
+        canary = state["canary"]
+        return (canary if isinstance(canary, ModelAnnouncement) else None), None
+
+    def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
+        raise AssertionError("no case to learn here")
+
+    reviewed = ReviewStore(tmp_path / "review")
+    trainer = Trainer(
+        tasks,
+        T,
+        CaseStore(tmp_path / "cases"),
+        train,
+        min_cases=4,
+        retrain_every=1000,
+        reviews=reviewed,
+        serving=serving_folder,
+        trials=trials,
+        recertify=recertify,
+        recertify_every=3,
+        has_read=lambda tenant, task, version: version in read_back,
+    )
+    offset = 0
+
+    def review(n: int) -> list[Out]:
+        nonlocal offset
+        got: list[Received[HarvestCase]] = []
+        for _ in range(n):
+            rid = f"g{offset}"
+            for h in (half(rid, "billing", "teacher"), half(rid, "billing", "feedback")):
+                got.append(Received(h, T.harvest, offset=offset))
+            offset += 1
+        return asyncio.run(trainer.handle(got))
+
+    assert review(5) == [] and judged == []  # nothing serves yet
+    state["serving"] = tmp_path / "v0001-abc"
+    assert review(1) == [] and judged == [("v0001-abc", 6, 6)]  # the first rows after a version serves: kept
+    assert review(2) == [] and len(judged) == 1  # 2 new rows of 3
+    (out,) = review(1)
+    ann = ModelAnnouncement.model_validate_json(out.value)
+    assert judged[-1] == ("v0001-abc", 9, 6)  # the rows since its rule was last judged: 6, 7, 8
+    assert ann.version == "v0002-abc" and ann.action == "serve" and ann.share is None  # at once, no trial
+    assert ann.reason == "v0001-abc re-certified: why" and ann.trained_on == 7 and out.topic == T.models
+    # the rows since showed a shift: those before no longer count, here and after a restart
+    assert reviewed.shift("acme", TASK.name) == 6 and ReviewStore(tmp_path / "review").shift("acme", TASK.name) == 6
+    assert [t.request_id for t in reviewed.golden("acme", TASK)] == ["g6", "g7", "g8"]
+    assert len(reviewed.golden("acme", TASK, since=0)) == 9
+    state["serving"] = tmp_path / "v0002-abc"
+    assert review(3) == [] and len(judged) == 2  # its own announcement not read back yet
+    read_back.append("v0002-abc")
+    state["canary"] = ann  # a candidate on trial: nothing judged
+    assert review(3) == [] and len(judged) == 2
+    state["canary"] = None
+    (out,) = review(1)
+    ann = ModelAnnouncement.model_validate_json(out.value)
+    assert ann.action == "canary" and ann.share == 0.2
+    assert judged[-1] == ("v0002-abc", 16, 9) and "on trial for 20% of requests against v0002-abc" in (ann.reason or "")
+    sample = metrics.REGISTRY.get_sample_value
+    for outcome, n in (("kept", 1), ("tightened", 1), ("loosened", 1)):
+        assert (
+            sample("protege_trainer_recertifications_total", {"tenant": "acme", "task": TASK.name, "outcome": outcome})
+            == n
+        )

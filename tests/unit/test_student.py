@@ -25,6 +25,7 @@ from protege.student.train import (
     fit_temperature,
     gate_failures,
     macro_f1,
+    recertify_version,
     serving_metrics,
     split_cases,
     train_version,
@@ -560,3 +561,44 @@ def test_the_serving_version_is_held_to_the_rule_todays_rows_certify(version, ta
     assert now["accuracy"] == as_served["accuracy"]  # the same answers on the same golden cases: only the rule moved
     shifted = [Trusted(r["id"], r["text"], moved(r["label"]), moved(r["label"])) for r in held]
     assert serving_metrics(result.folder, golden, gates, 1, shifted, goal)["coverage"] == 0
+
+
+def test_the_serving_version_is_certified_again_on_todays_rows_as_a_new_version(
+    version, registry: Path, task: Task
+) -> None:
+    """A version that certified nothing gets the rule later trusted rows certify — a new version
+    sharing its files; on the same rows that version keeps its rule; after a shift that makes
+    it wrong (every label moved to another queue) its rule falls short and the rows certify
+    nothing: the next version answers nothing."""
+    result, held = version
+    targeted = task.model_copy(update={"policy": task.policy.model_copy(update={"target_accuracy": 0.8})})
+    rows = [Trusted(r["id"], r["text"], r["label"], r["label"], "review") for r in held]
+    again = recertify_version(result.folder, registry=registry, tenant="acme", task=targeted, truth=rows)
+    assert again is not None and again.source == result.version and not again.broken and again.rule is not None
+    assert again.version.endswith(result.version.split("-")[1]) and again.version != result.version  # same cases
+    first, second = (json.loads((f / "manifest.json").read_text()) for f in (result.folder, again.folder))
+    assert first["acceptance"] is None and second["acceptance"]["min_confidence"] == again.rule.min_confidence
+    assert second["recertified_from"] == result.version and "certified nothing" in second["trigger"]
+    assert second["files"] == first["files"]  # the same graph, bank and labels: only the rule moved
+    for name in first["files"]:
+        assert (again.folder / name).stat().st_ino == (result.folder / name).stat().st_ino  # linked, not copied
+    assert second["metrics"]["truth_cases"] == len(rows) and second["metrics"]["truth_coverage"] > 0.3
+    assert 0 < second["metrics"]["golden_coverage"] == pytest.approx(second["golden"]["coverage"], abs=1e-4)
+    texts = [r["text"] for r in held[:20]]
+    old, new = (
+        Student(result.folder, providers="cpu").predict(texts),
+        Student(again.folder, providers="cpu").predict(texts),
+    )
+    assert [(o.label, o.confidence) for o in old] == [(n.label, n.confidence) for n in new]
+    assert all(o.rule is None and n.rule == again.rule for o, n in zip(old, new, strict=True))
+    assert all(n.model_version == again.version for n in new)
+    # the same rows again: its rule holds, nothing to do
+    assert recertify_version(again.folder, registry=registry, tenant="acme", task=targeted, truth=rows) is None
+    queues = sorted({r["label"] for r in held})
+    shifted = [
+        Trusted(t.request_id, t.text, queues[(queues.index(t.label) + 1) % len(queues)], t.teacher, "review")
+        for t in rows
+    ]
+    broken = recertify_version(again.folder, registry=registry, tenant="acme", task=targeted, truth=shifted)
+    assert broken is not None and broken.broken and broken.rule is None and "falls short" in broken.why
+    assert Student(broken.folder, providers="cpu").rule is None
