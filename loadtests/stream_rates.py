@@ -168,11 +168,24 @@ def spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
     return dict(sorted(used.items(), key=lambda kv: -kv[1]))
 
 
-def run_layout(args: argparse.Namespace, layout: str, jvm: str, console: Console, linger: int = 0) -> dict[str, Any]:
+def run_layout(
+    args: argparse.Namespace, layout: str, jvm: str, console: Console, linger: int = 0, max_batch: int | None = None
+) -> dict[str, Any]:
     """One layout on a fresh broker started with the extra JVM flags ``jvm`` (PROTEGE_BROKER_JVM_OPTS),
-    its services lingering ``linger`` ms to fill a micro-batch (PROTEGE_LINGER_MS)."""
-    name = layout + (f" [{jvm}]" if jvm else "") + (f" linger {linger} ms" if linger else "")
-    folder = layout + ("-" + re.sub(r"[^A-Za-z0-9=]+", "", jvm) if jvm else "") + (f"-linger{linger}" if linger else "")
+    its services lingering ``linger`` ms to fill a micro-batch (PROTEGE_LINGER_MS), the scorer's
+    micro-batch at most ``max_batch`` requests (PROTEGE_MAX_BATCH; None: the default)."""
+    name = (
+        layout
+        + (f" [{jvm}]" if jvm else "")
+        + (f" linger {linger} ms" if linger else "")
+        + (f" batch <= {max_batch}" if max_batch else "")
+    )
+    folder = (
+        layout
+        + ("-" + re.sub(r"[^A-Za-z0-9=]+", "", jvm) if jvm else "")
+        + (f"-linger{linger}" if linger else "")
+        + (f"-batch{max_batch}" if max_batch else "")
+    )
     home = (args.home / folder).resolve()
     shutil.rmtree(home, ignore_errors=True)
     specs = [parse_rate(r) for r in args.rates.split(",")]
@@ -196,8 +209,16 @@ def run_layout(args: argparse.Namespace, layout: str, jvm: str, console: Console
         "OMP_NUM_THREADS": "1",
         "PROTEGE_FUSED": "1" if layout == "fused" else "0",
         "PROTEGE_LINGER_MS": str(linger),
+        **({"PROTEGE_MAX_BATCH": str(max_batch)} if max_batch else {}),
     }
-    report: dict[str, Any] = {"layout": layout, "broker_jvm": jvm, "linger_ms": linger, "name": name, "rates": []}
+    report: dict[str, Any] = {
+        "layout": layout,
+        "broker_jvm": jvm,
+        "linger_ms": linger,
+        "max_batch": max_batch or Settings().max_batch,
+        "name": name,
+        "rates": [],
+    }
     os.environ["PROTEGE_BROKER_JVM_OPTS"] = jvm  # the broker is this process's child
     with LocalPipeline(home, env=env) as p:
         settings = p.settings
@@ -386,6 +407,12 @@ def main() -> None:
         help="ms the services wait to fill a micro-batch (PROTEGE_LINGER_MS); several, separated by |, each on a "
         "fresh pipeline (--linger '0|5')",
     )
+    ap.add_argument(
+        "--max-batch",
+        default="",
+        help="the scorer's largest micro-batch (PROTEGE_MAX_BATCH; empty: its default); several, separated by |, "
+        "each on a fresh pipeline (--max-batch '64|16')",
+    )
     ap.add_argument("--profile", action="store_true", help="run the services under py-spy after the warm-up")
     ap.add_argument("--json", type=Path, default=REPO / "reports" / "loadtest-stream.json")
     ap.add_argument("--home", type=Path, default=Path(".protege/loadtest"))
@@ -412,7 +439,10 @@ def main() -> None:
             raise SystemExit(f"--layouts: no layout {layout!r} (separate, fused)")
         for jvm in args.broker_jvm.split("|"):
             for linger in args.linger.split("|"):
-                report["layouts"].append(run_layout(args, layout, jvm.strip(), console, int(linger)))
+                for batch in args.max_batch.split("|"):
+                    report["layouts"].append(
+                        run_layout(args, layout, jvm.strip(), console, int(linger), int(batch) if batch else None)
+                    )
     for run in report["layouts"]:
         print_layout(run, args, console)
     summary = Table(title=f"by layout (student p95 target {args.p95_target:.0f} ms)")

@@ -760,7 +760,9 @@ def bench_stream(
         from protege.review import ReviewStore
 
         reviewed = ReviewStore(home / "review")
-        summary["review"]["golden_rows"] = len(reviewed.golden("bench", task))
+        summary["review"]["golden_rows"] = len(reviewed.golden("bench", task))  # since a shift the trainer saw
+        summary["review"]["completed_rows"] = reviewed.done("bench", task.name)
+        summary["review"]["shift_at"] = reviewed.shift("bench", task.name)  # rows before it no longer count
         summary["review"]["people"] = agreement(reviewed.opinions("bench", task.name))
         console.print(
             f"review sample ({review_rate:.0%}): {summary['review']['reviews_sent']} labels from the "
@@ -768,6 +770,12 @@ def bench_stream(
             f"{summary['review']['followed_teacher']} of them the teacher's own mistake, "
             f"{summary['review']['held_at_the_end']} still held at the end); "
             f"{summary['review']['golden_rows']} golden rows at the end"
+            + (
+                f" (the trainer saw a shift: only the rows completed after the first "
+                f"{summary['review']['shift_at']:,} of {summary['review']['completed_rows']:,} count)"
+                if summary["review"]["shift_at"]
+                else ""
+            )
         )
         people = summary["review"]["people"]
         if people["rows"]:
