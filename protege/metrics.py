@@ -146,7 +146,8 @@ REVIEWS = Counter(
 )
 REVIEWED_ROWS = Gauge(
     "protege_reviewed_golden_rows",
-    "Golden rows from the review sample: the teacher's answer and a person's label both in.",
+    "Golden rows from the review sample: the teacher's answer and a person's label both in (since the last shift "
+    "the trainer saw: ReviewStore.mark_shift).",
     ["tenant", "task"],
     registry=REGISTRY,
 )
