@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -169,22 +170,35 @@ def spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
 
 
 def run_layout(
-    args: argparse.Namespace, layout: str, jvm: str, console: Console, linger: int = 0, max_batch: int | None = None
+    args: argparse.Namespace,
+    layout: str,
+    jvm: str,
+    console: Console,
+    linger: int = 0,
+    max_batch: int | None = None,
+    backoff: int | None = None,
+    round_: int = 0,
 ) -> dict[str, Any]:
     """One layout on a fresh broker started with the extra JVM flags ``jvm`` (PROTEGE_BROKER_JVM_OPTS),
     its services lingering ``linger`` ms to fill a micro-batch (PROTEGE_LINGER_MS), the scorer's
-    micro-batch at most ``max_batch`` requests (PROTEGE_MAX_BATCH; None: the default)."""
+    micro-batch at most ``max_batch`` requests (PROTEGE_MAX_BATCH; None: the default), the
+    producers' retry backoff ``backoff`` ms (PROTEGE_RETRY_BACKOFF_MS; None: the default);
+    ``round_``: which round of ``--rounds``."""
     name = (
         layout
         + (f" [{jvm}]" if jvm else "")
         + (f" linger {linger} ms" if linger else "")
         + (f" batch <= {max_batch}" if max_batch else "")
+        + (f" backoff {backoff} ms" if backoff is not None else "")
+        + (f" (round {round_ + 1})" if args.rounds > 1 else "")
     )
     folder = (
         layout
         + ("-" + re.sub(r"[^A-Za-z0-9=]+", "", jvm) if jvm else "")
         + (f"-linger{linger}" if linger else "")
         + (f"-batch{max_batch}" if max_batch else "")
+        + (f"-backoff{backoff}" if backoff is not None else "")
+        + (f"-round{round_ + 1}" if args.rounds > 1 else "")
     )
     home = (args.home / folder).resolve()
     shutil.rmtree(home, ignore_errors=True)
@@ -210,12 +224,15 @@ def run_layout(
         "PROTEGE_FUSED": "1" if layout == "fused" else "0",
         "PROTEGE_LINGER_MS": str(linger),
         **({"PROTEGE_MAX_BATCH": str(max_batch)} if max_batch else {}),
+        **({"PROTEGE_RETRY_BACKOFF_MS": str(backoff)} if backoff is not None else {}),
     }
     report: dict[str, Any] = {
         "layout": layout,
         "broker_jvm": jvm,
         "linger_ms": linger,
-        "max_batch": max_batch or Settings().max_batch,
+        "max_batch": max_batch or ScorerSettings().max_batch,
+        "retry_backoff_ms": Settings().retry_backoff_ms if backoff is None else backoff,
+        "round": round_ + 1,
         "name": name,
         "rates": [],
     }
@@ -413,6 +430,19 @@ def main() -> None:
         help="the scorer's largest micro-batch (PROTEGE_MAX_BATCH; empty: its default); several, separated by |, "
         "each on a fresh pipeline (--max-batch '64|16')",
     )
+    ap.add_argument(
+        "--retry-backoff",
+        default="",
+        help="the producers' retry backoff in ms (PROTEGE_RETRY_BACKOFF_MS; empty: the default); several, "
+        "separated by |, each on a fresh pipeline (--retry-backoff '10|50')",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every variant this many times, interleaved (round 1 of each, then round 2, ...): one run of each "
+        "is inside a shared machine's noise",
+    )
     ap.add_argument("--profile", action="store_true", help="run the services under py-spy after the warm-up")
     ap.add_argument("--json", type=Path, default=REPO / "reports" / "loadtest-stream.json")
     ap.add_argument("--home", type=Path, default=Path(".protege/loadtest"))
@@ -437,12 +467,29 @@ def main() -> None:
     for layout in args.layouts.split(","):
         if layout not in ("separate", "fused"):
             raise SystemExit(f"--layouts: no layout {layout!r} (separate, fused)")
-        for jvm in args.broker_jvm.split("|"):
-            for linger in args.linger.split("|"):
-                for batch in args.max_batch.split("|"):
-                    report["layouts"].append(
-                        run_layout(args, layout, jvm.strip(), console, int(linger), int(batch) if batch else None)
-                    )
+    variants = list(
+        itertools.product(
+            args.layouts.split(","),
+            args.broker_jvm.split("|"),
+            args.linger.split("|"),
+            args.max_batch.split("|"),
+            args.retry_backoff.split("|"),
+        )
+    )
+    for round_ in range(args.rounds):  # interleaved: every variant once, then again
+        for layout, jvm, linger, batch, backoff in variants:
+            report["layouts"].append(
+                run_layout(
+                    args,
+                    layout,
+                    jvm.strip(),
+                    console,
+                    int(linger),
+                    int(batch) if batch else None,
+                    int(backoff) if backoff else None,
+                    round_,
+                )
+            )
     for run in report["layouts"]:
         print_layout(run, args, console)
     summary = Table(title=f"by layout (student p95 target {args.p95_target:.0f} ms)")

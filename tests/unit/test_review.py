@@ -404,3 +404,54 @@ def test_the_trainer_judges_the_serving_rule_again_every_so_many_reviewed_rows(t
             sample("protege_trainer_recertifications_total", {"tenant": "acme", "task": TASK.name, "outcome": outcome})
             == n
         )
+
+
+def test_retraining_often_does_not_keep_the_serving_rule_from_being_judged(tmp_path: Path) -> None:
+    """A trainer retraining every few cases (the e2e review bench: every 100) still judges the
+    serving rule at its own pace; its rule counts as certified at the retrain."""
+    judged: list[tuple[int, int | None]] = []
+    reviewed = ReviewStore(tmp_path / "review")
+
+    def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
+        return TrainResult(f"v{len(cases)}", tmp_path / f"v{len(cases)}", {}, ["billing", "refund"], True, "passed")
+
+    def recertify(tenant: str, task: Task, serving: Path, since: int | None) -> Recertified | None:
+        judged.append((reviewed.done(tenant, task.name), since))
+        return None
+
+    async def serving_folder(tenant: str, task: str) -> Path | None:
+        return tmp_path / "v-serving"
+
+    trainer = Trainer(
+        TASKS,
+        T,
+        CaseStore(tmp_path / "cases"),
+        train,
+        min_cases=2,
+        retrain_every=2,
+        reviews=reviewed,
+        serving=serving_folder,
+        recertify=recertify,
+        recertify_every=4,
+    )
+    offset = 0
+
+    def batch(cases: int, rows: int) -> list[Out]:
+        nonlocal offset
+        got: list[Received[HarvestCase]] = []
+        for _ in range(cases):
+            case = half(f"c{offset}", "billing" if offset % 2 else "refund", "teacher")
+            got.append(Received(case.model_copy(update={"reason": "escalated"}), T.harvest, offset=offset))
+            offset += 1
+        for _ in range(rows):
+            for h in (half(f"g{offset}", "billing", "teacher"), half(f"g{offset}", "billing", "feedback")):
+                got.append(Received(h, T.harvest, offset=offset))
+            offset += 1
+        return asyncio.run(trainer.handle(got))
+
+    for _ in range(3):
+        assert len(batch(cases=2, rows=2)) == 1  # a retrain, announced (no check in its batch)
+        assert batch(cases=0, rows=2) == []  # reviewed rows alone
+    # (rows people completed, the rows since the rule was certified: at its retrain) — with the
+    # pace reset by every retrain, there was never a check
+    assert judged == [(4, 2), (8, 6), (12, 10)]
