@@ -180,20 +180,26 @@ class Trainer:
         self.held_back: set[tuple[str, str]] = set()  # the last candidate failed its gates
         self.log = structlog.get_logger().bind(service="trainer")
 
+    def reading_back(self, tenant: str, task: str) -> bool:
+        """Whether this trainer's own last announcement is not in the serving view yet (committed
+        with the batch that made it, read back a moment later): what serves and what is on trial
+        are not known until it is. Seen in a demo: a second candidate put on trial beside the
+        first. An announcement never read (its transaction aborted: fenced) stops holding
+        retrains and checks back after a minute."""
+        mine = self.announced.get((tenant, task))
+        if mine is None or self.has_read(tenant, task, mine[0]):
+            return False
+        if now_ms() - mine[1] < READ_BACK_MS:
+            return True
+        self.log.warning("announcement_not_read", tenant=tenant, task=task, version=mine[0])
+        del self.announced[(tenant, task)]
+        return False
+
     def due(self, tenant: str, task: str, alert: Alert | None = None) -> str | None:
         """Why to retrain now — enough new cases, a drift alarm, the schedule — or None. The
         reason is the trigger recorded on the version and its announcement."""
-        mine = self.announced.get((tenant, task))
-        if mine is not None and not self.has_read(tenant, task, mine[0]):
-            # Its own last announcement is not in the serving view yet (committed with the batch
-            # that trained it, read back a moment later): what serves and what is on trial are
-            # not known until it is. Seen in a demo: a second candidate put on trial beside the
-            # first. An announcement never read (its transaction aborted: fenced) stops
-            # holding retrains back after a minute.
-            if now_ms() - mine[1] < READ_BACK_MS:
-                return None
-            self.log.warning("announcement_not_read", tenant=tenant, task=task, version=mine[0])
-            del self.announced[(tenant, task)]
+        if self.reading_back(tenant, task):
+            return None
         canary, _ = self.trials(tenant, task)
         if canary is not None:
             return None  # one candidate on trial at a time (until the monitor's verdict)
@@ -295,8 +301,7 @@ class Trainer:
         last = self.judged_at.get(key)
         if last is not None and done - last < self.recertify_every:
             return []
-        mine = self.announced.get(key)
-        if mine is not None and not self.has_read(tenant, task_name, mine[0]):
+        if self.reading_back(tenant, task_name):
             return []
         canary, _ = self.trials(tenant, task_name)
         if canary is not None:
