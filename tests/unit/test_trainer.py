@@ -176,3 +176,26 @@ def test_the_case_store_keeps_who_labelled_each_case_across_a_restart(tmp_path: 
     sources = {c.request_id: c.source for c in store.load("acme", "ticket-triage").values()}
     again = {c.request_id: c.source for c in CaseStore(tmp_path / "store").load("acme", "ticket-triage").values()}
     assert sources == again == {"r0": "teacher", "r1": "student", "r2": "teacher", "r3": "student"}
+
+
+def test_an_announcement_never_read_back_stops_holding_retrains_after_a_minute(tmp_path: Path) -> None:
+    """The trainer waits to read its own last announcement back before it retrains (what serves is
+    not known until then); one that never comes (its transaction aborted: fenced) holds it back
+    for READ_BACK_MS, not for ever."""
+    from protege_services.trainer.handler import READ_BACK_MS
+
+    trainer = Trainer(
+        {"ticket-triage": triage_task()},
+        T,
+        CaseStore(tmp_path / "store"),
+        lambda *a: TrainResult("v1", tmp_path / "v1", {}, ["a", "b"], True, "passed gates"),
+        min_cases=40,
+        retrain_every=1000,
+        has_read=lambda tenant, task, version: False,
+    )
+    asyncio.run(trainer.handle(records(0, 40)))  # the first student, announced, never read back
+    key = ("acme", "ticket-triage")
+    assert trainer.reading_back(*key) and trainer.due(*key, alert(task="ticket-triage").event) is None
+    version, at = trainer.announced[key]
+    trainer.announced[key] = (version, at - READ_BACK_MS - 1)  # a minute later
+    assert not trainer.reading_back(*key) and key not in trainer.announced
