@@ -172,7 +172,7 @@ REVIEWED_DISPUTED = Gauge(
 RECERTIFIED = Counter(
     "protege_trainer_recertifications",
     "The serving version's rule judged again on today's trusted rows (outcome: kept, tightened — it no longer "
-    "held —, loosened).",
+    "held —, loosened, failed — the check raised; the rule stands).",
     ["tenant", "task", "outcome"],
     registry=REGISTRY,
 )

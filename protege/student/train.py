@@ -624,7 +624,8 @@ def recertify_version(
     )
     after = None if recent is None else np.asarray([t.request_id in recent for t in truth], dtype=bool)
     today = None if after is None else after | np.asarray([t.source == "file" for t in truth], dtype=bool)
-    verdict = reconsider(goal, truth_evidence(trusted, truth), s.rule, recent=after, today=today, gain=gain)
+    evidence = truth_evidence(trusted, truth)
+    verdict = reconsider(goal, evidence, s.rule, recent=after, today=today, gain=gain)
     if verdict is None:
         return None
     source = s.manifest
@@ -648,11 +649,13 @@ def recertify_version(
     metrics |= truth_metrics(trusted, teacher_right, rule) | {
         "truth_reviewed": float(sum(t.source == "review" for t in truth))
     }
+    if rule is not None and (let_through := evidence.false_accepts(trusted.accepted_by(rule))) is not None:
+        metrics["truth_false_accepts"] = round(let_through, 4)  # out of scope accepted in scope
     golden = dict(source.golden)
-    held = np.load(folder / HELD_OUT)
+    held = np.load(folder / HELD_OUT) if (folder / HELD_OUT).exists() else None  # older versions keep none
     if rule is None:
         golden["coverage"], golden["accepted_accuracy"] = 0.0, None
-    else:
+    elif held is not None:
         taken = accepted_by(
             rule,
             held["confidence"],
@@ -662,8 +665,8 @@ def recertify_version(
         )
         golden["coverage"] = float(taken.mean()) if len(taken) else 0.0
         golden["accepted_accuracy"] = float(held["correct"][taken].mean()) if taken.any() else None
-    metrics["golden_coverage"] = round(golden["coverage"], 4)
-    if golden["accepted_accuracy"] is not None:
+    metrics["golden_coverage"] = round(golden.get("coverage") or 0.0, 4)
+    if golden.get("accepted_accuracy") is not None:
         metrics["golden_accepted_accuracy"] = round(golden["accepted_accuracy"], 4)
     manifest = source.model_copy(
         update={

@@ -313,7 +313,12 @@ class Trainer:
         # after a restart the moment its rule was certified is not known: from now on
         since = self.certified_at.setdefault(key, done)
         task = self.tasks[task_name]
-        result = await asyncio.to_thread(self.recertify, tenant, task, serving, since)
+        try:
+            result = await asyncio.to_thread(self.recertify, tenant, task, serving, since)
+        except Exception as e:  # a check that fails must not hold the harvest back: the rule stands
+            metrics.RECERTIFIED.labels(tenant, task_name, "failed").inc()
+            self.log.error("rule_check_failed", tenant=tenant, task=task_name, version=serving.name, error=str(e))
+            return []
         if result is None:
             metrics.RECERTIFIED.labels(tenant, task_name, "kept").inc()
             self.log.info("rule_kept", tenant=tenant, task=task_name, version=serving.name, rows=done, since=since)

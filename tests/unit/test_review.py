@@ -455,3 +455,42 @@ def test_retraining_often_does_not_keep_the_serving_rule_from_being_judged(tmp_p
     # (rows people completed, the rows since the rule was certified: at its retrain) — with the
     # pace reset by every retrain, there was never a check
     assert judged == [(4, 2), (8, 6), (12, 10)]
+
+
+def test_a_check_that_fails_leaves_the_rule_standing_and_the_harvest_going(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def recertify(tenant: str, task: Task, serving: Path, since: int | None) -> Recertified | None:
+        calls.append(len(calls))
+        raise OSError("the registry's disk is full")
+
+    async def serving_folder(tenant: str, task: str) -> Path | None:
+        return tmp_path / "v0001-abc"
+
+    def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
+        raise AssertionError("no case to learn here")
+
+    reviewed = ReviewStore(tmp_path / "review")
+    trainer = Trainer(
+        TASKS,
+        T,
+        CaseStore(tmp_path / "cases"),
+        train,
+        min_cases=4,
+        retrain_every=1000,
+        reviews=reviewed,
+        serving=serving_folder,
+        recertify=recertify,
+        recertify_every=1,
+    )
+    for i in range(2):
+        halves = [half(f"g{i}", "billing", "teacher"), half(f"g{i}", "billing", "feedback")]
+        assert (
+            asyncio.run(trainer.handle([Received(h, T.harvest, offset=2 * i + j) for j, h in enumerate(halves)])) == []
+        )
+    assert calls == [0, 1] and reviewed.done("acme", TASK.name) == 2  # the rows kept, the next check ran
+    sample = metrics.REGISTRY.get_sample_value
+    assert (
+        sample("protege_trainer_recertifications_total", {"tenant": "acme", "task": TASK.name, "outcome": "failed"})
+        == 2
+    )

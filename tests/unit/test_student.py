@@ -602,3 +602,20 @@ def test_the_serving_version_is_certified_again_on_todays_rows_as_a_new_version(
     broken = recertify_version(again.folder, registry=registry, tenant="acme", task=targeted, truth=shifted)
     assert broken is not None and broken.broken and broken.rule is None and "falls short" in broken.why
     assert Student(broken.folder, providers="cpu").rule is None
+
+
+def test_a_version_from_before_held_out_npz_is_certified_again_too(
+    version, registry: Path, task: Task, tmp_path: Path
+) -> None:
+    import shutil
+
+    result, held = version
+    old = tmp_path / "registry" / "acme" / task.name / result.version
+    shutil.copytree(result.folder, old)
+    (old / "held_out.npz").unlink()  # versions trained before it was kept
+    targeted = task.model_copy(update={"policy": task.policy.model_copy(update={"target_accuracy": 0.8})})
+    rows = [Trusted(r["id"], r["text"], r["label"], r["label"], "review") for r in held]
+    again = recertify_version(old, registry=tmp_path / "registry", tenant="acme", task=targeted, truth=rows)
+    assert again is not None and again.rule is not None and not (again.folder / "held_out.npz").exists()
+    assert again.metrics["truth_coverage"] > 0.3 and 0 <= again.metrics["truth_false_accepts"] <= 1
+    assert again.metrics["golden_coverage"] == 0  # the hash-split golden set's view is gone with the file: as it was
