@@ -637,10 +637,7 @@ def recertify_version(
             continue
         dest = tmp / path.relative_to(folder)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, dest)
-        except OSError:  # another file system, or no links there
-            shutil.copy(path, dest)
+        link_or_copy(path, dest)
     rule = verdict.rule
     teacher_right = np.asarray([t.teacher == t.label for t in truth], dtype=bool)
     metrics = {
@@ -778,16 +775,22 @@ def kept_encoder(folder: Path | None) -> Path | None:
     return folder / ENCODER
 
 
+def link_or_copy(src: Path, dest: Path) -> None:
+    """``dest`` as a hard link to ``src`` (versions share their large files), else a copy: another
+    file system (a temporary folder), or no links there."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy(src, dest)
+
+
 def keep_encoder(encoder: Path, dest: Path, version: str) -> None:
     """The encoder's graph, tokenizer and description in ``dest``: hard links where the file
     system allows (a head refresh on a kept encoder adds no copy of it), else copies. Its
     ``finetuned_in`` names the version whose fine-tune made it, set once."""
     dest.mkdir()
     for name in ("model.onnx", "tokenizer.json"):
-        try:
-            os.link(encoder / name, dest / name)
-        except OSError:  # another file system (a temporary folder), or no links there
-            shutil.copy(encoder / name, dest / name)
+        link_or_copy(encoder / name, dest / name)
     meta = json.loads((encoder / "backbone.json").read_text())
     meta["finetuned_in"] = meta.get("finetuned_in") or version
     (dest / "backbone.json").write_text(json.dumps(meta, indent=2))
