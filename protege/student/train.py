@@ -623,9 +623,11 @@ def recertify_version(
         s.encoder, [t.text for t in truth], [t.label for t in truth], s.labels, s.temperature, s.bank
     )
     after = None if recent is None else np.asarray([t.request_id in recent for t in truth], dtype=bool)
-    today = None if after is None else after | np.asarray([t.source == "file" for t in truth], dtype=bool)
+    reviewed = np.asarray([t.source == "review" for t in truth], dtype=bool)
+    today = None if after is None else after | ~reviewed  # and the task's file
+    before = None if after is None else ~after & reviewed  # samples of the traffic it was certified on
     evidence = truth_evidence(trusted, truth)
-    verdict = reconsider(goal, evidence, s.rule, recent=after, today=today, gain=gain)
+    verdict = reconsider(goal, evidence, s.rule, recent=after, today=today, before=before, gain=gain)
     if verdict is None:
         return None
     source = s.manifest

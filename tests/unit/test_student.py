@@ -594,6 +594,33 @@ def test_the_serving_version_is_certified_again_on_todays_rows_as_a_new_version(
     assert all(n.model_version == again.version for n in new)
     # the same rows again: its rule holds, nothing to do
     assert recertify_version(again.folder, registry=registry, tenant="acme", task=targeted, truth=rows) is None
+    # reviewed rows since it was certified, out of scope one in three (one in twenty before): a shift
+    more = generate(3000, seed=9)
+    outside = [r for r in more if r["label"] == "oos"][:50] + [r for r in more if r["label"] != "oos"][:100]
+    since = [Trusted(r["id"], r["text"], r["label"], r["label"], "review") for r in outside]
+    filed = [Trusted(f"f{i}", r["text"], "oos", "oos", "file") for i, r in enumerate(outside[:50])]
+    moved = recertify_version(
+        again.folder,
+        registry=registry,
+        tenant="acme",
+        task=targeted,
+        truth=filed + rows + since,
+        recent={t.request_id for t in since},
+    )
+    assert moved is not None and moved.broken and "the 150 trusted rows since it was certified" in moved.why
+    # compared with the 200 reviewed rows of before, not with the file's 50 (all out of scope)
+    assert "out-of-scope share rose from 8.0% (16 of 200 rows) to 33.3% (50 of 150)" in moved.why, moved.why
+    # the file's rows (all out of scope here) are not traffic of before: without the shift, nothing moved
+    steady = [t for t in rows if t.label != "oos"][:60] + [t for t in since if t.label != "oos"][:60]
+    kept = recertify_version(
+        again.folder,
+        registry=registry,
+        tenant="acme",
+        task=targeted,
+        truth=filed + steady,
+        recent={t.request_id for t in steady[60:]},
+    )
+    assert kept is None or not kept.broken, kept.why
     queues = sorted({r["label"] for r in held})
     shifted = [
         Trusted(t.request_id, t.text, queues[(queues.index(t.label) + 1) % len(queues)], t.teacher, "review")
