@@ -13,13 +13,13 @@ that no version ever trains on. ``ReviewStore`` keeps them; the trainer service 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from protege.agreement import consensus
 from protege.events import HarvestCase
+from protege.jsonl import append, read_appended
 from protege.student.train import Trusted
 from protege.task import Task
 
@@ -71,14 +71,11 @@ class ReviewStore:
         key = (tenant, task)
         if key not in self.halves:
             self.halves[key], self.completed[key] = {}, 0
-            path = self._path(tenant, task)
-            if path.exists():
-                for line in path.read_text().splitlines():
-                    half = json.loads(line)
-                    if SHIFT in half:
-                        self.shifts[key] = max(self.shifts.get(key, 0), int(half[SHIFT]))
-                    else:
-                        self._merge(key, half)
+            for half in read_appended(self._path(tenant, task)):
+                if SHIFT in half:
+                    self.shifts[key] = max(self.shifts.get(key, 0), int(half[SHIFT]))
+                else:
+                    self._merge(key, half)
         return self.halves[key]
 
     def done(self, tenant: str, task: str) -> int:
@@ -103,10 +100,7 @@ class ReviewStore:
         if place <= self.shifts.get(key, 0):
             return
         self.shifts[key] = place
-        path = self._path(tenant, task)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            f.write(json.dumps({SHIFT: place, "why": why}) + "\n")
+        append(self._path(tenant, task), {SHIFT: place, "why": why})
 
     def add(self, case: HarvestCase) -> None:
         """One half of a golden row: the teacher's answer or a person's label."""
@@ -118,10 +112,7 @@ class ReviewStore:
             half["teacher"] = case.label
         self.load(case.tenant, case.task)
         self._merge((case.tenant, case.task), half)
-        path = self._path(case.tenant, case.task)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            f.write(json.dumps(half) + "\n")
+        append(self._path(case.tenant, case.task), half)
 
     def golden(self, tenant: str, task: Task, newest: int = 0, since: int | None = None) -> list[Trusted]:
         """The reviewed rows with both halves, each label one of the task's answers (by request

@@ -26,7 +26,6 @@ certify, as a new version sharing its files.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from protege import metrics
 from protege.agreement import agreement
 from protege.canary import candidate
 from protege.events import Alert, HarvestCase, ModelAnnouncement, now_ms
+from protege.jsonl import append, read_appended
 from protege.kafka import Out, Received
 from protege.review import ReviewStore
 from protege.student.train import Case, Recertified, TrainResult
@@ -86,13 +86,10 @@ class CaseStore:
         key = (tenant, task)
         if key not in self.cases:
             cases: dict[str, Case] = {}
-            path = self._path(tenant, task)
-            if path.exists():
-                for line in path.read_text().splitlines():
-                    row = json.loads(line)
-                    cases[row["request_id"]] = Case(
-                        row["request_id"], row["text"], row["label"], row.get("source", "teacher")
-                    )
+            for row in read_appended(self._path(tenant, task)):
+                cases[row["request_id"]] = Case(
+                    row["request_id"], row["text"], row["label"], row.get("source", "teacher")
+                )
             self.cases[key] = cases
             self.accepted[key] = sum(1 for c in cases.values() if c.source == "student")
         return self.cases[key]
@@ -112,21 +109,16 @@ class CaseStore:
         cases[case.request_id] = Case(case.request_id, case.text, case.label, case.label_source)
         key = (case.tenant, case.task)
         self.accepted[key] += (case.label_source == "student") - (before is not None and before.source == "student")
-        path = self._path(case.tenant, case.task)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            f.write(
-                json.dumps(
-                    {
-                        "request_id": case.request_id,
-                        "text": case.text,
-                        "label": case.label,
-                        "source": case.label_source,
-                        "reason": case.reason,
-                    }
-                )
-                + "\n"
-            )
+        append(
+            self._path(case.tenant, case.task),
+            {
+                "request_id": case.request_id,
+                "text": case.text,
+                "label": case.label,
+                "source": case.label_source,
+                "reason": case.reason,
+            },
+        )
         return True
 
     def tenants(self, task: str) -> list[str]:
