@@ -13,11 +13,12 @@ that no version ever trains on. ``ReviewStore`` keeps them; the trainer service 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from protege.agreement import consensus
+from protege.agreement import agreement, consensus
 from protege.events import HarvestCase
 from protege.jsonl import append, read_appended
 from protege.student.train import Trusted
@@ -43,6 +44,7 @@ class ReviewStore:
         self.halves: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self.completed: dict[tuple[str, str], int] = {}  # rows with both halves so far
         self.shifts: dict[tuple[str, str], int] = {}  # the place from which rows count (mark_shift)
+        self.marks: dict[tuple[str, str], list[dict[str, Any]]] = {}  # every shift marked: place, why
 
     def _merge(self, key: tuple[str, str], half: dict[str, str]) -> None:
         """One half into its row; a row that now has both gets the next place in ``DONE``. A
@@ -74,6 +76,7 @@ class ReviewStore:
             for half in read_appended(self._path(tenant, task)):
                 if SHIFT in half:
                     self.shifts[key] = max(self.shifts.get(key, 0), int(half[SHIFT]))
+                    self.marks.setdefault(key, []).append(half)
                 else:
                     self._merge(key, half)
         return self.halves[key]
@@ -100,7 +103,9 @@ class ReviewStore:
         if place <= self.shifts.get(key, 0):
             return
         self.shifts[key] = place
-        append(self._path(tenant, task), {SHIFT: place, "why": why})
+        mark = {SHIFT: place, "why": why, "at_ms": int(time.time() * 1000)}
+        self.marks.setdefault(key, []).append(mark)
+        append(self._path(tenant, task), mark)
 
     def add(self, case: HarvestCase) -> None:
         """One half of a golden row: the teacher's answer or a person's label."""
@@ -152,3 +157,31 @@ class ReviewStore:
     def waiting(self, tenant: str, task: str) -> int:
         """Sampled requests without a person's label yet."""
         return sum(PEOPLE not in row for row in self.load(tenant, task).values())
+
+    def shifts_marked(self, tenant: str, task: str) -> list[dict[str, Any]]:
+        """Every shift the trainer marked, in order: ``shift`` (the place from which rows count),
+        ``why``, and ``at_ms`` (when; absent in files of stop 33)."""
+        self.load(tenant, task)
+        return list(self.marks.get((tenant, task), []))
+
+    def status(self, tenant: str, task: Task) -> dict[str, Any]:
+        """What the review sample has grown for (tenant, task), for a person: rows people
+        completed (both halves), those that count now (since the last shift marked, labelled with
+        one of the task's answers), halves still waiting, disputed rows, agreement between
+        people, and every shift marked."""
+        rows = self.load(tenant, task.name)
+        people = agreement(self.opinions(tenant, task.name))
+        return {
+            "tenant": tenant,
+            "task": task.name,
+            "completed": self.done(tenant, task.name),
+            "counting": len(self.golden(tenant, task)),
+            "counting_from": self.shift(tenant, task.name),
+            "review_window": task.review_window,
+            "waiting_for_a_label": sum(PEOPLE not in row for row in rows.values()),
+            "waiting_for_the_teacher": sum("teacher" not in row and PEOPLE in row for row in rows.values()),
+            "disputed": people["disputed"],
+            "agreement": people["agreement"],
+            "kappa": people["kappa"],
+            "shifts": self.shifts_marked(tenant, task.name),
+        }

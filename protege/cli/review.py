@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -19,8 +20,10 @@ from protege.agreement import consensus
 from protege.cli.root import TaskName, Tenant, app, console
 from protege.errors import BrokerError
 from protege.events import Feedback, ReviewItem
+from protege.jsonl import DamagedFile
 from protege.kafka import Out, Record, publish
 from protege.policy import refused, reviewers_wanted
+from protege.review import ReviewStore
 from protege.settings import Settings
 from protege.task import Task, load_tasks
 
@@ -162,6 +165,46 @@ def submit(
 
     asyncio.run(publish(settings, [Out.of(settings.topics.feedback, f) for f in found]))
     console.print(f"{len(found)} reviews sent to {settings.topics.feedback}")
+
+
+@review_app.command("status")
+def status(
+    tenant: Tenant,
+    task_name: TaskName,
+    as_json: Annotated[bool, typer.Option("--json", help="Print it as JSON.")] = False,
+) -> None:
+    """The golden rows the review sample has grown, as the trainer keeps them (under
+    PROTEGE_HOME/review: run it where the trainer's home is): rows people completed, those that
+    count now, what still waits for a label or for the teacher's answer, disputed rows, people's
+    agreement, and every shift the trainer marked (the rows before one no longer count)."""
+    settings = Settings()
+    task = _task(settings, task_name)
+    try:
+        got = ReviewStore(settings.home / "review").status(tenant, task)
+    except DamagedFile as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(json.dumps(got, indent=2) + "\n")
+        return
+    console.print(f"[bold]{tenant}/{task_name}[/]: review_rate {task.review_rate:g}")
+    window = f", the newest {task.review_window} of them certify" if task.review_window else ""
+    console.print(
+        f"{got['completed']} rows completed (a person's label and the teacher's answer); "
+        f"{got['counting']} count now (from row {got['counting_from']}){window}"
+    )
+    console.print(
+        f"waiting: {got['waiting_for_a_label']} for a person's label, {got['waiting_for_the_teacher']} for the "
+        f"teacher's answer; {got['disputed']} disputed (people split, no majority)"
+    )
+    if got["agreement"] is not None:
+        kappa = "" if got["kappa"] is None else f" (kappa {got['kappa']:.3f})"
+        console.print(f"people agreed on {got['agreement']:.1%} of the rows two labelled{kappa}")
+    if not got["shifts"]:
+        console.print("no shift marked")
+    for mark in got["shifts"]:
+        when = "" if "at_ms" not in mark else time.strftime(" at %Y-%m-%d %H:%M:%SZ", time.gmtime(mark["at_ms"] / 1000))
+        console.print(f"shift marked{when}: rows from {mark['shift']} on count; {mark.get('why', '')}", markup=False)
 
 
 def _task(settings: Settings, name: str) -> Task:
