@@ -17,8 +17,10 @@ seconds per answered request for each process (the broker too), from /proc.
 
 After the warm-up the serving version's throughput is measured in-process (its ``predict``
 on batches of 32, the scorer's threads and sub-batches, nothing else working): a rate
-written ``50%`` is that share of it, and every phase's throughput is also given as a share
-of it. The summary names the highest fixed rate that was sustained (every request answered,
+written ``50%`` is that share of it (with several runs, ``--rounds`` or ``|``-separated
+variants, of the first run's figure, so every run is offered the same req/s; ``--own-rates``:
+each run's own), and every phase's throughput is also given as a share of the run's own. The
+summary names the highest fixed rate that was sustained (every request answered,
 the answers kept pace) with student-path p95 under ``--p95-target`` ms. ``--layouts``
 runs the whole thing once per layout (``separate``: scorer and verifier; ``fused``:
 ``PROTEGE_FUSED=1``, the scorer decides), one after the other; ``--broker-jvm`` once per set of
@@ -178,12 +180,14 @@ def run_layout(
     max_batch: int | None = None,
     backoff: int | None = None,
     round_: int = 0,
+    anchor: float | None = None,
 ) -> dict[str, Any]:
     """One layout on a fresh broker started with the extra JVM flags ``jvm`` (PROTEGE_BROKER_JVM_OPTS),
     its services lingering ``linger`` ms to fill a micro-batch (PROTEGE_LINGER_MS), the scorer's
     micro-batch at most ``max_batch`` requests (PROTEGE_MAX_BATCH; None: the default), the
     producers' retry backoff ``backoff`` ms (PROTEGE_RETRY_BACKOFF_MS; None: the default);
-    ``round_``: which round of ``--rounds``."""
+    ``round_``: which round of ``--rounds``; ``anchor``: the in-process seq/s a rate written
+    ``N%`` is a share of (None: this run's own, measured here)."""
     name = (
         layout
         + (f" [{jvm}]" if jvm else "")
@@ -268,8 +272,9 @@ def run_layout(
             p.supervisor.start()
             asyncio.run(drive(settings, rows[at : at + 200], tenant=TENANT, task=TASK, rate=25))  # caught up again
         at += 200
+        report["rates_of_seq_per_s"] = base = anchor or own["seq_per_s"]
         for fixed, share in specs:
-            rate = fixed if share is None else share * own["seq_per_s"]
+            rate = fixed if share is None else share * base
             n = args.max_requests if rate is None else int(rate * args.seconds)
             chunk, at = rows[at : at + n], at + n
             label = "max" if rate is None else f"{rate:.0f}" + (f" ({100 * share:.0f}%)" if share else "")
@@ -443,6 +448,12 @@ def main() -> None:
         help="run every variant this many times, interleaved (round 1 of each, then round 2, ...): one run of each "
         "is inside a shared machine's noise",
     )
+    ap.add_argument(
+        "--own-rates",
+        action="store_true",
+        help="with several runs, a rate N%% is that share of each run's own in-process figure (default: of the "
+        "first run's, so every run is offered the same req/s)",
+    )
     ap.add_argument("--profile", action="store_true", help="run the services under py-spy after the warm-up")
     ap.add_argument("--json", type=Path, default=REPO / "reports" / "loadtest-stream.json")
     ap.add_argument("--home", type=Path, default=Path(".protege/loadtest"))
@@ -476,20 +487,28 @@ def main() -> None:
             args.retry_backoff.split("|"),
         )
     )
+    # A comparison offers every run the same rates: a share of the first run's in-process figure
+    # (each run's own moved by ±12% between fresh pipelines of one run, stop 34, and with it the
+    # rate a share stood for, so latencies at "50%" were not comparable). --own-rates: each its own.
+    anchor: float | None = None
     for round_ in range(args.rounds):  # interleaved: every variant once, then again
         for layout, jvm, linger, batch, backoff in variants:
-            report["layouts"].append(
-                run_layout(
-                    args,
-                    layout,
-                    jvm.strip(),
-                    console,
-                    int(linger),
-                    int(batch) if batch else None,
-                    int(backoff) if backoff else None,
-                    round_,
-                )
+            run = run_layout(
+                args,
+                layout,
+                jvm.strip(),
+                console,
+                int(linger),
+                int(batch) if batch else None,
+                int(backoff) if backoff else None,
+                round_,
+                anchor,
             )
+            report["layouts"].append(run)
+            if anchor is None and not args.own_rates and len(variants) * args.rounds > 1:
+                anchor = run["in_process"]["seq_per_s"]
+                console.print(f"every later run is offered shares of this run's {anchor:.0f} sequences/s")
+    report["rates_from"] = "each run's own in-process" if anchor is None else "the first run's in-process"
     for run in report["layouts"]:
         print_layout(run, args, console)
     summary = Table(title=f"by layout (student p95 target {args.p95_target:.0f} ms)")
