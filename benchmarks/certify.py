@@ -19,6 +19,8 @@ Methods:
   bound on the discordant cases, ``paired_lower_bound``).
 - ``golden, two proportions``: the same, with the two proportions bounded separately
   (``paired_union_bound``; relative goals only).
+- ``golden, score at half the error``: the same, with Tango's asymptotic score bound at half the
+  error (``paired_score_half``; relative goals only): tighter, not exact.
 - ``corrected``: agreement on calib, corrected by the teacher's error rate measured on the golden
   set, assuming the student's mistakes are independent of the teacher's: acc = A / (1 - e),
   bounded with LB(A) and UB(e). Not shipped; measured to see whether its assumption holds.
@@ -38,7 +40,16 @@ from typing import Any
 import numpy as np
 from intents import DATA, load
 
-from protege.certify import Evidence, Goal, accepted_by, choose_rule, cp_lower, cp_upper, paired_union_bound
+from protege.certify import (
+    Evidence,
+    Goal,
+    accepted_by,
+    choose_rule,
+    cp_lower,
+    cp_upper,
+    paired_score_half,
+    paired_union_bound,
+)
 from protege.events import AcceptRule
 from protege.generator import task_from_labels
 from protege.harness import machine
@@ -197,10 +208,15 @@ def one_rep(
             )
             if goal.relative
             else None,
+            "golden, score at half the error": choose_rule(
+                goal, Evidence("golden", g_conf, g_ood, g_s, g_t), paired=paired_score_half
+            )
+            if goal.relative
+            else None,
             "corrected": corrected_rule(goal, c_conf, c_ood, c_pred == t_train[cal_i], int((~g_t).sum()), len(g_t)),
         }
         for method, rule in rules.items():
-            if method == "golden, two proportions" and not goal.relative:
+            if method in ("golden, two proportions", "golden, score at half the error") and not goal.relative:
                 continue
             rows.append(
                 {

@@ -19,6 +19,8 @@ from protege.certify import (
     falls_short,
     out_of_scope_rose,
     paired_lower_bound,
+    paired_score_bound,
+    paired_score_half,
     paired_union_bound,
     reconsider,
     slack_lower_bound,
@@ -385,3 +387,40 @@ def joined_scoped(a: Evidence, b: Evidence) -> Evidence:
         out_of_scope=np.concatenate([a.out_of_scope, b.out_of_scope]),  # type: ignore[list-item]
         answered_oos=np.concatenate([a.answered_oos, b.answered_oos]),  # type: ignore[list-item]
     )
+
+
+def test_the_score_bounds_restricted_estimate_solves_its_likelihood_equation() -> None:
+    """Tango's variance is taken at the maximum-likelihood share of losses given the difference
+    tested: the closed form must zero the likelihood's derivative."""
+    for wins, losses, n, d in ((44, 32, 900, -0.01), (5, 0, 300, 0.004), (15, 29, 464, -0.05), (60, 5, 1000, 0.03)):
+        a, b, c = 2 * n, -(wins + losses) + (2 * n - wins + losses) * d, -losses * d * (1 - d)
+        x = (-b + np.sqrt(b * b - 4 * a * c)) / (2 * a)
+        slope = wins / (x + d) + losses / x - 2 * (n - wins - losses) / (1 - 2 * x - d)
+        assert abs(slope) < 1e-6 * n, (wins, losses, n, d, slope)
+
+
+def test_the_score_bound_covers_at_half_the_error_and_is_tighter_than_the_exact_one() -> None:
+    """Simulated paired worlds (the student and the teacher disagree on ``d`` of the cases, the
+    student right on ``q`` of those): how often each bound is at or below the true difference.
+    The exact bound covers more than asked (the union bound); the score bound at the goal's
+    confidence covers less than asked somewhere, so it is no bound at it; at half the error it
+    covers what is asked and is still tighter than the exact bound."""
+    rng = np.random.default_rng(3)
+    worlds = [(n, d, q) for n in (300, 1000) for d in (0.01, 0.04, 0.1) for q in (0.3, 0.5, 0.7, 0.9)]
+    plain_worst = half_worst = exact_worst = 1.0
+    tighter = []
+    for n, d, q in worlds:
+        p12, p21 = d * q, d * (1 - q)
+        draws = rng.multinomial(n, [p12, p21, 1 - d], size=600)
+        plain = np.array([paired_score_bound(int(w), int(lo), n, 0.95) for w, lo, _ in draws])
+        half = np.array([paired_score_half(int(w), int(lo), n, 0.95) for w, lo, _ in draws])
+        exact = np.array([paired_lower_bound(int(w), int(lo), n, 0.95) for w, lo, _ in draws])
+        truth = p12 - p21
+        plain_worst = min(plain_worst, float((plain <= truth).mean()))
+        half_worst = min(half_worst, float((half <= truth).mean()))
+        exact_worst = min(exact_worst, float((exact <= truth).mean()))
+        tighter.append(float((half - exact).mean()))
+    assert exact_worst >= 0.97, exact_worst
+    assert plain_worst < 0.94, plain_worst  # asymptotic: below what a 95% bound must cover somewhere
+    assert half_worst >= 0.935, half_worst  # 95% within the error of 600 samples (about 0.9 points)
+    assert min(tighter) > 0 and np.mean(tighter) > 0.004, tighter
