@@ -39,8 +39,11 @@ class ReviewStore:
     label gives one a majority). Never trained on. A shift the trainer has seen (``mark_shift``)
     is a line of the same file: the rows people completed before it no longer count."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, writer: bool = True) -> None:
+        """``writer``: the trainer, which appends to the files and repairs a torn last line at
+        start (``protege.jsonl``); False for anyone who only reads them while it runs."""
         self.root = root
+        self.writer = writer
         self.halves: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self.completed: dict[tuple[str, str], int] = {}  # rows with both halves so far
         self.shifts: dict[tuple[str, str], int] = {}  # the place from which rows count (mark_shift)
@@ -73,7 +76,7 @@ class ReviewStore:
         key = (tenant, task)
         if key not in self.halves:
             self.halves[key], self.completed[key] = {}, 0
-            for half in read_appended(self._path(tenant, task)):
+            for half in read_appended(self._path(tenant, task), repair=self.writer):
                 if SHIFT in half:
                     self.shifts[key] = max(self.shifts.get(key, 0), int(half[SHIFT]))
                     self.marks.setdefault(key, []).append(half)

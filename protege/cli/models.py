@@ -325,7 +325,7 @@ def train_cmd(
             serving=serving,
             golden=cases_of(golden) if golden else None,
             # the task's golden file and the rows people reviewed on live traffic, as the trainer service
-            truth=ReviewStore(settings.home / "review").truth(
+            truth=ReviewStore(settings.home / "review", writer=False).truth(
                 tenant, task, read_golden(settings.tasks_dir / task.golden, task) if task.golden else ()
             ),
             trigger=trigger,

@@ -180,7 +180,7 @@ def status(
     settings = Settings()
     task = _task(settings, task_name)
     try:
-        got = ReviewStore(settings.home / "review").status(tenant, task)
+        got = ReviewStore(settings.home / "review", writer=False).status(tenant, task)
     except DamagedFile as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(1) from None

@@ -759,7 +759,7 @@ def bench_stream(
     if review_rate:
         from protege.review import ReviewStore
 
-        reviewed = ReviewStore(home / "review")
+        reviewed = ReviewStore(home / "review", writer=False)
         summary["review"]["golden_rows"] = len(reviewed.golden("bench", task))  # since a shift the trainer saw
         summary["review"]["completed_rows"] = reviewed.done("bench", task.name)
         summary["review"]["shift_at"] = reviewed.shift("bench", task.name)  # rows before it no longer count

@@ -86,7 +86,7 @@ class CaseStore:
         key = (tenant, task)
         if key not in self.cases:
             cases: dict[str, Case] = {}
-            for row in read_appended(self._path(tenant, task)):
+            for row in read_appended(self._path(tenant, task), repair=True):  # the trainer's own file
                 cases[row["request_id"]] = Case(
                     row["request_id"], row["text"], row["label"], row.get("source", "teacher")
                 )
