@@ -7,7 +7,7 @@ from pathlib import Path
 
 from protege_services.teacher.journal import HANDLED, INVALID
 
-from protege.events import TeacherResult
+from protege.events import HarvestCase, TeacherResult
 from protege.settings import Settings
 from protege.state import read_all
 
@@ -55,3 +55,28 @@ async def saved_answers(settings: Settings) -> set[str]:
             saved.add(uid(TeacherResult.model_validate_json(r.value).request_id))
     results = await read_all(settings, settings.topics.teacher_results)
     return saved | {uid(TeacherResult.model_validate_json(r.value).request_id) for r in results if r.value}
+
+
+def harvest_case(
+    request_id: str,
+    label: str,
+    source: str = "teacher",
+    by: str | None = None,
+    *,
+    reason: str = "review",
+    tenant: str = "acme",
+    task: str = "ticket-triage",
+) -> HarvestCase:
+    """A harvest case as the trainer receives it: by default one half of a golden row (the
+    teacher's answer; ``source="feedback"`` with ``by``: a person's review label)."""
+    return HarvestCase(
+        request_id=request_id,
+        tenant=tenant,
+        task=task,
+        text=f"text {request_id}",
+        label=label,
+        label_source=source,  # type: ignore[arg-type]
+        reason=reason,  # type: ignore[arg-type]
+        labelled_by=by,
+        harvested_at_ms=1,
+    )

@@ -12,6 +12,7 @@ from protege.events import HarvestCase
 from protege.jsonl import DamagedFile, append, read_appended
 from protege.review import ReviewStore
 from services.trainer.handler import CaseStore
+from tests.helpers import harvest_case
 
 
 def test_a_missing_file_has_no_rows(tmp_path: Path) -> None:
@@ -65,16 +66,7 @@ def test_a_damaged_line_before_the_last_says_where(tmp_path: Path) -> None:
 
 
 def case(rid: str, label: str, source: str = "teacher", reason: str = "escalated") -> HarvestCase:
-    return HarvestCase(
-        tenant="acme",
-        task="triage",
-        request_id=rid,
-        text=f"text of {rid}",
-        label=label,
-        label_source=source,  # type: ignore[arg-type]
-        reason=reason,  # type: ignore[arg-type]
-        harvested_at_ms=1,
-    )
+    return harvest_case(rid, label, source, reason=reason, task="triage")
 
 
 def test_a_restarted_trainer_reads_its_cases_back_past_a_torn_append(tmp_path: Path) -> None:

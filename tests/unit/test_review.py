@@ -34,6 +34,7 @@ from protege.review import ReviewStore
 from protege.student.train import Case, Recertified, TrainResult, Trusted
 from protege.task import Canary, Task
 from protege.topics import Topics
+from tests.helpers import harvest_case
 
 T = Topics("u.")
 TASK = triage_task().model_copy(update={"review_rate": 0.2})
@@ -118,17 +119,7 @@ def test_feedback_from_outside_is_checked_before_it_teaches_or_judges() -> None:
 
 
 def half(request_id: str, label: str, source: str, by: str | None = None) -> HarvestCase:
-    return HarvestCase(
-        request_id=request_id,
-        tenant="acme",
-        task=TASK.name,
-        text=f"text {request_id}",
-        label=label,
-        label_source=source,  # type: ignore[arg-type]
-        reason="review",
-        labelled_by=by,
-        harvested_at_ms=1,
-    )
+    return harvest_case(request_id, label, source, by, task=TASK.name)
 
 
 def test_two_people_who_disagree_leave_a_row_out_until_a_third_decides(tmp_path: Path) -> None:

@@ -13,22 +13,13 @@ from protege.cli import app
 from protege.events import HarvestCase
 from protege.review import ReviewStore
 from protege.task import load_task
+from tests.helpers import harvest_case
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def half(rid: str, label: str, *, by: str | None = None) -> HarvestCase:
-    return HarvestCase(
-        tenant="acme",
-        task="ticket-triage",
-        request_id=rid,
-        text=f"text of {rid}",
-        label=label,
-        label_source="teacher" if by is None else "feedback",
-        labelled_by=by,
-        reason="review",
-        harvested_at_ms=1,
-    )
+    return harvest_case(rid, label, "teacher" if by is None else "feedback", by)
 
 
 def test_status_counts_rows_splits_and_shifts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
