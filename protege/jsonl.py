@@ -41,38 +41,37 @@ def read_appended(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
-    rows: list[dict[str, Any]] = []
-    start = 0
-    while start < len(data):
-        end = data.find(b"\n", start)
-        last = end < 0
-        line = data[start:] if last else data[start:end]
-        try:
-            row = json.loads(line) if line.strip() else None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            if last and not repair:  # perhaps a write in progress
-                return rows
-            if last:  # a torn append: its record comes again from the topic
-                with open(path, "r+b") as f:
-                    f.truncate(start)
-                    os.fsync(f.fileno())
-                log.warning("torn_line_cut", path=str(path), at_byte=start, length=len(line))
-                return rows
-            number = data.count(b"\n", 0, start) + 1
-            raise DamagedFile(f"{path}:{number}: not a JSON line ({e}); the file was changed by hand?") from e
-        if row is not None:
-            if not isinstance(row, dict):
-                number = data.count(b"\n", 0, start) + 1
-                raise DamagedFile(f"{path}:{number}: a JSON {type(row).__name__}, not an object")
-            rows.append(row)
-        if last and not repair:  # a whole record, its newline perhaps on its way
-            return rows
-        if last:  # a whole record without its newline (cut just before it): give it one
-            with open(path, "ab") as f:
-                f.write(b"\n")
-            return rows
-        start = end + 1
-    return rows
+    whole, _, tail = data.rpartition(b"\n")  # tail: what follows the last newline
+    rows = [row for number, line in enumerate(whole.split(b"\n"), 1) if (row := _record(path, number, line))]
+    if not tail.strip():
+        return rows
+    try:
+        json.loads(tail)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        if repair:  # a torn append: its record comes again from the topic
+            with open(path, "r+b") as f:
+                f.truncate(len(data) - len(tail))
+                os.fsync(f.fileno())
+            log.warning("torn_line_cut", path=str(path), at_byte=len(data) - len(tail), length=len(tail))
+        return rows  # else perhaps a write in progress
+    last = _record(path, data.count(b"\n") + 1, tail)
+    if repair:  # a whole record cut just before its newline: give it one
+        with open(path, "ab") as f:
+            f.write(b"\n")
+    return [*rows, last] if last else rows
+
+
+def _record(path: Path, number: int, line: bytes) -> dict[str, Any] | None:
+    """Line ``number`` of ``path`` as a record (None: a blank line)."""
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DamagedFile(f"{path}:{number}: not a JSON line ({e}); the file was changed by hand?") from e
+    if not isinstance(row, dict):
+        raise DamagedFile(f"{path}:{number}: a JSON {type(row).__name__}, not an object")
+    return row
 
 
 def append(path: Path, row: dict[str, Any]) -> None:

@@ -46,8 +46,7 @@ class ReviewStore:
         self.writer = writer
         self.halves: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self.completed: dict[tuple[str, str], int] = {}  # rows with both halves so far
-        self.shifts: dict[tuple[str, str], int] = {}  # the place from which rows count (mark_shift)
-        self.marks: dict[tuple[str, str], list[dict[str, Any]]] = {}  # every shift marked: place, why
+        self.marks: dict[tuple[str, str], list[dict[str, Any]]] = {}  # every shift marked (mark_shift)
 
     def _merge(self, key: tuple[str, str], half: dict[str, str]) -> None:
         """One half into its row; a row that now has both gets the next place in ``DONE``. A
@@ -78,7 +77,6 @@ class ReviewStore:
             self.halves[key], self.completed[key] = {}, 0
             for half in read_appended(self._path(tenant, task), repair=self.writer):
                 if SHIFT in half:
-                    self.shifts[key] = max(self.shifts.get(key, 0), int(half[SHIFT]))
                     self.marks.setdefault(key, []).append(half)
                 else:
                     self._merge(key, half)
@@ -94,7 +92,7 @@ class ReviewStore:
         """The place from which rows count (0: every row): rows completed before the last shift
         the trainer saw are yesterday's traffic."""
         self.load(tenant, task)
-        return self.shifts.get((tenant, task), 0)
+        return max((int(m[SHIFT]) for m in self.marks.get((tenant, task), [])), default=0)
 
     def mark_shift(self, tenant: str, task: str, place: int, why: str) -> None:
         """From now on, only the rows completed from ``place`` on count (``golden``, ``truth``):
@@ -103,9 +101,8 @@ class ReviewStore:
         certifies on the same rows."""
         self.load(tenant, task)
         key = (tenant, task)
-        if place <= self.shifts.get(key, 0):
+        if place <= self.shift(tenant, task):
             return
-        self.shifts[key] = place
         mark = {SHIFT: place, "why": why, "at_ms": int(time.time() * 1000)}
         self.marks.setdefault(key, []).append(mark)
         append(self._path(tenant, task), mark)
@@ -181,7 +178,7 @@ class ReviewStore:
             "counting": len(self.golden(tenant, task)),
             "counting_from": self.shift(tenant, task.name),
             "review_window": task.review_window,
-            "waiting_for_a_label": sum(PEOPLE not in row for row in rows.values()),
+            "waiting_for_a_label": self.waiting(tenant, task.name),
             "waiting_for_the_teacher": sum("teacher" not in row and PEOPLE in row for row in rows.values()),
             "disputed": people["disputed"],
             "agreement": people["agreement"],
