@@ -181,19 +181,22 @@ def run_layout(
     backoff: int | None = None,
     round_: int = 0,
     anchor: float | None = None,
+    threads: int = 0,
 ) -> dict[str, Any]:
     """One layout on a fresh broker started with the extra JVM flags ``jvm`` (PROTEGE_BROKER_JVM_OPTS),
     its services lingering ``linger`` ms to fill a micro-batch (PROTEGE_LINGER_MS), the scorer's
     micro-batch at most ``max_batch`` requests (PROTEGE_MAX_BATCH; None: the default), the
     producers' retry backoff ``backoff`` ms (PROTEGE_RETRY_BACKOFF_MS; None: the default);
     ``round_``: which round of ``--rounds``; ``anchor``: the in-process seq/s a rate written
-    ``N%`` is a share of (None: this run's own, measured here)."""
+    ``N%`` is a share of (None: this run's own, measured here); ``threads``: the scorer's ONNX
+    Runtime threads (PROTEGE_THREADS; 0: its cores), the in-process figure measured with them."""
     name = (
         layout
         + (f" [{jvm}]" if jvm else "")
         + (f" linger {linger} ms" if linger else "")
         + (f" batch <= {max_batch}" if max_batch else "")
         + (f" backoff {backoff} ms" if backoff is not None else "")
+        + (f" {threads} scorer thread{'s' * (threads > 1)}" if threads else "")
         + (f" (round {round_ + 1})" if args.rounds > 1 else "")
     )
     folder = (
@@ -202,6 +205,7 @@ def run_layout(
         + (f"-linger{linger}" if linger else "")
         + (f"-batch{max_batch}" if max_batch else "")
         + (f"-backoff{backoff}" if backoff is not None else "")
+        + (f"-threads{threads}" if threads else "")
         + (f"-round{round_ + 1}" if args.rounds > 1 else "")
     )
     home = (args.home / folder).resolve()
@@ -222,7 +226,7 @@ def run_layout(
         "PROTEGE_STANDIN_LABELS": str(home / "labels.jsonl"),
         "PROTEGE_MIN_CASES": str(int(args.warmup * 0.6)),
         "PROTEGE_RETRAIN_EVERY": "1000000",
-        "PROTEGE_THREADS": str(args.scorer_threads),
+        "PROTEGE_THREADS": str(threads),
         "PROTEGE_TRAINER_THREADS": "1",
         "OMP_NUM_THREADS": "1",
         "PROTEGE_FUSED": "1" if layout == "fused" else "0",
@@ -237,6 +241,7 @@ def run_layout(
         "max_batch": max_batch or ScorerSettings().max_batch,
         "retry_backoff_ms": Settings().retry_backoff_ms if backoff is None else backoff,
         "round": round_ + 1,
+        "scorer_threads": threads or cpu_budget(),
         "name": name,
         "rates": [],
     }
@@ -255,13 +260,13 @@ def run_layout(
         quiet = processes(p)
         threads0 = broker_threads(quiet)
         busy0, t0 = {n: cpu_seconds(pid) or 0.0 for n, pid in quiet.items()}, time.monotonic()
-        report["in_process"] = own = in_process(home, args.scorer_threads, texts)
+        report["in_process"] = own = in_process(home, threads, texts)
         elapsed = time.monotonic() - t0
         own["background_cores"] = {n: ((cpu_seconds(pid) or 0.0) - busy0[n]) / elapsed for n, pid in quiet.items()}
         own["broker_jit_cores"] = spent(threads0, broker_threads(quiet)).get("C2 CompilerThread", 0.0) / elapsed
         console.print(
             f"{name}: in-process: {own['version']} ({own['precision']}) {own['seq_per_s']:.0f} sequences/s "
-            f"at batch {own['batch']}, {args.scorer_threads or cpu_budget()} thread(s); meanwhile the pipeline's "
+            f"at batch {own['batch']}, {threads or cpu_budget()} thread(s); meanwhile the pipeline's "
             f"processes used {sum(own['background_cores'].values()):.2f} cores (the broker's JIT compiler "
             f"{own['broker_jit_cores']:.2f})"
         )
@@ -337,7 +342,7 @@ def print_layout(report: dict[str, Any], args: argparse.Namespace, console: Cons
     own = report["in_process"]
     table = Table(
         title=f"{report['name']}: pipeline vs raw broker, same rate, same run (latency ms, publish -> answer "
-        f"read; student {own['precision']}, scorer threads {args.scorer_threads or cpu_budget()}; in-process "
+        f"read; student {own['precision']}, scorer threads {report['scorer_threads']}; in-process "
         f"{own['seq_per_s']:.0f} seq/s)",
         caption="teacher: OFFLINE STAND-IN",
     )
@@ -415,7 +420,12 @@ def main() -> None:
         default="auto",
         help="the task's student.int8 (auto: per version)",
     )
-    ap.add_argument("--scorer-threads", type=int, default=0, help="ONNX Runtime threads in the scorer (0: its cores)")
+    ap.add_argument(
+        "--scorer-threads",
+        default="0",
+        help="ONNX Runtime threads in the scorer (0: its cores); several, separated by |, each on a fresh pipeline "
+        "with its in-process figure measured at its own threads (--scorer-threads '0|1')",
+    )
     ap.add_argument("--layouts", default="separate", help="separate, fused, or both: separate,fused")
     ap.add_argument(
         "--broker-jvm",
@@ -470,7 +480,7 @@ def main() -> None:
         "seconds_per_rate": args.seconds,
         "p95_target_ms": args.p95_target,
         "precision": args.precision,
-        "scorer_threads": args.scorer_threads,
+        "scorer_threads": [int(n) for n in args.scorer_threads.split("|")],
         "profiled": args.profile,
         "retry_backoff_ms": Settings().retry_backoff_ms,  # PROTEGE_RETRY_BACKOFF_MS, as the services get it
         "layouts": [],
@@ -485,14 +495,17 @@ def main() -> None:
             args.linger.split("|"),
             args.max_batch.split("|"),
             args.retry_backoff.split("|"),
+            [int(n) for n in args.scorer_threads.split("|")],
         )
     )
     # A comparison offers every run the same rates: a share of the first run's in-process figure
     # (each run's own moved by ±12% between fresh pipelines of one run, stop 34, and with it the
     # rate a share stood for, so latencies at "50%" were not comparable). --own-rates: each its own.
-    anchor: float | None = None
+    # The target is a share of the model's throughput at the scorer's own threads: a run with
+    # other threads is anchored on the first run with its threads.
+    anchors: dict[int, float] = {}
     for round_ in range(args.rounds):  # interleaved: every variant once, then again
-        for layout, jvm, linger, batch, backoff in variants:
+        for layout, jvm, linger, batch, backoff, threads in variants:
             run = run_layout(
                 args,
                 layout,
@@ -502,13 +515,19 @@ def main() -> None:
                 int(batch) if batch else None,
                 int(backoff) if backoff else None,
                 round_,
-                anchor,
+                anchors.get(threads),
+                threads,
             )
             report["layouts"].append(run)
-            if anchor is None and not args.own_rates and len(variants) * args.rounds > 1:
-                anchor = run["in_process"]["seq_per_s"]
-                console.print(f"every later run is offered shares of this run's {anchor:.0f} sequences/s")
-    report["rates_from"] = "each run's own in-process" if anchor is None else "the first run's in-process"
+            if threads not in anchors and not args.own_rates and len(variants) * args.rounds > 1:
+                anchors[threads] = run["in_process"]["seq_per_s"]
+                console.print(
+                    f"every later run with these threads is offered shares of this run's {anchors[threads]:.0f} "
+                    "sequences/s"
+                )
+    report["rates_from"] = (
+        "the first run's in-process (of each thread count)" if anchors else "each run's own in-process"
+    )
     for run in report["layouts"]:
         print_layout(run, args, console)
     summary = Table(title=f"by layout (student p95 target {args.p95_target:.0f} ms)")

@@ -247,14 +247,19 @@ class Trainer:
             self.observe_reviews(tenant, task)
         for task in alarms:  # the alarm is per task: every tenant with new cases
             touched |= {(tenant, task) for tenant in self.store.tenants(task)}
+        # The serving rule is judged before a retrain, not only in batches without one: a trainer
+        # retraining batch after batch (cases arriving faster than it trains) never checked it,
+        # so a shift went unseen for as long as the retraining lasted (stop 34). A check that
+        # replaces the rule holds this batch's retrain until its announcement is read back.
         announced: set[tuple[str, str]] = set()
-        for tenant, task in sorted(touched):
+        for tenant, task in sorted(reviewed):
+            if out := await self.judge_again(tenant, task):
+                outs.extend(out)
+                announced.add((tenant, task))
+        for tenant, task in sorted(touched - announced):
             trigger = self.due(tenant, task, alarms.get(task))
             if trigger is not None and (out := await self.retrain(tenant, task, trigger)):
                 outs.extend(out)
-                announced.add((tenant, task))
-        for tenant, task in sorted(reviewed - announced):
-            outs.extend(await self.judge_again(tenant, task))
         return outs
 
     def observe_reviews(self, tenant: str, task: str) -> None:

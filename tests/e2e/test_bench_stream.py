@@ -89,10 +89,10 @@ def test_the_review_sample_grows_the_golden_set_from_the_stream(tmp_path: Path, 
     home, report = tmp_path / "bench", tmp_path / "report.json"
     argv = ["bench", "stream", "--train", str(tmp_path / "train.jsonl"), "--test", str(tmp_path / "test.jsonl")]
     argv += ["--report-json", str(report), "--home", str(home), "--golden", "0", "--review-rate", "0.3"]
-    # Retrains 300 cases apart: a batch that retrains does not also check the serving rule, and
-    # at 100 cases apart the stream kept the trainer retraining until the end (no check at all in
-    # one of two runs, stop 34).
-    argv += ["--rate", "100", "--min-cases", "100", "--retrain-every", "300", "--teacher-noise", "0.03"]
+    # Retrains 100 cases apart: the stream keeps the trainer retraining batch after batch, and
+    # the serving rule is still judged (before stop 35 a batch that retrained checked nothing: no
+    # check at all in one of two runs).
+    argv += ["--rate", "100", "--min-cases", "100", "--retrain-every", "100", "--teacher-noise", "0.03"]
     argv += ["--export", str(tmp_path / "export")]
     done = subprocess.run([sys.executable, "-m", "protege.cli", *argv], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -398,8 +398,9 @@ def test_the_trainer_judges_the_serving_rule_again_every_so_many_reviewed_rows(t
 
 
 def test_retraining_often_does_not_keep_the_serving_rule_from_being_judged(tmp_path: Path) -> None:
-    """A trainer retraining every few cases (the e2e review bench: every 100) still judges the
-    serving rule at its own pace; its rule counts as certified at the retrain."""
+    """A trainer retraining batch after batch (cases arriving faster than it trains: the e2e
+    review bench at 100 cases apart) still judges the serving rule at its own pace, before the
+    retrain; the retrained version's rule counts as certified at its retrain."""
     judged: list[tuple[int, int | None]] = []
     reviewed = ReviewStore(tmp_path / "review")
 
@@ -440,12 +441,11 @@ def test_retraining_often_does_not_keep_the_serving_rule_from_being_judged(tmp_p
             offset += 1
         return asyncio.run(trainer.handle(got))
 
-    for _ in range(3):
-        assert len(batch(cases=2, rows=2)) == 1  # a retrain, announced (no check in its batch)
-        assert batch(cases=0, rows=2) == []  # reviewed rows alone
-    # (rows people completed, the rows since the rule was certified: at its retrain) — with the
-    # pace reset by every retrain, there was never a check
-    assert judged == [(4, 2), (8, 6), (12, 10)]
+    for _ in range(6):
+        assert len(batch(cases=2, rows=2)) == 1  # every batch retrains, and is announced
+    # (rows people completed, the rows since the rule was certified: at the last retrain) — a
+    # check every 4 rows, each before its batch's retrain (before stop 35: none at all)
+    assert judged == [(2, 2), (6, 4), (10, 8)]
 
 
 def test_a_check_that_fails_leaves_the_rule_standing_and_the_harvest_going(tmp_path: Path) -> None:
