@@ -53,10 +53,12 @@ from protege.events import Scored
 from protege.generator import generate, write_jsonl
 from protege.harness import (
     Drive,
+    cores_between,
     cpu_seconds,
     drive,
     java_thread_names,
     machine,
+    machine_cpu,
     percentile,
     summarize,
     thread_cpu_seconds,
@@ -124,22 +126,37 @@ def sustained(phase: dict[str, Any]) -> bool:
     return s["answered"] == s["requests"] and s["duplicates"] == 0 and kept_pace
 
 
-def in_process(home: Path, threads: int, texts: list[str], seconds: float = 8.0, batch: int = 32) -> dict[str, Any]:
+def in_process(
+    home: Path, threads: int, texts: list[str], seconds: float = 8.0, batch: int = 32, blas: int | None = None
+) -> dict[str, Any]:
     """The serving version's own throughput: ``predict`` on batches of ``batch`` texts, with
-    the scorer's threads and sub-batches, in this process, for ``seconds``."""
+    the scorer's threads, sub-batches and BLAS threads (``blas``; None: the scorer's default),
+    in this process, for ``seconds``; the cores this process kept busy meanwhile beside it."""
+    from threadpoolctl import threadpool_limits
+
     passed = [v for v in Registry(home / "registry").versions(TENANT, TASK) if v.manifest.gates.passed]
     if not passed:
         raise SystemExit("the warm-up trained no version that passed its gates: nothing serves")
     version = passed[-1]
     student = Student(version.folder, providers="cpu", threads=threads, sub_batch=ScorerSettings().sub_batch)
-    student.predict(texts[:batch])
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        for i in range(0, len(texts) - batch + 1, batch):
-            student.predict(texts[i : i + batch])
-            done += batch
-    rate = done / (time.perf_counter() - started)
-    return {"version": version.name, "precision": version.manifest.precision, "batch": batch, "seq_per_s": rate}
+    blas = ScorerSettings().blas_threads if blas is None else blas
+    with threadpool_limits(limits=blas or None, user_api="blas"):  # as the scorer caps it; restored after
+        student.predict(texts[:batch])
+        done, started, cpu0 = 0, time.perf_counter(), cpu_seconds(os.getpid()) or 0.0
+        while time.perf_counter() - started < seconds:
+            for i in range(0, len(texts) - batch + 1, batch):
+                student.predict(texts[i : i + batch])
+                done += batch
+        elapsed = time.perf_counter() - started
+        cores = ((cpu_seconds(os.getpid()) or 0.0) - cpu0) / elapsed
+    return {
+        "version": version.name,
+        "precision": version.manifest.precision,
+        "batch": batch,
+        "blas_threads": blas,
+        "seq_per_s": done / elapsed,
+        "cores": round(cores, 2),
+    }
 
 
 def parse_rate(text: str) -> tuple[float | None, float | None]:
@@ -182,6 +199,7 @@ def run_layout(
     round_: int = 0,
     anchor: float | None = None,
     threads: int = 0,
+    blas: int | None = None,
 ) -> dict[str, Any]:
     """One layout on a fresh broker started with the extra JVM flags ``jvm`` (PROTEGE_BROKER_JVM_OPTS),
     its services lingering ``linger`` ms to fill a micro-batch (PROTEGE_LINGER_MS), the scorer's
@@ -189,7 +207,8 @@ def run_layout(
     producers' retry backoff ``backoff`` ms (PROTEGE_RETRY_BACKOFF_MS; None: the default);
     ``round_``: which round of ``--rounds``; ``anchor``: the in-process seq/s a rate written
     ``N%`` is a share of (None: this run's own, measured here); ``threads``: the scorer's ONNX
-    Runtime threads (PROTEGE_THREADS; 0: its cores), the in-process figure measured with them."""
+    Runtime threads (PROTEGE_THREADS; 0: its cores), the in-process figure measured with them;
+    ``blas``: its BLAS threads (PROTEGE_BLAS_THREADS; None: the default)."""
     name = (
         layout
         + (f" [{jvm}]" if jvm else "")
@@ -197,6 +216,7 @@ def run_layout(
         + (f" batch <= {max_batch}" if max_batch else "")
         + (f" backoff {backoff} ms" if backoff is not None else "")
         + (f" {threads} scorer thread{'s' * (threads > 1)}" if threads else "")
+        + (f" BLAS {blas or 'uncapped'}" if blas is not None else "")
         + (f" (round {round_ + 1})" if args.rounds > 1 else "")
     )
     folder = (
@@ -206,6 +226,7 @@ def run_layout(
         + (f"-batch{max_batch}" if max_batch else "")
         + (f"-backoff{backoff}" if backoff is not None else "")
         + (f"-threads{threads}" if threads else "")
+        + (f"-blas{blas}" if blas is not None else "")
         + (f"-round{round_ + 1}" if args.rounds > 1 else "")
     )
     home = (args.home / folder).resolve()
@@ -228,11 +249,11 @@ def run_layout(
         "PROTEGE_RETRAIN_EVERY": "1000000",
         "PROTEGE_THREADS": str(threads),
         "PROTEGE_TRAINER_THREADS": "1",
-        "OMP_NUM_THREADS": "1",
         "PROTEGE_FUSED": "1" if layout == "fused" else "0",
         "PROTEGE_LINGER_MS": str(linger),
         **({"PROTEGE_MAX_BATCH": str(max_batch)} if max_batch else {}),
         **({"PROTEGE_RETRY_BACKOFF_MS": str(backoff)} if backoff is not None else {}),
+        **({"PROTEGE_BLAS_THREADS": str(blas)} if blas is not None else {}),
     }
     report: dict[str, Any] = {
         "layout": layout,
@@ -242,6 +263,7 @@ def run_layout(
         "retry_backoff_ms": Settings().retry_backoff_ms if backoff is None else backoff,
         "round": round_ + 1,
         "scorer_threads": threads or cpu_budget(),
+        "blas_threads": ScorerSettings().blas_threads if blas is None else blas,
         "name": name,
         "rates": [],
     }
@@ -259,16 +281,18 @@ def run_layout(
         # measured (a fresh broker's JIT compiler can still take a third of a core) is recorded.
         quiet = processes(p)
         threads0 = broker_threads(quiet)
-        busy0, t0 = {n: cpu_seconds(pid) or 0.0 for n, pid in quiet.items()}, time.monotonic()
-        report["in_process"] = own = in_process(home, threads, texts)
+        busy0, t0, whole0 = {n: cpu_seconds(pid) or 0.0 for n, pid in quiet.items()}, time.monotonic(), machine_cpu()
+        report["in_process"] = own = in_process(home, threads, texts, blas=blas)
         elapsed = time.monotonic() - t0
+        # the machine's cores meanwhile: a host that takes cores away (steal) moves this figure
+        own["machine_cores"] = cores_between(whole0, machine_cpu(), elapsed)
         own["background_cores"] = {n: ((cpu_seconds(pid) or 0.0) - busy0[n]) / elapsed for n, pid in quiet.items()}
         own["broker_jit_cores"] = spent(threads0, broker_threads(quiet)).get("C2 CompilerThread", 0.0) / elapsed
         console.print(
             f"{name}: in-process: {own['version']} ({own['precision']}) {own['seq_per_s']:.0f} sequences/s "
             f"at batch {own['batch']}, {threads or cpu_budget()} thread(s); meanwhile the pipeline's "
             f"processes used {sum(own['background_cores'].values()):.2f} cores (the broker's JIT compiler "
-            f"{own['broker_jit_cores']:.2f})"
+            f"{own['broker_jit_cores']:.2f}); the host took {own['machine_cores'].get('steal', 0):.2f} cores (steal)"
         )
         if args.profile:
             assert p.supervisor is not None
@@ -288,10 +312,12 @@ def run_layout(
             pids = {} if args.profile else processes(p)
             threads0 = broker_threads(pids)
             cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            whole0, t0 = machine_cpu(), time.monotonic()
             d = asyncio.run(
                 drive(settings, chunk, tenant=TENANT, task=TASK, rate=rate, timeout=max(120.0, args.seconds * 10))
             )
             cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            machine_cores = cores_between(whole0, machine_cpu(), time.monotonic() - t0)
             threads1 = broker_threads(pids)
             s = summarize(d)
             phase = {
@@ -310,6 +336,9 @@ def run_layout(
                 "broker_threads_ms_per_answer": {
                     kind: 1000 * t / max(1, s["answered"]) for kind, t in spent(threads0, threads1).items()
                 },
+                # the whole machine while the phase ran (the load generator included) and what
+                # the host took away from it (steal)
+                "machine_cores": machine_cores,
                 "student_hops_ms": asyncio.run(student_hops(settings, d, since_ms)),
                 "raw_broker_ms": asyncio.run(asyncio.wait_for(raw_broker(settings, n, rate), timeout=120)),
             }
@@ -397,6 +426,12 @@ def print_layout(report: dict[str, Any], args: argparse.Namespace, console: Cons
             cpu.add_row(r["label"], *(f"{per.get(n, 0):.1f}" for n in names), f"{sum(per.values()):.1f}")
         console.print(cpu)
     for r in report["rates"]:
+        if r.get("machine_cores"):
+            m = r["machine_cores"]
+            console.print(
+                f"{report['name']}: {r['label']}: the machine's cores busy {m['busy']:.2f} of {machine()['cores']}, "
+                f"taken by the host (steal) {m['steal']:.2f}"
+            )
         if r.get("broker_threads_ms_per_answer"):
             top = ", ".join(f"{k} {v:.1f}" for k, v in list(r["broker_threads_ms_per_answer"].items())[:8])
             console.print(f"{report['name']}: {r['label']}: broker CPU ms per answer by thread: {top}")
@@ -452,6 +487,12 @@ def main() -> None:
         "separated by |, each on a fresh pipeline (--retry-backoff '10|50')",
     )
     ap.add_argument(
+        "--blas-threads",
+        default="",
+        help="numpy's BLAS threads in the scorer (PROTEGE_BLAS_THREADS; empty: its default, 0: uncapped); "
+        "several, separated by |, each on a fresh pipeline (--blas-threads '0|1')",
+    )
+    ap.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -496,6 +537,7 @@ def main() -> None:
             args.max_batch.split("|"),
             args.retry_backoff.split("|"),
             [int(n) for n in args.scorer_threads.split("|")],
+            args.blas_threads.split("|"),
         )
     )
     # A comparison offers every run the same rates: a share of the first run's in-process figure
@@ -505,7 +547,7 @@ def main() -> None:
     # other threads is anchored on the first run with its threads.
     anchors: dict[int, float] = {}
     for round_ in range(args.rounds):  # interleaved: every variant once, then again
-        for layout, jvm, linger, batch, backoff, threads in variants:
+        for layout, jvm, linger, batch, backoff, threads, blas in variants:
             run = run_layout(
                 args,
                 layout,
@@ -517,6 +559,7 @@ def main() -> None:
                 round_,
                 anchors.get(threads),
                 threads,
+                int(blas) if blas else None,
             )
             report["layouts"].append(run)
             if threads not in anchors and not args.own_rates and len(variants) * args.rounds > 1:

@@ -542,6 +542,34 @@ def cpu_seconds(pid: int | str) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu() -> dict[str, float]:
+    """The whole machine's CPU seconds so far, summed over its cores, from /proc/stat: ``busy``
+    (user, nice, system, interrupts), ``idle`` (with I/O wait) and ``steal`` — time a virtual
+    machine's cores were runnable but its host ran something else. Two differences over a phase
+    give the cores it kept busy and the cores the host took away: what a figure on a shared
+    machine is measured beside. Empty where /proc/stat cannot be read."""
+    try:
+        head = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return {}
+    if head[0] != "cpu":
+        return {}
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in (head[1:9] + ["0"] * 8)[:8])
+    tick = os.sysconf("SC_CLK_TCK")
+    return {
+        "busy": (user + nice + system + irq + softirq) / tick,
+        "idle": (idle + iowait) / tick,
+        "steal": steal / tick,
+    }
+
+
+def cores_between(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """``machine_cpu`` at two moments ``seconds`` apart as cores: busy, idle and stolen."""
+    if not before or not after or seconds <= 0:
+        return {}
+    return {k: round((after[k] - before[k]) / seconds, 3) for k in ("busy", "idle", "steal")}
+
+
 def java_thread_names(pid: int | str) -> dict[int, str]:
     """A JVM's thread ids -> their whole names, from ``jcmd PID Thread.print`` (the kernel keeps
     15 characters of a name, too few to tell a broker's request handlers from its network

@@ -114,6 +114,12 @@ class ScorerSettings(Settings):
     spinning: bool = Field(
         False, description="Let ONNX Runtime's threads spin between batches (only on cores the scorer has alone)."
     )
+    blas_threads: int = Field(
+        1,
+        ge=0,
+        description="Threads of numpy's BLAS (the kNN bank's products) in the scorer (0: the library's own "
+        "choice, every core, busy-waiting between calls).",
+    )
     sub_batch: int = Field(
         8,
         ge=0,

@@ -88,6 +88,21 @@ def cpu_budget() -> int:
     return max(1, cores)
 
 
+def limit_blas(threads: int) -> dict[str, int]:
+    """Cap the threads of numpy's BLAS in this process (OpenBLAS in numpy's wheels), for good:
+    ``threads`` (0: leave the library's own choice). The scorer's BLAS work is one micro-batch's
+    embeddings against the kNN bank — small products a thread pool cannot share well — and an
+    OpenBLAS pool busy-waits after each call: capped, the int8 student scored 41% more
+    sequences/s in-process on fewer cores (1.3 against 1.8) and the scorer spent 30% less CPU
+    per answer at 271 req/s (``loadtests/stream_rates.py --blas-threads '0|1'``, stop 35).
+    Returns each BLAS library's threads after the cap, to log."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    if threads > 0:
+        threadpool_limits(limits=threads, user_api="blas")
+    return {f"{i['internal_api']}_threads": int(i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"}
+
+
 def session_options(threads: int, spinning: bool) -> ort.SessionOptions:
     """ONNX Runtime's CPU session fitted to the process: ``threads`` intra-op threads (0: every
     core it may use, ``cpu_budget()``), one inter-op thread and sequential execution (one

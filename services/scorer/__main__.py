@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 
+import structlog
 from protege_services.scorer.handler import Scorer
 from protege_services.verifier.handler import Verifier
 
@@ -21,13 +22,18 @@ from protege.kafka import Processor
 from protege.service import run_service
 from protege.serving import view
 from protege.settings import ScorerSettings
-from protege.student.runtime import Student, require_gpu
+from protege.student.runtime import Student, limit_blas, require_gpu
 from protege.task import load_tasks
+
+log = structlog.get_logger().bind(service="scorer")
 
 
 async def serve(settings: ScorerSettings, stop: asyncio.Event) -> None:
     if settings.providers == "cuda":
         require_gpu()  # refuse to start, with the reason, rather than score on the CPU
+    # numpy's BLAS at one thread (PROTEGE_BLAS_THREADS): its pool busy-waited on the cores the
+    # model and the broker need (protege.student.runtime.limit_blas)
+    log.info("blas", wanted=settings.blas_threads, **limit_blas(settings.blas_threads))
     # Fused: the verifier's decisions made here, on the tasks it would have loaded.
     verifier = (
         Verifier(load_tasks(settings.tasks_dir), settings.topics, redact_pii=settings.redact_pii)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from protege.events import Response
-from protege.harness import Drive, Outcome, summarize
+from protege.harness import Drive, Outcome, cores_between, machine_cpu, summarize
 
 
 def outcome(i: int, truth: str, route: str, label: str) -> Outcome:
@@ -116,3 +116,15 @@ def test_a_second_standin_person_draws_its_own_mistakes() -> None:
     settled = [rid for rid in split if third[rid] in (first[rid], second[rid])]
     assert len(settled) >= 0.85 * len(split)
     assert sum(third[rid] == truth[rid] for rid in settled) >= 0.85 * len(settled)
+
+
+def test_the_machines_cores_over_a_phase_split_into_busy_idle_and_stolen() -> None:
+    """What a load test records beside its figures: the machine's cores busy, and those its host
+    took away (steal), beside a figure measured on a shared virtual machine."""
+    before = {"busy": 100.0, "idle": 50.0, "steal": 2.0}
+    after = {"busy": 115.0, "idle": 54.0, "steal": 3.0}
+    assert cores_between(before, after, 10.0) == {"busy": 1.5, "idle": 0.4, "steal": 0.1}
+    assert cores_between({}, after, 10.0) == {} and cores_between(before, after, 0.0) == {}
+    now = machine_cpu()  # this machine's own /proc/stat: counters that only grow
+    assert set(now) == {"busy", "idle", "steal"} and all(v >= 0 for v in now.values())
+    assert all(machine_cpu()[k] >= now[k] for k in now)

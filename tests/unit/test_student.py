@@ -646,3 +646,17 @@ def test_a_version_from_before_held_out_npz_is_certified_again_too(
     assert again is not None and again.rule is not None and not (again.folder / "held_out.npz").exists()
     assert again.metrics["truth_coverage"] > 0.3 and 0 <= again.metrics["truth_false_accepts"] <= 1
     assert again.metrics["golden_coverage"] == 0  # the hash-split golden set's view is gone with the file: as it was
+
+
+def test_the_scorer_caps_numpys_blas_threads_and_says_so() -> None:
+    """``limit_blas`` (the scorer at start, PROTEGE_BLAS_THREADS): numpy's BLAS at the threads
+    asked for, reported per library for the log; 0 leaves the library's choice alone."""
+    from threadpoolctl import threadpool_limits
+
+    from protege.student.runtime import limit_blas
+
+    with threadpool_limits(limits=None, user_api="blas"):  # the test process's own limits come back after
+        assert limit_blas(0) == limit_blas(0)  # nothing changed, reported alike
+        capped = limit_blas(1)
+        assert capped and set(capped.values()) == {1}
+        assert limit_blas(0) == capped
