@@ -200,6 +200,7 @@ def run_layout(
     anchor: float | None = None,
     threads: int = 0,
     blas: int | None = None,
+    partitions: int | None = None,
 ) -> dict[str, Any]:
     """One layout on a fresh broker started with the extra JVM flags ``jvm`` (PROTEGE_BROKER_JVM_OPTS),
     its services lingering ``linger`` ms to fill a micro-batch (PROTEGE_LINGER_MS), the scorer's
@@ -208,7 +209,8 @@ def run_layout(
     ``round_``: which round of ``--rounds``; ``anchor``: the in-process seq/s a rate written
     ``N%`` is a share of (None: this run's own, measured here); ``threads``: the scorer's ONNX
     Runtime threads (PROTEGE_THREADS; 0: its cores), the in-process figure measured with them;
-    ``blas``: its BLAS threads (PROTEGE_BLAS_THREADS; None: the default)."""
+    ``blas``: its BLAS threads (PROTEGE_BLAS_THREADS; None: the default); ``partitions``: per
+    topic (None: the pipeline's default; each hop commits a transaction per partition it read)."""
     name = (
         layout
         + (f" [{jvm}]" if jvm else "")
@@ -217,6 +219,7 @@ def run_layout(
         + (f" backoff {backoff} ms" if backoff is not None else "")
         + (f" {threads} scorer thread{'s' * (threads > 1)}" if threads else "")
         + (f" BLAS {blas or 'uncapped'}" if blas is not None else "")
+        + (f" {partitions} partition{'s' * (partitions > 1)}" if partitions else "")
         + (f" (round {round_ + 1})" if args.rounds > 1 else "")
     )
     folder = (
@@ -227,6 +230,7 @@ def run_layout(
         + (f"-backoff{backoff}" if backoff is not None else "")
         + (f"-threads{threads}" if threads else "")
         + (f"-blas{blas}" if blas is not None else "")
+        + (f"-partitions{partitions}" if partitions else "")
         + (f"-round{round_ + 1}" if args.rounds > 1 else "")
     )
     home = (args.home / folder).resolve()
@@ -264,11 +268,12 @@ def run_layout(
         "round": round_ + 1,
         "scorer_threads": threads or cpu_budget(),
         "blas_threads": ScorerSettings().blas_threads if blas is None else blas,
+        "partitions": partitions or LocalPipeline(home).partitions,
         "name": name,
         "rates": [],
     }
     os.environ["PROTEGE_BROKER_JVM_OPTS"] = jvm  # the broker is this process's child
-    with LocalPipeline(home, env=env) as p:
+    with LocalPipeline(home, env=env, partitions=partitions or LocalPipeline(home).partitions) as p:
         settings = p.settings
         console.print(f"{name}: warm-up: {args.warmup} tickets to train one student ...")
         asyncio.run(drive(settings, rows[: args.warmup], tenant=TENANT, task=TASK, rate=40))
@@ -493,6 +498,12 @@ def main() -> None:
         "several, separated by |, each on a fresh pipeline (--blas-threads '0|1')",
     )
     ap.add_argument(
+        "--partitions",
+        default="",
+        help="partitions per topic (empty: the pipeline's default, 2); several, separated by |, each on a fresh "
+        "pipeline (--partitions '2|1')",
+    )
+    ap.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -538,6 +549,7 @@ def main() -> None:
             args.retry_backoff.split("|"),
             [int(n) for n in args.scorer_threads.split("|")],
             args.blas_threads.split("|"),
+            args.partitions.split("|"),
         )
     )
     # A comparison offers every run the same rates: a share of the first run's in-process figure
@@ -547,7 +559,7 @@ def main() -> None:
     # other threads is anchored on the first run with its threads.
     anchors: dict[int, float] = {}
     for round_ in range(args.rounds):  # interleaved: every variant once, then again
-        for layout, jvm, linger, batch, backoff, threads, blas in variants:
+        for layout, jvm, linger, batch, backoff, threads, blas, parts in variants:
             run = run_layout(
                 args,
                 layout,
@@ -560,6 +572,7 @@ def main() -> None:
                 anchors.get(threads),
                 threads,
                 int(blas) if blas else None,
+                int(parts) if parts else None,
             )
             report["layouts"].append(run)
             if threads not in anchors and not args.own_rates and len(variants) * args.rounds > 1:
