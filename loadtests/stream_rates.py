@@ -134,13 +134,16 @@ def in_process(
     in this process, for ``seconds``; the cores this process kept busy meanwhile beside it."""
     from threadpoolctl import threadpool_limits
 
+    from protege.student.runtime import limit_blas
+
     passed = [v for v in Registry(home / "registry").versions(TENANT, TASK) if v.manifest.gates.passed]
     if not passed:
         raise SystemExit("the warm-up trained no version that passed its gates: nothing serves")
     version = passed[-1]
     student = Student(version.folder, providers="cpu", threads=threads, sub_batch=ScorerSettings().sub_batch)
     blas = ScorerSettings().blas_threads if blas is None else blas
-    with threadpool_limits(limits=blas or None, user_api="blas"):  # as the scorer caps it; restored after
+    with threadpool_limits(limits=None, user_api="blas"):  # this process's own limits come back after
+        limit_blas(blas)  # as the scorer caps it
         student.predict(texts[:batch])
         done, started, cpu0 = 0, time.perf_counter(), cpu_seconds(os.getpid()) or 0.0
         while time.perf_counter() - started < seconds:
@@ -268,12 +271,12 @@ def run_layout(
         "round": round_ + 1,
         "scorer_threads": threads or cpu_budget(),
         "blas_threads": ScorerSettings().blas_threads if blas is None else blas,
-        "partitions": partitions or LocalPipeline(home).partitions,
+        "partitions": partitions or LocalPipeline.partitions,
         "name": name,
         "rates": [],
     }
     os.environ["PROTEGE_BROKER_JVM_OPTS"] = jvm  # the broker is this process's child
-    with LocalPipeline(home, env=env, partitions=partitions or LocalPipeline(home).partitions) as p:
+    with LocalPipeline(home, env=env, partitions=report["partitions"]) as p:
         settings = p.settings
         console.print(f"{name}: warm-up: {args.warmup} tickets to train one student ...")
         asyncio.run(drive(settings, rows[: args.warmup], tenant=TENANT, task=TASK, rate=40))
@@ -295,7 +298,7 @@ def run_layout(
         own["broker_jit_cores"] = spent(threads0, broker_threads(quiet)).get("C2 CompilerThread", 0.0) / elapsed
         console.print(
             f"{name}: in-process: {own['version']} ({own['precision']}) {own['seq_per_s']:.0f} sequences/s "
-            f"at batch {own['batch']}, {threads or cpu_budget()} thread(s); meanwhile the pipeline's "
+            f"at batch {own['batch']}, {report['scorer_threads']} thread(s); meanwhile the pipeline's "
             f"processes used {sum(own['background_cores'].values()):.2f} cores (the broker's JIT compiler "
             f"{own['broker_jit_cores']:.2f}); the host took {own['machine_cores'].get('steal', 0):.2f} cores (steal)"
         )
@@ -434,7 +437,7 @@ def print_layout(report: dict[str, Any], args: argparse.Namespace, console: Cons
         if r.get("machine_cores"):
             m = r["machine_cores"]
             console.print(
-                f"{report['name']}: {r['label']}: the machine's cores busy {m['busy']:.2f} of {machine()['cores']}, "
+                f"{report['name']}: {r['label']}: the machine's cores busy {m['busy']:.2f} of {os.cpu_count()}, "
                 f"taken by the host (steal) {m['steal']:.2f}"
             )
         if r.get("broker_threads_ms_per_answer"):
