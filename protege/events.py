@@ -204,6 +204,12 @@ class Decision(Event, title="protege.decision"):
         "the golden set, and it never trains a student. Accepted, it is audited too (the teacher's answer is "
         "the golden row's other half).",
     )
+    review_surge: bool = Field(
+        False,
+        description="In the review sample only because the task's review_surge_rate was in force (no certified rule "
+        "let the student answer): its golden row certifies like any other, but reports that estimate what traffic "
+        "got leave it out (the review_rate sample alone is a uniform draw of all traffic).",
+    )
     decided_at_ms: int
 
 

@@ -279,6 +279,7 @@ class StandinReviewer:
         self.wrong = 0  # labels sent that are not the data set's (noise or the teacher's mistakes)
         self.followed = 0  # of those, the teacher's own wrong label
         self.unknown = 0  # items of requests it has no label for (not the driver's)
+        self.labelled: list[str] = []  # the requests the first person's labels were sent for, in order
         self.held: deque[tuple[float, Feedback]] = deque()  # (when it is due, the review), in arrival order
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._loop()), name="standin-reviewer", daemon=True)
@@ -349,6 +350,8 @@ class StandinReviewer:
                     out = Out.of(t.feedback, review)
                     await prod.send(out.topic, out.value, key=out.key)
                     self.reviewed += 1
+                    if review.source == self.SOURCE:
+                        self.labelled.append(review.request_id)
                     self.second_opinions += review.source == self.SECOND
                     self.third_opinions += review.source == self.THIRD
                     wrong = review.label != self.labels[review.request_id]

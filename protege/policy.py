@@ -20,6 +20,11 @@ review sample: people label them for the golden set (``Decision.review``); its
 ``review_overlap`` share, by a third hash, is labelled by two people (``reviewers_wanted``).
 An accepted one is audited too, so the teacher's answer on every reviewed request is on
 record; the union of the two hash draws is still a uniform sample of accepted traffic.
+Under a target, while no certified rule lets the student answer (no version yet, or one whose
+rule the rows could not certify), the sample is drawn at ``review_surge_rate`` instead, by the
+same hash, so the ``review_rate`` sample is the part of it below that rate
+(``Decision.review_surge`` marks the rest): more trusted rows of today's traffic while every
+request is a teacher call anyway, until they certify a rule.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ OVERLAP_SALT = "overlap:"  # which sampled requests a second person labels (Task
 def reviewers_wanted(request_id: str, task: Task) -> int:
     """How many people label a request: none outside the review sample, two in its
     ``review_overlap`` share (a second opinion), else one."""
-    if not in_review(request_id, task.review_rate):
+    if not in_review(request_id, task.review_ceiling):
         return 0
     return 2 if in_share(request_id, task.review_overlap, salt=OVERLAP_SALT) else 1
 
@@ -64,10 +69,10 @@ def refused(feedback: Feedback, task: Task) -> tuple[str, str] | None:
     dead-letters on it; ``protege review submit`` checks each line with it before sending."""
     if feedback.label not in task.answers:
         return "unknown_label", f"{feedback.label!r} is not one of {task.name}'s answers: {task.answers}"
-    if feedback.kind == "review" and not in_review(feedback.request_id, task.review_rate):
+    if feedback.kind == "review" and not in_review(feedback.request_id, task.review_ceiling):
         return "not_in_review_sample", (
-            f"request {feedback.request_id!r} is not in {task.name}'s review sample (review_rate "
-            f"{task.review_rate:g}): only sampled requests make a golden set that is a sample of traffic; "
+            f"request {feedback.request_id!r} is not in {task.name}'s review sample (at most "
+            f"{task.review_ceiling:g} of requests): only sampled requests make a golden set that is a sample of traffic; "
             "send a fix as kind correction"
         )
     return None
@@ -163,6 +168,8 @@ class Router:
         self.policy_version = task.policy.version
         self.audit_rate = task.policy.audit_rate
         self.review_rate = task.review_rate
+        # while no certified rule lets the student answer (a targeted policy only: else a rule never shuts it out)
+        self.surge_rate = task.review_ceiling if task.policy.targeted else task.review_rate
         self.trial_audit_rate = task.student.canary.audit_rate  # both arms of a canary
         self.rules = Rules(task)
         self.checks = Checks(task)
@@ -200,7 +207,8 @@ class Router:
                 failed = signal_checks(signals, thresholds)
         verdict = self.verdict(student is not None, failed + rules)
         req = scored.request
-        review = in_review(req.request_id, self.review_rate)
+        shut_out = student is None or "no_certified_rule" in rules
+        review = in_review(req.request_id, self.surge_rate if shut_out else self.review_rate)
         rate = self.trial_audit_rate if student and student.arm else self.audit_rate
         return Decision(
             request_id=req.request_id,
@@ -219,6 +227,7 @@ class Router:
             teacher_check=self.checks_behind and verdict == "accept",
             audit=verdict == "accept" and not self.checks_behind and (review or audited(req.request_id, rate)),
             review=review,
+            review_surge=review and not in_review(req.request_id, self.review_rate),
             decided_at_ms=now_ms,
         )
 

@@ -93,6 +93,8 @@ class Traffic:
     feedback: dict[str, Feedback] = field(default_factory=dict)  # corrections (reviews are apart)
     responses: dict[str, Response] = field(default_factory=dict)
     sampled: set[str] = field(default_factory=set)  # in the review sample (the recorded decision says so)
+    # of them, drawn by the review surge alone (Task.review_surge_rate): not a uniform draw of the range
+    surge: set[str] = field(default_factory=set)
     opinions: dict[str, dict[str, str]] = field(default_factory=dict)  # a sampled request's reviewers -> label
     reviews: dict[str, str] = field(default_factory=dict)  # the label its people settled on (a majority)
 
@@ -100,6 +102,12 @@ class Traffic:
     def standin(self) -> bool:
         """Whether any teacher label here came from the offline stand-in, not a real teacher."""
         return any(r.standin for r in self.teacher.values())
+
+    @property
+    def uniform_opinions(self) -> dict[str, dict[str, str]]:
+        """People's labels on the review_rate sample alone (the surge's rows left out): what estimates of
+        the whole range count."""
+        return {rid: said for rid, said in self.opinions.items() if rid not in self.surge}
 
     def served(self, request_id: str) -> str | None:
         """The answer the request got: its response's label (an ensemble's provisional answer
@@ -136,6 +144,8 @@ class Events:
             t.decisions.setdefault(d.request_id, d)
             if d.review:
                 t.sampled.add(d.request_id)
+                if d.review_surge:
+                    t.surge.add(d.request_id)
         for r in self.teacher:
             t.teacher[r.request_id] = r  # the last answer (a held request is answered once; a check after)
         for f in self.feedback:
@@ -281,6 +291,7 @@ def _flat(table: str, e: Any) -> dict[str, Any]:
             "teacher_check": e.teacher_check,
             "audit": e.audit,
             "review": e.review,
+            "review_surge": e.review_surge,
             "decided_at_ms": e.decided_at_ms,
         }
     if table == "teacher_results":
@@ -356,6 +367,7 @@ def _joined(events: Events) -> list[dict[str, Any]]:
             "reasons": ",".join(d.reasons) if d else None,
             "policy_version": d.policy_version if d else None,
             "review": d.review if d else None,
+            "review_surge": d.review_surge if d else None,
             "teacher_label": tr.label if tr else None,
             "teacher_cost_usd": tr.cost_usd if tr else None,
             "teacher_standin": tr.standin if tr else None,

@@ -106,7 +106,7 @@ class Row:
     review_label: str | None  # a person's review: the request is in the recorded review sample
     answer: str | None  # the candidate's answer: the student's if accepted, the recorded teacher's if escalated
     in_sample: bool | None  # the re-scoring version learnt from this request (None: not on record)
-    sampled: bool  # in the recorded review sample (its decision said so), reviewed or not
+    sampled: bool  # in the recorded review sample (its decision said so; not the surge's), reviewed or not
     flip: str | None  # student->teacher, teacher->student, label (both student, labels differ)
     matched: bool  # the same decision as recorded: verdict, route, label, reasons; signals within 1e-5
     deviation: float | None  # the largest difference of a signal from the recorded one (same version only)
@@ -142,10 +142,18 @@ class Result:
             "review_labels": len(t.reviews),
             "cost_per_teacher_call_usd": per_call,
             "recorded": _side(
-                self.rows, recorded=True, per_call=per_call, labels=self.candidate.task.answers, opinions=t.opinions
+                self.rows,
+                recorded=True,
+                per_call=per_call,
+                labels=self.candidate.task.answers,
+                opinions=t.uniform_opinions,
             ),
             "replay": _side(
-                self.rows, recorded=False, per_call=per_call, labels=self.candidate.task.answers, opinions=t.opinions
+                self.rows,
+                recorded=False,
+                per_call=per_call,
+                labels=self.candidate.task.answers,
+                opinions=t.uniform_opinions,
             ),
             "flips": flips,
             "matched": {
@@ -342,7 +350,7 @@ def _side(
                     r.recorded_version if recorded else r.version,
                 )
                 for r in rows
-                if r.review_label is not None and (recorded or not r.in_sample)
+                if r.review_label is not None and r.sampled and (recorded or not r.in_sample)
             ],
             sum(r.sampled for r in rows),
             labels,
@@ -468,7 +476,7 @@ def _row(traffic: Traffic, before: Scored, was: Decision | None, now: Decision, 
         review_label=traffic.reviews.get(rid),
         answer=answer,
         in_sample=in_sample,
-        sampled=rid in traffic.sampled,
+        sampled=rid in traffic.sampled and rid not in traffic.surge,
         flip=flip,
         matched=was is not None and same_decision(was, now),
         deviation=max((abs(was.signals[k] - v) for k, v in signals.items() if k in was.signals), default=None)

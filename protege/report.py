@@ -109,7 +109,7 @@ class Basis:
     undecided: int = 0  # recorded requests with no decision on record (left out)
     audit_usd: float = 0.0  # teacher spend on audits (part of the points' teacher_usd)
     live: dict[str, dict[str, Any]] = field(default_factory=dict)  # version -> live accuracy from audits
-    sampled: int = 0  # requests in the review sample (Task.review_rate)
+    sampled: int = 0  # requests in the review sample (Task.review_rate; not the surge's extra rows)
     reviewed: list[Reviewed] = field(default_factory=list)  # those a person labelled, as this basis answers them
     opinions: dict[str, dict[str, str]] = field(default_factory=dict)  # sampled request -> reviewer -> label
 
@@ -127,7 +127,7 @@ class Basis:
             if d is None:
                 undecided += 1
                 continue
-            if rid in traffic.reviews:
+            if rid in traffic.reviews and rid not in traffic.surge:  # the uniform draw alone
                 teacher = traffic.teacher.get(rid)
                 reviewed.append(
                     Reviewed(
@@ -155,9 +155,9 @@ class Basis:
             undecided=undecided,
             audit_usd=sum(r.cost_usd for r in events.teacher if r.mode == "audit"),
             live=live_accuracy(events.teacher, sel.tenant, sel.task),
-            sampled=len(traffic.sampled),
+            sampled=len(traffic.sampled - traffic.surge),
             reviewed=reviewed,
-            opinions=traffic.opinions,
+            opinions=traffic.uniform_opinions,
         )
 
     @classmethod
@@ -193,9 +193,9 @@ class Basis:
             reviewed=[
                 Reviewed(r.review_label, r.answer, r.route, r.teacher_label, r.student_label, r.version)
                 for r in result.rows
-                if r.review_label is not None and not r.in_sample
+                if r.review_label is not None and r.sampled and not r.in_sample
             ],
-            opinions=t.opinions,
+            opinions=t.uniform_opinions,
         )
 
 

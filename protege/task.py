@@ -313,6 +313,17 @@ class Task(BaseModel):
         "they join the golden set, a uniform sample of live traffic that grows with it. Kept out of training; an "
         "accepted one is audited too. 0: the golden set is the file alone.",
     )
+    review_surge_rate: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Under a target: the share of requests sent to people while no certified rule lets the student "
+        "answer (before its first rule, and after a check marked a shift and the rows since certified nothing), "
+        "until one does: more rows of today's traffic, sooner, where the student is shut out and every request is a "
+        "teacher call. The same hash as review_rate, so the review_rate sample is the part of it reports estimate "
+        "from (a uniform draw of all traffic; the surge's extra rows certify, they are not a uniform draw). "
+        "None: review_rate always.",
+    )
     review_overlap: float = Field(
         0.0,
         ge=0,
@@ -332,6 +343,21 @@ class Task(BaseModel):
     policy: Policy = Policy()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
+
+    @model_validator(mode="after")
+    def _surge_above_rate(self) -> Task:
+        if self.review_surge_rate is not None and self.review_surge_rate < self.review_rate:
+            raise ValueError(
+                f"review_surge_rate {self.review_surge_rate:g} is below review_rate {self.review_rate:g}: a surge "
+                "samples more requests for review, not fewer"
+            )
+        return self
+
+    @property
+    def review_ceiling(self) -> float:
+        """The largest share of requests ever sent to review (the surge's, else ``review_rate``):
+        a review of a request outside it is not one of the sample's."""
+        return max(self.review_rate, self.review_surge_rate or 0.0)
 
     @property
     def answers(self) -> list[str]:

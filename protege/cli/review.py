@@ -187,7 +187,12 @@ def status(
     if as_json:
         sys.stdout.write(json.dumps(got, indent=2) + "\n")
         return
-    console.print(f"[bold]{tenant}/{task_name}[/]: review_rate {task.review_rate:g}")
+    surge = (
+        f", {task.review_surge_rate:g} while no certified rule lets the student answer"
+        if task.review_surge_rate and task.review_surge_rate > task.review_rate and task.policy.targeted
+        else ""
+    )
+    console.print(f"[bold]{tenant}/{task_name}[/]: review_rate {task.review_rate:g}{surge}")
     window = f", the newest {task.review_window} of them certify" if task.review_window else ""
     console.print(
         f"{got['completed']} rows completed (a person's label and the teacher's answer); "

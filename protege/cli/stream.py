@@ -45,6 +45,7 @@ from protege.harness import (
     wait_stable,
 )
 from protege.pipeline import LocalPipeline
+from protege.policy import in_review
 from protege.recorded import Selection
 from protege.registry import Registry
 from protege.settings import ScorerSettings, Settings, TeacherSettings
@@ -216,6 +217,17 @@ def _export_phase(settings: Settings, task: Task, tenant: str, selection: Select
     return {"folder": str(folder), "since_ms": selection.since_ms, "until_ms": selection.until_ms, **counts}
 
 
+def labelled_by_phase(labelled: list[str], phase_of: dict[str, str], review_rate: float) -> dict[str, dict[str, int]]:
+    """The first person's labels per phase (``phase_of``: request id -> phase), and of them the
+    ones the review surge alone drew (outside the ``review_rate`` sample)."""
+    counts: dict[str, dict[str, int]] = {}
+    for rid in labelled:
+        phase = counts.setdefault(phase_of.get(rid, "other"), {"labels": 0, "surge": 0})
+        phase["labels"] += 1
+        phase["surge"] += not in_review(rid, review_rate)
+    return counts
+
+
 def _prepare_backbone() -> None:
     """Export the student backbone before traffic starts (first run only; cached after)."""
     from protege.student.backbone import cache_dir, cached_backbone
@@ -244,6 +256,7 @@ def _run_phases(
 ) -> None:
 
     windows: dict[str, tuple[int, int]] = {}  # phase -> [first, last] received_at_ms of its requests
+    phase_of: dict[str, str] = {}  # request id -> its phase
     with contextlib.ExitStack() as stack:
         p = stack.enter_context(LocalPipeline(home.resolve(), env=env, services=services))
         console.print(f"broker at {p.bootstrap}; service logs in {home / 'logs'}")
@@ -290,6 +303,7 @@ def _run_phases(
                 highlight=False,
             )
             summary[name] = summarize(result)
+            phase_of |= dict.fromkeys(result.outcomes, name)
             if keep is not None:
                 keep[name] = result
             # The steady state: the last quarter of the phase, after the student has caught up.
@@ -342,6 +356,10 @@ def _run_phases(
                 "second_opinions": reviewing.second_opinions,
                 "third_opinions": reviewing.third_opinions,
                 "held_at_the_end": len(reviewing.held),
+                # by phase, and of them the labels the surge alone drew (Task.review_surge_rate)
+                "by_phase": labelled_by_phase(
+                    reviewing.labelled, phase_of, load_tasks(Path(env["PROTEGE_TASKS_DIR"]))[task].review_rate
+                ),
             }
         if export is not None:
             the_task = load_tasks(Path(env["PROTEGE_TASKS_DIR"]))[task]
@@ -609,6 +627,15 @@ def bench_stream(
             max=1,
         ),
     ] = 0.0,
+    review_surge_rate: Annotated[
+        float,
+        typer.Option(
+            help="The task's review_surge_rate: while no certified rule lets the student answer (before its first, "
+            "after a shift), this share of requests goes to review instead of --review-rate (0: no surge).",
+            min=0,
+            max=1,
+        ),
+    ] = 0.0,
     review_window: Annotated[
         int,
         typer.Option(help="The task's review_window: certify on the newest N reviewed rows only (0: all).", min=0),
@@ -688,6 +715,7 @@ def bench_stream(
             ),
             "golden": "golden.jsonl" if golden_rows else None,
             "review_rate": review_rate,
+            "review_surge_rate": review_surge_rate or None,
             "review_window": review_window,
             "review_overlap": review_overlap,
             "student": StudentConfig.model_validate({**task.student.model_dump(), "learn_accepted": learn_accepted}),
@@ -769,7 +797,14 @@ def bench_stream(
             f"{summary['review']['reviewer']} ({summary['review']['wrong']} wrong, "
             f"{summary['review']['followed_teacher']} of them the teacher's own mistake, "
             f"{summary['review']['held_at_the_end']} still held at the end); "
-            f"{summary['review']['golden_rows']} golden rows at the end"
+            + (
+                "by phase (of them drawn by the surge): "
+                + ", ".join(f"{k} {v['labels']} ({v['surge']})" for k, v in summary["review"]["by_phase"].items())
+                + "; "
+                if review_surge_rate
+                else ""
+            )
+            + f"{summary['review']['golden_rows']} golden rows at the end"
             + (
                 f" (the trainer saw a shift: only the rows completed after the first "
                 f"{summary['review']['shift_at']:,} of {summary['review']['completed_rows']:,} count)"
@@ -827,6 +862,7 @@ def bench_stream(
         "learn_accepted": learn_accepted,
         "max_false_accepts": max_false_accepts or None,
         "review_rate": review_rate,
+        "review_surge_rate": review_surge_rate or None,
         "review_window": review_window,
         "recertify_every": recertify_every,
         "review_overlap": review_overlap,

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from protege.events import Ingested, Scored, StudentOutput
 from protege.generator import triage_task
 from protege.policy import audited, in_review, recompute_verdict, router_for
-from protege.task import Policy
+from protege.task import Policy, Task
 
 TASK = triage_task()
 
@@ -215,3 +215,54 @@ def test_the_review_sample_is_every_route_s_and_its_accepted_answers_are_audited
     assert router.decide(at(other), 3).review is False and router.decide(at(other), 3).audit is False
     assert router_for(TASK).decide(at(sampled), 3).review is False  # review_rate 0: no sample
     assert reviewed.policy.version == TASK.policy.version
+
+
+def test_the_review_sample_surges_while_no_certified_rule_lets_the_student_answer() -> None:
+    """Under a target, a request with no certified rule to judge it by (no version yet, or one
+    whose rule the rows could not certify) is drawn for review at review_surge_rate, by the same
+    hash: the review_rate sample is the part of it below that rate, and the rest is marked
+    ``review_surge`` (reports leave it out of their uniform estimates). With a rule the base rate
+    holds; without a target there is no surge; a review of a surge-drawn request is accepted."""
+    from protege.events import AcceptRule, Feedback
+    from protege.policy import refused
+
+    rule = AcceptRule(target_accuracy=0.97, confidence_level=0.95, min_confidence=0.9, max_ood=0.3, coverage=0.6)
+    task = TASK.model_copy(
+        update={
+            "policy": TASK.policy.model_copy(update={"target_accuracy": 0.97}),
+            "review_rate": 0.05,
+            "review_surge_rate": 0.5,
+        }
+    )
+    router = router_for(task)
+    ids = [f"acme-{i}" for i in range(4_000)]
+
+    def at(request_id: str, r: AcceptRule | None, student: bool = True) -> Scored:
+        s = scored(student=student)
+        if s.student is not None:
+            s = s.model_copy(update={"student": s.student.model_copy(update={"rule": r})})
+        return s.model_copy(update={"request": s.request.model_copy(update={"request_id": request_id})})
+
+    for shut_out in ({"r": None}, {"r": None, "student": False}):
+        decided = [router.decide(at(i, **shut_out), 3) for i in ids]  # type: ignore[arg-type]
+        drawn = {d.request_id for d in decided if d.review}
+        assert 0.47 < len(drawn) / len(ids) < 0.53
+        assert {d.request_id for d in decided if d.review and not d.review_surge} == {
+            i for i in ids if in_review(i, 0.05)
+        }
+        assert all(not d.review_surge for d in decided if not d.review)
+    served = [router.decide(at(i, rule), 3) for i in ids]
+    assert {d.request_id for d in served if d.review} == {i for i in ids if in_review(i, 0.05)}
+    assert not any(d.review_surge for d in served)
+    # no target: nothing ever shuts the student out for want of a rule, so no surge
+    plain = router_for(TASK.model_copy(update={"review_rate": 0.05, "review_surge_rate": 0.5}))
+    assert not any(plain.decide(at(i, None, student=False), 3).review_surge for i in ids)
+    # people's labels on the surge's requests join the golden set; outside it they are refused
+    surged = next(i for i in ids if in_review(i, 0.5) and not in_review(i, 0.05))
+    outside = next(i for i in ids if not in_review(i, 0.5))
+    review = Feedback(request_id=surged, tenant="acme", task=task.name, text="t", label="shipping", kind="review")
+    assert refused(review, task) is None
+    assert refused(review, TASK.model_copy(update={"review_rate": 0.05})) is not None
+    assert refused(review.model_copy(update={"request_id": outside}), task)[0] == "not_in_review_sample"  # type: ignore[index]
+    with pytest.raises(ValueError, match="below review_rate"):
+        Task.model_validate({**task.model_dump(), "review_rate": 0.1, "review_surge_rate": 0.01})

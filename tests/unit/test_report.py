@@ -378,6 +378,28 @@ def test_the_review_sample_measures_what_was_served_against_people(registry: Reg
     assert "Served minus teacher on the same 9 requests: +11.1 points" in page
 
 
+def test_the_reviews_the_surge_alone_drew_are_left_out_of_what_the_report_estimates(registry: Registry) -> None:
+    """Requests drawn for review by the surge alone (``Decision.review_surge``: no certified rule
+    let the student answer) are not a uniform draw of the range: people's labels on them certify,
+    but the report's estimates of what was served keep to the review_rate sample. Two of the ten
+    sampled requests marked so, one of them reviewed, one pending: the numbers are the other eight's."""
+    events = with_reviews(recorded_events(40))
+    surge = {"r0004", "r0009"}  # r0009's review is refused (not an answer): it was pending
+    events.decisions = [d.model_copy(update={"review_surge": d.request_id in surge}) for d in events.decisions]
+    data = build(Basis.recorded(events), Context(ticket_task(), versions=registry.versions("acme", TASK)), Inputs())
+    people = data["people"]
+    assert (people["sampled"], people["reviewed"], people["pending"]) == (8, 8, 0)
+    whole = build(
+        Basis.recorded(with_reviews(recorded_events(40))),
+        Context(ticket_task(), versions=registry.versions("acme", TASK)),
+        Inputs(),
+    )["people"]
+    left = whole["served"]["correct"] - people["served"]["correct"]
+    traffic = events.traffic()
+    assert people["served"]["n"] == 8 and left == (PERSON[4] == traffic.served("r0004"))
+    assert "r0004" in traffic.reviews and traffic.surge == surge  # the label is kept (it certifies)
+
+
 def test_second_opinions_measure_people_and_catch_reviewers_who_share_the_teachers_mistakes(
     registry: Registry,
 ) -> None:
