@@ -232,6 +232,16 @@ def test_the_review_sample_judges_each_side_against_people(capsys: pytest.Captur
     assert lo < -1 / 3 < hi <= 1
     assert rep["versions"] == {"v1": rep["student_answered"]}
     assert s["recorded"]["answers_vs_people"]["teacher"] == rep["teacher"]  # the teacher is the same on both sides
+    # r2 drawn by the review surge alone (no certified rule then): its label certifies, but neither
+    # side estimates from it (not a uniform draw of the range); r3's split stays counted
+    t.surge = {"r2"}
+    s = replay(t, Candidate(loose, rescore=False), no_students).summary()
+    rec, rep = s["recorded"]["answers_vs_people"], s["replay"]["answers_vs_people"]
+    assert (rec["sampled"], rec["reviewed"], rec["pending"], rec["disputed"]) == (3, 2, 0, 1)
+    assert (rec["served"]["correct"], rec["served"]["n"]) == (1, 2) and (
+        rep["served"]["correct"],
+        rep["served"]["n"],
+    ) == (1, 2)
 
 
 def test_no_review_sample_no_accuracy_against_people() -> None:
