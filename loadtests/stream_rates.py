@@ -157,6 +157,7 @@ def in_process(
         "precision": version.manifest.precision,
         "batch": batch,
         "blas_threads": blas,
+        "threads": student.encoder.session_info["intra_op_threads"],  # as the scorer chose them (threads_for)
         "seq_per_s": done / elapsed,
         "cores": round(cores, 2),
     }
@@ -291,6 +292,7 @@ def run_layout(
         threads0 = broker_threads(quiet)
         busy0, t0, whole0 = {n: cpu_seconds(pid) or 0.0 for n, pid in quiet.items()}, time.monotonic(), machine_cpu()
         report["in_process"] = own = in_process(home, threads, texts, blas=blas)
+        report["scorer_threads"] = own["threads"]  # the version's precision decides them (threads_for)
         elapsed = time.monotonic() - t0
         # the machine's cores meanwhile: a host that takes cores away (steal) moves this figure
         own["machine_cores"] = cores_between(whole0, machine_cpu(), elapsed)

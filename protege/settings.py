@@ -109,7 +109,10 @@ class ScorerSettings(Settings):
     max_wait_ms: int = Field(5, ge=0, description="How long to wait to fill a micro-batch.")
     providers: str = Field("auto", description="auto, cpu or cuda.")
     threads: int = Field(
-        0, ge=0, description="ONNX Runtime intra-op threads (0: the cores the process may use: affinity, cgroup quota)."
+        0,
+        ge=0,
+        description="ONNX Runtime intra-op threads (0: by the graph: 1 for an int8 graph, which runs one text at a "
+        "time, else the cores the process may use: affinity, cgroup quota).",
     )
     spinning: bool = Field(
         False, description="Let ONNX Runtime's threads spin between batches (only on cores the scorer has alone)."

@@ -128,6 +128,19 @@ def sub_batch_for(precision: str, sub_batch: int) -> int:
     return 1 if precision == "int8" else sub_batch
 
 
+def threads_for(precision: str, threads: int) -> int:
+    """The ONNX Runtime intra-op threads a graph of this precision runs with (``threads``; 0:
+    chosen here). An int8 graph runs one text per run (``sub_batch_for``): the ops of one short
+    text are too small to split, and a second thread mostly sleeps and wakes — one thread scored
+    1.2-1.4x the sequences/s of two in-process, and the pipeline at 250 req/s and as fast as
+    possible spent 16-56% less scorer CPU per answer with it (``loadtests/inprocess_spread.py
+    --threads 0,1``, ``loadtests/stream_rates.py --scorer-threads '0|1'``, stop 36). An fp32
+    graph runs sub-batches of several texts: the cores the process may use (``cpu_budget``)."""
+    if threads > 0:
+        return threads
+    return 1 if precision == "int8" else cpu_budget()
+
+
 def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
     tok = Tokenizer.from_file(str(path))
     tok.enable_truncation(max_length=max_length)
@@ -303,7 +316,7 @@ class Student:
             folder / "tokenizer.json",
             max_length=self.manifest.max_length,
             providers=providers,
-            threads=threads,
+            threads=threads_for(self.manifest.precision, threads),
             sub_batch=sub_batch_for(self.manifest.precision, sub_batch),
             spinning=spinning,
         )

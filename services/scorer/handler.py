@@ -88,6 +88,7 @@ class Scorer:
             task=ann.task,
             version=ann.version,
             providers=student.providers,
+            precision=student.manifest.precision,  # int8: one thread unless PROTEGE_THREADS says (threads_for)
             **student.encoder.session_info,  # the ONNX Runtime threads it chose, and why (the cores it has)
         )
 

@@ -305,6 +305,7 @@ def test_int8_version_keeps_its_answers(
     texts = [r["text"] for r in held]
     fp32 = [o.label for o in Student(f.folder, providers="cpu").predict(texts)]
     int8 = Student(q.folder, providers="cpu")
+    assert int8.encoder.session_info["intra_op_threads"] == 1  # one text per run: one thread (threads_for)
     q8 = int8.predict(texts)
     assert np.mean(np.asarray(fp32) == np.asarray([o.label for o in q8])) >= 0.97
     # one text per run: an int8 answer does not depend on its batch-mates (float32 noise aside, as fp32's)
@@ -366,6 +367,17 @@ def test_the_session_fits_the_cores_the_process_has() -> None:
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert session_options(3, spinning=True).intra_op_num_threads == 3
     assert session_options(3, spinning=True).get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
+def test_an_int8_graph_runs_on_one_thread_unless_told() -> None:
+    """An int8 graph scores one text per run (``sub_batch_for``): too little work to split, so the
+    scorer's default (``PROTEGE_THREADS`` 0) gives it one thread; fp32 sub-batches get the cores;
+    a thread count asked for is kept."""
+    from protege.student.runtime import cpu_budget, sub_batch_for, threads_for
+
+    assert sub_batch_for("int8", 8) == 1 and threads_for("int8", 0) == 1
+    assert threads_for("fp32", 0) == cpu_budget()
+    assert threads_for("int8", 2) == 2 and threads_for("fp32", 3) == 3
 
 
 def test_denoising_drops_the_labels_the_student_confidently_contradicts() -> None:
