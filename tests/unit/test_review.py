@@ -485,3 +485,17 @@ def test_a_check_that_fails_leaves_the_rule_standing_and_the_harvest_going(tmp_p
         sample("protege_trainer_recertifications_total", {"tenant": "acme", "task": TASK.name, "outcome": "failed"})
         == 2
     )
+
+
+def test_the_bench_counts_the_labels_of_each_phase_and_the_surges_share() -> None:
+    from protege.cli.stream import labelled_by_phase
+    from protege.policy import in_review
+
+    ids = [f"bench-{i}" for i in range(400)]
+    base = [i for i in ids if in_review(i, 0.1)]
+    extra = [i for i in ids if in_review(i, 0.5) and not in_review(i, 0.1)]
+    phase_of = {i: "train" if n < 200 else "test" for n, i in enumerate(ids)}
+    counts = labelled_by_phase(base + extra + ["elsewhere-1"], phase_of, 0.1)
+    assert counts["train"]["labels"] + counts["test"]["labels"] == len(base) + len(extra)
+    assert counts["train"]["surge"] + counts["test"]["surge"] == len(extra) > 0
+    assert counts["other"] == {"labels": 1, "surge": int(not in_review("elsewhere-1", 0.1))}
