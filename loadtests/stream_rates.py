@@ -71,7 +71,7 @@ from protege.profiles import Profile
 from protege.registry import Registry
 from protege.settings import REPO, ScorerSettings, Settings
 from protege.state import read_all
-from protege.student.runtime import Student, cpu_budget
+from protege.student.runtime import Student
 from protege.task import load_task, write_task
 
 TENANT, TASK = "load", "ticket-triage"
@@ -270,7 +270,6 @@ def run_layout(
         "max_batch": max_batch or ScorerSettings().max_batch,
         "retry_backoff_ms": Settings().retry_backoff_ms if backoff is None else backoff,
         "round": round_ + 1,
-        "scorer_threads": threads or cpu_budget(),
         "blas_threads": ScorerSettings().blas_threads if blas is None else blas,
         "partitions": partitions or LocalPipeline.partitions,
         "name": name,

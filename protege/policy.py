@@ -168,8 +168,7 @@ class Router:
         self.policy_version = task.policy.version
         self.audit_rate = task.policy.audit_rate
         self.review_rate = task.review_rate
-        # while no certified rule lets the student answer (a targeted policy only: else a rule never shuts it out)
-        self.surge_rate = task.review_ceiling if task.policy.targeted else task.review_rate
+        self.surge_rate = task.surge_rate  # while no certified rule lets the student answer
         self.trial_audit_rate = task.student.canary.audit_rate  # both arms of a canary
         self.rules = Rules(task)
         self.checks = Checks(task)
@@ -193,6 +192,7 @@ class Router:
         rules = self.rules(scored) + self.checks(scored)
         signals = {} if student is None else signals_of(student)
         thresholds = self.thresholds
+        shut_out = student is None  # no certified rule lets it answer (the review sample surges)
         if student is None:
             failed = ["student_error" if scored.student_error else "no_student"]
         elif not self.judges_signals:
@@ -202,12 +202,12 @@ class Router:
             failed = []
             if found is None:  # recorded as a rule, so a replay of the decision reaches the same verdict
                 rules = [*rules, "no_certified_rule"]
+                shut_out = True
             else:
                 thresholds = found
                 failed = signal_checks(signals, thresholds)
         verdict = self.verdict(student is not None, failed + rules)
         req = scored.request
-        shut_out = student is None or "no_certified_rule" in rules
         review = in_review(req.request_id, self.surge_rate if shut_out else self.review_rate)
         rate = self.trial_audit_rate if student and student.arm else self.audit_rate
         return Decision(

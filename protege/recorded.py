@@ -92,8 +92,9 @@ class Traffic:
     teacher: dict[str, TeacherResult] = field(default_factory=dict)
     feedback: dict[str, Feedback] = field(default_factory=dict)  # corrections (reviews are apart)
     responses: dict[str, Response] = field(default_factory=dict)
-    sampled: set[str] = field(default_factory=set)  # in the review sample (the recorded decision says so)
-    # of them, drawn by the review surge alone (Task.review_surge_rate): not a uniform draw of the range
+    sampled: set[str] = field(default_factory=set)  # in the review_rate sample (the recorded decision says so)
+    # sent to people by the review surge alone (Decision.review_surge): they certify, but are not a uniform
+    # draw of the range, so estimates leave them out
     surge: set[str] = field(default_factory=set)
     opinions: dict[str, dict[str, str]] = field(default_factory=dict)  # a sampled request's reviewers -> label
     reviews: dict[str, str] = field(default_factory=dict)  # the label its people settled on (a majority)
@@ -143,15 +144,13 @@ class Events:
         for d in self.decisions:
             t.decisions.setdefault(d.request_id, d)
             if d.review:
-                t.sampled.add(d.request_id)
-                if d.review_surge:
-                    t.surge.add(d.request_id)
+                (t.surge if d.review_surge else t.sampled).add(d.request_id)
         for r in self.teacher:
             t.teacher[r.request_id] = r  # the last answer (a held request is answered once; a check after)
         for f in self.feedback:
             if f.kind == "correction":
                 t.feedback[f.request_id] = f  # the latest word
-            elif f.request_id in t.sampled:  # the harvester refuses a review outside the sample
+            elif f.request_id in t.sampled or f.request_id in t.surge:  # the harvester refuses the others
                 t.opinions.setdefault(f.request_id, {})[f.source] = f.label  # a reviewer's last word
         # Two people who split leave a request without a label until a third gives one a majority.
         t.reviews = {rid: label for rid, said in t.opinions.items() if (label := consensus(said)) is not None}

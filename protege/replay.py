@@ -476,7 +476,7 @@ def _row(traffic: Traffic, before: Scored, was: Decision | None, now: Decision, 
         review_label=traffic.reviews.get(rid),
         answer=answer,
         in_sample=in_sample,
-        sampled=rid in traffic.sampled and rid not in traffic.surge,
+        sampled=rid in traffic.sampled,
         flip=flip,
         matched=was is not None and same_decision(was, now),
         deviation=max((abs(was.signals[k] - v) for k, v in signals.items() if k in was.signals), default=None)

@@ -127,7 +127,7 @@ class Basis:
             if d is None:
                 undecided += 1
                 continue
-            if rid in traffic.reviews and rid not in traffic.surge:  # the uniform draw alone
+            if rid in traffic.reviews and rid in traffic.sampled:  # the uniform draw alone
                 teacher = traffic.teacher.get(rid)
                 reviewed.append(
                     Reviewed(
@@ -155,7 +155,7 @@ class Basis:
             undecided=undecided,
             audit_usd=sum(r.cost_usd for r in events.teacher if r.mode == "audit"),
             live=live_accuracy(events.teacher, sel.tenant, sel.task),
-            sampled=len(traffic.sampled - traffic.surge),
+            sampled=len(traffic.sampled),
             reviewed=reviewed,
             opinions=traffic.uniform_opinions,
         )

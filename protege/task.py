@@ -360,6 +360,12 @@ class Task(BaseModel):
         return max(self.review_rate, self.review_surge_rate or 0.0)
 
     @property
+    def surge_rate(self) -> float:
+        """The review sample's rate while no certified rule lets the student answer: the surge's
+        under a target (only a target shuts the student out for want of a rule), else ``review_rate``."""
+        return self.review_ceiling if self.policy.targeted else self.review_rate
+
+    @property
     def answers(self) -> list[str]:
         """Every valid teacher answer: the labels plus ``oos`` (out of scope)."""
         return [*self.labels, OOS] if OOS not in self.labels else list(self.labels)

@@ -188,8 +188,8 @@ def status(
         sys.stdout.write(json.dumps(got, indent=2) + "\n")
         return
     surge = (
-        f", {task.review_surge_rate:g} while no certified rule lets the student answer"
-        if task.review_surge_rate and task.review_surge_rate > task.review_rate and task.policy.targeted
+        f", {task.surge_rate:g} while no certified rule lets the student answer"
+        if task.surge_rate > task.review_rate
         else ""
     )
     console.print(f"[bold]{tenant}/{task_name}[/]: review_rate {task.review_rate:g}{surge}")

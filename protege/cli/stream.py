@@ -257,6 +257,7 @@ def _run_phases(
 
     windows: dict[str, tuple[int, int]] = {}  # phase -> [first, last] received_at_ms of its requests
     phase_of: dict[str, str] = {}  # request id -> its phase
+    the_task = load_tasks(Path(env["PROTEGE_TASKS_DIR"]))[task]
     with contextlib.ExitStack() as stack:
         p = stack.enter_context(LocalPipeline(home.resolve(), env=env, services=services))
         console.print(f"broker at {p.bootstrap}; service logs in {home / 'logs'}")
@@ -338,7 +339,7 @@ def _run_phases(
                     for g, ts in waits.items()
                 }
                 console.print(f"[yellow]not caught up after 60 s (records behind, per consumer group): {behind}[/]")
-            limit = load_tasks(Path(env["PROTEGE_TASKS_DIR"]))[task].student.canary.max_minutes * 60
+            limit = the_task.student.canary.max_minutes * 60
             await_verdict(settings, limit)
         models = asyncio.run(read_all(settings, settings.topics.models))
         dlq = asyncio.run(read_all(settings, settings.topics.requests_dlq))
@@ -357,12 +358,9 @@ def _run_phases(
                 "third_opinions": reviewing.third_opinions,
                 "held_at_the_end": len(reviewing.held),
                 # by phase, and of them the labels the surge alone drew (Task.review_surge_rate)
-                "by_phase": labelled_by_phase(
-                    reviewing.labelled, phase_of, load_tasks(Path(env["PROTEGE_TASKS_DIR"]))[task].review_rate
-                ),
+                "by_phase": labelled_by_phase(reviewing.labelled, phase_of, the_task.review_rate),
             }
         if export is not None:
-            the_task = load_tasks(Path(env["PROTEGE_TASKS_DIR"]))[task]
             summary["exports"] = {
                 name: _export_phase(settings, the_task, tenant, Selection(tenant, task, *window), export / name)
                 for name, window in windows.items()

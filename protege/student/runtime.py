@@ -132,9 +132,9 @@ def threads_for(precision: str, threads: int) -> int:
     """The ONNX Runtime intra-op threads a graph of this precision runs with (``threads``; 0:
     chosen here). An int8 graph runs one text per run (``sub_batch_for``): the ops of one short
     text are too small to split, and a second thread mostly sleeps and wakes — one thread scored
-    1.2-1.4x the sequences/s of two in-process, and the pipeline at 250 req/s and as fast as
-    possible spent 16-56% less scorer CPU per answer with it (``loadtests/inprocess_spread.py
-    --threads 0,1``, ``loadtests/stream_rates.py --scorer-threads '0|1'``, stop 36). An fp32
+    more sequences/s than two in-process in 12 of 12 rounds (median 1.11x), and the scorer spent
+    16-25% less CPU per answer at 250 req/s, 35-56% as fast as possible (``loadtests/inprocess_spread.py
+    --threads 2,1``, ``loadtests/stream_rates.py --scorer-threads '2|1'``, stop 36). An fp32
     graph runs sub-batches of several texts: the cores the process may use (``cpu_budget``)."""
     if threads > 0:
         return threads

@@ -234,7 +234,7 @@ def test_the_review_sample_judges_each_side_against_people(capsys: pytest.Captur
     assert s["recorded"]["answers_vs_people"]["teacher"] == rep["teacher"]  # the teacher is the same on both sides
     # r2 drawn by the review surge alone (no certified rule then): its label certifies, but neither
     # side estimates from it (not a uniform draw of the range); r3's split stays counted
-    t.surge = {"r2"}
+    t.sampled, t.surge = t.sampled - {"r2"}, {"r2"}
     s = replay(t, Candidate(loose, rescore=False), no_students).summary()
     rec, rep = s["recorded"]["answers_vs_people"], s["replay"]["answers_vs_people"]
     assert (rec["sampled"], rec["reviewed"], rec["pending"], rec["disputed"]) == (3, 2, 0, 1)
