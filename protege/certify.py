@@ -430,6 +430,46 @@ def out_of_scope_rose(evidence: Evidence, before: np.ndarray, after: np.ndarray,
     return f"the out-of-scope share rose from {k0 / n0:.1%} ({k0} of {n0} rows) to {k1 / n1:.1%} ({k1} of {n1})"
 
 
+CHANGE_LEAST = 20  # rows on each side of a change point (``change_point``)
+
+
+def change_point(hits: np.ndarray, first: int, confidence: float, least: int = CHANGE_LEAST) -> int | None:
+    """Where in ``hits`` (a boolean sequence in time order) its rate rose, at a place from
+    ``first`` on: the split into two Bernoulli segments of the highest likelihood among those
+    with at least ``least`` rows on either side and a higher rate after, kept when the
+    Clopper-Pearson lower bound after is above the upper bound before (each at half the error).
+    None when no such split shows (too few rows, or no rise).
+
+    A check that refutes a rule sees the rows since it was certified: yesterday's traffic up to
+    the shift and today's after it. Certifying the next rule on all of them mixes the two (a
+    CLINC150 run marked a second shift on such rows 60 s later, stop 36); the split starts
+    today's rows where the sequence changed. The split is the best of many, so the test after
+    it is optimistic: a split placed too late drops rows of today's traffic (a later rule, never
+    a looser one), one placed too early keeps rows of yesterday's, as all of them did before."""
+    n = len(hits)
+    first = max(first, least)
+    if n - first < least:
+        return None
+    up_to = np.concatenate([[0], np.cumsum(hits, dtype=np.int64)])
+    k = np.arange(first, n - least + 1)
+    k0, k1 = up_to[k], up_to[n] - up_to[k]
+    n0, n1 = k, n - k
+
+    def loglik(h: np.ndarray, m: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p = h / m
+            return np.nan_to_num(h * np.log(p)) + np.nan_to_num((m - h) * np.log1p(-p))
+
+    fit = np.where(k1 * n0 > k0 * n1, loglik(k0, n0) + loglik(k1, n1), -np.inf)
+    if not np.isfinite(fit).any():
+        return None
+    best = int(np.argmax(fit))
+    half = 1 - (1 - confidence) / 2
+    if cp_lower(int(k1[best]), int(n1[best]), half) <= cp_upper(int(k0[best]), int(n0[best]), half):
+        return None
+    return int(k[best])
+
+
 @dataclass(frozen=True)
 class Reconsidered:
     """A serving version's rule judged again on today's trusted rows (``reconsider``)."""
@@ -438,6 +478,9 @@ class Reconsidered:
     served_coverage: float  # the share of today's rows the rule it serves with accepts
     broken: bool  # the rows show the rule it serves with falls short: replace it at once
     why: str
+    # Broken, with the rows' order: the place (``order``'s value) from which the rows are today's
+    # traffic (``change_point``); None: every row since it was certified.
+    shift_from: int | None = None
 
 
 def reconsider(
@@ -448,6 +491,7 @@ def reconsider(
     recent: np.ndarray | None = None,
     today: np.ndarray | None = None,
     before: np.ndarray | None = None,
+    order: np.ndarray | None = None,
     gain: float = RECERTIFY_GAIN,
 ) -> Reconsidered | None:
     """Whether a serving version should serve with another rule, judged on trusted rows (None:
@@ -460,7 +504,11 @@ def reconsider(
     refute it without the choice of the rule biasing the test. ``today`` (a mask; None:
     ``recent``): what a replacement is certified on when they do — the rows before them sample
     traffic that is gone. ``before`` (a mask; None: no such test): the rows that sampled traffic
-    before them (reviewed, not a file), to compare the out-of-scope share with. Three cases:
+    before them (reviewed, not a file), to compare the out-of-scope share with. ``order`` (None:
+    not known): each row's place in time (the reviewed ones: before and recent); with it, a
+    broken rule's replacement is certified on the recent rows from where the sequence changed
+    (``change_point``: of the served rule's wrong answers when it fell short, of out-of-scope
+    cases when their share rose), not on all of them. Three cases:
 
     - the recent rows show the served rule falls short (``falls_short``), or that the share of
       out-of-scope traffic rose since it was certified (``out_of_scope_rose``): the rule ``today``
@@ -497,6 +545,30 @@ def reconsider(
                 accepted_by(served, newer.confidence, newer.ood, newer.oos_probability, newer.answered_oos).mean()
             )
             rows = recent if today is None else today
+            shift_from, moved = None, ""
+            if order is not None:
+                if short:
+                    taken = accepted_by(
+                        served, evidence.confidence, evidence.ood, evidence.oos_probability, evidence.answered_oos
+                    )
+                    hits, kind = taken & ~evidence.student_right, "its wrong answers"
+                else:
+                    assert evidence.out_of_scope is not None  # the share rose
+                    hits, kind = evidence.out_of_scope, "out of scope"
+                seq = recent if before is None else before | recent
+                places = np.flatnonzero(seq)[np.argsort(order[seq], kind="stable")]
+                first = int((seq & ~recent).sum())
+                at = change_point(hits[places], first, goal.confidence)
+                if at is not None and at > first:
+                    later = np.zeros(n, bool)
+                    later[places[at:]] = True
+                    rows = later | (rows & ~seq)  # today's rows, and the file's
+                    shift_from = int(order[places[at]])
+                    was_rate, now_rate = hits[places[first:at]].mean(), hits[places[at:]].mean()
+                    moved = (
+                        f"; the last {len(places) - at} of them are today's ({kind} {was_rate:.1%} of the "
+                        f"{at - first} before, {now_rate:.1%} since)"
+                    )
             fresh, now = certify(evidence.take(rows))
             what = "falls short of the target on" if short else f"was certified on other traffic ({rose}) in"
             return Reconsidered(
@@ -504,7 +576,8 @@ def reconsider(
                 covered,
                 True,
                 f"its rule ({was}, {covered:.1%} of them) {what} the {int(recent.sum())} trusted rows since it was "
-                f"certified; {int(rows.sum())} rows of today certify {now}",
+                f"certified{moved}; {int(rows.sum())} rows of today certify {now}",
+                shift_from,
             )
     covered = float(
         accepted_by(served, evidence.confidence, evidence.ood, evidence.oos_probability, evidence.answered_oos).mean()

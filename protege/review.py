@@ -138,6 +138,10 @@ class ReviewStore:
             for _, rid, row in sorted(done, key=lambda d: d[1])
         ]
 
+    def places(self, tenant: str, task: str) -> dict[str, int]:
+        """Each completed row's place in the order people completed them (request id to place)."""
+        return {rid: row[DONE] for rid, row in self.load(tenant, task).items() if DONE in row}
+
     def truth(self, tenant: str, task: Task, file: Sequence[Trusted] = ()) -> list[Trusted]:
         """The golden set a version of (tenant, task) is measured and certified on: the task's
         golden file and the reviewed rows (a file row wins an id both hold) completed since the

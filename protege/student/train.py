@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -591,6 +591,7 @@ class Recertified:
     metrics: dict[str, float]
     labels: list[str]
     trained_on: int
+    shift_from: int | None = None  # broken: the place from which the rows are today's (``reconsider``)
 
 
 def recertify_version(
@@ -601,13 +602,16 @@ def recertify_version(
     task: Task,
     truth: Sequence[Trusted],
     recent: Collection[str] | None = None,
+    places: Mapping[str, int] | None = None,
     threads: int = 0,
     trigger: str | None = None,
     gain: float = RECERTIFY_GAIN,
 ) -> Recertified | None:
     """The serving version in ``folder`` judged again on the trusted rows ``truth``
     (``protege.certify.reconsider``; ``recent``: the request ids of the reviewed rows completed
-    since its rule was certified, None: all of them): None when it keeps its rule, else a new
+    since its rule was certified, None: all of them; ``places``: each reviewed row's place in the
+    order people completed them, so a broken rule's replacement starts at the shift, not at its
+    certification, ``reconsider``): None when it keeps its rule, else a new
     version in the registry that shares its files (hard links where the file system allows)
     with the rule the rows certify — when the recent rows refute its rule, on them and the
     task's file rows alone — and a manifest that says so (``recertified_from``). A rule lives in
@@ -627,7 +631,8 @@ def recertify_version(
     today = None if after is None else after | ~reviewed  # and the task's file
     before = None if after is None else ~after & reviewed  # samples of the traffic it was certified on
     evidence = truth_evidence(trusted, truth)
-    verdict = reconsider(goal, evidence, s.rule, recent=after, today=today, before=before, gain=gain)
+    order = None if places is None else np.asarray([places.get(t.request_id, -1) for t in truth], dtype=np.int64)
+    verdict = reconsider(goal, evidence, s.rule, recent=after, today=today, before=before, order=order, gain=gain)
     if verdict is None:
         return None
     source = s.manifest
@@ -697,6 +702,7 @@ def recertify_version(
         metrics,
         source.labels,
         source.data.cases,
+        verdict.shift_from,
     )
 
 

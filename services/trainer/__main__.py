@@ -87,6 +87,7 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
             task=task,
             truth=reviews.truth(tenant, task, truths.get(task.name, ())),
             recent=recent,
+            places=reviews.places(tenant, task.name),
             threads=settings.trainer_threads,
         )
 

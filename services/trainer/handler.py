@@ -285,8 +285,9 @@ class Trainer:
         """Every ``recertify_every`` rows people complete, the serving version's rule judged again
         on the trusted rows (``protege.certify.reconsider``). When the rows completed since it was
         certified — out of sample for it — show it falls short, the traffic has shifted: the rows
-        before them stop counting (``ReviewStore.mark_shift``: for this check, every later one and
-        every retrain), and the rule the rows since certify — stricter, or none — replaces it at
+        before the shift stop counting (``ReviewStore.mark_shift``, from where the rows since
+        certification changed when they show it, else all of them: for this check, every later
+        one and every retrain), and the rule the rows since certify — stricter, or none — replaces it at
         once, as a new version with the same files. A looser rule the rows now certify (a
         version that had too few to certify anything) comes as any candidate does, on trial where
         canaries are on. Not while a candidate is on trial, nor before this trainer's own last
@@ -333,8 +334,9 @@ class Trainer:
             rows=done,
             since=since,
         )
-        if result.broken:
-            self.reviews.mark_shift(tenant, task_name, since, f"{result.source}: {result.why}")
+        if result.broken:  # from where the rows changed, else every row since it was certified
+            shift = since if result.shift_from is None else max(since, result.shift_from)
+            self.reviews.mark_shift(tenant, task_name, shift, f"{result.source}: {result.why}")
         self.certified_at[key] = done
         fields: dict[str, Any] = {"labels": result.labels, "metrics": result.metrics, "trained_on": result.trained_on}
         made = f"{result.source} re-certified: {result.why}"

@@ -12,6 +12,7 @@ from protege.certify import (
     Goal,
     OutOfScope,
     accepted_by,
+    change_point,
     choose_rule,
     could_pass,
     cp_lower,
@@ -378,6 +379,55 @@ def test_the_out_of_scope_share_test_fires_on_a_rise_only() -> None:
     assert said is not None and said.startswith("the out-of-scope share rose from 0.8% (4 of 500 rows) to 18.4%")
     assert out_of_scope_rose(rows, first, np.zeros(len(rows), bool), 0.95) is None  # nothing since
     assert out_of_scope_rose(replace(rows, out_of_scope=None), ~first, first, 0.95) is None  # no oos label
+
+
+def test_the_change_point_finds_where_a_rate_rose_and_nothing_where_it_did_not() -> None:
+    """300 rows certified a rule at 1.3% out of scope, then 100 more of that traffic and 150 at
+    18% (CLINC150's shift): the split lands near the shift; on steady traffic, or one whose rate
+    fell, there is none but for a few (its test is optimistic, being the best of many splits:
+    6 of these 100 steady runs find one; a split only places a shift a check already found)."""
+    near = steady = fell = 0
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        moved = np.concatenate([rng.uniform(size=400) < 0.013, rng.uniform(size=150) < 0.18])
+        at = change_point(moved, 300, 0.95)
+        near += at is not None and abs(at - 400) <= 25
+        still = rng.uniform(size=550) < 0.05
+        steady += change_point(still, 300, 0.95) is None
+        down = np.concatenate([rng.uniform(size=400) < 0.18, rng.uniform(size=150) < 0.013])
+        fell += change_point(down, 300, 0.95) is None
+    assert near >= 85 and steady >= 90 and fell == 100, (near, steady, fell)
+    assert change_point(np.ones(30, bool), 0, 0.95) is None  # too few rows for two sides of 20
+    split = np.arange(100) >= 60
+    assert change_point(split, 0, 0.95) == 60 and change_point(split, 70, 0.95) == 70  # never before `first`
+
+
+def test_a_broken_rule_is_replaced_on_the_rows_from_the_shift_on() -> None:
+    """The rows since certification hold 100 of yesterday's traffic before 200 of today's (out
+    of scope 1.3% then 18%): with the rows' order, the replacement is certified on today's rows
+    alone and the place it starts is where the shift was."""
+    goal = Goal(margin=0.02, confidence=0.95)
+    close = 0
+    for seed in range(20):
+        past = scoped(2000, seed, out_share=0.013, teacher_error=0.1)
+        served = choose_rule(goal, past)
+        if served is None:
+            continue
+        rows = joined_scoped(
+            joined_scoped(past, scoped(100, 500 + seed, out_share=0.013, teacher_error=0.1)),
+            scoped(200, 1000 + seed, out_share=0.18, teacher_error=0.1),
+        )
+        recent = np.arange(len(rows)) >= len(past)
+        order = np.arange(len(rows)) + 7  # places need not start at 0
+        verdict = reconsider(goal, rows, served, recent=recent, before=~recent, order=order)
+        assert verdict is not None and verdict.broken and verdict.shift_from is not None, verdict
+        today = order >= verdict.shift_from
+        assert verdict.rule == choose_rule(goal, rows.take(today))
+        assert f"the last {int(today.sum())} of them are today's (out of scope" in verdict.why, verdict.why
+        close += abs(verdict.shift_from - 7 - 2100) <= 25
+        plain = reconsider(goal, rows, served, recent=recent, before=~recent)  # no order: every row since
+        assert plain is not None and plain.shift_from is None and plain.rule == choose_rule(goal, rows.take(recent))
+    assert close >= 17, close
 
 
 def joined_scoped(a: Evidence, b: Evidence) -> Evidence:

@@ -324,8 +324,18 @@ def test_the_trainer_judges_the_serving_rule_again_every_so_many_reviewed_rows(t
             else AcceptRule(target_accuracy=0.9, confidence_level=0.95, min_confidence=0.5, max_ood=1.0, coverage=0.8)
         )
         n = len(judged)
+        shift_from = 7 if broken else None  # the rows changed one row after its certification
         return Recertified(
-            f"v000{n}-abc", tmp_path / f"v000{n}-abc", serving.name, rule, broken, "why", {"m": 1.0}, ["billing"], 7
+            f"v000{n}-abc",
+            tmp_path / f"v000{n}-abc",
+            serving.name,
+            rule,
+            broken,
+            "why",
+            {"m": 1.0},
+            ["billing"],
+            7,
+            shift_from,
         )
 
     async def serving_folder(tenant: str, task: str) -> Path | None:
@@ -375,9 +385,10 @@ def test_the_trainer_judges_the_serving_rule_again_every_so_many_reviewed_rows(t
     assert judged[-1] == ("v0001-abc", 9, 6)  # the rows since its rule was last judged: 6, 7, 8
     assert ann.version == "v0002-abc" and ann.action == "serve" and ann.share is None  # at once, no trial
     assert ann.reason == "v0001-abc re-certified: why" and ann.trained_on == 7 and out.topic == T.models
-    # the rows since showed a shift: those before no longer count, here and after a restart
-    assert reviewed.shift("acme", TASK.name) == 6 and ReviewStore(tmp_path / "review").shift("acme", TASK.name) == 6
-    assert [t.request_id for t in reviewed.golden("acme", TASK)] == ["g6", "g7", "g8"]
+    # the rows since showed a shift from the second of them on: those before no longer count,
+    # here and after a restart
+    assert reviewed.shift("acme", TASK.name) == 7 and ReviewStore(tmp_path / "review").shift("acme", TASK.name) == 7
+    assert [t.request_id for t in reviewed.golden("acme", TASK)] == ["g7", "g8"]
     assert len(reviewed.golden("acme", TASK, since=0)) == 9
     state["serving"] = tmp_path / "v0002-abc"
     assert review(3) == [] and len(judged) == 2  # its own announcement not read back yet
