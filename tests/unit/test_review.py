@@ -313,7 +313,7 @@ def test_the_trainer_judges_the_serving_rule_again_every_so_many_reviewed_rows(t
     state: dict[str, ModelAnnouncement | Path | None] = {"serving": None, "canary": None}
     read_back: list[str] = []  # the versions the serving view has read
 
-    def recertify(tenant: str, task: Task, serving: Path, since: int | None) -> Recertified | None:
+    def recertify(tenant: str, task: Task, serving: Path, since: int | None, anew: bool) -> Recertified | None:
         judged.append((serving.name, reviewed.done(tenant, task.name), since))
         broken = verdicts[len(judged) - 1]
         if broken is None:
@@ -418,7 +418,7 @@ def test_retraining_often_does_not_keep_the_serving_rule_from_being_judged(tmp_p
     def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
         return TrainResult(f"v{len(cases)}", tmp_path / f"v{len(cases)}", {}, ["billing", "refund"], True, "passed")
 
-    def recertify(tenant: str, task: Task, serving: Path, since: int | None) -> Recertified | None:
+    def recertify(tenant: str, task: Task, serving: Path, since: int | None, anew: bool) -> Recertified | None:
         judged.append((reviewed.done(tenant, task.name), since))
         return None
 
@@ -462,7 +462,7 @@ def test_retraining_often_does_not_keep_the_serving_rule_from_being_judged(tmp_p
 def test_a_check_that_fails_leaves_the_rule_standing_and_the_harvest_going(tmp_path: Path) -> None:
     calls: list[int] = []
 
-    def recertify(tenant: str, task: Task, serving: Path, since: int | None) -> Recertified | None:
+    def recertify(tenant: str, task: Task, serving: Path, since: int | None, anew: bool) -> Recertified | None:
         calls.append(len(calls))
         raise OSError("the registry's disk is full")
 
@@ -510,3 +510,111 @@ def test_the_bench_counts_the_labels_of_each_phase_and_the_surges_share() -> Non
     assert counts["train"]["labels"] + counts["test"]["labels"] == len(base) + len(extra)
     assert counts["train"]["surge"] + counts["test"]["surge"] == len(extra) > 0
     assert counts["other"] == {"labels": 1, "surge": int(not in_review("elsewhere-1", 0.1))}
+
+
+def test_a_retrain_in_the_worker_thread_lets_the_rule_be_judged_meanwhile(tmp_path: Path) -> None:
+    """With ``background`` the retrain runs in a worker thread and batches go on being read: the
+    serving rule is judged on the rows reviewed meanwhile (a shift is marked and the rule
+    replaced before the retrain ends), no second retrain starts beside it, and the retrain's
+    candidate, whose rule was certified on rows the shift ruled out, is certified again on
+    today's rows before it is announced — after the retrain, by the idle poll."""
+    release = __import__("threading").Event()
+    trained: list[int] = []
+    judged: list[tuple[str, int | None, bool]] = []
+    state: dict[str, Path] = {"serving": tmp_path / "v0001-abc"}
+    read_back: list[str] = []
+
+    def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
+        trained.append(len(cases))
+        assert release.wait(30), "the test never released the retrain"
+        return TrainResult("v0002-new", tmp_path / "v0002-new", {"m": 1.0}, ["billing", "refund"], True, "passed")
+
+    def recertify(tenant: str, task: Task, serving: Path, since: int | None, anew: bool) -> Recertified | None:
+        judged.append((serving.name, since, anew))
+        name = "v0004-new" if anew else "v0003-abc"
+        why = "a shift was marked while it trained; 2 trusted rows of today certify nothing" if anew else "short"
+        return Recertified(
+            name, tmp_path / name, serving.name, None, not anew, why, {"m": 2.0}, ["billing", "refund"], 9, 5
+        )
+
+    async def serving_folder(tenant: str, task: str) -> Path | None:
+        return state["serving"]
+
+    reviewed = ReviewStore(tmp_path / "review")
+    trainer = Trainer(
+        TASKS,
+        T,
+        CaseStore(tmp_path / "cases"),
+        train,
+        min_cases=4,
+        retrain_every=4,
+        reviews=reviewed,
+        serving=serving_folder,
+        recertify=recertify,
+        recertify_every=3,
+        has_read=lambda tenant, task, version: version in read_back,
+        background=True,
+    )
+    offset = 0
+
+    def batch(cases: int, rows: int) -> list[Out]:
+        nonlocal offset
+        got: list[Received[HarvestCase]] = []
+        for _ in range(cases):
+            case = half(f"c{offset}", "billing" if offset % 2 else "refund", "teacher")
+            got.append(Received(case.model_copy(update={"reason": "escalated"}), T.harvest, offset=offset))
+            offset += 1
+        for _ in range(rows):
+            for h in (half(f"g{offset}", "billing", "teacher"), half(f"g{offset}", "billing", "feedback")):
+                got.append(Received(h, T.harvest, offset=offset))
+            offset += 1
+        return asyncio.run(trainer.handle(got))
+
+    try:
+        assert batch(cases=4, rows=0) == []  # the first student: training, not waited for
+        assert batch(cases=8, rows=0) == [] and trained == [4]  # due again, but one retrain at a time
+        assert asyncio.run(trainer.idle()) == []  # nothing ended yet
+        (out,) = batch(cases=0, rows=3)  # judged while it trains: the rule falls short
+        broken = ModelAnnouncement.model_validate_json(out.value)
+        assert broken.version == "v0003-abc" and broken.action == "serve" and judged == [("v0001-abc", 3, False)]
+        assert reviewed.shift("acme", TASK.name) == 5  # where the rows changed (shift_from)
+        read_back.append("v0003-abc")
+        state["serving"] = tmp_path / "v0003-abc"
+        release.set()
+        trainer.settle(30)
+        (out,) = asyncio.run(trainer.idle())
+        ann = ModelAnnouncement.model_validate_json(out.value)
+        # certified again on today's rows, then a candidate against what serves now
+        assert judged[-1] == ("v0002-new", None, True) and ann.version == "v0004-new" and ann.trained_on == 4
+        assert ann.reason is not None and ann.reason.startswith("v0002-new re-certified: a shift was marked")
+        assert asyncio.run(trainer.idle()) == [] and trainer.training == {}
+    finally:
+        release.set()
+        trainer.settle(30)
+
+
+def test_a_retrain_that_fails_in_the_worker_thread_is_logged_and_tried_again(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
+        calls.append(len(cases))
+        if len(calls) == 1:
+            raise MemoryError("the first retrain ran out of memory")
+        return TrainResult("v0001-abc", tmp_path / "v0001-abc", {}, ["billing", "refund"], True, "passed")
+
+    trainer = Trainer(TASKS, T, CaseStore(tmp_path / "cases"), train, min_cases=4, retrain_every=100, background=True)
+    cases = [
+        Received(
+            half(f"c{i}", "billing" if i % 2 else "refund", "teacher").model_copy(update={"reason": "escalated"}),
+            T.harvest,
+            offset=i,
+        )
+        for i in range(12)
+    ]
+    assert asyncio.run(trainer.handle(cases[:4])) == []
+    trainer.settle(30)
+    assert asyncio.run(trainer.idle()) == [] and calls == [4]  # failed: nothing announced, nothing raised
+    assert asyncio.run(trainer.handle(cases[4:8])) == []  # held back: again at min_cases new cases
+    trainer.settle(30)
+    (out,) = asyncio.run(trainer.idle())
+    assert ModelAnnouncement.model_validate_json(out.value).version == "v0001-abc" and calls == [4, 8]
