@@ -115,6 +115,17 @@ def demo(
         report_json.write_text(json.dumps(summary, indent=2))
 
 
+def wait_no_partial(folder: Path, timeout: float = 600.0) -> bool:
+    """Wait until no version is being written under ``folder`` (``.vNNNN.partial``, the trainer's
+    retrain or a fine-tune in progress); False at ``timeout`` (one a crash left behind)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not folder.is_dir() or not any(p.name.endswith(".partial") for p in folder.iterdir()):
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def _stream_run(
     home: Path,
     env: dict[str, str],
@@ -319,6 +330,9 @@ def _run_phases(
                 asyncio.run(
                     wait_quiet(settings, {"harvester": [t.teacher_results, t.feedback], "trainer": [t.harvest]})
                 )
+                # the trainer reads on while it retrains (in a worker thread): a retrain writes its
+                # version in a partial folder until it ends; the next phase starts after it
+                wait_no_partial(home.resolve() / "registry" / tenant / task)
                 if between is not None:
                     between(p)
                 time.sleep(5)  # the scorer loads the last announced version

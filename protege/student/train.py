@@ -31,12 +31,14 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -69,6 +71,9 @@ from protege.student.manifest import (
 )
 from protege.student.runtime import Bank, Encoder, softmax, sub_batch_for
 from protege.task import OOS, Gates, Task
+
+if TYPE_CHECKING:
+    from protege.student.runtime import Student
 
 HEAD_C = 30.0  # chosen on a split carved from BANKING77's train: C 1/3/10/30/100 -> val 0.913/0.924/0.924/0.927/0.927 (benchmarks/recipe.py)
 KNN_K = 10  # at most; never more than the smallest label's cases in the bank (see knn_k)
@@ -520,15 +525,48 @@ def scores_of(
     labels: Sequence[str],
     temperature: float,
     bank: Bank,
+    run: Callable[[list[str]], dict[str, np.ndarray]] | None = None,
 ) -> tuple[Scores, np.ndarray]:
-    """(calibrated scores, raw logits) of a served graph on a labelled set."""
+    """(calibrated scores, raw logits) of a served graph on a labelled set (``run``: what runs the
+    graph on the texts, ``encoder.run_all`` unless given, e.g. ``encoded``)."""
     index = {label: i for i, label in enumerate(labels)}
     y = np.asarray([index.get(v, -1) for v in y_names], dtype=np.int64)
     if not texts:
         return Scores(np.zeros((0, len(labels))), np.zeros(0), y), np.zeros((0, len(labels)))
-    out = encoder.run_all(list(texts))
+    out = (run or encoder.run_all)(list(texts))
     probs, ood = bank.view(out["embedding"], out["logits"], temperature)
     return Scores(probs, ood, y, index.get(OOS, -1)), out["logits"]
+
+
+ENCODED_MODELS = 3  # model files whose outputs ``encoded`` keeps
+_encoded: OrderedDict[tuple[int, ...], dict[str, tuple[np.ndarray, np.ndarray]]] = OrderedDict()
+_encoded_lock = threading.Lock()
+
+
+def encoded(student: Student, folder: Path, texts: list[str]) -> dict[str, np.ndarray]:
+    """``student.encoder.run_all(texts)`` (its embedding and logits), each text's outputs kept per
+    model file (the newest ``ENCODED_MODELS``) and run once. The serving version is judged again
+    every ``recertify_every`` reviewed rows on all of them — thousands of texts, seconds of CPU each
+    time on the cores a retrain needs (CLINC150 with a review surge: a check every few seconds) —
+    and its re-certified copies share its file (hard links): only the rows new since the last check
+    run. A file is known by device, inode, size and modification time; an int8 graph scores one
+    text per run, so a text's outputs do not depend on the others'."""
+    st = (folder / "model.onnx").stat()
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, student.manifest.max_length)
+    with _encoded_lock:
+        known = _encoded.setdefault(key, {})
+        _encoded.move_to_end(key)
+        while len(_encoded) > ENCODED_MODELS:
+            _encoded.popitem(last=False)
+        new = [t for t in dict.fromkeys(texts) if t not in known]
+        if new:
+            out = student.encoder.run_all(new)
+            for i, text in enumerate(new):
+                known[text] = (out["embedding"][i], out["logits"][i])
+        return {
+            "embedding": np.stack([known[t][0] for t in texts]),
+            "logits": np.stack([known[t][1] for t in texts]),
+        }
 
 
 def latency_ms(encoder: Encoder, texts: Sequence[str], runs: int = 40) -> tuple[float, float]:
@@ -638,7 +676,13 @@ def recertify_version(
     s = Student(folder, providers="cpu", threads=threads)
     goal = task.policy.goal(DEFAULT_TARGET)
     trusted, _ = scores_of(
-        s.encoder, [t.text for t in truth], [t.label for t in truth], s.labels, s.temperature, s.bank
+        s.encoder,
+        [t.text for t in truth],
+        [t.label for t in truth],
+        s.labels,
+        s.temperature,
+        s.bank,
+        run=partial(encoded, s, folder),
     )
     after = None if recent is None else np.asarray([t.request_id in recent for t in truth], dtype=bool)
     reviewed = np.asarray([t.source == "review" for t in truth], dtype=bool)
@@ -650,7 +694,7 @@ def recertify_version(
         rule = choose_rule(goal, evidence)
         now = "nothing" if rule is None else f"confidence >= {rule.min_confidence:.2f} ({rule.coverage:.1%})"
         verdict: Reconsidered | None = Reconsidered(
-            rule, 0.0, False, f"a shift was marked while it trained; {len(truth)} trusted rows of today certify {now}"
+            rule, 0.0, False, f"certified when it started training; {len(truth)} trusted rows of today certify {now}"
         )
     else:
         verdict = reconsider(goal, evidence, s.rule, recent=after, today=today, before=before, order=order, gain=gain)

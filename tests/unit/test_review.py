@@ -618,3 +618,84 @@ def test_a_retrain_that_fails_in_the_worker_thread_is_logged_and_tried_again(tmp
     trainer.settle(30)
     (out,) = asyncio.run(trainer.idle())
     assert ModelAnnouncement.model_validate_json(out.value).version == "v0001-abc" and calls == [4, 8]
+
+
+@pytest.mark.parametrize(("ours", "announced"), [(0.3, False), (0.7, True)])
+def test_a_retrain_that_ends_after_a_check_replaced_the_serving_rule_is_gated_on_todays_rows(
+    tmp_path: Path, ours: float, announced: bool
+) -> None:
+    """A check loosened the serving rule while the retrain ran (no shift): the candidate, gated
+    against the rule that served when it started, is certified again on today's rows and
+    announced only if it covers no less of them than what serves now (the gates' tolerance)."""
+    release = __import__("threading").Event()
+    anew: list[str] = []
+    state: dict[str, Path] = {"serving": tmp_path / "v0001-abc"}
+    serving_ann = ModelAnnouncement(
+        tenant="acme",
+        task=TASK.name,
+        version="v0002-abc",
+        path=str(tmp_path),
+        metrics={"truth_coverage": 0.6},
+        labels=["billing", "refund"],
+        trained_on=8,
+        announced_at_ms=1,
+    )
+
+    def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
+        assert release.wait(30)
+        return TrainResult("v0003-new", tmp_path / "v0003-new", {}, ["billing", "refund"], True, "passed")
+
+    def recertify(tenant: str, task: Task, serving: Path, since: int | None, is_anew: bool) -> Recertified | None:
+        anew.append(serving.name) if is_anew else None
+        rule = AcceptRule(target_accuracy=0.9, confidence_level=0.95, min_confidence=0.5, max_ood=1.0, coverage=0.6)
+        if is_anew:
+            return Recertified(
+                "v0004-new", tmp_path / "v0004-new", serving.name, rule, False, "today", {"truth_coverage": ours}, [], 8
+            )
+        return Recertified("v0002-abc", tmp_path / "v0002-abc", serving.name, rule, False, "looser", {}, [], 8)
+
+    async def serving_folder(tenant: str, task: str) -> Path | None:
+        return state["serving"]
+
+    trainer = Trainer(
+        TASKS,
+        T,
+        CaseStore(tmp_path / "cases"),
+        train,
+        min_cases=4,
+        retrain_every=1000,
+        reviews=ReviewStore(tmp_path / "review"),
+        serving=serving_folder,
+        trials=lambda tenant, task: (None, serving_ann),
+        recertify=recertify,
+        recertify_every=2,
+        has_read=lambda tenant, task, version: True,
+        background=True,
+    )
+    got: list[Received[HarvestCase]] = [
+        Received(
+            half(f"c{i}", ("billing", "refund")[i % 2], "teacher").model_copy(update={"reason": "escalated"}),
+            T.harvest,
+            offset=i,
+        )
+        for i in range(4)
+    ]
+    try:
+        assert asyncio.run(trainer.handle(got)) == []  # training
+        rows = [
+            h for i in range(2) for h in (half(f"g{i}", "billing", "teacher"), half(f"g{i}", "billing", "feedback"))
+        ]
+        (out,) = asyncio.run(trainer.handle([Received(h, T.harvest, offset=10 + i) for i, h in enumerate(rows)]))
+        assert ModelAnnouncement.model_validate_json(out.value).version == "v0002-abc"  # the looser rule
+        state["serving"] = tmp_path / "v0002-abc"
+        release.set()
+        trainer.settle(30)
+        outs = asyncio.run(trainer.idle())
+        assert anew == ["v0003-new"]
+        assert [ModelAnnouncement.model_validate_json(o.value).version for o in outs] == (
+            ["v0004-new"] if announced else []
+        )
+        assert (("acme", TASK.name) in trainer.held_back) is not announced
+    finally:
+        release.set()
+        trainer.settle(30)

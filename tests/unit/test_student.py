@@ -22,6 +22,7 @@ from protege.student.train import (
     Trusted,
     choose_rule,
     ece,
+    encoded,
     fit_temperature,
     gate_failures,
     macro_f1,
@@ -689,3 +690,31 @@ def test_the_scorer_caps_numpys_blas_threads_and_says_so() -> None:
         capped = limit_blas(1)
         assert capped and set(capped.values()) == {1}
         assert limit_blas(0) == capped
+
+
+def test_a_checked_version_runs_its_graph_only_on_texts_it_has_not_scored(version, tmp_path: Path) -> None:
+    """The serving rule is judged again every so many reviewed rows on all of them: each text's
+    outputs are kept per model file (a re-certified copy shares it by a hard link), and equal
+    what the graph gives."""
+    from protege.student.runtime import Student
+    from protege.student.train import link_or_copy
+
+    result, held = version
+    texts = [f"{r['text']} (a text no other test scores)" for r in held[:40]]
+    s = Student(result.folder, providers="cpu")
+    direct = s.encoder.run_all(texts)
+    ran: list[int] = []
+    run_all = s.encoder.run_all
+    s.encoder.run_all = lambda batch: ran.append(len(batch)) or run_all(batch)  # type: ignore[method-assign]
+    first = encoded(s, result.folder, texts[:25])
+    both = encoded(s, result.folder, texts)
+    assert ran == [25, 15]  # the 15 new ones only
+    for key in ("embedding", "logits"):
+        np.testing.assert_allclose(first[key], direct[key][:25], atol=1e-5)
+        np.testing.assert_allclose(both[key], direct[key], atol=1e-5)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    link_or_copy(result.folder / "model.onnx", copy / "model.onnx")
+    if (copy / "model.onnx").stat().st_ino == (result.folder / "model.onnx").stat().st_ino:
+        encoded(s, copy, texts)
+        assert ran == [25, 15]  # the same file: nothing to run
