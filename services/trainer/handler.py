@@ -26,7 +26,8 @@ certify, as a new version sharing its files.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,12 +162,18 @@ class Trainer:
         recertify: Recertify | None = None,
         recertify_every: int = 100,
         background: bool = False,
+        observe_every_s: float = 1.0,
     ) -> None:
         """``background``: retrain in a worker thread while batches go on being read, so the
         serving rule is judged on the rows people review meanwhile (a retrain took 58-82 s on
         CLINC150 and no check ran during it, stop 36); its announcement rides the first batch, or
         idle poll (``idle``), after it ends. False: the batch that triggers it waits for it."""
         self.tasks = tasks
+        # The review gauges are counted over every row: once a second at most, not per batch (a
+        # trainer reading small batches while it retrains spent most of its loop there).
+        self.observe_every_s = observe_every_s
+        self.observed: dict[tuple[str, str], float] = {}  # when (monotonic) the gauges were last set
+        self.unobserved: set[tuple[str, str]] = set()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrain") if background else None
         self.training: dict[tuple[str, str], Training] = {}  # in the worker thread, per (tenant, task)
         self.reviews = reviews
@@ -226,7 +233,7 @@ class Trainer:
             self.trained_at[(tenant, task)] = last
             if not passed:
                 self.held_back.add((tenant, task))
-        if len({c.label for c in self.store.load(tenant, task).values()}) < 2:
+        if not two_labels(self.store.load(tenant, task).values()):
             return None
         if last is None:
             return f"first student: {n} cases" if n >= self.min_cases else None
@@ -250,7 +257,10 @@ class Trainer:
         return None
 
     async def idle(self) -> list[Out]:
-        """Between batches: the announcements of retrains that ended meanwhile."""
+        """Between batches: the announcements of retrains that ended meanwhile (and the review
+        gauges a recent batch left unset)."""
+        for tenant, task in sorted(self.unobserved):
+            self.observe_reviews(tenant, task)
         return await self.finished()
 
     async def handle(self, received: Sequence[Received[HarvestCase | Alert]]) -> list[Out]:
@@ -269,8 +279,10 @@ class Trainer:
                     reviewed.add((event.tenant, event.task))
             elif self.store.add(event):
                 touched.add((event.tenant, event.task))
-        for tenant, task in sorted(reviewed):
-            self.observe_reviews(tenant, task)
+        self.unobserved |= reviewed
+        for tenant, task in sorted(self.unobserved):
+            if time.monotonic() - self.observed.get((tenant, task), -1e9) >= self.observe_every_s:
+                self.observe_reviews(tenant, task)
         for task in alarms:  # the alarm is per task: every tenant with new cases
             touched |= {(tenant, task) for tenant in self.store.tenants(task)}
         # The serving rule is judged before a retrain, not only in batches without one: a trainer
@@ -293,6 +305,8 @@ class Trainer:
         agreed with the teacher on them, with each other (second opinions), and the rows they
         split on."""
         assert self.reviews is not None
+        self.observed[(tenant, task)] = time.monotonic()
+        self.unobserved.discard((tenant, task))
         rows = self.reviews.golden(tenant, self.tasks[task])
         metrics.REVIEWED_ROWS.labels(tenant, task).set(len(rows))
         if rows:
@@ -506,6 +520,18 @@ class Trainer:
         )
         self.announced[key] = (version, now_ms())
         return [Out.of(self.topics.models, ann)]
+
+
+def two_labels(cases: Iterable[Case]) -> bool:
+    """Whether ``cases`` hold at least two labels (a classifier needs two), read only as far as
+    the second: asked on every batch, over every case."""
+    first = None
+    for case in cases:
+        if first is None:
+            first = case.label
+        elif case.label != first:
+            return True
+    return False
 
 
 def announcement(out: Out) -> ModelAnnouncement:

@@ -230,7 +230,7 @@ def test_the_trainer_never_learns_a_reviewed_case(tmp_path: Path) -> None:
         return TrainResult("v1", tmp_path / "v1", {}, ["billing", "refund"], False, "held back")
 
     store, reviewed = CaseStore(tmp_path / "cases"), ReviewStore(tmp_path / "review")
-    trainer = Trainer(TASKS, T, store, train, min_cases=4, retrain_every=1000, reviews=reviewed)
+    trainer = Trainer(TASKS, T, store, train, min_cases=4, retrain_every=1000, reviews=reviewed, observe_every_s=0)
     halves = [half(f"g{i}", "billing" if i % 2 else "refund", "teacher") for i in range(6)]
     asyncio.run(trainer.handle([Received(h, T.harvest, offset=i) for i, h in enumerate(halves)]))
     assert trained == [] and store.counts("acme", TASK.name) == (0, 0)  # no case, no retrain
@@ -699,3 +699,34 @@ def test_a_retrain_that_ends_after_a_check_replaced_the_serving_rule_is_gated_on
     finally:
         release.set()
         trainer.settle(30)
+
+
+def test_the_review_gauges_are_set_once_a_second_at_most_and_on_the_idle_poll(tmp_path: Path) -> None:
+    """They count every row: a trainer reading small batches while it retrains spent most of its
+    loop there. What a batch left unset, the next idle poll sets."""
+    trainer = Trainer(
+        TASKS,
+        T,
+        CaseStore(tmp_path / "cases"),
+        lambda *a: None,  # type: ignore[arg-type,return-value]
+        min_cases=4,
+        retrain_every=1000,
+        reviews=ReviewStore(tmp_path / "review"),
+        observe_every_s=3600,
+    )
+    labels = {"tenant": "acme", "task": TASK.name}
+    sample = metrics.REGISTRY.get_sample_value
+    offset = 0
+
+    def row(rid: str) -> None:
+        nonlocal offset
+        halves = [half(rid, "billing", "teacher"), half(rid, "billing", "feedback")]
+        asyncio.run(trainer.handle([Received(h, T.harvest, offset=offset + i) for i, h in enumerate(halves)]))
+        offset += 2
+
+    row("gauge-1")
+    assert sample("protege_reviewed_golden_rows", labels) == 1  # the first batch sets them
+    row("gauge-2")
+    assert sample("protege_reviewed_golden_rows", labels) == 1  # within the second: not yet
+    assert asyncio.run(trainer.idle()) == []
+    assert sample("protege_reviewed_golden_rows", labels) == 2
