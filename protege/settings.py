@@ -189,6 +189,14 @@ class TrainerSettings(Settings):
         description="New reviewed rows after which the serving version's rule is judged again on today's trusted "
         "rows (0: never; a rule is then certified only when its version is trained).",
     )
+    trainer_linger_ms: int = Field(
+        1000,
+        ge=0,
+        le=1000,
+        description="The trainer's linger (PROTEGE_LINGER_MS when larger): while it retrains in the background it "
+        "reads the harvest as it comes, and a transaction per small batch cost the machine's cores the retrain "
+        "needs; a case waits this much longer to be stored.",
+    )
     train_in_background: bool = Field(
         True,
         description="Retrain in a worker thread while the trainer goes on reading the harvest, so the serving rule "

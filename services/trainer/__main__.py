@@ -138,8 +138,9 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
 
 def processor(settings: TrainerSettings, trainer: Trainer) -> Processor:
     """A retrain takes minutes on a small machine: the loop's poll and transaction limits allow it."""
+    lingering = settings.model_copy(update={"linger_ms": max(settings.linger_ms, settings.trainer_linger_ms)})
     return Processor(
-        settings,
+        lingering,
         "trainer",
         {settings.topics.harvest: HarvestCase, settings.topics.alerts: Alert},
         trainer.handle,
