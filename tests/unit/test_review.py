@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,27 @@ def test_feedback_from_outside_is_checked_before_it_teaches_or_judges() -> None:
 
 def half(request_id: str, label: str, source: str, by: str | None = None) -> HarvestCase:
     return harvest_case(request_id, label, source, by, task=TASK.name)
+
+
+def feeder(trainer: Trainer) -> Callable[..., list[Out]]:
+    """``batch(cases=, rows=)``: that many escalated cases (two labels) and reviewed golden rows
+    (both halves) handed to ``trainer`` as one batch; its outputs."""
+    offset = 0
+
+    def batch(cases: int, rows: int) -> list[Out]:
+        nonlocal offset
+        got: list[Received[HarvestCase]] = []
+        for _ in range(cases):
+            case = half(f"c{offset}", "billing" if offset % 2 else "refund", "teacher")
+            got.append(Received(case.model_copy(update={"reason": "escalated"}), T.harvest, offset=offset))
+            offset += 1
+        for _ in range(rows):
+            for h in (half(f"g{offset}", "billing", "teacher"), half(f"g{offset}", "billing", "feedback")):
+                got.append(Received(h, T.harvest, offset=offset))
+            offset += 1
+        return asyncio.run(trainer.handle(got))
+
+    return batch
 
 
 def test_two_people_who_disagree_leave_a_row_out_until_a_third_decides(tmp_path: Path) -> None:
@@ -437,20 +459,7 @@ def test_retraining_often_does_not_keep_the_serving_rule_from_being_judged(tmp_p
         recertify=recertify,
         recertify_every=4,
     )
-    offset = 0
-
-    def batch(cases: int, rows: int) -> list[Out]:
-        nonlocal offset
-        got: list[Received[HarvestCase]] = []
-        for _ in range(cases):
-            case = half(f"c{offset}", "billing" if offset % 2 else "refund", "teacher")
-            got.append(Received(case.model_copy(update={"reason": "escalated"}), T.harvest, offset=offset))
-            offset += 1
-        for _ in range(rows):
-            for h in (half(f"g{offset}", "billing", "teacher"), half(f"g{offset}", "billing", "feedback")):
-                got.append(Received(h, T.harvest, offset=offset))
-            offset += 1
-        return asyncio.run(trainer.handle(got))
+    batch = feeder(trainer)
 
     for _ in range(6):
         assert len(batch(cases=2, rows=2)) == 1  # every batch retrains, and is announced
@@ -555,20 +564,7 @@ def test_a_retrain_in_the_worker_thread_lets_the_rule_be_judged_meanwhile(tmp_pa
         has_read=lambda tenant, task, version: version in read_back,
         background=True,
     )
-    offset = 0
-
-    def batch(cases: int, rows: int) -> list[Out]:
-        nonlocal offset
-        got: list[Received[HarvestCase]] = []
-        for _ in range(cases):
-            case = half(f"c{offset}", "billing" if offset % 2 else "refund", "teacher")
-            got.append(Received(case.model_copy(update={"reason": "escalated"}), T.harvest, offset=offset))
-            offset += 1
-        for _ in range(rows):
-            for h in (half(f"g{offset}", "billing", "teacher"), half(f"g{offset}", "billing", "feedback")):
-                got.append(Received(h, T.harvest, offset=offset))
-            offset += 1
-        return asyncio.run(trainer.handle(got))
+    batch = feeder(trainer)
 
     try:
         assert batch(cases=4, rows=0) == []  # the first student: training, not waited for

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -612,7 +613,8 @@ def test_the_serving_version_is_certified_again_on_todays_rows_as_a_new_version(
     outside = [r for r in more if r["label"] == "oos"][:50] + [r for r in more if r["label"] != "oos"][:100]
     since = [Trusted(r["id"], r["text"], r["label"], r["label"], "review") for r in outside]
     filed = [Trusted(f"f{i}", r["text"], "oos", "oos", "file") for i, r in enumerate(outside[:50])]
-    moved = recertify_version(
+    judge = partial(
+        recertify_version,
         again.folder,
         registry=registry,
         tenant="acme",
@@ -620,6 +622,7 @@ def test_the_serving_version_is_certified_again_on_todays_rows_as_a_new_version(
         truth=filed + rows + since,
         recent={t.request_id for t in since},
     )
+    moved = judge()
     assert moved is not None and moved.broken and "the 150 trusted rows since it was certified" in moved.why
     # compared with the 200 reviewed rows of before, not with the file's 50 (all out of scope)
     assert "out-of-scope share rose from 8.0% (16 of 200 rows) to 33.3% (50 of 150)" in moved.why, moved.why
@@ -629,15 +632,7 @@ def test_the_serving_version_is_certified_again_on_todays_rows_as_a_new_version(
     ordered = [t for t in since if t.label != "oos"][:60] + [t for t in since if t.label == "oos"]
     ordered += [t for t in since if t.label != "oos"][60:]
     places = {t.request_id: i for i, t in enumerate(rows + ordered)}
-    placed = recertify_version(
-        again.folder,
-        registry=registry,
-        tenant="acme",
-        task=targeted,
-        truth=filed + rows + since,
-        recent={t.request_id for t in since},
-        places=places,
-    )
+    placed = judge(places=places)
     assert placed is not None and placed.broken and placed.shift_from is not None, placed
     assert len(rows) + 40 <= placed.shift_from <= len(rows) + 80 and "of them are today's" in placed.why, placed.why
     # the file's rows (all out of scope here) are not traffic of before: without the shift, nothing moved
