@@ -427,6 +427,10 @@ class Trainer:
         for (tenant, task), run in sorted(self.training.items()):
             if not run.future.done():
                 continue
+            if self.trials(tenant, task)[0] is not None or self.reading_back(tenant, task):
+                # a check's candidate went on trial meanwhile, or its announcement is not read back:
+                # one candidate at a time, and gated against what serves once that is known
+                continue
             del self.training[(tenant, task)]
             try:
                 result = run.future.result()

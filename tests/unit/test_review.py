@@ -726,3 +726,43 @@ def test_the_review_gauges_are_set_once_a_second_at_most_and_on_the_idle_poll(tm
     assert sample("protege_reviewed_golden_rows", labels) == 1  # within the second: not yet
     assert asyncio.run(trainer.idle()) == []
     assert sample("protege_reviewed_golden_rows", labels) == 2
+
+
+def test_a_retrain_that_ends_while_a_candidate_is_on_trial_waits_for_its_verdict(tmp_path: Path) -> None:
+    """A check put a looser rule on trial while the retrain ran: the retrain's candidate is not
+    announced beside it (one on trial at a time) but after the verdict."""
+    on_trial: list[ModelAnnouncement] = []
+
+    def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
+        return TrainResult("v0002-new", tmp_path / "v0002-new", {}, ["billing", "refund"], True, "passed")
+
+    trainer = Trainer(
+        TASKS,
+        T,
+        CaseStore(tmp_path / "cases"),
+        train,
+        min_cases=4,
+        retrain_every=1000,
+        trials=lambda tenant, task: (on_trial[0] if on_trial else None, None),
+        background=True,
+    )
+    assert feeder(trainer)(cases=4, rows=0) == []
+    trainer.settle(30)
+    on_trial.append(
+        ModelAnnouncement(
+            tenant="acme",
+            task=TASK.name,
+            version="v0001-loose",
+            path=str(tmp_path),
+            action="canary",
+            share=0.2,
+            labels=["billing", "refund"],
+            metrics={},
+            trained_on=4,
+            announced_at_ms=1,
+        )
+    )
+    assert asyncio.run(trainer.idle()) == [] and ("acme", TASK.name) in trainer.training  # kept, not lost
+    on_trial.clear()  # the verdict
+    (out,) = asyncio.run(trainer.idle())
+    assert ModelAnnouncement.model_validate_json(out.value).version == "v0002-new"
