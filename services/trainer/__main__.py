@@ -138,7 +138,8 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
 
 def processor(settings: TrainerSettings, trainer: Trainer) -> Processor:
     """A retrain takes minutes on a small machine: the loop's poll and transaction limits allow it."""
-    lingering = settings.model_copy(update={"linger_ms": max(settings.linger_ms, settings.trainer_linger_ms)})
+    linger = settings.trainer_linger_ms if settings.train_in_background else 0
+    lingering = settings.model_copy(update={"linger_ms": max(settings.linger_ms, linger)})
     return Processor(
         lingering,
         "trainer",
