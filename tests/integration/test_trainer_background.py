@@ -1,6 +1,6 @@
-"""The trainer retrains in a worker thread (``PROTEGE_TRAIN_IN_BACKGROUND``, the default) while
-its loop goes on reading the harvest; a retrain that ends when no record comes is announced by
-the loop's idle poll (``Processor.flush_idle``), in a transaction of its own, once."""
+"""The trainer retrains in a worker thread (``PROTEGE_TRAIN_IN_BACKGROUND``, once a version
+serves) while its loop goes on reading the harvest; a retrain that ends when no record comes is
+announced by the loop's idle poll (``Processor.flush_idle``), in a transaction of its own, once."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ def test_a_retrain_that_ends_between_batches_is_announced_by_the_idle_poll(setti
         assert release.wait(60), "the test never released the retrain"
         return TrainResult("v0001-bg", tmp_path / "v0001-bg", {}, ["billing", "refund"], True, "passed")
 
+    async def serving(tenant: str, task: str) -> Path | None:
+        return tmp_path / "v0000-bg"  # a version serves: the retrain runs in the worker thread
+
     trainer = Trainer(
         {TASK.name: TASK},
         settings.topics,
@@ -41,6 +44,7 @@ def test_a_retrain_that_ends_between_batches_is_announced_by_the_idle_poll(setti
         train,
         min_cases=4,
         retrain_every=1000,
+        serving=serving,
         background=True,
     )
     loop = protege_services.trainer.__main__.processor(TrainerSettings(**dict(settings)), trainer)

@@ -19,10 +19,10 @@ from protege.generator import triage_task
 from protege.kafka import Received
 from protege.policy import audited, router_for
 from protege.serving import Serving
-from protege.student.manifest import Calibration, Data, GateReport, Manifest, Ood, Target
 from protege.student.train import Case, TrainResult
 from protege.task import Canary, Task
 from protege.topics import Topics
+from tests.helpers import version_folder
 
 T = Topics("u.")
 CONFIG = Canary(share=0.1, min_audits=30, max_audits=400, margin=0.02, confidence=0.99)
@@ -203,31 +203,6 @@ def test_trainer_puts_a_candidate_on_trial_and_trains_no_other_until_its_verdict
     assert trained == [40, 166] and ModelAnnouncement.model_validate_json(outs[0].value).version == "v3"
 
 
-def _version(folder: Path, rule: AcceptRule | None) -> Path:
-    """A registry folder with only what the trainer reads of a serving version: its manifest."""
-    folder.mkdir(parents=True)
-    Manifest(
-        version=folder.name,
-        tenant="acme",
-        task="ticket-triage",
-        labels=["billing", "refund"],
-        max_length=128,
-        precision="fp32",
-        recipe={"kind": "fast"},
-        calibration=Calibration(temperature=1.0),
-        ood=Ood(k=10, bank=100),
-        acceptance=rule,
-        acceptance_target=Target(target_margin=0.01, confidence_level=0.95),
-        metrics={},
-        golden={},
-        gates=GateReport(config={}, failed=[], passed=True),
-        data=Data(cases=100, request_ids_sha256="x", split={"fit": 1}, label_counts={"billing": 1}),
-        created_at="2026-12-01T00:00:00Z",
-        files={},
-    ).save(folder)
-    return folder
-
-
 def test_a_candidate_serves_at_once_when_the_serving_version_certifies_nothing(tmp_path: Path) -> None:
     """Under a target, a version without a rule for it answers no request: a trial against it
     would have no audits on either side and could only end at its limit (seen in the demo)."""
@@ -247,7 +222,7 @@ def test_a_candidate_serves_at_once_when_the_serving_version_certifies_nothing(t
         (rule, "canary"),
     ):
         home = tmp_path / action / str(serving_rule is not None)
-        folder = _version(home / "v1", serving_rule)
+        folder = version_folder(home / "v1", serving_rule)
 
         def train(cases: list[Case], tenant: str, t: Task, serving: Path | None, trigger: str) -> TrainResult:
             return TrainResult("v2", tmp_path / "v2", {}, ["a"], True, "passed gates")

@@ -35,7 +35,7 @@ from protege.review import ReviewStore
 from protege.student.train import Case, Recertified, TrainResult, Trusted
 from protege.task import Canary, Task
 from protege.topics import Topics
-from tests.helpers import harvest_case
+from tests.helpers import harvest_case, version_folder
 
 T = Topics("u.")
 TASK = triage_task().model_copy(update={"review_rate": 0.2})
@@ -598,7 +598,19 @@ def test_a_retrain_that_fails_in_the_worker_thread_is_logged_and_tried_again(tmp
             raise MemoryError("the first retrain ran out of memory")
         return TrainResult("v0001-abc", tmp_path / "v0001-abc", {}, ["billing", "refund"], True, "passed")
 
-    trainer = Trainer(TASKS, T, CaseStore(tmp_path / "cases"), train, min_cases=4, retrain_every=100, background=True)
+    async def serving_folder(tenant: str, task: str) -> Path | None:
+        return tmp_path / "v0000-abc"  # a version serves: the retrain runs in the worker thread
+
+    trainer = Trainer(
+        TASKS,
+        T,
+        CaseStore(tmp_path / "cases"),
+        train,
+        min_cases=4,
+        retrain_every=100,
+        serving=serving_folder,
+        background=True,
+    )
     cases = [
         Received(
             half(f"c{i}", "billing" if i % 2 else "refund", "teacher").model_copy(update={"reason": "escalated"}),
@@ -614,6 +626,68 @@ def test_a_retrain_that_fails_in_the_worker_thread_is_logged_and_tried_again(tmp
     trainer.settle(30)
     (out,) = asyncio.run(trainer.idle())
     assert ModelAnnouncement.model_validate_json(out.value).version == "v0001-abc" and calls == [4, 8]
+
+
+def test_a_first_student_is_trained_waiting_even_with_the_worker_thread(tmp_path: Path) -> None:
+    """With nothing serving there is no rule to judge while it trains: the batch that triggers
+    the first student waits for it and carries its announcement."""
+    threads: list[str] = []
+
+    def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
+        threads.append(__import__("threading").current_thread().name)
+        return TrainResult("v0001-abc", tmp_path / "v0001-abc", {}, ["billing", "refund"], True, "passed")
+
+    trainer = Trainer(TASKS, T, CaseStore(tmp_path / "cases"), train, min_cases=4, retrain_every=100, background=True)
+    (out,) = feeder(trainer)(cases=4, rows=0)
+    assert ModelAnnouncement.model_validate_json(out.value).version == "v0001-abc"
+    assert trainer.training == {} and not threads[0].startswith("retrain")
+
+
+def test_a_rule_that_certifies_nothing_is_not_judged_beside_a_retrain_on_the_same_rows(tmp_path: Path) -> None:
+    """While a retrain runs in the worker thread, a check of a serving rule that certifies nothing
+    could only loosen it a moment before the retrain's own rule, certified on the same rows,
+    comes: it waits (it took the cores from the retrain). Once a shift is marked the retrain
+    learnt from yesterday's rows, and the checks go on."""
+    task = TASK.model_copy(update={"policy": TASK.policy.model_copy(update={"target_margin": 0.01})})
+    release = __import__("threading").Event()
+    judged: list[int | None] = []
+    serving = version_folder(tmp_path / "v0001-abc", None)
+
+    def train(cases: list[Case], tenant: str, t: Task, serving: Path | None, trigger: str) -> TrainResult:
+        assert release.wait(30), "the test never released the retrain"
+        return TrainResult("v0002-new", tmp_path / "v0002-new", {}, ["billing", "refund"], True, "passed")
+
+    def recertify(tenant: str, t: Task, folder: Path, since: int | None, anew: bool) -> Recertified | None:
+        judged.append(since)
+        return None
+
+    async def serving_folder(tenant: str, task_name: str) -> Path | None:
+        return serving
+
+    reviewed = ReviewStore(tmp_path / "review")
+    trainer = Trainer(
+        {task.name: task},
+        T,
+        CaseStore(tmp_path / "cases"),
+        train,
+        min_cases=4,
+        retrain_every=100,
+        serving=serving_folder,
+        reviews=reviewed,
+        recertify=recertify,
+        recertify_every=2,
+        background=True,
+    )
+    batch = feeder(trainer)
+    try:
+        assert batch(cases=4, rows=2) == [] and judged == [2]  # judged, then the retrain starts
+        assert ("acme", task.name) in trainer.training
+        assert batch(cases=0, rows=3) == [] and judged == [2]  # not beside the retrain
+        reviewed.mark_shift("acme", task.name, 4, "a check of another trainer saw it")
+        assert batch(cases=0, rows=3) == [] and judged == [2, 2]  # the retrain learnt yesterday's rows
+    finally:
+        release.set()
+        trainer.settle(30)
 
 
 @pytest.mark.parametrize(("ours", "announced"), [(0.3, False), (0.7, True)])
@@ -733,6 +807,9 @@ def test_a_retrain_that_ends_while_a_candidate_is_on_trial_waits_for_its_verdict
     announced beside it (one on trial at a time) but after the verdict."""
     on_trial: list[ModelAnnouncement] = []
 
+    async def serving_v0000(tenant: str, task: str) -> Path | None:
+        return tmp_path / "v0000-abc"
+
     def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
         return TrainResult("v0002-new", tmp_path / "v0002-new", {}, ["billing", "refund"], True, "passed")
 
@@ -743,6 +820,7 @@ def test_a_retrain_that_ends_while_a_candidate_is_on_trial_waits_for_its_verdict
         train,
         min_cases=4,
         retrain_every=1000,
+        serving=serving_v0000,
         trials=lambda tenant, task: (on_trial[0] if on_trial else None, None),
         background=True,
     )
