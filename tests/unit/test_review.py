@@ -643,11 +643,11 @@ def test_a_first_student_is_trained_waiting_even_with_the_worker_thread(tmp_path
     assert trainer.training == {} and not threads[0].startswith("retrain")
 
 
-def test_a_rule_that_certifies_nothing_is_not_judged_beside_a_retrain_on_the_same_rows(tmp_path: Path) -> None:
-    """While a retrain runs in the worker thread, a check of a serving rule that certifies nothing
-    could only loosen it a moment before the retrain's own rule, certified on the same rows,
-    comes: it waits (it took the cores from the retrain). Once a shift is marked the retrain
-    learnt from yesterday's rows, and the checks go on."""
+def test_a_rule_that_certifies_nothing_is_not_judged_beside_a_cold_starts_retrain(tmp_path: Path) -> None:
+    """A cold start: while a retrain runs in the worker thread, a serving rule that certifies
+    nothing is not judged again (the retrain learns from the same traffic with more cases, and
+    the checks took the cores from it). Once a shift is marked the checks go on: a rule today's
+    rows certify is the way back while the retrain runs."""
     task = TASK.model_copy(update={"policy": TASK.policy.model_copy(update={"target_margin": 0.01})})
     release = __import__("threading").Event()
     judged: list[int | None] = []
@@ -684,7 +684,7 @@ def test_a_rule_that_certifies_nothing_is_not_judged_beside_a_retrain_on_the_sam
         assert ("acme", task.name) in trainer.training
         assert batch(cases=0, rows=3) == [] and judged == [2]  # not beside the retrain
         reviewed.mark_shift("acme", task.name, 4, "a check of another trainer saw it")
-        assert batch(cases=0, rows=3) == [] and judged == [2, 2]  # the retrain learnt yesterday's rows
+        assert batch(cases=0, rows=3) == [] and judged == [2, 2]  # not a cold start any more
     finally:
         release.set()
         trainer.settle(30)

@@ -551,6 +551,32 @@ def test_a_version_certified_under_a_false_accept_cap_keeps_its_view_of_oos(
     assert held["answered_oos"].any() and (held["oos_probability"][held["answered_oos"]] > 0.3).all()
 
 
+def test_a_new_versions_first_check_scores_only_rows_its_retrain_did_not(
+    backbone: Path, embed: EmbeddingCache, registry: Path, task: Task
+) -> None:
+    """A retrain scores the trusted rows to certify its rule; its version's checks read those
+    outputs back (``encoded``) instead of running the new graph on every row again, and they are
+    what the graph gives."""
+    from protege.student.train import Trusted
+
+    rows = generate(700, seed=13)
+    cases = [Case(r["id"], r["text"], r["label"]) for r in rows[:500]]
+    truth = [Trusted(r["id"], r["text"], r["label"], r["label"]) for r in rows[500:]]
+    result = train_version(
+        cases, recipe=FastRecipe(embed, backbone), registry=registry, tenant="acme-first-check", task=task, truth=truth
+    )
+    s = Student(result.folder, providers="cpu")
+    texts = [t.text for t in truth] + ["a row reviewed after the retrain ended"]
+    direct = s.encoder.run_all(texts)
+    ran: list[int] = []
+    run_all = s.encoder.run_all
+    s.encoder.run_all = lambda batch: ran.append(len(batch)) or run_all(batch)  # type: ignore[method-assign]
+    kept = encoded(s, result.folder, texts)
+    assert ran == [1]  # the new row only
+    for key in ("embedding", "logits"):
+        np.testing.assert_allclose(kept[key], direct[key], atol=1e-4)
+
+
 def test_the_serving_version_is_held_to_the_rule_todays_rows_certify(version, task: Task) -> None:
     """The release gate compares a candidate's certified coverage with the serving version's.
     With trusted rows, the serving version's rule is the one the same certification gives it on
