@@ -344,8 +344,11 @@ class Processor:
         max_attempts: int = 3,
         retry_backoff_s: float = 0.2,
         idle: IdleHook | None = None,
+        linger_ms: Callable[[], int] | None = None,
     ) -> None:
         self.settings = settings
+        # how long the next micro-batch may wait to fill (``linger``); settings.linger_ms unless given
+        self.linger_ms = linger_ms or (lambda: settings.linger_ms)
         self.idle = idle  # when a poll brings nothing: outputs the handler made meanwhile (``flush_idle``)
         self.service = service
         self.inputs = dict(inputs)
@@ -387,8 +390,8 @@ class Processor:
                     if self.idle is not None:
                         await self.flush_idle()
                     continue
-                if self.settings.linger_ms:  # a rebalance meanwhile makes the whole batch stale (below)
-                    batches = await self.linger(cons, batches)
+                if lingering := self.linger_ms():  # a rebalance meanwhile makes the whole batch stale (below)
+                    batches = await self.linger(cons, batches, lingering)
                 started = time.perf_counter()
                 outs: list[Out] = []
                 async with self.owning:
@@ -424,13 +427,13 @@ class Processor:
             self.log.info("stopped", processed=self.processed, quarantined=self.quarantined)
 
     async def linger(
-        self, cons: AIOKafkaConsumer, batches: dict[TopicPartition, list[Record]]
+        self, cons: AIOKafkaConsumer, batches: dict[TopicPartition, list[Record]], ms: int
     ) -> dict[TopicPartition, list[Record]]:
-        """``settings.linger_ms`` more for records to join a micro-batch that is not full."""
+        """``ms`` more for records to join a micro-batch that is not full."""
         room = self.max_records - sum(len(rs) for rs in batches.values())
         if room <= 0:
             return batches
-        await asyncio.sleep(self.settings.linger_ms / 1000)
+        await asyncio.sleep(ms / 1000)
         for tp, rs in (await cons.getmany(timeout_ms=0, max_records=room)).items():
             batches[tp] = [*batches.get(tp, []), *rs]
         return batches

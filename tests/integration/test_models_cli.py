@@ -17,26 +17,20 @@ from protege.kafka import Out, publish
 from protege.registry import Registry
 from protege.serving import read_serving
 from protege.settings import Settings
-from protege.student.manifest import Calibration, Data, GateReport, Manifest, Ood, Target
+from protege.student.manifest import Calibration, Data, GateReport, Ood, Target
+from tests.helpers import manifest_only
 
 pytestmark = pytest.mark.kafka
 
 
 def fake_version(registry: Path, name: str, acc: float, failed: tuple[str, ...] = ()) -> None:
     """A registry folder with a complete manifest (no model: these commands only announce)."""
-    folder = Registry(registry).folder("acme", "triage") / name
-    folder.mkdir(parents=True)
-    Manifest(
-        version=name,
-        tenant="acme",
+    manifest_only(
+        Registry(registry).folder("acme", "triage") / name,
         task="triage",
         labels=["a", "b"],
-        max_length=128,
-        precision="fp32",
-        recipe={"kind": "fast"},
         calibration=Calibration(temperature=1.2),
         ood=Ood(k=5, bank=80),
-        acceptance=None,
         acceptance_target=Target(target_accuracy=0.97, confidence_level=0.95),
         metrics={"golden_accuracy": acc, "golden_macro_f1": acc, "golden_ece": 0.02, "golden_coverage": 0.5},
         golden={"accuracy": acc},
@@ -48,8 +42,7 @@ def fake_version(registry: Path, name: str, acc: float, failed: tuple[str, ...] 
             label_counts={"a": 50, "b": 50},
         ),
         created_at="2026-11-23T10:00:00Z",
-        files={},
-    ).save(folder)
+    )
 
 
 def audit(i: int, agreed: bool) -> TeacherResult:

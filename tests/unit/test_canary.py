@@ -22,7 +22,7 @@ from protege.serving import Serving
 from protege.student.train import Case, TrainResult
 from protege.task import Canary, Task
 from protege.topics import Topics
-from tests.helpers import version_folder
+from tests.helpers import manifest_only
 
 T = Topics("u.")
 CONFIG = Canary(share=0.1, min_audits=30, max_audits=400, margin=0.02, confidence=0.99)
@@ -222,7 +222,7 @@ def test_a_candidate_serves_at_once_when_the_serving_version_certifies_nothing(t
         (rule, "canary"),
     ):
         home = tmp_path / action / str(serving_rule is not None)
-        folder = version_folder(home / "v1", serving_rule)
+        folder = manifest_only(home / "v1", acceptance=serving_rule)
 
         def train(cases: list[Case], tenant: str, t: Task, serving: Path | None, trigger: str) -> TrainResult:
             return TrainResult("v2", tmp_path / "v2", {}, ["a"], True, "passed gates")

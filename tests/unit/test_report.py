@@ -38,10 +38,10 @@ from protege.report import (
     timeline,
     write,
 )
-from protege.student.manifest import HELD_OUT, Calibration, Data, GateReport, Manifest, Ood, Target
+from protege.student.manifest import HELD_OUT, Calibration, Data, GateReport, Target
 from protege.task import Drift, Task, load_task
 from tests.browser import chromium, look
-from tests.helpers import REPO
+from tests.helpers import REPO, manifest_only
 
 T0 = 1_764_000_000_000  # ms
 TASK = "ticket-triage"
@@ -65,25 +65,18 @@ def make_version(root: Path, name: str, *, passed: bool = True, created: str = "
     ood = rng.uniform(0, 0.5, 400).astype(np.float32)
     np.savez_compressed(folder / HELD_OUT, confidence=conf, ood=ood, correct=correct)
     rule = AcceptRule(target_accuracy=0.9, confidence_level=0.95, min_confidence=0.8, max_ood=0.45, coverage=0.25)
-    Manifest(
-        version=name,
-        tenant="acme",
+    manifest_only(
+        folder,
         task=TASK,
         labels=["a", "b"],
-        max_length=128,
-        precision="fp32",
-        recipe={"kind": "fast"},
         calibration=Calibration(temperature=1.2),
-        ood=Ood(k=10, bank=100),
         acceptance=rule,
         acceptance_target=Target(target_accuracy=0.9, confidence_level=0.95),
         metrics={"golden_accuracy": 0.8, "golden_coverage": 0.25},
-        golden={},
         gates=GateReport(config={}, failed=[] if passed else ["accuracy 0.5 < floor 0.8"], passed=passed),
         data=Data(cases=500, request_ids_sha256="x", split={"fit": 1}, label_counts={"a": 1}),
         created_at=created,
-        files={},
-    ).save(folder)
+    )
     return folder
 
 

@@ -35,7 +35,7 @@ from protege.review import ReviewStore
 from protege.student.train import Case, Recertified, TrainResult, Trusted
 from protege.task import Canary, Task
 from protege.topics import Topics
-from tests.helpers import harvest_case, version_folder
+from tests.helpers import harvest_case, manifest_only
 
 T = Topics("u.")
 TASK = triage_task().model_copy(update={"review_rate": 0.2})
@@ -651,7 +651,7 @@ def test_a_rule_that_certifies_nothing_is_not_judged_beside_a_cold_starts_retrai
     task = TASK.model_copy(update={"policy": TASK.policy.model_copy(update={"target_margin": 0.01})})
     release = __import__("threading").Event()
     judged: list[int | None] = []
-    serving = version_folder(tmp_path / "v0001-abc", None)
+    serving = manifest_only(tmp_path / "v0001-abc")
 
     def train(cases: list[Case], tenant: str, t: Task, serving: Path | None, trigger: str) -> TrainResult:
         assert release.wait(30), "the test never released the retrain"
