@@ -11,10 +11,11 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from protege_services.harvester.handler import Harvester
-from protege_services.trainer.handler import CaseStore, Trainer
+from protege_services.trainer.handler import CaseStore, Train, Trainer
 
 from protege import metrics
 from protege.cli.review import reviews, short_of_labels
@@ -121,6 +122,11 @@ def test_feedback_from_outside_is_checked_before_it_teaches_or_judges() -> None:
 
 def half(request_id: str, label: str, source: str, by: str | None = None) -> HarvestCase:
     return harvest_case(request_id, label, source, by, task=TASK.name)
+
+
+def trainer_on(tmp_path: Path, train: Train, *, tasks: dict[str, Task] = TASKS, **kw: Any) -> Trainer:
+    """A trainer of ``tasks`` whose case store is under ``tmp_path``; ``kw``: the rest of ``Trainer``'s."""
+    return Trainer(tasks, T, CaseStore(tmp_path / "cases"), train, **kw)
 
 
 def feeder(trainer: Trainer) -> Callable[..., list[Out]]:
@@ -447,10 +453,8 @@ def test_retraining_often_does_not_keep_the_serving_rule_from_being_judged(tmp_p
     async def serving_folder(tenant: str, task: str) -> Path | None:
         return tmp_path / "v-serving"
 
-    trainer = Trainer(
-        TASKS,
-        T,
-        CaseStore(tmp_path / "cases"),
+    trainer = trainer_on(
+        tmp_path,
         train,
         min_cases=2,
         retrain_every=2,
@@ -482,10 +486,8 @@ def test_a_check_that_fails_leaves_the_rule_standing_and_the_harvest_going(tmp_p
         raise AssertionError("no case to learn here")
 
     reviewed = ReviewStore(tmp_path / "review")
-    trainer = Trainer(
-        TASKS,
-        T,
-        CaseStore(tmp_path / "cases"),
+    trainer = trainer_on(
+        tmp_path,
         train,
         min_cases=4,
         retrain_every=1000,
@@ -550,10 +552,8 @@ def test_a_retrain_in_the_worker_thread_lets_the_rule_be_judged_meanwhile(tmp_pa
         return state["serving"]
 
     reviewed = ReviewStore(tmp_path / "review")
-    trainer = Trainer(
-        TASKS,
-        T,
-        CaseStore(tmp_path / "cases"),
+    trainer = trainer_on(
+        tmp_path,
         train,
         min_cases=4,
         retrain_every=4,
@@ -601,10 +601,8 @@ def test_a_retrain_that_fails_in_the_worker_thread_is_logged_and_tried_again(tmp
     async def serving_folder(tenant: str, task: str) -> Path | None:
         return tmp_path / "v0000-abc"  # a version serves: the retrain runs in the worker thread
 
-    trainer = Trainer(
-        TASKS,
-        T,
-        CaseStore(tmp_path / "cases"),
+    trainer = trainer_on(
+        tmp_path,
         train,
         min_cases=4,
         retrain_every=100,
@@ -637,7 +635,7 @@ def test_a_first_student_is_trained_waiting_even_with_the_worker_thread(tmp_path
         threads.append(__import__("threading").current_thread().name)
         return TrainResult("v0001-abc", tmp_path / "v0001-abc", {}, ["billing", "refund"], True, "passed")
 
-    trainer = Trainer(TASKS, T, CaseStore(tmp_path / "cases"), train, min_cases=4, retrain_every=100, background=True)
+    trainer = trainer_on(tmp_path, train, min_cases=4, retrain_every=100, background=True)
     (out,) = feeder(trainer)(cases=4, rows=0)
     assert ModelAnnouncement.model_validate_json(out.value).version == "v0001-abc"
     assert trainer.training == {} and not threads[0].startswith("retrain")
@@ -665,11 +663,10 @@ def test_a_rule_that_certifies_nothing_is_not_judged_beside_a_cold_starts_retrai
         return serving
 
     reviewed = ReviewStore(tmp_path / "review")
-    trainer = Trainer(
-        {task.name: task},
-        T,
-        CaseStore(tmp_path / "cases"),
+    trainer = trainer_on(
+        tmp_path,
         train,
+        tasks={task.name: task},
         min_cases=4,
         retrain_every=100,
         serving=serving_folder,
@@ -727,10 +724,8 @@ def test_a_retrain_that_ends_after_a_check_replaced_the_serving_rule_is_gated_on
     async def serving_folder(tenant: str, task: str) -> Path | None:
         return state["serving"]
 
-    trainer = Trainer(
-        TASKS,
-        T,
-        CaseStore(tmp_path / "cases"),
+    trainer = trainer_on(
+        tmp_path,
         train,
         min_cases=4,
         retrain_every=1000,
@@ -813,10 +808,8 @@ def test_a_retrain_that_ends_while_a_candidate_is_on_trial_waits_for_its_verdict
     def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
         return TrainResult("v0002-new", tmp_path / "v0002-new", {}, ["billing", "refund"], True, "passed")
 
-    trainer = Trainer(
-        TASKS,
-        T,
-        CaseStore(tmp_path / "cases"),
+    trainer = trainer_on(
+        tmp_path,
         train,
         min_cases=4,
         retrain_every=1000,
