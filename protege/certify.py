@@ -34,6 +34,7 @@ correcting agreement by the teacher's golden error rate under an independence as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -430,6 +431,61 @@ def out_of_scope_rose(evidence: Evidence, before: np.ndarray, after: np.ndarray,
     return f"the out-of-scope share rose from {k0 / n0:.1%} ({k0} of {n0} rows) to {k1 / n1:.1%} ({k1} of {n1})"
 
 
+SHIFT_STEP = 0.05  # the rise an out-of-scope alarm is fitted to, at least (``out_of_scope_alarm``)
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """An out-of-scope alarm (``out_of_scope_alarm``): the row of ``after`` it rang at, and why."""
+
+    at: int
+    why: str
+
+
+def out_of_scope_alarm(
+    before: np.ndarray, after: np.ndarray, confidence: float, rows_per_false_alarm: float
+) -> Alarm | None:
+    """Whether the out-of-scope share rose in ``after`` (booleans in time order: which reviewed
+    rows since a rule was certified are out of scope) above its share in ``before`` (the reviewed
+    rows it was certified beside): a Bernoulli CUSUM, row by row, None when it does not ring.
+
+    The checks a trainer runs every ``recertify_every`` reviewed rows see a shift late: the rule
+    serves today's traffic until the next check, and that check's test (``out_of_scope_rose``)
+    needs its rows on top (CLINC150 as published: 39 to 104 of them, the old rule serving for up
+    to 29 s, stop 38). This test costs a count per row and rings as soon as the rows say so.
+
+    The in-control share p0 is the Clopper-Pearson upper bound of the share ``before`` at
+    ``confidence``; the alarm is fitted to a rise to p1 = p0 + max(p0, ``SHIFT_STEP``) (double, or
+    five points, whichever is more; a bigger rise rings sooner). Each row adds the log-likelihood
+    ratio of p1 to p0; the sum, floored at zero, rings at h = log(``rows_per_false_alarm``). When
+    the true share is at most p0 — with probability ``confidence``, traffic like ``before`` —
+    exp(sum) is a supermartingale, and the reviewed rows between false alarms average at least
+    ``rows_per_false_alarm`` (Lorden's bound for the CUSUM). With fewer than ``CHANGE_LEAST`` rows
+    before there is no share to compare with."""
+    n0 = len(before)
+    if n0 < CHANGE_LEAST or not len(after):
+        return None
+    k0 = int(np.count_nonzero(before))
+    p0 = cp_upper(k0, n0, confidence)
+    p1 = min(p0 + max(p0, SHIFT_STEP), 1 - 1e-9)
+    if p1 <= p0:
+        return None
+    up, down = math.log(p1 / p0), math.log((1 - p1) / (1 - p0))
+    h = math.log(rows_per_false_alarm)
+    total = 0.0
+    for i, hit in enumerate(np.asarray(after, dtype=bool)):
+        total = max(0.0, total + (up if hit else down))
+        if total >= h:
+            k1 = int(np.count_nonzero(after[: i + 1]))
+            return Alarm(
+                i,
+                f"the out-of-scope share rose from {k0 / n0:.1%} ({k0} of {n0} rows) to {k1} of the {i + 1} rows since "
+                f"(a CUSUM rang: at most {p0:.1%} before, fitted to a rise to {p1:.1%}, one false alarm per "
+                f"{rows_per_false_alarm:,.0f} rows at most)",
+            )
+    return None
+
+
 CHANGE_LEAST = 20  # rows on each side of a change point (``change_point``)
 
 
@@ -493,6 +549,7 @@ def reconsider(
     before: np.ndarray | None = None,
     order: np.ndarray | None = None,
     gain: float = RECERTIFY_GAIN,
+    alarm: str | None = None,
 ) -> Reconsidered | None:
     """Whether a serving version should serve with another rule, judged on trusted rows (None:
     keep the one it has). A rule is certified once, when its version is trained, on the rows of
@@ -517,9 +574,13 @@ def reconsider(
     - the served rule is not refuted and the rows certify one that covers at least ``gain`` more
       of them.
 
+    ``alarm``: why a sequential test on the recent rows (``out_of_scope_alarm``, run by the
+    trainer between checks) saw the out-of-scope share rise: taken as the rise, as the
+    fixed-sample test's would be.
+
     Each check is a test at the goal's confidence on the rows of that moment; a version checked
     again and again on rows that grow is not covered by one test's error rate (the checks are
-    not a sequential test). A rule that falls short only a little, on few rows, is not refuted:
+    not a sequential test; the alarm is, and states its rate of false alarms). A rule that falls short only a little, on few rows, is not refuted:
     what the checks catch is a shift the rows can show."""
     if len(evidence) == 0:
         return None
@@ -539,7 +600,11 @@ def reconsider(
     if recent.any():
         newer = evidence.take(recent)
         short = falls_short(goal, newer, served)
-        rose = None if short or before is None else out_of_scope_rose(evidence, before, recent, goal.confidence)
+        rose = None
+        if not short and alarm is not None:
+            rose = alarm
+        elif not short and before is not None:
+            rose = out_of_scope_rose(evidence, before, recent, goal.confidence)
         if short or rose:
             covered = float(
                 accepted_by(served, newer.confidence, newer.ood, newer.oos_probability, newer.answered_oos).mean()

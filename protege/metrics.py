@@ -169,6 +169,13 @@ REVIEWED_DISPUTED = Gauge(
     ["tenant", "task"],
     registry=REGISTRY,
 )
+OUT_OF_SCOPE_ALARMS = Counter(
+    "protege_trainer_out_of_scope_alarms",
+    "Out-of-scope alarms that called a check of the serving rule before its turn: the share of out-of-scope "
+    "requests among the rows people reviewed since the rule was certified rose (protege.certify.out_of_scope_alarm).",
+    ["tenant", "task"],
+    registry=REGISTRY,
+)
 RECERTIFIED = Counter(
     "protege_trainer_recertifications",
     "The serving version's rule judged again on today's trusted rows (outcome: kept, tightened — it no longer "

@@ -163,6 +163,19 @@ class ReviewStore:
         ]
 
     @locked
+    def sequence(self, tenant: str, task: Task) -> list[tuple[int, str]]:
+        """The golden rows completed since the last shift the trainer saw as (place, label), in
+        the order people completed them: what ``Trainer.out_of_scope_alarm`` counts, row by row,
+        without a model."""
+        answers = set(task.answers)
+        first = self.shift(tenant, task.name)
+        return sorted(
+            (row[DONE], row["label"])
+            for row in self.load(tenant, task.name).values()
+            if row.get("label") in answers and row.get("teacher") in answers and row[DONE] >= first
+        )
+
+    @locked
     def places(self, tenant: str, task: str) -> dict[str, int]:
         """Each completed row's place in the order people completed them (request id to place)."""
         return {rid: row[DONE] for rid, row in self.load(tenant, task).items() if DONE in row}

@@ -673,6 +673,7 @@ def recertify_version(
     trigger: str | None = None,
     gain: float = RECERTIFY_GAIN,
     anew: bool = False,
+    alarm: str | None = None,
 ) -> Recertified | None:
     """The serving version in ``folder`` judged again on the trusted rows ``truth``
     (``protege.certify.reconsider``; ``recent``: the request ids of the reviewed rows completed
@@ -687,7 +688,9 @@ def recertify_version(
 
     ``anew``: the version's own rule was certified on rows a shift has since ruled out (it
     trained while the trainer marked one): the rule ``truth`` certifies replaces it, whatever it
-    was (none: it answers nothing), and the new version is a candidate like any retrain."""
+    was (none: it answers nothing), and the new version is a candidate like any retrain. ``alarm``:
+    why the out-of-scope share of the recent rows rose (``protege.certify.out_of_scope_alarm``;
+    ``reconsider``)."""
     from protege.student.runtime import Student
 
     if not truth:
@@ -716,7 +719,9 @@ def recertify_version(
             rule, 0.0, False, f"certified when it started training; {len(truth)} trusted rows of today certify {now}"
         )
     else:
-        verdict = reconsider(goal, evidence, s.rule, recent=after, today=today, before=before, order=order, gain=gain)
+        verdict = reconsider(
+            goal, evidence, s.rule, recent=after, today=today, before=before, order=order, gain=gain, alarm=alarm
+        )
     if verdict is None:
         return None
     source = s.manifest

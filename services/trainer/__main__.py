@@ -78,7 +78,9 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
             truth=reviews.truth(tenant, task, truths.get(task.name, ())),  # the file and live reviews
         )
 
-    def recertify(tenant: str, task: Task, serving: Path, since: int | None, anew: bool) -> Recertified | None:
+    def recertify(
+        tenant: str, task: Task, serving: Path, since: int | None, anew: bool, alarm: str | None
+    ) -> Recertified | None:
         recent = None if since is None else {t.request_id for t in reviews.golden(tenant, task, since=since)}
         return recertify_version(
             serving,
@@ -90,6 +92,7 @@ async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
             places=reviews.places(tenant, task.name),
             threads=settings.trainer_threads,
             anew=anew,
+            alarm=alarm,
         )
 
     # What serves now, kept live: a candidate is gated against it (no re-read of the topic per retrain).

@@ -33,17 +33,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import structlog
 
 from protege import metrics
 from protege.agreement import agreement
 from protege.canary import candidate, certifies
+from protege.certify import Alarm, out_of_scope_alarm
 from protege.events import Alert, HarvestCase, ModelAnnouncement, now_ms
 from protege.jsonl import append, read_appended
 from protege.kafka import Out, Received
 from protege.review import ReviewStore
-from protege.student.train import Case, Recertified, TrainResult
-from protege.task import Task
+from protege.student.train import DEFAULT_TARGET, Case, Recertified, TrainResult
+from protege.task import OOS, Task
 from protege.topics import Topics
 
 Train = Callable[[list[Case], str, Task, Path | None, str], TrainResult]  # ..., the trigger
@@ -58,8 +60,9 @@ HasRead = Callable[[str, str, str], bool]  # whether the serving view has read (
 # place on being the ones since its rule was certified (None: all): a new version with the rule they
 # certify, or None when it keeps its own (protege.student.train.recertify_version). With ``anew``,
 # a version whose rule was certified on rows a shift has since ruled out (it trained meanwhile): the
-# rule today's rows certify, whatever its own was; None when there are none to certify on.
-Recertify = Callable[[str, Task, Path, int | None, bool], Recertified | None]
+# rule today's rows certify, whatever its own was; None when there are none to certify on. The last
+# argument: why the out-of-scope alarm rang (``Trainer.out_of_scope_alarm``), None when it did not.
+Recertify = Callable[[str, Task, Path, int | None, bool, str | None], Recertified | None]
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,9 @@ class Trainer:
         # (trained, or certified again), and when it was last judged.
         self.certified_at: dict[tuple[str, str], int] = {}
         self.judged_at: dict[tuple[str, str], int] = {}
+        # The certification (its certified_at) for which the out-of-scope alarm has made a check:
+        # one per certification; the checks every recertify_every rows go on.
+        self.rang: dict[tuple[str, str], int] = {}
         self.last_trained = last_trained
         self.has_read = has_read
         # The version this trainer announced last, and when (ms), until its view has read it.
@@ -338,8 +344,11 @@ class Trainer:
             return []
         done = self.done(tenant, task_name)
         last = self.judged_at.get(key)
+        alarm = None
         if last is not None and done - last < self.recertify_every:
-            return []
+            alarm = self.out_of_scope_alarm(tenant, task_name)
+            if alarm is None:
+                return []
         if self.reading_back(tenant, task_name):
             return []
         canary, _ = self.trials(tenant, task_name)
@@ -358,13 +367,20 @@ class Trainer:
             # cores from it. After a shift they go on: a rule today's rows certify is the student's
             # way back while the retrain, certified on yesterday's rows, runs (stop 38).
             return []
+        task = self.tasks[task_name]
+        if alarm is not None:
+            self.rang[key] = self.certified_at[key]
+            if not certifies(serving, task):
+                return []  # a rule that answers nothing lets no out-of-scope request through
+            metrics.OUT_OF_SCOPE_ALARMS.labels(tenant, task_name).inc()
+            self.log.info("out_of_scope_alarm", tenant=tenant, task=task_name, version=serving.name, why=alarm.why)
         self.judged_at[key] = done
         # after a restart the moment its rule was certified is not known: from now on
         since = self.certified_at.setdefault(key, done)
-        task = self.tasks[task_name]
         began = time.perf_counter()
+        why = None if alarm is None else alarm.why
         try:
-            result = await asyncio.to_thread(self.recertify, tenant, task, serving, since, False)
+            result = await asyncio.to_thread(self.recertify, tenant, task, serving, since, False, why)
         except Exception as e:  # a check that fails must not hold the harvest back: the rule stands
             metrics.RECERTIFIED.labels(tenant, task_name, "failed").inc()
             self.log.error("rule_check_failed", tenant=tenant, task=task_name, version=serving.name, error=str(e))
@@ -424,6 +440,24 @@ class Trainer:
             )
         self.announced[key] = (result.version, now_ms())
         return [Out.of(self.topics.models, ann)]
+
+    def out_of_scope_alarm(self, tenant: str, task_name: str) -> Alarm | None:
+        """Between the checks every ``recertify_every`` reviewed rows: whether the out-of-scope
+        share of the rows since the serving rule was certified rose above the share before
+        (``protege.certify.out_of_scope_alarm``, a CUSUM on the reviewed labels alone, tuned to
+        ring falsely no more often than those checks' own test: once per ``recertify_every /
+        (1 - confidence)`` rows). When it rings, the check runs at once and takes it as a shift.
+        None before this trainer knows when the rule was certified, and once it has rung for it."""
+        key = (tenant, task_name)
+        since = self.certified_at.get(key)
+        if since is None or self.rang.get(key) == since or self.reviews is None:
+            return None
+        task = self.tasks[task_name]
+        rows = self.reviews.sequence(tenant, task)
+        before = np.asarray([label == OOS for place, label in rows if place < since], dtype=bool)
+        after = np.asarray([label == OOS for place, label in rows if place >= since], dtype=bool)
+        confidence = task.policy.goal(DEFAULT_TARGET).confidence
+        return out_of_scope_alarm(before, after, confidence, self.recertify_every / (1 - confidence))
 
     async def retrain(self, tenant: str, task_name: str, trigger: str) -> list[Out]:
         key = (tenant, task_name)
@@ -500,7 +534,9 @@ class Trainer:
             again = None
             if self.recertify is not None:
                 try:
-                    again = await asyncio.to_thread(self.recertify, tenant, self.tasks[task_name], folder, None, True)
+                    again = await asyncio.to_thread(
+                        self.recertify, tenant, self.tasks[task_name], folder, None, True, None
+                    )
                 except Exception as e:
                     self.log.error("rule_check_failed", tenant=tenant, task=task_name, version=version, error=str(e))
             if again is None:

@@ -18,6 +18,7 @@ from protege.certify import (
     cp_lower,
     cp_upper,
     falls_short,
+    out_of_scope_alarm,
     out_of_scope_rose,
     paired_lower_bound,
     paired_score_bound,
@@ -379,6 +380,51 @@ def test_the_out_of_scope_share_test_fires_on_a_rise_only() -> None:
     assert said is not None and said.startswith("the out-of-scope share rose from 0.8% (4 of 500 rows) to 18.4%")
     assert out_of_scope_rose(rows, first, np.zeros(len(rows), bool), 0.95) is None  # nothing since
     assert out_of_scope_rose(replace(rows, out_of_scope=None), ~first, first, 0.95) is None  # no oos label
+
+
+def test_the_out_of_scope_alarm_rings_on_a_rise_within_tens_of_rows_and_rarely_on_steady_traffic() -> None:
+    """A CUSUM row by row on the reviewed labels: 1,000 rows certified a rule at 1.3% out of
+    scope; today's traffic has 18% (CLINC150's shift). It rings within 100 rows in nearly every
+    run (the checks, every 100 rows, could not be sooner than the first of them), at none of the
+    rows before the rise, and on steady traffic of the same share (or one that fell) in few runs
+    of 2,000 rows: its bound says one false alarm per 2,000 rows at most (seeded draws)."""
+    rang, soon, steady, fell = [], 0, 0, 0
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        before = rng.uniform(size=1000) < 0.013
+        moved = np.concatenate([rng.uniform(size=150) < 0.013, rng.uniform(size=300) < 0.18])
+        alarm = out_of_scope_alarm(before, moved, 0.95, 2000)
+        assert alarm is not None and alarm.at >= 150, alarm  # never before the rise (these seeds)
+        rang.append(alarm.at - 150 + 1)
+        soon += alarm.at - 150 < 100
+        steady += out_of_scope_alarm(before, rng.uniform(size=2000) < 0.013, 0.95, 2000) is None
+        fell += out_of_scope_alarm(rng.uniform(size=1000) < 0.18, rng.uniform(size=2000) < 0.013, 0.95, 2000) is None
+    assert soon >= 95 and np.median(rang) <= 60 and steady >= 95 and fell == 100, (soon, np.median(rang), steady)
+    alarm = out_of_scope_alarm(np.zeros(1000, bool), np.ones(5, bool), 0.95, 2000)
+    assert (
+        alarm is not None
+        and alarm.at == 2
+        and alarm.why.startswith("the out-of-scope share rose from 0.0% (0 of 1000 rows) to 3 of the 3 rows since")
+    )
+    assert out_of_scope_alarm(np.zeros(19, bool), np.ones(50, bool), 0.95, 2000) is None  # too few rows before
+    assert out_of_scope_alarm(np.zeros(1000, bool), np.zeros(0, bool), 0.95, 2000) is None
+
+
+def test_an_alarm_counts_as_the_rise_where_the_checks_own_test_would_wait() -> None:
+    """60 rows since certification, 3 of them out of scope (5%, 1.3% before): too few for the
+    fixed-sample comparison of the check to refute the rule, but a check the alarm called takes
+    the alarm as the rise and replaces the rule with what today's rows certify."""
+    goal = Goal(margin=0.02, confidence=0.95)
+    past = scoped(2000, 3, out_share=0.013, teacher_error=0.1)
+    served = choose_rule(goal, past)
+    assert served is not None
+    rows = joined_scoped(past, scoped(60, 1001, out_share=0.07, teacher_error=0.1))
+    recent = np.arange(len(rows)) >= len(past)
+    assert int(rows.out_of_scope[recent].sum()) == 3  # type: ignore[index]
+    assert reconsider(goal, rows, served, recent=recent, before=~recent) is None
+    verdict = reconsider(goal, rows, served, recent=recent, before=~recent, alarm="a CUSUM rang")
+    assert verdict is not None and verdict.broken and "(a CUSUM rang)" in verdict.why, verdict
+    assert verdict.rule == choose_rule(goal, rows.take(recent))
 
 
 def test_the_change_point_finds_where_a_rate_rose_and_nothing_where_it_did_not() -> None:

@@ -341,7 +341,9 @@ def test_the_trainer_judges_the_serving_rule_again_every_so_many_reviewed_rows(t
     state: dict[str, ModelAnnouncement | Path | None] = {"serving": None, "canary": None}
     read_back: list[str] = []  # the versions the serving view has read
 
-    def recertify(tenant: str, task: Task, serving: Path, since: int | None, anew: bool) -> Recertified | None:
+    def recertify(
+        tenant: str, task: Task, serving: Path, since: int | None, anew: bool, alarm: str | None
+    ) -> Recertified | None:
         judged.append((serving.name, reviewed.done(tenant, task.name), since))
         broken = verdicts[len(judged) - 1]
         if broken is None:
@@ -446,7 +448,9 @@ def test_retraining_often_does_not_keep_the_serving_rule_from_being_judged(tmp_p
     def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
         return TrainResult(f"v{len(cases)}", tmp_path / f"v{len(cases)}", {}, ["billing", "refund"], True, "passed")
 
-    def recertify(tenant: str, task: Task, serving: Path, since: int | None, anew: bool) -> Recertified | None:
+    def recertify(
+        tenant: str, task: Task, serving: Path, since: int | None, anew: bool, alarm: str | None
+    ) -> Recertified | None:
         judged.append((reviewed.done(tenant, task.name), since))
         return None
 
@@ -475,7 +479,9 @@ def test_retraining_often_does_not_keep_the_serving_rule_from_being_judged(tmp_p
 def test_a_check_that_fails_leaves_the_rule_standing_and_the_harvest_going(tmp_path: Path) -> None:
     calls: list[int] = []
 
-    def recertify(tenant: str, task: Task, serving: Path, since: int | None, anew: bool) -> Recertified | None:
+    def recertify(
+        tenant: str, task: Task, serving: Path, since: int | None, anew: bool, alarm: str | None
+    ) -> Recertified | None:
         calls.append(len(calls))
         raise OSError("the registry's disk is full")
 
@@ -540,7 +546,9 @@ def test_a_retrain_in_the_worker_thread_lets_the_rule_be_judged_meanwhile(tmp_pa
         assert release.wait(30), "the test never released the retrain"
         return TrainResult("v0002-new", tmp_path / "v0002-new", {"m": 1.0}, ["billing", "refund"], True, "passed")
 
-    def recertify(tenant: str, task: Task, serving: Path, since: int | None, anew: bool) -> Recertified | None:
+    def recertify(
+        tenant: str, task: Task, serving: Path, since: int | None, anew: bool, alarm: str | None
+    ) -> Recertified | None:
         judged.append((serving.name, since, anew))
         name = "v0004-new" if anew else "v0003-abc"
         why = "a shift was marked while it trained; 2 trusted rows of today certify nothing" if anew else "short"
@@ -655,7 +663,9 @@ def test_a_rule_that_certifies_nothing_is_not_judged_beside_a_cold_starts_retrai
         assert release.wait(30), "the test never released the retrain"
         return TrainResult("v0002-new", tmp_path / "v0002-new", {}, ["billing", "refund"], True, "passed")
 
-    def recertify(tenant: str, t: Task, folder: Path, since: int | None, anew: bool) -> Recertified | None:
+    def recertify(
+        tenant: str, t: Task, folder: Path, since: int | None, anew: bool, alarm: str | None
+    ) -> Recertified | None:
         judged.append(since)
         return None
 
@@ -687,6 +697,75 @@ def test_a_rule_that_certifies_nothing_is_not_judged_beside_a_cold_starts_retrai
         trainer.settle(30)
 
 
+def test_a_rise_of_out_of_scope_reviews_calls_a_check_before_its_turn(tmp_path: Path) -> None:
+    """The serving rule is judged every 100 reviewed rows; between checks the reviewed labels
+    are counted row by row (``protege.certify.out_of_scope_alarm``): when out-of-scope rows
+    come where none came before, the check runs at once, told why, and once per certification;
+    in-scope rows call none."""
+    task = TASK.model_copy(update={"policy": TASK.policy.model_copy(update={"target_margin": 0.01})})
+    rule = AcceptRule(
+        target_margin=0.01, confidence_level=0.95, evidence="golden", min_confidence=0.5, max_ood=1.0, coverage=0.5
+    )
+    serving = manifest_only(tmp_path / "v0001-abc", acceptance=rule)
+    judged: list[tuple[int, int | None, str | None]] = []
+    reviewed = ReviewStore(tmp_path / "review")
+
+    def recertify(
+        tenant: str, t: Task, folder: Path, since: int | None, anew: bool, alarm: str | None
+    ) -> Recertified | None:
+        judged.append((reviewed.done(tenant, t.name), since, alarm))
+        return None
+
+    state: dict[str, Path | None] = {"serving": None}
+
+    async def serving_folder(tenant: str, task_name: str) -> Path | None:
+        return state["serving"]
+
+    def train(cases: list[Case], tenant: str, t: Task, serving: Path | None, trigger: str) -> TrainResult:
+        raise AssertionError("no retrain here")
+
+    trainer = trainer_on(
+        tmp_path,
+        train,
+        tasks={task.name: task},
+        min_cases=1000,
+        retrain_every=1000,
+        serving=serving_folder,
+        reviews=reviewed,
+        recertify=recertify,
+    )
+    offset = 0
+
+    def rows(label: str, n: int) -> None:
+        nonlocal offset
+        for _ in range(n):
+            got = [
+                Received(harvest_case(f"g{offset}", label, source, None, task=task.name), T.harvest, offset=offset)
+                for source in ("teacher", "feedback")
+            ]
+            assert asyncio.run(trainer.handle(got)) == []
+            offset += 1
+
+    rows("billing", 99)  # nothing serves yet: nothing to judge
+    state["serving"] = serving
+    rows("billing", 1)
+    assert judged == [(100, 100, None)]  # the first check: its rule counts as certified from there
+    rows("billing", 60)
+    assert judged == [(100, 100, None)]  # in scope: no check before the 100th row since
+    rows("oos", 10)
+    assert len(judged) == 2, judged
+    done, since, why = judged[-1]
+    assert since == 100 and 160 < done <= 170, judged
+    assert why is not None and why.startswith("the out-of-scope share rose from 0.0% (0 of 100 rows) to "), why
+    assert "a CUSUM rang" in why, why
+    alarms = {"tenant": "acme", "task": task.name}
+    assert metrics.REGISTRY.get_sample_value("protege_trainer_out_of_scope_alarms_total", alarms) == 1
+    rows("oos", 20)
+    assert len(judged) == 2  # once per certification
+    rows("oos", done + 100 - offset)
+    assert judged[-1] == (done + 100, 100, None)  # the checks every 100 rows go on from there
+
+
 @pytest.mark.parametrize(("ours", "announced"), [(0.3, False), (0.7, True)])
 def test_a_retrain_that_ends_after_a_check_replaced_the_serving_rule_is_gated_on_todays_rows(
     tmp_path: Path, ours: float, announced: bool
@@ -712,7 +791,9 @@ def test_a_retrain_that_ends_after_a_check_replaced_the_serving_rule_is_gated_on
         assert release.wait(30)
         return TrainResult("v0003-new", tmp_path / "v0003-new", {}, ["billing", "refund"], True, "passed")
 
-    def recertify(tenant: str, task: Task, serving: Path, since: int | None, is_anew: bool) -> Recertified | None:
+    def recertify(
+        tenant: str, task: Task, serving: Path, since: int | None, is_anew: bool, alarm: str | None
+    ) -> Recertified | None:
         anew.append(serving.name) if is_anew else None
         rule = AcceptRule(target_accuracy=0.9, confidence_level=0.95, min_confidence=0.5, max_ood=1.0, coverage=0.6)
         if is_anew:
