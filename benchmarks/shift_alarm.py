@@ -70,16 +70,19 @@ def main() -> None:
     )
     print(
         f"{'share before':>12} {'after':>6} | {'checks: seen by':>15} {'rows p50':>8} {'p90':>6} | "
-        f"{'CUSUM: seen by':>14} {'rows p50':>8} {'p90':>6}"
+        f"{'CUSUM: seen by':>14} {'rows p50':>8} {'p90':>6} | {'both: seen by':>14} {'rows p50':>8} {'p90':>6}"
     )
     for p0, p1 in PAIRS:
         fixed: list[int | None] = []
         cusum: list[int | None] = []
+        either: list[int | None] = []  # what the trainer runs: both
         for _ in range(args.runs):
             before, after = rng.random(args.before) < p0, rng.random(args.horizon) < p1
             fixed.append(checks(before, after, args.every, args.confidence))
             alarm = out_of_scope_alarm(before, after, args.confidence, rows_per_false_alarm)
             cusum.append(None if alarm is None else alarm.at + 1)
+            seen = [x for x in (fixed[-1], cusum[-1]) if x is not None]
+            either.append(min(seen) if seen else None)
 
         def summary(seen: list[int | None]) -> dict[str, float | None]:
             rows = np.asarray([s for s in seen if s is not None])
@@ -89,15 +92,15 @@ def main() -> None:
                 "rows_p90": float(np.percentile(rows, 90)) if len(rows) else None,
             }
 
-        a, b = summary(fixed), summary(cusum)
-        results.append({"share_before": p0, "share_after": p1, "checks": a, "cusum": b})
+        a, b, c = summary(fixed), summary(cusum), summary(either)
+        results.append({"share_before": p0, "share_after": p1, "checks": a, "cusum": b, "both": c})
 
         def cell(s: dict[str, float | None]) -> str:
             p50 = "-" if s["rows_p50"] is None else f"{s['rows_p50']:.0f}"
             p90 = "-" if s["rows_p90"] is None else f"{s['rows_p90']:.0f}"
             return f"{s['seen_share']:>14.1%} {p50:>8} {p90:>6}"
 
-        print(f"{p0:>12.1%} {p1:>6.1%} | {cell(a)} | {cell(b)}")
+        print(f"{p0:>12.1%} {p1:>6.1%} | {cell(a)} | {cell(b)} | {cell(c)}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
