@@ -38,9 +38,8 @@ def checks(before: np.ndarray, after: np.ndarray, every: int, confidence: float)
         teacher_right=np.ones(len(hits), bool),
         out_of_scope=hits,
     )
+    was = np.arange(len(hits)) < len(before)
     for n in range(every, len(after) + 1, every):
-        was = np.zeros(len(hits), bool)
-        was[: len(before)] = True
         now = np.zeros(len(hits), bool)
         now[len(before) : len(before) + n] = True
         if out_of_scope_rose(ev, was, now, confidence) is not None:

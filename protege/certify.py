@@ -580,8 +580,9 @@ def reconsider(
 
     Each check is a test at the goal's confidence on the rows of that moment; a version checked
     again and again on rows that grow is not covered by one test's error rate (the checks are
-    not a sequential test; the alarm is, and states its rate of false alarms). A rule that falls short only a little, on few rows, is not refuted:
-    what the checks catch is a shift the rows can show."""
+    not a sequential test; the alarm is, and states its rate of false alarms). A rule that falls
+    short only a little, on few rows, is not refuted: what the checks catch is a shift the rows
+    can show."""
     if len(evidence) == 0:
         return None
     n = len(evidence)

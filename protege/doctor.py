@@ -172,37 +172,14 @@ def check_broker(settings: Settings, timeout_s: float = 10.0) -> Check:
 
 
 async def _cluster(settings: Settings) -> tuple[int, set[str]]:
-    from aiokafka.admin import AIOKafkaAdminClient
+    from protege.kafka import started_admin
 
-    admin = AIOKafkaAdminClient(**settings.kafka_kwargs(), request_timeout_ms=8000)
-    try:
-        await admin.start()
-    except BaseException:
-        await closed_connections()
-        raise
+    admin = await started_admin(settings, request_timeout_ms=8000)
     try:
         described = await admin.describe_cluster()
         return len(described.get("brokers", [])), set(await admin.list_topics())
     finally:
         await admin.close()
-
-
-async def closed_connections(timeout_s: float = 5.0) -> None:
-    """Until every connection this loop opened has closed, ``timeout_s`` at most. A connection
-    the broker refused at its SASL handshake is closed by aiokafka, but over TLS the close takes a
-    round trip (close_notify) that ``asyncio.run`` does not wait for: its socket was left open for
-    the garbage collector, which reported it in whatever ran then (a CI run failed
-    ``test_state.py`` on the one ``test_secured_broker.py``'s wrong password left; stop 39).
-    Reads the selector loop's own table of its transports; on another loop, nothing to wait for."""
-    loop = asyncio.get_running_loop()
-    transports = getattr(loop, "_transports", None)
-    deadline = loop.time() + timeout_s
-    while transports is not None and loop.time() < deadline:
-        if all(t.is_closing() for t in list(transports.values())):
-            break
-        await asyncio.sleep(0.01)
-    for _ in range(3):  # a closing transport closes its socket on the next turns of the loop
-        await asyncio.sleep(0)
 
 
 def check_api_key() -> Check:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -148,13 +148,8 @@ class ReviewStore:
         id), completed since the last shift the trainer saw (``since``: from that place in the
         order people completed them instead); with ``newest``, only that many, the last that
         people completed."""
-        answers = set(task.answers)
         first = self.shift(tenant, task.name) if since is None else since
-        done = [
-            (row[DONE], rid, row)
-            for rid, row in self.load(tenant, task.name).items()
-            if row.get("label") in answers and row.get("teacher") in answers and row[DONE] >= first
-        ]
+        done = [(row[DONE], rid, row) for rid, row in self._golden_rows(tenant, task, first)]
         if newest:
             done = sorted(done)[-newest:]
         return [
@@ -167,13 +162,17 @@ class ReviewStore:
         """The golden rows completed since the last shift the trainer saw as (place, label), in
         the order people completed them: what ``Trainer.out_of_scope_alarm`` counts, row by row,
         without a model."""
-        answers = set(task.answers)
-        first = self.shift(tenant, task.name)
         return sorted(
-            (row[DONE], row["label"])
-            for row in self.load(tenant, task.name).values()
-            if row.get("label") in answers and row.get("teacher") in answers and row[DONE] >= first
+            (row[DONE], row["label"]) for _, row in self._golden_rows(tenant, task, self.shift(tenant, task.name))
         )
+
+    def _golden_rows(self, tenant: str, task: Task, first: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(request id, row) of every row with both halves, each label one of the task's answers,
+        completed from place ``first`` on (the lock held by the caller)."""
+        answers = set(task.answers)
+        for rid, row in self.load(tenant, task.name).items():
+            if row.get("label") in answers and row.get("teacher") in answers and row[DONE] >= first:
+                yield rid, row
 
     @locked
     def places(self, tenant: str, task: str) -> dict[str, int]:

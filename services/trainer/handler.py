@@ -44,7 +44,7 @@ from protege.events import Alert, HarvestCase, ModelAnnouncement, now_ms
 from protege.jsonl import append, read_appended
 from protege.kafka import Out, Received
 from protege.review import ReviewStore
-from protege.student.train import DEFAULT_TARGET, Case, Recertified, TrainResult
+from protege.student.train import Case, Recertified, TrainResult
 from protege.task import OOS, Task
 from protege.topics import Topics
 
@@ -456,7 +456,7 @@ class Trainer:
         rows = self.reviews.sequence(tenant, task)
         before = np.asarray([label == OOS for place, label in rows if place < since], dtype=bool)
         after = np.asarray([label == OOS for place, label in rows if place >= since], dtype=bool)
-        confidence = task.policy.goal(DEFAULT_TARGET).confidence
+        confidence = task.policy.target_confidence
         return out_of_scope_alarm(before, after, confidence, self.recertify_every / (1 - confidence))
 
     async def retrain(self, tenant: str, task_name: str, trigger: str) -> list[Out]:
