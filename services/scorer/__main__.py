@@ -25,7 +25,7 @@ from protege.settings import ScorerSettings
 from protege.student.runtime import Student, limit_blas, require_gpu
 from protege.task import load_tasks
 
-log = structlog.get_logger().bind(service="scorer")
+log = structlog.get_logger(service="scorer")  # lazy: bound when first used, after logging is configured
 
 
 async def serve(settings: ScorerSettings, stop: asyncio.Event) -> None:
