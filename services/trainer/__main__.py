@@ -12,6 +12,7 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
+import structlog
 from protege_services.trainer.handler import CaseStore, Trainer
 
 from protege.events import Alert, HarvestCase, ModelAnnouncement
@@ -22,7 +23,7 @@ from protege.service import run_service
 from protege.serving import Serving, view
 from protege.settings import TrainerSettings
 from protege.student.backbone import cached_backbone
-from protege.student.runtime import Encoder
+from protege.student.runtime import Encoder, limit_blas
 from protege.student.train import (
     Case,
     EmbeddingCache,
@@ -36,8 +37,13 @@ from protege.student.train import (
 )
 from protege.task import Task, load_tasks
 
+log = structlog.get_logger(service="trainer")  # lazy: bound when first used, after logging is configured
+
 
 async def serve(settings: TrainerSettings, stop: asyncio.Event) -> None:
+    # numpy's BLAS at one thread (PROTEGE_TRAINER_BLAS_THREADS), as in the scorer: a pool that
+    # busy-waits between calls took the cores the pipeline shares with a retrain
+    log.info("blas", wanted=settings.trainer_blas_threads, **limit_blas(settings.trainer_blas_threads))
     backbone = settings.backbone
     if backbone is None:
         backbone = await asyncio.to_thread(cached_backbone)
