@@ -271,7 +271,8 @@ class Trainer:
         return await self.finished()
 
     async def handle(self, received: Sequence[Received[HarvestCase | Alert]]) -> list[Out]:
-        outs = await self.finished()
+        ended = await self.ended()
+        outs = flat(ended)
         touched: set[tuple[str, str]] = set()
         alarms: dict[str, Alert] = {}
         reviewed: set[tuple[str, str]] = set()
@@ -296,7 +297,7 @@ class Trainer:
         # retraining batch after batch (cases arriving faster than it trains) never checked it,
         # so a shift went unseen for as long as the retraining lasted (stop 34). A check that
         # replaces the rule holds this batch's retrain until its announcement is read back.
-        announced = {(a.tenant, a.task) for a in map(announcement, outs)}
+        announced = {key for key, out in ended.items() if out}
         for tenant, task in sorted(reviewed):
             if out := await self.judge_again(tenant, task):
                 outs.extend(out)
@@ -479,7 +480,12 @@ class Trainer:
 
     async def finished(self) -> list[Out]:
         """The announcements of the retrains in the worker thread that have ended (``background``)."""
-        outs: list[Out] = []
+        return flat(await self.ended())
+
+    async def ended(self) -> dict[tuple[str, str], list[Out]]:
+        """The retrains in the worker thread that have ended, by (tenant, task): their
+        announcements (none: held back, or failed)."""
+        outs: dict[tuple[str, str], list[Out]] = {}
         for (tenant, task), (future, started) in sorted(self.training.items()):
             if not future.done():
                 continue
@@ -494,7 +500,7 @@ class Trainer:
                 self.held_back.add((tenant, task))
                 self.log.error("training_failed", tenant=tenant, task=task, error=f"{type(e).__name__}: {e}")
                 continue
-            outs += await self.trained(tenant, task, result, started, await self.serving(tenant, task))
+            outs[(tenant, task)] = await self.trained(tenant, task, result, started, await self.serving(tenant, task))
         return outs
 
     def settle(self, timeout: float | None = None) -> None:
@@ -599,5 +605,6 @@ def two_labels(cases: Iterable[Case]) -> bool:
     return False
 
 
-def announcement(out: Out) -> ModelAnnouncement:
-    return ModelAnnouncement.model_validate_json(out.value)
+def flat(ended: dict[tuple[str, str], list[Out]]) -> list[Out]:
+    """The announcements of ``Trainer.ended``, in one list."""
+    return [out for announced in ended.values() for out in announced]
