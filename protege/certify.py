@@ -264,19 +264,20 @@ def paired_score_half(wins: int, losses: int, n: int, confidence: float) -> floa
     return paired_score_bound(wins, losses, n, 1 - (1 - confidence) / 2)
 
 
-def could_pass(goal: Goal, n: int) -> bool:
+def could_pass(goal: Goal, n: int, losses: int = 0) -> bool:
     """Whether ``n`` accepted cases with a flawless record (every answer right, no disagreement
     with the teacher) would pass: a threshold that accepts fewer is skipped, not tested. Which
     thresholds are skipped depends on the students' signals only, never on the labels, as the
     empty ones were before; testing them would end the sequence at its strictest, emptiest
-    steps."""
-    if n == 0:
+    steps. ``losses``: the record may hold that many wrong answers (relative: answers wrong
+    where the teacher was right, none the other way) and still pass."""
+    if n <= losses:
         return False
     if goal.relative:
         assert goal.margin is not None
-        return goal.margin + paired_lower_bound(0, 0, n, goal.confidence) >= 0
+        return goal.margin + paired_lower_bound(0, losses, n, goal.confidence) >= 0
     assert goal.accuracy is not None
-    return cp_lower(n, n, goal.confidence) >= goal.accuracy
+    return cp_lower(n - losses, n, goal.confidence) >= goal.accuracy
 
 
 def accepted_by(
@@ -297,7 +298,12 @@ def accepted_by(
 
 
 def choose_rule(
-    goal: Goal, evidence: Evidence, *, ood_quantile: float = OOD_QUANTILE, paired: PairedBound | None = None
+    goal: Goal,
+    evidence: Evidence,
+    *,
+    ood_quantile: float = OOD_QUANTILE,
+    paired: PairedBound | None = None,
+    losses: int = 0,
 ) -> AcceptRule | None:
     """The rule with the most coverage whose every step down the grid passed (None: not even the
     strictest threshold could be certified on this evidence). With ``goal.max_false_accepts``
@@ -311,7 +317,8 @@ def choose_rule(
     runs one sequence per ceiling in ``OOS_GATES`` and keeps the rule that covers most. Each
     sequence is tested at ``1 - (1 - confidence) * share``, its share of the error budget
     (weighted Bonferroni: the shares sum to 1), so whichever rule is kept holds at the goal's
-    confidence."""
+    confidence. ``losses``: the sequence starts where that many losses could still pass
+    (``could_pass``)."""
     if len(evidence) == 0:
         return None
     max_ood = float(np.quantile(evidence.ood, ood_quantile))
@@ -322,9 +329,11 @@ def choose_rule(
         and bool(evidence.out_of_scope.any())
     )
     if not gated:
-        return fixed_sequence(goal, evidence, max_ood, None, paired)
+        return fixed_sequence(goal, evidence, max_ood, None, paired, losses)
     rules = [
-        fixed_sequence(replace(goal, confidence=1 - (1 - goal.confidence) * share), evidence, max_ood, gate, paired)
+        fixed_sequence(
+            replace(goal, confidence=1 - (1 - goal.confidence) * share), evidence, max_ood, gate, paired, losses
+        )
         for gate, share in OOS_GATES
     ]
     best = max((r for r in rules if r is not None), key=lambda r: r.coverage, default=None)
@@ -332,7 +341,12 @@ def choose_rule(
 
 
 def fixed_sequence(
-    goal: Goal, evidence: Evidence, max_ood: float, max_oos: float | None, paired: PairedBound | None
+    goal: Goal,
+    evidence: Evidence,
+    max_ood: float,
+    max_oos: float | None,
+    paired: PairedBound | None,
+    losses: int = 0,
 ) -> AcceptRule | None:
     """The fixed sequence down ``GRID`` at one OOD ceiling and one ceiling on ``oos``."""
     best: AcceptRule | None = None
@@ -348,7 +362,7 @@ def fixed_sequence(
             coverage=0.0,
         )
         accepted = accepted_by(rule, evidence.confidence, evidence.ood, evidence.oos_probability, evidence.answered_oos)
-        if not could_pass(goal, int(accepted.sum())):
+        if not could_pass(goal, int(accepted.sum()), losses):
             continue  # too few cases for even a flawless record to pass: not a test yet; the sequence goes on
         if slack_lower_bound(goal, evidence, accepted, paired) < 0:
             break
