@@ -360,6 +360,7 @@ def _run_phases(
         summary["models_trained"] = len({json.loads(m.value)["version"] for m in models})
         summary["final_model"] = json.loads(models[-1].value) if models else None
         summary["steps"] = [step_of(json.loads(m.value)) for m in models]
+        summary["trained"] = trained_versions(Registry(home.resolve() / "registry"), tenant, task)
         summary["alerts"] = [json.loads(r.value) for r in asyncio.run(read_all(settings, settings.topics.alerts))]
         summary["dead_letters"] = {"count": len(dlq), "reasons": sorted({json.loads(r.value)["reason"] for r in dlq})}
         if reviewing is not None:
@@ -450,6 +451,20 @@ def demo_task() -> Task:
             "golden": "golden.jsonl",
         }
     )
+
+
+def trained_versions(registry: Registry, tenant: str, task: str) -> list[dict[str, Any]]:
+    """Every version the trainer wrote, from its manifest: what it trained on and how long the
+    recipe's fit and the whole version took (a re-certified copy trains nothing: no times)."""
+    out = []
+    for v in registry.versions(tenant, task):
+        m = v.manifest
+        row: dict[str, Any] = {"version": v.name, "recipe": m.recipe.get("kind"), "precision": m.precision}
+        row["recertified_from"] = m.recertified_from
+        row["passed_gates"] = m.gates.passed
+        row |= {k: m.metrics.get(k) for k in ("fit_cases", "fit_seconds", "train_seconds", "truth_coverage")}
+        out.append(row)
+    return out
 
 
 def step_of(ann: dict[str, Any]) -> dict[str, Any]:

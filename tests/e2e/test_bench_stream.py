@@ -46,6 +46,9 @@ def test_bench_stream_keeps_a_golden_set_apart_and_certifies_on_it(tmp_path: Pat
     assert all(m["acceptance_target"]["target_margin"] == 0.01 for m in manifests)
     # The cap reaches every version's target (tests/unit/test_student.py trains one under it).
     assert all(m["acceptance_target"]["max_false_accepts"] == 0.05 for m in manifests)
+    # The report lists every version the trainer wrote, with how long its fit and the whole version took.
+    assert {t["version"] for t in s["trained"]} == {m["version"] for m in manifests}
+    assert all(t["train_seconds"] >= t["fit_seconds"] > 0 for t in s["trained"] if t["recertified_from"] is None)
 
 
 def test_the_scheduled_finetune_between_the_phases_and_retrains_on_its_encoder(tmp_path: Path, backbone: Path) -> None:
