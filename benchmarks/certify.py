@@ -54,21 +54,27 @@ from protege.events import AcceptRule
 from protege.generator import task_from_labels
 from protege.harness import machine
 from protege.student.backbone import cached_backbone
-from protege.student.runtime import Encoder, knn_ood, softmax
+from protege.student.export import quantized
+from protege.student.runtime import Encoder, knn_ood, softmax, sub_batch_for
 from protege.student.train import fit_head, fit_temperature, knn_k
 from protege.teacher import StandinTeacher, confusions
 
 GOALS = {"absolute 0.97": Goal(accuracy=0.97), "relative -1pt": Goal(margin=0.01)}
 
 
-def embeddings(rows: list[dict[str, Any]], cache: Path) -> np.ndarray:
-    """Backbone embeddings of every row, cached on disk by the texts' hash (minutes on 2 cores)."""
+def embeddings(rows: list[dict[str, Any]], cache: Path, *, int8: bool = False) -> np.ndarray:
+    """Backbone embeddings of every row, cached on disk by the texts' hash (minutes on 2 cores);
+    ``int8``: the quantised backbone's, run as the scorer runs an int8 graph (one text per run)."""
     key = hashlib.sha256("\n".join(r["text"] for r in rows).encode()).hexdigest()[:16]
-    path = cache / f"certify-{key}.npy"
+    path = cache / f"certify-{key}{'-int8' if int8 else ''}.npy"
     if path.exists():
         return np.load(path)
     backbone = cached_backbone()
-    x = Encoder(backbone / "model.onnx", backbone / "tokenizer.json", providers="cpu").embed([r["text"] for r in rows])
+    graph = quantized(backbone) if int8 else backbone / "model.onnx"
+    encoder = Encoder(
+        graph, backbone / "tokenizer.json", providers="cpu", sub_batch=sub_batch_for("int8" if int8 else "fp32", 0)
+    )
+    x = encoder.embed([r["text"] for r in rows])
     cache.mkdir(parents=True, exist_ok=True)
     np.save(path, x)
     return x

@@ -25,6 +25,9 @@ another data set's, e.g. CLINC150 from ``benchmarks/clinc150.py``). Levers:
 - ``shipped``: the same with the kNN vote (``student.vote``, the default: 0.3; 0.5 until CLINC150
   measured it); ``--votes`` adds
   it with other weights and k (``--votes 0.3:5,0.5:3,0.5:10``).
+- ``shipped from 1 loss`` (2, 4): the fixed sequence's first test where a record with that many
+  losses could still pass (``protege.certify.could_pass``), not where a flawless one could:
+  counts alone decide it, so the guarantee holds; measured, not the default.
 - ``shipped + false-accept cap 3%``: the same with ``policy.max_false_accepts: 0.03``: the rule
   stops where more than 3% of the golden set's out-of-scope rows would be accepted in scope, and
   may defer in-scope answers with too much probability of ``oos`` (``protege.certify.OOS_GATES``);
@@ -38,6 +41,14 @@ another data set's, e.g. CLINC150 from ``benchmarks/clinc150.py``). Levers:
   rule under the 3% cap (with the ceiling on ``oos``) and the oracle's deferral at that cap;
   once per weight of the ``oos`` label's loss in ``--lpft-oos-weights`` (the trainer's 16 by
   default; ``1,16``: unweighted beside it).
+
+The precision (``--int8``): each lever also with the int8 graph serving — the quantised
+backbone's embeddings (one text per run, as the scorer runs it) through the head fit on the
+fp32 graph's, with the temperature, the OOD bank and the rule on the int8 graph's own outputs,
+as the trainer builds an int8 version — and two ways of choosing between the graphs: by
+held-out accuracy on the teacher's labels (what ``protege.student.train.Precision`` does), and
+by which graph's rule certifies more on the golden rows (two tries at the same rows).
+``--cases N`` trains on N teacher-labelled rows only (a cold start's first versions).
 
 Out-of-scope traffic (``--unknown-intents``: intents left out of the task whose rows the
 teacher answers ``oos``; or a data set's own ``oos`` rows): the report adds the share of them
@@ -66,9 +77,10 @@ from protege.student.finetune import FinetuneConfig
 from protege.student.manifest import Vote
 from protege.student.runtime import Bank
 from protege.student.train import VOTE_K, denoised, fit_head, fit_temperature, knn_k
-from protege.task import OOS, StudentConfig
+from protege.task import OOS, Gates, StudentConfig
 
 GOAL = Goal(margin=0.01, confidence=0.95)
+HALF = ", each at half the error budget"  # a rule certified at 1 - (1 - confidence) / 2
 LEVERS: dict[str, dict[str, Any]] = {
     "base": {},
     "ood 0.99": {"ood_quantile": 0.99},
@@ -80,6 +92,10 @@ LEVERS: dict[str, dict[str, Any]] = {
     "shipped before": {"fit_share": 0.85, "denoise": True},
     # what it does now (student.vote)
     "shipped": {"fit_share": 0.85, "denoise": True, "vote": StudentConfig().vote},
+    # the sequence's first test where a record with 1 or 2 losses could pass (certify.could_pass)
+    "shipped from 1 loss": {"fit_share": 0.85, "denoise": True, "vote": StudentConfig().vote, "losses": 1},
+    "shipped from 2 losses": {"fit_share": 0.85, "denoise": True, "vote": StudentConfig().vote, "losses": 2},
+    "shipped from 4 losses": {"fit_share": 0.85, "denoise": True, "vote": StudentConfig().vote, "losses": 4},
     # the same with policy.max_false_accepts 0.03 (the golden set's out-of-scope cases), a
     # confidence threshold alone (as before the ceiling on oos) or with the ceiling (shipped)
     "shipped + cap 3% without oos gate": {
@@ -146,7 +162,10 @@ def one_rep(
     test: list[dict[str, Any]],
     x_test: np.ndarray,
     table: Any,
+    int8: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
+    """``int8``: the int8 backbone's embeddings of the train and test rows: each lever also with
+    that graph serving (the head fit on the fp32 graph's, as the trainer fits it)."""
     rng = np.random.default_rng(2000 + rep)
     intents = sorted({r["label"] for r in train} - {OOS})
     unknown = set(rng.choice(intents, args.unknown_intents, replace=False).tolist()) if args.unknown_intents else set()
@@ -161,6 +180,8 @@ def one_rep(
     t_test = teacher_answers(relabel_test, labels, noise, conf_table, seed=rep)
     order = rng.permutation(len(train))
     gold_i, pool_i = order[: args.golden], order[args.golden :]
+    if args.cases:  # a cold start's few teacher-labelled rows
+        pool_i = pool_i[: args.cases]
     rows = []
     levers = {name: opts for name, opts in LEVERS.items() if name in args.levers.split(",")}
     for pair in filter(None, args.votes.split(",")):  # the vote's weight and k, tried on the shipped recipe
@@ -171,45 +192,69 @@ def one_rep(
         fit_i, cal_i = pool_i[:cut], pool_i[cut:]
         if opts.get("denoise"):
             fit_i = fit_i[denoised(x_train[fit_i], t_train[fit_i], seed=rep)]
-        w, b, names = fit_head(x_train[fit_i], t_train[fit_i], seed=rep)
+        w, b, names = fit_head(x_train[fit_i], t_train[fit_i], seed=rep)  # on the fp32 graph, as the trainer fits it
         index = {n: i for i, n in enumerate(names)}
         bank_y = np.asarray([index[v] for v in t_train[fit_i]])
         vote = Vote(k=opts.get("vote_k", VOTE_K), weight=opts["vote"]) if opts.get("vote") else None
-        bank = Bank(x_train[fit_i], bank_y, len(names), knn_k(t_train[fit_i].tolist()), vote)
         names_a = np.asarray(names)
         cal_y = np.asarray([index.get(v, -1) for v in t_train[cal_i]])
         known = cal_y >= 0
-        temperature = fit_temperature((x_train[cal_i] @ w + b)[known], cal_y[known])
-
         oos_i = index.get(OOS)
+        graphs = {"fp32": (x_train, x_test)} | ({"int8": int8} if int8 is not None else {})
+        # Precision.of's test: each graph's plain answers on the held-out (calib) cases' teacher labels
+        held_out = {
+            g: float((names_a[(xs[0][cal_i] @ w + b).argmax(1)] == t_train[cal_i]).mean()) for g, xs in graphs.items()
+        }
+        budgets = {"": opts} | (
+            {HALF: opts | {"confidence": 1 - (1 - GOAL.confidence) / 2}} if int8 is not None else {}
+        )
+        for graph, (gx_train, gx_test) in graphs.items():
+            # the served graph's embeddings for the OOD bank, the temperature and everything scored
+            bank = Bank(gx_train[fit_i], bank_y, len(names), knn_k(t_train[fit_i].tolist()), vote)
+            temperature = fit_temperature((gx_train[cal_i] @ w + b)[known], cal_y[known])
 
-        def view(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-            p, ood = bank.view(x, x @ w + b, temperature)  # noqa: B023 (used within the iteration)
-            p_oos = None if oos_i is None else p[:, oos_i]  # noqa: B023
-            return p.max(1), ood, names_a[p.argmax(1)], p_oos  # noqa: B023
+            def view(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+                p, ood = bank.view(x, x @ w + b, temperature)  # noqa: B023 (used within the iteration)
+                p_oos = None if oos_i is None else p[:, oos_i]  # noqa: B023
+                return p.max(1), ood, names_a[p.argmax(1)], p_oos  # noqa: B023
 
-        g_conf, g_ood, g_pred, g_oos = view(x_train[gold_i])
-        x_conf, x_ood, x_pred, x_oos = view(x_test)
-        gated = g_oos if opts.get("oos_gate", True) else None
-        evidence = golden_evidence(g_conf, g_ood, g_pred, gated, truth_train[gold_i], t_train[gold_i])
-        if opts.get("pool_teacher_oos"):
-            said = cal_i[t_train[cal_i] == OOS]
-            c_conf, c_ood, c_pred, c_oos = view(x_train[said])
-            evidence = replace(evidence, teacher_oos=OutOfScope(c_conf, c_ood, c_pred == OOS, c_oos))
-        goal = replace(GOAL, max_false_accepts=opts.get("max_false_accepts"))
-        rule = choose_rule(goal, evidence, ood_quantile=opts.get("ood_quantile", 0.95))
-        s_right, t_right = x_pred == truth_test, t_test == truth_test
-        row = {"rep": rep, "noise_model": model, "lever": lever, "fit_cases": len(fit_i)}
-        row |= judge(rule, goal, x_conf, x_ood, s_right, t_right, x_oos, x_pred == OOS)
-        row["all_teacher_accuracy"] = float(t_right.mean())
-        row["student_accuracy"] = float(s_right.mean())
-        row |= scope(rule, x_conf, x_ood, x_pred, truth_test, x_oos)
-        if rule is not None:
-            row["rule"] = rule.model_dump(exclude_none=True)
-        if args.frontier and lever == "shipped" and rule is not None and (truth_test == OOS).any():
-            gold = (g_conf, g_ood, g_pred, truth_train[gold_i])
-            row["frontier"] = frontier(rule.max_ood, gold, (x_conf, x_ood, x_pred, truth_test))
-        rows.append(row)
+            rows += [
+                lever_row(
+                    rep,
+                    model,
+                    (lever if graph == "fp32" else f"{lever}, int8 graph") + budget,
+                    budget_opts,
+                    args,
+                    view,
+                    gx_train,
+                    gx_test,
+                    gold_i,
+                    cal_i,
+                    fit_i,
+                    truth_train,
+                    t_train,
+                    truth_test,
+                    t_test,
+                )
+                | ({"held_out_accuracy": held_out} if len(graphs) > 1 else {})
+                for budget, budget_opts in budgets.items()
+            ]
+        if int8 is not None:
+            fp32_row, fp32_half, int8_row, int8_half = rows[-4:]
+            # the trainer's choice (protege.student.train.Precision): int8 when its held-out
+            # accuracy is within the gates' tolerance of fp32's; and the graph whose rule certifies
+            # more on the golden rows (two tries at certification on the same rows)
+            by_held_out = int8_row if trainers_choice(held_out) == "int8" else fp32_row
+            by_coverage = max((int8_row, fp32_row), key=lambda r: r["certified_coverage"])
+            # the same at half the error budget each (Bonferroni): whichever is kept holds at the goal's confidence
+            by_half = max((int8_half, fp32_half), key=lambda r: r["certified_coverage"])
+            for how, row in (
+                ("held-out accuracy (shipped)", by_held_out),
+                ("certified coverage", by_coverage),
+                (f"certified coverage{HALF}", by_half),
+            ):
+                precision = "int8" if row in (int8_row, int8_half) else "fp32"
+                rows.append(row | {"lever": f"{lever}, precision by {how}", "precision": precision})
     if args.lpft:
         for oos_weight in map(float, args.lpft_oos_weights.split(",")):
             rows += lpft_rows(
@@ -230,6 +275,57 @@ def one_rep(
     return rows
 
 
+def trainers_choice(held_out: dict[str, float]) -> str:
+    """The graph ``protege.student.train.Precision.of`` serves with ``int8: auto``: int8 when its
+    held-out accuracy is within the gates' default tolerance of fp32's."""
+    return "int8" if held_out["int8"] >= held_out["fp32"] - Gates().tolerance else "fp32"
+
+
+def lever_row(
+    rep: int,
+    model: str,
+    lever: str,
+    opts: dict[str, Any],
+    args: argparse.Namespace,
+    view: Any,
+    x_train: np.ndarray,
+    x_test: np.ndarray,
+    gold_i: np.ndarray,
+    cal_i: np.ndarray,
+    fit_i: np.ndarray,
+    truth_train: np.ndarray,
+    t_train: np.ndarray,
+    truth_test: np.ndarray,
+    t_test: np.ndarray,
+) -> dict[str, Any]:
+    """One lever's rule, certified on the golden rows as ``view`` scores them, met on the test file."""
+    g_conf, g_ood, g_pred, g_oos = view(x_train[gold_i])
+    x_conf, x_ood, x_pred, x_oos = view(x_test)
+    gated = g_oos if opts.get("oos_gate", True) else None
+    evidence = golden_evidence(g_conf, g_ood, g_pred, gated, truth_train[gold_i], t_train[gold_i])
+    if opts.get("pool_teacher_oos"):
+        said = cal_i[t_train[cal_i] == OOS]
+        c_conf, c_ood, c_pred, c_oos = view(x_train[said])
+        evidence = replace(evidence, teacher_oos=OutOfScope(c_conf, c_ood, c_pred == OOS, c_oos))
+    goal = replace(
+        GOAL, max_false_accepts=opts.get("max_false_accepts"), confidence=opts.get("confidence", GOAL.confidence)
+    )
+    rule = choose_rule(goal, evidence, ood_quantile=opts.get("ood_quantile", 0.95), losses=opts.get("losses", 0))
+    s_right, t_right = x_pred == truth_test, t_test == truth_test
+    row = {"rep": rep, "noise_model": model, "lever": lever, "fit_cases": len(fit_i)}
+    row["certified_coverage"] = 0.0 if rule is None else rule.coverage
+    row |= judge(rule, goal, x_conf, x_ood, s_right, t_right, x_oos, x_pred == OOS)
+    row["all_teacher_accuracy"] = float(t_right.mean())
+    row["student_accuracy"] = float(s_right.mean())
+    row |= scope(rule, x_conf, x_ood, x_pred, truth_test, x_oos)
+    if rule is not None:
+        row["rule"] = rule.model_dump(exclude_none=True)
+    if args.frontier and lever == "shipped" and rule is not None and (truth_test == OOS).any():
+        gold = (g_conf, g_ood, g_pred, truth_train[gold_i])
+        row["frontier"] = frontier(rule.max_ood, gold, (x_conf, x_ood, x_pred, truth_test))
+    return row
+
+
 def lpft_rows(
     rep: int,
     model: str,
@@ -248,7 +344,9 @@ def lpft_rows(
     """``shipped`` + LP-FT: the same denoised 85% split (and the kNN vote), its logreg head as the
     start, then the whole encoder fine-tuned (``protege.student.finetune``, 4 epochs); calibration, the OOD bank
     (the fine-tuned embeddings of the fit cases) and the rule as for the other levers. Scored in
-    PyTorch (the ONNX export matches it to 1e-3 in logits: tests/unit/test_student.py). With
+    PyTorch (the ONNX export matches it to 1e-3 in logits: tests/unit/test_student.py); with
+    ``--int8`` also through the exported encoder's fp32 and int8 graphs, and the graph the
+    trainer's held-out accuracy test would choose. With
     out-of-scope golden rows, a second row: the same student's rule under the 3% cap, and the
     oracle's figure (``oos_signals.best``: the fewest in-scope test rows deferred at <= 3% false
     accepts over every confidence threshold and ceiling on P(oos), chosen on the test file: a
@@ -271,59 +369,108 @@ def lpft_rows(
     fit_y = np.asarray([index[v] for v in t_train[fit_i]])
     finetune(clf, [train[i]["text"] for i in fit_i], fit_y, cfg, class_weight=weights)
     trained_s = time.perf_counter() - started
-
-    def scores(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        logits, emb = clf.predict(texts)
-        return logits, emb
-
-    _, bank = scores([train[i]["text"] for i in fit_i])
-    cal_logits, _ = scores([train[i]["text"] for i in cal_i])
-    cal_y = np.asarray([index.get(v, -1) for v in t_train[cal_i]])
-    known = cal_y >= 0
-    temperature = fit_temperature(cal_logits[known], cal_y[known])
     names_a, k = np.asarray(names), knn_k(t_train[fit_i].tolist())
     bank_y = np.asarray([index[v] for v in t_train[fit_i]])
-    neighbours = Bank(bank, bank_y, len(names), k, Vote(k=VOTE_K, weight=StudentConfig().vote))
-
+    cal_y = np.asarray([index.get(v, -1) for v in t_train[cal_i]])
+    known = cal_y >= 0
     oos_i = index.get(OOS)
 
-    def view(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        logits, emb = scores(texts)
-        p, ood = neighbours.view(emb, logits, temperature)
-        return p.max(1), ood, names_a[p.argmax(1)], None if oos_i is None else p[:, oos_i]
+    def rules_of(lever: str, scores: Any, half: bool = False) -> list[dict[str, Any]]:
+        """The rows of one way of scoring the fine-tuned student (``scores(texts)``: logits and
+        embeddings): calibration, OOD bank and rules on its outputs."""
+        _, bank = scores([train[i]["text"] for i in fit_i])
+        cal_logits, _ = scores([train[i]["text"] for i in cal_i])
+        temperature = fit_temperature(cal_logits[known], cal_y[known])
+        held_out_plain = float((names_a[cal_logits.argmax(1)] == t_train[cal_i]).mean())
+        neighbours = Bank(bank, bank_y, len(names), k, Vote(k=VOTE_K, weight=StudentConfig().vote))
 
-    g_conf, g_ood, g_pred, g_oos = view([train[i]["text"] for i in gold_i])
-    x_conf, x_ood, x_pred, x_oos = view([r["text"] for r in test])
-    s_right, t_right = x_pred == truth_test, t_test == truth_test
+        def view(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+            logits, emb = scores(texts)
+            p, ood = neighbours.view(emb, logits, temperature)
+            return p.max(1), ood, names_a[p.argmax(1)], None if oos_i is None else p[:, oos_i]
+
+        g_conf, g_ood, g_pred, g_oos = view([train[i]["text"] for i in gold_i])
+        x_conf, x_ood, x_pred, x_oos = view([r["text"] for r in test])
+        s_right, t_right = x_pred == truth_test, t_test == truth_test
+        golden = golden_evidence(g_conf, g_ood, g_pred, g_oos, truth_train[gold_i], t_train[gold_i])
+        goals = {lever: (GOAL, 0.95, golden)}  # name: (goal, the OOD gate's quantile, evidence)
+        if half:  # the same rule at half the error budget (beside another graph's, Bonferroni)
+            goals[lever + HALF] = (replace(GOAL, confidence=1 - (1 - GOAL.confidence) / 2), 0.95, golden)
+        if (truth_train[gold_i] == OOS).any():  # the same student under the cap, with the ceiling on oos
+            capped = replace(GOAL, max_false_accepts=0.03)
+            goals[f"{lever} + false-accept cap 3%"] = (capped, 0.95, golden)
+            for q in map(float, filter(None, args.lpft_capped_ood.split(","))):  # the OOD gate's share of it
+                goals[f"{lever} + false-accept cap 3% + ood {q:g}"] = (capped, q, golden)
+            said = cal_i[t_train[cal_i] == OOS]  # held-out cases the teacher answered oos
+            c_conf, c_ood, c_pred, c_oos = view([train[i]["text"] for i in said])
+            pooled = replace(golden, teacher_oos=OutOfScope(c_conf, c_ood, c_pred == OOS, c_oos))
+            goals[f"{lever} + false-accept cap 3% pooled with teacher oos"] = (capped, 0.95, pooled)
+        rows = []
+        for name, (goal, ood_quantile, evidence) in goals.items():
+            rule = choose_rule(goal, evidence, ood_quantile=ood_quantile)
+            row = {"rep": rep, "noise_model": model, "lever": name, "held_out_plain": held_out_plain}
+            row |= {"fit_cases": len(fit_i), "train_seconds": round(trained_s, 1)}
+            row["certified_coverage"] = 0.0 if rule is None else rule.coverage
+            row |= judge(rule, goal, x_conf, x_ood, s_right, t_right, x_oos, x_pred == OOS)
+            row["all_teacher_accuracy"] = float(t_right.mean())
+            row["student_accuracy"] = float(s_right.mean())
+            if rule is not None:
+                row["rule"] = rule.model_dump(exclude_none=True)
+            if args.frontier and goal.max_false_accepts is None and rule is not None and (truth_test == OOS).any():
+                gold = (g_conf, g_ood, g_pred, truth_train[gold_i])
+                row["frontier"] = frontier(rule.max_ood, gold, (x_conf, x_ood, x_pred, truth_test))
+            if goal.max_false_accepts is not None and x_oos is not None:
+                oracle = best(x_conf, [x_oos], x_pred, truth_test, goal.max_false_accepts)
+                row["oracle_in_scope_deferred"] = None if oracle is None else oracle["in_scope_deferred"]
+            rows.append(row | scope(rule, x_conf, x_ood, x_pred, truth_test, x_oos))
+        return rows
+
     lever = f"shipped + LP-FT ({args.lpft_epochs} epochs{'' if oos_weight == 1 else f', oos x{oos_weight:g}'})"
-    golden = golden_evidence(g_conf, g_ood, g_pred, g_oos, truth_train[gold_i], t_train[gold_i])
-    goals = {lever: (GOAL, 0.95, golden)}  # name: (goal, the OOD gate's quantile, evidence)
-    if (truth_train[gold_i] == OOS).any():  # the same student under the cap, with the ceiling on oos
-        capped = replace(GOAL, max_false_accepts=0.03)
-        goals[f"{lever} + false-accept cap 3%"] = (capped, 0.95, golden)
-        for q in map(float, filter(None, args.lpft_capped_ood.split(","))):  # the OOD gate's share of it
-            goals[f"{lever} + false-accept cap 3% + ood {q:g}"] = (capped, q, golden)
-        said = cal_i[t_train[cal_i] == OOS]  # held-out cases the teacher answered oos
-        c_conf, c_ood, c_pred, c_oos = view([train[i]["text"] for i in said])
-        pooled = replace(golden, teacher_oos=OutOfScope(c_conf, c_ood, c_pred == OOS, c_oos))
-        goals[f"{lever} + false-accept cap 3% pooled with teacher oos"] = (capped, 0.95, pooled)
-    rows = []
-    for name, (goal, ood_quantile, evidence) in goals.items():
-        rule = choose_rule(goal, evidence, ood_quantile=ood_quantile)
-        row = {"rep": rep, "noise_model": model, "lever": name}
-        row |= {"fit_cases": len(fit_i), "train_seconds": round(trained_s, 1)}
-        row |= judge(rule, goal, x_conf, x_ood, s_right, t_right, x_oos, x_pred == OOS)
-        row["all_teacher_accuracy"] = float(t_right.mean())
-        row["student_accuracy"] = float(s_right.mean())
-        if rule is not None:
-            row["rule"] = rule.model_dump(exclude_none=True)
-        if args.frontier and goal.max_false_accepts is None and rule is not None and (truth_test == OOS).any():
-            gold = (g_conf, g_ood, g_pred, truth_train[gold_i])
-            row["frontier"] = frontier(rule.max_ood, gold, (x_conf, x_ood, x_pred, truth_test))
-        if goal.max_false_accepts is not None and x_oos is not None:
-            oracle = best(x_conf, [x_oos], x_pred, truth_test, goal.max_false_accepts)
-            row["oracle_in_scope_deferred"] = None if oracle is None else oracle["in_scope_deferred"]
-        rows.append(row | scope(rule, x_conf, x_ood, x_pred, truth_test, x_oos))
+    rows = rules_of(lever, clf.predict)
+    if args.int8:  # the fine-tuned encoder exported as the trainer exports it, fp32 and int8, with the head
+        import tempfile
+
+        from protege.student.export import export_encoder, quantized
+        from protege.student.runtime import Encoder, sub_batch_for
+
+        w_ft, b_ft = clf.head_arrays()
+        with tempfile.TemporaryDirectory(prefix="lpft-") as work:
+            encoder = export_encoder(clf.save_encoder(Path(work) / "hf"), Path(work) / "encoder")
+            graphs = {"fp32": encoder / "model.onnx", "int8": quantized(encoder)}
+            by_graph = {}
+            for name, graph in graphs.items():
+                run = Encoder(graph, encoder / "tokenizer.json", providers="cpu", sub_batch=sub_batch_for(name, 0))
+
+                def onnx(texts: list[str], run: Encoder = run) -> tuple[np.ndarray, np.ndarray]:
+                    emb = run.embed(texts)
+                    return emb @ w_ft + b_ft, emb
+
+                by_graph[name] = rules_of(f"{lever}, {name} graph", onnx, half=True)
+        held_out = {name: graph_rows[0]["held_out_plain"] for name, graph_rows in by_graph.items()}
+        chosen = trainers_choice(held_out)
+        for graph_rows in by_graph.values():
+            rows += [r | {"held_out_accuracy": held_out} for r in graph_rows]
+        halves = [r for graph_rows in by_graph.values() for r in graph_rows if r["lever"].endswith(HALF)]
+        kept = max(halves, key=lambda r: r["certified_coverage"])
+        rows.append(
+            kept
+            | {
+                "lever": f"{lever}, precision by certified coverage{HALF}",
+                "precision": "int8" if ", int8 graph" in kept["lever"] else "fp32",
+                "held_out_accuracy": held_out,
+            }
+        )
+        base = f"{lever}, {chosen} graph"
+        rows += [  # the trainer's choice, goal by goal (the same choice for each)
+            r
+            | {
+                "lever": r["lever"].replace(base, f"{lever}, precision by held-out accuracy (shipped)"),
+                "precision": chosen,
+                "held_out_accuracy": held_out,
+            }
+            for r in by_graph[chosen]
+            if not r["lever"].endswith(HALF)
+        ]
     return rows
 
 
@@ -394,6 +541,12 @@ def main() -> None:
     ap.add_argument("--noise-models", default="uniform,confusable")
     ap.add_argument("--golden", type=int, default=1000)
     ap.add_argument("--unknown-intents", type=int, default=0)
+    ap.add_argument(
+        "--cases",
+        type=int,
+        default=0,
+        help="Teacher-labelled rows to train on (0: all the train file's but the golden).",
+    )
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--cache", type=Path, default=Path(".protege/cache"))
     ap.add_argument("--json", type=Path, default=Path("reports/benchmark-coverage-levers.json"))
@@ -420,6 +573,11 @@ def main() -> None:
         help="Also the shipped recipe with other kNN votes: weight:k pairs, comma-separated (e.g. 0.3:5,0.5:10).",
     )
     ap.add_argument(
+        "--int8",
+        action="store_true",
+        help="Also each lever with the int8 graph serving (the precision choice: what it costs in certified coverage).",
+    )
+    ap.add_argument(
         "--frontier",
         action="store_true",
         help="With out-of-scope rows: the shipped recipe's (and LP-FT's) false accepts and in-scope deferrals at "
@@ -432,11 +590,12 @@ def main() -> None:
     train, test = loaded
     started = time.perf_counter()
     x_train, x_test = embeddings(train, args.cache), embeddings(test, args.cache)
+    int8 = (embeddings(train, args.cache, int8=True), embeddings(test, args.cache, int8=True)) if args.int8 else None
     table = confusion_table(train, x_train)
     rows: list[dict[str, Any]] = []
     for model in args.noise_models.split(","):
         for rep in range(args.reps):
-            rows += one_rep(rep, model, args, train, x_train, test, x_test, table)
+            rows += one_rep(rep, model, args, train, x_train, test, x_test, table, int8)
             print(f"{model} rep {rep}: done ({time.perf_counter() - started:.0f} s)", flush=True)
     summary = summarise(rows)
     print_table(summary, args)
@@ -453,7 +612,14 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["noise_model"], r["lever"]), []).append(r)
-    keys = ["coverage", "accepted_accuracy", "teacher_on_accepted", "cascade_accuracy", "all_teacher_accuracy"]
+    keys = [
+        "certified_coverage",
+        "coverage",
+        "accepted_accuracy",
+        "teacher_on_accepted",
+        "cascade_accuracy",
+        "all_teacher_accuracy",
+    ]
     keys += ["student_accuracy", "oos_false_accepts", "in_scope_deferred", "oracle_in_scope_deferred"]
     out = []
     for (model, lever), rs in groups.items():
@@ -483,7 +649,16 @@ def print_table(summary: list[dict[str, Any]], args: argparse.Namespace) -> None
         title=f"coverage levers ({args.data.name} test; relative target 1 pt @ 95% on {args.golden} golden rows; noise "
         f"{args.noise:g}; {args.unknown_intents} unknown intents; {args.reps} reps; {m['cpu']}, {m['cores']} cores)"
     )
-    cols = ["noise", "lever", "coverage", "accepted acc", "teacher on accepted", "cascade acc", "all-teacher acc"]
+    cols = [
+        "noise",
+        "lever",
+        "certified",
+        "coverage",
+        "accepted acc",
+        "teacher on accepted",
+        "cascade acc",
+        "all-teacher acc",
+    ]
     cols += ["student acc", "oos false accepts", "in-scope deferred", "oracle deferred", "held", "rules"]
     for col in cols:
         table.add_column(col)
@@ -495,7 +670,16 @@ def print_table(summary: list[dict[str, Any]], args: argparse.Namespace) -> None
         table.add_row(
             s["noise_model"],
             s["lever"],
-            *(pct(s[k]) for k in ("coverage", "accepted_accuracy", "teacher_on_accepted", "cascade_accuracy")),
+            *(
+                pct(s[k])
+                for k in (
+                    "certified_coverage",
+                    "coverage",
+                    "accepted_accuracy",
+                    "teacher_on_accepted",
+                    "cascade_accuracy",
+                )
+            ),
             *(
                 pct(s[k])
                 for k in ("all_teacher_accuracy", "student_accuracy", "oos_false_accepts", "in_scope_deferred")
