@@ -72,6 +72,7 @@ from intents import DATA, load
 from oos_signals import best
 
 from protege.certify import Evidence, Goal, OutOfScope, accepted_by, choose_rule
+from protege.events import AcceptRule
 from protege.harness import machine
 from protege.student.finetune import FinetuneConfig
 from protege.student.manifest import Vote
@@ -163,9 +164,12 @@ def one_rep(
     x_test: np.ndarray,
     table: Any,
     int8: tuple[np.ndarray, np.ndarray] | None = None,
+    golden_tail: int = 0,
 ) -> list[dict[str, Any]]:
     """``int8``: the int8 backbone's embeddings of the train and test rows: each lever also with
-    that graph serving (the head fit on the fp32 graph's, as the trainer fits it)."""
+    that graph serving (the head fit on the fp32 graph's, as the trainer fits it).
+    ``golden_tail``: the golden set is the last that many train rows (drawn from the test file,
+    ``--golden-from test``), not a draw from the train file."""
     rng = np.random.default_rng(2000 + rep)
     intents = sorted({r["label"] for r in train} - {OOS})
     unknown = set(rng.choice(intents, args.unknown_intents, replace=False).tolist()) if args.unknown_intents else set()
@@ -178,11 +182,16 @@ def one_rep(
     conf_table = table if model == "confusable" else None
     t_train = teacher_answers(relabel, labels, noise, conf_table, seed=rep)
     t_test = teacher_answers(relabel_test, labels, noise, conf_table, seed=rep)
-    order = rng.permutation(len(train))
-    gold_i, pool_i = order[: args.golden], order[args.golden :]
+    if golden_tail:  # as many train rows left out as the golden set has, so the fit is the same size
+        gold_i, pool_i = np.arange(len(train) - golden_tail, len(train)), rng.permutation(len(train) - golden_tail)
+        pool_i = pool_i[golden_tail:]
+    else:
+        order = rng.permutation(len(train))
+        gold_i, pool_i = order[: args.golden], order[args.golden :]
     if args.cases:  # a cold start's few teacher-labelled rows
         pool_i = pool_i[: args.cases]
     rows = []
+    near = nearest(x_train, x_test, gold_i, pool_i, truth_train[gold_i] != OOS, truth_test != OOS)
     levers = {name: opts for name, opts in LEVERS.items() if name in args.levers.split(",")}
     for pair in filter(None, args.votes.split(",")):  # the vote's weight and k, tried on the shipped recipe
         weight, k = pair.split(":")
@@ -255,6 +264,7 @@ def one_rep(
             ):
                 precision = "int8" if row in (int8_row, int8_half) else "fp32"
                 rows.append(row | {"lever": f"{lever}, precision by {how}", "precision": precision})
+    rows = [r | near for r in rows]
     if args.lpft:
         for oos_weight in map(float, args.lpft_oos_weights.split(",")):
             rows += lpft_rows(
@@ -273,6 +283,30 @@ def one_rep(
                 oos_weight,
             )
     return rows
+
+
+def nearest(
+    x_train: np.ndarray,
+    x_test: np.ndarray,
+    gold_i: np.ndarray,
+    pool_i: np.ndarray,
+    gold_in_scope: np.ndarray,
+    test_in_scope: np.ndarray,
+) -> dict[str, float]:
+    """How close the in-scope golden rows and the in-scope test rows sit to the teacher-labelled
+    rows the student learns from: the median cosine of each to its nearest one (backbone
+    embeddings). A golden set drawn where the training rows were drawn (paraphrases written
+    together) sits closer than the traffic, and the student is more often right on it."""
+    bank = x_train[pool_i] / np.linalg.norm(x_train[pool_i], axis=1, keepdims=True)
+
+    def median_nearest(x: np.ndarray) -> float:
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return float(np.median(np.concatenate([(x[i : i + 1024] @ bank.T).max(1) for i in range(0, len(x), 1024)])))
+
+    return {
+        "golden_nearest_cosine": median_nearest(x_train[gold_i][gold_in_scope]),
+        "test_nearest_cosine": median_nearest(x_test[test_in_scope]),
+    }
 
 
 def trainers_choice(held_out: dict[str, float]) -> str:
@@ -311,18 +345,40 @@ def lever_row(
         GOAL, max_false_accepts=opts.get("max_false_accepts"), confidence=opts.get("confidence", GOAL.confidence)
     )
     rule = choose_rule(goal, evidence, ood_quantile=opts.get("ood_quantile", 0.95), losses=opts.get("losses", 0))
-    s_right, t_right = x_pred == truth_test, t_test == truth_test
     row = {"rep": rep, "noise_model": model, "lever": lever, "fit_cases": len(fit_i)}
-    row["certified_coverage"] = 0.0 if rule is None else rule.coverage
+    golden, scored = (g_conf, g_ood, g_pred, truth_train[gold_i]), (x_conf, x_ood, x_pred, x_oos)
+    return row | met(rule, goal, golden, scored, truth_test, t_test, args.frontier and lever == "shipped")
+
+
+def met(
+    rule: AcceptRule | None,
+    goal: Goal,
+    golden: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    scored: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None],
+    truth_test: np.ndarray,
+    t_test: np.ndarray,
+    with_frontier: bool = False,
+) -> dict[str, Any]:
+    """A certified rule met on the test file: what it certified, covered and let through, the
+    student's and the all-teacher accuracy. ``golden``: the golden rows' confidence, OOD score,
+    answer and truth; ``scored``: the test rows' confidence, OOD score, answer and P(oos)."""
+    _, _, g_pred, g_truth = golden
+    x_conf, x_ood, x_pred, x_oos = scored
+    s_right, t_right = x_pred == truth_test, t_test == truth_test
+    # the student's accuracy on the golden rows beside the test file's: a golden set that is not a
+    # sample of the traffic shows here first
+    row: dict[str, Any] = {
+        "certified_coverage": 0.0 if rule is None else rule.coverage,
+        "golden_student_accuracy": float((g_pred == g_truth).mean()),
+    }
     row |= judge(rule, goal, x_conf, x_ood, s_right, t_right, x_oos, x_pred == OOS)
     row["all_teacher_accuracy"] = float(t_right.mean())
     row["student_accuracy"] = float(s_right.mean())
     row |= scope(rule, x_conf, x_ood, x_pred, truth_test, x_oos)
     if rule is not None:
         row["rule"] = rule.model_dump(exclude_none=True)
-    if args.frontier and lever == "shipped" and rule is not None and (truth_test == OOS).any():
-        gold = (g_conf, g_ood, g_pred, truth_train[gold_i])
-        row["frontier"] = frontier(rule.max_ood, gold, (x_conf, x_ood, x_pred, truth_test))
+    if with_frontier and goal.max_false_accepts is None and rule is not None and (truth_test == OOS).any():
+        row["frontier"] = frontier(rule.max_ood, golden, (x_conf, x_ood, x_pred, truth_test))
     return row
 
 
@@ -391,7 +447,6 @@ def lpft_rows(
 
         g_conf, g_ood, g_pred, g_oos = view([train[i]["text"] for i in gold_i])
         x_conf, x_ood, x_pred, x_oos = view([r["text"] for r in test])
-        s_right, t_right = x_pred == truth_test, t_test == truth_test
         golden = golden_evidence(g_conf, g_ood, g_pred, g_oos, truth_train[gold_i], t_train[gold_i])
         goals = {lever: (GOAL, 0.95, golden)}  # name: (goal, the OOD gate's quantile, evidence)
         if half:  # the same rule at half the error budget (beside another graph's, Bonferroni)
@@ -410,19 +465,12 @@ def lpft_rows(
             rule = choose_rule(goal, evidence, ood_quantile=ood_quantile)
             row = {"rep": rep, "noise_model": model, "lever": name, "held_out_plain": held_out_plain}
             row |= {"fit_cases": len(fit_i), "train_seconds": round(trained_s, 1)}
-            row["certified_coverage"] = 0.0 if rule is None else rule.coverage
-            row |= judge(rule, goal, x_conf, x_ood, s_right, t_right, x_oos, x_pred == OOS)
-            row["all_teacher_accuracy"] = float(t_right.mean())
-            row["student_accuracy"] = float(s_right.mean())
-            if rule is not None:
-                row["rule"] = rule.model_dump(exclude_none=True)
-            if args.frontier and goal.max_false_accepts is None and rule is not None and (truth_test == OOS).any():
-                gold = (g_conf, g_ood, g_pred, truth_train[gold_i])
-                row["frontier"] = frontier(rule.max_ood, gold, (x_conf, x_ood, x_pred, truth_test))
+            gold = (g_conf, g_ood, g_pred, truth_train[gold_i])
+            row |= met(rule, goal, gold, (x_conf, x_ood, x_pred, x_oos), truth_test, t_test, args.frontier)
             if goal.max_false_accepts is not None and x_oos is not None:
                 oracle = best(x_conf, [x_oos], x_pred, truth_test, goal.max_false_accepts)
                 row["oracle_in_scope_deferred"] = None if oracle is None else oracle["in_scope_deferred"]
-            rows.append(row | scope(rule, x_conf, x_ood, x_pred, truth_test, x_oos))
+            rows.append(row)
         return rows
 
     lever = f"shipped + LP-FT ({args.lpft_epochs} epochs{'' if oos_weight == 1 else f', oos x{oos_weight:g}'})"
@@ -542,6 +590,13 @@ def main() -> None:
     ap.add_argument("--golden", type=int, default=1000)
     ap.add_argument("--unknown-intents", type=int, default=0)
     ap.add_argument(
+        "--golden-from",
+        choices=("train", "test"),
+        default="train",
+        help="Where the golden rows are drawn: the train file (default), or the test file, the rest of it then the "
+        "test (a golden set that is a sample of the traffic the rule meets, whatever the data set's split did).",
+    )
+    ap.add_argument(
         "--cases",
         type=int,
         default=0,
@@ -595,7 +650,11 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for model in args.noise_models.split(","):
         for rep in range(args.reps):
-            rows += one_rep(rep, model, args, train, x_train, test, x_test, table, int8)
+            if args.golden_from == "test":
+                tr, x_tr, te, x_te, i8 = golden_from_test(rep, args.golden, train, test, x_train, x_test, int8)
+                rows += one_rep(rep, model, args, tr, x_tr, te, x_te, table, i8, golden_tail=args.golden)
+            else:
+                rows += one_rep(rep, model, args, train, x_train, test, x_test, table, int8)
             print(f"{model} rep {rep}: done ({time.perf_counter() - started:.0f} s)", flush=True)
     summary = summarise(rows)
     print_table(summary, args)
@@ -606,6 +665,33 @@ def main() -> None:
         json.dumps({"machine": machine(), "config": config, "summary": summary, "rows": rows}, indent=1)
     )
     print(f"wrote {args.json}")
+
+
+def golden_from_test(
+    rep: int,
+    golden: int,
+    train: list[dict[str, Any]],
+    test: list[dict[str, Any]],
+    x_train: np.ndarray,
+    x_test: np.ndarray,
+    int8: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[list[dict[str, Any]], np.ndarray, list[dict[str, Any]], np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """``golden`` rows drawn from the test file (seeded by ``rep``) put after the train rows, the
+    rest of the test file as the test: (train, x_train, test, x_test), each graph's alike."""
+    drawn = np.random.default_rng(3000 + rep).permutation(len(test))
+    gold, rest = drawn[:golden], drawn[golden:]
+
+    def moved(xs: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        return np.vstack([xs[0], xs[1][gold]]), xs[1][rest]
+
+    x_tr, x_te = moved((x_train, x_test))
+    return (
+        train + [test[i] for i in gold],
+        x_tr,
+        [test[i] for i in rest],
+        x_te,
+        None if int8 is None else moved(int8),
+    )
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -620,7 +706,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         "cascade_accuracy",
         "all_teacher_accuracy",
     ]
-    keys += ["student_accuracy", "oos_false_accepts", "in_scope_deferred", "oracle_in_scope_deferred"]
+    keys += ["student_accuracy", "golden_student_accuracy", "oos_false_accepts", "in_scope_deferred"]
+    keys += ["oracle_in_scope_deferred", "golden_nearest_cosine", "test_nearest_cosine"]
     out = []
     for (model, lever), rs in groups.items():
         s: dict[str, Any] = {"noise_model": model, "lever": lever, "reps": len(rs), "held": sum(r["held"] for r in rs)}
@@ -646,7 +733,8 @@ def print_table(summary: list[dict[str, Any]], args: argparse.Namespace) -> None
 
     m = machine()
     table = Table(
-        title=f"coverage levers ({args.data.name} test; relative target 1 pt @ 95% on {args.golden} golden rows; noise "
+        title=f"coverage levers ({args.data.name} test; relative target 1 pt @ 95% on {args.golden} golden rows from "
+        f"{args.golden_from}; noise "
         f"{args.noise:g}; {args.unknown_intents} unknown intents; {args.reps} reps; {m['cpu']}, {m['cores']} cores)"
     )
     cols = [
@@ -659,7 +747,7 @@ def print_table(summary: list[dict[str, Any]], args: argparse.Namespace) -> None
         "cascade acc",
         "all-teacher acc",
     ]
-    cols += ["student acc", "oos false accepts", "in-scope deferred", "oracle deferred", "held", "rules"]
+    cols += ["student acc", "on golden", "oos false accepts", "in-scope deferred", "oracle deferred", "held", "rules"]
     for col in cols:
         table.add_column(col)
 
@@ -682,7 +770,13 @@ def print_table(summary: list[dict[str, Any]], args: argparse.Namespace) -> None
             ),
             *(
                 pct(s[k])
-                for k in ("all_teacher_accuracy", "student_accuracy", "oos_false_accepts", "in_scope_deferred")
+                for k in (
+                    "all_teacher_accuracy",
+                    "student_accuracy",
+                    "golden_student_accuracy",
+                    "oos_false_accepts",
+                    "in_scope_deferred",
+                )
             ),
             pct(s["oracle_in_scope_deferred"]),
             f"{s['held']}/{s['reps']}",
