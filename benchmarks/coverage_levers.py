@@ -603,6 +603,12 @@ def main() -> None:
         help="Teacher-labelled rows to train on (0: all the train file's but the golden).",
     )
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument(
+        "--first-rep",
+        type=int,
+        default=0,
+        help="The first repetition's number (each is seeded by it): more of them later.",
+    )
     ap.add_argument("--cache", type=Path, default=Path(".protege/cache"))
     ap.add_argument("--json", type=Path, default=Path("reports/benchmark-coverage-levers.json"))
     ap.add_argument(
@@ -649,7 +655,7 @@ def main() -> None:
     table = confusion_table(train, x_train)
     rows: list[dict[str, Any]] = []
     for model in args.noise_models.split(","):
-        for rep in range(args.reps):
+        for rep in range(args.first_rep, args.first_rep + args.reps):
             if args.golden_from == "test":
                 tr, x_tr, te, x_te, i8 = golden_from_test(rep, args.golden, train, test, x_train, x_test, int8)
                 rows += one_rep(rep, model, args, tr, x_tr, te, x_te, table, i8, golden_tail=args.golden)
