@@ -362,7 +362,7 @@ def met(
     """A certified rule met on the test file: what it certified, covered and let through, the
     student's and the all-teacher accuracy. ``golden``: the golden rows' confidence, OOD score,
     answer and truth; ``scored``: the test rows' confidence, OOD score, answer and P(oos)."""
-    _, _, g_pred, g_truth = golden
+    _, g_ood, g_pred, g_truth = golden
     x_conf, x_ood, x_pred, x_oos = scored
     s_right, t_right = x_pred == truth_test, t_test == truth_test
     # the student's accuracy on the golden rows beside the test file's: a golden set that is not a
@@ -377,6 +377,15 @@ def met(
     row |= scope(rule, x_conf, x_ood, x_pred, truth_test, x_oos)
     if rule is not None:
         row["rule"] = rule.model_dump(exclude_none=True)
+        # the OOD gate passes 95% of the golden rows by construction (protege.certify.OOD_QUANTILE):
+        # on traffic like them it stops about 5%; more says the traffic sits farther from the fit rows
+        row["test_past_ood_gate"] = float((x_ood > rule.max_ood).mean())
+    # without labels: how often a test row's OOD score is above a golden row's (0.5: alike)
+    from scipy.stats import mannwhitneyu
+
+    test_u = mannwhitneyu(x_ood, g_ood, alternative="greater")
+    row["ood_test_above_golden"] = float(test_u.statistic / (len(x_ood) * len(g_ood)))
+    row["ood_test_above_golden_p"] = float(test_u.pvalue)
     if with_frontier and goal.max_false_accepts is None and rule is not None and (truth_test == OOS).any():
         row["frontier"] = frontier(rule.max_ood, golden, (x_conf, x_ood, x_pred, truth_test))
     return row
@@ -713,7 +722,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         "all_teacher_accuracy",
     ]
     keys += ["student_accuracy", "golden_student_accuracy", "oos_false_accepts", "in_scope_deferred"]
-    keys += ["oracle_in_scope_deferred", "golden_nearest_cosine", "test_nearest_cosine"]
+    keys += ["oracle_in_scope_deferred", "golden_nearest_cosine", "test_nearest_cosine", "test_past_ood_gate"]
+    keys += ["ood_test_above_golden"]
     out = []
     for (model, lever), rs in groups.items():
         s: dict[str, Any] = {"noise_model": model, "lever": lever, "reps": len(rs), "held": sum(r["held"] for r in rs)}
