@@ -183,8 +183,8 @@ def one_rep(
     t_train = teacher_answers(relabel, labels, noise, conf_table, seed=rep)
     t_test = teacher_answers(relabel_test, labels, noise, conf_table, seed=rep)
     if golden_tail:  # as many train rows left out as the golden set has, so the fit is the same size
-        gold_i, pool_i = np.arange(len(train) - golden_tail, len(train)), rng.permutation(len(train) - golden_tail)
-        pool_i = pool_i[golden_tail:]
+        gold_i = np.arange(len(train) - golden_tail, len(train))
+        pool_i = rng.permutation(len(train) - golden_tail)[golden_tail:]
     else:
         order = rng.permutation(len(train))
         gold_i, pool_i = order[: args.golden], order[args.golden :]
@@ -263,7 +263,7 @@ def one_rep(
             by_half = max((int8_half, fp32_half), key=lambda r: r["certified_coverage"])
             # a choice that also leaves the golden rows alone: how well each graph's confidence
             # ranks its answers on the held-out teacher labels (int8 unless it ranks worse)
-            by_ranking = int8_row if ranking["int8"] <= ranking["fp32"] else fp32_row
+            by_ranking = int8_row if ranked_choice(ranking) == "int8" else fp32_row
             for how, row in (
                 ("held-out accuracy (shipped)", by_held_out),
                 ("held-out ranking", by_ranking),
@@ -328,6 +328,11 @@ def risk_coverage_area(confidence: np.ndarray, right: np.ndarray) -> float:
         return 1.0
     wrong = ~right[np.argsort(-confidence, kind="stable")]
     return float(np.mean(np.cumsum(wrong) / np.arange(1, len(wrong) + 1)))
+
+
+def ranked_choice(risk_area: dict[str, float]) -> str:
+    """int8 unless its confidence ranks its held-out answers worse (``risk_coverage_area``)."""
+    return "int8" if risk_area["int8"] <= risk_area["fp32"] else "fp32"
 
 
 def trainers_choice(held_out: dict[str, float]) -> str:
@@ -530,7 +535,7 @@ def lpft_rows(
                 by_graph[name] = rules_of(f"{lever}, {name} graph", onnx, half=True)
         held_out = {name: graph_rows[0]["held_out_plain"] for name, graph_rows in by_graph.items()}
         ranking = {name: graph_rows[0]["held_out_risk_plain"] for name, graph_rows in by_graph.items()}
-        ranked = "int8" if ranking["int8"] <= ranking["fp32"] else "fp32"
+        ranked = ranked_choice(ranking)
         rows += [  # int8 unless its confidence ranks its held-out answers worse (the golden rows untouched)
             r
             | {

@@ -332,7 +332,7 @@ def _run_phases(
                 )
                 # the trainer reads on while it retrains (in a worker thread): a retrain writes its
                 # version in a partial folder until it ends; the next phase starts after it
-                wait_no_partial(home.resolve() / "registry" / tenant / task)
+                wait_no_partial(Registry.of(settings).folder(tenant, task))
                 if between is not None:
                     between(p)
                 time.sleep(5)  # the scorer loads the last announced version
@@ -360,7 +360,7 @@ def _run_phases(
         summary["models_trained"] = len({json.loads(m.value)["version"] for m in models})
         summary["final_model"] = json.loads(models[-1].value) if models else None
         summary["steps"] = [step_of(json.loads(m.value)) for m in models]
-        summary["trained"] = trained_versions(Registry(home.resolve() / "registry"), tenant, task)
+        summary["trained"] = trained_versions(Registry.of(settings), tenant, task)
         summary["alerts"] = [json.loads(r.value) for r in asyncio.run(read_all(settings, settings.topics.alerts))]
         summary["dead_letters"] = {"count": len(dlq), "reasons": sorted({json.loads(r.value)["reason"] for r in dlq})}
         if reviewing is not None:
