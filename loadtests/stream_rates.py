@@ -1,7 +1,7 @@
 """Load: the whole pipeline at fixed request rates or as fast as possible, beside the raw
 broker and the serving model's own in-process throughput in the same run.
 
-    python loadtests/stream_rates.py --rates 25,50%,max --seconds 20 --layouts separate,fused
+    python loadtests/stream_rates.py --rates 25,50%,max --seconds 20 --layouts separate,fused,one-hop
 
 One embedded broker and the six services; a warm-up stream trains one student (then no
 retrains, so the phases measure serving, not training); then each rate for ``--seconds``
@@ -22,8 +22,9 @@ variants, of the first run's figure, so every run is offered the same req/s; ``-
 each run's own), and every phase's throughput is also given as a share of the run's own. The
 summary names the highest fixed rate that was sustained (every request answered,
 the answers kept pace) with student-path p95 under ``--p95-target`` ms. ``--layouts``
-runs the whole thing once per layout (``separate``: scorer and verifier; ``fused``:
-``PROTEGE_FUSED=1``, the scorer decides), one after the other; ``--broker-jvm`` once per set of
+runs the whole thing once per layout (``separate``: ingestion, scorer and verifier; ``fused``:
+``PROTEGE_FUSED=1``, the scorer decides; ``one-hop``: ``PROTEGE_ONE_HOP=1``, the scorer
+ingests and decides), one after the other; ``--broker-jvm`` once per set of
 the broker's JVM flags as well, each on a fresh broker. The broker's CPU is also split by kind
 of thread (request handlers, network threads, the JIT compiler, GC: ``jcmd`` names them).
 ``--profile`` restarts the
@@ -116,6 +117,7 @@ async def student_hops(settings: Settings, d: Drive, since_ms: int) -> dict[str,
     return {hop: {"p50": percentile(v, 0.5), "p95": percentile(v, 0.95)} for hop, v in spans.items()}
 
 
+LAYOUTS = ("separate", "fused", "one-hop")  # PROTEGE_FUSED, PROTEGE_ONE_HOP
 HOPS = ("publish->ingested", "ingested->scored", "scored->answered", "answered->caller")
 
 
@@ -258,6 +260,7 @@ def run_layout(
         "PROTEGE_THREADS": str(threads),
         "PROTEGE_TRAINER_THREADS": "1",
         "PROTEGE_FUSED": "1" if layout == "fused" else "0",
+        "PROTEGE_ONE_HOP": "1" if layout == "one-hop" else "0",
         "PROTEGE_LINGER_MS": str(linger),
         **({"PROTEGE_MAX_BATCH": str(max_batch)} if max_batch else {}),
         **({"PROTEGE_RETRY_BACKOFF_MS": str(backoff)} if backoff is not None else {}),
@@ -470,7 +473,9 @@ def main() -> None:
         help="ONNX Runtime threads in the scorer (0: its cores); several, separated by |, each on a fresh pipeline "
         "with its in-process figure measured at its own threads (--scorer-threads '0|1')",
     )
-    ap.add_argument("--layouts", default="separate", help="separate, fused, or both: separate,fused")
+    ap.add_argument(
+        "--layouts", default="separate", help="separate, fused, one-hop, or several: separate,fused,one-hop"
+    )
     ap.add_argument(
         "--broker-jvm",
         default="",
@@ -542,8 +547,8 @@ def main() -> None:
         "layouts": [],
     }
     for layout in args.layouts.split(","):
-        if layout not in ("separate", "fused"):
-            raise SystemExit(f"--layouts: no layout {layout!r} (separate, fused)")
+        if layout not in LAYOUTS:
+            raise SystemExit(f"--layouts: no layout {layout!r} ({', '.join(LAYOUTS)})")
     variants = list(
         itertools.product(
             args.layouts.split(","),

@@ -79,6 +79,11 @@ class Ingested(Event, title="protege.ingested"):
     metadata: dict[str, str] = Field(default_factory=dict)
     sent_at_ms: int | None = None
     received_at_ms: int = Field(description="When ingestion accepted it, epoch ms.")
+    scored: Literal[True] | None = Field(
+        None,
+        description="Ingested, scored and decided in one transaction (the one-hop layout, PROTEGE_ONE_HOP): "
+        "a scorer passes it by.",
+    )
 
 
 class AboutRequest:

@@ -370,6 +370,7 @@ class Processor:
         max_poll_interval_ms: int = 300_000,
         on_commit: CommitHook | None = None,
         dead_letters: str | None = None,
+        quarantine_letters: str | None = None,
         fallback: Fallback | None = None,
         max_attempts: int = 3,
         retry_backoff_s: float = 0.2,
@@ -391,6 +392,9 @@ class Processor:
         self.max_poll_interval_ms = max_poll_interval_ms
         self.on_commit = on_commit  # after a batch's transaction committed (the teacher settles its journal)
         self.dead_letters = dead_letters or settings.topics.dlq
+        # where a record the handler gave up on is recorded once the fallback has passed it on (the
+        # one-hop scorer: protege.dlq, since its backends read protege.requests.dlq as refusals)
+        self.quarantine_letters = quarantine_letters or self.dead_letters
         self.fallback = fallback
         self.max_attempts = max_attempts
         self.retry_backoff_s = retry_backoff_s
@@ -610,21 +614,15 @@ class Processor:
             :1000
         ]
         received, _ = self.decode([record])
-        outs = [
-            dead_letter(
-                record,
-                "quarantined",
-                detail,
-                self.service,
-                self.dead_letters,
-                **(received[0].event.ids() if received else {}),
-            )
-        ]
+        passed_on: list[Out] | None = None
         if self.fallback is not None and received:
             try:
-                outs.extend(self.fallback(received[0], detail))
-            except Exception as e:  # the letter alone still goes out
+                passed_on = self.fallback(received[0], detail)
+            except Exception as e:  # the letter alone still goes out, where the dead letters go
                 self.log.error("fallback_failed", offset=record.offset, error=f"{type(e).__name__}: {e}")
+        letters = self.dead_letters if passed_on is None else self.quarantine_letters
+        ids = received[0].event.ids() if received else {}
+        outs = [dead_letter(record, "quarantined", detail, self.service, letters, **ids), *(passed_on or [])]
         async with prod.transaction():
             for out in outs:
                 await prod.send(out.topic, out.value, key=out.key)
@@ -637,7 +635,7 @@ class Processor:
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
-            dead_letters=self.dead_letters,
+            dead_letters=outs[0].topic,
             error=f"{type(error).__name__}: {error}"[:300],
             exc_info=error,
         )

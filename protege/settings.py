@@ -104,7 +104,9 @@ class IngestionSettings(Settings):
     dedupe_window: int = Field(200_000, ge=0, description="Recent request ids remembered to reject duplicates.")
 
 
-class ScorerSettings(Settings):
+class ScorerSettings(IngestionSettings):
+    """The scorer's; ingestion's limits too, which it applies in the one-hop layout."""
+
     max_batch: int = Field(64, ge=1, description="Largest micro-batch sent to ONNX Runtime.")
     max_wait_ms: int = Field(5, ge=0, description="How long to wait to fill a micro-batch.")
     providers: str = Field("auto", description="auto, cpu or cuda.")
@@ -133,6 +135,12 @@ class ScorerSettings(Settings):
         False,
         description="Decide in the scorer too, in the same transaction (the fused layout: one hop and one "
         "transaction fewer on the student path; run no verifier). Off: the verifier decides.",
+    )
+    one_hop: bool = Field(
+        False,
+        description="Ingest, score and decide in one transaction, reading protege.requests (the one-hop layout: "
+        "two hops and two transactions fewer on the student path than the separate one; run no ingestion and "
+        "no verifier). Implies fused.",
     )
 
 

@@ -26,14 +26,27 @@ SERVICES = ["ingestion", "scorer", "verifier", "teacher", "harvester", "trainer"
 DEPLOYED = [*SERVICES, "monitor"]  # compose, k8s and protege up also run the monitor
 
 
+def on(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def fused(env: Mapping[str, str]) -> bool:
     """The fused layout (``PROTEGE_FUSED``): the scorer decides, and no verifier runs."""
-    return env.get("PROTEGE_FUSED", "").strip().lower() in ("1", "true", "yes", "on")
+    return on(env, "PROTEGE_FUSED")
+
+
+def one_hop(env: Mapping[str, str]) -> bool:
+    """The one-hop layout (``PROTEGE_ONE_HOP``): the scorer ingests and decides, and neither
+    ingestion nor a verifier runs."""
+    return on(env, "PROTEGE_ONE_HOP")
 
 
 def layout(names: Sequence[str], env: Mapping[str, str]) -> list[str]:
-    """The processes to run: ``names`` without the verifiers when the layout is fused."""
-    return [n for n in names if not (fused(env) and service_of(n) == "verifier")]
+    """The processes to run: ``names`` without the verifiers when the layout is fused, and
+    without ingestion either when it is one hop."""
+    left_out = {"verifier"} if fused(env) else set()
+    left_out |= {"ingestion", "verifier"} if one_hop(env) else set()
+    return [n for n in names if service_of(n) not in left_out]
 
 
 def service_of(name: str) -> str:

@@ -150,6 +150,13 @@ def up(
             "(PROTEGE_FUSED=1: one hop fewer on the student path)."
         ),
     ] = False,
+    one_hop: Annotated[
+        bool,
+        typer.Option(
+            help="The one-hop layout: the scorer also ingests and decides, reading protege.requests, and neither "
+            "ingestion nor a verifier runs (PROTEGE_ONE_HOP=1: one transaction from request to answer)."
+        ),
+    ] = False,
     profile: Annotated[
         Path | None,
         typer.Option(
@@ -180,6 +187,8 @@ def up(
     env = {"PROTEGE_STANDIN_LABELS": str(standin_labels.resolve())} if standin_labels else {}
     if fused:
         env["PROTEGE_FUSED"] = "1"
+    if one_hop:
+        env["PROTEGE_ONE_HOP"] = "1"
     library_logs_to(home() / "logs")
     try:
         with (

@@ -32,13 +32,17 @@ def processor(settings: IngestionSettings, tasks: Collection[str], handler: Inge
     )
 
 
-async def serve(settings: IngestionSettings, stop: asyncio.Event) -> None:
+async def ingestion(settings: IngestionSettings, service: str = SERVICE) -> Ingestion:
+    """The handler, its duplicate filter rebuilt from what was already accepted (committed
+    records only). The one-hop scorer ingests with it too."""
     seen = SeenIds(settings.dedupe_window)
-    # Rebuild the duplicate filter from what was already accepted (committed records only).
     seen.extend(r.key.decode() for r in await read_all(settings, settings.topics.ingested) if r.key)
-    structlog.get_logger().info("dedupe_rebuilt", ids=len(seen))
-    handler = Ingestion(settings.topics, max_text_chars=settings.max_text_chars, seen=seen)
-    await processor(settings, load_tasks(settings.tasks_dir), handler).run(stop)
+    structlog.get_logger().info("dedupe_rebuilt", ids=len(seen), service=service)
+    return Ingestion(settings.topics, max_text_chars=settings.max_text_chars, seen=seen, service=service)
+
+
+async def serve(settings: IngestionSettings, stop: asyncio.Event) -> None:
+    await processor(settings, load_tasks(settings.tasks_dir), await ingestion(settings)).run(stop)
 
 
 if __name__ == "__main__":

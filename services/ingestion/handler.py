@@ -61,12 +61,13 @@ class SeenIds:
 class Ingestion:
     """Requests the loop has decoded (and checked for a known task) become ingested events."""
 
-    def __init__(self, topics: Topics, *, max_text_chars: int, seen: SeenIds) -> None:
+    def __init__(self, topics: Topics, *, max_text_chars: int, seen: SeenIds, service: str = SERVICE) -> None:
         self.topics = topics
         self.max_text_chars = max_text_chars
         self.seen = seen
         self.pending: set[str] = set()  # accepted in the batch being handled, until it commits
-        self.log = structlog.get_logger().bind(service=SERVICE)
+        self.service = service  # on its dead letters: the process that refused (the one-hop scorer's too)
+        self.log = structlog.get_logger().bind(service=service)
 
     @staticmethod
     def stamp(r: Received[Request]) -> str:
@@ -83,11 +84,16 @@ class Ingestion:
         return text if len(text) <= 128 and _ID.fullmatch(text) else None
 
     def ingest(self, r: Received[Request], batch: set[str]) -> Out:
+        admitted = self.admit(r, batch)
+        return admitted if isinstance(admitted, Out) else Out.of(self.topics.ingested, admitted)
+
+    def admit(self, r: Received[Request], batch: set[str]) -> Ingested | Out:
+        """The request as an ingested event, or its dead letter (on ``protege.requests.dlq``)."""
         req = r.event
 
         def reject(reason: str, detail: str, request_id: str | None = None) -> Out:
             return dead_letter(
-                r, reason, detail, SERVICE, self.topics.requests_dlq, request_id=request_id, tenant=req.tenant
+                r, reason, detail, self.service, self.topics.requests_dlq, request_id=request_id, tenant=req.tenant
             )
 
         request_id, source = req.request_id, "request_id"
@@ -123,7 +129,7 @@ class Ingestion:
             received_at_ms=now_ms(),
         )
         self.log.debug("ingested", request_id=request_id, tenant=req.tenant, task=req.task, id_from=source)
-        return Out.of(self.topics.ingested, event)
+        return event
 
     async def handle(self, received: Sequence[Received[Request]]) -> list[Out]:
         batch: set[str] = set()

@@ -1,5 +1,7 @@
 """Scorer service: protege.ingested (+ protege.models) -> protege.scored (fused, PROTEGE_FUSED=1:
-also protege.decisions + protege.responses | protege.teacher.requests, and no verifier runs).
+also protege.decisions + protege.responses | protege.teacher.requests, and no verifier runs;
+one hop, PROTEGE_ONE_HOP=1: protege.requests in, protege.ingested | protege.requests.dlq out as
+well, and no ingestion runs either).
 
     python -m protege_services.scorer             (or: protege run scorer)
 
@@ -14,10 +16,11 @@ import asyncio
 from functools import partial
 
 import structlog
+from protege_services.ingestion.__main__ import ingestion
 from protege_services.scorer.handler import Scorer
 from protege_services.verifier.handler import Verifier
 
-from protege.events import Ingested
+from protege.events import Ingested, Request
 from protege.kafka import Processor
 from protege.service import run_service
 from protege.serving import view
@@ -37,7 +40,7 @@ async def serve(settings: ScorerSettings, stop: asyncio.Event) -> None:
     # Fused: the verifier's decisions made here, on the tasks it would have loaded.
     verifier = (
         Verifier(load_tasks(settings.tasks_dir), settings.topics, redact_pii=settings.redact_pii)
-        if settings.fused
+        if settings.fused or settings.one_hop
         else None
     )
     scorer = Scorer(
@@ -51,6 +54,7 @@ async def serve(settings: ScorerSettings, stop: asyncio.Event) -> None:
         ),
         redact_pii=settings.redact_pii,
         verifier=verifier,
+        ingestion=await ingestion(settings, "scorer") if settings.one_hop else None,
     )
     # The announcements, from the beginning, applied in order: it serves nothing before it has read them.
     models = view(settings, scorer.serving, scorer.serve)
@@ -60,16 +64,24 @@ async def serve(settings: ScorerSettings, stop: asyncio.Event) -> None:
 
 
 def processor(settings: ScorerSettings, scorer: Scorer) -> Processor:
-    """Micro-batches from the fetch; a request it cannot survive goes on unscored."""
+    """Micro-batches from the fetch; a request it cannot survive goes on unscored. One hop: the
+    requests themselves, a request that cannot be read refused on protege.requests.dlq with the
+    decoder's reason (as ingestion refuses it), one the loop gave up on recorded on protege.dlq
+    (the fallback answers or refuses it)."""
+    topics = settings.topics
+    one_hop = scorer.ingestion is not None
     return Processor(
         settings,
         "scorer",
-        {settings.topics.ingested: Ingested},
+        {topics.requests: Request} if one_hop else {topics.ingested: Ingested},
         scorer.handle,
         max_records=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
         fallback=scorer.quarantined,
         tasks=scorer.verifier.tasks if scorer.verifier is not None else None,
+        dead_letters=topics.requests_dlq if one_hop else None,
+        quarantine_letters=topics.dlq,
+        on_commit=scorer.ingestion.committed if scorer.ingestion is not None else None,
     )
 
 

@@ -10,6 +10,15 @@ scorer cannot handle at all is quarantined by the loop and goes on unscored
 Fused (``PROTEGE_FUSED``): the scorer also decides, with the verifier's own ``decide``, in
 the same transaction as the scored event (marked ``decided``): one hop and one transaction
 fewer on the student path, for deployments that want latency over scaling the two apart.
+
+One hop (``PROTEGE_ONE_HOP``): the scorer also ingests, with ingestion's own checks, reading
+``protege.requests``: a request's ingested event (marked ``scored``, so a scorer of the other
+layouts passes it by), its scored event, its decision and its answer or teacher request go out
+in one transaction, and a refused request's dead letter goes to ``protege.requests.dlq`` with
+ingestion's reason. Every event of the other layouts is still written, so replay reads the
+same topics. A request the loop gives up on is recorded on ``protege.dlq`` (``quarantined``)
+and still answered by the teacher, or refused on ``protege.requests.dlq`` if ingestion would
+have refused it.
 """
 
 from __future__ import annotations
@@ -20,11 +29,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
+from protege_services.ingestion.handler import Ingestion
 from protege_services.verifier.handler import Verifier
 
 from protege import metrics
 from protege.canary import Arm, arm
-from protege.events import Ingested, ModelAnnouncement, Scored, now_ms
+from protege.events import Ingested, ModelAnnouncement, Request, Scored, now_ms
 from protege.kafka import Out, Received
 from protege.redact import redact
 from protege.scoring import score_batch
@@ -37,10 +47,19 @@ Loader = Callable[[Path], Student]
 
 class Scorer:
     def __init__(
-        self, topics: Topics, load: Loader, *, redact_pii: bool = True, verifier: Verifier | None = None
+        self,
+        topics: Topics,
+        load: Loader,
+        *,
+        redact_pii: bool = True,
+        verifier: Verifier | None = None,
+        ingestion: Ingestion | None = None,
     ) -> None:
+        if ingestion is not None and verifier is None:
+            raise ValueError("the one-hop scorer decides too: it needs the verifier's decide")
         self.topics = topics
         self.verifier = verifier  # the fused layout: decided here, in the scoring transaction
+        self.ingestion = ingestion  # the one-hop layout: requests ingested here too
         self.clean = redact if redact_pii else str  # the student sees text as the harvest kept it
         self.load = load
         self.students: dict[tuple[str, str], Student] = {}
@@ -92,19 +111,50 @@ class Scorer:
             **student.encoder.session_info,  # the ONNX Runtime threads it chose, and why (the cores it has)
         )
 
-    def quarantined(self, r: Received[Ingested], why: str) -> list[Out]:
-        """The loop gave up on this request: pass it on without a student answer (fused: to the teacher)."""
-        scored = Scored(request=r.event, student=None, student_error=why[:300], scored_at_ms=now_ms(), batch_size=1)
+    def quarantined(self, r: Received[Ingested] | Received[Request], why: str) -> list[Out]:
+        """The loop gave up on this request: pass it on without a student answer (fused and one
+        hop: to the teacher; one hop: refused instead where ingestion refuses it)."""
+        outs: list[Out] = []
+        if isinstance(r.event, Request):
+            assert self.ingestion is not None
+            admitted = self.ingestion.admit(r, set())
+            if isinstance(admitted, Out):
+                return [admitted]  # the backend hears why on protege.requests.dlq
+            # a duplicate from now on (a restart rebuilds the filter from what committed)
+            self.ingestion.seen.add(admitted.request_id)
+            request = admitted.model_copy(update={"scored": True})
+            outs.append(Out.of(self.topics.ingested, request))
+        else:
+            request = r.event
+        scored = Scored(request=request, student=None, student_error=why[:300], scored_at_ms=now_ms(), batch_size=1)
         if self.verifier is None:
             return [Out.of(self.topics.scored, scored)]
         scored = scored.model_copy(update={"decided": True})
-        return [Out.of(self.topics.scored, scored), *self.verifier.to_teacher(scored)]
+        return [*outs, Out.of(self.topics.scored, scored), *self.verifier.to_teacher(scored)]
 
-    async def handle(self, received: Sequence[Received[Ingested]]) -> list[Out]:
+    async def handle(self, received: Sequence[Received[Ingested]] | Sequence[Received[Request]]) -> list[Out]:
+        if self.ingestion is None:
+            # a request the one-hop layout already scored was answered in its transaction
+            return await self.score([r.event for r in received if isinstance(r.event, Ingested) and not r.event.scored])
+        outs: list[Out] = []
+        batch: set[str] = set()
+        admitted: list[Ingested] = []
+        for r in received:
+            event = self.ingestion.admit(r, batch)
+            if isinstance(event, Out):
+                outs.append(event)
+                continue
+            event = event.model_copy(update={"scored": True})
+            outs.append(Out.of(self.topics.ingested, event))
+            admitted.append(event)
+        self.ingestion.pending = batch  # duplicates once the transaction commits (Ingestion.committed)
+        return outs + await self.score(admitted)
+
+    async def score(self, requests: Sequence[Ingested]) -> list[Out]:
         outs: list[Out] = []
         groups: dict[tuple[str, str], list[Ingested]] = defaultdict(list)
-        for r in received:
-            groups[(r.event.tenant, r.event.task)].append(r.event)
+        for request in requests:
+            groups[(request.tenant, request.task)].append(request)
         for key, reqs in groups.items():
             for student, batch, arms in self.arms(key, reqs):
                 for scored in await asyncio.to_thread(score_batch, student, batch, self.clean):

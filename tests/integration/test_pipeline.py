@@ -328,3 +328,34 @@ def test_the_fused_layout_answers_each_request_once(kafka: EmbeddedBroker, backb
         scored = [Scored.model_validate_json(r.value) for r in asyncio.run(read_all(settings, settings.topics.scored))]
         assert len(scored) == 450 and all(x.decided for x in scored)
         assert {c.name: c.restarts for c in p.supervisor.children.values()} == dict.fromkeys(p.supervisor.services, 0)
+
+
+def test_the_one_hop_layout_answers_each_request_once_and_refuses_bad_input(
+    kafka: EmbeddedBroker, backbone: Path, tmp_path: Path
+) -> None:
+    """PROTEGE_ONE_HOP=1: the scorer reads protege.requests and ingests, scores and decides in
+    one transaction; neither ingestion nor a verifier runs. Cold requests go to the teacher, a
+    student answers once one is trained, one decision and one ingested event (marked scored)
+    each, and bad input is refused on protege.requests.dlq with the same reasons as ingestion's."""
+    rows = generate(600, seed=34)
+    write_jsonl(rows, tmp_path / "labels.jsonl")
+    env = pipeline_env(tmp_path / "labels.jsonl", backbone, PROTEGE_ONE_HOP="1")
+    with LocalPipeline(tmp_path, env=env, bootstrap=kafka.bootstrap, topic_prefix=f"hop{int(time.time())}.") as p:
+        assert p.supervisor is not None and not {"ingestion", "verifier"} & set(p.supervisor.services)
+        assert "scorer" in p.supervisor.services
+        first = run(p, rows[:150], "hop", rate=80, extra=list(BAD))["summary"]
+        wait_for_model(p, "hop")
+        s = run(p, rows[150:450], "hop", rate=80)["summary"]
+        assert (first["answered"] + s["answered"], first["duplicates"] + s["duplicates"]) == (450, 0)
+        assert s["student_share"] > 0 and s["accuracy"] > 0.85
+        settings, t = p.settings, p.settings.topics
+        letters = [DeadLetter.model_validate_json(r.value) for r in asyncio.run(read_all(settings, t.requests_dlq))]
+        assert {base64.b64decode(x.value_b64): x.reason for x in letters} == BAD
+        assert all(x.service == "scorer" and x.detail for x in letters)
+        decisions = [Decision.model_validate_json(r.value) for r in asyncio.run(read_all(settings, t.decisions))]
+        assert Counter(Counter(d.request_id for d in decisions).values()) == {1: 450}
+        ingested = [Ingested.model_validate_json(r.value) for r in asyncio.run(read_all(settings, t.ingested))]
+        assert len(ingested) == 450 and all(x.scored for x in ingested)
+        scored = [Scored.model_validate_json(r.value) for r in asyncio.run(read_all(settings, t.scored))]
+        assert len(scored) == 450 and all(x.decided for x in scored)
+        assert {c.name: c.restarts for c in p.supervisor.children.values()} == dict.fromkeys(p.supervisor.services, 0)

@@ -133,6 +133,14 @@ def scorer(s: Settings) -> Processor:
     return protege_services.scorer.__main__.processor(ScorerSettings(**dict(s)), Scorer(s.topics, load=no_model))
 
 
+def one_hop(s: Settings) -> Processor:
+    ingests = Ingestion(s.topics, max_text_chars=4000, seen=SeenIds(100))
+    return protege_services.scorer.__main__.processor(
+        ScorerSettings(**dict(s), one_hop=True),
+        Scorer(s.topics, load=no_model, verifier=Verifier(TASKS, s.topics), ingestion=ingests),
+    )
+
+
 def verifier(s: Settings) -> Processor:
     return protege_services.verifier.__main__.processor(VerifierSettings(**dict(s)), Verifier(TASKS, s.topics))
 
@@ -157,6 +165,8 @@ def not_due(*args: object) -> TrainResult:
 SERVICES = {
     "ingestion": Wiring(lambda t: t.requests, request, ingestion, lambda t: t.ingested, lambda t: None),
     "scorer": Wiring(lambda t: t.ingested, ingested, scorer, lambda t: t.scored, lambda t: t.scored),
+    # one hop: the poison is recorded on protege.dlq, not requests.dlq, as the teacher still answers it
+    "scorer, one hop": Wiring(lambda t: t.requests, request, one_hop, lambda t: t.scored, lambda t: t.teacher_requests),
     "verifier": Wiring(
         lambda t: t.scored, scored, verifier, lambda t: t.teacher_requests, lambda t: t.teacher_requests
     ),
@@ -207,9 +217,11 @@ def test_a_record_the_handler_cannot_survive_is_quarantined(settings: Settings, 
     asyncio.run(go())
     assert loop.processed == 3 and loop.quarantined == 1
     assert calls[-3:] == [1, 1, 1], "the poison was tried alone, max_attempts times"
-    [letter] = [DeadLetter.model_validate_json(r.value) for r in asyncio.run(read_all(settings, loop.dead_letters))]
-    assert loop.dead_letters == (t.requests_dlq if name == "ingestion" else t.dlq)
-    assert (letter.reason, letter.service, letter.topic) == ("quarantined", name, w.input(t))
+    letters = [DeadLetter.model_validate_json(r.value) for r in asyncio.run(read_all(settings, t.dlq))]
+    letters += [DeadLetter.model_validate_json(r.value) for r in asyncio.run(read_all(settings, t.requests_dlq))]
+    [letter] = letters
+    assert loop.quarantine_letters == (t.requests_dlq if name == "ingestion" else t.dlq)
+    assert (letter.reason, letter.service, letter.topic) == ("quarantined", name.split(",")[0], w.input(t))
     assert "RecursionError" in letter.detail and "3 attempts" in letter.detail
     assert base64.b64decode(letter.value_b64) == values[1]
     outs = [r for r in asyncio.run(read_all(settings, w.output(t)))]
@@ -219,7 +231,7 @@ def test_a_record_the_handler_cannot_survive_is_quarantined(settings: Settings, 
     answered = w.answers(t)
     if answered is not None:
         [fallback] = [r for r in asyncio.run(read_all(settings, answered)) if b"r-1" in (r.key or b"")]
-        if name == "scorer":
+        if name == "scorer":  # separate: passed on unscored; one hop decides it, to the teacher
             passed_on = Scored.model_validate_json(fallback.value)
             assert passed_on.student is None
             assert "RecursionError" in (passed_on.student_error or "")

@@ -213,6 +213,81 @@ def test_the_fused_scorer_decides_in_its_transaction_and_a_verifier_passes_its_e
     assert Scored.model_validate_json(quarantined[0].value).decided
 
 
+def test_the_one_hop_scorer_ingests_scores_and_decides_in_one_transaction() -> None:
+    """PROTEGE_ONE_HOP: requests in; each accepted one's ingested event (marked scored), scored
+    event (marked decided) and what its decision sends out together; a refused one on
+    requests.dlq with ingestion's reason; a scorer of the other layouts passes the marked
+    ingested events by."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import pytest
+    from protege_services.ingestion.handler import Ingestion, SeenIds
+    from protege_services.scorer.__main__ import processor
+    from protege_services.scorer.handler import Scorer
+    from protege_services.verifier.handler import Verifier
+
+    from protege.events import DeadLetter, Request
+    from protege.kafka import Received, record
+    from protege.settings import ScorerSettings
+
+    settings = ScorerSettings(topic_prefix="o.", one_hop=True)
+    t = settings.topics
+    verifier = Verifier({BASE.name: BASE}, t)
+    ingestion = Ingestion(t, max_text_chars=100, seen=SeenIds(10), service="scorer")
+    load = lambda p: SimpleNamespace(version=p.name)  # noqa: E731
+    with pytest.raises(ValueError, match="decides too"):
+        Scorer(t, load=load, ingestion=ingestion)  # type: ignore[arg-type]
+    scorer = Scorer(t, load=load, verifier=verifier, ingestion=ingestion)  # type: ignore[arg-type]
+    sure, unsure = scored().student, scored(confidence=0.1).student
+    student = SimpleNamespace(version="v1", predict=lambda texts: [sure if "order" in x else unsure for x in texts])
+    scorer.students[("acme", BASE.name)] = student  # type: ignore[assignment]
+
+    def request(rid: str, text: str) -> bytes:
+        return Request(request_id=rid, tenant="acme", task=BASE.name, text=text).dumps()
+
+    loop = processor(settings, scorer)
+    assert list(loop.inputs) == [t.requests] and (loop.dead_letters, loop.quarantine_letters) == (t.requests_dlq, t.dlq)
+    records = [
+        record(t.requests, request("r1", "where is my order #4821"), offset=0),
+        record(t.requests, b'{"tenant": "acme"', offset=1),  # not JSON: the decoder's reason
+        record(t.requests, request("r2", "hmm"), offset=2),
+        record(t.requests, request("r1", "where is my order again"), offset=3),  # a duplicate id
+        record(t.requests, request("r3", "x" * 101), offset=4),  # too long for ingestion
+    ]
+    received, letters = loop.decode(records)
+    outs = letters + asyncio.run(scorer.handle(received))
+    assert [o.topic for o in outs] == [
+        t.requests_dlq,  # the decoder's
+        *(t.ingested, t.ingested, t.requests_dlq, t.requests_dlq),  # ingestion's, in the records' order
+        *(t.scored, t.decisions, t.responses, t.harvest),
+        *(t.scored, t.decisions, t.teacher_requests),
+    ]
+    refused = [DeadLetter.model_validate_json(o.value) for o in outs if o.topic == t.requests_dlq]
+    assert [d.reason for d in refused] == ["invalid_json", "duplicate_request_id", "text_too_long"]
+    assert {d.service for d in refused} == {"scorer"}  # the process that refused them
+    ingested = [Ingested.model_validate_json(o.value) for o in outs if o.topic == t.ingested]
+    assert [(i.request_id, i.scored) for i in ingested] == [("r1", True), ("r2", True)]
+    assert all(Scored.model_validate_json(o.value).decided for o in outs if o.topic == t.scored)
+    # accepted ids are duplicates once the transaction commits, not before
+    assert "r1" not in ingestion.seen
+    asyncio.run(ingestion.committed(received))
+    assert "r1" in ingestion.seen and "r2" in ingestion.seen
+    # the separate layout's scorer reading the ingested events: nothing (never a second answer)
+    separate = Scorer(t, load=load)  # type: ignore[arg-type]
+    separate.students[("acme", BASE.name)] = student  # type: ignore[assignment]
+    assert asyncio.run(separate.handle([Received(i, t.ingested) for i in ingested])) == []
+    fresh = ingested[0].model_copy(update={"scored": None})
+    assert [o.topic for o in asyncio.run(separate.handle([Received(fresh, t.ingested)]))] == [t.scored]
+    # a request the loop gives up on: ingested and sent to the teacher, or refused as ingestion would
+    [r4] = loop.decode([record(t.requests, request("r4", "where is my order #1"), offset=5)])[0]
+    assert [o.topic for o in scorer.quarantined(r4, "boom")] == [t.ingested, t.scored, t.teacher_requests]
+    assert "r4" in ingestion.seen
+    [r5] = loop.decode([record(t.requests, request("r5", "y" * 101), offset=6)])[0]
+    [letter] = scorer.quarantined(r5, "boom")
+    assert (letter.topic, DeadLetter.model_validate_json(letter.value).reason) == (t.requests_dlq, "text_too_long")
+
+
 def test_the_verifier_hands_the_trainer_the_accepted_answers_no_teacher_sees() -> None:
     from protege_services.verifier.handler import Verifier
 

@@ -34,3 +34,15 @@ def test_replicas_are_named_after_their_service() -> None:
 def test_an_unknown_service_is_refused() -> None:
     with pytest.raises(ValueError, match="no such service"):
         with_replicas({"scorr": 2})
+
+
+def test_a_layout_leaves_out_the_services_its_scorer_does_the_work_of() -> None:
+    from protege.supervisor import layout
+
+    names = [*with_replicas({"ingestion": 2, "verifier": 2}), "monitor"]
+    assert layout(names, {}) == names
+    assert layout(names, {"PROTEGE_FUSED": "0", "PROTEGE_ONE_HOP": "false"}) == names
+    fused = ["ingestion", "ingestion-2", "scorer", "teacher", "harvester", "trainer", "monitor"]
+    assert layout(names, {"PROTEGE_FUSED": "1"}) == fused
+    assert layout(names, {"PROTEGE_ONE_HOP": "yes"}) == fused[2:]
+    assert layout(names, {"PROTEGE_ONE_HOP": "1", "PROTEGE_FUSED": "1"}) == fused[2:]
