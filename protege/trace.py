@@ -13,7 +13,7 @@ in a dead-letter topic with its reason.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from protege.settings import Settings
@@ -84,10 +84,25 @@ def describe(name: str, e: dict[str, Any] | None) -> str:
     return parts[name]() if name in parts else ""
 
 
+def writer(name: str, event: dict[str, Any] | None, decided: bool) -> str:
+    """Who wrote a step: the layout's writer where the event says (``decided``: the request's
+    scored event was decided by the scorer, the fused and one-hop layouts), else ``WRITERS``'."""
+    event = event or {}
+    if name == "requests_dlq" and isinstance(event.get("service"), str):
+        return str(event["service"])  # ingestion, or the one-hop scorer
+    if name == "ingested" and event.get("scored"):
+        return "scorer (one hop)"
+    if decided and (
+        name in ("decisions", "teacher_requests") or (name == "responses" and event.get("route") == "student")
+    ):
+        return "scorer (decided there)"
+    return WRITERS[name]
+
+
 async def trace(settings: Settings, request_id: str, *, since_ms: int, tenant: str | None = None) -> list[Step]:
     topics = settings.topics
     steps: list[Step] = []
-    for name, writer in WRITERS.items():
+    for name in WRITERS:
         for r in await read_all(settings, getattr(topics, name), since_ms=since_ms):
             keyed = r.key is not None and r.key.decode(errors="replace") == request_id
             if not keyed and r.value is not None and request_id.encode() not in r.value:
@@ -103,5 +118,7 @@ async def trace(settings: Settings, request_id: str, *, since_ms: int, tenant: s
                 continue
             if tenant is not None and of_tenant is not None and of_tenant != tenant:
                 continue
-            steps.append(Step(r.timestamp, name.replace("_", "."), writer, describe(name, event), event))
+            steps.append(Step(r.timestamp, name, WRITERS[name], describe(name, event), event))
+    decided = any(s.topic == "scored" and s.event and s.event.get("decided") for s in steps)
+    steps = [replace(s, topic=s.topic.replace("_", "."), writer=writer(s.topic, s.event, decided)) for s in steps]
     return sorted(steps, key=lambda s: s.at_ms)

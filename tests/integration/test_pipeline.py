@@ -153,6 +153,7 @@ def test_trace_follows_a_request_across_services(pipeline: LocalPipeline, monkey
         steps = asyncio.run(trace(settings, f"trace-{row['id']}", since_ms=since, tenant="trace"))
         topics = [step.topic for step in steps]
         assert topics[:4] == ["requests", "ingested", "scored", "decisions"], topics
+        assert [step.writer for step in steps[:4]] == ["caller", "ingestion", "scorer", "verifier"]
         assert topics.count("responses") == 1 and topics.count("decisions") == 1
         assert [step.at_ms for step in steps] == sorted(step.at_ms for step in steps)
         if "teacher.requests" in topics:  # escalated: asked, answered, then the response
@@ -358,4 +359,11 @@ def test_the_one_hop_layout_answers_each_request_once_and_refuses_bad_input(
         assert len(ingested) == 450 and all(x.scored for x in ingested)
         scored = [Scored.model_validate_json(r.value) for r in asyncio.run(read_all(settings, t.scored))]
         assert len(scored) == 450 and all(x.decided for x in scored)
+        steps = asyncio.run(trace(settings, ingested[-1].request_id, since_ms=0, tenant="hop"))
+        assert [(s.topic, s.writer) for s in steps][:4] == [
+            ("requests", "caller"),
+            ("ingested", "scorer (one hop)"),
+            ("scored", "scorer"),
+            ("decisions", "scorer (decided there)"),
+        ]
         assert {c.name: c.restarts for c in p.supervisor.children.values()} == dict.fromkeys(p.supervisor.services, 0)
