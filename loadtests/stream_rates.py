@@ -207,7 +207,6 @@ def run_layout(
     threads: int = 0,
     blas: int | None = None,
     partitions: int | None = None,
-    overlap: bool | None = None,
 ) -> dict[str, Any]:
     """One layout on a fresh broker started with the extra JVM flags ``jvm`` (PROTEGE_BROKER_JVM_OPTS),
     its services lingering ``linger`` ms to fill a micro-batch (PROTEGE_LINGER_MS), the scorer's
@@ -217,8 +216,7 @@ def run_layout(
     ``N%`` is a share of (None: this run's own, measured here); ``threads``: the scorer's ONNX
     Runtime threads (PROTEGE_THREADS; 0: its cores), the in-process figure measured with them;
     ``blas``: its BLAS threads (PROTEGE_BLAS_THREADS; None: the default); ``partitions``: per
-    topic (None: the pipeline's default; each hop commits a transaction per partition it read);
-    ``overlap``: the scorer's partitions handled side by side (PROTEGE_OVERLAP; None: the default)."""
+    topic (None: the pipeline's default; each hop commits a transaction per partition it read)."""
     name = (
         layout
         + (f" [{jvm}]" if jvm else "")
@@ -228,7 +226,6 @@ def run_layout(
         + (f" {threads} scorer thread{'s' * (threads > 1)}" if threads else "")
         + (f" BLAS {blas or 'uncapped'}" if blas is not None else "")
         + (f" {partitions} partition{'s' * (partitions > 1)}" if partitions else "")
-        + (f" overlap {'on' if overlap else 'off'}" if overlap is not None else "")
         + (f" (round {round_ + 1})" if args.rounds > 1 else "")
     )
     folder = (
@@ -240,7 +237,6 @@ def run_layout(
         + (f"-threads{threads}" if threads else "")
         + (f"-blas{blas}" if blas is not None else "")
         + (f"-partitions{partitions}" if partitions else "")
-        + (f"-overlap{int(overlap)}" if overlap is not None else "")
         + (f"-round{round_ + 1}" if args.rounds > 1 else "")
     )
     home = (args.home / folder).resolve()
@@ -269,7 +265,6 @@ def run_layout(
         **({"PROTEGE_MAX_BATCH": str(max_batch)} if max_batch else {}),
         **({"PROTEGE_RETRY_BACKOFF_MS": str(backoff)} if backoff is not None else {}),
         **({"PROTEGE_BLAS_THREADS": str(blas)} if blas is not None else {}),
-        **({"PROTEGE_OVERLAP": str(int(overlap))} if overlap is not None else {}),
     }
     report: dict[str, Any] = {
         "layout": layout,
@@ -280,7 +275,6 @@ def run_layout(
         "round": round_ + 1,
         "blas_threads": ScorerSettings().blas_threads if blas is None else blas,
         "partitions": partitions or LocalPipeline.partitions,
-        "overlap": ScorerSettings().overlap if overlap is None else overlap,
         "name": name,
         "rates": [],
     }
@@ -519,12 +513,6 @@ def main() -> None:
         "pipeline (--partitions '2|1')",
     )
     ap.add_argument(
-        "--overlap",
-        default="",
-        help="the scorer handles its partitions' batches side by side (PROTEGE_OVERLAP; empty: its default); "
-        "several, separated by |, each on a fresh pipeline (--overlap '0|1')",
-    )
-    ap.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -571,7 +559,6 @@ def main() -> None:
             [int(n) for n in args.scorer_threads.split("|")],
             args.blas_threads.split("|"),
             args.partitions.split("|"),
-            args.overlap.split("|"),
         )
     )
     # A comparison offers every run the same rates: a share of the first run's in-process figure
@@ -581,7 +568,7 @@ def main() -> None:
     # other threads is anchored on the first run with its threads.
     anchors: dict[int, float] = {}
     for round_ in range(args.rounds):  # interleaved: every variant once, then again
-        for layout, jvm, linger, batch, backoff, threads, blas, parts, overlap in variants:
+        for layout, jvm, linger, batch, backoff, threads, blas, parts in variants:
             run = run_layout(
                 args,
                 layout,
@@ -595,7 +582,6 @@ def main() -> None:
                 threads,
                 int(blas) if blas else None,
                 int(parts) if parts else None,
-                bool(int(overlap)) if overlap else None,
             )
             report["layouts"].append(run)
             if threads not in anchors and not args.own_rates and len(variants) * args.rounds > 1:

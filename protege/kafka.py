@@ -376,13 +376,8 @@ class Processor:
         retry_backoff_s: float = 0.2,
         idle: IdleHook | None = None,
         linger_ms: Callable[[], int] | None = None,
-        side_by_side: bool = False,
     ) -> None:
         self.settings = settings
-        # each partition's share of a fetch handled and committed concurrently (each has its own
-        # transactional producer): one partition's commit waits on the broker while another's
-        # batch runs the model. Only for a handler that is safe to run so (the scorer's).
-        self.side_by_side = side_by_side
         # how long the next micro-batch may wait to fill (``linger``); settings.linger_ms unless given
         self.linger_ms = linger_ms or (lambda: settings.linger_ms)
         self.idle = idle  # when a poll brings nothing: outputs the handler made meanwhile (``flush_idle``)
@@ -442,37 +437,28 @@ class Processor:
                         self.log.info("stale_batch_dropped", records=sum(len(rs) for rs in batches.values()))
                         await self.resume([tp for tp in batches if tp in self.producers])
                         continue
-                    if self.side_by_side:
-                        for taken in await asyncio.gather(*(self.take(cons, tp, rs) for tp, rs in batches.items())):
-                            outs += taken
-                    else:
-                        for tp, rs in batches.items():
-                            outs += await self.take(cons, tp, rs)
+                    for tp, rs in batches.items():
+                        prod = self.producers.get(tp)
+                        if prod is None:  # not ours any more: its new owner reads these from the committed offset
+                            continue
+                        # Fetched from a position set before the partition's last transaction had
+                        # landed: already committed, so handled; never again.
+                        rs = [r for r in rs if r.offset >= self.floor.get(tp, 0)]
+                        if not rs:
+                            continue
+                        # The position, not last offset + 1: it has moved past transaction markers,
+                        # so a caught-up group shows zero lag.
+                        end = max(rs[-1].offset + 1, await cons.position(tp))
+                        try:
+                            outs += await self.partition(prod, tp, rs, end)
+                        except FENCED as e:
+                            await self.fenced(tp, e)
                 self.observe(cons, batches, outs, time.perf_counter() - started)
         finally:
             await cons.stop()
             async with self.owning:
                 await self.release(list(self.producers))
             self.log.info("stopped", processed=self.processed, quarantined=self.quarantined)
-
-    async def take(self, cons: AIOKafkaConsumer, tp: TopicPartition, rs: list[Record]) -> list[Out]:
-        """One partition's records of a fetch, handled and committed in its own transaction."""
-        prod = self.producers.get(tp)
-        if prod is None:  # not ours any more: its new owner reads these from the committed offset
-            return []
-        # Fetched from a position set before the partition's last transaction had
-        # landed: already committed, so handled; never again.
-        rs = [r for r in rs if r.offset >= self.floor.get(tp, 0)]
-        if not rs:
-            return []
-        # The position, not last offset + 1: it has moved past transaction markers,
-        # so a caught-up group shows zero lag.
-        end = max(rs[-1].offset + 1, await cons.position(tp))
-        try:
-            return await self.partition(prod, tp, rs, end)
-        except FENCED as e:
-            await self.fenced(tp, e)
-            return []
 
     async def linger(
         self, cons: AIOKafkaConsumer, batches: dict[TopicPartition, list[Record]], ms: int

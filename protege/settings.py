@@ -136,11 +136,6 @@ class ScorerSettings(IngestionSettings):
         description="Decide in the scorer too, in the same transaction (the fused layout: one hop and one "
         "transaction fewer on the student path; run no verifier). Off: the verifier decides.",
     )
-    overlap: bool = Field(
-        False,
-        description="Handle and commit each partition's share of a fetch concurrently: one partition's "
-        "transaction commits while another's batch runs the model (one model run at a time still).",
-    )
     one_hop: bool = Field(
         False,
         description="Ingest, score and decide in one transaction, reading protege.requests (the one-hop layout: "

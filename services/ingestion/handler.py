@@ -65,11 +65,7 @@ class Ingestion:
         self.topics = topics
         self.max_text_chars = max_text_chars
         self.seen = seen
-        # per input partition, the ids its last handled batch admitted, until that batch commits
-        # (then into ``seen``); duplicates meanwhile for the other partitions' batches, which the
-        # one-hop scorer handles side by side. A partition's next batch replaces them: its last
-        # one committed, or it was aborted and its records come again.
-        self.pending: dict[tuple[str, int], set[str]] = {}
+        self.pending: set[str] = set()  # accepted in the batch being handled, until it commits
         self.service = service  # on its dead letters: the process that refused (the one-hop scorer's too)
         self.log = structlog.get_logger().bind(service=service)
 
@@ -116,7 +112,7 @@ class Ingestion:
             return reject("text_too_long", f"{len(text)} characters > limit {self.max_text_chars}", request_id)
         if request_id is None:
             request_id, source = self.stamp(r), "stamped"
-        if request_id in self.seen or request_id in batch or self.in_flight(request_id, r.coordinates[:2]):
+        if request_id in self.seen or request_id in batch:
             return reject(
                 "duplicate_request_id",
                 f"request id {request_id!r} (from the {source}) was already accepted",
@@ -138,19 +134,10 @@ class Ingestion:
     async def handle(self, received: Sequence[Received[Request]]) -> list[Out]:
         batch: set[str] = set()
         outs = [self.ingest(r, batch) for r in received]
-        if received:
-            self.hold(received[0].coordinates[:2], batch)
+        self.pending = batch
         return outs
-
-    def in_flight(self, request_id: str, partition: tuple[str, int]) -> bool:
-        """Admitted by another partition's batch that has not committed yet."""
-        return any(request_id in ids for p, ids in self.pending.items() if p != partition)
-
-    def hold(self, partition: tuple[str, int], ids: set[str]) -> None:
-        """The ids a handled batch of ``partition`` admitted, until it commits (``committed``)."""
-        self.pending[partition] = ids
 
     async def committed(self, received: Sequence[Received[Request]]) -> None:
         """The batch committed: its accepted ids are now duplicates for later requests."""
-        for partition in {r.coordinates[:2] for r in received}:
-            self.seen.extend(self.pending.pop(partition, set()))
+        self.seen.extend(self.pending)
+        self.pending = set()

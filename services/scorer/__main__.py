@@ -82,7 +82,6 @@ def processor(settings: ScorerSettings, scorer: Scorer) -> Processor:
         dead_letters=topics.requests_dlq if one_hop else None,
         quarantine_letters=topics.dlq,
         on_commit=scorer.ingestion.committed if scorer.ingestion is not None else None,
-        side_by_side=settings.overlap,
     )
 
 

@@ -60,9 +60,6 @@ class Scorer:
         self.topics = topics
         self.verifier = verifier  # the fused layout: decided here, in the scoring transaction
         self.ingestion = ingestion  # the one-hop layout: requests ingested here too
-        # one model run at a time, also when partitions are handled side by side (PROTEGE_OVERLAP):
-        # the session's threads are what the scorer gives the model
-        self.model = asyncio.Lock()
         self.clean = redact if redact_pii else str  # the student sees text as the harvest kept it
         self.load = load
         self.students: dict[tuple[str, str], Student] = {}
@@ -150,8 +147,7 @@ class Scorer:
             event = event.model_copy(update={"scored": True})
             outs.append(Out.of(self.topics.ingested, event))
             admitted.append(event)
-        if received:  # duplicates once the transaction commits (Ingestion.committed)
-            self.ingestion.hold(received[0].coordinates[:2], batch)
+        self.ingestion.pending = batch  # duplicates once the transaction commits (Ingestion.committed)
         return outs + await self.score(admitted)
 
     async def score(self, requests: Sequence[Ingested]) -> list[Out]:
@@ -161,9 +157,7 @@ class Scorer:
             groups[(request.tenant, request.task)].append(request)
         for key, reqs in groups.items():
             for student, batch, arms in self.arms(key, reqs):
-                async with self.model:
-                    done = await asyncio.to_thread(score_batch, student, batch, self.clean)
-                for scored in done:
+                for scored in await asyncio.to_thread(score_batch, student, batch, self.clean):
                     chosen = arms.get(scored.request.request_id)
                     if chosen is not None and scored.student is not None:
                         scored = scored.model_copy(

@@ -331,21 +331,17 @@ def test_the_fused_layout_answers_each_request_once(kafka: EmbeddedBroker, backb
         assert {c.name: c.restarts for c in p.supervisor.children.values()} == dict.fromkeys(p.supervisor.services, 0)
 
 
-@pytest.mark.parametrize("overlap", ["0", "1"])
 def test_the_one_hop_layout_answers_each_request_once_and_refuses_bad_input(
-    kafka: EmbeddedBroker, backbone: Path, tmp_path: Path, overlap: str
+    kafka: EmbeddedBroker, backbone: Path, tmp_path: Path
 ) -> None:
     """PROTEGE_ONE_HOP=1: the scorer reads protege.requests and ingests, scores and decides in
     one transaction; neither ingestion nor a verifier runs. Cold requests go to the teacher, a
     student answers once one is trained, one decision and one ingested event (marked scored)
-    each, and bad input is refused on protege.requests.dlq with the same reasons as ingestion's.
-    PROTEGE_OVERLAP=1: the same with the two partitions' batches handled side by side."""
+    each, and bad input is refused on protege.requests.dlq with the same reasons as ingestion's."""
     rows = generate(600, seed=34)
     write_jsonl(rows, tmp_path / "labels.jsonl")
-    env = pipeline_env(tmp_path / "labels.jsonl", backbone, PROTEGE_ONE_HOP="1", PROTEGE_OVERLAP=overlap)
-    with LocalPipeline(
-        tmp_path, env=env, bootstrap=kafka.bootstrap, topic_prefix=f"hop{overlap}{int(time.time())}."
-    ) as p:
+    env = pipeline_env(tmp_path / "labels.jsonl", backbone, PROTEGE_ONE_HOP="1")
+    with LocalPipeline(tmp_path, env=env, bootstrap=kafka.bootstrap, topic_prefix=f"hop{int(time.time())}.") as p:
         assert p.supervisor is not None and not {"ingestion", "verifier"} & set(p.supervisor.services)
         assert "scorer" in p.supervisor.services
         first = run(p, rows[:150], "hop", rate=80, extra=list(BAD))["summary"]

@@ -106,20 +106,6 @@ def test_duplicates_within_a_batch_and_only_committed_ids_are_remembered() -> No
     assert reason(through(h, [record(T.requests, body, offset=2)])[0]) == "duplicate_request_id"
 
 
-def test_an_id_another_partition_admitted_is_a_duplicate_before_that_batch_commits() -> None:
-    """The one-hop scorer handles its partitions' batches side by side: an id admitted on one
-    partition and not yet committed is refused on another; its own partition's batch, handled
-    again after an abort, is not its own duplicate."""
-    h = handler()
-    body = json.dumps({**GOOD, "request_id": "twice"}).encode()
-    first = through(h, [record(T.requests, body, partition=0)], commit=False)
-    other = through(h, [record(T.requests, body, partition=1)], commit=False)
-    assert [o.topic for o in first] == [T.ingested] and reason(other[0]) == "duplicate_request_id"
-    assert [o.topic for o in through(h, [record(T.requests, body, partition=0)])] == [T.ingested]  # again, committed
-    assert "twice" in h.seen and not h.pending.get((T.requests, 0))
-    assert reason(through(h, [record(T.requests, body, partition=1, offset=1)])[0]) == "duplicate_request_id"
-
-
 def test_seen_ids_forget_the_oldest() -> None:
     seen = SeenIds(2)
     assert seen.add("a") and seen.add("b") and seen.add("c")
