@@ -46,6 +46,26 @@ console = Console(stderr=True)
 STANDIN_NOTE = "teacher: OFFLINE STAND-IN answering from labelled data (no ANTHROPIC_API_KEY); costs are estimates"
 Tenant = Annotated[str, typer.Option(help="Tenant.")]
 TaskName = Annotated[str, typer.Option("--task", help="Task name.")]
+# The layouts of the student path (README "Three layouts"), for the commands that start the services.
+Fused = Annotated[
+    bool,
+    typer.Option(
+        help="The fused layout: the scorer also decides, in its own transaction, and no verifier runs "
+        "(PROTEGE_FUSED=1: one hop fewer on the student path)."
+    ),
+]
+OneHop = Annotated[
+    bool,
+    typer.Option(
+        help="The one-hop layout: the scorer also ingests and decides, reading protege.requests, and neither "
+        "ingestion nor a verifier runs (PROTEGE_ONE_HOP=1: one transaction from request to answer)."
+    ),
+]
+
+
+def layout_env(fused: bool, one_hop: bool) -> dict[str, str]:
+    """The services' environment for the layout ``--fused`` / ``--one-hop`` chose."""
+    return {**({"PROTEGE_FUSED": "1"} if fused else {}), **({"PROTEGE_ONE_HOP": "1"} if one_hop else {})}
 
 
 def home() -> Path:

@@ -17,7 +17,17 @@ from rich.console import Console
 from rich.table import Table
 
 from protege.broker.embedded import EmbeddedBroker
-from protege.cli.root import app, broker_app, console, home, library_logs_to, stops_on_signals
+from protege.cli.root import (
+    Fused,
+    OneHop,
+    app,
+    broker_app,
+    console,
+    home,
+    layout_env,
+    library_logs_to,
+    stops_on_signals,
+)
 from protege.kafka import ensure_topics
 from protege.pipeline import LocalPipeline
 from protege.settings import Settings
@@ -143,20 +153,8 @@ def up(
     monitor: Annotated[
         bool, typer.Option(help="Also run the monitor (windowed statistics on /metrics; the monitor extra).")
     ] = True,
-    fused: Annotated[
-        bool,
-        typer.Option(
-            help="The fused layout: the scorer also decides, in its own transaction, and no verifier runs "
-            "(PROTEGE_FUSED=1: one hop fewer on the student path)."
-        ),
-    ] = False,
-    one_hop: Annotated[
-        bool,
-        typer.Option(
-            help="The one-hop layout: the scorer also ingests and decides, reading protege.requests, and neither "
-            "ingestion nor a verifier runs (PROTEGE_ONE_HOP=1: one transaction from request to answer)."
-        ),
-    ] = False,
+    fused: Fused = False,
+    one_hop: OneHop = False,
     profile: Annotated[
         Path | None,
         typer.Option(
@@ -185,10 +183,7 @@ def up(
     except ValueError as e:
         raise typer.BadParameter(f"--replicas {replicas!r}: {e}") from None
     env = {"PROTEGE_STANDIN_LABELS": str(standin_labels.resolve())} if standin_labels else {}
-    if fused:
-        env["PROTEGE_FUSED"] = "1"
-    if one_hop:
-        env["PROTEGE_ONE_HOP"] = "1"
+    env |= layout_env(fused, one_hop)
     library_logs_to(home() / "logs")
     try:
         with (

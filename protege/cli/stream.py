@@ -30,7 +30,18 @@ from rich.table import Table
 from protege import signals
 from protege.agreement import agreement
 from protege.broker.embedded import KAFKA_VERSION
-from protege.cli.root import STANDIN_NOTE, app, bench_app, console, library_logs_to, progress_bar, stops_on_signals
+from protege.cli.root import (
+    STANDIN_NOTE,
+    Fused,
+    OneHop,
+    app,
+    bench_app,
+    console,
+    layout_env,
+    library_logs_to,
+    progress_bar,
+    stops_on_signals,
+)
 from protege.costs import cost_usd, price_table
 from protege.generator import generate, read_jsonl, task_from_labels, triage_task, write_jsonl
 from protege.harness import (
@@ -51,7 +62,7 @@ from protege.registry import Registry
 from protege.settings import ScorerSettings, Settings, TeacherSettings
 from protege.state import read_all
 from protege.student.finetune import FinetuneConfig
-from protege.supervisor import SERVICES
+from protege.supervisor import SERVICES, layout
 from protege.task import OOS, Canary, Drift, Policy, StudentConfig, Task, load_tasks, write_task
 from protege.teacher import StandinTeacher
 
@@ -79,6 +90,8 @@ def demo(
     monitor: Annotated[
         bool, typer.Option(help="Run the monitor (it judges the canaries; without it a trial waits for an operator).")
     ] = True,
+    fused: Fused = False,
+    one_hop: OneHop = False,
 ) -> None:
     """Stream generated support tickets through the whole pipeline, with the live loop on
     (audits, canaries judged by the monitor), and print a summary."""
@@ -104,6 +117,7 @@ def demo(
         "PROTEGE_THREADS": "1",
         "PROTEGE_TRAINER_THREADS": "1",
         "OMP_NUM_THREADS": "1",
+        **layout_env(fused, one_hop),
     }
     console.print(DEMO_LOOP_NOTE)
     summary = _stream_run(
@@ -152,7 +166,7 @@ def _stream_run(
     with stops_on_signals("the services and the broker were stopped"):
         _prepare_backbone()
         services = [*SERVICES, "monitor"] if monitor else list(SERVICES)
-        console.print(f"starting the embedded Apache Kafka broker and {len(services)} services ...")
+        console.print(f"starting the embedded Apache Kafka broker and {len(layout(services, env))} services ...")
         _run_phases(
             home,
             env,
