@@ -46,3 +46,12 @@ def test_a_layout_leaves_out_the_services_its_scorer_does_the_work_of() -> None:
     assert layout(names, {"PROTEGE_FUSED": "1"}) == fused
     assert layout(names, {"PROTEGE_ONE_HOP": "yes"}) == fused[2:]
     assert layout(names, {"PROTEGE_ONE_HOP": "1", "PROTEGE_FUSED": "1"}) == fused[2:]
+
+
+def test_the_layout_flags_of_protege_up_and_demo_choose_the_processes() -> None:
+    from protege.cli.root import layout_env
+    from protege.supervisor import layout
+
+    assert layout_env(False, False) == {}
+    assert layout(SERVICES, layout_env(True, False)) == ["ingestion", "scorer", "teacher", "harvester", "trainer"]
+    assert layout(SERVICES, layout_env(False, True)) == ["scorer", "teacher", "harvester", "trainer"]
