@@ -85,8 +85,9 @@ def describe(name: str, e: dict[str, Any] | None) -> str:
 
 
 def writer(name: str, event: dict[str, Any] | None, decided: bool) -> str:
-    """Who wrote a step: the layout's writer where the event says (``decided``: the request's
-    scored event was decided by the scorer, the fused and one-hop layouts), else ``WRITERS``'."""
+    """Who wrote a step: where the event says so, the writer in its layout (``decided``: the
+    request's scored event was decided by the scorer, as in the fused and one-hop layouts);
+    else the topic's writer in ``WRITERS``."""
     event = event or {}
     if name == "requests_dlq" and isinstance(event.get("service"), str):
         return str(event["service"])  # ingestion, or the one-hop scorer
