@@ -83,10 +83,6 @@ class Ingestion:
             return None
         return text if len(text) <= 128 and _ID.fullmatch(text) else None
 
-    def ingest(self, r: Received[Request], batch: set[str]) -> Out:
-        admitted = self.admit(r, batch)
-        return admitted if isinstance(admitted, Out) else Out.of(self.topics.ingested, admitted)
-
     def admit(self, r: Received[Request], batch: set[str]) -> Ingested | Out:
         """The request as an ingested event, or its dead letter (on ``protege.requests.dlq``)."""
         req = r.event
@@ -131,11 +127,16 @@ class Ingestion:
         self.log.debug("ingested", request_id=request_id, tenant=req.tenant, task=req.task, id_from=source)
         return event
 
-    async def handle(self, received: Sequence[Received[Request]]) -> list[Out]:
+    def admit_batch(self, received: Sequence[Received[Request]], **mark: bool) -> list[Ingested | Out]:
+        """Each request as an ingested event (with the fields ``mark`` sets: the one-hop scorer's
+        ``scored``) or its dead letter; the accepted ids are duplicates once the batch commits."""
         batch: set[str] = set()
-        outs = [self.ingest(r, batch) for r in received]
+        admitted = [self.admit(r, batch) for r in received]
         self.pending = batch
-        return outs
+        return [a if isinstance(a, Out) or not mark else a.model_copy(update=mark) for a in admitted]
+
+    async def handle(self, received: Sequence[Received[Request]]) -> list[Out]:
+        return [a if isinstance(a, Out) else Out.of(self.topics.ingested, a) for a in self.admit_batch(received)]
 
     async def committed(self, received: Sequence[Received[Request]]) -> None:
         """The batch committed: its accepted ids are now duplicates for later requests."""

@@ -117,12 +117,12 @@ class Scorer:
         outs: list[Out] = []
         if isinstance(r.event, Request):
             assert self.ingestion is not None
-            admitted = self.ingestion.admit(r, set())
+            [admitted] = self.ingestion.admit_batch([r], scored=True)
             if isinstance(admitted, Out):
                 return [admitted]  # the backend hears why on protege.requests.dlq
             # a duplicate from now on (a restart rebuilds the filter from what committed)
             self.ingestion.seen.add(admitted.request_id)
-            request = admitted.model_copy(update={"scored": True})
+            request = admitted
             outs.append(Out.of(self.topics.ingested, request))
         else:
             request = r.event
@@ -136,19 +136,10 @@ class Scorer:
         if self.ingestion is None:
             # a request the one-hop layout already scored was answered in its transaction
             return await self.score([r.event for r in received if isinstance(r.event, Ingested) and not r.event.scored])
-        outs: list[Out] = []
-        batch: set[str] = set()
-        admitted: list[Ingested] = []
-        for r in received:
-            event = self.ingestion.admit(r, batch)
-            if isinstance(event, Out):
-                outs.append(event)
-                continue
-            event = event.model_copy(update={"scored": True})
-            outs.append(Out.of(self.topics.ingested, event))
-            admitted.append(event)
-        self.ingestion.pending = batch  # duplicates once the transaction commits (Ingestion.committed)
-        return outs + await self.score(admitted)
+        admitted = self.ingestion.admit_batch(received, scored=True)
+        requests = [a for a in admitted if isinstance(a, Ingested)]
+        outs = [a if isinstance(a, Out) else Out.of(self.topics.ingested, a) for a in admitted]
+        return outs + await self.score(requests)
 
     async def score(self, requests: Sequence[Ingested]) -> list[Out]:
         outs: list[Out] = []
