@@ -27,7 +27,9 @@ runs the whole thing once per layout (``separate``: ingestion, scorer and verifi
 ingests and decides), one after the other; ``--broker-jvm`` once per set of
 the broker's JVM flags as well, each on a fresh broker. The broker's CPU is also split by kind
 of thread (request handlers, network threads, the JIT compiler, GC: ``jcmd`` names them).
-``--profile`` restarts the
+``--soak N`` publishes N requests as fast as possible after the warm-up, not measured (a
+broker that has run for days has compiled its hot paths; a fresh one compiles through the first
+phases). ``--profile`` restarts the
 services under py-spy after the warm-up and summarises where each one's CPU went (its
 latencies then include py-spy's sampling: profile in a run of its own). Prints tables,
 writes JSON.
@@ -44,6 +46,7 @@ import re
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -194,51 +197,64 @@ def spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
     return dict(sorted(used.items(), key=lambda kv: -kv[1]))
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One run's settings: the layout, the broker's extra JVM flags (PROTEGE_BROKER_JVM_OPTS), the
+    services' linger to fill a micro-batch in ms (PROTEGE_LINGER_MS), the scorer's largest
+    micro-batch (PROTEGE_MAX_BATCH; None: the default), the producers' retry backoff in ms
+    (PROTEGE_RETRY_BACKOFF_MS; None: the default), the scorer's ONNX Runtime threads
+    (PROTEGE_THREADS; 0: its cores; the in-process figure is measured with them), its BLAS threads
+    (PROTEGE_BLAS_THREADS; None: the default), partitions per topic (None: the pipeline's default;
+    each hop commits a transaction per partition it read), and ``soak``: requests published as
+    fast as possible after the warm-up, before anything is measured (a broker that has run for
+    days has compiled its hot paths; a fresh one compiles through the first phases)."""
+
+    layout: str
+    jvm: str = ""
+    linger: int = 0
+    max_batch: int | None = None
+    backoff: int | None = None
+    threads: int = 0
+    blas: int | None = None
+    partitions: int | None = None
+    soak: int = 0
+
+    def name(self, round_: int, rounds: int) -> str:
+        return (
+            self.layout
+            + (f" [{self.jvm}]" if self.jvm else "")
+            + (f" linger {self.linger} ms" if self.linger else "")
+            + (f" batch <= {self.max_batch}" if self.max_batch else "")
+            + (f" backoff {self.backoff} ms" if self.backoff is not None else "")
+            + (f" {self.threads} scorer thread{'s' * (self.threads > 1)}" if self.threads else "")
+            + (f" BLAS {self.blas or 'uncapped'}" if self.blas is not None else "")
+            + (f" {self.partitions} partition{'s' * (self.partitions > 1)}" if self.partitions else "")
+            + (f" soak {self.soak}" if self.soak else "")
+            + (f" (round {round_ + 1})" if rounds > 1 else "")
+        )
+
+    def folder(self, round_: int, rounds: int) -> str:
+        return (
+            self.layout
+            + ("-" + re.sub(r"[^A-Za-z0-9=]+", "", self.jvm) if self.jvm else "")
+            + (f"-linger{self.linger}" if self.linger else "")
+            + (f"-batch{self.max_batch}" if self.max_batch else "")
+            + (f"-backoff{self.backoff}" if self.backoff is not None else "")
+            + (f"-threads{self.threads}" if self.threads else "")
+            + (f"-blas{self.blas}" if self.blas is not None else "")
+            + (f"-partitions{self.partitions}" if self.partitions else "")
+            + (f"-soak{self.soak}" if self.soak else "")
+            + (f"-round{round_ + 1}" if rounds > 1 else "")
+        )
+
+
 def run_layout(
-    args: argparse.Namespace,
-    layout: str,
-    jvm: str,
-    console: Console,
-    linger: int = 0,
-    max_batch: int | None = None,
-    backoff: int | None = None,
-    round_: int = 0,
-    anchor: float | None = None,
-    threads: int = 0,
-    blas: int | None = None,
-    partitions: int | None = None,
+    args: argparse.Namespace, v: Variant, console: Console, round_: int = 0, anchor: float | None = None
 ) -> dict[str, Any]:
-    """One layout on a fresh broker started with the extra JVM flags ``jvm`` (PROTEGE_BROKER_JVM_OPTS),
-    its services lingering ``linger`` ms to fill a micro-batch (PROTEGE_LINGER_MS), the scorer's
-    micro-batch at most ``max_batch`` requests (PROTEGE_MAX_BATCH; None: the default), the
-    producers' retry backoff ``backoff`` ms (PROTEGE_RETRY_BACKOFF_MS; None: the default);
-    ``round_``: which round of ``--rounds``; ``anchor``: the in-process seq/s a rate written
-    ``N%`` is a share of (None: this run's own, measured here); ``threads``: the scorer's ONNX
-    Runtime threads (PROTEGE_THREADS; 0: its cores), the in-process figure measured with them;
-    ``blas``: its BLAS threads (PROTEGE_BLAS_THREADS; None: the default); ``partitions``: per
-    topic (None: the pipeline's default; each hop commits a transaction per partition it read)."""
-    name = (
-        layout
-        + (f" [{jvm}]" if jvm else "")
-        + (f" linger {linger} ms" if linger else "")
-        + (f" batch <= {max_batch}" if max_batch else "")
-        + (f" backoff {backoff} ms" if backoff is not None else "")
-        + (f" {threads} scorer thread{'s' * (threads > 1)}" if threads else "")
-        + (f" BLAS {blas or 'uncapped'}" if blas is not None else "")
-        + (f" {partitions} partition{'s' * (partitions > 1)}" if partitions else "")
-        + (f" (round {round_ + 1})" if args.rounds > 1 else "")
-    )
-    folder = (
-        layout
-        + ("-" + re.sub(r"[^A-Za-z0-9=]+", "", jvm) if jvm else "")
-        + (f"-linger{linger}" if linger else "")
-        + (f"-batch{max_batch}" if max_batch else "")
-        + (f"-backoff{backoff}" if backoff is not None else "")
-        + (f"-threads{threads}" if threads else "")
-        + (f"-blas{blas}" if blas is not None else "")
-        + (f"-partitions{partitions}" if partitions else "")
-        + (f"-round{round_ + 1}" if args.rounds > 1 else "")
-    )
+    """One run of ``v`` on a fresh broker and pipeline; ``round_``: which round of ``--rounds``;
+    ``anchor``: the in-process seq/s a rate written ``N%`` is a share of (None: this run's own,
+    measured here)."""
+    name, folder = v.name(round_, args.rounds), v.folder(round_, args.rounds)
     home = (args.home / folder).resolve()
     shutil.rmtree(home, ignore_errors=True)
     specs = [parse_rate(r) for r in args.rates.split(",")]
@@ -246,7 +262,7 @@ def run_layout(
     most = sum(
         args.max_requests if r is None and f is None else int((r or 3000 * (f or 0)) * args.seconds) for r, f in specs
     )
-    rows = generate(args.warmup + 200 + most, seed=101)
+    rows = generate(args.warmup + v.soak + 200 + most, seed=101)
     write_jsonl(rows, home / "labels.jsonl")
     task = load_task(REPO / "tasks" / f"{TASK}.yaml")
     int8 = {"auto": "auto", "int8": True, "fp32": False}[args.precision]
@@ -257,43 +273,49 @@ def run_layout(
         "PROTEGE_STANDIN_LABELS": str(home / "labels.jsonl"),
         "PROTEGE_MIN_CASES": str(int(args.warmup * 0.6)),
         "PROTEGE_RETRAIN_EVERY": "1000000",
-        "PROTEGE_THREADS": str(threads),
+        "PROTEGE_THREADS": str(v.threads),
         "PROTEGE_TRAINER_THREADS": "1",
-        "PROTEGE_FUSED": "1" if layout == "fused" else "0",
-        "PROTEGE_ONE_HOP": "1" if layout == "one-hop" else "0",
-        "PROTEGE_LINGER_MS": str(linger),
-        **({"PROTEGE_MAX_BATCH": str(max_batch)} if max_batch else {}),
-        **({"PROTEGE_RETRY_BACKOFF_MS": str(backoff)} if backoff is not None else {}),
-        **({"PROTEGE_BLAS_THREADS": str(blas)} if blas is not None else {}),
+        "PROTEGE_FUSED": "1" if v.layout == "fused" else "0",
+        "PROTEGE_ONE_HOP": "1" if v.layout == "one-hop" else "0",
+        "PROTEGE_LINGER_MS": str(v.linger),
+        **({"PROTEGE_MAX_BATCH": str(v.max_batch)} if v.max_batch else {}),
+        **({"PROTEGE_RETRY_BACKOFF_MS": str(v.backoff)} if v.backoff is not None else {}),
+        **({"PROTEGE_BLAS_THREADS": str(v.blas)} if v.blas is not None else {}),
     }
     report: dict[str, Any] = {
-        "layout": layout,
-        "broker_jvm": jvm,
-        "linger_ms": linger,
-        "max_batch": max_batch or ScorerSettings().max_batch,
-        "retry_backoff_ms": Settings().retry_backoff_ms if backoff is None else backoff,
+        "layout": v.layout,
+        "broker_jvm": v.jvm,
+        "linger_ms": v.linger,
+        "max_batch": v.max_batch or ScorerSettings().max_batch,
+        "retry_backoff_ms": Settings().retry_backoff_ms if v.backoff is None else v.backoff,
         "round": round_ + 1,
-        "blas_threads": ScorerSettings().blas_threads if blas is None else blas,
-        "partitions": partitions or LocalPipeline.partitions,
+        "blas_threads": ScorerSettings().blas_threads if v.blas is None else v.blas,
+        "partitions": v.partitions or LocalPipeline.partitions,
+        "soak": v.soak,
         "name": name,
         "rates": [],
     }
-    os.environ["PROTEGE_BROKER_JVM_OPTS"] = jvm  # the broker is this process's child
+    os.environ["PROTEGE_BROKER_JVM_OPTS"] = v.jvm  # the broker is this process's child
     with LocalPipeline(home, env=env, partitions=report["partitions"]) as p:
         settings = p.settings
         console.print(f"{name}: warm-up: {args.warmup} tickets to train one student ...")
         asyncio.run(drive(settings, rows[: args.warmup], tenant=TENANT, task=TASK, rate=40))
         t = settings.topics
         asyncio.run(wait_quiet(settings, {"harvester": [t.teacher_results], "trainer": [t.harvest]}))
-        time.sleep(5)
         at = args.warmup
+        if v.soak:
+            console.print(f"{name}: soak: {v.soak} requests as fast as possible, not measured ...")
+            asyncio.run(drive(settings, rows[at : at + v.soak], tenant=TENANT, task=TASK, rate=None, timeout=600.0))
+            asyncio.run(wait_quiet(settings, {"harvester": [t.teacher_results], "trainer": [t.harvest]}))
+            at += v.soak
+        time.sleep(5)
         texts = [r["text"] for r in rows[at : at + 640]]
         # "Nothing else working" is what the pipeline's processes leave: their CPU while it is
         # measured (a fresh broker's JIT compiler can still take a third of a core) is recorded.
         quiet = processes(p)
         threads0 = broker_threads(quiet)
         busy0, t0, whole0 = {n: cpu_seconds(pid) or 0.0 for n, pid in quiet.items()}, time.monotonic(), machine_cpu()
-        report["in_process"] = own = in_process(home, threads, texts, blas=blas)
+        report["in_process"] = own = in_process(home, v.threads, texts, blas=v.blas)
         report["scorer_threads"] = own["threads"]  # the version's precision decides them (threads_for)
         elapsed = time.monotonic() - t0
         # the machine's cores meanwhile: a host that takes cores away (steal) moves this figure
@@ -513,6 +535,13 @@ def main() -> None:
         "pipeline (--partitions '2|1')",
     )
     ap.add_argument(
+        "--soak",
+        default="0",
+        help="requests published as fast as possible after the warm-up, not measured, so a fresh broker's JIT "
+        "compiler has done most of its work before the phases (0: none); several, separated by |, each on a "
+        "fresh pipeline (--soak '0|6000')",
+    )
+    ap.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -549,18 +578,30 @@ def main() -> None:
     for layout in args.layouts.split(","):
         if layout not in LAYOUTS:
             raise SystemExit(f"--layouts: no layout {layout!r} ({', '.join(LAYOUTS)})")
-    variants = list(
-        itertools.product(
+    variants = [
+        Variant(
+            layout,
+            jvm.strip(),
+            int(linger),
+            int(batch) if batch else None,
+            int(backoff) if backoff else None,
+            int(threads),
+            int(blas) if blas else None,
+            int(parts) if parts else None,
+            int(soak),
+        )
+        for layout, jvm, linger, batch, backoff, threads, blas, parts, soak in itertools.product(
             args.layouts.split(","),
             args.broker_jvm.split("|"),
             args.linger.split("|"),
             args.max_batch.split("|"),
             args.retry_backoff.split("|"),
-            [int(n) for n in args.scorer_threads.split("|")],
+            args.scorer_threads.split("|"),
             args.blas_threads.split("|"),
             args.partitions.split("|"),
+            args.soak.split("|"),
         )
-    )
+    ]
     # A comparison offers every run the same rates: a share of the first run's in-process figure
     # (each run's own moved by ±12% between fresh pipelines of one run, stop 34, and with it the
     # rate a share stood for, so latencies at "50%" were not comparable). --own-rates: each its own.
@@ -568,26 +609,13 @@ def main() -> None:
     # other threads is anchored on the first run with its threads.
     anchors: dict[int, float] = {}
     for round_ in range(args.rounds):  # interleaved: every variant once, then again
-        for layout, jvm, linger, batch, backoff, threads, blas, parts in variants:
-            run = run_layout(
-                args,
-                layout,
-                jvm.strip(),
-                console,
-                int(linger),
-                int(batch) if batch else None,
-                int(backoff) if backoff else None,
-                round_,
-                anchors.get(threads),
-                threads,
-                int(blas) if blas else None,
-                int(parts) if parts else None,
-            )
+        for v in variants:
+            run = run_layout(args, v, console, round_, anchors.get(v.threads))
             report["layouts"].append(run)
-            if threads not in anchors and not args.own_rates and len(variants) * args.rounds > 1:
-                anchors[threads] = run["in_process"]["seq_per_s"]
+            if v.threads not in anchors and not args.own_rates and len(variants) * args.rounds > 1:
+                anchors[v.threads] = run["in_process"]["seq_per_s"]
                 console.print(
-                    f"every later run with these threads is offered shares of this run's {anchors[threads]:.0f} "
+                    f"every later run with these threads is offered shares of this run's {anchors[v.threads]:.0f} "
                     "sequences/s"
                 )
     report["rates_from"] = (
