@@ -13,8 +13,8 @@ A request in the task's review sample (``Decision.review``) is marked so on its 
 request: the harvester sends it to people (protege.review) instead of to training.
 
 A scored request the verifier cannot handle at all is quarantined by the loop and sent to
-the teacher (reason ``quarantined``): the fail-safe is the teacher, and the request is
-still answered once.
+the teacher (reason ``quarantined``), with a decision that says so: the fail-safe is the
+teacher, the request is still answered once, and reports and replays count it.
 
 In the fused layout (``PROTEGE_FUSED``) the scorer runs this same ``decide`` in its own
 transaction and marks the scored event ``decided``; a verifier that sees one passes it by,
@@ -125,18 +125,46 @@ class Verifier:
         return self.to_teacher(r.event)
 
     def to_teacher(self, scored: Scored) -> list[Out]:
-        """The fail-safe: the teacher answers (reason ``quarantined``)."""
+        """The fail-safe: the teacher answers (reason ``quarantined``), and a decision says so,
+        so a report or a replay of the recorded traffic counts the request and its teacher call.
+        It records no signals: a replay decides it again only under another policy."""
         req, student = scored.request, scored.student
+        at = now_ms()
+        review = in_review(req.request_id, self.tasks[req.task].review_rate) if req.task in self.tasks else False
         ask = TeacherRequest(
             request=req,
             reasons=["quarantined"],
             student_label=student.label if student else None,
             student_confidence=student.confidence if student else None,
             model_version=student.model_version if student else None,
-            review=in_review(req.request_id, self.tasks[req.task].review_rate) if req.task in self.tasks else False,
-            requested_at_ms=now_ms(),
+            review=review,
+            requested_at_ms=at,
         )
-        return [Out.of(self.topics.teacher_requests, ask)]
+        outs = [Out.of(self.topics.teacher_requests, ask)]
+        router = self.routers.get(req.task)
+        if router is None:  # no task, no policy to name (the loop's task check refuses these first)
+            return outs
+        rules = ["quarantined"]  # a rule, so the decision's own record implies its verdict
+        decision = Decision(
+            request_id=req.request_id,
+            tenant=req.tenant,
+            task=req.task,
+            verdict=router.verdict(False, rules),
+            route="teacher",
+            policy=router.name,
+            policy_version=router.policy_version,
+            model_version=student.model_version if student else None,
+            student_label=student.label if student else None,
+            signals={},
+            thresholds={},
+            rules=rules,
+            reasons=rules,
+            review=review,
+            decided_at_ms=at,
+        )
+        metrics.DECISIONS.labels(req.task, decision.policy, decision.verdict).inc()
+        metrics.ESCALATIONS.labels(req.task, "quarantined").inc()
+        return [Out.of(self.topics.decisions, decision), *outs]
 
     async def handle(self, received: Sequence[Received[Scored]]) -> list[Out]:
         # A request the scorer decided itself (the fused layout) was answered in its transaction.

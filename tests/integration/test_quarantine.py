@@ -34,6 +34,7 @@ from protege_services.verifier.handler import Verifier
 
 from protege.events import (
     DeadLetter,
+    Decision,
     Event,
     HarvestCase,
     Ingested,
@@ -237,4 +238,8 @@ def test_a_record_the_handler_cannot_survive_is_quarantined(settings: Settings, 
             assert "RecursionError" in (passed_on.student_error or "")
         else:
             assert TeacherRequest.model_validate_json(fallback.value).reasons == ["quarantined"]
+            # the teacher answers it, and a decision on record says why (reports count it)
+            decisions = [Decision.model_validate_json(r.value) for r in asyncio.run(read_all(settings, t.decisions))]
+            [decision] = [d for d in decisions if d.request_id == "r-1"]
+            assert (decision.verdict, decision.route, decision.reasons) == ("escalate", "teacher", ["quarantined"])
     assert asyncio.run(group_lag(settings, loop.group, [w.input(t)])) == 0, "the partition moved on"

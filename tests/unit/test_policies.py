@@ -63,6 +63,35 @@ def test_shadow_always_goes_to_the_teacher_and_records_the_student() -> None:
     assert (d.verdict, d.route, d.student_label, d.model_version) == ("shadow", "teacher", "shipping", "v1")
 
 
+def test_a_request_the_verifier_gives_up_on_has_a_decision_on_record_under_every_policy() -> None:
+    """The loop quarantined it: the teacher answers, and a decision names the reason, so the
+    report counts the request and its teacher call; its record implies its verdict, and a
+    replay of it decides again rather than reading signals it never had."""
+    from protege_services.verifier.handler import Verifier
+
+    from protege.kafka import Received
+    from protege.topics import Topics
+
+    t = Topics("q.")
+    for name in sorted(ROUTERS):
+        outs = Verifier({BASE.name: task(name)}, t).quarantined(Received(scored(), t.scored), "boom")
+        assert [o.topic for o in outs] == [t.decisions, t.teacher_requests]
+        d = Decision.model_validate_json(outs[0].value)
+        assert (d.route, d.reasons, d.rules, d.signals, d.policy) == (
+            "teacher",
+            ["quarantined"],
+            ["quarantined"],
+            {},
+            name,
+        )
+        assert d.verdict == ("shadow" if name == "shadow" else "escalate") == recompute_verdict(d)
+        assert (d.student_label, d.model_version) == ("shipping", "v1")  # what the student had said, if anything
+    # a task the verifier does not know has no policy to name: the teacher still answers it
+    stranger = scored().model_copy(update={"request": scored().request.model_copy(update={"task": "other"})})
+    [ask] = Verifier({BASE.name: BASE}, t).quarantined(Received(stranger, t.scored), "boom")
+    assert ask.topic == t.teacher_requests
+
+
 @given(
     st.sampled_from(sorted(ROUTERS)),
     st.floats(0, 1),
@@ -209,8 +238,16 @@ def test_the_fused_scorer_decides_in_its_transaction_and_a_verifier_passes_its_e
     )  # an undecided one: decided (+ harvest)
     # a request the fused scorer's loop gives up on goes to the teacher from there
     quarantined = scorer.quarantined(Received(reqs[0], t.ingested), "boom")
-    assert [o.topic for o in quarantined] == [t.scored, t.teacher_requests]
+    assert [o.topic for o in quarantined] == [t.scored, t.decisions, t.teacher_requests]
     assert Scored.model_validate_json(quarantined[0].value).decided
+    decision = Decision.model_validate_json(quarantined[1].value)  # on record: reports count it and its teacher call
+    assert (decision.verdict, decision.route, decision.reasons, decision.signals) == (
+        "escalate",
+        "teacher",
+        ["quarantined"],
+        {},
+    )
+    assert recompute_verdict(decision) == decision.verdict
 
 
 def test_the_one_hop_scorer_ingests_scores_and_decides_in_one_transaction() -> None:
@@ -281,7 +318,7 @@ def test_the_one_hop_scorer_ingests_scores_and_decides_in_one_transaction() -> N
     assert [o.topic for o in asyncio.run(separate.handle([Received(fresh, t.ingested)]))] == [t.scored]
     # a request the loop gives up on: ingested and sent to the teacher, or refused as ingestion would
     [r4] = loop.decode([record(t.requests, request("r4", "where is my order #1"), offset=5)])[0]
-    assert [o.topic for o in scorer.quarantined(r4, "boom")] == [t.ingested, t.scored, t.teacher_requests]
+    assert [o.topic for o in scorer.quarantined(r4, "boom")] == [t.ingested, t.scored, t.decisions, t.teacher_requests]
     assert "r4" in ingestion.seen
     [r5] = loop.decode([record(t.requests, request("r5", "y" * 101), offset=6)])[0]
     [letter] = scorer.quarantined(r5, "boom")
