@@ -295,6 +295,7 @@ def evaluate(
     unknown = len(set(truth) - set(labels))
     out: dict[str, Any] = {
         "cases": len(s.y),
+        "certified": rule is not None,  # a rule to answer under (a target's certification found one)
         "accuracy": float(s.correct.mean()) if len(s.y) else 0.0,  # unknown labels count as misses
         "macro_f1": macro_f1(s.pred, s.y, unknown),
         "ece": ece(s.probs[known], s.y[known]),
@@ -310,10 +311,23 @@ def evaluate(
 
 
 def gate_failures(
-    cand: dict[str, Any], serving: dict[str, Any] | None, latency_p95_ms: float, gates: Gates
+    cand: dict[str, Any],
+    serving: dict[str, Any] | None,
+    latency_p95_ms: float,
+    gates: Gates,
+    *,
+    targeted: bool = False,
 ) -> list[str]:
-    """Why a candidate may not serve (empty: it may)."""
+    """Why a candidate may not serve (empty: it may). ``targeted``: the task holds accepted
+    answers to a certified target, so a version answers only under a rule certified for it."""
     failed = []
+    if targeted and serving is not None and serving.get("certified") and not cand.get("certified"):
+        # Whatever the size of the golden split: announced, it would answer nothing (on trial, its
+        # share of the traffic would go to the teacher until the trial ran out of time).
+        failed.append(
+            "its rule certifies nothing for the target, where the serving version's certifies "
+            f"{serving['coverage']:.1%} of the golden cases on the same trusted rows"
+        )
     n = int(cand["cases"])
     big = n >= gates.min_golden
     # On a small golden set the accuracy floor fails only when the accuracy is below it with
@@ -1062,7 +1076,7 @@ def train_version(
     serving_m = (
         serving_metrics(serving, golden, gates, threads, truth, goal) if serving is not None and golden else None
     )
-    failed = gate_failures(gold_metrics, serving_m, p95, gates)
+    failed = gate_failures(gold_metrics, serving_m, p95, gates, targeted=task.policy.targeted)
 
     metrics = {
         "golden_accuracy": round(gold_metrics["accuracy"], 4),

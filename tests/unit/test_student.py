@@ -154,6 +154,14 @@ def test_gates_say_why() -> None:
     assert gate_failures(good | {"cases": 12, "accuracy": 5 / 12}, None, 20, Gates(min_accuracy=0.5)) == []
     low = gate_failures(good | {"cases": 12, "accuracy": 1 / 12}, None, 20, Gates(min_accuracy=0.5))
     assert len(low) == 1 and "upper bound" in low[0]
+    # under a target, a candidate whose rule certifies nothing does not replace one that answers,
+    # however few the golden cases (announced, it would answer nothing)
+    certified, nothing = good | {"certified": True}, good | {"certified": False, "coverage": 0.0}
+    [why] = gate_failures(nothing | {"cases": 12}, certified, 20, gates, targeted=True)
+    assert "certifies nothing for the target" in why and "70.0%" in why
+    assert gate_failures(nothing | {"cases": 12}, certified, 20, gates) == []  # fixed thresholds: no rule needed
+    assert gate_failures(nothing | {"cases": 12}, nothing, 20, gates, targeted=True) == []  # neither answers
+    assert gate_failures(nothing | {"cases": 12}, None, 20, gates, targeted=True) == []  # the first version
 
 
 @pytest.fixture(scope="module")
@@ -597,10 +605,11 @@ def test_the_serving_version_is_held_to_the_rule_todays_rows_certify(version, ta
     assert as_served["rule"] == "as served" and manifest["acceptance"] is None and as_served["coverage"] == 0
     unchanged = [Trusted(r["id"], r["text"], r["label"], r["label"]) for r in held]
     now = serving_metrics(result.folder, golden, gates, 1, unchanged, goal)
-    assert now["rule"] == f"re-certified on {len(held)} trusted rows" and now["coverage"] > 0.3
+    assert now["rule"] == f"re-certified on {len(held)} trusted rows" and now["coverage"] > 0.3 and now["certified"]
     assert now["accuracy"] == as_served["accuracy"]  # the same answers on the same golden cases: only the rule moved
     shifted = [Trusted(r["id"], r["text"], moved(r["label"]), moved(r["label"])) for r in held]
-    assert serving_metrics(result.folder, golden, gates, 1, shifted, goal)["coverage"] == 0
+    after = serving_metrics(result.folder, golden, gates, 1, shifted, goal)
+    assert after["coverage"] == 0 and not after["certified"]  # a candidate that certifies nothing may replace it
 
 
 def test_the_serving_version_is_certified_again_on_todays_rows_as_a_new_version(
