@@ -186,9 +186,8 @@ async def ensure_topics(settings: Settings, names: Sequence[str] | None = None) 
     try:
         admin = await started_admin(settings)
     except KafkaConnectionError as e:
-        how = settings.security_protocol + (
-            f", SASL {settings.sasl_mechanism} as {settings.sasl_username!r}" if settings.sasl_mechanism else ""
-        )
+        who = f" as {settings.sasl_username!r}" if settings.sasl_username else ""
+        how = settings.security_protocol + (f", SASL {settings.sasl_mechanism}{who}" if settings.sasl_mechanism else "")
         raise BrokerError(
             f"cannot reach Kafka at {settings.bootstrap_servers} over {how}: {e} (the client's log "
             "line before this one says why: refused credentials, an untrusted certificate, ...)"

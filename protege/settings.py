@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from protege.topics import Topics
@@ -77,10 +77,56 @@ class Settings(BaseSettings):
     redact_pii: bool = Field(True, description="Replace e-mails, phones, cards and IBANs before harvest and scoring.")
     # Security for real clusters; the embedded broker is PLAINTEXT on loopback.
     security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
+    sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER.")
+    sasl_username: str | None = Field(None, description="The SASL user; with OAUTHBEARER, the OAuth client id.")
+    sasl_password: SecretStr | None = Field(None, description="Its password; with OAUTHBEARER, the client secret.")
+    sasl_oauthbearer_token_endpoint_url: str | None = Field(
+        None,
+        description="OAUTHBEARER: the OAuth 2.0 token endpoint (client-credentials grant; https, or http on "
+        "loopback only).",
+    )
+    sasl_oauthbearer_scope: str | None = Field(None, description="OAUTHBEARER: the scope asked of the endpoint.")
+    sasl_oauthbearer_token_file: Path | None = Field(
+        None,
+        description="OAUTHBEARER: a file holding the token, kept fresh by something else (a sidecar, a projected "
+        "service-account token), read at every connection; instead of the endpoint.",
+    )
     ssl_cafile: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> Settings:
+        if (self.sasl_mechanism or "").upper() != "OAUTHBEARER":
+            return self
+        url, file = self.sasl_oauthbearer_token_endpoint_url, self.sasl_oauthbearer_token_file
+        if (url is None) == (file is None):
+            raise ValueError(
+                "SASL OAUTHBEARER takes its tokens from one place: PROTEGE_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL "
+                "(with PROTEGE_SASL_USERNAME and PROTEGE_SASL_PASSWORD as the client id and secret) or "
+                "PROTEGE_SASL_OAUTHBEARER_TOKEN_FILE"
+            )
+        if url is not None:
+            from protege.oauthbearer import check_endpoint
+
+            check_endpoint(url)
+            if not self.sasl_username or self.sasl_password is None:
+                raise ValueError(
+                    "SASL OAUTHBEARER with a token endpoint needs PROTEGE_SASL_USERNAME (the client id) and "
+                    "PROTEGE_SASL_PASSWORD (the client secret)"
+                )
+        return self
+
+    def token_provider(self) -> Any:
+        """The process's OAUTHBEARER token provider for these settings (``protege.oauthbearer``)."""
+        from protege.oauthbearer import provider
+
+        secret = self.sasl_password.get_secret_value() if self.sasl_password else None
+        return provider(
+            url=self.sasl_oauthbearer_token_endpoint_url,
+            client_id=self.sasl_username,
+            client_secret=secret,
+            scope=self.sasl_oauthbearer_scope,
+            file=self.sasl_oauthbearer_token_file,
+        )
 
     @property
     def topics(self) -> Topics:
@@ -88,7 +134,10 @@ class Settings(BaseSettings):
 
     def kafka_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers, "security_protocol": self.security_protocol}
-        if self.sasl_mechanism:
+        if self.sasl_mechanism and self.sasl_mechanism.upper() == "OAUTHBEARER":
+            kw["sasl_mechanism"] = "OAUTHBEARER"
+            kw["sasl_oauth_token_provider"] = self.token_provider()
+        elif self.sasl_mechanism:
             kw["sasl_mechanism"] = self.sasl_mechanism
             kw["sasl_plain_username"] = self.sasl_username
             kw["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None

@@ -243,6 +243,8 @@ def credentials(settings: MonitorSettings) -> faust.types.auth.CredentialsT | No
     """protege's Kafka security settings (``PROTEGE_SECURITY_PROTOCOL``, ``PROTEGE_SASL_*``,
     ``PROTEGE_SSL_CAFILE``) as faust's credentials: the same broker, the same way in."""
     kw = settings.kafka_kwargs()
+    if "sasl_oauth_token_provider" in kw:
+        return faust.OAuthCredentials(oauth_cb=kw["sasl_oauth_token_provider"], ssl_context=kw.get("ssl_context"))
     if settings.sasl_mechanism:
         return faust.SASLCredentials(
             username=kw["sasl_plain_username"],

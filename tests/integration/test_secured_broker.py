@@ -1,6 +1,7 @@
 """protege's Kafka security settings against a secured broker: a second embedded Kafka with
 an SSL listener and a SASL_SSL listener (server certificate from a CA made here; SASL/PLAIN
-and SASL/SCRAM-SHA-256 users). With only ``PROTEGE_*`` settings, protege's own clients
+and SASL/SCRAM-SHA-256 users; SASL/OAUTHBEARER tokens from a local OAuth token endpoint or a
+file). With only ``PROTEGE_*`` settings, protege's own clients
 (admin, a transactional processor with its consumer group, a read_committed reader) work
 over each; a wrong password and an unknown CA are refused."""
 
@@ -27,11 +28,13 @@ from protege.harness import Probe
 from protege.kafka import Out, Processor, Received, Record, ensure_topics, producer
 from protege.settings import Settings
 from protege.state import read_all
+from tests.token_endpoint import TokenEndpoint, unsigned_jwt
 
 pytestmark = pytest.mark.kafka
 
 PLAIN_USER, PLAIN_PASSWORD = "protege", "plain-secret-4b1d"
 SCRAM_USER, SCRAM_PASSWORD = "protege-scram", "scram-secret-9e2c"
+OAUTH_SECRET = "oauth-client-secret-51c0"
 
 
 def certificate(
@@ -89,7 +92,10 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Embedded
         properties={
             "ssl.keystore.type": "PEM",
             "ssl.keystore.location": str(keystore),
-            "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256",
+            "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256,OAUTHBEARER",
+            # OAUTHBEARER with the broker's default validator: unsigned JWTs (tests/token_endpoint.py),
+            # their sub, exp and iat checked
+            "listener.name.sasl_ssl.oauthbearer.sasl.jaas.config": 'org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="broker";',
             "listener.name.sasl_ssl.plain.sasl.jaas.config": f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{PLAIN_USER}="{PLAIN_PASSWORD}";',
             "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required;",
         },
@@ -181,6 +187,82 @@ def test_sasl_ssl_with_protege_settings(
     gc.collect()  # every client closed: nothing warns
     assert sorted(Probe.model_validate_json(r.value).n for r in out) == list(range(20))
     assert password not in repr(settings)  # a SecretStr: never printed with the settings
+
+
+def oauth_env(broker: EmbeddedBroker, ca: Path, **source: str) -> dict[str, str]:
+    """protege's settings for OAUTHBEARER on the SASL_SSL listener; ``source``: where tokens come from."""
+    return {
+        "PROTEGE_BOOTSTRAP_SERVERS": broker.address("SASL_SSL"),
+        "PROTEGE_SECURITY_PROTOCOL": "SASL_SSL",
+        "PROTEGE_SASL_MECHANISM": "OAUTHBEARER",
+        "PROTEGE_SSL_CAFILE": str(ca),
+        **{f"PROTEGE_SASL_{k.upper()}": v for k, v in source.items()},
+    }
+
+
+def test_sasl_oauthbearer_from_a_token_endpoint(
+    secured: tuple[EmbeddedBroker, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A token from the client-credentials grant: the broker admits it, and every client of the
+    process (admin, producers, the transactional processor's consumer and producers, a reader)
+    connects with the one token fetched."""
+    broker, ca = secured
+    with TokenEndpoint("protege-client", OAUTH_SECRET) as endpoint:
+        env = oauth_env(
+            broker,
+            ca,
+            oauthbearer_token_endpoint_url=endpoint.url,
+            oauthbearer_scope="kafka",
+            username="protege-client",
+            password=OAUTH_SECRET,
+        )
+        settings = settings_from_env(monkeypatch, tmp_path, env)
+        out = asyncio.run(round_trip(settings))
+        gc.collect()
+        assert sorted(Probe.model_validate_json(r.value).n for r in out) == list(range(20))
+        assert len(endpoint.requests) == 1 and endpoint.requests[0][2]["scope"] == ["kafka"]
+    assert OAUTH_SECRET not in repr(settings)
+
+
+def test_sasl_oauthbearer_from_a_token_file(
+    secured: tuple[EmbeddedBroker, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A token a sidecar keeps in a file: admitted while fresh; an expired one is refused by the
+    broker itself (its validator checks exp), and the service says why."""
+    broker, ca = secured
+    token = tmp_path / "token"
+    token.write_text(unsigned_jwt("protege-sidecar", 600))
+    settings = settings_from_env(monkeypatch, tmp_path, oauth_env(broker, ca, oauthbearer_token_file=str(token)))
+    out = asyncio.run(round_trip(settings, n=5))
+    gc.collect()
+    assert len(out) == 5
+    token.write_text(unsigned_jwt("protege-sidecar", 600, now=time.time() - 3600))  # expired 50 minutes ago
+    assert "over SASL_SSL, SASL OAUTHBEARER" in str(refused(settings))
+    assert "SaslAuthenticationFailed" in caplog.text
+
+
+def test_a_token_endpoint_that_refuses_the_client_is_the_reason_given(
+    secured: tuple[EmbeddedBroker, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker, ca = secured
+    with TokenEndpoint("protege-client", OAUTH_SECRET) as endpoint:
+        env = oauth_env(
+            broker,
+            ca,
+            oauthbearer_token_endpoint_url=endpoint.url,
+            username="protege-client",
+            password="not-the-secret",
+        )
+        settings = settings_from_env(monkeypatch, tmp_path, env)
+        assert "over SASL_SSL, SASL OAUTHBEARER as 'protege-client'" in str(refused(settings))
+    assert "refused client 'protege-client': HTTP 401" in caplog.text and "invalid_client" in caplog.text
+    assert "not-the-secret" not in caplog.text
 
 
 def test_ssl_with_protege_settings(

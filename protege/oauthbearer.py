@@ -1,0 +1,234 @@
+"""SASL/OAUTHBEARER tokens for protege's Kafka clients (``PROTEGE_SASL_MECHANISM=OAUTHBEARER``).
+
+Two sources, one of them:
+
+- an OAuth 2.0 token endpoint, by the client-credentials grant
+  (``PROTEGE_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL``; the client id and secret are
+  ``PROTEGE_SASL_USERNAME`` / ``PROTEGE_SASL_PASSWORD``, sent as HTTP Basic auth, as Kafka's own
+  Java client sends them; ``PROTEGE_SASL_OAUTHBEARER_SCOPE`` optional). A token is reused until
+  80% of its lifetime has passed (Kafka's default refresh window), then fetched again; every
+  client of the process shares it.
+- a file that something else keeps fresh (``PROTEGE_SASL_OAUTHBEARER_TOKEN_FILE``: a sidecar,
+  a projected Kubernetes service-account token, a cloud signer's output), read again at every
+  connection.
+
+The endpoint's answer is outside input: its size, type and fields are checked, and an endpoint
+that refuses says so with its status, never with the secret. A failure is a ``KafkaError``, so a
+client logs it as the reason it could not connect, and a service that cannot connect exits with
+``BrokerError`` as for a wrong password. A token the broker refuses is refused as RFC 7628 says
+(``Rfc7628Authenticator``: aiokafka 0.14 took the refusal for success).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import ipaddress
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import structlog
+from aiokafka.abc import AbstractTokenProvider
+from aiokafka.conn import AIOKafkaConnection, OAuthAuthenticator
+from aiokafka.errors import KafkaError, SaslAuthenticationFailed
+
+REFRESH_AT = 0.8  # of a token's lifetime (sasl.login.refresh.window.factor's default)
+DEFAULT_LIFETIME_S = 300.0  # when neither expires_in nor the token's own exp says
+MAX_ANSWER_BYTES = 64 * 1024
+TIMEOUT_S = 10.0
+log = structlog.get_logger()
+
+
+class TokenError(KafkaError):
+    """No token: the endpoint refused or answered nonsense, or the file is missing or empty."""
+
+    retriable = True  # a client tries its connection again; the cause may pass (an endpoint restarting)
+
+
+def check_endpoint(url: str) -> str:
+    """The endpoint, when it may carry a client secret: https, or http on loopback only."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return url
+    if parts.scheme == "http" and parts.hostname:
+        host = parts.hostname
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            return url
+        raise ValueError(f"token endpoint {url!r}: http sends the client secret in the clear; use https")
+    raise ValueError(f"token endpoint {url!r}: not an http(s) URL")
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The ``exp`` claim (epoch s) of a JWT, None when the token is not one or carries none."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    exp = payload.get("exp") if isinstance(payload, dict) else None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
+@dataclass
+class EndpointTokens(AbstractTokenProvider):
+    """Tokens from an OAuth 2.0 token endpoint (client-credentials grant), reused until 80% of
+    their lifetime has passed."""
+
+    url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    scope: str | None = None
+    fetched: int = 0  # tokens fetched so far (tests; the log)
+    _token: str | None = field(default=None, init=False, repr=False)
+    _refresh_at: float = field(default=0.0, init=False, repr=False)
+    # one lock per event loop (a lock serves the loop it was first contended on)
+    _locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = field(
+        default_factory=weakref.WeakKeyDictionary, init=False, repr=False
+    )
+
+    async def token(self) -> str:
+        if self._token is not None and time.monotonic() < self._refresh_at:
+            return self._token
+        lock = self._locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+        async with lock:  # several connections at once: one fetch
+            if self._token is None or time.monotonic() >= self._refresh_at:
+                self._token, lifetime = await self.fetch()
+                self._refresh_at = time.monotonic() + REFRESH_AT * lifetime
+                self.fetched += 1
+            return self._token
+
+    async def fetch(self) -> tuple[str, float]:
+        status, body = await asyncio.to_thread(self.post)
+        if status != 200:
+            said = body[:300].decode("utf-8", "replace").replace(self.client_secret, "***")
+            raise TokenError(f"token endpoint {self.url} refused client {self.client_id!r}: HTTP {status} {said}")
+        if len(body) > MAX_ANSWER_BYTES:
+            raise TokenError(f"token endpoint {self.url}: an answer over {MAX_ANSWER_BYTES} bytes")
+        try:
+            answer = json.loads(body)
+        except ValueError as e:
+            raise TokenError(f"token endpoint {self.url}: the answer is not JSON") from e
+        token = answer.get("access_token") if isinstance(answer, dict) else None
+        if not isinstance(token, str) or not token or any(c.isspace() for c in token):
+            raise TokenError(f"token endpoint {self.url}: no access_token in the answer")
+        expires_in = answer.get("expires_in")
+        if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and expires_in > 0:
+            return token, float(expires_in)
+        exp = jwt_expiry(token)
+        return token, max(1.0, exp - time.time()) if exp is not None else DEFAULT_LIFETIME_S
+
+    def post(self) -> tuple[int, bytes]:
+        """The grant, posted (blocking: in a worker thread); the status and at most one byte more
+        than an answer may hold. Redirects are not followed: the secret goes to this URL only."""
+        form = {"grant_type": "client_credentials", **({"scope": self.scope} if self.scope else {})}
+        basic = base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
+        request = urllib.request.Request(
+            self.url,
+            data=urllib.parse.urlencode(form).encode(),
+            method="POST",
+            headers={
+                "Authorization": f"Basic {basic}",
+                "Accept": "application/json",
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+        )
+        try:
+            with _OPENER.open(request, timeout=TIMEOUT_S) as r:
+                return int(r.status), r.read(MAX_ANSWER_BYTES + 1)
+        except urllib.error.HTTPError as e:  # an answer all the same: its status says why
+            with e:
+                return int(e.code), e.read(MAX_ANSWER_BYTES + 1)
+        except (urllib.error.URLError, OSError) as e:
+            raise TokenError(f"token endpoint {self.url}: {type(e).__name__}: {e}") from e
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kw: Any) -> None:
+        return None  # the 3xx reaches the caller as an HTTPError: a refusal with its status
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+@dataclass
+class FileTokens(AbstractTokenProvider):
+    """The token in a file something else refreshes, read again at every connection."""
+
+    path: Path
+
+    async def token(self) -> str:
+        try:
+            text = self.path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise TokenError(f"token file {self.path}: {type(e).__name__}: {e}") from e
+        if not text or any(c.isspace() for c in text):
+            raise TokenError(f"token file {self.path}: empty, or not one token")
+        return text
+
+
+class Rfc7628Authenticator(OAuthAuthenticator):
+    """aiokafka's OAUTHBEARER exchange, with RFC 7628's failure (section 3.2.2). A broker that
+    refuses a token (expired, wrong audience, bad signature) answers the client's first message
+    with an error JSON and no error code; the client answers 0x01, and the broker then fails the
+    exchange with SASL_AUTHENTICATION_FAILED. aiokafka 0.14 took the JSON for success: the
+    connection then failed later with an empty metadata answer and no reason. Kafka's own Java
+    client answers as here."""
+
+    def __init__(self, *, sasl_oauth_token_provider: AbstractTokenProvider) -> None:
+        super().__init__(sasl_oauth_token_provider=sasl_oauth_token_provider)
+        self._refused: bytes | None = None
+
+    async def step(self, payload: bytes | None) -> tuple[bytes, bool] | None:
+        if not self._token_sent:
+            return cast(tuple[bytes, bool], await super().step(payload))
+        if self._refused is None and payload:  # the broker's error JSON: the token was refused
+            self._refused = payload
+            log.warning("token_refused", mechanism="OAUTHBEARER", broker_said=payload[:300].decode("utf-8", "replace"))
+            return b"\x01", True
+        if self._refused is not None:  # it answered the 0x01 without failing: a refusal all the same
+            raise SaslAuthenticationFailed(f"the broker refused the token: {self._refused[:300]!r}")
+        return None
+
+
+def use_rfc7628_failures() -> None:
+    """Every aiokafka connection of this process runs the OAUTHBEARER exchange above (the one
+    place aiokafka makes the authenticator: ``AIOKafkaConnection.authenticator_oauth``)."""
+
+    def authenticator_oauth(conn: AIOKafkaConnection) -> Rfc7628Authenticator:
+        return Rfc7628Authenticator(sasl_oauth_token_provider=conn._sasl_oauth_token_provider)
+
+    AIOKafkaConnection.authenticator_oauth = authenticator_oauth
+
+
+_shared: dict[tuple[object, ...], AbstractTokenProvider] = {}
+
+
+def provider(
+    *, url: str | None, client_id: str | None, client_secret: str | None, scope: str | None, file: Path | None
+) -> AbstractTokenProvider:
+    """The process's provider for these settings: every client shares its token (and every
+    connection answers a refusal as RFC 7628 asks: ``Rfc7628Authenticator``)."""
+    use_rfc7628_failures()
+    key = (url, client_id, client_secret, scope, file)
+    if key not in _shared:
+        if file is not None:
+            _shared[key] = FileTokens(file)
+        else:
+            assert url is not None and client_id is not None and client_secret is not None
+            _shared[key] = EndpointTokens(check_endpoint(url), client_id, client_secret, scope)
+    return _shared[key]

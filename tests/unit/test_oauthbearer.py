@@ -1,0 +1,129 @@
+"""SASL/OAUTHBEARER tokens (``protege.oauthbearer``) against a local OAuth 2.0 token endpoint
+(real HTTP on loopback; no broker: tests/integration/test_secured_broker.py has the broker)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from protege.oauthbearer import EndpointTokens, FileTokens, TokenError, check_endpoint, jwt_expiry
+from protege.settings import Settings
+from tests.token_endpoint import TokenEndpoint, unsigned_jwt
+
+CLIENT, SECRET = "protege-client", "client-secret-7f3a"
+
+
+def test_one_token_is_fetched_shared_and_fetched_again_when_80_percent_of_its_life_has_passed() -> None:
+    with TokenEndpoint(CLIENT, SECRET, lifetime_s=600) as endpoint:
+        tokens = EndpointTokens(endpoint.url, CLIENT, SECRET, scope="kafka")
+
+        async def many() -> list[str]:
+            return await asyncio.gather(*(tokens.token() for _ in range(8)))  # connections at once: one fetch
+
+        first = asyncio.run(many())
+        assert len(set(first)) == 1 and tokens.fetched == 1 and len(endpoint.requests) == 1
+        client, secret, form = endpoint.requests[0]
+        assert (client, secret) == (CLIENT, SECRET)  # HTTP Basic, as Kafka's Java client sends them
+        assert form == {"grant_type": ["client_credentials"], "scope": ["kafka"]}
+        assert 0.8 * 600 - 5 < tokens._refresh_at - time.monotonic() <= 0.8 * 600
+        assert asyncio.run(tokens.token()) == first[0] and tokens.fetched == 1  # another event loop: reused
+        tokens._refresh_at = time.monotonic() - 1  # as if 480 s had passed
+        asyncio.run(tokens.token())
+        assert tokens.fetched == 2 and len(endpoint.requests) == 2
+
+
+def test_a_token_without_expires_in_lives_until_its_own_exp() -> None:
+    token = unsigned_jwt("x", 100)
+    assert jwt_expiry(token) == pytest.approx(time.time() + 100, abs=2)
+    assert jwt_expiry("not-a-jwt") is None and jwt_expiry("a.!!!.b") is None
+    with TokenEndpoint(CLIENT, SECRET) as endpoint:
+        endpoint.answer = f'{{"access_token": "{token}"}}'.encode()
+        tokens = EndpointTokens(endpoint.url, CLIENT, SECRET)
+        assert asyncio.run(tokens.token()) == token
+        assert 75 < tokens._refresh_at - time.monotonic() <= 80
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (b"<html>maintenance</html>", "not JSON"),
+        (b'{"token_type": "Bearer"}', "no access_token"),
+        (b'{"access_token": ""}', "no access_token"),
+        (b'{"access_token": "two words"}', "no access_token"),
+        (b'{"access_token": 42}', "no access_token"),
+        (b"[1, 2]", "no access_token"),
+        (b'{"access_token": "' + b"x" * 70_000 + b'"}', "over 65536 bytes"),
+    ],
+)
+def test_an_answer_that_is_not_a_token_is_an_error_that_says_so(answer: bytes, said: str) -> None:
+    with TokenEndpoint(CLIENT, SECRET) as endpoint:
+        endpoint.answer = answer
+        with pytest.raises(TokenError, match=said):
+            asyncio.run(EndpointTokens(endpoint.url, CLIENT, SECRET).token())
+
+
+def test_a_refusal_names_the_client_and_status_never_the_secret() -> None:
+    with TokenEndpoint(CLIENT, "the-right-one") as endpoint, pytest.raises(TokenError) as e:
+        asyncio.run(EndpointTokens(endpoint.url, CLIENT, SECRET).token())
+    assert "refused client 'protege-client': HTTP 401" in str(e.value) and "invalid_client" in str(e.value)
+    assert SECRET not in str(e.value)
+    with pytest.raises(TokenError, match="URLError"):  # nothing listens there now
+        asyncio.run(EndpointTokens(endpoint.url, CLIENT, SECRET).token())
+
+
+def test_a_token_file_is_read_at_every_connection(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    tokens = FileTokens(path)
+    with pytest.raises(TokenError, match="FileNotFoundError"):
+        asyncio.run(tokens.token())
+    path.write_text(unsigned_jwt("a", 60) + "\n")
+    assert asyncio.run(tokens.token()) == path.read_text().strip()
+    path.write_text(second := unsigned_jwt("b", 60))  # a sidecar refreshed it
+    assert asyncio.run(tokens.token()) == second
+    path.write_text("  \n")
+    with pytest.raises(TokenError, match="empty"):
+        asyncio.run(tokens.token())
+
+
+def test_the_settings_name_one_token_source_and_keep_secrets_off_plain_http(tmp_path: Path) -> None:
+    base = {"sasl_mechanism": "OAUTHBEARER", "security_protocol": "SASL_SSL"}
+    with pytest.raises(ValidationError, match="from one place"):
+        Settings(**base)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="from one place"):
+        Settings(
+            **base,  # type: ignore[arg-type]
+            sasl_oauthbearer_token_endpoint_url="https://idp.example/token",
+            sasl_oauthbearer_token_file=tmp_path / "t",
+        )
+    with pytest.raises(ValidationError, match="needs PROTEGE_SASL_USERNAME"):
+        Settings(**base, sasl_oauthbearer_token_endpoint_url="https://idp.example/token")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="in the clear"):
+        Settings(
+            **base,  # type: ignore[arg-type]
+            sasl_oauthbearer_token_endpoint_url="http://idp.example/token",
+            sasl_username=CLIENT,
+            sasl_password=SECRET,
+        )
+    assert check_endpoint("http://127.0.0.1:8080/token") and check_endpoint("http://localhost/t")
+    with pytest.raises(ValueError, match="not an http"):
+        check_endpoint("file:///etc/passwd")
+    s = Settings(
+        **base,  # type: ignore[arg-type]
+        sasl_oauthbearer_token_endpoint_url="https://idp.example/token",
+        sasl_username=CLIENT,
+        sasl_password=SECRET,
+    )
+    kw = s.kafka_kwargs()
+    assert kw["sasl_mechanism"] == "OAUTHBEARER" and "sasl_plain_password" not in kw
+    assert kw["sasl_oauth_token_provider"] is s.kafka_kwargs()["sasl_oauth_token_provider"]  # one per process
+    assert SECRET not in repr(s) and SECRET not in repr(kw["sasl_oauth_token_provider"])
+    from protege_services.monitor.app import credentials
+
+    from protege.settings import MonitorSettings
+
+    creds = credentials(MonitorSettings(**s.model_dump()))
+    assert type(creds).__name__ == "OAuthCredentials"  # faust's clients get the same tokens
