@@ -26,6 +26,7 @@ import base64
 import binascii
 import ipaddress
 import json
+import math
 import time
 import urllib.error
 import urllib.parse
@@ -33,7 +34,7 @@ import urllib.request
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 from urllib.parse import urlsplit
 
 import structlog
@@ -43,6 +44,7 @@ from aiokafka.errors import KafkaError, SaslAuthenticationFailed
 
 REFRESH_AT = 0.8  # of a token's lifetime (sasl.login.refresh.window.factor's default)
 DEFAULT_LIFETIME_S = 300.0  # when neither expires_in nor the token's own exp says
+MAX_LIFETIME_S = 86_400.0  # whatever the endpoint says: a token is fetched again within a day
 MAX_ANSWER_BYTES = 64 * 1024
 TIMEOUT_S = 10.0
 log = structlog.get_logger()
@@ -78,10 +80,15 @@ def jwt_expiry(token: str) -> float | None:
         return None
     try:
         payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
         return None
     exp = payload.get("exp") if isinstance(payload, dict) else None
-    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+    return float(exp) if finite(exp) else None
+
+
+def finite(value: object) -> TypeGuard[int | float]:
+    """A JSON number that means one (not a bool, not NaN or Infinity, which Python's json reads)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -121,16 +128,16 @@ class EndpointTokens(AbstractTokenProvider):
             raise TokenError(f"token endpoint {self.url}: an answer over {MAX_ANSWER_BYTES} bytes")
         try:
             answer = json.loads(body)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise TokenError(f"token endpoint {self.url}: the answer is not JSON") from e
         token = answer.get("access_token") if isinstance(answer, dict) else None
         if not isinstance(token, str) or not token or any(c.isspace() for c in token):
             raise TokenError(f"token endpoint {self.url}: no access_token in the answer")
         expires_in = answer.get("expires_in")
-        if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and expires_in > 0:
-            return token, float(expires_in)
+        if finite(expires_in) and expires_in > 0:
+            return token, min(float(expires_in), MAX_LIFETIME_S)
         exp = jwt_expiry(token)
-        return token, max(1.0, exp - time.time()) if exp is not None else DEFAULT_LIFETIME_S
+        return token, min(max(1.0, exp - time.time()), MAX_LIFETIME_S) if exp is not None else DEFAULT_LIFETIME_S
 
     def post(self) -> tuple[int, bytes]:
         """The grant, posted (blocking: in a worker thread); the status and at most one byte more

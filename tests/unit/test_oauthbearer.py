@@ -36,6 +36,15 @@ def test_one_token_is_fetched_shared_and_fetched_again_when_80_percent_of_its_li
         assert tokens.fetched == 2 and len(endpoint.requests) == 2
 
 
+def test_a_lifetime_that_is_no_number_is_five_minutes_and_a_long_one_a_day_at_most() -> None:
+    with TokenEndpoint(CLIENT, SECRET) as endpoint:
+        for said, most in ((b"1e300", 86_400), (b"Infinity", 300), (b"NaN", 300), (b"true", 300), (b"-5", 300)):
+            endpoint.answer = b'{"access_token": "opaque-token", "expires_in": ' + said + b"}"
+            tokens = EndpointTokens(endpoint.url, CLIENT, SECRET)
+            asyncio.run(tokens.token())
+            assert most * 0.8 - 5 < tokens._refresh_at - time.monotonic() <= most * 0.8, said
+
+
 def test_a_token_without_expires_in_lives_until_its_own_exp() -> None:
     token = unsigned_jwt("x", 100)
     assert jwt_expiry(token) == pytest.approx(time.time() + 100, abs=2)
@@ -57,6 +66,7 @@ def test_a_token_without_expires_in_lives_until_its_own_exp() -> None:
         (b'{"access_token": 42}', "no access_token"),
         (b"[1, 2]", "no access_token"),
         (b'{"access_token": "' + b"x" * 70_000 + b'"}', "over 65536 bytes"),
+        (b"[" * 60_000, "not JSON"),  # nested past Python's recursion limit
     ],
 )
 def test_an_answer_that_is_not_a_token_is_an_error_that_says_so(answer: bytes, said: str) -> None:
