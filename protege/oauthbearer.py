@@ -180,9 +180,13 @@ class FileTokens(AbstractTokenProvider):
 
     async def token(self) -> str:
         try:
-            text = self.path.read_text(encoding="utf-8").strip()
+            with self.path.open("rb") as f:
+                data = f.read(MAX_ANSWER_BYTES + 1)
+            text = data.decode("utf-8").strip()
         except (OSError, UnicodeDecodeError) as e:
             raise TokenError(f"token file {self.path}: {type(e).__name__}: {e}") from e
+        if len(data) > MAX_ANSWER_BYTES:
+            raise TokenError(f"token file {self.path}: over {MAX_ANSWER_BYTES} bytes, not a token")
         if not text or any(c.isspace() for c in text):
             raise TokenError(f"token file {self.path}: empty, or not one token")
         return text

@@ -97,6 +97,12 @@ def test_a_token_file_is_read_at_every_connection(tmp_path: Path) -> None:
     path.write_text("  \n")
     with pytest.raises(TokenError, match="empty"):
         asyncio.run(tokens.token())
+    path.write_bytes(b"x" * 1_000_000)  # read no further than a token can reach
+    with pytest.raises(TokenError, match="not a token"):
+        asyncio.run(tokens.token())
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(TokenError, match="UnicodeDecodeError"):
+        asyncio.run(tokens.token())
 
 
 def test_the_settings_name_one_token_source_and_keep_secrets_off_plain_http(tmp_path: Path) -> None:
