@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from protege.events import DeadLetter, Request, Response
@@ -117,9 +118,9 @@ class Client:
         """Start the reader at the topics' current ends, then the producer: no answer to a
         request sent after this can be missed."""
         topics = self.settings.topics
-        reader = consumer(self.settings, group=None)
-        await reader.start()
+        reader, prod = consumer(self.settings, group=None), None
         try:
+            await reader.start()
             tps = [
                 TopicPartition(t, p)
                 for t in (topics.responses, topics.requests_dlq)
@@ -134,8 +135,11 @@ class Client:
                 await reader.position(tp)
             prod = producer(self.settings, acks="all")
             await prod.start()
-        except BaseException:
-            await reader.stop()
+        except BaseException:  # nothing left open: a broker that is not there leaves no client behind
+            for started in (prod, reader):
+                if started is not None:
+                    with contextlib.suppress(KafkaError):
+                        await started.stop()
             raise
         self._reader, self._producer = reader, prod
         self._reading = asyncio.create_task(self._read(), name="protege-client-reader")

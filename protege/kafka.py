@@ -310,8 +310,8 @@ async def publish(settings: Settings, outs: Sequence[Out], **kw: Any) -> None:
     acknowledged every one; raise if it refused or lost any (a flush alone would not say).
     ``kw``: producer settings (``acks="all"``)."""
     prod = producer(settings, **kw)
-    await prod.start()
     try:
+        await prod.start()
         sent = [await prod.send(out.topic, out.value, key=out.key) for out in outs]
         await asyncio.gather(*sent)
     finally:

@@ -53,6 +53,16 @@ class Registry:
         """Where a tenant's task keeps its versions."""
         return self.root / tenant / task
 
+    def tasks(self) -> list[tuple[str, str]]:
+        """Every (tenant, task) with a version in the registry."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            (folder.parent.name, folder.name)
+            for folder in self.root.glob("*/*")
+            if folder.is_dir() and any((p / FILE).exists() for p in folder.glob("v*"))
+        )
+
     def versions(self, tenant: str, task: str) -> list[Version]:
         return [
             Version(p.name, p, Manifest.load(p))

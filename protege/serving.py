@@ -19,8 +19,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
+from aiokafka.errors import KafkaConnectionError
 
-from protege.errors import InvalidEvent
+from protege.errors import BrokerError, InvalidEvent
 from protege.events import ModelAnnouncement
 from protege.kafka import Record
 from protege.serde import decode
@@ -124,6 +125,10 @@ def view(
 async def read_serving(settings: Settings) -> Serving:
     """The serving state as ``protege.models`` has it now (read once)."""
     serving = Serving()
-    for record in await read_all(settings, settings.topics.models):
+    try:
+        records = await read_all(settings, settings.topics.models)
+    except KafkaConnectionError as e:
+        raise BrokerError(f"cannot reach Kafka at {settings.bootstrap_servers}: {e}") from None
+    for record in records:
         serving.apply(ModelAnnouncement.model_validate_json(record.value))
     return serving

@@ -14,11 +14,48 @@ protege review pull --tenant T --task K   # the review sample waiting for labels
 
 from __future__ import annotations
 
+import sys
+
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
 from protege.cli.root import app
+from protege.errors import ProtegeError
 
 # Each module registers its commands; imported in the order --help lists them.
 # isort: off
 from protege.cli import services, stream, models, data, evaluate, operate, review  # noqa: F401
 # isort: on
 
-__all__ = ["app"]
+__all__ = ["app", "main"]
+
+NO_BROKER_HINT = (
+    "is it running? `protege broker start` starts the embedded one, `protege up` the whole pipeline; "
+    "PROTEGE_BOOTSTRAP_SERVERS says where it is"
+)
+
+
+def main() -> None:
+    """The ``protege`` command. What a command cannot do for a reason outside the program — no
+    broker at that address, a refused login, a setting that names a missing file — is one line
+    on stderr and exit status 2, not a traceback (a traceback is for protege's own bugs)."""
+    try:
+        app()
+    except KafkaConnectionError as e:
+        servers = _setting("bootstrap_servers")
+        sys.stderr.write(f"protege: cannot reach Kafka at {servers}: {e} ({NO_BROKER_HINT})\n")
+        sys.exit(2)
+    except KafkaError as e:  # refused credentials, a topic that is not there, ...
+        sys.stderr.write(f"protege: Kafka at {_setting('bootstrap_servers')} said: {type(e).__name__}: {e}\n")
+        sys.exit(2)
+    except ProtegeError as e:
+        sys.stderr.write(f"protege: {e}\n")
+        sys.exit(2)
+
+
+def _setting(name: str) -> str:
+    from protege.settings import Settings
+
+    try:
+        return str(getattr(Settings(), name))
+    except Exception:  # settings that do not parse say so themselves when a command reads them
+        return "(PROTEGE_BOOTSTRAP_SERVERS)"

@@ -1,5 +1,5 @@
 """python -m protege.cli ..."""
 
-from protege.cli import app
+from protege.cli import main
 
-app()
+main()

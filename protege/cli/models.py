@@ -6,9 +6,10 @@ from __future__ import annotations
 # ONNX Runtime, scikit-learn, torch and the Anthropic SDK are imported by the commands that use them:
 # every other command starts without them.
 import asyncio
+import contextlib
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -40,16 +41,42 @@ def _announce(settings: Settings, ann: ModelAnnouncement) -> None:
 
 
 @models_app.command("list")
-def models_list(tenant: Tenant, task_name: TaskName) -> None:
+def models_list(
+    tenant: Annotated[str | None, typer.Option(help="Tenant (default: every tenant in the registry).")] = None,
+    task_name: Annotated[str | None, typer.Option("--task", help="Task name (default: every task).")] = None,
+) -> None:
     """Every version in the registry: its metrics, the target it was certified for and the
-    coverage certified there, its live accuracy from audits, and which one serves."""
+    coverage certified there, its live accuracy from audits, and which one serves (from
+    protege.models: without a broker the registry is listed all the same, serving unknown)."""
     settings = Settings()
-    serving = _serving(settings)
-    now = serving.serving(tenant, task_name)
+    registry = Registry.of(settings)
+    pairs = [(t, k) for t, k in registry.tasks() if tenant in (None, t) and task_name in (None, k)]
+    if tenant is not None and task_name is not None and not pairs:
+        pairs = [(tenant, task_name)]  # an empty table says there is nothing, under the name asked for
+    if not pairs:
+        console.print(
+            f"no versions in {registry.root}"
+            + (f" for {tenant or '*'}/{task_name or '*'}" if tenant or task_name else "")
+        )
+        return
+    unknown = None
     try:
-        live = asyncio.run(read_live_accuracy(settings, tenant, task_name))
-    except BrokerError:
-        live = {}
+        serving: Serving | None = _serving(settings)
+    except BrokerError as e:
+        serving, unknown = None, f"which version serves is not known: {e}"
+    for t, k in pairs:
+        models_table(settings, registry, serving, t, k)
+    if unknown:
+        console.print(f"[yellow]{unknown}[/]")
+
+
+def models_table(settings: Settings, registry: Registry, serving: Serving | None, tenant: str, task_name: str) -> None:
+    """One tenant and task's versions (``serving`` None: which one serves is not known)."""
+    now = serving.serving(tenant, task_name) if serving else None
+    live: dict[str, Any] = {}
+    if serving is not None:  # the broker answered a moment ago
+        with contextlib.suppress(BrokerError):
+            live = asyncio.run(read_live_accuracy(settings, tenant, task_name))
     table = Table(
         title=f"{tenant}/{task_name}",
         caption="golden acc: against the teacher's labels; truth acc: against the task's trusted golden set "
@@ -71,11 +98,13 @@ def models_list(tenant: Tenant, task_name: TaskName) -> None:
         "serving",
     ):
         table.add_column(col)
-    for v in Registry.of(settings).versions(tenant, task_name):
+    for v in registry.versions(tenant, task_name):
         man = v.manifest
         m = man.metrics
-        mark = ("pinned" if serving.is_pinned(tenant, task_name) else "yes") if now and now.version == v.name else ""
-        trial = serving.canary(tenant, task_name)
+        mark = "?" if serving is None else ""
+        if serving is not None and now and now.version == v.name:
+            mark = "pinned" if serving.is_pinned(tenant, task_name) else "yes"
+        trial = serving.canary(tenant, task_name) if serving else None
         if trial is not None and trial.version == v.name:
             mark = f"canary {trial.share:.0%}"
         target = man.acceptance_target
