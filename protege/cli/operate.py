@@ -58,7 +58,7 @@ def ask(
     as_json_: Annotated[bool, typer.Option("--json", help="The response event as JSON, and the latency.")] = False,
 ) -> None:
     """Publish one request to PROTEGE_BOOTSTRAP_SERVERS, wait for its answer, print it (label,
-    route, version, latency). Exit 1 when it is refused or failed, 124 when no answer came."""
+    route, version, latency). Exit 1 when it is refused or failed, 124 when no answer came, 2 when Kafka cannot be reached."""
     try:
         answer = asyncio.run(_ask(text, tenant, task, timeout, request_id))
     except Rejected as e:
