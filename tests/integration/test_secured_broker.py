@@ -200,6 +200,13 @@ def oauth_env(broker: EmbeddedBroker, ca: Path, **source: str) -> dict[str, str]
     }
 
 
+def endpoint_env(broker: EmbeddedBroker, ca: Path, endpoint: TokenEndpoint, secret: str, **more: str) -> dict[str, str]:
+    """OAUTHBEARER with tokens from ``endpoint``, asked as client protege-client with ``secret``."""
+    return oauth_env(
+        broker, ca, oauthbearer_token_endpoint_url=endpoint.url, username="protege-client", password=secret, **more
+    )
+
+
 def test_sasl_oauthbearer_from_a_token_endpoint(
     secured: tuple[EmbeddedBroker, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -208,14 +215,7 @@ def test_sasl_oauthbearer_from_a_token_endpoint(
     connects with the one token fetched."""
     broker, ca = secured
     with TokenEndpoint("protege-client", OAUTH_SECRET) as endpoint:
-        env = oauth_env(
-            broker,
-            ca,
-            oauthbearer_token_endpoint_url=endpoint.url,
-            oauthbearer_scope="kafka",
-            username="protege-client",
-            password=OAUTH_SECRET,
-        )
+        env = endpoint_env(broker, ca, endpoint, OAUTH_SECRET, oauthbearer_scope="kafka")
         settings = settings_from_env(monkeypatch, tmp_path, env)
         out = asyncio.run(round_trip(settings))
         gc.collect()
@@ -252,14 +252,7 @@ def test_a_token_endpoint_that_refuses_the_client_is_the_reason_given(
 ) -> None:
     broker, ca = secured
     with TokenEndpoint("protege-client", OAUTH_SECRET) as endpoint:
-        env = oauth_env(
-            broker,
-            ca,
-            oauthbearer_token_endpoint_url=endpoint.url,
-            username="protege-client",
-            password="not-the-secret",
-        )
-        settings = settings_from_env(monkeypatch, tmp_path, env)
+        settings = settings_from_env(monkeypatch, tmp_path, endpoint_env(broker, ca, endpoint, "not-the-secret"))
         assert "over SASL_SSL, SASL OAUTHBEARER as 'protege-client'" in str(refused(settings))
     assert "refused client 'protege-client': HTTP 401" in caplog.text and "invalid_client" in caplog.text
     assert "not-the-secret" not in caplog.text
