@@ -156,7 +156,12 @@ class IngestionSettings(Settings):
 class ScorerSettings(IngestionSettings):
     """The scorer's; ingestion's limits too, which it applies in the one-hop layout."""
 
-    max_batch: int = Field(64, ge=1, description="Largest micro-batch sent to ONNX Runtime.")
+    max_batch: int = Field(
+        256,
+        ge=1,
+        description="Most requests the scorer takes in one step (one model run and one transaction per partition): "
+        "only a backlog fills it (256 against 64 kept the tail and raised the highest rate by 6-28%, stop 43).",
+    )
     max_wait_ms: int = Field(5, ge=0, description="How long to wait to fill a micro-batch.")
     providers: str = Field("auto", description="auto, cpu or cuda.")
     threads: int = Field(
