@@ -27,6 +27,7 @@ import binascii
 import ipaddress
 import json
 import math
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -73,6 +74,24 @@ def check_endpoint(url: str) -> str:
     raise ValueError(f"token endpoint {url!r}: not an http(s) URL")
 
 
+EXTENSION_KEY = re.compile(r"[A-Za-z]+")  # RFC 7628 section 3.1: key = 1*(ALPHA)
+EXTENSION_VALUE = re.compile(r"[\x21-\x7e \t\r\n]*")  # *(VCHAR / SP / HTAB / CR / LF)
+
+
+def parse_extensions(text: str | None) -> dict[str, str]:
+    """SASL extensions sent beside the token (``logicalCluster=lkc-1,identityPoolId=pool-2``, as
+    Confluent Cloud asks): RFC 7628's keys and values; ``auth`` is the token's own key."""
+    found: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not EXTENSION_KEY.fullmatch(key) or not EXTENSION_VALUE.fullmatch(value):
+            raise ValueError(f"SASL extension {item!r}: key=value, the key letters only, the value printable")
+        if key == "auth" or key in found:
+            raise ValueError(f"SASL extension {key!r}: reserved for the token, or given twice")
+        found[key] = value
+    return found
+
+
 def jwt_expiry(token: str) -> float | None:
     """The ``exp`` claim (epoch s) of a JWT, None when the token is not one or carries none."""
     parts = token.split(".")
@@ -100,6 +119,7 @@ class EndpointTokens(AbstractTokenProvider):
     client_id: str
     client_secret: str = field(repr=False)
     scope: str | None = None
+    sasl_extensions: dict[str, str] = field(default_factory=dict)
     fetched: int = 0  # tokens fetched so far (tests; the log)
     _token: str | None = field(default=None, init=False, repr=False)
     _refresh_at: float = field(default=0.0, init=False, repr=False)
@@ -107,6 +127,9 @@ class EndpointTokens(AbstractTokenProvider):
     _locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = field(
         default_factory=weakref.WeakKeyDictionary, init=False, repr=False
     )
+
+    def extensions(self) -> dict[str, str]:
+        return self.sasl_extensions
 
     async def token(self) -> str:
         if self._token is not None and time.monotonic() < self._refresh_at:
@@ -177,6 +200,10 @@ class FileTokens(AbstractTokenProvider):
     """The token in a file something else refreshes, read again at every connection."""
 
     path: Path
+    sasl_extensions: dict[str, str] = field(default_factory=dict)
+
+    def extensions(self) -> dict[str, str]:
+        return self.sasl_extensions
 
     async def token(self) -> str:
         try:
@@ -230,16 +257,24 @@ _shared: dict[tuple[object, ...], AbstractTokenProvider] = {}
 
 
 def provider(
-    *, url: str | None, client_id: str | None, client_secret: str | None, scope: str | None, file: Path | None
+    *,
+    url: str | None,
+    client_id: str | None,
+    client_secret: str | None,
+    scope: str | None,
+    file: Path | None,
+    extensions: str | None = None,
 ) -> AbstractTokenProvider:
     """The process's provider for these settings: every client shares its token (and every
-    connection answers a refusal as RFC 7628 asks: ``Rfc7628Authenticator``)."""
+    connection answers a refusal as RFC 7628 asks: ``Rfc7628Authenticator``). ``extensions``:
+    SASL extensions sent with the token (``parse_extensions``)."""
     use_rfc7628_failures()
-    key = (url, client_id, client_secret, scope, file)
+    key = (url, client_id, client_secret, scope, file, extensions)
     if key not in _shared:
+        extra = parse_extensions(extensions)
         if file is not None:
-            _shared[key] = FileTokens(file)
+            _shared[key] = FileTokens(file, extra)
         else:
             assert url is not None and client_id is not None and client_secret is not None
-            _shared[key] = EndpointTokens(check_endpoint(url), client_id, client_secret, scope)
+            _shared[key] = EndpointTokens(check_endpoint(url), client_id, client_secret, scope, extra)
     return _shared[key]

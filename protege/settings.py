@@ -91,6 +91,11 @@ class Settings(BaseSettings):
         description="OAUTHBEARER: a file holding the token, kept fresh by something else (a sidecar, a projected "
         "service-account token), read at every connection; instead of the endpoint.",
     )
+    sasl_oauthbearer_extensions: str | None = Field(
+        None,
+        description="OAUTHBEARER: SASL extensions sent with the token, key=value,key=value (Confluent Cloud: "
+        "logicalCluster=lkc-...,identityPoolId=pool-...).",
+    )
     ssl_cafile: Path | None = None
 
     @model_validator(mode="after")
@@ -104,9 +109,10 @@ class Settings(BaseSettings):
                 "(with PROTEGE_SASL_USERNAME and PROTEGE_SASL_PASSWORD as the client id and secret) or "
                 "PROTEGE_SASL_OAUTHBEARER_TOKEN_FILE"
             )
-        if url is not None:
-            from protege.oauthbearer import check_endpoint
+        from protege.oauthbearer import check_endpoint, parse_extensions
 
+        parse_extensions(self.sasl_oauthbearer_extensions)
+        if url is not None:
             check_endpoint(url)
             if not self.sasl_username or self.sasl_password is None:
                 raise ValueError(
@@ -126,6 +132,7 @@ class Settings(BaseSettings):
             client_secret=secret,
             scope=self.sasl_oauthbearer_scope,
             file=self.sasl_oauthbearer_token_file,
+            extensions=self.sasl_oauthbearer_extensions,
         )
 
     @property

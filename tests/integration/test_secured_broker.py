@@ -235,7 +235,10 @@ def test_sasl_oauthbearer_from_a_token_file(
     broker, ca = secured
     token = tmp_path / "token"
     token.write_text(unsigned_jwt("protege-sidecar", 600))
-    settings = settings_from_env(monkeypatch, tmp_path, oauth_env(broker, ca, oauthbearer_token_file=str(token)))
+    env = oauth_env(
+        broker, ca, oauthbearer_token_file=str(token), oauthbearer_extensions="logicalCluster=lkc-1,identityPoolId=p-2"
+    )
+    settings = settings_from_env(monkeypatch, tmp_path, env)  # extensions as Confluent Cloud asks for them
     out = asyncio.run(round_trip(settings, n=5))
     gc.collect()
     assert len(out) == 5

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from protege.oauthbearer import EndpointTokens, FileTokens, TokenError, check_endpoint, jwt_expiry
+from protege.oauthbearer import (
+    EndpointTokens,
+    FileTokens,
+    Rfc7628Authenticator,
+    TokenError,
+    check_endpoint,
+    jwt_expiry,
+    parse_extensions,
+)
 from protege.settings import Settings
 from tests.token_endpoint import TokenEndpoint, unsigned_jwt
 
@@ -143,3 +151,44 @@ def test_the_settings_name_one_token_source_and_keep_secrets_off_plain_http(tmp_
 
     creds = credentials(MonitorSettings(**s.model_dump()))
     assert type(creds).__name__ == "OAuthCredentials"  # faust's clients get the same tokens
+
+
+def test_sasl_extensions_go_with_the_token_and_bad_ones_are_refused_at_start(tmp_path: Path) -> None:
+    assert parse_extensions("logicalCluster=lkc-1, identityPoolId=pool-2") == {
+        "logicalCluster": "lkc-1",
+        "identityPoolId": "pool-2",
+    }
+    assert parse_extensions(None) == {} and parse_extensions("") == {}
+    for bad in ("auth=x", "a=1,a=2", "no-equals", "key2=x", "k=\x01", "=v"):
+        with pytest.raises(ValueError, match="SASL extension"):
+            parse_extensions(bad)
+    path = tmp_path / "token"
+    path.write_text(token := unsigned_jwt("a", 60))
+    sent = Rfc7628Authenticator(sasl_oauth_token_provider=FileTokens(path, {"logicalCluster": "lkc-1"}))
+    first = asyncio.run(sent.step(None))
+    assert first is not None
+    message, expects_answer = first
+    assert message == f"n,,\x01auth=Bearer {token}\x01logicalCluster=lkc-1\x01\x01".encode() and expects_answer
+    with pytest.raises(ValidationError, match="SASL extension"):
+        Settings(
+            sasl_mechanism="OAUTHBEARER",
+            sasl_oauthbearer_token_file=path,
+            sasl_oauthbearer_extensions="auth=stolen",
+        )
+
+
+def test_a_refusal_answered_as_rfc_7628_asks(tmp_path: Path) -> None:
+    """The broker's error JSON is answered with 0x01 (the broker then fails the exchange with an
+    error code); a second answer without one is a refusal all the same, never a success."""
+    from aiokafka.errors import SaslAuthenticationFailed
+
+    path = tmp_path / "token"
+    path.write_text(unsigned_jwt("a", 60))
+    auth = Rfc7628Authenticator(sasl_oauth_token_provider=FileTokens(path))
+    asyncio.run(auth.step(None))
+    assert asyncio.run(auth.step(b'{"status":"invalid_token"}')) == (b"\x01", True)
+    with pytest.raises(SaslAuthenticationFailed, match="invalid_token"):
+        asyncio.run(auth.step(b""))
+    accepted = Rfc7628Authenticator(sasl_oauth_token_provider=FileTokens(path))
+    asyncio.run(accepted.step(None))
+    assert asyncio.run(accepted.step(b"")) is None  # an empty answer: authenticated
