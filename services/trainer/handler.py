@@ -472,7 +472,13 @@ class Trainer:
         if self.pool is None or serving is None:
             # With nothing serving there is no rule to judge meanwhile, and the first student comes
             # soonest with the cores to itself: it waits.
-            result = await asyncio.to_thread(self.train, cases, tenant, self.tasks[task_name], serving, trigger)
+            try:
+                result = await asyncio.to_thread(self.train, cases, tenant, self.tasks[task_name], serving, trigger)
+            except Exception as e:  # as in the worker thread: the harvest goes on, and more cases try again
+                # (seen: a first student's fit split holding one label of the two its cases had)
+                self.held_back.add(key)
+                self.log.error("training_failed", tenant=tenant, task=task_name, error=f"{type(e).__name__}: {e}")
+                return []
             return await self.trained(tenant, task_name, result, started, serving)
         future = self.pool.submit(self.train, cases, tenant, self.tasks[task_name], serving, trigger)
         self.training[key] = (future, started)

@@ -67,6 +67,27 @@ def test_schedule_retries_sooner_after_a_held_back_candidate(tmp_path: Path) -> 
     assert len(trainer.store.load("acme", "ticket-triage")) == 180
 
 
+def test_a_first_student_that_cannot_be_trained_fails_no_batch_and_is_tried_again(tmp_path: Path) -> None:
+    """The first student trains in the handler (nothing serves to judge meanwhile): a training
+    that raises (seen: its fit split held one label of the two its cases had) is logged and held
+    back, the batch is handled, and min_cases more cases try again (it used to fail the batch,
+    and the next try waited for retrain_every cases)."""
+    trained: list[int] = []
+
+    def train(cases: list[Case], tenant: str, task: Task, serving: Path | None, trigger: str) -> TrainResult:
+        trained.append(len(cases))
+        if len(trained) == 1:
+            raise ValueError("the fit split has fewer than two labels (30 cases)")
+        return TrainResult(f"v{len(trained)}", tmp_path / "v", {"golden_accuracy": 0.9}, ["a", "b"], True, "passed")
+
+    trainer = Trainer(
+        {"ticket-triage": triage_task()}, T, CaseStore(tmp_path / "store"), train, min_cases=40, retrain_every=1000
+    )
+    assert asyncio.run(trainer.handle(records(0, 40))) == [] and trained == [40]
+    outs = asyncio.run(trainer.handle(records(40, 40)))
+    assert trained == [40, 80] and [o.topic for o in outs] == [T.models]
+
+
 def alert(state: str = "firing", task: str = "ticket-triage") -> Received[Alert]:
     a = Alert(
         kind="drift",
