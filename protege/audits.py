@@ -41,6 +41,12 @@ def live_accuracy(results: Iterable[TeacherResult], tenant: str, task: str) -> d
 
 async def read_live_accuracy(settings: Settings, tenant: str, task: str) -> dict[str, dict[str, Any]]:
     """``live_accuracy`` over ``protege.teacher.results`` as it is now."""
+    return live_accuracy(await read_audits(settings), tenant, task)
+
+
+async def read_audits(settings: Settings) -> list[TeacherResult]:
+    """The audit answers on ``protege.teacher.results`` as it is now, every tenant and task (read
+    once for many: ``live_accuracy`` picks one)."""
     try:
         records = await read_all(settings, settings.topics.teacher_results)
     except KafkaConnectionError as e:
@@ -49,4 +55,4 @@ async def read_live_accuracy(settings: Settings, tenant: str, task: str) -> dict
     for r in records:
         if r.value is not None and b'"audit"' in r.value:
             results.append(TeacherResult.model_validate_json(r.value))
-    return live_accuracy(results, tenant, task)
+    return results

@@ -15,11 +15,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from protege.audits import read_live_accuracy
+from protege.audits import live_accuracy, read_audits, read_live_accuracy
 from protege.canary import candidate
 from protege.cli.root import TaskName, Tenant, app, console, models_app, progress_bar
 from protege.errors import BrokerError
-from protege.events import ModelAnnouncement, now_ms
+from protege.events import ModelAnnouncement, TeacherResult, now_ms
 from protege.generator import read_jsonl
 from protege.kafka import Out, publish
 from protege.registry import Registry, Version
@@ -64,19 +64,22 @@ def models_list(
         serving: Serving | None = _serving(settings)
     except BrokerError as e:
         serving, unknown = None, f"which version serves is not known: {e}"
+    audits: list[TeacherResult] = []
+    if serving is not None:  # the broker answered a moment ago: the audits, read once for every task
+        with contextlib.suppress(BrokerError):
+            audits = asyncio.run(read_audits(settings))
     for t, k in pairs:
-        models_table(settings, registry, serving, t, k)
+        models_table(registry, serving, live_accuracy(audits, t, k), t, k)
     if unknown:
         console.print(f"[yellow]{unknown}[/]")
 
 
-def models_table(settings: Settings, registry: Registry, serving: Serving | None, tenant: str, task_name: str) -> None:
-    """One tenant and task's versions (``serving`` None: which one serves is not known)."""
+def models_table(
+    registry: Registry, serving: Serving | None, live: dict[str, Any], tenant: str, task_name: str
+) -> None:
+    """One tenant and task's versions (``serving`` None: which one serves is not known; ``live``:
+    its versions' audited accuracy)."""
     now = serving.serving(tenant, task_name) if serving else None
-    live: dict[str, Any] = {}
-    if serving is not None:  # the broker answered a moment ago
-        with contextlib.suppress(BrokerError):
-            live = asyncio.run(read_live_accuracy(settings, tenant, task_name))
     table = Table(
         title=f"{tenant}/{task_name}",
         caption="golden acc: against the teacher's labels; truth acc: against the task's trusted golden set "
