@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from protege.task import Policy, Task, Thresholds
+from protege.task import Canary, Policy, StudentConfig, Task, Thresholds
 
 CATEGORIES: dict[str, tuple[str, list[str]]] = {
     "billing": (
@@ -272,10 +272,18 @@ def template_task() -> Task:
     with the teacher's labels: the template names no golden set; add one, from
     ``protege label --golden``, and a relative ``target_margin`` for a guarantee against
     ground truth), so a version too young to show it serves nothing; 5% of accepted answers
-    are audited, the live accuracy ``protege models list`` shows."""
+    are audited, the live accuracy ``protege models list`` shows. A new version that passes its
+    gates goes on trial for 10% of requests against the serving one until the monitor's verdict
+    on both arms' audits (``student.canary``): versions ship gradually."""
     task = triage_task()
     policy = task.policy.model_copy(update={"target_accuracy": 0.95, "audit_rate": 0.05})
-    return task.model_copy(update={"policy": Policy.model_validate(policy.model_dump())})
+    student = task.student.model_copy(update={"canary": Canary(share=0.1)})
+    return task.model_copy(
+        update={
+            "policy": Policy.model_validate(policy.model_dump()),
+            "student": StudentConfig.model_validate(student.model_dump()),
+        }
+    )
 
 
 def task_from_labels(name: str, labels: list[str], description: str = "") -> Task:

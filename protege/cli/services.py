@@ -28,10 +28,12 @@ from protege.cli.root import (
     library_logs_to,
     stops_on_signals,
 )
+from protege.errors import ConfigError
 from protege.kafka import ensure_topics
 from protege.pipeline import LocalPipeline
 from protege.settings import Settings
 from protege.supervisor import DEPLOYED, with_replicas
+from protege.task import load_tasks
 from protege.trace import trace
 
 # -- broker -------------------------------------------------------------------------
@@ -177,6 +179,8 @@ def up(
     if monitor and importlib.util.find_spec("faust") is None:
         console.print("[yellow]the monitor needs the monitor extra (pip install 'protege[monitor]'): not started[/]")
         monitor = False
+    if not monitor:
+        warn_trials_wait(Settings().tasks_dir)
     try:
         counts = {k.strip(): int(v) for k, v in (part.split("=") for part in replicas.split(",") if part.strip())}
         names = with_replicas(counts) + (["monitor"] if monitor else [])
@@ -215,6 +219,21 @@ def up(
     finally:
         if profile is not None:
             print_profiles(profile)
+
+
+def warn_trials_wait(tasks_dir: Path) -> None:
+    """Without the monitor nothing judges a canary: say which tasks put new versions on trial."""
+    try:
+        tasks = load_tasks(tasks_dir)
+    except ConfigError:
+        return  # the services say what is wrong with the task files
+    for task in tasks.values():
+        if (share := task.student.canary.share) > 0:
+            console.print(
+                f"[yellow]{task.name} puts each new version on trial for {share:.0%} of requests "
+                "(student.canary.share); without the monitor a trial waits for `protege models promote` "
+                "or `rollback`[/]"
+            )
 
 
 def print_profiles(folder: Path) -> None:

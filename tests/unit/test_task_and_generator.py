@@ -17,6 +17,21 @@ def test_shipped_task_file_is_the_generator_s() -> None:
     assert load_task(REPO / "tests" / "tasks" / "ticket-triage.yaml") == triage_task()
 
 
+def test_the_shipped_template_ships_versions_gradually_and_up_without_a_monitor_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from protege.cli.services import warn_trials_wait
+
+    assert template_task().student.canary.share == 0.1 and triage_task().student.canary.share == 0
+    warn_trials_wait(REPO / "tasks")
+    out = " ".join(capsys.readouterr().err.split())
+    assert "ticket-triage puts each new version on trial for 10% of requests" in out and "promote" in out
+    warn_trials_wait(REPO / "tests" / "tasks")  # no canary: nothing to say
+    (tmp_path / "bad.yaml").write_text("name: [\n")
+    warn_trials_wait(tmp_path)  # broken task files: the services say what is wrong
+    assert capsys.readouterr().err == ""
+
+
 def test_task_round_trips_and_rejects_bad_files(tmp_path: Path) -> None:
     write_task(triage_task(), tmp_path / "a.yaml")
     assert load_tasks(tmp_path)["ticket-triage"] == triage_task()
