@@ -62,6 +62,8 @@ class Costs:
     core_hour_usd: float = 0.05  # the student's hardware, per CPU core-hour
     horizon_days: float = 90.0  # a break-even later than this does not pay
     requests_per_day: float | None = None  # when the cases carry no times
+    gpu_hour_usd: float = 3.0  # the student's hardware, per GPU-hour, where it serves on a GPU
+    gpu_requests_per_s: float | None = None  # its throughput there, measured there (benchmarks/scorer.py)
 
 
 def samples_from_jsonl(path: Path) -> list[Sample]:
@@ -226,6 +228,10 @@ def volume(
     # One request on one core, from the trainer's single-request p50: an upper bound on c_s
     # (batches are several times cheaper per request).
     student_usd = costs.core_hour_usd * curve[-1]["latency_p50_ms"] / 3_600_000
+    c_s_source = "core-hour price (input) x one request's p50 latency on one core, measured (an upper bound)"
+    if costs.gpu_requests_per_s is not None:
+        student_usd = costs.gpu_hour_usd / 3600 / costs.gpu_requests_per_s
+        c_s_source = f"GPU-hour price (input) / {costs.gpu_requests_per_s:g} requests/s on the serving GPU (input)"
     saving = teacher_usd - ((1 - q) * student_usd + q * teacher_usd)
     breakeven = costs.fixed_usd / saving if saving > 0 else None
     days = breakeven / rate if breakeven is not None and rate else None
@@ -239,8 +245,10 @@ def volume(
         else "estimated (prompt size x price)",
         "c_r_usd": teacher_usd,
         "c_s_usd": student_usd,
+        "c_s_source": c_s_source,
         "fixed_usd_input": costs.fixed_usd,
         "core_hour_usd_input": costs.core_hour_usd,
+        "gpu_hour_usd_input": costs.gpu_hour_usd if costs.gpu_requests_per_s is not None else None,
         "breakeven_requests": None if breakeven is None else math.ceil(breakeven),
         "breakeven_days": None if days is None else round(days, 1),
         "passes": days is not None and days <= costs.horizon_days,

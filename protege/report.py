@@ -15,7 +15,8 @@ Six parts, each a plot and the numbers under it:
 - cost per 1,000 requests against all-teacher over time, and the savings to date;
 - the break-even horizon, N·c_t > D + T + M + N·((1-q)·c_s + q·c_r): q, c_t and c_r from
   the events, c_s from the student's throughput measured on the recorded texts and a
-  stated price per core-hour; D, T, M are inputs and shown as such;
+  stated price per core-hour (per GPU-hour where the student ran on a GPU, or at a GPU
+  throughput stated as an input); D, T, M are inputs and shown as such;
 - the versions timeline: trained, gated, promoted, pinned, rolled back, unpinned.
 
 Nothing here reads a request's text into the page: a report is mailed around.
@@ -61,6 +62,10 @@ class Inputs:
     maintain_usd: float = 500.0  # M: keeping it running (retrains, on-call) over the horizon
     core_hour_usd: float = 0.05  # one CPU core for an hour
     buckets: int = 24  # time buckets over the range
+    gpu_hour_usd: float = 3.0  # one GPU for an hour: prices c_s where the student scores on a GPU
+    gpu_requests_per_s: float | None = (
+        None  # the student's throughput on the serving GPU, where it was measured elsewhere
+    )
 
     @property
     def fixed_usd(self) -> float:
@@ -76,10 +81,33 @@ class Throughput:
     seconds: float
     threads: int
     batch: int
+    device: str = "cpu"  # cpu | cuda: the provider the session really ran on
 
     @property
     def per_s(self) -> float:
         return self.requests / self.seconds if self.seconds > 0 else math.inf
+
+
+def student_cost(th: Throughput | None, inputs: Inputs) -> tuple[float | None, str]:
+    """c_s, the student's compute for one request, and where it comes from: a GPU-hour at the
+    GPU throughput stated as an input; else the price of the hardware the throughput was measured
+    on (a GPU-hour for a CUDA session, the session's cores' core-hours for a CPU one)."""
+    if inputs.gpu_requests_per_s is not None:
+        return (
+            inputs.gpu_hour_usd / 3600 / inputs.gpu_requests_per_s,
+            f"GPU-hour price (input) / {inputs.gpu_requests_per_s:g} requests/s on the serving GPU (input)",
+        )
+    if th is None:
+        return None, "no student throughput measured"
+    if th.device == "cuda":
+        return (
+            inputs.gpu_hour_usd / 3600 / th.per_s,
+            "GPU-hour price (input) / requests per GPU-hour measured on the recorded texts",
+        )
+    return (
+        inputs.core_hour_usd * th.threads / 3600 / th.per_s,
+        "core-hour price (input) / requests per core-hour measured on the recorded texts",
+    )
 
 
 @dataclass(frozen=True)
@@ -336,7 +364,12 @@ def drift(points: Sequence[Point], task: Task, recorded_alerts: Sequence[Alert],
 
 
 def breakeven(
-    points: Sequence[Point], c_t: float | None, c_s: float | None, inputs: Inputs, per_day: float | None
+    points: Sequence[Point],
+    c_t: float | None,
+    c_s: float | None,
+    inputs: Inputs,
+    per_day: float | None,
+    c_s_source: str = "core-hour price (input) / requests per core-hour measured on the recorded texts",
 ) -> dict[str, Any]:
     """N·c_t > D + T + M + N·((1-q)·c_s + q·c_r), solved for N."""
     n = len(points)
@@ -352,7 +385,7 @@ def breakeven(
         "c_r_usd": c_r,
         "c_r_source": "teacher spend per request routed to the teacher (ensemble checks included)",
         "c_s_usd": c_s,
-        "c_s_source": "core-hour price (input) / requests per core-hour measured on the recorded texts",
+        "c_s_source": c_s_source,
         "inputs": {**asdict(inputs), "fixed_usd": inputs.fixed_usd},
         "requests_per_day": None if per_day is None else round(per_day, 1),
         "requests_per_day_source": "measured from the range's arrivals",
@@ -433,7 +466,7 @@ def build(basis: Basis, context: Context, inputs: Inputs) -> dict[str, Any]:
     sel = basis.selection
     c_t = basis.teacher_call_usd
     th = context.throughput
-    c_s = None if th is None else inputs.core_hour_usd * th.threads / 3600 / th.per_s
+    c_s, c_s_source = student_cost(th, inputs)
     first = min((p.at_ms for p in points), default=0)
     last = max((p.at_ms for p in points), default=0)
     span_days = (last - first) / 86_400_000
@@ -488,7 +521,7 @@ def build(basis: Basis, context: Context, inputs: Inputs) -> dict[str, Any]:
         },
         "over_time": {"bucket_s": width, "buckets": over_time(points, width, c_t, c_s)},
         "drift": drift(points, task, context.alerts, basis.kind),
-        "breakeven": breakeven(points, c_t, c_s, inputs, per_day),
+        "breakeven": breakeven(points, c_t, c_s, inputs, per_day, c_s_source),
         "people": against_people(basis.reviewed, basis.sampled, task.answers, basis.opinions),
         "throughput": None if th is None else {**asdict(th), "per_s": round(th.per_s, 1)},
         "versions": timeline(context.versions, context.announcements, sel.tenant, sel.task),
@@ -943,12 +976,16 @@ def _breakeven_note(data: dict[str, Any]) -> str:
     b = data["breakeven"]
     i = b["inputs"]
     th = data["throughput"]
+    on = "a GPU" if th and th.get("device") == "cuda" else f"{th['threads']} thread(s)" if th else ""
     measured = (
-        f"{th['version']}: {th['requests']} recorded texts in {th['seconds']:.2f} s on {th['threads']} thread(s), "
+        f"{th['version']}: {th['requests']} recorded texts in {th['seconds']:.2f} s on {on}, "
         f"batch {th['batch']} = {th['per_s']} requests/s"
         if th
         else "not measured"
     )
+    if i.get("gpu_requests_per_s") is not None:
+        measured += "; not used: the GPU throughput is an input"
+    gpu = (th is not None and th.get("device") == "cuda") or i.get("gpu_requests_per_s") is not None
     rows = [
         ("q (share to the teacher)", _pct(b["q_teacher_share"]), "measured"),
         ("c_t (teacher, a request)", _usd(b["c_t_usd"], 6), b["c_t_source"]),
@@ -957,7 +994,9 @@ def _breakeven_note(data: dict[str, Any]) -> str:
         ("D (distilling)", _usd(i["distill_usd"], 0), "input"),
         ("T (training)", _usd(i["train_usd"], 0), "input"),
         ("M (maintenance)", _usd(i["maintain_usd"], 0), "input"),
-        ("price of a core-hour", _usd(i["core_hour_usd"], 3), "input"),
+        ("price of a GPU-hour", _usd(i["gpu_hour_usd"], 3), "input")
+        if gpu
+        else ("price of a core-hour", _usd(i["core_hour_usd"], 3), "input"),
         (
             "requests a day",
             "—" if b["requests_per_day"] is None else f"{b['requests_per_day']:,.0f}",

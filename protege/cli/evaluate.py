@@ -422,6 +422,15 @@ def assess_command(
     task_file: Annotated[Path | None, typer.Option(help="The task (labels, checks, target) from this file.")] = None,
     fixed_usd: Annotated[float, typer.Option(help="Input: D + T + M, the one-off cost of distilling.")] = 2000.0,
     core_hour_usd: Annotated[float, typer.Option(help="Input: price of a CPU core-hour for the student.")] = 0.05,
+    gpu_hour_usd: Annotated[float, typer.Option(help="Input: price of a GPU-hour, with --gpu-requests-per-s.")] = 3.0,
+    gpu_requests_per_s: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            help="Input: the student's requests/s on the GPU it would serve on (benchmarks/scorer.py --provider "
+            "cuda there); prices c_s per GPU-hour instead of per core-hour.",
+        ),
+    ] = None,
     horizon_days: Annotated[float, typer.Option(help="Input: a break-even later than this does not pay.")] = 90.0,
     requests_per_day: Annotated[
         float | None, typer.Option(help="Input: traffic per day, when the cases carry no times.")
@@ -486,7 +495,7 @@ def assess_command(
         )
         with console.status(f"learning curve: three students on 10/30/100% of {len(samples)} cases"):
             curve = learning_curve(the_task, samples, recipe)
-        costs = Costs(fixed_usd, core_hour_usd, horizon_days, requests_per_day)
+        costs = Costs(fixed_usd, core_hour_usd, horizon_days, requests_per_day, gpu_hour_usd, gpu_requests_per_s)
         result = assess(
             the_task,
             samples,
@@ -538,7 +547,7 @@ def print_assessment(a: dict[str, Any]) -> None:
     days = "never" if v["breakeven_days"] is None else f"{v['breakeven_days']:g} days"
     table.add_row(
         "high-volume",
-        f"{per_day}; q {v['q_escalation_rate']}, c_t ${v['c_t_usd']:.5f} ({v['c_t_source']}), c_s ${v['c_s_usd']:.7f}; "
+        f"{per_day}; q {v['q_escalation_rate']}, c_t ${v['c_t_usd']:.5f} ({v['c_t_source']}), c_s ${v['c_s_usd']:.7f} ({v['c_s_source']}); "
         f"D+T+M ${v['fixed_usd_input']:,.0f} (input): break-even {days}",
         v["rule"],
         mark(v["passes"]),
@@ -569,7 +578,8 @@ def measure(student: Student, requests: Sequence[Ingested], redact_pii: bool, ba
     for i in range(0, len(requests), batch):
         score_batch(student, requests[i : i + batch], clean)
     seconds = time.perf_counter() - started
-    return Throughput(student.version, len(requests), seconds, threads=1, batch=batch)
+    device = "cuda" if student.providers[0] == "CUDAExecutionProvider" else "cpu"
+    return Throughput(student.version, len(requests), seconds, threads=1, batch=batch, device=device)
 
 
 def report_context(
@@ -623,6 +633,18 @@ def report_command(
     core_hour_usd: Annotated[float, typer.Option(help="Input: price of one CPU core for an hour (prices c_s).")] = 0.05,
     buckets: Annotated[int, typer.Option(min=2, max=500, help="Time buckets over the range.")] = 24,
     offsets: Offsets = None,
+    gpu_hour_usd: Annotated[
+        float,
+        typer.Option(help="Input: price of one GPU for an hour (prices c_s where the student is measured on a GPU)."),
+    ] = 3.0,
+    gpu_requests_per_s: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            help="Input: the student's requests/s on the GPU it serves on, measured there (benchmarks/scorer.py "
+            "--provider cuda); prices c_s per GPU-hour instead of this machine's measurement.",
+        ),
+    ] = None,
 ) -> None:
     """One self-contained HTML page (plots inline, opens offline) and the same numbers as JSON:
     the coverage curve, student share and escalations over time with the drift band and
@@ -633,7 +655,7 @@ def report_command(
     settings = ScorerSettings()
     library_logs_to(home() / "logs")
     chosen = selection(tenant, task, since, until, last, offsets)
-    inputs = Inputs(distill_usd, train_usd, maintain_usd, core_hour_usd, buckets)
+    inputs = Inputs(distill_usd, train_usd, maintain_usd, core_hour_usd, buckets, gpu_hour_usd, gpu_requests_per_s)
     try:
         the_task = candidate_task(settings, task, None, None, None, None, None, None)
         events = read_selection(settings, chosen, source)

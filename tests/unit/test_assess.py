@@ -84,6 +84,12 @@ def test_break_even_follows_the_seeds_formula() -> None:
     assert v["breakeven_days"] == pytest.approx(100 / saving / 1440, abs=0.1) and v["passes"]
     never = volume(samples(["a"] * 10), Costs(), 0.01, False, curve(0.0))
     assert never["breakeven_days"] is None and not never["passes"]
+    # Served on a GPU: a GPU-hour at the throughput measured there (inputs both), not a core's latency.
+    gpu = volume(
+        samples(["a"] * 1441), Costs(100.0, gpu_hour_usd=3.6, gpu_requests_per_s=20_000), 0.01, True, curve(0.8, 36.0)
+    )
+    assert gpu["c_s_usd"] == pytest.approx(3.6 / 3600 / 20_000) and "GPU-hour" in gpu["c_s_source"]
+    assert gpu["gpu_hour_usd_input"] == 3.6 and v["gpu_hour_usd_input"] is None and "core-hour" in v["c_s_source"]
 
 
 def test_recommendation() -> None:

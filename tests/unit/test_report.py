@@ -258,6 +258,36 @@ def test_breakeven_solves_the_seeds_formula() -> None:
     )
 
 
+def test_the_student_is_priced_on_the_hardware_it_was_measured_on(registry: Registry) -> None:
+    events = recorded_events()
+    context = Context(ticket_task(target=0.9), versions=registry.versions("acme", TASK), throughput=throughput())
+    cpu = build(Basis.recorded(events), context, Inputs(core_hour_usd=0.36, gpu_hour_usd=3.6))
+    assert cpu["breakeven"]["c_s_usd"] == pytest.approx(0.36 / 3600 / 500)
+    assert cpu["breakeven"]["c_s_source"].startswith("core-hour price")
+    page = render(cpu)
+    assert "price of a core-hour" in page and "price of a GPU-hour" not in page and "1 thread(s)" in page
+    # Measured on a GPU (a CUDA session): a GPU-hour, not one core's, buys those requests.
+    context.throughput = Throughput("v0001", requests=1000, seconds=0.1, threads=1, batch=64, device="cuda")
+    gpu = build(Basis.recorded(events), context, Inputs(core_hour_usd=0.36, gpu_hour_usd=3.6))
+    assert gpu["breakeven"]["c_s_usd"] == pytest.approx(3.6 / 3600 / 10_000)
+    assert gpu["breakeven"]["c_s_source"].startswith("GPU-hour price") and gpu["throughput"]["device"] == "cuda"
+    page = render(gpu)
+    assert "price of a GPU-hour" in page and "$3.600" in page and "on a GPU" in page
+    # The serving GPU's throughput stated as an input wins over this machine's measurement, and says so.
+    stated = build(
+        Basis.recorded(events),
+        Context(ticket_task(target=0.9), versions=registry.versions("acme", TASK)),
+        Inputs(gpu_hour_usd=3.6, gpu_requests_per_s=20_000),
+    )
+    assert stated["breakeven"]["c_s_usd"] == pytest.approx(3.6 / 3600 / 20_000)
+    assert "20000 requests/s on the serving GPU (input)" in stated["breakeven"]["c_s_source"]
+    assert stated["breakeven"]["breakeven_requests"] is not None  # priced without a measurement here
+    assert "price of a GPU-hour" in render(stated)
+    assert build(Basis.recorded(events), Context(ticket_task(target=0.9)), Inputs())["breakeven"]["why_not"] == (
+        "no student throughput measured"
+    )
+
+
 def test_a_replay_raises_the_alarms_its_decisions_would_have() -> None:
     task = ticket_task(window=20, band=0.1, baseline=0.1)
     quiet = [Point(T0 + i, "student", "accept", (), 0.0, "v") for i in range(40)]
