@@ -8,6 +8,12 @@ Two sources, one of them:
   Java client sends them; ``PROTEGE_SASL_OAUTHBEARER_SCOPE`` optional). A token is reused until
   80% of its lifetime has passed (Kafka's default refresh window), then fetched again; every
   client of the process shares it.
+  Instead of a secret, the client may prove itself with a JWT it signs with its private key
+  (RFC 7523; ``PROTEGE_SASL_OAUTHBEARER_ASSERTION_PRIVATE_KEY_FILE``, RS256 or ES256): sent as
+  the client-credentials grant's ``client_assertion`` (``private_key_jwt``, as Microsoft Entra ID
+  and Okta take certificate credentials), or as the assertion of the JWT-bearer grant
+  (``PROTEGE_SASL_OAUTHBEARER_GRANT=jwt_bearer``, as Kafka 4.1's Java client sends it). A fresh
+  assertion, five minutes long with its own ``jti``, is signed for every fetch.
 - a file that something else keeps fresh (``PROTEGE_SASL_OAUTHBEARER_TOKEN_FILE``: a sidecar,
   a projected Kubernetes service-account token, a cloud signer's output), read again at every
   connection.
@@ -32,6 +38,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +99,122 @@ def parse_extensions(text: str | None) -> dict[str, str]:
     return found
 
 
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+ASSERTION_LIFETIME_S = 300
+ALGORITHMS = ("RS256", "ES256")
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclass(frozen=True)
+class AssertionSource:
+    """Where a client's assertion key comes from (the settings), loaded once per process."""
+
+    key_file: Path
+    passphrase: str | None = field(default=None, repr=False)
+    algorithm: str = "RS256"
+    key_id: str | None = None
+    certificate_file: Path | None = None
+
+    def load(self) -> Assertion:
+        return Assertion.load(
+            self.key_file,
+            passphrase=self.passphrase,
+            algorithm=self.algorithm,
+            key_id=self.key_id,
+            certificate_file=self.certificate_file,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Assertion:
+    """A JWT the client signs with its private key to prove who it is (RFC 7523): ``iss`` and
+    ``sub`` the client id, ``aud`` the token endpoint (or ``audience``), five minutes long, a new
+    ``jti`` each time. ``kid`` names the key; a certificate adds its thumbprints (``x5t``,
+    ``x5t#S256``), which Microsoft Entra ID asks for."""
+
+    key: Any = field(repr=False)  # an RSA or EC private key (cryptography)
+    algorithm: str = "RS256"
+    key_id: str | None = None
+    thumbprints: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(
+        cls,
+        key_file: Path,
+        *,
+        passphrase: str | None = None,
+        algorithm: str = "RS256",
+        key_id: str | None = None,
+        certificate_file: Path | None = None,
+    ) -> Assertion:
+        """The key (PEM, PKCS#8 or traditional, encrypted with ``passphrase`` or not) and the
+        certificate, checked against the algorithm: a ``ValueError`` that says what is wrong."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"assertion algorithm {algorithm!r}: one of {', '.join(ALGORITHMS)}")
+        try:
+            data = key_file.read_bytes()
+            key = serialization.load_pem_private_key(data, passphrase.encode() if passphrase else None)
+        except OSError as e:
+            raise ValueError(f"assertion private key {key_file}: {type(e).__name__}: {e.strerror or e}") from None
+        except (ValueError, TypeError) as e:  # not PEM, a wrong or missing passphrase; the key's bytes in no message
+            raise ValueError(f"assertion private key {key_file}: cannot be read ({e})") from None
+        if algorithm == "RS256" and not (isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 2048):
+            raise ValueError(f"assertion private key {key_file}: RS256 needs an RSA key of 2048 bits or more")
+        if algorithm == "ES256" and not (isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"):
+            raise ValueError(f"assertion private key {key_file}: ES256 needs an EC key on P-256")
+        thumbprints = {}
+        if certificate_file is not None:
+            try:
+                cert = x509.load_pem_x509_certificate(certificate_file.read_bytes())
+            except (OSError, ValueError) as e:
+                raise ValueError(f"assertion certificate {certificate_file}: cannot be read ({e})") from None
+            spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+                raise ValueError(f"assertion certificate {certificate_file}: not the private key's certificate")
+            thumbprints = {
+                "x5t": b64url(cert.fingerprint(hashes.SHA1())),  # the header as RFC 7515 defines it
+                "x5t#S256": b64url(cert.fingerprint(hashes.SHA256())),
+            }
+        return cls(key, algorithm, key_id, thumbprints)
+
+    def sign(self, client_id: str, audience: str, now: float | None = None) -> str:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, padding
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        now = int(time.time() if now is None else now)
+        header = {
+            "alg": self.algorithm,
+            "typ": "JWT",
+            **({"kid": self.key_id} if self.key_id else {}),
+            **self.thumbprints,
+        }
+        claims = {
+            "iss": client_id,
+            "sub": client_id,
+            "aud": audience,
+            "iat": now,
+            "nbf": now - 60,  # a token endpoint's clock a little behind
+            "exp": now + ASSERTION_LIFETIME_S,
+            "jti": uuid.uuid4().hex,
+        }
+        signed = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+        if self.algorithm == "RS256":
+            signature = self.key.sign(signed.encode(), padding.PKCS1v15(), hashes.SHA256())
+        else:  # ES256: the raw r || s of RFC 7518, not DER
+            r, s = decode_dss_signature(self.key.sign(signed.encode(), ec.ECDSA(hashes.SHA256())))
+            signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        return f"{signed}.{b64url(signature)}"
+
+
 def jwt_expiry(token: str) -> float | None:
     """The ``exp`` claim (epoch s) of a JWT, None when the token is not one or carries none."""
     parts = token.split(".")
@@ -112,14 +235,18 @@ def finite(value: object) -> TypeGuard[int | float]:
 
 @dataclass
 class EndpointTokens(AbstractTokenProvider):
-    """Tokens from an OAuth 2.0 token endpoint (client-credentials grant), reused until 80% of
-    their lifetime has passed."""
+    """Tokens from an OAuth 2.0 token endpoint, reused until 80% of their lifetime has passed:
+    the client-credentials grant with the client secret (HTTP Basic) or a signed assertion, or
+    the JWT-bearer grant (``grant`` ``jwt_bearer``, an assertion needed)."""
 
     url: str
     client_id: str
-    client_secret: str = field(repr=False)
+    client_secret: str | None = field(default=None, repr=False)
     scope: str | None = None
     sasl_extensions: dict[str, str] = field(default_factory=dict)
+    assertion: Assertion | None = None
+    grant: str = "client_credentials"  # client_credentials | jwt_bearer
+    audience: str | None = None  # the assertion's aud (default: the endpoint's URL)
     fetched: int = 0  # tokens fetched so far (tests; the log)
     _token: str | None = field(default=None, init=False, repr=False)
     _refresh_at: float = field(default=0.0, init=False, repr=False)
@@ -145,7 +272,8 @@ class EndpointTokens(AbstractTokenProvider):
     async def fetch(self) -> tuple[str, float]:
         status, body = await asyncio.to_thread(self.post)
         if status != 200:
-            said = body[:300].decode("utf-8", "replace").replace(self.client_secret, "***")
+            said = body[:300].decode("utf-8", "replace")
+            said = said.replace(self.client_secret, "***") if self.client_secret else said
             raise TokenError(f"token endpoint {self.url} refused client {self.client_id!r}: HTTP {status} {said}")
         if len(body) > MAX_ANSWER_BYTES:
             raise TokenError(f"token endpoint {self.url}: an answer over {MAX_ANSWER_BYTES} bytes")
@@ -165,17 +293,24 @@ class EndpointTokens(AbstractTokenProvider):
     def post(self) -> tuple[int, bytes]:
         """The grant, posted (blocking: in a worker thread); the status and at most one byte more
         than an answer may hold. Redirects are not followed: the secret goes to this URL only."""
-        form = {"grant_type": "client_credentials", **({"scope": self.scope} if self.scope else {})}
-        basic = base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
+        form: dict[str, str] = {"grant_type": "client_credentials"}
+        headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
+        signed = self.assertion.sign(self.client_id, self.audience or self.url) if self.assertion else None
+        if self.grant == "jwt_bearer":
+            assert signed is not None
+            form = {"grant_type": JWT_BEARER_GRANT, "assertion": signed}
+        elif signed is not None:  # private_key_jwt: the assertion instead of the secret
+            form |= {
+                "client_id": self.client_id,
+                "client_assertion_type": CLIENT_ASSERTION_TYPE,
+                "client_assertion": signed,
+            }
+        if self.client_secret is not None:
+            basic = base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
+            headers["Authorization"] = f"Basic {basic}"
+        form |= {"scope": self.scope} if self.scope else {}
         request = urllib.request.Request(
-            self.url,
-            data=urllib.parse.urlencode(form).encode(),
-            method="POST",
-            headers={
-                "Authorization": f"Basic {basic}",
-                "Accept": "application/json",
-                "Content-Type": "application/x-www-form-urlencoded",
-            },
+            self.url, data=urllib.parse.urlencode(form).encode(), method="POST", headers=headers
         )
         try:
             with _OPENER.open(request, timeout=TIMEOUT_S) as r:
@@ -264,17 +399,24 @@ def provider(
     scope: str | None,
     file: Path | None,
     extensions: str | None = None,
+    assertion: AssertionSource | None = None,
+    grant: str = "client_credentials",
+    audience: str | None = None,
 ) -> AbstractTokenProvider:
     """The process's provider for these settings: every client shares its token (and every
     connection answers a refusal as RFC 7628 asks: ``Rfc7628Authenticator``). ``extensions``:
-    SASL extensions sent with the token (``parse_extensions``)."""
+    SASL extensions sent with the token (``parse_extensions``); ``assertion``: the client's signed
+    JWT, instead of or beside its secret."""
     use_rfc7628_failures()
-    key = (url, client_id, client_secret, scope, file, extensions)
+    key = (url, client_id, client_secret, scope, file, extensions, assertion, grant, audience)
     if key not in _shared:
         extra = parse_extensions(extensions)
         if file is not None:
             _shared[key] = FileTokens(file, extra)
         else:
-            assert url is not None and client_id is not None and client_secret is not None
-            _shared[key] = EndpointTokens(check_endpoint(url), client_id, client_secret, scope, extra)
+            assert url is not None and client_id is not None and (client_secret is not None or assertion is not None)
+            signer = assertion.load() if assertion is not None else None
+            _shared[key] = EndpointTokens(
+                check_endpoint(url), client_id, client_secret, scope, extra, signer, grant, audience
+            )
     return _shared[key]

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from protege.topics import Topics
@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 class Settings(BaseSettings):
     """What every service shares: where Kafka is, which topics, where state lives."""
 
-    model_config = SettingsConfigDict(env_prefix="PROTEGE_", frozen=True, extra="ignore")
+    # hide_input_in_errors: an error's message never repeats the input, where the secrets are
+    model_config = SettingsConfigDict(env_prefix="PROTEGE_", frozen=True, extra="ignore", hide_input_in_errors=True)
 
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
     topic_prefix: str = Field("", description="Prefix for every topic name.")
@@ -96,6 +97,33 @@ class Settings(BaseSettings):
         description="OAUTHBEARER: SASL extensions sent with the token, key=value,key=value (Confluent Cloud: "
         "logicalCluster=lkc-...,identityPoolId=pool-...).",
     )
+    sasl_oauthbearer_grant: Literal["client_credentials", "jwt_bearer"] = Field(
+        "client_credentials",
+        description="OAUTHBEARER: the grant asked of the token endpoint; jwt_bearer (RFC 7523, Kafka 4.1's "
+        "jwt-bearer) sends the signed assertion as the grant itself.",
+    )
+    sasl_oauthbearer_assertion_private_key_file: Path | None = Field(
+        None,
+        description="OAUTHBEARER: the client's private key (PEM); the client signs a JWT with it instead of "
+        "sending a secret (private_key_jwt), or as the jwt_bearer grant.",
+    )
+    sasl_oauthbearer_assertion_private_key_passphrase: SecretStr | None = Field(
+        None, description="OAUTHBEARER: the passphrase of an encrypted private key."
+    )
+    sasl_oauthbearer_assertion_algorithm: Literal["RS256", "ES256"] = Field(
+        "RS256", description="OAUTHBEARER: the assertion's signature (RS256: an RSA key; ES256: an EC key on P-256)."
+    )
+    sasl_oauthbearer_assertion_key_id: str | None = Field(
+        None, description="OAUTHBEARER: the assertion header's kid (the key's id at the identity provider)."
+    )
+    sasl_oauthbearer_assertion_certificate_file: Path | None = Field(
+        None,
+        description="OAUTHBEARER: the key's certificate (PEM); its thumbprints go in the assertion's header (x5t, "
+        "x5t#S256), as Microsoft Entra ID asks.",
+    )
+    sasl_oauthbearer_assertion_audience: str | None = Field(
+        None, description="OAUTHBEARER: the assertion's aud claim (default: the token endpoint's URL)."
+    )
     ssl_cafile: Path | None = None
 
     @model_validator(mode="after")
@@ -114,12 +142,35 @@ class Settings(BaseSettings):
         parse_extensions(self.sasl_oauthbearer_extensions)
         if url is not None:
             check_endpoint(url)
-            if not self.sasl_username or self.sasl_password is None:
+            signed = self.sasl_oauthbearer_assertion_private_key_file is not None
+            if not self.sasl_username or (self.sasl_password is None and not signed):
                 raise ValueError(
                     "SASL OAUTHBEARER with a token endpoint needs PROTEGE_SASL_USERNAME (the client id) and "
-                    "PROTEGE_SASL_PASSWORD (the client secret)"
+                    "PROTEGE_SASL_PASSWORD (the client secret) or PROTEGE_SASL_OAUTHBEARER_ASSERTION_PRIVATE_KEY_FILE "
+                    "(a key the client signs its assertion with)"
                 )
+            if self.sasl_oauthbearer_grant == "jwt_bearer" and not signed:
+                raise ValueError(
+                    "SASL OAUTHBEARER's jwt_bearer grant needs PROTEGE_SASL_OAUTHBEARER_ASSERTION_PRIVATE_KEY_FILE"
+                )
+            if (source := self.assertion_source()) is not None:
+                source.load()  # a key that cannot sign stops the service at start, saying why
         return self
+
+    def assertion_source(self) -> Any:
+        """The client's assertion key, from these settings (``protege.oauthbearer.AssertionSource``)."""
+        from protege.oauthbearer import AssertionSource
+
+        if self.sasl_oauthbearer_assertion_private_key_file is None:
+            return None
+        phrase = self.sasl_oauthbearer_assertion_private_key_passphrase
+        return AssertionSource(
+            self.sasl_oauthbearer_assertion_private_key_file,
+            phrase.get_secret_value() if phrase else None,
+            self.sasl_oauthbearer_assertion_algorithm,
+            self.sasl_oauthbearer_assertion_key_id,
+            self.sasl_oauthbearer_assertion_certificate_file,
+        )
 
     def token_provider(self) -> Any:
         """The process's OAUTHBEARER token provider for these settings (``protege.oauthbearer``)."""
@@ -133,6 +184,9 @@ class Settings(BaseSettings):
             scope=self.sasl_oauthbearer_scope,
             file=self.sasl_oauthbearer_token_file,
             extensions=self.sasl_oauthbearer_extensions,
+            assertion=self.assertion_source(),
+            grant=self.sasl_oauthbearer_grant,
+            audience=self.sasl_oauthbearer_assertion_audience,
         )
 
     @property
@@ -294,6 +348,18 @@ class MonitorSettings(Settings):
     )
 
 
+def settings_error(e: ValidationError) -> str | None:
+    """A settings class's validation error as one line naming the environment variables, or
+    None when the error is another model's (a bug, for its traceback)."""
+    if not e.title.endswith("Settings"):
+        return None
+    said = []
+    for err in e.errors(include_input=False, include_url=False):
+        msg = err["msg"].removeprefix("Value error, ")
+        said.append(f"PROTEGE_{'_'.join(map(str, err['loc'])).upper()}: {msg}" if err["loc"] else msg)
+    return "settings: " + "; ".join(said)
+
+
 def apply_to_process(settings: Settings) -> None:
     """What settings ask of the process itself, before libraries that read the environment load."""
     if settings.hub_offline:
@@ -304,7 +370,7 @@ def env_for_children(settings: Settings) -> dict[str, str]:
     """The environment a supervised child needs to see the same settings."""
     env = dict(os.environ)
     for name, value in settings.model_dump().items():
-        if value is None or name.startswith("anthropic") or name in {"sasl_password", "instance"}:
+        if value is None or name.startswith("anthropic") or isinstance(value, SecretStr) or name == "instance":
             continue
         env[f"PROTEGE_{name.upper()}"] = str(value)
     return env

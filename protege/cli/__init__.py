@@ -17,9 +17,11 @@ from __future__ import annotations
 import sys
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
+from pydantic import ValidationError
 
 from protege.cli.root import app
 from protege.errors import ProtegeError
+from protege.settings import settings_error
 
 # Each module registers its commands; imported in the order --help lists them.
 # isort: off
@@ -49,6 +51,11 @@ def main() -> None:
         sys.exit(2)
     except ProtegeError as e:
         sys.stderr.write(f"protege: {e}\n")
+        sys.exit(2)
+    except ValidationError as e:  # PROTEGE_* settings that do not parse; another model's is a bug
+        if (said := settings_error(e)) is None:
+            raise
+        sys.stderr.write(f"protege: {said}\n")
         sys.exit(2)
 
 

@@ -14,11 +14,12 @@ from protege_services.monitor.app import make_app
 from protege import metrics
 from protege.kafka import ensure_topics
 from protege.logs import configure
+from protege.service import load_settings
 from protege.settings import MonitorSettings, apply_to_process
 
 
 def main() -> None:
-    settings = MonitorSettings()
+    settings = load_settings("monitor", MonitorSettings)
     apply_to_process(settings)
     configure(settings.log_level, settings.log_format, service="monitor")
     asyncio.run(ensure_topics(settings, [*settings.topics.all(), settings.topics.monitor_keyed]))

@@ -28,7 +28,7 @@ from protege.harness import Probe
 from protege.kafka import Out, Processor, Received, Record, ensure_topics, producer
 from protege.settings import Settings
 from protege.state import read_all
-from tests.token_endpoint import TokenEndpoint, unsigned_jwt
+from tests.token_endpoint import TokenEndpoint, client_keys, unsigned_jwt
 
 pytestmark = pytest.mark.kafka
 
@@ -245,6 +245,35 @@ def test_sasl_oauthbearer_from_a_token_file(
     token.write_text(unsigned_jwt("protege-sidecar", 600, now=time.time() - 3600))  # expired 50 minutes ago
     assert "over SASL_SSL, SASL OAUTHBEARER" in str(refused(settings))
     assert "SaslAuthenticationFailed" in caplog.text
+
+
+def test_sasl_oauthbearer_with_a_signed_client_assertion(
+    secured: tuple[EmbeddedBroker, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No secret: the client signs a JWT with its private key (the JWT-bearer grant, as Kafka 4.1's
+    Java client asks; the certificate's thumbprint in its header) and the endpoint, checking it
+    against the client's registered key, issues the token the broker admits."""
+    broker, ca = secured
+    keys = client_keys(tmp_path, passphrase=b"key-passphrase")
+    with TokenEndpoint("protege-client", None, public_key=keys["rsa"].public_key()) as endpoint:
+        env = oauth_env(
+            broker,
+            ca,
+            oauthbearer_token_endpoint_url=endpoint.url,
+            username="protege-client",
+            oauthbearer_grant="jwt_bearer",
+            oauthbearer_assertion_private_key_file=str(tmp_path / "rsa.pem"),
+            oauthbearer_assertion_private_key_passphrase="key-passphrase",
+            oauthbearer_assertion_certificate_file=str(tmp_path / "rsa.crt"),
+        )
+        settings = settings_from_env(monkeypatch, tmp_path, env)
+        out = asyncio.run(round_trip(settings, n=5))
+        gc.collect()
+        assert len(out) == 5
+        [(header, claims)] = endpoint.assertions  # one token for every client of the process
+        assert header["alg"] == "RS256" and "x5t#S256" in header and claims["sub"] == "protege-client"
+        assert endpoint.requests[0][2]["grant_type"] == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]
+    assert "key-passphrase" not in repr(settings)
 
 
 def test_a_token_endpoint_that_refuses_the_client_is_the_reason_given(

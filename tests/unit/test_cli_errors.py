@@ -54,6 +54,34 @@ def test_a_protege_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert done.stderr.startswith("protege: ") and "v0009" in done.stderr
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["-m", "protege.cli", "topics"], ["-m", "protege_services.ingestion"], ["-m", "protege_services.monitor"]],
+)
+def test_settings_that_do_not_parse_are_one_line_that_names_the_variable_not_its_value(
+    command: list[str], tmp_path: Path
+) -> None:
+    secret = "s3cret-never-shown"
+    env = os.environ | {
+        "PROTEGE_HOME": str(tmp_path),
+        "PROTEGE_SASL_MECHANISM": "OAUTHBEARER",
+        "PROTEGE_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL": "http://idp.example/token",
+        "PROTEGE_SASL_USERNAME": "client",
+        "PROTEGE_SASL_PASSWORD": secret,
+        "PROTEGE_LOG_LEVEL": "INFO",
+    }
+    done = subprocess.run([sys.executable, *command], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "settings: token endpoint 'http://idp.example/token': http sends the client secret in the clear" in (
+        done.stderr
+    ), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and secret not in done.stderr + done.stdout
+    env |= {"PROTEGE_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL": "https://idp.example/token", "PROTEGE_PARTITIONS": "many"}
+    done = subprocess.run([sys.executable, *command], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "PROTEGE_PARTITIONS: Input should be a valid integer" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "many" not in done.stderr and secret not in done.stderr
+
+
 def test_models_list_shows_the_registry_without_a_broker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     registry = Registry(tmp_path / "registry")
     for tenant, task, name in (

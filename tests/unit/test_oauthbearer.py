@@ -11,16 +11,19 @@ import pytest
 from pydantic import ValidationError
 
 from protege.oauthbearer import (
+    Assertion,
+    AssertionSource,
     EndpointTokens,
     FileTokens,
     Rfc7628Authenticator,
     TokenError,
+    b64url,
     check_endpoint,
     jwt_expiry,
     parse_extensions,
 )
-from protege.settings import Settings
-from tests.token_endpoint import TokenEndpoint, unsigned_jwt
+from protege.settings import Settings, env_for_children
+from tests.token_endpoint import TokenEndpoint, client_keys, unsigned_jwt
 
 CLIENT, SECRET = "protege-client", "client-secret-7f3a"
 
@@ -192,3 +195,103 @@ def test_a_refusal_answered_as_rfc_7628_asks(tmp_path: Path) -> None:
     accepted = Rfc7628Authenticator(sasl_oauth_token_provider=FileTokens(path))
     asyncio.run(accepted.step(None))
     assert asyncio.run(accepted.step(b"")) is None  # an empty answer: authenticated
+
+
+def test_a_client_proves_itself_with_a_signed_assertion_instead_of_a_secret(tmp_path: Path) -> None:
+    """private_key_jwt (RFC 7523 section 2.2): the client-credentials grant with a JWT the client
+    signed, checked by the endpoint against the key registered for it; no secret is sent."""
+    from cryptography.hazmat.primitives import hashes
+
+    k = client_keys(tmp_path)
+    signer = Assertion.load(tmp_path / "rsa.pem", key_id="key-1", certificate_file=tmp_path / "rsa.crt")
+    with TokenEndpoint(CLIENT, None, public_key=k["rsa"].public_key()) as endpoint:
+        tokens = EndpointTokens(endpoint.url, CLIENT, None, scope="kafka", assertion=signer)
+        assert asyncio.run(tokens.token()).count(".") == 2
+        basic, secret, form = endpoint.requests[0]
+        assert (basic, secret) == ("", "")  # no HTTP Basic: the assertion is the credential
+        assert form["grant_type"] == ["client_credentials"] and form["client_id"] == [CLIENT]
+        assert form["client_assertion_type"] == ["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"]
+        assert form["scope"] == ["kafka"]
+        header, claims = endpoint.assertions[0]
+        assert header["alg"] == "RS256" and header["kid"] == "key-1"
+        assert header["x5t#S256"] == b64url(k["cert"].fingerprint(hashes.SHA256()))  # Entra ID's thumbprint
+        assert claims["aud"] == endpoint.url and claims["exp"] - claims["iat"] == 300
+        tokens._refresh_at = time.monotonic() - 1
+        asyncio.run(tokens.token())
+        assert len(endpoint.assertions) == 2 and endpoint.assertions[1][1]["jti"] != claims["jti"]  # signed afresh
+        # A key the provider does not know for this client: refused, and the refusal says why.
+        other = EndpointTokens(
+            endpoint.url, CLIENT, None, assertion=Assertion.load(tmp_path / "ec.pem", algorithm="ES256")
+        )
+        with pytest.raises(TokenError, match=r"HTTP 401 .*client assertion refused: bad signature"):
+            asyncio.run(other.token())
+
+
+def test_the_jwt_bearer_grant_with_an_encrypted_ec_key(tmp_path: Path) -> None:
+    """RFC 7523 section 2.1 (Kafka 4.1's jwt-bearer): the signed assertion is the grant itself."""
+    k = client_keys(tmp_path, passphrase=b"open sesame")
+    signer = AssertionSource(tmp_path / "ec.pem", "open sesame", "ES256").load()
+    audience = "https://idp.example/oauth2/default"
+    with TokenEndpoint(CLIENT, None, public_key=k["ec"].public_key(), audience=audience) as endpoint:
+        tokens = EndpointTokens(endpoint.url, CLIENT, None, assertion=signer, grant="jwt_bearer", audience=audience)
+        asyncio.run(tokens.token())
+        _, _, form = endpoint.requests[0]
+        assert form["grant_type"] == ["urn:ietf:params:oauth:grant-type:jwt-bearer"] and "client_id" not in form
+        header, claims = endpoint.assertions[0]
+        assert header["alg"] == "ES256" and claims["aud"] == audience and claims["sub"] == CLIENT
+        wrong_audience = EndpointTokens(endpoint.url, CLIENT, None, assertion=signer, grant="jwt_bearer")
+        with pytest.raises(TokenError, match="client assertion refused: aud"):
+            asyncio.run(wrong_audience.token())
+
+
+def test_a_key_that_cannot_sign_stops_the_settings_at_start_saying_why(tmp_path: Path) -> None:
+    client_keys(tmp_path, passphrase=b"open sesame")
+    base = {
+        "sasl_mechanism": "OAUTHBEARER",
+        "security_protocol": "SASL_SSL",
+        "sasl_oauthbearer_token_endpoint_url": "https://idp.example/token",
+        "sasl_username": CLIENT,
+    }
+    ok = Settings(
+        **base,  # type: ignore[arg-type]
+        sasl_oauthbearer_assertion_private_key_file=tmp_path / "rsa.pem",
+        sasl_oauthbearer_assertion_private_key_passphrase="open sesame",
+        sasl_oauthbearer_assertion_certificate_file=tmp_path / "rsa.crt",
+    )
+    provider = ok.kafka_kwargs()["sasl_oauth_token_provider"]
+    assert isinstance(provider, EndpointTokens) and provider.assertion is not None and provider.client_secret is None
+    children = env_for_children(ok)
+    assert "open sesame" not in children.values() and "**********" not in children.values()
+    for bad, said in (
+        ({"sasl_oauthbearer_assertion_private_key_file": tmp_path / "missing.pem"}, "FileNotFoundError"),
+        ({"sasl_oauthbearer_assertion_private_key_file": tmp_path / "rsa.crt"}, "cannot be read"),
+        ({"sasl_oauthbearer_assertion_private_key_file": tmp_path / "rsa.pem"}, "cannot be read"),  # no passphrase
+        (
+            {
+                "sasl_oauthbearer_assertion_private_key_file": tmp_path / "rsa.pem",
+                "sasl_oauthbearer_assertion_private_key_passphrase": "wrong",
+            },
+            "cannot be read",
+        ),
+        (
+            {
+                "sasl_oauthbearer_assertion_private_key_file": tmp_path / "ec.pem",
+                "sasl_oauthbearer_assertion_private_key_passphrase": "open sesame",
+            },
+            "RS256 needs an RSA key",
+        ),
+        (
+            {
+                "sasl_oauthbearer_assertion_private_key_file": tmp_path / "ec.pem",
+                "sasl_oauthbearer_assertion_private_key_passphrase": "open sesame",
+                "sasl_oauthbearer_assertion_algorithm": "ES256",
+                "sasl_oauthbearer_assertion_certificate_file": tmp_path / "rsa.crt",
+            },
+            "not the private key's certificate",
+        ),
+        ({"sasl_oauthbearer_grant": "jwt_bearer", "sasl_password": SECRET}, "jwt_bearer grant needs"),
+        ({}, "or PROTEGE_SASL_OAUTHBEARER_ASSERTION_PRIVATE_KEY_FILE"),
+    ):
+        with pytest.raises(ValidationError, match=said) as e:
+            Settings(**base, **bad)  # type: ignore[arg-type]
+        assert "open sesame" not in str(e.value) and "-----BEGIN" not in str(e.value)
