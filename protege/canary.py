@@ -18,6 +18,16 @@ or surely escalates more by more than ``escalation_margin``; promoted as soon as
 within both. At the volume or time limit it decides on the point estimates — and rolls back
 a canary with fewer than ``min_audits`` audits (it answered too little to be judged).
 
+Under a target, each version answers what its own certified rule accepts, and a version that
+accepts more is expected to be right less often on what it accepts: a candidate certified for
+91% of the traffic would lose a plain comparison with a first version certified for 62% even
+when both keep the target. So where both announcements carry what the trusted golden rows
+predict an audit of their accepted answers finds (``expected``: the student's agreement with
+the teacher on the golden rows its rule accepts), the accuracy difference is read against the
+difference they predict — did the canary do on live traffic as well, against the serving
+version, as the golden rows said it would — with those estimates' own sampling error in the
+interval.
+
 The monitor service judges: ``Trial`` is one tenant's task as it sees it (what serves, the
 version on trial, the tallies since the trial began), plain JSON in a changelog-backed
 table, fed the announcements, decisions and audits, and says the verdict once.
@@ -72,6 +82,27 @@ class Tally:
 
 
 @dataclass(frozen=True)
+class Expected:
+    """What an audit of a version's accepted answers should find, from its golden rows: the
+    share of them on which the student gave the teacher's label, over ``cases`` rows."""
+
+    agreement: float
+    cases: int
+
+
+MIN_EXPECTED_CASES = 50  # fewer accepted golden rows: too loose an estimate to read audits against
+
+
+def expected(metrics: dict[str, float]) -> Expected | None:
+    """From a version's announced metrics (``truth_agreement_on_accepted`` over
+    ``truth_accepted_cases``, the trusted golden rows its rule accepts), or None."""
+    agreement, cases = metrics.get("truth_agreement_on_accepted"), metrics.get("truth_accepted_cases")
+    if agreement is None or cases is None or cases < MIN_EXPECTED_CASES:
+        return None
+    return Expected(float(agreement), int(cases))
+
+
+@dataclass(frozen=True)
 class Verdict:
     action: Literal["promote", "rollback"]
     reason: str
@@ -87,14 +118,22 @@ def _difference(a: int, n: int, b: int, m: int, z: float) -> tuple[float, float,
     return d, d - z * se, d + z * se
 
 
-def judge(config: Canary, canary: Tally, serving: Tally, elapsed_s: float) -> Verdict | None:
+def judge(
+    config: Canary,
+    canary: Tally,
+    serving: Tally,
+    elapsed_s: float,
+    expect: tuple[Expected, Expected] | None = None,
+) -> Verdict | None:
     """Promote, roll back, or None (keep gathering evidence).
 
     Two differences, canary minus serving, each with an interval at ``config.confidence``:
     audited accuracy (it may be at most ``margin`` lower) and escalation rate (it may be at
     most ``escalation_margin`` higher: escalations are what the student costs). Rolled back
     as soon as either is surely outside its margin; promoted as soon as both are surely
-    inside; at the limit, on the point estimates.
+    inside; at the limit, on the point estimates. ``expect`` (canary, serving): what their
+    golden rows predict their audits find; the accuracy difference is then read against the
+    predicted one, its interval widened by the predictions' own error.
     """
     at_limit = canary.audits >= config.max_audits or elapsed_s >= config.max_minutes * 60
     evidence: dict[str, Any] = {
@@ -121,6 +160,20 @@ def judge(config: Canary, canary: Tally, serving: Tally, elapsed_s: float) -> Ve
         return None
     z = NormalDist().inv_cdf(1 - (1 - config.confidence) / 2)
     d, lo, hi = _difference(canary.agreed, canary.audits, serving.agreed, serving.audits, z)
+    if expect is not None:
+        c, s = expect
+        gap = c.agreement - s.agreement  # what the golden rows predict: negative when the canary accepts more
+        half = (hi - lo) / 2
+        half = math.sqrt(half**2 + z**2 * (_variance(c) + _variance(s)))
+        d -= gap
+        lo, hi = d - half, d + half
+        evidence |= {
+            "canary_expected": c.agreement,
+            "canary_expected_cases": c.cases,
+            "serving_expected": s.agreement,
+            "serving_expected_cases": s.cases,
+            "expected_difference": round(gap, 4),
+        }
     e, e_lo, e_hi = _difference(canary.escalated, canary.decided, serving.escalated, serving.decided, z)
     evidence |= {
         "canary_accuracy": round(canary.agreed / canary.audits, 4),
@@ -141,6 +194,11 @@ def judge(config: Canary, canary: Tally, serving: Tally, elapsed_s: float) -> Ve
         f"{serving.agreed / serving.audits:.1%} of {serving.audits}, {serving.escalated / serving.decided:.1%} "
         f"of {serving.decided}"
     )
+    if expect is not None:
+        said += (
+            f"; golden rows predicted {expect[0].agreement:.1%} and {expect[1].agreement:.1%} (accuracy difference "
+            f"read against {expect[0].agreement - expect[1].agreement:+.3f})"
+        )
     if hi < -config.margin:
         return Verdict(
             "rollback", f"{said}: less accurate by more than {config.margin:.1%} (upper bound {hi:+.3f})", evidence
@@ -163,6 +221,11 @@ def judge(config: Canary, canary: Tally, serving: Tally, elapsed_s: float) -> Ve
             return Verdict("promote", f"{said}: limit reached, within both margins on the point estimates", evidence)
         return Verdict("rollback", f"{said}: limit reached, outside a margin on the point estimates", evidence)
     return None
+
+
+def _variance(e: Expected) -> float:
+    p = (e.agreement * e.cases + 1) / (e.cases + 2)  # Laplace-smoothed, as the audits' own
+    return p * (1 - p) / e.cases
 
 
 class Trial:
@@ -249,14 +312,18 @@ class Trial:
     def tally(self, version: str) -> Tally:
         return Tally(**self.tallies.get(version, {}))
 
-    def verdict(self, config: Canary, at_ms: int) -> ModelAnnouncement | None:
+    def verdict(self, config: Canary, at_ms: int, targeted: bool = False) -> ModelAnnouncement | None:
         """The verdict as an announcement (``serve``: promoted, ``abort``: rolled back), once,
-        when the evidence suffices or a limit passed at ``at_ms`` (event time)."""
+        when the evidence suffices or a limit passed at ``at_ms`` (event time). ``targeted``: the
+        task certifies a target, so each version's audits are read against what its golden
+        rows predict (``judge``'s ``expect``) where both announcements carry it."""
         canary, serving = self.canary, self.serving
         if canary is None or serving is None or self.judged:
             return None
         since = canary.announced_at_ms
-        v = judge(config, self.tally(canary.version), self.tally(serving.version), (at_ms - since) / 1000)
+        c, s = expected(canary.metrics), expected(serving.metrics)
+        expect = (c, s) if targeted and c is not None and s is not None else None
+        v = judge(config, self.tally(canary.version), self.tally(serving.version), (at_ms - since) / 1000, expect)
         if v is None:
             return None
         self.judged = True

@@ -753,7 +753,7 @@ def recertify_version(
     metrics = {
         k: v for k, v in source.metrics.items() if not k.startswith("truth_") and k != "golden_accepted_accuracy"
     }
-    metrics |= truth_metrics(trusted, teacher_right, rule) | {
+    metrics |= truth_metrics(trusted, teacher_right, rule, agreement(trusted, s.labels, truth)) | {
         "truth_reviewed": float(sum(t.source == "review" for t in truth))
     }
     if rule is not None and (let_through := evidence.false_accepts(trusted.accepted_by(rule))) is not None:
@@ -855,9 +855,14 @@ class Precision:
         return cls("int8" if within else "fp32", why, metrics)
 
 
-def truth_metrics(s: Scores, teacher_right: np.ndarray, rule: AcceptRule | None) -> dict[str, float]:
+def truth_metrics(
+    s: Scores, teacher_right: np.ndarray, rule: AcceptRule | None, agrees: np.ndarray | None = None
+) -> dict[str, float]:
     """A version against the trusted golden set: its accuracy and the teacher's, and on the
-    cases its rule accepts, both again (empty without a golden set)."""
+    cases its rule accepts, both again (empty without a golden set). ``agrees``: where the
+    student's label is the teacher's; on the accepted rows, the share an audit of its accepted
+    answers should find (``truth_agreement_on_accepted``, over ``truth_accepted_cases``: the
+    yardstick a canary's audits are read against, ``protege.canary.expected``)."""
     n = len(s.y)
     if n == 0:
         return {}
@@ -872,7 +877,15 @@ def truth_metrics(s: Scores, teacher_right: np.ndarray, rule: AcceptRule | None)
         if accepted.any():
             out["truth_accepted_accuracy"] = round(float(s.correct[accepted].mean()), 4)
             out["truth_teacher_on_accepted"] = round(float(teacher_right[accepted].mean()), 4)
+            out["truth_accepted_cases"] = float(accepted.sum())
+            if agrees is not None:
+                out["truth_agreement_on_accepted"] = round(float(agrees[accepted].mean()), 4)
     return out
+
+
+def agreement(s: Scores, labels: Sequence[str], truth: Sequence[Any]) -> np.ndarray:
+    """Where the student's label on each trusted row is the teacher's."""
+    return np.asarray([labels[p] == t.teacher for p, t in zip(s.pred, truth, strict=True)], dtype=bool)
 
 
 ENCODER = "encoder"  # a version's own (fine-tuned) encoder: model.onnx, tokenizer.json, backbone.json
@@ -1094,7 +1107,7 @@ def train_version(
         "fit_seconds": round(fit_seconds, 2),
         "train_seconds": round(time.perf_counter() - started, 2),
     }
-    metrics |= precision.metrics | truth_metrics(trusted, teacher_right, rule)
+    metrics |= precision.metrics | truth_metrics(trusted, teacher_right, rule, agreement(trusted, labels, truth))
     if truth:
         metrics["truth_reviewed"] = float(sum(t.source == "review" for t in truth))  # from live traffic
     if truth and rule is not None and (let_through := evidence.false_accepts(trusted.accepted_by(rule))) is not None:

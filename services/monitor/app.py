@@ -127,7 +127,7 @@ def trial_step(task: Task, value: Value | None, record: Value) -> tuple[Value | 
         counts = trial.audited(record["version"], record["agreed"], record["at"])
     if not counts:
         return None, None
-    verdict = trial.verdict(task.student.canary, record["at"])
+    verdict = trial.verdict(task.student.canary, record["at"], task.policy.targeted)
     fresh["trial"] = trial.state()
     return fresh, verdict
 
@@ -139,7 +139,7 @@ def trial_tick(task: Task, value: Value | None, at_ms: int) -> tuple[Value | Non
     trial = Trial((value or {}).get("trial"))
     if not trial.on_trial:
         return None, None
-    verdict = trial.verdict(task.student.canary, at_ms)
+    verdict = trial.verdict(task.student.canary, at_ms, task.policy.targeted)
     if verdict is None:
         return None, None
     return {**(value or {}), "trial": trial.state()}, verdict

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from protege_services.scorer.handler import Scorer
 from protege_services.trainer.handler import CaseStore, Trainer
 
-from protege.canary import Tally, Trial, arm, judge
+from protege.canary import Expected, Tally, Trial, arm, expected, judge
 from protege.events import AcceptRule, HarvestCase, Ingested, ModelAnnouncement, Scored, StudentOutput
 from protege.generator import triage_task
 from protege.kafka import Received
@@ -35,7 +35,7 @@ def ann(version: str, action: str = "serve", share: float | None = None, **kw) -
         version=version,
         path=f"/reg/{version}",
         labels=["a"],
-        metrics={},
+        metrics=kw.pop("metrics", {}),
         trained_on=1,
         action=action,  # type: ignore[arg-type]
         share=share,
@@ -86,6 +86,50 @@ def test_a_canary_that_escalates_much_more_is_rolled_back_however_accurate() -> 
     # Few decisions: the escalation interval is too wide to promote yet, although accuracy is.
     unsure = judge(CONFIG, audits(300, 297, 300, 36), audits(300, 270, 300, 30), 60)
     assert unsure is None
+
+
+def test_under_a_target_audits_are_read_against_what_the_golden_rows_predict() -> None:
+    """A candidate certified for more of the traffic is right less often on what it accepts,
+    as its golden rows said: read against that, it is promoted where a plain comparison with a
+    first version certified for less rolls it back; one worse than its golden rows said is not."""
+    predicted = (Expected(0.95, 900), Expected(0.99, 600))  # canary, serving
+    as_said = (audits(400, 380, 1600, 80), audits(400, 396, 1600, 640))  # 95% vs 99%; 5% vs 40% escalated
+    plain = judge(CONFIG, *as_said, 60)
+    assert plain is not None and plain.action == "rollback" and "limit reached" in plain.reason
+    read = judge(CONFIG, *as_said, 60, predicted)
+    assert read is not None and read.action == "promote", read.reason
+    assert read.evidence["expected_difference"] == -0.04 and read.evidence["difference"] == 0.0
+    assert "golden rows predicted 95.0% and 99.0%" in read.reason
+    # The interval is wider than the audits' alone: the predictions are estimates too.
+    assert read.evidence["high"] - read.evidence["low"] > plain.evidence["high"] - plain.evidence["low"]
+    worse = judge(CONFIG, audits(400, 352, 1600, 80), audits(400, 396, 1600, 640), 60, predicted)  # 88%
+    assert worse is not None and worse.action == "rollback" and worse.evidence["high"] < -0.02
+    assert "less accurate by more than 2.0%" in worse.reason
+    # What a version's announcement says it should find, when its golden rows are enough.
+    assert expected({"truth_agreement_on_accepted": 0.95, "truth_accepted_cases": 900.0}) == Expected(0.95, 900)
+    assert expected({"truth_agreement_on_accepted": 1.0, "truth_accepted_cases": 9.0}) is None  # too few rows
+    assert expected({"golden_accepted_accuracy": 0.95}) is None
+
+
+def test_the_monitors_trial_reads_audits_against_the_predictions_only_under_a_target() -> None:
+    told = {"truth_agreement_on_accepted": 0.99, "truth_accepted_cases": 600.0}
+    trial = Trial()
+    trial.announced(ann("v1", at=0, metrics=told))
+    trial.announced(
+        ann("v2", "canary", 0.1, at=100, metrics={"truth_agreement_on_accepted": 0.95, "truth_accepted_cases": 900.0})
+    )
+    for i in range(400):
+        for _ in range(4):
+            trial.decided("v1", i % 5 < 2, 200 + i)  # serving escalates 40%, the canary 5%
+            trial.decided("v2", i % 20 == 0, 200 + i)
+        trial.audited("v1", i % 100 != 0, 200 + i)  # 99%
+        trial.audited("v2", i % 20 != 0, 200 + i)  # 95%, as its golden rows said
+    state = json.dumps(trial.state())
+    untargeted = Trial(json.loads(state)).verdict(CONFIG, 1000)
+    assert untargeted is not None and untargeted.action == "abort" and "golden rows" not in (untargeted.reason or "")
+    targeted = Trial(json.loads(state)).verdict(CONFIG, 1000, targeted=True)
+    assert targeted is not None and targeted.action == "serve", targeted.reason
+    assert targeted.evidence["canary_expected"] == 0.95 and targeted.evidence["serving_expected_cases"] == 600
 
 
 def test_serving_state_through_a_trial() -> None:

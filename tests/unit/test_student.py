@@ -14,13 +14,16 @@ import pytest
 
 from protege.certify import Evidence, Goal, cp_lower
 from protege.errors import StudentError
+from protege.events import AcceptRule
 from protege.generator import generate
 from protege.student.runtime import Encoder, Student, blend, knn_vote, softmax
 from protege.student.train import (
     Case,
     EmbeddingCache,
     FastRecipe,
+    Scores,
     Trusted,
+    agreement,
     choose_rule,
     ece,
     encoded,
@@ -31,6 +34,7 @@ from protege.student.train import (
     serving_metrics,
     split_cases,
     train_version,
+    truth_metrics,
 )
 from protege.task import Gates, Task, load_task
 
@@ -632,6 +636,9 @@ def test_the_serving_version_is_certified_again_on_todays_rows_as_a_new_version(
     for name in first["files"]:
         assert (again.folder / name).stat().st_ino == (result.folder / name).stat().st_ino  # linked, not copied
     assert second["metrics"]["truth_cases"] == len(rows) and second["metrics"]["truth_coverage"] > 0.3
+    m = second["metrics"]  # the teacher's label is the truth on these rows: agreement is accuracy
+    assert m["truth_agreement_on_accepted"] == m["truth_accepted_accuracy"]
+    assert m["truth_accepted_cases"] == round(m["truth_coverage"] * len(rows))
     assert 0 < second["metrics"]["golden_coverage"] == pytest.approx(second["golden"]["coverage"], abs=1e-4)
     texts = [r["text"] for r in held[:20]]
     old, new = (
@@ -748,3 +755,21 @@ def test_a_checked_version_runs_its_graph_only_on_texts_it_has_not_scored(versio
     if (copy / "model.onnx").stat().st_ino == (result.folder / "model.onnx").stat().st_ino:
         encoded(s, copy, texts)
         assert ran == [25, 15]  # the same file: nothing to run
+
+
+def test_truth_metrics_say_what_an_audit_of_the_accepted_answers_should_find() -> None:
+    """Audits compare the student with the teacher, not with the truth: on the trusted rows the
+    rule accepts, the share where the student gave the teacher's label is what a canary's
+    audits are read against (``protege.canary.expected``)."""
+    labels = ["a", "b"]
+    probs = np.asarray([[0.99, 0.01], [0.98, 0.02], [0.97, 0.03], [0.1, 0.9], [0.55, 0.45]])
+    s = Scores(probs, np.zeros(5), np.asarray([0, 0, 0, 1, 1]))  # truth: a a a b b
+    rows = [Trusted(str(i), "t", "ab"[y], t) for i, (y, t) in enumerate(zip(s.y, "abbba", strict=True))]
+    teacher_right = np.asarray([r.teacher == r.label for r in rows])
+    rule = AcceptRule(
+        target_margin=0.01, confidence_level=0.95, evidence="golden", min_confidence=0.9, max_ood=1.0, coverage=0.8
+    )
+    m = truth_metrics(s, teacher_right, rule, agreement(s, labels, rows))
+    # accepted: rows 0-3 (the fifth is unsure); the student is right on all four, the teacher on 0 and 3
+    assert m["truth_accepted_cases"] == 4 and m["truth_accepted_accuracy"] == 1.0
+    assert m["truth_agreement_on_accepted"] == 0.5 and m["truth_teacher_on_accepted"] == 0.5
