@@ -3,6 +3,7 @@ answers (``policy.audit_rate``), the one unbiased sample of what the student rea
 
     live = live_accuracy(results, "acme", "ticket-triage")   # version -> audits, agreed, interval
     live = await read_live_accuracy(settings, "acme", "ticket-triage")
+    against_golden(live["v0003"], manifest.metrics)            # is the traffic as the golden rows said?
 
 The teacher worker also counts them on ``/metrics`` (``protege_audits_total`` and
 ``protege_audits_agreed_total`` by tenant, task and version), for the ratio over replicas.
@@ -10,7 +11,9 @@ The teacher worker also counts them on ``/metrics`` (``protege_audits_total`` an
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
+from statistics import NormalDist
 from typing import Any
 
 from aiokafka.errors import KafkaConnectionError
@@ -36,6 +39,39 @@ def live_accuracy(results: Iterable[TeacherResult], tenant: str, task: str) -> d
     return {
         version: {"audits": n, "agreed": k, "accuracy": k / n, "interval95": wilson(k, n)}
         for version, (n, k) in sorted(counts.items())
+    }
+
+
+GOLDEN_CHECK_CONFIDENCE = 0.99  # one-sided: "surely below" — a check people read again and again
+MIN_GOLDEN_ROWS = 50  # accepted golden rows behind the prediction (as protege.canary.expected)
+
+
+def against_golden(live: Mapping[str, Any] | None, metrics: Mapping[str, float]) -> dict[str, Any] | None:
+    """A version's audits against what its trusted golden rows predicted they would find: the
+    student's agreement with the teacher on the golden rows its rule accepts
+    (``truth_agreement_on_accepted`` over ``truth_accepted_cases``). Audits of accepted answers
+    are a uniform sample of what the rule accepts on live traffic; when they agree surely less
+    often than the golden rows did (the difference's upper bound, at 99% one-sided, with both
+    samples' error, below zero), the golden rows are easier than the traffic and the certified
+    guarantee, which rests on them, may not hold there: ``easier`` True. None when either side
+    is missing (no audits; no golden set, or a version from before the field)."""
+    predicted, rows = metrics.get("truth_agreement_on_accepted"), metrics.get("truth_accepted_cases")
+    if not live or not live.get("audits") or predicted is None or rows is None or rows < MIN_GOLDEN_ROWS:
+        return None
+    n, k, m = int(live["audits"]), int(live["agreed"]), int(rows)
+    a, b = (k + 1) / (n + 2), (predicted * m + 1) / (m + 2)  # Laplace-smoothed for the error, as the canary's
+    se = math.sqrt(a * (1 - a) / n + b * (1 - b) / m)
+    d = k / n - predicted
+    high = d + NormalDist().inv_cdf(GOLDEN_CHECK_CONFIDENCE) * se
+    return {
+        "predicted": predicted,
+        "golden_rows": m,
+        "live": round(k / n, 4),
+        "audits": n,
+        "difference": round(d, 4),
+        "high": round(high, 4),
+        "confidence": GOLDEN_CHECK_CONFIDENCE,
+        "easier": high < 0,
     }
 
 

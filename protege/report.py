@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from protege.audits import live_accuracy
+from protege.audits import against_golden, live_accuracy
 from protege.drift import DriftMonitor
 from protege.events import Alert, ModelAnnouncement
 from protege.recorded import Events, Selection
@@ -511,6 +511,7 @@ def build(basis: Basis, context: Context, inputs: Inputs) -> dict[str, Any]:
             "version": basis.version,
             "curve": curve,
             "live_accuracy": live,
+            "against_golden": None if version is None else against_golden(live, version.manifest.metrics),
             "served_share": round(
                 sum(p.route == "student" for p in points if p.version == basis.version)
                 / max(1, sum(p.version == basis.version for p in points)),
@@ -849,6 +850,17 @@ def _coverage_note(data: dict[str, Any]) -> str:
         if live
         else " No audits on record (policy.audit_rate): its live accuracy is not measured."
     )
+    if check := cov.get("against_golden"):
+        audits += (
+            f" The golden rows its rule accepts predicted {_pct(check['predicted'])} ({check['golden_rows']} rows)"
+        )
+        audits += (
+            f": the audits find surely less (by {-check['difference']:.1%}; upper bound {check['high']:+.3f} at "
+            f"{check['confidence']:.0%}). The golden rows are easier than this traffic, and the certified "
+            "guarantee rests on them: review a sample of the traffic (review_rate) to certify on it."
+            if check["easier"]
+            else "; the audits are consistent with it."
+        )
     return (
         f"<p class='sub'>{_e(cov['version'])} on its golden set ({curve['cases']} cases it never trained on); "
         f"target {_pct(curve['target_accuracy'])}; {_e(rule)}; in this range it answered {_pct(cov['served_share'])} "

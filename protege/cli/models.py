@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from protege.audits import live_accuracy, read_audits, read_live_accuracy
+from protege.audits import against_golden, live_accuracy, read_audits, read_live_accuracy
 from protege.canary import candidate
 from protege.cli.root import TaskName, Tenant, app, console, models_app, progress_bar
 from protege.errors import BrokerError
@@ -83,7 +83,9 @@ def models_table(
     table = Table(
         title=f"{tenant}/{task_name}",
         caption="golden acc: against the teacher's labels; truth acc: against the task's trusted golden set "
-        "(the teacher's own in brackets; rows from the review sample: reviewed); live: audited answers the teacher agreed with (audits)",
+        "(the teacher's own in brackets; rows from the review sample: reviewed); live: audited answers the teacher agreed with "
+        "(audits), vs what the golden rows its rule accepts predicted (flagged when surely less: the golden rows are easier "
+        "than the traffic)",
     )
     for col in (
         "version",
@@ -124,11 +126,24 @@ def models_table(
             f"{m['golden_ece']:.3f}",
             target_text(target),
             f"{m['golden_coverage']:.3f}" if man.acceptance is not None else "none certified",
-            "-" if audited is None else f"{audited['accuracy']:.3f} ({audited['audits']})",
+            live_text(audited, m),
             "passed" if man.gates.passed else "held back",
             mark,
         )
     Console(width=170).print(table)
+
+
+def live_text(audited: dict[str, Any] | None, m: dict[str, float]) -> str:
+    """``0.963 (82) vs 0.968 golden``: audited agreement, and what the golden rows predicted,
+    flagged when the audits find surely less (``protege.audits.against_golden``)."""
+    if audited is None:
+        return "-"
+    text = f"{audited['accuracy']:.3f} ({audited['audits']})"
+    check = against_golden(audited, m)
+    if check is None:
+        return text
+    text += f" vs {check['predicted']:.3f} golden"
+    return f"[yellow]{text}: golden rows easier than traffic[/]" if check["easier"] else text
 
 
 def truth_text(m: dict[str, float]) -> str:
@@ -165,6 +180,8 @@ def models_show(
     try:
         live = asyncio.run(read_live_accuracy(settings, tenant, task_name)).get(v.name)
         shown["live_accuracy"] = live or {"audits": 0, "why": "no audited answers on record (policy.audit_rate)"}
+        if (check := against_golden(live, v.manifest.metrics)) is not None:
+            shown["live_accuracy"]["against_golden"] = check
     except BrokerError as e:
         shown["live_accuracy"] = {"audits": None, "why": str(e)}
     typer.echo(json.dumps(shown, indent=2))

@@ -381,6 +381,28 @@ def test_audits_show_as_live_accuracy_and_apart_in_the_spend(registry: Registry)
     assert "Live accuracy from 10 audits: 80.0%" in render(data)
 
 
+def test_audits_surely_below_the_golden_rows_prediction_say_the_golden_rows_are_easier(tmp_path: Path) -> None:
+    folder = make_version(tmp_path / "registry", "v0001")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["metrics"] |= {"truth_agreement_on_accepted": 0.95, "truth_accepted_cases": 600.0}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    versions = Registry(tmp_path / "registry").versions("acme", TASK)
+    for agreeing, easier in ((0.8, True), (0.95, False)):
+        events = recorded_events(300)
+        accepted = [d for d in events.decisions if d.route == "student"]
+        for i, d in enumerate(accepted):
+            update = {"request_id": d.request_id, "mode": "audit", "student_label": "a", "model_version": "v0001"}
+            label = "a" if i < agreeing * len(accepted) else "b"
+            events.teacher.append(events.teacher[0].model_copy(update=update | {"label": label}))
+        data = build(Basis.recorded(events), Context(ticket_task(), versions=versions), Inputs())
+        check = data["coverage"]["against_golden"]
+        assert check["audits"] == len(accepted) == 200 and check["easier"] is easier
+        page = " ".join(render(data).split())
+        assert "The golden rows its rule accepts predicted 95.0% (600 rows)" in page
+        assert ("The golden rows are easier than this traffic" in page) is easier
+        assert ("the audits are consistent with it" in page) is not easier
+
+
 def test_the_review_sample_measures_what_was_served_against_people(registry: Registry) -> None:
     events = with_reviews(recorded_events(40))
     data = build(Basis.recorded(events), Context(ticket_task(), versions=registry.versions("acme", TASK)), Inputs())
