@@ -373,7 +373,10 @@ def lever_row(
     rule = choose_rule(goal, evidence, ood_quantile=opts.get("ood_quantile", 0.95), losses=opts.get("losses", 0))
     row = {"rep": rep, "noise_model": model, "lever": lever, "fit_cases": len(fit_i)}
     golden, scored = (g_conf, g_ood, g_pred, truth_train[gold_i]), (x_conf, x_ood, x_pred, x_oos)
-    return row | met(rule, goal, golden, scored, truth_test, t_test, args.frontier and lever == "shipped")
+    audits = (t_train[gold_i], g_oos)
+    return row | met(
+        rule, goal, golden, scored, truth_test, t_test, args.frontier and lever == "shipped", audits, seed=rep
+    )
 
 
 def met(
@@ -384,10 +387,13 @@ def met(
     truth_test: np.ndarray,
     t_test: np.ndarray,
     with_frontier: bool = False,
+    audits: tuple[np.ndarray, np.ndarray | None] | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """A certified rule met on the test file: what it certified, covered and let through, the
     student's and the all-teacher accuracy. ``golden``: the golden rows' confidence, OOD score,
-    answer and truth; ``scored``: the test rows' confidence, OOD score, answer and P(oos)."""
+    answer and truth; ``scored``: the test rows' confidence, OOD score, answer and P(oos);
+    ``audits``: the golden rows' teacher answers and P(oos), for the audit check (``audit_check``)."""
     _, g_ood, g_pred, g_truth = golden
     x_conf, x_ood, x_pred, x_oos = scored
     s_right, t_right = x_pred == truth_test, t_test == truth_test
@@ -398,6 +404,8 @@ def met(
         "golden_student_accuracy": float((g_pred == g_truth).mean()),
     }
     row |= judge(rule, goal, x_conf, x_ood, s_right, t_right, x_oos, x_pred == OOS)
+    if rule is not None and audits is not None:
+        row |= audit_check(rule, golden, audits, scored, t_test, seed)
     row["all_teacher_accuracy"] = float(t_right.mean())
     row["student_accuracy"] = float(s_right.mean())
     row |= scope(rule, x_conf, x_ood, x_pred, truth_test, x_oos)
@@ -415,6 +423,50 @@ def met(
     if with_frontier and goal.max_false_accepts is None and rule is not None and (truth_test == OOS).any():
         row["frontier"] = frontier(rule.max_ood, golden, (x_conf, x_ood, x_pred, truth_test))
     return row
+
+
+AUDIT_COUNTS = (400, 1000)
+
+
+def audit_check(
+    rule: AcceptRule,
+    golden: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    audits: tuple[np.ndarray, np.ndarray | None],
+    scored: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None],
+    t_test: np.ndarray,
+    seed: int,
+) -> dict[str, Any]:
+    """What the audits of a served rule would find against what its golden rows predicted
+    (``protege.audits.against_golden``): the student's agreement with the teacher on the golden
+    rows the rule accepts, on the test rows it accepts (all of them: what endless audits find),
+    and the check's verdict on ``AUDIT_COUNTS`` audits drawn from those test rows."""
+    from protege.audits import against_golden
+
+    g_conf, g_ood, g_pred, _ = golden
+    g_teacher, g_oos = audits
+    x_conf, x_ood, x_pred, x_oos = scored
+    g_acc = accepted_by(rule, g_conf, g_ood, g_oos, g_pred == OOS)
+    x_acc = np.flatnonzero(accepted_by(rule, x_conf, x_ood, x_oos, x_pred == OOS))
+    if not g_acc.any() or not len(x_acc):
+        return {}
+    metrics = {
+        "truth_agreement_on_accepted": float((g_pred[g_acc] == g_teacher[g_acc]).mean()),
+        "truth_accepted_cases": float(g_acc.sum()),
+    }
+    agrees = x_pred[x_acc] == t_test[x_acc]
+    out: dict[str, Any] = {
+        "audit_predicted_agreement": metrics["truth_agreement_on_accepted"],
+        "audit_golden_rows": int(g_acc.sum()),
+        "audit_test_agreement": float(agrees.mean()),
+    }
+    rng = np.random.default_rng(seed)
+    for n in AUDIT_COUNTS:
+        if n > len(x_acc):
+            continue
+        drawn = agrees[rng.choice(len(x_acc), n, replace=False)]
+        check = against_golden({"audits": n, "agreed": int(drawn.sum())}, metrics)
+        out[f"audit_flag_{n}"] = None if check is None else bool(check["easier"])
+    return out
 
 
 def lpft_rows(
@@ -765,13 +817,16 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
     keys += ["student_accuracy", "golden_student_accuracy", "oos_false_accepts", "in_scope_deferred"]
     keys += ["oracle_in_scope_deferred", "golden_nearest_cosine", "test_nearest_cosine", "test_past_ood_gate"]
-    keys += ["ood_test_above_golden"]
+    keys += ["ood_test_above_golden", "audit_predicted_agreement", "audit_test_agreement"]
     out = []
     for (model, lever), rs in groups.items():
         s: dict[str, Any] = {"noise_model": model, "lever": lever, "reps": len(rs), "held": sum(r["held"] for r in rs)}
         for key in keys:
             vals = [r[key] for r in rs if r.get(key) is not None]
             s[key] = float(np.mean(vals)) if vals else None
+        for n in AUDIT_COUNTS:  # how often the audit check flags the golden rows as easier than the traffic
+            flags = [r[f"audit_flag_{n}"] for r in rs if r.get(f"audit_flag_{n}") is not None]
+            s[f"audit_flagged_{n}"] = f"{sum(flags)}/{len(flags)}" if flags else None
         s["rules"] = [rule_text(r.get("rule")) for r in rs]
         out.append(s)
     return out
@@ -841,6 +896,26 @@ def print_table(summary: list[dict[str, Any]], args: argparse.Namespace) -> None
             " ".join(s["rules"]),
         )
     Console(width=200).print(table)
+    audits = Table(
+        title="the audit check (protege.audits.against_golden): the golden rows' prediction against the traffic"
+    )
+    for col in (
+        "noise",
+        "lever",
+        "predicted agreement",
+        "test agreement",
+        *(f"flagged at {n} audits" for n in AUDIT_COUNTS),
+    ):
+        audits.add_column(col)
+    for s in summary:
+        audits.add_row(
+            s["noise_model"],
+            s["lever"],
+            pct(s["audit_predicted_agreement"]),
+            pct(s["audit_test_agreement"]),
+            *(s[f"audit_flagged_{n}"] or "-" for n in AUDIT_COUNTS),
+        )
+    Console(width=200).print(audits)
 
 
 if __name__ == "__main__":
