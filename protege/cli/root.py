@@ -46,7 +46,8 @@ console = Console(stderr=True)
 STANDIN_NOTE = "teacher: OFFLINE STAND-IN answering from labelled data (no ANTHROPIC_API_KEY); costs are estimates"
 Tenant = Annotated[str, typer.Option(help="Tenant.")]
 TaskName = Annotated[str, typer.Option("--task", help="Task name.")]
-# The layouts of the student path (README "Three layouts"), for the commands that start the services.
+# The layouts of the student path (docs/architecture.md, "Three layouts of the student path"),
+# for the commands that start the services.
 Fused = Annotated[
     bool,
     typer.Option(

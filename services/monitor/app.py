@@ -339,8 +339,8 @@ def make_app(settings: MonitorSettings) -> faust.App:
     async def count(stream: Any) -> None:
         # Record by record: each record's state is written before the next is read. (Tried:
         # faust's take_events, one write per key per batch; the kill -9 test under-counted
-        # with it as without it — faust's consumer skips offsets after a restart, see the
-        # README — so the batching bought nothing proven and was taken out.)
+        # with it as without it — faust's consumer skips offsets after a restart, see
+        # docs/architecture.md, "The monitor" — so the batching bought nothing proven and was taken out.)
         async for name, record in stream.items():
             heartbeat.beat()
             if record.get("v") != KEYED:  # routed by an older monitor: its shape is not this one's
