@@ -28,6 +28,10 @@ another data set's, e.g. CLINC150 from ``benchmarks/clinc150.py``). Levers:
 - ``shipped from 1 loss`` (2, 4): the fixed sequence's first test where a record with that many
   losses could still pass (``protege.certify.could_pass``), not where a flawless one could:
   counts alone decide it, so the guarantee holds; measured, not the default.
+- ``shipped with the union bound``: the relative target tested as it was until stop 45, with two
+  Clopper-Pearson bounds joined by a union bound (``certify.paired_lower_bound``) instead of the
+  exact unconditional test (``certify.paired_exact_p``), the sequence starting where that bound
+  passes a flawless record (``could_pass``), as it did.
 - ``shipped + false-accept cap 3%``: the same with ``policy.max_false_accepts: 0.03``: the rule
   stops where more than 3% of the golden set's out-of-scope rows would be accepted in scope, and
   may defer in-scope answers with too much probability of ``oos`` (``protege.certify.OOS_GATES``);
@@ -71,7 +75,7 @@ from certify import confusion_table, embeddings, judge, teacher_answers
 from intents import DATA, load
 from oos_signals import best
 
-from protege.certify import Evidence, Goal, OutOfScope, accepted_by, choose_rule
+from protege.certify import Evidence, Goal, OutOfScope, accepted_by, choose_rule, paired_lower_bound
 from protege.events import AcceptRule
 from protege.harness import machine
 from protege.student.finetune import FinetuneConfig
@@ -97,6 +101,8 @@ LEVERS: dict[str, dict[str, Any]] = {
     "shipped from 1 loss": {"fit_share": 0.85, "denoise": True, "vote": StudentConfig().vote, "losses": 1},
     "shipped from 2 losses": {"fit_share": 0.85, "denoise": True, "vote": StudentConfig().vote, "losses": 2},
     "shipped from 4 losses": {"fit_share": 0.85, "denoise": True, "vote": StudentConfig().vote, "losses": 4},
+    # the relative target tested as before stop 45: two Clopper-Pearson bounds and a union bound
+    "shipped with the union bound": {"fit_share": 0.85, "denoise": True, "vote": StudentConfig().vote, "union": True},
     # the same with policy.max_false_accepts 0.03 (the golden set's out-of-scope cases), a
     # confidence threshold alone (as before the ceiling on oos) or with the ceiling (shipped)
     "shipped + cap 3% without oos gate": {
@@ -370,7 +376,13 @@ def lever_row(
     goal = replace(
         GOAL, max_false_accepts=opts.get("max_false_accepts"), confidence=opts.get("confidence", GOAL.confidence)
     )
-    rule = choose_rule(goal, evidence, ood_quantile=opts.get("ood_quantile", 0.95), losses=opts.get("losses", 0))
+    rule = choose_rule(
+        goal,
+        evidence,
+        ood_quantile=opts.get("ood_quantile", 0.95),
+        losses=opts.get("losses", 0),
+        paired=paired_lower_bound if opts.get("union") else None,
+    )
     row = {"rep": rep, "noise_model": model, "lever": lever, "fit_cases": len(fit_i)}
     golden, scored = (g_conf, g_ood, g_pred, truth_train[gold_i]), (x_conf, x_ood, x_pred, x_oos)
     audits = (t_train[gold_i], g_oos)

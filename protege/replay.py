@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from protege.agreement import agreement, consensus
-from protege.certify import paired_lower_bound
+from protege.certify import paired_exact_bound
 from protege.events import Decision, Scored
 from protege.kafka import Out, ensure_topics
 from protege.kafka import publish as publish_outs
@@ -217,7 +217,7 @@ def against_people(
     id, so — unlike feedback, which holds the requests someone found wrong — an unbiased
     estimate of what the task really serves. Each accuracy with its Wilson 95% interval; served
     minus teacher as a paired difference on the same requests, its 95% interval two one-sided
-    97.5% bounds from ``certify.paired_lower_bound`` (the bound a relative target is certified
+    97.5% bounds from ``certify.paired_exact_bound`` (the test a relative target is certified
     with). A review whose label is not one of ``labels`` is left out (the harvester refuses it).
     With ``opinions`` (request id -> reviewer -> label), how often people agree with each other
     where two or more labelled a request (``agreement``), and the requests they split on (no
@@ -254,8 +254,8 @@ def against_people(
             "losses": losses,
             "difference": (wins - losses) / n,
             "interval95": (
-                paired_lower_bound(wins, losses, n, 0.975),
-                -paired_lower_bound(losses, wins, n, 0.975),
+                paired_exact_bound(wins, losses, n, 0.975),
+                -paired_exact_bound(losses, wins, n, 0.975),
             ),
         }
         if n
