@@ -15,8 +15,10 @@ repetitions with new golden sets, splits and teacher noise.
 
 Methods:
 - ``agreement``: the calib split's teacher labels only (what the trainer did before golden truth).
-- ``golden``: the trusted golden set only (``protege.certify``; for relative goals the paired
-  bound on the discordant cases, ``paired_lower_bound``).
+- ``golden``: the trusted golden set only (``protege.certify``; for relative goals the exact
+  unconditional test on the discordant cases, ``paired_exact_p``, since stop 45).
+- ``golden, union bound``: the same with the paired bound it replaced (``paired_lower_bound``:
+  two Clopper-Pearson bounds joined by a union bound; relative goals only).
 - ``golden, two proportions``: the same, with the two proportions bounded separately
   (``paired_union_bound``; relative goals only).
 - ``golden, score at half the error``: the same, with Tango's asymptotic score bound at half the
@@ -47,6 +49,7 @@ from protege.certify import (
     choose_rule,
     cp_lower,
     cp_upper,
+    paired_lower_bound,
     paired_score_half,
     paired_union_bound,
 )
@@ -209,6 +212,11 @@ def one_rep(
         rules = {
             "agreement": choose_rule(goal, Evidence("agreement", c_conf, c_ood, c_pred == t_train[cal_i])),
             "golden": choose_rule(goal, Evidence("golden", g_conf, g_ood, g_s, g_t)),
+            "golden, union bound": choose_rule(
+                goal, Evidence("golden", g_conf, g_ood, g_s, g_t), paired=paired_lower_bound
+            )
+            if goal.relative
+            else None,
             "golden, two proportions": choose_rule(
                 goal, Evidence("golden", g_conf, g_ood, g_s, g_t), paired=paired_union_bound
             )
@@ -222,7 +230,10 @@ def one_rep(
             "corrected": corrected_rule(goal, c_conf, c_ood, c_pred == t_train[cal_i], int((~g_t).sum()), len(g_t)),
         }
         for method, rule in rules.items():
-            if method in ("golden, two proportions", "golden, score at half the error") and not goal.relative:
+            if (
+                method in ("golden, union bound", "golden, two proportions", "golden, score at half the error")
+                and not goal.relative
+            ):
                 continue
             rows.append(
                 {
