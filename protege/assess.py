@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from protege.costs import gpu_request_usd
 from protege.recorded import Events
 from protege.student.train import DEFAULT_TARGET, Case, Recipe, train_version
 from protege.task import Task
@@ -230,8 +231,7 @@ def volume(
     student_usd = costs.core_hour_usd * curve[-1]["latency_p50_ms"] / 3_600_000
     c_s_source = "core-hour price (input) x one request's p50 latency on one core, measured (an upper bound)"
     if costs.gpu_requests_per_s is not None:
-        student_usd = costs.gpu_hour_usd / 3600 / costs.gpu_requests_per_s
-        c_s_source = f"GPU-hour price (input) / {costs.gpu_requests_per_s:g} requests/s on the serving GPU (input)"
+        student_usd, c_s_source = gpu_request_usd(costs.gpu_hour_usd, costs.gpu_requests_per_s)
     saving = teacher_usd - ((1 - q) * student_usd + q * teacher_usd)
     breakeven = costs.fixed_usd / saving if saving > 0 else None
     days = breakeven / rate if breakeven is not None and rate else None

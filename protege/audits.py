@@ -18,6 +18,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaConnectionError
 
+from protege.canary import expected
 from protege.errors import BrokerError
 from protege.events import TeacherResult
 from protege.replay import wilson
@@ -43,29 +44,29 @@ def live_accuracy(results: Iterable[TeacherResult], tenant: str, task: str) -> d
 
 
 GOLDEN_CHECK_CONFIDENCE = 0.99  # one-sided: "surely below" — a check people read again and again
-MIN_GOLDEN_ROWS = 50  # accepted golden rows behind the prediction (as protege.canary.expected)
 
 
 def against_golden(live: Mapping[str, Any] | None, metrics: Mapping[str, float]) -> dict[str, Any] | None:
     """A version's audits against what its trusted golden rows predicted they would find: the
     student's agreement with the teacher on the golden rows its rule accepts
-    (``truth_agreement_on_accepted`` over ``truth_accepted_cases``). Audits of accepted answers
-    are a uniform sample of what the rule accepts on live traffic; when they agree surely less
-    often than the golden rows did (the difference's upper bound, at 99% one-sided, with both
-    samples' error, below zero), the golden rows are easier than the traffic and the certified
-    guarantee, which rests on them, may not hold there: ``easier`` True. None when either side
-    is missing (no audits; no golden set, or a version from before the field)."""
-    predicted, rows = metrics.get("truth_agreement_on_accepted"), metrics.get("truth_accepted_cases")
-    if not live or not live.get("audits") or predicted is None or rows is None or rows < MIN_GOLDEN_ROWS:
+    (``protege.canary.expected``: ``truth_agreement_on_accepted`` over ``truth_accepted_cases``,
+    at least 50 of them). Audits of accepted answers are a uniform sample of what the rule
+    accepts on live traffic; when they agree surely less often than the golden rows did (the
+    difference's upper bound, at 99% one-sided, with both samples' error, below zero), the golden
+    rows are easier than the traffic and the certified guarantee, which rests on them, may not
+    hold there: ``easier`` True. None when either side is missing (no audits; no golden set, or a
+    version from before the field)."""
+    golden = expected(metrics)
+    if not live or not live.get("audits") or golden is None:
         return None
-    n, k, m = int(live["audits"]), int(live["agreed"]), int(rows)
-    a, b = (k + 1) / (n + 2), (predicted * m + 1) / (m + 2)  # Laplace-smoothed for the error, as the canary's
-    se = math.sqrt(a * (1 - a) / n + b * (1 - b) / m)
-    d = k / n - predicted
+    n, k = int(live["audits"]), int(live["agreed"])
+    a = (k + 1) / (n + 2)  # Laplace-smoothed for the error, as the canary's
+    se = math.sqrt(a * (1 - a) / n + golden.variance())
+    d = k / n - golden.agreement
     high = d + NormalDist().inv_cdf(GOLDEN_CHECK_CONFIDENCE) * se
     return {
-        "predicted": predicted,
-        "golden_rows": m,
+        "predicted": golden.agreement,
+        "golden_rows": golden.cases,
         "live": round(k / n, 4),
         "audits": n,
         "difference": round(d, 4),

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
@@ -89,11 +90,16 @@ class Expected:
     agreement: float
     cases: int
 
+    def variance(self) -> float:
+        """The sampling variance of ``agreement`` (Laplace-smoothed, as the audits' own)."""
+        p = (self.agreement * self.cases + 1) / (self.cases + 2)
+        return p * (1 - p) / self.cases
+
 
 MIN_EXPECTED_CASES = 50  # fewer accepted golden rows: too loose an estimate to read audits against
 
 
-def expected(metrics: dict[str, float]) -> Expected | None:
+def expected(metrics: Mapping[str, float]) -> Expected | None:
     """From a version's announced metrics (``truth_agreement_on_accepted`` over
     ``truth_accepted_cases``, the trusted golden rows its rule accepts), or None."""
     agreement, cases = metrics.get("truth_agreement_on_accepted"), metrics.get("truth_accepted_cases")
@@ -164,7 +170,7 @@ def judge(
         c, s = expect
         gap = c.agreement - s.agreement  # what the golden rows predict: negative when the canary accepts more
         half = (hi - lo) / 2
-        half = math.sqrt(half**2 + z**2 * (_variance(c) + _variance(s)))
+        half = math.sqrt(half**2 + z**2 * (c.variance() + s.variance()))
         d -= gap
         lo, hi = d - half, d + half
         evidence |= {
@@ -221,11 +227,6 @@ def judge(
             return Verdict("promote", f"{said}: limit reached, within both margins on the point estimates", evidence)
         return Verdict("rollback", f"{said}: limit reached, outside a margin on the point estimates", evidence)
     return None
-
-
-def _variance(e: Expected) -> float:
-    p = (e.agreement * e.cases + 1) / (e.cases + 2)  # Laplace-smoothed, as the audits' own
-    return p * (1 - p) / e.cases
 
 
 class Trial:

@@ -193,10 +193,15 @@ def slack_lower_bound(goal: Goal, evidence: Evidence, accepted: np.ndarray, pair
     assert goal.margin is not None
     if evidence.kind == "agreement":  # acc_S - acc_T >= -P(S != T), for any teacher
         return goal.margin - cp_upper(int((~right).sum()), n, goal.confidence)
+    return goal.margin + (paired or paired_exact_bound)(*discordant(evidence, accepted), n, goal.confidence)
+
+
+def discordant(evidence: Evidence, accepted: np.ndarray) -> tuple[int, int]:
+    """(wins, losses) among the accepted trusted rows: the student right and the teacher wrong,
+    and the reverse."""
     assert evidence.teacher_right is not None
-    teacher = evidence.teacher_right[accepted]
-    bound = paired or paired_exact_bound
-    return goal.margin + bound(int((right & ~teacher).sum()), int((~right & teacher).sum()), n, goal.confidence)
+    right, teacher = evidence.student_right[accepted], evidence.teacher_right[accepted]
+    return int((right & ~teacher).sum()), int((~right & teacher).sum())
 
 
 def slack_passes(goal: Goal, evidence: Evidence, accepted: np.ndarray, paired: PairedBound | None = None) -> bool:
@@ -204,10 +209,8 @@ def slack_passes(goal: Goal, evidence: Evidence, accepted: np.ndarray, paired: P
     decided for trusted rows under a relative goal by the exact test at the margin itself
     (``paired_exact_p``), without the bisection that the bound's value needs."""
     if paired is None and goal.relative and evidence.kind == "golden":
-        assert goal.margin is not None and evidence.teacher_right is not None
-        right, teacher = evidence.student_right[accepted], evidence.teacher_right[accepted]
-        wins, losses = int((right & ~teacher).sum()), int((~right & teacher).sum())
-        return paired_exact_p(wins, losses, int(accepted.sum()), -goal.margin) <= 1 - goal.confidence
+        assert goal.margin is not None
+        return paired_exact_p(*discordant(evidence, accepted), int(accepted.sum()), -goal.margin) <= 1 - goal.confidence
     return slack_lower_bound(goal, evidence, accepted, paired) >= 0
 
 
@@ -287,15 +290,14 @@ def paired_exact_p(wins: int, losses: int, n: int, delta: float) -> float:
     most_losses = min(int(binom.isf(TAIL, n, loss_share.max())) + 1, n)
     # For each count of losses the scores at least as large as the one seen are the counts of wins
     # from some least one up (the score rises with the wins): the region is a binomial's tail.
-    w, lo_ = np.arange(most_wins + 1)[:, None], np.arange(most_losses + 1)[None, :]
-    extreme = paired_score(w, lo_, n, delta) >= seen - 1e-9
-    least = np.where(extreme.any(axis=0), extreme.argmax(axis=0), most_wins + 1)  # per count of losses
-    if not (extreme == (w >= least[None, :]))[w + lo_ <= n].all():  # never seen; if it were, no tail would do
+    w, k = np.arange(most_wins + 1)[:, None], np.arange(most_losses + 1)[None, :]  # counts of wins, of losses
+    extreme = paired_score(w, k, n, delta) >= seen - 1e-9
+    least = np.where(extreme.any(axis=0), extreme.argmax(axis=0), most_wins + 1)[None, :]  # per count of losses
+    if not (extreme == (w >= least))[w + k <= n].all():  # never seen; if it were, no tail would do
         raise ArithmeticError(f"the score is not monotone in the wins ({wins}, {losses}, {n}, {delta})")
-    losses_ = np.arange(most_losses + 1)
-    given = np.minimum(win_share / np.maximum(1 - loss_share, 1e-300), 1.0)  # P(win | not a loss)
-    p_losses = binom.pmf(losses_[None, :], n, loss_share[:, None])
-    p_tail = binom.sf(least[None, :] - 1, n - losses_[None, :], given[:, None])
+    given = np.minimum(win_share / np.maximum(1 - loss_share, 1e-300), 1.0)[:, None]  # P(win | not a loss)
+    p_losses = binom.pmf(k, n, loss_share[:, None])
+    p_tail = binom.sf(least - 1, n - k, given)
     tail = (p_losses * p_tail).sum(axis=1) + binom.sf(most_losses, n, loss_share)  # losses past the table: counted
     return float(min(1.0, tail.max() + BERGER_BOOS))
 
@@ -310,9 +312,7 @@ def paired_exact_bound(wins: int, losses: int, n: int, confidence: float) -> flo
     hi = (wins - losses) / n
     step = 0.02
     lo = hi - step
-    while paired_exact_p(wins, losses, n, lo) > alpha:
-        if lo <= -1.0:
-            return -1.0
+    while paired_exact_p(wins, losses, n, lo) > alpha:  # widen: at -1 it rejects (p = 0)
         hi, step = lo, step * 2
         lo = max(hi - step, -1.0)
     while hi - lo > 1e-5:
@@ -495,21 +495,17 @@ def fixed_sequence(
 RECERTIFY_GAIN = 0.05
 
 
-def slack_upper_bound(goal: Goal, evidence: Evidence, accepted: np.ndarray) -> float:
-    """Upper confidence bound (at ``goal.confidence``) of how far the accepted cases are above the
-    goal, on golden evidence (agreement alone bounds a relative slack from below only): below
-    zero, the cases show the goal is not met."""
+def surely_short(goal: Goal, evidence: Evidence, accepted: np.ndarray) -> bool:
+    """Whether the accepted trusted cases show, at ``goal.confidence``, that the goal is not met:
+    the upper confidence bound of the slack is below zero (relative: the exact test, roles
+    swapped, rejects "the student at most ``margin`` below the teacher")."""
     n = int(accepted.sum())
-    right = evidence.student_right[accepted]
     if not goal.relative:
         assert goal.accuracy is not None
-        return cp_upper(int(right.sum()), n, goal.confidence) - goal.accuracy
-    assert goal.margin is not None and evidence.teacher_right is not None
-    teacher = evidence.teacher_right[accepted]
-    # acc_S - acc_T <= -LB(acc_T - acc_S): the same paired bound with the roles swapped
-    return goal.margin - paired_exact_bound(
-        int((~right & teacher).sum()), int((right & ~teacher).sum()), n, goal.confidence
-    )
+        return cp_upper(int(evidence.student_right[accepted].sum()), n, goal.confidence) < goal.accuracy
+    assert goal.margin is not None
+    wins, losses = discordant(evidence, accepted)
+    return paired_exact_p(losses, wins, n, goal.margin) <= 1 - goal.confidence
 
 
 def falls_short(goal: Goal, evidence: Evidence, rule: AcceptRule) -> bool:
@@ -526,7 +522,7 @@ def falls_short(goal: Goal, evidence: Evidence, rule: AcceptRule) -> bool:
     accepted = accepted_by(rule, evidence.confidence, evidence.ood, evidence.oos_probability, evidence.answered_oos)
     if not accepted.any():
         return False
-    if slack_upper_bound(goal, evidence, accepted) < 0:
+    if surely_short(goal, evidence, accepted):
         return True
     if goal.max_false_accepts is None or evidence.out_of_scope is None or evidence.answered_oos is None:
         return False

@@ -3,7 +3,8 @@
 Prices are USD per million tokens and are configuration, not measurements: the table
 below holds list prices as defaults and the ``prices`` setting (``PROTEGE_PRICES``, a JSON
 file) overrides them. A process loads its table once (``price_table``) and passes it in.
-Cache writes and reads are priced as multiples of the input price.
+Cache writes and reads are priced as multiples of the input price. The student's side:
+``gpu_request_usd``, one request on a GPU at a stated price and throughput.
 """
 
 from __future__ import annotations
@@ -58,4 +59,14 @@ def cost_usd(usage: Usage, price: Price) -> float:
         + usage.cache_creation_input_tokens * per * price.cache_write_multiplier
         + usage.cache_read_input_tokens * per * price.cache_read_multiplier
         + usage.output_tokens * price.output_per_mtok / 1e6
+    )
+
+
+def gpu_request_usd(gpu_hour_usd: float, requests_per_s: float) -> tuple[float, str]:
+    """The student's compute for one request served on a GPU at ``requests_per_s`` (measured on
+    that GPU: benchmarks/scorer.py --provider cuda), both inputs; and where the figure comes
+    from, as the report and the assessment print it."""
+    return (
+        gpu_hour_usd / 3600 / requests_per_s,
+        f"GPU-hour price (input) / {requests_per_s:g} requests/s on the serving GPU (input)",
     )

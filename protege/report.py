@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from protege.audits import against_golden, live_accuracy
+from protege.costs import gpu_request_usd
 from protege.drift import DriftMonitor
 from protege.events import Alert, ModelAnnouncement
 from protege.recorded import Events, Selection
@@ -93,10 +94,7 @@ def student_cost(th: Throughput | None, inputs: Inputs) -> tuple[float | None, s
     GPU throughput stated as an input; else the price of the hardware the throughput was measured
     on (a GPU-hour for a CUDA session, the session's cores' core-hours for a CPU one)."""
     if inputs.gpu_requests_per_s is not None:
-        return (
-            inputs.gpu_hour_usd / 3600 / inputs.gpu_requests_per_s,
-            f"GPU-hour price (input) / {inputs.gpu_requests_per_s:g} requests/s on the serving GPU (input)",
-        )
+        return gpu_request_usd(inputs.gpu_hour_usd, inputs.gpu_requests_per_s)
     if th is None:
         return None, "no student throughput measured"
     if th.device == "cuda":
