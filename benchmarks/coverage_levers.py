@@ -586,6 +586,12 @@ def lpft_rows(
             c_conf, c_ood, c_pred, c_oos = view([train[i]["text"] for i in said])
             pooled = replace(golden, teacher_oos=OutOfScope(c_conf, c_ood, c_pred == OOS, c_oos))
             goals[f"{lever} + false-accept cap 3% pooled with teacher oos"] = (capped, 0.95, pooled)
+        if args.lpft_oos_gated:  # every answer held to the OOD gate, an answer oos too (as before stop 46)
+            goals |= {
+                f"{name} + the OOD gate on answers oos": (replace(goal, oos_past_ood_gate=False), quantile, evidence)
+                for name, (goal, quantile, evidence) in goals.items()
+                if "pooled" not in name
+            }
         if args.lpft_union:  # each rule also as stop 45 certified it: the union bound
             goals |= {f"{name} with the union bound": spec for name, spec in goals.items() if not name.endswith(HALF)}
         rows = []
@@ -684,10 +690,12 @@ def scope(
 
 
 def scope_of(accepted: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Out-of-scope rows ``accepted`` with an in-scope answer, and in-scope rows not accepted."""
+    """Out-of-scope rows ``accepted`` with an in-scope answer, out-of-scope rows the student
+    answered ``oos`` itself (no teacher call), and in-scope rows not accepted."""
     oos = truth == OOS
     return {
         "oos_false_accepts": float((accepted & oos & (pred != OOS)).sum() / max(1, oos.sum())),
+        "oos_by_student": float((accepted & oos & (pred == OOS)).sum() / max(1, oos.sum())),
         "in_scope_deferred": float((~accepted & ~oos).sum() / max(1, (~oos).sum())),
     }
 
@@ -774,6 +782,12 @@ def main() -> None:
         "--lpft-caps",
         default="0.03",
         help="The LP-FT student's rule under each of these false-accept caps (comma-separated shares).",
+    )
+    ap.add_argument(
+        "--lpft-oos-gated",
+        action="store_true",
+        help="Also each LP-FT rule with every answer held to the OOD gate, an answer oos too (as before stop 46; "
+        "the default lets it past: AcceptRule.oos_past_ood_gate).",
     )
     ap.add_argument(
         "--lpft-union",

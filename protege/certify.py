@@ -92,6 +92,8 @@ class Goal:
     # Out-of-scope requests accepted with an in-scope label, at most this share of them on the
     # evidence (a point estimate: ``choose_rule``); None: no cap.
     max_false_accepts: float | None = None
+    # An answer ``oos`` is not held back by the OOD gate (``AcceptRule.oos_past_ood_gate``).
+    oos_past_ood_gate: bool = True
 
     def __post_init__(self) -> None:
         if (self.accuracy is None) == (self.margin is None):
@@ -402,8 +404,12 @@ def accepted_by(
 ) -> np.ndarray:
     """Which answers ``rule`` lets the student give alone (the verifier's test, vectorised): an
     in-scope answer with more probability of ``oos`` than the rule's ceiling is deferred; an
-    answer ``oos`` itself is judged on confidence and OOD alone."""
-    accepted = (confidence >= rule.min_confidence) & (ood <= rule.max_ood)
+    answer ``oos`` itself is judged on confidence and OOD alone, or on confidence alone where
+    the rule lets it past the OOD gate (``AcceptRule.oos_past_ood_gate``)."""
+    familiar = ood <= rule.max_ood
+    if rule.oos_past_ood_gate and answered_oos is not None:  # the gate holds back answers in scope only
+        familiar |= np.asarray(answered_oos, bool)
+    accepted = (confidence >= rule.min_confidence) & familiar
     if rule.max_oos_probability is not None and oos_probability is not None:
         in_scope = np.ones(len(accepted), bool) if answered_oos is None else ~answered_oos
         accepted &= ~in_scope | (oos_probability <= rule.max_oos_probability)
@@ -431,7 +437,14 @@ def choose_rule(
     sequence is tested at ``1 - (1 - confidence) * share``, its share of the error budget
     (weighted Bonferroni: the shares sum to 1), so whichever rule is kept holds at the goal's
     confidence. ``losses``: the sequence starts where that many losses could still pass
-    (``could_pass``)."""
+    (``could_pass``).
+
+    ``goal.oos_past_ood_gate`` (the default): an answer ``oos`` is not held back by the OOD gate
+    (an unfamiliar request is what it names); such answers are tested with the rest, an ``oos``
+    given to a request in scope counting as a wrong answer. On CLINC150 the student then answers
+    83-89% of the out-of-scope requests itself instead of 42-44%, with the same false accepts
+    (docs/benchmarks.md, "Answers oos past the OOD gate"). False: every answer meets the gate,
+    as before stop 46."""
     if len(evidence) == 0:
         return None
     max_ood = float(np.quantile(evidence.ood, ood_quantile))
@@ -445,7 +458,12 @@ def choose_rule(
         return fixed_sequence(goal, evidence, max_ood, None, paired, losses)
     rules = [
         fixed_sequence(
-            replace(goal, confidence=1 - (1 - goal.confidence) * share), evidence, max_ood, gate, paired, losses
+            replace(goal, confidence=1 - (1 - goal.confidence) * share),
+            evidence,
+            max_ood,
+            gate,
+            paired,
+            losses,
         )
         for gate, share in OOS_GATES
     ]
@@ -472,6 +490,7 @@ def fixed_sequence(
             min_confidence=t,
             max_ood=round(max_ood, 6),
             max_oos_probability=max_oos,
+            oos_past_ood_gate=goal.oos_past_ood_gate,
             coverage=0.0,
         )
         accepted = accepted_by(rule, evidence.confidence, evidence.ood, evidence.oos_probability, evidence.answered_oos)

@@ -135,6 +135,11 @@ class AcceptRule(Event, title="protege.accept_rule"):
         description="An answer in scope is accepted only when the student gives the label oos at most this "
         "probability (chosen under a false-accept cap); None: no such ceiling.",
     )
+    oos_past_ood_gate: bool = Field(
+        False,
+        description="An answer oos is judged on confidence alone: the OOD gate holds back answers in scope only "
+        "(an unfamiliar request is what oos names). False: every answer must pass the OOD gate.",
+    )
     coverage: float = Field(ge=0, le=1, description="Share of held-out cases the rule accepts.")
 
 

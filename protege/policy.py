@@ -142,13 +142,15 @@ def signals_of(student: StudentOutput) -> dict[str, float]:
 
 
 def signal_checks(signals: dict[str, float], thresholds: dict[str, float]) -> list[str]:
-    """Which signals fail their thresholds (pure; replay recomputes verdicts with it)."""
+    """Which signals fail their thresholds (pure; replay recomputes verdicts with it). Without
+    ``max_ood`` the answer is not held to the OOD gate (an ``oos`` answer under a rule that lets
+    it past: ``AcceptRule.oos_past_ood_gate``)."""
     failed = []
     if signals["confidence"] < thresholds["min_confidence"]:
         failed.append("low_confidence")
     if signals["margin"] < thresholds["min_margin"]:
         failed.append("low_margin")
-    if signals["ood"] > thresholds["max_ood"]:
+    if "max_ood" in thresholds and signals["ood"] > thresholds["max_ood"]:
         failed.append("out_of_distribution")
     if "oos_probability" in signals and signals["oos_probability"] > thresholds.get("max_oos_probability", 1.0):
         failed.append("maybe_out_of_scope")
@@ -183,6 +185,8 @@ class Router:
         if rule is None or not policy.certified_by(rule):
             return None
         found = {"min_confidence": rule.min_confidence, "min_margin": 0.0, "max_ood": rule.max_ood}
+        if rule.oos_past_ood_gate and student.label == OOS:  # the OOD gate holds back answers in scope only
+            del found["max_ood"]
         if rule.max_oos_probability is not None:
             found["max_oos_probability"] = rule.max_oos_probability
         return found

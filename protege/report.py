@@ -259,6 +259,7 @@ def operating(task: Task, version: Version) -> dict[str, Any] | None:
         "min_confidence": rule.min_confidence,
         "max_ood": rule.max_ood,
         "max_oos_probability": rule.max_oos_probability,
+        "oos_past_ood_gate": rule.oos_past_ood_gate,
     }
 
 
@@ -278,9 +279,12 @@ def coverage_curve(folder: Path, target: float | None, rule: dict[str, Any] | No
     passes = np.ones(len(conf), bool)  # the rule's ceiling on oos, behind answers in scope only
     if gate is not None and p_oos is not None:
         passes = (p_oos <= gate) | (answered_oos if answered_oos is not None else False)
+    familiar = ood <= max_ood  # the OOD gate, behind answers in scope only where the rule says so
+    if rule and rule.get("oos_past_ood_gate") and answered_oos is not None:
+        familiar |= answered_oos
     points = []
     for t in np.round(np.arange(0.0, 1.0, 0.01), 2):
-        accepted = (conf >= t) & (ood <= max_ood) & passes
+        accepted = (conf >= t) & familiar & passes
         if accepted.any():
             points.append(
                 {
@@ -291,12 +295,13 @@ def coverage_curve(folder: Path, target: float | None, rule: dict[str, Any] | No
             )
     operating = None
     if rule:
-        accepted = (conf >= rule["min_confidence"]) & (ood <= max_ood) & passes
+        accepted = (conf >= rule["min_confidence"]) & familiar & passes
         operating = {
             "source": rule["source"],
             "min_confidence": rule["min_confidence"],
             "max_ood": rule["max_ood"],
             "max_oos_probability": gate,
+            "oos_past_ood_gate": bool(rule.get("oos_past_ood_gate")),
             "coverage": round(float(accepted.mean()), 4),
             "accuracy": round(float(correct[accepted].mean()), 4) if accepted.any() else None,
         }
@@ -834,7 +839,9 @@ def _coverage_note(data: dict[str, Any]) -> str:
         return f"<p class='sub'>{_e(cov['version'])} is not in this registry or kept no golden set (held_out.npz).</p>"
     op = curve["operating_point"]
     rule = (
-        f"operating point ({op['source']}): confidence ≥ {op['min_confidence']}, OOD ≤ {op['max_ood']:.4f}, "
+        f"operating point ({op['source']}): confidence ≥ {op['min_confidence']}, OOD ≤ {op['max_ood']:.4f}"
+        + (" (answers oos past it)" if op.get("oos_past_ood_gate") else "")
+        + ", "
         + ("" if op.get("max_oos_probability") is None else f"P(oos) ≤ {op['max_oos_probability']:g} in scope, ")
         + f"accepting {_pct(op['coverage'])} of golden cases at {_pct(op['accuracy'])}"
         + (" (its margin threshold is not applied here)" if op["source"] == "task thresholds" else "")

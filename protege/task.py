@@ -121,6 +121,13 @@ class Policy(BaseModel):
         "out-of-scope cases to bound a few percent); the price is in-scope requests deferred "
         "(benchmarks/coverage_levers.py). Needs a golden set with `oos` cases; ignored otherwise.",
     )
+    oos_past_ood_gate: bool = Field(
+        True,
+        description="Under a target: a version's rule judges an answer `oos` on confidence alone, the OOD gate "
+        "holding back answers in scope only (an unfamiliar request is what `oos` names; such answers are "
+        "certified with the rest, an `oos` given to a request in scope counting as wrong). False: every "
+        "answer must pass the OOD gate, so out-of-scope requests unlike the golden set's go to the teacher.",
+    )
     audit_rate: float = Field(
         0.0,
         ge=0,
@@ -166,17 +173,26 @@ class Policy(BaseModel):
         the coverage a version reports)."""
         from protege.certify import Goal
 
-        cap = self.max_false_accepts
+        cap, past = self.max_false_accepts, self.oos_past_ood_gate
         if self.target_margin is not None:
-            return Goal(margin=self.target_margin, confidence=self.target_confidence, max_false_accepts=cap)
+            return Goal(
+                margin=self.target_margin,
+                confidence=self.target_confidence,
+                max_false_accepts=cap,
+                oos_past_ood_gate=past,
+            )
         return Goal(
-            accuracy=self.target_accuracy or default_accuracy, confidence=self.target_confidence, max_false_accepts=cap
+            accuracy=self.target_accuracy or default_accuracy,
+            confidence=self.target_confidence,
+            max_false_accepts=cap,
+            oos_past_ood_gate=past,
         )
 
     @property
     def version(self) -> str:
         """Content hash: any change to the policy section is a new policy version (a policy
-        without audits, a relative target or a false-accept cap hashes as it did before they existed)."""
+        without audits, a relative target or a false-accept cap, with answers oos past the OOD
+        gate, hashes as it did before they existed)."""
         data = self.model_dump(mode="json")
         if not data["audit_rate"]:
             del data["audit_rate"]
@@ -184,6 +200,8 @@ class Policy(BaseModel):
             del data["target_margin"]
         if data["max_false_accepts"] is None:
             del data["max_false_accepts"]
+        if data["oos_past_ood_gate"]:
+            del data["oos_past_ood_gate"]
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

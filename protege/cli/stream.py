@@ -639,6 +639,13 @@ def bench_stream(
             "accepts with an in-scope label at this share (0: no cap)."
         ),
     ] = 0.0,
+    oos_past_ood_gate: Annotated[
+        bool,
+        typer.Option(
+            help="The task's policy.oos_past_ood_gate: a version's rule judges an answer oos on confidence alone "
+            "(--no-oos-past-ood-gate: every answer meets the OOD gate, as before stop 46)."
+        ),
+    ] = True,
     finetune_epochs: Annotated[
         int,
         typer.Option(
@@ -752,7 +759,13 @@ def bench_stream(
     task = task.model_copy(
         update={
             "policy": Policy.model_validate(
-                {**task.policy.model_dump(), "name": policy, **targeted, "max_false_accepts": max_false_accepts or None}
+                {
+                    **task.policy.model_dump(),
+                    "name": policy,
+                    **targeted,
+                    "max_false_accepts": max_false_accepts or None,
+                    "oos_past_ood_gate": oos_past_ood_gate,
+                }
             ),
             "golden": "golden.jsonl" if golden_rows else None,
             "review_rate": review_rate,
@@ -902,6 +915,7 @@ def bench_stream(
         "teacher_accuracy_golden": teacher_accuracy_golden,
         "learn_accepted": learn_accepted,
         "max_false_accepts": max_false_accepts or None,
+        "oos_past_ood_gate": oos_past_ood_gate,
         "review_rate": review_rate,
         "review_surge_rate": review_surge_rate or None,
         "review_window": review_window,

@@ -161,6 +161,43 @@ def test_a_ceiling_on_oos_holds_back_answers_in_scope_only() -> None:
     assert plain.verdict == "accept" and set(plain.signals) == {"confidence", "margin", "ood"}
 
 
+def test_an_answer_oos_passes_the_ood_gate_where_the_rule_says_so() -> None:
+    """Under a rule that lets an answer ``oos`` past the OOD gate, an unfamiliar request the
+    student confidently calls ``oos`` is accepted and its decision records no OOD threshold; an
+    answer in scope with the same score escalates; a rule without it (and every decision
+    recorded before it existed) holds both to the gate. Recorded decisions recompute to their
+    verdicts."""
+    from protege.events import AcceptRule
+
+    relative = TASK.model_copy(update={"policy": TASK.policy.model_copy(update={"target_margin": 0.01})})
+    rule = AcceptRule(
+        target_margin=0.01,
+        confidence_level=0.95,
+        evidence="golden",
+        min_confidence=0.6,
+        max_ood=0.3,
+        oos_past_ood_gate=True,
+        coverage=0.8,
+    )
+    router = router_for(relative)
+
+    def answer(label: str, confidence: float, r: AcceptRule = rule) -> Scored:
+        s = scored(label=label, confidence=confidence, ood=0.7)
+        assert s.student is not None
+        return s.model_copy(update={"student": s.student.model_copy(update={"rule": r})})
+
+    out = router.decide(answer("oos", 0.9), 3)
+    assert out.verdict == "accept" and "max_ood" not in out.thresholds and recompute_verdict(out) == "accept"
+    unsure = router.decide(answer("oos", 0.5), 3)
+    assert unsure.reasons == ["low_confidence"] and recompute_verdict(unsure) == "escalate"
+    in_scope = router.decide(answer("shipping", 0.9), 3)
+    assert in_scope.reasons == ["out_of_distribution"] and in_scope.thresholds["max_ood"] == 0.3
+    assert recompute_verdict(in_scope) == "escalate"
+    gated = router.decide(answer("oos", 0.9, rule.model_copy(update={"oos_past_ood_gate": False})), 3)
+    assert gated.reasons == ["out_of_distribution"] and recompute_verdict(gated) == "escalate"
+    assert AcceptRule.model_validate(rule.model_dump(exclude={"oos_past_ood_gate"})).oos_past_ood_gate is False
+
+
 def with_audits(rate: float, name: str = "cascade"):
     return TASK.model_copy(update={"policy": TASK.policy.model_copy(update={"audit_rate": rate, "name": name})})
 

@@ -518,6 +518,11 @@ def test_the_coverage_curve_holds_the_rules_ceiling_on_oos(tmp_path: Path) -> No
     plain = coverage_curve(tmp_path, 0.9, rule | {"max_oos_probability": None})
     assert plain is not None
     assert plain["operating_point"]["coverage"] == pytest.approx(((conf >= 0.5) & (ood <= 0.45)).mean(), abs=1e-4)
+    # a rule that lets answers oos past the OOD gate: they count whatever their OOD score
+    past = coverage_curve(tmp_path, 0.9, rule | {"max_ood": 0.2, "oos_past_ood_gate": True})
+    assert past is not None and past["operating_point"]["oos_past_ood_gate"] is True
+    taken = (conf >= 0.5) & ((ood <= 0.2) | answered_oos) & (answered_oos | (p_oos <= 0.1))
+    assert past["operating_point"]["coverage"] == pytest.approx(taken.mean(), abs=1e-4)
 
 
 def test_the_people_plot_draws_a_teacher_right_on_every_reviewed_row() -> None:
