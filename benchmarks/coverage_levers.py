@@ -586,9 +586,9 @@ def lpft_rows(
             c_conf, c_ood, c_pred, c_oos = view([train[i]["text"] for i in said])
             pooled = replace(golden, teacher_oos=OutOfScope(c_conf, c_ood, c_pred == OOS, c_oos))
             goals[f"{lever} + false-accept cap 3% pooled with teacher oos"] = (capped, 0.95, pooled)
-        if args.lpft_oos_gated:  # every answer held to the OOD gate, an answer oos too (as before stop 46)
+        if args.lpft_oos_past:  # an answer oos judged on confidence alone, not held back by the OOD gate
             goals |= {
-                f"{name} + the OOD gate on answers oos": (replace(goal, oos_past_ood_gate=False), quantile, evidence)
+                f"{name} + oos past the OOD gate": (replace(goal, oos_past_ood_gate=True), quantile, evidence)
                 for name, (goal, quantile, evidence) in goals.items()
                 if "pooled" not in name
             }
@@ -784,10 +784,9 @@ def main() -> None:
         help="The LP-FT student's rule under each of these false-accept caps (comma-separated shares).",
     )
     ap.add_argument(
-        "--lpft-oos-gated",
+        "--lpft-oos-past",
         action="store_true",
-        help="Also each LP-FT rule with every answer held to the OOD gate, an answer oos too (as before stop 46; "
-        "the default lets it past: AcceptRule.oos_past_ood_gate).",
+        help="Also each LP-FT rule with an answer oos judged on confidence alone (AcceptRule.oos_past_ood_gate).",
     )
     ap.add_argument(
         "--lpft-union",

@@ -93,7 +93,7 @@ class Goal:
     # evidence (a point estimate: ``choose_rule``); None: no cap.
     max_false_accepts: float | None = None
     # An answer ``oos`` is not held back by the OOD gate (``AcceptRule.oos_past_ood_gate``).
-    oos_past_ood_gate: bool = True
+    oos_past_ood_gate: bool = False
 
     def __post_init__(self) -> None:
         if (self.accuracy is None) == (self.margin is None):
@@ -439,12 +439,13 @@ def choose_rule(
     confidence. ``losses``: the sequence starts where that many losses could still pass
     (``could_pass``).
 
-    ``goal.oos_past_ood_gate`` (the default): an answer ``oos`` is not held back by the OOD gate
-    (an unfamiliar request is what it names); such answers are tested with the rest, an ``oos``
-    given to a request in scope counting as a wrong answer. On CLINC150 the student then answers
-    83-89% of the out-of-scope requests itself instead of 42-44%, with the same false accepts
-    (docs/benchmarks.md, "Answers oos past the OOD gate"). False: every answer meets the gate,
-    as before stop 46."""
+    ``goal.oos_past_ood_gate``: an answer ``oos`` is not held back by the OOD gate (an unfamiliar
+    request is what it names); such answers are tested with the rest, an ``oos`` given to a
+    request in scope counting as a wrong answer. On CLINC150 the student then answers 83-89% of
+    the out-of-scope requests itself instead of 42-44%, with the same false accepts; but those
+    easy answers also leave the rule room for more wrong answers in scope, and in the loop, on
+    golden rows easier than the traffic, that broke the accuracy target (docs/benchmarks.md, "The
+    cap under the exact test, and answers oos past the OOD gate", stop 46). Off by default."""
     if len(evidence) == 0:
         return None
     max_ood = float(np.quantile(evidence.ood, ood_quantile))

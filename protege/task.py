@@ -122,11 +122,13 @@ class Policy(BaseModel):
         "(benchmarks/coverage_levers.py). Needs a golden set with `oos` cases; ignored otherwise.",
     )
     oos_past_ood_gate: bool = Field(
-        True,
+        False,
         description="Under a target: a version's rule judges an answer `oos` on confidence alone, the OOD gate "
         "holding back answers in scope only (an unfamiliar request is what `oos` names; such answers are "
         "certified with the rest, an `oos` given to a request in scope counting as wrong). False: every "
-        "answer must pass the OOD gate, so out-of-scope requests unlike the golden set's go to the teacher.",
+        "answer must pass the OOD gate, so out-of-scope requests unlike the golden set's go to the teacher "
+        "(the default: the easy oos answers also leave the rule room for more wrong answers in scope; "
+        "docs/benchmarks.md, stop 46).",
     )
     audit_rate: float = Field(
         0.0,
@@ -200,7 +202,7 @@ class Policy(BaseModel):
             del data["target_margin"]
         if data["max_false_accepts"] is None:
             del data["max_false_accepts"]
-        if data["oos_past_ood_gate"]:
+        if not data["oos_past_ood_gate"]:
             del data["oos_past_ood_gate"]
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]

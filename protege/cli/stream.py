@@ -643,9 +643,9 @@ def bench_stream(
         bool,
         typer.Option(
             help="The task's policy.oos_past_ood_gate: a version's rule judges an answer oos on confidence alone "
-            "(--no-oos-past-ood-gate: every answer meets the OOD gate, as before stop 46)."
+            "(the default, --no-oos-past-ood-gate: every answer meets the OOD gate)."
         ),
-    ] = True,
+    ] = False,
     finetune_epochs: Annotated[
         int,
         typer.Option(

@@ -221,7 +221,7 @@ def test_a_ceiling_on_oos_buys_the_cap_for_less_coverage() -> None:
 
 def test_an_answer_oos_passes_the_ood_gate_and_is_tested_with_the_rest() -> None:
     """Out-of-scope requests sit far from the fit cases, so the OOD gate holds back the student's
-    right ``oos`` answers to them. A rule that lets an answer ``oos`` past the gate (the default)
+    right ``oos`` answers to them. A rule that lets an answer ``oos`` past the gate
     covers them: more coverage, no more out of scope answered in scope, the goal still certified
     on everything it accepts; an ``oos`` given to a request in scope is counted wrong like any
     other answer, and an answer in scope is held back by the gate as before."""
@@ -236,7 +236,7 @@ def test_an_answer_oos_passes_the_ood_gate_and_is_tested_with_the_rest() -> None
     right = np.where(oos, answered_oos, ev.student_right & ~wrong_oos)
     scoped = Evidence("golden", ev.confidence, ood, right, ev.teacher_right, oos, answered_oos)
     goal = Goal(margin=0.01)
-    past, held = choose_rule(goal, scoped), choose_rule(replace(goal, oos_past_ood_gate=False), scoped)
+    past, held = choose_rule(replace(goal, oos_past_ood_gate=True), scoped), choose_rule(goal, scoped)
     assert past is not None and held is not None
     assert past.oos_past_ood_gate and not held.oos_past_ood_gate
     assert past.coverage > held.coverage + 0.05
