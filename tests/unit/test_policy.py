@@ -127,22 +127,26 @@ def test_a_target_relative_to_the_teacher_needs_a_rule_certified_for_it() -> Non
     assert relative.policy.version != TASK.policy.version
 
 
+def relative_rule(**fields: object):
+    """The triage task with a relative target, and a version's rule certified for it."""
+    from protege.events import AcceptRule
+
+    relative = TASK.model_copy(update={"policy": TASK.policy.model_copy(update={"target_margin": 0.01})})
+    rule = AcceptRule.model_validate(
+        {"target_margin": 0.01, "confidence_level": 0.95, "evidence": "golden", "min_confidence": 0.6}
+        | {"max_ood": 0.3, "coverage": 0.7}
+        | fields
+    )
+    return relative, rule
+
+
 def test_a_ceiling_on_oos_holds_back_answers_in_scope_only() -> None:
     """A rule chosen under a false-accept cap defers an in-scope answer that gives ``oos`` more
     than its ceiling; an answer ``oos`` is judged as before; the signal is recorded only where a
     ceiling applies, and recorded decisions recompute to their verdicts."""
     from protege.events import AcceptRule
 
-    relative = TASK.model_copy(update={"policy": TASK.policy.model_copy(update={"target_margin": 0.01})})
-    rule = AcceptRule(
-        target_margin=0.01,
-        confidence_level=0.95,
-        evidence="golden",
-        min_confidence=0.6,
-        max_ood=0.3,
-        max_oos_probability=0.05,
-        coverage=0.7,
-    )
+    relative, rule = relative_rule(max_oos_probability=0.05)
     router = router_for(relative)
 
     def answer(label: str, p_oos: float, r: AcceptRule = rule) -> Scored:
@@ -169,16 +173,7 @@ def test_an_answer_oos_passes_the_ood_gate_where_the_rule_says_so() -> None:
     verdicts."""
     from protege.events import AcceptRule
 
-    relative = TASK.model_copy(update={"policy": TASK.policy.model_copy(update={"target_margin": 0.01})})
-    rule = AcceptRule(
-        target_margin=0.01,
-        confidence_level=0.95,
-        evidence="golden",
-        min_confidence=0.6,
-        max_ood=0.3,
-        oos_past_ood_gate=True,
-        coverage=0.8,
-    )
+    relative, rule = relative_rule(oos_past_ood_gate=True)
     router = router_for(relative)
 
     def answer(label: str, confidence: float, r: AcceptRule = rule) -> Scored:
