@@ -158,7 +158,7 @@ class Policy(BaseModel):
 
     def certified_by(self, rule: AcceptRule | None) -> bool:
         """Whether a version's rule certifies this policy's target: the same kind and value, at
-        least its confidence."""
+        least its confidence, and answers ``oos`` past the OOD gate only where the policy lets them."""
 
         def same(a: float | None, b: float | None) -> bool:
             return (a is None and b is None) or (a is not None and b is not None and abs(a - b) < 1e-9)
@@ -168,6 +168,8 @@ class Policy(BaseModel):
             and same(rule.target_accuracy, self.target_accuracy)
             and same(rule.target_margin, self.target_margin)
             and rule.confidence_level >= self.target_confidence - 1e-9
+            # a rule that lets answers oos past the OOD gate, where the policy no longer allows it
+            and (self.oos_past_ood_gate or not rule.oos_past_ood_gate)
         )
 
     def goal(self, default_accuracy: float) -> Goal:

@@ -174,6 +174,7 @@ def test_an_answer_oos_passes_the_ood_gate_where_the_rule_says_so() -> None:
     from protege.events import AcceptRule
 
     relative, rule = relative_rule(oos_past_ood_gate=True)
+    relative = relative.model_copy(update={"policy": relative.policy.model_copy(update={"oos_past_ood_gate": True})})
     router = router_for(relative)
 
     def answer(label: str, confidence: float, r: AcceptRule = rule) -> Scored:
@@ -191,6 +192,12 @@ def test_an_answer_oos_passes_the_ood_gate_where_the_rule_says_so() -> None:
     gated = router.decide(answer("oos", 0.9, rule.model_copy(update={"oos_past_ood_gate": False})), 3)
     assert gated.reasons == ["out_of_distribution"] and recompute_verdict(gated) == "escalate"
     assert AcceptRule.model_validate(rule.model_dump(exclude={"oos_past_ood_gate"})).oos_past_ood_gate is False
+    # the policy decides whether such a rule may serve: one that asks for the gate on every answer
+    # does not take it (the version serves nothing until a rule certified that way), a rule
+    # certified with the gate on every answer serves under either
+    assert relative.policy.certified_by(rule)
+    strict = relative.policy.model_copy(update={"oos_past_ood_gate": False})
+    assert not strict.certified_by(rule) and strict.certified_by(rule.model_copy(update={"oos_past_ood_gate": False}))
 
 
 def with_audits(rate: float, name: str = "cascade"):
