@@ -77,7 +77,7 @@ from certify import confusion_table, embeddings, judge, teacher_answers
 from intents import DATA, load
 from oos_signals import best
 
-from protege.certify import Evidence, Goal, OutOfScope, accepted_by, choose_rule, paired_lower_bound
+from protege.certify import Evidence, Goal, OutOfScope, PairedBound, accepted_by, choose_rule, paired_lower_bound
 from protege.events import AcceptRule
 from protege.harness import machine
 from protege.student.finetune import FinetuneConfig
@@ -523,7 +523,7 @@ def lpft_rows(
     # the fine-tuned student's outputs on every row it is judged on, kept per split and setting:
     # other rules on the same student (caps, gates, bounds) then cost no second fine-tune
     setting = (args.data.name, rep, model, args.golden, args.golden_from, args.cases, args.unknown_intents)
-    key = repr((*setting, args.noise, cfg.epochs, cfg.oos_weight, len(texts))).encode()
+    key = repr((*setting, args.noise, cfg, len(texts))).encode()
     cached = args.cache / f"lpft-{hashlib.sha256(key).hexdigest()[:16]}.npz"
     clf: Classifier | None = None  # fine-tuned here, not read back
     if cached.exists() and not args.int8:
@@ -572,32 +572,36 @@ def lpft_rows(
         g_conf, g_ood, g_pred, g_oos = view([train[i]["text"] for i in gold_i])
         x_conf, x_ood, x_pred, x_oos = view([r["text"] for r in test])
         golden = golden_evidence(g_conf, g_ood, g_pred, g_oos, truth_train[gold_i], t_train[gold_i])
-        goals = {lever: (GOAL, 0.95, golden)}  # name: (goal, the OOD gate's quantile, evidence)
+        # name: (goal, the OOD gate's quantile, evidence, the paired bound: None for the exact test)
+        goals: dict[str, tuple[Goal, float, Evidence, PairedBound | None]] = {lever: (GOAL, 0.95, golden, None)}
         if half:  # the same rule at half the error budget (beside another graph's, Bonferroni)
-            goals[lever + HALF] = (replace(GOAL, confidence=1 - (1 - GOAL.confidence) / 2), 0.95, golden)
+            goals[lever + HALF] = (replace(GOAL, confidence=1 - (1 - GOAL.confidence) / 2), 0.95, golden, None)
         if (truth_train[gold_i] == OOS).any():  # the same student under the cap, with the ceiling on oos
             for cap in map(float, args.lpft_caps.split(",")):
                 capped = replace(GOAL, max_false_accepts=cap)
-                goals[f"{lever} + false-accept cap {cap * 100:g}%"] = (capped, 0.95, golden)
+                goals[f"{lever} + false-accept cap {cap * 100:g}%"] = (capped, 0.95, golden, None)
                 for q in map(float, filter(None, args.lpft_capped_ood.split(","))):  # the OOD gate's share of it
-                    goals[f"{lever} + false-accept cap {cap * 100:g}% + ood {q:g}"] = (capped, q, golden)
+                    goals[f"{lever} + false-accept cap {cap * 100:g}% + ood {q:g}"] = (capped, q, golden, None)
             capped = replace(GOAL, max_false_accepts=0.03)
             said = cal_i[t_train[cal_i] == OOS]  # held-out cases the teacher answered oos
             c_conf, c_ood, c_pred, c_oos = view([train[i]["text"] for i in said])
             pooled = replace(golden, teacher_oos=OutOfScope(c_conf, c_ood, c_pred == OOS, c_oos))
-            goals[f"{lever} + false-accept cap 3% pooled with teacher oos"] = (capped, 0.95, pooled)
+            goals[f"{lever} + false-accept cap 3% pooled with teacher oos"] = (capped, 0.95, pooled, None)
         if args.lpft_oos_past:  # an answer oos judged on confidence alone, not held back by the OOD gate
             goals |= {
-                f"{name} + oos past the OOD gate": (replace(goal, oos_past_ood_gate=True), quantile, evidence)
-                for name, (goal, quantile, evidence) in goals.items()
-                if "pooled" not in name
+                f"{name} + oos past the OOD gate": (replace(goal, oos_past_ood_gate=True), quantile, evidence, None)
+                for name, (goal, quantile, evidence, _) in goals.items()
+                if evidence.teacher_oos is None  # not the pooled estimate's
             }
-        if args.lpft_union:  # each rule also as stop 45 certified it: the union bound
-            goals |= {f"{name} with the union bound": spec for name, spec in goals.items() if not name.endswith(HALF)}
+        if args.lpft_union:  # each rule also as stop 45 certified it: the union bound (not the half-budget ones)
+            goals |= {
+                f"{name} with the union bound": (goal, quantile, evidence, paired_lower_bound)
+                for name, (goal, quantile, evidence, _) in goals.items()
+                if goal.confidence == GOAL.confidence
+            }
         rows = []
-        for name, (goal, ood_quantile, evidence) in goals.items():
-            union = name.endswith(" with the union bound")
-            rule = choose_rule(goal, evidence, ood_quantile=ood_quantile, paired=paired_lower_bound if union else None)
+        for name, (goal, ood_quantile, evidence, paired) in goals.items():
+            rule = choose_rule(goal, evidence, ood_quantile=ood_quantile, paired=paired)
             row = {"rep": rep, "noise_model": model, "lever": name, "held_out_plain": held_out_plain}
             row["held_out_risk_plain"] = risk_area
             row |= {"fit_cases": len(fit_i), "train_seconds": round(trained_s, 1)}

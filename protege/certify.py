@@ -402,18 +402,38 @@ def accepted_by(
     oos_probability: np.ndarray | None = None,
     answered_oos: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Which answers ``rule`` lets the student give alone (the verifier's test, vectorised): an
-    in-scope answer with more probability of ``oos`` than the rule's ceiling is deferred; an
-    answer ``oos`` itself is judged on confidence and OOD alone, or on confidence alone where
-    the rule lets it past the OOD gate (``AcceptRule.oos_past_ood_gate``)."""
-    familiar = ood <= rule.max_ood
-    if rule.oos_past_ood_gate and answered_oos is not None:  # the gate holds back answers in scope only
-        familiar |= np.asarray(answered_oos, bool)
-    accepted = (confidence >= rule.min_confidence) & familiar
-    if rule.max_oos_probability is not None and oos_probability is not None:
-        in_scope = np.ones(len(accepted), bool) if answered_oos is None else ~answered_oos
-        accepted &= ~in_scope | (oos_probability <= rule.max_oos_probability)
-    return accepted
+    """Which answers ``rule`` lets the student give alone (the verifier's test, vectorised): its
+    confidence threshold and its gates (``through_gates``)."""
+    return (confidence >= rule.min_confidence) & through_gates(
+        ood,
+        rule.max_ood,
+        oos_probability,
+        rule.max_oos_probability,
+        answered_oos,
+        oos_past_ood_gate=rule.oos_past_ood_gate,
+    )
+
+
+def through_gates(
+    ood: np.ndarray,
+    max_ood: float,
+    oos_probability: np.ndarray | None = None,
+    max_oos_probability: float | None = None,
+    answered_oos: np.ndarray | None = None,
+    *,
+    oos_past_ood_gate: bool = False,
+) -> np.ndarray:
+    """Which answers a rule's gates let through, whatever their confidence: the OOD gate (behind
+    answers in scope only, with ``oos_past_ood_gate``), and the ceiling on ``oos`` behind an
+    answer in scope (an answer ``oos`` itself is never held back for its probability of oos)."""
+    answered = None if answered_oos is None else np.asarray(answered_oos, bool)
+    through = ood <= max_ood
+    if oos_past_ood_gate and answered is not None:
+        through |= answered
+    if max_oos_probability is not None and oos_probability is not None:
+        below = oos_probability <= max_oos_probability
+        through &= below if answered is None else answered | below
+    return through
 
 
 def choose_rule(
@@ -459,12 +479,7 @@ def choose_rule(
         return fixed_sequence(goal, evidence, max_ood, None, paired, losses)
     rules = [
         fixed_sequence(
-            replace(goal, confidence=1 - (1 - goal.confidence) * share),
-            evidence,
-            max_ood,
-            gate,
-            paired,
-            losses,
+            replace(goal, confidence=1 - (1 - goal.confidence) * share), evidence, max_ood, gate, paired, losses
         )
         for gate, share in OOS_GATES
     ]

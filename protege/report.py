@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from protege.audits import against_golden, live_accuracy
+from protege.certify import through_gates
 from protege.costs import gpu_request_usd
 from protege.drift import DriftMonitor
 from protege.events import Alert, ModelAnnouncement
@@ -274,17 +275,18 @@ def coverage_curve(folder: Path, target: float | None, rule: dict[str, Any] | No
         conf, ood, correct = held["confidence"], held["ood"], held["correct"].astype(bool)
         p_oos = held.get("oos_probability")
         answered_oos = held["answered_oos"].astype(bool) if "answered_oos" in held else None
-    max_ood = rule["max_ood"] if rule else math.inf
     gate = rule.get("max_oos_probability") if rule else None
-    passes = np.ones(len(conf), bool)  # the rule's ceiling on oos, behind answers in scope only
-    if gate is not None and p_oos is not None:
-        passes = (p_oos <= gate) | (answered_oos if answered_oos is not None else False)
-    familiar = ood <= max_ood  # the OOD gate, behind answers in scope only where the rule says so
-    if rule and rule.get("oos_past_ood_gate") and answered_oos is not None:
-        familiar |= answered_oos
+    passes = through_gates(  # the operating point's gates, as the verifier holds them
+        ood,
+        rule["max_ood"] if rule else math.inf,
+        p_oos,
+        gate,
+        answered_oos,
+        oos_past_ood_gate=bool(rule and rule.get("oos_past_ood_gate")),
+    )
     points = []
     for t in np.round(np.arange(0.0, 1.0, 0.01), 2):
-        accepted = (conf >= t) & familiar & passes
+        accepted = (conf >= t) & passes
         if accepted.any():
             points.append(
                 {
@@ -295,7 +297,7 @@ def coverage_curve(folder: Path, target: float | None, rule: dict[str, Any] | No
             )
     operating = None
     if rule:
-        accepted = (conf >= rule["min_confidence"]) & familiar & passes
+        accepted = (conf >= rule["min_confidence"]) & passes
         operating = {
             "source": rule["source"],
             "min_confidence": rule["min_confidence"],

@@ -175,21 +175,20 @@ class Policy(BaseModel):
     def goal(self, default_accuracy: float) -> Goal:
         """The target as ``protege.certify`` tests it (``default_accuracy`` when the task sets none:
         the coverage a version reports)."""
+        from dataclasses import replace
+
         from protege.certify import Goal
 
-        cap, past = self.max_false_accepts, self.oos_past_ood_gate
-        if self.target_margin is not None:
-            return Goal(
-                margin=self.target_margin,
-                confidence=self.target_confidence,
-                max_false_accepts=cap,
-                oos_past_ood_gate=past,
-            )
-        return Goal(
-            accuracy=self.target_accuracy or default_accuracy,
+        kind = (
+            Goal(margin=self.target_margin)
+            if self.target_margin is not None
+            else Goal(accuracy=self.target_accuracy or default_accuracy)
+        )
+        return replace(
+            kind,
             confidence=self.target_confidence,
-            max_false_accepts=cap,
-            oos_past_ood_gate=past,
+            max_false_accepts=self.max_false_accepts,
+            oos_past_ood_gate=self.oos_past_ood_gate,
         )
 
     @property

@@ -643,7 +643,7 @@ def bench_stream(
         bool,
         typer.Option(
             help="The task's policy.oos_past_ood_gate: a version's rule judges an answer oos on confidence alone "
-            "(the default, --no-oos-past-ood-gate: every answer meets the OOD gate)."
+            "(off by default: every answer meets the OOD gate)."
         ),
     ] = False,
     finetune_epochs: Annotated[
