@@ -572,6 +572,12 @@ def lpft_rows(
         g_conf, g_ood, g_pred, g_oos = view([train[i]["text"] for i in gold_i])
         x_conf, x_ood, x_pred, x_oos = view([r["text"] for r in test])
         golden = golden_evidence(g_conf, g_ood, g_pred, g_oos, truth_train[gold_i], t_train[gold_i])
+        oracle_gates: dict[str, list[np.ndarray]] = {}
+        if x_oos is not None and oos_i is not None:  # the oracle's second ceilings, on the fine-tuned embeddings
+            _, x_emb = scores([r["text"] for r in test])
+            in_scope_bank = bank[bank_y != oos_i]
+            nearest = 1.0 - (x_emb @ in_scope_bank.T).max(1)  # cosine distance to the nearest in-scope fit case
+            oracle_gates = {"p_oos_and_ood": [x_oos, x_ood], "p_oos_and_nearest": [x_oos, nearest]}
         # name: (goal, the OOD gate's quantile, evidence, the paired bound: None for the exact test)
         goals: dict[str, tuple[Goal, float, Evidence, PairedBound | None]] = {lever: (GOAL, 0.95, golden, None)}
         if half:  # the same rule at half the error budget (beside another graph's, Bonferroni)
@@ -610,6 +616,9 @@ def lpft_rows(
             if goal.max_false_accepts is not None and x_oos is not None:
                 oracle = best(x_conf, [x_oos], x_pred, truth_test, goal.max_false_accepts)
                 row["oracle_in_scope_deferred"] = None if oracle is None else oracle["in_scope_deferred"]
+                for signals, gates in oracle_gates.items():  # two ceilings: does another signal add to P(oos)?
+                    both = best(x_conf, gates, x_pred, truth_test, goal.max_false_accepts, fine=True)
+                    row[f"oracle_in_scope_deferred_{signals}"] = None if both is None else both["in_scope_deferred"]
             rows.append(row)
         return rows
 
@@ -884,6 +893,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
     keys += ["student_accuracy", "golden_student_accuracy", "oos_false_accepts", "in_scope_deferred"]
     keys += ["oracle_in_scope_deferred", "golden_nearest_cosine", "test_nearest_cosine", "test_past_ood_gate"]
+    keys += ["oracle_in_scope_deferred_p_oos_and_ood", "oracle_in_scope_deferred_p_oos_and_nearest"]
     keys += ["ood_test_above_golden", "audit_predicted_agreement", "audit_test_agreement"]
     out = []
     for (model, lever), rs in groups.items():
@@ -927,7 +937,8 @@ def print_table(summary: list[dict[str, Any]], args: argparse.Namespace) -> None
         "cascade acc",
         "all-teacher acc",
     ]
-    cols += ["student acc", "on golden", "oos false accepts", "in-scope deferred", "oracle deferred", "held", "rules"]
+    cols += ["student acc", "on golden", "oos false accepts", "in-scope deferred", "oracle deferred"]
+    cols += ["oracle + ood", "oracle + nearest", "held", "rules"]
     for col in cols:
         table.add_column(col)
 
@@ -958,7 +969,8 @@ def print_table(summary: list[dict[str, Any]], args: argparse.Namespace) -> None
                     "in_scope_deferred",
                 )
             ),
-            pct(s["oracle_in_scope_deferred"]),
+            *(pct(s[k]) for k in ("oracle_in_scope_deferred", "oracle_in_scope_deferred_p_oos_and_ood")),
+            pct(s["oracle_in_scope_deferred_p_oos_and_nearest"]),
             f"{s['held']}/{s['reps']}",
             " ".join(s["rules"]),
         )

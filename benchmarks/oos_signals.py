@@ -71,14 +71,19 @@ def best(
     pred: np.ndarray,
     truth: np.ndarray,
     cap: float,
+    *,
+    fine: bool = False,
 ) -> dict[str, Any] | None:
     """The fewest in-scope rows deferred with false accepts <= ``cap``, over confidence
-    thresholds and each gate's ceilings (quantiles of its in-scope values)."""
+    thresholds and each gate's ceilings (quantiles of its in-scope values). ``fine``: the first
+    of two gates on the one-gate grid as well (eight times the work), so that the
+    one-gate optimum is among the two-gate ones."""
     oos = truth == OOS
     answered_in_scope = pred != OOS
     found: dict[str, Any] | None = None
-    # one gate: a fine grid; two: a coarse one for the first
-    quantiles = [np.arange(0.80, 1.0001, 0.005) if len(gates) == 1 else np.asarray([0.9, 0.95, 0.98, 0.99, 1.0])]
+    # one gate: a fine grid; two: a coarse one for the first unless ``fine``
+    coarse = np.asarray([0.9, 0.95, 0.98, 0.99, 1.0])
+    quantiles = [np.arange(0.80, 1.0001, 0.005) if len(gates) == 1 or fine else coarse]
     quantiles = (quantiles + [np.arange(0.85, 1.0001, 0.005)] * (len(gates) - 1))[: len(gates)]
     grids = [[np.quantile(g[~oos], min(q, 1.0)) for q in qs] for g, qs in zip(gates, quantiles, strict=True)]
     for t in np.round(np.arange(0.0, 0.96, 0.05), 2):
