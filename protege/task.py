@@ -249,7 +249,8 @@ class Gates(BaseModel):
         ge=0,
         le=1,
         description="How much worse than the serving version a candidate may "
-        "be (accuracy, macro-F1, coverage) before it is held back.",
+        "be (accuracy, macro-F1, coverage; on the trusted rows where the task has them, "
+        "else on the golden split) before it is held back.",
     )
     min_golden: int = Field(
         100,

@@ -168,6 +168,33 @@ def test_gates_say_why() -> None:
     assert gate_failures(nothing | {"cases": 12}, None, 20, gates, targeted=True) == []  # the first version
 
 
+def test_with_trusted_rows_the_candidate_is_held_to_the_serving_version_on_them() -> None:
+    """Where both versions were scored on the trusted rows, the comparison is made there (true
+    labels), not on the golden split of teacher labels: a fine-tuned student that is right where
+    a teacher errs alike on similar requests scores lower against that teacher's labels (BANKING77,
+    confusable noise, stop 47: macro-F1 0.793 against 0.815 on 411 teacher-labelled cases, while
+    its rule certified 91.2% of the trusted rows against 87.9%)."""
+    on_golden = {"cases": 411, "accuracy": 0.81, "macro_f1": 0.79, "ece": 0.04, "coverage": 0.82, "class_recall": {}}
+    on_truth = {"cases": 1000, "accuracy": 0.92, "macro_f1": 0.91, "ece": 0.04, "coverage": 0.91, "class_recall": {}}
+    serving = on_golden | {"macro_f1": 0.815, "trusted": on_truth | {"coverage": 0.879}}
+    gates = Gates()
+    assert gate_failures(on_golden | {"trusted": on_truth}, serving, 20, gates) == []
+    # without the trusted rows on either side, the golden split decides, as before
+    [why] = gate_failures(on_golden, serving, 20, gates)
+    assert why.startswith("golden macro-F1 0.790 is worse") and "the same 411 golden rows" in why
+    [why] = gate_failures(
+        on_golden | {"trusted": on_truth}, {k: v for k, v in serving.items() if k != "trusted"}, 20, gates
+    )
+    assert why.startswith("golden macro-F1")
+    # worse on the trusted rows: held back, and the reason names them
+    worse = on_truth | {"coverage": 0.85}
+    [why] = gate_failures(on_golden | {"trusted": worse}, serving | {"macro_f1": 0.7}, 20, gates)
+    assert why.startswith("trusted coverage at target 0.850 is worse than the serving version's 0.879")
+    assert "the same 1000 trusted rows" in why
+    # too few trusted rows for the comparison: none is made (the floors still apply)
+    assert gate_failures(on_golden | {"trusted": worse | {"cases": 50}}, serving, 20, gates) == []
+
+
 @pytest.fixture(scope="module")
 def task() -> Task:
     return load_task(REPO / "tests" / "tasks" / "ticket-triage.yaml")
@@ -297,6 +324,23 @@ def test_candidate_worse_than_serving_is_held_back(
     assert any("worse than the serving version" in r for r in cand.failed_gates), cand.failed_gates
     manifest = json.loads((cand.folder / "manifest.json").read_text())
     assert manifest["gates"]["serving"]["version"] == result.version and not manifest["gates"]["passed"]
+    # with trusted rows, both versions are scored on them and compared there
+    _, held = version
+    truth = [Trusted(r["id"], r["text"], r["label"], r["label"]) for r in held[:150]]
+    judged = train_version(
+        noisy,
+        recipe=FastRecipe(embed, backbone),
+        registry=registry,
+        tenant="acme",
+        task=lenient,
+        serving=result.folder,
+        truth=truth,
+    )
+    assert not judged.promoted
+    assert any(r.startswith("trusted ") and "the same 150 trusted rows" in r for r in judged.failed_gates)
+    manifest = json.loads((judged.folder / "manifest.json").read_text())
+    assert manifest["gates"]["serving"]["trusted"]["cases"] == manifest["golden"]["trusted"]["cases"] == 150
+    assert "class_recall" not in manifest["gates"]["serving"]["trusted"]
 
 
 def test_int8_version_keeps_its_answers(
@@ -611,6 +655,8 @@ def test_the_serving_version_is_held_to_the_rule_todays_rows_certify(version, ta
     now = serving_metrics(result.folder, golden, gates, 1, unchanged, goal)
     assert now["rule"] == f"re-certified on {len(held)} trusted rows" and now["coverage"] > 0.3 and now["certified"]
     assert now["accuracy"] == as_served["accuracy"]  # the same answers on the same golden cases: only the rule moved
+    # and scored on the trusted rows themselves, where a candidate is held to it
+    assert now["trusted"]["cases"] == len(held) and now["trusted"]["coverage"] > 0.3 and "trusted" not in as_served
     shifted = [Trusted(r["id"], r["text"], moved(r["label"]), moved(r["label"])) for r in held]
     after = serving_metrics(result.folder, golden, gates, 1, shifted, goal)
     assert after["coverage"] == 0 and not after["certified"]  # a candidate that certifies nothing may replace it
