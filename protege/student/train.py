@@ -667,16 +667,18 @@ def serving_metrics(
     scores, _ = scores_of(
         s.encoder, [c.text for c in golden], [c.label for c in golden], s.labels, s.temperature, s.bank
     )
-    rule, how = s.rule, "as served"
+    rule, how, on_truth = s.rule, "as served", {}
     if truth and goal is not None:
         trusted, _ = scores_of(
             s.encoder, [t.text for t in truth], [t.label for t in truth], s.labels, s.temperature, s.bank
         )
         rule, how = choose_rule(goal, truth_evidence(trusted, truth)), f"re-certified on {len(truth)} trusted rows"
-        on_truth = evaluate(trusted, s.labels, rule, gates, [t.label for t in truth])
-        out = evaluate(scores, s.labels, rule, gates, [c.label for c in golden])
-        return out | {"version": s.version, "rule": how, "trusted": on_truth}
-    return evaluate(scores, s.labels, rule, gates, [c.label for c in golden]) | {"version": s.version, "rule": how}
+        on_truth = {"trusted": evaluate(trusted, s.labels, rule, gates, [t.label for t in truth])}
+    return (
+        evaluate(scores, s.labels, rule, gates, [c.label for c in golden])
+        | {"version": s.version, "rule": how}
+        | on_truth
+    )
 
 
 @dataclass(frozen=True)
