@@ -562,7 +562,11 @@ def lpft_rows(
         neighbours = Bank(bank, bank_y, len(names), k, Vote(k=VOTE_K, weight=StudentConfig().vote))
 
         def view(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-            logits, emb = scores(texts)
+            return view_of(*scores(texts))
+
+        def view_of(
+            logits: np.ndarray, emb: np.ndarray
+        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
             p, ood = neighbours.view(emb, logits, temperature)
             return p.max(1), ood, names_a[p.argmax(1)], None if oos_i is None else p[:, oos_i]
 
@@ -570,12 +574,12 @@ def lpft_rows(
         risk_area = risk_coverage_area(c_conf, c_pred == t_train[cal_i])
 
         g_conf, g_ood, g_pred, g_oos = view([train[i]["text"] for i in gold_i])
-        x_conf, x_ood, x_pred, x_oos = view([r["text"] for r in test])
+        x_out = scores([r["text"] for r in test])  # scored once: the rules' view and the oracle's second signal
+        x_conf, x_ood, x_pred, x_oos = view_of(*x_out)
         golden = golden_evidence(g_conf, g_ood, g_pred, g_oos, truth_train[gold_i], t_train[gold_i])
         oracle_gates: dict[str, list[np.ndarray]] = {}
         if x_oos is not None and oos_i is not None:  # the oracle's second ceilings, on the fine-tuned embeddings
-            _, x_emb = scores([r["text"] for r in test])
-            in_scope_bank = bank[bank_y != oos_i]
+            x_emb, in_scope_bank = x_out[1], bank[bank_y != oos_i]
             nearest = 1.0 - (x_emb @ in_scope_bank.T).max(1)  # cosine distance to the nearest in-scope fit case
             oracle_gates = {"p_oos_and_ood": [x_oos, x_ood], "p_oos_and_nearest": [x_oos, nearest]}
         # name: (goal, the OOD gate's quantile, evidence, the paired bound: None for the exact test)
@@ -969,8 +973,7 @@ def print_table(summary: list[dict[str, Any]], args: argparse.Namespace) -> None
                     "in_scope_deferred",
                 )
             ),
-            *(pct(s[k]) for k in ("oracle_in_scope_deferred", "oracle_in_scope_deferred_p_oos_and_ood")),
-            pct(s["oracle_in_scope_deferred_p_oos_and_nearest"]),
+            *(pct(s[f"oracle_in_scope_deferred{k}"]) for k in ("", "_p_oos_and_ood", "_p_oos_and_nearest")),
             f"{s['held']}/{s['reps']}",
             " ".join(s["rules"]),
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -175,8 +176,6 @@ class Policy(BaseModel):
     def goal(self, default_accuracy: float) -> Goal:
         """The target as ``protege.certify`` tests it (``default_accuracy`` when the task sets none:
         the coverage a version reports)."""
-        from dataclasses import replace
-
         from protege.certify import Goal
 
         kind = (
